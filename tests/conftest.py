@@ -1,0 +1,35 @@
+"""Shared test set-up: no network, runs in a temp folder, models built once per machine in the lab cache."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for key in ("GROQ_API_KEY", "OPENAI_API_KEY", "HF_TOKEN"):
+    os.environ.pop(key, None)  # tests set the keys they need; a developer's real key never leaks into a test
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """An empty runs root for this test."""
+    root = tmp_path / "runs"
+    monkeypatch.setenv("LAB_RUNS_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def run(runs_dir):
+    from lab.store import Run
+
+    return Run.open("t")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny random Llama (fast; writes noise)."""
+    from lab import models
+
+    return models.load("tiny-random")
