@@ -12,6 +12,8 @@
       compare.jsonl           lab.compare records
       iterations/<k>/         a nested Run for round k of self-rewarding DPO
       jobs/                   the child process that works on this run now (lab.jobs)
+      hub/<repo>/             the exact folders pushed to the Hub, or that `push --dry-run` would push (lab.hub)
+      push.jsonl              one line per repo pushed: its link (lab.hub)
 
 JSONL files are append-only. Each append writes whole lines in one `write`, then flushes and fsyncs, so a crash
 loses at most the records in flight. A torn last line (a kill mid-write) is ignored by readers and cut off by the
@@ -42,6 +44,8 @@ FILES = {
     "compare": "compare.jsonl",
     "notes": "notes.json",
     "iterate": "iterate.jsonl",
+    "push": "push.jsonl",
+    "hub": "hub",  # a folder: one staged repo per subfolder
 }
 
 
