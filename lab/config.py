@@ -76,3 +76,29 @@ class SampleConfig(Settings):
         if self.batch_size < 1:
             raise LabError(f"--batch-size must be at least 1 (got {self.batch_size}).")
         return self
+
+
+@dataclass
+class PushConfig(Settings):
+    namespace: str = opt("", "Hub user or organisation to push to (default: the owner of the token)")
+    prefix: str = opt("", "start of every repo name (default: the run name): <prefix>-<source>, <prefix>-<adapter>")
+    private: bool = opt(True, "create the repos private (--no-private makes them public)")
+    datasets: bool = opt(True, "push each preference data set (pairs-<source>.jsonl, with samples and judgments)")
+    adapters: bool = opt(True, "push each trained adapter with its model card")
+    only: str = opt("", "comma-separated pair sources / adapter names to push (default: all)")
+    iterations: bool = opt(True, "also push the data sets and adapters of self-rewarding iterations")
+    endpoint: str = opt("", "Hub URL (default: $HF_ENDPOINT, else https://huggingface.co)")
+    dry_run: bool = opt(False, "write the folders that would be uploaded under <run>/hub/ and push nothing")
+
+    def validate(self) -> "PushConfig":
+        import re
+
+        name = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}$")
+        for label, value in (("--namespace", self.namespace), ("--prefix", self.prefix)):
+            if value and not name.match(value):
+                raise LabError(f"{label} {value!r} is not a valid Hub name: use letters, digits, '-', '_' or '.'.")
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise LabError(f"--endpoint must be a URL such as https://huggingface.co (got {self.endpoint!r}).")
+        if not (self.datasets or self.adapters):
+            raise LabError("Nothing to push: --no-datasets and --no-adapters were both given.")
+        return self
