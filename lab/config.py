@@ -102,3 +102,60 @@ class PushConfig(Settings):
         if not (self.datasets or self.adapters):
             raise LabError("Nothing to push: --no-datasets and --no-adapters were both given.")
         return self
+
+
+TRL_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+
+@dataclass
+class TrainConfig(Settings):
+    """DPO + LoRA settings. docs/training.md explains every field, its default and why."""
+
+    model: str = opt("", "base model spec (empty = the model that sampled the run)")
+    epochs: float = opt(3.0, "passes over the training pairs (ignored when --max-steps > 0)")
+    max_steps: int = opt(-1, "stop after this many optimizer steps (-1 = run the epochs)")
+    lr: float = opt(5e-5, "peak learning rate of the LoRA weights (cosine decay after warm-up)")
+    warmup_ratio: float = opt(0.1, "fraction of the steps spent warming the learning rate up from 0")
+    beta: float = opt(0.1, "DPO beta: strength of the pull back to the reference (higher = stay closer)")
+    loss_type: str = opt("sigmoid", "TRL loss type, or several joined by ',' (e.g. sigmoid,sft)")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = opt(0.0, "LoRA dropout (> 0 also turns the model's own dropout back on)")
+    target_modules: str = opt("all-linear", "layers that get LoRA: 'all-linear' or names joined by ','")
+    batch_size: int = opt(4, "pairs per device per forward pass")
+    grad_accum: int = opt(1, "forward passes per optimizer step (effective batch = batch x accum x devices)")
+    max_length: int = opt(1024, "longest prompt + response in tokens; longer ones are cut at the end")
+    eval_fraction: float = opt(0.1, "share of the instructions held out for eval loss and reward accuracy")
+    eval_steps: int = opt(0, "evaluate every N steps (0 = about 5 times per training)")
+    save_steps: int = opt(50, "write a resumable checkpoint every N steps")
+    logging_steps: int = opt(1, "write a metrics line every N steps")
+    seed: int = opt(0, "seed for the data order, the eval split and the LoRA init")
+    gradient_checkpointing: bool = opt(True, "recompute activations in the backward pass: far less memory, ~30% slower")
+    precompute_ref: bool = opt(False, "compute reference log-probs once before training (faster steps, startup pass)")
+    resume: bool = opt(True, "continue an interrupted training of the same adapter from its last checkpoint")
+    device: str = opt("auto", "cpu, cuda or auto (GPU if there is one); accelerate launch picks per process")
+    dtype: str = opt("auto", "float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
+
+    def losses(self) -> list[str]:
+        return [t.strip() for t in self.loss_type.split(",") if t.strip()]
+
+    def validate(self) -> "TrainConfig":
+        bad = [t for t in self.losses() if t not in TRL_LOSS_TYPES]
+        if bad or not self.losses():
+            raise LabError(f"--loss-type {self.loss_type!r}: use one or more of {', '.join(TRL_LOSS_TYPES)}.")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise LabError("Give --epochs > 0 or --max-steps > 0: there is nothing to train otherwise.")
+        for flag, value in (("--lr", self.lr), ("--beta", self.beta)):
+            if not value > 0:
+                raise LabError(f"{flag} must be > 0 (got {value}).")
+        for flag, value in (("--lora-r", self.lora_r), ("--lora-alpha", self.lora_alpha),
+                            ("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum),
+                            ("--save-steps", self.save_steps), ("--logging-steps", self.logging_steps)):
+            if value < 1:
+                raise LabError(f"{flag} must be at least 1 (got {value}).")
+        if self.max_length < 16:
+            raise LabError(f"--max-length {self.max_length} is too short for a prompt and an answer; 512-2048 is usual.")
+        if not 0 <= self.eval_fraction < 0.5 or not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup_ratio < 1:
+            raise LabError("--eval-fraction must be in [0, 0.5), --lora-dropout and --warmup-ratio in [0, 1).")
+        return self
