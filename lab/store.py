@@ -44,6 +44,13 @@ FILES = {
     "compare": "compare.jsonl",
     "notes": "notes.json",
     "iterate": "iterate.jsonl",
+    "compare_judgments": "compare-judgments.jsonl",  # LLM judge on base vs adapter (lab.compare)
+    "compare_rankings": "compare-rankings.jsonl",  # PairRM on base vs adapter (lab.compare)
+    "compare_scores": "compare-scores.json",
+    "compare_csv": "compare.csv",  # exports of the comparison grid
+    "compare_md": "compare.md",
+    "compare_grid": "compare-grid.jsonl",
+    "scores": "scores.jsonl",  # self-rewarding 5-point scores of one round (lab.iterate)
     "push": "push.jsonl",
     "hub": "hub",  # a folder: one staged repo per subfolder
 }
@@ -186,6 +193,11 @@ class Run:
     def pairs_file(self, source: str) -> Path:
         return self.path / f"pairs-{validate_run_name(source)}.jsonl"
 
+    def pair_sources(self) -> list[str]:
+        """Sources that have a pairs file, e.g. ["judge", "pairrm"]."""
+        names = (p.name[len("pairs-"):-len(".jsonl")] for p in self.path.glob("pairs-*.jsonl"))
+        return sorted(n for n in names if RUN_NAME.match(n))
+
     def adapter_dir(self, name: str) -> Path:
         return self.path / "adapters" / validate_run_name(name)
 
@@ -198,6 +210,11 @@ class Run:
 
     def iteration(self, k: int) -> "Run":
         return Run(self.path / "iterations" / str(int(k)))
+
+    def iterations(self) -> list[int]:
+        """Numbers of the self-rewarding rounds that have a folder, in order."""
+        root = self.path / "iterations"
+        return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
 
     @property
     def jobs_dir(self) -> Path:
