@@ -159,3 +159,37 @@ class TrainConfig(Settings):
         if not 0 <= self.eval_fraction < 0.5 or not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise LabError("--eval-fraction must be in [0, 0.5), --lora-dropout and --warmup-ratio in [0, 1).")
         return self
+
+
+@dataclass
+class CompareConfig(Settings):
+    model: str = opt("", "base model spec (default: the model this run sampled with)")
+    instructions: str = opt("heldout", "held-out instructions: 'heldout' (bundled), or a .jsonl/.csv/.txt file")
+    n: int = opt(0, "how many held-out instructions (0 = all)")
+    adapters: str = opt("", "comma-separated adapter names of this run (default: every adapter)")
+    temperature: float = opt(0.7, "sampling temperature, the same for every model (0 = greedy)")
+    top_p: float = opt(0.9, "nucleus sampling threshold, the same for every model (1 = off)")
+    max_new_tokens: int = opt(256, "longest completion, in tokens")
+    seed: int = opt(0, "seed for sampling (every model gets the same) and for the bootstrap")
+    batch_size: int = opt(32, "instructions generated together (lower it if memory runs out)")
+    duplicates: str = opt("drop", "held-out instructions that duplicate training ones: drop, flag (keep, marked) "
+                          "or refuse", ("drop", "flag", "refuse"))
+    near_duplicate: float = opt(0.7, "character 5-gram Jaccard similarity from which an instruction is a near duplicate")
+    pairrm: str = opt("", "PairRM ranker for win rates: llm-blender/PairRM or a local folder ('' = skip)")
+    judge: str = opt("none", "LLM judge for win rates, both orders: none, groq, openai or local")
+    judge_model: str = opt("", "the judge's model (default: the judge backend's default)")
+    bootstrap: int = opt(2000, "bootstrap resamples for the win-rate confidence intervals")
+    confidence: float = opt(0.95, "confidence level of the intervals")
+    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
+    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+
+    def validate(self) -> "CompareConfig":
+        SampleConfig(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                     batch_size=self.batch_size).validate()
+        if self.n < 0:
+            raise LabError(f"--n must be 0 (all) or more (got {self.n}).")
+        if not 0 < self.near_duplicate <= 1:
+            raise LabError(f"--near-duplicate must be in (0, 1] (got {self.near_duplicate}); 0.7 is a good start.")
+        if self.bootstrap < 100 or not 0.5 <= self.confidence < 1:
+            raise LabError("--bootstrap must be at least 100 and --confidence in [0.5, 1), e.g. 2000 and 0.95.")
+        return self
