@@ -193,3 +193,32 @@ class CompareConfig(Settings):
         if self.bootstrap < 100 or not 0.5 <= self.confidence < 1:
             raise LabError("--bootstrap must be at least 100 and --confidence in [0.5, 1), e.g. 2000 and 0.95.")
         return self
+
+
+@dataclass
+class RankConfig(Settings):
+    ranker: str = opt("llm-blender/PairRM", "PairRM: hub id, local llm-blender ranker folder, or 'tiny-random'")
+    batch_size: int = opt(32, "ordered response pairs per forward pass (K responses give K*(K-1) per instruction)")
+    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
+    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+
+    def validate(self) -> "RankConfig":
+        if self.batch_size < 1:
+            raise LabError(f"--batch-size must be at least 1 (got {self.batch_size}); 20 fits 5 responses at once.")
+        return self
+
+
+@dataclass
+class PairsConfig(Settings):
+    source: str = opt("judge", "where preferences come from: the LLM judge's verdicts or PairRM's rankings",
+                      choices=("judge", "pairrm"))
+    strategy: str = opt("best-vs-worst", "best-vs-worst: one pair per instruction; all-pairs: every preferred pair "
+                        "whose strength reaches --margin", choices=("best-vs-worst", "all-pairs"))
+    margin: float = opt(0.0, "smallest preference strength kept: PairRM's both-orders logit; a judge verdict "
+                        "counts 1 (so margins up to 1 keep every verdict)")
+    use_spotcheck: bool = opt(True, "let human spot-check verdicts override the judge's (judge pairs only)")
+
+    def validate(self) -> "PairsConfig":
+        if self.margin < 0:
+            raise LabError(f"--margin must be >= 0 (got {self.margin}): it is the smallest preference kept.")
+        return self
