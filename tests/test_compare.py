@@ -1,0 +1,274 @@
+"""lab.compare: held-out duplicates, one base with switched adapters, the grid and its exports, scores, notes."""
+import json
+
+import pandas as pd
+import pytest
+
+from lab import compare, models
+from lab.config import CompareConfig
+from lab.errors import LabError
+from lab.progress import Progress, Stopped
+
+
+def make_adapter(run, name: str, spec: str = "tiny-random", seed: int = 0, base_name: str | None = None):
+    """A small LoRA adapter with random (non-zero) weights, saved the way PEFT saves a trained one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(models.resolve(spec))  # a fresh copy: the cached one stays clean
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    out = run.adapter_dir(name)
+    peft.save_pretrained(out)
+    if base_name is not None:
+        cfg = json.loads((out / "adapter_config.json").read_text())
+        (out / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": base_name}))
+    return out
+
+
+def write_training(run, prompts: list[str]) -> None:
+    run.append("instructions", [{"id": f"train-{i}", "prompt": p, "source": "test"} for i, p in enumerate(prompts)])
+    run.record_stage("sample", {"model": "tiny-random"})
+
+
+def heldout_file(tmp_path, prompts: list[str]):
+    path = tmp_path / "held.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return str(path)
+
+
+def cfg(**kw) -> CompareConfig:
+    return CompareConfig(**{"max_new_tokens": 8, "batch_size": 4, "bootstrap": 200, **kw})
+
+
+HELD = ["Why do we have leap years?", "Name three uses of a paperclip.", "What is a prime number? | pipes\nnewline"]
+
+
+@pytest.fixture
+def two_adapters(run):
+    write_training(run, ["Explain why the sky is blue.", "Write a haiku about autumn."])
+    make_adapter(run, "judge", seed=1)
+    make_adapter(run, "pairrm", seed=2)
+    return run
+
+
+def has_lora(model) -> bool:
+    return any("lora" in name for name, _ in model.named_modules())
+
+
+# ---- duplicates ------------------------------------------------------------------------------------------------------
+def test_duplicates_exact_near_and_distinct():
+    training = {"t1": "How do I boil an egg so the yolk stays soft?", "t2": "Write a haiku about autumn."}
+    held = [{"id": "h1", "prompt": "how do I boil an egg, so the yolk stays soft"},
+            {"id": "h2", "prompt": "How do I boil an egg so that the yolk stays soft?"},
+            {"id": "h3", "prompt": "Write a haiku about winter."},
+            {"id": "h4", "prompt": "What is the capital of Peru?"}]
+    found = compare.find_duplicates(held, training, 0.7)
+    assert found["h1"] == {"of": "t1", "kind": "exact", "similarity": 1.0}
+    assert found["h2"]["kind"] == "near" and found["h2"]["of"] == "t1" and 0.7 <= found["h2"]["similarity"] < 1
+    assert "h3" not in found and "h4" not in found  # another season is another instruction
+
+
+def test_training_prompts_include_pairs(run):
+    write_training(run, ["A"])
+    pair = {"prompt": [{"role": "user", "content": "From a pairs file only"}], "chosen": [], "rejected": [],
+            "meta": {"instruction_id": "x1"}}
+    run.pairs_file("judge").write_text(json.dumps(pair) + "\n")
+    assert compare.training_prompts(run) == {"train-0": "A", "x1": "From a pairs file only"}
+
+
+def test_all_heldout_are_training_instructions_is_refused(two_adapters, tmp_path):
+    src = heldout_file(tmp_path, ["explain why the SKY is blue", "Write a haiku about autumn"])
+    with pytest.raises(LabError, match="All 2 held-out instructions .* are training instructions"):
+        compare.compare_run(two_adapters, cfg(instructions=src))
+    assert not two_adapters.file("compare").exists()
+
+
+def test_duplicate_policies(two_adapters, tmp_path, tiny):
+    src = heldout_file(tmp_path, ["Explain why the sky is blue!", *HELD[:2]])
+    with pytest.raises(LabError, match="1 held-out instruction.*--duplicates drop"):
+        compare.compare_run(two_adapters, cfg(instructions=src, duplicates="refuse"))
+    out = compare.compare_run(two_adapters, cfg(instructions=src, duplicates="drop"))
+    assert out["instructions"] == 2 and out["duplicates"] == 1
+    compare.compare_run(two_adapters, cfg(instructions=src, duplicates="flag"))
+    df = compare.grid(two_adapters)
+    assert len(df) == 3 and df["duplicate_of"].tolist() == ["train-0", None, None]
+    assert compare.score(two_adapters, cfg(duplicates="flag"))["flagged"] == [df.index[0]]
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------------------
+def test_no_adapters_yet(run):
+    write_training(run, ["A"])
+    with pytest.raises(LabError, match="no adapters yet: train one first"):
+        compare.compare_run(run, cfg())
+
+
+def test_unknown_adapter_name(two_adapters):
+    with pytest.raises(LabError, match=r"No adapter 'sft'.*adapters: judge, pairrm"):
+        compare.compare_run(two_adapters, cfg(adapters="judge,sft"))
+
+
+def test_adapter_trained_on_another_base(two_adapters):
+    make_adapter(two_adapters, "llama", base_name="meta-llama/Llama-3.2-1B-Instruct")
+    with pytest.raises(LabError, match="'llama' was trained on meta-llama/Llama-3.2-1B-Instruct.*--model"):
+        compare.compare_run(two_adapters, cfg(adapters="judge,llama"))
+    assert not two_adapters.file("compare").exists()
+
+
+def test_adapter_whose_shapes_do_not_fit(two_adapters, tiny, tmp_path):
+    """Same recorded base name, different shapes (a re-built model under the same folder name): refused, and the
+    cached base model is left without LoRA layers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny.tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    torch.manual_seed(0)
+    peft = get_peft_model(other, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    out = two_adapters.adapter_dir("misfit")
+    peft.save_pretrained(out)
+    cfg_json = json.loads((out / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps({**cfg_json, "base_model_name_or_path": tiny.path}))
+    with pytest.raises(LabError, match="'misfit' does not fit this base model"):
+        compare.compare_run(two_adapters, cfg(adapters="judge,misfit", instructions=heldout_file(tmp_path, HELD)))
+    assert not has_lora(tiny.model)
+
+
+def test_empty_instruction_file(two_adapters, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(LabError, match="no instructions found"):
+        compare.compare_run(two_adapters, cfg(instructions=str(empty)))
+
+
+def test_bad_settings():
+    with pytest.raises(LabError, match="--near-duplicate"):
+        cfg(near_duplicate=0).validate()
+    with pytest.raises(LabError, match="--top-p"):
+        cfg(top_p=0).validate()
+
+
+def test_grid_before_any_comparison(run):
+    with pytest.raises(LabError, match="no comparison yet"):
+        compare.grid(run)
+
+
+# ---- generation with switched adapters ---------------------------------------------------------------------------
+def test_base_column_equals_plain_base_and_adapters_differ(two_adapters, tmp_path, tiny):
+    from lab.sample import Decoding, generate
+
+    c = cfg(instructions=heldout_file(tmp_path, HELD))
+    out = compare.compare_run(two_adapters, c)
+    assert out["models"] == ["base", "judge", "pairrm"] and out["written_now"] == 9
+    assert not has_lora(tiny.model)  # the LoRA layers are stripped again after the comparison
+    df = compare.grid(two_adapters)
+    assert list(df.columns) == ["prompt", "duplicate_of", "base", "judge", "pairrm"]
+    assert df["prompt"].tolist() == HELD
+    _, dec = compare.model_settings(c)
+    plain = [c[0].text for c in generate(tiny, HELD, 1, Decoding(**dec), c.batch_size)]
+    assert df["base"].tolist() == plain  # same batches, same seeds: the base inside PEFT is the plain base
+    assert df["judge"].tolist() != plain and df["pairrm"].tolist() != df["judge"].tolist()
+    recs = two_adapters.read("compare")
+    assert {r["model"]: r["adapter_path"] for r in recs}["judge"] == str(two_adapters.adapter_dir("judge"))
+    assert all(r["decoding"] == dec and r["base_model"] == "tiny-random" for r in recs)
+
+
+def test_resume_after_stop_gives_the_same_grid(two_adapters, tmp_path):
+    src = heldout_file(tmp_path, HELD)
+
+    class StopAfterFirstUnit(Progress):
+        def check_stop(self):
+            if self.desc == "comparing" and two_adapters.file("compare").exists():
+                raise Stopped("stop")
+
+    with pytest.raises(Stopped):
+        compare.compare_run(two_adapters, cfg(instructions=src, batch_size=2), StopAfterFirstUnit(quiet=True))
+    assert len(two_adapters.read("compare")) == 2  # one chunk of two instructions, whole
+    resumed = compare.compare_run(two_adapters, cfg(instructions=src, batch_size=2))
+    assert resumed["written_now"] == 7
+    again = compare.compare_run(two_adapters, cfg(instructions=src, batch_size=2))
+    assert again["written_now"] == 0
+    first = compare.grid(two_adapters)
+    two_adapters.file("compare").unlink()
+    compare.compare_run(two_adapters, cfg(instructions=src, batch_size=2))
+    pd.testing.assert_frame_equal(first, compare.grid(two_adapters))
+
+
+def test_other_settings_are_history_not_mixed(two_adapters, tmp_path):
+    src = heldout_file(tmp_path, HELD)
+    compare.compare_run(two_adapters, cfg(instructions=src, adapters="judge"))
+    compare.compare_run(two_adapters, cfg(instructions=src, adapters="judge", temperature=0.0))
+    assert len(two_adapters.read("compare")) == 12  # both kept in the file
+    records, st = compare.current(two_adapters)
+    assert len(records) == 6 and {r["decoding"]["temperature"] for r in records} == {0.0}
+
+
+# ---- exports -----------------------------------------------------------------------------------------------------
+def test_exports_round_trip(two_adapters, tmp_path):
+    compare.compare_run(two_adapters, cfg(instructions=heldout_file(tmp_path, HELD)))
+    df = compare.grid(two_adapters)
+    back = pd.read_csv(compare.export(two_adapters, "csv"), index_col="instruction_id", keep_default_na=False)
+    assert back["pairrm"].tolist() == df["pairrm"].tolist() and back["prompt"].tolist() == HELD
+    lines = compare.export(two_adapters, "jsonl").read_text().splitlines()
+    assert [json.loads(x)["base"] for x in lines] == df["base"].tolist()
+    assert json.loads(lines[0])["duplicate_of"] is None
+    md = compare.export(two_adapters, "md").read_text().splitlines()
+    assert md[0] == "| instruction_id | prompt | duplicate_of | base | judge | pairrm |" and len(md) == 2 + len(HELD)
+    assert "What is a prime number? \\| pipes<br>newline" in md[-1]  # a cell never breaks the table
+    with pytest.raises(LabError, match="use csv, jsonl or md"):
+        compare.export(two_adapters, "xlsx")
+
+
+# ---- scores --------------------------------------------------------------------------------------------------------
+def test_distinct_n():
+    assert compare.distinct_n(["a b a b"], 1) == 0.5
+    assert compare.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    assert compare.distinct_n(["a b", "a b"], 2) == 0.5  # counted over all texts of a model
+    assert compare.distinct_n(["", "x"], 2) == 0.0
+
+
+def test_refusals():
+    assert compare.is_refusal("I'm sorry, but I can't help with that.")
+    assert compare.is_refusal("As an AI language model, I do not have opinions.")
+    assert not compare.is_refusal("Sorry to hear that! Here is how to fix your bike: ...")
+    assert not compare.is_refusal("x" * 400 + " I cannot help you with that")  # not in the opening
+
+
+def test_bootstrap_interval():
+    assert compare.bootstrap_ci([1.0] * 10, 500, 0.95) == (1.0, 1.0)
+    values = [1.0] * 30 + [0.0] * 10
+    lo, hi = compare.bootstrap_ci(values, 2000, 0.95)
+    assert 0.6 < lo < 0.75 < hi < 0.9
+    assert compare.bootstrap_ci(values, 2000, 0.95) == (lo, hi)  # seeded
+    assert compare.bootstrap_ci(values, 2000, 0.5)[0] > lo  # a lower confidence, a narrower interval
+    rate = compare.win_rate([1.0, 0.5, 0.0, 1.0], cfg())
+    assert (rate["win_rate"], rate["wins"], rate["ties"], rate["losses"], rate["n"]) == (0.625, 2, 1, 1, 4)
+
+
+def test_scores_file(two_adapters, tmp_path):
+    compare.compare_run(two_adapters, cfg(instructions=heldout_file(tmp_path, HELD)))
+    scores = json.loads(two_adapters.file("compare_scores").read_text())
+    records = {(r["model"], r["instruction_id"]): r for r in two_adapters.read("compare")}
+    base_chars = sum(len(r["text"]) for (m, _), r in records.items() if m == "base") / 3
+    judge_chars = sum(len(r["text"]) for (m, _), r in records.items() if m == "judge") / 3
+    per = scores["per_model"]
+    assert per["base"]["mean_chars"] == pytest.approx(base_chars) and per["base"]["chars_change"] is None
+    assert per["judge"]["chars_change"] == pytest.approx(judge_chars - base_chars)
+    assert per["judge"]["truncated_rate"] == 1.0  # 8 new tokens of noise never reach an end of turn
+    assert 0 < per["pairrm"]["distinct_1"] <= 1 and per["pairrm"]["refusal_rate"] == 0
+    assert scores["models"] == ["base", "judge", "pairrm"] and scores["n_instructions"] == 3
+
+
+# ---- notes -----------------------------------------------------------------------------------------------------------
+def test_notes_are_saved_with_the_run(run):
+    assert compare.read_notes(run) == {"overall": "", "instructions": {}}
+    compare.save_note(run, "  longer, more lists  ")
+    compare.save_note(run, "judge adapter hedges", "heldout-001")
+    compare.save_note(run, "fine", "heldout-002")
+    compare.save_note(run, "", "heldout-002")
+    from lab.store import Run
+
+    again = compare.read_notes(Run.open(run.path))
+    assert again == {"overall": "longer, more lists", "instructions": {"heldout-001": "judge adapter hedges"}}
