@@ -222,3 +222,44 @@ class PairsConfig(Settings):
         if self.margin < 0:
             raise LabError(f"--margin must be >= 0 (got {self.margin}): it is the smallest preference kept.")
         return self
+
+
+@dataclass
+class JudgeConfig(Settings):
+    backend: str = opt("local", "who judges: local (transformers, offline, weak at 135M), groq, or openai (any "
+                       "OpenAI-compatible server)", choices=("local", "groq", "openai"))
+    model: str = opt("", "judge model; empty = llama-3.3-70b-versatile (groq), gpt-4o-mini (openai), bundled (local)")
+    base_url: str = opt("", "provider root; empty = the SDK default. openai-compatible roots end in /v1 "
+                        "(e.g. http://localhost:11434/v1 for Ollama); groq's has no /v1")
+    api_key_env: str = opt("", "environment variable that holds the API key (empty = GROQ_API_KEY / OPENAI_API_KEY)")
+    plan: str = opt("knockout", "knockout: 2(K-1) calls per instruction (8 for K=5); full: every pair in both orders, "
+                    "K(K-1) calls (20 for K=5)", choices=("knockout", "full"))
+    prompt_file: str = opt("", "judge prompt template with {instruction}, {response_a}, {response_b}; empty = built-in")
+    temperature: float = opt(0.0, "judge sampling temperature (0: the same inputs give the same verdict)")
+    max_tokens: int = opt(512, "longest judge reply, in tokens (API backends)")
+    rpm: float = opt(30.0, "client-side limit, requests per minute (Groq free tier: 30; 0 = no limit)")
+    concurrency: int = opt(8, "API requests in flight at once")
+    timeout_s: float = opt(60.0, "seconds to wait for one API answer before retrying")
+    max_retries: int = opt(5, "retries of a request after 429 / 5xx / timeout (Retry-After is honoured)")
+    backoff_s: float = opt(1.0, "first retry delay when the provider gives no Retry-After; doubles each retry")
+    json_mode: bool = opt(True, "ask the API for a JSON object (response_format); turn off for servers without it")
+    retry_invalid: bool = opt(False, "judge again the calls recorded as invalid (otherwise the cache keeps them)")
+    seed: int = opt(0, "seed of the coin that settles undecided knockout matches")
+    reasoning_tokens: int = opt(96, "local backend: tokens of reasoning generated before the verdict (0 = none)")
+    batch_size: int = opt(8, "local backend: prompts per forward pass")
+    device: str = opt("auto", "local backend: cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
+    dtype: str = opt("auto", "local backend: float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+
+    def validate(self) -> "JudgeConfig":
+        if self.concurrency < 1 or self.batch_size < 1:
+            raise LabError("--concurrency and --batch-size must be at least 1.")
+        if self.rpm < 0 or self.timeout_s <= 0 or self.max_retries < 0 or self.backoff_s < 0:
+            raise LabError("--rpm must be >= 0 (0 = no limit), --timeout-s > 0, --max-retries and --backoff-s >= 0.")
+        if self.max_tokens < 16 or self.reasoning_tokens < 0:
+            raise LabError(f"--max-tokens must be at least 16 (got {self.max_tokens}): the reply holds the reasoning "
+                           "and the verdict; --reasoning-tokens must be >= 0.")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise LabError(f"--base-url {self.base_url!r} is not a URL: give http(s)://host[:port][/v1].")
+        if self.backend == "local" and self.base_url:
+            raise LabError("--base-url is for the groq and openai backends; the local judge runs here.")
+        return self
