@@ -45,6 +45,7 @@ FILES = {
     "notes": "notes.json",
     "iterate": "iterate.jsonl",
     "compare_judgments": "compare-judgments.jsonl",  # LLM judge on base vs adapter (lab.compare)
+    "judge_prompt": "judge-prompt.txt",  # the prompt template the last judge run used (lab.judge)
     "compare_rankings": "compare-rankings.jsonl",  # PairRM on base vs adapter (lab.compare)
     "compare_scores": "compare-scores.json",
     "compare_csv": "compare.csv",  # exports of the comparison grid
