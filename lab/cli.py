@@ -35,7 +35,39 @@ def cmd_sample(args) -> None:
     _print_summary(sample_run(Run.open(args.run), SampleConfig.from_args(args)))
 
 
-STAGES = [add_sample]
+# ---- train --------------------------------------------------------------------------------------------------------
+def add_train(sub) -> None:
+    from lab.config import TrainConfig
+
+    p = sub.add_parser("train", help="train a LoRA adapter with DPO on a preference data set (TRL + PEFT)",
+                       description="Trains runs/<run>/adapters/<adapter>/ (docs/training.md). Runs unchanged under "
+                                   "`accelerate launch -m lab train ...` on several GPUs. Rerunning an interrupted "
+                                   "or stopped training resumes it from its last checkpoint.")
+    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    p.add_argument("--pairs", required=True, help="'judge', 'pairrm' (the run's pairs-<source>.jsonl) or a FILE")
+    p.add_argument("--adapter", required=True, help="name of the adapter folder to write under <run>/adapters/")
+    p.add_argument("--init-adapter", default=None,
+                   help="continue from this adapter (a name in the run, or a folder); it is also the DPO reference")
+    TrainConfig.add_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> None:
+    from lab.config import TrainConfig
+    from lab.store import Run
+    from lab.train import is_main_process, read_state, train_adapter
+
+    out = train_adapter(Run.open(args.run), args.pairs, args.adapter, TrainConfig.from_args(args),
+                        init_adapter=args.init_adapter)
+    if is_main_process():
+        state = read_state(out)
+        for warning in state["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
+        _print_summary({"adapter": str(out), "status": state["status"], "steps": state["global_step"],
+                        "pairs": {k: state["pairs"][k] for k in ("n_train", "n_eval")}, "final": state["final"]})
+
+
+STAGES = [add_sample, add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:
