@@ -67,7 +67,51 @@ def cmd_train(args) -> None:
                         "pairs": {k: state["pairs"][k] for k in ("n_train", "n_eval")}, "final": state["final"]})
 
 
-STAGES = [add_sample, add_train]
+# ---- rank ---------------------------------------------------------------------------------------------------------
+def add_rank(sub) -> None:
+    from lab.config import RankConfig
+
+    p = sub.add_parser("rank", help="rank each instruction's responses with PairRM (llm-blender)",
+                       description="Compares every pair of responses in both orders and appends rankings.jsonl "
+                                   "(format: lab/rank.py). Instructions already ranked with the same ranker are skipped.")
+    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    RankConfig.add_arguments(p)
+    p.set_defaults(func=cmd_rank)
+
+
+def cmd_rank(args) -> None:
+    from lab.config import RankConfig
+    from lab.progress import Progress
+    from lab.rank import rank_run
+    from lab.store import Run
+
+    _print_summary(rank_run(Run.open(args.run, create=False), RankConfig.from_args(args), Progress("ranking")))
+
+
+# ---- pairs --------------------------------------------------------------------------------------------------------
+def add_pairs(sub) -> None:
+    from lab.config import PairsConfig
+
+    p = sub.add_parser("pairs", help="build chosen/rejected pairs (TRL format) from the judge's verdicts or PairRM",
+                       description="Rewrites pairs-<source>.jsonl (format: lab/pairs.py) and prints its statistics: "
+                                   "pair count, instructions without a pair, length balance, judge-vs-PairRM agreement.")
+    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    PairsConfig.add_arguments(p)
+    p.set_defaults(func=cmd_pairs)
+
+
+def cmd_pairs(args) -> None:
+    from lab.config import PairsConfig
+    from lab.pairs import build_pairs
+    from lab.store import Run
+
+    summary = build_pairs(Run.open(args.run, create=False), PairsConfig.from_args(args))
+    if summary.get("length_warning"):
+        print(f"warning: {summary['length_warning']}", file=sys.stderr)
+    _print_summary(summary)
+
+
+STAGES = [add_sample, add_train, add_rank, add_pairs]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,376 @@
+"""PairRM ranking: every response of an instruction compared with every other one, in both orders.
+
+PairRM (`llm-blender/PairRM`, a DeBERTa-v3-large cross-encoder) reads `<source> <candidate1> <candidate2>` and gives
+a logit that candidate 1 is better. We call llm-blender's model directly, but batch differently: its `rank` runs the
+K*(K-1) ordered pairs as K*(K-1) sequential forward passes; here all ordered pairs of several instructions go
+through the model as one batch (up to `batch_size` rows), which is what makes a GPU worth it.
+
+Ranker specs (`--ranker`):
+  - `llm-blender/PairRM` (default) or another hub id of an llm-blender ranker: downloaded with the hub's own cache.
+    Its config names the backbone `microsoft/deberta-v3-large`, which is fetched too. Offline and not cached, this
+    fails with a message that says so (llm-blender itself says "reward model type not supported").
+  - a local folder holding an llm-blender ranker checkpoint (config.json with `ranker_type`, model.safetensors).
+    Its `model_name` may name a subfolder (the backbone); that makes a folder self-contained and movable.
+  - `tiny-random`: a 2-layer random DeBERTa-v2 PairRM with a tokenizer trained here, built once into the lab cache
+    fully offline. Its rankings are noise: tests and smoke runs only.
+Inputs are cut to PairRM's limits (source 1224, candidate 412 tokens): long answers are ranked on their beginning.
+
+rankings.jsonl, one line per ranked instruction (the last line of an instruction wins; a re-run with another
+ranker or new samples appends, so nothing is overwritten):
+    {"instruction_id": str,
+     "sample_indices": [int],        # the K responses ranked, by samples.jsonl "sample_index"
+     "scores": [float],              # parallel to sample_indices; higher is better: mean over the other responses
+                                     #   j of logits[i][j] - logits[j][i] (llm-blender's "max_logits" policy)
+     "ranks": [int],                 # parallel; 1 = best (equal scores share a rank)
+     "logits": [[float]],            # K x K; logits[i][j] = PairRM logit that response i beats j when i is shown
+                                     #   first (diagonal 0). Both-orders preference of i over j:
+                                     #   logits[i][j] - logits[j][i] (what Blender.compare returns)
+     "ranker": str, "ranker_path": str, "source_max_length": int, "candidate_max_length": int,
+     "truncated": [bool],            # parallel; True where the response was cut to candidate_max_length tokens
+     "time": str}
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabError
+from lab.models import HUB_ID, _build_once, cache_dir
+from lab.progress import Progress
+from lab.store import Run
+
+DEFAULT_RANKER = "llm-blender/PairRM"
+PAIRRM_SOURCE_MAX, PAIRRM_CANDIDATE_MAX = 1224, 412  # PairRM's training lengths, in tokens
+TINY_TRAIN_TEXT = Path(__file__).resolve().parent.parent / "assets"
+
+
+# ---- transformers-5 compatibility (the only place that patches anything) --------------------------------------------
+def _install_shims() -> None:
+    """llm-blender 0.0.2 was written for transformers 4. Two names it uses were removed in v5:
+    `transformers.utils.hub.TRANSFORMERS_CACHE` (imported at module load) and `tokenizer.batch_encode_plus`
+    (called by its collator). Both are restored as thin aliases, only where missing, before llm_blender is imported."""
+    import transformers.utils.hub as tf_hub
+    from huggingface_hub import constants
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    if not hasattr(tf_hub, "TRANSFORMERS_CACHE"):
+        tf_hub.TRANSFORMERS_CACHE = constants.HF_HUB_CACHE
+    if not hasattr(PreTrainedTokenizerBase, "batch_encode_plus"):
+        def batch_encode_plus(self, batch_text_or_text_pairs, **kwargs):  # v4 name of __call__ on a batch
+            return self(batch_text_or_text_pairs, **kwargs)
+
+        PreTrainedTokenizerBase.batch_encode_plus = batch_encode_plus
+
+
+def blender_module():
+    """`llm_blender`, imported after the shims."""
+    _install_shims()
+    import llm_blender
+
+    return llm_blender
+
+
+# ---- the tiny random PairRM ---------------------------------------------------------------------------------------
+def _train_tokenizer(out: Path, vocab_size: int = 2000):
+    """A small Unigram tokenizer trained on the bundled instructions, in DeBERTa-v2's format (no hub needed)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import DebertaV2Tokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    texts = [json.loads(line)["prompt"] for f in sorted(TINY_TRAIN_TEXT.glob("instructions-*.jsonl"))
+             for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    alphabet = [chr(c) for c in range(32, 127)]  # every ASCII character is a piece, so plain English never hits [UNK]
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="[UNK]",
+                                      initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    vocab = [tuple(v) for v in json.loads(tok.to_str())["model"]["vocab"]]
+    deberta_tok = DebertaV2Tokenizer(vocab=vocab, unk_id=specials.index("[UNK]"))
+    deberta_tok.save_pretrained(out)
+    return deberta_tok
+
+
+def build_random_pairrm(out: Path, backbone: dict | None = None, seed: int = 0) -> None:
+    """Write an llm-blender PairRM checkpoint with random weights to `out`:
+        out/config.json          llm-blender RankerConfig (model_name "backbone": the subfolder below)
+        out/model.safetensors    the CrossCompareReranker state (backbone + head, embeddings resized for its tokens)
+        out/backbone/            a DeBERTa-v2 config + random weights + tokenizer
+    `backbone` overrides DebertaV2Config fields (default: 2 layers of width 64; see bench/rank.py for PairRM's)."""
+    import torch
+    from safetensors.torch import save_model
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    torch.manual_seed(seed)
+    tok = _train_tokenizer(out / "backbone")
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                 max_position_embeddings=512, relative_attention=True, position_buckets=256,
+                 pos_att_type=["p2c", "c2p"], position_biased_input=False, norm_rel_ebd="layer_norm",
+                 share_att_key=True, type_vocab_size=0,
+                 initializer_range=0.2)  # wider than BERT's 0.02 so that random logits differ visibly per response
+    DebertaV2Model(DebertaV2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                                   **{**shape, **(backbone or {})})).save_pretrained(out / "backbone")
+    config = {"ranker_type": "pairranker", "model_type": "deberta", "model_name": "backbone",
+              "source_maxlength": PAIRRM_SOURCE_MAX, "candidate_maxlength": PAIRRM_CANDIDATE_MAX, "n_tasks": 1,
+              "drop_out": 0.05, "inference_mode": "bubble", "fp16": True}
+    ranker, _, _ = _blender_parts(out, config, load_weights=False)
+    save_model(ranker, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def tiny_random_path() -> str:
+    return str(_build_once(cache_dir() / "tiny-random-pairrm", build_random_pairrm))
+
+
+# ---- resolving and loading ----------------------------------------------------------------------------------------
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as e:  # the hub raises many types: offline, not found, gated, connection
+        raise LabError(_hub_message(repo_id, e)) from e
+
+
+def _hub_message(repo_id: str, err: Exception) -> str:
+    name, text = type(err).__name__, str(err)
+    if "RepositoryNotFound" in name or "404" in text:
+        return f"Ranker {repo_id} was not found on the Hugging Face Hub: check the id, or give a local folder."
+    return (f"Could not get ranker {repo_id} from the Hugging Face Hub ({name}): this machine looks offline, or "
+            "HF_HUB_OFFLINE is set, and the model is not in the local cache. Download it once where the hub is "
+            f"reachable (`hf download {repo_id}`), give a local folder, or use --ranker tiny-random for a smoke test.")
+
+
+def resolve_ranker(spec: str) -> Path:
+    """Spec -> a local folder holding an llm-blender ranker checkpoint."""
+    spec = (spec or "").strip()
+    if spec == "tiny-random":
+        return Path(tiny_random_path())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        cfg = path / "config.json"
+        if not cfg.exists() or "ranker_type" not in json.loads(cfg.read_text(encoding="utf-8")):
+            raise LabError(f"{path} is not an llm-blender ranker checkpoint (no config.json with 'ranker_type'): "
+                           f"point --ranker at a PairRM folder, a hub id such as {DEFAULT_RANKER}, or 'tiny-random'.")
+        return path.resolve()
+    if HUB_ID.match(spec):
+        return _download(spec)
+    raise LabError(f"Unknown ranker {spec!r}: give a hub id ({DEFAULT_RANKER}), a local folder or 'tiny-random'.")
+
+
+def _backbone_name(folder: Path, config: dict) -> str:
+    """The backbone llm-blender builds: a subfolder of the checkpoint when it names one, else a hub id."""
+    name = config.get("model_name") or ""
+    return str(folder / name) if name and (folder / name).is_dir() else name
+
+
+def _blender_parts(folder: Path, config: dict, load_weights: bool = True):
+    """(ranker nn.Module, tokenizer, collator) through llm-blender's own builder."""
+    lb = blender_module()
+    from llm_blender.blender.blender_utils import load_ranker as lb_load_ranker
+
+    with warnings.catch_warnings():  # dataclasses_json warns about every field left None; llm-blender leaves many
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cfg = lb.RankerConfig.from_dict({**config, "model_name": _backbone_name(folder, config),
+                                         "load_checkpoint": str(folder) if load_weights else None})
+    if cfg.ranker_type != "pairranker":
+        raise LabError(f"{folder}: ranker_type {cfg.ranker_type!r} is not a pairwise ranker; the lab ranks with "
+                       "PairRM-style pair rankers (ranker_type 'pairranker').")
+    try:
+        return lb_load_ranker(cfg)
+    except OSError as e:  # the backbone (e.g. microsoft/deberta-v3-large) is not reachable
+        raise LabError(_hub_message(cfg.model_name, e)) from e
+
+
+@dataclass
+class Ranker:
+    """A loaded pair ranker: the llm-blender CrossCompareReranker, its tokenizer and collator."""
+
+    spec: str
+    path: str
+    model: Any
+    tokenizer: Any
+    collator: Any
+    device: str
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        """(source, candidate) maximum lengths in tokens."""
+        return self.collator.source_maxlength, self.collator.candidate_maxlength
+
+
+_CACHE: dict[tuple, Ranker] = {}
+
+
+def load_ranker(spec: str = DEFAULT_RANKER, device: str | None = None, dtype: str | None = None) -> Ranker:
+    """Load (or reuse) a ranker: fp32 on CPU, bf16 on a GPU unless `dtype` says otherwise."""
+    from lab.models import pick_device
+
+    folder = resolve_ranker(spec)
+    dev, torch_dtype = pick_device(device, dtype)
+    key = (str(folder), dev, str(torch_dtype))
+    if key not in _CACHE:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        model, tok, collator = _blender_parts(folder, config)
+        _CACHE.clear()  # one ranker per process: they are big
+        _CACHE[key] = Ranker(spec, str(folder), model.to(device=dev, dtype=torch_dtype).eval(), tok, collator, dev)
+    return _CACHE[key]
+
+
+# ---- all ordered pairs in one batch -------------------------------------------------------------------------------
+def _pair_rows(ranker: Ranker, source: str, candidates: list[str]) -> tuple[list[tuple], list[bool]]:
+    """Encode one instruction once (llm-blender's collator: prefixes, truncation), then list its K*(K-1) ordered
+    pairs as rows (source ids, mask, cand1 ids, mask, cand2 ids, mask), each a 1-D tensor without padding.
+    Also returns, per candidate, whether truncation cut it."""
+    enc = ranker.collator([{"source": source, "candidates": candidates}])
+    src_ids, src_mask = enc["source_ids"][0], enc["source_attention_mask"][0]
+    cand_ids, cand_mask = enc["candidate_ids"][0], enc["candidate_attention_mask"][0]  # [K, C]
+    k = len(candidates)
+    rows = [(src_ids, src_mask, cand_ids[i], cand_mask[i], cand_ids[j], cand_mask[j])
+            for i in range(k) for j in range(k) if i != j]
+    full = [len(ranker.tokenizer(ranker.collator.candidate_prefix + c)["input_ids"]) for c in candidates]
+    return rows, [n > int(m.sum()) for n, m in zip(full, cand_mask)]
+
+
+def _forward_rows(ranker: Ranker, rows: list[tuple]):
+    """One forward pass over rows -> logits [len(rows)] (logit that cand1 beats cand2 after the source)."""
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    pad = ranker.tokenizer.pad_token_id
+    cols = list(zip(*rows))
+    # right padding: llm-blender's cat_ids cuts each part at its last [SEP] and moves padding to the end
+    batch = [pad_sequence(list(c), batch_first=True, padding_value=pad if n % 2 == 0 else 0).to(ranker.device)
+             for n, c in enumerate(cols)]
+    with torch.inference_mode():
+        return ranker.model._forward(*batch)["logits"].float().cpu()
+
+
+def compare_all(ranker: Ranker, groups: list[tuple[str, list[str]]], batch_size: int = 32) -> list[dict]:
+    """For each (source, K candidates): {"logits": K x K list (logits[i][j]: i beats j when shown first; diagonal
+    0), "truncated": [bool] * K}. The ordered pairs of all groups run together, `batch_size` rows per pass."""
+    import torch
+
+    encoded = [_pair_rows(ranker, s, c) for s, c in groups]
+    rows = [r for rs, _ in encoded for r in rs]
+    logits = torch.cat([_forward_rows(ranker, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)])
+    out, at = [], 0
+    for (_, cands), (rs, truncated) in zip(groups, encoded):
+        k = len(cands)
+        matrix = torch.zeros(k, k)
+        ii, jj = zip(*[(i, j) for i in range(k) for j in range(k) if i != j])
+        matrix[list(ii), list(jj)] = logits[at:at + len(rs)]
+        at += len(rs)
+        out.append({"logits": matrix.tolist(), "truncated": truncated})
+    return out
+
+
+def scores_and_ranks(logits: list[list[float]]) -> tuple[list[float], list[int]]:
+    """llm-blender's aggregation: score_i = mean_j (logits[i][j] - logits[j][i]); rank 1 = highest score."""
+    import numpy as np
+
+    from llm_blender.gpt_eval.utils import get_ranks_from_scores, get_scores_from_cmps
+
+    scores = get_scores_from_cmps(np.asarray([logits], dtype=np.float32))
+    return scores[0].tolist(), get_ranks_from_scores(scores)[0].tolist()
+
+
+def preference(record: dict, a: int, b: int) -> float:
+    """PairRM's both-orders logit that sample a beats sample b (> 0: a preferred), from a rankings record."""
+    idx = record["sample_indices"]
+    i, j = idx.index(a), idx.index(b)
+    return record["logits"][i][j] - record["logits"][j][i]
+
+
+# ---- the stage ----------------------------------------------------------------------------------------------------
+@dataclass
+class Group:
+    """The responses of one instruction, in sample_index order."""
+
+    instruction_id: str
+    prompt: str
+    indices: list[int]
+    texts: list[str]
+
+
+def sample_groups(run: Run) -> list[Group]:
+    """samples.jsonl -> one Group per instruction (first-seen order); a repeated sample_index keeps its last line."""
+    samples = run.read("samples")
+    if not samples:
+        raise LabError(f"Run '{run.name}' has no samples yet: run `python -m lab sample --run {run.name}` first.")
+    by_id: dict[str, dict[int, dict]] = {}
+    for s in samples:
+        by_id.setdefault(s["instruction_id"], {})[int(s["sample_index"])] = s
+    groups = []
+    for iid, recs in by_id.items():
+        order = sorted(recs)
+        groups.append(Group(iid, recs[order[0]]["prompt"], order, [recs[i]["text"] for i in order]))
+    return groups
+
+
+def latest_rankings(run: Run) -> dict[str, dict]:
+    """instruction_id -> its last rankings record."""
+    return {r["instruction_id"]: r for r in run.read("rankings")}
+
+
+def _record(group: Group, result: dict, ranker: Ranker) -> dict:
+    scores, ranks = scores_and_ranks(result["logits"])
+    src_max, cand_max = ranker.limits
+    return {"instruction_id": group.instruction_id, "sample_indices": group.indices, "scores": scores,
+            "ranks": ranks, "logits": result["logits"], "ranker": ranker.spec, "ranker_path": ranker.path,
+            "source_max_length": src_max, "candidate_max_length": cand_max, "truncated": result["truncated"],
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _batches(groups: list[Group], rows_per_batch: int) -> list[list[Group]]:
+    """Consecutive instructions whose ordered pairs fit in one batch (at least one instruction each)."""
+    out: list[list[Group]] = []
+    rows = 0
+    for g in groups:
+        n = len(g.indices) * (len(g.indices) - 1)
+        if not out or rows + n > rows_per_batch:
+            out.append([])
+            rows = 0
+        out[-1].append(g)
+        rows += n
+    return out
+
+
+def rank_run(run: Run, cfg, progress: Progress | None = None) -> dict:
+    """Rank every instruction's responses with PairRM and append rankings.jsonl. Resumes: an instruction whose
+    last record has the same ranker and the same responses is skipped. Returns a summary for the CLI / app."""
+    cfg.validate()
+    progress = progress or Progress("ranking", quiet=True)
+    groups = sample_groups(run)
+    single = [g.instruction_id for g in groups if len(g.indices) < 2]
+    done = latest_rankings(run)
+    todo = [g for g in groups if len(g.indices) >= 2 and not _is_done(done.get(g.instruction_id), g, cfg.ranker)]
+    summary = {"run": run.name, "ranker": cfg.ranker, "instructions": len(groups), "ranked": 0,
+               "already_ranked": len(groups) - len(single) - len(todo), "single_response": single}
+    if not todo and not summary["already_ranked"]:
+        raise LabError(f"Nothing to rank in run '{run.name}': every instruction has a single response. PairRM "
+                       "compares responses, so sample with --k 2 or more.")
+    if not todo:
+        return {**summary, "message": "Every instruction is already ranked with this ranker; nothing to do."}
+    ranker = load_ranker(cfg.ranker, cfg.device, cfg.dtype)
+    run.record_stage("rank", cfg.to_dict())
+    start = time.time()
+    for batch in _batches(todo, cfg.batch_size):
+        progress.check_stop()
+        results = compare_all(ranker, [(g.prompt, g.texts) for g in batch], cfg.batch_size)
+        summary["ranked"] += run.append("rankings", [_record(g, r, ranker) for g, r in zip(batch, results)])
+        progress.update(summary["ranked"], len(todo), "ranking with PairRM")
+    progress.close()
+    seconds = time.time() - start
+    return {**summary, "seconds": round(seconds, 3), "seconds_per_instruction": round(seconds / len(todo), 4),
+            "file": str(run.file("rankings"))}
+
+
+def _is_done(record: dict | None, group: Group, ranker_spec: str) -> bool:
+    return bool(record) and record["ranker"] == ranker_spec and record["sample_indices"] == group.indices
+

@@ -1,0 +1,147 @@
+"""PairRM ranking on the tiny random PairRM (built offline), checked against llm-blender's own code paths."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lab import progress as lab_progress
+from lab.cli import main
+from lab.config import RankConfig
+from lab.errors import LabError
+from lab.rank import (compare_all, latest_rankings, load_ranker, preference, rank_run, resolve_ranker,
+                      scores_and_ranks)
+from prefdata import write_samples
+
+SKY = "Why is the sky blue?"
+SKY_ANSWERS = ["Rayleigh scattering: air scatters short (blue) wavelengths more than long ones.",
+               "I don't know.", "Because the ocean reflects onto it.", "Blue light scatters most in air.", "sky"]
+DATA = {"i1": (SKY, SKY_ANSWERS),
+        "i2": ("Name a prime number.", ["7", "Seven is prime.", "9"]),
+        "i3": ("Say hello.", ["Hello!", "Hi there, nice to meet you."])}
+
+
+@pytest.fixture(scope="module")
+def ranker():
+    return load_ranker("tiny-random", device="cpu")
+
+
+def test_tiny_ranker_is_a_real_llm_blender_checkpoint(ranker):
+    folder = Path(resolve_ranker("tiny-random"))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["ranker_type"] == "pairranker" and (folder / "model.safetensors").exists()
+    assert (folder / "backbone" / "tokenizer.json").exists()
+    assert type(ranker.model).__name__ == "CrossCompareReranker"
+    assert ranker.limits == (1224, 412)  # PairRM's own limits
+    ids = ranker.tokenizer("Rayleigh scattering makes the sky blue.")["input_ids"]
+    assert ranker.tokenizer.unk_token_id not in ids  # the trained tokenizer covers plain English
+
+
+def test_batched_pairs_equal_llm_blender_rank_and_compare(ranker):
+    """All K*(K-1) ordered pairs in one batch give what llm-blender's sequential rank() and compare() give."""
+    from lab.rank import blender_module
+
+    folder = resolve_ranker("tiny-random")
+    blender = blender_module().Blender()
+    blender.loadranker(str(folder), device="cpu", model_name=str(folder / "backbone"))
+    ours = compare_all(ranker, [(SKY, SKY_ANSWERS), ("Say hello.", ["Hello!", "Hi there."])], batch_size=7)
+    upstream = blender.rank([SKY], [SKY_ANSWERS], return_scores=True, disable_tqdm=True)[0]
+    scores, ranks = scores_and_ranks(ours[0]["logits"])
+    assert scores == pytest.approx(upstream.tolist(), abs=1e-5)
+    assert max(abs(s) for s in scores) > 1e-3  # the random model does tell responses apart
+    assert ranks[scores.index(max(scores))] == 1 and sorted(ranks) == [1, 2, 3, 4, 5]
+    logits = ours[1]["logits"]
+    both_orders = blender.compare(["Say hello."], ["Hello!"], ["Hi there."], return_logits=True, disable_tqdm=True)
+    assert logits[0][1] - logits[1][0] == pytest.approx(float(both_orders[0]), abs=1e-5)
+    assert logits[0][0] == logits[1][1] == 0
+
+
+def test_rank_run_writes_documented_records(run, ranker):
+    write_samples(run, DATA)
+    summary = rank_run(run, RankConfig(ranker="tiny-random", device="cpu", batch_size=8))
+    assert summary["ranked"] == 3 and summary["single_response"] == []
+    recs = latest_rankings(run)
+    r1 = recs["i1"]
+    assert r1["sample_indices"] == [0, 1, 2, 3, 4] and len(r1["logits"]) == 5 and len(r1["logits"][0]) == 5
+    assert r1["ranker"] == "tiny-random" and r1["source_max_length"] == 1224 and r1["truncated"] == [False] * 5
+    assert r1["ranks"][r1["scores"].index(max(r1["scores"]))] == 1
+    assert preference(r1, 0, 3) == pytest.approx(-preference(r1, 3, 0))
+    alone = compare_all(ranker, [DATA["i2"]])[0]["logits"]  # batching across instructions changes nothing
+    np.testing.assert_allclose(recs["i2"]["logits"], alone, atol=1e-5)
+    assert run.stage_settings("rank")["ranker"] == "tiny-random"
+
+
+def test_rank_resumes_and_reranks_what_changed(run, ranker):
+    write_samples(run, DATA)
+    cfg = RankConfig(ranker="tiny-random", device="cpu")
+    rank_run(run, cfg)
+    before = run.file("rankings").read_bytes()
+    again = rank_run(run, cfg)
+    assert again["ranked"] == 0 and again["already_ranked"] == 3
+    assert run.file("rankings").read_bytes() == before  # nothing rewritten
+    from prefdata import sample_line
+
+    run.append("samples", [sample_line("i3", "Say hello.", 2, "Greetings.")])  # a new response for i3
+    third = rank_run(run, cfg)
+    assert third["ranked"] == 1 and latest_rankings(run)["i3"]["sample_indices"] == [0, 1, 2]
+    assert len(run.read("rankings")) == 4  # appended: the old i3 ranking is still on disk
+
+
+def test_long_response_is_flagged_truncated(run, ranker):
+    long = " ".join(["word"] * 2000)
+    write_samples(run, {"i1": (SKY, ["short answer", long])})
+    rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))
+    assert latest_rankings(run)["i1"]["truncated"] == [False, True]
+
+
+def test_stop_keeps_finished_batches(run, ranker):
+    write_samples(run, DATA)
+
+    class StopAfterFirstBatch(lab_progress.Progress):
+        def update(self, *args, **kwargs):
+            super().update(*args, **kwargs)
+            lab_progress.request_stop()
+
+    try:
+        with pytest.raises(lab_progress.Stopped):
+            rank_run(run, RankConfig(ranker="tiny-random", device="cpu", batch_size=20),
+                     StopAfterFirstBatch(quiet=True))
+    finally:
+        lab_progress._STOP["requested"] = False
+    assert [r["instruction_id"] for r in run.read("rankings")] == ["i1"]  # i1 filled the first batch (20 pairs)
+    assert rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))["ranked"] == 2  # resumes with the rest
+
+
+def test_bad_input_gives_clear_errors(run, ranker):
+    with pytest.raises(LabError, match="no samples yet"):
+        rank_run(run, RankConfig(ranker="tiny-random"))
+    write_samples(run, {"i1": ("Q?", ["only one"])})
+    with pytest.raises(LabError, match="single response"):
+        rank_run(run, RankConfig(ranker="tiny-random"))
+    with pytest.raises(LabError, match="batch-size"):
+        RankConfig(batch_size=0).validate()
+    with pytest.raises(LabError, match="Unknown ranker"):
+        resolve_ranker("not a spec")
+    with pytest.raises(LabError, match="not an llm-blender ranker"):
+        resolve_ranker(str(run.path))
+
+
+def test_one_response_instructions_are_reported_not_ranked(run, ranker):
+    write_samples(run, {**DATA, "solo": ("Q?", ["only one"])})
+    summary = rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))
+    assert summary["single_response"] == ["solo"] and "solo" not in latest_rankings(run)
+
+
+def test_real_pairrm_offline_says_so(run):
+    write_samples(run, DATA)
+    with pytest.raises(LabError, match="offline.*hf download llm-blender/PairRM.*tiny-random"):
+        rank_run(run, RankConfig(ranker="llm-blender/PairRM"))
+    assert not run.file("rankings").exists()
+
+
+def test_cli_rank(run, ranker, capsys):
+    write_samples(run, DATA)
+    assert main(["rank", "--run", str(run.path), "--ranker", "tiny-random", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["ranked"] == 3
+    assert main(["rank", "--run", str(run.path), "--ranker", "llm-blender/PairRM"]) == 2
+    assert "offline" in capsys.readouterr().err
