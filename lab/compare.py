@@ -34,6 +34,7 @@ import json
 import re
 import time
 import unicodedata
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterable
 
@@ -168,6 +169,32 @@ def attach_adapters(model, adapters: dict[str, Path]):
     return peft, slots
 
 
+@contextmanager
+def adapters_on(cm, adapters: dict[str, Path]):
+    """Load every adapter onto the loaded base `cm` once; yields `select(name)`, a context manager that gives a
+    ChatModel with that adapter switched on (name None: the plain base, every adapter disabled). On exit the LoRA
+    layers are stripped again, so the cached base model stays a plain base model."""
+    if not adapters:
+        yield lambda name: nullcontext(cm)
+        return
+    peft, slots = attach_adapters(cm.model, adapters)
+    wrapped = dataclasses.replace(cm, model=peft)
+
+    @contextmanager
+    def select(name: str | None):
+        if name is None:
+            with peft.disable_adapter():
+                yield wrapped
+        else:
+            peft.set_adapter(slots[name])
+            yield wrapped
+
+    try:
+        yield select
+    finally:
+        peft.unload()
+
+
 def model_settings(cfg) -> tuple[str, dict]:
     """(key, decoding) of a comparison: records with another key were made with other settings."""
     dec = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
@@ -199,13 +226,12 @@ def _records(chunk: list[dict], comps, name: str, path: Path | None, cm, cfg, ke
              "duplicate": dups.get(it["id"])} for it, c in zip(chunk, comps)]
 
 
-def complete_all(run: Run, cm, peft, slots: dict, adapters: dict[str, Path], items: list[dict], cfg, key: str,
-                 dec: dict, dups: dict, progress: Progress) -> int:
+def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict], cfg, key: str, dec: dict,
+                 dups: dict, progress: Progress) -> int:
     """Generate every missing (model, chunk) unit, appending each chunk as it finishes. Returns records written."""
     from lab.sample import Decoding, generate
 
     have = {(r["instruction_id"], r["model"]) for r in run.read("compare") if r.get("key") == key}
-    cm_peft = dataclasses.replace(cm, model=peft)
     names = [BASE, *adapters]
     units = [(n, ch) for n in names for ch in chunks(items, cfg.batch_size)
              if any((it["id"], n) not in have for it in ch)]
@@ -213,22 +239,12 @@ def complete_all(run: Run, cm, peft, slots: dict, adapters: dict[str, Path], ite
     for name, chunk in units:
         progress.check_stop()
         progress.update(done, total, "comparing")
-        comps = _generate(cm_peft, peft, slots.get(name), [it["prompt"] for it in chunk], Decoding(**dec), cfg)
+        with select(None if name == BASE else name) as cm:
+            comps = generate(cm, [it["prompt"] for it in chunk], 1, Decoding(**dec), cfg.batch_size)
         written += run.append("compare", _records(chunk, comps, name, adapters.get(name), cm, cfg, key, dec, dups))
         done += len(chunk)
     progress.update(done, total, "comparing")
     return written
-
-
-def _generate(cm, peft, slot: str | None, prompts: list[str], dec, cfg):
-    """One chunk from one model: the base with every adapter disabled, or one adapter switched on."""
-    from lab.sample import generate
-
-    if slot is None:
-        with peft.disable_adapter():
-            return generate(cm, prompts, 1, dec, cfg.batch_size)
-    peft.set_adapter(slot)
-    return generate(cm, prompts, 1, dec, cfg.batch_size)
 
 
 def compare_run(run: Run, cfg, progress: Progress | None = None) -> dict:
@@ -245,11 +261,8 @@ def compare_run(run: Run, cfg, progress: Progress | None = None) -> dict:
     run.record_stage("compare", {**cfg.to_dict(), "key": key, "base_path": cm.path, "models": [BASE, *adapters],
                                  "instruction_ids": [i["id"] for i in items], "duplicates_found": dups})
     progress = progress or Progress("comparing")
-    peft, slots = attach_adapters(cm.model, adapters)
-    try:
-        written = complete_all(run, cm, peft, slots, adapters, items, cfg, key, dec, dups, progress)
-    finally:
-        peft.unload()  # strip the LoRA layers again: the cached base model stays a plain base model
+    with adapters_on(cm, adapters) as select:
+        written = complete_all(run, select, adapters, items, cfg, key, dec, dups, progress)
     progress.close()
     scores = score(run, cfg, progress)
     return {"run": run.name, "models": [BASE, *adapters], "instructions": len(items), "written_now": written,
