@@ -33,7 +33,8 @@ from typing import Any, Iterable, Iterator
 from lab.errors import LabError
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization)", re.IGNORECASE)
+# credential-like names ("token", "hf_token", "api_key"...), but not counts such as "max_new_tokens"
+SECRET_KEY = re.compile(r"(api_?key|(^|_)token$|secret|password|authorization)", re.IGNORECASE)
 
 FILES = {
     "instructions": "instructions.jsonl",
