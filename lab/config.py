@@ -263,3 +263,52 @@ class JudgeConfig(Settings):
         if self.backend == "local" and self.base_url:
             raise LabError("--base-url is for the groq and openai backends; the local judge runs here.")
         return self
+
+
+@dataclass
+class IterateConfig(Settings):
+    """Self-rewarding DPO. docs/iterative.md explains every field and the paper's values."""
+
+    model: str = opt("", "base model spec (default: the model this run sampled with)")
+    rounds: int = opt(2, "self-rewarding rounds; round k trains adapter round-k from round k-1")
+    instructions: str = opt("run", "training instructions: 'run' (this run's instructions.jsonl), 'bundled', or a file")
+    n: int = opt(0, "how many instructions (0 = all)")
+    samples: int = opt(4, "answers per instruction each round (the paper's N)")
+    evaluations: int = opt(3, "times each answer is scored; the scores are averaged (the paper's R)")
+    temperature: float = opt(0.7, "sampling temperature of the answers")
+    top_p: float = opt(0.9, "nucleus sampling threshold of the answers")
+    max_new_tokens: int = opt(256, "longest answer, in tokens")
+    judge: str = opt("self", "who scores: self (the current model, as in the paper), groq or openai",
+                     ("self", "groq", "openai"))
+    judge_model: str = opt("", "API judge model (default: the backend's default)")
+    judge_tokens: int = opt(160, "longest judgment (justification + score), in tokens")
+    judge_temperature: float = opt(0.7, "sampling temperature of the judgments (0 makes the R scores identical)")
+    score_mode: str = opt("auto", "auto: a local judgment without 'Score: N' is scored from the digit probabilities "
+                          "after 'Score: '; parse: such judgments count as unscored", ("auto", "parse"))
+    rpm: float = opt(30.0, "API judge: most requests per minute (Groq's free tier allows 30)")
+    start_adapter: str = opt("", "adapter of this run that round 1 starts from (default: the plain base)")
+    eval_instructions: str = opt("heldout", "held-out instructions for the per-round win rates")
+    eval_n: int = opt(16, "held-out instructions per round evaluation (0 = no evaluation)")
+    beta: float = opt(0.1, "DPO beta of each round (the paper's 0.1)")
+    lr: float = opt(5e-5, "learning rate of each round's LoRA training")
+    epochs: float = opt(2.0, "passes over a round's pairs")
+    max_steps: int = opt(-1, "cap on optimizer steps per round (-1 = run the epochs)")
+    lora_r: int = opt(16, "LoRA rank of round 1 (later rounds keep the shape of the adapter they continue)")
+    train_batch_size: int = opt(4, "pairs per training step")
+    seed: int = opt(0, "seed for sampling, judging and training (each round offsets it by its number)")
+    batch_size: int = opt(32, "sequences generated together (lower it if memory runs out)")
+    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
+    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+
+    def validate(self) -> "IterateConfig":
+        SampleConfig(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                     batch_size=self.batch_size).validate()
+        if self.rounds < 1 or self.samples < 2 or self.evaluations < 1:
+            raise LabError(f"--rounds must be >= 1, --samples >= 2 (a pair needs two answers) and --evaluations >= 1 "
+                           f"(got {self.rounds}, {self.samples}, {self.evaluations}).")
+        if self.judge_tokens < 8 or self.judge_temperature < 0:
+            raise LabError("--judge-tokens must be at least 8 (a justification and 'Score: N'; 160 is typical) and "
+                           "--judge-temperature >= 0.")
+        if self.n < 0 or self.eval_n < 0:
+            raise LabError("--n and --eval-n must be 0 (all / none) or more.")
+        return self
