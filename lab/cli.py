@@ -35,6 +35,26 @@ def cmd_sample(args) -> None:
     _print_summary(sample_run(Run.open(args.run), SampleConfig.from_args(args)))
 
 
+# ---- push ---------------------------------------------------------------------------------------------------------
+def add_push(sub) -> None:
+    from lab.config import PushConfig
+
+    p = sub.add_parser("push", help="push the run's preference data sets and adapters to the Hub, with cards",
+                       description="Stages each repo under <run>/hub/<repo>/ and uploads that folder. The token comes "
+                                   "from $HF_TOKEN (or `hf auth login`); it is never written anywhere.")
+    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    PushConfig.add_arguments(p)
+    p.set_defaults(func=cmd_push)
+
+
+def cmd_push(args) -> None:
+    from lab.config import PushConfig
+    from lab.hub import push_run
+    from lab.store import Run
+
+    _print_summary(push_run(Run.open(args.run, create=False), PushConfig.from_args(args)))
+
+
 # ---- train --------------------------------------------------------------------------------------------------------
 def add_train(sub) -> None:
     from lab.config import TrainConfig
@@ -111,7 +131,7 @@ def cmd_pairs(args) -> None:
     _print_summary(summary)
 
 
-STAGES = [add_sample, add_train, add_rank, add_pairs]
+STAGES = [add_sample, add_push, add_train, add_rank, add_pairs]
 
 
 def build_parser() -> argparse.ArgumentParser:

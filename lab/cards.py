@@ -1,0 +1,325 @@
+"""Data set and model cards for the Hub, written from the run's own files (run.json and the record files).
+
+A card says how its data or adapter was made, so that someone who finds it on the Hub can judge it and redo it:
+the model and decoding behind the responses, the instructions, the judge and its prompt (hash and text), the call
+plan, PairRM, the pair strategy, statistics; for an adapter the base model, the data set, every training parameter,
+the final metrics and how to load it. Cards are built from facts only: a setting the run never recorded is left out,
+never guessed. run.json is already free of secrets (lab.store.scrub).
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from statistics import mean
+
+from lab.models import BUNDLED_HUB_ID, HUB_ID
+from lab.store import Run, read_jsonl
+
+LONG = 120  # settings longer than this (prompt texts) are shown in a code block, not squeezed into a table cell
+
+
+# ---- small markdown helpers ---------------------------------------------------------------------------------------
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: nested settings as table rows."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _cell(v) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(rows: dict, head: tuple[str, str] = ("setting", "value")) -> str:
+    """A two-column markdown table; long text values are left to `long_texts`."""
+    body = [f"| {_cell(k)} | {_cell(v)} |" for k, v in rows.items() if not _is_long(v)]
+    return "\n".join([f"| {head[0]} | {head[1]} |", "|---|---|", *body]) if body else "_(none recorded)_"
+
+
+def _is_long(v) -> bool:
+    return isinstance(v, str) and (len(v) > LONG or "\n" in v)
+
+
+def long_texts(rows: dict) -> str:
+    """Each long text setting (a judge prompt, say) in its own fenced block, whole."""
+    return "\n\n".join(f"`{k}`:\n\n````text\n{v}\n````" for k, v in rows.items() if _is_long(v))
+
+
+def _counts(records: list[dict], key: str) -> dict:
+    return dict(Counter(str(r.get(key)) for r in records).most_common())
+
+
+def _front_matter(data) -> str:
+    return f"---\n{data.to_yaml()}\n---\n"
+
+
+def _iteration(run: Run) -> int | None:
+    return int(run.path.name) if run.path.parent.name == "iterations" and run.path.name.isdigit() else None
+
+
+# ---- data set card ------------------------------------------------------------------------------------------------
+CONFIG_TEXT = {
+    "default": "the preference pairs, TRL conversational format: prompt / chosen / rejected, meta says where each "
+               "came from (load with `split=\"train\"`)",
+    "samples": "every sampled response: instruction, text, model, decoding, token counts, finish reason",
+    "judgments": "one row per judge call: the pair, the order shown, verdict, the judge's reasoning and raw text",
+    "rankings": "PairRM scores and ranks per instruction",
+    "spotcheck": "human verdicts on judged pairs (the last per pair counts)",
+}
+
+
+def dataset_card(repo_id: str, source: str, run: Run, pairs: list[dict], raw: dict[str, list[dict]],
+                 rows: dict[str, int]) -> str:
+    """The README.md of a pushed preference data set. `raw` maps record kind -> records, `rows` config -> rows."""
+    from huggingface_hub import DatasetCardData
+
+    configs = [{"config_name": c, "data_files": [{"split": "train", "path": f"{'data' if c == 'default' else c}/*"}]}
+               for c in rows]
+    data = DatasetCardData(configs=configs, task_categories=["text-generation"], language=["en"],
+                           tags=["dpo", "preference", "synthetic", "preference-lab"], pretty_name=repo_id.split("/")[1],
+                           size_categories=[_size_category(len(pairs))])
+    parts = [_front_matter(data), f"# {repo_id}\n", _dataset_intro(source, run, raw),
+             _load_snippet(repo_id, rows), _configs_section(rows), "## How it was made\n",
+             _model_section(run, raw["samples"]), _instructions_section(run, raw["samples"]),
+             _judge_section(run, raw["judgments"]), _rank_section(run, raw["rankings"]),
+             _pairs_section(run, source, pairs), _stats_section(pairs, raw), _all_settings(run)]
+    return "\n".join(p for p in parts if p)
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < limit:
+            return name
+    return "100K<n<1M"
+
+
+def _dataset_intro(source: str, run: Run, raw: dict) -> str:
+    models = sorted({s.get("model", "?") for s in raw["samples"]}) or ["(no samples file)"]
+    k = _iteration(run)
+    where = f"run `{run.path.parent.parent.name}`, self-rewarding iteration {k}" if k else f"run `{run.name}`"
+    return (f"Preference pairs for DPO built by Preference Lab ({where}) from responses of "
+            f"{', '.join(f'`{m}`' for m in models)}; pairs chosen by **{source}**. Generated text: check it "
+            "before training on it, and follow the terms of the model that wrote it.\n")
+
+
+def _load_snippet(repo_id: str, rows: dict) -> str:
+    extra = "".join(f'{c} = load_dataset("{repo_id}", "{c}", split="train")\n' for c in rows if c != "default")
+    return ("## Load it\n\n```python\nfrom datasets import load_dataset\n\n"
+            f'pairs = load_dataset("{repo_id}", split="train")\n{extra}```\n')
+
+
+def _configs_section(rows: dict) -> str:
+    lines = [f"| `{c}` | {n} | {CONFIG_TEXT.get(c, '')} |" for c, n in rows.items()]
+    return "## Configurations\n\n| config | rows | contents |\n|---|---|---|\n" + "\n".join(lines) + "\n"
+
+
+def _model_section(run: Run, samples: list[dict]) -> str:
+    sample = run.stage_settings("sample") or {}
+    combos = Counter(json.dumps({"model": s.get("model"), "model_path": s.get("model_path"),
+                                 **(s.get("decoding") or {})}, sort_keys=True) for s in samples)
+    lines = [f"| {_cell(json.loads(c))} | {n} |" for c, n in combos.most_common()]
+    used = ("Responses by model and decoding (from samples.jsonl):\n\n| model and decoding | responses |\n|---|---|\n"
+            + "\n".join(lines) + "\n") if lines else ""
+    info = {k: sample[k] for k in ("model", "model_path", "k", "temperature", "top_p", "max_new_tokens", "seed",
+                                   "dtype", "batch_size") if k in sample}
+    info.update(flatten(sample.get("model_info") or {}, "model_info."))
+    return f"### Model and decoding\n\n{used}\nSampling settings (run.json):\n\n{table(info)}\n"
+
+
+def _instructions_section(run: Run, samples: list[dict]) -> str:
+    items = run.read("instructions")
+    sample = run.stage_settings("sample") or {}
+    rows = {"instruction source": sample.get("instructions", "?"), "instructions": len(items),
+            "instructions with responses": len({s["instruction_id"] for s in samples}),
+            "responses per instruction (k)": sample.get("k", "?")}
+    by_source = table(_counts(items, "source"), ("source", "instructions")) if items else ""
+    return f"### Instructions\n\n{table(rows)}\n\n{by_source}\n"
+
+
+def _judge_section(run: Run, judgments: list[dict]) -> str:
+    settings = flatten(run.stage_settings("judge") or {})
+    if not judgments and not settings:
+        return ""
+    hashes = _counts(judgments, "prompt_hash")
+    template = run.file("judge_prompt")
+    body = [table(settings), long_texts(settings),
+            f"Judge prompt template (judge-prompt.txt):\n\n````text\n{template.read_text(encoding='utf-8')}\n````"
+            if template.exists() else "",
+            "Judge prompt hashes (calls per hash):\n\n" + table(hashes, ("prompt_hash", "calls")) if hashes else "",
+            "#### Call plan\n\n" + table(call_plan(judgments), ("", "")) if judgments else ""]
+    return "### Judge\n\n" + "\n\n".join(b for b in body if b) + "\n"
+
+
+def call_plan(judgments: list[dict]) -> dict:
+    """How the judge was called: calls, pairs, both-order coverage and agreement, verdicts, tokens."""
+    by_pair: dict[tuple, dict] = {}
+    for j in judgments:
+        by_pair.setdefault((j.get("instruction_id"), j.get("a"), j.get("b")), {})[j.get("order")] = j.get("verdict")
+    both = [v for v in by_pair.values() if {"ab", "ba"} <= set(v)]
+    agree = sum(v["ab"] == v["ba"] for v in both)
+    usage = [j.get("usage") or {} for j in judgments]
+    return {"judge calls": len(judgments), "pairs judged": len(by_pair), "pairs judged in both orders": len(both),
+            "both orders agree": f"{agree}/{len(both)}" if both else "n/a",
+            "backend / model": _counts([{"m": f"{j.get('backend')} / {j.get('model')}"} for j in judgments], "m"),
+            "verdicts per call": _counts(judgments, "verdict"), "orders shown": _counts(judgments, "order"),
+            "prompt tokens": sum(u.get("prompt_tokens") or 0 for u in usage),
+            "completion tokens": sum(u.get("completion_tokens") or 0 for u in usage)}
+
+
+def _rank_section(run: Run, rankings: list[dict]) -> str:
+    settings = flatten(run.stage_settings("rank") or {})
+    if not rankings and not settings:
+        return ""
+    shown = table(settings) + "\n\n" if settings else ""
+    return f"### PairRM\n\n{shown}Instructions ranked: {len(rankings)}\n"
+
+
+def _pairs_section(run: Run, source: str, pairs: list[dict]) -> str:
+    settings = flatten(run.stage_settings("pairs") or {})
+    metas = [p.get("meta") or {} for p in pairs]
+    return (f"### Pair strategy\n\nSource: `{source}`.\n\n{table(settings)}\n\n{long_texts(settings)}\n"
+            + (table(_counts(metas, "source"), ("meta.source", "pairs")) + "\n" if metas else ""))
+
+
+def _text(messages) -> str:
+    return " ".join(m.get("content", "") for m in messages) if isinstance(messages, list) else str(messages or "")
+
+
+def pair_stats(pairs: list[dict]) -> dict:
+    """Counts and the length gap (judges and reward models favour longer answers; DPO then learns length)."""
+    chosen = [len(_text(p.get("chosen"))) for p in pairs]
+    rejected = [len(_text(p.get("rejected"))) for p in pairs]
+    ids = {(p.get("meta") or {}).get("instruction_id") for p in pairs}
+    return {"pairs": len(pairs), "instructions": len(ids),
+            "mean characters, chosen": round(mean(chosen), 1) if chosen else 0,
+            "mean characters, rejected": round(mean(rejected), 1) if rejected else 0,
+            "chosen is the longer answer": f"{sum(c > r for c, r in zip(chosen, rejected))}/{len(pairs)}"}
+
+
+def _stats_section(pairs: list[dict], raw: dict) -> str:
+    samples = raw["samples"]
+    rows = pair_stats(pairs)
+    if samples:
+        rows.update({"responses": len(samples), "finish reasons": _counts(samples, "finish_reason"),
+                     "duplicate responses": sum(s.get("duplicate_of") is not None for s in samples),
+                     "mean completion tokens": round(mean(s.get("completion_tokens") or 0 for s in samples), 1)})
+    rows.update(spotcheck_stats(raw["spotcheck"]))
+    return f"### Statistics\n\n{table(rows, ('', ''))}\n"
+
+
+def spotcheck_stats(records: list[dict]) -> dict:
+    """Agreement of the human spot-check with the judge (last verdict per pair wins; skips left out)."""
+    latest = {(r.get("instruction_id"), r.get("a"), r.get("b")): r for r in records}
+    rated = [r for r in latest.values() if r.get("human") != "skip"]
+    if not rated:
+        return {}
+    agree = sum(r.get("human") == r.get("judge") for r in rated)
+    return {"pairs spot-checked by a person": len(rated), "person agrees with the judge": f"{agree}/{len(rated)}"}
+
+
+def _all_settings(run: Run) -> str:
+    settings = run.settings()
+    return ("### Every setting (run.json)\n\nThe resolved settings of every stage, as the run recorded them "
+            f"(no secrets are ever recorded):\n\n```json\n{json.dumps(settings, indent=2, ensure_ascii=False)}\n```\n")
+
+
+# ---- model card ---------------------------------------------------------------------------------------------------
+def training_state(src: Path, run: Run) -> dict:
+    """lab.train's training.json of the adapter (format documented there); run.json's train settings if it has none."""
+    from lab.train import read_state
+
+    return read_state(src) or {"settings": dict(run.stage_settings("train") or {})}
+
+
+def base_model_id(state: dict, run: Run) -> str | None:
+    """The Hub id of the base model, when there is one: a hub id as given, or the bundled model's local copy."""
+    samples = run.read("samples")[:1]
+    specs = [state.get("base_model"), state.get("base_model_path"), (state.get("settings") or {}).get("model")]
+    specs += [s.get("model") for s in samples if s.get("model_path") == state.get("base_model_path")]
+    for spec in specs:
+        if spec == "bundled":
+            return BUNDLED_HUB_ID
+        if spec and HUB_ID.match(spec) and not Path(spec).exists():
+            return spec
+    return None
+
+
+def trained_on(state: dict, run: Run, links: dict[tuple[Path, str], str]) -> str | None:
+    """The data set repo an adapter was trained on: the pairs file training.json names, if it was pushed too."""
+    path = str((state.get("pairs") or {}).get("path") or "")
+    for (run_path, src), repo in links.items():
+        if path and Path(path).resolve() == run_path / f"pairs-{src}.jsonl":
+            return repo
+    return None
+
+
+def final_metrics(src: Path, state: dict) -> dict:
+    """training.json's final metrics, else the last logged value of every metric in metrics.jsonl."""
+    if state.get("final"):
+        return dict(state["final"])
+    last: dict = {}
+    for line in read_jsonl(src / "metrics.jsonl"):
+        last.update({k: v for k, v in line.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return last
+
+
+def model_card(repo_id: str, adapter: str, run: Run, src: Path, config: dict, state: dict,
+               base_id: str | None, dataset_id: str | None) -> str:
+    """The README.md of a pushed adapter; `state` is its training.json, `config` its adapter_config.json."""
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(base_model=base_id, datasets=[dataset_id] if dataset_id else None, library_name="peft",
+                         pipeline_tag="text-generation", tags=["dpo", "lora", "peft", "trl", "preference-lab"])
+    settings = flatten(state.get("settings") or {})
+    parts = [_front_matter(data), f"# {repo_id}\n", _model_intro(adapter, run, config, state, base_id, dataset_id),
+             _howto(repo_id, base_id, (src / "tokenizer_config.json").exists()), "## Training parameters\n\n" + table(settings) + "\n", long_texts(settings),
+             "### LoRA (adapter_config.json)\n\n" + table(_lora(config)) + "\n",
+             "## Final metrics\n\n" + table(final_metrics(src, state), ("metric", "value")) + "\n",
+             _warnings(state), "## Versions\n\n" + table(state["versions"], ("package", "version")) + "\n"
+             if state.get("versions") else ""]
+    return "\n".join(p for p in parts if p)
+
+
+def _model_intro(adapter: str, run: Run, config: dict, state: dict, base_id: str | None,
+                 dataset_id: str | None) -> str:
+    base = f"[`{base_id}`](https://huggingface.co/{base_id})" if base_id else \
+        f"a local model (`{config.get('base_model_name_or_path')}`), not on the Hub: load it from your own copy"
+    data = f"[`{dataset_id}`](https://huggingface.co/datasets/{dataset_id})" if dataset_id else \
+        "the run's preference pairs (not pushed with this adapter)"
+    pairs = {f"pairs.{k}": v for k, v in (state.get("pairs") or {}).items() if k != "path"}
+    lines = [f"A LoRA adapter trained with DPO by Preference Lab (TRL `DPOTrainer` + PEFT): adapter `{adapter}` of "
+             f"run `{run.name}`.\n", f"- Base model: {base}", f"- Training data: {data}"]
+    if state.get("init_adapter"):
+        lines.append(f"- Continued from adapter `{state['init_adapter']}` (the previous self-rewarding round)")
+    if state.get("status") and state["status"] != "done":
+        lines.append(f"- Status: **{state['status']}** at step {state.get('global_step')} of {state.get('max_steps')}")
+    return "\n".join(lines) + "\n\n" + (table(pairs, ("training data", "")) + "\n" if pairs else "")
+
+
+def _warnings(state: dict) -> str:
+    found = state.get("warnings") or []
+    return "## Warnings from training\n\n" + "\n".join(f"- {w}" for w in found) + "\n" if found else ""
+
+
+def _lora(config: dict) -> dict:
+    keys = ("peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_dora",
+            "use_rslora", "modules_to_save")
+    return {k: config[k] for k in keys if k in config}
+
+
+def _howto(repo_id: str, base_id: str | None, has_tokenizer: bool) -> str:
+    note = "" if base_id else "# the base is a local model: set base_model_name_or_path in adapter_config.json first\n"
+    tokenizer = repo_id if has_tokenizer else base_id or "PATH/TO/BASE/MODEL"
+    return ("## How to load it\n\n```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import "
+            f"AutoTokenizer\n\n{note}model = AutoPeftModelForCausalLM.from_pretrained(\"{repo_id}\")\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{tokenizer}\")\n"
+            "messages = [{\"role\": \"user\", \"content\": \"Give me three tips for better sleep.\"}]\n"
+            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+            "return_dict=True)\nprint(tokenizer.decode(model.generate(**inputs, max_new_tokens=200)[0]))\n```\n\n"
+            "Or merge it into the base: `model.merge_and_unload().save_pretrained(\"merged\")`.\n")
