@@ -1,0 +1,237 @@
+"""Judge backends: who answers a judge prompt. lab.judge decides what to ask and what the answers mean.
+
+- ApiBackend("groq" | "openai"): one chat-completions request per prompt through the provider's own SDK (groq, or
+  openai with any base URL: OpenAI, Together, Fireworks, vLLM, Ollama). JSON mode on; SDK retries off, because the
+  retries here share the client-side rate limiter (a retry is a request too) and honour Retry-After for every worker.
+- LocalBackend: a transformers chat model through lab.models. It generates its reasoning (greedy), then appends
+  `", "verdict": "` itself and reads the verdict from the next-token probabilities of the labels A / B / tie: a
+  135M model garbles free-text verdicts, but the label probabilities always give a verdict and a confidence.
+
+API keys are taken from the environment (or passed in memory) and are kept only on the client object: never in a
+record, a log line or an error message (messages are scrubbed of the key).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lab.errors import LabError
+from lab.ratelimit import RateLimiter, backoff_s, retry_after_s
+
+DEFAULT_MODELS = {"groq": "llama-3.3-70b-versatile", "openai": "gpt-4o-mini", "local": "bundled"}
+KEY_ENV = {"groq": "GROQ_API_KEY", "openai": "OPENAI_API_KEY"}
+DEFAULT_URL = {"groq": "https://api.groq.com", "openai": "https://api.openai.com/v1"}
+# USD per million tokens (input, output), as listed by the providers in 2025; None elsewhere: cost is not guessed.
+PRICES = {
+    "llama-3.3-70b-versatile": (0.59, 0.79), "llama-3.1-8b-instant": (0.05, 0.08),
+    "openai/gpt-oss-120b": (0.15, 0.75), "openai/gpt-oss-20b": (0.10, 0.50),
+    "gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1": (2.00, 8.00),
+}
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+def price_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    p = PRICES.get(model)
+    return None if p is None else round((prompt_tokens * p[0] + completion_tokens * p[1]) / 1e6, 8)
+
+
+@dataclass
+class Reply:
+    """One answered request. `parsed_http` is False when the HTTP body itself was not JSON (garbage)."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 1
+    parsed_http: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+class ApiBackend:
+    """Chat completions over HTTP with rate limiting and retries. `complete(prompt)` is safe to call from threads."""
+
+    def __init__(self, kind: str, model: str, limiter: RateLimiter, base_url: str = "", api_key: str | None = None,
+                 key_env: str = "", timeout_s: float = 60.0, max_retries: int = 5, backoff: float = 1.0,
+                 temperature: float = 0.0, max_tokens: int = 512, json_mode: bool = True):
+        self.kind, self.model, self.limiter = kind, model, limiter
+        self.key_env = key_env or KEY_ENV[kind]
+        self.api_key = api_key or os.environ.get(self.key_env) or ""
+        if not self.api_key:
+            raise LabError(f"{self.key_env} is not set: export {self.key_env}=<your key> (or pass --api-key-env NAME "
+                           f"of the variable that holds it), or use --backend local (offline, weak).")
+        self.url = base_url or os.environ.get(f"{kind.upper()}_BASE_URL") or DEFAULT_URL[kind]
+        self.timeout_s, self.max_retries, self.backoff = timeout_s, max_retries, backoff
+        self.params = {"temperature": temperature, "max_tokens": max_tokens,
+                       **({"response_format": {"type": "json_object"}} if json_mode else {})}
+        self.client = self._client()
+
+    def _client(self):
+        if self.kind == "groq":
+            import groq
+
+            return groq.Groq(api_key=self.api_key, base_url=self.url, max_retries=0, timeout=self.timeout_s)
+        import openai
+
+        return openai.OpenAI(api_key=self.api_key, base_url=self.url, max_retries=0, timeout=self.timeout_s)
+
+    def complete(self, prompt: str) -> Reply:
+        """Send one user message; retry 429 / 5xx / timeouts / dropped connections with backoff.
+
+        Raises LabError for what retrying cannot fix (401, 403, 404, 400, unreachable host) or when the retries
+        run out; lab.ratelimit.Cancelled when the run is stopping."""
+        last: Exception | None = None
+        for attempt in range(1, self.max_retries + 2):
+            self.limiter.acquire()
+            try:
+                reply = self._request(prompt)
+                reply.attempts = attempt
+                return reply
+            except Exception as e:  # sorted below: fatal, or worth another try
+                try:
+                    delay = self._retry_delay(e, attempt)
+                except LabError:
+                    self.limiter.abort.set()  # the other workers stop too: their calls would fail the same way
+                    raise
+                last = e
+            if attempt <= self.max_retries:
+                self.limiter.sleep(delay)
+        self.limiter.abort.set()
+        raise self._gave_up(last)
+
+    def _request(self, prompt: str) -> Reply:
+        raw = self.client.chat.completions.with_raw_response.create(
+            model=self.model, messages=[{"role": "user", "content": prompt}], **self.params)
+        try:
+            resp = raw.parse()
+        except ValueError:  # HTTP 200 whose body is not JSON: a proxy page, a broken server
+            return Reply(text=raw.http_response.text[:4000], parsed_http=False)
+        usage = getattr(resp, "usage", None)
+        text = resp.choices[0].message.content if resp.choices else None
+        return Reply(text=text or "", prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                     completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
+
+    def _retry_delay(self, err: Exception, attempt: int) -> float:
+        """Seconds to wait before retrying `err`; raises LabError at once for errors a retry cannot fix."""
+        status = getattr(err, "status_code", None)
+        name = type(err).__name__
+        if status is None and name not in ("APITimeoutError", "APIConnectionError"):
+            raise err
+        if status is not None and status not in RETRY_STATUS:
+            raise self._fatal(status, err)
+        if name == "APIConnectionError" and attempt >= 3 and "timed out" not in str(err).lower():
+            raise self._fatal(None, err)  # refused three times: the host is wrong, not busy
+        response = getattr(err, "response", None)
+        wait = retry_after_s(response.headers if response is not None else None)
+        if status == 429:
+            self.limiter.pause(wait if wait is not None else backoff_s(attempt, self.backoff, None))
+        return backoff_s(attempt, self.backoff, wait)
+
+    def _fatal(self, status: int | None, err: Exception) -> LabError:
+        where = f"{self.kind} at {self.url}"
+        if status in (401, 403):
+            return LabError(f"{where} rejected the API key (HTTP {status}): check ${self.key_env} "
+                            "(a fresh key, the right provider, access to this model).")
+        if status == 404:
+            return LabError(f"{where} answered 404 for model {self.model!r}: check --model, and --base-url "
+                            "(an OpenAI-compatible root usually ends in /v1; groq's has no /v1).")
+        if status is None:
+            return LabError(f"Could not connect to {where}: check --base-url and that the server is running. "
+                            f"({self._scrub(str(err))})")
+        return LabError(f"{where} refused the request (HTTP {status}): {self._scrub(str(err))[:300]}")
+
+    def _gave_up(self, err: Exception | None) -> LabError:
+        status = getattr(err, "status_code", None)
+        what = {429: "kept answering 429 (rate limited)", None: "gave no answer in time"}.get(
+            status, f"kept failing (HTTP {status})")
+        hint = "lower --rpm or --concurrency, or wait" if status == 429 else "try again later or raise --timeout-s"
+        return LabError(f"{self.kind} at {self.url} {what} after {self.max_retries + 1} tries: {hint}. Every judgment "
+                        "finished so far is saved; rerun the same command to resume.")
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+
+@dataclass
+class LocalVerdict:
+    reasoning: str
+    probs: dict[str, float]  # {"A", "B", "tie"}: normalised over the three labels
+    raw: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class LocalBackend:
+    """A transformers chat model as judge; see the module docstring for how the verdict is read."""
+
+    LABELS = ("A", "B", "tie")
+
+    def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", reasoning_tokens: int = 96,
+                 batch_size: int = 8):
+        from lab import models
+
+        self.cm = models.load(spec, device, dtype)
+        self.reasoning_tokens, self.batch_size = reasoning_tokens, batch_size
+        self.label_ids = self._label_ids()
+
+    def _label_ids(self) -> list[int]:
+        tok = self.cm.tokenizer
+        ids = [tok.encode(lab, add_special_tokens=False)[0] for lab in self.LABELS]
+        if len(set(ids)) != len(ids):
+            raise LabError(f"{self.cm.spec}'s tokenizer starts the labels A / B / tie with the same token: "
+                           "choose another local judge model.")
+        return ids
+
+    def judge(self, prompts: list[str]) -> list[LocalVerdict]:
+        """Judge prompts in batches of batch_size; returns one LocalVerdict per prompt, in order."""
+        out: list[LocalVerdict] = []
+        for i in range(0, len(prompts), self.batch_size):
+            out.extend(self._judge_batch(prompts[i:i + self.batch_size]))
+        return out
+
+    def _judge_batch(self, prompts: list[str]) -> list[LocalVerdict]:
+        heads = [self.cm.render([{"role": "user", "content": p}]) + '{"reasoning": "' for p in prompts]
+        head_ids = [self.cm.tokenizer(h, add_special_tokens=False)["input_ids"] for h in heads]
+        reasons, n_new = self._reasoning(head_ids)
+        tails = [json.dumps(r)[1:-1] + '", "verdict": "' for r in reasons]
+        probs = self._label_probs([h + t for h, t in zip(heads, tails)])
+        return [LocalVerdict(r, p, '{"reasoning": "' + t + max(p, key=p.get) + '"}', len(ids), n)
+                for r, t, p, ids, n in zip(reasons, tails, probs, head_ids, n_new)]
+
+    def _reasoning(self, head_ids: list[list[int]]) -> tuple[list[str], list[int]]:
+        """Greedy reasoning text, cut where the model closes the JSON string (its first unescaped quote)."""
+        if self.reasoning_tokens <= 0:
+            return [""] * len(head_ids), [0] * len(head_ids)
+        import torch
+
+        from lab.sample import Decoding, generate_batch, make_generator
+
+        dec = Decoding(temperature=0.0, top_p=1.0, max_new_tokens=self.reasoning_tokens, seed=0)
+        with torch.inference_mode():
+            comps = generate_batch(self.cm, head_ids, [1] * len(head_ids), dec, make_generator(self.cm, 0, "judge"))
+        return [_json_string_prefix(c.text) for c in comps], [c.completion_tokens for c in comps]
+
+    def _label_probs(self, texts: list[str]) -> list[dict[str, float]]:
+        """Next-token probabilities of A / B / tie after each text, renormalised over the three. texts: [N] -> [N]."""
+        import torch
+
+        tok = self.cm.tokenizer
+        enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.cm.device)
+        positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at 0
+        with torch.inference_mode():
+            logits = self.cm.model(**enc, position_ids=positions, logits_to_keep=1).logits[:, -1].float()
+        p = logits.softmax(-1)[:, self.label_ids]
+        p = (p / p.sum(-1, keepdim=True)).tolist()
+        return [dict(zip(self.LABELS, row)) for row in p]
+
+
+def _json_string_prefix(text: str) -> str:
+    """The content of a JSON string whose opening quote came before `text`: up to the first unescaped quote."""
+    end = re.search(r'(?<!\\)"', text)
+    body = text[:end.start()] if end else text
+    try:
+        return json.loads('"' + body + '"').strip()
+    except json.JSONDecodeError:  # a raw newline or a stray backslash: show the text as it came
+        return body.strip()
