@@ -274,6 +274,7 @@ def scores_and_ranks(logits: list[list[float]]) -> tuple[list[float], list[int]]
     """llm-blender's aggregation: score_i = mean_j (logits[i][j] - logits[j][i]); rank 1 = highest score."""
     import numpy as np
 
+    blender_module()  # importing any llm_blender submodule runs its package __init__, which needs the shims
     from llm_blender.gpt_eval.utils import get_ranks_from_scores, get_scores_from_cmps
 
     scores = get_scores_from_cmps(np.asarray([logits], dtype=np.float32))

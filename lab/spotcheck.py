@@ -1,0 +1,112 @@
+"""Human spot-check of judged pairs: agree with the judge, overrule it, or skip.
+
+Each decision is appended to spotcheck.jsonl the moment it is made (a reload loses nothing); changing one's mind
+appends again, and the last line per pair wins:
+    {"instruction_id": str, "a": int, "b": int,     # the canonical pair (sample indices, a < b)
+     "human": "a" | "b" | "tie" | "skip",           # in canonical terms, like the judge's verdicts
+     "judge": "a" | "b" | "tie" | "inconsistent" | "invalid",   # the judge's pair verdict the human saw
+     "time": str}
+After every decision pairs-judge.jsonl is rebuilt (lab.pairs, with the settings it was last built with), so a
+human verdict replaces the judge's: "a" / "b" make or flip that pair, "tie" removes it, "skip" changes nothing.
+"""
+from __future__ import annotations
+
+import time
+
+from lab.errors import LabError
+from lab.store import Run
+
+HUMAN = ("a", "b", "tie", "skip")
+
+
+def latest(run: Run) -> dict[tuple[str, int, int], dict]:
+    """(instruction_id, a, b) -> the last spot-check line for that pair."""
+    return {(r["instruction_id"], int(r["a"]), int(r["b"])): r for r in run.read("spotcheck")}
+
+
+def _judged(run: Run) -> dict[tuple[str, int, int], dict]:
+    from lab.pairs import judge_verdicts
+
+    return {(v["instruction_id"], v["a"], v["b"]): v for v in judge_verdicts(run)}
+
+
+def items(run: Run) -> list[dict]:
+    """Every judged pair, ready to show; pairs not yet checked come first (then in judging order):
+        {"instruction_id", "a", "b", "prompt", "text_a", "text_b",
+         "judge": pair verdict, "orders": [{"order", "verdict", "reasoning", "confidence"}],
+         "pairrm": {"prefers": "a" | "b", "logit": float} | None, "human": str | None}"""
+    from lab.rank import latest_rankings, sample_groups
+
+    texts = {g.instruction_id: (g.prompt, dict(zip(g.indices, g.texts))) for g in sample_groups(run)}
+    judged = _judged(run)
+    if not judged:
+        raise LabError(f"Run '{run.name}' has no judged pairs to check: run `python -m lab judge --run {run.name}` "
+                       "first.")
+    rankings, human = latest_rankings(run), latest(run)
+    out = [_item(v, texts, rankings, human) for key, v in judged.items() if key[0] in texts]
+    return sorted(out, key=lambda x: x["human"] is not None)  # stable: judging order within each group
+
+
+def _item(v: dict, texts: dict, rankings: dict, human: dict) -> dict:
+    from lab.rank import preference
+
+    iid, a, b = v["instruction_id"], v["a"], v["b"]
+    prompt, by_index = texts[iid]
+    rec = rankings.get(iid)
+    pairrm = None
+    if rec and {a, b} <= set(rec["sample_indices"]):
+        logit = preference(rec, a, b)
+        pairrm = {"prefers": "a" if logit > 0 else "b", "logit": round(logit, 4)}
+    h = human.get((iid, a, b))
+    return {"instruction_id": iid, "a": a, "b": b, "prompt": prompt, "text_a": by_index.get(a, ""),
+            "text_b": by_index.get(b, ""), "judge": v["verdict"], "orders": v["orders"], "pairrm": pairrm,
+            "human": h["human"] if h else None}
+
+
+def record(run: Run, instruction_id: str, a: int, b: int, human: str, rebuild: bool = True) -> dict:
+    """Save one human decision at once, then rebuild the judge pairs. Returns {"saved": line, "pairs": stats}."""
+    if human not in HUMAN:
+        raise LabError(f"Unknown spot-check answer {human!r}: use one of {', '.join(HUMAN)}.")
+    a, b = int(a), int(b)
+    verdict = _judged(run).get((instruction_id, min(a, b), max(a, b)))
+    if verdict is None:
+        raise LabError(f"Pair ({a}, {b}) of instruction {instruction_id} was never judged, so there is nothing to "
+                       "check: pick a pair from the spot-check list.")
+    if a > b:  # keep canonical terms: the answer named the first index given
+        a, b, human = b, a, {"a": "b", "b": "a"}.get(human, human)
+    line = {"instruction_id": instruction_id, "a": a, "b": b, "human": human, "judge": verdict["verdict"],
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    run.append("spotcheck", [line])
+    return {"saved": line, "pairs": rebuild_judge_pairs(run) if rebuild else None}
+
+
+def rebuild_judge_pairs(run: Run) -> dict:
+    """Rebuild pairs-judge.jsonl with the settings it was last built with (defaults if never built)."""
+    from lab.config import PairsConfig
+    from lab.pairs import build_pairs
+
+    last = run.stage_settings("pairs-judge") or {}
+    fields = {k: v for k, v in last.items() if k in PairsConfig.__dataclass_fields__}
+    return build_pairs(run, PairsConfig(**{**fields, "source": "judge"}))
+
+
+def agreement(run: Run) -> dict:
+    """How often the judge (and PairRM, where it ranked the pair) agreed with the human, on the checked pairs.
+        {"checked": n, "skipped": n,
+         "judge": {"n", "agree", "rate", "kappa"},     # judge's pair verdict vs human (a/b/tie; the judge's
+                                                       #   inconsistent/invalid count as disagreement)
+         "pairrm": {"n", "agree", "rate", "kappa"}}    # PairRM vs human where the human chose a or b"""
+    from lab.pairs import agreement as rate_and_kappa
+    from lab.rank import latest_rankings, preference
+
+    lines = latest(run).values()
+    checked = [r for r in lines if r["human"] != "skip"]
+    rankings = latest_rankings(run)
+    vs_pairrm = []
+    for r in checked:
+        rec = rankings.get(r["instruction_id"])
+        if r["human"] in ("a", "b") and rec and {r["a"], r["b"]} <= set(rec["sample_indices"]):
+            vs_pairrm.append(("a" if preference(rec, r["a"], r["b"]) > 0 else "b", r["human"]))
+    return {"checked": len(checked), "skipped": len(lines) - len(checked),
+            "judge": rate_and_kappa([(r["judge"], r["human"]) for r in checked]),
+            "pairrm": rate_and_kappa(vs_pairrm)}
