@@ -247,14 +247,31 @@ def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict],
     return written
 
 
-def compare_run(run: Run, cfg, progress: Progress | None = None) -> dict:
+def check_scorers(cfg, api_key: str | None) -> None:
+    """Fail before any generation if a judge cannot run: no API key, or a PairRM that cannot be found."""
+    import os
+
+    from lab.judge_backends import KEY_ENV
+
+    if cfg.judge in KEY_ENV and not (api_key or os.environ.get(KEY_ENV[cfg.judge])):
+        raise LabError(f"--judge {cfg.judge} needs an API key: export {KEY_ENV[cfg.judge]}=<your key>, or use "
+                       "--judge local (offline, weak) or --judge none.")
+    if cfg.pairrm:
+        from lab.rank import resolve_ranker
+
+        resolve_ranker(cfg.pairrm)
+
+
+def compare_run(run: Run, cfg, progress: Progress | None = None, api_key: str | None = None) -> dict:
     """The compare stage: completions of base and adapters on held-out instructions, then the scores.
-    Resumes: (model, chunk) units already in compare.jsonl with the same settings are not generated again."""
+    Resumes: (model, chunk) units already in compare.jsonl with the same settings are not generated again.
+    api_key: the API judge's key, passed in memory by the app (else the judge reads it from the environment)."""
     from lab import models
 
     cfg = dataclasses.replace(cfg, model=base_spec(run, cfg)).validate()
     adapters = resolve_adapters(run, cfg.adapters)
     items, dups = heldout_instructions(run, cfg)
+    check_scorers(cfg, api_key)
     cm = models.load(cfg.model, cfg.device, cfg.dtype)
     check_same_base(adapters, cfg.model, cm.path)
     key, dec = model_settings(cfg)
@@ -264,7 +281,7 @@ def compare_run(run: Run, cfg, progress: Progress | None = None) -> dict:
     with adapters_on(cm, adapters) as select:
         written = complete_all(run, select, adapters, items, cfg, key, dec, dups, progress)
     progress.close()
-    scores = score(run, cfg, progress)
+    scores = score(run, cfg, progress, api_key)
     return {"run": run.name, "models": [BASE, *adapters], "instructions": len(items), "written_now": written,
             "duplicates": len(dups), "scores": str(run.file("compare_scores")), "win_rates": scores["win_rates"]}
 
@@ -391,7 +408,7 @@ def by_model(records: list[dict]) -> dict[str, dict[str, dict]]:
     return out
 
 
-def score(run: Run, cfg, progress: Progress | None = None) -> dict:
+def score(run: Run, cfg, progress: Progress | None = None, api_key: str | None = None) -> dict:
     """Compute every score of the latest comparison and write compare-scores.json. Win rates need the judges:
     PairRM when cfg.pairrm is set, the LLM judge when cfg.judge is not 'none'."""
     records, st = current(run)
@@ -402,7 +419,7 @@ def score(run: Run, cfg, progress: Progress | None = None) -> dict:
     per_model = {m: text_stats(list(table.get(m, {}).values()), None if m == BASE else base_chars)
                  for m in st["models"]}
     wins = {m: {} for m in st["models"] if m != BASE}
-    for judge_name, outcomes in judge_outcomes(run, cfg, table, st, progress).items():
+    for judge_name, outcomes in judge_outcomes(run, cfg, table, st, progress, api_key).items():
         for m, values in outcomes.items():
             wins[m][judge_name] = win_rate(values, cfg)
     scores = {"key": st["key"], "models": st["models"], "n_instructions": len(st["instruction_ids"]),
@@ -412,22 +429,84 @@ def score(run: Run, cfg, progress: Progress | None = None) -> dict:
     return scores
 
 
-def judge_outcomes(run: Run, cfg, table: dict, st: dict, progress: Progress | None) -> dict[str, dict[str, list]]:
+def judge_outcomes(run: Run, cfg, table: dict, st: dict, progress: Progress | None,
+                   api_key: str | None = None) -> dict[str, dict[str, list]]:
     """{"pairrm" | "judge": {adapter: [outcome per instruction]}} for the judges that are switched on."""
     out = {}
     if cfg.pairrm:
         out["pairrm"] = pairrm_outcomes(run, cfg, table, st, progress)
     if cfg.judge and cfg.judge != "none":
-        out["judge"] = llm_judge_outcomes(run, cfg, table, st, progress)
+        out["judge"] = llm_judge_outcomes(run, cfg, table, st, progress, api_key)
     return out
 
 
-def pairrm_outcomes(run, cfg, table, st, progress) -> dict[str, list]:
-    raise LabError("PairRM scoring is not wired yet")
+def scoring_run(run: Run, table: dict, st: dict) -> tuple[Run, dict[int, str]]:
+    """The comparison as a nested run that lab.rank and lab.judge read like any other: one instruction per held-out
+    instruction, sample 0 the base's completion, sample i the i-th adapter's. One folder per comparison key and
+    model list, so sample indices always mean the same models (and the judge's cache still skips repeated calls).
+    Returns (nested run, {sample index: model name})."""
+    tag = hashlib.sha1(json.dumps([st["key"], st["models"]]).encode()).hexdigest()[:10]
+    nested = Run(run.file("compare_scoring") / tag)
+    names = dict(enumerate(st["models"]))
+    samples = []
+    for iid in st["instruction_ids"]:
+        seen: dict[str, int] = {}
+        for i, m in names.items():
+            r = table.get(m, {}).get(iid)
+            if r is not None:
+                first = seen.setdefault(r["text"], i)
+                samples.append({"instruction_id": iid, "sample_index": i, "prompt": r["prompt"], "text": r["text"],
+                                "model": m, "model_path": r["adapter_path"] or r["base_path"],
+                                "decoding": r["decoding"], "prompt_tokens": r["prompt_tokens"],
+                                "completion_tokens": r["completion_tokens"], "finish_reason": r["finish_reason"],
+                                "duplicate_of": first if first != i else None})
+    write_jsonl(nested.file("samples"), samples)
+    return nested, names
 
 
-def llm_judge_outcomes(run, cfg, table, st, progress) -> dict[str, list]:
-    raise LabError("LLM judge scoring is not wired yet")
+def pairrm_outcomes(run: Run, cfg, table: dict, st: dict, progress: Progress | None) -> dict[str, list]:
+    """PairRM's both-orders preference of each adapter over the base, per instruction (1 win, 0.5 equal, 0 loss).
+    Rankings are lab.rank records in the nested scoring run (a rerun with the same texts ranks nothing again)."""
+    from lab import rank
+    from lab.config import RankConfig
+
+    nested, names = scoring_run(run, table, st)
+    rank.rank_run(nested, RankConfig(ranker=cfg.pairrm, device=cfg.device, dtype=cfg.dtype), progress)
+    records = rank.latest_rankings(nested)
+    out: dict[str, list] = {}
+    for i, m in list(names.items())[1:]:
+        prefs = [rank.preference(records[iid], i, 0) for iid in st["instruction_ids"]
+                 if iid in records and {0, i} <= set(records[iid]["sample_indices"])]
+        out[m] = [1.0 if p > 0 else 0.0 if p < 0 else 0.5 for p in prefs]
+    return out
+
+
+def llm_judge_outcomes(run: Run, cfg, table: dict, st: dict, progress: Progress | None,
+                       api_key: str | None = None) -> dict[str, list]:
+    """The LLM judge (lab.judge, plan "full": every pair of models judged in both orders) on each adapter against
+    the base, per instruction: win 1; tie or the two orders disagreeing 0.5; loss 0; unreadable verdicts left out.
+    An adapter whose completion equals the base's ties without a call."""
+    from lab.config import JudgeConfig
+    from lab.judge import judge_run, pair_verdicts
+
+    nested, names = scoring_run(run, table, st)
+    samples = nested.read("samples")
+    same = {(s["instruction_id"], s["sample_index"]): s["duplicate_of"] for s in samples}  # the judge skips twins
+    if any(d is None and s["sample_index"] > 0 for s, d in zip(samples, same.values())):
+        jc = JudgeConfig(backend=cfg.judge, model=cfg.judge_model, plan="full", rpm=cfg.judge_rpm,
+                         device=cfg.device, dtype=cfg.dtype)
+        judge_run(nested, jc, progress, api_key=api_key)
+    verdicts = {(v["instruction_id"], v["a"], v["b"]): v["verdict"] for v in pair_verdicts(nested.read("judgments"))}
+    value = {"b": 1.0, "a": 0.0, "tie": 0.5, "inconsistent": 0.5}
+    out: dict[str, list] = {}
+    for i, m in list(names.items())[1:]:
+        got = []
+        for iid in st["instruction_ids"]:
+            if (iid, i) in same:
+                j = same[(iid, i)] if same[(iid, i)] is not None else i  # a twin of another adapter: its verdict
+                got.append(0.5 if j == 0 else value.get(verdicts.get((iid, 0, j), "invalid")))
+        out[m] = [g for g in got if g is not None]
+    return out
 
 
 # ---- the user's notes ----------------------------------------------------------------------------------------------

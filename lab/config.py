@@ -176,8 +176,11 @@ class CompareConfig(Settings):
                           "or refuse", ("drop", "flag", "refuse"))
     near_duplicate: float = opt(0.7, "character 5-gram Jaccard similarity from which an instruction is a near duplicate")
     pairrm: str = opt("", "PairRM ranker for win rates: llm-blender/PairRM or a local folder ('' = skip)")
-    judge: str = opt("none", "LLM judge for win rates, both orders: none, groq, openai or local")
+    judge: str = opt("none", "LLM judge for win rates, both orders: none, local, groq or openai",
+                     ("none", "local", "groq", "openai"))
     judge_model: str = opt("", "the judge's model (default: the judge backend's default)")
+    judge_rpm: float = opt(30.0, "API judge: most requests per minute (0 = no limit); the base URL comes from "
+                           "$GROQ_BASE_URL / $OPENAI_BASE_URL when set")
     bootstrap: int = opt(2000, "bootstrap resamples for the win-rate confidence intervals")
     confidence: float = opt(0.95, "confidence level of the intervals")
     device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")

@@ -45,9 +45,8 @@ FILES = {
     "compare": "compare.jsonl",
     "notes": "notes.json",
     "iterate": "iterate.jsonl",
-    "compare_judgments": "compare-judgments.jsonl",  # LLM judge on base vs adapter (lab.compare)
+    "compare_scoring": "compare-scoring",  # a folder of nested Runs: the comparison judged by lab.judge / lab.rank
     "judge_prompt": "judge-prompt.txt",  # the prompt template the last judge run used (lab.judge)
-    "compare_rankings": "compare-rankings.jsonl",  # PairRM on base vs adapter (lab.compare)
     "compare_scores": "compare-scores.json",
     "compare_csv": "compare.csv",  # exports of the comparison grid
     "compare_md": "compare.md",

@@ -272,3 +272,64 @@ def test_notes_are_saved_with_the_run(run):
 
     again = compare.read_notes(Run.open(run.path))
     assert again == {"overall": "longer, more lists", "instructions": {"heldout-001": "judge adapter hedges"}}
+
+
+# ---- win rates: PairRM and the LLM judge ---------------------------------------------------------------------------
+def test_pairrm_win_rates(two_adapters, tmp_path):
+    out = compare.compare_run(two_adapters, cfg(instructions=heldout_file(tmp_path, HELD), pairrm="tiny-random"))
+    for name in ("judge", "pairrm"):
+        w = out["win_rates"][name]["pairrm"]
+        assert w["n"] == 3 and w["wins"] + w["ties"] + w["losses"] == 3
+        assert 0 <= w["ci_low"] <= w["win_rate"] <= w["ci_high"] <= 1
+    nested = next((two_adapters.file("compare_scoring")).iterdir())
+    from lab.store import Run
+
+    rankings = Run(nested).read("rankings")
+    assert len(rankings) == 3 and all(r["sample_indices"] == [0, 1, 2] for r in rankings)
+    from lab import rank
+
+    expected = [1.0 if rank.preference(r, 1, 0) > 0 else 0.0 for r in rankings]
+    assert out["win_rates"]["judge"]["pairrm"]["win_rate"] == pytest.approx(sum(expected) / 3)
+    compare.score(two_adapters, cfg(pairrm="tiny-random"))
+    assert len(Run(nested).read("rankings")) == 3  # the same texts are not ranked again
+
+
+KEY = "sk-compare-test-key"
+
+
+def test_llm_judge_win_rates_both_orders(two_adapters, tmp_path, monkeypatch):
+    """A scripted judge over real HTTP: it always prefers the 'judge' adapter's text, and against the 'pairrm'
+    adapter it always names the first position, so the two orders disagree (inconsistent = 0.5)."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from fakeprovider import FakeProvider, first_shown, json_verdict, user_text
+
+    compare.compare_run(two_adapters, cfg(instructions=heldout_file(tmp_path, HELD)))
+    texts = {(r["model"], r["instruction_id"]): r["text"] for r in two_adapters.read("compare")}
+    judge_texts = [t for (m, _), t in texts.items() if m == "judge"]
+
+    def answer(req):
+        body = user_text(req)
+        favourite = next((t for t in judge_texts if t in body), None)
+        if favourite is None:  # base vs pairrm: always the first shown
+            return json_verdict("A")
+        shown_first = first_shown(req, *[t for t in texts.values() if t in body])
+        return json_verdict("A" if shown_first == favourite else "B")
+
+    monkeypatch.setenv("GROQ_API_KEY", KEY)
+    with FakeProvider(key=KEY, answer=answer) as fp:
+        monkeypatch.setenv("GROQ_BASE_URL", fp.url)
+        scores = compare.score(two_adapters, cfg(judge="groq", judge_model="judge-model", judge_rpm=0.0))
+        assert fp.calls == 3 * 3 * 2  # 3 instructions, every pair of 3 models, both orders
+    w = scores["win_rates"]
+    assert (w["judge"]["judge"]["win_rate"], w["judge"]["judge"]["wins"]) == (1.0, 3)
+    assert (w["pairrm"]["judge"]["win_rate"], w["pairrm"]["judge"]["ties"]) == (0.5, 3)
+    for path in two_adapters.path.rglob("*"):
+        assert not path.is_file() or KEY not in path.read_text(errors="ignore")  # the key reaches no file
+
+
+def test_api_judge_without_key_fails_before_generating(two_adapters, tmp_path):
+    with pytest.raises(LabError, match="GROQ_API_KEY"):
+        compare.compare_run(two_adapters, cfg(instructions=heldout_file(tmp_path, HELD), judge="groq"))
+    assert not two_adapters.file("compare").exists()
