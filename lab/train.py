@@ -246,6 +246,8 @@ def adapter_lock(out: Path) -> Iterator[None]:
             yield
         finally:
             lock.unlink(missing_ok=True)  # while we still hold it, so no one else is using this file
+            if not any(out.iterdir()):
+                out.rmdir()  # failed before writing anything: leave no empty adapter folder behind
 
 
 def read_state(out: Path) -> dict | None:
@@ -620,6 +622,9 @@ def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config:
     spec = base_model or config.model or run_model(run)
     path = resolve_pairs(run, pairs)
     records = load_pairs(path)
+    tok = models.load_tokenizer(spec)
+    check_markup(records, tok, spec)
+    check_lengths(records, tok, config.max_length)
     init = resolve_init_adapter(run, init_adapter)
     out = run.adapter_dir(adapter_name)
     stats = pair_stats(path, records)
@@ -641,8 +646,6 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
     config = TrainConfig(**{k: identity[k] for k in TrainConfig.__dataclass_fields__})
     spec = identity["model"]
     model, tok, device = load_policy(spec, config, init)
-    check_markup(records, tok, spec)
-    check_lengths(records, tok, config.max_length)
     train, held = split_pairs(records, config.eval_fraction, config.seed)
     state = {"status": "training", "settings": config.to_dict(), "base_model": spec,
              "base_model_path": models.resolve(spec), "init_adapter": init,

@@ -1,0 +1,304 @@
+"""DPO training (lab.train): adapter output, live metrics, stop, resume, accelerate, bad input, warnings.
+
+Pairs used here carry an obvious preference: the chosen answer opens with "Certainly!", the rejected one is the same
+text without it, so a model that learned anything puts more probability on the "Certainly!" version.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import jobs, models
+from lab.config import TrainConfig
+from lab.errors import LabError
+from lab.progress import Stopped
+from lab.store import Run, read_jsonl
+from lab.train import diagnose, last_checkpoint, oom_error, read_state, train_adapter, _is_oom
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(model="tiny-random", batch_size=2, lr=1e-3, gradient_checkpointing=False, eval_fraction=0.0)
+
+
+def instructions(split: str) -> list[dict]:
+    return [json.loads(line) for line in open(ROOT / "assets" / f"instructions-{split}.jsonl", encoding="utf-8")]
+
+
+def pair(inst: dict) -> dict:
+    body = f"Here is a short answer about {inst['prompt'][:60].rstrip()}."
+    return {"prompt": [{"role": "user", "content": inst["prompt"]}],
+            "chosen": [{"role": "assistant", "content": "Certainly! " + body}],
+            "rejected": [{"role": "assistant", "content": body}],
+            "meta": {"instruction_id": inst["id"], "chosen_index": 0, "rejected_index": 1, "source": "test"}}
+
+
+def write_pairs(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def pairs(run):
+    return write_pairs(run.pairs_file("judge"), [pair(i) for i in instructions("train")[:16]])
+
+
+def preference_margin(model, tok, rows: list[dict]) -> list[float]:
+    """Per pair: log p(chosen | prompt) - log p(rejected | prompt), summed over answer tokens."""
+    import torch
+
+    out = []
+    for r in rows:
+        scores = []
+        for answer in (r["chosen"], r["rejected"]):
+            prompt_ids = tok(models.render_chat(tok, r["prompt"]), add_special_tokens=False)["input_ids"]
+            full = tok(models.render_chat(tok, r["prompt"] + answer, add_generation_prompt=False),
+                       add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([full])
+            with torch.no_grad():
+                logps = model(ids).logits[0, :-1].float().log_softmax(-1)
+            targets = ids[0, 1:]
+            token_logps = logps.gather(-1, targets[:, None])[:, 0]
+            scores.append(token_logps[len(prompt_ids) - 1:].sum().item())
+        out.append(scores[0] - scores[1])
+    return out
+
+
+def load_with_adapter(spec: str, adapter: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tok = models.load_tokenizer(spec)
+    base = AutoModelForCausalLM.from_pretrained(models.resolve(spec), dtype="float32").eval()
+    return PeftModel.from_pretrained(base, str(adapter)).eval(), tok
+
+
+# ---- output ---------------------------------------------------------------------------------------------------------
+def test_adapter_is_written_loads_and_moves_toward_chosen(run, pairs):
+    out = train_adapter(run, "judge", "a1", TrainConfig(**TINY, max_steps=8))
+    assert run.adapters() == ["a1"]
+    state = read_state(out)
+    assert state["status"] == "done" and state["global_step"] == 8
+    assert not (out / "checkpoints").exists() and not list(out.glob(".*"))  # no lock, temp or checkpoint left
+    card = (out / "README.md").read_text()
+    assert "tiny-random" in card and "| `beta` | `0.1` |" in card and "train/loss" in card
+
+    model, tok = load_with_adapter("tiny-random", out)
+    rows = read_jsonl(pairs)[:6]
+    trained = preference_margin(model, tok, rows)
+    with model.disable_adapter():
+        base = preference_margin(model, tok, rows)
+    assert all(t > b for t, b in zip(trained, base)), (trained, base)
+
+    train_lines = [m for m in read_jsonl(out / "metrics.jsonl") if m["split"] == "train"]
+    assert [m["step"] for m in train_lines] == list(range(1, 9))
+    assert all(m["tokens_per_s"] > 0 and "rewards/margins" in m and "logps/chosen" in m for m in train_lines)
+    assert run.stage_settings("train")["adapter"] == "a1"
+
+    with pytest.raises(LabError, match="already exists"):
+        train_adapter(run, "judge", "a1", TrainConfig(**TINY, max_steps=8))
+
+
+def test_continuing_from_an_adapter_uses_it_as_reference(run, pairs):
+    first = train_adapter(run, "judge", "r1", TrainConfig(**TINY, max_steps=4))
+    second = train_adapter(run, "judge", "r2", TrainConfig(**TINY, max_steps=2), init_adapter="r1")
+    first_line = read_jsonl(second / "metrics.jsonl")[0]
+    # at step 1 the policy equals its reference (the r1 adapter), so the implicit rewards start at exactly 0
+    assert first_line["rewards/chosen"] == 0.0 and first_line["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert read_state(second)["init_adapter"] == str(first)
+    assert run.adapters() == ["r1", "r2"]
+
+
+def test_eval_slice_holds_out_whole_instructions(run):
+    rows = [pair(i) for i in instructions("train")[:20]]
+    rows += [{**r, "chosen": [{"role": "assistant", "content": "Certainly! Sure."}]} for r in rows]  # 2 per prompt
+    write_pairs(run.pairs_file("judge"), rows)
+    out = train_adapter(run, "judge", "ev", TrainConfig(**{**TINY, "eval_fraction": 0.1}, max_steps=2))
+    p = read_state(out)["pairs"]
+    assert (p["n_train"], p["n_eval"]) == (36, 4)
+    assert any(m["split"] == "eval" and "rewards/accuracies" in m for m in read_jsonl(out / "metrics.jsonl"))
+
+
+# ---- live, stop, resume ---------------------------------------------------------------------------------------------
+def start_job(run: Run, pairs: Path, name: str, steps: int) -> dict:
+    argv = ["train", "--run", str(run.path), "--pairs", str(pairs), "--adapter", name, "--model", "tiny-random",
+            "--max-steps", str(steps), "--batch-size", "2", "--lr", "1e-3", "--no-gradient-checkpointing",
+            "--eval-fraction", "0", "--save-steps", "2"]
+    return jobs.start(run, argv, "train")
+
+
+def wait_for(predicate, timeout: float = 180.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")
+
+
+def train_lines(out: Path) -> list[dict]:
+    return [m for m in read_jsonl(out / "metrics.jsonl") if m.get("split") == "train"]
+
+
+def test_metrics_stream_while_running_then_stop_keeps_adapter_and_resume_continues(run, pairs):
+    out = run.adapter_dir("live")
+    start_job(run, pairs, "live", 400)
+    wait_for(lambda: len(train_lines(out)) >= 3)
+    assert jobs.status(run)["state"] == "running"  # the lines arrived while it still trains
+    assert (jobs.status(run)["progress"] or {}).get("total") == 400
+
+    end = jobs.stop(run, grace_s=60)
+    assert end["state"] == "stopped", end
+    state = read_state(out)
+    assert state["status"] == "stopped" and 3 <= state["global_step"] < 400
+    assert (out / "adapter_config.json").exists() and "stopped early" in (out / "README.md").read_text()
+    ckpt = last_checkpoint(out)
+    assert ckpt is not None and ckpt.name == f"checkpoint-{state['global_step']}"
+
+    stopped_at = state["global_step"]
+    config = TrainConfig(**{**TINY, "save_steps": 2}, max_steps=stopped_at + 3)
+    train_adapter(run, str(pairs), "live", config)
+    steps = [m["step"] for m in train_lines(out)]
+    assert steps == list(range(1, stopped_at + 4))  # continued from the checkpoint: no step twice, none missing
+    assert read_state(out)["status"] == "done" and not (out / "checkpoints").exists()
+
+
+def test_a_killed_training_never_looks_complete_and_resumes(run, pairs):
+    out = run.adapter_dir("crash")
+    job = start_job(run, pairs, "crash", 400)
+    wait_for(lambda: (last_checkpoint(out) or Path("checkpoint-0")).name != "checkpoint-0" and
+             len(train_lines(out)) >= 3)
+    os.killpg(job["pid"], signal.SIGKILL)
+    wait_for(lambda: jobs.status(run)["state"] != "running", 30)
+    assert run.adapters() == [] and not (out / "adapter_config.json").exists()
+    assert read_state(out)["status"] == "training"
+
+    ckpt_step = int(last_checkpoint(out).name.split("-")[1])
+    with pytest.raises(LabError, match="other settings"):
+        train_adapter(run, str(pairs), "crash", TrainConfig(**{**TINY, "lr": 5e-4}, max_steps=ckpt_step + 2))
+    train_adapter(run, str(pairs), "crash", TrainConfig(**TINY, max_steps=ckpt_step + 2))
+    assert [m["step"] for m in train_lines(out)] == list(range(1, ckpt_step + 3))
+    assert run.adapters() == ["crash"]
+
+
+def test_second_training_of_the_same_adapter_is_refused(run, pairs):
+    from lab.train import adapter_lock
+
+    with adapter_lock(run.adapter_dir("busy")):
+        with pytest.raises(LabError, match="being trained by another process"):
+            train_adapter(run, "judge", "busy", TrainConfig(**TINY, max_steps=1))
+
+
+# ---- bad input --------------------------------------------------------------------------------------------------------
+def bad(run: Run, rows_or_text, match: str, **kw):
+    path = run.path / "bad.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(rows_or_text if isinstance(rows_or_text, str) else "".join(json.dumps(r) + "\n"
+                                                                               for r in rows_or_text))
+    with pytest.raises(LabError, match=match):
+        train_adapter(run, str(path), "x", TrainConfig(**{**TINY, **kw}, max_steps=1))
+    assert not run.adapter_dir("x").exists()  # nothing half-written
+
+
+def test_bad_pairs_files_are_refused_with_what_to_fix(run):
+    good = [pair(i) for i in instructions("train")[:4]]
+    bad(run, "", "holds no pairs")
+    bad(run, json.dumps(good[0]) + "\n{not json\n", "line 2 is not valid JSON")
+    bad(run, [{"prompt": "hi", "chosen": "a"}], "needs 'prompt', 'chosen' and 'rejected'")
+    bad(run, [good[0], {**good[1], "rejected": good[1]["chosen"]}], "1 of 2 pairs have the same chosen and rejected")
+    bad(run, [{**good[0], "chosen": [{"role": "assistant", "content": "  "}]}], "text is empty")
+    llama = "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+    bad(run, [{**good[0], "prompt": llama}], r"another model's template \(Llama 3\)")
+    chatml = "<|im_start|>user\nHi<|im_end|>\n"
+    bad(run, [{**good[0], "prompt": chatml}], "already rendered")
+    bad(run, good, "Every prompt is longer", max_length=16)
+    with pytest.raises(LabError, match="No pairs for source 'pairrm'"):
+        train_adapter(run, "pairrm", "x", TrainConfig(**TINY, max_steps=1))
+    with pytest.raises(LabError, match="--loss-type"):
+        train_adapter(run, "judge", "x", TrainConfig(**TINY, loss_type="sigmoid,nonsense"))
+
+
+def test_plain_string_pairs_are_wrapped_as_messages(run):
+    rows = [{"prompt": r["prompt"][0]["content"], "chosen": r["chosen"][0]["content"],
+             "rejected": r["rejected"][0]["content"]} for r in (pair(i) for i in instructions("train")[:4])]
+    path = write_pairs(run.path / "plain.jsonl", rows)
+    assert read_state(train_adapter(run, str(path), "plain", TrainConfig(**TINY, max_steps=1)))["status"] == "done"
+
+
+def test_out_of_memory_is_recognised_and_explained():
+    import torch
+
+    assert _is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert _is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
+    assert not _is_oom(RuntimeError("shape mismatch"))
+    msg = str(oom_error(TrainConfig(batch_size=8, gradient_checkpointing=False), "cuda"))
+    assert "GPU memory" in msg and "--batch-size (now 8)" in msg and "--gradient-checkpointing" in msg
+
+
+# ---- warnings -----------------------------------------------------------------------------------------------------------
+def metric_lines(acc, chosen_reward):
+    return [{"split": "train", "step": s, "max_steps": 40, "rewards/accuracies": a, "rewards/chosen": c}
+            for s, (a, c) in enumerate(zip(acc, chosen_reward), 1)]
+
+
+def test_likelihood_displacement_warning():
+    n = 40
+    displaced = metric_lines([1.0] * n, [-0.01 * s for s in range(n)])  # chosen falls to -3.9 nats at beta 0.1
+    healthy = metric_lines([0.5 + 0.01 * s for s in range(n)], [0.01 * s for s in range(n)])
+    late = metric_lines([0.5] * 30 + [1.0] * 10, [-0.01 * s for s in range(n)])  # accuracy only saturates late
+    assert "likelihood displacement" in diagnose(displaced, None, beta=0.1)[0]
+    assert diagnose(healthy, None, beta=0.1) == [] and diagnose(late, None, beta=0.1) == []
+    assert diagnose(displaced[:5], None, beta=0.1) == []  # too few lines to judge
+
+
+def test_length_gap_warning():
+    balanced = {"chosen_longer_fraction": 0.5, "chosen_chars_mean": 300, "rejected_chars_mean": 290}
+    biased = {"chosen_longer_fraction": 0.8, "chosen_chars_mean": 600, "rejected_chars_mean": 300}
+    growing = {"chosen_longer_fraction": 0.6, "chosen_chars_mean": 360, "rejected_chars_mean": 300}
+    assert diagnose([], balanced, 0.1) == []
+    assert "80% of pairs" in diagnose([], biased, 0.1)[0]
+    assert "up from 1.03x" in diagnose([], growing, 0.1, history=[balanced])[0]
+
+
+# ---- scale and real effect (slow) -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_process_accelerate_launch(run, pairs):
+    """The same CLI under `accelerate launch` with 2 CPU processes (torchrun + gloo): data is split across ranks."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", str(29500 + os.getpid() % 1000), "--mixed_precision", "no", "--dynamo_backend",
+           "no", "-m", "lab", "train", "--run", str(run.path), "--pairs", "judge", "--adapter", "ddp", "--model",
+           "tiny-random", "--max-steps", "3", "--batch-size", "2", "--lr", "1e-3", "--no-gradient-checkpointing",
+           "--eval-fraction", "0"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('"status": "done"') == 1  # only rank 0 reports
+    lines = train_lines(run.adapter_dir("ddp"))
+    assert [m["step"] for m in lines] == [1, 2, 3]  # one line per step, not one per rank
+    assert lines[0]["epoch"] == pytest.approx(2 * 2 / 16)  # 2 ranks x batch 2 of 16 pairs per step
+    assert run.adapters() == ["ddp"]
+
+
+@pytest.mark.slow
+def test_dpo_on_bundled_moves_held_out_prompts_toward_the_preference(run):
+    """40 training prompts; 17 unseen ones. Before training the "Certainly!" answer is not systematically favoured;
+    after, it must be favoured more on (nearly) every held-out prompt, by a margin far above the run-to-run noise."""
+    write_pairs(run.pairs_file("judge"), [pair(i) for i in instructions("train")[:40]])
+    config = TrainConfig(model="bundled", max_steps=30, batch_size=4, lr=5e-4, beta=0.1, eval_fraction=0.0,
+                         gradient_checkpointing=False, max_length=256)
+    out = train_adapter(run, "judge", "certainly", config)
+    model, tok = load_with_adapter("bundled", out)
+    held = [pair(i) for i in instructions("heldout")]
+    trained = preference_margin(model, tok, held)
+    with model.disable_adapter():
+        base = preference_margin(model, tok, held)
+    shifts = [t - b for t, b in zip(trained, base)]
+    # a sign test: 16 of 17 positive by chance has p < 2e-4; the mean shift must also be large in nats
+    assert sum(s > 0 for s in shifts) >= 16, shifts
+    assert sum(shifts) / len(shifts) > 2.0, shifts
