@@ -141,10 +141,22 @@ def stage_dataset(item: Item, folder: Path, namespace: str) -> dict[str, int]:
     return rows
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link weights into the staging folder (no second copy of a large file); copy across file systems.
+
+    Files the lab rewrites (adapter_config.json here) are replaced by renaming a new file into place, which leaves
+    the source untouched. The staging is rebuilt at every push, so it never goes up stale."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def stage_model(item: Item, folder: Path, namespace: str, links: dict) -> None:
     """Copy the adapter (without resumable state or pickles), point its config at the base's Hub id, write the card."""
     src = item.run.adapter_dir(item.source)
-    shutil.copytree(src, folder, ignore=shutil.ignore_patterns(*NOT_UPLOADED), dirs_exist_ok=True)
+    shutil.copytree(src, folder, ignore=shutil.ignore_patterns(*NOT_UPLOADED), dirs_exist_ok=True,
+                    copy_function=_link_or_copy)
     config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     state = cards.training_state(src, item.run)
     base_id = cards.base_model_id(state, item.run)

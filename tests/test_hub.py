@@ -211,6 +211,19 @@ def test_bundled_base_points_at_its_hub_id(run):
     assert cards.base_model_id({"base_model": "tiny-random", "base_model_path": "/x/tiny"}, run) is None
 
 
+def test_staged_adapter_points_at_the_hub_base_and_leaves_the_source_alone(lab_run):
+    src = lab_run.adapter_dir("dpo-judge")
+    state = json.loads((src / "training.json").read_text())
+    atomic_write_json(src / "training.json", {**state, "base_model": "bundled"})
+    before = (src / "adapter_config.json").read_bytes()
+    hub.push_run(lab_run, PushConfig(dry_run=True, namespace="alice", datasets=False))
+    staged = json.loads((lab_run.file("hub") / "t-dpo-judge" / "adapter_config.json").read_text())
+    assert staged["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (src / "adapter_config.json").read_bytes() == before
+    card = (lab_run.file("hub") / "t-dpo-judge" / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+
+
 def test_restaging_replaces_the_folder(lab_run):
     cfg = PushConfig(dry_run=True, namespace="alice")
     hub.push_run(lab_run, cfg)
