@@ -16,8 +16,8 @@ commit through `huggingface_hub`): `push --dry-run` stops after staging, so it s
 
 Record format of push.jsonl (one line per repo pushed; the app shows these links):
 
-    {"kind": "dataset" | "model", "name": str, "repo_id": str, "url": str, "private": bool, "commit": str,
-     "folder": str, "time": str}
+    {"kind": "dataset" | "model", "name": str, "repo_id": str, "url": str, "private": bool (as the Hub reports it),
+     "commit": str, "folder": str, "time": str, "warning": str (only when a repo asked to be private is public)}
 
 Tokens: one passed in memory (the app's visitor login), else $HF_TOKEN, else the login `hf auth login` saved. On a
 Space ($SPACE_ID set) only a passed token counts: the Space's own HF_TOKEN secret belongs to its owner, and pushing
@@ -260,10 +260,15 @@ def upload(api, item: Item, folder: Path, namespace: str, private: bool, token: 
     repo_id, repo_type = item.repo_id(namespace), item.kind
     url = _call(f"creating {repo_id}", token, api.create_repo, repo_id, repo_type=repo_type, private=private,
                 exist_ok=True)
-    info = _call(f"uploading {folder}", token, api.upload_folder, repo_id=repo_id, repo_type=repo_type,
-                 folder_path=str(folder), commit_message=f"Preference Lab: {item.kind} {item.name}")
-    return {"kind": item.kind, "name": item.name, "repo_id": repo_id, "url": str(url), "private": private,
-            "commit": getattr(info, "oid", None) or "", "folder": str(folder), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    commit = _call(f"uploading {folder}", token, api.upload_folder, repo_id=repo_id, repo_type=repo_type,
+                   folder_path=str(folder), commit_message=f"Preference Lab: {item.kind} {item.name}")
+    is_private = bool(_call(f"reading {repo_id}", token, api.repo_info, repo_id, repo_type=repo_type).private)
+    record = {"kind": item.kind, "name": item.name, "repo_id": repo_id, "url": str(url), "private": is_private,
+              "commit": getattr(commit, "oid", None) or "", "folder": str(folder),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if private and not is_private:  # create_repo(exist_ok=True) leaves an existing repo's visibility alone
+        record["warning"] = f"{repo_id} already existed and is PUBLIC: make it private in its settings on the Hub."
+    return record
 
 
 # ---- the stage ----------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ uploader, see huggingface_hub/_upload_pipeline.py and _commit_api.py):
 
     GET  /api/whoami-v2                                     {"name": user, "type": "user", ...}
     POST /api/repos/create                                  {"name", "organization", "type", "visibility"} -> {"url"}
+    GET  /api/{type}s/{ns}/{name}                           repo info: {"id", "private", "sha"}
     POST /api/validate-yaml                                 README.md front matter: parsed here (YAML, `configs:`)
     POST /api/{type}s/{ns}/{name}/preupload/{revision}      -> every file "regular" (content rides in the commit)
     POST /api/{type}s/{ns}/{name}/commit/{revision}         NDJSON: header line, then {"key": "file", "value":
@@ -30,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import yaml
 
+INFO_ROUTE = re.compile(r"^/api/(model|dataset|space)s/([^/]+/[^/?]+)(?:/revision/[^/?]+)?(?:\?.*)?$")
 REPO_ROUTE = re.compile(r"^/api/(model|dataset|space)s/([^/]+/[^/]+)/(preupload|commit)/([^/?]+)")
 
 
@@ -59,6 +61,9 @@ class HubStandIn:
             return self.create(json.loads(body))
         if method == "POST" and path.startswith("/api/validate-yaml"):
             return self.validate_yaml(json.loads(body))
+        info = INFO_ROUTE.match(path)
+        if method == "GET" and info:
+            return self.info(info.group(1), info.group(2))
         m = REPO_ROUTE.match(path)
         if method == "POST" and m:
             kind, repo_id, action = m.group(1), m.group(2), m.group(3)
@@ -76,6 +81,12 @@ class HubStandIn:
             return 409, {"error": "You already created this repo", "url": url}
         self.repos[(kind, repo_id)] = {"visibility": payload.get("visibility", "public"), "files": {}, "commits": 0}
         return 200, {"url": url}
+
+    def info(self, kind: str, repo_id: str) -> tuple[int, dict]:
+        repo = self.repos.get((kind, repo_id))
+        if repo is None:
+            return 404, {"error": f"Repository {repo_id} not found"}
+        return 200, {"id": repo_id, "private": repo["visibility"] == "private", "sha": repo.get("sha", "0" * 40)}
 
     def validate_yaml(self, payload: dict) -> tuple[int, dict]:
         """The front matter must parse, and a data set's `configs` must name their data files, as the Hub checks."""
@@ -106,7 +117,7 @@ class HubStandIn:
             elif item["key"] != "header":
                 return 400, {"error": f"the stand-in only takes regular files, got {item['key']}"}
         repo["commits"] += 1
-        oid = hashlib.sha1(body).hexdigest()
+        oid = repo["sha"] = hashlib.sha1(body).hexdigest()
         prefix = "" if kind == "model" else f"{kind}s/"
         return 200, {"commitUrl": f"{self.url}/{prefix}{repo_id}/commit/{oid}", "commitOid": oid,
                      "pullRequestUrl": None}

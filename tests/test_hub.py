@@ -260,6 +260,15 @@ def test_push_public_to_an_organisation_and_again(lab_run, online, monkeypatch):
     repo = server.repos[("dataset", "team/t-judge")]
     assert repo["visibility"] == "public" and repo["commits"] == 2
     assert len(hub.pushed(lab_run)) == 1 and len(lab_run.read("push")) == 2
+    assert hub.pushed(lab_run)[0]["private"] is False and "warning" not in hub.pushed(lab_run)[0]
+
+
+def test_an_existing_public_repo_is_reported_not_hidden(lab_run, online, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with HubStandIn(token=TOKEN) as server:
+        server.repos[("dataset", "alice/t-judge")] = {"visibility": "public", "files": {}, "commits": 0}
+        out = hub.push_run(lab_run, PushConfig(endpoint=server.url, only="judge"))
+    assert out["repos"][0]["private"] is False and "PUBLIC" in out["repos"][0]["warning"]
 
 
 def test_space_pushes_with_the_visitors_token_only(lab_run, online, monkeypatch):
