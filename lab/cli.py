@@ -131,7 +131,30 @@ def cmd_pairs(args) -> None:
     _print_summary(summary)
 
 
-STAGES = [add_sample, add_push, add_train, add_rank, add_pairs]
+# ---- judge --------------------------------------------------------------------------------------------------------
+def add_judge(sub) -> None:
+    from lab.config import JudgeConfig
+
+    p = sub.add_parser("judge", help="LLM judge: pairwise verdicts in both orders (groq, openai-compatible, local)")
+    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    p.add_argument("--estimate-only", action="store_true", help="print the plan's calls, time and cost; judge nothing")
+    JudgeConfig.add_arguments(p)
+    p.set_defaults(func=cmd_judge)
+
+
+def cmd_judge(args) -> None:
+    from lab.config import JudgeConfig
+    from lab.judge import estimate, judge_run
+    from lab.store import Run
+
+    run, cfg = Run.open(args.run, create=False), JudgeConfig.from_args(args)
+    plan = estimate(run, cfg)
+    print("plan: " + json.dumps(plan, ensure_ascii=False), file=sys.stderr, flush=True)  # the cost, before any call
+    if not args.estimate_only:
+        _print_summary(judge_run(run, cfg))
+
+
+STAGES = [add_sample, add_push, add_train, add_rank, add_pairs, add_judge]
 
 
 def build_parser() -> argparse.ArgumentParser:
