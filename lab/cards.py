@@ -63,6 +63,16 @@ def _iteration(run: Run) -> int | None:
     return int(run.path.name) if run.path.parent.name == "iterations" and run.path.name.isdigit() else None
 
 
+def _root(run: Run) -> Run:
+    """The run an iteration round belongs to (run.json and iterate.jsonl live there)."""
+    return Run(run.path.parent.parent) if _iteration(run) else run
+
+
+def _where(run: Run) -> str:
+    k = _iteration(run)
+    return f"run `{_root(run).name}`, self-rewarding round {k}" if k else f"run `{run.name}`"
+
+
 # ---- data set card ------------------------------------------------------------------------------------------------
 CONFIG_TEXT = {
     "default": "the preference pairs, TRL conversational format: prompt / chosen / rejected, meta says where each "
@@ -71,6 +81,7 @@ CONFIG_TEXT = {
     "judgments": "one row per judge call: the pair, the order shown, verdict, the judge's reasoning and raw text",
     "rankings": "PairRM scores and ranks per instruction",
     "spotcheck": "human verdicts on judged pairs (the last per pair counts)",
+    "scores": "self-rewarding round: every answer scored with the additive 5-point prompt, R times",
 }
 
 
@@ -87,7 +98,8 @@ def dataset_card(repo_id: str, source: str, run: Run, pairs: list[dict], raw: di
     parts = [_front_matter(data), f"# {repo_id}\n", _dataset_intro(source, run, raw),
              _load_snippet(repo_id, rows), _configs_section(rows), "## How it was made\n",
              _model_section(run, raw["samples"]), _instructions_section(run, raw["samples"]),
-             _judge_section(run, raw["judgments"]), _rank_section(run, raw["rankings"]),
+             _judge_section(run, raw["judgments"]), _scores_section(raw.get("scores") or []), _round_section(run),
+             _rank_section(run, raw["rankings"]),
              _pairs_section(run, source, pairs), _stats_section(pairs, raw), _all_settings(run)]
     return "\n".join(p for p in parts if p)
 
@@ -101,9 +113,7 @@ def _size_category(n: int) -> str:
 
 def _dataset_intro(source: str, run: Run, raw: dict) -> str:
     models = sorted({s.get("model", "?") for s in raw["samples"]}) or ["(no samples file)"]
-    k = _iteration(run)
-    where = f"run `{run.path.parent.parent.name}`, self-rewarding iteration {k}" if k else f"run `{run.name}`"
-    return (f"Preference pairs for DPO built by Preference Lab ({where}) from responses of "
+    return (f"Preference pairs for DPO built by Preference Lab ({_where(run)}) from responses of "
             f"{', '.join(f'`{m}`' for m in models)}; pairs chosen by **{source}**. Generated text: check it "
             "before training on it, and follow the terms of the model that wrote it.\n")
 
@@ -172,6 +182,28 @@ def call_plan(judgments: list[dict]) -> dict:
             "completion tokens": sum(u.get("completion_tokens") or 0 for u in usage)}
 
 
+def _scores_section(scores: list[dict]) -> str:
+    """Self-rewarding rounds: how the model scored its own answers (lab.iterate's scores.jsonl)."""
+    if not scores:
+        return ""
+    from lab.iterate import PROMPT_HASH, SCORE_PROMPT
+
+    values = [x["score"] for x in scores if isinstance(x.get("score"), (int, float))]
+    hashes = _counts(scores, "prompt_hash")
+    rows = {"evaluations": len(scores), "scored": len(values), "mean score": round(mean(values), 3) if values else "n/a",
+            "read by": _counts(scores, "method"), "judge": _counts(scores, "judge"), "prompt hashes": hashes}
+    prompt = f"\n\nScoring prompt (hash `{PROMPT_HASH}`):\n\n````text\n{SCORE_PROMPT}\n````" \
+        if PROMPT_HASH in hashes else ""
+    return f"### Self-rewarding scores\n\n{table(rows, ('', ''))}{prompt}\n"
+
+
+def _round_section(run: Run) -> str:
+    """The round's line of iterate.jsonl: its lineage (policy, reference, adapter) and statistics."""
+    k = _iteration(run)
+    lines = [r for r in _root(run).read("iterate") if r.get("round") == k] if k else []
+    return f"### Round {k}\n\n{table(flatten(lines[-1]), ('', ''))}\n" if lines else ""
+
+
 def _rank_section(run: Run, rankings: list[dict]) -> str:
     settings = flatten(run.stage_settings("rank") or {})
     if not rankings and not settings:
@@ -224,7 +256,9 @@ def spotcheck_stats(records: list[dict]) -> dict:
 
 
 def _all_settings(run: Run) -> str:
-    settings = run.settings()
+    settings = _root(run).settings()
+    if _iteration(run) and (run.path / "run.json").exists():
+        settings = {**settings, "this round": run.settings()}
     return ("### Every setting (run.json)\n\nThe resolved settings of every stage, as the run recorded them "
             f"(no secrets are ever recorded):\n\n```json\n{json.dumps(settings, indent=2, ensure_ascii=False)}\n```\n")
 
@@ -294,7 +328,7 @@ def _model_intro(adapter: str, run: Run, config: dict, state: dict, base_id: str
         "the run's preference pairs (not pushed with this adapter)"
     pairs = {f"pairs.{k}": v for k, v in (state.get("pairs") or {}).items() if k != "path"}
     lines = [f"A LoRA adapter trained with DPO by Preference Lab (TRL `DPOTrainer` + PEFT): adapter `{adapter}` of "
-             f"run `{run.name}`.\n", f"- Base model: {base}", f"- Training data: {data}"]
+             f"{_where(run)}.\n", f"- Base model: {base}", f"- Training data: {data}"]
     if state.get("init_adapter"):
         lines.append(f"- Continued from adapter `{state['init_adapter']}` (the previous self-rewarding round)")
     if state.get("status") and state["status"] != "done":

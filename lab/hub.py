@@ -7,7 +7,7 @@ commit through `huggingface_hub`): `push --dry-run` stops after staging, so it s
     dataset <namespace>/<prefix>[-iter<k>]-<source>     one per pairs-<source>.jsonl
         data/train-00000-of-00001.parquet                 config "default": the pairs (prompt / chosen / rejected / meta)
         samples/train-00000-of-00001.parquet              config "samples": every sampled response
-        judgments/..., rankings/..., spotcheck/...        one config per raw record file the run holds
+        judgments/, rankings/, spotcheck/, scores/        one config per raw record file the run (round) holds
         README.md                                         data set card (YAML `configs:` + how it was made)
     model   <namespace>/<prefix>[-iter<k>]-<adapter>    one per complete adapter
         adapter_config.json, adapter_model.safetensors, tokenizer files, metrics.jsonl, settings ... (as trained;
@@ -42,7 +42,7 @@ from lab.progress import Progress
 from lab.store import Run, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-RAW_CONFIGS = ("samples", "judgments", "rankings", "spotcheck")  # record files shipped next to the pairs
+RAW_CONFIGS = ("samples", "judgments", "rankings", "spotcheck", "scores")  # record files shipped next to the pairs
 SHARD = "train-00000-of-00001.parquet"  # the name `Dataset.push_to_hub` gives a single-shard split
 NOT_UPLOADED = ("checkpoints", "checkpoint-*", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*.pth", "runs",
                 ".*", "*.tmp", "README.md")  # resumable state, pickles that may hold a hub_token, old card

@@ -100,9 +100,27 @@ def build_run(run: Run, iteration: bool = False) -> Run:
     run.record_stage("pairs", {"strategy": "best-vs-worst", "drop_inconsistent": True})
     _adapter(run, "dpo-judge", "judge")
     if iteration:
-        it = run.iteration(1)
-        write_jsonl(it.pairs_file("judge"), _pairs("judge"))
+        build_round(run, 1)
     return run
+
+
+def build_round(run: Run, k: int) -> Run:
+    """Round k of self-rewarding DPO as lab.iterate lays it out: samples, scores, pairs-self, adapters/round-k."""
+    from lab.iterate import PROMPT_HASH
+
+    it = run.iteration(k)
+    append_jsonl(it.file("samples"), _samples())
+    append_jsonl(it.file("scores"), [{"set": "train", "instruction_id": f"i{i}", "sample_index": s, "model": None,
+                                      "eval_index": 0, "score": float(s + 2), "method": "parsed", "probs": None,
+                                      "raw": f"Score: {s + 2}", "judge": "self", "prompt_hash": PROMPT_HASH}
+                                     for i in range(3) for s in range(3)])
+    write_jsonl(it.pairs_file("self"), _pairs("self"))
+    append_jsonl(run.file("iterate"), [{"round": k, "policy": None, "reference": None, "pairs_kept": 2,
+                                        "dropped_ties": 1, "score_mean": 3.0}])
+    out = _adapter(it, f"round-{k}", "self")
+    state = json.loads((out / "training.json").read_text())
+    atomic_write_json(out / "training.json", {**state, "init_adapter": str(run.adapter_dir("dpo-judge"))})
+    return it
 
 
 @pytest.fixture
@@ -129,7 +147,7 @@ def test_plan_finds_data_sets_adapters_and_iterations(run):
     build_run(run, iteration=True)
     names = [(i.kind, i.name) for i in hub.plan(run, PushConfig())]
     assert names == [("dataset", "t-judge"), ("dataset", "t-pairrm"), ("model", "t-dpo-judge"),
-                     ("dataset", "t-iter1-judge")]
+                     ("dataset", "t-iter1-self"), ("model", "t-iter1-round-1")]
     only = hub.plan(run, PushConfig(only="dpo-judge", prefix="exp"))
     assert [i.name for i in only] == ["exp-dpo-judge"]
     assert [i.name for i in hub.plan(run, PushConfig(adapters=False, iterations=False))] == ["t-judge", "t-pairrm"]
@@ -173,6 +191,20 @@ def test_data_set_card_says_how_it_was_made(lab_run):
     assert "| chosen is the longer answer | 2/2 |" in card and "| person agrees with the judge | 1/1 |" in card
     assert 'load_dataset("alice/t-judge", "samples", split="train")' in card
     assert "api_key" not in card and GROQ_KEY not in card
+
+
+def test_self_rewarding_round_cards_give_its_lineage(run):
+    from lab.iterate import SCORE_PROMPT
+
+    build_run(run, iteration=True)
+    hub.push_run(run, PushConfig(dry_run=True, namespace="alice", only="self,round-1"))
+    folder = run.file("hub") / "t-iter1-self"
+    assert (folder / "scores" / hub.SHARD).exists()
+    card = (folder / "README.md").read_text()
+    assert "self-rewarding round 1" in card and SCORE_PROMPT.splitlines()[0] in card
+    assert "### Round 1" in card and "| pairs_kept | 2 |" in card and "| mean score | 3.0 |" in card
+    model_card = (run.file("hub") / "t-iter1-round-1" / "README.md").read_text()
+    assert "Continued from adapter" in model_card and "datasets:\n- alice/t-iter1-self" in model_card
 
 
 def test_adapter_folder_loads_and_card_lists_every_parameter(lab_run):
