@@ -275,7 +275,8 @@ def upload(api, item: Item, folder: Path, namespace: str, private: bool, token: 
 def push_run(run: Run, cfg: PushConfig, token: str | None = None, progress: Progress | None = None) -> dict:
     """Stage every selected repo and (unless dry_run) push it. Returns {"dry_run", "namespace", "repos": [...]}.
 
-    Each pushed repo is appended to push.jsonl as soon as it is up, so a failure later keeps the links so far.
+    Everything is staged and checked for secrets before the first upload, so a bad file stops the push before
+    anything leaves the machine. Each pushed repo is appended to push.jsonl as soon as it is up.
     """
     cfg.validate()
     progress = progress or Progress("push")
@@ -283,21 +284,38 @@ def push_run(run: Run, cfg: PushConfig, token: str | None = None, progress: Prog
     token = None if cfg.dry_run else resolve_token(token)
     api = None if cfg.dry_run else hub_api(cfg, token)
     namespace = namespace_of(api, cfg, token) if api else (cfg.namespace or PLACEHOLDER_NAMESPACE)
-    links = dataset_links(items, namespace)
-    repos = []
-    for n, item in enumerate(items):
-        progress.check_stop()
-        progress.update(n, len(items), "push", repo=item.name)
-        folder = stage(item, namespace, links, run)
-        check_no_secrets(folder, _secrets_in_use(token))
-        repos.append(_staged(item, folder, cfg, namespace) if cfg.dry_run else
-                     upload(api, item, folder, namespace, cfg.private, token))
-        if not cfg.dry_run:
-            append_jsonl(run.file("push"), [repos[-1]])
-    progress.update(len(items), len(items), "push")
+    folders = stage_all(run, items, namespace, _secrets_in_use(token), progress)
+    if cfg.dry_run:
+        repos = [_staged(item, folder, cfg, namespace) for item, folder in zip(items, folders)]
+    else:
+        repos = upload_all(run, api, items, folders, namespace, cfg.private, token, progress)
     progress.close()
     run.record_stage("push", cfg.to_dict())
     return {"dry_run": cfg.dry_run, "namespace": namespace, "repos": repos}
+
+
+def stage_all(run: Run, items: list[Item], namespace: str, secrets: list[str], progress: Progress) -> list[Path]:
+    links = dataset_links(items, namespace)
+    folders = []
+    for n, item in enumerate(items):
+        progress.check_stop()
+        progress.update(n, len(items), "stage", repo=item.name)
+        folders.append(stage(item, namespace, links, run))
+        check_no_secrets(folders[-1], secrets)
+    progress.update(len(items), len(items), "stage")
+    return folders
+
+
+def upload_all(run: Run, api, items: list[Item], folders: list[Path], namespace: str, private: bool, token: str,
+               progress: Progress) -> list[dict]:
+    repos = []
+    for n, (item, folder) in enumerate(zip(items, folders)):
+        progress.check_stop()
+        progress.update(n, len(items), "upload", repo=item.name)
+        repos.append(upload(api, item, folder, namespace, private, token))
+        append_jsonl(run.file("push"), [repos[-1]])
+    progress.update(len(items), len(items), "upload")
+    return repos
 
 
 def _staged(item: Item, folder: Path, cfg: PushConfig, namespace: str) -> dict:

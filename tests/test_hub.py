@@ -341,10 +341,19 @@ def test_token_never_reaches_a_file_a_log_or_a_payload(lab_run, online, monkeypa
 
 def test_a_secret_inside_the_run_stops_the_push(lab_run, online, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    append_jsonl(lab_run.file("samples"), [{**_samples(1, 1)[0], "sample_index": 9, "text": f"my token is {TOKEN}"}])
-    with HubStandIn(token=TOKEN) as server, pytest.raises(LabError, match="contains a token"):
+    # in the adapter, the last repo staged: nothing at all may go up, not even the data sets staged before it
+    append_jsonl(lab_run.adapter_dir("dpo-judge") / "metrics.jsonl", [{"step": 3, "note": f"token {TOKEN}"}])
+    with HubStandIn(token=TOKEN) as server, pytest.raises(LabError, match="metrics.jsonl contains a token"):
         hub.push_run(lab_run, PushConfig(endpoint=server.url))
-    assert all(repo["commits"] == 0 for repo in server.repos.values())
+    assert not server.repos and not lab_run.file("push").exists()
+
+
+def test_an_empty_pairs_file_stops_the_push_before_any_upload(lab_run, online, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    write_jsonl(lab_run.pairs_file("pairrm"), [])
+    with HubStandIn(token=TOKEN) as server, pytest.raises(LabError, match="holds no pairs"):
+        hub.push_run(lab_run, PushConfig(endpoint=server.url))
+    assert not server.repos
 
 
 # ---- errors a person can fix --------------------------------------------------------------------------------------
