@@ -330,8 +330,10 @@ def test_local_judge_reads_verdicts_from_label_probabilities(run, tiny):
 @pytest.mark.slow
 def test_bundled_local_judge_gives_reasoning_and_verdicts(run):
     texts = ["Paris is the capital of France.", "I like turtles.", "The capital of France is Paris, on the Seine."]
-    add_samples(run, n=2, k=3, texts=texts)
-    out = judge_run(run, JudgeConfig(backend="local", model="bundled", reasoning_tokens=48), quiet())
+    add_samples(run, n=1, k=3, texts=texts)
+    short = ('Instruction: {instruction}\nResponse A: {response_a}\nResponse B: {response_b}\nWhich response is '
+             'better? Reply in JSON: {"reasoning": "...", "verdict": "A" or "B" or "tie"}')  # a short prompt: CPU time
+    out = judge_run(run, JudgeConfig(backend="local", model="bundled", reasoning_tokens=24), quiet(), template=short)
     recs = run.read("judgments")
-    assert out["calls_made"] == 8 and all(r["reasoning"] for r in recs)
+    assert out["calls_made"] == 4 and all(r["reasoning"] for r in recs)
     assert out["consistency_rate"] is not None and out["invalid_calls"] == 0
