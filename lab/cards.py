@@ -98,7 +98,7 @@ def dataset_card(repo_id: str, source: str, run: Run, pairs: list[dict], raw: di
     parts = [_front_matter(data), f"# {repo_id}\n", _dataset_intro(source, run, raw),
              _load_snippet(repo_id, rows), _configs_section(rows), "## How it was made\n",
              _model_section(run, raw["samples"]), _instructions_section(run, raw["samples"]),
-             _judge_section(run, raw["judgments"]), _scores_section(raw.get("scores") or []), _round_section(run),
+             _judge_section(run, raw["judgments"], raw["samples"]), _scores_section(raw.get("scores") or []), _round_section(run),
              _rank_section(run, raw["rankings"]),
              _pairs_section(run, source, pairs), _stats_section(pairs, raw), _all_settings(run)]
     return "\n".join(p for p in parts if p)
@@ -152,7 +152,7 @@ def _instructions_section(run: Run, samples: list[dict]) -> str:
     return f"### Instructions\n\n{table(rows)}\n\n{by_source}\n"
 
 
-def _judge_section(run: Run, judgments: list[dict]) -> str:
+def _judge_section(run: Run, judgments: list[dict], samples: list[dict]) -> str:
     settings = flatten(run.stage_settings("judge") or {})
     if not judgments and not settings:
         return ""
@@ -162,24 +162,17 @@ def _judge_section(run: Run, judgments: list[dict]) -> str:
             f"Judge prompt template (judge-prompt.txt):\n\n````text\n{template.read_text(encoding='utf-8')}\n````"
             if template.exists() else "",
             "Judge prompt hashes (calls per hash):\n\n" + table(hashes, ("prompt_hash", "calls")) if hashes else "",
-            "#### Call plan\n\n" + table(call_plan(judgments), ("", "")) if judgments else ""]
+            "#### Call plan\n\n" + table(flatten(call_plan(judgments, samples)), ("", "")) if judgments else ""]
     return "### Judge\n\n" + "\n\n".join(b for b in body if b) + "\n"
 
 
-def call_plan(judgments: list[dict]) -> dict:
-    """How the judge was called: calls, pairs, both-order coverage and agreement, verdicts, tokens."""
-    by_pair: dict[tuple, dict] = {}
-    for j in judgments:
-        by_pair.setdefault((j.get("instruction_id"), j.get("a"), j.get("b")), {})[j.get("order")] = j.get("verdict")
-    both = [v for v in by_pair.values() if {"ab", "ba"} <= set(v)]
-    agree = sum(v["ab"] == v["ba"] for v in both)
-    usage = [j.get("usage") or {} for j in judgments]
-    return {"judge calls": len(judgments), "pairs judged": len(by_pair), "pairs judged in both orders": len(both),
-            "both orders agree": f"{agree}/{len(both)}" if both else "n/a",
-            "backend / model": _counts([{"m": f"{j.get('backend')} / {j.get('model')}"} for j in judgments], "m"),
-            "verdicts per call": _counts(judgments, "verdict"), "orders shown": _counts(judgments, "order"),
-            "prompt tokens": sum(u.get("prompt_tokens") or 0 for u in usage),
-            "completion tokens": sum(u.get("completion_tokens") or 0 for u in usage)}
+def call_plan(judgments: list[dict], samples: list[dict]) -> dict:
+    """How the judge was called and how it behaved: lab.judge's report (consistency across the two orders,
+    position and length bias, verdicts, tokens, cost) plus the orders shown and the backends used."""
+    from lab.judge import report_records
+
+    return {"backend / model": _counts([{"m": f"{j.get('backend')} / {j.get('model')}"} for j in judgments], "m"),
+            "orders shown": _counts(judgments, "order"), **report_records(judgments, samples)}
 
 
 def _scores_section(scores: list[dict]) -> str:
@@ -213,7 +206,7 @@ def _rank_section(run: Run, rankings: list[dict]) -> str:
 
 
 def _pairs_section(run: Run, source: str, pairs: list[dict]) -> str:
-    settings = flatten(run.stage_settings("pairs") or {})
+    settings = flatten(run.stage_settings(f"pairs-{source}") or run.stage_settings("pairs") or {})
     metas = [p.get("meta") or {} for p in pairs]
     return (f"### Pair strategy\n\nSource: `{source}`.\n\n{table(settings)}\n\n{long_texts(settings)}\n"
             + (table(_counts(metas, "source"), ("meta.source", "pairs")) + "\n" if metas else ""))

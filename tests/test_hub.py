@@ -40,7 +40,9 @@ def _judgments() -> list[dict]:
     out = []
     for i in range(3):
         for order, verdict in (("ab", "b"), ("ba", "b" if i else "a")):  # i0 flips with the order: inconsistent
+            shown_first = "a" if order == "ab" else "b"
             out.append({"instruction_id": f"i{i}", "a": 0, "b": 2, "order": order, "verdict": verdict,
+                        "position_verdict": "A" if verdict == shown_first else "B",
                         "reasoning": "B is more complete.", "raw": '{"verdict": "B"}', "backend": "groq",
                         "model": "llama-3.3-70b-versatile", "prompt_hash": "ab12cd34",
                         "usage": {"prompt_tokens": 100, "completion_tokens": 20}})
@@ -97,7 +99,7 @@ def build_run(run: Run, iteration: bool = False) -> Run:
     run.record_stage("judge", {"backend": "groq", "model": "llama-3.3-70b-versatile", "prompt": JUDGE_PROMPT,
                                "both_orders": True, "api_key": GROQ_KEY})  # scrubbed by the store
     atomic_write_text(run.file("judge_prompt"), JUDGE_TEMPLATE)
-    run.record_stage("pairs", {"strategy": "best-vs-worst", "drop_inconsistent": True})
+    run.record_stage("pairs-judge", {"strategy": "best-vs-worst", "margin": 0.0, "stats": {"pairs": 2}})
     _adapter(run, "dpo-judge", "judge")
     if iteration:
         build_round(run, 1)
@@ -185,7 +187,8 @@ def test_data_set_card_says_how_it_was_made(lab_run):
     assert card.startswith("---\n") and "config_name: judgments" in card and "path: data/*" in card
     assert JUDGE_PROMPT in card and JUDGE_TEMPLATE in card  # the judge prompt and its template, whole
     assert "ab12cd34" in card and "llama-3.3-70b-versatile" in card  # its hash and the judge model
-    assert "| both orders agree | 2/3 |" in card and "| judge calls | 6 |" in card  # the call plan
+    assert "| consistency_rate | 0.6667 |" in card and "| calls | 6 |" in card  # the call plan and its figures
+    assert "| verdicts.inconsistent | 1 |" in card and "| first_position_win_rate |" in card
     assert '"temperature": 0.7' in card and "tiny-random" in card and "| max_new_tokens | 64 |" in card
     assert "best-vs-worst" in card  # pair strategy
     assert "| chosen is the longer answer | 2/2 |" in card and "| person agrees with the judge | 1/1 |" in card
