@@ -44,6 +44,17 @@ class Settings:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_argv(self) -> list[str]:
+        """The command-line flags that rebuild these settings (how the app hands work to a `python -m lab` job)."""
+        argv: list[str] = []
+        for f in dataclasses.fields(self):
+            value, flag = getattr(self, f.name), f.name.replace("_", "-")
+            if isinstance(value, bool):
+                argv.append(f"--{flag}" if value else f"--no-{flag}")
+            elif value is not None:
+                argv += [f"--{flag}", str(value)]
+        return argv
+
     @classmethod
     def help(cls, name: str) -> str:
         return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)

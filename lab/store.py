@@ -175,6 +175,8 @@ class Run:
         raw = str(name_or_path).strip()
         if os.sep in raw or "/" in raw:
             path = Path(raw).expanduser()
+            if ".." in path.parts:
+                raise LabError(f"Invalid run name {raw!r}: a run path may not contain '..'; give a name or a plain path.")
             validate_run_name(path.name)
         else:
             path = runs_root() / validate_run_name(raw)
@@ -208,6 +210,11 @@ class Run:
         if not root.is_dir():
             return []
         return sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").exists())
+
+    def upload_path(self, suffix: str) -> Path:
+        """Where a file the user uploaded in the app is kept (instructions, held-out sets)."""
+        suffix = suffix if re.match(r"^\.[a-z]{1,5}$", suffix) else ".txt"
+        return self.path / "uploads" / f"instructions{suffix}"
 
     def iteration(self, k: int) -> "Run":
         return Run(self.path / "iterations" / str(int(k)))

@@ -1,0 +1,70 @@
+"""The Gradio app: a run picker on top, then one tab per stage.
+
+To add a tab: write lab/ui/<tab>.py with `build(ctx) -> <Tab dataclass>` (see lab/ui/sample.py), and add
+("Title", "lab.ui.<tab>") to TABS below, in pipeline order. Only tabs that work are listed.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import gradio as gr
+
+from lab.store import list_runs, validate_run_name
+from lab.ui.common import CSS
+
+TABS: list[tuple[str, str]] = [
+    ("Sample", "lab.ui.sample"),
+]
+
+INTRO = """# Preference Lab
+Turn a chat model into a better one with preference data and DPO, and check honestly whether it got better.
+**Sample** responses → **judge** them (LLM judge, you spot-check) and **rank** them (PairRM) → **train** DPO LoRA adapters
+→ **compare** base vs adapters → **iterate** (self-rewarding DPO) → **share** on the Hub.
+Everything a stage writes lands in the run folder (`runs/<run>/`), so a reload or a restart loses nothing."""
+
+
+@dataclass
+class Ctx:
+    """What every tab may read: the chosen run's name (a component) and the browser-stored copy of it."""
+
+    run_name: gr.Dropdown
+    remembered: gr.BrowserState
+
+
+def _run_picker() -> Ctx:
+    with gr.Row(equal_height=True):
+        run_name = gr.Dropdown(choices=list_runs(), value=None, label="Run", allow_custom_value=True, scale=4,
+                               info="Pick a run, or type a new name (letters, digits, . _ -) to start one.")
+        refresh = gr.Button("↻ Runs", size="sm", scale=0)
+    remembered = gr.BrowserState(None, storage_key="preference-lab-run")
+    refresh.click(lambda: gr.update(choices=list_runs()), outputs=run_name)
+    run_name.change(_remember, inputs=run_name, outputs=remembered)
+    return Ctx(run_name, remembered)
+
+
+def _remember(name: str | None):
+    if not name:
+        return None
+    try:
+        return validate_run_name(name)
+    except Exception as e:
+        raise gr.Error(str(e)) from e
+
+
+def build_app() -> gr.Blocks:
+    with gr.Blocks(title="Preference Lab") as app:
+        gr.Markdown(INTRO)
+        ctx = _run_picker()
+        with gr.Tabs():
+            for title, module in TABS:
+                with gr.Tab(title, id=title.lower().replace(" ", "-")):
+                    importlib.import_module(module).build(ctx)
+        app.load(lambda saved: gr.update(choices=list_runs(), value=saved), inputs=ctx.remembered,
+                 outputs=ctx.run_name)
+    return app
+
+
+def launch_kwargs() -> dict:
+    """Styling passed to launch() (gradio 6 takes css/theme there)."""
+    return {"css": CSS, "theme": gr.themes.Soft()}

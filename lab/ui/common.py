@@ -1,0 +1,137 @@
+"""Pieces every tab shares: the job panel (progress bar, status, stop, log) and small helpers.
+
+A tab never runs long work in the web server: it builds its stage's settings dataclass, validates it (so mistakes
+show at once), and hands `python -m lab <stage> ...` to `lab.jobs`. A `gr.Timer` polls the job's files, so a page
+reload (or a restarted app) re-attaches to whatever is running.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Callable
+
+import gradio as gr
+
+from lab import jobs
+from lab.errors import LabError
+from lab.store import Run
+
+POLL_S = 1.0
+
+
+@dataclass
+class JobPanel:
+    """Components of one tab's view of the run's job."""
+
+    bar: gr.HTML
+    status: gr.Markdown
+    stop: gr.Button
+    log: gr.Code
+    timer: gr.Timer
+
+
+def open_run(name: str | None, create: bool = True) -> Run:
+    if not name or not str(name).strip():
+        raise gr.Error("Choose a run first (top of the page): pick one or type a new name.")
+    try:
+        return Run.open(str(name).strip(), create=create)
+    except LabError as e:
+        raise gr.Error(str(e)) from e
+
+
+def progress_html(st: dict) -> str:
+    """A plain HTML progress bar with the job's description, counts and ETA."""
+    p = st.get("progress") or {}
+    done, total = p.get("done", 0), p.get("total") or 0
+    frac = done / total if total else (1.0 if st.get("state") == "done" else 0.0)
+    eta = p.get("eta_s")
+    eta_txt = f" · about {eta / 60:.1f} min left" if eta and st.get("state") == "running" else ""
+    label = html.escape(f"{p.get('desc') or st.get('label', '')}: {done}/{total}{eta_txt}") if total else ""
+    return (f'<div class="lab-progress" data-state="{st.get("state", "none")}">'
+            f'<div class="lab-progress-fill" style="width:{frac * 100:.1f}%"></div>'
+            f'<span>{label}</span></div>')
+
+
+def status_text(st: dict) -> str:
+    state = st.get("state", "none")
+    label = st.get("label", "job")
+    if state == "none":
+        return ""
+    if state == "running":
+        return f"**{label}** is running…"
+    if state == "done":
+        return f"**{label}** finished."
+    return f"**{label}** {state}: {html.escape(st.get('error') or '')}"
+
+
+def job_panel() -> JobPanel:
+    with gr.Group():
+        bar = gr.HTML(progress_html({}))
+        with gr.Row():
+            status = gr.Markdown()
+            stop = gr.Button("Stop", variant="stop", size="sm", scale=0)
+    with gr.Accordion("Job log", open=False):
+        log = gr.Code(language=None, lines=10, max_lines=20, interactive=False)
+    return JobPanel(bar, status, stop, log, gr.Timer(POLL_S))
+
+
+def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str,
+                   on_done: Callable[[str], list] | None = None, done_outputs: list | None = None) -> None:
+    """Poll the run's job; when a job of `stage` has finished, refresh the tab's results via on_done(run_name)."""
+    extra = done_outputs or []
+
+    def poll(name: str):
+        st = _job_of(name, stage)
+        updates = [progress_html(st), status_text(st), st.get("log_tail", "")]
+        if on_done is not None:
+            updates += on_done(name) if name else [gr.skip()] * len(extra)
+        return updates
+
+    panel.timer.tick(poll, inputs=[run_name], outputs=[panel.bar, panel.status, panel.log, *extra],
+                     show_progress="hidden")
+    panel.stop.click(lambda name: _stop(name, stage), inputs=[run_name], outputs=[panel.status])
+
+
+def _job_of(name: str | None, stage: str) -> dict:
+    if not name:
+        return {"state": "none"}
+    try:
+        st = jobs.status(Run.open(name))
+    except LabError:
+        return {"state": "none"}
+    return st if st.get("argv", [None])[0] == stage else {"state": "none"}
+
+
+def _stop(name: str, stage: str) -> str:
+    st = _job_of(name, stage)
+    if st.get("state") != "running":
+        return "Nothing is running in this tab."
+    return status_text(jobs.stop(Run.open(name)))
+
+
+def start_job(name: str, stage: str, argv: list[str], label: str) -> str:
+    """Start `python -m lab <stage> --run RUN argv...` for the chosen run; user errors become a gr.Error toast."""
+    run = open_run(name)
+    try:
+        jobs.start(run, [stage, "--run", str(run.path), *argv], label)
+    except LabError as e:
+        raise gr.Error(str(e)) from e
+    return f"**{label}** started."
+
+
+def checked(fn: Callable, *args, **kwargs):
+    """Call a core function, turning its LabError into a message in the page."""
+    try:
+        return fn(*args, **kwargs)
+    except LabError as e:
+        raise gr.Error(str(e)) from e
+
+
+CSS = """
+.lab-progress { position: relative; height: 1.6rem; border-radius: 6px; background: var(--block-background-fill);
+  border: 1px solid var(--border-color-primary); overflow: hidden; }
+.lab-progress-fill { position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft); transition: width .4s; }
+.lab-progress span { position: relative; padding-left: .6rem; line-height: 1.6rem; font-size: .9rem; }
+.lab-response { border-left: 3px solid var(--color-accent); padding-left: .6rem; margin-bottom: .8rem; }
+@media (max-width: 640px) { .gradio-container { padding: 4px !important; } }
+"""

@@ -1,0 +1,197 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lab import jobs
+from lab.config import SampleConfig
+from lab.errors import LabError
+from lab.sample import Decoding, _sample_nucleus, generate, sample_run
+from lab.store import Run
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = ["Hi", "Write a long story about a dragon who learns to cook soup in the mountains.", "2+2?"]
+
+
+def write_prompts(path: Path, n: int) -> Path:
+    path.write_text("\n".join(f"Instruction number {i}: say something about the number {i}." for i in range(n)))
+    return path
+
+
+def cfg(src, **kw) -> SampleConfig:
+    return SampleConfig(**{"model": "tiny-random", "instructions": str(src), "n": 3, "k": 2, "max_new_tokens": 8,
+                           **kw})
+
+
+def test_greedy_batched_matches_plain_generate(tiny):
+    """Left padding, shared pre-fill and row pruning must not change what the model says."""
+    dec = Decoding(temperature=0, top_p=1, max_new_tokens=12)
+    ours = generate(tiny, PROMPTS, 2, dec, batch_size=6)
+    for prompt, comps in zip(PROMPTS, ours):
+        ids = torch.tensor([tiny.encode_prompt(prompt)])
+        out = tiny.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                                  eos_token_id=tiny.eos_ids, pad_token_id=tiny.tokenizer.pad_token_id)
+        ref = tiny.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        assert comps[0].text == ref == comps[1].text
+        assert comps[0].prompt_tokens == ids.shape[1]
+
+
+def _hf_nucleus(probs: torch.Tensor, top_p: float) -> set[int]:
+    """The reference: the smallest most-likely set holding top_p of the mass (as transformers' TopP warper keeps)."""
+    p, ids = probs.sort(descending=True)
+    keep = (p.cumsum(-1) - p) < top_p
+    return set(ids[keep].tolist())
+
+
+@pytest.mark.parametrize("vocab,top_p", [(4, 0.8), (4, 0.81), (5000, 0.9), (50000, 0.95)])
+def test_nucleus_sampling_keeps_exactly_the_top_p_set(vocab, top_p):
+    g = torch.Generator().manual_seed(0)
+    if vocab == 4:
+        probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    else:  # flat distributions whose nucleus is wider than the first 256 (and 4096) candidates
+        probs = torch.rand(1, vocab, generator=g).pow(0.2).softmax(-1)
+    allowed = _hf_nucleus(probs[0], top_p)
+    draws = _sample_nucleus(probs.repeat(4000, 1), top_p, g).tolist()
+    assert set(draws) <= allowed
+    if vocab == 4:
+        assert set(draws) == allowed  # every member of a small nucleus shows up
+
+
+def test_sample_run_writes_records_and_resumes(run, tmp_path, tiny):
+    src = write_prompts(tmp_path / "p.txt", 3)
+    first = sample_run(run, cfg(src, k=2))
+    assert first["samples"] == 6 and first["written_now"] == 6
+    rec = run.read("samples")[0]
+    assert set(rec) >= {"instruction_id", "sample_index", "prompt", "text", "model", "decoding", "prompt_tokens",
+                        "completion_tokens", "finish_reason", "duplicate_of"}
+    assert rec["decoding"] == {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 8, "seed": 0}
+    assert rec["finish_reason"] in ("stop", "length") and rec["completion_tokens"] <= 8
+    assert sample_run(run, cfg(src, k=2))["written_now"] == 0  # rerun: nothing repeated
+    third = sample_run(run, cfg(src, k=3))  # asking for more samples adds only the missing index
+    assert third["written_now"] == 3
+    keys = [(s["instruction_id"], s["sample_index"]) for s in run.read("samples")]
+    assert len(keys) == len(set(keys)) == 9
+    assert len(run.read("instructions")) == 3
+    assert run.stage_settings("sample")["k"] == 3
+
+
+def test_identical_responses_are_flagged(run, tmp_path, tiny):
+    src = write_prompts(tmp_path / "p.txt", 1)
+    sample_run(run, cfg(src, n=1, k=3, temperature=0.0))
+    dups = [s["duplicate_of"] for s in sorted(run.read("samples"), key=lambda s: s["sample_index"])]
+    assert dups == [None, 0, 0]
+
+
+def test_another_model_in_the_same_run_is_refused(run, tmp_path, tiny):
+    src = write_prompts(tmp_path / "p.txt", 1)
+    sample_run(run, cfg(src, n=1, k=1))
+    with pytest.raises(LabError, match="new run"):
+        sample_run(run, cfg(src, n=1, k=2, model="bundled"))
+
+
+def test_resume_after_kill_loses_at_most_the_batch_in_flight(runs_dir, tmp_path, tiny):
+    src = write_prompts(tmp_path / "p.txt", 24)
+    run = Run.open("killed")
+    argv = ["sample", "--run", "killed", "--model", "tiny-random", "--instructions", str(src), "--n", "24", "--k",
+            "2", "--max-new-tokens", "48", "--batch-size", "2"]
+    jobs.start(run, argv, "sample")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(run.read("samples")) < 4:
+        time.sleep(0.1)
+    pid = jobs.status(run)["pid"]
+    os.killpg(pid, signal.SIGKILL)  # no chance to clean up
+    jobs.wait(run, timeout_s=10)
+    before = run.read("samples")
+    assert 4 <= len(before) < 48 and jobs.status(run)["state"] == "died"
+    subprocess.run([sys.executable, "-m", "lab", *argv], cwd=ROOT, check=True, capture_output=True,
+                   env={**os.environ, "LAB_RUNS_DIR": str(runs_dir)})
+    after = run.read("samples")
+    keys = [(s["instruction_id"], s["sample_index"]) for s in after]
+    assert len(keys) == len(set(keys)) == 48
+    assert after[: len(before)] == before  # nothing already written was touched
+
+
+def test_stop_keeps_what_was_written(runs_dir, tmp_path, tiny):
+    src = write_prompts(tmp_path / "p.txt", 40)
+    run = Run.open("stopped")
+    jobs.start(run, ["sample", "--run", "stopped", "--model", "tiny-random", "--instructions", str(src), "--n", "40",
+                     "--k", "1", "--max-new-tokens", "48", "--batch-size", "1"], "sample")
+    while len(run.read("samples")) < 2:
+        time.sleep(0.1)
+    st = jobs.stop(run, grace_s=30)
+    assert st["state"] == "stopped" and "saved" in st["error"]
+    assert 2 <= len(run.read("samples")) < 40
+    assert jobs.active_job() is None
+
+
+def test_a_second_job_is_refused_while_one_runs(runs_dir, tmp_path, tiny):
+    src = write_prompts(tmp_path / "p.txt", 40)
+    a, b = Run.open("a"), Run.open("b")
+    jobs.start(a, ["sample", "--run", "a", "--model", "tiny-random", "--instructions", str(src), "--n", "40", "--k",
+                   "1", "--max-new-tokens", "48", "--batch-size", "1"], "sample")
+    try:
+        with pytest.raises(LabError, match="Another job is running"):
+            jobs.start(b, ["sample", "--run", "b"], "sample")
+    finally:
+        jobs.stop(a, grace_s=30)
+
+
+def run_cli(*args: str, runs_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "LAB_RUNS_DIR": str(runs_dir)})
+
+
+def bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
+    (tmp / "empty.txt").write_text("\n  \n")
+    (tmp / "bad.jsonl").write_text('{"prompt": "ok"}\n{oops\n')
+    (tmp / "noprompt.jsonl").write_text('{"text": "hi"}\n')
+    (tmp / "nocol.csv").write_text("question\nwhat?\n")
+    base = ["--model", "tiny-random", "--run", "r"]
+    return [
+        ([*base, "--instructions", str(tmp / "empty.txt")], "no instructions"),
+        ([*base, "--instructions", str(tmp / "bad.jsonl")], "line 2 is not valid JSON"),
+        ([*base, "--instructions", str(tmp / "noprompt.jsonl")], 'no "prompt"'),
+        ([*base, "--instructions", str(tmp / "nocol.csv")], "no 'prompt' column"),
+        ([*base, "--instructions", str(tmp / "missing.txt")], "does not exist"),
+        ([*base, "--k", "0"], "--k must be at least 1"),
+        ([*base, "--max-new-tokens", "100000"], "--max-new-tokens must be between"),
+        (["--model", "tiny-random", "--run", "../escape"], "Invalid run name"),
+        (["--model", "no such model", "--run", "r"], "Unknown model"),
+        (["--model", "meta-llama/Llama-3.2-1B-Instruct", "--run", "r"], "Llama-3.2-1B-Instruct"),
+    ]
+
+
+def test_bad_input_gets_a_clear_message_exit_2_and_writes_nothing(runs_dir, tmp_path, tiny, capsys):
+    from lab.cli import main
+
+    for args, message in bad_inputs(tmp_path):
+        assert main(["sample", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err[-2000:])
+        assert not (runs_dir / "r").exists() or not list((runs_dir / "r").iterdir())
+
+
+def test_the_real_command_exits_2_on_bad_input(runs_dir):
+    res = run_cli("sample", "--run", "r", "--model", "tiny-random", "--k", "0", runs_dir=runs_dir)
+    assert res.returncode == 2 and "--k must be at least 1" in res.stderr
+
+
+def test_help_lists_the_stages():
+    res = subprocess.run([sys.executable, "-m", "lab", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0 and "sample" in res.stdout
+
+
+@pytest.mark.slow
+def test_bundled_model_end_to_end(runs_dir):
+    run = Run.open("bundled")
+    out = sample_run(run, SampleConfig(model="bundled", instructions="bundled", n=2, k=2, max_new_tokens=24))
+    assert out["samples"] == 4
+    texts = [s["text"] for s in run.read("samples")]
+    assert all(t.strip() for t in texts)
+    # a real chat model answers in words of its vocabulary, mostly ASCII letters and spaces
+    assert sum(c.isalpha() or c.isspace() for c in "".join(texts)) / len("".join(texts)) > 0.7
