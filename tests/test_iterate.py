@@ -1,0 +1,207 @@
+"""lab.iterate: the 5-point self-judgment, pairs from scores, and self-rewarding rounds with lineage."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab import iterate
+from lab.config import IterateConfig
+from lab.errors import LabError
+from lab.progress import Progress, Stopped
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+KEY = "sk-iterate-test-key"
+PROMPTS = ["Say hi.", "Name a fruit.", "Count to three."]
+
+
+def small(**kw) -> IterateConfig:
+    return IterateConfig(**{"rounds": 2, "samples": 3, "evaluations": 2, "max_new_tokens": 8, "judge_tokens": 12,
+                            "eval_n": 2, "max_steps": 2, "lora_r": 4, "batch_size": 8, **kw})
+
+
+@pytest.fixture
+def seeded(run):
+    run.record_stage("sample", {"model": "tiny-random"})
+    run.append("instructions", [{"id": f"t{i}", "prompt": p, "source": "test"} for i, p in enumerate(PROMPTS)])
+    return run
+
+
+# ---- the judgment ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,expected", [
+    ("Relevant and clear. Score: 4", 4.0), ("**Score:** 3", 3.0), ("Score: 3.5", 3.5), ("score: 4/5", 4.0),
+    ("Score: 1 at first... on reflection, Score: 5", 5.0), ("Score: 7", None), ("It is fine.", None), ("", None),
+])
+def test_parse_score(text, expected):
+    assert iterate.parse_score(text) == expected
+
+
+def test_score_prompt_is_the_papers_additive_prompt():
+    p = iterate.score_prompt("Why is the sky blue?", "Rayleigh scattering.")
+    assert "additive 5-point scoring system" in p and "Bestow a fifth point" in p
+    assert "User: Why is the sky blue?\n<response>Rayleigh scattering.</response>" in p
+    assert 'Conclude with the score using the format: "Score: <total points>"' in p
+    assert len(iterate.PROMPT_HASH) == 16
+
+
+def test_digit_tokens_and_forced_probabilities(tiny):
+    ctx, ids = iterate.digit_tokens(tiny.tokenizer, "Fine answer.\nScore: ")
+    assert [tiny.tokenizer.decode([i]).strip() for i in ids] == list("012345")
+    probs = iterate.forced_score_probs(tiny, ["a\nScore: ", "longer text here"], 2)
+    assert len(probs) == 2 and all(len(p) == 6 and abs(sum(p) - 1) < 1e-5 for p in probs)
+
+
+def test_strip_partial_score():
+    assert iterate.strip_partial_score("Good answer. Score:") == "Good answer."
+    assert iterate.strip_partial_score("Good answer. Score: 4") == "Good answer. Score: 4"
+
+
+def test_local_scores_modes(tiny):
+    prompts = [iterate.score_prompt("Say hi.", "Hi!"), iterate.score_prompt("Name a fruit.", "Apple.")]
+    auto = iterate.local_scores(tiny, prompts, 2, small(), seed=0)
+    assert [len(r) for r in auto] == [2, 2]
+    assert all(e["method"] == "probabilities" and 0 <= e["score"] <= 5 for r in auto for e in r)  # noise never
+    parse = iterate.local_scores(tiny, prompts, 2, small(score_mode="parse"), seed=0)  # ends with "Score: N"
+    assert all(e["method"] == "invalid" and e["score"] is None for r in parse for e in r)
+
+
+# ---- pairs from scores ----------------------------------------------------------------------------------------------
+def sample(iid, j, text):
+    return {"instruction_id": iid, "sample_index": j, "prompt": f"prompt {iid}", "text": text}
+
+
+def score(iid, j, value, e=0):
+    return {"set": "train", "instruction_id": iid, "sample_index": j, "eval_index": e, "score": value}
+
+
+def test_build_pairs_best_vs_worst_ties_and_unscored_dropped():
+    samples = [sample("x", 0, "mid"), sample("x", 1, "best"), sample("x", 2, "worst"),
+               sample("tie", 0, "p"), sample("tie", 1, "q"),
+               sample("one", 0, "r"), sample("one", 1, "s"),
+               sample("same", 0, "t"), sample("same", 1, "t")]
+    scores = [score("x", 0, 3), score("x", 0, 3, 1), score("x", 1, 5), score("x", 1, 4, 1), score("x", 2, 1),
+              score("x", 2, None, 1), score("tie", 0, 2), score("tie", 1, 2), score("one", 0, 4),
+              score("one", 1, None), score("same", 0, 5), score("same", 1, 1)]
+    pairs, stats = iterate.build_pairs(samples, scores, k=1)
+    assert stats == {"pairs_kept": 1, "dropped_ties": 2, "dropped_unscored": 1}
+    (p,) = pairs
+    assert p["chosen"] == [{"role": "assistant", "content": "best"}] and p["rejected"][0]["content"] == "worst"
+    assert p["prompt"] == [{"role": "user", "content": "prompt x"}]
+    assert (p["meta"]["score_chosen"], p["meta"]["score_rejected"], p["meta"]["round"]) == (4.5, 1.0, 1)
+
+
+# ---- rounds ----------------------------------------------------------------------------------------------------------
+def test_two_rounds_lineage_and_adapters_load(seeded, tiny):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = iterate.iterate_run(seeded, small())
+    lines = iterate.lineage(seeded)
+    assert [line["round"] for line in lines] == [1, 2] and [r["round"] for r in out["rounds"]] == [1, 2]
+    r1, r2 = (Path(line["adapter"]) for line in lines)
+    assert lines[0]["policy"] is None and lines[1]["policy"] == str(r1) == lines[1]["reference"]
+    assert r1 == seeded.iteration(1).adapter_dir("round-1") and r2 == seeded.iteration(2).adapter_dir("round-2")
+    assert json.loads((r2 / "training.json").read_text())["init_adapter"] == str(r1)  # round 1 is the reference
+    for k, line in enumerate(lines, 1):
+        it = seeded.iteration(k)
+        assert len(it.read("samples")) == 9 and len(it.read("instructions")) == 3
+        assert sum(s["set"] == "train" for s in it.read("scores")) == 9 * 2
+        assert line["pairs_kept"] + line["dropped_ties"] + line["dropped_unscored"] == 3
+        assert len(it.read("samples")) == line["samples"] and sum(line["score_hist"].values()) == 18
+        assert line["eval"]["instructions"] == 2 and line["eval"]["win_rate_vs_base"]["n"] == 2
+    assert lines[0]["eval"]["win_rate_vs_previous"] is None and lines[1]["eval"]["win_rate_vs_previous"]["n"] == 2
+    assert {r["model"] for r in seeded.iteration(2).read("compare")} == {"base", "round-1", "round-2"}
+    assert seeded.iteration(2).read("samples")[0]["policy"] == str(r1)
+    for adapter in (r1, r2):  # each round's adapter loads on a fresh base
+        base = AutoModelForCausalLM.from_pretrained(tiny.path)
+        assert isinstance(PeftModel.from_pretrained(base, str(adapter)), PeftModel)
+    before = [len(seeded.iteration(k).read("scores")) for k in (1, 2)]
+    iterate.iterate_run(seeded, small())  # finished rounds are kept, not redone
+    assert [len(seeded.iteration(k).read("scores")) for k in (1, 2)] == before and len(iterate.lineage(seeded)) == 2
+    stage = seeded.stage_settings("iterate")
+    assert stage["rounds"] == 2 and stage["prompt_hash"] == iterate.PROMPT_HASH
+
+
+def test_stop_mid_round_then_resume(seeded):
+    class StopWhenScoring(Progress):
+        def check_stop(self):
+            if "scoring" in self.desc:
+                raise Stopped("stop")
+
+    with pytest.raises(Stopped):
+        iterate.iterate_run(seeded, small(rounds=1, eval_n=0), StopWhenScoring(quiet=True))
+    samples, partial = seeded.iteration(1).read("samples"), seeded.iteration(1).read("scores")
+    assert len(samples) == 9 and 0 < len(partial) < 18  # stopped after one chunk of answers was scored
+    iterate.iterate_run(seeded, small(rounds=1, eval_n=0))
+    assert seeded.iteration(1).read("samples") == samples  # resumed: not sampled again
+    assert seeded.iteration(1).read("scores")[:len(partial)] == partial and len(seeded.iteration(1).read("scores")) == 18
+    assert len(iterate.lineage(seeded)) == 1
+
+
+# ---- an API judge -------------------------------------------------------------------------------------------------
+def test_api_judge_scores_and_all_ties_are_refused(seeded, monkeypatch):
+    from fakeprovider import FakeProvider, user_text
+
+    def by_length(req):  # a judge that likes long answers
+        response = user_text(req).split("<response>")[1].split("</response>")[0]
+        return f"Justification. Score: {min(5, len(response) // 10)}"
+
+    monkeypatch.setenv("GROQ_API_KEY", KEY)
+    with FakeProvider(key=KEY, answer=by_length) as fp:
+        monkeypatch.setenv("GROQ_BASE_URL", fp.url)
+        cfg = small(rounds=1, judge="groq", judge_model="judge-model", rpm=0.0, eval_n=2)
+        iterate.iterate_run(seeded, cfg)
+        assert fp.calls == 9 * 2 + 2 * 2 * 2  # 9 answers x R=2; then base and round-1 on 2 held-out, R=2
+    it = seeded.iteration(1)
+    assert {s["method"] for s in it.read("scores")} == {"parsed"} and it.read("scores")[0]["judge"] == "groq:judge-model"
+    pairs = [json.loads(x) for x in it.pairs_file("self").read_text().splitlines()]
+    assert all(len(p["chosen"][0]["content"]) // 10 > len(p["rejected"][0]["content"]) // 10 for p in pairs)
+    assert not any(KEY in f.read_text(errors="ignore") for f in seeded.path.rglob("*") if f.is_file())
+
+
+def test_every_instruction_tied_is_a_clear_error(seeded, monkeypatch):
+    from fakeprovider import FakeProvider
+
+    monkeypatch.setenv("GROQ_API_KEY", KEY)
+    with FakeProvider(key=KEY, answer=lambda req: "Fine. Score: 3") as fp:
+        monkeypatch.setenv("GROQ_BASE_URL", fp.url)
+        with pytest.raises(LabError, match="no pairs to train on \\(3 instructions tied"):
+            iterate.iterate_run(seeded, small(rounds=1, judge="groq", rpm=0.0))
+    assert len(seeded.iteration(1).read("scores")) == 18  # what was scored is kept
+    assert not iterate.lineage(seeded)
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------------------
+def test_no_instructions(run):
+    run.record_stage("sample", {"model": "tiny-random"})
+    with pytest.raises(LabError, match="no instructions yet"):
+        iterate.iterate_run(run, small())
+
+
+def test_missing_api_key_fails_first(seeded):
+    with pytest.raises(LabError, match="GROQ_API_KEY"):
+        iterate.iterate_run(seeded, small(judge="groq"))
+    assert not seeded.iteration(1).path.exists()
+
+
+def test_start_adapter_from_another_base(seeded):
+    from test_compare import make_adapter
+
+    make_adapter(seeded, "llama", base_name="meta-llama/Llama-3.2-1B-Instruct")
+    with pytest.raises(LabError, match="'llama' was trained on meta-llama"):
+        iterate.iterate_run(seeded, small(start_adapter="llama"))
+
+
+def test_eval_set_all_training_instructions(seeded, tmp_path):
+    f = tmp_path / "same.txt"
+    f.write_text("\n".join(PROMPTS))
+    with pytest.raises(LabError, match="--eval-n 0"):
+        iterate.iterate_run(seeded, small(eval_instructions=str(f)))
+
+
+def test_bad_settings():
+    with pytest.raises(LabError, match="--samples >= 2"):
+        small(samples=1).validate()
+    with pytest.raises(LabError, match="--judge-tokens"):
+        small(judge_tokens=2).validate()
