@@ -154,7 +154,48 @@ def cmd_judge(args) -> None:
         _print_summary(judge_run(run, cfg))
 
 
-STAGES = [add_sample, add_push, add_train, add_rank, add_pairs, add_judge]
+# ---- compare ------------------------------------------------------------------------------------------------------
+def add_compare(sub) -> None:
+    from lab.config import CompareConfig
+
+    p = sub.add_parser("compare", help="base vs adapters on held-out instructions: grid, win rates, length, diversity")
+    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    p.add_argument("--export", default="csv,jsonl,md", help="grid exports written into the run: csv, jsonl, md "
+                   "(comma-separated; '' = none)")
+    CompareConfig.add_arguments(p)
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> None:
+    from lab.compare import compare_run, export
+    from lab.config import CompareConfig
+    from lab.store import Run
+
+    run = Run.open(args.run, create=False)
+    summary = compare_run(run, CompareConfig.from_args(args))
+    summary["exports"] = [str(export(run, f.strip())) for f in args.export.split(",") if f.strip()]
+    _print_summary(summary)
+
+
+# ---- iterate ------------------------------------------------------------------------------------------------------
+def add_iterate(sub) -> None:
+    from lab.config import IterateConfig
+
+    p = sub.add_parser("iterate", help="self-rewarding DPO: sample, score yourself, train on best vs worst, repeat")
+    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    IterateConfig.add_arguments(p)
+    p.set_defaults(func=cmd_iterate)
+
+
+def cmd_iterate(args) -> None:
+    from lab.config import IterateConfig
+    from lab.iterate import iterate_run
+    from lab.store import Run
+
+    _print_summary(iterate_run(Run.open(args.run, create=False), IterateConfig.from_args(args)))
+
+
+STAGES = [add_sample, add_push, add_train, add_rank, add_pairs, add_judge, add_compare, add_iterate]
 
 
 def build_parser() -> argparse.ArgumentParser:
