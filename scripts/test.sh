@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets up (first time only) and runs the whole test suite: fast unit tests, slow end-to-end tests on the bundled
+# model, and browser tests in headless Chromium. Extra arguments go to pytest (e.g. -m "not slow and not browser").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+if ! command -v chromium >/dev/null; then  # Debian's Chromium drives the browser tests (playwright can't download one here)
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+  else
+    echo "Browser tests need Chromium: sudo apt-get install chromium" >&2
+  fi
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
+exec .venv/bin/python -m pytest "$@"
