@@ -333,3 +333,24 @@ def test_api_judge_without_key_fails_before_generating(two_adapters, tmp_path):
     with pytest.raises(LabError, match="GROQ_API_KEY"):
         compare.compare_run(two_adapters, cfg(instructions=heldout_file(tmp_path, HELD), judge="groq"))
     assert not two_adapters.file("compare").exists()
+
+
+# ---- command line ----------------------------------------------------------------------------------------------------
+def test_cli_compare_writes_grid_scores_and_exports(two_adapters, tmp_path, capsys):
+    from lab.cli import main
+
+    rc = main(["compare", "--run", str(two_adapters.path), "--instructions", heldout_file(tmp_path, HELD),
+               "--max-new-tokens", "6", "--bootstrap", "200"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["models"] == ["base", "judge", "pairrm"] and len(summary["exports"]) == 3
+    assert all(__import__("pathlib").Path(p).exists() for p in summary["exports"])
+    assert two_adapters.file("compare_scores").exists()
+
+
+def test_cli_compare_without_adapters_exits_2(run, capsys):
+    from lab.cli import main
+
+    write_training(run, ["A"])
+    assert main(["compare", "--run", str(run.path)]) == 2
+    assert "no adapters yet" in capsys.readouterr().err

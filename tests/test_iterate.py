@@ -205,3 +205,11 @@ def test_bad_settings():
         small(samples=1).validate()
     with pytest.raises(LabError, match="--judge-tokens"):
         small(judge_tokens=2).validate()
+
+
+def test_cli_iterate_bad_input_exits_2(run, capsys):
+    from lab.cli import main
+
+    run.record_stage("sample", {"model": "tiny-random"})
+    assert main(["iterate", "--run", str(run.path), "--rounds", "2"]) == 2
+    assert "no instructions yet" in capsys.readouterr().err
