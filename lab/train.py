@@ -267,13 +267,18 @@ def _differences(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
 
 
+def refuse_finished(out: Path) -> dict | None:
+    """LabError if `out` holds a finished adapter (or a foreign one); else its training.json (or None)."""
+    state = read_state(out)
+    if (out / "adapter_config.json").exists() and (state is None or state.get("status") == "done"):
+        raise LabError(f"Adapter {out.name!r} already exists in {out.parent}: choose another adapter name, or "
+                       "delete that folder to train it again.")
+    return state
+
+
 def plan_resume(out: Path, identity: dict, resume: bool) -> Path | None:
     """Decide what to do with an existing folder, reading only. -> checkpoint to resume from, or None (fresh)."""
-    state = read_state(out)
-    complete = (out / "adapter_config.json").exists()
-    if complete and (state is None or state.get("status") == "done"):
-        raise LabError(f"Adapter {out.name!r} already exists in {out.parent}: choose another --adapter name, or "
-                       "delete that folder to train it again.")
+    state = refuse_finished(out)
     ckpt = last_checkpoint(out) if resume and state else None
     if ckpt is None:
         return None
@@ -604,6 +609,16 @@ def _barrier() -> None:
 def read_metrics(run: Run, adapter_name: str) -> list[dict]:
     """The metrics lines of an adapter, complete or still training (for plots)."""
     return read_jsonl(run.adapter_dir(adapter_name) / "metrics.jsonl")
+
+
+def precheck(run: Run, pairs: str | os.PathLike, adapter_name: str, config: TrainConfig) -> dict:
+    """The checks that need no model (settings, pairs file, adapter name), for the app to run before it starts a
+    job. -> pair_stats of the pairs file. Raises LabError like train_adapter would."""
+    config.validate()
+    path = resolve_pairs(run, pairs)
+    stats = pair_stats(path, load_pairs(path))
+    refuse_finished(run.adapter_dir(adapter_name))
+    return stats
 
 
 def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config: TrainConfig,

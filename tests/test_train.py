@@ -287,10 +287,10 @@ def test_two_process_accelerate_launch(run, pairs):
 
 @pytest.mark.slow
 def test_dpo_on_bundled_moves_held_out_prompts_toward_the_preference(run):
-    """40 training prompts; 17 unseen ones. Before training the "Certainly!" answer is not systematically favoured;
+    """32 training prompts (8 steps x 4); 17 unseen ones. Before training the "Certainly!" answer is not systematically favoured;
     after, it must be favoured more on (nearly) every held-out prompt, by a margin far above the run-to-run noise."""
-    write_pairs(run.pairs_file("judge"), [pair(i) for i in instructions("train")[:40]])
-    config = TrainConfig(model="bundled", max_steps=30, batch_size=4, lr=5e-4, beta=0.1, eval_fraction=0.0,
+    write_pairs(run.pairs_file("judge"), [pair(i) for i in instructions("train")[:32]])
+    config = TrainConfig(model="bundled", max_steps=8, batch_size=4, lr=5e-4, beta=0.1, eval_fraction=0.0,
                          gradient_checkpointing=False, max_length=256)
     out = train_adapter(run, "judge", "certainly", config)
     model, tok = load_with_adapter("bundled", out)
@@ -302,3 +302,26 @@ def test_dpo_on_bundled_moves_held_out_prompts_toward_the_preference(run):
     # a sign test: 16 of 17 positive by chance has p < 2e-4; the mean shift must also be large in nats
     assert sum(s > 0 for s in shifts) >= 16, shifts
     assert sum(shifts) / len(shifts) > 2.0, shifts
+
+
+# ---- the Train tab ------------------------------------------------------------------------------------------------------
+def test_train_tab_starts_a_job_and_reattaches_to_it_after_a_reload(run, pairs):
+    """The tab's handlers against a real job: start it, then a fresh page (no adapter picked) finds it and plots it."""
+    pytest.importorskip("gradio")
+    from lab.ui import train as tab
+
+    form = dict(zip(tab.FIELD_ORDER, [1.0, 400.0, 1e-3, 0.1, 2.0, ["sigmoid"], "tiny-random", "all-linear", 8.0,
+                                      16.0, 0.0, 1.0, 256.0, 0.1, 0.0, 50.0, 0.0, False, False, True]))
+    assert tab.config_from(form).losses() == ["sigmoid"]
+    tab.start_training(run.name, "judge", "ui", "", *form.values())
+    try:
+        wait_for(lambda: len(train_lines(run.adapter_dir("ui"))) >= 2)
+        shown, summary, warnings, loss, margins, logps = tab.live_view(run.name, None)  # a reloaded page
+        assert shown["value"] == "ui" and "· training · step" in summary
+        assert set(loss["series"]) == {"loss"} and {"logps/chosen", "logps/rejected"} <= set(logps["series"])
+        assert {"rewards/margins", "rewards/accuracies"} <= set(margins["series"])
+        with pytest.raises(Exception, match="already running|Another job"):
+            tab.start_training(run.name, "judge", "ui2", "", *form.values())  # one training at a time
+    finally:
+        jobs.stop(run, grace_s=60)
+    assert read_state(run.adapter_dir("ui"))["status"] == "stopped"

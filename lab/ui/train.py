@@ -1,0 +1,194 @@
+"""Train tab: DPO + LoRA on one of the run's pair sets, as a job; live plots, progress + ETA, stop, warnings.
+
+The plots read `adapters/<name>/metrics.jsonl` on every tick of the job panel's timer, so a page reload re-attaches
+to a running training (the adapter shown is the one the running job trains, else the one picked).
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from lab import jobs
+from lab.config import TRL_LOSS_TYPES, TrainConfig
+from lab.store import Run
+from lab.train import diagnose, precheck, read_metrics, read_state
+from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
+
+PLOTS = {  # plot title -> metric names drawn on it
+    "Loss": ("loss",),
+    "Reward margin and accuracy": ("rewards/margins", "rewards/accuracies"),
+    "Log-prob of chosen vs rejected": ("logps/chosen", "logps/rejected"),
+}
+
+
+@dataclass
+class TrainTab:
+    pairs: gr.Dropdown
+    adapter: gr.Textbox
+    init_adapter: gr.Dropdown
+    fields: dict  # TrainConfig field name -> component
+    start: gr.Button
+    panel: JobPanel
+    shown: gr.Dropdown
+    summary: gr.Markdown
+    warnings: gr.Markdown
+    plots: list
+
+
+def _number(name: str, label: str, **kw) -> gr.Number:
+    return gr.Number(getattr(TrainConfig(), name), label=label, info=TrainConfig.help(name), **kw)
+
+
+def _settings_inputs() -> dict:
+    h, d = TrainConfig.help, TrainConfig()
+    with gr.Row():
+        epochs = _number("epochs", "Epochs", minimum=0)
+        max_steps = _number("max_steps", "Max steps", precision=0)
+        lr = _number("lr", "Learning rate", minimum=0)
+        beta = _number("beta", "Beta", minimum=0)
+        batch_size = _number("batch_size", "Batch size", precision=0, minimum=1)
+    with gr.Accordion("More settings", open=False):
+        with gr.Row():
+            loss_type = gr.Dropdown(list(TRL_LOSS_TYPES), value=["sigmoid"], multiselect=True, label="Loss type",
+                                    info=h("loss_type"))
+            model = gr.Textbox(d.model, label="Base model", info=h("model"), placeholder="the run's model")
+            target_modules = gr.Textbox(d.target_modules, label="LoRA target modules", info=h("target_modules"))
+        with gr.Row():
+            lora_r = _number("lora_r", "LoRA rank", precision=0, minimum=1)
+            lora_alpha = _number("lora_alpha", "LoRA alpha", precision=0, minimum=1)
+            lora_dropout = _number("lora_dropout", "LoRA dropout", minimum=0)
+            grad_accum = _number("grad_accum", "Gradient accumulation", precision=0, minimum=1)
+            max_length = _number("max_length", "Max length (tokens)", precision=0, minimum=16)
+        with gr.Row():
+            warmup_ratio = _number("warmup_ratio", "Warm-up ratio", minimum=0)
+            eval_fraction = _number("eval_fraction", "Eval fraction", minimum=0)
+            save_steps = _number("save_steps", "Checkpoint every", precision=0, minimum=1)
+            seed = _number("seed", "Seed", precision=0)
+        with gr.Row():
+            gradient_checkpointing = gr.Checkbox(d.gradient_checkpointing, label="Gradient checkpointing",
+                                                 info=h("gradient_checkpointing"))
+            precompute_ref = gr.Checkbox(d.precompute_ref, label="Precompute reference", info=h("precompute_ref"))
+            resume = gr.Checkbox(d.resume, label="Resume", info=h("resume"))
+    return dict(epochs=epochs, max_steps=max_steps, lr=lr, beta=beta, batch_size=batch_size, loss_type=loss_type,
+                model=model, target_modules=target_modules, lora_r=lora_r, lora_alpha=lora_alpha,
+                lora_dropout=lora_dropout, grad_accum=grad_accum, max_length=max_length, warmup_ratio=warmup_ratio,
+                eval_fraction=eval_fraction, save_steps=save_steps, seed=seed,
+                gradient_checkpointing=gradient_checkpointing, precompute_ref=precompute_ref, resume=resume)
+
+
+def build(ctx) -> TrainTab:
+    gr.Markdown("Train a **LoRA adapter with DPO** on one of the run's preference data sets. The reference is the "
+                "base model (adapter off), or the adapter you continue from. Stop keeps what is trained so far; "
+                "starting the same adapter again resumes it. Parameters: `docs/training.md`.")
+    with gr.Row():
+        pairs = gr.Dropdown([], label="Pairs", allow_custom_value=True, info="the run's pairs-<source>.jsonl, or a path")
+        adapter = gr.Textbox("dpo-1", label="Adapter name", info="folder under adapters/ (letters, digits, . _ -)")
+        init_adapter = gr.Dropdown([("(none: start from the base model)", "")], value="",
+                                   label="Continue from adapter (optional)",
+                                   info="its weights start training and serve as the frozen reference")
+    fields = _settings_inputs()
+    assert tuple(fields) == FIELD_ORDER  # start_training reads the values in this order
+    start = gr.Button("Train", variant="primary")
+    panel = job_panel()
+    shown = gr.Dropdown([], label="Adapter shown", allow_custom_value=True,
+                        info="follows the running training; pick any other to inspect it")
+    summary, warnings = gr.Markdown(), gr.Markdown()
+    with gr.Row():
+        plots = [gr.LinePlot(x="step", y="value", color="series", title=title, height=260) for title in PLOTS]
+    tab = TrainTab(pairs, adapter, init_adapter, fields, start, panel, shown, summary, warnings, plots)
+    _wire(tab, ctx)
+    return tab
+
+
+def _wire(tab: TrainTab, ctx) -> None:
+    tab.start.click(start_training, inputs=[ctx.run_name, tab.pairs, tab.adapter, tab.init_adapter,
+                                            *tab.fields.values()], outputs=[tab.panel.status]) \
+        .success(lambda name: gr.update(value=name.strip()), [tab.adapter], [tab.shown])
+    wire_job_panel(tab.panel, ctx.run_name, "train")
+    view = [tab.shown, tab.summary, tab.warnings, *tab.plots]
+    tab.panel.timer.tick(live_view, inputs=[ctx.run_name, tab.shown], outputs=view, show_progress="hidden")
+    ctx.run_name.change(choices, inputs=[ctx.run_name], outputs=[tab.pairs, tab.init_adapter, tab.shown])
+    tab.shown.change(live_view, inputs=[ctx.run_name, tab.shown], outputs=view)
+
+
+def start_training(run_name, pairs, adapter, init_adapter, *values):
+    run = open_run(run_name)
+    if not pairs:
+        raise gr.Error("Choose a pairs set (build one in the Pairs tab first).")
+    cfg = config_from(dict(zip(FIELD_ORDER, values)))
+    checked(precheck, run, pairs, (adapter or "").strip(), cfg)
+    argv = ["--pairs", str(pairs), "--adapter", adapter.strip(), *cfg.to_argv()]
+    if init_adapter:
+        argv += ["--init-adapter", init_adapter]
+    return start_job(run_name, "train", argv, f"Training {adapter.strip()}")
+
+
+FIELD_ORDER = ("epochs", "max_steps", "lr", "beta", "batch_size", "loss_type", "model", "target_modules", "lora_r",
+               "lora_alpha", "lora_dropout", "grad_accum", "max_length", "warmup_ratio", "eval_fraction",
+               "save_steps", "seed", "gradient_checkpointing", "precompute_ref", "resume")
+
+
+def config_from(v: dict) -> TrainConfig:
+    """Form values -> TrainConfig (numbers arrive as floats, the loss types as a list)."""
+    ints = {"max_steps", "batch_size", "lora_r", "lora_alpha", "grad_accum", "max_length", "save_steps", "seed"}
+    v = {k: (int(x) if k in ints else x) for k, x in v.items()}
+    v["loss_type"] = ",".join(v["loss_type"] or ["sigmoid"])
+    return TrainConfig(**{**v, "epochs": float(v["epochs"]), "lr": float(v["lr"]), "beta": float(v["beta"])})
+
+
+def choices(run_name: str | None):
+    """Pairs sets, finished adapters (to continue from) and every adapter folder (to show)."""
+    if not run_name:
+        return gr.update(choices=[]), gr.update(choices=[]), gr.update(choices=[])
+    run = Run.open(run_name)
+    sources = sorted(p.stem.removeprefix("pairs-") for p in run.path.glob("pairs-*.jsonl"))
+    folders = sorted(p.name for p in (run.path / "adapters").glob("*") if p.is_dir() and not p.name.startswith("."))
+    return (gr.update(choices=sources, value=sources[0] if sources else None),
+            gr.update(choices=[("(none: start from the base model)", ""), *run.adapters()], value=""),
+            gr.update(choices=folders))
+
+
+def running_adapter(run: Run) -> str | None:
+    """The adapter the run's live training job writes, if one runs (this is what re-attaches after a reload)."""
+    st = jobs.status(run)
+    argv = st.get("argv") or []
+    if st.get("state") != "running" or not argv or argv[0] != "train" or "--adapter" not in argv:
+        return None
+    return argv[argv.index("--adapter") + 1]
+
+
+def live_view(run_name: str | None, shown: str | None):
+    """[shown adapter, summary, warnings, *plots] for the adapter being trained (or the one picked)."""
+    if not run_name:
+        return [gr.skip()] * (3 + len(PLOTS))
+    run = Run.open(run_name)
+    name = running_adapter(run) or shown
+    if not name or not (run.adapter_dir(name) / "metrics.jsonl").exists():
+        return [gr.skip(), "", "", *[None] * len(PLOTS)]
+    metrics, state = read_metrics(run, name), read_state(run.adapter_dir(name)) or {}
+    beta = (state.get("settings") or {}).get("beta", 0.1)
+    warns = diagnose(metrics, state.get("pairs"), beta)
+    return [gr.update(value=name), summary_md(name, state, metrics),
+            "\n".join(f"⚠️ {html.escape(w)}" for w in warns), *[frame(metrics, keys) for keys in PLOTS.values()]]
+
+
+def frame(metrics: list[dict], keys: tuple[str, ...]) -> pd.DataFrame:
+    """Long format for gr.LinePlot: one row per (step, series); eval points are their own series."""
+    rows = [{"step": m["step"], "value": m[k], "series": k if m["split"] == "train" else f"eval {k}"}
+            for m in metrics if m.get("split") in ("train", "eval") for k in keys if k in m]
+    return pd.DataFrame(rows, columns=["step", "value", "series"])
+
+
+def summary_md(name: str, state: dict, metrics: list[dict]) -> str:
+    train = [m for m in metrics if m.get("split") == "train"]
+    if not train:
+        return f"**{name}**: starting…"
+    last = train[-1]
+    tps = f" · {last['tokens_per_s']:.0f} tokens/s" if last.get("tokens_per_s") else ""
+    p = state.get("pairs") or {}
+    return (f"**{name}** · {state.get('status', '?')} · step {last['step']}/{last.get('max_steps')} · "
+            f"loss {last.get('loss', float('nan')):.4f} · reward accuracy {last.get('rewards/accuracies', 0):.2f}"
+            f"{tps} · {p.get('n_train', '?')} train / {p.get('n_eval', '?')} eval pairs")
