@@ -32,6 +32,8 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _cell(v) -> str:
+    if isinstance(v, float) and not v.is_integer():
+        v = float(f"{v:.6g}")  # 0.6931471824645996 -> 0.693147: metrics to the digits that mean something
     text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
     return text.replace("|", "\\|").replace("\n", " ")
 

@@ -106,15 +106,13 @@ def build_run(run: Run, iteration: bool = False) -> Run:
     return run
 
 
-def build_round(run: Run, k: int) -> Run:
+def build_round(run: Run, k: int, prompt_hash: str = "0123456789abcdef") -> Run:
     """Round k of self-rewarding DPO as lab.iterate lays it out: samples, scores, pairs-self, adapters/round-k."""
-    from lab.iterate import PROMPT_HASH
-
     it = run.iteration(k)
     append_jsonl(it.file("samples"), _samples())
     append_jsonl(it.file("scores"), [{"set": "train", "instruction_id": f"i{i}", "sample_index": s, "model": None,
                                       "eval_index": 0, "score": float(s + 2), "method": "parsed", "probs": None,
-                                      "raw": f"Score: {s + 2}", "judge": "self", "prompt_hash": PROMPT_HASH}
+                                      "raw": f"Score: {s + 2}", "judge": "self", "prompt_hash": prompt_hash}
                                      for i in range(3) for s in range(3)])
     write_jsonl(it.pairs_file("self"), _pairs("self"))
     append_jsonl(run.file("iterate"), [{"round": k, "policy": None, "reference": None, "pairs_kept": 2,
@@ -197,14 +195,14 @@ def test_data_set_card_says_how_it_was_made(lab_run):
 
 
 def test_self_rewarding_round_cards_give_its_lineage(run):
-    from lab.iterate import SCORE_PROMPT
-
-    build_run(run, iteration=True)
+    iterate = pytest.importorskip("lab.iterate")
+    build_run(run)
+    build_round(run, 1, iterate.PROMPT_HASH)
     hub.push_run(run, PushConfig(dry_run=True, namespace="alice", only="self,round-1"))
     folder = run.file("hub") / "t-iter1-self"
     assert (folder / "scores" / hub.SHARD).exists()
     card = (folder / "README.md").read_text()
-    assert "self-rewarding round 1" in card and SCORE_PROMPT.splitlines()[0] in card
+    assert "self-rewarding round 1" in card and iterate.SCORE_PROMPT.splitlines()[0] in card
     assert "### Round 1" in card and "| pairs_kept | 2 |" in card and "| mean score | 3.0 |" in card
     model_card = (run.file("hub") / "t-iter1-round-1" / "README.md").read_text()
     assert "Continued from adapter" in model_card and "datasets:\n- alice/t-iter1-self" in model_card
@@ -388,3 +386,27 @@ def test_cli_dry_run_and_bad_flags(lab_run, runs_dir):
     bad = subprocess.run([sys.executable, "-m", "lab", "push", "--run", "t", "--no-datasets", "--no-adapters"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Nothing to push" in bad.stderr
+
+
+@pytest.mark.slow
+def test_an_adapter_trained_by_lab_train_pushes_with_its_real_training_record(lab_run, online, monkeypatch):
+    """End to end with the real trainer: its training.json feeds the card, the staged adapter loads."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lab.config import TrainConfig
+    from lab.models import tiny_random_path
+    from lab.train import train_adapter
+
+    cfg = TrainConfig(model="tiny-random", batch_size=2, max_steps=2, gradient_checkpointing=False, eval_fraction=0.0)
+    train_adapter(lab_run, "judge", "trained", cfg)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with HubStandIn(token=TOKEN) as server:
+        hub.push_run(lab_run, PushConfig(endpoint=server.url, only="judge,trained"))
+    files = server.repos[("model", "alice/t-trained")]["files"]
+    card = files["README.md"].decode()
+    assert "datasets:\n- alice/t-judge" in card and "| beta | 0.1 |" in card and "| global_step |" not in card
+    assert "## Final metrics" in card and "| train/loss | 0.693147 |" in card
+    assert not any(name.startswith("checkpoints/") for name in files)
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_random_path()),
+                              str(lab_run.file("hub") / "t-trained"))
