@@ -175,6 +175,7 @@ class LocalBackend:
         self.cm = models.load(spec, device, dtype)
         self.reasoning_tokens, self.batch_size = reasoning_tokens, batch_size
         self.label_ids = self._label_ids()
+        self._texts: dict[int, str] = {}  # token id -> its text, to spot the closing quote while decoding
 
     def _label_ids(self) -> list[int]:
         tok = self.cm.tokenizer
@@ -192,37 +193,70 @@ class LocalBackend:
         return out
 
     def _judge_batch(self, prompts: list[str]) -> list[LocalVerdict]:
+        """Pre-fill the prompts once; generate the reasoning on that KV cache; then cut the cache back to the prompt
+        and feed only reasoning + `", "verdict": "` to read the labels (the prompt is never run twice)."""
+        import torch
+        from transformers import DynamicCache
+
         heads = [self.cm.render([{"role": "user", "content": p}]) + '{"reasoning": "' for p in prompts]
-        head_ids = [self.cm.tokenizer(h, add_special_tokens=False)["input_ids"] for h in heads]
-        reasons, n_new = self._reasoning(head_ids)
-        tails = [json.dumps(r)[1:-1] + '", "verdict": "' for r in reasons]
-        probs = self._label_probs([h + t for h, t in zip(heads, tails)])
-        return [LocalVerdict(r, p, '{"reasoning": "' + t + max(p, key=p.get) + '"}', len(ids), n)
-                for r, t, p, ids, n in zip(reasons, tails, probs, head_ids, n_new)]
+        enc = self.cm.tokenizer(heads, add_special_tokens=False, padding=True, return_tensors="pt").to(self.cm.device)
+        mask = enc["attention_mask"]
+        last_pos = mask.sum(-1) - 1  # left padding: each row's positions run 0..len-1
+        cache = DynamicCache(config=self.cm.model.config)
+        with torch.inference_mode():
+            out = self.cm.model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=(mask.cumsum(-1) - 1)
+                                .clamp(min=0), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            gen = self._greedy(out.logits[:, -1], cache, mask, last_pos)
+            cache.crop(-(cache.get_seq_length() - mask.shape[1]))  # back to the pre-filled prompt
+            reasons = [_json_string_prefix(self.cm.tokenizer.decode(g, skip_special_tokens=True)) for g in gen]
+            tails = [json.dumps(r)[1:-1] + '", "verdict": "' for r in reasons]
+            probs = self._label_probs(tails, cache, mask, last_pos)
+        return [LocalVerdict(r, p, '{"reasoning": "' + t + max(p, key=p.get) + '"}', int(n), len(g))
+                for r, t, p, n, g in zip(reasons, tails, probs, mask.sum(-1).tolist(), gen)]
 
-    def _reasoning(self, head_ids: list[list[int]]) -> tuple[list[str], list[int]]:
-        """Greedy reasoning text, cut where the model closes the JSON string (its first unescaped quote)."""
-        if self.reasoning_tokens <= 0:
-            return [""] * len(head_ids), [0] * len(head_ids)
+    def _greedy(self, logits, cache, mask, last_pos) -> list[list[int]]:
+        """Greedy reasoning tokens per row ([B, V] logits of the first step), each row ending with the token that
+        closes the JSON string (or at reasoning_tokens / end of turn). Rows that are done keep decoding, unused."""
         import torch
 
-        from lab.sample import Decoding, generate_batch, make_generator
+        tok, rows = self.cm.tokenizer, [[] for _ in range(logits.shape[0])]
+        done = [False] * len(rows)
+        for step in range(self.reasoning_tokens):
+            nxt = logits.argmax(-1)
+            for i, t in enumerate(nxt.tolist()):
+                if not done[i]:
+                    done[i] = t in self.cm.eos_ids or '"' in self._text(t)
+                    rows[i] += [] if t in self.cm.eos_ids else [t]
+            if all(done) or step == self.reasoning_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            last_pos = last_pos + 1
+            logits = self.cm.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
+                                   past_key_values=cache, use_cache=True).logits[:, -1]
+        return rows
 
-        dec = Decoding(temperature=0.0, top_p=1.0, max_new_tokens=self.reasoning_tokens, seed=0)
-        with torch.inference_mode():
-            comps = generate_batch(self.cm, head_ids, [1] * len(head_ids), dec, make_generator(self.cm, 0, "judge"))
-        return [_json_string_prefix(c.text) for c in comps], [c.completion_tokens for c in comps]
+    def _text(self, token_id: int) -> str:
+        if token_id not in self._texts:
+            self._texts[token_id] = self.cm.tokenizer.decode([token_id])
+        return self._texts[token_id]
 
-    def _label_probs(self, texts: list[str]) -> list[dict[str, float]]:
-        """Next-token probabilities of A / B / tie after each text, renormalised over the three. texts: [N] -> [N]."""
+    def _label_probs(self, tails: list[str], cache, mask, last_pos) -> list[dict[str, float]]:
+        """Next-token probabilities of A / B / tie after prompt + tail, renormalised over the three.
+
+        The tails (different lengths) are right-padded after the cached, left-padded prompts; each row's label
+        logits are read at its own last real token. tails: [B] -> [B] dicts."""
         import torch
 
-        tok = self.cm.tokenizer
-        enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.cm.device)
-        positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at 0
-        with torch.inference_mode():
-            logits = self.cm.model(**enc, position_ids=positions, logits_to_keep=1).logits[:, -1].float()
-        p = logits.softmax(-1)[:, self.label_ids]
+        ids = [self.cm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in tails]
+        width = max(len(i) for i in ids)
+        pad = self.cm.tokenizer.pad_token_id
+        x = torch.tensor([i + [pad] * (width - len(i)) for i in ids], device=self.cm.device)
+        tail_mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=self.cm.device)
+        positions = last_pos[:, None] + 1 + torch.arange(width, device=self.cm.device)[None]
+        logits = self.cm.model(input_ids=x, attention_mask=torch.cat([mask, tail_mask], dim=1), position_ids=positions,
+                               past_key_values=cache, use_cache=True).logits
+        last = logits[torch.arange(len(ids)), torch.tensor([len(i) - 1 for i in ids])].float()
+        p = last.softmax(-1)[:, self.label_ids]
         p = (p / p.sum(-1, keepdim=True)).tolist()
         return [dict(zip(self.LABELS, row)) for row in p]
 

@@ -337,3 +337,24 @@ def test_bundled_local_judge_gives_reasoning_and_verdicts(run):
     recs = run.read("judgments")
     assert out["calls_made"] == 4 and all(r["reasoning"] for r in recs)
     assert out["consistency_rate"] is not None and out["invalid_calls"] == 0
+
+
+def test_a_stop_request_keeps_finished_judgments_and_resumes(run, fp):
+    from lab import progress as prog
+
+    add_samples(run, n=4, k=5)
+    fp.latency_s = 0.05
+
+    class StopAfter(Progress):
+        def update(self, done, total, desc=None, **extra):
+            if done >= 5:
+                prog.request_stop()  # what the app's SIGTERM does
+
+    try:
+        with pytest.raises(prog.Stopped):
+            judge_run(run, cfg(fp, plan="full", concurrency=2), StopAfter(quiet=True))
+    finally:
+        prog._STOP["requested"] = False
+    kept = run.read("judgments")
+    assert 5 <= len(kept) < 80 and fp.calls == len(kept)  # calls in flight were recorded, none started after
+    assert judge_run(run, cfg(fp, plan="full"), quiet())["calls_made"] == 80 - len(kept)
