@@ -485,14 +485,16 @@ def judge_run(run: Run, cfg: JudgeConfig, progress: Progress | None = None, api_
     progress = progress or Progress("judging")
     s = _Session(run, cfg, template if template is not None else load_template(cfg.prompt_file), progress)
     cands, skipped = load_candidates(run)
-    backend = make_backend(cfg, api_key)
-    atomic_write_text(run.file("judge_prompt"), s.template)
-    run.record_stage("judge", {**cfg.to_dict(), "model": s.model, "prompt_hash": s.phash})
-    runner = _run_local if isinstance(backend, LocalBackend) else _run_api
+    backend = None  # made on the first call to make: a fully cached rerun needs no key and loads no model
     while True:
         todo, total, done = plan_step(cfg.plan, cands, s.lookup, cfg.seed)
         if not todo:
             break
+        if backend is None:
+            backend = make_backend(cfg, api_key)
+            atomic_write_text(run.file("judge_prompt"), s.template)
+            run.record_stage("judge", {**cfg.to_dict(), "model": s.model, "prompt_hash": s.phash})
+        runner = _run_local if isinstance(backend, LocalBackend) else _run_api
         counter = itertools.count(done + 1)
         progress.update(done, total, "judging")
         runner(s, backend, todo, lambda: progress.update(next(counter), total, "judging", calls_made=s.made))

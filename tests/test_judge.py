@@ -219,6 +219,8 @@ def test_missing_key_names_the_variable(run, fp, monkeypatch):
         judge_run(run, cfg(fp), quiet())
     monkeypatch.setenv("MY_KEY", KEY)
     assert judge_run(run, cfg(fp, api_key_env="MY_KEY"), quiet())["calls_made"] == 2
+    monkeypatch.delenv("MY_KEY")
+    assert judge_run(run, cfg(fp, api_key_env="MY_KEY"), quiet())["calls_made"] == 0  # all cached: no key needed
 
 
 @pytest.mark.parametrize("fault,message", [
