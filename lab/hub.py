@@ -329,3 +329,20 @@ def pushed(run: Run) -> list[dict]:
     latest = {r["repo_id"]: r for r in run.read("push")}
     return list(latest.values())
 
+
+
+def staged(run: Run) -> list[str]:
+    """Names of the repo folders staged under <run>/hub/ (by the last push or dry run)."""
+    root = run.file("hub")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
+def token_source(token: str | None = None) -> str:
+    """Where a push would take its token from, in words (never the token): for the app to show before a push."""
+    if token:
+        return "your Hugging Face sign-in"
+    if os.environ.get("SPACE_ID"):
+        return ""
+    from huggingface_hub import get_token
+
+    return "HF_TOKEN / the saved `hf auth login` on this machine" if get_token() else ""

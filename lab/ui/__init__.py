@@ -15,6 +15,7 @@ from lab.ui.common import CSS
 
 TABS: list[tuple[str, str]] = [
     ("Sample", "lab.ui.sample"),
+    ("Share", "lab.ui.share"),
 ]
 
 INTRO = """# Preference Lab

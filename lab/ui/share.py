@@ -1,0 +1,179 @@
+"""Share tab: stage (dry run) or push the run's data sets and adapters to the Hugging Face Hub, and list the links.
+
+Pushing runs inside the web server, not as a job: the token (the visitor's own sign-in on a Space, HF_TOKEN on a
+machine of one's own) stays in this process's memory. A job would carry it in its command line or environment, and
+job.json records the command line. On a Space the sign-in button appears and the visitor's token is the only one
+lab.hub accepts; locally there is no button (Gradio's local stand-in for the sign-in needs `gradio[oauth]` and the
+Hub) and the page says where the token comes from. The page never shows a token.
+"""
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+
+import gradio as gr
+
+from lab import hub
+from lab.config import PushConfig
+from lab.progress import Progress
+from lab.store import Run
+from lab.ui.common import checked, open_run
+
+
+@dataclass
+class ShareTab:
+    login: gr.LoginButton | None
+    who: gr.Markdown
+    fields: dict  # PushConfig field name -> component
+    dry_run: gr.Button
+    push: gr.Button
+    status: gr.Markdown
+    links: gr.Markdown
+    pick: gr.Dropdown
+    card: gr.Markdown
+
+
+class PageProgress(Progress):
+    """lab.progress numbers -> Gradio's progress bar over the output (a push is short: no job panel)."""
+
+    def __init__(self, bar: gr.Progress):
+        super().__init__("push", quiet=True)
+        self.bar = bar
+
+    def update(self, done: int, total: int, desc: str | None = None, **extra) -> None:
+        super().update(done, total, desc, **extra)
+        self.bar((done, total), desc=f"{desc or self.desc} {extra.get('repo', '')}".strip())
+
+
+def _settings_inputs() -> dict:
+    h = PushConfig.help
+    with gr.Row():
+        namespace = gr.Textbox(label="Namespace", placeholder="your user name or an organisation", info=h("namespace"))
+        prefix = gr.Textbox(label="Repo name prefix", placeholder="the run name", info=h("prefix"))
+    with gr.Row():
+        private = gr.Checkbox(True, label="Private", info=h("private"))
+        datasets = gr.Checkbox(True, label="Data sets", info=h("datasets"))
+        adapters = gr.Checkbox(True, label="Adapters", info=h("adapters"))
+        iterations = gr.Checkbox(True, label="Self-rewarding rounds", info=h("iterations"))
+    only = gr.Textbox(label="Only these", placeholder="e.g. judge, dpo-judge", info=h("only"))
+    return dict(namespace=namespace, prefix=prefix, private=private, datasets=datasets, adapters=adapters,
+                iterations=iterations, only=only)
+
+
+def build(ctx) -> ShareTab:
+    gr.Markdown("Push each preference data set (with its samples and judgments) and each adapter to the Hugging "
+                "Face Hub, with cards that say how they were made. **Dry run** writes the exact folders under "
+                "`runs/<run>/hub/` and uploads nothing: read the cards there first. Repos are private by default.")
+    on_space = bool(os.environ.get("SPACE_ID"))
+    login = gr.LoginButton() if on_space else None
+    who = gr.Markdown(_who_text(None, on_space))
+    fields = _settings_inputs()
+    with gr.Row():
+        dry_run = gr.Button("Dry run (stage only)")
+        push = gr.Button("Push to the Hub", variant="primary")
+    status = gr.Markdown()
+    links = gr.Markdown()
+    pick = gr.Dropdown(label="Staged repo: card preview", choices=[], interactive=True)
+    card = gr.Markdown()
+    tab = ShareTab(login, who, fields, dry_run, push, status, links, pick, card)
+    _wire(tab, ctx)
+    return tab
+
+
+def _wire(tab: ShareTab, ctx) -> None:
+    inputs = [ctx.run_name, *tab.fields.values()]
+    outputs = [tab.status, tab.links, tab.pick]
+    tab.dry_run.click(stage_only, inputs=inputs, outputs=outputs)
+    tab.push.click(push, inputs=inputs, outputs=outputs)
+    tab.pick.change(card_preview, inputs=[ctx.run_name, tab.pick], outputs=[tab.card])
+    ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=[tab.links, tab.pick])
+    ctx.run_name.change(who_text, outputs=[tab.who])  # also fires when the page load restores the run
+
+
+def _who_text(token: str | None, on_space: bool) -> str:
+    source = hub.token_source(token)
+    if source:
+        return f"Pushing as: {source}."
+    if on_space:
+        return "Sign in with Hugging Face to push: the repos are created in **your** account, with your permission."
+    return ("No Hugging Face token on this machine: set `HF_TOKEN` (a token with write access, "
+            "https://huggingface.co/settings/tokens) before starting the app, or run `hf auth login`. "
+            "A dry run needs none.")
+
+
+def who_text(oauth_token: gr.OAuthToken | None = None) -> str:
+    return _who_text(oauth_token.token if oauth_token else None, bool(os.environ.get("SPACE_ID")))
+
+
+def _config(namespace, prefix, private, datasets, adapters, iterations, only, dry_run: bool) -> PushConfig:
+    cfg = PushConfig(namespace=(namespace or "").strip(), prefix=(prefix or "").strip(), private=bool(private),
+                     datasets=bool(datasets), adapters=bool(adapters), iterations=bool(iterations),
+                     only=(only or "").strip(), dry_run=dry_run)
+    return checked(cfg.validate)
+
+
+def stage_only(run_name, namespace, prefix, private, datasets, adapters, iterations, only,
+               progress=gr.Progress()):
+    run = open_run(run_name, create=False)
+    cfg = _config(namespace, prefix, private, datasets, adapters, iterations, only, dry_run=True)
+    out = checked(hub.push_run, run, cfg, progress=PageProgress(progress))
+    return _staged_text(out), render_links(run), _picker(run, out)
+
+
+def push(run_name, namespace, prefix, private, datasets, adapters, iterations, only,
+         oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()):
+    run = open_run(run_name, create=False)
+    cfg = _config(namespace, prefix, private, datasets, adapters, iterations, only, dry_run=False)
+    token = oauth_token.token if oauth_token else None  # None: lab.hub takes HF_TOKEN (refused on a Space)
+    out = checked(hub.push_run, run, cfg, token=token, progress=PageProgress(progress))
+    warnings = [r["warning"] for r in out["repos"] if r.get("warning")]
+    text = f"Pushed **{len(out['repos'])}** repos as `{out['namespace']}`." + "".join(f"\n\n⚠️ {w}" for w in warnings)
+    return text, render_links(run), _picker(run, out)
+
+
+def _staged_text(out: dict) -> str:
+    lines = [f"Dry run: **{len(out['repos'])}** repos staged, nothing uploaded. They would go to:"]
+    for r in out["repos"]:
+        lines.append(f"- {r['kind']} `{r['repo_id']}` ({'private' if r['private'] else 'public'}): "
+                     f"{len(r['files'])} files in `{r['folder']}`")
+    if out["namespace"] == hub.PLACEHOLDER_NAMESPACE:
+        lines.append(f"\nGive a namespace to have final links in the cards (`{hub.PLACEHOLDER_NAMESPACE}` for now).")
+    return "\n".join(lines)
+
+
+def _picker(run: Run, out: dict):
+    names = [r["repo_id"].split("/", 1)[1] for r in out["repos"]] or hub.staged(run)
+    return gr.update(choices=names, value=names[0] if names else None)
+
+
+def render_links(run: Run) -> str:
+    """The repos pushed from this run so far (push.jsonl), newest state per repo."""
+    records = hub.pushed(run)
+    if not records:
+        return "Nothing pushed from this run yet."
+    rows = [f"| {r['kind']} | [{html.escape(r['repo_id'])}]({r['url']}) | "
+            f"{'private' if r['private'] else '**public**'} | {r['time']} |" for r in records]
+    return "| kind | repo | visibility | pushed |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
+def refresh(run_name: str | None):
+    if not run_name:
+        return "", gr.update(choices=[], value=None)
+    run = Run.open(run_name)
+    names = hub.staged(run)
+    return render_links(run), gr.update(choices=names, value=names[0] if names else None)
+
+
+def card_preview(run_name: str | None, name: str | None) -> str:
+    """A staged repo's README.md as the Hub would show it (its YAML header in a code block)."""
+    if not run_name or not name:
+        return ""
+    path = Run.open(run_name).file("hub") / name / "README.md"
+    if not path.exists():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    if text.startswith("---\n"):
+        _, header, body = text.split("---\n", 2)
+        text = f"```yaml\n{header}```\n{body}"
+    return text

@@ -1,0 +1,86 @@
+"""The Share tab: its handlers against a fixture run and the local Hub stand-in, and the tab inside the real app."""
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from lab import hub
+from lab.ui import share
+from tests.hubstandin import HubStandIn
+from tests.test_hub import TOKEN, build_run
+
+SETTINGS = dict(namespace="alice", prefix="", private=True, datasets=True, adapters=True, iterations=True, only="")
+
+
+@pytest.fixture
+def online(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+
+
+def test_dry_run_lists_folders_and_previews_cards(run):
+    build_run(run)
+    text, links, picker = share.stage_only("t", **SETTINGS)
+    assert "3** repos staged, nothing uploaded" in text and "`alice/t-judge`" in text
+    assert links == "Nothing pushed from this run yet."
+    assert picker["choices"] == ["t-judge", "t-pairrm", "t-dpo-judge"]
+    card = share.card_preview("t", "t-judge")
+    assert card.startswith("```yaml\n") and "# alice/t-judge" in card
+
+
+def test_push_with_the_machines_token_shows_links(run, online, monkeypatch):
+    build_run(run)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert "HF_TOKEN" in share.who_text(None)
+    with HubStandIn(token=TOKEN) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        text, links, _ = share.push("t", **{**SETTINGS, "namespace": ""})
+    assert "Pushed **3** repos as `alice`" in text
+    assert f"[alice/t-judge]({server.url}/datasets/alice/t-judge)" in links and "private" in links
+    assert TOKEN not in text + links
+    assert share.refresh("t")[0] == links  # a reload shows the same links
+
+
+def test_on_a_space_only_the_visitors_sign_in_pushes(run, online, monkeypatch):
+    build_run(run)
+    monkeypatch.setenv("SPACE_ID", "owner/lab")
+    monkeypatch.setenv("HF_TOKEN", "hf_OWNERsSpaceSecret0123456789")
+    assert "Sign in with Hugging Face" in share.who_text(None)
+    with pytest.raises(gr.Error, match="Sign in with Hugging Face"):
+        share.push("t", **SETTINGS)
+    visitor = gr.OAuthToken(token="hf_VISITORoauthToken0123456789", scope="contribute-repos", expires_at=0)
+    assert share.who_text(visitor) == "Pushing as: your Hugging Face sign-in."
+    with HubStandIn(token=visitor.token, user="visitor") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        text, links, _ = share.push("t", **{**SETTINGS, "namespace": "", "only": "judge"}, oauth_token=visitor)
+    assert ("dataset", "visitor/t-judge") in server.repos and visitor.token not in text + links
+
+
+def test_user_mistakes_become_messages(run):
+    with pytest.raises(gr.Error, match="Choose a run first"):
+        share.stage_only("", **SETTINGS)
+    build_run(run)
+    with pytest.raises(gr.Error, match="not a valid Hub name"):
+        share.stage_only("t", **{**SETTINGS, "namespace": "bad name"})
+    with pytest.raises(gr.Error, match="Nothing to push"):
+        share.stage_only("t", **{**SETTINGS, "datasets": False, "adapters": False})
+
+
+def test_the_tab_is_in_the_app_and_its_dry_run_answers_a_client(run, monkeypatch):
+    """The real app, launched on 127.0.0.1: the Share tab's dry run through gradio_client (wiring and inputs)."""
+    from gradio_client import Client
+
+    from lab.ui import TABS, build_app, launch_kwargs
+
+    assert ("Share", "lab.ui.share") in TABS
+    build_run(run)
+    app = build_app()
+    app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_kwargs())
+    try:
+        client = Client(app.local_url, verbose=False)
+        text, links, picker = client.predict("t", *SETTINGS.values(), api_name="/stage_only")
+    finally:
+        app.close()
+    assert "repos staged, nothing uploaded" in text and (run.file("hub") / "t-judge" / "README.md").exists()
