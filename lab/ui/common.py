@@ -130,7 +130,7 @@ def checked(fn: Callable, *args, **kwargs):
 CSS = """
 .lab-progress { position: relative; height: 1.6rem; border-radius: 6px; background: var(--block-background-fill);
   border: 1px solid var(--border-color-primary); overflow: hidden; }
-.lab-progress-fill { position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft); transition: width .4s; }
+.lab-progress-fill { position: absolute; inset: 0 auto 0 0; background: var(--color-accent); opacity: .35; transition: width .4s; }
 .lab-progress span { position: relative; padding-left: .6rem; line-height: 1.6rem; font-size: .9rem; }
 .lab-response { border-left: 3px solid var(--color-accent); padding-left: .6rem; margin-bottom: .8rem; }
 @media (max-width: 640px) { .gradio-container { padding: 4px !important; } }

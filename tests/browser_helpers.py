@@ -1,0 +1,97 @@
+"""Drive the real app in headless Chromium (Debian's chromium + Playwright) for the browser tests.
+
+The app is started as `python app.py` in a child process on a free port, with its runs in a temp folder; pages are
+driven the way a person would (labels, buttons, tabs) and screenshots land in test-artifacts/ for a look afterwards.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("LAB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppServer:
+    """`python app.py` in a child process; `url` once it answers."""
+
+    def __init__(self, runs_dir: Path, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(runs_dir.parent / "app.log", "w")
+        full_env = {**os.environ, "LAB_RUNS_DIR": str(runs_dir), "GRADIO_SERVER_PORT": str(self.port),
+                    "GRADIO_SERVER_NAME": "127.0.0.1", **(env or {})}
+        self.proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full_env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        self._wait()
+
+    def _wait(self, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app exited early; see {self.log.name}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError("app did not answer")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def open_tab(page, title: str) -> None:
+    page.get_by_role("tab", name=title, exact=True).click()
+
+
+def choose_run(page, name: str) -> None:
+    box = page.get_by_label("Run", exact=True)
+    box.click()
+    box.fill(name)
+    box.press("Enter")
+    page.wait_for_timeout(500)
+
+
+def pick_option(page, label: str, option: str, scope=None) -> None:
+    """Open a dropdown by its label and click the option whose text starts with `option`."""
+    root = scope or page
+    root.get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=re.compile("^" + re.escape(option))).first.click()
+
+
+def set_number(page, label: str, value, scope=None) -> None:
+    field = (scope or page).get_by_label(label, exact=True)
+    field.fill(str(value))
+    field.press("Tab")
+
+
+def wait_for_text(page, text: str | re.Pattern, timeout_s: float = 180) -> None:
+    page.get_by_text(text).first.wait_for(timeout=timeout_s * 1000)
