@@ -15,6 +15,7 @@ from lab.ui.common import CSS
 
 TABS: list[tuple[str, str]] = [
     ("Sample", "lab.ui.sample"),
+    ("Judge", "lab.ui.judge"),
     ("Share", "lab.ui.share"),
 ]
 

@@ -1,0 +1,234 @@
+"""Judge tab: backend, plan and prompt; the plan's calls, time and cost before it runs; the judge as a job; then the
+position-consistency / first-position / longer-answer figures and, per instruction, each pair's verdict with the
+judge's reasoning in both orders.
+
+API keys come from the app's environment (GROQ_API_KEY / OPENAI_API_KEY, or a Space secret): the page only says
+whether one is set. A key typed into a shared page would have to reach the job's environment or command line, and
+on a Space every visitor's job would then run with it.
+"""
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+
+import gradio as gr
+
+from lab.config import JudgeConfig
+from lab.errors import LabError
+from lab.judge import DEFAULT_TEMPLATE, check_template, estimate, pair_verdicts, report
+from lab.judge_backends import DEFAULT_MODELS, KEY_ENV
+from lab.store import Run, atomic_write_text
+from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
+
+BACKENDS = [("Local model (offline; the bundled 135M judge is weak)", "local"), ("Groq", "groq"),
+            ("OpenAI-compatible endpoint", "openai")]
+PLANS = [("Knockout: 2(K-1) calls per instruction (8 for K=5)", "knockout"),
+         ("Full: every pair in both orders, K(K-1) calls (20 for K=5)", "full")]
+WEAK = ("**The local judge is weak.** SmolLM2-135M's verdicts are close to noise (its verdict is read from label "
+        "probabilities, so it always gives one): use it to try the pipeline, and Groq or an OpenAI-compatible "
+        "endpoint for preference data worth training on.")
+
+
+@dataclass
+class JudgeTab:
+    backend: gr.Radio
+    model: gr.Textbox
+    base_url: gr.Textbox
+    key_note: gr.Markdown
+    plan: gr.Radio
+    rpm: gr.Number
+    concurrency: gr.Number
+    reasoning_tokens: gr.Number
+    prompt: gr.Code
+    reset_prompt: gr.Button
+    cost: gr.Markdown
+    start: gr.Button
+    panel: JobPanel
+    figures: gr.Markdown
+    pick: gr.Dropdown
+    pairs: gr.HTML
+
+
+def _settings_inputs() -> dict:
+    h = JudgeConfig.help
+    with gr.Row():
+        backend = gr.Radio(BACKENDS, value="local", label="Judge", info=h("backend"))
+        plan = gr.Radio(PLANS, value="knockout", label="Call plan", info="the cost is shown below before anything runs")
+    with gr.Row():
+        model = gr.Textbox("", label="Model", placeholder=DEFAULT_MODELS["local"], info=h("model"))
+        base_url = gr.Textbox("", label="Base URL", placeholder="provider default", info=h("base_url"), visible=False)
+    key_note = gr.Markdown(WEAK)
+    with gr.Accordion("Rate limit and local judge", open=False):
+        with gr.Row():
+            rpm = gr.Number(JudgeConfig().rpm, label="Requests per minute", minimum=0, info=h("rpm"))
+            concurrency = gr.Number(JudgeConfig().concurrency, label="Concurrent requests", precision=0, minimum=1,
+                                    info=h("concurrency"))
+            reasoning_tokens = gr.Number(JudgeConfig().reasoning_tokens, label="Local reasoning tokens", precision=0,
+                                         minimum=0, info=h("reasoning_tokens"))
+    with gr.Accordion("Judge prompt (editable; its hash is recorded with every verdict)", open=False):
+        prompt = gr.Code(DEFAULT_TEMPLATE, language="markdown", lines=18, label="Template: {instruction}, "
+                         "{response_a}, {response_b} are filled in; the reply must be JSON with reasoning and verdict")
+        reset_prompt = gr.Button("Restore the default prompt", size="sm")
+    return dict(backend=backend, model=model, base_url=base_url, key_note=key_note, plan=plan, rpm=rpm,
+                concurrency=concurrency, reasoning_tokens=reasoning_tokens, prompt=prompt, reset_prompt=reset_prompt)
+
+
+def build(ctx) -> JudgeTab:
+    gr.Markdown("Compare each instruction's responses two at a time. Every pair is judged in **both orders**: when "
+                "the two verdicts disagree the pair is *inconsistent* and left out of the training pairs.")
+    inputs = _settings_inputs()
+    cost = gr.Markdown()
+    start = gr.Button("Judge", variant="primary")
+    panel = job_panel()
+    figures = gr.Markdown()
+    pick = gr.Dropdown(label="Instruction", choices=[], interactive=True)
+    pairs = gr.HTML()
+    tab = JudgeTab(**inputs, cost=cost, start=start, panel=panel, figures=figures, pick=pick, pairs=pairs)
+    _wire(tab, ctx)
+    return tab
+
+
+def _wire(tab: JudgeTab, ctx) -> None:
+    settings = [tab.backend, tab.model, tab.base_url, tab.plan, tab.rpm, tab.concurrency, tab.reasoning_tokens,
+                tab.prompt]
+    tab.backend.change(backend_changed, tab.backend, [tab.model, tab.base_url, tab.key_note])
+    for comp in settings:
+        comp.change(show_cost, [ctx.run_name, *settings], tab.cost, show_progress="hidden")
+    tab.reset_prompt.click(lambda: DEFAULT_TEMPLATE, outputs=tab.prompt)
+    tab.start.click(start_judging, inputs=[ctx.run_name, *settings], outputs=[tab.panel.status])
+    wire_job_panel(tab.panel, ctx.run_name, "judge", on_done=refresh, done_outputs=[tab.figures, tab.pick])
+    tab.pick.change(show_pairs, inputs=[ctx.run_name, tab.pick], outputs=[tab.pairs])
+    ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=[tab.figures, tab.pick])
+    ctx.run_name.change(saved_prompt, inputs=[ctx.run_name], outputs=[tab.prompt])
+
+
+def backend_changed(backend: str):
+    """Model placeholder, base URL visibility and the key / weak-judge note for the chosen backend."""
+    return (gr.update(placeholder=DEFAULT_MODELS[backend]), gr.update(visible=backend == "openai"),
+            key_note(backend))
+
+
+def key_note(backend: str) -> str:
+    if backend == "local":
+        return WEAK
+    env = KEY_ENV[backend]
+    if os.environ.get(env):
+        return f"API key: `{env}` is set in the app's environment."
+    return (f"API key: **`{env}` is not set.** Set it where the app runs (on a Space: a secret named {env}) "
+            "and restart the app; the page never asks for or shows keys.")
+
+
+def config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens) -> JudgeConfig:
+    return JudgeConfig(backend=backend, model=(model or "").strip(),
+                       base_url=(base_url or "").strip() if backend == "openai" else "", plan=plan,
+                       rpm=float(rpm or 0), concurrency=int(concurrency or 1),
+                       reasoning_tokens=int(reasoning_tokens or 0))
+
+
+def show_cost(run_name, backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, prompt) -> str:
+    """The plan's cost for this run, as a line of Markdown (or why it cannot be judged yet)."""
+    if not run_name:
+        return ""
+    try:
+        cfg = config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens)
+        est = estimate(Run.open(run_name), cfg, check_template(prompt or ""))
+    except LabError as e:
+        return f"⚠ {html.escape(str(e))}"
+    return cost_md(est)
+
+
+def cost_md(est: dict) -> str:
+    when = (f" · about **{est['minutes_at_rpm']} min** at the rate limit" if est["minutes_at_rpm"] is not None
+            else " · runs on this machine (no rate limit)")
+    money = f" · about **${est['est_cost_usd']:.4f}**" if est["est_cost_usd"] else ""
+    skipped = f" · {est['skipped_instructions']} instructions with one response skipped" \
+        if est["skipped_instructions"] else ""
+    return (f"**{est['calls_to_make']}** calls to make ({est['calls_total']} in the plan, {est['calls_cached']} "
+            f"already cached) for {est['instructions']} instructions{when}{money}{skipped} · judge `{est['model']}`; "
+            f"~{est['est_prompt_tokens'] + est['est_completion_tokens']:,} tokens")
+
+
+def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, prompt) -> str:
+    """Validate, save the prompt in the run (judge-prompt.txt) and start `python -m lab judge` as a job."""
+    run = open_run(run_name, create=False)
+    cfg = config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens)
+    checked(cfg.validate)
+    checked(check_template, prompt or "")
+    est = checked(estimate, run, cfg, prompt)
+    if cfg.backend != "local" and not os.environ.get(KEY_ENV[cfg.backend]):
+        raise gr.Error(key_note(cfg.backend).replace("**", "").replace("`", ""))
+    path = run.file("judge_prompt")
+    atomic_write_text(path, prompt)
+    cfg.prompt_file = str(path)
+    start_job(run_name, "judge", cfg.to_argv(), "Judging")
+    return f"**Judging** started: {cost_md(est)}"
+
+
+def saved_prompt(run_name: str | None) -> str:
+    """The prompt this run was last judged with, else the default."""
+    if not run_name:
+        return DEFAULT_TEMPLATE
+    try:
+        path = Run.open(run_name).file("judge_prompt")
+    except LabError:
+        return DEFAULT_TEMPLATE
+    return path.read_text(encoding="utf-8") if path.exists() else DEFAULT_TEMPLATE
+
+
+def _rate(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0%}"
+
+
+def figures_md(r: dict) -> str:
+    if not r["calls"]:
+        return "No judgments in this run yet."
+    v = r["verdicts"]
+    cost = f" · ${r['cost_usd']:.4f}" if r.get("cost_usd") else ""
+    return (f"**{r['pairs']}** pairs from {r['calls']} calls · **{r['instructions_with_preference']}** of "
+            f"{r['instructions_judged']} instructions have a preference\n\n"
+            f"| position consistency | first-position wins | longer-answer wins |\n|---|---|---|\n"
+            f"| {_rate(r['consistency_rate'])} | {_rate(r['first_position_win_rate'])} (50% = unbiased) | "
+            f"{_rate(r['longer_answer_win_rate'])} |\n\n"
+            f"Verdicts per pair: {v['a'] + v['b']} decided · {v['tie']} ties · {v['inconsistent']} inconsistent · "
+            f"{v['invalid']} invalid · tokens {r['prompt_tokens']:,} in / {r['completion_tokens']:,} out{cost}")
+
+
+def refresh(run_name: str | None):
+    """The figures and the instruction picker, from the run's files."""
+    if not run_name:
+        return "", gr.update(choices=[], value=None)
+    run = Run.open(run_name)
+    judged = {r["instruction_id"] for r in run.read("judgments")}
+    prompts = {i["id"]: i["prompt"] for i in run.read("instructions")}
+    choices = [(f"{prompts.get(i, i)[:80]}", i) for i in sorted(judged, key=lambda i: (prompts.get(i) is None, i))]
+    return figures_md(report(run)), gr.update(choices=choices)
+
+
+def show_pairs(run_name: str | None, instruction_id: str | None) -> str:
+    """Each judged pair of one instruction: the verdict, both responses, and the reasoning of each order."""
+    if not run_name or not instruction_id:
+        return ""
+    run = Run.open(run_name)
+    texts = {s["sample_index"]: s["text"] for s in run.read("samples") if s["instruction_id"] == instruction_id}
+    prompt = next((s["prompt"] for s in run.read("samples") if s["instruction_id"] == instruction_id), "")
+    parts = [f"<p><b>Instruction</b>: {html.escape(prompt)}</p>"]
+    for p in (p for p in pair_verdicts(run.read("judgments")) if p["instruction_id"] == instruction_id):
+        parts.append(_pair_html(p, texts))
+    return "\n".join(parts)
+
+
+def _pair_html(p: dict, texts: dict) -> str:
+    a, b = p["a"], p["b"]
+    verdict = {"a": f"#{a} preferred", "b": f"#{b} preferred"}.get(p["verdict"], p["verdict"])
+    single = " (one order only)" if p.get("single") else ""
+    rows = []
+    for o in p["orders"]:
+        shown = f"#{a} shown first" if o["order"] == "ab" else f"#{b} shown first"
+        said = {"a": f"#{a}", "b": f"#{b}"}.get(o["verdict"], o["verdict"])
+        conf = f" · confidence {o['confidence']:.2f}" if o.get("confidence") is not None else ""
+        rows.append(f"<li>{shown}: <b>{html.escape(said)}</b>{conf} — {html.escape(o['reasoning'] or '(no reasoning)')}</li>")
+    resp = "".join(f'<div class="lab-response"><b>#{i}</b><pre style="white-space:pre-wrap">'
+                   f'{html.escape(texts.get(i, "")[:1500])}</pre></div>' for i in (a, b))
+    return (f"<details><summary><b>#{a} vs #{b}</b>: {html.escape(verdict)}{single}</summary>"
+            f"<ul>{''.join(rows)}</ul>{resp}</details>")

@@ -1,0 +1,75 @@
+"""The Judge tab: its handlers against a run and the local provider (the job runs for real), and the tab in the app."""
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from lab import jobs
+from lab.judge import DEFAULT_TEMPLATE
+from lab.ui import judge as tab
+from tests.fakeprovider import FakeProvider
+from tests.test_judge import KEY, add_samples, prefer_higher
+
+SETTINGS = dict(backend="openai", model="m", base_url="", plan="knockout", rpm=0, concurrency=4, reasoning_tokens=8)
+
+
+def test_the_cost_is_shown_before_anything_runs(run):
+    assert "no samples yet" in tab.show_cost("t", **SETTINGS, prompt=DEFAULT_TEMPLATE)
+    add_samples(run, n=50, k=5)
+    text = tab.show_cost("t", **{**SETTINGS, "backend": "groq", "model": "", "rpm": 30}, prompt=DEFAULT_TEMPLATE)
+    assert "**400** calls to make (400 in the plan, 0 already cached) for 50 instructions" in text
+    assert "about **13.3 min** at the rate limit" in text and "llama-3.3-70b-versatile" in text
+    full = tab.show_cost("t", **{**SETTINGS, "plan": "full", "backend": "local", "model": ""}, prompt=DEFAULT_TEMPLATE)
+    assert "**1000** calls" in full and "no rate limit" in full
+    assert "lacks {response_b}" in tab.show_cost("t", **SETTINGS, prompt="{instruction} {response_a}")
+
+
+def test_key_notes_never_show_a_key(monkeypatch):
+    monkeypatch.setenv("GROQ_API_KEY", KEY)
+    assert "is set" in tab.key_note("groq") and KEY not in tab.key_note("groq")
+    assert "OPENAI_API_KEY` is not set" in tab.key_note("openai") and "weak" in tab.key_note("local")
+
+
+def test_user_mistakes_become_messages(run):
+    add_samples(run, n=1, k=3)
+    with pytest.raises(gr.Error, match="OPENAI_API_KEY is not set"):
+        tab.start_judging("t", **SETTINGS, prompt=DEFAULT_TEMPLATE)
+    with pytest.raises(gr.Error, match="lacks"):
+        tab.start_judging("t", **SETTINGS, prompt="no placeholders")
+    with pytest.raises(gr.Error, match="Choose a run"):
+        tab.start_judging("", **SETTINGS, prompt=DEFAULT_TEMPLATE)
+
+
+def test_judging_as_a_job_then_figures_and_reasoning_per_order(run, monkeypatch):
+    add_samples(run, n=2, k=3)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    prompt = DEFAULT_TEMPLATE + "\nBe brief."
+    with FakeProvider(key=KEY, answer=prefer_higher) as fp:
+        status = tab.start_judging("t", **{**SETTINGS, "base_url": fp.url + "/v1"}, prompt=prompt)
+        assert "**8** calls to make" in status
+        st = jobs.wait(run, timeout_s=120)
+    assert st["state"] == "done", st.get("log_tail")
+    assert fp.calls == 8 and KEY not in str(st)  # the key reached the job through its environment only
+    assert tab.saved_prompt("t") == prompt  # the edited prompt is what ran, and what a reload shows
+    figures, picker = tab.refresh("t")
+    assert "**2** of 2 instructions have a preference" in figures and "| 100% |" in figures
+    html = tab.show_pairs("t", picker["choices"][0][1])
+    assert "#0 vs #1</b>: #1 preferred" in html and "#0 shown first" in html and "#1 shown first" in html
+    assert "Q1Q is more thorough" in html
+
+
+def test_the_tab_is_in_the_app_and_answers_a_client(run):
+    from gradio_client import Client
+
+    from lab.ui import TABS, build_app, launch_kwargs
+
+    assert TABS.index(("Judge", "lab.ui.judge")) == TABS.index(("Sample", "lab.ui.sample")) + 1
+    add_samples(run, n=3, k=5)
+    app = build_app()
+    app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_kwargs())
+    try:
+        client = Client(app.local_url, verbose=False)
+        text = client.predict("t", "local", "", "", "full", 30, 8, 8, DEFAULT_TEMPLATE, api_name="/show_cost")
+    finally:
+        app.close()
+    assert "**60** calls to make" in text
