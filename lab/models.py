@@ -109,6 +109,9 @@ def tiny_random_path() -> str:
 def resolve(spec: str) -> str:
     """Spec -> what `from_pretrained` takes (a folder or a hub id). Raises LabError on a malformed spec."""
     spec = (spec or "").strip()
+    if not spec:
+        raise LabError(f"Unknown model {spec!r}: give a hub id (e.g. {DEFAULT_REAL_MODEL}), a local folder, "
+                       "'bundled' or 'tiny-random'.")
     if spec == "bundled":
         return bundled_path()
     if spec == "tiny-random":
