@@ -178,3 +178,26 @@ def test_cli_pairs(run, capsys):
     assert run.stage_settings("pairs-judge")["stats"]["pairs"] == 5
     assert main(["pairs", "--run", str(run.path), "--source", "pairrm"]) == 2
     assert "no PairRM rankings" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_end_to_end_bundled_samples_ranked_in_a_job_then_paired(runs_dir):
+    """Real samples from the bundled model -> `rank` as a lab job (the app's path) -> PairRM pairs."""
+    from lab import jobs
+    from lab.store import Run
+
+    run = Run.open("e2e")
+    assert main(["sample", "--run", "e2e", "--model", "bundled", "--n", "2", "--k", "3", "--max-new-tokens", "16",
+                 "--device", "cpu"]) == 0
+    jobs.start(run, ["rank", "--run", str(run.path), "--ranker", "tiny-random", "--device", "cpu"], "PairRM")
+    state = jobs.wait(run, timeout_s=300)
+    assert state["state"] == "done", state.get("log_tail")
+    assert state["progress"]["done"] == state["progress"]["total"] == 2
+    stats = build_pairs(run, PairsConfig(source="pairrm"))
+    samples = {(s["instruction_id"], s["sample_index"]): s["text"] for s in run.read("samples")}
+    pairs = [json.loads(x) for x in run.pairs_file("pairrm").read_text().splitlines()]
+    assert stats["pairs"] == len(pairs) >= 1
+    for p in pairs:
+        m = p["meta"]
+        assert p["chosen"][0]["content"] == samples[(m["instruction_id"], m["chosen_index"])]
+        assert p["rejected"][0]["content"] == samples[(m["instruction_id"], m["rejected_index"])]

@@ -1,0 +1,110 @@
+"""PairRM ranking time per instruction: the lab's batched ranker against llm-blender's own `Blender.rank`.
+
+Plain baseline: `Blender.rank(inputs, candidates, return_scores=True)` (llm-blender 0.0.2), which runs the K*(K-1)
+ordered pairs as K*(K-1) sequential forward passes over a batch of instructions (its default: 8 per batch).
+Lab: `lab.rank.compare_all`, every ordered pair of several instructions in one forward pass.
+Same weights, same inputs, same process, one after the other (baseline first, after one warm-up call each);
+the scores of the two are checked to agree.
+
+    python bench/rank.py                  # CPU: the tiny random PairRM, then a PairRM-wide model cut to 2 layers
+    python bench/rank.py --cuda           # GPU: a random model with PairRM's full shape (DeBERTa-v3-large,
+                                          # 24 layers, 436 M parameters), 5 candidates of ~1,000 tokens
+Random weights, because the hub is out of reach; the time depends on shapes and lengths, not on the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from lab import rank  # noqa: E402
+from lab.instructions import load_instructions  # noqa: E402
+
+PAIRRM_SHAPE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+
+
+def make_inputs(n: int, k: int, words: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
+    """n bundled instructions, each with k responses of about `words` words drawn from the instruction texts."""
+    prompts = [i.prompt for i in load_instructions("bundled")]
+    vocab = " ".join(prompts).split()
+    rng = random.Random(seed)
+    sources = [prompts[i % len(prompts)] for i in range(n)]
+    cands = [[" ".join(rng.choices(vocab, k=words + rng.randint(-words // 5, words // 5))) for _ in range(k)]
+             for _ in range(n)]
+    return sources, cands
+
+
+def timed(fn, device: str) -> tuple[float, object]:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+def bench(name: str, folder: Path, sources, cands, device: str, dtype: str, batch_size: int) -> dict:
+    """Seconds per instruction for llm-blender's rank and for lab.rank.compare_all, on the same checkpoint."""
+    blender = rank.blender_module().Blender()
+    blender.loadranker(str(folder), device=device, model_name=str(folder / "backbone"))  # fp16 on cuda, fp32 on cpu
+    ours = rank.load_ranker(str(folder), device=device, dtype=dtype)
+    groups = list(zip(sources, cands))
+    blender.rank(sources[:1], cands[:1], return_scores=True, disable_tqdm=True)  # warm-up
+    rank.compare_all(ours, groups[:1], batch_size)
+    t_base, base = timed(lambda: blender.rank(sources, cands, return_scores=True, disable_tqdm=True), device)
+    t_lab, mats = timed(lambda: rank.compare_all(ours, groups, batch_size), device)
+    lab_scores = np.array([rank.scores_and_ranks(m["logits"])[0] for m in mats])
+    tokens = np.mean([ours.collator([{"source": s, "candidates": c}])["candidate_attention_mask"].sum(-1).float()
+                      .mean().item() for s, c in groups])  # as the model sees them, after truncation
+    del blender
+    return {"model": name, "params_M": round(sum(p.numel() for p in ours.model.parameters()) / 1e6, 1),
+            "instructions": len(sources), "k": len(cands[0]), "cand_tokens": round(float(tokens)),
+            "baseline_s_per_instr": t_base / len(sources), "lab_s_per_instr": t_lab / len(sources),
+            "speedup": t_base / t_lab, "max_score_diff": float(np.abs(lab_scores - base).max())}
+
+
+def build(backbone: dict | None, root: Path) -> Path:
+    folder = root / ("pairrm-shaped" if backbone else "tiny")
+    folder.mkdir(parents=True, exist_ok=True)
+    rank.build_random_pairrm(folder, backbone=backbone)
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cuda", action="store_true", help="full PairRM shape on the GPU")
+    ap.add_argument("--n", type=int, default=None, help="instructions (default: 8 CPU tiny, 2 CPU wide, 32 cuda)")
+    ap.add_argument("--k", type=int, default=5, help="responses per instruction")
+    ap.add_argument("--batch-size", type=int, default=None, help="ordered pairs per forward pass of the lab ranker")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, "
+          f"device {'cuda: ' + torch.cuda.get_device_name() if args.cuda else 'cpu'}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.cuda:  # ~1,000-token candidates: PairRM gives them 412 + half of the unused source budget
+            runs = [("PairRM-shaped (24 layers)", PAIRRM_SHAPE, args.n or 32, 700, "cuda", "float16",
+                     args.batch_size or 40)]
+        else:
+            runs = [("tiny random PairRM", None, args.n or 8, 120, "cpu", "float32", args.batch_size or 40),
+                    ("PairRM-wide, 2 of 24 layers", {**PAIRRM_SHAPE, "num_hidden_layers": 2}, args.n or 2, 100,
+                     "cpu", "float32", args.batch_size or 20)]
+        for name, shape, n, words, device, dtype, bs in runs:
+            sources, cands = make_inputs(n, args.k, words)
+            r = bench(name, build(shape, Path(tmp)), sources, cands, device, dtype, bs)
+            print(f"{r['model']}: {r['params_M']} M params, {r['instructions']} instructions x {r['k']} responses "
+                  f"of ~{r['cand_tokens']} tokens (as ranked) | llm-blender rank {r['baseline_s_per_instr']:.3f} s/instruction"
+                  f" | lab {r['lab_s_per_instr']:.3f} s/instruction | {r['speedup']:.2f}x | "
+                  f"max score difference {r['max_score_diff']:.2e}")
+
+
+if __name__ == "__main__":
+    main()
