@@ -126,10 +126,11 @@ def pairrm_preferences(run: Run) -> tuple[dict[str, Preferences], Counter]:
 
 # ---- strategies ---------------------------------------------------------------------------------------------------
 def best_vs_worst(p: Preferences) -> list[Preference]:
-    """The direct comparison with the largest score gap between winner and loser (then the strongest)."""
+    """The direct comparison with the largest score gap between winner and loser; on equal gaps a human-checked
+    verdict first, then the strongest, then the lowest sample indices (deterministic)."""
     if not p.prefs:
         return []
-    gap = lambda x: (p.scores[x.winner] - p.scores[x.loser], x.strength, -x.winner, -x.loser)  # noqa: E731
+    gap = lambda x: (p.scores[x.winner] - p.scores[x.loser], x.by == "human", x.strength, -x.winner, -x.loser)  # noqa: E731
     return [max(p.prefs, key=gap)]
 
 

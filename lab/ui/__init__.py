@@ -16,6 +16,8 @@ from lab.ui.common import CSS
 TABS: list[tuple[str, str]] = [
     ("Sample", "lab.ui.sample"),
     ("Judge", "lab.ui.judge"),
+    ("PairRM", "lab.ui.rank"),
+    ("Spot-check", "lab.ui.spotcheck"),
     ("Share", "lab.ui.share"),
 ]
 

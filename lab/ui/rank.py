@@ -1,0 +1,173 @@
+"""PairRM tab: rank each instruction's responses with PairRM (as a job), browse the ranks per instruction, and build
+the preference pairs (PairRM's or the judge's) with a strategy, with their statistics and the judge-PairRM agreement.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from lab.config import PairsConfig, RankConfig
+from lab.pairs import build_pairs
+from lab.rank import latest_rankings, sample_groups
+from lab.store import Run
+from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
+
+RANKERS = [("llm-blender/PairRM (hub; ~40 s per instruction on CPU, well under 1 s on a GPU)", "llm-blender/PairRM"),
+           ("tiny-random: random weights, for smoke tests only", "tiny-random")]
+STRATEGIES = [("Best vs worst: one pair per instruction", "best-vs-worst"),
+              ("All pairs above the margin", "all-pairs")]
+TABLE_COLUMNS = ["instruction", "prompt", "responses", "best", "worst", "score spread", "cut"]
+
+
+@dataclass
+class RankTab:
+    ranker: gr.Dropdown
+    batch_size: gr.Number
+    start: gr.Button
+    panel: JobPanel
+    summary: gr.Markdown
+    table: gr.Dataframe
+    pick: gr.Dropdown
+    responses: gr.HTML
+    source: gr.Radio
+    strategy: gr.Radio
+    margin: gr.Number
+    make: gr.Button
+    stats: gr.Markdown
+
+
+def build(ctx) -> RankTab:
+    h = RankConfig.help
+    gr.Markdown("PairRM compares every two responses of an instruction in both orders and ranks them. "
+                "It reads at most 1,224 tokens of instruction and about 412 of each response: long answers are "
+                "ranked on their beginning.")
+    with gr.Row():
+        ranker = gr.Dropdown(RANKERS, value="llm-blender/PairRM", label="Ranker", info=h("ranker"),
+                             allow_custom_value=True)
+        batch_size = gr.Number(32, label="Pairs per pass", precision=0, minimum=1, info=h("batch_size"))
+    start = gr.Button("Rank", variant="primary")
+    panel = job_panel()
+    summary = gr.Markdown()
+    table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True)
+    pick = gr.Dropdown(label="Instruction", choices=[], interactive=True)
+    responses = gr.HTML()
+    source, strategy, margin, make, stats = _pairs_inputs()
+    tab = RankTab(ranker, batch_size, start, panel, summary, table, pick, responses, source, strategy, margin, make,
+                  stats)
+    _wire(tab, ctx)
+    return tab
+
+
+def _pairs_inputs() -> tuple:
+    h = PairsConfig.help
+    gr.Markdown("### Preference pairs\nBuilt from the judge's verdicts (with your spot-check overrides) or from "
+                "PairRM's rankings, in TRL's conversational format: `pairs-judge.jsonl`, `pairs-pairrm.jsonl`.")
+    with gr.Row():
+        source = gr.Radio([("PairRM", "pairrm"), ("LLM judge", "judge")], value="pairrm", label="Source",
+                          info=h("source"))
+        strategy = gr.Radio(STRATEGIES, value="best-vs-worst", label="Strategy", info=h("strategy"))
+        margin = gr.Number(0.0, label="Margin", minimum=0, info=h("margin"))
+    make = gr.Button("Build pairs")
+    return source, strategy, margin, make, gr.Markdown()
+
+
+def _wire(tab: RankTab, ctx) -> None:
+    tab.start.click(start_ranking, inputs=[ctx.run_name, tab.ranker, tab.batch_size], outputs=[tab.panel.status])
+    wire_job_panel(tab.panel, ctx.run_name, "rank", on_done=refresh, done_outputs=[tab.summary, tab.table, tab.pick])
+    ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=[tab.summary, tab.table, tab.pick])
+    tab.pick.change(show_ranking, inputs=[ctx.run_name, tab.pick], outputs=[tab.responses])
+    tab.make.click(make_pairs, inputs=[ctx.run_name, tab.source, tab.strategy, tab.margin], outputs=[tab.stats])
+
+
+def start_ranking(run_name: str, ranker: str, batch_size) -> str:
+    cfg = RankConfig(ranker=(ranker or "").strip(), batch_size=int(32 if batch_size is None else batch_size))
+    checked(cfg.validate)
+    return start_job(run_name, "rank", cfg.to_argv(), "PairRM ranking")
+
+
+def ranks_table(run: Run) -> pd.DataFrame:
+    """One row per ranked instruction: best and worst response (sample index, score), the score spread."""
+    prompts = {g.instruction_id: g.prompt for g in sample_groups(run)}
+    rows = []
+    for iid, r in latest_rankings(run).items():
+        order = sorted(range(len(r["scores"])), key=lambda i: r["ranks"][i])
+        best, worst = order[0], order[-1]
+        rows.append([iid, prompts.get(iid, "")[:80], len(order),
+                     f"#{r['sample_indices'][best]} ({r['scores'][best]:+.3f})",
+                     f"#{r['sample_indices'][worst]} ({r['scores'][worst]:+.3f})",
+                     round(r["scores"][best] - r["scores"][worst], 4), sum(r.get("truncated", []))])
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def refresh(run_name: str | None):
+    """Summary, ranks table and instruction picker from the run's files."""
+    empty = pd.DataFrame(columns=TABLE_COLUMNS)
+    if not run_name:
+        return "", empty, gr.update(choices=[], value=None)
+    run = Run.open(run_name)
+    if not run.read("samples"):
+        return "No samples in this run yet: sample first.", empty, gr.update(choices=[], value=None)
+    table = ranks_table(run)
+    if table.empty:
+        return "Not ranked yet.", empty, gr.update(choices=[], value=None)
+    ranker = latest_rankings(run)[table["instruction"].iloc[0]]["ranker"]
+    text = (f"**{len(table)}** instructions ranked with `{html.escape(ranker)}` · "
+            f"{int(table['cut'].sum())} responses cut to PairRM's length limit")
+    choices = [(f"{p} ({iid})", iid) for iid, p in zip(table["instruction"], table["prompt"])]
+    return text, table, gr.update(choices=choices)
+
+
+def show_ranking(run_name: str | None, instruction_id: str | None) -> str:
+    """The instruction's responses from best to worst, with PairRM scores."""
+    if not run_name or not instruction_id:
+        return ""
+    run = Run.open(run_name)
+    rec = latest_rankings(run).get(instruction_id)
+    group = next((g for g in sample_groups(run) if g.instruction_id == instruction_id), None)
+    if rec is None or group is None:
+        return ""
+    texts = dict(zip(group.indices, group.texts))
+    parts = [f"<p><b>Instruction</b>: {html.escape(group.prompt)}</p>"]
+    for i in sorted(range(len(rec["scores"])), key=lambda i: rec["ranks"][i]):
+        idx = rec["sample_indices"][i]
+        cut = " · cut to PairRM's limit" if rec.get("truncated", [False] * 99)[i] else ""
+        parts.append(f'<div class="lab-response"><b>rank {rec["ranks"][i]}</b> · #{idx} · score '
+                     f'{rec["scores"][i]:+.3f}{cut}<pre style="white-space:pre-wrap">'
+                     f'{html.escape(texts.get(idx, ""))}</pre></div>')
+    return "\n".join(parts)
+
+
+def make_pairs(run_name: str, source: str, strategy: str, margin) -> str:
+    run = open_run(run_name, create=False)
+    cfg = PairsConfig(source=source, strategy=strategy, margin=float(margin or 0))
+    return stats_md(checked(build_pairs, run, cfg))
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def stats_md(s: dict) -> str:
+    """The statistics of one pairs data set (lab.pairs.build_pairs summary) as Markdown."""
+    dropped = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in s["dropped"].items()) or "none"
+    lines = [f"**{s['pairs']} pairs** in `{html.escape(s['file'])}` ({s['source']}, {s['strategy']}, margin "
+             f"{s['margin']})",
+             f"- instructions without a pair: {s['instructions_without_pair']} of {s['instructions']} "
+             f"({s['single_response']} with a single response)",
+             f"- dropped: {dropped}",
+             f"- mean length chosen vs rejected: {s['mean_chars_chosen']} vs {s['mean_chars_rejected']} characters; "
+             f"longer answer chosen in {_pct(s['longer_chosen_rate'])} of pairs"]
+    if s.get("human_overrides"):
+        lines.append(f"- human spot-check verdicts used: {s['human_overrides']}")
+    agree = s.get("judge_vs_pairrm")
+    if agree and agree["n"]:
+        kappa = "n/a" if agree["kappa"] is None else f"{agree['kappa']:.2f}"
+        lines.append(f"- judge vs PairRM on the same {agree['n']} response pairs: agree {_pct(agree['rate'])}, "
+                     f"Cohen's kappa {kappa}")
+    if s.get("length_warning"):
+        lines.append(f"\n⚠️ {s['length_warning']}")
+    return "\n".join(lines)
+

@@ -1,0 +1,151 @@
+"""Spot-check tab: walk through the judged pairs (unchecked first): the instruction, both responses, the judge's
+verdict and reasoning in each order, PairRM's preference; agree, overrule, call a tie, or skip. Every decision is
+saved in the run at once and pairs-judge.jsonl is rebuilt from it; the judge's (and PairRM's) agreement with the
+human checks is shown as it grows.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import gradio as gr
+
+from lab import spotcheck
+from lab.store import Run
+from lab.ui.common import checked, open_run
+
+VERDICT_WORDS = {"a": "Response 1 is better", "b": "Response 2 is better", "tie": "Tie", "skip": "Skipped",
+                 "inconsistent": "Inconsistent (the two orders disagreed)", "invalid": "Invalid (unparsable output)"}
+
+
+@dataclass
+class SpotcheckTab:
+    load: gr.Button
+    position: gr.Markdown
+    prompt: gr.HTML
+    text_a: gr.HTML
+    text_b: gr.HTML
+    judge: gr.HTML
+    buttons: dict[str, gr.Button]  # "a" | "b" | "tie" | "skip"
+    prev: gr.Button
+    next: gr.Button
+    saved: gr.Markdown
+    agreement: gr.Markdown
+    keys: gr.State  # [(instruction_id, a, b)] in the order shown
+    at: gr.State  # index into keys
+
+
+def build(ctx) -> SpotcheckTab:
+    gr.Markdown("Check the judge on a sample of pairs. Your verdict replaces the judge's in `pairs-judge.jsonl` "
+                "(a tie removes the pair; skip leaves the judge's verdict). Pairs you have not checked come first.")
+    load = gr.Button("Load pairs", size="sm")
+    position = gr.Markdown()
+    prompt = gr.HTML()
+    with gr.Row(equal_height=False):
+        text_a, text_b = gr.HTML(label="Response 1"), gr.HTML(label="Response 2")
+    judge = gr.HTML()
+    with gr.Row():
+        buttons = {"a": gr.Button("1 is better", variant="primary"), "b": gr.Button("2 is better", variant="primary"),
+                   "tie": gr.Button("Tie"), "skip": gr.Button("Skip")}
+    with gr.Row():
+        prev, next_ = gr.Button("◀ Previous", size="sm"), gr.Button("Next ▶", size="sm")
+    saved, agreement = gr.Markdown(), gr.Markdown()
+    tab = SpotcheckTab(load, position, prompt, text_a, text_b, judge, buttons, prev, next_, saved, agreement,
+                       gr.State([]), gr.State(0))
+    _wire(tab, ctx)
+    return tab
+
+
+def _wire(tab: SpotcheckTab, ctx) -> None:
+    view = [tab.position, tab.prompt, tab.text_a, tab.text_b, tab.judge, tab.agreement]
+    for trigger in (tab.load.click, ctx.run_name.change):
+        trigger(load_queue, inputs=[ctx.run_name], outputs=[tab.keys, tab.at, *view])
+    for human, button in tab.buttons.items():
+        button.click(lambda r, k, i, h=human: decide(r, k, i, h), inputs=[ctx.run_name, tab.keys, tab.at],
+                     outputs=[tab.at, tab.saved, *view])
+    tab.prev.click(lambda r, k, i: move(r, k, i, -1), inputs=[ctx.run_name, tab.keys, tab.at], outputs=[tab.at, *view])
+    tab.next.click(lambda r, k, i: move(r, k, i, 1), inputs=[ctx.run_name, tab.keys, tab.at], outputs=[tab.at, *view])
+
+
+def load_queue(run_name: str | None):
+    """(keys, 0, *view): every judged pair of the run, unchecked first."""
+    if not run_name:
+        return [], 0, *_blank("")
+    run = Run.open(run_name)
+    if not run.read("judgments"):
+        return [], 0, *_blank("No judged pairs in this run yet: run the judge first.")
+    keys = [(i["instruction_id"], i["a"], i["b"]) for i in checked(spotcheck.items, run)]
+    return keys, 0, *render(run, keys, 0)
+
+
+def decide(run_name: str, keys: list, at: int, human: str):
+    """Save the human's verdict on the pair shown, rebuild the judge pairs, move to the next pair."""
+    if not keys:
+        raise gr.Error("Load the pairs first.")
+    run = open_run(run_name, create=False)
+    iid, a, b = keys[at]
+    out = checked(spotcheck.record, run, iid, a, b, human)
+    pairs = out["pairs"]
+    note = (f"Saved: {VERDICT_WORDS[human].lower()} on pair {at + 1}. `pairs-judge.jsonl` rebuilt: "
+            f"{pairs['pairs']} pairs ({pairs['human_overrides']} from your checks).")
+    nxt = min(at + 1, len(keys) - 1)
+    return nxt, note, *render(run, keys, nxt)
+
+
+def move(run_name: str, keys: list, at: int, step: int):
+    if not keys:
+        return 0, *_blank("Load the pairs first.")
+    nxt = max(0, min(len(keys) - 1, at + step))
+    return nxt, *render(Run.open(run_name), keys, nxt)
+
+
+def _blank(message: str) -> list:
+    return [message, "", "", "", "", ""]
+
+
+def render(run: Run, keys: list, at: int) -> list:
+    """[position, prompt, response 1, response 2, judge + PairRM, agreement] for the pair at `at`."""
+    items = {(i["instruction_id"], i["a"], i["b"]): i for i in spotcheck.items(run)}
+    item = items.get(tuple(keys[at]))
+    if item is None:
+        return _blank("This pair is no longer in the run's judgments: press Load pairs.")
+    done = sum(i["human"] is not None for i in items.values())
+    mine = f" · your verdict: **{VERDICT_WORDS[item['human']]}**" if item["human"] else ""
+    position = f"Pair **{at + 1}** of {len(keys)} · {done} checked{mine}"
+    prompt = f"<p><b>Instruction</b> ({html.escape(item['instruction_id'])}): {html.escape(item['prompt'])}</p>"
+    return [position, prompt, _response(1, item["a"], item["text_a"]), _response(2, item["b"], item["text_b"]),
+            judge_html(item), agreement_md(spotcheck.agreement(run))]
+
+
+def _response(n: int, index: int, text: str) -> str:
+    return (f'<div class="lab-response"><b>Response {n}</b> (#{index})'
+            f'<pre style="white-space:pre-wrap">{html.escape(text)}</pre></div>')
+
+
+def judge_html(item: dict) -> str:
+    """The judge's pair verdict, its reasoning in each order, and PairRM's preference (canonical a/b = 1/2)."""
+    shown = {"ab": "1 shown first", "ba": "2 shown first"}
+    parts = [f"<p><b>Judge</b>: {VERDICT_WORDS.get(item['judge'], item['judge'])}</p><ul>"]
+    for o in item["orders"]:
+        conf = f" · confidence {o['confidence']:.2f}" if o.get("confidence") is not None else ""
+        parts.append(f"<li><i>{shown.get(o['order'], o['order'])}</i>: {VERDICT_WORDS.get(o['verdict'], o['verdict'])}"
+                     f"{conf}<br>{html.escape(o.get('reasoning') or '')}</li>")
+    parts.append("</ul>")
+    if item["pairrm"]:
+        p = item["pairrm"]
+        parts.append(f"<p><b>PairRM</b>: prefers response {1 if p['prefers'] == 'a' else 2} "
+                     f"(both-orders logit {p['logit']:+.2f})</p>")
+    return "".join(parts)
+
+
+def agreement_md(agree: dict) -> str:
+    if not agree["checked"]:
+        return "No pairs checked yet."
+    out = [f"**Agreement with your {agree['checked']} checks** ({agree['skipped']} skipped)"]
+    for who in ("judge", "pairrm"):
+        a = agree[who]
+        if a["n"]:
+            kappa = "n/a" if a["kappa"] is None else f"{a['kappa']:.2f}"
+            out.append(f"- {'Judge' if who == 'judge' else 'PairRM'}: {a['agree']}/{a['n']} "
+                       f"({a['rate']:.0%}), Cohen's kappa {kappa}")
+    return "\n".join(out)

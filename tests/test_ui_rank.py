@@ -1,0 +1,46 @@
+"""The PairRM tab: ranking as a real job, the ranks table and per-instruction view, building pairs from the page."""
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+
+from lab import jobs
+from lab.ui import rank as tab
+from prefdata import judge_pair, write_samples
+from test_rank import DATA
+
+
+def test_rank_as_a_job_then_table_view_and_pairs(run):
+    write_samples(run, DATA)
+    assert "started" in tab.start_ranking("t", "tiny-random", 20)
+    st = jobs.wait(run, timeout_s=180)
+    assert st["state"] == "done", st.get("log_tail")
+    summary, table, picker = tab.refresh("t")
+    assert "**3** instructions ranked with `tiny-random`" in summary
+    assert list(table["instruction"]) == ["i1", "i2", "i3"] and list(table["responses"]) == [5, 3, 2]
+    html = tab.show_ranking("t", "i1")
+    assert html.index("rank 1") < html.index("rank 2") < html.index("rank 5")
+    stats = tab.make_pairs("t", "pairrm", "all-pairs", 0)
+    assert "**14 pairs**" in stats and "pairs-pairrm.jsonl" in stats  # 10 + 3 + 1 pairs of responses
+    run.append("judgments", judge_pair("i1", 0, 1, "a") + judge_pair("i2", 0, 1, "b"))
+    judge_stats = tab.make_pairs("t", "judge", "best-vs-worst", 0)
+    assert "**2 pairs**" in judge_stats and "judge vs PairRM on the same 2 response pairs" in judge_stats
+
+
+def test_mistakes_become_messages(run):
+    with pytest.raises(gr.Error, match="Choose a run"):
+        tab.start_ranking("", "tiny-random", 20)
+    with pytest.raises(gr.Error, match="batch-size"):
+        tab.start_ranking("t", "tiny-random", 0)
+    assert tab.refresh("t")[0] == "No samples in this run yet: sample first."
+    write_samples(run, DATA)
+    assert tab.refresh("t")[0] == "Not ranked yet."
+    with pytest.raises(gr.Error, match="no judgments"):
+        tab.make_pairs("t", "judge", "best-vs-worst", 0)
+
+
+def test_the_tab_is_in_the_app():
+    from lab.ui import TABS, build_app
+
+    assert ("PairRM", "lab.ui.rank") in TABS and ("Spot-check", "lab.ui.spotcheck") in TABS
+    build_app()  # every tab builds with its handlers wired
