@@ -20,7 +20,7 @@ Record format of push.jsonl (one line per repo pushed; the app shows these links
      "commit": str, "folder": str, "time": str, "warning": str (only when a repo asked to be private is public)}
 
 Tokens: one passed in memory (the app's visitor login), else $HF_TOKEN, else the login `hf auth login` saved. On a
-Space ($SPACE_ID set) only a passed token counts: the Space's own HF_TOKEN secret belongs to its owner, and pushing
+Space ($SPACE_ID or SYSTEM=spaces set) only a passed token counts: the Space's own HF_TOKEN secret belongs to its owner, and pushing
 must use the visitor's account. A token is never written anywhere; every staged file is checked for it (and for the
 judge API keys in the environment) before anything is uploaded.
 """
@@ -176,11 +176,16 @@ def stage(item: Item, namespace: str, links: dict, root: Run) -> Path:
 
 
 # ---- tokens and secrets -------------------------------------------------------------------------------------------
+def on_space() -> bool:
+    """True inside a Hugging Face Space (the Hub sets SPACE_ID and SYSTEM=spaces there)."""
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get("SYSTEM") == "spaces"
+
+
 def resolve_token(token: str | None = None) -> str:
     """The token to push with (see the module docstring for the order). Raises LabError when there is none."""
     if token:
         return token
-    if os.environ.get("SPACE_ID"):
+    if on_space():
         raise LabError("Sign in with Hugging Face (the button on the Share tab) to push: on a Space the lab pushes "
                        "with your own account, never the Space owner's token.")
     from huggingface_hub import get_token
@@ -341,7 +346,7 @@ def token_source(token: str | None = None) -> str:
     """Where a push would take its token from, in words (never the token): for the app to show before a push."""
     if token:
         return "your Hugging Face sign-in"
-    if os.environ.get("SPACE_ID"):
+    if on_space():
         return ""
     from huggingface_hub import get_token
 

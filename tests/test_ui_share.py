@@ -84,3 +84,46 @@ def test_the_tab_is_in_the_app_and_its_dry_run_answers_a_client(run, monkeypatch
     finally:
         app.close()
     assert "repos staged, nothing uploaded" in text and (run.file("hub") / "t-judge" / "README.md").exists()
+
+
+SPACE_PROBE = """
+import json, urllib.error, urllib.request
+from lab.ui import build_app, launch_kwargs
+app = build_app()
+app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_kwargs())
+try:
+    cfg = json.load(urllib.request.urlopen(app.local_url + "config"))
+    values = [str(c["props"].get("value")) for c in cfg["components"]]
+    try:  # the sign-in route exists; offline it cannot reach huggingface.co, so it fails after routing
+        urllib.request.urlopen(app.local_url + "login/huggingface")
+        status = 200
+    except urllib.error.HTTPError as e:
+        status = e.code
+    print(json.dumps({"values": values, "login_status": status}))
+finally:
+    app.close()
+"""
+
+
+@pytest.mark.slow
+def test_as_a_space_the_app_shows_the_sign_in_and_serves_its_routes(runs_dir, tmp_path):
+    """The app as a Space starts it (SYSTEM=spaces, SPACE_ID, the OAuth variables the Hub sets for hf_oauth)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "SYSTEM": "spaces", "SPACE_ID": "owner/preference-lab", "OAUTH_CLIENT_ID": "client-id",
+           "OAUTH_CLIENT_SECRET": "client-secret", "OAUTH_SCOPES": "openid profile contribute-repos",
+           "OPENID_PROVIDER_URL": "https://huggingface.co", "LAB_RUNS_DIR": str(runs_dir),
+           "HF_TOKEN": "hf_OWNERsSpaceSecret0123456789", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", SPACE_PROBE], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    probe = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("{")))
+    assert "Sign in with Hugging Face" in probe["values"]
+    assert any("Sign in with Hugging Face to push" in v for v in probe["values"])  # not "pushing as HF_TOKEN"
+    assert probe["login_status"] != 404
+    assert "hf_OWNERsSpaceSecret" not in out.stdout + out.stderr

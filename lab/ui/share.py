@@ -9,10 +9,10 @@ Hub) and the page says where the token comes from. The page never shows a token.
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass
 
 import gradio as gr
+from gradio.utils import get_space
 
 from lab import hub
 from lab.config import PushConfig
@@ -65,9 +65,8 @@ def build(ctx) -> ShareTab:
     gr.Markdown("Push each preference data set (with its samples and judgments) and each adapter to the Hugging "
                 "Face Hub, with cards that say how they were made. **Dry run** writes the exact folders under "
                 "`runs/<run>/hub/` and uploads nothing: read the cards there first. Repos are private by default.")
-    on_space = bool(os.environ.get("SPACE_ID"))
-    login = gr.LoginButton() if on_space else None
-    who = gr.Markdown(_who_text(None, on_space))
+    login = gr.LoginButton() if get_space() else None  # where Gradio serves the real sign-in routes
+    who = gr.Markdown(_who_text(None, hub.on_space()))
     fields = _settings_inputs()
     with gr.Row():
         dry_run = gr.Button("Dry run (stage only)")
@@ -103,7 +102,7 @@ def _who_text(token: str | None, on_space: bool) -> str:
 
 
 def who_text(oauth_token: gr.OAuthToken | None = None) -> str:
-    return _who_text(oauth_token.token if oauth_token else None, bool(os.environ.get("SPACE_ID")))
+    return _who_text(oauth_token.token if oauth_token else None, hub.on_space())
 
 
 def _config(namespace, prefix, private, datasets, adapters, iterations, only, dry_run: bool) -> PushConfig:
