@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -47,6 +48,7 @@ SHARD = "train-00000-of-00001.parquet"  # the name `Dataset.push_to_hub` gives a
 NOT_UPLOADED = ("checkpoints", "checkpoint-*", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*.pth", "runs",
                 ".*", "*.tmp", "README.md")  # resumable state, pickles that may hold a hub_token, old card
 PLACEHOLDER_NAMESPACE = "YOUR-HF-USERNAME"
+REPO_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}$")
 SECRET_ENV = ("HF_TOKEN", "GROQ_API_KEY", "OPENAI_API_KEY", "HUGGING_FACE_HUB_TOKEN")
 
 
@@ -84,7 +86,17 @@ def plan(run: Run, cfg: PushConfig) -> list[Item]:
     if not items:
         raise LabError(f"Nothing to push in {run.path}: build pairs (`python -m lab pairs`) or train an adapter "
                        "first" + (f", or check --only {cfg.only!r}" if only else "") + ".")
+    for item in items:
+        check_repo_name(item.name)
     return items
+
+
+def check_repo_name(name: str) -> str:
+    """The Hub's rule for repo names: 1-96 letters, digits, '-', '_', '.', no '--' or '..', not ending in '.git'."""
+    if not REPO_NAME.match(name) or "--" in name or ".." in name or name.endswith((".git", "-", ".")):
+        raise LabError(f"{name!r} is not a valid Hub repo name (at most 96 letters, digits, '-', '_', '.'; no '--' "
+                       "or '..'): choose a shorter or simpler --prefix.")
+    return name
 
 
 def dataset_links(items: list[Item], namespace: str) -> dict[tuple[Path, str], str]:

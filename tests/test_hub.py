@@ -153,6 +153,13 @@ def test_plan_finds_data_sets_adapters_and_iterations(run):
     assert [i.name for i in hub.plan(run, PushConfig(adapters=False, iterations=False))] == ["t-judge", "t-pairrm"]
 
 
+def test_repo_names_the_hub_would_refuse_are_caught_before_staging(lab_run):
+    with pytest.raises(LabError, match="choose a shorter or simpler --prefix"):
+        hub.plan(lab_run, PushConfig(prefix="x" * 90))
+    with pytest.raises(LabError, match="not a valid Hub repo name"):
+        hub.plan(lab_run, PushConfig(prefix="my-"))  # "my--judge"
+
+
 def test_nothing_to_push_says_what_to_do(run):
     run.path.mkdir(parents=True)
     with pytest.raises(LabError, match="build pairs"):
