@@ -251,6 +251,20 @@ def _forward_rows(ranker: Ranker, rows: list[tuple]):
         return ranker.model._forward(*batch)["logits"].float().cpu()
 
 
+def _forward_by_length(ranker: Ranker, rows: list[tuple], batch_size: int):
+    """Logits for all rows, in their order. Rows of similar length share a pass, so little compute goes to padding
+    (attention cost grows with the square of the longest row in a batch)."""
+    import torch
+
+    length = [int(r[1].sum() + r[3].sum() + r[5].sum()) for r in rows]
+    order = sorted(range(len(rows)), key=length.__getitem__)
+    logits = torch.empty(len(rows))
+    for start in range(0, len(rows), batch_size):
+        chunk = order[start:start + batch_size]
+        logits[chunk] = _forward_rows(ranker, [rows[i] for i in chunk])
+    return logits
+
+
 def compare_all(ranker: Ranker, groups: list[tuple[str, list[str]]], batch_size: int = 32) -> list[dict]:
     """For each (source, K candidates): {"logits": K x K list (logits[i][j]: i beats j when shown first; diagonal
     0), "truncated": [bool] * K}. The ordered pairs of all groups run together, `batch_size` rows per pass."""
@@ -258,7 +272,7 @@ def compare_all(ranker: Ranker, groups: list[tuple[str, list[str]]], batch_size:
 
     encoded = [_pair_rows(ranker, s, c) for s, c in groups]
     rows = [r for rs, _ in encoded for r in rs]
-    logits = torch.cat([_forward_rows(ranker, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)])
+    logits = _forward_by_length(ranker, rows, batch_size)
     out, at = [], 0
     for (_, cands), (rs, truncated) in zip(groups, encoded):
         k = len(cands)
