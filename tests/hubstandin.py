@@ -5,6 +5,7 @@ uploader, see huggingface_hub/_upload_pipeline.py and _commit_api.py):
 
     GET  /api/whoami-v2                                     {"name": user, "type": "user", ...}
     POST /api/repos/create                                  {"name", "organization", "type", "visibility"} -> {"url"}
+                                                            (403 outside the user's own and its orgs' namespaces)
     GET  /api/{type}s/{ns}/{name}                           repo info: {"id", "private", "sha"}
     POST /api/validate-yaml                                 README.md front matter: parsed here (YAML, `configs:`)
     POST /api/{type}s/{ns}/{name}/preupload/{revision}      -> every file "regular" (content rides in the commit)
@@ -36,8 +37,8 @@ REPO_ROUTE = re.compile(r"^/api/(model|dataset|space)s/([^/]+/[^/]+)/(preupload|
 
 
 class HubStandIn:
-    def __init__(self, token: str, user: str = "alice"):
-        self.token, self.user = token, user
+    def __init__(self, token: str, user: str = "alice", orgs: tuple[str, ...] = ("team",)):
+        self.token, self.user, self.orgs = token, user, orgs  # the token may create repos under these
         self.repos: dict[tuple[str, str], dict] = {}
         self.requests: list[tuple[str, str, dict, bytes]] = []
         self.unknown: list[str] = []
@@ -75,7 +76,10 @@ class HubStandIn:
 
     def create(self, payload: dict) -> tuple[int, dict]:
         kind = payload.get("type") or "model"
-        repo_id = f"{payload.get('organization') or self.user}/{payload['name']}"
+        owner = payload.get("organization") or self.user
+        if owner not in (self.user, *self.orgs):
+            return 403, {"error": f"You don't have the rights to create a {kind} under the namespace \"{owner}\""}
+        repo_id = f"{owner}/{payload['name']}"
         url = f"{self.url}/{'' if kind == 'model' else kind + 's/'}{repo_id}"
         if (kind, repo_id) in self.repos:  # the Hub answers 409 with the url; exist_ok=True reads it
             return 409, {"error": "You already created this repo", "url": url}

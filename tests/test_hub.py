@@ -373,6 +373,9 @@ def test_hub_errors_say_what_to_do(lab_run, online, monkeypatch, tmp_path):
     with HubStandIn(token=TOKEN) as server, pytest.raises(LabError, match="invalid or expired") as err:
         hub.push_run(lab_run, PushConfig(endpoint=server.url))
     assert "hf_wrongToken" not in str(err.value)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with HubStandIn(token=TOKEN) as server, pytest.raises(LabError, match="needs write access to that namespace"):
+        hub.push_run(lab_run, PushConfig(endpoint=server.url, namespace="someone-else"))
     with pytest.raises(LabError, match="Could not reach the Hub"):
         hub.push_run(lab_run, PushConfig(endpoint="http://127.0.0.1:9", namespace="alice"))
     import huggingface_hub.constants
