@@ -181,6 +181,24 @@ def length_stats(records: list[dict]) -> dict:
     return out
 
 
+def to_records(chosen: list[Preference], prefs: dict[str, Preferences], groups: dict, cfg,
+               dropped: Counter) -> list[dict]:
+    """Selected preferences -> pairs lines; a preference whose responses are not in samples.jsonl (or whose two
+    texts are identical) is dropped and counted."""
+    records = []
+    for pref in chosen:
+        group = groups.get(pref.instruction_id)
+        if group is None or not {pref.winner, pref.loser} <= set(group.indices):
+            dropped["missing_response"] += 1
+            continue
+        rec = to_record(pref, group, cfg.source, cfg.strategy, prefs[pref.instruction_id].scores)
+        if rec["chosen"][0]["content"] == rec["rejected"][0]["content"]:
+            dropped["identical"] += 1
+            continue
+        records.append(rec)
+    return records
+
+
 def build_pairs(run: Run, cfg) -> dict:
     """Build pairs-<cfg.source>.jsonl (whole file, atomically) and return its statistics."""
     from lab.rank import sample_groups
@@ -191,14 +209,7 @@ def build_pairs(run: Run, cfg) -> dict:
         prefs, dropped = judge_preferences(run, cfg.use_spotcheck)
     else:
         prefs, dropped = pairrm_preferences(run)
-    prefs = {iid: p for iid, p in prefs.items() if iid in groups}  # a judged instruction with no samples left
-    records = []
-    for pref in select(prefs, cfg.strategy, cfg.margin, dropped):
-        rec = to_record(pref, groups[pref.instruction_id], cfg.source, cfg.strategy, prefs[pref.instruction_id].scores)
-        if rec["chosen"][0]["content"] == rec["rejected"][0]["content"]:
-            dropped["identical"] += 1
-            continue
-        records.append(rec)
+    records = to_records(select(prefs, cfg.strategy, cfg.margin, dropped), prefs, groups, cfg, dropped)
     path = run.pairs_file(cfg.source)
     write_jsonl(path, records)
     stats = summarize(records, groups, cfg, dropped)

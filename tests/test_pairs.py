@@ -80,6 +80,13 @@ def test_identical_responses_never_make_a_pair(run):
     assert stats["pairs"] == 0 and stats["dropped"]["identical"] == 1
 
 
+def test_verdict_on_a_response_not_in_samples_is_dropped_not_a_crash(run):
+    write_samples(run, {"i2": DATA["i2"]})
+    run.append("judgments", judge_pair("i2", 0, 7, "a") + judge_pair("gone", 0, 1, "a") + judge_pair("i2", 0, 1, "a"))
+    stats = build_pairs(run, PairsConfig(source="judge", strategy="all-pairs"))
+    assert stats["pairs"] == 1 and stats["dropped"] == {"missing_response": 2}
+
+
 def test_length_warning_when_longer_always_wins(run):
     data = {f"i{n}": (f"Question {n}?", ["Short.", "A much longer and more detailed answer " * 3]) for n in range(6)}
     write_samples(run, data)
