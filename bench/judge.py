@@ -9,8 +9,15 @@
    limiter provokes (the goal: 0), against the same run with the limiter off (--rpm 0), which still finishes because
    429s are retried after Retry-After.
 
+3. --local: the local judge (bundled SmolLM2-135M, default prompt, 32 reasoning tokens) on the same calls, against
+   a plain per-call baseline: `model.generate` for the reasoning, then a second forward pass over the whole text for
+   the label probabilities (what a straightforward implementation does). Lab: prompts batched, each pre-filled once,
+   reasoning stopped at the model's closing quote, labels read on the same KV cache. (Part of the gain is that stop:
+   SmolLM2-135M closes its reasoning after a few tokens, while plain generate runs on to the token limit.)
+
     python bench/judge.py                      # ~90 s
     python bench/judge.py --calls 100          # a quicker throughput check (calls: a multiple of 20)
+    python bench/judge.py --local 8            # also the local judge on 8 calls (CPU: minutes)
 """
 from __future__ import annotations
 
@@ -92,15 +99,57 @@ def rate_limit(root: Path, calls: int = 150, speedup: float = 10.0) -> None:
                   f"{out['calls_made'] / secs * 60 / speedup:.1f} calls per (scaled) minute")
 
 
+def plain_local(cm, prompts: list[str], reasoning_tokens: int) -> float:
+    """The baseline local judge: one call at a time, generate, then a fresh forward pass for the labels."""
+    import torch
+
+    labels = [cm.tokenizer.encode(x, add_special_tokens=False)[0] for x in ("A", "B", "tie")]
+    t0 = time.perf_counter()
+    for p in prompts:
+        head = cm.render([{"role": "user", "content": p}]) + '{"reasoning": "'
+        ids = torch.tensor([cm.tokenizer(head, add_special_tokens=False)["input_ids"]], device=cm.device)
+        with torch.inference_mode():
+            out = cm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                    max_new_tokens=reasoning_tokens, eos_token_id=cm.eos_ids,
+                                    pad_token_id=cm.tokenizer.pad_token_id)
+            text = cm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split('"')[0]
+            full = cm.tokenizer(head + text + '", "verdict": "', add_special_tokens=False, return_tensors="pt")
+            cm.model(**full.to(cm.device)).logits[0, -1, labels].softmax(-1)
+    return time.perf_counter() - t0
+
+
+def local(root: Path, calls: int, reasoning_tokens: int = 32) -> None:
+    from lab.judge_backends import LocalBackend
+
+    run = make_run(root, "local", max(1, calls // 20 + 1))
+    cands, _ = load_candidates(run)
+    todo = plan_step("full", cands, lambda c: None)[0][:calls]
+    prompts = [render_prompt(DEFAULT_TEMPLATE, c.instruction, *c.shown) for c in todo]
+    backend = LocalBackend("bundled", reasoning_tokens=reasoning_tokens, batch_size=8)
+    backend.judge(prompts[:2])  # warm-up
+    t0 = time.perf_counter()
+    backend.judge(prompts)
+    lab_s = time.perf_counter() - t0
+    base_s = plain_local(backend.cm, prompts, reasoning_tokens)
+    print(f"local judge (bundled, {reasoning_tokens} reasoning tokens, {len(prompts)} calls, {backend.cm.device}): "
+          f"plain per-call {len(prompts) / base_s:.2f} calls/s ({base_s:.1f} s); lab {len(prompts) / lab_s:.2f} "
+          f"calls/s ({lab_s:.1f} s); ratio {base_s / lab_s:.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=200, help="throughput calls (a multiple of 20)")
     ap.add_argument("--rl-calls", type=int, default=150, help="rate-limit calls (a multiple of 20 works best)")
+    ap.add_argument("--local", type=int, default=0, help="also bench the local judge on this many calls")
+    ap.add_argument("--only-local", action="store_true", help="skip the API benches")
     args = ap.parse_args()
     os.environ["GROQ_API_KEY"] = KEY
     with tempfile.TemporaryDirectory() as tmp:
-        throughput(Path(tmp), args.calls)
-        rate_limit(Path(tmp), args.rl_calls)
+        if not args.only_local:
+            throughput(Path(tmp), args.calls)
+            rate_limit(Path(tmp), args.rl_calls)
+        if args.local:
+            local(Path(tmp), args.local)
 
 
 if __name__ == "__main__":
