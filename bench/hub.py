@@ -106,7 +106,7 @@ def main() -> None:
     import huggingface_hub.constants
 
     huggingface_hub.constants.HF_HUB_OFFLINE = False
-    with tempfile.TemporaryDirectory() as tmp, HubStandIn(token=TOKEN, user="bench") as server:
+    with tempfile.TemporaryDirectory() as tmp, HubStandIn(token=TOKEN, user="bench", orgs=("plain",)) as server:
         run = Run(Path(tmp) / "bench")
         build(run, args.instructions)
         quiet = type("Quiet", (), {"update": lambda *a, **k: None, "check_stop": lambda *a: None,

@@ -137,14 +137,15 @@ def write_parquet(records: list[dict], path: Path) -> int:
     return len(records)
 
 
-def stage_dataset(item: Item, folder: Path, namespace: str) -> dict[str, int]:
-    """Write the pairs and the raw record files as parquet configs plus the card. Returns rows per config."""
+def stage_dataset(item: Item, folder: Path, namespace: str, raw: dict[str, list[dict]]) -> dict[str, int]:
+    """Write the pairs and the raw record files (`raw`: kind -> records) as parquet configs plus the card.
+
+    Returns rows per config."""
     pairs = read_jsonl(item.run.pairs_file(item.source))
     if not pairs:
         raise LabError(f"{item.run.pairs_file(item.source)} holds no pairs: rebuild it with `python -m lab pairs` "
                        f"or leave it out with --only.")
     rows = {"default": write_parquet(pairs, folder / "data" / SHARD)}
-    raw = {kind: item.run.read(kind) for kind in RAW_CONFIGS}
     for kind, records in raw.items():
         if records:
             rows[kind] = write_parquet(records, folder / kind / SHARD)
@@ -179,11 +180,16 @@ def stage_model(item: Item, folder: Path, namespace: str, links: dict) -> None:
     atomic_write_text(folder / "README.md", card)
 
 
-def stage(item: Item, namespace: str, links: dict, root: Run) -> Path:
+def read_raw(run: Run) -> dict[str, list[dict]]:
+    """The raw record files that ship next to the pairs, read once per run (round) and push."""
+    return {kind: run.read(kind) for kind in RAW_CONFIGS}
+
+
+def stage(item: Item, namespace: str, links: dict, root: Run, raw: dict | None = None) -> Path:
     """Stage one repo under `<root run>/hub/<name>/` and return the folder."""
     target = root.file("hub") / item.name
     if item.kind == "dataset":
-        return _rebuild(target, lambda tmp: stage_dataset(item, tmp, namespace))
+        return _rebuild(target, lambda tmp: stage_dataset(item, tmp, namespace, raw or read_raw(item.run)))
     return _rebuild(target, lambda tmp: stage_model(item, tmp, namespace, links))
 
 
@@ -313,11 +319,13 @@ def push_run(run: Run, cfg: PushConfig, token: str | None = None, progress: Prog
 
 def stage_all(run: Run, items: list[Item], namespace: str, secrets: list[str], progress: Progress) -> list[Path]:
     links = dataset_links(items, namespace)
-    folders = []
+    folders, raws = [], {}
     for n, item in enumerate(items):
         progress.check_stop()
         progress.update(n, len(items), "stage", repo=item.name)
-        folders.append(stage(item, namespace, links, run))
+        if item.kind == "dataset" and item.run.path not in raws:
+            raws[item.run.path] = read_raw(item.run)
+        folders.append(stage(item, namespace, links, run, raws.get(item.run.path)))
         check_no_secrets(folders[-1], secrets)
     progress.update(len(items), len(items), "stage")
     return folders
