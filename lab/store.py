@@ -211,10 +211,11 @@ class Run:
             return []
         return sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").exists())
 
-    def upload_path(self, suffix: str) -> Path:
-        """Where a file the user uploaded in the app is kept (instructions, held-out sets)."""
+    def upload_path(self, suffix: str, kind: str = "instructions") -> Path:
+        """Where a file the user uploaded in the app is kept: kind "instructions" (training) or "heldout"."""
         suffix = suffix if re.match(r"^\.[a-z]{1,5}$", suffix) else ".txt"
-        return self.path / "uploads" / f"instructions{suffix}"
+        kind = kind if kind in ("instructions", "heldout") else "instructions"
+        return self.path / "uploads" / f"{kind}{suffix}"
 
     def iteration(self, k: int) -> "Run":
         return Run(self.path / "iterations" / str(int(k)))
