@@ -83,7 +83,8 @@ def _fold(key: tuple, by_order: dict[str, dict]) -> dict:
 def judge_stats(records: list[dict], samples: list[dict]) -> dict:
     """Position bias and length bias of a set of judge calls (the figures the CLI and the app report).
 
-    records: judgments.jsonl records; samples: samples.jsonl records (for response lengths).
+    records: judgments.jsonl records; samples: samples.jsonl records (for response lengths). Calls, tokens and cost
+    count every call made; the rates count the latest call per pair and order, as pair_verdicts does.
     Returns {"calls", "invalid_calls", "pairs", "pairs_both_orders",
              "consistency_rate": share of pairs judged validly in both orders whose two verdicts agree,
              "first_position_win_rate": share of decisive calls (A or B) won by the response shown first
@@ -93,10 +94,11 @@ def judge_stats(records: list[dict], samples: list[dict]) -> dict:
              "prompt_tokens", "completion_tokens", "cost_usd"}; a rate is None where nothing could be counted.
     """
     records = list(records)
+    latest = {(r["instruction_id"], r["a"], r["b"], r["order"]): r for r in records}.values()  # as pair_verdicts
     length = {(s["instruction_id"], s["sample_index"]): len(s["text"]) for s in samples}
     pairs = pair_verdicts(records)
     both = [p for p in pairs if sum(o["verdict"] in CANONICAL for o in p["orders"]) == 2]
-    decisive_calls = [r for r in records if r.get("position_verdict") in ("A", "B")]
+    decisive_calls = [r for r in latest if r.get("position_verdict") in ("A", "B")]
     decisive_pairs = [p for p in pairs if p["verdict"] in ("a", "b")
                       and length.get((p["instruction_id"], p["a"])) != length.get((p["instruction_id"], p["b"]))]
     costs = [r["cost_usd"] for r in records if r.get("cost_usd") is not None]

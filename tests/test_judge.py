@@ -360,3 +360,23 @@ def test_a_stop_request_keeps_finished_judgments_and_resumes(run, fp):
     kept = run.read("judgments")
     assert 5 <= len(kept) < 80 and fp.calls == len(kept)  # calls in flight were recorded, none started after
     assert judge_run(run, cfg(fp, plan="full"), quiet())["calls_made"] == 80 - len(kept)
+
+
+def test_retry_after_forms_and_even_spacing():
+    from email.utils import formatdate
+
+    from lab.ratelimit import RateLimiter, backoff_s, retry_after_s
+
+    assert retry_after_s({"retry-after": "2"}) == 2.0 and retry_after_s({"retry-after-ms": "250"}) == 0.25
+    assert 8 < retry_after_s({"retry-after": formatdate(time.time() + 10, usegmt=True)}) <= 10
+    assert retry_after_s({"retry-after": "soon"}) is None and retry_after_s(None) is None
+    assert backoff_s(3, 1.0, None) == pytest.approx(4.0, rel=0.25) and backoff_s(1, 1.0, 7.5) == 7.5
+    limiter = RateLimiter(rpm=600, margin=0.0)  # one start every 0.1 s
+    t0 = time.monotonic()
+    for _ in range(6):
+        limiter.acquire()
+    assert 0.45 <= time.monotonic() - t0 < 1.0
+    limiter.pause(0.3)  # a Retry-After holds everyone back
+    t1 = time.monotonic()
+    limiter.acquire()
+    assert time.monotonic() - t1 >= 0.25
