@@ -16,7 +16,6 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from lab.errors import LabError
 from lab.ratelimit import RateLimiter, backoff_s, retry_after_s
