@@ -100,7 +100,8 @@ def dataset_card(repo_id: str, source: str, run: Run, pairs: list[dict], raw: di
     parts = [_front_matter(data), f"# {repo_id}\n", _dataset_intro(source, run, raw),
              _load_snippet(repo_id, rows), _configs_section(rows), "## How it was made\n",
              _model_section(run, raw["samples"]), _instructions_section(run, raw["samples"]),
-             _judge_section(run, raw["judgments"], raw["samples"]), _scores_section(raw.get("scores") or []), _round_section(run),
+             _judge_section(run, raw["judgments"], raw["samples"]), _scores_section(raw.get("scores") or []),
+             _round_section(run),
              _rank_section(run, raw["rankings"]),
              _pairs_section(run, source, pairs), _stats_section(pairs, raw), _all_settings(run)]
     return "\n".join(p for p in parts if p)
@@ -185,7 +186,8 @@ def _scores_section(scores: list[dict]) -> str:
 
     values = [x["score"] for x in scores if isinstance(x.get("score"), (int, float))]
     hashes = _counts(scores, "prompt_hash")
-    rows = {"evaluations": len(scores), "scored": len(values), "mean score": round(mean(values), 3) if values else "n/a",
+    rows = {"evaluations": len(scores), "scored": len(values),
+            "mean score": round(mean(values), 3) if values else "n/a",
             "read by": _counts(scores, "method"), "judge": _counts(scores, "judge"), "prompt hashes": hashes}
     prompt = f"\n\nScoring prompt (hash `{PROMPT_HASH}`):\n\n````text\n{SCORE_PROMPT}\n````" \
         if PROMPT_HASH in hashes else ""
@@ -307,7 +309,8 @@ def model_card(repo_id: str, adapter: str, run: Run, src: Path, config: dict, st
                          pipeline_tag="text-generation", tags=["dpo", "lora", "peft", "trl", "preference-lab"])
     settings = flatten(state.get("settings") or {})
     parts = [_front_matter(data), f"# {repo_id}\n", _model_intro(adapter, run, config, state, base_id, dataset_id),
-             _howto(repo_id, base_id, (src / "tokenizer_config.json").exists()), "## Training parameters\n\n" + table(settings) + "\n", long_texts(settings),
+             _howto(repo_id, base_id, (src / "tokenizer_config.json").exists()),
+             "## Training parameters\n\n" + table(settings) + "\n", long_texts(settings),
              "### LoRA (adapter_config.json)\n\n" + table(_lora(config)) + "\n",
              "## Final metrics\n\n" + table(final_metrics(src, state), ("metric", "value")) + "\n",
              _warnings(state), "## Versions\n\n" + table(state["versions"], ("package", "version")) + "\n"

@@ -1,11 +1,11 @@
 """Push a run's preference data sets and adapters to the Hugging Face Hub, each with a card that says how it was made.
 
 Every repo is first staged as a folder, `runs/<run>/hub/<repo name>/`, and that folder is what gets uploaded (one
-commit through `huggingface_hub`): `push --dry-run` stops after staging, so it shows byte for byte what would go up
+`HfApi.upload_folder` call): `push --dry-run` stops after staging, so it shows byte for byte what would go up
 (give `--namespace` for the links in the cards to be final too).
 
     dataset <namespace>/<prefix>[-iter<k>]-<source>     one per pairs-<source>.jsonl
-        data/train-00000-of-00001.parquet                 config "default": the pairs (prompt / chosen / rejected / meta)
+        data/train-00000-of-00001.parquet                 config "default": the pairs (prompt/chosen/rejected/meta)
         samples/train-00000-of-00001.parquet              config "samples": every sampled response
         judgments/, rankings/, spotcheck/, scores/        one config per raw record file the run (round) holds
         README.md                                         data set card (YAML `configs:` + how it was made)
@@ -20,9 +20,9 @@ Record format of push.jsonl (one line per repo pushed; the app shows these links
      "commit": str, "folder": str, "time": str, "warning": str (only when a repo asked to be private is public)}
 
 Tokens: one passed in memory (the app's visitor login), else $HF_TOKEN, else the login `hf auth login` saved. On a
-Space ($SPACE_ID or SYSTEM=spaces set) only a passed token counts: the Space's own HF_TOKEN secret belongs to its owner, and pushing
-must use the visitor's account. A token is never written anywhere; every staged file is checked for it (and for the
-judge API keys in the environment) before anything is uploaded.
+Space ($SPACE_ID or SYSTEM=spaces set) only a passed token counts: the Space's own HF_TOKEN secret belongs to its
+owner, and pushing must use the visitor's account. A token is never written anywhere; every staged file is checked
+for it (and for the judge API keys in the environment) before anything is uploaded.
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ from lab.store import Run, append_jsonl, atomic_write_json, atomic_write_text, r
 DEFAULT_ENDPOINT = "https://huggingface.co"
 RAW_CONFIGS = ("samples", "judgments", "rankings", "spotcheck", "scores")  # record files shipped next to the pairs
 SHARD = "train-00000-of-00001.parquet"  # the name `Dataset.push_to_hub` gives a single-shard split
-NOT_UPLOADED = ("checkpoints", "checkpoint-*", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*.pth", "runs",
-                ".*", "*.tmp", "README.md")  # resumable state, pickles that may hold a hub_token, old card
+NOT_UPLOADED = ("checkpoints", "checkpoint-*", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*.pth",
+                "runs", ".*", "*.tmp", "README.md")  # resumable state, pickles that may hold a hub_token, old card
 PLACEHOLDER_NAMESPACE = "YOUR-HF-USERNAME"
 REPO_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}$")
 SECRET_ENV = ("HF_TOKEN", "GROQ_API_KEY", "OPENAI_API_KEY", "HUGGING_FACE_HUB_TOKEN")

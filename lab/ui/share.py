@@ -127,7 +127,8 @@ def push(run_name, namespace, prefix, private, datasets, adapters, iterations, o
     token = oauth_token.token if oauth_token else None  # None: lab.hub takes HF_TOKEN (refused on a Space)
     out = checked(hub.push_run, run, cfg, token=token, progress=PageProgress(progress))
     warnings = [r["warning"] for r in out["repos"] if r.get("warning")]
-    text = f"Pushed **{len(out['repos'])}** repos as `{out['namespace']}`." + "".join(f"\n\n⚠️ {w}" for w in warnings)
+    text = f"Pushed **{len(out['repos'])}** repos as `{out['namespace']}`."
+    text += "".join(f"\n\n⚠️ {w}" for w in warnings)
     return text, render_links(run), _picker(run, out)
 
 
