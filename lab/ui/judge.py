@@ -93,7 +93,7 @@ def _wire(tab: JudgeTab, ctx) -> None:
     settings = [tab.backend, tab.model, tab.base_url, tab.plan, tab.rpm, tab.concurrency, tab.reasoning_tokens,
                 tab.prompt]
     tab.backend.change(backend_changed, tab.backend, [tab.model, tab.base_url, tab.key_note])
-    for comp in settings:
+    for comp in [ctx.run_name, *settings]:
         comp.change(show_cost, [ctx.run_name, *settings], tab.cost, show_progress="hidden")
     tab.reset_prompt.click(lambda: DEFAULT_TEMPLATE, outputs=tab.prompt)
     tab.start.click(start_judging, inputs=[ctx.run_name, *settings], outputs=[tab.panel.status])
