@@ -323,7 +323,9 @@ def test_space_pushes_with_the_visitors_token_only(lab_run, online, monkeypatch)
     assert {h.get("authorization") for _, _, h, _ in server.requests} == {f"Bearer {visitor}"}
 
 
-def test_token_never_reaches_a_file_a_log_or_a_payload(lab_run, online, monkeypatch, capfd, caplog, runs_dir):
+def test_token_never_reaches_a_file_a_log_or_a_payload(lab_run, online, monkeypatch, capfd, caplog, runs_dir,
+                                                       tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # huggingface_hub's own files are checked too
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("GROQ_API_KEY", GROQ_KEY)
     caplog.set_level("DEBUG")
@@ -334,7 +336,7 @@ def test_token_never_reaches_a_file_a_log_or_a_payload(lab_run, online, monkeypa
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     assert server.repos[("model", "alice/t-dpo-judge")]["commits"] == 2  # both pushes really went up
-    written = [p for p in runs_dir.rglob("*") if p.is_file()]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]  # the runs, HF_HOME and anything else under tmp
     assert len(written) > 20
     for secret in (TOKEN, GROQ_KEY):
         for path in written:
