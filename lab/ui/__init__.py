@@ -18,6 +18,9 @@ TABS: list[tuple[str, str]] = [
     ("Judge", "lab.ui.judge"),
     ("PairRM", "lab.ui.rank"),
     ("Spot-check", "lab.ui.spotcheck"),
+    ("Train", "lab.ui.train"),
+    ("Compare", "lab.ui.compare"),
+    ("Iterate", "lab.ui.iterate"),
     ("Share", "lab.ui.share"),
 ]
 
@@ -37,10 +40,10 @@ class Ctx:
 
 
 def _run_picker() -> Ctx:
-    with gr.Row(equal_height=True):
+    with gr.Row():
         run_name = gr.Dropdown(choices=list_runs(), value=None, label="Run", allow_custom_value=True, scale=4,
                                info="Pick a run, or type a new name (letters, digits, . _ -) to start one.")
-        refresh = gr.Button("↻ Runs", size="sm", scale=0)
+        refresh = gr.Button("↻ Runs", size="sm", scale=0, min_width=90)
     remembered = gr.BrowserState(None, storage_key="preference-lab-run")
     refresh.click(lambda: gr.update(choices=list_runs()), outputs=run_name)
     run_name.change(_remember, inputs=run_name, outputs=remembered)

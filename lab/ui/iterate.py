@@ -1,0 +1,160 @@
+"""Iterate tab: self-rewarding DPO rounds as a job, with live progress, a table of rounds and per-round plots.
+
+Everything shown comes from iterate.jsonl (one line per finished round) and the rounds' folders, re-read on every
+tick of the job panel's timer, so a page reload re-attaches to a running iteration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from lab.config import IterateConfig
+from lab.iterate import lineage
+from lab.store import Run
+from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
+
+JUDGE_CHOICES = [("the model itself (as in the paper)", "self"), ("Groq", "groq"), ("OpenAI-compatible", "openai")]
+ROUND_COLUMNS = ["round", "pairs kept", "ties dropped", "unscored dropped", "mean score", "mean chars",
+                 "chosen / rejected chars", "win rate vs base", "win rate vs previous", "adapter"]
+FIELDS = ("rounds", "samples", "evaluations", "n", "max_new_tokens", "judge", "judge_model", "start_adapter",
+          "eval_n", "beta", "lr", "epochs", "max_steps", "lora_r", "seed")
+INTS = {"rounds", "samples", "evaluations", "n", "max_new_tokens", "eval_n", "max_steps", "lora_r", "seed"}
+
+
+@dataclass
+class IterateTab:
+    fields: dict  # IterateConfig field name -> component
+    start: gr.Button
+    panel: JobPanel
+    table: gr.Dataframe
+    win_plot: gr.LinePlot
+    length_plot: gr.LinePlot
+    hist_plot: gr.BarPlot
+
+
+def _num(name: str, label: str, **kw) -> gr.Number:
+    return gr.Number(getattr(IterateConfig(), name), label=label, info=IterateConfig.help(name), **kw)
+
+
+def _settings_inputs() -> dict:
+    h = IterateConfig.help
+    with gr.Row():
+        rounds = _num("rounds", "Rounds", precision=0, minimum=1)
+        samples = _num("samples", "Answers per instruction (N)", precision=0, minimum=2)
+        evaluations = _num("evaluations", "Scores per answer (R)", precision=0, minimum=1)
+        n = _num("n", "Instructions (0 = all of the run's)", precision=0, minimum=0)
+        max_new_tokens = gr.Number(128, label="Max new tokens", precision=0, minimum=1, info=h("max_new_tokens"))
+    with gr.Row():
+        judge = gr.Dropdown(JUDGE_CHOICES, value="self", label="Judge", info=h("judge"))
+        judge_model = gr.Textbox("", label="API judge model", info=h("judge_model"))
+        start_adapter = gr.Dropdown([("(none: the plain base)", "")], value="", label="Round 1 starts from",
+                                    info=h("start_adapter"))
+        eval_n = _num("eval_n", "Held-out instructions per round", precision=0, minimum=0)
+    with gr.Accordion("Training each round", open=False):
+        with gr.Row():
+            beta, lr = _num("beta", "Beta", minimum=0), _num("lr", "Learning rate", minimum=0)
+            epochs, max_steps = _num("epochs", "Epochs", minimum=0), _num("max_steps", "Max steps", precision=0)
+            lora_r, seed = _num("lora_r", "LoRA rank", precision=0, minimum=1), _num("seed", "Seed", precision=0)
+    return dict(rounds=rounds, samples=samples, evaluations=evaluations, n=n, max_new_tokens=max_new_tokens,
+                judge=judge, judge_model=judge_model, start_adapter=start_adapter, eval_n=eval_n, beta=beta, lr=lr,
+                epochs=epochs, max_steps=max_steps, lora_r=lora_r, seed=seed)
+
+
+def build(ctx) -> IterateTab:
+    gr.Markdown("**Self-rewarding DPO**: each round the current model answers the run's instructions N times, scores "
+                "its own answers R times with a 5-point rubric, and trains on its best answer against its worst, "
+                "with the previous round as the DPO reference. A 135M model is a weak judge of itself: the plots "
+                "show whether the rounds help. Details: `docs/iterative.md`.")
+    fields = _settings_inputs()
+    assert tuple(fields) == FIELDS  # start_iterating reads the values in this order
+    start = gr.Button("Iterate", variant="primary")
+    panel = job_panel()
+    table = gr.Dataframe(headers=ROUND_COLUMNS, label="Rounds", interactive=False, wrap=True)
+    with gr.Row():
+        win_plot = gr.LinePlot(x="round", y="win rate", color="against", title="Win rate of round k (held-out)",
+                               y_lim=[0, 1], height=260)
+        length_plot = gr.LinePlot(x="round", y="characters", color="answers", title="Answer length", height=260)
+        hist_plot = gr.BarPlot(x="score", y="count", color="round", title="Self-scores (rounded)", height=260)
+    tab = IterateTab(fields, start, panel, table, win_plot, length_plot, hist_plot)
+    _wire(tab, ctx)
+    return tab
+
+
+def _wire(tab: IterateTab, ctx) -> None:
+    tab.start.click(start_iterating, inputs=[ctx.run_name, *tab.fields.values()], outputs=[tab.panel.status])
+    views = [tab.table, tab.win_plot, tab.length_plot, tab.hist_plot]
+    wire_job_panel(tab.panel, ctx.run_name, "iterate")
+    tab.panel.timer.tick(refresh_if_changed, inputs=[ctx.run_name, tab.table], outputs=views, show_progress="hidden")
+    ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=views) \
+        .then(start_choices, inputs=[ctx.run_name], outputs=[tab.fields["start_adapter"]])
+
+
+def start_iterating(run_name, *values):
+    open_run(run_name, create=False)
+    v = {k: (int(x) if k in INTS else x) for k, x in zip(FIELDS, values)}
+    cfg = IterateConfig(**{**v, "beta": float(v["beta"]), "lr": float(v["lr"]), "epochs": float(v["epochs"]),
+                           "judge_model": (v["judge_model"] or "").strip()})
+    checked(cfg.validate)
+    if cfg.judge != "self":
+        from lab.iterate import api_backend
+
+        checked(api_backend, cfg)  # a missing key shows at once
+    return start_job(run_name, "iterate", cfg.to_argv(), f"Iterating ({cfg.rounds} rounds)")
+
+
+def start_choices(run_name: str | None):
+    base = [("(none: the plain base)", "")]
+    return gr.update(choices=base + (Run.open(run_name).adapters() if run_name else []), value="")
+
+
+def refresh(run_name: str | None):
+    """[rounds table, win-rate plot, length plot, score histogram] from iterate.jsonl."""
+    lines = lineage(Run.open(run_name)) if run_name else []
+    return [rounds_table(lines), win_frame(lines), length_frame(lines), hist_frame(lines)]
+
+
+def refresh_if_changed(run_name: str | None, shown):
+    if not run_name:
+        return [gr.skip()] * 4
+    n = len(lineage(Run.open(run_name)))
+    if shown is not None and len(shown) == n:
+        return [gr.skip()] * 4
+    return refresh(run_name)
+
+
+def _rate(w: dict | None) -> str:
+    return "" if not w or not w.get("n") else f"{w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]"
+
+
+def _fmt(x, digits: int = 2) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def rounds_table(lines: list[dict]) -> pd.DataFrame:
+    rows = [[ln["round"], ln["pairs_kept"], ln["dropped_ties"], ln["dropped_unscored"], _fmt(ln["score_mean"]),
+             _fmt(ln["chars_mean"], 0), f"{_fmt(ln['chosen_chars_mean'], 0)} / {_fmt(ln['rejected_chars_mean'], 0)}",
+             _rate((ln.get("eval") or {}).get("win_rate_vs_base")),
+             _rate((ln.get("eval") or {}).get("win_rate_vs_previous")), ln["adapter"]] for ln in lines]
+    return pd.DataFrame(rows, columns=ROUND_COLUMNS)
+
+
+def win_frame(lines: list[dict]) -> pd.DataFrame:
+    rows = [{"round": ln["round"], "win rate": w["win_rate"], "against": label}
+            for ln in lines for key, label in (("win_rate_vs_base", "base"), ("win_rate_vs_previous", "previous"))
+            if (w := (ln.get("eval") or {}).get(key)) and w.get("n")]
+    return pd.DataFrame(rows, columns=["round", "win rate", "against"])
+
+
+def length_frame(lines: list[dict]) -> pd.DataFrame:
+    rows = [{"round": ln["round"], "characters": ln[key], "answers": label} for ln in lines
+            for key, label in (("chars_mean", "all"), ("chosen_chars_mean", "chosen"),
+                               ("rejected_chars_mean", "rejected")) if ln.get(key) is not None]
+    return pd.DataFrame(rows, columns=["round", "characters", "answers"])
+
+
+def hist_frame(lines: list[dict]) -> pd.DataFrame:
+    rows = [{"score": s, "count": c, "round": f"round {ln['round']}"} for ln in lines
+            for s, c in ln["score_hist"].items()]
+    return pd.DataFrame(rows, columns=["score", "count", "round"])

@@ -1,0 +1,39 @@
+"""The Iterate tab: rounds as a real job, then the rounds table and the per-round plots."""
+import gradio as gr
+import pytest
+
+from lab import jobs
+from lab.ui import iterate as tab
+
+
+def values(**kw) -> list:
+    v = {"rounds": 2, "samples": 2, "evaluations": 1, "n": 2, "max_new_tokens": 6, "judge": "self",
+         "judge_model": "", "start_adapter": "", "eval_n": 2, "beta": 0.1, "lr": 5e-5, "epochs": 1.0,
+         "max_steps": 1, "lora_r": 4, "seed": 0, **kw}
+    return [v[f] for f in tab.FIELDS]
+
+
+def test_iterate_as_a_job_then_table_and_plots(run):
+    run.record_stage("sample", {"model": "tiny-random"})
+    run.append("instructions", [{"id": f"t{i}", "prompt": p, "source": "test"}
+                                for i, p in enumerate(["Say hi.", "Name a fruit."])])
+    assert "started" in tab.start_iterating("t", *values())
+    st = jobs.wait(run, timeout_s=300)
+    assert st["state"] == "done", st.get("log_tail")
+    table, wins, lengths, hist = tab.refresh("t")
+    assert list(table["round"]) == [1, 2] and table["adapter"][1].endswith("iterations/2/adapters/round-2")
+    assert set(wins["against"]) == {"base", "previous"} and len(wins) == 3  # round 1 has no previous
+    assert set(lengths["answers"]) == {"all", "chosen", "rejected"}
+    assert sorted(set(hist["round"])) == ["round 1", "round 2"] and hist["count"].sum() == 2 * 2 * 2
+    assert tab.refresh_if_changed("t", table) == [gr.skip()] * 4
+
+
+def test_mistakes_become_messages(run):
+    with pytest.raises(gr.Error, match="Choose a run"):
+        tab.start_iterating("", *values())
+    run.record_stage("sample", {"model": "tiny-random"})
+    with pytest.raises(gr.Error, match="--samples >= 2"):
+        tab.start_iterating("t", *values(samples=1))
+    with pytest.raises(gr.Error, match="GROQ_API_KEY"):
+        tab.start_iterating("t", *values(judge="groq"))
+    assert tab.refresh("t")[0].empty
