@@ -2,8 +2,9 @@
 
 PairRM (`llm-blender/PairRM`, a DeBERTa-v3-large cross-encoder) reads `<source> <candidate1> <candidate2>` and gives
 a logit that candidate 1 is better. We call llm-blender's model directly, but batch differently: its `rank` runs the
-K*(K-1) ordered pairs as K*(K-1) sequential forward passes; here all ordered pairs of several instructions go
-through the model as one batch (up to `batch_size` rows), which is what makes a GPU worth it.
+K*(K-1) ordered pairs as K*(K-1) sequential forward passes; here each instruction is encoded once and the ordered
+pairs of several instructions go through the model together, `batch_size` rows per pass, rows of similar length
+side by side (what keeps a GPU busy). The logits equal llm-blender's `rank` / `compare` (tests/test_rank.py).
 
 Ranker specs (`--ranker`):
   - `llm-blender/PairRM` (default) or another hub id of an llm-blender ranker: downloaded with the hub's own cache.
@@ -26,7 +27,8 @@ ranker or new samples appends, so nothing is overwritten):
                                      #   first (diagonal 0). Both-orders preference of i over j:
                                      #   logits[i][j] - logits[j][i] (what Blender.compare returns)
      "ranker": str, "ranker_path": str, "source_max_length": int, "candidate_max_length": int,
-     "truncated": [bool],            # parallel; True where the response was cut to candidate_max_length tokens
+     "truncated": [bool],            # parallel; True where the response was cut (to candidate_max_length tokens
+                                     #   plus half of what the instruction leaves of source_max_length)
      "time": str}
 """
 from __future__ import annotations
