@@ -11,6 +11,7 @@ compare.jsonl, one line per (instruction, model) completion:
      "text": str, "prompt_tokens": int, "completion_tokens": int, "finish_reason": "stop" | "length",
      "base_model": spec, "base_path": str, "decoding": {"temperature", "top_p", "max_new_tokens", "seed"},
      "key": str,                               # hash of base + decoding: records of other settings are history
+     "adapter_hash": str | null,               # hash of the adapter's files (a retrained adapter is redone)
      "duplicate": null | {"of": training instruction id, "kind": "exact" | "near", "similarity": float}}
 
 compare-scores.json (whole file, rewritten by `score`):
@@ -195,6 +196,16 @@ def adapters_on(cm, adapters: dict[str, Path]):
         peft.unload()
 
 
+def fingerprint(path: Path | None) -> str | None:
+    """Hash of an adapter's files: a retrained adapter under the same name is generated again, not reused."""
+    if path is None:
+        return None
+    h = hashlib.sha1()
+    for f in sorted(path.glob("adapter_*")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def model_settings(cfg) -> tuple[str, dict]:
     """(key, decoding) of a comparison: records with another key were made with other settings."""
     dec = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
@@ -231,17 +242,20 @@ def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict],
     """Generate every missing (model, chunk) unit, appending each chunk as it finishes. Returns records written."""
     from lab.sample import Decoding, generate
 
-    have = {(r["instruction_id"], r["model"]) for r in run.read("compare") if r.get("key") == key}
+    prints = {name: fingerprint(path) for name, path in adapters.items()}
+    have = {(r["instruction_id"], r["model"], r.get("adapter_hash")) for r in run.read("compare")
+            if r.get("key") == key}
     names = [BASE, *adapters]
     units = [(n, ch) for n in names for ch in chunks(items, cfg.batch_size)
-             if any((it["id"], n) not in have for it in ch)]
+             if any((it["id"], n, prints.get(n)) not in have for it in ch)]
     done, total, written = len(names) * len(items) - sum(len(ch) for _, ch in units), len(names) * len(items), 0
     for name, chunk in units:
         progress.check_stop()
         progress.update(done, total, "comparing")
         with select(None if name == BASE else name) as cm:
             comps = generate(cm, [it["prompt"] for it in chunk], 1, Decoding(**dec), cfg.batch_size)
-        written += run.append("compare", _records(chunk, comps, name, adapters.get(name), cm, cfg, key, dec, dups))
+        recs = _records(chunk, comps, name, adapters.get(name), cm, cfg, key, dec, dups)
+        written += run.append("compare", [{**r, "adapter_hash": prints.get(name)} for r in recs])
         done += len(chunk)
     progress.update(done, total, "comparing")
     return written

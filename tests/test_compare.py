@@ -354,3 +354,42 @@ def test_cli_compare_without_adapters_exits_2(run, capsys):
     write_training(run, ["A"])
     assert main(["compare", "--run", str(run.path)]) == 2
     assert "no adapters yet" in capsys.readouterr().err
+
+
+# ---- end to end on the bundled model -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_bundled_compare_writes_grid_and_scores(run, tmp_path, monkeypatch):
+    """SmolLM2-135M with two LoRA adapters, PairRM (tiny, offline) and an API judge over HTTP: grid + scores."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from fakeprovider import FakeProvider, json_verdict
+
+    run.record_stage("sample", {"model": "bundled"})
+    run.append("instructions", [{"id": "train-x", "prompt": "Explain why the sky is blue.", "source": "test"}])
+    make_adapter(run, "judge", spec="bundled", seed=1)
+    make_adapter(run, "pairrm", spec="bundled", seed=2)
+    monkeypatch.setenv("GROQ_API_KEY", KEY)
+    with FakeProvider(key=KEY, answer=lambda req: json_verdict("tie")) as fp:
+        monkeypatch.setenv("GROQ_BASE_URL", fp.url)
+        out = compare.compare_run(run, CompareConfig(n=4, max_new_tokens=24, pairrm="tiny-random", judge="groq",
+                                                     judge_rpm=0.0, bootstrap=500))
+    df = compare.grid(run)
+    assert df.shape == (4, 5) and df[["base", "judge", "pairrm"]].map(len).to_numpy().min() > 0
+    scores = json.loads(run.file("compare_scores").read_text())
+    for name in ("judge", "pairrm"):
+        assert scores["win_rates"][name]["pairrm"]["n"] == 4
+        assert scores["win_rates"][name]["judge"]["win_rate"] == 0.5  # a judge that always says tie
+    assert scores["per_model"]["base"]["mean_tokens"] > 0 and out["instructions"] == 4
+    assert df["base"].tolist() != df["judge"].tolist()
+
+
+def test_retrained_adapter_is_generated_again(two_adapters, tmp_path):
+    src = heldout_file(tmp_path, HELD)
+    compare.compare_run(two_adapters, cfg(instructions=src))
+    before = compare.grid(two_adapters)
+    make_adapter(two_adapters, "judge", seed=7)  # same name, new weights
+    out = compare.compare_run(two_adapters, cfg(instructions=src))
+    assert out["written_now"] == 3  # only the retrained adapter's column
+    after = compare.grid(two_adapters)
+    assert after["base"].tolist() == before["base"].tolist() and after["judge"].tolist() != before["judge"].tolist()
