@@ -88,7 +88,10 @@ class ApiBackend:
                 reply = self._request(prompt)
                 reply.attempts = attempt
                 return reply
-            except Exception as e:  # sorted below: fatal, or worth another try
+            except Exception as e:  # sorted below: the model's own bad JSON, fatal, or worth another try
+                failed = _failed_generation(e)
+                if failed is not None:  # Groq's JSON mode refused the model's output: it is a reply, not an outage
+                    return Reply(text=failed, attempts=attempt)
                 try:
                     delay = self._retry_delay(e, attempt)
                 except LabError:
@@ -258,6 +261,16 @@ class LocalBackend:
         p = last.softmax(-1)[:, self.label_ids]
         p = (p / p.sum(-1, keepdim=True)).tolist()
         return [dict(zip(self.LABELS, row)) for row in p]
+
+
+def _failed_generation(err: Exception) -> str | None:
+    """What the model wrote, when the provider rejected it for invalid JSON (Groq: HTTP 400 json_validate_failed);
+    None for any other error. The groq SDK keeps the whole error body, the openai SDK its inner "error" object."""
+    body = getattr(err, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(inner, dict) and inner.get("code") == "json_validate_failed":
+        return str(inner.get("failed_generation") or "")
+    return None
 
 
 def _json_string_prefix(text: str) -> str:

@@ -17,7 +17,8 @@ Usage:
 `answer(request_body) -> str | dict`: a str is the assistant message content; a dict is sent as the whole JSON body.
 Faults (one per request, in order, before the answer): Fault.status(code, retry_after=None), Fault.hang(seconds),
 Fault.garbage_body() (HTTP 200 whose body is not JSON), Fault.content(text) (a well-formed reply whose message is
-`text`, e.g. not JSON), Fault.empty() (a reply with no content), Fault.drop() (close the connection, no reply).
+`text`, e.g. not JSON), Fault.empty() (a reply with no content), Fault.drop() (close the connection, no reply),
+Fault.json_failed(text) (Groq's 400 json_validate_failed when JSON mode is on and the model wrote invalid JSON).
 """
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ class Fault:
     @classmethod
     def drop(cls) -> "Fault":
         return cls("drop")
+
+    @classmethod
+    def json_failed(cls, text: str) -> "Fault":
+        """Groq's answer when JSON mode is on and the model wrote invalid JSON: HTTP 400 json_validate_failed,
+        with what the model wrote in `failed_generation`."""
+        return cls("json_failed", status_code=400, text=text)
 
 
 def json_verdict(verdict: str, reasoning: str = "Compared both responses.") -> str:
@@ -212,6 +219,11 @@ def _handler(fp: FakeProvider):
                 code, msg = ERRORS.get(fault.status_code, ("error", f"HTTP {fault.status_code}"))
                 headers = {"Retry-After": f"{fault.retry_after:.3f}"} if fault.retry_after is not None else {}
                 return self._send(fault.status_code, {"error": {"message": msg, "type": code, "code": code}}, headers)
+            if fault.kind == "json_failed":
+                return self._send(400, {"error": {
+                    "message": "Failed to generate JSON. Please adjust your prompt. See 'failed_generation' for more "
+                               "details.", "type": "invalid_request_error", "code": "json_validate_failed",
+                    "failed_generation": fault.text}})
             if fault.kind == "hang":
                 fp._closing.wait(fault.seconds)
                 return 0

@@ -185,6 +185,19 @@ def test_unreadable_output_is_retried_once_then_recorded_invalid(run, fp):
     assert pair_verdicts(run.read("judgments"))[0]["verdict"] == "b"
 
 
+@pytest.mark.parametrize("backend", ["groq", "openai"])
+def test_json_mode_rejections_are_replies_not_outages(run, fp, backend):
+    """Groq answers 400 json_validate_failed when the model's JSON is broken: the run goes on, and the verdict is
+    still read when the failed generation states it literally."""
+    add_samples(run, n=1, k=3)
+    fp.faults.extend([Fault.json_failed('{"reasoning": "Q1Q wins" "verdict": "B"}'), Fault.json_failed("oops"),
+                      Fault.json_failed("still oops")])
+    out = judge_run(run, cfg(fp, backend, concurrency=1, plan="full"), quiet())
+    recs = run.read("judgments")
+    assert out["calls_made"] == 6 and fp.calls == 7 and out["invalid_calls"] == 1
+    assert recs[0]["position_verdict"] == "B" and recs[1]["raw"] == "still oops"
+
+
 def test_a_judge_that_only_writes_garbage_stops_early(run, fp):
     add_samples(run, n=5, k=5)
     fp.answer = lambda req: "Let me think about this step by step"
