@@ -372,7 +372,8 @@ class _Session:
         if self.made == FAIL_FAST_CALLS and self.invalid_now == self.made:
             raise LabError(f"The first {self.made} judge replies could not be read as a verdict (last one: "
                            f"{out.raw[:200]!r}). Check --model / --base-url, and that the prompt asks for JSON with "
-                           "a verdict; then rerun with --retry-invalid. The replies are saved in judgments.jsonl.")
+                           "a verdict; then rerun with --retry-invalid (--no-json-mode if the server rejects response_format). The "
+                           "replies are saved in judgments.jsonl.")
 
     def record(self, call: Call, out: Outcome) -> dict:
         pv = out.position_verdict
@@ -401,7 +402,7 @@ def _api_outcome(backend: ApiBackend, prompt: str) -> Outcome:
         tokens = [tokens[0] + reply.prompt_tokens, tokens[1] + reply.completion_tokens]
         attempts += reply.attempts
         verdict, reasoning = parse_output(reply.text) if reply.parsed_http else (None, "")
-        if verdict is not None:
+        if verdict is not None or reply.rejected:  # a refused request would be refused again
             break
     return Outcome(verdict, reasoning, reply.text, tokens[0], tokens[1], attempts, time.monotonic() - t0)
 

@@ -30,6 +30,7 @@ PRICES = {
     "gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1": (2.00, 8.00),
 }
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+REJECTED_STATUS = {400, 413, 422}  # this request refused (too long, bad input): recorded invalid, the run goes on
 
 
 def price_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
@@ -39,13 +40,16 @@ def price_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float |
 
 @dataclass
 class Reply:
-    """One answered request. `parsed_http` is False when the HTTP body itself was not JSON (garbage)."""
+    """One answered request. `parsed_http` is False when the HTTP body itself was not JSON (garbage); `rejected`
+    holds the provider's message when it refused this one request (400 / 413 / 422: too long, bad input): the
+    request would fail the same way again, and the other calls may still succeed."""
 
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempts: int = 1
     parsed_http: bool = True
+    rejected: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -92,6 +96,9 @@ class ApiBackend:
                 failed = _failed_generation(e)
                 if failed is not None:  # Groq's JSON mode refused the model's output: it is a reply, not an outage
                     return Reply(text=failed, attempts=attempt)
+                if getattr(e, "status_code", None) in REJECTED_STATUS:
+                    msg = self._scrub(f"HTTP {e.status_code}: {getattr(e, 'message', e)}")[:1000]
+                    return Reply(text=msg, attempts=attempt, parsed_http=False, rejected=msg)
                 try:
                     delay = self._retry_delay(e, attempt)
                 except LabError:

@@ -198,6 +198,17 @@ def test_json_mode_rejections_are_replies_not_outages(run, fp, backend):
     assert recs[0]["position_verdict"] == "B" and recs[1]["raw"] == "still oops"
 
 
+def test_a_refused_request_is_recorded_invalid_and_the_run_goes_on(run, fp):
+    add_samples(run, n=1, k=3)
+    fp.faults.append(Fault.status(413))
+    out = judge_run(run, cfg(fp, concurrency=1, plan="full"), quiet())
+    bad = [r for r in run.read("judgments") if r["verdict"] == "invalid"]
+    assert out["calls_made"] == 6 and fp.calls == 6 and len(bad) == 1 and bad[0]["raw"].startswith("HTTP 413")
+    fp.faults.extend([Fault.status(400)] * 5)
+    with pytest.raises(LabError, match="--no-json-mode"):  # every request refused: a setting is wrong, stop early
+        judge_run(run, cfg(fp, concurrency=1, plan="full"), quiet(), template=DEFAULT_TEMPLATE + " ")
+
+
 def test_a_judge_that_only_writes_garbage_stops_early(run, fp):
     add_samples(run, n=5, k=5)
     fp.answer = lambda req: "Let me think about this step by step"
