@@ -219,7 +219,8 @@ def base_spec(run: Run, cfg) -> str:
         return cfg.model
     sampled = (run.stage_settings("sample") or {}).get("model")
     if not sampled:
-        raise LabError(f"Run {run.name} records no sampled model: pass --model (the base the adapters were trained on).")
+        raise LabError(f"Run {run.name} records no sampled model: pass --model (the base the adapters were "
+                       "trained on).")
     return sampled
 
 

@@ -177,14 +177,15 @@ def api_scores(backend, prompts: list[str], evaluations: int, progress: Progress
     return out
 
 
-def api_backend(cfg):
-    """The API judge, or None for the model's own judgment. The key comes from the environment, never a file."""
+def api_backend(cfg, api_key: str | None = None):
+    """The API judge, or None for the model's own judgment. The key is passed in memory (the app) or read from the
+    environment; it never reaches a file."""
     if cfg.judge == "self":
         return None
     from lab.judge_backends import DEFAULT_MODELS, ApiBackend
     from lab.ratelimit import RateLimiter
 
-    return ApiBackend(cfg.judge, cfg.judge_model or DEFAULT_MODELS[cfg.judge], RateLimiter(cfg.rpm),
+    return ApiBackend(cfg.judge, cfg.judge_model or DEFAULT_MODELS[cfg.judge], RateLimiter(cfg.rpm), api_key=api_key,
                       temperature=cfg.judge_temperature, max_tokens=cfg.judge_tokens, json_mode=False)
 
 
@@ -502,15 +503,16 @@ def one_round(run: Run, cm, k: int, policy: Path | None, items: list[dict], eval
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def iterate_run(run: Run, cfg, progress: Progress | None = None) -> dict:
+def iterate_run(run: Run, cfg, progress: Progress | None = None, api_key: str | None = None) -> dict:
     """The iterate stage: rounds 1..cfg.rounds of self-rewarding DPO. Finished rounds (iterate.jsonl) are kept and
-    skipped; an interrupted round resumes from its files (samples, scores, the training checkpoint)."""
+    skipped; an interrupted round resumes from its files (samples, scores, the training checkpoint).
+    api_key: an API judge's key passed in memory (else read from the environment)."""
     from lab import compare, models
 
     cfg = dataclasses.replace(cfg, model=compare.base_spec(run, cfg)).validate()
     items = training_instructions(run, cfg)
     eval_items = evaluation_instructions(items, cfg)
-    judge = api_backend(cfg)  # a missing API key fails here, before any work
+    judge = api_backend(cfg, api_key)  # a missing API key fails here, before any work
     cm = models.load(cfg.model, cfg.device, cfg.dtype)
     policy = start_policy(run, cfg, cm)
     run.record_stage("iterate", {**cfg.to_dict(), "base_path": cm.path, "judge_name": judge_name(cfg),

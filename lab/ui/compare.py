@@ -21,7 +21,8 @@ from lab.store import Run
 from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
 
 SOURCE_CHOICES = [("Bundled held-out set (offline)", "heldout"), ("My file", "file")]
-JUDGE_CHOICES = [("none", "none"), ("local (offline, weak)", "local"), ("Groq", "groq"), ("OpenAI-compatible", "openai")]
+JUDGE_CHOICES = [("none", "none"), ("local (offline, weak)", "local"), ("Groq", "groq"),
+                 ("OpenAI-compatible", "openai")]
 SCORE_COLUMNS = ["model", "mean chars", "change", "mean tokens", "cut at max", "distinct-1", "distinct-2",
                  "refusals", "PairRM win rate", "judge win rate"]
 
