@@ -267,6 +267,7 @@ class Round:
     judge: object             # ApiBackend, or None for the policy's own judgment
     cfg: object
     progress: Progress
+    previous: Run | None = None  # round k-1's folder (its evaluation is reused)
 
     @property
     def policy_name(self) -> str | None:
@@ -362,6 +363,7 @@ def eval_round(r: Round, items: list[dict]) -> dict:
     names = {compare.BASE: None, **({r.policy_name: r.policy_name} if r.policy else {}),
              ADAPTER.format(r.k): ADAPTER.format(r.k)}
     dec = Decoding(r.cfg.temperature, r.cfg.top_p, r.cfg.max_new_tokens, r.cfg.seed)
+    reuse_previous(r, set(names), dataclasses.asdict(dec))
     have = {(c["instruction_id"], c["model"]) for c in r.run.read("compare")}
     for name, adapter in names.items():
         todo = [it for it in items if (it["id"], name) not in have]
@@ -374,6 +376,21 @@ def eval_round(r: Round, items: list[dict]) -> dict:
     rows = [{**c, "set": "eval"} for c in r.run.read("compare") if c["model"] in names]
     score_texts(r, None, rows, lambda row: ("eval", row["instruction_id"], None, row["model"]), r.cfg.seed)
     return eval_summary(r, items, list(names))
+
+
+def reuse_previous(r: Round, names: set[str], dec: dict) -> None:
+    """Copy round k-1's answers and scores of the models it already evaluated (base, M(k-1)): the same instructions,
+    decoding, seeds and evaluator give the same numbers, so they are not generated and scored again."""
+    if r.previous is None:
+        return
+    have = {(c["instruction_id"], c["model"]) for c in r.run.read("compare")}
+    old = [c for c in r.previous.read("compare") if c["model"] in names and c["decoding"] == dec
+           and (c["instruction_id"], c["model"]) not in have]
+    keys = {(c["instruction_id"], c["model"]) for c in old}
+    scores = [s for s in r.previous.read("scores") if s["set"] == "eval" and s["judge"] == judge_name(r.cfg)
+              and (s["instruction_id"], s["model"]) in keys]
+    r.run.append("compare", old)
+    r.run.append("scores", scores)
 
 
 def eval_record(item: dict, name: str, c, r: Round, dec, base_path: str) -> dict:
@@ -491,7 +508,8 @@ def one_round(run: Run, cm, k: int, policy: Path | None, items: list[dict], eval
 
     prev = {ADAPTER.format(k - 1): policy} if policy else {}
     with compare.adapters_on(cm, prev) as select:
-        r = Round(k, run.iteration(k), cfg.model, policy, select, judge, cfg, progress)
+        r = Round(k, run.iteration(k), cfg.model, policy, select, judge, cfg, progress,
+                  run.iteration(k - 1) if k > 1 else None)
         pairs, line = data_round(r, items)
     adapter = train_round(r, len(pairs))
     with compare.adapters_on(cm, {**prev, ADAPTER.format(k): adapter}) as select:
