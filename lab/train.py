@@ -25,7 +25,7 @@ wrapped into one message each. Output, `runs/<run>/adapters/<name>/`:
                                                       "started", "finished": unix s, "error": str|null}
     metrics.jsonl                                    one line per logged step, appended while training runs:
         {"split": "train"|"eval"|"summary", "step": int, "max_steps": int, "epoch": float, "time": unix s,
-         "elapsed_s": float, "loss", "grad_norm", "learning_rate",
+         "elapsed_s": s since this process began training, "loss", "grad_norm", "learning_rate",
          "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",   # beta * log(pi/ref)
          "logps/chosen", "logps/rejected",                                                # summed over answer tokens
          "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy",
@@ -313,11 +313,12 @@ class MetricsStream:
     def __init__(self, path: Path, progress: Progress, distributed: bool):
         self.path, self.progress, self.distributed = path, progress, distributed
         self.start = self.last_time = time.time()
-        self.last_tokens, self.first_step = 0.0, 0
+        self.last_tokens, self.first_step = 0.0, None
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = self.last_time = time.time()
-        self.first_step = state.global_step
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.first_step is None:  # here, not in on_train_begin: a resumed state is loaded in between
+            self.start = self.last_time = time.time()
+            self.first_step = state.global_step
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._stop_everywhere():
@@ -339,7 +340,7 @@ class MetricsStream:
         return bool(flag.item() > 0)
 
     def _eta(self, state) -> float | None:
-        done = state.global_step - self.first_step
+        done = state.global_step - (self.first_step or 0)
         if done <= 0:
             return None
         return (time.time() - self.start) / done * (state.max_steps - state.global_step)

@@ -48,24 +48,29 @@ def pairs(run):
 
 
 def preference_margin(model, tok, rows: list[dict]) -> list[float]:
-    """Per pair: log p(chosen | prompt) - log p(rejected | prompt), summed over answer tokens."""
+    """Per pair: log p(chosen | prompt) - log p(rejected | prompt), summed over answer tokens (one batched pass
+    per side)."""
+    return [c - r for c, r in zip(answer_logps(model, tok, rows, "chosen"), answer_logps(model, tok, rows, "rejected"))]
+
+
+def answer_logps(model, tok, rows: list[dict], side: str) -> list[float]:
     import torch
 
-    out = []
+    seqs, starts = [], []
     for r in rows:
-        scores = []
-        for answer in (r["chosen"], r["rejected"]):
-            prompt_ids = tok(models.render_chat(tok, r["prompt"]), add_special_tokens=False)["input_ids"]
-            full = tok(models.render_chat(tok, r["prompt"] + answer, add_generation_prompt=False),
-                       add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([full])
-            with torch.no_grad():
-                logps = model(ids).logits[0, :-1].float().log_softmax(-1)
-            targets = ids[0, 1:]
-            token_logps = logps.gather(-1, targets[:, None])[:, 0]
-            scores.append(token_logps[len(prompt_ids) - 1:].sum().item())
-        out.append(scores[0] - scores[1])
-    return out
+        starts.append(len(tok(models.render_chat(tok, r["prompt"]), add_special_tokens=False)["input_ids"]))
+        seqs.append(tok(models.render_chat(tok, r["prompt"] + r[side], add_generation_prompt=False),
+                        add_special_tokens=False)["input_ids"])
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    with torch.no_grad():
+        logps = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+    token = logps.gather(-1, ids[:, 1:, None])[..., 0]  # [B, T-1]: log p(token t+1 | tokens <= t)
+    answer = torch.zeros_like(token)
+    for i, (s, start) in enumerate(zip(seqs, starts)):
+        answer[i, start - 1:len(s) - 1] = 1
+    return (token * answer).sum(-1).tolist()
 
 
 def load_with_adapter(spec: str, adapter: Path):
@@ -287,11 +292,11 @@ def test_two_process_accelerate_launch(run, pairs):
 
 @pytest.mark.slow
 def test_dpo_on_bundled_moves_held_out_prompts_toward_the_preference(run):
-    """32 training prompts (8 steps x 4); 17 unseen ones. Before training the "Certainly!" answer is not systematically favoured;
+    """12 training prompts (6 steps x 2); 17 unseen ones. Before training the "Certainly!" answer is not systematically favoured;
     after, it must be favoured more on (nearly) every held-out prompt, by a margin far above the run-to-run noise."""
-    write_pairs(run.pairs_file("judge"), [pair(i) for i in instructions("train")[:32]])
-    config = TrainConfig(model="bundled", max_steps=8, batch_size=4, lr=5e-4, beta=0.1, eval_fraction=0.0,
-                         gradient_checkpointing=False, max_length=256)
+    write_pairs(run.pairs_file("judge"), [pair(i) for i in instructions("train")[:12]])
+    config = TrainConfig(model="bundled", max_steps=6, batch_size=2, lr=5e-4, beta=0.1, eval_fraction=0.0,
+                         warmup_ratio=0.0, gradient_checkpointing=False, max_length=256)
     out = train_adapter(run, "judge", "certainly", config)
     model, tok = load_with_adapter("bundled", out)
     held = [pair(i) for i in instructions("heldout")]
@@ -299,9 +304,27 @@ def test_dpo_on_bundled_moves_held_out_prompts_toward_the_preference(run):
     with model.disable_adapter():
         base = preference_margin(model, tok, held)
     shifts = [t - b for t, b in zip(trained, base)]
-    # a sign test: 16 of 17 positive by chance has p < 2e-4; the mean shift must also be large in nats
-    assert sum(s > 0 for s in shifts) >= 16, shifts
-    assert sum(shifts) / len(shifts) > 2.0, shifts
+    print(f"held-out margin shifts (nats): {[round(x, 2) for x in shifts]}")
+    # a sign test (17 of 17 positive by chance: p < 1e-5), and a large shift (measured: 30-60 nats, mean ~42)
+    assert all(s > 0 for s in shifts) and sum(shifts) / len(shifts) > 10.0, shifts
+    # and in behaviour: greedy answers to unseen prompts now open with "Certainly"
+    trained_opens = opens_with_certainly(model, tok, held)
+    with model.disable_adapter():
+        base_opens = opens_with_certainly(model, tok, held)
+    assert trained_opens >= 15 and trained_opens >= base_opens + 10, (trained_opens, base_opens)
+
+
+def opens_with_certainly(model, tok, rows: list[dict]) -> int:
+    import torch
+
+    count = 0
+    for r in rows:
+        ids = torch.tensor([tok(models.render_chat(tok, r["prompt"]), add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3,
+                                 do_sample=False, pad_token_id=tok.pad_token_id)
+        count += tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip().startswith("Certainly")
+    return count
 
 
 # ---- the Train tab ------------------------------------------------------------------------------------------------------
