@@ -97,7 +97,7 @@ def test_duplicate_policies(two_adapters, tmp_path, tiny):
     assert compare.score(two_adapters, cfg(duplicates="flag"))["flagged"] == [df.index[0]]
 
 
-# ---- bad input ---------------------------------------------------------------------------------------------------------
+# ---- bad input -----------------------------------------------------------------------------------------------------
 def test_no_adapters_yet(run):
     write_training(run, ["A"])
     with pytest.raises(LabError, match="no adapters yet: train one first"):

@@ -112,6 +112,10 @@ def test_two_rounds_lineage_and_adapters_load(seeded, tiny):
         assert line["eval"]["instructions"] == 2 and line["eval"]["win_rate_vs_base"]["n"] == 2
     assert lines[0]["eval"]["win_rate_vs_previous"] is None and lines[1]["eval"]["win_rate_vs_previous"]["n"] == 2
     assert {r["model"] for r in seeded.iteration(2).read("compare")} == {"base", "round-1", "round-2"}
+    reused = [c for c in seeded.iteration(2).read("compare") if c["model"] in ("base", "round-1")]
+    assert reused == seeded.iteration(1).read("compare")  # round 2 reuses round 1's evaluation of base and round-1
+    assert [s for s in seeded.iteration(2).read("scores") if s["set"] == "eval" and s["model"] != "round-2"] == \
+        [s for s in seeded.iteration(1).read("scores") if s["set"] == "eval"]
     assert seeded.iteration(2).read("samples")[0]["policy"] == str(r1)
     for adapter in (r1, r2):  # each round's adapter loads on a fresh base
         base = AutoModelForCausalLM.from_pretrained(tiny.path)
@@ -135,7 +139,8 @@ def test_stop_mid_round_then_resume(seeded):
     assert len(samples) == 9 and 0 < len(partial) < 18  # stopped after one chunk of answers was scored
     iterate.iterate_run(seeded, small(rounds=1, eval_n=0))
     assert seeded.iteration(1).read("samples") == samples  # resumed: not sampled again
-    assert seeded.iteration(1).read("scores")[:len(partial)] == partial and len(seeded.iteration(1).read("scores")) == 18
+    scores = seeded.iteration(1).read("scores")
+    assert scores[:len(partial)] == partial and len(scores) == 18
     assert len(iterate.lineage(seeded)) == 1
 
 
@@ -154,7 +159,8 @@ def test_api_judge_scores_and_all_ties_are_refused(seeded, monkeypatch):
         iterate.iterate_run(seeded, cfg)
         assert fp.calls == 9 * 2 + 2 * 2 * 2  # 9 answers x R=2; then base and round-1 on 2 held-out, R=2
     it = seeded.iteration(1)
-    assert {s["method"] for s in it.read("scores")} == {"parsed"} and it.read("scores")[0]["judge"] == "groq:judge-model"
+    scores = it.read("scores")
+    assert {s["method"] for s in scores} == {"parsed"} and scores[0]["judge"] == "groq:judge-model"
     pairs = [json.loads(x) for x in it.pairs_file("self").read_text().splitlines()]
     assert all(len(p["chosen"][0]["content"]) // 10 > len(p["rejected"][0]["content"]) // 10 for p in pairs)
     assert not any(KEY in f.read_text(errors="ignore") for f in seeded.path.rglob("*") if f.is_file())
@@ -172,7 +178,7 @@ def test_every_instruction_tied_is_a_clear_error(seeded, monkeypatch):
     assert not iterate.lineage(seeded)
 
 
-# ---- bad input ---------------------------------------------------------------------------------------------------------
+# ---- bad input -----------------------------------------------------------------------------------------------------
 def test_no_instructions(run):
     run.record_stage("sample", {"model": "tiny-random"})
     with pytest.raises(LabError, match="no instructions yet"):
@@ -213,3 +219,29 @@ def test_cli_iterate_bad_input_exits_2(run, capsys):
     run.record_stage("sample", {"model": "tiny-random"})
     assert main(["iterate", "--run", str(run.path), "--rounds", "2"]) == 2
     assert "no instructions yet" in capsys.readouterr().err
+
+
+# ---- end to end on the bundled model -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_bundled_two_self_rewarding_rounds(run):
+    """SmolLM2-135M judges itself for two rounds; each round's adapter loads and generates."""
+    from peft import PeftModel
+
+    from lab import models
+    from lab.sample import Decoding, generate
+
+    run.record_stage("sample", {"model": "bundled"})
+    run.append("instructions", [{"id": f"t{i}", "prompt": p, "source": "test"} for i, p in enumerate(
+        ["Give one tip for sleeping better.", "What is a verb?"])])
+    # small on purpose: the paper's judge prompt is ~400 tokens, a second of CPU per judgment at 135M
+    cfg = IterateConfig(rounds=2, samples=2, evaluations=1, max_new_tokens=16, judge_tokens=16, eval_n=1,
+                        max_steps=1, lora_r=4, lr=1e-4, batch_size=8)
+    out = iterate.iterate_run(run, cfg)
+    assert [r["round"] for r in out["rounds"]] == [1, 2] and all(r["pairs_kept"] >= 1 for r in out["rounds"])
+    base = models.load("bundled")
+    for line in iterate.lineage(run):
+        model = PeftModel.from_pretrained(base.model, line["adapter"])
+        text = generate(__import__("dataclasses").replace(base, model=model), ["Say hello."], 1,
+                        Decoding(0.0, 1.0, 8, 0))[0][0].text
+        model.unload()
+        assert text and line["eval"]["win_rate_vs_base"]["n"] == 1
