@@ -393,3 +393,16 @@ def test_retrained_adapter_is_generated_again(two_adapters, tmp_path):
     assert out["written_now"] == 3  # only the retrained adapter's column
     after = compare.grid(two_adapters)
     assert after["base"].tolist() == before["base"].tolist() and after["judge"].tolist() != before["judge"].tolist()
+
+
+def test_local_judge_win_rates(two_adapters, tmp_path):
+    """The offline judge (lab.judge's local backend) on every pair, both orders: verdicts from label probabilities."""
+    out = compare.compare_run(two_adapters, cfg(instructions=heldout_file(tmp_path, HELD), judge="local",
+                                                judge_model="tiny-random"))
+    from lab.store import Run
+
+    nested = Run(next(two_adapters.file("compare_scoring").iterdir()))
+    assert len(nested.read("judgments")) == 3 * 3 * 2 and {j["backend"] for j in nested.read("judgments")} == {"local"}
+    for name in ("judge", "pairrm"):
+        w = out["win_rates"][name]["judge"]
+        assert w["n"] == 3 and 0 <= w["ci_low"] <= w["win_rate"] <= w["ci_high"] <= 1
