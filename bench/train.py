@@ -132,7 +132,7 @@ def worker(args) -> None:
                                   "peak_gib": peak / 2 ** 30, "steps_timed": len(gaps)}))
 
 
-# ---- the driver -------------------------------------------------------------------------------------------------------
+# ---- the driver ----------------------------------------------------------------------------------------------------
 def run_side(args, side: str, model_path: str, pairs: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, "--model-path", model_path, "--pairs", str(pairs),
            *sys.argv[1:]]

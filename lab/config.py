@@ -166,7 +166,8 @@ class TrainConfig(Settings):
             if value < 1:
                 raise LabError(f"{flag} must be at least 1 (got {value}).")
         if self.max_length < 16:
-            raise LabError(f"--max-length {self.max_length} is too short for a prompt and an answer; 512-2048 is usual.")
+            raise LabError(f"--max-length {self.max_length} is too short for a prompt and an answer; "
+                           "512-2048 is usual.")
         if not 0 <= self.eval_fraction < 0.5 or not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise LabError("--eval-fraction must be in [0, 0.5), --lora-dropout and --warmup-ratio in [0, 1).")
         return self

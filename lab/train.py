@@ -67,12 +67,13 @@ TEMPLATE_MARKERS = {
     "<|im_start|>": "ChatML (SmolLM2, Qwen)", "<|im_end|>": "ChatML (SmolLM2, Qwen)",
     "<|start_header_id|>": "Llama 3", "<|eot_id|>": "Llama 3", "<|begin_of_text|>": "Llama 3",
     "[INST]": "Llama 2 / Mistral", "[/INST]": "Llama 2 / Mistral", "<<SYS>>": "Llama 2",
-    "<start_of_turn>": "Gemma", "<end_of_turn>": "Gemma", "<|user|>": "Zephyr / Phi-3", "<|assistant|>": "Zephyr / Phi-3",
+    "<start_of_turn>": "Gemma", "<end_of_turn>": "Gemma",
+    "<|user|>": "Zephyr / Phi-3", "<|assistant|>": "Zephyr / Phi-3",
 }
 OOM_HINTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 
-# ---- input: pairs ---------------------------------------------------------------------------------------------------
+# ---- input: pairs --------------------------------------------------------------------------------------------------
 def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
     """'judge' | 'pairrm' | another source name -> run.pairs_file(name); anything else is a file path."""
     raw = str(pairs).strip()
@@ -183,7 +184,7 @@ def pair_stats(path: Path, records: list[dict]) -> dict:
             "chosen_longer_fraction": sum(c > r for c, r in zip(chosen, rejected)) / len(records)}
 
 
-# ---- warnings shared by the CLI and the app ---------------------------------------------------------------------------
+# ---- warnings shared by the CLI and the app ------------------------------------------------------------------------
 def _rolling(values: list[float], k: int) -> list[float]:
     return [sum(values[max(0, i - k + 1):i + 1]) / len(values[max(0, i - k + 1):i + 1]) for i in range(len(values))]
 
@@ -202,7 +203,8 @@ def displacement_warning(metrics: list[dict], beta: float, window: int = 5) -> s
     return (f"Reward accuracy reached {acc[-1]:.2f} by step {early}, while the chosen answers' log-probability fell "
             f"{-chosen_shift[-1]:.1f} nats below the reference: DPO is widening the margin by pushing both answers "
             "down (likelihood displacement, usual with few pairs), so the model may drift toward text that neither "
-            "answer contains. Train fewer steps, raise --beta, add pairs, or add an SFT term (--loss-type sigmoid,sft).")
+            "answer contains. Train fewer steps, raise --beta, add pairs, or add an SFT term "
+            "(--loss-type sigmoid,sft).")
 
 
 def length_warning(stats: dict, history: list[dict] | tuple = ()) -> str | None:
@@ -225,7 +227,7 @@ def diagnose(metrics: list[dict], stats: dict | None, beta: float, history: list
     return [w for w in found if w]
 
 
-# ---- the adapter folder: lock, state, resume ---------------------------------------------------------------------------
+# ---- the adapter folder: lock, state, resume -----------------------------------------------------------------------
 def is_main_process() -> bool:
     """Rank 0 under `accelerate launch` / torchrun, else True: only it writes files."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -302,7 +304,7 @@ def reset_folder(out: Path, ckpt: Path | None) -> None:
     write_jsonl(metrics, [m for m in read_jsonl(metrics) if m.get("step", 0) <= step and m.get("split") != "summary"])
 
 
-# ---- live metrics and cooperative stop ------------------------------------------------------------------------------
+# ---- live metrics and cooperative stop -----------------------------------------------------------------------------
 class MetricsStream:
     """Appends one JSON line per log event to metrics.jsonl, feeds lab.progress, and turns a stop request into
     `should_training_stop` (with a checkpoint) at the end of the current optimizer step.
@@ -371,7 +373,7 @@ def _split_of(logs: dict) -> str:
     return "summary" if "train_runtime" in logs else "train"
 
 
-# ---- model, data set, trainer ---------------------------------------------------------------------------------------
+# ---- model, data set, trainer --------------------------------------------------------------------------------------
 def load_policy(spec: str, config: TrainConfig, init_adapter: str | None):
     """Base model (+ the adapter to continue from, trainable) and its tokenizer, in the training dtype."""
     from transformers import AutoModelForCausalLM
@@ -490,7 +492,7 @@ def run_trainer(trainer, config: TrainConfig, device: str, ckpt: Path | None) ->
         raise
 
 
-# ---- output: the adapter, its card, its state -----------------------------------------------------------------------
+# ---- output: the adapter, its card, its state ----------------------------------------------------------------------
 def final_metrics(metrics: list[dict]) -> dict:
     """The last train line's and the last eval line's headline numbers, e.g. {"train/loss": .., "eval/loss": ..}."""
     keys = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
@@ -520,6 +522,8 @@ def model_card(name: str, state: dict) -> str:
     warns = "\n".join(f"- {w}" for w in state["warnings"]) or "None."
     ended = ("complete" if state["status"] == "done" else
              f"**stopped early**, at step {state['global_step']} of {state['max_steps']}")
+    reference = (f"It continues adapter `{state['init_adapter']}`, which served as the frozen reference."
+                 if state["init_adapter"] else "The reference model is the base model (adapter disabled).")
     return f"""---
 {meta.to_yaml()}
 ---
@@ -527,12 +531,13 @@ def model_card(name: str, state: dict) -> str:
 # {name}
 
 A LoRA adapter for `{state['base_model']}` trained with DPO (TRL `DPOTrainer`, sigmoid loss unless noted below) by
-Preference Lab. Training is {ended}.{f" It continues adapter `{state['init_adapter']}`, which served as the frozen reference." if state['init_adapter'] else " The reference model is the base model (adapter disabled)."}
+Preference Lab. Training is {ended}. {reference}
 
 ## Data
 {p['n']} preference pairs from `{Path(p['path']).name}` (sha256 `{p['sha256'][:16]}`): {p['n_train']} for training,
 {p['n_eval']} held out (whole instructions) for evaluation. Chosen answers average {p['chosen_chars_mean']:.0f}
-characters, rejected ones {p['rejected_chars_mean']:.0f}; the chosen one is longer in {p['chosen_longer_fraction']:.0%} of pairs.
+characters, rejected ones {p['rejected_chars_mean']:.0f}; the chosen one is longer in
+{p['chosen_longer_fraction']:.0%} of pairs.
 
 ## Parameters
 | setting | value |
@@ -578,7 +583,7 @@ def versions() -> dict:
     return {p: version(p) for p in ("torch", "transformers", "trl", "peft", "accelerate")}
 
 
-# ---- the entry point other stages call ------------------------------------------------------------------------------
+# ---- the entry point other stages call -----------------------------------------------------------------------------
 def run_model(run: Run) -> str:
     """The model spec that sampled the run (the default base for training)."""
     spec = (run.stage_settings("sample") or {}).get("model")
@@ -595,8 +600,9 @@ def resolve_init_adapter(run: Run, init_adapter: str | os.PathLike | None) -> st
     for path in ((Path(raw).expanduser(),) + ((run.adapter_dir(raw),) if "/" not in raw else ())):
         if (path / "adapter_config.json").exists():
             return str(path.resolve())
-    raise LabError(f"--init-adapter {raw!r} is neither a complete adapter of run {run.name} ({', '.join(run.adapters()) or 'none yet'}) "
-                   "nor a folder with adapter_config.json.")
+    known = ", ".join(run.adapters()) or "none yet"
+    raise LabError(f"--init-adapter {raw!r} is neither a complete adapter of run {run.name} ({known}) nor a folder "
+                   "with adapter_config.json.")
 
 
 def _barrier() -> None:

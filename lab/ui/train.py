@@ -84,7 +84,8 @@ def build(ctx) -> TrainTab:
                 "base model (adapter off), or the adapter you continue from. Stop keeps what is trained so far; "
                 "starting the same adapter again resumes it. Parameters: `docs/training.md`.")
     with gr.Row():
-        pairs = gr.Dropdown([], label="Pairs", allow_custom_value=True, info="the run's pairs-<source>.jsonl, or a path")
+        pairs = gr.Dropdown([], label="Pairs", allow_custom_value=True,
+                            info="the run's pairs-<source>.jsonl, or a path")
         adapter = gr.Textbox("dpo-1", label="Adapter name", info="folder under adapters/ (letters, digits, . _ -)")
         init_adapter = gr.Dropdown([("(none: start from the base model)", "")], value="",
                                    label="Continue from adapter (optional)",
