@@ -49,9 +49,11 @@ def _read(path: Path) -> dict | None:
 def active_job() -> tuple[Path, int] | None:
     """(run path, pid) of the job that holds the machine, if it is still alive."""
     marker = _read(runs_root() / ".active-job")
-    if marker and _alive(int(marker["pid"])):
-        return Path(marker["run"]), int(marker["pid"])
-    return None
+    if not marker or not _alive(int(marker["pid"])):
+        return None
+    if (Path(marker["run"]) / "jobs" / "exit.json").exists():
+        return None  # it has reported its end and is only tearing down: the app already shows it finished
+    return Path(marker["run"]), int(marker["pid"])
 
 
 def start(run: Run, argv: list[str], label: str) -> dict:

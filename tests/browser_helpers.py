@@ -80,18 +80,37 @@ def choose_run(page, name: str) -> None:
     page.wait_for_timeout(500)
 
 
-def pick_option(page, label: str, option: str, scope=None) -> None:
+def panel(page):
+    """The tab on screen: every lookup is scoped to it, since several tabs reuse a label ("Model", "Seed"...)."""
+    return page.locator('[role="tabpanel"]:visible').first
+
+
+def field(page, label: str):
+    """An input by its label text (the label may be followed by its info line in the accessible name)."""
+    return panel(page).get_by_label(re.compile(r"(^|\s)" + re.escape(label) + r"(\s|$)")).first
+
+
+def pick_option(page, label: str, option: str) -> None:
     """Open a dropdown by its label and click the option whose text starts with `option`."""
-    root = scope or page
-    root.get_by_label(label, exact=True).click()
+    field(page, label).click()
     page.get_by_role("option", name=re.compile("^" + re.escape(option))).first.click()
 
 
-def set_number(page, label: str, value, scope=None) -> None:
-    field = (scope or page).get_by_label(label, exact=True)
-    field.fill(str(value))
-    field.press("Tab")
+def set_number(page, label: str, value) -> None:
+    box = field(page, label)
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def click(page, button: str) -> None:
+    panel(page).get_by_role("button", name=button, exact=True).click()
 
 
 def wait_for_text(page, text: str | re.Pattern, timeout_s: float = 180) -> None:
-    page.get_by_text(text).first.wait_for(timeout=timeout_s * 1000)
+    """Wait until the tab on screen shows `text` (hidden tabs may hold the same words)."""
+    panel(page).get_by_text(text).first.wait_for(timeout=timeout_s * 1000)
+
+
+def wait_for_toast(page, text: str, timeout_s: float = 30) -> None:
+    """Error messages (gr.Error) appear as toasts outside the tabs."""
+    page.locator(".toast-body, [data-testid='toast-body']").get_by_text(text).first.wait_for(timeout=timeout_s * 1000)

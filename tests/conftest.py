@@ -33,3 +33,11 @@ def tiny():
     from lab import models
 
     return models.load("tiny-random")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Expose each phase's report on the test item (browser tests take a screenshot when a test failed)."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)

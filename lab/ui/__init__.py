@@ -63,13 +63,26 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title="Preference Lab") as app:
         gr.Markdown(INTRO)
         ctx = _run_picker()
+        tabs, timers = [], []
         with gr.Tabs():
             for title, module in TABS:
-                with gr.Tab(title, id=title.lower().replace(" ", "-")):
-                    importlib.import_module(module).build(ctx)
+                with gr.Tab(title, id=title.lower().replace(" ", "-")) as tab:
+                    holder = importlib.import_module(module).build(ctx)
+                tabs.append(tab)
+                timers.append(getattr(getattr(holder, "panel", None), "timer", None))
+        _poll_only_the_shown_tab(tabs, timers)
         app.load(lambda saved: gr.update(choices=list_runs(), value=saved), inputs=ctx.remembered,
                  outputs=ctx.run_name)
     return app
+
+
+def _poll_only_the_shown_tab(tabs: list[gr.Tab], timers: list[gr.Timer | None]) -> None:
+    """Each tab's job panel polls once a second; only the tab on screen needs to, so the others are paused."""
+    live = [t for t in timers if t is not None]
+    for tab, timer in zip(tabs, timers):
+        tab.select(lambda mine=timer: [gr.Timer(active=t is mine) for t in live], outputs=live)
+    if timers and timers[0] is not None:
+        timers[0].active = True
 
 
 def launch_kwargs() -> dict:

@@ -72,22 +72,29 @@ def job_panel() -> JobPanel:
             stop = gr.Button("Stop", variant="stop", size="sm", scale=0)
     with gr.Accordion("Job log", open=False):
         log = gr.Code(language=None, lines=10, max_lines=20, interactive=False)
-    return JobPanel(bar, status, stop, log, gr.Timer(POLL_S))
+    return JobPanel(bar, status, stop, log, gr.Timer(POLL_S, active=False))  # the app activates the shown tab's
 
 
 def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str,
                    on_done: Callable[[str], list] | None = None, done_outputs: list | None = None) -> None:
-    """Poll the run's job; when a job of `stage` has finished, refresh the tab's results via on_done(run_name)."""
+    """Poll the run's job each tick. The tab's results are refreshed via on_done(run_name) only when something
+    changed (another run picked, a job of `stage` started or ended), not every second: re-reading a run's files
+    each tick is wasted work, and re-sending a dropdown's choices would close it under the user's cursor."""
     extra = done_outputs or []
+    seen = gr.State(None)
 
-    def poll(name: str):
+    def poll(name: str, last):
         st = _job_of(name, stage)
+        key = [name, st.get("state"), st.get("started")]
+        if key == last and st.get("state") != "running":
+            return [gr.skip()] * (3 + len(extra)) + [last]
         updates = [progress_html(st), status_text(st), st.get("log_tail", "")]
         if on_done is not None:
-            updates += on_done(name) if name else [gr.skip()] * len(extra)
-        return updates
+            ended = st.get("state") != "running" and name
+            updates += on_done(name) if ended else [gr.skip()] * len(extra)
+        return [*updates, key]
 
-    panel.timer.tick(poll, inputs=[run_name], outputs=[panel.bar, panel.status, panel.log, *extra],
+    panel.timer.tick(poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, *extra, seen],
                      show_progress="hidden")
     panel.stop.click(lambda name: _stop(name, stage), inputs=[run_name], outputs=[panel.status])
 
