@@ -56,8 +56,12 @@ def active_job() -> tuple[Path, int] | None:
     return Path(marker["run"]), int(marker["pid"])
 
 
-def start(run: Run, argv: list[str], label: str) -> dict:
-    """Start `python -m lab *argv` for `run`. Refuses while any job is running."""
+def start(run: Run, argv: list[str], label: str, secret_env: dict[str, str] | None = None) -> dict:
+    """Start `python -m lab *argv` for `run`. Refuses while any job is running.
+
+    secret_env: credentials for this job alone (an API key a visitor typed into the page). They reach only the
+    child's environment: never argv (visible to every user in `ps`), job.json, the log or any other file.
+    """
     busy = active_job()
     if busy:
         raise LabError(f"Another job is running on this machine (run '{busy[0].name}'): wait for it or stop it first.")
@@ -65,8 +69,8 @@ def start(run: Run, argv: list[str], label: str) -> dict:
     jobs.mkdir(parents=True, exist_ok=True)
     for name in ("progress.json", "exit.json"):
         (jobs / name).unlink(missing_ok=True)
-    env = {**os.environ, "LAB_PROGRESS_FILE": str(jobs / "progress.json"), "LAB_JOB_DIR": str(jobs),
-           "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(secret_env or {}), "LAB_PROGRESS_FILE": str(jobs / "progress.json"),
+           "LAB_JOB_DIR": str(jobs), "PYTHONUNBUFFERED": "1"}
     with open(jobs / "log.txt", "w", encoding="utf-8") as log:
         proc = subprocess.Popen([sys.executable, "-m", "lab", *argv], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

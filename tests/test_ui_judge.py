@@ -1,6 +1,8 @@
 """The Judge tab: its handlers against a run and the local provider (the job runs for real), and the tab in the app."""
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 import pytest
 
@@ -56,6 +58,19 @@ def test_judging_as_a_job_then_figures_and_reasoning_per_order(run, monkeypatch)
     html = tab.show_pairs("t", picker["choices"][0][1])
     assert "#0 vs #1</b>: #1 preferred" in html and "#0 shown first" in html and "#1 shown first" in html
     assert "Q1Q is more thorough" in html
+
+
+def test_a_key_typed_in_the_page_reaches_only_that_job(run, runs_dir):
+    """A visitor's own key: used by the job it starts, and found in no file of the run, the log or job.json."""
+    add_samples(run, n=1, k=3)
+    typed = "sk-typed-in-the-browser-0123456789abcdef"
+    with FakeProvider(key=typed, answer=prefer_higher) as fp:
+        tab.start_judging("t", **{**SETTINGS, "base_url": fp.url + "/v1"}, prompt=DEFAULT_TEMPLATE, api_key=typed)
+        st = jobs.wait(run, timeout_s=120)
+    assert st["state"] == "done" and fp.calls == 4, st.get("log_tail")
+    for path in runs_dir.rglob("*"):
+        assert not path.is_file() or typed not in path.read_text(errors="replace"), path
+    assert "OPENAI_API_KEY" not in os.environ  # the app's own environment was not touched
 
 
 def test_the_tab_is_in_the_app_and_answers_a_client(run):

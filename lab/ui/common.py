@@ -116,11 +116,12 @@ def _stop(name: str, stage: str) -> str:
     return status_text(jobs.stop(Run.open(name)))
 
 
-def start_job(name: str, stage: str, argv: list[str], label: str) -> str:
-    """Start `python -m lab <stage> --run RUN argv...` for the chosen run; user errors become a gr.Error toast."""
+def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: dict[str, str] | None = None) -> str:
+    """Start `python -m lab <stage> --run RUN argv...` for the chosen run; user errors become a gr.Error toast.
+    secret_env (a key typed into this page) goes to that job's environment only (see lab.jobs.start)."""
     run = open_run(name)
     try:
-        jobs.start(run, [stage, "--run", str(run.path), *argv], label)
+        jobs.start(run, [stage, "--run", str(run.path), *argv], label, secret_env=secret_env)
     except LabError as e:
         raise gr.Error(str(e)) from e
     return f"**{label}** started."

@@ -2,9 +2,10 @@
 position-consistency / first-position / longer-answer figures and, per instruction, each pair's verdict with the
 judge's reasoning in both orders.
 
-API keys come from the app's environment (GROQ_API_KEY / OPENAI_API_KEY, or a Space secret): the page only says
-whether one is set. A key typed into a shared page would have to reach the job's environment or command line, and
-on a Space every visitor's job would then run with it.
+API keys come from the app's environment (GROQ_API_KEY / OPENAI_API_KEY, or a Space secret), or a visitor types
+their own into a password field: that key lives only in this browser tab's page (never stored, never shown back)
+and is handed to the one judge job it starts through that process's environment (see lab.jobs.start), so on a
+shared Space each visitor's calls run on their own key.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class JudgeTab:
     model: gr.Textbox
     base_url: gr.Textbox
     key_note: gr.Markdown
+    api_key: gr.Textbox
     plan: gr.Radio
     rpm: gr.Number
     concurrency: gr.Number
@@ -59,6 +61,8 @@ def _settings_inputs() -> dict:
         model = gr.Textbox("", label="Model", placeholder=DEFAULT_MODELS["local"], info=h("model"))
         base_url = gr.Textbox("", label="Base URL", placeholder="provider default", info=h("base_url"), visible=False)
     key_note = gr.Markdown(WEAK)
+    api_key = gr.Textbox("", type="password", label="API key (optional)", visible=False,
+                         info="kept in this browser tab only; used by the judge job you start, never saved")
     with gr.Accordion("Rate limit and local judge", open=False):
         with gr.Row():
             rpm = gr.Number(JudgeConfig().rpm, label="Requests per minute", minimum=0, info=h("rpm"))
@@ -70,7 +74,7 @@ def _settings_inputs() -> dict:
         prompt = gr.Code(DEFAULT_TEMPLATE, language="markdown", lines=18, label="Template: {instruction}, "
                          "{response_a}, {response_b} are filled in; the reply must be JSON with reasoning and verdict")
         reset_prompt = gr.Button("Restore the default prompt", size="sm")
-    return dict(backend=backend, model=model, base_url=base_url, key_note=key_note, plan=plan, rpm=rpm,
+    return dict(backend=backend, model=model, base_url=base_url, key_note=key_note, api_key=api_key, plan=plan, rpm=rpm,
                 concurrency=concurrency, reasoning_tokens=reasoning_tokens, prompt=prompt, reset_prompt=reset_prompt)
 
 
@@ -92,11 +96,11 @@ def build(ctx) -> JudgeTab:
 def _wire(tab: JudgeTab, ctx) -> None:
     settings = [tab.backend, tab.model, tab.base_url, tab.plan, tab.rpm, tab.concurrency, tab.reasoning_tokens,
                 tab.prompt]
-    tab.backend.change(backend_changed, tab.backend, [tab.model, tab.base_url, tab.key_note])
+    tab.backend.change(backend_changed, tab.backend, [tab.model, tab.base_url, tab.key_note, tab.api_key])
     for comp in [ctx.run_name, *settings]:
         comp.change(show_cost, [ctx.run_name, *settings], tab.cost, show_progress="hidden")
     tab.reset_prompt.click(lambda: DEFAULT_TEMPLATE, outputs=tab.prompt)
-    tab.start.click(start_judging, inputs=[ctx.run_name, *settings], outputs=[tab.panel.status])
+    tab.start.click(start_judging, inputs=[ctx.run_name, *settings, tab.api_key], outputs=[tab.panel.status])
     wire_job_panel(tab.panel, ctx.run_name, "judge", on_done=refresh, done_outputs=[tab.figures, tab.pick])
     tab.pick.change(show_pairs, inputs=[ctx.run_name, tab.pick], outputs=[tab.pairs])
     ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=[tab.figures, tab.pick])
@@ -106,7 +110,7 @@ def _wire(tab: JudgeTab, ctx) -> None:
 def backend_changed(backend: str):
     """Model placeholder, base URL visibility and the key / weak-judge note for the chosen backend."""
     return (gr.update(placeholder=DEFAULT_MODELS[backend]), gr.update(visible=backend == "openai"),
-            key_note(backend))
+            key_note(backend), gr.update(visible=backend != "local"))
 
 
 def key_note(backend: str) -> str:
@@ -115,8 +119,8 @@ def key_note(backend: str) -> str:
     env = KEY_ENV[backend]
     if os.environ.get(env):
         return f"API key: `{env}` is set in the app's environment."
-    return (f"API key: **`{env}` is not set.** Set it where the app runs (on a Space: a secret named {env}) "
-            "and restart the app; the page never asks for or shows keys.")
+    return (f"API key: **`{env}` is not set.** Type your key below (kept in this browser tab only), or set "
+            f"{env} where the app runs (on a Space: a secret named {env}). The page never shows a key.")
 
 
 def config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens) -> JudgeConfig:
@@ -149,19 +153,23 @@ def cost_md(est: dict) -> str:
             f"~{est['est_prompt_tokens'] + est['est_completion_tokens']:,} tokens")
 
 
-def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, prompt) -> str:
-    """Validate, save the prompt in the run (judge-prompt.txt) and start `python -m lab judge` as a job."""
+def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, prompt,
+                  api_key: str = "") -> str:
+    """Validate, save the prompt in the run (judge-prompt.txt) and start `python -m lab judge` as a job.
+    A typed api_key goes to that job's environment only."""
     run = open_run(run_name, create=False)
     cfg = config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens)
     checked(cfg.validate)
     checked(check_template, prompt or "")
     est = checked(estimate, run, cfg, prompt)
-    if cfg.backend != "local" and not os.environ.get(KEY_ENV[cfg.backend]):
+    typed = (api_key or "").strip()
+    if cfg.backend != "local" and not typed and not os.environ.get(KEY_ENV[cfg.backend]):
         raise gr.Error(key_note(cfg.backend).replace("**", "").replace("`", ""))
     path = run.file("judge_prompt")
     atomic_write_text(path, prompt)
     cfg.prompt_file = str(path)
-    start_job(run_name, "judge", cfg.to_argv(), "Judging")
+    secret = {KEY_ENV[cfg.backend]: typed} if typed and cfg.backend != "local" else None
+    start_job(run_name, "judge", cfg.to_argv(), "Judging", secret_env=secret)
     return f"**Judging** started: {cost_md(est)}"
 
 
