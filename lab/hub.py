@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from lab import cards
 from lab.config import PushConfig
 from lab.errors import LabError
 from lab.progress import Progress
-from lab.store import Run, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from lab.store import Run, append_jsonl, atomic_write_json, atomic_write_text, build_folder, read_jsonl
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 RAW_CONFIGS = ("samples", "judgments", "rankings", "spotcheck", "scores")  # record files shipped next to the pairs
@@ -105,20 +104,6 @@ def dataset_links(items: list[Item], namespace: str) -> dict[tuple[Path, str], s
 
 
 # ---- staging: the exact folders that get uploaded -----------------------------------------------------------------
-def _rebuild(target: Path, build: Callable[[Path], None]) -> Path:
-    """Build a folder beside `target`, then swap it in: a failed build leaves the previous staging untouched."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        build(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
 def write_parquet(records: list[dict], path: Path) -> int:
     """Records -> one parquet shard through `datasets` (nested fields stay nested; fields of mixed type become Json).
 
@@ -189,8 +174,8 @@ def stage(item: Item, namespace: str, links: dict, root: Run, raw: dict | None =
     """Stage one repo under `<root run>/hub/<name>/` and return the folder."""
     target = root.file("hub") / item.name
     if item.kind == "dataset":
-        return _rebuild(target, lambda tmp: stage_dataset(item, tmp, namespace, raw or read_raw(item.run)))
-    return _rebuild(target, lambda tmp: stage_model(item, tmp, namespace, links))
+        return build_folder(target, lambda tmp: stage_dataset(item, tmp, namespace, raw or read_raw(item.run)))
+    return build_folder(target, lambda tmp: stage_model(item, tmp, namespace, links))
 
 
 # ---- tokens and secrets -------------------------------------------------------------------------------------------

@@ -18,13 +18,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError
+from lab.store import build_folder
 
 DEFAULT_REAL_MODEL = "meta-llama/Llama-3.2-1B-Instruct"
 BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -53,22 +52,8 @@ def _bundled_wheel_dir() -> Path | None:
 
 
 def _build_once(target: Path, build) -> Path:
-    """Build a model folder into a temp dir and rename it into place, so a crash never leaves half a model."""
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        build(tmp)
-        if (target / "config.json").exists():  # another process won the race
-            shutil.rmtree(tmp)
-        else:
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    """A cached model folder, built on first use (atomically: see store.build_folder)."""
+    return build_folder(target, build, complete=lambda t: (t / "config.json").exists())
 
 
 def _convert_bundled(out: Path) -> None:

@@ -28,7 +28,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from lab.errors import LabError
 
@@ -93,6 +93,30 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def build_folder(target: Path, build: Callable[[Path], None],
+                 complete: Callable[[Path], bool] | None = None) -> Path:
+    """Build a folder in a temp dir beside `target`, then rename it into place: a crash or a failed build never
+    leaves half a folder that looks complete, and a failed rebuild leaves the previous one untouched.
+    With `complete` (build-once caches), a target that already passes it is kept and the build skipped."""
+    import shutil
+
+    if complete and complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        if complete and complete(target):  # another process finished the same build first
+            shutil.rmtree(tmp)
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
