@@ -17,12 +17,18 @@ def _print_summary(summary: dict) -> None:
     print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
+def _stage_parser(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand with the --run every stage takes."""
+    p = sub.add_parser(name, help=help, description=description or help)
+    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    return p
+
+
 # ---- sample -------------------------------------------------------------------------------------------------------
 def add_sample(sub) -> None:
     from lab.config import SampleConfig
 
-    p = sub.add_parser("sample", help="generate K responses per instruction with the model's chat template")
-    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    p = _stage_parser(sub, "sample", "generate K responses per instruction with the model's chat template")
     SampleConfig.add_arguments(p)
     p.set_defaults(func=cmd_sample)
 
@@ -39,10 +45,9 @@ def cmd_sample(args) -> None:
 def add_push(sub) -> None:
     from lab.config import PushConfig
 
-    p = sub.add_parser("push", help="push the run's preference data sets and adapters to the Hub, with cards",
+    p = _stage_parser(sub, "push", "push the run's preference data sets and adapters to the Hub, with cards",
                        description="Stages each repo under <run>/hub/<repo>/ and uploads that folder. The token comes "
                                    "from $HF_TOKEN (or `hf auth login`); it is never written anywhere.")
-    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
     PushConfig.add_arguments(p)
     p.set_defaults(func=cmd_push)
 
@@ -59,11 +64,10 @@ def cmd_push(args) -> None:
 def add_train(sub) -> None:
     from lab.config import TrainConfig
 
-    p = sub.add_parser("train", help="train a LoRA adapter with DPO on a preference data set (TRL + PEFT)",
+    p = _stage_parser(sub, "train", "train a LoRA adapter with DPO on a preference data set (TRL + PEFT)",
                        description="Trains runs/<run>/adapters/<adapter>/ (docs/training.md). Runs unchanged under "
                                    "`accelerate launch -m lab train ...` on several GPUs. Rerunning an interrupted "
                                    "or stopped training resumes it from its last checkpoint.")
-    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
     p.add_argument("--pairs", required=True, help="'judge', 'pairrm' (the run's pairs-<source>.jsonl) or a FILE")
     p.add_argument("--adapter", required=True, help="name of the adapter folder to write under <run>/adapters/")
     p.add_argument("--init-adapter", default=None,
@@ -91,10 +95,9 @@ def cmd_train(args) -> None:
 def add_rank(sub) -> None:
     from lab.config import RankConfig
 
-    p = sub.add_parser("rank", help="rank each instruction's responses with PairRM (llm-blender)",
+    p = _stage_parser(sub, "rank", "rank each instruction's responses with PairRM (llm-blender)",
                        description="Compares every pair of responses in both orders and appends rankings.jsonl "
                                    "(format: lab/rank.py). Instructions already ranked with the same ranker are skipped.")
-    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
     RankConfig.add_arguments(p)
     p.set_defaults(func=cmd_rank)
 
@@ -112,10 +115,9 @@ def cmd_rank(args) -> None:
 def add_pairs(sub) -> None:
     from lab.config import PairsConfig
 
-    p = sub.add_parser("pairs", help="build chosen/rejected pairs (TRL format) from the judge's verdicts or PairRM",
+    p = _stage_parser(sub, "pairs", "build chosen/rejected pairs (TRL format) from the judge's verdicts or PairRM",
                        description="Rewrites pairs-<source>.jsonl (format: lab/pairs.py) and prints its statistics: "
                                    "pair count, instructions without a pair, length balance, judge-vs-PairRM agreement.")
-    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
     PairsConfig.add_arguments(p)
     p.set_defaults(func=cmd_pairs)
 
@@ -135,8 +137,7 @@ def cmd_pairs(args) -> None:
 def add_judge(sub) -> None:
     from lab.config import JudgeConfig
 
-    p = sub.add_parser("judge", help="LLM judge: pairwise verdicts in both orders (groq, openai-compatible, local)")
-    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    p = _stage_parser(sub, "judge", "LLM judge: pairwise verdicts in both orders (groq, openai-compatible, local)")
     p.add_argument("--estimate-only", action="store_true", help="print the plan's calls, time and cost; judge nothing")
     JudgeConfig.add_arguments(p)
     p.set_defaults(func=cmd_judge)
@@ -158,8 +159,7 @@ def cmd_judge(args) -> None:
 def add_compare(sub) -> None:
     from lab.config import CompareConfig
 
-    p = sub.add_parser("compare", help="base vs adapters on held-out instructions: grid, win rates, length, diversity")
-    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    p = _stage_parser(sub, "compare", "base vs adapters on held-out instructions: grid, win rates, length, diversity")
     p.add_argument("--export", default="csv,jsonl,md", help="grid exports written into the run: csv, jsonl, md "
                    "(comma-separated; '' = none)")
     CompareConfig.add_arguments(p)
@@ -181,8 +181,7 @@ def cmd_compare(args) -> None:
 def add_iterate(sub) -> None:
     from lab.config import IterateConfig
 
-    p = sub.add_parser("iterate", help="self-rewarding DPO: sample, score yourself, train on best vs worst, repeat")
-    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    p = _stage_parser(sub, "iterate", "self-rewarding DPO: sample, score yourself, train on best vs worst, repeat")
     IterateConfig.add_arguments(p)
     p.set_defaults(func=cmd_iterate)
 
@@ -195,7 +194,7 @@ def cmd_iterate(args) -> None:
     _print_summary(iterate_run(Run.open(args.run, create=False), IterateConfig.from_args(args)))
 
 
-STAGES = [add_sample, add_push, add_train, add_rank, add_pairs, add_judge, add_compare, add_iterate]
+STAGES = [add_sample, add_judge, add_rank, add_pairs, add_train, add_compare, add_iterate, add_push]  # pipeline order
 
 
 def build_parser() -> argparse.ArgumentParser:
