@@ -166,6 +166,7 @@ def test_train_tab_plots_the_loss_while_it_trains(page):
 
 def test_compare_tab_shows_the_grid_and_saves_notes(page):
     open_tab(page, "Compare")
+    panel(page).get_by_label("dpo-pairrm").wait_for(timeout=30_000)  # trained in the previous tab, listed on opening
     set_number(page, "Instructions (0 = all)", 2)
     set_number(page, "Max new tokens", 8)
     panel(page).get_by_text("Scores and duplicates").click()

@@ -1,7 +1,8 @@
 """The Gradio app: a run picker on top, then one tab per stage.
 
 To add a tab: write lab/ui/<tab>.py with `build(ctx) -> <Tab dataclass>` (see lab/ui/sample.py), and add
-("Title", "lab.ui.<tab>") to TABS below, in pipeline order. Only tabs that work are listed.
+("Title", "lab.ui.<tab>") to TABS below, in pipeline order. Only tabs that work are listed. A tab whose choices
+depend on what other tabs produce defines `on_show(holder, ctx, tab)` to refresh them when it is opened.
 """
 from __future__ import annotations
 
@@ -67,7 +68,10 @@ def build_app() -> gr.Blocks:
         with gr.Tabs():
             for title, module in TABS:
                 with gr.Tab(title, id=title.lower().replace(" ", "-")) as tab:
-                    holder = importlib.import_module(module).build(ctx)
+                    mod = importlib.import_module(module)
+                    holder = mod.build(ctx)
+                if hasattr(mod, "on_show"):  # lists that earlier tabs may have grown (pairs, adapters) are re-read
+                    mod.on_show(holder, ctx, tab)
                 tabs.append(tab)
                 timers.append(getattr(getattr(holder, "panel", None), "timer", None))
         _poll_only_the_shown_tab(tabs, timers)

@@ -234,3 +234,8 @@ def save_overall_note(run_name: str | None, text: str) -> str:
 
 def export_grid(run_name: str | None, fmt: str) -> str:
     return str(checked(compare.export, open_run(run_name, create=False), fmt))
+
+
+def on_show(tab: CompareTab, ctx, shown: gr.Tab) -> None:
+    """Adapters trained since the run was picked appear when the tab is opened."""
+    shown.select(adapter_choices, inputs=[ctx.run_name], outputs=[tab.adapters])

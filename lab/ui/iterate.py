@@ -158,3 +158,8 @@ def hist_frame(lines: list[dict]) -> pd.DataFrame:
     rows = [{"score": s, "count": c, "round": f"round {ln['round']}"} for ln in lines
             for s, c in ln["score_hist"].items()]
     return pd.DataFrame(rows, columns=["score", "count", "round"])
+
+
+def on_show(tab: IterateTab, ctx, shown: gr.Tab) -> None:
+    """Adapters trained since the run was picked appear when the tab is opened."""
+    shown.select(start_choices, inputs=[ctx.run_name], outputs=[tab.fields["start_adapter"]])

@@ -193,3 +193,8 @@ def summary_md(name: str, state: dict, metrics: list[dict]) -> str:
     return (f"**{name}** · {state.get('status', '?')} · step {last['step']}/{last.get('max_steps')} · "
             f"loss {last.get('loss', float('nan')):.4f} · reward accuracy {last.get('rewards/accuracies', 0):.2f}"
             f"{tps} · {p.get('n_train', '?')} train / {p.get('n_eval', '?')} eval pairs")
+
+
+def on_show(tab: TrainTab, ctx, shown: gr.Tab) -> None:
+    """Pairs built and adapters trained since the run was picked appear when the tab is opened."""
+    shown.select(choices, inputs=[ctx.run_name], outputs=[tab.pairs, tab.init_adapter, tab.shown])
