@@ -7,7 +7,8 @@
 
 Each side runs in its own child process (same pairs, same model folder, same settings) so imports, caches and peak
 memory do not leak between them; the order alternates over --repeats and the median is reported. Seconds per step are
-the gaps between consecutive per-step log events after --warmup steps (the same hook point on both sides). Peak
+the gaps between consecutive ends of optimizer steps after --warmup steps (the same callback on both sides; CPU
+seconds of the process too, which a busy shared machine distorts far less than wall time). Peak
 memory is torch.cuda.max_memory_allocated on a GPU, the child's peak RSS on CPU. Prints one JSON line per side and
 a summary with the ratios lab / plain (goal: within 5% on both).
 """
@@ -75,23 +76,36 @@ def settings(args) -> dict:
 
 
 # ---- the two sides (each in a child process) -----------------------------------------------------------------------
-def side_lab(args, model_path: str, pairs: Path, work: Path) -> list[float]:
+def clock():
+    """A TrainerCallback noting (wall s, this process's CPU s) at the end of every optimizer step; the CPU time is
+    what a shared machine cannot steal, so its ratio stays meaningful when other work competes for the cores."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        marks: list[tuple[float, float]] = []
+
+        def on_step_end(self, args, state, control, **kw):
+            self.marks.append((time.perf_counter(), time.process_time()))
+
+    return Clock()
+
+
+def side_lab(args, model_path: str, pairs: Path, work: Path, timer) -> None:
     from lab.config import TrainConfig
-    from lab.store import Run, read_jsonl
+    from lab.store import Run
     from lab.train import train_adapter
 
     os.environ["LAB_RUNS_DIR"] = str(work)
-    run = Run.open("bench")
-    out = train_adapter(run, str(pairs), "lab", TrainConfig(model=model_path, **settings(args)))
-    return [m["time"] for m in read_jsonl(out / "metrics.jsonl") if m["split"] == "train"]
+    train_adapter(Run.open("bench"), str(pairs), "lab", TrainConfig(model=model_path, **settings(args)),
+                  callbacks=[timer])
 
 
-def side_trl(args, model_path: str, pairs: Path, work: Path) -> list[float]:
+def side_trl(args, model_path: str, pairs: Path, work: Path, timer) -> None:
     """What a user would write from TRL's docs: load, LoraConfig, DPOConfig, DPOTrainer.train()."""
     import torch
     from datasets import load_dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     s = settings(args)
@@ -100,13 +114,6 @@ def side_trl(args, model_path: str, pairs: Path, work: Path) -> list[float]:
     tok.pad_token = "<|endoftext|>"  # what lab.models picks for this tokenizer: a pad that is not end-of-turn
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if cuda else torch.float32)
     data = load_dataset("json", data_files=str(pairs), split="train").remove_columns("meta")
-    times: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                times.append(time.time())
-
     config = DPOConfig(output_dir=str(work / "trl"), max_steps=s["max_steps"], learning_rate=s["lr"],
                        lr_scheduler_type="cosine", warmup_steps=0.1, beta=s["beta"],
                        per_device_train_batch_size=s["batch_size"], max_length=s["max_length"], seed=0, data_seed=0,
@@ -115,21 +122,22 @@ def side_trl(args, model_path: str, pairs: Path, work: Path) -> list[float]:
                        save_strategy="no", report_to=[], disable_tqdm=True)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     DPOTrainer(model, args=config, train_dataset=data, processing_class=tok, peft_config=lora,
-               callbacks=[Clock()]).train()
-    return times
+               callbacks=[timer]).train()
 
 
 def worker(args) -> None:
     import torch
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    fn = side_lab if args.worker == "lab" else side_trl
-    times = fn(args, args.model_path, Path(args.pairs), work)
-    gaps = [b - a for a, b in zip(times, times[1:])][args.warmup:]
+    timer = clock()
+    (side_lab if args.worker == "lab" else side_trl)(args, args.model_path, Path(args.pairs), work, timer)
+    marks = timer.marks[args.warmup:]
+    wall, cpu = ([b[i] - a[i] for a, b in zip(marks, marks[1:])] for i in (0, 1))
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    print("RESULT " + json.dumps({"side": args.worker, "s_per_step": statistics.median(gaps),
-                                  "peak_gib": peak / 2 ** 30, "steps_timed": len(gaps)}))
+    print("RESULT " + json.dumps({"side": args.worker, "s_per_step": statistics.median(wall),
+                                  "cpu_s_per_step": statistics.median(cpu), "peak_gib": peak / 2 ** 30,
+                                  "steps_timed": len(wall)}))
 
 
 # ---- the driver ----------------------------------------------------------------------------------------------------
@@ -185,12 +193,13 @@ def drive(args, cuda: bool) -> None:
             res = run_side(args, side, model_path, pairs)
             print(json.dumps({**res, "repeat": r}), flush=True)
             results[side].append(res)
-    med = {side: {k: statistics.median(x[k] for x in rs) for k in ("s_per_step", "peak_gib")}
+    med = {side: {k: statistics.median(x[k] for x in rs) for k in ("s_per_step", "cpu_s_per_step", "peak_gib")}
            for side, rs in results.items()}
     print(json.dumps({"device": torch_device(cuda), "model": "llama-1b-shaped" if cuda else args.cpu_model,
                       "batch_size": args.batch_size, "gradient_checkpointing": args.gradient_checkpointing,
                       "precompute_ref": args.precompute_ref, "lab": med["lab"], "plain_trl": med["trl"],
                       "ratio_s_per_step": med["lab"]["s_per_step"] / med["trl"]["s_per_step"],
+                      "ratio_cpu_s_per_step": med["lab"]["cpu_s_per_step"] / med["trl"]["cpu_s_per_step"],
                       "ratio_peak_memory": med["lab"]["peak_gib"] / med["trl"]["peak_gib"]}, indent=2))
 
 

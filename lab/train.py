@@ -20,6 +20,8 @@ wrapped into one message each. Output, `runs/<run>/adapters/<name>/`:
                                                       "pairs": {"path", "sha256", "n", "n_train", "n_eval",
                                                                 "chosen_chars_mean", "rejected_chars_mean",
                                                                 "chosen_longer_fraction"},
+                                                      "identity": what a resume must match (settings, model,
+                                                                  pairs sha256, init adapter),
                                                       "global_step", "max_steps", "final": {metric: value},
                                                       "warnings": [str], "versions": {package: version},
                                                       "started", "finished": unix s, "error": str|null}
@@ -630,13 +632,14 @@ def precheck(run: Run, pairs: str | os.PathLike, adapter_name: str, config: Trai
 
 def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config: TrainConfig,
                   base_model: str | None = None, init_adapter: str | os.PathLike | None = None,
-                  progress: Progress | None = None) -> Path:
+                  progress: Progress | None = None, callbacks: list | None = None) -> Path:
     """Train one LoRA adapter with DPO on a pairs file; returns `run.adapter_dir(adapter_name)`.
 
     pairs: "judge" | "pairrm" (the run's pairs-<source>.jsonl) or a path to a pairs .jsonl file.
     base_model: model spec (default: config.model, else the model that sampled the run).
     init_adapter: an adapter (name in this run, or folder) to continue from; it is also the frozen DPO reference,
       as self-rewarding rounds need. Its LoRA shape wins over config.lora_*.
+    callbacks: extra transformers TrainerCallbacks (profiling, benchmarks).
     Raises LabError on bad input (nothing written), Stopped after saving a stopped training's adapter.
     Works unchanged under `accelerate launch` (every rank calls it; rank 0 writes the files).
     """
@@ -655,7 +658,8 @@ def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config:
     _barrier()  # every rank has read the folder before rank 0 changes it
     lock = adapter_lock(out) if is_main_process() else _no_lock()
     with lock:
-        return _train_locked(run, out, records, stats, identity, ckpt, init, progress or Progress("train"))
+        return _train_locked(run, out, records, stats, identity, ckpt, init, progress or Progress("train"),
+                             callbacks or [])
 
 
 @contextmanager
@@ -664,7 +668,7 @@ def _no_lock() -> Iterator[None]:
 
 
 def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identity: dict, ckpt: Path | None,
-                  init: str | None, progress: Progress) -> Path:
+                  init: str | None, progress: Progress, callbacks: list) -> Path:
     config = TrainConfig(**{k: identity[k] for k in TrainConfig.__dataclass_fields__})
     spec = identity["model"]
     model, tok, device = load_policy(spec, config, init)
@@ -679,6 +683,8 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
         atomic_write_json(out / "training.json", state)
     _barrier()
     trainer = build_trainer(model, tok, config, out, device, train, held, progress)
+    for cb in callbacks:
+        trainer.add_callback(cb)
     try:
         run_trainer(trainer, config, device, ckpt)
     except BaseException as e:
