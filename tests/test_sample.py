@@ -56,7 +56,7 @@ def test_nucleus_sampling_keeps_exactly_the_top_p_set(vocab, top_p):
     else:  # flat distributions whose nucleus is wider than the first 256 (and 4096) candidates
         probs = torch.rand(1, vocab, generator=g).pow(0.2).softmax(-1)
     allowed = _hf_nucleus(probs[0], top_p)
-    draws = _sample_nucleus(probs.repeat(4000, 1), top_p, g).tolist()
+    draws = _sample_nucleus(probs.repeat(4000 if vocab == 4 else 64, 1), top_p, g).tolist()
     assert set(draws) <= allowed
     if vocab == 4:
         assert set(draws) == allowed  # every member of a small nucleus shows up
@@ -95,9 +95,9 @@ def test_another_model_in_the_same_run_is_refused(run, tmp_path, tiny):
 
 
 def test_resume_after_kill_loses_at_most_the_batch_in_flight(runs_dir, tmp_path, tiny):
-    src = write_prompts(tmp_path / "p.txt", 24)
+    src = write_prompts(tmp_path / "p.txt", 12)
     run = Run.open("killed")
-    argv = ["sample", "--run", "killed", "--model", "tiny-random", "--instructions", str(src), "--n", "24", "--k",
+    argv = ["sample", "--run", "killed", "--model", "tiny-random", "--instructions", str(src), "--n", "12", "--k",
             "2", "--max-new-tokens", "48", "--batch-size", "2"]
     jobs.start(run, argv, "sample")
     deadline = time.time() + 120
@@ -107,12 +107,12 @@ def test_resume_after_kill_loses_at_most_the_batch_in_flight(runs_dir, tmp_path,
     os.killpg(pid, signal.SIGKILL)  # no chance to clean up
     jobs.wait(run, timeout_s=10)
     before = run.read("samples")
-    assert 4 <= len(before) < 48 and jobs.status(run)["state"] == "died"
+    assert 4 <= len(before) < 24 and jobs.status(run)["state"] == "died"
     subprocess.run([sys.executable, "-m", "lab", *argv], cwd=ROOT, check=True, capture_output=True,
                    env={**os.environ, "LAB_RUNS_DIR": str(runs_dir)})
     after = run.read("samples")
     keys = [(s["instruction_id"], s["sample_index"]) for s in after]
-    assert len(keys) == len(set(keys)) == 48
+    assert len(keys) == len(set(keys)) == 24
     assert after[: len(before)] == before  # nothing already written was touched
 
 
