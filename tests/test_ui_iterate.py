@@ -37,3 +37,25 @@ def test_mistakes_become_messages(run):
     with pytest.raises(gr.Error, match="GROQ_API_KEY"):
         tab.start_iterating("t", *values(judge="groq"))
     assert tab.refresh("t")[0].empty
+
+
+def test_a_typed_api_key_runs_the_job_and_is_saved_nowhere(run, runs_dir, monkeypatch):
+    """A visitor's own Groq key: refused when missing, used by the job when typed, found in no file afterwards."""
+    import itertools
+
+    from tests.fakeprovider import FakeProvider
+
+    typed = "gsk-typed-in-the-browser-0123456789"
+    run.record_stage("sample", {"model": "tiny-random"})
+    run.append("instructions", [{"id": f"t{i}", "prompt": p, "source": "test"}
+                                for i, p in enumerate(["Say hi.", "Name a fruit."])])
+    counter = itertools.count()
+    with FakeProvider(key=typed, answer=lambda req: f"Fine. Score: {next(counter) % 5 + 1}") as fp:
+        monkeypatch.setenv("GROQ_BASE_URL", fp.url)
+        with pytest.raises(gr.Error, match="GROQ_API_KEY"):
+            tab.start_iterating("t", *values(judge="groq", rounds=1))
+        assert "started" in tab.start_iterating("t", *values(judge="groq", rounds=1), api_key=typed)
+        st = jobs.wait(run, timeout_s=300)
+    assert st["state"] == "done" and fp.calls >= 4, st.get("log_tail")
+    for path in runs_dir.rglob("*"):
+        assert not path.is_file() or typed not in path.read_text(errors="replace"), path

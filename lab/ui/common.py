@@ -127,6 +127,21 @@ def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: di
     return f"**{label}** started."
 
 
+def api_key_box() -> gr.Textbox:
+    """A visitor's own API key for an API judge: it stays in this browser tab and goes to the one job it starts."""
+    return gr.Textbox("", type="password", label="API judge key (optional)",
+                      info="kept in this browser tab only and handed to the job you start; never saved. Empty = "
+                           "the app's GROQ_API_KEY / OPENAI_API_KEY")
+
+
+def typed_key_env(judge: str, typed: str | None) -> dict[str, str] | None:
+    """{ENV_NAME: key} for a key typed in the page, for lab.jobs.start(secret_env=...); None when nothing was typed."""
+    from lab.judge_backends import KEY_ENV
+
+    typed = (typed or "").strip()
+    return {KEY_ENV[judge]: typed} if typed and judge in KEY_ENV else None
+
+
 def checked(fn: Callable, *args, **kwargs):
     """Call a core function, turning its LabError into a message in the page."""
     try:

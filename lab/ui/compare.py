@@ -18,7 +18,8 @@ from lab import compare
 from lab.config import CompareConfig
 from lab.errors import LabError
 from lab.store import Run
-from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, api_key_box, checked, job_panel, open_run, start_job, typed_key_env, \
+    wire_job_panel
 
 SOURCE_CHOICES = [("Bundled held-out set (offline)", "heldout"), ("My file", "file")]
 JUDGE_CHOICES = [("none", "none"), ("local (offline, weak)", "local"), ("Groq", "groq"),
@@ -47,6 +48,7 @@ class CompareTab:
     fmt: gr.Radio
     export: gr.Button
     file: gr.File
+    api_key: gr.Textbox | None = None
 
 
 def _settings_inputs() -> dict:
@@ -76,8 +78,9 @@ def _settings_inputs() -> dict:
 def build(ctx) -> CompareTab:
     gr.Markdown("Answer **held-out instructions** with the base model and each adapter: one model in memory, adapters "
                 "switched on it, the same decoding and seeds for all. Win rates against the base come with 95% "
-                "bootstrap intervals; with a few dozen instructions they are wide. API keys come from the app's "
-                "environment (`GROQ_API_KEY` / `OPENAI_API_KEY`). Details: `docs/iterative.md`.")
+                "bootstrap intervals; with a few dozen instructions they are wide. An API judge's key comes from the "
+                "app's environment (`GROQ_API_KEY` / `OPENAI_API_KEY`) or the key field below (this tab only). "
+                "Details: `docs/iterative.md`.")
     with gr.Row():
         adapters = gr.CheckboxGroup([], label="Adapters", info="none ticked = every adapter of the run")
         source = gr.Radio(SOURCE_CHOICES, value="heldout", label="Held-out instructions", info=CompareConfig.help(
@@ -85,6 +88,7 @@ def build(ctx) -> CompareTab:
     upload = gr.File(label="Held-out file (.jsonl with a prompt field, .csv with a prompt column, .txt)",
                      file_types=[".jsonl", ".csv", ".txt"], visible=False)
     fields = _settings_inputs()
+    api_key = api_key_box()
     start = gr.Button("Compare", variant="primary")
     panel = job_panel()
     scores = gr.Dataframe(headers=SCORE_COLUMNS, label="Scores", interactive=False, wrap=True)
@@ -102,15 +106,16 @@ def build(ctx) -> CompareTab:
         export = gr.Button("Export the grid", size="sm")
         file = gr.File(label="Exported file", interactive=False)
     tab = CompareTab(adapters, source, upload, fields, start, panel, scores, grid, pick, view, note, save_note,
-                     overall, save_overall, saved, fmt, export, file)
+                     overall, save_overall, saved, fmt, export, file, api_key=api_key)
     _wire(tab, ctx)
     return tab
 
 
 def _wire(tab: CompareTab, ctx) -> None:
     tab.source.change(lambda s: gr.update(visible=s == "file"), tab.source, tab.upload)
-    tab.start.click(start_compare, inputs=[ctx.run_name, tab.adapters, tab.source, tab.upload,
-                                           *tab.fields.values()], outputs=[tab.panel.status])
+    tab.start.click(lambda *values: start_compare(*values[:-1], api_key=values[-1]),
+                    inputs=[ctx.run_name, tab.adapters, tab.source, tab.upload, *tab.fields.values(), tab.api_key],
+                    outputs=[tab.panel.status])
     results = [tab.scores, tab.grid, tab.pick, tab.overall]
     wire_job_panel(tab.panel, ctx.run_name, "compare")
     tab.panel.timer.tick(refresh_if_finished, inputs=[ctx.run_name, tab.grid], outputs=results,
@@ -128,7 +133,7 @@ FIELDS = ("n", "max_new_tokens", "temperature", "top_p", "seed", "pairrm", "judg
 INTS = {"n", "max_new_tokens", "seed", "batch_size"}
 
 
-def start_compare(run_name, adapters, source, upload, *values):
+def start_compare(run_name, adapters, source, upload, *values, api_key: str = ""):
     run = open_run(run_name, create=False)
     if source == "file":
         if not upload:
@@ -144,8 +149,8 @@ def start_compare(run_name, adapters, source, upload, *values):
         "judge_model": (v["judge_model"] or "").strip()})
     checked(cfg.validate)
     checked(compare.resolve_adapters, run, cfg.adapters)  # "no adapters yet" shows at once, not in the job log
-    checked(compare.check_scorers, cfg, None)
-    return start_job(run_name, "compare", cfg.to_argv(), "Comparing")
+    checked(compare.check_scorers, cfg, (api_key or "").strip() or None)
+    return start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(cfg.judge, api_key))
 
 
 def adapter_choices(run_name: str | None):

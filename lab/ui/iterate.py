@@ -13,7 +13,8 @@ import pandas as pd
 from lab.config import IterateConfig
 from lab.iterate import lineage
 from lab.store import Run
-from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, api_key_box, checked, job_panel, open_run, start_job, typed_key_env, \
+    wire_job_panel
 
 JUDGE_CHOICES = [("the model itself (as in the paper)", "self"), ("Groq", "groq"), ("OpenAI-compatible", "openai")]
 ROUND_COLUMNS = ["round", "pairs kept", "ties dropped", "unscored dropped", "mean score", "mean chars",
@@ -32,6 +33,7 @@ class IterateTab:
     win_plot: gr.LinePlot
     length_plot: gr.LinePlot
     hist_plot: gr.BarPlot
+    api_key: gr.Textbox | None = None
 
 
 def _num(name: str, label: str, **kw) -> gr.Number:
@@ -69,6 +71,7 @@ def build(ctx) -> IterateTab:
                 "show whether the rounds help. Details: `docs/iterative.md`.")
     fields = _settings_inputs()
     assert tuple(fields) == FIELDS  # start_iterating reads the values in this order
+    api_key = api_key_box()
     start = gr.Button("Iterate", variant="primary")
     panel = job_panel()
     table = gr.Dataframe(headers=ROUND_COLUMNS, label="Rounds", interactive=False, wrap=True)
@@ -77,13 +80,14 @@ def build(ctx) -> IterateTab:
                                y_lim=[0, 1], height=260)
         length_plot = gr.LinePlot(x="round", y="characters", color="answers", title="Answer length", height=260)
         hist_plot = gr.BarPlot(x="score", y="count", color="round", title="Self-scores (rounded)", height=260)
-    tab = IterateTab(fields, start, panel, table, win_plot, length_plot, hist_plot)
+    tab = IterateTab(fields, start, panel, table, win_plot, length_plot, hist_plot, api_key=api_key)
     _wire(tab, ctx)
     return tab
 
 
 def _wire(tab: IterateTab, ctx) -> None:
-    tab.start.click(start_iterating, inputs=[ctx.run_name, *tab.fields.values()], outputs=[tab.panel.status])
+    tab.start.click(lambda name, *values: start_iterating(name, *values[:-1], api_key=values[-1]),
+                    inputs=[ctx.run_name, *tab.fields.values(), tab.api_key], outputs=[tab.panel.status])
     views = [tab.table, tab.win_plot, tab.length_plot, tab.hist_plot]
     wire_job_panel(tab.panel, ctx.run_name, "iterate")
     tab.panel.timer.tick(refresh_if_changed, inputs=[ctx.run_name, tab.table], outputs=views, show_progress="hidden")
@@ -91,7 +95,7 @@ def _wire(tab: IterateTab, ctx) -> None:
         .then(start_choices, inputs=[ctx.run_name], outputs=[tab.fields["start_adapter"]])
 
 
-def start_iterating(run_name, *values):
+def start_iterating(run_name, *values, api_key: str = ""):
     open_run(run_name, create=False)
     v = {k: (int(x) if k in INTS else x) for k, x in zip(FIELDS, values)}
     cfg = IterateConfig(**{**v, "beta": float(v["beta"]), "lr": float(v["lr"]), "epochs": float(v["epochs"]),
@@ -100,8 +104,9 @@ def start_iterating(run_name, *values):
     if cfg.judge != "self":
         from lab.iterate import api_backend
 
-        checked(api_backend, cfg)  # a missing key shows at once
-    return start_job(run_name, "iterate", cfg.to_argv(), f"Iterating ({cfg.rounds} rounds)")
+        checked(api_backend, cfg, (api_key or "").strip() or None)  # a missing key shows at once
+    return start_job(run_name, "iterate", cfg.to_argv(), f"Iterating ({cfg.rounds} rounds)",
+                     secret_env=typed_key_env(cfg.judge, api_key))
 
 
 def start_choices(run_name: str | None):
