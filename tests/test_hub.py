@@ -21,8 +21,9 @@ from lab.store import Run, append_jsonl, atomic_write_json, atomic_write_text, w
 from tests.hubstandin import HubStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "hf_PLANTEDtokenDoNotLeak0123456789abcdef"
-GROQ_KEY = "gsk_PLANTEDgroqKeyDoNotLeak0123456789"
+# Fake credentials, planted to prove they never leak; split so the source holds nothing key-shaped.
+TOKEN = "hf_" + "PLANTEDtokenDoNotLeak" + "0123456789abcdef"
+GROQ_KEY = "gsk_" + "PLANTEDgroqKeyDoNotLeak" + "0123456789"
 JUDGE_PROMPT = "Compare the two answers to the question.\nThink step by step, then answer with A, B or tie."
 JUDGE_TEMPLATE = "[Question]\n{question}\n[Answer A]\n{a}\n[Answer B]\n{b}\nWhich is better? Reply A, B or tie."
 DECODING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "seed": 3}
