@@ -127,9 +127,9 @@ def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: di
     return f"**{label}** started."
 
 
-def api_key_box() -> gr.Textbox:
+def api_key_box(visible: bool = True) -> gr.Textbox:
     """A visitor's own API key for an API judge: it stays in this browser tab and goes to the one job it starts."""
-    return gr.Textbox("", type="password", label="API judge key (optional)",
+    return gr.Textbox("", type="password", label="API judge key (optional)", visible=visible,
                       info="kept in this browser tab only and handed to the job you start; never saved. Empty = "
                            "the app's GROQ_API_KEY / OPENAI_API_KEY")
 

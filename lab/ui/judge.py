@@ -20,7 +20,7 @@ from lab.errors import LabError
 from lab.judge import DEFAULT_TEMPLATE, check_template, estimate, pair_verdicts, report
 from lab.judge_backends import DEFAULT_MODELS, KEY_ENV
 from lab.store import Run, atomic_write_text
-from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, api_key_box, checked, job_panel, open_run, start_job, wire_job_panel
 
 BACKENDS = [("Local model (offline; the bundled 135M judge is weak)", "local"), ("Groq", "groq"),
             ("OpenAI-compatible endpoint", "openai")]
@@ -61,8 +61,7 @@ def _settings_inputs() -> dict:
         model = gr.Textbox("", label="Model", placeholder=DEFAULT_MODELS["local"], info=h("model"))
         base_url = gr.Textbox("", label="Base URL", placeholder="provider default", info=h("base_url"), visible=False)
     key_note = gr.Markdown(WEAK)
-    api_key = gr.Textbox("", type="password", label="API key (optional)", visible=False,
-                         info="kept in this browser tab only; used by the judge job you start, never saved")
+    api_key = api_key_box(visible=False)  # shown for the API backends
     with gr.Accordion("Rate limit and local judge", open=False):
         with gr.Row():
             rpm = gr.Number(JudgeConfig().rpm, label="Requests per minute", minimum=0, info=h("rpm"))
