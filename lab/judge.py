@@ -43,7 +43,7 @@ from lab.errors import LabError
 from lab.judge_backends import DEFAULT_MODELS, ApiBackend, LocalBackend, price_usd
 from lab.progress import Progress, stop_requested
 from lab.ratelimit import Cancelled, RateLimiter
-from lab.store import Run, atomic_write_text
+from lab.store import Run, atomic_write_text, once, read_user_text
 
 CANONICAL = ("a", "b", "tie")
 
@@ -186,7 +186,8 @@ def load_template(prompt_file: str = "") -> str:
     if not path.is_file():
         raise LabError(f"Prompt file {path} does not exist: give a text file with the template, or leave "
                        "--prompt-file empty for the built-in one.")
-    return check_template(path.read_text(encoding="utf-8"))
+    text = read_user_text(path, "Prompt file").replace("\r\n", "\n").replace("\r", "\n")  # as open() reads text
+    return check_template(text)
 
 
 VERDICT_WORDS = {"a": "A", "response a": "A", "b": "B", "response b": "B", "tie": "tie", "draw": "tie",

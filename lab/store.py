@@ -13,12 +13,17 @@
       iterations/<k>/         a nested Run for round k of self-rewarding DPO
       jobs/                   the child process that works on this run now (lab.jobs)
       hub/<repo>/             the exact folders pushed to the Hub, or that `push --dry-run` would push (lab.hub)
+      uploads/                files the user gave in the app, for the stage about to run (Run.upload_path)
       push.jsonl              one line per repo pushed: its link (lab.hub)
 
 JSONL files are append-only. Each append writes whole lines in one `write`, then flushes and fsyncs, so a crash
 loses at most the records in flight. A torn last line (a kill mid-write) is ignored by readers and cut off by the
 next append, so it never corrupts what follows. Whole-file writes (run.json, pairs) go to a temporary file that is
 renamed into place: a reader sees the old file or the new one, never half of one.
+
+Files a user gives (instructions, pairs, judge prompts) are read by `read_user_text` / `iter_user_jsonl` instead:
+UTF-8 with or without a BOM, every line a record (a last line without its newline included), and any fault a
+one-line LabError naming the file and the line.
 """
 from __future__ import annotations
 
@@ -175,6 +180,58 @@ def iter_jsonl(path: Path) -> Iterator[dict]:
 
 def read_jsonl(path: Path) -> list[dict]:
     return list(iter_jsonl(path))
+
+
+def read_user_text(path: Path, what: str = "File") -> str:
+    """The text of a file a user gave: UTF-8, a leading BOM dropped (editors on Windows add one).
+
+    Not UTF-8 (UTF-16, Latin-1, a binary file) or holding NUL bytes: LabError naming the file, the line and the byte
+    offset, and saying to save it as UTF-8. `what` starts the message ("Instruction file", "Pairs file")."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise LabError(f"{what} {path} cannot be read ({e.strerror}): give a readable text file.") from None
+    fix = "save it as UTF-8 text (in most editors: Save as..., encoding UTF-8)"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise LabError(f"{what} {path} is UTF-16 text, not UTF-8: {fix}.")
+    skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # the BOM
+    try:
+        text = data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = skip + e.start
+        line = data[:at].count(b"\n") + 1
+        raise LabError(f"{what} {path} is not UTF-8 text (byte {at}, on line {line}, is 0x{data[at]:02x}): "
+                       f"{fix}.") from None
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise LabError(f"{what} {path} holds a NUL byte on line {line}: it is a binary file, not text; {fix}.")
+    return text
+
+
+def iter_user_jsonl(path: Path, what: str = "File") -> Iterator[tuple[int, Any]]:
+    """(line number, value) for every non-blank line of a JSONL file a user gave (read_user_text's rules).
+
+    Unlike iter_jsonl (the lab's own append-only files, where a last line without newline is a torn write), a
+    user's file has no torn lines: its last line counts whether or not it ends with a newline."""
+    for n, line in enumerate(read_user_text(path, what).split("\n"), 1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LabError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or delete that line.") from e
+
+
+def once(write: Callable[[], Any]) -> Callable[[], None]:
+    """`write` run at the first call only. Stages record their settings (run.json) this way, just before their first
+    record: a stage that fails before doing any work (a bad key, a model that does not load) leaves run.json as it
+    was, so it never describes work that did not happen."""
+    done = []
+
+    def call() -> None:
+        if not done:
+            write()
+            done.append(True)
+    return call
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> int:

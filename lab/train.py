@@ -59,7 +59,8 @@ from lab import models
 from lab.config import TrainConfig
 from lab.errors import LabError
 from lab.progress import Progress, Stopped, stop_requested
-from lab.store import Run, atomic_write_json, atomic_write_text, append_jsonl, read_jsonl, write_jsonl
+from lab.store import (Run, append_jsonl, atomic_write_json, atomic_write_text, iter_user_jsonl, read_jsonl,
+                       write_jsonl)
 
 MIN_EVAL_GROUPS = 2  # fewer held-out instructions than this give an eval loss too noisy to read
 # Settings that may change between an interrupted training and its resumption without changing what is learned
@@ -151,8 +152,9 @@ def check_markup(records: list[dict], tokenizer, model: str) -> None:
 
 
 def load_pairs(path: Path) -> list[dict]:
-    """Read and check a pairs file. Returns [{"prompt", "chosen", "rejected", "meta"}] (messages lists)."""
-    records = [_check_record(r, n) for n, r in enumerate(read_jsonl(path), 1)]
+    """Read and check a pairs file (a user's file: UTF-8, its last line counts with or without a newline, see
+    lab.store.iter_user_jsonl). Returns [{"prompt", "chosen", "rejected", "meta"}] (messages lists)."""
+    records = [_check_record(r, n) for n, r in iter_user_jsonl(path, "Pairs file")]
     if not records:
         raise LabError(f"{path} holds no pairs: build them with `python -m lab pairs` (judge or pairrm first).")
     same = [n for n, r in enumerate(records, 1) if r["chosen"][-1]["content"].strip() ==
