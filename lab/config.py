@@ -168,6 +168,8 @@ class TrainConfig(Settings):
         if self.max_length < 16:
             raise LabError(f"--max-length {self.max_length} is too short for a prompt and an answer; "
                            "512-2048 is usual.")
+        if not self.target_modules.strip(" ,"):
+            raise LabError("--target-modules is empty: give 'all-linear' or layer names joined by ',' (q_proj,v_proj).")
         if not 0 <= self.eval_fraction < 0.5 or not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise LabError("--eval-fraction must be in [0, 0.5), --lora-dropout and --warmup-ratio in [0, 1).")
         return self

@@ -67,10 +67,11 @@ def runs_root() -> Path:
     return Path(os.environ.get("LAB_RUNS_DIR", "runs")).resolve()
 
 
-def validate_run_name(name: str) -> str:
+def validate_run_name(name: str, what: str = "run name") -> str:
+    """A plain folder name (runs, adapters, pair sources); `what` names it in the message ("adapter name")."""
     if not RUN_NAME.match(name or "") or ".." in name:
         raise LabError(
-            f"Invalid run name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+            f"Invalid {what} {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
             "(no slashes, no '..')."
         )
     return name
@@ -275,7 +276,7 @@ class Run:
         return self.path / FILES[kind]
 
     def pairs_file(self, source: str) -> Path:
-        return self.path / f"pairs-{validate_run_name(source)}.jsonl"
+        return self.path / f"pairs-{validate_run_name(source, 'pair source name')}.jsonl"
 
     def pair_sources(self) -> list[str]:
         """Sources that have a pairs file, e.g. ["judge", "pairrm"]."""
@@ -283,7 +284,7 @@ class Run:
         return sorted(n for n in names if RUN_NAME.match(n))
 
     def adapter_dir(self, name: str) -> Path:
-        return self.path / "adapters" / validate_run_name(name)
+        return self.path / "adapters" / validate_run_name(name, "adapter name")
 
     def adapters(self) -> list[str]:
         """Names of complete adapters (a folder counts once its adapter_config.json is in place)."""
