@@ -330,16 +330,12 @@ def score_key(s: dict) -> tuple:
 
 def train_round(r: Round, n_pairs: int) -> Path:
     """DPO on the round's pairs, continuing from (and referenced to) the policy's adapter."""
-    from lab.config import TrainConfig
     from lab.train import train_adapter
 
     out = r.run.adapter_dir(ADAPTER.format(r.k))
     if (out / "adapter_config.json").exists() and read_training_status(out) == "done":
         return out
-    c = r.cfg
-    tc = TrainConfig(model=r.spec, beta=c.beta, lr=c.lr, epochs=c.epochs, max_steps=c.max_steps, lora_r=c.lora_r,
-                     lora_alpha=2 * c.lora_r, batch_size=min(c.train_batch_size, n_pairs), eval_fraction=0.0,
-                     seed=c.seed + r.k, device=c.device, dtype=c.dtype)
+    tc = r.cfg.train_config(r.k, n_pairs)
     r.progress.update(0, 1, f"round {r.k}: training")
     return train_adapter(r.run, r.run.pairs_file("self"), ADAPTER.format(r.k), tc, base_model=r.spec,
                          init_adapter=str(r.policy) if r.policy else None, progress=r.progress)

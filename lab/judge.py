@@ -455,7 +455,8 @@ def make_backend(cfg: JudgeConfig, api_key: str | None = None) -> ApiBackend | L
     if cfg.backend == "local":
         return LocalBackend(model, cfg.device, cfg.dtype, cfg.reasoning_tokens, cfg.batch_size)
     return ApiBackend(cfg.backend, model, RateLimiter(cfg.rpm), cfg.base_url, api_key, cfg.api_key_env,
-                      cfg.timeout_s, cfg.max_retries, cfg.backoff_s, cfg.temperature, cfg.max_tokens, cfg.json_mode)
+                      cfg.timeout_s, cfg.max_retries, cfg.backoff_s, cfg.temperature, cfg.max_tokens, cfg.json_mode,
+                      cfg.max_retry_after_s)
 
 
 def estimate(run: Run, cfg: JudgeConfig, template: str | None = None) -> dict:
