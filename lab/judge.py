@@ -353,6 +353,7 @@ class _Session:
             if r.get("cache_key") and not (cfg.retry_invalid and r["verdict"] == "invalid"):
                 self.cache[r["cache_key"]] = r
         self.made = self.invalid_now = 0
+        self.started: Callable[[], None] = lambda: None  # judge_run: records the settings before the first record
 
     def key(self, call: Call) -> str:
         return cache_key(self.cfg.backend, self.model, self.phash, call)
@@ -366,6 +367,7 @@ class _Session:
     def emit(self, call: Call, out: Outcome) -> None:
         """Append one finished call to judgments.jsonl at once (the cache and the resume point)."""
         rec = self.record(call, out)
+        self.started()
         self.run.append("judgments", [rec])
         self.cache[rec["cache_key"]] = rec
         self.made += 1
@@ -497,8 +499,7 @@ def judge_run(run: Run, cfg: JudgeConfig, progress: Progress | None = None, api_
             break
         if backend is None:
             backend = make_backend(cfg, api_key)
-            atomic_write_text(run.file("judge_prompt"), s.template)
-            run.record_stage("judge", {**cfg.to_dict(), "model": s.model, "prompt_hash": s.phash})
+            s.started = once(lambda: _record_settings(run, cfg, s))
         runner = _run_local if isinstance(backend, LocalBackend) else _run_api
         counter = itertools.count(done + 1)
         progress.update(done, total, "judging")
@@ -507,6 +508,13 @@ def judge_run(run: Run, cfg: JudgeConfig, progress: Progress | None = None, api_
     current = [r for c in _all_reached(cfg.plan, cands, s.lookup, cfg.seed) if (r := s.lookup(c))]
     return {**report_records(current, run.read("samples")), "calls_made": s.made, "plan": cfg.plan,
             "backend": cfg.backend, "model": s.model, "prompt_hash": s.phash, "skipped_instructions": skipped}
+
+
+def _record_settings(run: Run, cfg: JudgeConfig, s: _Session) -> None:
+    """judge-prompt.txt and run.json's judge entry, written with the first new record: a run that fails before any
+    call succeeds (a bad key, a wrong URL) keeps the template and settings its judgments were made with."""
+    atomic_write_text(run.file("judge_prompt"), s.template)
+    run.record_stage("judge", {**cfg.to_dict(), "model": s.model, "prompt_hash": s.phash})
 
 
 def _all_reached(plan: str, cands: Candidates, lookup: Lookup, seed: int) -> list[Call]:

@@ -294,9 +294,10 @@ class Run:
         return sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").exists())
 
     def upload_path(self, suffix: str, kind: str = "instructions") -> Path:
-        """Where a file the user uploaded in the app is kept: kind "instructions" (training) or "heldout"."""
+        """Where a file the user gave in the app is kept: kind "instructions" (training), "heldout", or
+        "judge-prompt" (the template typed in the Judge tab, for the job about to run)."""
         suffix = suffix if re.match(r"^\.[a-z]{1,5}$", suffix) else ".txt"
-        kind = kind if kind in ("instructions", "heldout") else "instructions"
+        kind = kind if kind in ("instructions", "heldout", "judge-prompt") else "instructions"
         return self.path / "uploads" / f"{kind}{suffix}"
 
     def iteration(self, k: int) -> "Run":
