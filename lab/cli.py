@@ -210,17 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from lab.jobs import report_exit
-    from lab.progress import Stopped, install_stop_handler
+    from lab.progress import Stopped, close_bars, install_stop_handler
 
     args = build_parser().parse_args(argv)
     install_stop_handler()
     try:
         args.func(args)
     except LabError as e:
+        close_bars()
         print(f"error: {e}", file=sys.stderr)
         report_exit(2, "failed", str(e))
         return 2
     except (Stopped, KeyboardInterrupt) as e:
+        close_bars()
         msg = str(e) or "Stopped; everything finished so far is saved."
         print(msg, file=sys.stderr)
         report_exit(0, "stopped", msg)

@@ -41,7 +41,7 @@ from typing import Iterable
 
 from lab.errors import LabError
 from lab.progress import Progress
-from lab.store import Run, atomic_write_json, write_jsonl
+from lab.store import Run, atomic_write_json, once, write_jsonl
 
 BASE = "base"
 SHINGLE = 5  # character n-grams for near-duplicate detection: robust to small rewordings and typos
@@ -239,8 +239,9 @@ def _records(chunk: list[dict], comps, name: str, path: Path | None, cm, cfg, ke
 
 
 def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict], cfg, key: str, dec: dict,
-                 dups: dict, progress: Progress) -> int:
-    """Generate every missing (model, chunk) unit, appending each chunk as it finishes. Returns records written."""
+                 dups: dict, progress: Progress, started=lambda: None) -> int:
+    """Generate every missing (model, chunk) unit, appending each chunk as it finishes (`started()` is called just
+    before each append: lab.store.once records the settings with the first). Returns records written."""
     from lab.sample import Decoding, generate
 
     prints = {name: fingerprint(path) for name, path in adapters.items()}
@@ -256,6 +257,7 @@ def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict],
         with select(None if name == BASE else name) as cm:
             comps = generate(cm, [it["prompt"] for it in chunk], 1, Decoding(**dec), cfg.batch_size)
         recs = _records(chunk, comps, name, adapters.get(name), cm, cfg, key, dec, dups)
+        started()
         written += run.append("compare", [{**r, "adapter_hash": prints.get(name)} for r in recs])
         done += len(chunk)
     progress.update(done, total, "comparing")
@@ -290,21 +292,24 @@ def compare_run(run: Run, cfg, progress: Progress | None = None, api_key: str | 
     cm = models.load(cfg.model, cfg.device, cfg.dtype)
     check_same_base(adapters, cfg.model, cm.path)
     key, dec = model_settings(cfg)
-    run.record_stage("compare", {**cfg.to_dict(), "key": key, "base_path": cm.path, "models": [BASE, *adapters],
-                                 "instruction_ids": [i["id"] for i in items], "duplicates_found": dups})
+    settings = {**cfg.to_dict(), "key": key, "base_path": cm.path, "models": [BASE, *adapters],
+                "instruction_ids": [i["id"] for i in items], "duplicates_found": dups}
+    started = once(lambda: run.record_stage("compare", settings))  # with the first completion, or once scored
     progress = progress or Progress("comparing")
     with adapters_on(cm, adapters) as select:
-        written = complete_all(run, select, adapters, items, cfg, key, dec, dups, progress)
+        written = complete_all(run, select, adapters, items, cfg, key, dec, dups, progress, started)
     progress.close()
-    scores = score(run, cfg, progress, api_key)
+    scores = score(run, cfg, progress, api_key, settings)
+    started()
     return {"run": run.name, "models": [BASE, *adapters], "instructions": len(items), "written_now": written,
             "duplicates": len(dups), "scores": str(run.file("compare_scores")), "win_rates": scores["win_rates"]}
 
 
 # ---- the grid ----------------------------------------------------------------------------------------------------
-def current(run: Run) -> tuple[list[dict], dict]:
-    """Records of the latest comparison (its key, its instructions, its models) and its settings."""
-    st = run.stage_settings("compare")
+def current(run: Run, st: dict | None = None) -> tuple[list[dict], dict]:
+    """Records of a comparison (its key, its instructions, its models) and its settings: those given (a comparison
+    not recorded yet), else the latest in run.json."""
+    st = st or run.stage_settings("compare")
     if not st:
         raise LabError(f"Run {run.name} has no comparison yet: run `python -m lab compare --run {run.name}` first.")
     ids, names = set(st["instruction_ids"]), set(st["models"])
@@ -423,10 +428,12 @@ def by_model(records: list[dict]) -> dict[str, dict[str, dict]]:
     return out
 
 
-def score(run: Run, cfg, progress: Progress | None = None, api_key: str | None = None) -> dict:
-    """Compute every score of the latest comparison and write compare-scores.json. Win rates need the judges:
-    PairRM when cfg.pairrm is set, the LLM judge when cfg.judge is not 'none'."""
-    records, st = current(run)
+def score(run: Run, cfg, progress: Progress | None = None, api_key: str | None = None,
+          settings: dict | None = None) -> dict:
+    """Compute every score of a comparison (`settings` as compare_run records them; default: the latest in
+    run.json) and write compare-scores.json. Win rates need the judges: PairRM when cfg.pairrm is set, the LLM
+    judge when cfg.judge is not 'none'."""
+    records, st = current(run, settings)
     table = by_model(records)
     flagged = sorted(i for i in st.get("duplicates_found", {}) if i in set(st["instruction_ids"]))
     base = list(table.get(BASE, {}).values())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +22,32 @@ def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
 
 
 class Settings:
-    """Mixin: dataclass <-> argparse, plus validation hooks."""
+    """Mixin: dataclass <-> argparse, plus validation hooks.
+
+    Every subclass's `validate()` first runs `check_finite()` (wrapped in by __init_subclass__), so no stage ever
+    runs with, or writes into run.json, a NaN or an infinity; a new float field is covered without more code."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("validate")
+        if own is not None:
+            @functools.wraps(own)
+            def validate(self):
+                self.check_finite()
+                return own(self)
+            cls.validate = validate
+
+    def validate(self):
+        self.check_finite()
+        return self
+
+    def check_finite(self) -> None:
+        """LabError for the first float field that is NaN or infinite (argparse's float() accepts 'nan', 'inf')."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise LabError(f"--{f.name.replace('_', '-')} must be a finite number (got {value}): give a plain "
+                               f"number such as {f.default}.")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -102,12 +129,13 @@ class PushConfig(Settings):
     dry_run: bool = opt(False, "write the folders that would be uploaded under <run>/hub/ and push nothing")
 
     def validate(self) -> "PushConfig":
-        import re
+        from lab.hub import is_hub_name
 
-        name = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}$")
         for label, value in (("--namespace", self.namespace), ("--prefix", self.prefix)):
-            if value and not name.match(value):
-                raise LabError(f"{label} {value!r} is not a valid Hub name: use letters, digits, '-', '_' or '.'.")
+            if value and not is_hub_name(value):
+                raise LabError(f"{label} {value!r} is not a valid Hub name: use letters, digits, '-', '_' or '.', "
+                               "starting with a letter or digit, without '--' or '..', not ending in '-', '.' or "
+                               "'.git'.")
         if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
             raise LabError(f"--endpoint must be a URL such as https://huggingface.co (got {self.endpoint!r}).")
         if not (self.datasets or self.adapters):
@@ -168,6 +196,8 @@ class TrainConfig(Settings):
         if self.max_length < 16:
             raise LabError(f"--max-length {self.max_length} is too short for a prompt and an answer; "
                            "512-2048 is usual.")
+        if not self.target_modules.strip(" ,"):
+            raise LabError("--target-modules is empty: give 'all-linear' or layer names joined by ',' (q_proj,v_proj).")
         if not 0 <= self.eval_fraction < 0.5 or not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise LabError("--eval-fraction must be in [0, 0.5), --lora-dropout and --warmup-ratio in [0, 1).")
         return self
@@ -257,6 +287,8 @@ class JudgeConfig(Settings):
     timeout_s: float = opt(60.0, "seconds to wait for one API answer before retrying")
     max_retries: int = opt(5, "retries of a request after 429 / 5xx / timeout (Retry-After is honoured)")
     backoff_s: float = opt(1.0, "first retry delay when the provider gives no Retry-After; doubles each retry")
+    max_retry_after_s: float = opt(300.0, "longest Retry-After pause accepted; a provider asking for more (a daily "
+                                   "quota spent) stops the run, with what it asked, instead of pausing every worker")
     json_mode: bool = opt(True, "ask the API for a JSON object (response_format); turn off for servers without it")
     retry_invalid: bool = opt(False, "judge again the calls recorded as invalid (otherwise the cache keeps them)")
     seed: int = opt(0, "seed of the coin that settles undecided knockout matches")
@@ -270,6 +302,8 @@ class JudgeConfig(Settings):
             raise LabError("--concurrency and --batch-size must be at least 1.")
         if self.rpm < 0 or self.timeout_s <= 0 or self.max_retries < 0 or self.backoff_s < 0:
             raise LabError("--rpm must be >= 0 (0 = no limit), --timeout-s > 0, --max-retries and --backoff-s >= 0.")
+        if self.max_retry_after_s <= 0:
+            raise LabError(f"--max-retry-after-s must be > 0 (got {self.max_retry_after_s}); 300 (5 minutes) is usual.")
         if self.max_tokens < 16 or self.reasoning_tokens < 0:
             raise LabError(f"--max-tokens must be at least 16 (got {self.max_tokens}): the reply holds the reasoning "
                            "and the verdict; --reasoning-tokens must be >= 0.")
@@ -324,6 +358,16 @@ class IterateConfig(Settings):
         if self.judge_tokens < 8 or self.judge_temperature < 0:
             raise LabError("--judge-tokens must be at least 8 (a justification and 'Score: N'; 160 is typical) and "
                            "--judge-temperature >= 0.")
-        if self.n < 0 or self.eval_n < 0:
-            raise LabError("--n and --eval-n must be 0 (all / none) or more.")
+        if self.n < 0 or self.eval_n < 0 or self.rpm < 0:
+            raise LabError("--n and --eval-n must be 0 (all / none) or more, --rpm 0 (no limit) or more.")
+        if self.train_batch_size < 1:
+            raise LabError(f"--train-batch-size must be at least 1 (got {self.train_batch_size}).")
+        self.train_config(1, self.train_batch_size).validate()  # before round 1 samples anything, not after
         return self
+
+    def train_config(self, k: int, n_pairs: int) -> TrainConfig:
+        """The DPO settings of round k, trained on n_pairs pairs (a batch no larger than the pairs)."""
+        return TrainConfig(model=self.model, beta=self.beta, lr=self.lr, epochs=self.epochs, max_steps=self.max_steps,
+                           lora_r=self.lora_r, lora_alpha=2 * self.lora_r,
+                           batch_size=min(self.train_batch_size, n_pairs), eval_fraction=0.0, seed=self.seed + k,
+                           device=self.device, dtype=self.dtype)

@@ -90,9 +90,16 @@ def plan(run: Run, cfg: PushConfig) -> list[Item]:
     return items
 
 
+def is_hub_name(name: str) -> bool:
+    """The Hub's rule for repo names and namespaces (users, organisations): 1-96 letters, digits, '-', '_', '.',
+    starting with a letter or digit, no '--' or '..', not ending in '-', '.' or '.git'."""
+    return (bool(REPO_NAME.match(name)) and "--" not in name and ".." not in name
+            and not name.endswith((".git", "-", ".")))
+
+
 def check_repo_name(name: str) -> str:
-    """The Hub's rule for repo names: 1-96 letters, digits, '-', '_', '.', no '--' or '..', not ending in '.git'."""
-    if not REPO_NAME.match(name) or "--" in name or ".." in name or name.endswith((".git", "-", ".")):
+    """A repo name made from --prefix and a source / adapter name (is_hub_name's rule)."""
+    if not is_hub_name(name):
         raise LabError(f"{name!r} is not a valid Hub repo name (at most 96 letters, digits, '-', '_', '.'; no '--' "
                        "or '..'): choose a shorter or simpler --prefix.")
     return name

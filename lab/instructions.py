@@ -11,18 +11,21 @@ Sources:
   - `heldout`: assets/instructions-heldout.jsonl, new instructions for the comparison (never for training)
   - `lima`: GAIR/lima on the hub (gated: accept its terms and set HF_TOKEN). Filters: single-turn conversations
     only, prompts of 20-2,000 characters; N of them picked by a seeded shuffle, so the same N and seed give the same set
-  - a file: .jsonl with a "prompt" field, .csv with a "prompt" column, or .txt with one instruction per line
+  - a file: .jsonl with a "prompt" field (and optionally an "id": a string or a whole number; two lines with the same
+    id must hold the same prompt), .csv with a "prompt" column, or .txt with one instruction per line. Files are
+    UTF-8, with or without a BOM (lab.store.read_user_text).
 """
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
+import io
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lab.errors import LabError
+from lab.store import iter_user_jsonl, read_user_text
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED = {"bundled": ASSETS / "instructions-train.jsonl", "heldout": ASSETS / "instructions-heldout.jsonl"}
@@ -57,30 +60,52 @@ def _from_prompts(prompts: list[str], source: str, ids: list[str] | None = None)
     return out
 
 
+def _record_id(obj: dict, prompt: str, path: Path, n: int) -> str:
+    """A line's own "id" (a string or a whole number, compared as text: 1 and "1" are one id), else the prompt's."""
+    raw = obj.get("id")
+    if raw is None:
+        return prompt_id(prompt)
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)) or not str(raw).strip():
+        raise LabError(f'{path}: line {n} has "id" {raw!r}: an id is a non-empty string or a whole number '
+                       "(or leave it out and the lab makes one from the prompt).")
+    return str(raw).strip()
+
+
 def _read_jsonl(path: Path) -> list[Instruction]:
-    prompts, ids = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LabError(f"{path}: line {n} is not valid JSON ({e.msg}). Each line must be an object like "
-                           '{"prompt": "..."}.') from e
+    prompts, ids, first = [], [], {}  # first: id -> (line, prompt) where it first appeared
+    for n, obj in iter_user_jsonl(path, "Instruction file"):
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
             raise LabError(f'{path}: line {n} has no "prompt" text field. Each line must look like {{"prompt": "..."}}.')
+        iid = _record_id(obj, obj["prompt"], path, n)
+        line, prompt = first.setdefault(iid, (n, obj["prompt"].strip()))
+        if prompt != obj["prompt"].strip():  # the judge would see one prompt with the other's responses
+            raise LabError(f"{path}: lines {line} and {n} have the same id {iid!r} but different prompts: give each "
+                           'instruction its own id (or leave the "id" fields out).')
         prompts.append(obj["prompt"])
-        ids.append(str(obj["id"]) if "id" in obj else prompt_id(obj["prompt"]))
+        ids.append(iid)
     return _from_prompts(prompts, path.name, ids)
 
 
 def _read_csv(path: Path) -> list[Instruction]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+    """The 'prompt' column; quoting errors (an unterminated quote would swallow every row after it) are refused."""
+    reader = csv.DictReader(io.StringIO(read_user_text(path, "Instruction file"), newline=""), strict=True)
+    start = 1  # the line the row being read starts on
+    try:
         if not reader.fieldnames or "prompt" not in reader.fieldnames:
             raise LabError(f"{path}: no 'prompt' column (found: {', '.join(reader.fieldnames or []) or 'none'}). "
                            "Add a header row with a column named prompt.")
-        return _from_prompts([row["prompt"] for row in reader], path.name)
+        prompts, start = [], reader.line_num + 1
+        for row in reader:
+            prompts.append(row["prompt"])
+            start = reader.line_num + 1
+    except csv.Error as e:
+        if "end of data" in str(e):
+            raise LabError(f"{path}: the quoted field that starts on line {start} is never closed, so every line after "
+                           'it would become one prompt: add the closing quote (write a quote inside a field as "").'
+                           ) from None
+        raise LabError(f"{path}: line {start} is not valid CSV ({e}): quote fields that hold commas or "
+                       'quotes, and write a quote inside a field as "".') from None
+    return _from_prompts(prompts, path.name)
 
 
 def read_file(path: str | Path) -> list[Instruction]:
@@ -92,7 +117,7 @@ def read_file(path: str | Path) -> list[Instruction]:
     if path.suffix == ".csv":
         return _read_csv(path)
     if path.suffix in (".txt", ""):
-        return _from_prompts(path.read_text(encoding="utf-8").splitlines(), path.name)
+        return _from_prompts(read_user_text(path, "Instruction file").splitlines(), path.name)
     raise LabError(f"{path}: unsupported file type {path.suffix!r}: use .jsonl (a 'prompt' field), .csv (a 'prompt' "
                    "column) or .txt (one instruction per line).")
 

@@ -47,10 +47,11 @@ import hashlib
 import re
 import time
 from pathlib import Path
+from typing import Callable
 
 from lab.errors import LabError
 from lab.progress import Progress
-from lab.store import Run, write_jsonl
+from lab.store import Run, once, write_jsonl
 
 SCORE_PROMPT = """Review the user's question and the corresponding response using the additive 5-point scoring \
 system described below. Points are accumulated based on the satisfaction of each criterion:
@@ -268,6 +269,7 @@ class Round:
     cfg: object
     progress: Progress
     previous: Run | None = None  # round k-1's folder (its evaluation is reused)
+    started: Callable[[], None] = lambda: None  # called before each new record: iterate_run records its settings
 
     @property
     def policy_name(self) -> str | None:
@@ -288,6 +290,7 @@ def sample_round(r: Round, items: list[dict]) -> list[dict]:
         chunk = todo[n:n + step]
         with r.select(r.policy_name) as cm:
             comps = generate(cm, [it["prompt"] for it in chunk], r.cfg.samples, dec, r.cfg.batch_size)
+        r.started()
         r.run.append("samples", [sample_record(it, j, c, cm, r, dec) for it, cs in zip(chunk, comps)
                                  for j, c in enumerate(cs)])
     return [s for s in r.run.read("samples") if s["instruction_id"] in {it["id"] for it in items}]
@@ -317,6 +320,7 @@ def score_texts(r: Round, which: str | None, rows: list[dict], make_key, seed: i
         else:
             evals = api_scores(r.judge, prompts, r.cfg.evaluations)
         train = todo[0]["set"] == "train"
+        r.started()
         r.run.append("scores", [{"set": row["set"], "instruction_id": row["instruction_id"],
                                  "sample_index": row["sample_index"] if train else None,
                                  "model": None if train else row["model"],
@@ -330,16 +334,12 @@ def score_key(s: dict) -> tuple:
 
 def train_round(r: Round, n_pairs: int) -> Path:
     """DPO on the round's pairs, continuing from (and referenced to) the policy's adapter."""
-    from lab.config import TrainConfig
     from lab.train import train_adapter
 
     out = r.run.adapter_dir(ADAPTER.format(r.k))
     if (out / "adapter_config.json").exists() and read_training_status(out) == "done":
         return out
-    c = r.cfg
-    tc = TrainConfig(model=r.spec, beta=c.beta, lr=c.lr, epochs=c.epochs, max_steps=c.max_steps, lora_r=c.lora_r,
-                     lora_alpha=2 * c.lora_r, batch_size=min(c.train_batch_size, n_pairs), eval_fraction=0.0,
-                     seed=c.seed + r.k, device=c.device, dtype=c.dtype)
+    tc = r.cfg.train_config(r.k, n_pairs)
     r.progress.update(0, 1, f"round {r.k}: training")
     return train_adapter(r.run, r.run.pairs_file("self"), ADAPTER.format(r.k), tc, base_model=r.spec,
                          init_adapter=str(r.policy) if r.policy else None, progress=r.progress)
@@ -372,6 +372,7 @@ def eval_round(r: Round, items: list[dict]) -> dict:
             r.progress.update(0, 1, f"round {r.k}: evaluating {name}")
             with r.select(adapter) as cm:
                 comps = generate(cm, [it["prompt"] for it in todo], 1, dec, r.cfg.batch_size)
+            r.started()
             r.run.append("compare", [eval_record(it, name, c[0], r, dec, cm.path) for it, c in zip(todo, comps)])
     rows = [{**c, "set": "eval"} for c in r.run.read("compare") if c["model"] in names]
     score_texts(r, None, rows, lambda row: ("eval", row["instruction_id"], None, row["model"]), r.cfg.seed)
@@ -440,9 +441,9 @@ def _bootstrap_cfg(cfg):
 def data_round(r: Round, items: list[dict]) -> tuple[list[dict], dict]:
     """Sample, score and pair one round; writes samples.jsonl, scores.jsonl and pairs-self.jsonl of the round.
     Returns (pairs, the round's statistics so far)."""
-    known = {i["id"] for i in r.run.read("instructions")}
-    r.run.append("instructions", [it for it in items if it["id"] not in known])
     samples = sample_round(r, items)
+    known = {i["id"] for i in r.run.read("instructions")}  # after sampling: a round that did no work writes nothing
+    r.run.append("instructions", [it for it in items if it["id"] not in known])
     score_texts(r, r.policy_name, [{**s, "set": "train"} for s in samples],
                 lambda row: ("train", row["instruction_id"], row["sample_index"], None), r.cfg.seed + 100 * r.k)
     scores = r.run.read("scores")
@@ -499,7 +500,7 @@ def start_policy(run: Run, cfg, cm) -> Path | None:
 
 
 def one_round(run: Run, cm, k: int, policy: Path | None, items: list[dict], eval_items: list[dict], judge, cfg,
-              progress: Progress) -> dict:
+              progress: Progress, started: Callable[[], None] = lambda: None) -> dict:
     """Round k: data from M(k-1), then DPO (outside any adapter wrapping: training loads its own copy), then the
     evaluation with M(k-1) and M(k) switched on the one base."""
     import json
@@ -509,7 +510,7 @@ def one_round(run: Run, cm, k: int, policy: Path | None, items: list[dict], eval
     prev = {ADAPTER.format(k - 1): policy} if policy else {}
     with compare.adapters_on(cm, prev) as select:
         r = Round(k, run.iteration(k), cfg.model, policy, select, judge, cfg, progress,
-                  run.iteration(k - 1) if k > 1 else None)
+                  run.iteration(k - 1) if k > 1 else None, started)
         pairs, line = data_round(r, items)
     adapter = train_round(r, len(pairs))
     with compare.adapters_on(cm, {**prev, ADAPTER.format(k): adapter}) as select:
@@ -533,14 +534,15 @@ def iterate_run(run: Run, cfg, progress: Progress | None = None, api_key: str | 
     judge = api_backend(cfg, api_key)  # a missing API key fails here, before any work
     cm = models.load(cfg.model, cfg.device, cfg.dtype)
     policy = start_policy(run, cfg, cm)
-    run.record_stage("iterate", {**cfg.to_dict(), "base_path": cm.path, "judge_name": judge_name(cfg),
-                                 "prompt_hash": PROMPT_HASH, "instruction_ids": [i["id"] for i in items],
-                                 "eval_instruction_ids": [i["id"] for i in eval_items]})
+    started = once(lambda: run.record_stage("iterate", {
+        **cfg.to_dict(), "base_path": cm.path, "judge_name": judge_name(cfg), "prompt_hash": PROMPT_HASH,
+        "instruction_ids": [i["id"] for i in items], "eval_instruction_ids": [i["id"] for i in eval_items]}))
     done = {line["round"]: line for line in run.read("iterate")}
     progress = progress or Progress("iterate")
     for k in range(1, cfg.rounds + 1):
         if k not in done:
-            done[k] = one_round(run, cm, k, policy, items, eval_items, judge, cfg, progress)
+            done[k] = one_round(run, cm, k, policy, items, eval_items, judge, cfg, progress, started)
+            started()
             run.append("iterate", [done[k]])
         policy = Path(done[k]["adapter"])
     progress.close()

@@ -43,7 +43,7 @@ from lab.errors import LabError
 from lab.judge_backends import DEFAULT_MODELS, ApiBackend, LocalBackend, price_usd
 from lab.progress import Progress, stop_requested
 from lab.ratelimit import Cancelled, RateLimiter
-from lab.store import Run, atomic_write_text
+from lab.store import Run, atomic_write_text, once, read_user_text
 
 CANONICAL = ("a", "b", "tie")
 
@@ -186,7 +186,8 @@ def load_template(prompt_file: str = "") -> str:
     if not path.is_file():
         raise LabError(f"Prompt file {path} does not exist: give a text file with the template, or leave "
                        "--prompt-file empty for the built-in one.")
-    return check_template(path.read_text(encoding="utf-8"))
+    text = read_user_text(path, "Prompt file").replace("\r\n", "\n").replace("\r", "\n")  # as open() reads text
+    return check_template(text)
 
 
 VERDICT_WORDS = {"a": "A", "response a": "A", "b": "B", "response b": "B", "tie": "tie", "draw": "tie",
@@ -352,6 +353,7 @@ class _Session:
             if r.get("cache_key") and not (cfg.retry_invalid and r["verdict"] == "invalid"):
                 self.cache[r["cache_key"]] = r
         self.made = self.invalid_now = 0
+        self.started: Callable[[], None] = lambda: None  # judge_run: records the settings before the first record
 
     def key(self, call: Call) -> str:
         return cache_key(self.cfg.backend, self.model, self.phash, call)
@@ -365,6 +367,7 @@ class _Session:
     def emit(self, call: Call, out: Outcome) -> None:
         """Append one finished call to judgments.jsonl at once (the cache and the resume point)."""
         rec = self.record(call, out)
+        self.started()
         self.run.append("judgments", [rec])
         self.cache[rec["cache_key"]] = rec
         self.made += 1
@@ -454,7 +457,8 @@ def make_backend(cfg: JudgeConfig, api_key: str | None = None) -> ApiBackend | L
     if cfg.backend == "local":
         return LocalBackend(model, cfg.device, cfg.dtype, cfg.reasoning_tokens, cfg.batch_size)
     return ApiBackend(cfg.backend, model, RateLimiter(cfg.rpm), cfg.base_url, api_key, cfg.api_key_env,
-                      cfg.timeout_s, cfg.max_retries, cfg.backoff_s, cfg.temperature, cfg.max_tokens, cfg.json_mode)
+                      cfg.timeout_s, cfg.max_retries, cfg.backoff_s, cfg.temperature, cfg.max_tokens, cfg.json_mode,
+                      cfg.max_retry_after_s)
 
 
 def estimate(run: Run, cfg: JudgeConfig, template: str | None = None) -> dict:
@@ -495,8 +499,7 @@ def judge_run(run: Run, cfg: JudgeConfig, progress: Progress | None = None, api_
             break
         if backend is None:
             backend = make_backend(cfg, api_key)
-            atomic_write_text(run.file("judge_prompt"), s.template)
-            run.record_stage("judge", {**cfg.to_dict(), "model": s.model, "prompt_hash": s.phash})
+            s.started = once(lambda: _record_settings(run, cfg, s))
         runner = _run_local if isinstance(backend, LocalBackend) else _run_api
         counter = itertools.count(done + 1)
         progress.update(done, total, "judging")
@@ -505,6 +508,13 @@ def judge_run(run: Run, cfg: JudgeConfig, progress: Progress | None = None, api_
     current = [r for c in _all_reached(cfg.plan, cands, s.lookup, cfg.seed) if (r := s.lookup(c))]
     return {**report_records(current, run.read("samples")), "calls_made": s.made, "plan": cfg.plan,
             "backend": cfg.backend, "model": s.model, "prompt_hash": s.phash, "skipped_instructions": skipped}
+
+
+def _record_settings(run: Run, cfg: JudgeConfig, s: _Session) -> None:
+    """judge-prompt.txt and run.json's judge entry, written with the first new record: a run that fails before any
+    call succeeds (a bad key, a wrong URL) keeps the template and settings its judgments were made with."""
+    atomic_write_text(run.file("judge_prompt"), s.template)
+    run.record_stage("judge", {**cfg.to_dict(), "model": s.model, "prompt_hash": s.phash})
 
 
 def _all_reached(plan: str, cands: Candidates, lookup: Lookup, seed: int) -> list[Call]:

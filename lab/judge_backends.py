@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 
+from lab.config import JudgeConfig
 from lab.errors import LabError
 from lab.ratelimit import RateLimiter, backoff_s, retry_after_s
 
@@ -58,8 +60,10 @@ class ApiBackend:
 
     def __init__(self, kind: str, model: str, limiter: RateLimiter, base_url: str = "", api_key: str | None = None,
                  key_env: str = "", timeout_s: float = 60.0, max_retries: int = 5, backoff: float = 1.0,
-                 temperature: float = 0.0, max_tokens: int = 512, json_mode: bool = True):
+                 temperature: float = 0.0, max_tokens: int = 512, json_mode: bool = True,
+                 max_retry_after_s: float = JudgeConfig.max_retry_after_s):
         self.kind, self.model, self.limiter = kind, model, limiter
+        self.max_retry_after_s = max_retry_after_s
         self.key_env = key_env or KEY_ENV[kind]
         self.api_key = api_key or os.environ.get(self.key_env) or ""
         if not self.api_key:
@@ -134,6 +138,8 @@ class ApiBackend:
             raise self._fatal(None, err)  # refused three times: the host is wrong, not busy
         response = getattr(err, "response", None)
         wait = retry_after_s(response.headers if response is not None else None)
+        if wait is not None and wait > self.max_retry_after_s:
+            raise self._asked_to_wait(wait)
         if status == 429:
             self.limiter.pause(wait if wait is not None else backoff_s(attempt, self.backoff, None))
         return backoff_s(attempt, self.backoff, wait)
@@ -150,6 +156,16 @@ class ApiBackend:
             return LabError(f"Could not connect to {where}: check --base-url and that the server is running. "
                             f"({self._scrub(str(err))})")
         return LabError(f"{where} refused the request (HTTP {status}): {self._scrub(str(err))[:300]}")
+
+    def _asked_to_wait(self, seconds: float) -> LabError:
+        """A Retry-After beyond the cap: a spent daily quota, not a busy minute. Pausing every worker for hours
+        without a word looks like a hang, so the run stops and says when to come back."""
+        until = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(time.time() + seconds))
+        span = f"{seconds / 3600:.1f} hours" if seconds >= 3600 else f"{seconds / 60:.0f} minutes"
+        return LabError(f"{self.kind} at {self.url} asked to wait {seconds:.0f} s before the next request "
+                        f"(Retry-After: {span}, until about {until}), more than the {self.max_retry_after_s:.0f} s "
+                        "this run waits (lab judge --max-retry-after-s). Everything judged so far is saved: rerun "
+                        "the same command after that time to go on from there.")
 
     def _gave_up(self, err: Exception | None) -> LabError:
         status = getattr(err, "status_code", None)

@@ -12,11 +12,13 @@ import os
 import signal
 import sys
 import time
+import weakref
 from pathlib import Path
 
 from lab.store import atomic_write_json
 
 _STOP = {"requested": False}
+_BARS: "weakref.WeakSet" = weakref.WeakSet()  # open Progress objects with a terminal bar (close_bars)
 
 
 class Stopped(Exception):
@@ -67,6 +69,7 @@ class Progress:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, desc=self.desc, file=sys.stderr, dynamic_ncols=True)
+            _BARS.add(self)
         self._bar.total = total
         self._bar.n = done
         self._bar.refresh()
@@ -89,3 +92,11 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        _BARS.discard(self)
+
+
+def close_bars() -> None:
+    """End every bar still drawn (a stage that raised leaves its bar open): the CLI's closing message then starts
+    on a line of its own instead of after a half-drawn bar."""
+    for progress in list(_BARS):
+        progress.close()

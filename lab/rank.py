@@ -43,7 +43,7 @@ from typing import Any
 from lab.errors import LabError
 from lab.models import HUB_ID, _build_once, cache_dir
 from lab.progress import Progress
-from lab.store import Run
+from lab.store import Run, once
 
 DEFAULT_RANKER = "llm-blender/PairRM"
 PAIRRM_SOURCE_MAX, PAIRRM_CANDIDATE_MAX = 1224, 412  # PairRM's training lengths, in tokens
@@ -375,11 +375,12 @@ def rank_run(run: Run, cfg, progress: Progress | None = None) -> dict:
     if not todo:
         return {**summary, "message": "Every instruction is already ranked with this ranker; nothing to do."}
     ranker = load_ranker(cfg.ranker, cfg.device, cfg.dtype)
-    run.record_stage("rank", cfg.to_dict())
+    started = once(lambda: run.record_stage("rank", cfg.to_dict()))  # with the first rankings, not before
     start = time.time()
     for batch in _batches(todo, cfg.batch_size):
         progress.check_stop()
         results = compare_all(ranker, [(g.prompt, g.texts) for g in batch], cfg.batch_size)
+        started()
         summary["ranked"] += run.append("rankings", [_record(g, r, ranker) for g, r in zip(batch, results)])
         progress.update(summary["ranked"], len(todo), "ranking with PairRM")
     progress.close()

@@ -29,7 +29,7 @@ from lab.config import SampleConfig
 from lab.errors import LabError
 from lab.instructions import Instruction, load_instructions
 from lab.progress import Progress
-from lab.store import Run
+from lab.store import Run, once
 
 NUCLEUS_TOP_K = 256  # candidates searched for the top-p nucleus before falling back to a full sort
 
@@ -236,6 +236,16 @@ def _check_model_matches(existing: list[dict], cfg: SampleConfig) -> None:
                        "start a new run (--run NEW_NAME) to sample another model.")
 
 
+def _check_known_ids(run: Run, items: list[Instruction]) -> None:
+    """An id the run already holds must still mean the same prompt: its samples would be taken for the new one's."""
+    known = {r["id"]: r["prompt"] for r in run.read("instructions")}
+    clash = next((i for i in items if i.id in known and known[i.id].strip() != i.prompt.strip()), None)
+    if clash:
+        raise LabError(f"Instruction id {clash.id!r} ({clash.source}) names another prompt than the same id in run "
+                       f"{run.name}'s instructions.jsonl ({known[clash.id][:60]!r}): give it a new id, or sample into "
+                       "a new run (--run NEW_NAME).")
+
+
 def _register_instructions(run: Run, items: list[Instruction]) -> None:
     known = {r["id"] for r in run.read("instructions")}
     run.append("instructions", (i.to_dict() for i in items if i.id not in known))
@@ -262,14 +272,18 @@ def sample_run(run: Run, cfg: SampleConfig, progress: Progress | None = None) ->
     """The sample stage: writes instructions.jsonl and samples.jsonl, resuming whatever is already there."""
     cfg.validate()
     items = load_instructions(cfg.instructions, cfg.n, cfg.seed)
+    _check_known_ids(run, items)
     existing = run.read("samples")
     _check_model_matches(existing, cfg)
     cm = models.load(cfg.model, cfg.device, cfg.dtype)
     units = _missing(items, existing, cfg.k)
     encoded = {n: cm.encode_prompt(items[n].prompt) for n, _ in units}
     _check_lengths(cm, encoded, cfg)  # every check before the first write: bad input leaves the run untouched
-    _register_instructions(run, items)
-    run.record_stage("sample", {**cfg.to_dict(), "model_path": cm.path, "model_info": cm.info})
+
+    def record() -> None:  # once the first batch is generated: a failure before it leaves the run as it was
+        _register_instructions(run, items)
+        run.record_stage("sample", {**cfg.to_dict(), "model_path": cm.path, "model_info": cm.info})
+    started = once(record)
     seen: dict[str, dict[str, int]] = {}
     for s in existing:
         seen.setdefault(s["instruction_id"], {}).setdefault(s["text"], s["sample_index"])
@@ -284,6 +298,7 @@ def sample_run(run: Run, cfg: SampleConfig, progress: Progress | None = None) ->
         comps = _run_units(cm, batch, encoded, dec, salt)
         recs = [r for (n, idx), c in zip(batch, comps)
                 for r in _records(items[n], idx, c, seen.setdefault(items[n].id, {}), cfg, cm)]
+        started()
         written += run.append("samples", recs)
         new_tokens += sum(r["completion_tokens"] for r in recs)
         done += len(recs)

@@ -13,12 +13,17 @@
       iterations/<k>/         a nested Run for round k of self-rewarding DPO
       jobs/                   the child process that works on this run now (lab.jobs)
       hub/<repo>/             the exact folders pushed to the Hub, or that `push --dry-run` would push (lab.hub)
+      uploads/                files the user gave in the app, for the stage about to run (Run.upload_path)
       push.jsonl              one line per repo pushed: its link (lab.hub)
 
 JSONL files are append-only. Each append writes whole lines in one `write`, then flushes and fsyncs, so a crash
 loses at most the records in flight. A torn last line (a kill mid-write) is ignored by readers and cut off by the
 next append, so it never corrupts what follows. Whole-file writes (run.json, pairs) go to a temporary file that is
 renamed into place: a reader sees the old file or the new one, never half of one.
+
+Files a user gives (instructions, pairs, judge prompts) are read by `read_user_text` / `iter_user_jsonl` instead:
+UTF-8 with or without a BOM, every line a record (a last line without its newline included), and any fault a
+one-line LabError naming the file and the line.
 """
 from __future__ import annotations
 
@@ -62,10 +67,11 @@ def runs_root() -> Path:
     return Path(os.environ.get("LAB_RUNS_DIR", "runs")).resolve()
 
 
-def validate_run_name(name: str) -> str:
+def validate_run_name(name: str, what: str = "run name") -> str:
+    """A plain folder name (runs, adapters, pair sources); `what` names it in the message ("adapter name")."""
     if not RUN_NAME.match(name or "") or ".." in name:
         raise LabError(
-            f"Invalid run name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+            f"Invalid {what} {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
             "(no slashes, no '..')."
         )
     return name
@@ -177,6 +183,58 @@ def read_jsonl(path: Path) -> list[dict]:
     return list(iter_jsonl(path))
 
 
+def read_user_text(path: Path, what: str = "File") -> str:
+    """The text of a file a user gave: UTF-8, a leading BOM dropped (editors on Windows add one).
+
+    Not UTF-8 (UTF-16, Latin-1, a binary file) or holding NUL bytes: LabError naming the file, the line and the byte
+    offset, and saying to save it as UTF-8. `what` starts the message ("Instruction file", "Pairs file")."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise LabError(f"{what} {path} cannot be read ({e.strerror}): give a readable text file.") from None
+    fix = "save it as UTF-8 text (in most editors: Save as..., encoding UTF-8)"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise LabError(f"{what} {path} is UTF-16 text, not UTF-8: {fix}.")
+    skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # the BOM
+    try:
+        text = data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = skip + e.start
+        line = data[:at].count(b"\n") + 1
+        raise LabError(f"{what} {path} is not UTF-8 text (byte {at}, on line {line}, is 0x{data[at]:02x}): "
+                       f"{fix}.") from None
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise LabError(f"{what} {path} holds a NUL byte on line {line}: it is a binary file, not text; {fix}.")
+    return text
+
+
+def iter_user_jsonl(path: Path, what: str = "File") -> Iterator[tuple[int, Any]]:
+    """(line number, value) for every non-blank line of a JSONL file a user gave (read_user_text's rules).
+
+    Unlike iter_jsonl (the lab's own append-only files, where a last line without newline is a torn write), a
+    user's file has no torn lines: its last line counts whether or not it ends with a newline."""
+    for n, line in enumerate(read_user_text(path, what).split("\n"), 1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LabError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or delete that line.") from e
+
+
+def once(write: Callable[[], Any]) -> Callable[[], None]:
+    """`write` run at the first call only. Stages record their settings (run.json) this way, just before their first
+    record: a stage that fails before doing any work (a bad key, a model that does not load) leaves run.json as it
+    was, so it never describes work that did not happen."""
+    done = []
+
+    def call() -> None:
+        if not done:
+            write()
+            done.append(True)
+    return call
+
+
 def write_jsonl(path: Path, records: Iterable[dict]) -> int:
     """Replace a whole JSONL file atomically (for derived files such as pairs)."""
     lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
@@ -218,7 +276,7 @@ class Run:
         return self.path / FILES[kind]
 
     def pairs_file(self, source: str) -> Path:
-        return self.path / f"pairs-{validate_run_name(source)}.jsonl"
+        return self.path / f"pairs-{validate_run_name(source, 'pair source name')}.jsonl"
 
     def pair_sources(self) -> list[str]:
         """Sources that have a pairs file, e.g. ["judge", "pairrm"]."""
@@ -226,7 +284,7 @@ class Run:
         return sorted(n for n in names if RUN_NAME.match(n))
 
     def adapter_dir(self, name: str) -> Path:
-        return self.path / "adapters" / validate_run_name(name)
+        return self.path / "adapters" / validate_run_name(name, "adapter name")
 
     def adapters(self) -> list[str]:
         """Names of complete adapters (a folder counts once its adapter_config.json is in place)."""
@@ -236,9 +294,10 @@ class Run:
         return sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").exists())
 
     def upload_path(self, suffix: str, kind: str = "instructions") -> Path:
-        """Where a file the user uploaded in the app is kept: kind "instructions" (training) or "heldout"."""
+        """Where a file the user gave in the app is kept: kind "instructions" (training), "heldout", or
+        "judge-prompt" (the template typed in the Judge tab, for the job about to run)."""
         suffix = suffix if re.match(r"^\.[a-z]{1,5}$", suffix) else ".txt"
-        kind = kind if kind in ("instructions", "heldout") else "instructions"
+        kind = kind if kind in ("instructions", "heldout", "judge-prompt") else "instructions"
         return self.path / "uploads" / f"{kind}{suffix}"
 
     def iteration(self, k: int) -> "Run":

@@ -59,7 +59,8 @@ from lab import models
 from lab.config import TrainConfig
 from lab.errors import LabError
 from lab.progress import Progress, Stopped, stop_requested
-from lab.store import Run, atomic_write_json, atomic_write_text, append_jsonl, read_jsonl, write_jsonl
+from lab.store import (Run, append_jsonl, atomic_write_json, atomic_write_text, iter_user_jsonl, read_jsonl,
+                       write_jsonl)
 
 MIN_EVAL_GROUPS = 2  # fewer held-out instructions than this give an eval loss too noisy to read
 # Settings that may change between an interrupted training and its resumption without changing what is learned
@@ -120,6 +121,10 @@ def _check_record(rec: Any, n: int) -> dict:
            "meta": rec.get("meta") if isinstance(rec.get("meta"), dict) else {}}
     if out["prompt"][-1]["role"] != "user":
         raise LabError(f"{where}: the prompt must end with a user message.")
+    for side in ("chosen", "rejected"):  # DPO trains on these tokens as the model's own answer
+        if any(m["role"] != "assistant" for m in out[side]):
+            raise LabError(f"{where}, {side}: every message must have role 'assistant' (the answer to the prompt); "
+                           "earlier turns, user ones included, belong in 'prompt'.")
     return out
 
 
@@ -151,8 +156,9 @@ def check_markup(records: list[dict], tokenizer, model: str) -> None:
 
 
 def load_pairs(path: Path) -> list[dict]:
-    """Read and check a pairs file. Returns [{"prompt", "chosen", "rejected", "meta"}] (messages lists)."""
-    records = [_check_record(r, n) for n, r in enumerate(read_jsonl(path), 1)]
+    """Read and check a pairs file (a user's file: UTF-8, its last line counts with or without a newline, see
+    lab.store.iter_user_jsonl). Returns [{"prompt", "chosen", "rejected", "meta"}] (messages lists)."""
+    records = [_check_record(r, n) for n, r in iter_user_jsonl(path, "Pairs file")]
     if not records:
         raise LabError(f"{path} holds no pairs: build them with `python -m lab pairs` (judge or pairrm first).")
     same = [n for n, r in enumerate(records, 1) if r["chosen"][-1]["content"].strip() ==
@@ -399,13 +405,35 @@ def load_policy(spec: str, config: TrainConfig, init_adapter: str | None):
     return model, tok, device
 
 
+def lora_targets(config: TrainConfig) -> str | list[str]:
+    """--target-modules as PEFT takes it: "all-linear", or a list of module names."""
+    targets = config.target_modules.strip()
+    return targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+
+
 def lora_config(config: TrainConfig):
     from peft import LoraConfig
 
-    targets = config.target_modules.strip()
-    targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+                      target_modules=lora_targets(config), task_type="CAUSAL_LM")
+
+
+def check_target_modules(model, config: TrainConfig, spec: str) -> None:
+    """Refuse --target-modules names that match no layer LoRA can adapt (PEFT's rule: the module's full name, or
+    its end after a '.'), listing the names that can: PEFT would fail inside the trainer, or skip a misspelt name."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    targets = lora_targets(config)
+    if targets == "all-linear":
+        return
+    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, Conv1D)
+    names = [n for n, m in model.named_modules() if isinstance(m, kinds)]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        known = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise LabError(f"--target-modules {', '.join(missing)}: no such layer in {spec} can take LoRA. Use "
+                       f"'all-linear', or names joined by ',' from: {', '.join(known)}.")
 
 
 def planned_steps(config: TrainConfig, n_train: int, world: int) -> int:
@@ -624,9 +652,10 @@ def precheck(run: Run, pairs: str | os.PathLike, adapter_name: str, config: Trai
     """The checks that need no model (settings, pairs file, adapter name), for the app to run before it starts a
     job. -> pair_stats of the pairs file. Raises LabError like train_adapter would."""
     config.validate()
+    out = run.adapter_dir(adapter_name)
     path = resolve_pairs(run, pairs)
     stats = pair_stats(path, load_pairs(path))
-    refuse_finished(run.adapter_dir(adapter_name))
+    refuse_finished(out)
     return stats
 
 
@@ -644,6 +673,7 @@ def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config:
     Works unchanged under `accelerate launch` (every rank calls it; rank 0 writes the files).
     """
     config = config.validate()
+    out = run.adapter_dir(adapter_name)
     spec = base_model or config.model or run_model(run)
     path = resolve_pairs(run, pairs)
     records = load_pairs(path)
@@ -651,7 +681,6 @@ def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config:
     check_markup(records, tok, spec)
     check_lengths(records, tok, config.max_length)
     init = resolve_init_adapter(run, init_adapter)
-    out = run.adapter_dir(adapter_name)
     stats = pair_stats(path, records)
     identity = {**config.to_dict(), "model": spec, "pairs_sha256": stats["sha256"], "init_adapter": init}
     ckpt = plan_resume(out, identity, config.resume) if out.exists() else None
@@ -672,6 +701,8 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
     config = TrainConfig(**{k: identity[k] for k in TrainConfig.__dataclass_fields__})
     spec = identity["model"]
     model, tok, device = load_policy(spec, config, init)
+    if init is None:  # a continued adapter keeps its own layers (TRL gets no LoraConfig then)
+        check_target_modules(model, config, spec)
     train, held = split_pairs(records, config.eval_fraction, config.seed)
     state = {"status": "training", "settings": config.to_dict(), "base_model": spec,
              "base_model_path": models.resolve(spec), "init_adapter": init,
@@ -682,10 +713,10 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
         reset_folder(out, ckpt)
         atomic_write_json(out / "training.json", state)
     _barrier()
-    trainer = build_trainer(model, tok, config, out, device, train, held, progress)
-    for cb in callbacks:
-        trainer.add_callback(cb)
-    try:
+    try:  # from here on a failure is recorded in training.json (status "failed" and the message)
+        trainer = build_trainer(model, tok, config, out, device, train, held, progress)
+        for cb in callbacks:
+            trainer.add_callback(cb)
         run_trainer(trainer, config, device, ckpt)
     except BaseException as e:
         if is_main_process() and not isinstance(e, KeyboardInterrupt):

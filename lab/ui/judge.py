@@ -154,8 +154,9 @@ def cost_md(est: dict) -> str:
 
 def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, prompt,
                   api_key: str = "") -> str:
-    """Validate, save the prompt in the run (judge-prompt.txt) and start `python -m lab judge` as a job.
-    A typed api_key goes to that job's environment only."""
+    """Validate, hand the prompt to the job in a file (uploads/judge-prompt.txt; the job copies it to
+    judge-prompt.txt with its first judgment) and start `python -m lab judge`. A typed api_key goes to that job's
+    environment only."""
     run = open_run(run_name, create=False)
     cfg = config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens)
     checked(cfg.validate)
@@ -164,7 +165,7 @@ def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, re
     typed = (api_key or "").strip()
     if cfg.backend != "local" and not typed and not os.environ.get(KEY_ENV[cfg.backend]):
         raise gr.Error(key_note(cfg.backend).replace("**", "").replace("`", ""))
-    path = run.file("judge_prompt")
+    path = run.upload_path(".txt", "judge-prompt")  # not judge-prompt.txt: a job that fails keeps the run as it was
     atomic_write_text(path, prompt)
     cfg.prompt_file = str(path)
     secret = {KEY_ENV[cfg.backend]: typed} if typed and cfg.backend != "local" else None
