@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from lab import limits
 from lab.store import list_runs, validate_run_name
 from lab.ui.common import CSS
 
@@ -90,5 +91,7 @@ def _poll_only_the_shown_tab(tabs: list[gr.Tab], timers: list[gr.Timer | None]) 
 
 
 def launch_kwargs() -> dict:
-    """Styling passed to launch() (gradio 6 takes css/theme there)."""
-    return {"css": CSS, "theme": gr.themes.Soft()}
+    """Styling passed to launch() (gradio 6 takes css/theme there), and the owner's upload cap (lab.limits): Gradio
+    refuses a bigger upload before it reaches a handler."""
+    limit = limits.upload_limit_bytes()
+    return {"css": CSS, "theme": gr.themes.Soft(), **({"max_file_size": limit} if limit else {})}

@@ -7,12 +7,14 @@ reload (or a restarted app) re-attaches to whatever is running.
 from __future__ import annotations
 
 import html
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import gradio as gr
 
-from lab import jobs
+from lab import jobs, limits
 from lab.errors import LabError
 from lab.store import Run
 
@@ -113,18 +115,50 @@ def _stop(name: str, stage: str) -> str:
     st = _job_of(name, stage)
     if st.get("state") != "running":
         return "Nothing is running in this tab."
-    return status_text(jobs.stop(Run.open(name)))
+    return status_text(checked(jobs.stop, Run.open(name)))
 
 
 def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: dict[str, str] | None = None) -> str:
     """Start `python -m lab <stage> --run RUN argv...` for the chosen run; user errors become a gr.Error toast.
     secret_env (a key typed into this page) goes to that job's environment only (see lab.jobs.start)."""
     run = open_run(name)
-    try:
-        jobs.start(run, [stage, "--run", str(run.path), *argv], label, secret_env=secret_env)
-    except LabError as e:
-        raise gr.Error(str(e)) from e
+    full = [stage, "--run", str(run.path), *argv]
+    admit(full)
+    checked(jobs.start, run, full, label, secret_env=secret_env)
     return f"**{label}** started."
+
+
+def admit(argv: list[str]) -> None:
+    """The checks the job's own process will make first (a hosted app's rules, the owner's caps: lab.hosting),
+    made here too so that a refusal is a message on the page, before anything is written or queued."""
+    from lab.cli import build_parser
+    from lab.hosting import admit as admit_args
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:  # argparse's own refusal; the forms only build valid command lines
+        raise gr.Error(f"These settings do not make a valid `{argv[0]}` command line.") from None
+    checked(admit_args, args)
+
+
+@contextmanager
+def upload_into(run: Run, upload: str, kind: str = "instructions") -> Iterator[Path]:
+    """Keep a file uploaded in the page with the run (Run.save_upload) for the block, which starts the job that reads
+    it. If the block fails (a refused setting, a cap), the run's previous upload is put back: nothing changes."""
+    checked(limits.check_upload, upload)
+    dest = run.upload_path(Path(upload).suffix.lower(), kind)
+    before = dest.read_bytes() if dest.exists() else None
+    checked(run.save_upload, upload, kind)
+    try:
+        yield dest
+    except BaseException:
+        if before is None:
+            dest.unlink(missing_ok=True)
+            if not any(dest.parent.iterdir()):
+                dest.parent.rmdir()
+        else:
+            dest.write_bytes(before)
+        raise
 
 
 def api_key_box(visible: bool = True) -> gr.Textbox:
