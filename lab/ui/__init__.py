@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from lab import limits
+from lab import jobs, limits
 from lab.store import list_runs, validate_run_name
 from lab.ui.common import CSS
 
@@ -78,6 +78,7 @@ def build_app() -> gr.Blocks:
         _poll_only_the_shown_tab(tabs, timers)
         app.load(lambda saved: gr.update(choices=list_runs(), value=saved), inputs=ctx.remembered,
                  outputs=ctx.run_name)
+    jobs.start_pumping()  # queued jobs start here, one at a time (lab.jobs)
     return app
 
 
