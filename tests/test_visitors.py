@@ -233,3 +233,43 @@ def test_the_card_preview_reads_only_the_runs_staged_folders(runs_dir):
     Run.open("t").file("hub").mkdir(parents=True)
     assert card_preview("t", "../../other/hub/secret-repo") == ""  # it used to show the other run's card
     assert card_preview("other", "secret-repo") == "the other run's card"
+
+
+@pytest.mark.browser
+def test_in_a_browser_a_visitor_keeps_their_run_across_a_reload_and_another_never_sees_it(tmp_path):
+    """Two browsers on the Space: the id kept in Alice's localStorage brings her run back after a reload (and a new
+    id is not made each visit); Bob's picker never lists it, and typing its name gets "No such run"."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_helpers import AppServer, CHROMIUM, CHROMIUM_ARGS, choose_run, click, pick_option, \
+        set_number, shot, wait_for_text, wait_for_toast
+
+    (tmp_path / "runs").mkdir()
+    server = AppServer(tmp_path / "runs", env=SPACE)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            alice, bob = (browser.new_context(viewport={"width": 1280, "height": 800}).new_page() for _ in "ab")
+            for page in (alice, bob):
+                page.set_default_timeout(60_000)
+                page.goto(server.url)
+            choose_run(alice, "alices-run")
+            pick_option(alice, "Model", "tiny-random")
+            set_number(alice, "Instructions (N)", 2)
+            set_number(alice, "Responses each (K)", 1)
+            set_number(alice, "Max new tokens", 8)
+            click(alice, "Sample")
+            wait_for_text(alice, "Sampling finished.")
+            alice.reload()
+            wait_for_text(alice, "2 responses to 2 instructions", timeout_s=30)
+            assert alice.get_by_label("Run", exact=True).input_value() == "alices-run"
+            bob.get_by_label("Run", exact=True).click()
+            assert bob.get_by_role("option", name="alices-run").count() == 0
+            choose_run(bob, "alices-run")
+            wait_for_toast(bob, "No such run 'alices-run'")
+            shot(bob, "visitor-no-such-run")
+            browser.close()
+    finally:
+        server.close()
+    owners = list((tmp_path / "runs").glob("*/owner.json"))
+    assert [o.parent.name for o in owners] == ["alices-run"]
