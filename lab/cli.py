@@ -209,12 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lab.hosting import admit
     from lab.jobs import report_exit
     from lab.progress import Stopped, close_bars, install_stop_handler
 
     args = build_parser().parse_args(argv)
     install_stop_handler()
     try:
+        admit(args)  # a hosted app's rules and the owner's caps (lab.hosting, lab.limits), before anything is written
         args.func(args)
     except LabError as e:
         close_bars()

@@ -87,6 +87,9 @@ class Settings:
         return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
 
 
+MAX_K = 1000  # responses per instruction anyone may ask for (a Space's owner caps it lower: lab/limits.py)
+
+
 @dataclass
 class SampleConfig(Settings):
     model: str = opt("bundled", "model spec: hub id, local folder, 'bundled' or 'tiny-random'")
@@ -104,6 +107,9 @@ class SampleConfig(Settings):
     def validate(self) -> "SampleConfig":
         if self.k < 1:
             raise LabError(f"--k must be at least 1 (got {self.k}): it is the number of responses per instruction.")
+        if self.k > MAX_K:
+            raise LabError(f"--k {self.k} is more than {MAX_K} responses per instruction: judging and ranking grow "
+                           f"with K squared; 4-16 is usual. Ask for at most {MAX_K}.")
         if self.n < 1:
             raise LabError(f"--n must be at least 1 (got {self.n}).")
         if not 1 <= self.max_new_tokens <= 8192:

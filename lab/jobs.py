@@ -1,28 +1,43 @@
-"""Long work in a child process that the app can follow, stop and re-attach to.
+"""Long work in a child process that the app can follow, stop and re-attach to; one job at a time, the rest queued.
 
 A job is `python -m lab <stage> ...` (the same command a terminal runs) started in its own process group, with its
 state on disk so that a page reload, or a restarted app, finds it again:
 
-    runs/<run>/jobs/job.json       {"pid", "argv", "label", "started"}
+    runs/<run>/jobs/job.json       {"ticket", "argv", "label", "queued"} while it waits; + "pid", "started" once it runs
     runs/<run>/jobs/progress.json  written by lab.progress.Progress in the child
     runs/<run>/jobs/log.txt        the child's stdout and stderr
-    runs/<run>/jobs/exit.json      {"returncode", "state", "error"}, written by the child as it ends
+    runs/<run>/jobs/exit.json      {"returncode", "state", "error"}, written by the child as it ends (or by the app
+                                   for a job cancelled, or dropped, before it ran)
 
-Only one job runs per machine at a time (models fill memory): `<runs root>/.active-job` names the run that has it;
-starting another while it lives is refused with a message that says which one to wait for or stop.
+One job runs per machine at a time (models fill memory): `<runs root>/.active-job` names the run that has it. Jobs
+started meanwhile wait in a first-come queue, one file per job:
+
+    <runs root>/.queue/<ticket>.json   {"ticket", "run", "argv", "label", "queued", "needs_key"}
+
+The ticket (nanoseconds + random) orders the queue. The app's process pumps it (`pump`: from a thread the app
+starts, at every `start` and in `wait`): once the machine is free, the oldest entry starts. A run has at most one job
+queued or running. An API key typed into the page for a queued job waits in this process's memory only (`_KEYS`),
+never in a file; an entry whose key is gone (the app restarted) is dropped with a message in its run's exit.json.
+Changes to the queue hold `<runs root>/.queue.lock` (flock), so two processes never start two jobs.
 """
 from __future__ import annotations
 
+import contextvars
+import fcntl
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from lab.errors import LabError
-from lab.store import Run, atomic_write_json, runs_root
+from lab.store import Run, atomic_write_json, atomic_write_text, check_writable, runs_root
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,32 +71,149 @@ def active_job() -> tuple[Path, int] | None:
     return Path(marker["run"]), int(marker["pid"])
 
 
+LOST_KEY = ("Dropped from the queue: it was to use an API key typed into the page, and the app restarted while it "
+            "waited (typed keys are never saved). Start it again and type the key again.")
+_KEYS: dict[str, dict[str, str]] = {}  # ticket -> the typed credentials of a queued job, in this process only
+_LOCK = threading.Lock()  # with the flock below: never nested (a second flock of this process would wait forever)
+_PUMPER: list[threading.Thread] = []
+
+
+def _queue_dir() -> Path:
+    return runs_root() / ".queue"
+
+
+@contextmanager
+def _queue_lock() -> Iterator[None]:
+    """Hold the queue (threads of this process, and other processes) while it changes."""
+    root = runs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with _LOCK, open(root / ".queue.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def queued() -> list[dict]:
+    """The queue's entries, oldest first."""
+    folder = _queue_dir()
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return [e for e in (_read(p) for p in paths) if e and e.get("ticket")]
+
+
 def start(run: Run, argv: list[str], label: str, secret_env: dict[str, str] | None = None) -> dict:
-    """Start `python -m lab *argv` for `run`. Refuses while any job is running.
+    """Queue `python -m lab *argv` for `run` and start it at once if the machine is free. -> status(run).
+    Refused while the run already has a job queued or running.
 
     secret_env: credentials for this job alone (an API key a visitor typed into the page). They reach only the
-    child's environment: never argv (visible to every user in `ps`), job.json, the log or any other file.
+    child's environment: never argv (visible to every user in `ps`), job.json, the queue, the log or any other file.
     """
-    busy = active_job()
-    if busy:
-        raise LabError(f"Another job is running on this machine (run '{busy[0].name}'): wait for it or stop it first.")
+    check_writable(run.jobs_dir)
+    with _queue_lock():
+        st = status(run)
+        if st["state"] in ("queued", "running"):
+            raise LabError(f"A job is already {st['state']} on run {run.name!r} ({st.get('label', 'a job')}): wait "
+                           "for it to finish, or stop it first.")
+        ticket = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+        entry = {"ticket": ticket, "run": str(run.path), "argv": argv, "label": label, "queued": time.time(),
+                 "needs_key": bool(secret_env)}
+        if secret_env:
+            _KEYS[ticket] = dict(secret_env)
+        atomic_write_json(_queue_dir() / f"{ticket}.json", entry)  # the entry first: job.json always finds it
+        atomic_write_json(run.jobs_dir / "job.json", {k: entry[k] for k in ("ticket", "argv", "label", "queued")})
+        for name in ("progress.json", "exit.json"):
+            (run.jobs_dir / name).unlink(missing_ok=True)
+        atomic_write_text(run.jobs_dir / "log.txt", "Queued: it starts when the machine is free.\n")
+    pump()
+    return status(run)
+
+
+def pump() -> dict | None:
+    """Start the oldest queued job if no job holds the machine. -> the job started, or None. It runs outside any
+    read-only guard of the caller (lab.store.read_only): starting the queue's head is the machine's business."""
+    return contextvars.Context().run(_pump)
+
+
+def _pump() -> dict | None:
+    with _queue_lock():
+        if active_job():
+            return None
+        for entry in queued():
+            path, run = _queue_dir() / f"{entry['ticket']}.json", Run(Path(entry["run"]))
+            key = _KEYS.pop(entry["ticket"], None)
+            if not run.path.is_dir() or (entry.get("needs_key") and key is None):
+                if run.path.is_dir():
+                    _end(run, "failed", LOST_KEY)
+                path.unlink(missing_ok=True)
+                continue
+            job = _launch(run, entry, key)
+            path.unlink(missing_ok=True)  # after job.json has the pid: status never sees the job in neither place
+            return job
+    return None
+
+
+def _launch(run: Run, entry: dict, secret_env: dict[str, str] | None) -> dict:
     jobs = run.jobs_dir
     jobs.mkdir(parents=True, exist_ok=True)
-    for name in ("progress.json", "exit.json"):
-        (jobs / name).unlink(missing_ok=True)
     env = {**os.environ, **(secret_env or {}), "LAB_PROGRESS_FILE": str(jobs / "progress.json"),
            "LAB_JOB_DIR": str(jobs), "PYTHONUNBUFFERED": "1"}
     with open(jobs / "log.txt", "w", encoding="utf-8") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "lab", *argv], cwd=ROOT, env=env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "lab", *entry["argv"]], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    job = {"pid": proc.pid, "argv": argv, "label": label, "started": time.time()}
+    job = {"ticket": entry["ticket"], "pid": proc.pid, "argv": entry["argv"], "label": entry["label"],
+           "queued": entry["queued"], "started": time.time()}
     atomic_write_json(jobs / "job.json", job)
     atomic_write_json(runs_root() / ".active-job", {"run": str(run.path), "pid": proc.pid})
     return job
 
 
+def _end(run: Run, state: str, error: str) -> None:
+    atomic_write_json(run.jobs_dir / "exit.json", {"returncode": None, "state": state, "error": error})
+
+
+def start_pumping(interval_s: float = 1.0) -> None:
+    """Pump the queue from a daemon thread of this process, once a second (the app calls this once)."""
+    if _PUMPER:
+        return
+
+    def loop() -> None:
+        while True:
+            try:
+                pump()
+            except Exception as e:  # a full disk or a vanished folder must not end the app's queue for good
+                print(f"job queue: {type(e).__name__}: {e}", file=sys.stderr)
+            time.sleep(interval_s)
+
+    _PUMPER.append(threading.Thread(target=loop, name="lab-job-queue", daemon=True))
+    _PUMPER[0].start()
+
+
+def place(ticket: str | None) -> dict | None:
+    """{"position": 1-based place in line, "ahead": jobs before it (the running one included)}, or None if the
+    ticket is not queued."""
+    tickets = [e["ticket"] for e in queued()]
+    if ticket not in tickets:
+        return None
+    ahead = tickets.index(ticket) + (1 if active_job() else 0)
+    return {"position": ahead + 1, "ahead": ahead}
+
+
+def cancel(run: Run) -> dict:
+    """Take the run's queued job out of the queue (a running one is left alone: see stop). -> status(run)."""
+    check_writable(run.jobs_dir)
+    with _queue_lock():
+        job = _read(run.jobs_dir / "job.json") or {}
+        if job.get("ticket") and "pid" not in job and place(job["ticket"]) is not None:
+            _end(run, "stopped", "Cancelled while it waited in the queue; nothing ran.")
+            (_queue_dir() / f"{job['ticket']}.json").unlink(missing_ok=True)
+            _KEYS.pop(job["ticket"], None)
+    return status(run)
+
+
 def status(run: Run) -> dict:
-    """What the run's latest job is doing: state is none | running | done | failed | stopped | died."""
+    """What the run's latest job is doing: state is none | queued | running | done | failed | stopped | died.
+    A queued job also has "position" and "ahead" (see place)."""
     jobs = run.jobs_dir
     job = _read(jobs / "job.json")
     if not job:
@@ -90,6 +222,11 @@ def status(run: Run) -> dict:
     end = _read(jobs / "exit.json")
     if end:
         return {**out, **end}
+    if "pid" not in job:
+        where = place(job.get("ticket"))
+        if where is None:
+            return {**out, "state": "died", "error": "The queued job left the queue without starting; start it again."}
+        return {**out, "state": "queued", **where}
     if _alive(int(job["pid"])):
         return {**out, "state": "running"}
     return {**out, "state": "died", "error": "The job ended without reporting (killed?); see its log."}
@@ -105,8 +242,12 @@ def log_tail(run: Run, chars: int = 4000) -> str:
 
 
 def stop(run: Run, grace_s: float = 30.0) -> dict:
-    """Ask the job to stop at its next safe point (SIGTERM); kill its process group if it has not after grace_s."""
+    """Ask the job to stop at its next safe point (SIGTERM); kill its process group if it has not after grace_s.
+    A job still in the queue is cancelled."""
+    check_writable(run.jobs_dir)
     job = _read(run.jobs_dir / "job.json")
+    if job and "pid" not in job:
+        return cancel(run)
     if not job or not _alive(int(job["pid"])):
         return status(run)
     pid = int(job["pid"])
@@ -129,11 +270,12 @@ def report_exit(returncode: int, state: str, error: str | None = None) -> None:
 
 
 def wait(run: Run, timeout_s: float = 600.0, poll_s: float = 0.2) -> dict:
-    """Block until the run's job is no longer running (for tests and scripts)."""
+    """Block until the run's job is no longer queued or running, pumping the queue meanwhile (tests, scripts)."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
+        pump()
         st = status(run)
-        if st["state"] != "running":
+        if st["state"] not in ("queued", "running"):
             return st
         time.sleep(poll_s)
     raise TimeoutError(f"job on run {run.name} still running after {timeout_s} s")

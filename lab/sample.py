@@ -192,7 +192,7 @@ def generate(cm: models.ChatModel, prompts: list[str], k: int, dec: Decoding, ba
     units = [(i, list(range(k))) for i in range(len(prompts))]
     out: list[list[Completion]] = [[] for _ in prompts]
     for batch in _plan_batches(units, encoded, batch_size):
-        done = _run_units(cm, batch, encoded, dec, salt="|".join(prompts[i][:64] for i, _ in batch))
+        done = _run_units(cm, batch, encoded, dec, salt="|".join(_unit_salt(prompts[i], idx, k) for i, idx in batch))
         for (i, _), comps in zip(batch, done):
             out[i].extend(comps)
         if progress:
@@ -201,10 +201,25 @@ def generate(cm: models.ChatModel, prompts: list[str], k: int, dec: Decoding, ba
     return out
 
 
-def _plan_batches(units: list[tuple[int, list[int]]], encoded: list[list[int]], batch_size: int):
-    """Group (prompt index, sample indices) units, shortest prompts first, at most batch_size sequences a batch."""
+def _unit_salt(prompt: str, indices: list[int], k: int) -> str:
+    """What seeds a unit's share of a batch's RNG in `generate`: the prompt, plus which samples when the prompt's K
+    were split over several batches (else every part of it would draw the same numbers, and repeat its samples)."""
+    return prompt[:64] if len(indices) == k else f"{prompt[:64]}#{indices[0]}-{indices[-1]}"
+
+
+def _split_units(units: list[tuple[int, list[int]]], batch_size: int) -> list[tuple[int, list[int]]]:
+    """A unit wanting more samples than fit in a batch becomes several units of at most batch_size samples."""
+    return [(i, idx[start:start + batch_size]) for i, idx in units for start in range(0, len(idx), batch_size)]
+
+
+def _plan_batches(units: list[tuple[int, list[int]]], encoded, batch_size: int):
+    """Group (prompt index, sample indices) units, shortest prompts first, at most batch_size sequences a batch.
+
+    A prompt's K samples may span several batches when K > batch_size (its parts keep their order), so no batch ever
+    holds more than batch_size rows: memory follows --batch-size, not K. Units of up to batch_size samples are packed
+    exactly as before the split existed, so seeded runs with K <= batch_size draw the same samples as they did."""
     batch, size = [], 0
-    for unit in sorted(units, key=lambda u: len(encoded[u[0]])):
+    for unit in sorted(_split_units(units, batch_size), key=lambda u: len(encoded[u[0]])):
         if batch and size + len(unit[1]) > batch_size:
             yield batch
             batch, size = [], 0

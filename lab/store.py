@@ -13,8 +13,9 @@
       iterations/<k>/         a nested Run for round k of self-rewarding DPO
       jobs/                   the child process that works on this run now (lab.jobs)
       hub/<repo>/             the exact folders pushed to the Hub, or that `push --dry-run` would push (lab.hub)
-      uploads/                files the user gave in the app, for the stage about to run (Run.upload_path)
       push.jsonl              one line per repo pushed: its link (lab.hub)
+      uploads/                files the user gave in the app, for the stage about to run (Run.upload_path)
+      owner.json              on a hosted app, who started the run: a hash of the visitor's id (lab.hosting)
 
 JSONL files are append-only. Each append writes whole lines in one `write`, then flushes and fsyncs, so a crash
 loses at most the records in flight. A torn last line (a kill mid-write) is ignored by readers and cut off by the
@@ -24,14 +25,20 @@ renamed into place: a reader sees the old file or the new one, never half of one
 Files a user gives (instructions, pairs, judge prompts) are read by `read_user_text` / `iter_user_jsonl` instead:
 UTF-8 with or without a BOM, every line a record (a last line without its newline included), and any fault a
 one-line LabError naming the file and the line.
+
+Every write goes through this module's writers, which refuse paths inside a run made read-only for the current
+call (`read_only`): a hosted app lets visitors read the runs its owner shares, not change them (lab.hosting).
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -59,7 +66,9 @@ FILES = {
     "scores": "scores.jsonl",  # self-rewarding 5-point scores of one round (lab.iterate)
     "push": "push.jsonl",
     "hub": "hub",  # a folder: one staged repo per subfolder
+    "owner": "owner.json",  # who started the run on a hosted app (lab.hosting)
 }
+_READ_ONLY: ContextVar[tuple[Path, ...]] = ContextVar("lab_read_only_runs", default=())
 
 
 def runs_root() -> Path:
@@ -86,8 +95,28 @@ def scrub(settings: Any) -> Any:
     return settings
 
 
+@contextmanager
+def read_only(*folders: Path) -> Iterator[None]:
+    """Within this block (this thread or task), writes inside any of `folders` raise LabError."""
+    token = _READ_ONLY.set(_READ_ONLY.get() + tuple(Path(f).resolve() for f in folders))
+    try:
+        yield
+    finally:
+        _READ_ONLY.reset(token)
+
+
+def check_writable(path: Path) -> None:
+    """Raise LabError if `path` lies in a folder made read-only by `read_only`."""
+    target = Path(path).resolve()
+    for root in _READ_ONLY.get():
+        if target == root or root in target.parents:
+            raise LabError(f"Run {root.name!r} is shared read-only on this app: you can look at it, not change it. "
+                           "Start a run of your own (type a new name at the top) to work on.")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a whole file so that readers see the old or the new content, never a mix."""
+    check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -106,10 +135,9 @@ def build_folder(target: Path, build: Callable[[Path], None],
     """Build a folder in a temp dir beside `target`, then rename it into place: a crash or a failed build never
     leaves half a folder that looks complete, and a failed rebuild leaves the previous one untouched.
     With `complete` (build-once caches), a target that already passes it is kept and the build skipped."""
-    import shutil
-
     if complete and complete(target):
         return target
+    check_writable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
@@ -154,6 +182,7 @@ def append_jsonl(path: Path, records: Iterable[dict]) -> int:
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if not lines:
         return 0
+    check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         _cut_torn_tail(path)
@@ -299,6 +328,16 @@ class Run:
         suffix = suffix if re.match(r"^\.[a-z]{1,5}$", suffix) else ".txt"
         kind = kind if kind in ("instructions", "heldout", "judge-prompt") else "instructions"
         return self.path / "uploads" / f"{kind}{suffix}"
+
+    def save_upload(self, src: str | os.PathLike, kind: str = "instructions") -> Path:
+        """Copy a file uploaded in the app into the run (see upload_path); returns where it now is."""
+        dest = self.upload_path(Path(src).suffix.lower(), kind)
+        check_writable(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+        return dest
 
     def iteration(self, k: int) -> "Run":
         return Run(self.path / "iterations" / str(int(k)))

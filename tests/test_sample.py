@@ -129,16 +129,22 @@ def test_stop_keeps_what_was_written(runs_dir, tmp_path, tiny):
     assert jobs.active_job() is None
 
 
-def test_a_second_job_is_refused_while_one_runs(runs_dir, tmp_path, tiny):
+def test_a_second_job_queues_while_one_runs(runs_dir, tmp_path, tiny):
+    """One job at a time: another run's job waits its turn and then runs (it used to be refused with "Another job is
+    running"); a second job on the same run is refused."""
     src = write_prompts(tmp_path / "p.txt", 40)
     a, b = Run.open("a"), Run.open("b")
     jobs.start(a, ["sample", "--run", "a", "--model", "tiny-random", "--instructions", str(src), "--n", "40", "--k",
                    "1", "--max-new-tokens", "48", "--batch-size", "1"], "sample")
     try:
-        with pytest.raises(LabError, match="Another job is running"):
-            jobs.start(b, ["sample", "--run", "b"], "sample")
+        st = jobs.start(b, ["sample", "--run", "b", "--model", "tiny-random", "--instructions", str(src), "--n", "1",
+                            "--k", "1", "--max-new-tokens", "4"], "sample")
+        assert (st["state"], st["position"], st["ahead"]) == ("queued", 2, 1)
+        with pytest.raises(LabError, match="already running on run 'a'"):
+            jobs.start(a, ["sample", "--run", "a"], "sample")
     finally:
         jobs.stop(a, grace_s=30)
+    assert jobs.wait(b, timeout_s=120)["state"] == "done" and len(b.read("samples")) == 1
 
 
 def run_cli(*args: str, runs_dir: Path) -> subprocess.CompletedProcess:

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from lab.store import list_runs, validate_run_name
+from lab import jobs, limits
+from lab.store import validate_run_name
+from lab.ui import visitors
 from lab.ui.common import CSS
 
 TABS: list[tuple[str, str]] = [
@@ -34,23 +36,26 @@ Everything a stage writes lands in the run folder (`runs/<run>/`), so a reload o
 
 @dataclass
 class Ctx:
-    """What every tab may read: the chosen run's name (a component) and the browser-stored copy of it."""
+    """What every tab may read: the chosen run's name (a component) and the browser-stored copy of it.
+    On a hosted app every handler that reads run_name reaches only the visitor's runs (lab.ui.visitors)."""
 
     run_name: gr.Dropdown
     remembered: gr.BrowserState
+    visitor: gr.BrowserState  # the visitor's random id (hosted apps only; never shown, never an input of a tab)
 
 
 def _run_picker() -> Ctx:
     with gr.Row():
-        run_name = gr.Dropdown(choices=list_runs(), value=None, label="Run", allow_custom_value=True, scale=4,
+        run_name = gr.Dropdown(choices=[], value=None, label="Run", allow_custom_value=True, scale=4,
                                info="Pick a run, or type a new name (letters, digits, . _ -) to start one.")
         refresh = gr.Button("↻ Runs", size="sm", scale=0, min_width=90)
-    remembered = gr.BrowserState(None, storage_key="preference-lab-run")
-    refresh.click(lambda: gr.update(choices=list_runs()), outputs=run_name)
+    remembered = visitors.browser_state("preference-lab-run")
+    refresh.click(lambda: gr.update(choices=visitors.run_choices()), outputs=run_name, api_name="runs")
     run_name.change(_remember, inputs=run_name, outputs=remembered)
-    return Ctx(run_name, remembered)
+    return Ctx(run_name, remembered, visitors.browser_state(visitors.STORAGE_KEY))
 
 
+@visitors.action  # picking someone else's run is refused with a message, once
 def _remember(name: str | None):
     if not name:
         return None
@@ -75,8 +80,11 @@ def build_app() -> gr.Blocks:
                 tabs.append(tab)
                 timers.append(getattr(getattr(holder, "panel", None), "timer", None))
         _poll_only_the_shown_tab(tabs, timers)
-        app.load(lambda saved: gr.update(choices=list_runs(), value=saved), inputs=ctx.remembered,
-                 outputs=ctx.run_name)
+        app.load(visitors.arrive, inputs=[ctx.visitor, ctx.remembered], outputs=[ctx.visitor, ctx.run_name],
+                 api_name="arrive")
+        app.unload(visitors.leave)
+    visitors.install(app, ctx.run_name)
+    jobs.start_pumping()  # queued jobs start here, one at a time (lab.jobs)
     return app
 
 
@@ -90,5 +98,7 @@ def _poll_only_the_shown_tab(tabs: list[gr.Tab], timers: list[gr.Timer | None]) 
 
 
 def launch_kwargs() -> dict:
-    """Styling passed to launch() (gradio 6 takes css/theme there)."""
-    return {"css": CSS, "theme": gr.themes.Soft()}
+    """Styling passed to launch() (gradio 6 takes css/theme there), and the owner's upload cap (lab.limits): Gradio
+    refuses a bigger upload before it reaches a handler."""
+    limit = limits.upload_limit_bytes()
+    return {"css": CSS, "theme": gr.themes.Soft(), **({"max_file_size": limit} if limit else {})}

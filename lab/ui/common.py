@@ -7,12 +7,14 @@ reload (or a restarted app) re-attaches to whatever is running.
 from __future__ import annotations
 
 import html
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import gradio as gr
 
-from lab import jobs
+from lab import jobs, limits
 from lab.errors import LabError
 from lab.store import Run
 
@@ -47,9 +49,21 @@ def progress_html(st: dict) -> str:
     eta = p.get("eta_s")
     eta_txt = f" · about {eta / 60:.1f} min left" if eta and st.get("state") == "running" else ""
     label = html.escape(f"{p.get('desc') or st.get('label', '')}: {done}/{total}{eta_txt}") if total else ""
+    if st.get("state") == "queued":
+        label = html.escape(f"{st.get('label', 'job')}: {queue_text(st)}")
     return (f'<div class="lab-progress" data-state="{st.get("state", "none")}">'
             f'<div class="lab-progress-fill" style="width:{frac * 100:.1f}%"></div>'
             f'<span>{label}</span></div>')
+
+
+def ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def queue_text(st: dict) -> str:
+    """"queued: 2nd in line, 1 job ahead" (only counts: whose jobs are ahead is nobody else's business)."""
+    ahead = st.get("ahead", 0)
+    return f"queued: {ordinal(st.get('position', 1))} in line, {ahead} job{'' if ahead == 1 else 's'} ahead"
 
 
 def status_text(st: dict) -> str:
@@ -57,6 +71,8 @@ def status_text(st: dict) -> str:
     label = st.get("label", "job")
     if state == "none":
         return ""
+    if state == "queued":
+        return f"**{label}** {queue_text(st)}. It starts by itself; Stop takes it out of the queue."
     if state == "running":
         return f"**{label}** is running…"
     if state == "done":
@@ -85,18 +101,19 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str,
 
     def poll(name: str, last):
         st = _job_of(name, stage)
-        key = [name, st.get("state"), st.get("started")]
+        key = [name, st.get("state"), st.get("started") or st.get("queued"), st.get("position")]
         if key == last and st.get("state") != "running":
             return [gr.skip()] * (3 + len(extra)) + [last]
         updates = [progress_html(st), status_text(st), st.get("log_tail", "")]
         if on_done is not None:
-            ended = st.get("state") != "running" and name
+            ended = st.get("state") not in ("running", "queued") and name
             updates += on_done(name) if ended else [gr.skip()] * len(extra)
         return [*updates, key]
 
     panel.timer.tick(poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, *extra, seen],
-                     show_progress="hidden")
-    panel.stop.click(lambda name: _stop(name, stage), inputs=[run_name], outputs=[panel.status])
+                     show_progress="hidden", api_name=f"job_{stage}")
+    panel.stop.click(lambda name: _stop(name, stage), inputs=[run_name], outputs=[panel.status],
+                     api_name=f"stop_{stage}")
 
 
 def _job_of(name: str | None, stage: str) -> dict:
@@ -110,21 +127,54 @@ def _job_of(name: str | None, stage: str) -> dict:
 
 
 def _stop(name: str, stage: str) -> str:
+    """Stop the tab's running job, or take its queued one out of the queue."""
     st = _job_of(name, stage)
-    if st.get("state") != "running":
+    if st.get("state") not in ("running", "queued"):
         return "Nothing is running in this tab."
-    return status_text(jobs.stop(Run.open(name)))
+    return status_text(checked(jobs.stop, Run.open(name)))
 
 
 def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: dict[str, str] | None = None) -> str:
     """Start `python -m lab <stage> --run RUN argv...` for the chosen run; user errors become a gr.Error toast.
     secret_env (a key typed into this page) goes to that job's environment only (see lab.jobs.start)."""
     run = open_run(name)
+    full = [stage, "--run", str(run.path), *argv]
+    admit(full)
+    st = checked(jobs.start, run, full, label, secret_env=secret_env)
+    return f"**{label}** started." if st.get("state") != "queued" else status_text(st)
+
+
+def admit(argv: list[str]) -> None:
+    """The checks the job's own process will make first (a hosted app's rules, the owner's caps: lab.hosting),
+    made here too so that a refusal is a message on the page, before anything is written or queued."""
+    from lab.cli import build_parser
+    from lab.hosting import admit as admit_args
+
     try:
-        jobs.start(run, [stage, "--run", str(run.path), *argv], label, secret_env=secret_env)
-    except LabError as e:
-        raise gr.Error(str(e)) from e
-    return f"**{label}** started."
+        args = build_parser().parse_args(argv)
+    except SystemExit:  # argparse's own refusal; the forms only build valid command lines
+        raise gr.Error(f"These settings do not make a valid `{argv[0]}` command line.") from None
+    checked(admit_args, args)
+
+
+@contextmanager
+def upload_into(run: Run, upload: str, kind: str = "instructions") -> Iterator[Path]:
+    """Keep a file uploaded in the page with the run (Run.save_upload) for the block, which starts the job that reads
+    it. If the block fails (a refused setting, a cap), the run's previous upload is put back: nothing changes."""
+    checked(limits.check_upload, upload)
+    dest = run.upload_path(Path(upload).suffix.lower(), kind)
+    before = dest.read_bytes() if dest.exists() else None
+    checked(run.save_upload, upload, kind)
+    try:
+        yield dest
+    except BaseException:
+        if before is None:
+            dest.unlink(missing_ok=True)
+            if not any(dest.parent.iterdir()):
+                dest.parent.rmdir()
+        else:
+            dest.write_bytes(before)
+        raise
 
 
 def api_key_box(visible: bool = True) -> gr.Textbox:

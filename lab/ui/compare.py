@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -18,8 +17,8 @@ from lab import compare
 from lab.config import CompareConfig
 from lab.errors import LabError
 from lab.store import Run
-from lab.ui.common import JobPanel, api_key_box, checked, job_panel, open_run, start_job, typed_key_env, \
-    wire_job_panel
+from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, open_run, start_job, typed_key_env, \
+    upload_into, wire_job_panel
 
 SOURCE_CHOICES = [("Bundled held-out set (offline)", "heldout"), ("My file", "file")]
 JUDGE_CHOICES = [("none", "none"), ("local (offline, weak)", "local"), ("Groq", "groq"),
@@ -135,19 +134,20 @@ INTS = {"n", "max_new_tokens", "seed", "batch_size"}
 
 def start_compare(run_name, adapters, source, upload, *values, api_key: str = ""):
     run = open_run(run_name, create=False)
-    if source == "file":
-        if not upload:
-            raise gr.Error("Upload a held-out instruction file first, or pick the bundled held-out set.")
-        dest = run.upload_path(Path(upload).suffix.lower(), "heldout")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(upload, dest)
-        source = str(dest)
+    if source == "file" and not upload:
+        raise gr.Error("Upload a held-out instruction file first, or pick the bundled held-out set.")
+    with upload_into(run, upload, "heldout") if source == "file" else nullcontext(source) as where:
+        return _start_compare(run, run_name, adapters, str(where), values, api_key)
+
+
+def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_key: str) -> str:
     v = {k: (int(x) if k in INTS else x) for k, x in zip(FIELDS, values)}
     cfg = CompareConfig(instructions=source, adapters=",".join(adapters or []), **{
         **v, "temperature": float(v["temperature"]), "top_p": float(v["top_p"]),
         "near_duplicate": float(v["near_duplicate"]), "pairrm": (v["pairrm"] or "").strip(),
         "judge_model": (v["judge_model"] or "").strip()})
     checked(cfg.validate)
+    admit(["compare", "--run", str(run.path), *cfg.to_argv()])  # a hosted app's rules first: no path is looked at
     checked(compare.resolve_adapters, run, cfg.adapters)  # "no adapters yet" shows at once, not in the job log
     checked(compare.check_scorers, cfg, (api_key or "").strip() or None)
     return start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(cfg.judge, api_key))

@@ -20,7 +20,7 @@ from lab.errors import LabError
 from lab.judge import DEFAULT_TEMPLATE, check_template, estimate, pair_verdicts, report
 from lab.judge_backends import DEFAULT_MODELS, KEY_ENV
 from lab.store import Run, atomic_write_text
-from lab.ui.common import JobPanel, api_key_box, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, open_run, start_job, wire_job_panel
 
 BACKENDS = [("Local model (offline; the bundled 135M judge is weak)", "local"), ("Groq", "groq"),
             ("OpenAI-compatible endpoint", "openai")]
@@ -166,8 +166,9 @@ def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, re
     if cfg.backend != "local" and not typed and not os.environ.get(KEY_ENV[cfg.backend]):
         raise gr.Error(key_note(cfg.backend).replace("**", "").replace("`", ""))
     path = run.upload_path(".txt", "judge-prompt")  # not judge-prompt.txt: a job that fails keeps the run as it was
-    atomic_write_text(path, prompt)
     cfg.prompt_file = str(path)
+    admit(["judge", "--run", str(run.path), *cfg.to_argv()])  # before the prompt is saved: a refusal changes nothing
+    checked(atomic_write_text, path, prompt)
     secret = {KEY_ENV[cfg.backend]: typed} if typed and cfg.backend != "local" else None
     start_job(run_name, "judge", cfg.to_argv(), "Judging", secret_env=secret)
     return f"**Judging** started: {cost_md(est)}"

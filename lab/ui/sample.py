@@ -6,16 +6,15 @@ components, build the stage's settings dataclass, validate it, and start a job (
 from __future__ import annotations
 
 import html
-import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 
 from lab.config import SampleConfig
 from lab.sample import grouped, summarize
 from lab.store import Run
-from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, upload_into, wire_job_panel
 
 MODEL_CHOICES = [
     ("bundled: SmolLM2-135M-Instruct (offline, small and weak)", "bundled"),
@@ -93,18 +92,14 @@ def _wire(tab: SampleTab, ctx) -> None:
 
 def start_sampling(run_name, model, source, upload, n, k, temperature, top_p, max_new_tokens, seed, batch_size):
     run = open_run(run_name)
-    if source == "file":
-        if not upload:
-            raise gr.Error("Upload an instruction file first, or pick the bundled set.")
-        dest = run.upload_path(Path(upload).suffix.lower())
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(upload, dest)
-        source = str(dest)
-    cfg = SampleConfig(model=model, instructions=source, n=int(n), k=int(k), temperature=float(temperature),
-                       top_p=float(top_p), max_new_tokens=int(max_new_tokens), seed=int(seed),
-                       batch_size=int(batch_size))
-    checked(cfg.validate)
-    return start_job(run_name, "sample", cfg.to_argv(), "Sampling")
+    if source == "file" and not upload:
+        raise gr.Error("Upload an instruction file first, or pick the bundled set.")
+    with upload_into(run, upload) if source == "file" else nullcontext(source) as where:
+        cfg = SampleConfig(model=model, instructions=str(where), n=int(n), k=int(k), temperature=float(temperature),
+                           top_p=float(top_p), max_new_tokens=int(max_new_tokens), seed=int(seed),
+                           batch_size=int(batch_size))
+        checked(cfg.validate)
+        return start_job(run_name, "sample", cfg.to_argv(), "Sampling")
 
 
 def refresh(run_name: str):

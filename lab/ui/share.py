@@ -169,7 +169,10 @@ def card_preview(run_name: str | None, name: str | None) -> str:
     """A staged repo's README.md as the Hub would show it (its YAML header in a code block)."""
     if not run_name or not name:
         return ""
-    path = Run.open(run_name).file("hub") / name / "README.md"
+    run = Run.open(run_name)
+    if name not in hub.staged(run):  # a typed "../other-run/..." must not read outside the run's staged folders
+        return ""
+    path = run.file("hub") / name / "README.md"
     if not path.exists():
         return ""
     text = path.read_text(encoding="utf-8")

@@ -15,7 +15,7 @@ from lab import jobs
 from lab.config import TRL_LOSS_TYPES, TrainConfig
 from lab.store import Run
 from lab.train import diagnose, precheck, read_metrics, read_state
-from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel
 
 PLOTS = {  # plot title -> metric names drawn on it
     "Loss": ("loss",),
@@ -120,10 +120,11 @@ def start_training(run_name, pairs, adapter, init_adapter, *values):
     if not pairs:
         raise gr.Error("Choose a pairs set (build one in the Pairs tab first).")
     cfg = config_from(dict(zip(FIELD_ORDER, values)))
-    checked(precheck, run, pairs, (adapter or "").strip(), cfg)
-    argv = ["--pairs", str(pairs), "--adapter", adapter.strip(), *cfg.to_argv()]
+    argv = ["--pairs", str(pairs), "--adapter", (adapter or "").strip(), *cfg.to_argv()]
     if init_adapter:
         argv += ["--init-adapter", init_adapter]
+    admit(["train", "--run", str(run.path), *argv])  # a hosted app's rules first: a server path is never read
+    checked(precheck, run, pairs, (adapter or "").strip(), cfg)
     return start_job(run_name, "train", argv, f"Training {adapter.strip()}")
 
 

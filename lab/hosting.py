@@ -1,0 +1,277 @@
+"""A hosted app (a public Space): whose runs a visitor may reach, which inputs stay inside the runs root, and the
+checks every job passes before it starts (in the app, and again in the job's own process).
+
+Hosted mode is on inside a Hugging Face Space (the Hub sets SPACE_ID and SYSTEM=spaces) or with LAB_HOSTED=1.
+Off it (your own machine) nothing here restricts anything, except the caps you set yourself (lab.limits).
+
+Visitors. A visitor is the Hugging Face user signed in with the Space's OAuth, else a random id the app keeps in the
+browser's localStorage (lab.ui.visitors); both are stored only as `visitor_key` hashes. A run a visitor starts
+records its owner in the run folder:
+
+    runs/<run>/owner.json   {"owner": "<sha256 hex of the visitor's id>", "created": "2025-01-31T12:00:00+0000"}
+
+A visitor reaches their own runs, and reads (never changes) the runs the owner lists in LAB_SHARED_RUNS
+(comma-separated names). Every other run, including runs made on the command line (no owner.json), is "no such
+run" to them and never listed. Run names are shared: a name another visitor took cannot be reused.
+
+Inputs that name server files are refused in hosted mode: a model is a Hub id, 'bundled' or 'tiny-random' (no
+local folders); instructions are a named set or a file uploaded into the run; training pairs are one of the run's
+pair sets; adapters are the run's own; a ranker is PairRM or the tiny test ranker.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab import limits
+from lab.errors import LabError
+from lab.store import RUN_NAME, Run, check_writable, list_runs, runs_root
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_ENV = "LAB_SHARED_RUNS"
+KNOWN_RANKERS = ("llm-blender/PairRM", "tiny-random")
+
+
+def hosted() -> bool:
+    """True on a Space (SPACE_ID or SYSTEM=spaces) or with LAB_HOSTED=1."""
+    return (bool(os.environ.get("SPACE_ID")) or os.environ.get("SYSTEM") == "spaces"
+            or os.environ.get("LAB_HOSTED", "").strip().lower() in ("1", "true", "yes"))
+
+
+# ---- visitors and their runs ----------------------------------------------------------------------------------------
+def visitor_key(kind: str, value: str) -> str:
+    """The hash stored for an identity: kind is "hf" (a signed-in user name) or "browser" (the random id)."""
+    return hashlib.sha256(f"preference-lab:{kind}:{value}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Visitor:
+    """Who is asking. keys: the hashes this visitor answers to, the one new runs are recorded under first."""
+
+    keys: tuple[str, ...]
+
+    @classmethod
+    def of(cls, hf_user: str | None = None, browser_id: str | None = None) -> "Visitor | None":
+        """A signed-in user also keeps the runs they started in this browser before signing in."""
+        keys = [visitor_key("hf", hf_user)] if hf_user else []
+        keys += [visitor_key("browser", browser_id)] if browser_id else []
+        return cls(tuple(keys)) if keys else None
+
+    @property
+    def primary(self) -> str:
+        return self.keys[0]
+
+
+def shared_runs() -> set[str]:
+    """Run names the owner shares read-only with every visitor ($LAB_SHARED_RUNS, comma-separated)."""
+    return {n.strip() for n in os.environ.get(SHARED_ENV, "").split(",") if RUN_NAME.match(n.strip())}
+
+
+def owner_of(run: Run) -> str | None:
+    try:
+        return json.loads(run.file("owner").read_text(encoding="utf-8")).get("owner")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def access(name: str, visitor: Visitor | None) -> str:
+    """What `visitor` may do with run `name`: "own" | "shared" (read) | "new" (a free name) | "none"."""
+    if not RUN_NAME.match(name or "") or ".." in name:
+        return "none"
+    run = Run(runs_root() / name)
+    if not run.path.exists():
+        return "new" if visitor else "none"
+    if visitor and owner_of(run) in visitor.keys:
+        return "own"
+    return "shared" if name in shared_runs() else "none"
+
+
+def visible_runs(visitor: Visitor | None) -> list[str]:
+    """The runs a visitor may pick: their own and the shared ones."""
+    return [n for n in list_runs() if access(n, visitor) in ("own", "shared")]
+
+
+def claim(name: str, visitor: Visitor) -> bool:
+    """Create run `name` for `visitor` (its folder and owner.json, atomically: of two visitors claiming one name at
+    once, one wins). True if the run is now the visitor's."""
+    run = Run(runs_root() / name)
+    run.path.mkdir(parents=True, exist_ok=True)
+    record = json.dumps({"owner": visitor.primary, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    try:
+        with open(run.file("owner"), "x", encoding="utf-8") as f:
+            f.write(record + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except FileExistsError:
+        return owner_of(run) in visitor.keys
+    return True
+
+
+def release_if_empty(name: str) -> None:
+    """Undo a claim that nothing was written under (a refused first action leaves no empty run behind)."""
+    run = Run(runs_root() / name)
+    if run.path.is_dir() and [p.name for p in run.path.iterdir()] == [run.file("owner").name]:
+        run.file("owner").unlink(missing_ok=True)
+        try:
+            run.path.rmdir()
+        except OSError:
+            pass  # something arrived meanwhile: keep it
+
+
+# ---- inputs that name server files ----------------------------------------------------------------------------------
+def check_model_spec(spec: str, flag: str = "--model") -> None:
+    """Hosted: a model is a Hub id, 'bundled' or 'tiny-random', never a folder on the server."""
+    from lab.models import HUB_ID, SPECIAL_SPECS
+
+    spec = (spec or "").strip()
+    if not spec or spec in SPECIAL_SPECS:
+        return
+    local = spec.startswith(("/", "~", ".")) or Path(spec).exists() or (ROOT / spec).exists()
+    if local or not HUB_ID.match(spec):
+        raise LabError(f"{flag} {spec!r}: on this hosted app a model is a Hub id (owner/name), 'bundled' or "
+                       "'tiny-random'; folders on the server are off limits.")
+
+
+def check_source(run: Run, source: str, named: tuple[str, ...], flag: str) -> None:
+    """Hosted: instructions come from a named set or a file uploaded into the run (its uploads/ folder)."""
+    source = (source or "").strip()
+    if source in named:
+        return
+    uploads = (run.path / "uploads").resolve()
+    if uploads not in Path(source).expanduser().resolve().parents:
+        raise LabError(f"{flag} {source!r}: on this hosted app instructions are {' or '.join(map(repr, named))}, or "
+                       "a file you upload in the app; files on the server are off limits.")
+
+
+def check_pairs(run: Run, pairs: str) -> None:
+    """Hosted: training reads one of the run's pair sets, never a path."""
+    have = run.pair_sources()
+    if str(pairs or "").strip() not in have:
+        raise LabError(f"--pairs {pairs!r}: on this hosted app training reads one of this run's pair sets "
+                       f"({', '.join(have) or 'none yet: build pairs in the PairRM tab first'}); files on the server "
+                       "are off limits.")
+
+
+def check_adapters(run: Run, names: str, flag: str) -> None:
+    """Hosted: adapters are names of this run's adapters, never folders."""
+    have = run.adapters()
+    for name in (n.strip() for n in (names or "").split(",") if n.strip()):
+        if name not in have:
+            raise LabError(f"{flag} {name!r}: on this hosted app pick adapters of this run "
+                           f"({', '.join(have) or 'none yet'}); folders on the server are off limits.")
+
+
+def check_ranker(spec: str, flag: str = "--ranker") -> None:
+    if (spec or "").strip() not in KNOWN_RANKERS:
+        raise LabError(f"{flag} {spec!r}: on this hosted app the ranker is {' or '.join(KNOWN_RANKERS)}.")
+
+
+# ---- the checks every job passes before it starts -------------------------------------------------------------------
+def run_model(run: Run, spec: str) -> str:
+    """The model a stage will load: its --model, else the one that sampled the run ('' if neither)."""
+    return (spec or "").strip() or (run.stage_settings("sample") or {}).get("model") or ""
+
+
+def _count(source: str, n: int, seed: int = 0) -> int:
+    from lab.instructions import load_instructions
+
+    return len(load_instructions(source, n or None, seed))
+
+
+def _pairs_count(run: Run, pairs: str) -> int:
+    from lab.store import read_jsonl
+    from lab.train import resolve_pairs
+
+    return len(read_jsonl(resolve_pairs(run, pairs)))
+
+
+def admit(args: argparse.Namespace) -> None:
+    """Refuse a stage's command line (as `python -m lab` parsed it) that breaks the hosted rules or the caps, before
+    anything is written. The app runs it before it queues a job, the CLI before the stage starts."""
+    check = ADMIT.get(args.stage)
+    if check is None:
+        return
+    run = Run.open(args.run)
+    if hosted():
+        check_writable(run.path)
+    check(run, args)
+
+
+def _admit_sample(run: Run, args) -> None:
+    from lab.config import SampleConfig
+
+    cfg = SampleConfig.from_args(args)
+    if hosted():
+        check_model_spec(cfg.model)
+        check_source(run, cfg.instructions, ("bundled", "lima"), "--instructions")
+    limits.check_sample(cfg)
+
+
+def _admit_judge(run: Run, args) -> None:
+    from lab.config import JudgeConfig
+
+    cfg = JudgeConfig.from_args(args)
+    if hosted():
+        if cfg.prompt_file and Path(cfg.prompt_file).resolve() != run.file("judge_prompt").resolve():
+            raise LabError("--prompt-file: on this hosted app the judge prompt is the one edited in the Judge tab.")
+        if cfg.backend == "local":
+            check_model_spec(cfg.model, "--model")
+    limits.check_judge(cfg)
+
+
+def _admit_rank(run: Run, args) -> None:
+    if hosted():
+        check_ranker(args.ranker)
+
+
+def _admit_train(run: Run, args) -> None:
+    from lab.config import TrainConfig
+
+    cfg = TrainConfig.from_args(args)
+    if hosted():
+        check_pairs(run, args.pairs)
+        check_adapters(run, args.init_adapter or "", "--init-adapter")
+        check_model_spec(cfg.model)
+    pairs = _pairs_count(run, args.pairs) if limits.cap("train_steps") else 0  # read the file only for a cap
+    limits.check_train(cfg, pairs, run_model(run, cfg.model))
+
+
+def _admit_compare(run: Run, args) -> None:
+    from lab.config import CompareConfig
+
+    cfg = CompareConfig.from_args(args)
+    if hosted():
+        check_source(run, cfg.instructions, ("heldout", "bundled"), "--instructions")
+        check_adapters(run, cfg.adapters, "--adapters")
+        check_model_spec(cfg.model)
+        if cfg.pairrm:
+            check_ranker(cfg.pairrm, "--pairrm")
+        if cfg.judge == "local":
+            check_model_spec(cfg.judge_model, "--judge-model")
+    limits.check_compare(cfg, _count(cfg.instructions, cfg.n) if limits.cap("n") else 0, run_model(run, cfg.model))
+
+
+def _admit_iterate(run: Run, args) -> None:
+    from lab.config import IterateConfig
+
+    cfg = IterateConfig.from_args(args)
+    if hosted():
+        check_source(run, cfg.instructions, ("run", "bundled"), "--instructions")
+        check_source(run, cfg.eval_instructions, ("heldout", "bundled"), "--eval-instructions")
+        check_adapters(run, cfg.start_adapter, "--start-adapter")
+        check_model_spec(cfg.model)
+    train_n = eval_n = 0
+    if limits.cap("n") or limits.cap("train_steps"):  # read the instruction sources only for a cap
+        own = len(run.read("instructions"))
+        train_n = min(cfg.n or own, own) if cfg.instructions == "run" else _count(cfg.instructions, cfg.n, cfg.seed)
+        eval_n = min(cfg.eval_n, _count(cfg.eval_instructions, 0)) if cfg.eval_n else 0
+    limits.check_iterate(cfg, train_n, eval_n, run_model(run, cfg.model))
+
+
+ADMIT = {"sample": _admit_sample, "judge": _admit_judge, "rank": _admit_rank, "train": _admit_train,
+         "compare": _admit_compare, "iterate": _admit_iterate}

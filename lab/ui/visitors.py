@@ -1,0 +1,163 @@
+"""The visitor behind each request on a hosted app, and the gate every handler that takes a run name passes.
+
+Identity (lab.hosting.Visitor): the Hugging Face user signed in through the Space's OAuth, else a random id the page
+keeps in the browser's localStorage (a gr.BrowserState, encrypted with a key kept beside the runs; never shown). The
+page's load event (`arrive`) hands that id to the server, which keeps it for the page's session in memory
+(`_SESSIONS`: session hash -> id), so every later request of that page is known by its session hash and no handler
+needs the id among its inputs. A request from a session that never loaded the page (a bare API client) has no
+identity: it reaches no run.
+
+The gate (`install`) wraps the function of every event whose inputs include the run picker. Off a hosted app it
+lets everything through. On one, for run name R:
+  - R is the visitor's own: the handler runs;
+  - R is shared by the owner (LAB_SHARED_RUNS): the handler runs with R read-only (lab.store.read_only), so a
+    save, a job start or a stop on it is refused with a message;
+  - R is free: a click claims it for the visitor first (lab.hosting.claim; undone if nothing was written); other
+    events (refreshes on a change, timers) run with R read-only;
+  - anything else: a click gets "No such run"; other events leave the page as it is (no toast every second).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import re
+import secrets
+import time
+
+import gradio as gr
+from gradio.context import LocalContext
+
+from lab import hosting
+from lab.errors import LabError
+from lab.store import list_runs, read_only, runs_root
+
+STORAGE_KEY = "preference-lab-visitor"
+SECRET_ENV = "LAB_BROWSER_SECRET"
+ID_SHAPE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_SESSIONS: dict[str, str] = {}  # session hash -> the browser id its page sent on load
+NO_SUCH_RUN = ("No such run {name!r} among yours. Run names are shared on this app: to start a new run, type a "
+               "name nobody uses yet.")
+
+
+def browser_secret() -> str:
+    """The key gr.BrowserState encrypts with: $LAB_BROWSER_SECRET, else one kept in <runs root>/.browser-secret, so
+    a restarted app still reads what browsers stored (a fresh random key each start would forget every visitor)."""
+    if os.environ.get(SECRET_ENV):
+        return os.environ[SECRET_ENV]
+    path = runs_root() / ".browser-secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secrets.token_urlsafe(32))
+    except FileExistsError:
+        pass
+    return path.read_text(encoding="utf-8").strip()
+
+
+def browser_state(storage_key: str) -> gr.BrowserState:
+    """A value kept in the browser; on a hosted app under the lasting key (see browser_secret)."""
+    return gr.BrowserState(None, storage_key=storage_key, secret=browser_secret() if hosting.hosted() else None)
+
+
+def _oauth_user(request) -> str | None:
+    """The signed-in Hugging Face user name of a request (Gradio keeps the OAuth reply in the session cookie)."""
+    inner = getattr(request, "request", None) or request
+    scope = getattr(inner, "scope", None)
+    session = scope.get("session", {}) if isinstance(scope, dict) else (getattr(inner, "session", None) or {})
+    info = session.get("oauth_info") if hasattr(session, "get") else None
+    if not info or (info.get("expires_at") and info["expires_at"] < time.time()):
+        return None
+    return (info.get("userinfo") or {}).get("preferred_username")
+
+
+def current_visitor() -> hosting.Visitor | None:
+    """Who sent the request being handled (None outside a request, or for a session that never loaded the page)."""
+    request = LocalContext.request.get(None)
+    if request is None:
+        return None
+    return hosting.Visitor.of(_oauth_user(request), _SESSIONS.get(getattr(request, "session_hash", None) or ""))
+
+
+def arrive(saved_id: str | None, saved_run: str | None, request: gr.Request):
+    """Page load: [the visitor's browser id (made on the first visit), the run picker: their runs, the run they
+    had open if it is still theirs]."""
+    if not hosting.hosted():
+        return saved_id, gr.update(choices=list_runs(), value=saved_run)
+    vid = saved_id if isinstance(saved_id, str) and ID_SHAPE.match(saved_id) else secrets.token_urlsafe(24)
+    if request is not None and request.session_hash:
+        _SESSIONS[request.session_hash] = vid
+    runs = hosting.visible_runs(hosting.Visitor.of(_oauth_user(request), vid))
+    return vid, gr.update(choices=runs, value=saved_run if saved_run in runs else None)
+
+
+def leave(request: gr.Request) -> None:
+    """Page closed: forget its session."""
+    if request is not None and request.session_hash:
+        _SESSIONS.pop(request.session_hash, None)
+
+
+def run_choices() -> list[str]:
+    """What the run picker lists for the request being handled."""
+    return hosting.visible_runs(current_visitor()) if hosting.hosted() else list_runs()
+
+
+def action(fn):
+    """Mark a handler that is not a click as an action: refused loudly (a toast) rather than quietly."""
+    fn.lab_action = True
+    return fn
+
+
+# ---- the gate -------------------------------------------------------------------------------------------------------
+def _skips(n_outputs: int):
+    return None if n_outputs == 0 else gr.skip() if n_outputs == 1 else tuple(gr.skip() for _ in range(n_outputs))
+
+
+def _call(fn, args, kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except LabError as e:  # e.g. a write into a read-only run from code that does not turn errors into messages
+        raise gr.Error(str(e)) from e
+
+
+def guard(fn, at: int, is_action: bool, n_outputs: int):
+    """fn with the visitor's access to the run name at args[at] checked first (see the module docstring)."""
+    @functools.wraps(fn)
+    def gated(*args, **kwargs):
+        name = str(args[at] or "").strip() if len(args) > at else ""
+        if not name or not hosting.hosted():
+            return fn(*args, **kwargs)
+        visitor = current_visitor()
+        rights = hosting.access(name, visitor)
+        if rights == "own":
+            return _call(fn, args, kwargs)
+        if rights == "shared" or (rights == "new" and not is_action):
+            with read_only(runs_root() / name):
+                return _call(fn, args, kwargs)
+        if rights == "new" and hosting.claim(name, visitor):
+            try:
+                return _call(fn, args, kwargs)
+            finally:
+                hosting.release_if_empty(name)
+        if is_action:
+            raise gr.Error(NO_SUCH_RUN.format(name=name))
+        return _skips(n_outputs)
+
+    return gated
+
+
+def install(app: gr.Blocks, run_name: gr.Component) -> int:
+    """Gate every event of `app` that reads the run picker. -> how many were gated."""
+    n = 0
+    for block_fn in app.fns.values():
+        if block_fn.fn is None or run_name not in block_fn.inputs:
+            continue
+        at = list(block_fn.inputs).index(run_name)
+        if inspect.isgeneratorfunction(block_fn.fn) or inspect.iscoroutinefunction(block_fn.fn):
+            raise TypeError(f"{block_fn.name}: the visitor gate wraps plain functions only")
+        clicked = any(event == "click" for _, event in block_fn.targets)
+        block_fn.fn = guard(block_fn.fn, at, clicked or getattr(block_fn.fn, "lab_action", False),
+                            len(block_fn.outputs))
+        n += 1
+    return n
