@@ -217,7 +217,8 @@ def _admit_judge(run: Run, args) -> None:
 
     cfg = JudgeConfig.from_args(args)
     if hosted():
-        if cfg.prompt_file and Path(cfg.prompt_file).resolve() != run.file("judge_prompt").resolve():
+        allowed = {run.file("judge_prompt").resolve(), run.upload_path(".txt", "judge-prompt").resolve()}
+        if cfg.prompt_file and Path(cfg.prompt_file).resolve() not in allowed:
             raise LabError("--prompt-file: on this hosted app the judge prompt is the one edited in the Judge tab.")
         if cfg.backend == "local":
             check_model_spec(cfg.model, "--model")
