@@ -263,14 +263,16 @@ def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict],
 
 
 def check_scorers(cfg, api_key: str | None) -> None:
-    """Fail before any generation if a judge cannot run: no API key, or a PairRM that cannot be found."""
-    import os
+    """Fail before any generation if a judge cannot run: no API key (lab.judge_backends.resolve_key: the same rule
+    the judge applies), or a PairRM that cannot be found."""
+    from lab.judge_backends import KEY_ENV, resolve_key
 
-    from lab.judge_backends import KEY_ENV
-
-    if cfg.judge in KEY_ENV and not (api_key or os.environ.get(KEY_ENV[cfg.judge])):
-        raise LabError(f"--judge {cfg.judge} needs an API key: export {KEY_ENV[cfg.judge]}=<your key>, or use "
-                       "--judge local (offline, weak) or --judge none.")
+    if cfg.judge in KEY_ENV:
+        try:
+            resolve_key(cfg.judge, "", api_key)
+        except LabError as e:
+            raise LabError(f"--judge {cfg.judge} needs an API key: {e} Or use --judge local (offline, weak) or "
+                           "--judge none.") from None
     if cfg.pairrm:
         from lab.rank import resolve_ranker
 

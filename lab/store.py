@@ -35,6 +35,8 @@ from lab.errors import LabError
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # credential-like names ("token", "hf_token", "api_key"...), but not counts such as "max_new_tokens"
 SECRET_KEY = re.compile(r"(api_?key|(^|_)token$|secret|password|authorization)", re.IGNORECASE)
+# the userinfo of a URL ("http://user:sk-...@host/v1"): a credential that must never be recorded
+URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]+@")
 
 FILES = {
     "instructions": "instructions.jsonl",
@@ -71,13 +73,19 @@ def validate_run_name(name: str) -> str:
     return name
 
 
+def redact_userinfo(text: str) -> str:
+    """Cut the user:password part out of every URL in text: "http://u:sk-1@host/v1" -> "http://***@host/v1"."""
+    return URL_USERINFO.sub(r"\1***@", text)
+
+
 def scrub(settings: Any) -> Any:
-    """Drop every field whose name looks like a credential, at any depth: run.json and cards must never hold one."""
+    """Drop every field whose name looks like a credential and the userinfo of every URL in a string, at any depth:
+    run.json and cards must never hold one."""
     if isinstance(settings, dict):
         return {k: scrub(v) for k, v in settings.items() if not SECRET_KEY.search(str(k))}
     if isinstance(settings, (list, tuple)):
         return [scrub(v) for v in settings]
-    return settings
+    return redact_userinfo(settings) if isinstance(settings, str) else settings
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -185,28 +193,22 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> int:
 
 
 class Run:
-    """One run directory. Construct with `Run.open(name_or_path)`; stages read and write through it."""
+    """One run directory. Construct with `Run.open(name)`; stages read and write through it.
+
+    `Run(path)` is for the folders the lab builds itself (iterations/<k>, compare-scoring/<tag>), never for a name
+    or path someone typed."""
 
     def __init__(self, path: Path):
         self.path = Path(path).resolve()
 
     @classmethod
-    def open(cls, name_or_path: str | os.PathLike, create: bool = True) -> "Run":
-        """A bare name resolves under `runs_root()`; a path (containing a separator) is used as given.
-
-        The last component is validated either way, so `--run ../../etc` is refused.
-        """
-        raw = str(name_or_path).strip()
-        if os.sep in raw or "/" in raw:
-            path = Path(raw).expanduser()
-            if ".." in path.parts:
-                raise LabError(f"Invalid run name {raw!r}: a run path may not contain '..'; give a name or a plain path.")
-            validate_run_name(path.name)
-        else:
-            path = runs_root() / validate_run_name(raw)
-        run = cls(path)
+    def open(cls, name: str, create: bool = True) -> "Run":
+        """The run called `name` under `runs_root()`. A run is a plain name (RUN_NAME) in the CLI, the app and its
+        API alike: a path (`a/b`, `/abs`, `..`) is refused, so no one can make the lab write outside the runs root."""
+        run = cls(runs_root() / validate_run_name(str(name).strip()))
         if not create and not run.path.is_dir():
-            raise LabError(f"No run at {run.path}: start one with `python -m lab sample --run {path.name} ...`.")
+            raise LabError(f"No run named '{run.name}' under the runs root: start one with "
+                           f"`python -m lab sample --run {run.name} ...` (or the Sample tab).")
         return run
 
     @property

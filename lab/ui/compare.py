@@ -115,7 +115,7 @@ def _wire(tab: CompareTab, ctx) -> None:
     tab.source.change(lambda s: gr.update(visible=s == "file"), tab.source, tab.upload)
     tab.start.click(lambda *values: start_compare(*values[:-1], api_key=values[-1]),
                     inputs=[ctx.run_name, tab.adapters, tab.source, tab.upload, *tab.fields.values(), tab.api_key],
-                    outputs=[tab.panel.status])
+                    outputs=[tab.panel.status], api_name="start_compare")
     results = [tab.scores, tab.grid, tab.pick, tab.overall]
     wire_job_panel(tab.panel, ctx.run_name, "compare")
     tab.panel.timer.tick(refresh_if_finished, inputs=[ctx.run_name, tab.grid], outputs=results,
