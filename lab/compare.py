@@ -282,7 +282,13 @@ def check_scorers(cfg, api_key: str | None) -> None:
 def compare_run(run: Run, cfg, progress: Progress | None = None, api_key: str | None = None) -> dict:
     """The compare stage: completions of base and adapters on held-out instructions, then the scores.
     Resumes: (model, chunk) units already in compare.jsonl with the same settings are not generated again.
-    api_key: the API judge's key, passed in memory by the app (else the judge reads it from the environment)."""
+    api_key: the API judge's key, passed in memory by the app (else the judge reads it from the environment).
+    Holds the run's "compare" lock: a second comparison of the run is refused."""
+    with run.lock("compare"):
+        return _compare_locked(run, cfg, progress, api_key)
+
+
+def _compare_locked(run: Run, cfg, progress: Progress | None, api_key: str | None) -> dict:
     from lab import models
 
     cfg = dataclasses.replace(cfg, model=base_spec(run, cfg)).validate()

@@ -284,9 +284,15 @@ def push_run(run: Run, cfg: PushConfig, token: str | None = None, progress: Prog
     """Stage every selected repo and (unless dry_run) push it. Returns {"dry_run", "namespace", "repos": [...]}.
 
     Everything is staged and checked for secrets before the first upload, so a bad file stops the push before
-    anything leaves the machine. Each pushed repo is appended to push.jsonl as soon as it is up.
+    anything leaves the machine. Each pushed repo is appended to push.jsonl as soon as it is up. Holds the run's
+    "push" lock: a second push (or dry run) of the run is refused, not staged over the first.
     """
     cfg.validate()
+    with run.lock("push"):
+        return _push_locked(run, cfg, token, progress)
+
+
+def _push_locked(run: Run, cfg: PushConfig, token: str | None, progress: Progress | None) -> dict:
     progress = progress or Progress("push")
     items = plan(run, cfg)
     token = None if cfg.dry_run else resolve_token(token)

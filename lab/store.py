@@ -14,6 +14,7 @@
       jobs/                   the child process that works on this run now (lab.jobs)
       hub/<repo>/             the exact folders pushed to the Hub, or that `push --dry-run` would push (lab.hub)
       push.jsonl              one line per repo pushed: its link (lab.hub)
+      locks/<stage>.lock      held (fcntl) by the process running that stage on this run; holds its pid (Run.lock)
 
 JSONL files are append-only. Each append writes whole lines in one `write`, then flushes and fsyncs, so a crash
 loses at most the records in flight. A torn last line (a kill mid-write) is ignored by readers and cut off by the
@@ -22,11 +23,13 @@ renamed into place: a reader sees the old file or the new one, never half of one
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -255,6 +258,43 @@ class Run:
     def jobs_dir(self) -> Path:
         return self.path / "jobs"
 
+    @contextmanager
+    def lock(self, stage: str) -> Iterator[None]:
+        """Hold this run's lock for `stage` (e.g. "judge", "pairs-pairrm") while the block runs; a second process
+        asking for it is refused at once with a LabError (two writers would duplicate records or calls).
+
+        flock on locks/<stage>.lock, non-blocking; the kernel drops the lock when the process dies, so a kill never
+        leaves a stale lock. The file is never deleted (deleting it would let two processes lock two files)."""
+        path = self.path / "locks" / f"{validate_run_name(stage)}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+", encoding="utf-8") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._busy(stage, f) from None
+            f.truncate(0)
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def check_unlocked(self, stage: str) -> None:
+        """Raise the "already running" LabError if another process holds the lock for `stage` (the app's check
+        before it starts a job); holds nothing afterwards."""
+        path = self.path / "locks" / f"{validate_run_name(stage)}.lock"
+        if path.exists():
+            with self.lock(stage):
+                pass
+
+    def _busy(self, stage: str, f) -> LabError:
+        f.seek(0)
+        pid = f.read().strip()
+        return LabError(f"{stage} is already running on run '{self.name}'" + (f" (process {pid})" if pid else "") +
+                        ": wait for it to finish or stop it (the app's Stop button, or Ctrl-C in its terminal), "
+                        "then run this again.")
+
     def read(self, kind: str) -> list[dict]:
         return read_jsonl(self.file(kind))
 
@@ -267,10 +307,17 @@ class Run:
         return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {"stages": {}}
 
     def record_stage(self, stage: str, settings: dict) -> None:
-        data = self.settings()
-        data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        data.setdefault("stages", {})[stage] = {**scrub(settings), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        atomic_write_json(self.path / "run.json", data)
+        """Set run.json's entry for `stage` (scrubbed). Read-modify-write under a blocking lock, so two stages
+        running at once on the run (sample and rank, say) never drop each other's entry."""
+        path = self.path / "locks" / "run-json.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            data = self.settings()
+            data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            data.setdefault("stages", {})[stage] = {**scrub(settings), "updated": now}
+            atomic_write_json(self.path / "run.json", data)
 
     def stage_settings(self, stage: str) -> dict | None:
         return self.settings().get("stages", {}).get(stage)

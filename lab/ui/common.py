@@ -119,9 +119,11 @@ def _stop(name: str, stage: str) -> str:
 def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: dict[str, str] | None = None) -> str:
     """Start `python -m lab <stage> --run NAME argv...` for the chosen run; user errors become a gr.Error toast.
     The job gets the run's name (it resolves under the same runs root), never a path. secret_env (a key typed into
-    this page) goes to that job's environment only (see lab.jobs.start)."""
+    this page) goes to that job's environment only (see lab.jobs.start). A stage already running on the run in
+    another process (a terminal, say) is refused here, before the job starts (lab.store.Run.lock)."""
     run = open_run(name)
     try:
+        run.check_unlocked(stage)
         jobs.start(run, [stage, "--run", run.name, *argv], label, secret_env=secret_env)
     except LabError as e:
         raise gr.Error(str(e)) from e

@@ -168,6 +168,7 @@ def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, re
         if not typed and not os.environ.get(KEY_ENV[cfg.backend]):
             raise gr.Error(key_note(cfg.backend).replace("**", "").replace("`", ""))
         checked(resolve_key, cfg.backend, cfg.base_url, typed or None)  # the app's key goes to the app's URL only
+    checked(run.check_unlocked, "judge")  # a judge running elsewhere keeps its prompt file
     path = run.file("judge_prompt")
     atomic_write_text(path, prompt)
     cfg.prompt_file = str(path)
