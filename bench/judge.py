@@ -41,7 +41,7 @@ KEY = "bench-key"
 
 
 def make_run(root: Path, name: str, instructions: int, k: int = 5) -> Run:
-    run = Run.open(str(root / name))
+    run = Run(root / name)  # a folder this bench builds under its own temp root, not a name a user typed
     run.append("samples", [{"instruction_id": f"i{i}", "sample_index": j, "prompt": f"Question {i}?",
                             "text": f"Answer {i}.{j}: " + "detail " * (5 * j) + f"Q{j}Q", "model": "bench",
                             "model_path": "-", "decoding": {}, "prompt_tokens": 5, "completion_tokens": 20,

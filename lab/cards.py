@@ -5,10 +5,17 @@ the model and decoding behind the responses, the instructions, the judge and its
 plan, PairRM, the pair strategy, statistics; for an adapter the base model, the data set, every training parameter,
 the final metrics and how to load it. Cards are built from facts only: a setting the run never recorded is left out,
 never guessed. run.json is already free of secrets (lab.store.scrub).
+
+Text from the run (a judge prompt, a model name, a setting) never becomes markup: table cells are HTML-escaped,
+code blocks are fenced with more backticks than any run of backticks or tildes inside (`fence`), inline code the
+same way (`code`).
 """
 from __future__ import annotations
 
+import copy
+import html
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from statistics import mean
@@ -32,10 +39,27 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _cell(v) -> str:
+    """One table cell: HTML escaped (a cell holding <img onerror=...> shows as text), pipes escaped, one line."""
     if isinstance(v, float) and not v.is_integer():
         v = float(f"{v:.6g}")  # 0.6931471824645996 -> 0.693147: metrics to the digits that mean something
     text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
-    return text.replace("|", "\\|").replace("\n", " ")
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def fence(text: str, info: str = "text") -> str:
+    """A fenced code block holding `text` whole: its fence is longer than any run of backticks or tildes inside
+    (at least 3), so a text holding ``` can neither close the block early nor open one of its own."""
+    longest = max((len(m) for m in re.findall(r"`+|~+", text)), default=0)
+    bar = "`" * max(3, longest + 1)
+    return f"{bar}{info}\n{text}\n{bar}"
+
+
+def code(text: str) -> str:
+    """Inline code holding `text` as is: delimited by more backticks than any run inside (CommonMark code span)."""
+    text = str(text).replace("\n", " ")
+    bar = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{bar}{pad}{text}{pad}{bar}"
 
 
 def table(rows: dict, head: tuple[str, str] = ("setting", "value")) -> str:
@@ -50,7 +74,7 @@ def _is_long(v) -> bool:
 
 def long_texts(rows: dict) -> str:
     """Each long text setting (a judge prompt, say) in its own fenced block, whole."""
-    return "\n\n".join(f"`{k}`:\n\n````text\n{v}\n````" for k, v in rows.items() if _is_long(v))
+    return "\n\n".join(f"{code(k)}:\n\n{fence(v)}" for k, v in rows.items() if _is_long(v))
 
 
 def _counts(records: list[dict], key: str) -> dict:
@@ -66,13 +90,18 @@ def _iteration(run: Run) -> int | None:
 
 
 def _root(run: Run) -> Run:
-    """The run an iteration round belongs to (run.json and iterate.jsonl live there)."""
-    return Run(run.path.parent.parent) if _iteration(run) else run
+    """The run an iteration round belongs to (run.json and iterate.jsonl live there). A copy of the same kind of
+    Run, so that a view of the run (lab.hub.PublicRun) stays one."""
+    if not _iteration(run):
+        return run
+    root = copy.copy(run)
+    root.path = run.path.parent.parent
+    return root
 
 
 def _where(run: Run) -> str:
     k = _iteration(run)
-    return f"run `{_root(run).name}`, self-rewarding round {k}" if k else f"run `{run.name}`"
+    return f"run {code(_root(run).name)}, self-rewarding round {k}" if k else f"run {code(run.name)}"
 
 
 # ---- data set card ------------------------------------------------------------------------------------------------
@@ -117,7 +146,7 @@ def _size_category(n: int) -> str:
 def _dataset_intro(source: str, run: Run, raw: dict) -> str:
     models = sorted({s.get("model", "?") for s in raw["samples"]}) or ["(no samples file)"]
     return (f"Preference pairs for DPO built by Preference Lab ({_where(run)}) from responses of "
-            f"{', '.join(f'`{m}`' for m in models)}; pairs chosen by **{source}**. Generated text: check it "
+            f"{', '.join(code(m) for m in models)}; pairs chosen by **{_cell(source)}**. Generated text: check it "
             "before training on it, and follow the terms of the model that wrote it.\n")
 
 
@@ -162,7 +191,7 @@ def _judge_section(run: Run, judgments: list[dict], samples: list[dict]) -> str:
     hashes = _counts(judgments, "prompt_hash")
     template = run.file("judge_prompt")
     body = [table(settings), long_texts(settings),
-            f"Judge prompt template (judge-prompt.txt):\n\n````text\n{template.read_text(encoding='utf-8')}\n````"
+            f"Judge prompt template (judge-prompt.txt):\n\n{fence(template.read_text(encoding='utf-8'))}"
             if template.exists() else "",
             "Judge prompt hashes (calls per hash):\n\n" + table(hashes, ("prompt_hash", "calls")) if hashes else "",
             "#### Call plan\n\n" + table(flatten(call_plan(judgments, samples)), ("", "")) if judgments else ""]
@@ -189,7 +218,7 @@ def _scores_section(scores: list[dict]) -> str:
     rows = {"evaluations": len(scores), "scored": len(values),
             "mean score": round(mean(values), 3) if values else "n/a",
             "read by": _counts(scores, "method"), "judge": _counts(scores, "judge"), "prompt hashes": hashes}
-    prompt = f"\n\nScoring prompt (hash `{PROMPT_HASH}`):\n\n````text\n{SCORE_PROMPT}\n````" \
+    prompt = f"\n\nScoring prompt (hash `{PROMPT_HASH}`):\n\n{fence(SCORE_PROMPT)}" \
         if PROMPT_HASH in hashes else ""
     return f"### Self-rewarding scores\n\n{table(rows, ('', ''))}{prompt}\n"
 
@@ -212,7 +241,7 @@ def _rank_section(run: Run, rankings: list[dict]) -> str:
 def _pairs_section(run: Run, source: str, pairs: list[dict]) -> str:
     settings = flatten(run.stage_settings(f"pairs-{source}") or run.stage_settings("pairs") or {})
     metas = [p.get("meta") or {} for p in pairs]
-    return (f"### Pair strategy\n\nSource: `{source}`.\n\n{table(settings)}\n\n{long_texts(settings)}\n"
+    return (f"### Pair strategy\n\nSource: {code(source)}.\n\n{table(settings)}\n\n{long_texts(settings)}\n"
             + (table(_counts(metas, "source"), ("meta.source", "pairs")) + "\n" if metas else ""))
 
 
@@ -257,7 +286,7 @@ def _all_settings(run: Run) -> str:
     if _iteration(run) and (run.path / "run.json").exists():
         settings = {**settings, "this round": run.settings()}
     return ("### Every setting (run.json)\n\nThe resolved settings of every stage, as the run recorded them "
-            f"(no secrets are ever recorded):\n\n```json\n{json.dumps(settings, indent=2, ensure_ascii=False)}\n```\n")
+            f"(no secrets are ever recorded):\n\n{fence(json.dumps(settings, indent=2, ensure_ascii=False), 'json')}\n")
 
 
 # ---- model card ---------------------------------------------------------------------------------------------------
@@ -321,14 +350,14 @@ def model_card(repo_id: str, adapter: str, run: Run, src: Path, config: dict, st
 def _model_intro(adapter: str, run: Run, config: dict, state: dict, base_id: str | None,
                  dataset_id: str | None) -> str:
     base = f"[`{base_id}`](https://huggingface.co/{base_id})" if base_id else \
-        f"a local model (`{config.get('base_model_name_or_path')}`), not on the Hub: load it from your own copy"
+        f"a local model ({code(config.get('base_model_name_or_path'))}), not on the Hub: load it from your own copy"
     data = f"[`{dataset_id}`](https://huggingface.co/datasets/{dataset_id})" if dataset_id else \
         "the run's preference pairs (not pushed with this adapter)"
     pairs = {f"pairs.{k}": v for k, v in (state.get("pairs") or {}).items() if k != "path"}
     lines = [f"A LoRA adapter trained with DPO by Preference Lab (TRL `DPOTrainer` + PEFT): adapter `{adapter}` of "
              f"{_where(run)}.\n", f"- Base model: {base}", f"- Training data: {data}"]
     if state.get("init_adapter"):
-        lines.append(f"- Continued from adapter `{state['init_adapter']}` (the previous self-rewarding round)")
+        lines.append(f"- Continued from adapter {code(state['init_adapter'])} (the previous self-rewarding round)")
     if state.get("status") and state["status"] != "done":
         lines.append(f"- Status: **{state['status']}** at step {state.get('global_step')} of {state.get('max_steps')}")
     return "\n".join(lines) + "\n\n" + (table(pairs, ("training data", "")) + "\n" if pairs else "")
@@ -336,7 +365,7 @@ def _model_intro(adapter: str, run: Run, config: dict, state: dict, base_id: str
 
 def _warnings(state: dict) -> str:
     found = state.get("warnings") or []
-    return "## Warnings from training\n\n" + "\n".join(f"- {w}" for w in found) + "\n" if found else ""
+    return "## Warnings from training\n\n" + "\n".join(f"- {_cell(w)}" for w in found) + "\n" if found else ""
 
 
 def _lora(config: dict) -> dict:

@@ -20,7 +20,8 @@ def _print_summary(summary: dict) -> None:
 def _stage_parser(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
     """A subcommand with the --run every stage takes."""
     p = sub.add_parser(name, help=help, description=description or help)
-    p.add_argument("--run", required=True, help="run name (under $LAB_RUNS_DIR, default ./runs) or a path")
+    p.add_argument("--run", required=True, help="run name: letters, digits, '.', '_', '-' (a folder under "
+                   "$LAB_RUNS_DIR, default ./runs; not a path)")
     return p
 
 
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from lab.hosting import admit
     from lab.jobs import report_exit
     from lab.progress import Stopped, close_bars, install_stop_handler
+    from lab.store import redact_userinfo
 
     args = build_parser().parse_args(argv)
     install_stop_handler()
@@ -220,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except LabError as e:
         close_bars()
-        print(f"error: {e}", file=sys.stderr)
-        report_exit(2, "failed", str(e))
+        msg = redact_userinfo(str(e))  # a URL's user:password never reaches the terminal, the job log or exit.json
+        print(f"error: {msg}", file=sys.stderr)
+        report_exit(2, "failed", msg)
         return 2
     except (Stopped, KeyboardInterrupt) as e:
         close_bars()
@@ -230,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         report_exit(0, "stopped", msg)
         return 0 if isinstance(e, Stopped) else 130
     except Exception as e:  # a bug: keep the traceback for the log, give the app one line
-        traceback.print_exc()
-        report_exit(1, "failed", f"{type(e).__name__}: {e}")
+        print(redact_userinfo(traceback.format_exc()), file=sys.stderr, end="")
+        report_exit(1, "failed", redact_userinfo(f"{type(e).__name__}: {e}"))
         return 1
     report_exit(0, "done")
     return 0

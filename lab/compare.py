@@ -265,14 +265,16 @@ def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict],
 
 
 def check_scorers(cfg, api_key: str | None) -> None:
-    """Fail before any generation if a judge cannot run: no API key, or a PairRM that cannot be found."""
-    import os
+    """Fail before any generation if a judge cannot run: no API key (lab.judge_backends.resolve_key: the same rule
+    the judge applies), or a PairRM that cannot be found."""
+    from lab.judge_backends import KEY_ENV, resolve_key
 
-    from lab.judge_backends import KEY_ENV
-
-    if cfg.judge in KEY_ENV and not (api_key or os.environ.get(KEY_ENV[cfg.judge])):
-        raise LabError(f"--judge {cfg.judge} needs an API key: export {KEY_ENV[cfg.judge]}=<your key>, or use "
-                       "--judge local (offline, weak) or --judge none.")
+    if cfg.judge in KEY_ENV:
+        try:
+            resolve_key(cfg.judge, "", api_key)
+        except LabError as e:
+            raise LabError(f"--judge {cfg.judge} needs an API key: {e} Or use --judge local (offline, weak) or "
+                           "--judge none.") from None
     if cfg.pairrm:
         from lab.rank import resolve_ranker
 
@@ -282,7 +284,13 @@ def check_scorers(cfg, api_key: str | None) -> None:
 def compare_run(run: Run, cfg, progress: Progress | None = None, api_key: str | None = None) -> dict:
     """The compare stage: completions of base and adapters on held-out instructions, then the scores.
     Resumes: (model, chunk) units already in compare.jsonl with the same settings are not generated again.
-    api_key: the API judge's key, passed in memory by the app (else the judge reads it from the environment)."""
+    api_key: the API judge's key, passed in memory by the app (else the judge reads it from the environment).
+    Holds the run's "compare" lock: a second comparison of the run is refused."""
+    with run.lock("compare"):
+        return _compare_locked(run, cfg, progress, api_key)
+
+
+def _compare_locked(run: Run, cfg, progress: Progress | None, api_key: str | None) -> dict:
     from lab import models
 
     cfg = dataclasses.replace(cfg, model=base_spec(run, cfg)).validate()

@@ -21,8 +21,13 @@ Record format of push.jsonl (one line per repo pushed; the app shows these links
 
 Tokens: one passed in memory (the app's visitor login), else $HF_TOKEN, else the login `hf auth login` saved. On a
 Space ($SPACE_ID or SYSTEM=spaces set) only a passed token counts: the Space's own HF_TOKEN secret belongs to its
-owner, and pushing must use the visitor's account. A token is never written anywhere; every staged file is checked
-for it (and for the judge API keys in the environment) before anything is uploaded.
+owner, and pushing must use the visitor's account. A token is never written anywhere; before anything is uploaded
+every staged file (parquet read as text) is checked for it, for the value of every credential variable in the
+environment (credential_env_names) and for URLs with userinfo (user:password@host).
+
+Local paths: a staged folder names no place on this machine (PublicPaths): a path inside the run becomes relative
+to it, the bundled model's cache folder becomes its Hub id, a Hub cache folder its repo id, any other local path its
+base name. This covers the parquet records, the adapter's JSON files and everything the cards show.
 """
 from __future__ import annotations
 
@@ -30,16 +35,19 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from lab import cards
 from lab.config import PushConfig
 from lab.errors import LabError
+from lab.models import BUNDLED_HUB_ID
 from lab.progress import Progress
-from lab.store import Run, append_jsonl, atomic_write_json, atomic_write_text, build_folder, read_jsonl
+from lab.store import Run, append_jsonl, atomic_write_json, atomic_write_text, build_folder, \
+    read_jsonl, runs_root
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 RAW_CONFIGS = ("samples", "judgments", "rankings", "spotcheck", "scores")  # record files shipped next to the pairs
@@ -48,7 +56,11 @@ NOT_UPLOADED = ("checkpoints", "checkpoint-*", "training_args.bin", "optimizer.p
                 "runs", ".*", "*.tmp", "README.md")  # resumable state, pickles that may hold a hub_token, old card
 PLACEHOLDER_NAMESPACE = "YOUR-HF-USERNAME"
 REPO_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}$")
-SECRET_ENV = ("HF_TOKEN", "GROQ_API_KEY", "OPENAI_API_KEY", "HUGGING_FACE_HUB_TOKEN")
+HUB_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+CREDENTIAL_NAME = re.compile(r"(_API_KEY$|_TOKEN$|SECRET)", re.IGNORECASE)  # names that look like a credential
+NOT_REWRITTEN = ("tokenizer.json", "vocab.json")  # vocabularies: their tokens ("/s", "/*") are text, not paths
+# a URL with userinfo in a staged file (store.URL_USERINFO; its redacted form "scheme://***@" is fine)
+USERINFO_IN_FILE = re.compile(rb"(?i)\b[a-z][a-z0-9+.-]*://(?!\*\*\*@)[^/?#\s]+@")
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,79 @@ def dataset_links(items: list[Item], namespace: str) -> dict[tuple[Path, str], s
     return {(i.run.path, i.source): i.repo_id(namespace) for i in items if i.kind == "dataset"}
 
 
+# ---- local paths -> what may be published --------------------------------------------------------------------------
+ABS_PATH = re.compile(r"(?<![\w:/.~-])/[^\s\"'`<>|,;()\[\]{}]+")  # an absolute path inside a longer text
+
+
+class PublicPaths:
+    """Turns the local paths in what a push publishes into names that say nothing about this machine.
+
+    A whole string that is an absolute path: inside `root` (the pushed run) -> relative to it ("." for the run);
+    the bundled model's cache folder -> lab.models.BUNDLED_HUB_ID; a Hub cache folder (models--org--name) -> its
+    repo id; any other path -> its base name. Inside a longer text (a warning, a message), paths under the run, the
+    runs root, the lab cache, the home folder or the temp folder are replaced the same way."""
+
+    def __init__(self, root: Path):
+        from lab import models
+
+        self.root, self.bundled = root.resolve(), models.bundled_dir().resolve()
+        local = [self.root, runs_root(), models.cache_dir(), Path.home(), Path(tempfile.gettempdir())]
+        self.local = [str(p.resolve()) for p in local]
+
+    def path(self, text: str) -> str:
+        """One absolute path -> its public name."""
+        p = Path(text)
+        for base, name in ((self.bundled, lambda rest: BUNDLED_HUB_ID), (self.root, lambda rest: rest or ".")):
+            if p == base or base in p.parents:
+                return name(p.relative_to(base).as_posix() if p != base else "")
+        hub = next((part for part in p.parts if part.startswith("models--")), None)
+        if hub and len(hub.split("--")) == 3:
+            return "/".join(hub.split("--")[1:])
+        return p.name or text
+
+    def text(self, text: str) -> str:
+        if text.startswith("/") and "\n" not in text and len(text) < 4096 and not text.startswith("//"):
+            return self.path(text.strip())
+        return ABS_PATH.sub(lambda m: self.path(m.group()) if self._local(m.group()) else m.group(), text)
+
+    def _local(self, path: str) -> bool:
+        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in self.local)
+
+    def data(self, obj: Any) -> Any:
+        """Every string value (not the keys) of a JSON-like object, at any depth, made public."""
+        if isinstance(obj, dict):
+            return {k: self.data(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [self.data(v) for v in obj]
+        return self.text(obj) if isinstance(obj, str) else obj
+
+
+class PublicRun(Run):
+    """A run as the cards see it: everything read from run.json and the record files has its paths made public."""
+
+    def __init__(self, path: Path, paths: PublicPaths):
+        super().__init__(path)
+        self.paths = paths
+
+    def settings(self) -> dict:
+        return self.paths.data(super().settings())
+
+    def read(self, kind: str) -> list[dict]:
+        return self.paths.data(super().read(kind))
+
+
+def publish_json_files(folder: Path, paths: PublicPaths) -> None:
+    """Rewrite every JSON / JSONL file of a staged folder with its paths made public. Each is replaced by a new
+    file (atomic_write_text renames one into place), so a hard-linked source in the run stays as it was."""
+    for f in sorted(folder.rglob("*")):
+        if not f.is_file() or f.name in NOT_REWRITTEN or f.suffix not in (".json", ".jsonl"):
+            continue
+        if f.suffix == ".json":
+            atomic_write_json(f, paths.data(json.loads(f.read_text(encoding="utf-8"))))
+        else:
+            atomic_write_text(f, "".join(json.dumps(paths.data(r), ensure_ascii=False) + "\n" for r in read_jsonl(f)))
+
+
 # ---- staging: the exact folders that get uploaded -----------------------------------------------------------------
 def write_parquet(records: list[dict], path: Path) -> int:
     """Records -> one parquet shard through `datasets` (nested fields stay nested; fields of mixed type become Json).
@@ -129,19 +214,21 @@ def write_parquet(records: list[dict], path: Path) -> int:
     return len(records)
 
 
-def stage_dataset(item: Item, folder: Path, namespace: str, raw: dict[str, list[dict]]) -> dict[str, int]:
-    """Write the pairs and the raw record files (`raw`: kind -> records) as parquet configs plus the card.
-
-    Returns rows per config."""
-    pairs = read_jsonl(item.run.pairs_file(item.source))
+def stage_dataset(item: Item, folder: Path, namespace: str, raw: dict[str, list[dict]],
+                  paths: PublicPaths) -> dict[str, int]:
+    """Write the pairs and the raw record files (`raw`: kind -> records) as parquet configs plus the card, every
+    local path in them made public (`paths`). Returns rows per config."""
+    pairs = paths.data(read_jsonl(item.run.pairs_file(item.source)))
     if not pairs:
         raise LabError(f"{item.run.pairs_file(item.source)} holds no pairs: rebuild it with `python -m lab pairs` "
                        f"or leave it out with --only.")
+    raw = paths.data(raw)
     rows = {"default": write_parquet(pairs, folder / "data" / SHARD)}
     for kind, records in raw.items():
         if records:
             rows[kind] = write_parquet(records, folder / kind / SHARD)
-    card = cards.dataset_card(item.repo_id(namespace), item.source, item.run, pairs, raw, rows)
+    view = PublicRun(item.run.path, paths)
+    card = cards.dataset_card(item.repo_id(namespace), item.source, view, pairs, raw, rows)
     atomic_write_text(folder / "README.md", card)
     return rows
 
@@ -157,18 +244,22 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def stage_model(item: Item, folder: Path, namespace: str, links: dict) -> None:
-    """Copy the adapter (without resumable state or pickles), point its config at the base's Hub id, write the card."""
+def stage_model(item: Item, folder: Path, namespace: str, links: dict, paths: PublicPaths) -> None:
+    """Copy the adapter (without resumable state or pickles), point its config at the base's Hub id, make every
+    local path in its JSON files public (`paths`), write the card."""
     src = item.run.adapter_dir(item.source)
     shutil.copytree(src, folder, ignore=shutil.ignore_patterns(*NOT_UPLOADED), dirs_exist_ok=True,
                     copy_function=_link_or_copy)
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    state = cards.training_state(src, item.run)
+    state = cards.training_state(src, item.run)  # as recorded: the base's id and the data link are found from it
     base_id = cards.base_model_id(state, item.run)
+    dataset_id = cards.trained_on(state, item.run, links)
+    publish_json_files(folder, paths)
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     if base_id and base_id != config.get("base_model_name_or_path"):  # a local copy of a Hub model: load the Hub one
-        atomic_write_json(folder / "adapter_config.json", {**config, "base_model_name_or_path": base_id})
-    card = cards.model_card(item.repo_id(namespace), item.source, item.run, src, config, state, base_id,
-                            cards.trained_on(state, item.run, links))
+        config = {**config, "base_model_name_or_path": base_id}
+        atomic_write_json(folder / "adapter_config.json", config)
+    card = cards.model_card(item.repo_id(namespace), item.source, PublicRun(item.run.path, paths), src, config,
+                            paths.data(state), base_id, dataset_id)
     atomic_write_text(folder / "README.md", card)
 
 
@@ -179,10 +270,10 @@ def read_raw(run: Run) -> dict[str, list[dict]]:
 
 def stage(item: Item, namespace: str, links: dict, root: Run, raw: dict | None = None) -> Path:
     """Stage one repo under `<root run>/hub/<name>/` and return the folder."""
-    target = root.file("hub") / item.name
+    target, paths = root.file("hub") / item.name, PublicPaths(root.path)
     if item.kind == "dataset":
-        return build_folder(target, lambda tmp: stage_dataset(item, tmp, namespace, raw or read_raw(item.run)))
-    return build_folder(target, lambda tmp: stage_model(item, tmp, namespace, links))
+        return build_folder(target, lambda tmp: stage_dataset(item, tmp, namespace, raw or read_raw(item.run), paths))
+    return build_folder(target, lambda tmp: stage_model(item, tmp, namespace, links, paths))
 
 
 # ---- tokens and secrets -------------------------------------------------------------------------------------------
@@ -207,18 +298,45 @@ def resolve_token(token: str | None = None) -> str:
     return found
 
 
-def check_no_secrets(folder: Path, secrets: list[str]) -> None:
-    """Refuse to upload a folder in which any byte sequence equals a token or API key in use."""
-    needles = [s.encode() for s in secrets if s and len(s) >= 8]
+def credential_env_names(environ: dict | None = None) -> list[str]:
+    """The environment variables whose values must never be published: the key variable of every judge backend
+    (lab.judge_backends.KEY_ENV, and TYPED_KEY_ENV for a key typed in the app), the Hub token variables, and every
+    variable named like a credential (*_API_KEY, *_TOKEN, *SECRET*), whoever reads it."""
+    from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
+
+    environ = os.environ if environ is None else environ
+    named = {k for k in environ if CREDENTIAL_NAME.search(k)}
+    return sorted({*KEY_ENV.values(), TYPED_KEY_ENV, *HUB_TOKEN_ENV} | named)
+
+
+def _secrets_in_use(token: str | None) -> dict[str, str]:
+    """{where it comes from: value} of every credential in use; the names go into messages, never the values."""
+    return {"the push token": token or "", **{f"${k}": os.environ.get(k, "") for k in credential_env_names()}}
+
+
+def _scannable(path: Path) -> bytes:
+    """A staged file's bytes, and for parquet its values as text too (compressed pages would hide a key)."""
+    data = path.read_bytes()
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        data += json.dumps(pq.read_table(path).to_pylist(), ensure_ascii=False, default=str).encode()
+    return data
+
+
+def check_no_secrets(folder: Path, secrets: dict[str, str]) -> None:
+    """Refuse to upload a folder in which any file holds a credential in use (`secrets`: where it comes from ->
+    value; values under 8 characters are not searched) or a URL with userinfo (user:password@host)."""
+    needles = {name: v.encode() for name, v in secrets.items() if v and len(v) >= 8}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if any(n in data for n in needles):
-            raise LabError(f"{path} contains a token or API key: remove it from the run's files before pushing "
-                           "(nothing was uploaded).")
-
-
-def _secrets_in_use(token: str | None) -> list[str]:
-    return [token or ""] + [os.environ.get(k, "") for k in SECRET_ENV]
+        data = _scannable(path)
+        found = next((name for name, v in needles.items() if v in data), None)
+        if found:
+            raise LabError(f"{path} contains a token or API key (the value of {found}): remove it from the run's "
+                           "files before pushing (nothing was uploaded).")
+        if USERINFO_IN_FILE.search(data):
+            raise LabError(f"{path} contains a URL with a user name or password (scheme://user:...@host): remove "
+                           "it from the run's files before pushing (nothing was uploaded).")
 
 
 # ---- the Hub ------------------------------------------------------------------------------------------------------
@@ -291,9 +409,15 @@ def push_run(run: Run, cfg: PushConfig, token: str | None = None, progress: Prog
     """Stage every selected repo and (unless dry_run) push it. Returns {"dry_run", "namespace", "repos": [...]}.
 
     Everything is staged and checked for secrets before the first upload, so a bad file stops the push before
-    anything leaves the machine. Each pushed repo is appended to push.jsonl as soon as it is up.
+    anything leaves the machine. Each pushed repo is appended to push.jsonl as soon as it is up. Holds the run's
+    "push" lock: a second push (or dry run) of the run is refused, not staged over the first.
     """
     cfg.validate()
+    with run.lock("push"):
+        return _push_locked(run, cfg, token, progress)
+
+
+def _push_locked(run: Run, cfg: PushConfig, token: str | None, progress: Progress | None) -> dict:
     progress = progress or Progress("push")
     items = plan(run, cfg)
     token = None if cfg.dry_run else resolve_token(token)
@@ -309,7 +433,8 @@ def push_run(run: Run, cfg: PushConfig, token: str | None = None, progress: Prog
     return {"dry_run": cfg.dry_run, "namespace": namespace, "repos": repos}
 
 
-def stage_all(run: Run, items: list[Item], namespace: str, secrets: list[str], progress: Progress) -> list[Path]:
+def stage_all(run: Run, items: list[Item], namespace: str, secrets: dict[str, str], progress: Progress
+              ) -> list[Path]:
     links = dataset_links(items, namespace)
     folders, raws = [], {}
     for n, item in enumerate(items):

@@ -525,7 +525,13 @@ def one_round(run: Run, cm, k: int, policy: Path | None, items: list[dict], eval
 def iterate_run(run: Run, cfg, progress: Progress | None = None, api_key: str | None = None) -> dict:
     """The iterate stage: rounds 1..cfg.rounds of self-rewarding DPO. Finished rounds (iterate.jsonl) are kept and
     skipped; an interrupted round resumes from its files (samples, scores, the training checkpoint).
-    api_key: an API judge's key passed in memory (else read from the environment)."""
+    api_key: an API judge's key passed in memory (else read from the environment).
+    Holds the run's "iterate" lock: a second iteration of the run is refused."""
+    with run.lock("iterate"):
+        return _iterate_locked(run, cfg, progress, api_key)
+
+
+def _iterate_locked(run: Run, cfg, progress: Progress | None, api_key: str | None) -> dict:
     from lab import compare, models
 
     cfg = dataclasses.replace(cfg, model=compare.base_spec(run, cfg)).validate()

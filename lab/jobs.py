@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lab.errors import LabError
+from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
 from lab.store import Run, atomic_write_json, atomic_write_text, check_writable, runs_root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,8 +107,12 @@ def start(run: Run, argv: list[str], label: str, secret_env: dict[str, str] | No
     """Queue `python -m lab *argv` for `run` and start it at once if the machine is free. -> status(run).
     Refused while the run already has a job queued or running.
 
-    secret_env: credentials for this job alone (an API key a visitor typed into the page). They reach only the
-    child's environment: never argv (visible to every user in `ps`), job.json, the queue, the log or any other file.
+    secret_env: credentials for this job alone (an API key a visitor typed into the page, as $LAB_API_KEY). They
+    reach only the child's environment: never argv (visible to every user in `ps`), job.json, the queue, the log or
+    any other file; while the job waits in the queue they stay in this process's memory. With secret_env the child
+    does not inherit the owner's provider keys (lab.judge_backends.KEY_ENV): a visitor's job runs on the visitor's
+    key alone; without it, no $LAB_API_KEY reaches the child.
+    The child gets this process's runs root ($LAB_RUNS_DIR), so the run name in argv means the same run there.
     """
     check_writable(run.jobs_dir)
     with _queue_lock():
@@ -156,7 +161,9 @@ def _pump() -> dict | None:
 def _launch(run: Run, entry: dict, secret_env: dict[str, str] | None) -> dict:
     jobs = run.jobs_dir
     jobs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **(secret_env or {}), "LAB_PROGRESS_FILE": str(jobs / "progress.json"),
+    dropped = {TYPED_KEY_ENV, *(KEY_ENV.values() if secret_env else ())}  # only secret_env may set a typed key
+    env = {**{k: v for k, v in os.environ.items() if k not in dropped}, **(secret_env or {}),
+           "LAB_RUNS_DIR": str(runs_root()), "LAB_PROGRESS_FILE": str(jobs / "progress.json"),
            "LAB_JOB_DIR": str(jobs), "PYTHONUNBUFFERED": "1"}
     with open(jobs / "log.txt", "w", encoding="utf-8") as log:
         proc = subprocess.Popen([sys.executable, "-m", "lab", *entry["argv"]], cwd=ROOT, env=env, stdout=log,

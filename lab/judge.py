@@ -487,8 +487,15 @@ def judge_run(run: Run, cfg: JudgeConfig, progress: Progress | None = None, api_
               template: str | None = None) -> dict:
     """The judge stage: judge the run's samples under cfg.plan, appending to judgments.jsonl; resumes from the
     cache. template: the prompt text (the app passes its editor's text); default cfg.prompt_file or the built-in.
-    Returns report(run) for this judge and prompt, plus {"calls_made", "plan", ...}."""
+    Returns report(run) for this judge and prompt, plus {"calls_made", "plan", ...}.
+    Holds the run's "judge" lock, and reads the cache under it: a second judge on the run is refused, not run twice."""
     cfg.validate()
+    with run.lock("judge"):
+        return _judge_locked(run, cfg, progress, api_key, template)
+
+
+def _judge_locked(run: Run, cfg: JudgeConfig, progress: Progress | None, api_key: str | None,
+                  template: str | None) -> dict:
     progress = progress or Progress("judging")
     s = _Session(run, cfg, template if template is not None else load_template(cfg.prompt_file), progress)
     cands, skipped = load_candidates(run)

@@ -7,8 +7,14 @@
   `", "verdict": "` itself and reads the verdict from the next-token probabilities of the labels A / B / tie: a
   135M model garbles free-text verdicts, but the label probabilities always give a verdict and a confidence.
 
-API keys are taken from the environment (or passed in memory) and are kept only on the client object: never in a
-record, a log line or an error message (messages are scrubbed of the key).
+API keys are kept only on the client object: never in a record, a log line or an error message (messages are
+scrubbed of the key and of any URL userinfo). Where a key may go (resolve_key), so that an owner's key never reaches a
+server someone else chose (a visitor of a public Space typing a Base URL):
+  - a key given explicitly may go to any base URL: passed in memory (the app's check before a job), named by
+    `--api-key-env NAME` (the owner's own choice on the command line), or in $LAB_API_KEY (TYPED_KEY_ENV: the key a
+    visitor typed into the app, which reaches that one job there and nowhere else);
+  - a key from the provider's default variable (GROQ_API_KEY / OPENAI_API_KEY: the owner's) goes only to the owner's
+    URL ($GROQ_BASE_URL / $OPENAI_BASE_URL when set, else the provider's default); any other base URL is refused.
 """
 from __future__ import annotations
 
@@ -17,14 +23,18 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from lab.config import JudgeConfig
 from lab.errors import LabError
 from lab.ratelimit import RateLimiter, backoff_s, retry_after_s
+from lab.store import redact_userinfo
 
 DEFAULT_MODELS = {"groq": "llama-3.3-70b-versatile", "openai": "gpt-4o-mini", "local": "bundled"}
 KEY_ENV = {"groq": "GROQ_API_KEY", "openai": "OPENAI_API_KEY"}
 DEFAULT_URL = {"groq": "https://api.groq.com", "openai": "https://api.openai.com/v1"}
+BASE_URL_ENV = {"groq": "GROQ_BASE_URL", "openai": "OPENAI_BASE_URL"}  # the owner's URL for the KEY_ENV key
+TYPED_KEY_ENV = "LAB_API_KEY"  # a key typed into the app, for one job: explicit, never the provider's variable
 # USD per million tokens (input, output), as listed by the providers in 2025; None elsewhere: cost is not guessed.
 PRICES = {
     "llama-3.3-70b-versatile": (0.59, 0.79), "llama-3.1-8b-instant": (0.05, 0.08),
@@ -38,6 +48,49 @@ REJECTED_STATUS = {400, 413, 422}  # this request refused (too long, bad input):
 def price_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
     p = PRICES.get(model)
     return None if p is None else round((prompt_tokens * p[0] + completion_tokens * p[1]) / 1e6, 8)
+
+
+def owner_url(kind: str) -> str:
+    """The only URL a key from KEY_ENV[kind] may go to: $<KIND>_BASE_URL when set, else the provider's default."""
+    return os.environ.get(BASE_URL_ENV[kind]) or DEFAULT_URL[kind]
+
+
+def _same_url(a: str, b: str) -> bool:
+    """Equal up to the case of scheme and host and a trailing slash."""
+    x, y = urlsplit(a.strip()), urlsplit(b.strip())
+    return (x.scheme.lower(), x.netloc.lower(), x.path.rstrip("/")) == (y.scheme.lower(), y.netloc.lower(),
+                                                                         y.path.rstrip("/"))
+
+
+def resolve_key(kind: str, base_url: str = "", api_key: str | None = None, key_env: str = "") -> tuple[str, str, str]:
+    """(key, URL, where the key came from, in words) for an API judge, under the rule in the module docstring.
+
+    Order: api_key (in memory) > $key_env (named by the caller) > $LAB_API_KEY (typed in the app) > the provider's
+    default variable, which may only go to owner_url(kind). Raises LabError (naming no key) when there is no key or
+    when the default variable's key would go to another URL."""
+    url = base_url or owner_url(kind)
+    if api_key:
+        return api_key, url, "the API key given"
+    if key_env:
+        return _env_key(key_env, kind), url, f"${key_env}"
+    if os.environ.get(TYPED_KEY_ENV):
+        return os.environ[TYPED_KEY_ENV], url, "the API key typed in the app"
+    key = _env_key(KEY_ENV[kind], kind)
+    if base_url and not _same_url(base_url, owner_url(kind)):
+        raise LabError(f"The base URL {redact_userinfo(base_url)} is not the {kind} URL this machine's "
+                       f"{KEY_ENV[kind]} is set for, so that key is not sent there: give your own key for that "
+                       "server (the API key box in the app; on the command line --api-key-env NAME of the variable "
+                       f"that holds it), or leave the base URL empty.")
+    return key, url, f"${KEY_ENV[kind]}"
+
+
+def _env_key(name: str, kind: str) -> str:
+    key = os.environ.get(name) or ""
+    if not key:
+        raise LabError(f"{name} is not set: export {name}=<your key> (or pass --api-key-env NAME of the variable "
+                       f"that holds it; in the app, type your key in the API key box), or use a local judge "
+                       f"(--backend local: offline, weak) instead of {kind}.")
+    return key
 
 
 @dataclass
@@ -64,12 +117,7 @@ class ApiBackend:
                  max_retry_after_s: float = JudgeConfig.max_retry_after_s):
         self.kind, self.model, self.limiter = kind, model, limiter
         self.max_retry_after_s = max_retry_after_s
-        self.key_env = key_env or KEY_ENV[kind]
-        self.api_key = api_key or os.environ.get(self.key_env) or ""
-        if not self.api_key:
-            raise LabError(f"{self.key_env} is not set: export {self.key_env}=<your key> (or pass --api-key-env NAME "
-                           f"of the variable that holds it), or use --backend local (offline, weak).")
-        self.url = base_url or os.environ.get(f"{kind.upper()}_BASE_URL") or DEFAULT_URL[kind]
+        self.api_key, self.url, self.key_source = resolve_key(kind, base_url, api_key, key_env)
         self.timeout_s, self.max_retries, self.backoff = timeout_s, max_retries, backoff
         self.params = {"temperature": temperature, "max_tokens": max_tokens,
                        **({"response_format": {"type": "json_object"}} if json_mode else {})}
@@ -145,9 +193,9 @@ class ApiBackend:
         return backoff_s(attempt, self.backoff, wait)
 
     def _fatal(self, status: int | None, err: Exception) -> LabError:
-        where = f"{self.kind} at {self.url}"
+        where = f"{self.kind} at {redact_userinfo(self.url)}"
         if status in (401, 403):
-            return LabError(f"{where} rejected the API key (HTTP {status}): check ${self.key_env} "
+            return LabError(f"{where} rejected the API key (HTTP {status}): check {self.key_source} "
                             "(a fresh key, the right provider, access to this model).")
         if status == 404:
             return LabError(f"{where} answered 404 for model {self.model!r}: check --model, and --base-url "
@@ -172,11 +220,11 @@ class ApiBackend:
         what = {429: "kept answering 429 (rate limited)", None: "gave no answer in time"}.get(
             status, f"kept failing (HTTP {status})")
         hint = "lower --rpm or --concurrency, or wait" if status == 429 else "try again later or raise --timeout-s"
-        return LabError(f"{self.kind} at {self.url} {what} after {self.max_retries + 1} tries: {hint}. Every judgment "
-                        "finished so far is saved; rerun the same command to resume.")
+        return LabError(f"{self.kind} at {redact_userinfo(self.url)} {what} after {self.max_retries + 1} tries: "
+                        f"{hint}. Every judgment finished so far is saved; rerun the same command to resume.")
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self.api_key, "***") if self.api_key else text
+        return redact_userinfo(text.replace(self.api_key, "***") if self.api_key else text)
 
 
 @dataclass

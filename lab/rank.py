@@ -360,8 +360,14 @@ def _batches(groups: list[Group], rows_per_batch: int) -> list[list[Group]]:
 
 def rank_run(run: Run, cfg, progress: Progress | None = None) -> dict:
     """Rank every instruction's responses with PairRM and append rankings.jsonl. Resumes: an instruction whose
-    last record has the same ranker and the same responses is skipped. Returns a summary for the CLI / app."""
+    last record has the same ranker and the same responses is skipped. Returns a summary for the CLI / app.
+    Holds the run's "rank" lock: a second ranking of the run is refused."""
     cfg.validate()
+    with run.lock("rank"):
+        return _rank_locked(run, cfg, progress)
+
+
+def _rank_locked(run: Run, cfg, progress: Progress | None) -> dict:
     progress = progress or Progress("ranking", quiet=True)
     groups = sample_groups(run)
     single = [g.instruction_id for g in groups if len(g.indices) < 2]

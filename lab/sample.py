@@ -284,8 +284,14 @@ def _records(item: Instruction, indices: list[int], comps: list[Completion], tex
 
 
 def sample_run(run: Run, cfg: SampleConfig, progress: Progress | None = None) -> dict:
-    """The sample stage: writes instructions.jsonl and samples.jsonl, resuming whatever is already there."""
+    """The sample stage: writes instructions.jsonl and samples.jsonl, resuming whatever is already there.
+    Holds the run's "sample" lock: a second sampler on the same run is refused (it would write every record twice)."""
     cfg.validate()
+    with run.lock("sample"):
+        return _sample_locked(run, cfg, progress)
+
+
+def _sample_locked(run: Run, cfg: SampleConfig, progress: Progress | None) -> dict:
     items = load_instructions(cfg.instructions, cfg.n, cfg.seed)
     _check_known_ids(run, items)
     existing = run.read("samples")

@@ -16,6 +16,7 @@
       push.jsonl              one line per repo pushed: its link (lab.hub)
       uploads/                files the user gave in the app, for the stage about to run (Run.upload_path)
       owner.json              on a hosted app, who started the run: a hash of the visitor's id (lab.hosting)
+      locks/<stage>.lock      held (fcntl) by the process running that stage on this run; holds its pid (Run.lock)
 
 JSONL files are append-only. Each append writes whole lines in one `write`, then flushes and fsyncs, so a crash
 loses at most the records in flight. A torn last line (a kill mid-write) is ignored by readers and cut off by the
@@ -31,6 +32,7 @@ call (`read_only`): a hosted app lets visitors read the runs its owner shares, n
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -47,6 +49,8 @@ from lab.errors import LabError
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # credential-like names ("token", "hf_token", "api_key"...), but not counts such as "max_new_tokens"
 SECRET_KEY = re.compile(r"(api_?key|(^|_)token$|secret|password|authorization)", re.IGNORECASE)
+# the userinfo of a URL ("http://user:sk-...@host/v1"): a credential that must never be recorded
+URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]+@")
 
 FILES = {
     "instructions": "instructions.jsonl",
@@ -86,13 +90,19 @@ def validate_run_name(name: str, what: str = "run name") -> str:
     return name
 
 
+def redact_userinfo(text: str) -> str:
+    """Cut the user:password part out of every URL in text: "http://u:sk-1@host/v1" -> "http://***@host/v1"."""
+    return URL_USERINFO.sub(r"\1***@", text)
+
+
 def scrub(settings: Any) -> Any:
-    """Drop every field whose name looks like a credential, at any depth: run.json and cards must never hold one."""
+    """Drop every field whose name looks like a credential and the userinfo of every URL in a string, at any depth:
+    run.json and cards must never hold one."""
     if isinstance(settings, dict):
         return {k: scrub(v) for k, v in settings.items() if not SECRET_KEY.search(str(k))}
     if isinstance(settings, (list, tuple)):
         return [scrub(v) for v in settings]
-    return settings
+    return redact_userinfo(settings) if isinstance(settings, str) else settings
 
 
 @contextmanager
@@ -272,28 +282,22 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> int:
 
 
 class Run:
-    """One run directory. Construct with `Run.open(name_or_path)`; stages read and write through it."""
+    """One run directory. Construct with `Run.open(name)`; stages read and write through it.
+
+    `Run(path)` is for the folders the lab builds itself (iterations/<k>, compare-scoring/<tag>), never for a name
+    or path someone typed."""
 
     def __init__(self, path: Path):
         self.path = Path(path).resolve()
 
     @classmethod
-    def open(cls, name_or_path: str | os.PathLike, create: bool = True) -> "Run":
-        """A bare name resolves under `runs_root()`; a path (containing a separator) is used as given.
-
-        The last component is validated either way, so `--run ../../etc` is refused.
-        """
-        raw = str(name_or_path).strip()
-        if os.sep in raw or "/" in raw:
-            path = Path(raw).expanduser()
-            if ".." in path.parts:
-                raise LabError(f"Invalid run name {raw!r}: a run path may not contain '..'; give a name or a plain path.")
-            validate_run_name(path.name)
-        else:
-            path = runs_root() / validate_run_name(raw)
-        run = cls(path)
+    def open(cls, name: str, create: bool = True) -> "Run":
+        """The run called `name` under `runs_root()`. A run is a plain name (RUN_NAME) in the CLI, the app and its
+        API alike: a path (`a/b`, `/abs`, `..`) is refused, so no one can make the lab write outside the runs root."""
+        run = cls(runs_root() / validate_run_name(str(name).strip()))
         if not create and not run.path.is_dir():
-            raise LabError(f"No run at {run.path}: start one with `python -m lab sample --run {path.name} ...`.")
+            raise LabError(f"No run named '{run.name}' under the runs root: start one with "
+                           f"`python -m lab sample --run {run.name} ...` (or the Sample tab).")
         return run
 
     @property
@@ -351,6 +355,43 @@ class Run:
     def jobs_dir(self) -> Path:
         return self.path / "jobs"
 
+    @contextmanager
+    def lock(self, stage: str) -> Iterator[None]:
+        """Hold this run's lock for `stage` (e.g. "judge", "pairs-pairrm") while the block runs; a second process
+        asking for it is refused at once with a LabError (two writers would duplicate records or calls).
+
+        flock on locks/<stage>.lock, non-blocking; the kernel drops the lock when the process dies, so a kill never
+        leaves a stale lock. The file is never deleted (deleting it would let two processes lock two files)."""
+        path = self.path / "locks" / f"{validate_run_name(stage)}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+", encoding="utf-8") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._busy(stage, f) from None
+            f.truncate(0)
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def check_unlocked(self, stage: str) -> None:
+        """Raise the "already running" LabError if another process holds the lock for `stage` (the app's check
+        before it starts a job); holds nothing afterwards."""
+        path = self.path / "locks" / f"{validate_run_name(stage)}.lock"
+        if path.exists():
+            with self.lock(stage):
+                pass
+
+    def _busy(self, stage: str, f) -> LabError:
+        f.seek(0)
+        pid = f.read().strip()
+        return LabError(f"{stage} is already running on run '{self.name}'" + (f" (process {pid})" if pid else "") +
+                        ": wait for it to finish or stop it (the app's Stop button, or Ctrl-C in its terminal), "
+                        "then run this again.")
+
     def read(self, kind: str) -> list[dict]:
         return read_jsonl(self.file(kind))
 
@@ -363,10 +404,17 @@ class Run:
         return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {"stages": {}}
 
     def record_stage(self, stage: str, settings: dict) -> None:
-        data = self.settings()
-        data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        data.setdefault("stages", {})[stage] = {**scrub(settings), "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        atomic_write_json(self.path / "run.json", data)
+        """Set run.json's entry for `stage` (scrubbed). Read-modify-write under a blocking lock, so two stages
+        running at once on the run (sample and rank, say) never drop each other's entry."""
+        path = self.path / "locks" / "run-json.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            data = self.settings()
+            data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            data.setdefault("stages", {})[stage] = {**scrub(settings), "updated": now}
+            atomic_write_json(self.path / "run.json", data)
 
     def stage_settings(self, stage: str) -> dict | None:
         return self.settings().get("stages", {}).get(stage)

@@ -13,6 +13,7 @@ Usage:
         fp.rate_limit = (60, 60.0)              # server-side limit: 60 requests in any 60 s window, else 429
         ... run the code under test against fp.url ...
         fp.calls, fp.statuses[429], fp.requests   # what the server saw
+        fp.auth_headers                           # the Authorization header of every request, in order
 
 `answer(request_body) -> str | dict`: a str is the assistant message content; a dict is sent as the whole JSON body.
 Faults (one per request, in order, before the answer): Fault.status(code, retry_after=None), Fault.hang(seconds),
@@ -101,6 +102,7 @@ class FakeProvider:
         self.calls = 0
         self.statuses: Counter = Counter()
         self.requests: list[dict] = []
+        self.auth_headers: list[str | None] = []
         self.paths: Counter = Counter()
         self.max_in_flight = 0
         self._in_flight = 0
@@ -131,6 +133,7 @@ class FakeProvider:
     def reset_counts(self) -> None:
         with self._lock:
             self.calls, self.statuses, self.requests, self.paths = 0, Counter(), [], Counter()
+            self.auth_headers = []
             self.max_in_flight = 0
 
     # ---- decisions, under the lock ----
@@ -140,6 +143,7 @@ class FakeProvider:
             self.calls += 1
             self.paths[path] += 1
             self.requests.append(body)
+            self.auth_headers.append(auth)
             if self.key is not None and auth != f"Bearer {self.key}":
                 return Fault.status(401), None
             if self.models is not None and body.get("model") not in self.models:

@@ -30,7 +30,8 @@ def provider():
 def server(tmp_path_factory, provider):
     runs = tmp_path_factory.mktemp("browser") / "runs"
     runs.mkdir()
-    app = AppServer(runs, env={"OPENAI_API_KEY": PROVIDER_KEY})
+    # the owner's key and the owner's URL for it: the key goes there only (lab.judge_backends.resolve_key)
+    app = AppServer(runs, env={"OPENAI_API_KEY": PROVIDER_KEY, "OPENAI_BASE_URL": provider.url + "/v1"})
     yield app
     app.close()
 

@@ -270,7 +270,7 @@ def test_notes_are_saved_with_the_run(run):
     compare.save_note(run, "", "heldout-002")
     from lab.store import Run
 
-    again = compare.read_notes(Run.open(run.path))
+    again = compare.read_notes(Run.open(run.name))
     assert again == {"overall": "longer, more lists", "instructions": {"heldout-001": "judge adapter hedges"}}
 
 
@@ -339,7 +339,7 @@ def test_api_judge_without_key_fails_before_generating(two_adapters, tmp_path):
 def test_cli_compare_writes_grid_scores_and_exports(two_adapters, tmp_path, capsys):
     from lab.cli import main
 
-    rc = main(["compare", "--run", str(two_adapters.path), "--instructions", heldout_file(tmp_path, HELD),
+    rc = main(["compare", "--run", two_adapters.name, "--instructions", heldout_file(tmp_path, HELD),
                "--max-new-tokens", "6", "--bootstrap", "200"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
@@ -352,7 +352,7 @@ def test_cli_compare_without_adapters_exits_2(run, capsys):
     from lab.cli import main
 
     write_training(run, ["A"])
-    assert main(["compare", "--run", str(run.path)]) == 2
+    assert main(["compare", "--run", run.name]) == 2
     assert "no adapters yet" in capsys.readouterr().err
 
 

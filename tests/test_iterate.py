@@ -217,7 +217,7 @@ def test_cli_iterate_bad_input_exits_2(run, capsys):
     from lab.cli import main
 
     run.record_stage("sample", {"model": "tiny-random"})
-    assert main(["iterate", "--run", str(run.path), "--rounds", "2"]) == 2
+    assert main(["iterate", "--run", run.name, "--rounds", "2"]) == 2
     assert "no instructions yet" in capsys.readouterr().err
 
 

@@ -52,9 +52,13 @@ def cfg(fp: FakeProvider, backend: str = "groq", **kw) -> JudgeConfig:
 
 @pytest.fixture
 def fp(monkeypatch):
+    """The provider, configured the way an owner would: the keys and, for them, the provider URL (an environment
+    key only goes to its provider's URL: lab.judge_backends.resolve_key)."""
     monkeypatch.setenv("GROQ_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     with FakeProvider(key=KEY, answer=prefer_higher) as server:
+        monkeypatch.setenv("GROQ_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
         yield server
 
 
@@ -262,9 +266,9 @@ def test_401_and_404_fail_at_once(run, fp, fault, message):
 def test_wrong_base_url_is_a_clear_error(run, fp):
     add_samples(run, n=1, k=2)
     with pytest.raises(LabError, match="answered 404"):
-        judge_run(run, cfg(fp, "openai", base_url=fp.url + "/api"), quiet())
+        judge_run(run, cfg(fp, "openai", base_url=fp.url + "/api", api_key_env="OPENAI_API_KEY"), quiet())
     with pytest.raises(LabError, match="Could not connect"):
-        judge_run(run, cfg(fp, base_url="http://127.0.0.1:9", concurrency=1), quiet())
+        judge_run(run, cfg(fp, base_url="http://127.0.0.1:9", api_key_env="GROQ_API_KEY", concurrency=1), quiet())
 
 
 def test_persistent_429_and_hangs_give_up_with_judgments_kept(run, fp):
@@ -297,7 +301,7 @@ def test_calls_run_concurrently_and_the_client_limit_provokes_no_429(run, fp):
 def test_a_killed_run_resumes_without_repeating_finished_calls(run, fp):
     add_samples(run, n=6, k=5)
     fp.latency_s = 0.15
-    env = {**os.environ, "LAB_RUNS_DIR": str(run.path.parent), "GROQ_API_KEY": KEY}
+    env = {**os.environ, "LAB_RUNS_DIR": str(run.path.parent), "GROQ_API_KEY": KEY, "GROQ_BASE_URL": fp.url}
     argv = [sys.executable, "-m", "lab", "judge", "--run", run.name, "--backend", "groq", "--model", "m",
             "--base-url", fp.url, "--rpm", "0", "--concurrency", "2", "--plan", "full"]
     child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -319,7 +323,7 @@ def test_a_killed_run_resumes_without_repeating_finished_calls(run, fp):
 
 def test_cli_prints_the_plan_and_no_secret_reaches_a_file(run, fp):
     add_samples(run, n=2, k=5)
-    env = {**os.environ, "LAB_RUNS_DIR": str(run.path.parent), "GROQ_API_KEY": KEY}
+    env = {**os.environ, "LAB_RUNS_DIR": str(run.path.parent), "GROQ_API_KEY": KEY, "GROQ_BASE_URL": fp.url}
     base = [sys.executable, "-m", "lab", "judge", "--run", run.name, "--backend", "groq", "--base-url", fp.url,
             "--rpm", "0"]
     est = subprocess.run(base + ["--estimate-only"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)

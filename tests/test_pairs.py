@@ -179,11 +179,11 @@ def test_cli_pairs(run, capsys):
     data = {f"i{n}": (f"Question {n}?", ["Short.", "A much longer and more detailed answer."]) for n in range(5)}
     write_samples(run, data)
     run.append("judgments", [c for iid in data for c in judge_pair(iid, 0, 1, "b")])
-    assert main(["pairs", "--run", str(run.path), "--source", "judge", "--strategy", "all-pairs"]) == 0
+    assert main(["pairs", "--run", run.name, "--source", "judge", "--strategy", "all-pairs"]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["pairs"] == 5 and "warning: The longer answer" in out.err
     assert run.stage_settings("pairs-judge")["stats"]["pairs"] == 5
-    assert main(["pairs", "--run", str(run.path), "--source", "pairrm"]) == 2
+    assert main(["pairs", "--run", run.name, "--source", "pairrm"]) == 2
     assert "no PairRM rankings" in capsys.readouterr().err
 
 
@@ -196,7 +196,7 @@ def test_end_to_end_bundled_samples_ranked_in_a_job_then_paired(runs_dir):
     run = Run.open("e2e")
     assert main(["sample", "--run", "e2e", "--model", "bundled", "--n", "2", "--k", "3", "--max-new-tokens", "16",
                  "--device", "cpu"]) == 0
-    jobs.start(run, ["rank", "--run", str(run.path), "--ranker", "tiny-random", "--device", "cpu"], "PairRM")
+    jobs.start(run, ["rank", "--run", run.name, "--ranker", "tiny-random", "--device", "cpu"], "PairRM")
     state = jobs.wait(run, timeout_s=300)
     assert state["state"] == "done", state.get("log_tail")
     assert state["progress"]["done"] == state["progress"]["total"] == 2

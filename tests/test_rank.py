@@ -141,7 +141,7 @@ def test_real_pairrm_offline_says_so(run):
 
 def test_cli_rank(run, ranker, capsys):
     write_samples(run, DATA)
-    assert main(["rank", "--run", str(run.path), "--ranker", "tiny-random", "--device", "cpu"]) == 0
+    assert main(["rank", "--run", run.name, "--ranker", "tiny-random", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["ranked"] == 3
-    assert main(["rank", "--run", str(run.path), "--ranker", "llm-blender/PairRM"]) == 2
+    assert main(["rank", "--run", run.name, "--ranker", "llm-blender/PairRM"]) == 2
     assert "offline" in capsys.readouterr().err

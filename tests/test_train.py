@@ -130,7 +130,7 @@ def test_eval_slice_holds_out_whole_instructions(run):
 
 # ---- live, stop, resume --------------------------------------------------------------------------------------------
 def start_job(run: Run, pairs: Path, name: str, steps: int) -> dict:
-    argv = ["train", "--run", str(run.path), "--pairs", str(pairs), "--adapter", name, "--model", "tiny-random",
+    argv = ["train", "--run", run.name, "--pairs", str(pairs), "--adapter", name, "--model", "tiny-random",
             "--max-steps", str(steps), "--batch-size", "2", "--lr", "1e-3", "--no-gradient-checkpointing",
             "--eval-fraction", "0", "--save-steps", "2"]
     return jobs.start(run, argv, "train")
@@ -278,7 +278,7 @@ def test_two_process_accelerate_launch(run, pairs):
     accelerate = Path(sys.executable).parent / "accelerate"
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--main_process_port", str(29500 + os.getpid() % 1000), "--mixed_precision", "no", "--dynamo_backend",
-           "no", "-m", "lab", "train", "--run", str(run.path), "--pairs", "judge", "--adapter", "ddp", "--model",
+           "no", "-m", "lab", "train", "--run", run.name, "--pairs", "judge", "--adapter", "ddp", "--model",
            "tiny-random", "--max-steps", "3", "--batch-size", "2", "--lr", "1e-3", "--no-gradient-checkpointing",
            "--eval-fraction", "0"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

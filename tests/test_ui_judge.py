@@ -47,6 +47,7 @@ def test_judging_as_a_job_then_figures_and_reasoning_per_order(run, monkeypatch)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     prompt = DEFAULT_TEMPLATE + "\nBe brief."
     with FakeProvider(key=KEY, answer=prefer_higher) as fp:
+        monkeypatch.setenv("OPENAI_BASE_URL", fp.url + "/v1")  # the owner's key goes to the owner's URL
         status = tab.start_judging("t", **{**SETTINGS, "base_url": fp.url + "/v1"}, prompt=prompt)
         assert "**8** calls to make" in status
         st = jobs.wait(run, timeout_s=120)

@@ -27,7 +27,8 @@ def test_dry_run_lists_folders_and_previews_cards(run):
     assert links == "Nothing pushed from this run yet."
     assert picker["choices"] == ["t-judge", "t-pairrm", "t-dpo-judge"]
     card = share.card_preview("t", "t-judge")
-    assert card.startswith("```yaml\n") and "# alice/t-judge" in card
+    assert card.startswith('<div class="prose lab-card"><pre><code class="language-yaml">')  # rendered, header as code
+    assert "<h1>alice/t-judge</h1>" in card and "<table>" in card
 
 
 def test_push_with_the_machines_token_shows_links(run, online, monkeypatch):

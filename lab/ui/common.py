@@ -135,11 +135,14 @@ def _stop(name: str, stage: str) -> str:
 
 
 def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: dict[str, str] | None = None) -> str:
-    """Start `python -m lab <stage> --run RUN argv...` for the chosen run; user errors become a gr.Error toast.
-    secret_env (a key typed into this page) goes to that job's environment only (see lab.jobs.start)."""
+    """Start `python -m lab <stage> --run NAME argv...` for the chosen run; user errors become a gr.Error toast.
+    The job gets the run's name (it resolves under the same runs root), never a path. secret_env (a key typed into
+    this page) goes to that job's environment only (see lab.jobs.start). A stage already running on the run in
+    another process (a terminal, say) is refused here, before the job starts (lab.store.Run.lock)."""
     run = open_run(name)
-    full = [stage, "--run", str(run.path), *argv]
+    full = [stage, "--run", run.name, *argv]
     admit(full)
+    checked(run.check_unlocked, stage)
     st = checked(jobs.start, run, full, label, secret_env=secret_env)
     return f"**{label}** started." if st.get("state") != "queued" else status_text(st)
 
@@ -181,15 +184,29 @@ def api_key_box(visible: bool = True) -> gr.Textbox:
     """A visitor's own API key for an API judge: it stays in this browser tab and goes to the one job it starts."""
     return gr.Textbox("", type="password", label="API judge key (optional)", visible=visible,
                       info="kept in this browser tab only and handed to the job you start; never saved. Empty = "
-                           "the app's GROQ_API_KEY / OPENAI_API_KEY")
+                           "the app's GROQ_API_KEY / OPENAI_API_KEY, which go only to the app's own provider URL")
 
 
 def typed_key_env(judge: str, typed: str | None) -> dict[str, str] | None:
-    """{ENV_NAME: key} for a key typed in the page, for lab.jobs.start(secret_env=...); None when nothing was typed."""
-    from lab.judge_backends import KEY_ENV
+    """{"LAB_API_KEY": key} for a key typed in the page, for lab.jobs.start(secret_env=...); None when nothing was
+    typed or the judge needs no key. Its own variable, never the provider's: the job can then tell the visitor's
+    key (it may go to the URL the visitor gave) from the owner's (only to the owner's URL; lab.judge_backends)."""
+    from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
 
     typed = (typed or "").strip()
-    return {KEY_ENV[judge]: typed} if typed and judge in KEY_ENV else None
+    return {TYPED_KEY_ENV: typed} if typed and judge in KEY_ENV else None
+
+
+def check_base_url(url: str) -> str:
+    """A base URL typed in the page, refused when it carries userinfo (user:password@): the job's command line, and
+    so job.json, would hold it. Returns the URL stripped."""
+    from lab.store import URL_USERINFO
+
+    url = (url or "").strip()
+    if URL_USERINFO.search(url):
+        raise gr.Error("The base URL holds a user name or password (user:...@host): remove it and type the key in "
+                       "the API key box instead (it stays in this browser tab and goes to the job only).")
+    return url
 
 
 def checked(fn: Callable, *args, **kwargs):

@@ -114,7 +114,7 @@ def _wire(tab: CompareTab, ctx) -> None:
     tab.source.change(lambda s: gr.update(visible=s == "file"), tab.source, tab.upload)
     tab.start.click(lambda *values: start_compare(*values[:-1], api_key=values[-1]),
                     inputs=[ctx.run_name, tab.adapters, tab.source, tab.upload, *tab.fields.values(), tab.api_key],
-                    outputs=[tab.panel.status])
+                    outputs=[tab.panel.status], api_name="start_compare")
     results = [tab.scores, tab.grid, tab.pick, tab.overall]
     wire_job_panel(tab.panel, ctx.run_name, "compare")
     tab.panel.timer.tick(refresh_if_finished, inputs=[ctx.run_name, tab.grid], outputs=results,
@@ -147,7 +147,7 @@ def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_k
         "near_duplicate": float(v["near_duplicate"]), "pairrm": (v["pairrm"] or "").strip(),
         "judge_model": (v["judge_model"] or "").strip()})
     checked(cfg.validate)
-    admit(["compare", "--run", str(run.path), *cfg.to_argv()])  # a hosted app's rules first: no path is looked at
+    admit(["compare", "--run", run.name, *cfg.to_argv()])  # a hosted app's rules first: no path is looked at
     checked(compare.resolve_adapters, run, cfg.adapters)  # "no adapters yet" shows at once, not in the job log
     checked(compare.check_scorers, cfg, (api_key or "").strip() or None)
     return start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(cfg.judge, api_key))

@@ -87,7 +87,8 @@ def build(ctx) -> IterateTab:
 
 def _wire(tab: IterateTab, ctx) -> None:
     tab.start.click(lambda name, *values: start_iterating(name, *values[:-1], api_key=values[-1]),
-                    inputs=[ctx.run_name, *tab.fields.values(), tab.api_key], outputs=[tab.panel.status])
+                    inputs=[ctx.run_name, *tab.fields.values(), tab.api_key], outputs=[tab.panel.status],
+                    api_name="start_iterating")
     views = [tab.table, tab.win_plot, tab.length_plot, tab.hist_plot]
     wire_job_panel(tab.panel, ctx.run_name, "iterate")
     tab.panel.timer.tick(refresh_if_changed, inputs=[ctx.run_name, tab.table], outputs=views, show_progress="hidden")

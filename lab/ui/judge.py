@@ -18,9 +18,10 @@ import gradio as gr
 from lab.config import JudgeConfig
 from lab.errors import LabError
 from lab.judge import DEFAULT_TEMPLATE, check_template, estimate, pair_verdicts, report
-from lab.judge_backends import DEFAULT_MODELS, KEY_ENV
+from lab.judge_backends import DEFAULT_MODELS, KEY_ENV, resolve_key
 from lab.store import Run, atomic_write_text
-from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, admit, api_key_box, check_base_url, checked, job_panel, open_run, start_job, \
+    typed_key_env, wire_job_panel
 
 BACKENDS = [("Local model (offline; the bundled 135M judge is weak)", "local"), ("Groq", "groq"),
             ("OpenAI-compatible endpoint", "openai")]
@@ -117,7 +118,8 @@ def key_note(backend: str) -> str:
         return WEAK
     env = KEY_ENV[backend]
     if os.environ.get(env):
-        return f"API key: `{env}` is set in the app's environment."
+        return (f"API key: `{env}` is set in the app's environment; it goes only to the app's own {backend} URL. "
+                "For another Base URL, type your own key below.")
     return (f"API key: **`{env}` is not set.** Type your key below (kept in this browser tab only), or set "
             f"{env} where the app runs (on a Space: a secret named {env}). The page never shows a key.")
 
@@ -158,19 +160,21 @@ def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, re
     judge-prompt.txt with its first judgment) and start `python -m lab judge`. A typed api_key goes to that job's
     environment only."""
     run = open_run(run_name, create=False)
-    cfg = config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens)
+    cfg = config_from(backend, model, check_base_url(base_url), plan, rpm, concurrency, reasoning_tokens)
     checked(cfg.validate)
     checked(check_template, prompt or "")
     est = checked(estimate, run, cfg, prompt)
     typed = (api_key or "").strip()
-    if cfg.backend != "local" and not typed and not os.environ.get(KEY_ENV[cfg.backend]):
-        raise gr.Error(key_note(cfg.backend).replace("**", "").replace("`", ""))
+    if cfg.backend != "local":
+        if not typed and not os.environ.get(KEY_ENV[cfg.backend]):
+            raise gr.Error(key_note(cfg.backend).replace("**", "").replace("`", ""))
+        checked(resolve_key, cfg.backend, cfg.base_url, typed or None)  # the app's key goes to the app's URL only
+    checked(run.check_unlocked, "judge")  # a judge running elsewhere keeps its prompt file
     path = run.upload_path(".txt", "judge-prompt")  # not judge-prompt.txt: a job that fails keeps the run as it was
     cfg.prompt_file = str(path)
-    admit(["judge", "--run", str(run.path), *cfg.to_argv()])  # before the prompt is saved: a refusal changes nothing
+    admit(["judge", "--run", run.name, *cfg.to_argv()])  # before the prompt is saved: a refusal changes nothing
     checked(atomic_write_text, path, prompt)
-    secret = {KEY_ENV[cfg.backend]: typed} if typed and cfg.backend != "local" else None
-    start_job(run_name, "judge", cfg.to_argv(), "Judging", secret_env=secret)
+    start_job(run_name, "judge", cfg.to_argv(), "Judging", secret_env=typed_key_env(cfg.backend, typed))
     return f"**Judging** started: {cost_md(est)}"
 
 

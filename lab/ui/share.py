@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import gradio as gr
 from gradio.utils import get_space
 
-from lab import hub
+from lab import cards, hub
 from lab.config import PushConfig
 from lab.progress import Progress
 from lab.store import Run
@@ -31,7 +31,7 @@ class ShareTab:
     status: gr.Markdown
     links: gr.Markdown
     pick: gr.Dropdown
-    card: gr.Markdown
+    card: gr.HTML
 
 
 class PageProgress(Progress):
@@ -74,7 +74,7 @@ def build(ctx) -> ShareTab:
     status = gr.Markdown()
     links = gr.Markdown()
     pick = gr.Dropdown(label="Staged repo: card preview", choices=[], interactive=True)
-    card = gr.Markdown()
+    card = gr.HTML()
     tab = ShareTab(login, who, fields, dry_run, push, status, links, pick, card)
     _wire(tab, ctx)
     return tab
@@ -166,8 +166,10 @@ def refresh(run_name: str | None):
 
 
 def card_preview(run_name: str | None, name: str | None) -> str:
-    """A staged repo's README.md as the Hub would show it (its YAML header in a code block)."""
-    if not run_name or not name:
+    """A staged repo's README.md rendered to HTML (its YAML header in a code block), with no live markup from the
+    run: the card is Markdown whatever it holds, so raw HTML in it (an <img onerror>, a <form> from a judge prompt)
+    is shown as text, and images are not loaded. Links stay links."""
+    if not run_name or not name or "/" in name or name.startswith("."):
         return ""
     run = Run.open(run_name)
     if name not in hub.staged(run):  # a typed "../other-run/..." must not read outside the run's staged folders
@@ -176,7 +178,14 @@ def card_preview(run_name: str | None, name: str | None) -> str:
     if not path.exists():
         return ""
     text = path.read_text(encoding="utf-8")
-    if text.startswith("---\n"):
+    if text.startswith("---\n") and text.count("---\n") >= 2:
         _, header, body = text.split("---\n", 2)
-        text = f"```yaml\n{header}```\n{body}"
-    return text
+        text = f"{cards.fence(header.rstrip(), 'yaml')}\n{body}"
+    return f'<div class="prose lab-card">{render_markdown(text)}</div>'
+
+
+def render_markdown(text: str) -> str:
+    """CommonMark + tables to HTML with raw HTML escaped and images off (markdown-it-py, installed with gradio)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table").disable("image").render(text)

@@ -123,7 +123,7 @@ def start_training(run_name, pairs, adapter, init_adapter, *values):
     argv = ["--pairs", str(pairs), "--adapter", (adapter or "").strip(), *cfg.to_argv()]
     if init_adapter:
         argv += ["--init-adapter", init_adapter]
-    admit(["train", "--run", str(run.path), *argv])  # a hosted app's rules first: a server path is never read
+    admit(["train", "--run", run.name, *argv])  # a hosted app's rules first: a server path is never read
     checked(precheck, run, pairs, (adapter or "").strip(), cfg)
     return start_job(run_name, "train", argv, f"Training {adapter.strip()}")
 
