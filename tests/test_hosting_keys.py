@@ -134,8 +134,13 @@ def start_app(runs_dir, owner_fp: FakeProvider):
 
     from tests.browser_helpers import AppServer
 
+    from lab import hosting
+
     app = AppServer(runs_dir, env={**SPACE_ENV, "OPENAI_API_KEY": OWNER, "OPENAI_BASE_URL": owner_fp.url + "/v1"})
-    return app, Client(app.url, verbose=False)
+    client = Client(app.url, verbose=False)
+    vid, _ = client.predict(None, None, api_name="/arrive")  # the page's load event: this client is now a visitor
+    assert hosting.claim("t", hosting.Visitor.of(None, vid))  # the test's run is this visitor's own
+    return app, client
 
 
 def judge_via_api(client, base_url: str, key: str, model: str = "m"):
