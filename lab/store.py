@@ -16,7 +16,10 @@
       push.jsonl              one line per repo pushed: its link (lab.hub)
       uploads/                files the user gave in the app, for the stage about to run (Run.upload_path)
       owner.json              on a hosted app, who started the run: a hash of the visitor's id (lab.hosting)
-      locks/<stage>.lock      held (fcntl) by the process running that stage on this run; holds its pid (Run.lock)
+    runs/ (beside the runs, never a run: names starting with '.' are not run names)
+      .locks/<run>~<stage>.lock   flock held by the process running that stage on that run (Run.lock)
+      .queue/, .queue.lock, .active-job   the job queue and the job holding the machine (lab.jobs)
+      .browser-secret         the key browsers' stored values are encrypted with, on a hosted app (lab.ui.visitors)
 
 JSONL files are append-only. Each append writes whole lines in one `write`, then flushes and fsyncs, so a crash
 loses at most the records in flight. A torn last line (a kill mid-write) is ignored by readers and cut off by the
@@ -360,9 +363,9 @@ class Run:
         """Hold this run's lock for `stage` (e.g. "judge", "pairs-pairrm") while the block runs; a second process
         asking for it is refused at once with a LabError (two writers would duplicate records or calls).
 
-        flock on locks/<stage>.lock, non-blocking; the kernel drops the lock when the process dies, so a kill never
-        leaves a stale lock. The file is never deleted (deleting it would let two processes lock two files)."""
-        path = self.path / "locks" / f"{validate_run_name(stage)}.lock"
+        flock on the lock file (lock_path), non-blocking; the kernel drops the lock when the process dies, so a kill
+        never leaves a stale lock. The file is never deleted (deleting it would let two processes lock two files)."""
+        path = self.lock_path(stage)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+", encoding="utf-8") as f:
             try:
@@ -380,10 +383,16 @@ class Run:
     def check_unlocked(self, stage: str) -> None:
         """Raise the "already running" LabError if another process holds the lock for `stage` (the app's check
         before it starts a job); holds nothing afterwards."""
-        path = self.path / "locks" / f"{validate_run_name(stage)}.lock"
-        if path.exists():
+        if self.lock_path(stage).exists():
             with self.lock(stage):
                 pass
+
+    def lock_path(self, stage: str) -> Path:
+        """<runs root>/.locks/<run path below the root, '/' as '~'>~<stage>.lock: outside the run folder, so taking
+        a lock changes nothing in the run (a refused or stopped stage leaves it byte for byte as it was)."""
+        root = runs_root()
+        where = self.path.relative_to(root) if root in self.path.parents else Path(self.path.as_posix().lstrip("/"))
+        return root / ".locks" / ("~".join(where.parts) + f"~{validate_run_name(stage)}.lock")
 
     def _busy(self, stage: str, f) -> LabError:
         f.seek(0)

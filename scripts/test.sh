@@ -12,4 +12,7 @@ if ! command -v chromium >/dev/null; then  # Debian's Chromium drives the browse
   fi
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
+# Each checkout keeps its own temp folder: pytest's shared default (/tmp/pytest-of-$USER) keeps only the 3 newest
+# sessions, so two suites running at once on one machine would delete each other's files mid-test.
+case " $* " in *" --basetemp"*) ;; *) set -- --basetemp=.pytest-tmp "$@" ;; esac
 exec .venv/bin/python -m pytest "$@"

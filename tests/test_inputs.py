@@ -234,6 +234,7 @@ def test_unknown_target_modules_are_refused_with_the_models_layer_names(lab_run,
 # ---- settings recorded once work is done --------------------------------------------------------------------------
 def judge_cfg(fp: FakeProvider, **kw) -> JudgeConfig:
     return JudgeConfig(**{"backend": "groq", "model": "judge-model", "base_url": fp.url, "rpm": 0.0,
+                          "api_key_env": "GROQ_API_KEY",  # named: the owner's explicit choice may go to any URL
                           "concurrency": 2, "timeout_s": 5.0, "max_retries": 1, "backoff_s": 0.05, **kw})
 
 
@@ -318,7 +319,8 @@ def test_a_retry_after_of_a_day_stops_the_judge_and_says_so(run, runs_dir):
         env = {**os.environ, "LAB_RUNS_DIR": str(runs_dir), "GROQ_API_KEY": KEY}
         t0 = time.monotonic()
         res = subprocess.run([sys.executable, "-m", "lab", "judge", "--run", "t", "--backend", "groq", "--model", "m",
-                              "--base-url", fp.url, "--rpm", "0", "--concurrency", "1", "--backoff-s", "0.05"],
+                              "--base-url", fp.url, "--api-key-env", "GROQ_API_KEY", "--rpm", "0",
+                              "--concurrency", "1", "--backoff-s", "0.05"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         calls = fp.calls
     last = one_error_line(res.returncode, res.stderr)

@@ -13,6 +13,7 @@ import pytest
 
 from lab import jobs
 from lab.errors import LabError
+from lab.judge_backends import TYPED_KEY_ENV
 from lab.store import Run
 from lab.ui.common import status_text
 from tests.fakeprovider import FakeProvider
@@ -24,13 +25,13 @@ SECRET = "sk-queued-0123456789abcdefQUEUED"
 
 def long_job(run: Run, src: Path) -> dict:
     """A sampling job that holds the machine until it is stopped (40 instructions, one at a time)."""
-    return jobs.start(run, ["sample", "--run", str(run.path), "--model", "tiny-random", "--instructions", str(src),
+    return jobs.start(run, ["sample", "--run", run.name, "--model", "tiny-random", "--instructions", str(src),
                             "--n", "40", "--k", "1", "--max-new-tokens", "48", "--batch-size", "1"], "Sampling")
 
 
 def quick_job(run: Run, **kw) -> dict:
     """A job that ends at once (`pairs` on a run with no verdicts fails with a message): enough to see it start."""
-    return jobs.start(run, ["pairs", "--run", str(run.path), "--source", "judge"], f"Pairs {run.name}", **kw)
+    return jobs.start(run, ["pairs", "--run", run.name, "--source", "judge"], f"Pairs {run.name}", **kw)
 
 
 @pytest.fixture
@@ -91,9 +92,9 @@ def test_a_typed_key_waits_in_memory_only_and_reaches_its_job(runs_dir, prompts,
     with FakeProvider(key=SECRET, answer=prefer_higher) as fp:
         long_job(head, prompts)
         try:
-            argv = ["judge", "--run", str(judged.path), "--backend", "openai", "--model", "m", "--rpm", "0",
+            argv = ["judge", "--run", judged.name, "--backend", "openai", "--model", "m", "--rpm", "0",
                     "--base-url", fp.url + "/v1"]
-            assert jobs.start(judged, argv, "Judging", secret_env={"OPENAI_API_KEY": SECRET})["state"] == "queued"
+            assert jobs.start(judged, argv, "Judging", secret_env={TYPED_KEY_ENV: SECRET})["state"] == "queued"
             entry = jobs.queued()[0]
             assert entry["needs_key"] is True and SECRET not in json.dumps(entry)
             assert secret_files(runs_dir) == []
@@ -110,7 +111,7 @@ from lab import jobs
 from lab.store import Run
 run = Run.open("keyed")
 run.path.mkdir(parents=True, exist_ok=True)
-st = jobs.start(run, ["pairs", "--run", str(run.path)], "keyed", secret_env={"GROQ_API_KEY": sys.argv[1]})
+st = jobs.start(run, ["pairs", "--run", run.name], "keyed", secret_env={"GROQ_API_KEY": sys.argv[1]})
 print(st["state"])
 """
 

@@ -232,7 +232,7 @@ def test_the_card_preview_reads_only_the_runs_staged_folders(runs_dir):
     (other / "README.md").write_text("the other run's card")
     Run.open("t").file("hub").mkdir(parents=True)
     assert card_preview("t", "../../other/hub/secret-repo") == ""  # it used to show the other run's card
-    assert card_preview("other", "secret-repo") == "the other run's card"
+    assert "the other run's card" in card_preview("other", "secret-repo")
 
 
 @pytest.mark.browser
