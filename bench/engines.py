@@ -5,7 +5,7 @@ call (start, engine load, generation, exit) and generation alone (as the worker 
 The lab's sampler is timed after a warm-up, with the model already loaded.
 
     python bench/engines.py                                  # bundled SmolLM2-135M, 12 x 5 x 128 tokens
-    python bench/engines.py --eager                          # vLLM without torch.compile (faster load on CPU)
+    python bench/engines.py --compile                        # vLLM with torch.compile (its default off CPU)
 
 The last line is one JSON object: lab_tokens_per_s, vllm_tokens_per_s (generation alone), vllm_call_s, vllm_load_s,
 ratio_vllm_vs_lab, vllm_version, and the settings.
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--eager", action="store_true", help="vLLM enforce_eager=True (no torch.compile)")
+    ap.add_argument("--compile", action="store_true", help="vLLM enforce_eager=False (torch.compile; slower load)")
     args = ap.parse_args()
     ok, why = engine_vllm.available()
     if not ok:
@@ -50,14 +50,14 @@ def main() -> None:
     info: dict = {}
     t = time.perf_counter()
     engine_vllm.generate(cm.path, [cm.encode_prompt(p) for p in prompts], args.k, dec, cm.eos_ids, info=info,
-                         engine_args={"enforce_eager": True} if args.eager else None)
+                         engine_args={"enforce_eager": False} if args.compile else None)
     call_s = time.perf_counter() - t
     lab_rate, vllm_rate = lab_tokens / lab_s, info["completion_tokens"] / info["generate_s"]
     print(f"lab sampler: {lab_tokens:6d} tokens in {lab_s:7.2f} s = {lab_rate:8.1f} tokens/s")
     print(f"vLLM       : {info['completion_tokens']:6d} tokens in {info['generate_s']:7.2f} s = {vllm_rate:8.1f} "
           f"tokens/s (load {info['load_s']:.1f} s, whole call {call_s:.1f} s)")
     print(json.dumps({"model": cm.spec, "n": args.n, "k": args.k, "max_new_tokens": args.max_new_tokens,
-                      "temperature": args.temperature, "top_p": args.top_p, "eager": args.eager,
+                      "temperature": args.temperature, "top_p": args.top_p, "compile": args.compile,
                       "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                       "lab_tokens_per_s": round(lab_rate, 1), "vllm_tokens_per_s": round(vllm_rate, 1),
                       "vllm_call_s": round(call_s, 1), "vllm_load_s": info["load_s"],

