@@ -35,6 +35,17 @@ def tiny():
     return models.load("tiny-random")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked vllm (the real engine in its own venv, set up on first use: GBs and minutes) run only when the
+    -m expression names them (`-m vllm`); any other selection, the default one included, leaves them out."""
+    if "vllm" in (config.getoption("markexpr") or ""):
+        return
+    left_out = [i for i in items if i.get_closest_marker("vllm")]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [i for i in items if not i.get_closest_marker("vllm")]
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Expose each phase's report on the test item (browser tests take a screenshot when a test failed)."""

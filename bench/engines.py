@@ -1,0 +1,68 @@
+"""Generation engines side by side: the lab's sampler and vLLM (lab.engine_vllm), same prompts, same settings.
+
+vLLM runs in its own process (its own virtualenv: scripts/setup-vllm.sh), so its time is reported twice: the whole
+call (start, engine load, generation, exit) and generation alone (as the worker measures it, after the load).
+The lab's sampler is timed after a warm-up, with the model already loaded.
+
+    python bench/engines.py                                  # bundled SmolLM2-135M, 12 x 5 x 128 tokens
+    python bench/engines.py --compile                        # vLLM with torch.compile (its default off CPU)
+
+The last line is one JSON object: lab_tokens_per_s, vllm_tokens_per_s (generation alone), vllm_call_s, vllm_load_s,
+ratio_vllm_vs_lab, vllm_version, and the settings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lab import engine_vllm, models  # noqa: E402
+from lab.instructions import load_instructions  # noqa: E402
+from lab.sample import Decoding, generate  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="bundled")
+    ap.add_argument("--n", type=int, default=12)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--compile", action="store_true", help="vLLM enforce_eager=False (torch.compile; slower load)")
+    args = ap.parse_args()
+    ok, why = engine_vllm.available()
+    if not ok:
+        sys.exit(why)
+    cm = models.load(args.model)
+    prompts = [i.prompt for i in load_instructions("bundled", args.n)]
+    dec = Decoding(args.temperature, args.top_p, args.max_new_tokens, seed=0)
+    generate(cm, prompts[:1], 1, Decoding(0.8, 0.95, 4))  # warm-up
+    t = time.perf_counter()
+    lab_out = generate(cm, prompts, args.k, dec)
+    lab_s = time.perf_counter() - t
+    lab_tokens = sum(c.completion_tokens for group in lab_out for c in group)
+    info: dict = {}
+    t = time.perf_counter()
+    engine_vllm.generate(cm.path, [cm.encode_prompt(p) for p in prompts], args.k, dec, cm.eos_ids, info=info,
+                         engine_args={"enforce_eager": False} if args.compile else None)
+    call_s = time.perf_counter() - t
+    lab_rate, vllm_rate = lab_tokens / lab_s, info["completion_tokens"] / info["generate_s"]
+    print(f"lab sampler: {lab_tokens:6d} tokens in {lab_s:7.2f} s = {lab_rate:8.1f} tokens/s")
+    print(f"vLLM       : {info['completion_tokens']:6d} tokens in {info['generate_s']:7.2f} s = {vllm_rate:8.1f} "
+          f"tokens/s (load {info['load_s']:.1f} s, whole call {call_s:.1f} s)")
+    print(json.dumps({"model": cm.spec, "n": args.n, "k": args.k, "max_new_tokens": args.max_new_tokens,
+                      "temperature": args.temperature, "top_p": args.top_p, "compile": args.compile,
+                      "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+                      "lab_tokens_per_s": round(lab_rate, 1), "vllm_tokens_per_s": round(vllm_rate, 1),
+                      "vllm_call_s": round(call_s, 1), "vllm_load_s": info["load_s"],
+                      "ratio_vllm_vs_lab": round(vllm_rate / lab_rate, 2), "vllm_version": info["vllm_version"]}))
+
+
+if __name__ == "__main__":
+    main()
