@@ -14,16 +14,19 @@
       jobs/                   the child process that works on this run now (lab.jobs)
       hub/<repo>/             the exact folders pushed to the Hub, or that `push --dry-run` would push (lab.hub)
       push.jsonl              one line per repo pushed: its link (lab.hub)
-      locks/<stage>.lock      held (fcntl) by the process running that stage on this run; holds its pid (Run.lock)
 
 JSONL files are append-only. Each append writes whole lines in one `write`, then flushes and fsyncs, so a crash
 loses at most the records in flight. A torn last line (a kill mid-write) is ignored by readers and cut off by the
 next append, so it never corrupts what follows. Whole-file writes (run.json, pairs) go to a temporary file that is
 renamed into place: a reader sees the old file or the new one, never half of one.
+
+Beside the runs, `<runs root>/.locks/` holds one lock file per run and stage (Run.lock), outside the run folder so
+that a stage refused for bad input leaves its run exactly as it was.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -263,11 +266,10 @@ class Run:
         """Hold this run's lock for `stage` (e.g. "judge", "pairs-pairrm") while the block runs; a second process
         asking for it is refused at once with a LabError (two writers would duplicate records or calls).
 
-        flock on locks/<stage>.lock, non-blocking; the kernel drops the lock when the process dies, so a kill never
-        leaves a stale lock. The file is never deleted (deleting it would let two processes lock two files)."""
-        path = self.path / "locks" / f"{validate_run_name(stage)}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+", encoding="utf-8") as f:
+        flock on the stage's lock file (_lock_file), non-blocking; the kernel drops the lock when the process dies, so
+        a kill never leaves a stale lock. The file is never deleted (deleting it would let two processes lock two
+        files)."""
+        with open(self._lock_file(stage), "a+", encoding="utf-8") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -283,10 +285,18 @@ class Run:
     def check_unlocked(self, stage: str) -> None:
         """Raise the "already running" LabError if another process holds the lock for `stage` (the app's check
         before it starts a job); holds nothing afterwards."""
-        path = self.path / "locks" / f"{validate_run_name(stage)}.lock"
-        if path.exists():
+        if self._lock_file(stage, create=False).exists():
             with self.lock(stage):
                 pass
+
+    def _lock_file(self, stage: str, create: bool = True) -> Path:
+        """<runs root>/.locks/<run name>-<stage>-<hash of the run's path>.lock: the hash tells nested runs (round
+        "1" of two runs) apart; the file lives outside the run so that locking writes nothing into it."""
+        digest = hashlib.sha256(str(self.path).encode()).hexdigest()[:16]
+        path = runs_root() / ".locks" / f"{self.name}-{validate_run_name(stage)}-{digest}.lock"
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def _busy(self, stage: str, f) -> LabError:
         f.seek(0)
@@ -309,9 +319,7 @@ class Run:
     def record_stage(self, stage: str, settings: dict) -> None:
         """Set run.json's entry for `stage` (scrubbed). Read-modify-write under a blocking lock, so two stages
         running at once on the run (sample and rank, say) never drop each other's entry."""
-        path = self.path / "locks" / "run-json.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as f:
+        with open(self._lock_file("run-json"), "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             data = self.settings()
             data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
