@@ -14,7 +14,8 @@ from typing import Callable, Iterator
 
 import gradio as gr
 
-from lab import jobs, limits
+from lab import hosting, jobs, limits
+from lab.cli import BY_NAME, build_parser, load
 from lab.errors import LabError
 from lab.store import Run
 
@@ -150,14 +151,11 @@ def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: di
 def admit(argv: list[str]) -> None:
     """The checks the job's own process will make first (a hosted app's rules, the owner's caps: lab.hosting),
     made here too so that a refusal is a message on the page, before anything is written or queued."""
-    from lab.cli import build_parser
-    from lab.hosting import admit as admit_args
-
     try:
         args = build_parser().parse_args(argv)
     except SystemExit:  # argparse's own refusal; the forms only build valid command lines
         raise gr.Error(f"These settings do not make a valid `{argv[0]}` command line.") from None
-    checked(admit_args, args)
+    checked(hosting.admit, args.stage, args.run, load(BY_NAME[args.stage].settings).from_args(args))
 
 
 @contextmanager
