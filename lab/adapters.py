@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from lab.errors import LabError
-from lab.store import ADAPTER_FILES, Run, adapter_file, atomic_write_json, atomic_write_text, read_jsonl, \
-    validate_run_name, write_jsonl
+from lab.store import ADAPTER_FILES, Run, adapter_file, atomic_write_json, atomic_write_text, lock_file, \
+    read_jsonl, validate_run_name, write_jsonl
 
 BASE = "base"  # the name of the plain base model beside adapters (compare's first column)
 RESUME_FREE = ("resume", "device", "save_steps", "logging_steps", "eval_steps", "epochs", "max_steps", "report_to")
@@ -158,19 +158,20 @@ def adapters_on(cm, adapters: dict[str, Path]) -> Iterator[Callable]:
 # ---- a training's folder: lock, resume, publish ---------------------------------------------------------------------
 @contextmanager
 def adapter_lock(out: Path) -> Iterator[None]:
-    """One training per adapter folder: a second one (another terminal, the app) is refused, not run on top."""
-    out.mkdir(parents=True, exist_ok=True)
-    lock = adapter_file(out, "lock")
-    with open(lock, "w") as f:
+    """One training per adapter folder: a second one (another terminal, the app) is refused, not run on top.
+    The lock file lives beside the runs (lab.store.lock_file), never in the folder."""
+    lock = lock_file(out, "train")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LabError(f"Adapter {out.name} is being trained by another process right now: wait for it or "
                            "stop it, or pick another adapter name.") from None
+        out.mkdir(parents=True, exist_ok=True)
         try:
             yield
         finally:
-            lock.unlink(missing_ok=True)  # while we still hold it, so no one else is using this file
             if not any(out.iterdir()):
                 out.rmdir()  # failed before writing anything: leave no empty adapter folder behind
 
@@ -210,8 +211,7 @@ def reset_folder(out: Path, ckpt: Path | None) -> None:
     """Fresh start: clear what an earlier attempt left. Resume: drop metric lines past the checkpoint's step."""
     if ckpt is None:
         for p in out.iterdir():
-            if p.name != ADAPTER_FILES["lock"]:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
         return
     step = int(ckpt.name.split("-")[-1])
     metrics = adapter_file(out, "metrics")

@@ -11,11 +11,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import traceback
 from dataclasses import dataclass
 
 from lab.errors import LabError
+from lab.hosting import admit
+from lab.jobs import report_exit
+from lab.progress import Progress, Stopped, close_bars, install_stop_handler
+from lab.store import Run, redact_userinfo
 
 
 @dataclass(frozen=True)
@@ -71,30 +76,23 @@ def load(path: str):
 # ---- stages whose core function takes other arguments ----------------------------------------------------------------
 def judge_stage(run, cfg, progress) -> dict:
     """Print the plan's cost before any call (stderr), then judge, unless --estimate-only."""
-    from lab.judge import estimate, judge_run
-
-    print("plan: " + json.dumps(estimate(run, cfg), ensure_ascii=False), file=sys.stderr, flush=True)
-    return {"estimate_only": True} if cfg.estimate_only else judge_run(run, cfg, progress)
+    print("plan: " + json.dumps(load("lab.judge:estimate")(run, cfg), ensure_ascii=False), file=sys.stderr, flush=True)
+    return {"estimate_only": True} if cfg.estimate_only else load("lab.judge:judge_run")(run, cfg, progress)
 
 
 def pairs_stage(run, cfg, progress) -> dict:
-    from lab.pairs import build_pairs
-
-    return build_pairs(run, cfg)
+    return load("lab.pairs:build_pairs")(run, cfg)
 
 
 def compare_stage(run, cfg, progress) -> dict:
     """Compare, then write the grid's exports (--export)."""
-    from lab.compare import compare_run, export
-
-    summary = compare_run(run, cfg, progress)
+    summary = load("lab.compare:compare_run")(run, cfg, progress)
+    export = load("lab.compare:export")
     return {**summary, "exports": [str(export(run, f.strip())) for f in cfg.export.split(",") if f.strip()]}
 
 
 def push_stage(run, cfg, progress) -> dict:
-    from lab.hub import push_run
-
-    return push_run(run, cfg, progress=progress)
+    return load("lab.hub:push_run")(run, cfg, progress=progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,10 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_stage(args: argparse.Namespace) -> dict:
     """Run the stage the parsed command line names; -> its summary."""
-    from lab.hosting import admit
-    from lab.progress import Progress
-    from lab.store import Run
-
     stage = BY_NAME[args.stage]
     cfg = load(stage.settings).from_args(args)
     admit(stage.name, args.run, cfg)  # a hosted app's rules and the owner's caps, before anything is written
@@ -131,10 +125,6 @@ def print_summary(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lab.jobs import report_exit
-    from lab.progress import Stopped, close_bars, install_stop_handler
-    from lab.store import redact_userinfo
-
     args = build_parser().parse_args(argv)
     install_stop_handler()
     try:
@@ -163,6 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_main_process() -> bool:
     """Only rank 0 prints under `accelerate launch` (every rank runs the stage)."""
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0

@@ -26,7 +26,8 @@ compare-scores.json (whole file, rewritten by `score`):
 Scorers (SCORERS): "pairrm" (PairRM's both-orders preference), "judge" (the LLM judge, every pair of models in both
 orders: a tie or the two orders disagreeing count 0.5) and "score" (mean 5-point scores, lab.score; their records
 go to the run's scores.jsonl as set "eval"). Win rates count a win as 1, a tie as 0.5 and a loss as 0, per
-instruction; the interval is a percentile bootstrap over instructions (lab.stats.win_rate). notes.json holds the user's own notes: {"overall": str, "instructions": {id: str}, "updated"}.
+instruction; the interval is a percentile bootstrap over instructions (lab.stats.win_rate).
+notes.json holds the user's own notes: {"overall": str, "instructions": {id: str}, "updated"}.
 The module writes no prose about the results: the numbers, the grid and the user's notes are the analysis.
 """
 from __future__ import annotations
@@ -70,27 +71,28 @@ REFUSAL_WINDOW = 300  # a refusal shows in the opening of an answer; later "I ca
 class CompareConfig(Settings):
     model: str = opt("", "base model spec (default: the model this run sampled with)")
     instructions: str = opt("heldout", "held-out instructions: 'heldout' (bundled), or a .jsonl/.csv/.txt file")
-    n: int = opt(0, "how many held-out instructions (0 = all)")
+    n: int = opt(0, "how many held-out instructions (0 = all)", label="Instructions (0 = all)")
     adapters: str = opt("", "comma-separated adapter names of this run (default: every adapter)")
-    temperature: float = opt(0.7, "sampling temperature, the same for every model (0 = greedy)")
-    top_p: float = opt(0.9, "nucleus sampling threshold, the same for every model (1 = off)")
-    max_new_tokens: int = opt(256, "longest completion, in tokens")
-    seed: int = opt(0, "seed for sampling (every model gets the same) and for the bootstrap")
-    batch_size: int = opt(32, "instructions generated together (lower it if memory runs out)")
+    temperature: float = opt(0.7, "sampling temperature, the same for every model (0 = greedy)", label="Temperature")
+    top_p: float = opt(0.9, "nucleus sampling threshold, the same for every model (1 = off)", label="Top-p")
+    max_new_tokens: int = opt(256, "longest completion, in tokens", label="Max new tokens")
+    seed: int = opt(0, "seed for sampling (every model gets the same) and for the bootstrap", label="Seed")
+    batch_size: int = opt(32, "instructions generated together (lower it if memory runs out)", label="Batch size")
     duplicates: str = opt("drop", "held-out instructions that duplicate training ones: drop, flag (keep, marked) "
-                          "or refuse", ("drop", "flag", "refuse"))
-    near_duplicate: float = opt(0.7, "character 5-gram Jaccard similarity from which an instruction is a near duplicate")
+                          "or refuse", ("drop", "flag", "refuse"), label="Duplicates of training instructions")
+    near_duplicate: float = opt(0.7, "character 5-gram Jaccard similarity from which an instruction is a near "
+                                "duplicate", label="Near-duplicate threshold")
     pairrm: str = opt("", "PairRM ranker for win rates: llm-blender/PairRM, a local folder or tiny-random (noise) "
                       "('' = skip)", label="PairRM")
     judge: str = opt("none", "LLM judge for win rates, every pair of models in both orders: none or a judge "
                      "backend (local is offline and weak)", ("none", *BACKENDS), label="LLM judge")
-    judge_model: str = opt("", "the judge's model (default: the judge backend's default)")
+    judge_model: str = opt("", "the judge's model (default: the judge backend's default)", label="Judge model")
     judge_rpm: float = opt(30.0, "API judge: most requests per minute (0 = no limit); the base URL comes from "
                            "$GROQ_BASE_URL / $OPENAI_BASE_URL when set")
     score: str = opt("none", "5-point additive scores for win rates (lab.score): none, base (the base model scores "
                      "every answer, self-rewarding's evaluator) or an API judge", ("none", "base", *API_BACKENDS),
                      label="5-point scorer")
-    score_model: str = opt("", "API scorer model (default: the backend's default)")
+    score_model: str = opt("", "API scorer model (default: the backend's default)", label="Scorer model")
     score_evaluations: int = opt(3, "times each answer is scored by the 5-point scorer (averaged)")
     score_tokens: int = opt(160, "longest 5-point judgment, in tokens")
     score_temperature: float = opt(0.7, "sampling temperature of the 5-point judgments")

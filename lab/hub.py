@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from lab import cards
+from lab import cards, models
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.models import BUNDLED_HUB_ID
@@ -162,8 +162,6 @@ class PublicPaths:
     runs root, the lab cache, the home folder or the temp folder are replaced the same way."""
 
     def __init__(self, root: Path):
-        from lab import models
-
         self.root, self.bundled = root.resolve(), models.bundled_dir().resolve()
         local = [self.root, runs_root(), models.cache_dir(), Path.home(), Path(tempfile.gettempdir())]
         self.local = [str(p.resolve()) for p in local]

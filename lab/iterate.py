@@ -59,32 +59,36 @@ class IterateConfig(Settings):
     """Self-rewarding DPO. docs/iterative.md explains every field and the paper's values."""
 
     model: str = opt("", "base model spec (default: the model this run sampled with)")
-    rounds: int = opt(2, "self-rewarding rounds; round k trains adapter round-k from round k-1")
+    rounds: int = opt(2, "self-rewarding rounds; round k trains adapter round-k from round k-1", label="Rounds")
     instructions: str = opt("run", "training instructions: 'run' (this run's instructions.jsonl), 'bundled', or a file")
-    n: int = opt(0, "how many instructions (0 = all)")
-    samples: int = opt(4, "answers per instruction each round (the paper's N)")
-    evaluations: int = opt(3, "times each answer is scored; the scores are averaged (the paper's R)")
+    n: int = opt(0, "how many instructions (0 = all)", label="Instructions (0 = all of the run's)")
+    samples: int = opt(4, "answers per instruction each round (the paper's N)", label="Answers per instruction (N)")
+    evaluations: int = opt(3, "times each answer is scored; the scores are averaged (the paper's R)",
+                           label="Scores per answer (R)")
     temperature: float = opt(0.7, "sampling temperature of the answers")
     top_p: float = opt(0.9, "nucleus sampling threshold of the answers")
-    max_new_tokens: int = opt(256, "longest answer, in tokens")
+    max_new_tokens: int = opt(256, "longest answer, in tokens", label="Max new tokens")
     judge: str = opt("self", "who scores: self (the current model, as in the paper) or an API judge",
                      ("self", *API_BACKENDS), label="Judge")
-    judge_model: str = opt("", "API judge model (default: the backend's default)")
+    judge_model: str = opt("", "API judge model (default: the backend's default)", label="API judge model")
     judge_tokens: int = opt(160, "longest judgment (justification + score), in tokens")
     judge_temperature: float = opt(0.7, "sampling temperature of the judgments (0 makes the R scores identical)")
     score_mode: str = opt("auto", "auto: a local judgment without 'Score: N' is scored from the digit probabilities "
                           "after 'Score: '; parse: such judgments count as unscored", ("auto", "parse"))
     rpm: float = opt(30.0, "API judge: most requests per minute (Groq's free tier allows 30)")
-    start_adapter: str = opt("", "adapter of this run that round 1 starts from (default: the plain base)")
+    start_adapter: str = opt("", "adapter of this run that round 1 starts from (default: the plain base)",
+                             label="Round 1 starts from")
     eval_instructions: str = opt("heldout", "held-out instructions for the per-round win rates")
-    eval_n: int = opt(16, "held-out instructions per round evaluation (0 = no evaluation)")
-    beta: float = opt(0.1, "DPO beta of each round (the paper's 0.1)")
-    lr: float = opt(5e-5, "learning rate of each round's LoRA training")
-    epochs: float = opt(2.0, "passes over a round's pairs")
-    max_steps: int = opt(-1, "cap on optimizer steps per round (-1 = run the epochs)")
-    lora_r: int = opt(16, "LoRA rank of round 1 (later rounds keep the shape of the adapter they continue)")
+    eval_n: int = opt(16, "held-out instructions per round evaluation (0 = no evaluation)",
+                      label="Held-out instructions per round")
+    beta: float = opt(0.1, "DPO beta of each round (the paper's 0.1)", label="Beta")
+    lr: float = opt(5e-5, "learning rate of each round's LoRA training", label="Learning rate")
+    epochs: float = opt(2.0, "passes over a round's pairs", label="Epochs")
+    max_steps: int = opt(-1, "cap on optimizer steps per round (-1 = run the epochs)", label="Max steps")
+    lora_r: int = opt(16, "LoRA rank of round 1 (later rounds keep the shape of the adapter they continue)",
+                      label="LoRA rank")
     train_batch_size: int = opt(4, "pairs per training step")
-    seed: int = opt(0, "seed for sampling, judging and training (each round offsets it by its number)")
+    seed: int = opt(0, "seed for sampling, judging and training (each round offsets it by its number)", label="Seed")
     batch_size: int = opt(32, "sequences generated together (lower it if memory runs out)")
     device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
     dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
@@ -130,8 +134,8 @@ class IterateConfig(Settings):
 
     def train_config(self, k: int, n_pairs: int) -> TrainConfig:
         """The DPO settings of round k, trained on n_pairs pairs (a batch no larger than the pairs)."""
-        return TrainConfig(pairs="self", adapter=ADAPTER.format(k), model=self.model, beta=self.beta, lr=self.lr, epochs=self.epochs, max_steps=self.max_steps,
-                           lora_r=self.lora_r, lora_alpha=2 * self.lora_r,
+        return TrainConfig(pairs="self", adapter=ADAPTER.format(k), model=self.model, beta=self.beta, lr=self.lr,
+                           epochs=self.epochs, max_steps=self.max_steps, lora_r=self.lora_r, lora_alpha=2 * self.lora_r,
                            batch_size=min(self.train_batch_size, n_pairs), eval_fraction=0.0, seed=self.seed + k,
                            device=self.device, dtype=self.dtype)
 

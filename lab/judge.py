@@ -39,27 +39,31 @@ PLANS = {
 class JudgeConfig(Settings):
     backend: str = opt("local", "who judges: local (transformers, offline, weak at 135M), groq, or openai (any "
                        "OpenAI-compatible server)", choices=tuple(BACKENDS), label="Judge")
-    model: str = opt("", "judge model; empty = llama-3.3-70b-versatile (groq), gpt-4o-mini (openai), bundled (local)")
+    model: str = opt("", "judge model; empty = llama-3.3-70b-versatile (groq), gpt-4o-mini (openai), bundled (local)",
+                     label="Model")
     base_url: str = opt("", "provider root; empty = the SDK default. openai-compatible roots end in /v1 "
-                        "(e.g. http://localhost:11434/v1 for Ollama); groq's has no /v1")
+                        "(e.g. http://localhost:11434/v1 for Ollama); groq's has no /v1", label="Base URL")
     api_key_env: str = opt("", "environment variable that holds the API key (empty = GROQ_API_KEY / OPENAI_API_KEY)")
     plan: str = opt("knockout", "knockout: 2(K-1) calls per instruction (8 for K=5); full: every pair in both orders, "
                     "K(K-1) calls (20 for K=5)", choices=tuple(PLANS), label="Call plan")
     prompt_file: str = opt("", "judge prompt template with {instruction}, {response_a}, {response_b}; empty = built-in")
     temperature: float = opt(0.0, "judge sampling temperature (0: the same inputs give the same verdict)")
     max_tokens: int = opt(512, "longest judge reply, in tokens (API backends)")
-    rpm: float = opt(30.0, "client-side limit, requests per minute (Groq free tier: 30; 0 = no limit)")
-    concurrency: int = opt(8, "API requests in flight at once")
+    rpm: float = opt(30.0, "client-side limit, requests per minute (Groq free tier: 30; 0 = no limit)",
+                     label="Requests per minute")
+    concurrency: int = opt(8, "API requests in flight at once", label="Concurrent requests")
     timeout_s: float = opt(60.0, "seconds to wait for one API answer before retrying")
     max_retries: int = opt(5, "retries of a request after 429 / 5xx / timeout (Retry-After is honoured)")
     backoff_s: float = opt(1.0, "first retry delay when the provider gives no Retry-After; doubles each retry")
-    max_retry_after_s: float = opt(MAX_RETRY_AFTER_S, "longest Retry-After pause accepted; a provider asking for more (a daily "
-                                   "quota spent) stops the run, with what it asked, instead of pausing every worker")
+    max_retry_after_s: float = opt(MAX_RETRY_AFTER_S, "longest Retry-After pause accepted; a provider asking for "
+                                   "more (a daily quota spent) stops the run, with what it asked, instead of pausing "
+                                   "every worker")
     json_mode: bool = opt(True, "ask the API for a JSON object (response_format); turn off for servers without it")
     retry_invalid: bool = opt(False, "judge again the calls recorded as invalid (otherwise the cache keeps them)")
     seed: int = opt(0, "seed of the coin that settles undecided knockout matches")
     estimate_only: bool = opt(False, "print the plan's calls, time and cost, and judge nothing")
-    reasoning_tokens: int = opt(96, "local backend: tokens of reasoning generated before the verdict (0 = none)")
+    reasoning_tokens: int = opt(96, "local backend: tokens of reasoning generated before the verdict (0 = none)",
+                                label="Local reasoning tokens")
     batch_size: int = opt(8, "local backend: prompts per forward pass")
     device: str = opt("auto", "local backend: cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
     dtype: str = opt("auto", "local backend: float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")

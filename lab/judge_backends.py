@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
 
+from lab import models
 from lab.errors import LabError
 from lab.ratelimit import RateLimiter, backoff_s, retry_after_s
 from lab.store import redact_userinfo
@@ -274,8 +275,6 @@ class LocalBackend:
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", reasoning_tokens: int = 96,
                  batch_size: int = 8):
-        from lab import models
-
         self.cm = models.load(spec, device, dtype)
         self.reasoning_tokens, self.batch_size = reasoning_tokens, batch_size
         self.label_ids = self._label_ids()

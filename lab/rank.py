@@ -55,7 +55,8 @@ PAIRRM_SOURCE_MAX, PAIRRM_CANDIDATE_MAX = 1224, 412  # PairRM's training lengths
 class RankConfig(Settings):
     ranker: str = opt(DEFAULT_RANKER, "PairRM: hub id, local llm-blender ranker folder, or 'tiny-random' (random "
                       "weights: its rankings are noise)", label="Ranker")
-    batch_size: int = opt(32, "ordered response pairs per forward pass (K responses give K*(K-1) per instruction)")
+    batch_size: int = opt(32, "ordered response pairs per forward pass (K responses give K*(K-1) per instruction)",
+                          label="Pairs per pass")
     device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
     dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
 

@@ -89,7 +89,6 @@ ADAPTER_FILES = {
     "card": "README.md",  # the model card (lab.cards)
     "checkpoints": "checkpoints",  # Trainer checkpoints for a resume
     "staging": ".publish.tmp",  # where a finished adapter is assembled before it is moved in
-    "lock": ".lock",  # held while the adapter trains
 }
 # Inside runs/<run>/jobs/ (lab.jobs)
 JOB_FILES = {"job": "job.json", "progress": "progress.json", "log": "log.txt", "exit": "exit.json"}
@@ -101,6 +100,15 @@ WORK_FILES = {"request": "request.json", "results": "results.jsonl", "log": "wor
 # The instruction sets that ship with the project (lab.instructions)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 ASSET_FILES = {"bundled": "instructions-train.jsonl", "heldout": "instructions-heldout.jsonl"}
+
+
+def lock_file(folder: Path, name: str) -> Path:
+    """<runs root>/.locks/<folder below the root, '/' as '~'>~<name>.lock: outside the folder it guards, so taking
+    a lock changes nothing in a run (a refused or stopped stage leaves it byte for byte as it was), and never
+    deleted (deleting a lock file while held would let two processes lock two files)."""
+    root, folder = runs_root(), Path(folder).resolve()
+    where = folder.relative_to(root) if root in folder.parents else Path(folder.as_posix().lstrip("/"))
+    return root / ROOT_FILES["locks"] / ("~".join(where.parts) + f"~{validate_run_name(name)}.lock")
 
 
 def adapter_file(folder: Path, kind: str) -> Path:
@@ -439,11 +447,7 @@ class Run:
                 pass
 
     def lock_path(self, stage: str) -> Path:
-        """<runs root>/.locks/<run path below the root, '/' as '~'>~<stage>.lock: outside the run folder, so taking
-        a lock changes nothing in the run (a refused or stopped stage leaves it byte for byte as it was)."""
-        root = runs_root()
-        where = self.path.relative_to(root) if root in self.path.parents else Path(self.path.as_posix().lstrip("/"))
-        return root / ROOT_FILES["locks"] / ("~".join(where.parts) + f"~{validate_run_name(stage)}.lock")
+        return lock_file(self.path, stage)
 
     def _busy(self, stage: str, f) -> LabError:
         f.seek(0)

@@ -78,27 +78,36 @@ class TrainConfig(Settings):
     method: str = opt("dpo", "training method: " + "; ".join(f"{k}: {m.label}" for k, m in METHODS.items()),
                       tuple(METHODS), label="Method")
     model: str = opt("", "base model spec (empty = the model that sampled the run)", label="Base model")
-    epochs: float = opt(3.0, "passes over the training pairs (ignored when --max-steps > 0)")
-    max_steps: int = opt(-1, "stop after this many optimizer steps (-1 = run the epochs)")
-    lr: float = opt(5e-5, "peak learning rate of the LoRA weights (cosine decay after warm-up)")
-    warmup_ratio: float = opt(0.1, "fraction of the steps spent warming the learning rate up from 0")
-    beta: float = opt(0.1, "DPO beta: strength of the pull back to the reference (higher = stay closer)")
-    loss_type: str = opt("sigmoid", "TRL loss type, or several joined by ',' (e.g. sigmoid,sft)")
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha / r)")
-    lora_dropout: float = opt(0.0, "LoRA dropout (> 0 also turns the model's own dropout back on)")
-    target_modules: str = opt("all-linear", "layers that get LoRA: 'all-linear' or names joined by ','")
-    batch_size: int = opt(4, "pairs per device per forward pass")
-    grad_accum: int = opt(1, "forward passes per optimizer step (effective batch = batch x accum x devices)")
-    max_length: int = opt(1024, "longest prompt + response in tokens; longer ones are cut at the end")
-    eval_fraction: float = opt(0.1, "share of the instructions held out for eval loss and reward accuracy")
+    epochs: float = opt(3.0, "passes over the training pairs (ignored when --max-steps > 0)", label="Epochs")
+    max_steps: int = opt(-1, "stop after this many optimizer steps (-1 = run the epochs)", label="Max steps")
+    lr: float = opt(5e-5, "peak learning rate of the LoRA weights (cosine decay after warm-up)", label="Learning rate")
+    warmup_ratio: float = opt(0.1, "fraction of the steps spent warming the learning rate up from 0",
+                              label="Warm-up ratio")
+    beta: float = opt(0.1, "DPO beta: strength of the pull back to the reference (higher = stay closer)", label="Beta")
+    loss_type: str = opt("sigmoid", "TRL loss type, or several joined by ',' (e.g. sigmoid,sft)", label="Loss type")
+    lora_r: int = opt(16, "LoRA rank", label="LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha / r)", label="LoRA alpha")
+    lora_dropout: float = opt(0.0, "LoRA dropout (> 0 also turns the model's own dropout back on)",
+                              label="LoRA dropout")
+    target_modules: str = opt("all-linear", "layers that get LoRA: 'all-linear' or names joined by ','",
+                              label="LoRA target modules")
+    batch_size: int = opt(4, "pairs per device per forward pass", label="Batch size")
+    grad_accum: int = opt(1, "forward passes per optimizer step (effective batch = batch x accum x devices)",
+                          label="Gradient accumulation")
+    max_length: int = opt(1024, "longest prompt + response in tokens; longer ones are cut at the end",
+                          label="Max length (tokens)")
+    eval_fraction: float = opt(0.1, "share of the instructions held out for eval loss and reward accuracy",
+                               label="Eval fraction")
     eval_steps: int = opt(0, "evaluate every N steps (0 = about 5 times per training)")
-    save_steps: int = opt(50, "write a resumable checkpoint every N steps")
+    save_steps: int = opt(50, "write a resumable checkpoint every N steps", label="Checkpoint every")
     logging_steps: int = opt(1, "write a metrics line every N steps")
-    seed: int = opt(0, "seed for the data order, the eval split and the LoRA init")
-    gradient_checkpointing: bool = opt(True, "recompute activations in the backward pass: far less memory, ~30% slower")
-    precompute_ref: bool = opt(False, "compute reference log-probs once before training (faster steps, startup pass)")
-    resume: bool = opt(True, "continue an interrupted training of the same adapter from its last checkpoint")
+    seed: int = opt(0, "seed for the data order, the eval split and the LoRA init", label="Seed")
+    gradient_checkpointing: bool = opt(True, "recompute activations in the backward pass: far less memory, ~30% slower",
+                                       label="Gradient checkpointing")
+    precompute_ref: bool = opt(False, "compute reference log-probs once before training (faster steps, startup pass)",
+                               label="Precompute reference")
+    resume: bool = opt(True, "continue an interrupted training of the same adapter from its last checkpoint",
+                       label="Resume")
     device: str = opt("auto", "cpu, cuda or auto (GPU if there is one); accelerate launch picks per process")
     dtype: str = opt("auto", "float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
 

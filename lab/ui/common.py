@@ -17,7 +17,8 @@ import gradio as gr
 from lab import hosting, jobs, limits
 from lab.cli import BY_NAME, build_parser, load
 from lab.errors import LabError
-from lab.store import Run
+from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
+from lab.store import URL_USERINFO, Run
 
 POLL_S = 1.0
 
@@ -189,8 +190,6 @@ def typed_key_env(judge: str, typed: str | None) -> dict[str, str] | None:
     """{"LAB_API_KEY": key} for a key typed in the page, for lab.jobs.start(secret_env=...); None when nothing was
     typed or the judge needs no key. Its own variable, never the provider's: the job can then tell the visitor's
     key (it may go to the URL the visitor gave) from the owner's (only to the owner's URL; lab.judge_backends)."""
-    from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
-
     typed = (typed or "").strip()
     return {TYPED_KEY_ENV: typed} if typed and judge in KEY_ENV else None
 
@@ -198,8 +197,6 @@ def typed_key_env(judge: str, typed: str | None) -> dict[str, str] | None:
 def check_base_url(url: str) -> str:
     """A base URL typed in the page, refused when it carries userinfo (user:password@): the job's command line, and
     so job.json, would hold it. Returns the URL stripped."""
-    from lab.store import URL_USERINFO
-
     url = (url or "").strip()
     if URL_USERINFO.search(url):
         raise gr.Error("The base URL holds a user name or password (user:...@host): remove it and type the key in "
