@@ -3,7 +3,7 @@
 Memory. Each scenario runs in a fresh child process and reports its peak memory (peak RSS on CPU, peak allocated
 CUDA memory on a GPU): the plain baseline loads the model once and generates the held-out completions; the lab loads
 the same model once, puts two LoRA adapters on it (r=16 on every linear layer, the training default) with
-lab.compare.adapters_on and generates the same completions for base + both adapters. For scale, a third child does
+lab.adapters.adapters_on and generates the same completions for base + both adapters. For scale, a third child does
 what the lab avoids: three separate model copies. Target: lab / baseline <= 1.2.
 
 Speed. In one process, base + 2 adapters answer the same instructions with lab.compare's path (all instructions of a
@@ -67,15 +67,16 @@ def child(scenario: str, spec: str, adapters: dict[str, str], n: int, tokens: in
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lab import compare, models
-    from lab.sample import Decoding, generate
+    from lab import models
+    from lab.adapters import adapters_on
+    from lab.generation import Decoding, generate
 
     dec, texts = Decoding(0.7, 0.9, tokens, 0), prompts(n)
     cm = models.load(spec)
     if scenario == "one-model":
         generate(cm, texts, 1, dec, n)
     elif scenario == "lab":
-        with compare.adapters_on(cm, {k: Path(v) for k, v in adapters.items()}) as select:
+        with adapters_on(cm, {k: Path(v) for k, v in adapters.items()}) as select:
             for name in (None, *adapters):
                 with select(name) as m:
                     generate(m, texts, 1, dec, n)
@@ -100,12 +101,13 @@ def run_child(scenario: str, args, adapters: dict[str, Path]) -> dict:
 
 def speed(spec: str, adapters: dict[str, Path], n: int, tokens: int) -> dict:
     """Completions/s of base + adapters: whole held-out set per batch vs one instruction at a time."""
-    from lab import compare, models
-    from lab.sample import Decoding, generate
+    from lab import models
+    from lab.adapters import adapters_on
+    from lab.generation import Decoding, generate
 
     cm, dec, texts = models.load(spec), Decoding(0.7, 0.9, tokens, 0), prompts(n)
     out = {}
-    with compare.adapters_on(cm, adapters) as select:
+    with adapters_on(cm, adapters) as select:
         for label, batch in (("batched", n), ("one_at_a_time", 1)):
             t0 = time.perf_counter()
             for name in (None, *adapters):

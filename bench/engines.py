@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab import engine_vllm, models  # noqa: E402
 from lab.instructions import load_instructions  # noqa: E402
-from lab.sample import Decoding, generate  # noqa: E402
+from lab.generation import Decoding, generate
 
 
 def main() -> None:

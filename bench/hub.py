@@ -26,7 +26,7 @@ os.environ["HF_HUB_OFFLINE"] = "0"  # only the stand-in on 127.0.0.1 is contacte
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 from lab import hub  # noqa: E402
-from lab.config import PushConfig  # noqa: E402
+from lab.hub import PushConfig  # noqa: E402
 from lab.store import Run, append_jsonl, atomic_write_json, read_jsonl, write_jsonl  # noqa: E402
 from tests.hubstandin import HubStandIn  # noqa: E402
 

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.config import JudgeConfig  # noqa: E402
+from lab.judge import JudgeConfig  # noqa: E402
 from lab.judge import DEFAULT_TEMPLATE, judge_run, load_candidates, plan_step, render_prompt  # noqa: E402
 from lab.progress import Progress  # noqa: E402
 from lab.store import Run  # noqa: E402

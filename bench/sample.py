@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from lab import models  # noqa: E402
 from lab.instructions import load_instructions  # noqa: E402
-from lab.sample import Decoding, generate  # noqa: E402
+from lab.generation import Decoding, generate
 
 
 def llama_1b_shaped(device: str) -> models.ChatModel:

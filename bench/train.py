@@ -91,7 +91,7 @@ def clock():
 
 
 def side_lab(args, model_path: str, pairs: Path, work: Path, timer) -> None:
-    from lab.config import TrainConfig
+    from lab.train import TrainConfig
     from lab.store import Run
     from lab.train import train_adapter
 

@@ -20,8 +20,12 @@ from collections import Counter
 from pathlib import Path
 from statistics import mean
 
+from lab.adapters import read_metrics, read_state
+from lab.methods import METHODS
 from lab.models import BUNDLED_HUB_ID, HUB_ID
-from lab.store import Run, read_jsonl
+from lab.score import PROMPT_HASH, SCORE_PROMPT
+from lab.store import Run, adapter_file, read_jsonl
+from lab.verdicts import report_records
 
 LONG = 120  # settings longer than this (prompt texts) are shown in a code block, not squeezed into a table cell
 
@@ -201,8 +205,6 @@ def _judge_section(run: Run, judgments: list[dict], samples: list[dict]) -> str:
 def call_plan(judgments: list[dict], samples: list[dict]) -> dict:
     """How the judge was called and how it behaved: lab.judge's report (consistency across the two orders,
     position and length bias, verdicts, tokens, cost) plus the orders shown and the backends used."""
-    from lab.judge import report_records
-
     return {"backend / model": _counts([{"m": f"{j.get('backend')} / {j.get('model')}"} for j in judgments], "m"),
             "orders shown": _counts(judgments, "order"), **report_records(judgments, samples)}
 
@@ -211,8 +213,6 @@ def _scores_section(scores: list[dict]) -> str:
     """Self-rewarding rounds: how the model scored its own answers (lab.iterate's scores.jsonl)."""
     if not scores:
         return ""
-    from lab.iterate import PROMPT_HASH, SCORE_PROMPT
-
     values = [x["score"] for x in scores if isinstance(x.get("score"), (int, float))]
     hashes = _counts(scores, "prompt_hash")
     rows = {"evaluations": len(scores), "scored": len(values),
@@ -283,7 +283,7 @@ def spotcheck_stats(records: list[dict]) -> dict:
 
 def _all_settings(run: Run) -> str:
     settings = _root(run).settings()
-    if _iteration(run) and (run.path / "run.json").exists():
+    if _iteration(run) and run.file("run").exists():
         settings = {**settings, "this round": run.settings()}
     return ("### Every setting (run.json)\n\nThe resolved settings of every stage, as the run recorded them "
             f"(no secrets are ever recorded):\n\n{fence(json.dumps(settings, indent=2, ensure_ascii=False), 'json')}\n")
@@ -292,8 +292,6 @@ def _all_settings(run: Run) -> str:
 # ---- model card ---------------------------------------------------------------------------------------------------
 def training_state(src: Path, run: Run) -> dict:
     """lab.train's training.json of the adapter (format documented there); run.json's train settings if it has none."""
-    from lab.train import read_state
-
     return read_state(src) or {"settings": dict(run.stage_settings("train") or {})}
 
 
@@ -324,21 +322,25 @@ def final_metrics(src: Path, state: dict) -> dict:
     if state.get("final"):
         return dict(state["final"])
     last: dict = {}
-    for line in read_jsonl(src / "metrics.jsonl"):
+    for line in read_metrics(src):
         last.update({k: v for k, v in line.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return last
 
 
-def model_card(repo_id: str, adapter: str, run: Run, src: Path, config: dict, state: dict,
-               base_id: str | None, dataset_id: str | None) -> str:
-    """The README.md of a pushed adapter; `state` is its training.json, `config` its adapter_config.json."""
+def model_card(repo_id: str, adapter: str, run: Run, src: Path, state: dict, dataset_id: str | None = None) -> str:
+    """The README.md of an adapter: in its folder (lab.train writes it, repo_id = the adapter's name) and on the Hub
+    (lab.hub stages it, repo_id = namespace/name). `src`: the folder holding its adapter_config.json; `state`: its
+    training.json; dataset_id: the pushed data set it was trained on, where there is one."""
     from huggingface_hub import ModelCardData
 
+    config = json.loads(adapter_file(src, "config").read_text(encoding="utf-8"))
+    base_id = base_model_id(state, run)
+    method = state.get("method") or "dpo"
     data = ModelCardData(base_model=base_id, datasets=[dataset_id] if dataset_id else None, library_name="peft",
-                         pipeline_tag="text-generation", tags=["dpo", "lora", "peft", "trl", "preference-lab"])
+                         pipeline_tag="text-generation", tags=[method, "lora", "peft", "trl", "preference-lab"])
     settings = flatten(state.get("settings") or {})
     parts = [_front_matter(data), f"# {repo_id}\n", _model_intro(adapter, run, config, state, base_id, dataset_id),
-             _howto(repo_id, base_id, (src / "tokenizer_config.json").exists()),
+             _howto(repo_id, base_id, (src / "tokenizer_config.json").exists()),  # transformers' name
              "## Training parameters\n\n" + table(settings) + "\n", long_texts(settings),
              "### LoRA (adapter_config.json)\n\n" + table(_lora(config)) + "\n",
              "## Final metrics\n\n" + table(final_metrics(src, state), ("metric", "value")) + "\n",
@@ -354,12 +356,14 @@ def _model_intro(adapter: str, run: Run, config: dict, state: dict, base_id: str
     data = f"[`{dataset_id}`](https://huggingface.co/datasets/{dataset_id})" if dataset_id else \
         "the run's preference pairs (not pushed with this adapter)"
     pairs = {f"pairs.{k}": v for k, v in (state.get("pairs") or {}).items() if k != "path"}
-    lines = [f"A LoRA adapter trained with DPO by Preference Lab (TRL `DPOTrainer` + PEFT): adapter `{adapter}` of "
+    label = METHODS.get(state.get("method") or "dpo", METHODS["dpo"]).label
+    lines = [f"A LoRA adapter trained by Preference Lab with {label} and PEFT: adapter `{adapter}` of "
              f"{_where(run)}.\n", f"- Base model: {base}", f"- Training data: {data}"]
     if state.get("init_adapter"):
         lines.append(f"- Continued from adapter {code(state['init_adapter'])} (the previous self-rewarding round)")
     if state.get("status") and state["status"] != "done":
-        lines.append(f"- Status: **{state['status']}** at step {state.get('global_step')} of {state.get('max_steps')}")
+        lines.append(f"- Status: **{state['status']}** (stopped early) at step {state.get('global_step')} of "
+                     f"{state.get('max_steps')}")
     return "\n".join(lines) + "\n\n" + (table(pairs, ("training data", "")) + "\n" if pairs else "")
 
 
@@ -376,6 +380,7 @@ def _lora(config: dict) -> dict:
 
 def _howto(repo_id: str, base_id: str | None, has_tokenizer: bool) -> str:
     note = "" if base_id else "# the base is a local model: set base_model_name_or_path in adapter_config.json first\n"
+    repo_id = repo_id if "/" in repo_id else f"path/to/{repo_id}"  # a local adapter folder
     tokenizer = repo_id if has_tokenizer else base_id or "PATH/TO/BASE/MODEL"
     return ("## How to load it\n\n```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import "
             f"AutoTokenizer\n\n{note}model = AutoPeftModelForCausalLM.from_pretrained(\"{repo_id}\")\n"

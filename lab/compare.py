@@ -2,7 +2,7 @@
 
 The base model is loaded once; every adapter is loaded onto it with PEFT and switched with `set_adapter` (the base's
 own answers come from inside `disable_adapter()`), so memory holds one model plus a few LoRA matrices, not N models.
-Every model answers the same instructions in the same batches with the same seeds (lab.sample.generate seeds each
+Every model answers the same instructions in the same batches with the same seeds (lab.generation seeds each
 batch from the seed and the prompts it holds), so differences come from the weights, not from the dice.
 
 compare.jsonl, one line per (instruction, model) completion:
@@ -20,30 +20,43 @@ compare-scores.json (whole file, rewritten by `score`):
      "confidence", "bootstrap",
      "per_model": {name: {"mean_chars", "mean_tokens", "chars_change", "chars_change_pct", "truncated_rate",
                           "distinct_1", "distinct_2", "refusal_rate"}},
-     "win_rates": {adapter: {"pairrm" | "judge": {"win_rate", "ci_low", "ci_high", "n", "wins", "ties", "losses",
-                                                  ...}}}}
+     "win_rates": {adapter: {scorer: lab.stats.win_rate dict}},          # the adapter against the base
+     "head_to_head": {"<adapter> vs <earlier adapter>": {scorer: lab.stats.win_rate dict}}}
 
-Win rates count a win as 1, a tie as 0.5 and a loss as 0, per instruction; the interval is a percentile bootstrap
-over instructions. notes.json holds the user's own notes: {"overall": str, "instructions": {id: str}, "updated"}.
+Scorers (SCORERS): "pairrm" (PairRM's both-orders preference), "judge" (the LLM judge, every pair of models in both
+orders: a tie or the two orders disagreeing count 0.5) and "score" (mean 5-point scores, lab.score; their records
+go to the run's scores.jsonl as set "eval"). Win rates count a win as 1, a tie as 0.5 and a loss as 0, per
+instruction; the interval is a percentile bootstrap over instructions (lab.stats.win_rate).
+notes.json holds the user's own notes: {"overall": str, "instructions": {id: str}, "updated"}.
 The module writes no prose about the results: the numbers, the grid and the user's notes are the analysis.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
 import time
 import unicodedata
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
+from lab import models, rank
+from lab.adapters import BASE, adapters_on, check_same_base, fingerprint, resolve_adapters
+from lab.config import Settings, opt
 from lab.errors import LabError
+from lab.generation import Completion, Decoding, generate
+from lab.instructions import load_instructions
+from lab.judge import JudgeConfig, judge_run
+from lab.judge_backends import API_BACKENDS, BACKENDS, resolve_key
 from lab.progress import Progress
-from lab.store import Run, atomic_write_json, once, write_jsonl
+from lab.sample import check_decoding, sample_record
+from lab.score import Scorer, ScoreConfig, api_backend, mean_scores, score_rows
+from lab.stats import LOSS, TIE, WIN, outcome, win_rate
+from lab.store import Run, atomic_write_json, atomic_write_text, once, read_jsonl, write_jsonl
+from lab.verdicts import pair_verdicts
 
-BASE = "base"
 SHINGLE = 5  # character n-grams for near-duplicate detection: robust to small rewordings and typos
 REFUSAL = re.compile(
     r"\b(i'?m sorry,? but|i am sorry,? but|i can(?:'|no)t (?:help|assist|provide|do|answer|comply|fulfil)|"
@@ -52,6 +65,65 @@ REFUSAL = re.compile(
     re.IGNORECASE,
 )
 REFUSAL_WINDOW = 300  # a refusal shows in the opening of an answer; later "I can't stress enough" is not one
+
+
+@dataclass
+class CompareConfig(Settings):
+    model: str = opt("", "base model spec (default: the model this run sampled with)")
+    instructions: str = opt("heldout", "held-out instructions: 'heldout' (bundled), or a .jsonl/.csv/.txt file")
+    n: int = opt(0, "how many held-out instructions (0 = all)", label="Instructions (0 = all)")
+    adapters: str = opt("", "comma-separated adapter names of this run (default: every adapter)")
+    temperature: float = opt(0.7, "sampling temperature, the same for every model (0 = greedy)", label="Temperature")
+    top_p: float = opt(0.9, "nucleus sampling threshold, the same for every model (1 = off)", label="Top-p")
+    max_new_tokens: int = opt(256, "longest completion, in tokens", label="Max new tokens")
+    seed: int = opt(0, "seed for sampling (every model gets the same) and for the bootstrap", label="Seed")
+    batch_size: int = opt(32, "instructions generated together (lower it if memory runs out)", label="Batch size")
+    duplicates: str = opt("drop", "held-out instructions that duplicate training ones: drop, flag (keep, marked) "
+                          "or refuse", ("drop", "flag", "refuse"), label="Duplicates of training instructions")
+    near_duplicate: float = opt(0.7, "character 5-gram Jaccard similarity from which an instruction is a near "
+                                "duplicate", label="Near-duplicate threshold")
+    pairrm: str = opt("", "PairRM ranker for win rates: llm-blender/PairRM, a local folder or tiny-random (noise) "
+                      "('' = skip)", label="PairRM")
+    judge: str = opt("none", "LLM judge for win rates, every pair of models in both orders: none or a judge "
+                     "backend (local is offline and weak)", ("none", *BACKENDS), label="LLM judge")
+    judge_model: str = opt("", "the judge's model (default: the judge backend's default)", label="Judge model")
+    judge_rpm: float = opt(30.0, "API judge: most requests per minute (0 = no limit); the base URL comes from "
+                           "$GROQ_BASE_URL / $OPENAI_BASE_URL when set")
+    score: str = opt("none", "5-point additive scores for win rates (lab.score): none, base (the base model scores "
+                     "every answer, self-rewarding's evaluator) or an API judge", ("none", "base", *API_BACKENDS),
+                     label="5-point scorer")
+    score_model: str = opt("", "API scorer model (default: the backend's default)", label="Scorer model")
+    score_evaluations: int = opt(3, "times each answer is scored by the 5-point scorer (averaged)")
+    score_tokens: int = opt(160, "longest 5-point judgment, in tokens")
+    score_temperature: float = opt(0.7, "sampling temperature of the 5-point judgments")
+    bootstrap: int = opt(2000, "bootstrap resamples for the win-rate confidence intervals")
+    confidence: float = opt(0.95, "confidence level of the intervals")
+    export: str = opt("csv,jsonl,md", "grid exports the command line writes into the run: csv, jsonl, md "
+                      "(comma-separated; '' = none)")
+    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
+    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+
+    def validate(self) -> "CompareConfig":
+        check_decoding(self.temperature, self.top_p, self.max_new_tokens, self.batch_size)
+        if self.n < 0:
+            raise LabError(f"--n must be 0 (all) or more (got {self.n}).")
+        if not 0 < self.near_duplicate <= 1:
+            raise LabError(f"--near-duplicate must be in (0, 1] (got {self.near_duplicate}); 0.7 is a good start.")
+        if self.bootstrap < 100 or not 0.5 <= self.confidence < 1:
+            raise LabError("--bootstrap must be at least 100 and --confidence in [0.5, 1), e.g. 2000 and 0.95.")
+        if self.score != "none":
+            self.score_config().validate()
+        return self
+
+    def decoding(self) -> Decoding:
+        return Decoding(self.temperature, self.top_p, self.max_new_tokens, self.seed)
+
+    def score_config(self) -> ScoreConfig:
+        """The 5-point scorer's settings (lab.score), from the comparison's."""
+        return ScoreConfig(judge="self" if self.score == "base" else self.score, judge_model=self.score_model,
+                           evaluations=self.score_evaluations, judge_tokens=self.score_tokens,
+                           judge_temperature=self.score_temperature, rpm=self.judge_rpm,
+                           seed=self.seed, batch_size=self.batch_size, device=self.device, dtype=self.dtype)
 
 
 # ---- held-out instructions and duplicates of training instructions ----------------------------------------------
@@ -69,12 +141,9 @@ def training_prompts(run: Run) -> dict[str, str]:
     """{id: prompt} of everything the run trained on or could have: instructions.jsonl, the prompts of every pairs
     file, and those of every self-rewarding round."""
     out = {r["id"]: r["prompt"] for r in run.read("instructions")}
-    for path in sorted(run.path.glob("pairs-*.jsonl")) + sorted(run.path.glob("iterations/*/pairs-*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                pair = json.loads(line)
-                meta = pair.get("meta", {})
-                out.setdefault(meta.get("instruction_id") or str(len(out)), pair["prompt"][-1]["content"])
+    runs = [run] + [run.iteration(k) for k in run.iterations()]
+    for pair in (p for r in runs for source in r.pair_sources() for p in read_jsonl(r.pairs_file(source))):
+        out.setdefault(pair.get("meta", {}).get("instruction_id") or str(len(out)), pair["prompt"][-1]["content"])
     return out
 
 
@@ -95,11 +164,12 @@ def find_duplicates(heldout: list[dict], training: dict[str, str], threshold: fl
     return found
 
 
-def heldout_instructions(run: Run, cfg) -> tuple[list[dict], dict[str, dict]]:
-    """The instructions to compare on, after the duplicate policy: (instructions, duplicates found)."""
-    from lab.instructions import load_instructions
-
-    items = [i.to_dict() for i in load_instructions(cfg.instructions, cfg.n or None, cfg.seed)]
+def heldout_instructions(run: Run, cfg: "CompareConfig", items: list[dict] | None = None
+                         ) -> tuple[list[dict], dict[str, dict]]:
+    """The instructions to compare on (`items`, else cfg.instructions), after the duplicate policy:
+    (instructions, duplicates found)."""
+    if items is None:
+        items = [i.to_dict() for i in load_instructions(cfg.instructions, cfg.n or None, cfg.seed)]
     dups = find_duplicates(items, training_prompts(run), cfg.near_duplicate)
     listing = "; ".join(f"{k} ~ {v['of']} ({v['kind']}, {v['similarity']:.2f})" for k, v in list(dups.items())[:5])
     if dups and len(dups) == len(items):
@@ -114,136 +184,32 @@ def heldout_instructions(run: Run, cfg) -> tuple[list[dict], dict[str, dict]]:
     return items, dups
 
 
-# ---- models: one base, adapters switched on it ------------------------------------------------------------------
-def resolve_adapters(run: Run, names: str) -> dict[str, Path]:
-    """'' -> every complete adapter of the run; else a comma list of adapter names (or adapter folders)."""
-    wanted = [n.strip() for n in (names or "").split(",") if n.strip()]
-    if not wanted:
-        wanted = run.adapters()
-        if not wanted:
-            raise LabError(f"Run {run.name} has no adapters yet: train one first (`python -m lab train --run "
-                           f"{run.name} ...`), then compare.")
-    out = {}
-    for name in wanted:
-        path = Path(name).expanduser() if "/" in name else run.adapter_dir(name)
-        if not (path / "adapter_config.json").exists():
-            have = ", ".join(run.adapters()) or "none yet"
-            raise LabError(f"No adapter {name!r} in run {run.name} (adapters: {have}). Pick names from that list.")
-        out[path.name if "/" in name else name] = path
-    if BASE in out:
-        raise LabError(f"An adapter may not be called {BASE!r}: that column is the base model. Rename the adapter.")
-    return out
-
-
-def adapter_base(path: Path) -> str:
-    """The base model an adapter was trained on, as its adapter_config.json records it."""
-    return json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
-
-
-def check_same_base(adapters: dict[str, Path], spec: str, base_path: str) -> None:
-    """Refuse an adapter trained on another base: its LoRA matrices would fit nothing, or fit and mean nothing."""
-    ok = {spec, base_path, Path(base_path).name, spec.rstrip("/").split("/")[-1]}
-    for name, path in adapters.items():
-        trained = adapter_base(path)
-        if trained and trained not in ok and Path(trained).name not in ok:
-            raise LabError(f"Adapter {name!r} was trained on {trained}, but the comparison's base model is {spec} "
-                           f"({base_path}). Pass --model {trained} or pick adapters trained on {spec}.")
-
-
-def attach_adapters(model, adapters: dict[str, Path]):
-    """Wrap `model` in one PeftModel holding every adapter; returns (peft model, {name: internal adapter name})."""
-    from peft import PeftModel
-
-    slots = {name: f"lab_adapter_{i}" for i, name in enumerate(adapters)}  # run names may hold '.', PEFT keys may not
-    peft = None
-    for name, path in adapters.items():
-        try:
-            if peft is None:
-                peft = PeftModel.from_pretrained(model, str(path), adapter_name=slots[name])
-            else:
-                peft.load_adapter(str(path), adapter_name=slots[name])
-        except (RuntimeError, ValueError, KeyError) as e:  # size mismatch, unknown target modules
-            if peft is not None:
-                peft.unload()
-            raise LabError(f"Adapter {name!r} does not fit this base model ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:200]}): it was trained on another model.") from e
-    return peft, slots
-
-
-@contextmanager
-def adapters_on(cm, adapters: dict[str, Path]):
-    """Load every adapter onto the loaded base `cm` once; yields `select(name)`, a context manager that gives a
-    ChatModel with that adapter switched on (name None: the plain base, every adapter disabled). On exit the LoRA
-    layers are stripped again, so the cached base model stays a plain base model."""
-    if not adapters:
-        yield lambda name: nullcontext(cm)
-        return
-    peft, slots = attach_adapters(cm.model, adapters)
-    wrapped = dataclasses.replace(cm, model=peft)
-
-    @contextmanager
-    def select(name: str | None):
-        if name is None:
-            with peft.disable_adapter():
-                yield wrapped
-        else:
-            peft.set_adapter(slots[name])
-            yield wrapped
-
-    try:
-        yield select
-    finally:
-        peft.unload()
-
-
-def fingerprint(path: Path | None) -> str | None:
-    """Hash of an adapter's files: a retrained adapter under the same name is generated again, not reused."""
-    if path is None:
-        return None
-    h = hashlib.sha1()
-    for f in sorted(path.glob("adapter_*")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def model_settings(cfg) -> tuple[str, dict]:
-    """(key, decoding) of a comparison: records with another key were made with other settings."""
-    dec = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
-    raw = json.dumps({"model": cfg.model, "decoding": dec, "batch_size": cfg.batch_size}, sort_keys=True)
-    return hashlib.sha1(raw.encode()).hexdigest()[:10], dec
-
-
-def base_spec(run: Run, cfg) -> str:
-    """--model, else the model this run sampled with."""
-    if cfg.model:
-        return cfg.model
-    sampled = (run.stage_settings("sample") or {}).get("model")
-    if not sampled:
-        raise LabError(f"Run {run.name} records no sampled model: pass --model (the base the adapters were "
-                       "trained on).")
-    return sampled
-
-
 # ---- generation ----------------------------------------------------------------------------------------------------
+def model_key(cfg: CompareConfig) -> str:
+    """The key of a comparison's completions: records with another key were made with other settings."""
+    raw = json.dumps({"model": cfg.model, "decoding": cfg.decoding().to_dict(), "batch_size": cfg.batch_size},
+                     sort_keys=True)
+    return hashlib.sha1(raw.encode()).hexdigest()[:10]
+
+
 def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _records(chunk: list[dict], comps, name: str, path: Path | None, cm, cfg, key: str, dec: dict,
-             dups: dict[str, dict]) -> list[dict]:
-    return [{"instruction_id": it["id"], "prompt": it["prompt"], "model": name,
-             "adapter_path": str(path) if path else None, "text": c[0].text, "prompt_tokens": c[0].prompt_tokens,
-             "completion_tokens": c[0].completion_tokens, "finish_reason": c[0].finish_reason,
-             "base_model": cfg.model, "base_path": cm.path, "decoding": dec, "key": key,
-             "duplicate": dups.get(it["id"])} for it, c in zip(chunk, comps)]
+def compare_record(item: dict, completion, name: str, adapter: Path | None, base_path: str, cfg: CompareConfig,
+                   key: str, duplicate: dict | None, adapter_hash: str | None) -> dict:
+    """One compare.jsonl line (the format in the module docstring)."""
+    return {"instruction_id": item["id"], "prompt": item["prompt"], "model": name,
+            "adapter_path": str(adapter) if adapter else None, "text": completion.text,
+            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+            "finish_reason": completion.finish_reason, "base_model": cfg.model, "base_path": base_path,
+            "decoding": cfg.decoding().to_dict(), "key": key, "duplicate": duplicate, "adapter_hash": adapter_hash}
 
 
-def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict], cfg, key: str, dec: dict,
-                 dups: dict, progress: Progress, started=lambda: None) -> int:
+def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict], cfg: CompareConfig, key: str,
+                 dups: dict, progress: Progress, started: Callable[[], None] = lambda: None) -> int:
     """Generate every missing (model, chunk) unit, appending each chunk as it finishes (`started()` is called just
     before each append: lab.store.once records the settings with the first). Returns records written."""
-    from lab.sample import Decoding, generate
-
     prints = {name: fingerprint(path) for name, path in adapters.items()}
     have = {(r["instruction_id"], r["model"], r.get("adapter_hash")) for r in run.read("compare")
             if r.get("key") == key}
@@ -255,62 +221,62 @@ def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict],
         progress.check_stop()
         progress.update(done, total, "comparing")
         with select(None if name == BASE else name) as cm:
-            comps = generate(cm, [it["prompt"] for it in chunk], 1, Decoding(**dec), cfg.batch_size)
-        recs = _records(chunk, comps, name, adapters.get(name), cm, cfg, key, dec, dups)
+            comps = generate(cm, [it["prompt"] for it in chunk], 1, cfg.decoding(), cfg.batch_size)
+        recs = [compare_record(it, c[0], name, adapters.get(name), cm.path, cfg, key, dups.get(it["id"]),
+                               prints.get(name)) for it, c in zip(chunk, comps)]
         started()
-        written += run.append("compare", [{**r, "adapter_hash": prints.get(name)} for r in recs])
+        written += run.append("compare", recs)
         done += len(chunk)
     progress.update(done, total, "comparing")
     return written
 
 
-def check_scorers(cfg, api_key: str | None) -> None:
-    """Fail before any generation if a judge cannot run: no API key (lab.judge_backends.resolve_key: the same rule
+def check_scorers(cfg: CompareConfig, api_key: str | None) -> None:
+    """Fail before any generation if a scorer cannot run: no API key (lab.judge_backends.resolve_key: the same rule
     the judge applies), or a PairRM that cannot be found."""
-    from lab.judge_backends import KEY_ENV, resolve_key
-
-    if cfg.judge in KEY_ENV:
-        try:
-            resolve_key(cfg.judge, "", api_key)
-        except LabError as e:
-            raise LabError(f"--judge {cfg.judge} needs an API key: {e} Or use --judge local (offline, weak) or "
-                           "--judge none.") from None
+    for flag, backend in (("--judge", cfg.judge), ("--score", cfg.score)):
+        if backend in API_BACKENDS:
+            try:
+                resolve_key(backend, "", api_key)
+            except LabError as e:
+                raise LabError(f"{flag} {backend} needs an API key: {e} Or pick another scorer (local / base are "
+                               "offline and weak) or none.") from None
     if cfg.pairrm:
-        from lab.rank import resolve_ranker
-
-        resolve_ranker(cfg.pairrm)
+        rank.resolve_ranker(cfg.pairrm)
 
 
-def compare_run(run: Run, cfg, progress: Progress | None = None, api_key: str | None = None) -> dict:
+def compare_run(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_key: str | None = None,
+                items: list[dict] | None = None, adapters: dict[str, Path] | None = None) -> dict:
     """The compare stage: completions of base and adapters on held-out instructions, then the scores.
     Resumes: (model, chunk) units already in compare.jsonl with the same settings are not generated again.
-    api_key: the API judge's key, passed in memory by the app (else the judge reads it from the environment).
-    Holds the run's "compare" lock: a second comparison of the run is refused."""
+    api_key: an API scorer's key, passed in memory by the app (else read from the environment).
+    items / adapters: the instructions and {name: adapter folder} to compare (self-rewarding rounds pass theirs);
+    default cfg.instructions and cfg.adapters. Holds the run's "compare" lock: a second comparison is refused."""
     with run.lock("compare"):
-        return _compare_locked(run, cfg, progress, api_key)
+        return _compare_locked(run, cfg, progress, api_key, items, adapters)
 
 
-def _compare_locked(run: Run, cfg, progress: Progress | None, api_key: str | None) -> dict:
-    from lab import models
-
-    cfg = dataclasses.replace(cfg, model=base_spec(run, cfg)).validate()
-    adapters = resolve_adapters(run, cfg.adapters)
-    items, dups = heldout_instructions(run, cfg)
+def _compare_locked(run: Run, cfg: CompareConfig, progress: Progress | None, api_key: str | None,
+                    items: list[dict] | None, adapters: dict[str, Path] | None) -> dict:
+    cfg = replace(cfg, model=models.run_model(run, cfg.model)).validate()
+    adapters = adapters if adapters is not None else resolve_adapters(run, cfg.adapters)
+    items, dups = heldout_instructions(run, cfg, items)
     check_scorers(cfg, api_key)
     cm = models.load(cfg.model, cfg.device, cfg.dtype)
     check_same_base(adapters, cfg.model, cm.path)
-    key, dec = model_settings(cfg)
+    key = model_key(cfg)
     settings = {**cfg.to_dict(), "key": key, "base_path": cm.path, "models": [BASE, *adapters],
                 "instruction_ids": [i["id"] for i in items], "duplicates_found": dups}
     started = once(lambda: run.record_stage("compare", settings))  # with the first completion, or once scored
     progress = progress or Progress("comparing")
     with adapters_on(cm, adapters) as select:
-        written = complete_all(run, select, adapters, items, cfg, key, dec, dups, progress, started)
+        written = complete_all(run, select, adapters, items, cfg, key, dups, progress, started)
     progress.close()
     scores = score(run, cfg, progress, api_key, settings)
     started()
     return {"run": run.name, "models": [BASE, *adapters], "instructions": len(items), "written_now": written,
-            "duplicates": len(dups), "scores": str(run.file("compare_scores")), "win_rates": scores["win_rates"]}
+            "duplicates": len(dups), "scores": str(run.file("compare_scores")), "win_rates": scores["win_rates"],
+            "head_to_head": scores["head_to_head"]}
 
 
 # ---- the grid ----------------------------------------------------------------------------------------------------
@@ -319,7 +285,8 @@ def current(run: Run, st: dict | None = None) -> tuple[list[dict], dict]:
     not recorded yet), else the latest in run.json."""
     st = st or run.stage_settings("compare")
     if not st:
-        raise LabError(f"Run {run.name} has no comparison yet: run `python -m lab compare --run {run.name}` first.")
+        raise LabError(f"Run {run.name} has no comparison yet: compare first (the Compare tab, or `python -m lab "
+                       f"compare --run {run.name}`).")
     ids, names = set(st["instruction_ids"]), set(st["models"])
     latest: dict[tuple, dict] = {}
     for r in run.read("compare"):
@@ -362,8 +329,6 @@ def markdown_table(df) -> str:
 
 def export(run: Run, fmt: str) -> Path:
     """Write the grid as csv, jsonl or md into the run; returns the file's path."""
-    from lab.store import atomic_write_text
-
     df = grid(run)
     if fmt == "csv":
         path = run.file("compare_csv")
@@ -394,27 +359,6 @@ def is_refusal(text: str) -> bool:
     return bool(REFUSAL.search(text[:REFUSAL_WINDOW]))
 
 
-def bootstrap_ci(values: list[float], resamples: int, confidence: float, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (resampling items with replacement)."""
-    import numpy as np
-
-    if not values:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    v = np.asarray(values, dtype=float)
-    means = v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
-
-
-def win_rate(outcomes: list[float], cfg) -> dict:
-    """outcomes per instruction: 1 adapter wins, 0.5 tie, 0 base wins -> rate, bootstrap interval and counts."""
-    lo, hi = bootstrap_ci(outcomes, cfg.bootstrap, cfg.confidence, cfg.seed)
-    return {"win_rate": sum(outcomes) / len(outcomes) if outcomes else float("nan"), "ci_low": lo, "ci_high": hi,
-            "n": len(outcomes), "wins": outcomes.count(1.0), "ties": outcomes.count(0.5),
-            "losses": outcomes.count(0.0)}
-
-
 def text_stats(records: list[dict], base_chars: float | None) -> dict:
     """Length, its change against the base, distinct-1/2 and refusal rate of one model's completions."""
     texts = [r["text"] for r in records]
@@ -436,11 +380,29 @@ def by_model(records: list[dict]) -> dict[str, dict[str, dict]]:
     return out
 
 
-def score(run: Run, cfg, progress: Progress | None = None, api_key: str | None = None,
+def by_model(records: list[dict]) -> dict[str, dict[str, dict]]:
+    """{model: {instruction_id: record}}"""
+    out: dict[str, dict[str, dict]] = {}
+    for r in records:
+        out.setdefault(r["model"], {})[r["instruction_id"]] = r
+    return out
+
+
+Outcome = Callable[[str, str, str], "float | None"]  # (instruction id, model a, model b) -> a's outcome against b
+
+
+@dataclass(frozen=True)
+class CompareScorer:
+    label: str  # in the app and the tables
+    enabled: Callable[[CompareConfig], bool]
+    outcomes: Callable[..., Outcome]  # (run, cfg, table, st, progress, api_key) -> Outcome
+
+
+def score(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_key: str | None = None,
           settings: dict | None = None) -> dict:
     """Compute every score of a comparison (`settings` as compare_run records them; default: the latest in
-    run.json) and write compare-scores.json. Win rates need the judges: PairRM when cfg.pairrm is set, the LLM
-    judge when cfg.judge is not 'none'."""
+    run.json) and write compare-scores.json: text statistics per model, and for each scorer switched on the win
+    rate of every adapter against the base and of every adapter against each adapter before it."""
     records, st = current(run, settings)
     table = by_model(records)
     flagged = sorted(i for i in st.get("duplicates_found", {}) if i in set(st["instruction_ids"]))
@@ -448,95 +410,117 @@ def score(run: Run, cfg, progress: Progress | None = None, api_key: str | None =
     base_chars = text_stats(base, None)["mean_chars"] if base else None
     per_model = {m: text_stats(list(table.get(m, {}).values()), None if m == BASE else base_chars)
                  for m in st["models"]}
-    wins = {m: {} for m in st["models"] if m != BASE}
-    for judge_name, outcomes in judge_outcomes(run, cfg, table, st, progress, api_key).items():
-        for m, values in outcomes.items():
-            wins[m][judge_name] = win_rate(values, cfg)
+    adapters = [m for m in st["models"] if m != BASE]
+    wins, h2h = {m: {} for m in adapters}, {}
+    for name, scorer in SCORERS.items():
+        if scorer.enabled(cfg):
+            of = scorer.outcomes(run, cfg, table, st, progress, api_key)
+            for n, m in enumerate(adapters):
+                wins[m][name] = rate_of(of, st, m, BASE, cfg)
+                for earlier in adapters[:n]:
+                    h2h.setdefault(f"{m} vs {earlier}", {})[name] = rate_of(of, st, m, earlier, cfg)
     scores = {"key": st["key"], "models": st["models"], "n_instructions": len(st["instruction_ids"]),
               "flagged": flagged, "confidence": cfg.confidence, "bootstrap": cfg.bootstrap,
-              "per_model": per_model, "win_rates": wins, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "per_model": per_model, "win_rates": wins, "head_to_head": h2h,
+              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_json(run.file("compare_scores"), scores)
     return scores
 
 
-def judge_outcomes(run: Run, cfg, table: dict, st: dict, progress: Progress | None,
-                   api_key: str | None = None) -> dict[str, dict[str, list]]:
-    """{"pairrm" | "judge": {adapter: [outcome per instruction]}} for the judges that are switched on."""
-    out = {}
-    if cfg.pairrm:
-        out["pairrm"] = pairrm_outcomes(run, cfg, table, st, progress)
-    if cfg.judge and cfg.judge != "none":
-        out["judge"] = llm_judge_outcomes(run, cfg, table, st, progress, api_key)
-    return out
+def rate_of(of: Outcome, st: dict, a: str, b: str, cfg: CompareConfig) -> dict:
+    """The win rate of model a against model b over the comparison's instructions (unreadable outcomes left out)."""
+    got = [of(iid, a, b) for iid in st["instruction_ids"]]
+    return win_rate([g for g in got if g is not None], cfg.bootstrap, cfg.confidence, cfg.seed)
 
 
-def scoring_run(run: Run, table: dict, st: dict) -> tuple[Run, dict[int, str]]:
+def scoring_run(run: Run, table: dict, st: dict) -> tuple[Run, dict[str, int]]:
     """The comparison as a nested run that lab.rank and lab.judge read like any other: one instruction per held-out
     instruction, sample 0 the base's completion, sample i the i-th adapter's. One folder per comparison key and
     model list, so sample indices always mean the same models (and the judge's cache still skips repeated calls).
-    Returns (nested run, {sample index: model name})."""
+    Returns (nested run, {model name: sample index})."""
     tag = hashlib.sha1(json.dumps([st["key"], st["models"]]).encode()).hexdigest()[:10]
     nested = Run(run.file("compare_scoring") / tag)
-    names = dict(enumerate(st["models"]))
+    index = {m: i for i, m in enumerate(st["models"])}
     samples = []
     for iid in st["instruction_ids"]:
         seen: dict[str, int] = {}
-        for i, m in names.items():
+        for m, i in index.items():
             r = table.get(m, {}).get(iid)
             if r is not None:
                 first = seen.setdefault(r["text"], i)
-                samples.append({"instruction_id": iid, "sample_index": i, "prompt": r["prompt"], "text": r["text"],
-                                "model": m, "model_path": r["adapter_path"] or r["base_path"],
-                                "decoding": r["decoding"], "prompt_tokens": r["prompt_tokens"],
-                                "completion_tokens": r["completion_tokens"], "finish_reason": r["finish_reason"],
-                                "duplicate_of": first if first != i else None})
+                samples.append(sample_record(iid, i, r["prompt"], _completion(r), m, r["adapter_path"] or
+                                             r["base_path"], r["decoding"], first if first != i else None))
     write_jsonl(nested.file("samples"), samples)
-    return nested, names
+    return nested, index
 
 
-def pairrm_outcomes(run: Run, cfg, table: dict, st: dict, progress: Progress | None) -> dict[str, list]:
-    """PairRM's both-orders preference of each adapter over the base, per instruction (1 win, 0.5 equal, 0 loss).
-    Rankings are lab.rank records in the nested scoring run (a rerun with the same texts ranks nothing again)."""
-    from lab import rank
-    from lab.config import RankConfig
+def _completion(record: dict) -> Completion:
+    return Completion(record["text"], record["prompt_tokens"], record["completion_tokens"], record["finish_reason"])
 
-    nested, names = scoring_run(run, table, st)
-    rank.rank_run(nested, RankConfig(ranker=cfg.pairrm, device=cfg.device, dtype=cfg.dtype), progress)
+
+def pairrm_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress: Progress | None,
+                    api_key: str | None = None) -> Outcome:
+    """PairRM's both-orders preference between two models' completions (rankings: lab.rank records in the nested
+    scoring run; a rerun with the same texts ranks nothing again)."""
+    nested, index = scoring_run(run, table, st)
+    rank.rank_run(nested, rank.RankConfig(ranker=cfg.pairrm, device=cfg.device, dtype=cfg.dtype), progress)
     records = rank.latest_rankings(nested)
-    out: dict[str, list] = {}
-    for i, m in list(names.items())[1:]:
-        prefs = [rank.preference(records[iid], i, 0) for iid in st["instruction_ids"]
-                 if iid in records and {0, i} <= set(records[iid]["sample_indices"])]
-        out[m] = [1.0 if p > 0 else 0.0 if p < 0 else 0.5 for p in prefs]
-    return out
+
+    def of(iid: str, a: str, b: str) -> float | None:
+        rec, i, j = records.get(iid), index[a], index[b]
+        if rec is None or not {i, j} <= set(rec["sample_indices"]):
+            return None
+        return outcome(rank.preference(rec, i, j), 0.0)
+    return of
 
 
-def llm_judge_outcomes(run: Run, cfg, table: dict, st: dict, progress: Progress | None,
-                       api_key: str | None = None) -> dict[str, list]:
-    """The LLM judge (lab.judge, plan "full": every pair of models judged in both orders) on each adapter against
-    the base, per instruction: win 1; tie or the two orders disagreeing 0.5; loss 0; unreadable verdicts left out.
-    An adapter whose completion equals the base's ties without a call."""
-    from lab.config import JudgeConfig
-    from lab.judge import judge_run, pair_verdicts
-
-    nested, names = scoring_run(run, table, st)
+def judge_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress: Progress | None,
+                   api_key: str | None = None) -> Outcome:
+    """The LLM judge (lab.judge, plan "full": every pair of models judged in both orders): win 1; tie or the two
+    orders disagreeing 0.5; loss 0; unreadable verdicts left out. Identical completions tie without a call."""
+    nested, index = scoring_run(run, table, st)
     samples = nested.read("samples")
-    same = {(s["instruction_id"], s["sample_index"]): s["duplicate_of"] for s in samples}  # the judge skips twins
-    if any(d is None and s["sample_index"] > 0 for s, d in zip(samples, same.values())):
-        jc = JudgeConfig(backend=cfg.judge, model=cfg.judge_model, plan="full", rpm=cfg.judge_rpm,
-                         device=cfg.device, dtype=cfg.dtype)
-        judge_run(nested, jc, progress, api_key=api_key)
+    twin = {(s["instruction_id"], s["sample_index"]): s["duplicate_of"] for s in samples}  # the judge skips twins
+    if any(d is None and s["sample_index"] > 0 for s, d in zip(samples, twin.values())):
+        judge_run(nested, JudgeConfig(backend=cfg.judge, model=cfg.judge_model, plan="full", rpm=cfg.judge_rpm,
+                                      device=cfg.device, dtype=cfg.dtype), progress, api_key=api_key)
     verdicts = {(v["instruction_id"], v["a"], v["b"]): v["verdict"] for v in pair_verdicts(nested.read("judgments"))}
-    value = {"b": 1.0, "a": 0.0, "tie": 0.5, "inconsistent": 0.5}
-    out: dict[str, list] = {}
-    for i, m in list(names.items())[1:]:
-        got = []
-        for iid in st["instruction_ids"]:
-            if (iid, i) in same:
-                j = same[(iid, i)] if same[(iid, i)] is not None else i  # a twin of another adapter: its verdict
-                got.append(0.5 if j == 0 else value.get(verdicts.get((iid, 0, j), "invalid")))
-        out[m] = [g for g in got if g is not None]
-    return out
+    value = {"a": WIN, "b": LOSS, "tie": TIE, "inconsistent": TIE}  # for the lower sample index
+
+    def of(iid: str, a: str, b: str) -> float | None:
+        if (iid, index[a]) not in twin or (iid, index[b]) not in twin:
+            return None
+        i, j = (twin[(iid, x)] if twin[(iid, x)] is not None else x for x in (index[a], index[b]))
+        if i == j:
+            return TIE
+        v = value.get(verdicts.get((iid, min(i, j), max(i, j)), "invalid"))
+        return v if v is None or i < j else WIN + LOSS - v
+    return of
+
+
+def score_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress: Progress | None,
+                   api_key: str | None = None) -> Outcome:
+    """Mean 5-point scores (lab.score, written to this run's scores.jsonl as set "eval"): the higher mean wins."""
+    scfg = cfg.score_config()
+    rows = [{**r, "set": "eval"} for m in st["models"] for r in table.get(m, {}).values()]
+    judge = api_backend(scfg, api_key)
+    local = None if judge else (lambda: nullcontext(models.load(cfg.model, cfg.device, cfg.dtype)))
+    score_rows(run, rows, Scorer(scfg, judge, local), progress or Progress("scoring", quiet=True),
+               "scoring (5-point)")
+    means = mean_scores([s for s in run.read("scores") if s["judge"] == scfg.name], "eval")
+
+    def of(iid: str, a: str, b: str) -> float | None:
+        if (a, iid) not in means or (b, iid) not in means:
+            return None
+        return outcome(means[(a, iid)], means[(b, iid)])
+    return of
+
+
+SCORERS: dict[str, CompareScorer] = {
+    "pairrm": CompareScorer("PairRM", lambda cfg: bool(cfg.pairrm), pairrm_outcomes),
+    "judge": CompareScorer("LLM judge", lambda cfg: cfg.judge != "none", judge_outcomes),
+    "score": CompareScorer("5-point score", lambda cfg: cfg.score != "none", score_outcomes),
+}
 
 
 # ---- the user's notes ----------------------------------------------------------------------------------------------

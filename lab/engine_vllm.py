@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from lab.errors import LabError
+from lab.store import WORK_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("vllm_worker.py")
@@ -259,11 +260,11 @@ def run_worker(python: str, req: dict, env: dict, take: Callable[[int, dict], No
     own = workdir is None
     folder = Path(tempfile.mkdtemp(prefix="lab-vllm-") if own else workdir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "request.json").write_text(json.dumps(req), encoding="utf-8")
-    results, log = folder / "results.jsonl", folder / "worker.log"
+    request, results, log = (folder / WORK_FILES[k] for k in ("request", "results", "log"))
+    request.write_text(json.dumps(req), encoding="utf-8")
     results.write_text("", encoding="utf-8")
     with open(log, "wb") as log_f:
-        proc = subprocess.Popen([python, str(WORKER), str(folder / "request.json"), str(results)], cwd=folder,
+        proc = subprocess.Popen([python, str(WORKER), str(request), str(results)], cwd=folder,
                                 env=env, stdout=log_f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         final, answered = _follow(proc, results, take, len(req["requests"]), progress)

@@ -20,7 +20,6 @@ pair sets; adapters are the run's own; a ranker is PairRM or the tiny test ranke
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -30,17 +29,15 @@ from pathlib import Path
 
 from lab import limits
 from lab.errors import LabError
-from lab.store import RUN_NAME, Run, check_writable, list_runs, runs_root
+from lab.instructions import load_instructions
+from lab.limits import hosted
+from lab.models import HUB_ID, SPECIAL_SPECS
+from lab.pairs import resolve_pairs
+from lab.store import RUN_NAME, Run, check_writable, list_runs, read_jsonl, runs_root
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_ENV = "LAB_SHARED_RUNS"
 KNOWN_RANKERS = ("llm-blender/PairRM", "tiny-random")
-
-
-def hosted() -> bool:
-    """True on a Space (SPACE_ID or SYSTEM=spaces) or with LAB_HOSTED=1."""
-    return (bool(os.environ.get("SPACE_ID")) or os.environ.get("SYSTEM") == "spaces"
-            or os.environ.get("LAB_HOSTED", "").strip().lower() in ("1", "true", "yes"))
 
 
 # ---- visitors and their runs ----------------------------------------------------------------------------------------
@@ -126,8 +123,6 @@ def release_if_empty(name: str) -> None:
 # ---- inputs that name server files ----------------------------------------------------------------------------------
 def check_model_spec(spec: str, flag: str = "--model") -> None:
     """Hosted: a model is a Hub id, 'bundled' or 'tiny-random', never a folder on the server."""
-    from lab.models import HUB_ID, SPECIAL_SPECS
-
     spec = (spec or "").strip()
     if not spec or spec in SPECIAL_SPECS:
         return
@@ -172,80 +167,72 @@ def check_ranker(spec: str, flag: str = "--ranker") -> None:
 
 
 # ---- the checks every job passes before it starts -------------------------------------------------------------------
-def run_model(run: Run, spec: str) -> str:
-    """The model a stage will load: its --model, else the one that sampled the run ('' if neither)."""
-    return (spec or "").strip() or (run.stage_settings("sample") or {}).get("model") or ""
-
-
 def _count(source: str, n: int, seed: int = 0) -> int:
-    from lab.instructions import load_instructions
-
     return len(load_instructions(source, n or None, seed))
 
 
 def _pairs_count(run: Run, pairs: str) -> int:
-    from lab.store import read_jsonl
-    from lab.train import resolve_pairs
-
     return len(read_jsonl(resolve_pairs(run, pairs)))
 
 
-def admit(args: argparse.Namespace) -> None:
-    """Refuse a stage's command line (as `python -m lab` parsed it) that breaks the hosted rules or the caps, before
-    anything is written. The app runs it before it queues a job, the CLI before the stage starts."""
-    check = ADMIT.get(args.stage)
+def _model(run: Run, spec: str) -> str:
+    """The model a stage will load: its --model, else the one that sampled the run ('' if neither)."""
+    return (spec or "").strip() or (run.stage_settings("sample") or {}).get("model") or ""
+
+
+def admit(stage: str, run_name: str, cfg) -> None:
+    """Refuse a stage's settings (`cfg`: its settings dataclass, as `python -m lab` parsed them) that break the hosted
+    rules or the caps, before anything is written. The app runs it before it queues a job, the CLI before the stage
+    starts."""
+    check = ADMIT.get(stage)
     if check is None:
         return
-    run = Run.open(args.run)
+    run = Run.open(run_name)
     if hosted():
         check_writable(run.path)
-    check(run, args)
+    check(run, cfg)
 
 
-def _admit_sample(run: Run, args) -> None:
-    from lab.config import SampleConfig
-
-    cfg = SampleConfig.from_args(args)
+def _admit_sample(run: Run, cfg) -> None:
     if hosted():
         check_model_spec(cfg.model)
         check_source(run, cfg.instructions, ("bundled", "lima"), "--instructions")
+        check_adapters(run, cfg.adapter, "--adapter")
     limits.check_sample(cfg)
 
 
-def _admit_judge(run: Run, args) -> None:
-    from lab.config import JudgeConfig
-
-    cfg = JudgeConfig.from_args(args)
+def _admit_judge(run: Run, cfg) -> None:
     if hosted():
         allowed = {run.file("judge_prompt").resolve(), run.upload_path(".txt", "judge-prompt").resolve()}
         if cfg.prompt_file and Path(cfg.prompt_file).resolve() not in allowed:
             raise LabError("--prompt-file: on this hosted app the judge prompt is the one edited in the Judge tab.")
+        if cfg.api_key_env:  # an owner's explicit choice on the command line, never a visitor's
+            raise LabError("--api-key-env: on this hosted app a judge key is the app's own or the one you type.")
         if cfg.backend == "local":
             check_model_spec(cfg.model, "--model")
     limits.check_judge(cfg)
 
 
-def _admit_rank(run: Run, args) -> None:
+def _admit_rank(run: Run, cfg) -> None:
     if hosted():
-        check_ranker(args.ranker)
+        check_ranker(cfg.ranker)
 
 
-def _admit_train(run: Run, args) -> None:
-    from lab.config import TrainConfig
+def _admit_score(run: Run, cfg) -> None:
+    limits.check("k", "--evaluations", cfg.evaluations)
+    limits.check("new_tokens", "--judge-tokens", cfg.judge_tokens)
 
-    cfg = TrainConfig.from_args(args)
+
+def _admit_train(run: Run, cfg) -> None:
     if hosted():
-        check_pairs(run, args.pairs)
-        check_adapters(run, args.init_adapter or "", "--init-adapter")
+        check_pairs(run, cfg.pairs)
+        check_adapters(run, cfg.init_adapter or "", "--init-adapter")
         check_model_spec(cfg.model)
-    pairs = _pairs_count(run, args.pairs) if limits.cap("train_steps") else 0  # read the file only for a cap
-    limits.check_train(cfg, pairs, run_model(run, cfg.model))
+    pairs = _pairs_count(run, cfg.pairs) if limits.cap("train_steps") else 0  # read the file only for a cap
+    limits.check_train(cfg, pairs, _model(run, cfg.model))
 
 
-def _admit_compare(run: Run, args) -> None:
-    from lab.config import CompareConfig
-
-    cfg = CompareConfig.from_args(args)
+def _admit_compare(run: Run, cfg) -> None:
     if hosted():
         check_source(run, cfg.instructions, ("heldout", "bundled"), "--instructions")
         check_adapters(run, cfg.adapters, "--adapters")
@@ -254,13 +241,10 @@ def _admit_compare(run: Run, args) -> None:
             check_ranker(cfg.pairrm, "--pairrm")
         if cfg.judge == "local":
             check_model_spec(cfg.judge_model, "--judge-model")
-    limits.check_compare(cfg, _count(cfg.instructions, cfg.n) if limits.cap("n") else 0, run_model(run, cfg.model))
+    limits.check_compare(cfg, _count(cfg.instructions, cfg.n) if limits.cap("n") else 0, _model(run, cfg.model))
 
 
-def _admit_iterate(run: Run, args) -> None:
-    from lab.config import IterateConfig
-
-    cfg = IterateConfig.from_args(args)
+def _admit_iterate(run: Run, cfg) -> None:
     if hosted():
         check_source(run, cfg.instructions, ("run", "bundled"), "--instructions")
         check_source(run, cfg.eval_instructions, ("heldout", "bundled"), "--eval-instructions")
@@ -271,8 +255,8 @@ def _admit_iterate(run: Run, args) -> None:
         own = len(run.read("instructions"))
         train_n = min(cfg.n or own, own) if cfg.instructions == "run" else _count(cfg.instructions, cfg.n, cfg.seed)
         eval_n = min(cfg.eval_n, _count(cfg.eval_instructions, 0)) if cfg.eval_n else 0
-    limits.check_iterate(cfg, train_n, eval_n, run_model(run, cfg.model))
+    limits.check_iterate(cfg, train_n, eval_n, _model(run, cfg.model))
 
 
-ADMIT = {"sample": _admit_sample, "judge": _admit_judge, "rank": _admit_rank, "train": _admit_train,
-         "compare": _admit_compare, "iterate": _admit_iterate}
+ADMIT = {"sample": _admit_sample, "judge": _admit_judge, "rank": _admit_rank, "score": _admit_score,
+         "train": _admit_train, "compare": _admit_compare, "iterate": _admit_iterate}

@@ -41,12 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from lab import cards
-from lab.config import PushConfig
+from lab import cards, models
+from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.models import BUNDLED_HUB_ID
 from lab.progress import Progress
-from lab.store import Run, append_jsonl, atomic_write_json, atomic_write_text, build_folder, \
+from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
+from lab.limits import on_space
+from lab.store import Run, adapter_file, append_jsonl, atomic_write_json, atomic_write_text, build_folder, \
     read_jsonl, runs_root
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -61,6 +63,31 @@ CREDENTIAL_NAME = re.compile(r"(_API_KEY$|_TOKEN$|SECRET)", re.IGNORECASE)  # na
 NOT_REWRITTEN = ("tokenizer.json", "vocab.json")  # vocabularies: their tokens ("/s", "/*") are text, not paths
 # a URL with userinfo in a staged file (store.URL_USERINFO; its redacted form "scheme://***@" is fine)
 USERINFO_IN_FILE = re.compile(rb"(?i)\b[a-z][a-z0-9+.-]*://(?!\*\*\*@)[^/?#\s]+@")
+
+
+@dataclass
+class PushConfig(Settings):
+    namespace: str = opt("", "Hub user or organisation to push to (default: the owner of the token)")
+    prefix: str = opt("", "start of every repo name (default: the run name): <prefix>-<source>, <prefix>-<adapter>")
+    private: bool = opt(True, "create the repos private (--no-private makes them public)")
+    datasets: bool = opt(True, "push each preference data set (pairs-<source>.jsonl, with samples and judgments)")
+    adapters: bool = opt(True, "push each trained adapter with its model card")
+    only: str = opt("", "comma-separated pair sources / adapter names to push (default: all)")
+    iterations: bool = opt(True, "also push the data sets and adapters of self-rewarding iterations")
+    endpoint: str = opt("", "Hub URL (default: $HF_ENDPOINT, else https://huggingface.co)")
+    dry_run: bool = opt(False, "write the folders that would be uploaded under <run>/hub/ and push nothing")
+
+    def validate(self) -> "PushConfig":
+        for label, value in (("--namespace", self.namespace), ("--prefix", self.prefix)):
+            if value and not is_hub_name(value):
+                raise LabError(f"{label} {value!r} is not a valid Hub name: use letters, digits, '-', '_' or '.', "
+                               "starting with a letter or digit, without '--' or '..', not ending in '-', '.' or "
+                               "'.git'.")
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise LabError(f"--endpoint must be a URL such as https://huggingface.co (got {self.endpoint!r}).")
+        if not (self.datasets or self.adapters):
+            raise LabError("Nothing to push: --no-datasets and --no-adapters were both given.")
+        return self
 
 
 @dataclass(frozen=True)
@@ -135,8 +162,6 @@ class PublicPaths:
     runs root, the lab cache, the home folder or the temp folder are replaced the same way."""
 
     def __init__(self, root: Path):
-        from lab import models
-
         self.root, self.bundled = root.resolve(), models.bundled_dir().resolve()
         local = [self.root, runs_root(), models.cache_dir(), Path.home(), Path(tempfile.gettempdir())]
         self.local = [str(p.resolve()) for p in local]
@@ -254,13 +279,12 @@ def stage_model(item: Item, folder: Path, namespace: str, links: dict, paths: Pu
     base_id = cards.base_model_id(state, item.run)
     dataset_id = cards.trained_on(state, item.run, links)
     publish_json_files(folder, paths)
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config = json.loads(adapter_file(folder, "config").read_text(encoding="utf-8"))
     if base_id and base_id != config.get("base_model_name_or_path"):  # a local copy of a Hub model: load the Hub one
-        config = {**config, "base_model_name_or_path": base_id}
-        atomic_write_json(folder / "adapter_config.json", config)
-    card = cards.model_card(item.repo_id(namespace), item.source, PublicRun(item.run.path, paths), src, config,
-                            paths.data(state), base_id, dataset_id)
-    atomic_write_text(folder / "README.md", card)
+        atomic_write_json(adapter_file(folder, "config"), {**config, "base_model_name_or_path": base_id})
+    card = cards.model_card(item.repo_id(namespace), item.source, PublicRun(item.run.path, paths), folder,
+                            paths.data(state), dataset_id)
+    atomic_write_text(adapter_file(folder, "card"), card)
 
 
 def read_raw(run: Run) -> dict[str, list[dict]]:
@@ -277,11 +301,6 @@ def stage(item: Item, namespace: str, links: dict, root: Run, raw: dict | None =
 
 
 # ---- tokens and secrets -------------------------------------------------------------------------------------------
-def on_space() -> bool:
-    """True inside a Hugging Face Space (the Hub sets SPACE_ID and SYSTEM=spaces there)."""
-    return bool(os.environ.get("SPACE_ID")) or os.environ.get("SYSTEM") == "spaces"
-
-
 def resolve_token(token: str | None = None) -> str:
     """The token to push with (see the module docstring for the order). Raises LabError when there is none."""
     if token:
@@ -302,8 +321,6 @@ def credential_env_names(environ: dict | None = None) -> list[str]:
     """The environment variables whose values must never be published: the key variable of every judge backend
     (lab.judge_backends.KEY_ENV, and TYPED_KEY_ENV for a key typed in the app), the Hub token variables, and every
     variable named like a credential (*_API_KEY, *_TOKEN, *SECRET*), whoever reads it."""
-    from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
-
     environ = os.environ if environ is None else environ
     named = {k for k in environ if CREDENTIAL_NAME.search(k)}
     return sorted({*KEY_ENV.values(), TYPED_KEY_ENV, *HUB_TOKEN_ENV} | named)

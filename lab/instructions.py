@@ -25,10 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lab.errors import LabError
-from lab.store import iter_user_jsonl, read_user_text
+from lab.store import ASSET_FILES, asset, iter_user_jsonl, read_user_text
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED = {"bundled": ASSETS / "instructions-train.jsonl", "heldout": ASSETS / "instructions-heldout.jsonl"}
+BUNDLED = {kind: asset(kind) for kind in ASSET_FILES}  # "bundled" (training) and "heldout" (comparison)
 LIMA_ID = "GAIR/lima"
 LIMA_MIN_CHARS, LIMA_MAX_CHARS = 20, 2000
 

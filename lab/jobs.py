@@ -38,7 +38,7 @@ from typing import Iterator
 
 from lab.errors import LabError
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
-from lab.store import Run, atomic_write_json, atomic_write_text, check_writable, runs_root
+from lab.store import JOB_FILES, Run, atomic_write_json, atomic_write_text, check_writable, root_file, runs_root
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,10 +64,10 @@ def _read(path: Path) -> dict | None:
 
 def active_job() -> tuple[Path, int] | None:
     """(run path, pid) of the job that holds the machine, if it is still alive."""
-    marker = _read(runs_root() / ".active-job")
+    marker = _read(root_file("active_job"))
     if not marker or not _alive(int(marker["pid"])):
         return None
-    if (Path(marker["run"]) / "jobs" / "exit.json").exists():
+    if Run(Path(marker["run"])).job_file("exit").exists():
         return None  # it has reported its end and is only tearing down: the app already shows it finished
     return Path(marker["run"]), int(marker["pid"])
 
@@ -80,7 +80,7 @@ _PUMPER: list[threading.Thread] = []
 
 
 def _queue_dir() -> Path:
-    return runs_root() / ".queue"
+    return root_file("queue")
 
 
 @contextmanager
@@ -88,7 +88,7 @@ def _queue_lock() -> Iterator[None]:
     """Hold the queue (threads of this process, and other processes) while it changes."""
     root = runs_root()
     root.mkdir(parents=True, exist_ok=True)
-    with _LOCK, open(root / ".queue.lock", "a") as f:
+    with _LOCK, open(root_file("queue_lock"), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -126,10 +126,10 @@ def start(run: Run, argv: list[str], label: str, secret_env: dict[str, str] | No
         if secret_env:
             _KEYS[ticket] = dict(secret_env)
         atomic_write_json(_queue_dir() / f"{ticket}.json", entry)  # the entry first: job.json always finds it
-        atomic_write_json(run.jobs_dir / "job.json", {k: entry[k] for k in ("ticket", "argv", "label", "queued")})
-        for name in ("progress.json", "exit.json"):
-            (run.jobs_dir / name).unlink(missing_ok=True)
-        atomic_write_text(run.jobs_dir / "log.txt", "Queued: it starts when the machine is free.\n")
+        atomic_write_json(run.job_file("job"), {k: entry[k] for k in ("ticket", "argv", "label", "queued")})
+        for kind in ("progress", "exit"):
+            run.job_file(kind).unlink(missing_ok=True)
+        atomic_write_text(run.job_file("log"), "Queued: it starts when the machine is free.\n")
     pump()
     return status(run)
 
@@ -163,20 +163,20 @@ def _launch(run: Run, entry: dict, secret_env: dict[str, str] | None) -> dict:
     jobs.mkdir(parents=True, exist_ok=True)
     dropped = {TYPED_KEY_ENV, *(KEY_ENV.values() if secret_env else ())}  # only secret_env may set a typed key
     env = {**{k: v for k, v in os.environ.items() if k not in dropped}, **(secret_env or {}),
-           "LAB_RUNS_DIR": str(runs_root()), "LAB_PROGRESS_FILE": str(jobs / "progress.json"),
+           "LAB_RUNS_DIR": str(runs_root()), "LAB_PROGRESS_FILE": str(run.job_file("progress")),
            "LAB_JOB_DIR": str(jobs), "PYTHONUNBUFFERED": "1"}
-    with open(jobs / "log.txt", "w", encoding="utf-8") as log:
+    with open(run.job_file("log"), "w", encoding="utf-8") as log:
         proc = subprocess.Popen([sys.executable, "-m", "lab", *entry["argv"]], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     job = {"ticket": entry["ticket"], "pid": proc.pid, "argv": entry["argv"], "label": entry["label"],
            "queued": entry["queued"], "started": time.time()}
-    atomic_write_json(jobs / "job.json", job)
-    atomic_write_json(runs_root() / ".active-job", {"run": str(run.path), "pid": proc.pid})
+    atomic_write_json(run.job_file("job"), job)
+    atomic_write_json(root_file("active_job"), {"run": str(run.path), "pid": proc.pid})
     return job
 
 
 def _end(run: Run, state: str, error: str) -> None:
-    atomic_write_json(run.jobs_dir / "exit.json", {"returncode": None, "state": state, "error": error})
+    atomic_write_json(run.job_file("exit"), {"returncode": None, "state": state, "error": error})
 
 
 def start_pumping(interval_s: float = 1.0) -> None:
@@ -210,7 +210,7 @@ def cancel(run: Run) -> dict:
     """Take the run's queued job out of the queue (a running one is left alone: see stop). -> status(run)."""
     check_writable(run.jobs_dir)
     with _queue_lock():
-        job = _read(run.jobs_dir / "job.json") or {}
+        job = _read(run.job_file("job")) or {}
         if job.get("ticket") and "pid" not in job and place(job["ticket"]) is not None:
             _end(run, "stopped", "Cancelled while it waited in the queue; nothing ran.")
             (_queue_dir() / f"{job['ticket']}.json").unlink(missing_ok=True)
@@ -222,11 +222,11 @@ def status(run: Run) -> dict:
     """What the run's latest job is doing: state is none | queued | running | done | failed | stopped | died.
     A queued job also has "position" and "ahead" (see place)."""
     jobs = run.jobs_dir
-    job = _read(jobs / "job.json")
+    job = _read(run.job_file("job"))
     if not job:
         return {"state": "none"}
-    out = {**job, "progress": _read(jobs / "progress.json"), "log_tail": log_tail(run)}
-    end = _read(jobs / "exit.json")
+    out = {**job, "progress": _read(run.job_file("progress")), "log_tail": log_tail(run)}
+    end = _read(run.job_file("exit"))
     if end:
         return {**out, **end}
     if "pid" not in job:
@@ -240,7 +240,7 @@ def status(run: Run) -> dict:
 
 
 def log_tail(run: Run, chars: int = 4000) -> str:
-    path = run.jobs_dir / "log.txt"
+    path = run.job_file("log")
     if not path.exists():
         return ""
     with open(path, "rb") as f:
@@ -252,7 +252,7 @@ def stop(run: Run, grace_s: float = 30.0) -> dict:
     """Ask the job to stop at its next safe point (SIGTERM); kill its process group if it has not after grace_s.
     A job still in the queue is cancelled."""
     check_writable(run.jobs_dir)
-    job = _read(run.jobs_dir / "job.json")
+    job = _read(run.job_file("job"))
     if job and "pid" not in job:
         return cancel(run)
     if not job or not _alive(int(job["pid"])):
@@ -264,7 +264,7 @@ def stop(run: Run, grace_s: float = 30.0) -> dict:
         time.sleep(0.2)
     if _alive(pid):
         os.killpg(pid, signal.SIGKILL)
-        atomic_write_json(run.jobs_dir / "exit.json", {"returncode": -9, "state": "stopped",
+        atomic_write_json(run.job_file("exit"), {"returncode": -9, "state": "stopped",
                                                        "error": "Killed after it did not stop in time."})
     return status(run)
 
@@ -273,7 +273,7 @@ def report_exit(returncode: int, state: str, error: str | None = None) -> None:
     """Called by the CLI in a job child as it ends (no-op outside a job)."""
     jobs = os.environ.get("LAB_JOB_DIR")
     if jobs:
-        atomic_write_json(Path(jobs) / "exit.json", {"returncode": returncode, "state": state, "error": error})
+        atomic_write_json(Path(jobs) / JOB_FILES["exit"], {"returncode": returncode, "state": state, "error": error})
 
 
 def wait(run: Run, timeout_s: float = 600.0, poll_s: float = 0.2) -> dict:

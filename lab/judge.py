@@ -1,29 +1,11 @@
-"""The LLM judge: pairwise verdicts with reasoning, each pair judged in both orders, position bias measured.
+"""The LLM judge stage: pairwise verdicts with reasoning, each pair judged in both orders, under a call plan.
 
-Record format of judgments.jsonl (one line per judge call, appended as each call completes):
-
-    {"instruction_id": str,
-     "a": int, "b": int,               # sample indices, a < b: the canonical pair
-     "order": "ab" | "ba",             # "ab": response a was shown first (as "Response A"); "ba": b was shown first
-     "verdict": "a" | "b" | "tie" | "invalid",   # in canonical terms (which sample won), NOT which position won
-     "position_verdict": "A" | "B" | "tie" | null,  # what the judge said: the first (A) or second (B) response shown
-     "reasoning": str, "raw": str,     # the judge's explanation, and its whole raw output
-     "backend": "groq" | "openai" | "local", "model": str,
-     "prompt_hash": str,               # sha256[:16] of the prompt template (the template itself: judge-prompt.txt)
-     "cache_key": str,                 # sha256 of backend, model, prompt hash, instruction and the two texts as shown
-     "usage": {"prompt_tokens": int, "completion_tokens": int},
-     "cost_usd": float | null,         # where the model's price is known (lab.judge_backends.PRICES)
-     "confidence": float | null,       # local backend: probability of the verdict label among A / B / tie
-     "label_probs": {"a", "b", "tie"} | null,    # local backend, in canonical terms
-     "attempts": int,                  # HTTP / parse attempts this call took (1 = first try)
-     "latency_s": float, "time": float}
-
-A call whose output cannot be parsed is retried once, then recorded with verdict "invalid" and the raw text: it is
-never counted as a preference. The records double as the cache: a call whose cache_key is already in the file is not
-made again, so a rerun makes no calls and a killed run resumes where it stopped.
-
-`pair_verdicts(records)` folds the calls into one verdict per pair (see its docstring); `judge_stats` gives the
-position-consistency rate, the first-position win rate and the longer-answer win rate that the CLI and the app show.
+What a call records and how calls add up to one verdict per pair: lab/verdicts.py (judgments.jsonl's format, the
+folding rule, the position- and length-bias figures). Who answers: lab/judge_backends.py (the BACKENDS registry:
+Groq, any OpenAI-compatible server, a local transformers model). This module renders the prompt, plans the calls
+(knockout or full), runs them (concurrently under a rate limit for APIs, batched for the local model), and treats
+judgments.jsonl as its cache: a call whose cache_key is already in the file is not made again, so a rerun makes no
+calls and a killed run resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -32,98 +14,75 @@ import itertools
 import json
 import re
 import time
-from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-from lab.config import JudgeConfig
+from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.judge_backends import DEFAULT_MODELS, ApiBackend, LocalBackend, price_usd
+from lab.judge_backends import BACKENDS, DEFAULT_MODELS, MAX_RETRY_AFTER_S, ApiBackend, LocalBackend, price_usd
 from lab.progress import Progress, stop_requested
 from lab.ratelimit import Cancelled, RateLimiter
+from lab.sample import groups
 from lab.store import Run, atomic_write_text, once, read_user_text
+from lab.verdicts import pair_verdicts, report_records
 
-CANONICAL = ("a", "b", "tie")
-
-
-def pair_verdicts(records: Iterable[dict]) -> list[dict]:
-    """One verdict per judged pair, from the per-call records of judgments.jsonl.
-
-    Returns, in first-seen order, one dict per (instruction_id, a, b):
-        {"instruction_id", "a", "b",
-         "verdict": "a" | "b" | "tie" | "inconsistent" | "invalid",
-         "orders": [{"order": "ab"|"ba", "verdict", "reasoning", "confidence"}, ...],   # the calls it rests on
-         "single": True}                                                               # only if one order counted
-    Rules: the last record per (pair, order) wins (a rerun with another prompt or judge supersedes the old call).
-    Both orders valid and equal -> that verdict; valid but different -> "inconsistent" (a tie against a win is a
-    disagreement too); one order valid (the other missing or invalid) -> that verdict with "single": True;
-    no valid order -> "invalid".
-    """
-    latest: dict[tuple, dict[str, dict]] = defaultdict(dict)
-    for r in records:
-        latest[(r["instruction_id"], int(r["a"]), int(r["b"]))][r["order"]] = r
-    return [_fold(key, by_order) for key, by_order in latest.items()]
+PLANS = {
+    "knockout": "a knockout tournament, each match judged in both orders: K-1 matches, 2(K-1) calls per instruction "
+                "(8 for K=5); an undecided match (tie, inconsistent, invalid) is settled by a seeded coin flip",
+    "full": "every pair in both orders: K(K-1) calls per instruction (20 for K=5)",
+}
 
 
-def _fold(key: tuple, by_order: dict[str, dict]) -> dict:
-    orders = [{"order": o, "verdict": r["verdict"], "reasoning": r.get("reasoning", ""),
-               "confidence": r.get("confidence")} for o, r in sorted(by_order.items())]
-    valid = {o["verdict"] for o in orders if o["verdict"] in CANONICAL}
-    n_valid = sum(o["verdict"] in CANONICAL for o in orders)
-    out = {"instruction_id": key[0], "a": key[1], "b": key[2], "orders": orders}
-    if not valid:
-        return {**out, "verdict": "invalid"}
-    if len(valid) > 1:
-        return {**out, "verdict": "inconsistent"}
-    return {**out, "verdict": valid.pop(), **({"single": True} if n_valid == 1 else {})}
+@dataclass
+class JudgeConfig(Settings):
+    backend: str = opt("local", "who judges: local (transformers, offline, weak at 135M), groq, or openai (any "
+                       "OpenAI-compatible server)", choices=tuple(BACKENDS), label="Judge")
+    model: str = opt("", "judge model; empty = llama-3.3-70b-versatile (groq), gpt-4o-mini (openai), bundled (local)",
+                     label="Model")
+    base_url: str = opt("", "provider root; empty = the SDK default. openai-compatible roots end in /v1 "
+                        "(e.g. http://localhost:11434/v1 for Ollama); groq's has no /v1", label="Base URL")
+    api_key_env: str = opt("", "environment variable that holds the API key (empty = GROQ_API_KEY / OPENAI_API_KEY)")
+    plan: str = opt("knockout", "knockout: 2(K-1) calls per instruction (8 for K=5); full: every pair in both orders, "
+                    "K(K-1) calls (20 for K=5)", choices=tuple(PLANS), label="Call plan")
+    prompt_file: str = opt("", "judge prompt template with {instruction}, {response_a}, {response_b}; empty = built-in")
+    temperature: float = opt(0.0, "judge sampling temperature (0: the same inputs give the same verdict)")
+    max_tokens: int = opt(512, "longest judge reply, in tokens (API backends)")
+    rpm: float = opt(30.0, "client-side limit, requests per minute (Groq free tier: 30; 0 = no limit)",
+                     label="Requests per minute")
+    concurrency: int = opt(8, "API requests in flight at once", label="Concurrent requests")
+    timeout_s: float = opt(60.0, "seconds to wait for one API answer before retrying")
+    max_retries: int = opt(5, "retries of a request after 429 / 5xx / timeout (Retry-After is honoured)")
+    backoff_s: float = opt(1.0, "first retry delay when the provider gives no Retry-After; doubles each retry")
+    max_retry_after_s: float = opt(MAX_RETRY_AFTER_S, "longest Retry-After pause accepted; a provider asking for "
+                                   "more (a daily quota spent) stops the run, with what it asked, instead of pausing "
+                                   "every worker")
+    json_mode: bool = opt(True, "ask the API for a JSON object (response_format); turn off for servers without it")
+    retry_invalid: bool = opt(False, "judge again the calls recorded as invalid (otherwise the cache keeps them)")
+    seed: int = opt(0, "seed of the coin that settles undecided knockout matches")
+    estimate_only: bool = opt(False, "print the plan's calls, time and cost, and judge nothing")
+    reasoning_tokens: int = opt(96, "local backend: tokens of reasoning generated before the verdict (0 = none)",
+                                label="Local reasoning tokens")
+    batch_size: int = opt(8, "local backend: prompts per forward pass")
+    device: str = opt("auto", "local backend: cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
+    dtype: str = opt("auto", "local backend: float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
 
-
-def judge_stats(records: list[dict], samples: list[dict]) -> dict:
-    """Position bias and length bias of a set of judge calls (the figures the CLI and the app report).
-
-    records: judgments.jsonl records; samples: samples.jsonl records (for response lengths). Calls, tokens and cost
-    count every call made; the rates count the latest call per pair and order, as pair_verdicts does.
-    Returns {"calls", "invalid_calls", "pairs", "pairs_both_orders",
-             "consistency_rate": share of pairs judged validly in both orders whose two verdicts agree,
-             "first_position_win_rate": share of decisive calls (A or B) won by the response shown first
-                                        (0.5 = no position bias),
-             "longer_answer_win_rate": share of decisive pair verdicts won by the longer response (characters),
-             "verdicts": {"a", "b", "tie", "inconsistent", "invalid": count of pairs},
-             "prompt_tokens", "completion_tokens", "cost_usd"}; a rate is None where nothing could be counted.
-    """
-    records = list(records)
-    latest = {(r["instruction_id"], r["a"], r["b"], r["order"]): r for r in records}.values()  # as pair_verdicts
-    length = {(s["instruction_id"], s["sample_index"]): len(s["text"]) for s in samples}
-    pairs = pair_verdicts(records)
-    both = [p for p in pairs if sum(o["verdict"] in CANONICAL for o in p["orders"]) == 2]
-    decisive_calls = [r for r in latest if r.get("position_verdict") in ("A", "B")]
-    decisive_pairs = [p for p in pairs if p["verdict"] in ("a", "b")
-                      and length.get((p["instruction_id"], p["a"])) != length.get((p["instruction_id"], p["b"]))]
-    costs = [r["cost_usd"] for r in records if r.get("cost_usd") is not None]
-    counts = {v: sum(p["verdict"] == v for p in pairs) for v in (*CANONICAL, "inconsistent", "invalid")}
-    return {
-        "calls": len(records), "invalid_calls": sum(r["verdict"] == "invalid" for r in records),
-        "pairs": len(pairs), "pairs_both_orders": len(both),
-        "consistency_rate": _rate(sum(p["verdict"] != "inconsistent" for p in both), len(both)),
-        "first_position_win_rate": _rate(sum(r["position_verdict"] == "A" for r in decisive_calls), len(decisive_calls)),
-        "longer_answer_win_rate": _rate(sum(_longer_won(p, length) for p in decisive_pairs), len(decisive_pairs)),
-        "verdicts": counts,
-        "prompt_tokens": sum(r.get("usage", {}).get("prompt_tokens", 0) for r in records),
-        "completion_tokens": sum(r.get("usage", {}).get("completion_tokens", 0) for r in records),
-        "cost_usd": round(sum(costs), 6) if costs else None,
-    }
-
-
-def _rate(hits: int, total: int) -> float | None:
-    return round(hits / total, 4) if total else None
-
-
-def _longer_won(pair: dict, length: dict) -> bool:
-    iid, a, b = pair["instruction_id"], pair["a"], pair["b"]
-    longer = "a" if length.get((iid, a), 0) > length.get((iid, b), 0) else "b"
-    return pair["verdict"] == longer
+    def validate(self) -> "JudgeConfig":
+        if self.concurrency < 1 or self.batch_size < 1:
+            raise LabError("--concurrency and --batch-size must be at least 1.")
+        if self.rpm < 0 or self.timeout_s <= 0 or self.max_retries < 0 or self.backoff_s < 0:
+            raise LabError("--rpm must be >= 0 (0 = no limit), --timeout-s > 0, --max-retries and --backoff-s >= 0.")
+        if self.max_retry_after_s <= 0:
+            raise LabError(f"--max-retry-after-s must be > 0 (got {self.max_retry_after_s}); 300 (5 minutes) is usual.")
+        if self.max_tokens < 16 or self.reasoning_tokens < 0:
+            raise LabError(f"--max-tokens must be at least 16 (got {self.max_tokens}): the reply holds the reasoning "
+                           "and the verdict; --reasoning-tokens must be >= 0.")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise LabError(f"--base-url {self.base_url!r} is not a URL: give http(s)://host[:port][/v1].")
+        if self.backend == "local" and self.base_url:
+            raise LabError("--base-url is for the groq and openai backends; the local judge runs here.")
+        return self
 
 
 # ---- the prompt ---------------------------------------------------------------------------------------------------
@@ -152,11 +111,6 @@ First compare the responses against the criteria in two to four sentences, then 
 JSON object and nothing else, reasoning first:
 {"reasoning": "<your comparison>", "verdict": "A" or "B" or "tie"}"""
 PLACEHOLDER = re.compile(r"\{(instruction|response_a|response_b)\}")
-PLANS = {
-    "knockout": "a knockout tournament, each match judged in both orders: K-1 matches, 2(K-1) calls per instruction "
-                "(8 for K=5); an undecided match (tie, inconsistent, invalid) is settled by a seeded coin flip",
-    "full": "every pair in both orders: K(K-1) calls per instruction (20 for K=5)",
-}
 
 
 def check_template(template: str) -> str:
@@ -243,23 +197,16 @@ Candidates = dict[str, tuple[str, dict[int, str]]]  # instruction id -> (instruc
 
 
 def load_candidates(run: Run) -> tuple[Candidates, int]:
-    """Distinct responses per instruction from samples.jsonl (duplicates are not judged against their twin).
+    """Distinct responses per instruction (lab.sample.Group.distinct: duplicates are not judged against their twin).
 
     Returns (candidates of instructions with >= 2 distinct responses, how many instructions had fewer)."""
-    samples = run.read("samples")
-    if not samples:
-        raise LabError(f"Run '{run.name}' has no samples yet: run `python -m lab sample --run {run.name}` "
-                       "(or the Sample tab) first.")
-    by_id: dict[str, tuple[str, dict[int, str]]] = {}
-    for s in samples:
-        if s.get("duplicate_of") is None and s["text"].strip():
-            by_id.setdefault(s["instruction_id"], (s["prompt"], {}))[1][int(s["sample_index"])] = s["text"]
-    usable = {iid: (p, dict(sorted(t.items()))) for iid, (p, t) in by_id.items() if len(t) >= 2}
+    found = groups(run)
+    usable = {g.instruction_id: (g.prompt, g.distinct()) for g in found if len(g.distinct()) >= 2}
     if not usable:
         raise LabError(f"No instruction in run '{run.name}' has two different responses to compare (K=1, or "
-                       "identical/empty answers): sample again with --k 2 or more (5 is typical) and temperature > 0.")
-    skipped = len({s["instruction_id"] for s in samples}) - len(usable)
-    return usable, skipped
+                       "identical/empty answers): sample again with --k 2 or more (5 is typical; in the Sample tab, "
+                       "'Responses each') and a temperature above 0.")
+    return usable, len(found) - len(usable)
 
 
 Lookup = Callable[[Call], "dict | None"]  # a call -> its finished record (from the cache), or None
@@ -536,14 +483,3 @@ def _all_reached(plan: str, cands: Candidates, lookup: Lookup, seed: int) -> lis
     return out
 
 
-def report_records(records: list[dict], samples: list[dict]) -> dict:
-    """judge_stats plus how many instructions reached a preference (at least one decisive pair verdict)."""
-    stats = judge_stats(records, samples)
-    decided = {p["instruction_id"] for p in pair_verdicts(records) if p["verdict"] in ("a", "b")}
-    judged = {r["instruction_id"] for r in records}
-    return {**stats, "instructions_judged": len(judged), "instructions_with_preference": len(decided)}
-
-
-def report(run: Run) -> dict:
-    """The figures of a run's judgments (all of them, the latest call per pair and order counting)."""
-    return report_records(run.read("judgments"), run.read("samples"))

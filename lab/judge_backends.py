@@ -23,17 +23,55 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from urllib.parse import urlsplit
 
-from lab.config import JudgeConfig
+from lab import models
 from lab.errors import LabError
 from lab.ratelimit import RateLimiter, backoff_s, retry_after_s
 from lab.store import redact_userinfo
 
-DEFAULT_MODELS = {"groq": "llama-3.3-70b-versatile", "openai": "gpt-4o-mini", "local": "bundled"}
-KEY_ENV = {"groq": "GROQ_API_KEY", "openai": "OPENAI_API_KEY"}
-DEFAULT_URL = {"groq": "https://api.groq.com", "openai": "https://api.openai.com/v1"}
-BASE_URL_ENV = {"groq": "GROQ_BASE_URL", "openai": "OPENAI_BASE_URL"}  # the owner's URL for the KEY_ENV key
+def _groq_client(key: str, url: str, timeout_s: float):
+    import groq
+
+    return groq.Groq(api_key=key, base_url=url, max_retries=0, timeout=timeout_s)  # posts to URL/openai/v1/...
+
+
+def _openai_client(key: str, url: str, timeout_s: float):
+    import openai
+
+    return openai.OpenAI(api_key=key, base_url=url, max_retries=0, timeout=timeout_s)  # posts to URL/chat/...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One judge backend: everything the settings, the app, the cost estimate and the secret scan need to know.
+    To add an OpenAI-compatible provider with its own key variable, add an entry here (and a line in docs/judge.md):
+    the settings' choices, the app's menus and the pre-upload secret scan follow."""
+
+    label: str  # in the app
+    kind: str  # "api" | "local"
+    default_model: str
+    key_env: str = ""  # api: the variable with the owner's key
+    url_env: str = ""  # api: the variable with the owner's base URL (the only URL that key goes to)
+    default_url: str = ""  # api: where the provider's SDK posts by default
+    client: Callable | None = None  # api: (key, url, timeout_s) -> an SDK client with chat.completions
+
+
+BACKENDS: dict[str, Backend] = {
+    "local": Backend("Local model (offline; the bundled 135M judge is weak)", "local", "bundled"),
+    "groq": Backend("Groq", "api", "llama-3.3-70b-versatile", "GROQ_API_KEY", "GROQ_BASE_URL",
+                    "https://api.groq.com", _groq_client),
+    "openai": Backend("OpenAI-compatible endpoint", "api", "gpt-4o-mini", "OPENAI_API_KEY", "OPENAI_BASE_URL",
+                      "https://api.openai.com/v1", _openai_client),
+}
+API_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.kind == "api")
+# derived views, for the code that needs one fact of every backend
+DEFAULT_MODELS = {name: b.default_model for name, b in BACKENDS.items()}
+KEY_ENV = {name: BACKENDS[name].key_env for name in API_BACKENDS}
+DEFAULT_URL = {name: BACKENDS[name].default_url for name in API_BACKENDS}
+BASE_URL_ENV = {name: BACKENDS[name].url_env for name in API_BACKENDS}  # the owner's URL for the KEY_ENV key
+MAX_RETRY_AFTER_S = 300.0  # longest Retry-After pause accepted by default (JudgeConfig.max_retry_after_s)
 TYPED_KEY_ENV = "LAB_API_KEY"  # a key typed into the app, for one job: explicit, never the provider's variable
 # USD per million tokens (input, output), as listed by the providers in 2025; None elsewhere: cost is not guessed.
 PRICES = {
@@ -114,7 +152,7 @@ class ApiBackend:
     def __init__(self, kind: str, model: str, limiter: RateLimiter, base_url: str = "", api_key: str | None = None,
                  key_env: str = "", timeout_s: float = 60.0, max_retries: int = 5, backoff: float = 1.0,
                  temperature: float = 0.0, max_tokens: int = 512, json_mode: bool = True,
-                 max_retry_after_s: float = JudgeConfig.max_retry_after_s):
+                 max_retry_after_s: float = MAX_RETRY_AFTER_S):
         self.kind, self.model, self.limiter = kind, model, limiter
         self.max_retry_after_s = max_retry_after_s
         self.api_key, self.url, self.key_source = resolve_key(kind, base_url, api_key, key_env)
@@ -124,13 +162,7 @@ class ApiBackend:
         self.client = self._client()
 
     def _client(self):
-        if self.kind == "groq":
-            import groq
-
-            return groq.Groq(api_key=self.api_key, base_url=self.url, max_retries=0, timeout=self.timeout_s)
-        import openai
-
-        return openai.OpenAI(api_key=self.api_key, base_url=self.url, max_retries=0, timeout=self.timeout_s)
+        return BACKENDS[self.kind].client(self.api_key, self.url, self.timeout_s)
 
     def complete(self, prompt: str) -> Reply:
         """Send one user message; retry 429 / 5xx / timeouts / dropped connections with backoff.
@@ -243,8 +275,6 @@ class LocalBackend:
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", reasoning_tokens: int = 96,
                  batch_size: int = 8):
-        from lab import models
-
         self.cm = models.load(spec, device, dtype)
         self.reasoning_tokens, self.batch_size = reasoning_tokens, batch_size
         self.label_ids = self._label_ids()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from lab import models
 from lab.errors import LabError
 
 
@@ -48,10 +49,14 @@ CAPS = {
 }
 
 
-def _hosted() -> bool:
-    from lab.hosting import hosted
+def on_space() -> bool:
+    """True inside a Hugging Face Space (the Hub sets SPACE_ID and SYSTEM=spaces there)."""
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get("SYSTEM") == "spaces"
 
-    return hosted()
+
+def hosted() -> bool:
+    """Hosted mode: on a Space, or with LAB_HOSTED=1 (a public app on another host): visitors are not the owner."""
+    return on_space() or os.environ.get("LAB_HOSTED", "").strip().lower() in ("1", "true", "yes")
 
 
 def cap(name: str) -> float | None:
@@ -59,7 +64,7 @@ def cap(name: str) -> float | None:
     c = CAPS[name]
     raw = os.environ.get(c.env, "").strip()
     if not raw:
-        return c.default if _hosted() else None
+        return c.default if hosted() else None
     try:
         value = float(raw)
     except ValueError:
@@ -107,8 +112,6 @@ def count_parameters(source: str) -> int:
 
 def check_model(spec: str, flag: str = "--model") -> None:
     """Refuse a model above LAB_MAX_MODEL_PARAMS, before anything of it but its config is downloaded."""
-    from lab import models
-
     limit = cap("model_params")
     spec = (spec or "").strip()
     if limit is None or not spec or spec in models.SPECIAL_SPECS:  # bundled (135M) and tiny-random are small

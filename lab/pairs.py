@@ -1,38 +1,59 @@
-"""Preferences -> chosen / rejected pairs in TRL's conversational format, with the strategy and its statistics.
+"""Preference pairs: from a source's preferences, by a strategy, to chosen / rejected pairs in TRL's conversational
+format; and the one reader that checks a pairs file before training.
 
-Two sources, read from the run:
-  - judge:  lab.judge.pair_verdicts(judgments) -> one verdict per judged response pair. Only "a" / "b" count:
+Sources (SOURCES), read from the run:
+  - judge:  lab.verdicts.pair_verdicts(judgments) -> one verdict per judged response pair. Only "a" / "b" count:
             ties, "inconsistent" (the two orders disagreed) and "invalid" are dropped. A human spot-check verdict
             (spotcheck.jsonl, lab.spotcheck) replaces the judge's for its pair unless use_spotcheck is off. A verdict
             has strength 1; a response's score is its net win rate (wins - losses) / pairs judged, in [-1, 1].
   - pairrm: rankings.jsonl (lab.rank): every pair of responses, preferred by the sign of PairRM's both-orders logit,
             strength = |logit|; a response's score is its PairRM score.
-Strategies (per instruction, on the preferences whose strength reaches the margin):
+  - self:   scores.jsonl (lab.score): every pair of answers with different mean 5-point scores, strength = the gap;
+            a response's score is its mean score (self-rewarding DPO: best vs worst is the paper's pair).
+Strategies (STRATEGIES; per instruction, on the preferences whose strength reaches the margin):
   - best-vs-worst (default): one pair, the preferred pair whose winner scores highest and loser lowest (largest
     score gap; with PairRM that is best vs worst). Every pair is a direct comparison, never an inferred one.
   - all-pairs: every preferred pair.
 Pairs whose two texts are identical are dropped (they carry no preference and only add noise to DPO).
+To add a source or a strategy: one entry in its registry below (and a line in docs/pairs.md); the settings'
+choices and the app's menus follow.
 
-pairs-<source>.jsonl, one line per pair (TRL's conversational preference format, plus "meta"):
+pairs-<source>.jsonl, one line per pair (TRL's conversational preference format, plus "meta"; built by pair_record):
     {"prompt":   [{"role": "user", "content": str}],
      "chosen":   [{"role": "assistant", "content": str}],
      "rejected": [{"role": "assistant", "content": str}],
      "meta": {"instruction_id": str, "chosen_index": int, "rejected_index": int,   # samples.jsonl sample_index
-              "source": "judge" | "pairrm", "strategy": str, "by": "judge" | "human" | "pairrm",
+              "source": a SOURCES name, "strategy": str, "by": "judge" | "human" | "pairrm" | "self",
               "strength": float, "score_chosen": float, "score_rejected": float,
-              "single": true}     # only on a judge verdict that rests on one order (lab.judge.pair_verdicts)
+              "single": true}     # only on a judge verdict that rests on one order (lab.verdicts.pair_verdicts)
 The file is rewritten whole (atomically) on every build; the statistics go to run.json under "pairs-<source>".
+A user's own pairs file may also hold plain strings for prompt / chosen / rejected, and longer conversations
+(earlier turns in "prompt"); `load_pairs` checks it line by line before any training.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import random
+import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
+from lab import spotcheck
+from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.store import Run, write_jsonl
+from lab.rank import latest_rankings, preference
+from lab.sample import Group, groups
+from lab.score import mean_scores
+from lab.stats import agreement, length_balance
+from lab.store import Run, iter_user_jsonl, write_jsonl
+from lab.verdicts import pair_verdicts
 
 LENGTH_WARN_RATE = 0.8  # when the longer (or the shorter) answer wins this often, length alone explains the data
 LENGTH_WARN_MIN_PAIRS = 5
+MIN_EVAL_GROUPS = 2  # fewer held-out instructions than this give an eval loss too noisy to read
 
 
 @dataclass(frozen=True)
@@ -43,7 +64,7 @@ class Preference:
     winner: int
     loser: int
     strength: float
-    by: str  # "judge" | "human" | "pairrm"
+    by: str  # "judge" | "human" | "pairrm" | "self"
     single: bool = False  # a judge verdict that rests on one order only (the other missing or invalid)
 
 
@@ -56,29 +77,20 @@ class Preferences:
 
 
 # ---- sources ------------------------------------------------------------------------------------------------------
-def judge_verdicts(run: Run) -> list[dict]:
-    """lab.judge.pair_verdicts over judgments.jsonl (one verdict per judged pair, both orders folded)."""
-    from lab.judge import pair_verdicts
-
-    return pair_verdicts(run.read("judgments"))
-
-
 def human_verdicts(run: Run) -> dict[tuple[str, int, int], str]:
     """(instruction_id, a, b) -> the last human verdict ("a" | "b" | "tie"); skips are not verdicts."""
-    from lab.spotcheck import latest
-
-    return {key: r["human"] for key, r in latest(run).items() if r["human"] != "skip"}
+    return {key: r["human"] for key, r in spotcheck.latest(run).items() if r["human"] != "skip"}
 
 
-def judge_preferences(run: Run, use_spotcheck: bool = True) -> tuple[dict[str, Preferences], Counter]:
+def judge_preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preferences], Counter]:
     """Judge verdicts (with human overrides) -> Preferences per instruction, and a count of what was dropped."""
     verdicts = {(v["instruction_id"], v["a"], v["b"]): (v["verdict"], "judge", bool(v.get("single")))
-                for v in judge_verdicts(run)}
-    if use_spotcheck:
+                for v in pair_verdicts(run.read("judgments"))}
+    if cfg.use_spotcheck:
         verdicts.update({k: (h, "human", False) for k, h in human_verdicts(run).items()})
     if not verdicts:
-        raise LabError(f"Run '{run.name}' has no judgments: run `python -m lab judge --run {run.name}` first "
-                       "(or build PairRM pairs with --source pairrm).")
+        raise LabError(f"Run '{run.name}' has no judgments: run the judge first (the Judge tab, or `python -m lab "
+                       f"judge --run {run.name}`), or build PairRM pairs instead.")
     by_id: dict[str, list[Preference]] = {}
     dropped: Counter = Counter()
     for (iid, a, b), (verdict, by, single) in verdicts.items():
@@ -101,13 +113,12 @@ def net_win_rates(prefs: list[Preference]) -> dict[int, float]:
     return {i: won[i] / seen[i] for i in seen}
 
 
-def pairrm_preferences(run: Run) -> tuple[dict[str, Preferences], Counter]:
+def pairrm_preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preferences], Counter]:
     """rankings.jsonl -> Preferences per instruction: every pair, by the sign of PairRM's both-orders logit."""
-    from lab.rank import latest_rankings, preference
-
     rankings = latest_rankings(run)
     if not rankings:
-        raise LabError(f"Run '{run.name}' has no PairRM rankings: run `python -m lab rank --run {run.name}` first.")
+        raise LabError(f"Run '{run.name}' has no PairRM rankings: rank first (the PairRM tab, or `python -m lab "
+                       f"rank --run {run.name}`).")
     out, dropped = {}, Counter()
     for iid, rec in rankings.items():
         idx = rec["sample_indices"]
@@ -124,6 +135,46 @@ def pairrm_preferences(run: Run) -> tuple[dict[str, Preferences], Counter]:
     return out, dropped
 
 
+def self_preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preferences], Counter]:
+    """scores.jsonl (train set) -> Preferences per instruction: every pair of answers whose mean scores differ.
+    Instructions with fewer than two scored answers are dropped ("unscored"), equal means count as ties."""
+    means = mean_scores(run.read("scores"))
+    if not means:
+        raise LabError(f"Run '{run.name}' has no self-rewarding scores: score the answers first (`python -m lab "
+                       f"score --run {run.name}`, or the Iterate tab).")
+    out, dropped = {}, Counter()
+    for g in groups(run):
+        scored = [i for i in g.indices if (g.instruction_id, i) in means]
+        if len(scored) < 2:
+            dropped["unscored"] += 1
+            continue
+        scores = {i: means[(g.instruction_id, i)] for i in scored}
+        prefs = []
+        for n, a in enumerate(scored):
+            for b in scored[n + 1:]:
+                gap = scores[a] - scores[b]
+                if gap == 0:
+                    dropped["tie"] += 1
+                    continue
+                win, lose = (a, b) if gap > 0 else (b, a)
+                prefs.append(Preference(g.instruction_id, win, lose, abs(gap), "self"))
+        out[g.instruction_id] = Preferences(prefs, scores)
+    return out, dropped
+
+
+@dataclass(frozen=True)
+class Source:
+    label: str  # in the app
+    preferences: Callable[[Run, "PairsConfig"], tuple[dict[str, Preferences], Counter]]
+
+
+SOURCES: dict[str, Source] = {
+    "judge": Source("LLM judge (with your spot-check verdicts)", judge_preferences),
+    "pairrm": Source("PairRM", pairrm_preferences),
+    "self": Source("Self-rewarding scores", self_preferences),
+}
+
+
 # ---- strategies ---------------------------------------------------------------------------------------------------
 def best_vs_worst(p: Preferences) -> list[Preference]:
     """The direct comparison with the largest score gap between winner and loser; on equal gaps a human-checked
@@ -134,45 +185,80 @@ def best_vs_worst(p: Preferences) -> list[Preference]:
     return [max(p.prefs, key=gap)]
 
 
-STRATEGIES = {"best-vs-worst": best_vs_worst, "all-pairs": lambda p: list(p.prefs)}
+def all_pairs(p: Preferences) -> list[Preference]:
+    return list(p.prefs)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    label: str  # in the app
+    pick: Callable[[Preferences], list[Preference]]
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "best-vs-worst": Strategy("Best vs worst: one pair per instruction", best_vs_worst),
+    "all-pairs": Strategy("All pairs above the margin", all_pairs),
+}
+
+
+@dataclass
+class PairsConfig(Settings):
+    source: str = opt("judge", "where preferences come from: " + "; ".join(f"{k}: {v.label}" for k, v in
+                      SOURCES.items()), choices=tuple(SOURCES), label="Source")
+    strategy: str = opt("best-vs-worst", "best-vs-worst: one pair per instruction; all-pairs: every preferred pair "
+                        "whose strength reaches --margin", choices=tuple(STRATEGIES), label="Strategy")
+    margin: float = opt(0.0, "smallest preference strength kept: PairRM's both-orders logit, the self-score gap; a "
+                        "judge verdict counts 1 (so margins up to 1 keep every verdict)", label="Margin")
+    use_spotcheck: bool = opt(True, "let human spot-check verdicts override the judge's (judge pairs only)")
+
+    def validate(self) -> "PairsConfig":
+        if self.margin < 0:
+            raise LabError(f"--margin must be >= 0 (got {self.margin}): it is the smallest preference kept.")
+        return self
 
 
 def select(prefs: dict[str, Preferences], strategy: str, margin: float, dropped: Counter) -> list[Preference]:
     """Apply the margin, then the strategy, instruction by instruction."""
-    if strategy not in STRATEGIES:
-        raise LabError(f"Unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}.")
     out = []
-    for iid, p in prefs.items():
+    for p in prefs.values():
         kept = [x for x in p.prefs if x.strength >= margin]
         dropped["below_margin"] += len(p.prefs) - len(kept)
-        out += STRATEGIES[strategy](Preferences(kept, p.scores))
+        out += STRATEGIES[strategy].pick(Preferences(kept, p.scores))
     return out
 
 
 # ---- records and statistics ---------------------------------------------------------------------------------------
-def to_record(pref: Preference, group, source: str, strategy: str, scores: dict[int, float]) -> dict:
-    """A Preference + the instruction's samples (lab.rank.Group) -> one pairs line."""
+def pair_record(prompt: list[dict] | str, chosen: str, rejected: str, meta: dict) -> dict:
+    """One pairs line (the format in the module docstring); a str prompt becomes one user message."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return {"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "meta": meta}
+
+
+def to_record(pref: Preference, group: Group, source: str, strategy: str, scores: dict[int, float]) -> dict:
+    """A Preference + the instruction's samples -> one pairs line."""
     text = dict(zip(group.indices, group.texts))
-    return {"prompt": [{"role": "user", "content": group.prompt}],
-            "chosen": [{"role": "assistant", "content": text[pref.winner]}],
-            "rejected": [{"role": "assistant", "content": text[pref.loser]}],
-            "meta": {"instruction_id": pref.instruction_id, "chosen_index": pref.winner,
-                     "rejected_index": pref.loser, "source": source, "strategy": strategy, "by": pref.by,
-                     "strength": round(pref.strength, 6), "score_chosen": round(scores[pref.winner], 6),
-                     "score_rejected": round(scores[pref.loser], 6), **({"single": True} if pref.single else {})}}
+    return pair_record(group.prompt, text[pref.winner], text[pref.loser], {
+        "instruction_id": pref.instruction_id, "chosen_index": pref.winner, "rejected_index": pref.loser,
+        "source": source, "strategy": strategy, "by": pref.by, "strength": round(pref.strength, 6),
+        "score_chosen": round(scores[pref.winner], 6), "score_rejected": round(scores[pref.loser], 6),
+        **({"single": True} if pref.single else {})})
+
+
+def answer_lengths(records: list[dict]) -> tuple[list[int], list[int]]:
+    """Characters of the final chosen and rejected message of each pair, in order."""
+    return ([len(r["chosen"][-1]["content"]) for r in records], [len(r["rejected"][-1]["content"]) for r in records])
 
 
 def length_stats(records: list[dict]) -> dict:
     """Mean characters of chosen vs rejected, how often the longer answer was chosen, and a warning when length
     alone explains the preferences."""
-    chosen = [len(r["chosen"][0]["content"]) for r in records]
-    rejected = [len(r["rejected"][0]["content"]) for r in records]
-    differ = [(c, r) for c, r in zip(chosen, rejected) if c != r]
-    longer = sum(c > r for c, r in differ) / len(differ) if differ else None
-    out = {"mean_chars_chosen": round(sum(chosen) / len(chosen), 1) if chosen else None,
-           "mean_chars_rejected": round(sum(rejected) / len(rejected), 1) if rejected else None,
-           "longer_chosen_rate": round(longer, 4) if longer is not None else None, "length_warning": None}
-    if longer is not None and len(differ) >= LENGTH_WARN_MIN_PAIRS and max(longer, 1 - longer) >= LENGTH_WARN_RATE:
+    bal = length_balance(*answer_lengths(records))
+    longer = bal["longer_chosen_rate"]
+    differ = sum(c != r for c, r in zip(*answer_lengths(records)))
+    out = {"mean_chars_chosen": _round(bal["chosen_chars_mean"]), "mean_chars_rejected":
+           _round(bal["rejected_chars_mean"]), "longer_chosen_rate": longer, "length_warning": None}
+    if longer is not None and differ >= LENGTH_WARN_MIN_PAIRS and max(longer, 1 - longer) >= LENGTH_WARN_RATE:
         side = "longer" if longer >= 0.5 else "shorter"
         out["length_warning"] = (
             f"The {side} answer is chosen in {max(longer, 1 - longer):.0%} of pairs: response length alone explains "
@@ -181,13 +267,17 @@ def length_stats(records: list[dict]) -> dict:
     return out
 
 
-def to_records(chosen: list[Preference], prefs: dict[str, Preferences], groups: dict, cfg,
-               dropped: Counter) -> list[dict]:
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def to_records(chosen: list[Preference], prefs: dict[str, Preferences], by_id: dict[str, Group],
+               cfg: "PairsConfig", dropped: Counter) -> list[dict]:
     """Selected preferences -> pairs lines; a preference whose responses are not in samples.jsonl (or whose two
     texts are identical) is dropped and counted."""
     records = []
     for pref in chosen:
-        group = groups.get(pref.instruction_id)
+        group = by_id.get(pref.instruction_id)
         if group is None or not {pref.winner, pref.loser} <= set(group.indices):
             dropped["missing_response"] += 1
             continue
@@ -199,71 +289,58 @@ def to_records(chosen: list[Preference], prefs: dict[str, Preferences], groups: 
     return records
 
 
-def build_pairs(run: Run, cfg) -> dict:
+def build_pairs(run: Run, cfg: PairsConfig) -> dict:
     """Build pairs-<cfg.source>.jsonl (whole file, atomically) and return its statistics.
-    Holds the run's "pairs-<source>" lock (the two sources may be built at once)."""
+    Holds the run's "pairs-<source>" lock (the sources may be built at once)."""
     cfg.validate()
     with run.lock(f"pairs-{cfg.source}"):
         return _pairs_locked(run, cfg)
 
 
-def _pairs_locked(run: Run, cfg) -> dict:
-    from lab.rank import sample_groups
-
-    groups = {g.instruction_id: g for g in sample_groups(run)}
-    if cfg.source == "judge":
-        prefs, dropped = judge_preferences(run, cfg.use_spotcheck)
-    else:
-        prefs, dropped = pairrm_preferences(run)
-    records = to_records(select(prefs, cfg.strategy, cfg.margin, dropped), prefs, groups, cfg, dropped)
+def _pairs_locked(run: Run, cfg: PairsConfig) -> dict:
+    by_id = {g.instruction_id: g for g in groups(run)}
+    prefs, dropped = SOURCES[cfg.source].preferences(run, cfg)
+    records = to_records(select(prefs, cfg.strategy, cfg.margin, dropped), prefs, by_id, cfg, dropped)
     path = run.pairs_file(cfg.source)
     write_jsonl(path, records)
-    stats = summarize(records, groups, cfg, dropped)
+    stats = summarize(records, by_id, cfg, dropped)
     if run.read("judgments") and run.read("rankings"):
         stats["judge_vs_pairrm"] = judge_vs_pairrm(run)
     run.record_stage(f"pairs-{cfg.source}", {**cfg.to_dict(), "stats": stats})
     return {"run": run.name, "file": str(path), **stats}
 
 
-def summarize(records: list[dict], groups: dict, cfg, dropped: Counter) -> dict:
+def summarize(records: list[dict], by_id: dict[str, Group], cfg: PairsConfig, dropped: Counter) -> dict:
     """Per data set: pair count, instructions without a pair (and why), what was dropped, length balance."""
     with_pair = {r["meta"]["instruction_id"] for r in records}
-    single = sum(len(g.indices) < 2 for g in groups.values())
+    single = sum(len(g.indices) < 2 for g in by_id.values())
     return {"source": cfg.source, "strategy": cfg.strategy, "margin": cfg.margin, "pairs": len(records),
-            "instructions": len(groups), "instructions_without_pair": len(groups) - len(with_pair),
+            "instructions": len(by_id), "instructions_without_pair": len(by_id) - len(with_pair),
             "single_response": single, "human_overrides": sum(r["meta"]["by"] == "human" for r in records),
             "dropped": {k: v for k, v in sorted(dropped.items()) if v}, **length_stats(records)}
 
 
+def rebuild(run: Run, source: str) -> dict:
+    """Rebuild pairs-<source>.jsonl with the settings it was last built with (defaults if never built)."""
+    last = run.stage_settings(f"pairs-{source}") or {}
+    fields = {k: v for k, v in last.items() if k in PairsConfig.__dataclass_fields__}
+    return build_pairs(run, PairsConfig(**{**fields, "source": source}))
+
+
+def record_spotcheck(run: Run, instruction_id: str, a: int, b: int, human: str) -> dict:
+    """Save one human spot-check decision (lab.spotcheck.record) and rebuild the judge pairs from it at once.
+    -> {"saved": line, "pairs": build statistics}."""
+    saved = spotcheck.record(run, instruction_id, a, b, human)
+    return {"saved": saved, "pairs": rebuild(run, "judge")}
+
+
 # ---- agreement ----------------------------------------------------------------------------------------------------
-def cohen_kappa(x: list[str], y: list[str]) -> float | None:
-    """Cohen's kappa = (p_o - p_e) / (1 - p_e): agreement beyond what the two raters' label rates give by chance.
-    None when undefined (both raters always used the same single label)."""
-    n = len(x)
-    if n == 0:
-        return None
-    p_o = sum(a == b for a, b in zip(x, y)) / n
-    cx, cy = Counter(x), Counter(y)
-    p_e = sum(cx[c] * cy[c] for c in cx) / (n * n)
-    return None if p_e == 1 else round((p_o - p_e) / (1 - p_e), 4)
-
-
-def agreement(labels: list[tuple[str, str]]) -> dict:
-    """[(rater 1, rater 2)] -> {"n", "agree", "rate", "kappa"}."""
-    x, y = [a for a, _ in labels], [b for _, b in labels]
-    agree = sum(a == b for a, b in labels)
-    return {"n": len(labels), "agree": agree, "rate": round(agree / len(labels), 4) if labels else None,
-            "kappa": cohen_kappa(x, y)}
-
-
 def judge_vs_pairrm(run: Run) -> dict:
     """Agreement between the judge's verdict and PairRM's preference on the same response pairs, over the pairs
     where the judge was decisive ("a" / "b"); how many judged pairs the judge left undecided is reported too."""
-    from lab.rank import latest_rankings, preference
-
     rankings = latest_rankings(run)
     labels, undecided = [], Counter()
-    for v in judge_verdicts(run):
+    for v in pair_verdicts(run.read("judgments")):
         rec = rankings.get(v["instruction_id"])
         if rec is None or not {v["a"], v["b"]} <= set(rec["sample_indices"]):
             continue
@@ -272,3 +349,127 @@ def judge_vs_pairrm(run: Run) -> dict:
             continue
         labels.append((v["verdict"], "a" if preference(rec, v["a"], v["b"]) > 0 else "b"))
     return {**agreement(labels), "judge_undecided": dict(undecided)}
+
+
+# ---- reading a pairs file for training -----------------------------------------------------------------------------
+# Chat-template markup, by the template family it comes from: such text in a pair was rendered for some model
+TEMPLATE_MARKERS = {
+    "<|im_start|>": "ChatML (SmolLM2, Qwen)", "<|im_end|>": "ChatML (SmolLM2, Qwen)",
+    "<|start_header_id|>": "Llama 3", "<|eot_id|>": "Llama 3", "<|begin_of_text|>": "Llama 3",
+    "[INST]": "Llama 2 / Mistral", "[/INST]": "Llama 2 / Mistral", "<<SYS>>": "Llama 2",
+    "<start_of_turn>": "Gemma", "<end_of_turn>": "Gemma",
+    "<|user|>": "Zephyr / Phi-3", "<|assistant|>": "Zephyr / Phi-3",
+}
+def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
+    """'judge' | 'pairrm' | another source name -> run.pairs_file(name); anything else is a file path."""
+    raw = str(pairs).strip()
+    path = Path(raw).expanduser()
+    if not raw:
+        raise LabError("Give --pairs: 'judge', 'pairrm' or a pairs .jsonl file.")
+    if path.is_file():
+        return path.resolve()
+    if "/" not in raw and not raw.endswith(".jsonl"):
+        source = run.pairs_file(raw)
+        if source.is_file():
+            return source
+        raise LabError(f"No pairs for source {raw!r} in run {run.name} ({source.name} is missing): build them "
+                       f"first (PairRM tab: Build pairs; or `python -m lab pairs --run {run.name} --source {raw}`), "
+                       "or pass a file.")
+    raise LabError(f"Pairs file {path} does not exist: give 'judge', 'pairrm' or an existing .jsonl file.")
+
+
+def _as_messages(value: Any, role: str, where: str) -> list[dict]:
+    """A plain string becomes one message; a list must hold {"role", "content"} dicts with non-empty text."""
+    if isinstance(value, str):
+        value = [{"role": role, "content": value}]
+    if not isinstance(value, list) or not value:
+        raise LabError(f"{where}: expected a list of chat messages or a string, got {type(value).__name__}.")
+    for m in value:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in (
+                "system", "user", "assistant"):
+            raise LabError(f"{where}: each message needs a 'role' (system/user/assistant) and a 'content' string.")
+    if not value[-1]["content"].strip():
+        raise LabError(f"{where}: the message text is empty.")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _check_record(rec: Any, n: int) -> dict:
+    """One pairs line -> {"prompt", "chosen", "rejected", "meta"}; raises LabError naming the line."""
+    where = f"pairs line {n}"
+    if not isinstance(rec, dict) or not {"prompt", "chosen", "rejected"} <= rec.keys():
+        raise LabError(f"{where}: each line needs 'prompt', 'chosen' and 'rejected' (TRL conversational format, "
+                       "see lab/pairs.py); rebuild the file with `python -m lab pairs`.")
+    out = {"prompt": _as_messages(rec["prompt"], "user", f"{where}, prompt"),
+           "chosen": _as_messages(rec["chosen"], "assistant", f"{where}, chosen"),
+           "rejected": _as_messages(rec["rejected"], "assistant", f"{where}, rejected"),
+           "meta": rec.get("meta") if isinstance(rec.get("meta"), dict) else {}}
+    if out["prompt"][-1]["role"] != "user":
+        raise LabError(f"{where}: the prompt must end with a user message.")
+    for side in ("chosen", "rejected"):  # DPO trains on these tokens as the model's own answer
+        if any(m["role"] != "assistant" for m in out[side]):
+            raise LabError(f"{where}, {side}: every message must have role 'assistant' (the answer to the prompt); "
+                           "earlier turns, user ones included, belong in 'prompt'.")
+    return out
+
+
+def _text_of(rec: dict) -> str:
+    return "\n".join(m["content"] for part in ("prompt", "chosen", "rejected") for m in rec[part])
+
+
+def _markup_error(n: int, marker: str, own: set[str], model: str) -> LabError:
+    family = TEMPLATE_MARKERS.get(marker, "a chat template")
+    if marker in own:
+        why = (f"it is {model}'s own template markup, so the text was already rendered: the trainer renders the "
+               "messages again and the markup would be doubled")
+    else:
+        why = f"it is markup of another model's template ({family}), not {model}'s"
+    return LabError(f"pairs line {n} contains the chat-template token {marker!r}: {why}. Pairs must hold plain "
+                    "message text; rebuild them with `python -m lab pairs`, or strip the template from the text.")
+
+
+def check_markup(records: list[dict], tokenizer, model: str) -> None:
+    """Refuse pairs whose text holds chat-template tokens (rendered for this or another model)."""
+    own = {t for t in tokenizer.all_special_tokens if len(t) > 3 and t not in ("<unk>",)}
+    own |= {t for t in TEMPLATE_MARKERS if t in (tokenizer.chat_template or "")}
+    markers = sorted(set(TEMPLATE_MARKERS) | own, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(m) for m in markers))
+    for n, rec in enumerate(records, 1):
+        hit = pattern.search(_text_of(rec))
+        if hit:
+            raise _markup_error(n, hit.group(0), own, model)
+
+
+def load_pairs(path: Path) -> list[dict]:
+    """Read and check a pairs file (a user's file: UTF-8, its last line counts with or without a newline, see
+    lab.store.iter_user_jsonl). Returns [{"prompt", "chosen", "rejected", "meta"}] (messages lists)."""
+    records = [_check_record(r, n) for n, r in iter_user_jsonl(path, "Pairs file")]
+    if not records:
+        raise LabError(f"{path} holds no pairs: build them with `python -m lab pairs` (judge or pairrm first).")
+    same = [n for n, r in enumerate(records, 1) if r["chosen"][-1]["content"].strip() ==
+            r["rejected"][-1]["content"].strip()]
+    if same:
+        raise LabError(f"{len(same)} of {len(records)} pairs have the same chosen and rejected text (lines "
+                       f"{', '.join(map(str, same[:5]))}{'...' if len(same) > 5 else ''}): they carry no preference "
+                       "and only add noise. Drop ties and duplicate answers when building pairs (lab.pairs does), "
+                       "or delete those lines.")
+    return records
+
+
+def split_pairs(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole instructions (never one pair of an instruction on each side). -> (train, eval)."""
+    key = lambda r: r["meta"].get("instruction_id") or r["prompt"][-1]["content"]  # noqa: E731
+    groups = sorted({key(r) for r in records})
+    random.Random(seed).shuffle(groups)
+    n_eval = round(len(groups) * fraction)
+    if n_eval < MIN_EVAL_GROUPS or len(groups) - n_eval < 1:
+        return records, []
+    held = set(groups[:n_eval])
+    return [r for r in records if key(r) not in held], [r for r in records if key(r) in held]
+
+
+def pair_stats(path: Path, records: list[dict]) -> dict:
+    """Size, checksum and the chosen-vs-rejected length balance of a pairs file (what the card and warnings need)."""
+    bal = length_balance(*answer_lengths(records))
+    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "n": len(records),
+            "chosen_chars_mean": bal["chosen_chars_mean"], "rejected_chars_mean": bal["rejected_chars_mean"],
+            "chosen_longer_fraction": bal["chosen_longer_fraction"]}

@@ -40,14 +40,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.models import HUB_ID, _build_once, cache_dir
+from lab.models import HUB_ID, build_once, cache_dir, pick_device
 from lab.progress import Progress
-from lab.store import Run, once
+from lab.sample import Group, groups
+from lab.store import ASSET_FILES, Run, asset, once
 
 DEFAULT_RANKER = "llm-blender/PairRM"
 PAIRRM_SOURCE_MAX, PAIRRM_CANDIDATE_MAX = 1224, 412  # PairRM's training lengths, in tokens
-TINY_TRAIN_TEXT = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclass
+class RankConfig(Settings):
+    ranker: str = opt(DEFAULT_RANKER, "PairRM: hub id, local llm-blender ranker folder, or 'tiny-random' (random "
+                      "weights: its rankings are noise)", label="Ranker")
+    batch_size: int = opt(32, "ordered response pairs per forward pass (K responses give K*(K-1) per instruction)",
+                          label="Pairs per pass")
+    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
+    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+
+    def validate(self) -> "RankConfig":
+        if self.batch_size < 1:
+            raise LabError(f"--batch-size must be at least 1 (got {self.batch_size}); 20 fits 5 responses at once.")
+        return self
 
 
 # ---- transformers-5 compatibility (the only place that patches anything) --------------------------------------------
@@ -83,7 +99,7 @@ def _train_tokenizer(out: Path, vocab_size: int = 2000):
     from transformers import DebertaV2Tokenizer
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    texts = [json.loads(line)["prompt"] for f in sorted(TINY_TRAIN_TEXT.glob("instructions-*.jsonl"))
+    texts = [json.loads(line)["prompt"] for f in sorted(asset(k) for k in ASSET_FILES)
              for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFC()
@@ -126,7 +142,7 @@ def build_random_pairrm(out: Path, backbone: dict | None = None, seed: int = 0) 
 
 
 def tiny_random_path() -> str:
-    return str(_build_once(cache_dir() / "tiny-random-pairrm", build_random_pairrm))
+    return str(build_once(cache_dir() / "tiny-random-pairrm", build_random_pairrm))
 
 
 # ---- resolving and loading ----------------------------------------------------------------------------------------
@@ -211,8 +227,6 @@ _CACHE: dict[tuple, Ranker] = {}
 
 def load_ranker(spec: str = DEFAULT_RANKER, device: str | None = None, dtype: str | None = None) -> Ranker:
     """Load (or reuse) a ranker: fp32 on CPU, bf16 on a GPU unless `dtype` says otherwise."""
-    from lab.models import pick_device
-
     folder = resolve_ranker(spec)
     dev, torch_dtype = pick_device(device, dtype)
     key = (str(folder), dev, str(torch_dtype))
@@ -305,31 +319,6 @@ def preference(record: dict, a: int, b: int) -> float:
 
 
 # ---- the stage ----------------------------------------------------------------------------------------------------
-@dataclass
-class Group:
-    """The responses of one instruction, in sample_index order."""
-
-    instruction_id: str
-    prompt: str
-    indices: list[int]
-    texts: list[str]
-
-
-def sample_groups(run: Run) -> list[Group]:
-    """samples.jsonl -> one Group per instruction (first-seen order); a repeated sample_index keeps its last line."""
-    samples = run.read("samples")
-    if not samples:
-        raise LabError(f"Run '{run.name}' has no samples yet: run `python -m lab sample --run {run.name}` first.")
-    by_id: dict[str, dict[int, dict]] = {}
-    for s in samples:
-        by_id.setdefault(s["instruction_id"], {})[int(s["sample_index"])] = s
-    groups = []
-    for iid, recs in by_id.items():
-        order = sorted(recs)
-        groups.append(Group(iid, recs[order[0]]["prompt"], order, [recs[i]["text"] for i in order]))
-    return groups
-
-
 def latest_rankings(run: Run) -> dict[str, dict]:
     """instruction_id -> its last rankings record."""
     return {r["instruction_id"]: r for r in run.read("rankings")}
@@ -369,12 +358,12 @@ def rank_run(run: Run, cfg, progress: Progress | None = None) -> dict:
 
 def _rank_locked(run: Run, cfg, progress: Progress | None) -> dict:
     progress = progress or Progress("ranking", quiet=True)
-    groups = sample_groups(run)
-    single = [g.instruction_id for g in groups if len(g.indices) < 2]
+    found = groups(run)
+    single = [g.instruction_id for g in found if len(g.indices) < 2]
     done = latest_rankings(run)
-    todo = [g for g in groups if len(g.indices) >= 2 and not _is_done(done.get(g.instruction_id), g, cfg.ranker)]
-    summary = {"run": run.name, "ranker": cfg.ranker, "instructions": len(groups), "ranked": 0,
-               "already_ranked": len(groups) - len(single) - len(todo), "single_response": single}
+    todo = [g for g in found if len(g.indices) >= 2 and not _is_done(done.get(g.instruction_id), g, cfg.ranker)]
+    summary = {"run": run.name, "ranker": cfg.ranker, "instructions": len(found), "ranked": 0,
+               "already_ranked": len(found) - len(single) - len(todo), "single_response": single}
     if not todo and not summary["already_ranked"]:
         raise LabError(f"Nothing to rank in run '{run.name}': every instruction has a single response. PairRM "
                        "compares responses, so sample with --k 2 or more.")

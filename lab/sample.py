@@ -1,254 +1,137 @@
-"""Sampling: K responses per instruction, batched across instructions and samples.
+"""The sample stage: K responses per instruction from a chat model (optionally with a LoRA adapter on), through
+lab.generation (batched across instructions and samples; the same seed, batch size and instructions give the same
+samples), resuming exactly the samples a run lacks.
 
-Record format of samples.jsonl (one line per response):
+Record format of samples.jsonl (one line per response; built by `sample_record`, also for the comparison's
+scoring runs and the self-rewarding rounds):
 
     {"instruction_id": str, "sample_index": int, "prompt": str, "text": str,
      "model": spec, "model_path": str,
+     "adapter": str | null,                   # the LoRA adapter folder that was switched on (null: the base)
      "decoding": {"temperature", "top_p", "max_new_tokens", "seed"},
      "prompt_tokens": int, "completion_tokens": int,
      "finish_reason": "stop" | "length",      # end-of-turn token, or max_new_tokens reached
      "duplicate_of": int | null}              # sample_index of an identical earlier response to the same prompt
 
-Why a hand-written decode loop instead of `model.generate(num_return_sequences=K)` per prompt:
-  - each prompt is pre-filled once and its KV cache copied K times (generate pre-fills K copies);
-  - many prompts share one batch, so each forward pass does more useful work;
-  - finished sequences leave the batch (their cache rows are dropped), so long answers don't drag short ones;
-  - top-p is exact but cheap: the nucleus is found inside the top 256 tokens (a sort over a 50k-128k vocabulary per
-    step is what made plain generate slow), falling back to a full sort only for rows whose top 256 don't cover it;
-  - only the last position's logits are computed during pre-fill (`logits_to_keep=1`).
-Determinism: the same seed, batch size and instructions give the same samples.
+`groups(run)` is the one reader that gathers a run's samples per instruction (judge, rank, pairs, spot-check and the
+app all use it).
 """
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from lab import models
-from lab.config import SampleConfig
+from lab.adapters import adapters_on, resolve_adapters
+from lab.config import Settings, opt
 from lab.errors import LabError
+from lab.generation import Completion, Decoding, plan_batches, run_units
 from lab.instructions import Instruction, load_instructions
 from lab.progress import Progress
 from lab.store import Run, once
 
-NUCLEUS_TOP_K = 256  # candidates searched for the top-p nucleus before falling back to a full sort
-
-
-@dataclass(frozen=True)
-class Decoding:
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    seed: int = 0
+MAX_K = 1000  # responses per instruction anyone may ask for (a Space's owner caps it lower: lab/limits.py)
+POLICY = "policy"  # the name the sampled-with adapter gets on the loaded base
 
 
 @dataclass
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" | "length"
+class SampleConfig(Settings):
+    model: str = opt("bundled", "model spec: hub id, local folder, 'bundled' or 'tiny-random'", label="Model")
+    instructions: str = opt("bundled", "instruction source: 'lima', 'bundled', or a .jsonl/.csv/.txt file",
+                            label="Instructions")
+    n: int = opt(50, "how many instructions to take from the source", label="Instructions (N)")
+    k: int = opt(5, "responses per instruction", label="Responses each (K)")
+    temperature: float = opt(0.8, "sampling temperature (0 = greedy)", label="Temperature")
+    top_p: float = opt(0.95, "nucleus sampling: keep the smallest set of tokens with this much probability (1 = off)",
+                       label="Top-p")
+    max_new_tokens: int = opt(256, "longest response, in tokens", label="Max new tokens")
+    seed: int = opt(0, "seed for picking instructions and for sampling", label="Seed")
+    batch_size: int = opt(64, "sequences generated together (lower it if memory runs out)", label="Batch size")
+    adapter: str = opt("", "a LoRA adapter of this run to sample with (its name), or empty for the plain model",
+                       label="Adapter")
+    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
+    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+
+    def validate(self) -> "SampleConfig":
+        if self.k < 1:
+            raise LabError(f"--k must be at least 1 (got {self.k}): it is the number of responses per instruction.")
+        if self.k > MAX_K:
+            raise LabError(f"--k {self.k} is more than {MAX_K} responses per instruction: judging and ranking grow "
+                           f"with K squared; 4-16 is usual. Ask for at most {MAX_K}.")
+        if self.n < 1:
+            raise LabError(f"--n must be at least 1 (got {self.n}).")
+        check_decoding(self.temperature, self.top_p, self.max_new_tokens, self.batch_size)
+        return self
+
+    def decoding(self) -> Decoding:
+        return Decoding(self.temperature, self.top_p, self.max_new_tokens, self.seed)
 
 
-def sample_next(logits, dec: Decoding, gen):
-    """Next token per row. logits: [B, V] -> ids [B]."""
-    import torch
-
-    if dec.temperature == 0:
-        return logits.argmax(-1)
-    probs = (logits.float() / dec.temperature).softmax(-1)
-    if dec.top_p >= 1:
-        return torch.multinomial(probs, 1, generator=gen).squeeze(1)
-    return _sample_nucleus(probs, dec.top_p, gen)
-
-
-def _sample_nucleus(probs, top_p: float, gen):
-    """Exact top-p sampling without sorting the whole vocabulary for every row.
-
-    Each row's nucleus (the smallest set of most likely tokens holding >= top_p of the mass) is looked for among its
-    top 256 tokens, then its top 4,096, and only then in a full sort; rows are sampled as soon as their nucleus is
-    covered. probs: [B, V] -> ids [B].
-    """
-    import torch
-
-    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-    todo = torch.arange(probs.shape[0], device=probs.device)
-    for k in (NUCLEUS_TOP_K, 16 * NUCLEUS_TOP_K, probs.shape[-1]):
-        k = min(k, probs.shape[-1])
-        top, ids = probs[todo].topk(k, dim=-1)  # sorted, descending
-        covered = (top.sum(-1) >= top_p) | (k == probs.shape[-1])
-        top, ids = top[covered], ids[covered]
-        keep = (top.cumsum(-1) - top) < top_p  # the mass strictly above a token is still short of top_p
-        choice = torch.multinomial(top * keep, 1, generator=gen)
-        out[todo[covered]] = ids.gather(-1, choice).squeeze(1)
-        todo = todo[~covered]
-        if todo.numel() == 0:
-            break
-    return out
+def check_decoding(temperature: float, top_p: float, max_new_tokens: int, batch_size: int) -> None:
+    """The decoding checks every generating stage shares (sample, compare, iterate)."""
+    if not 1 <= max_new_tokens <= 8192:
+        raise LabError(f"--max-new-tokens must be between 1 and 8192 (got {max_new_tokens}); "
+                       "256-512 is typical for chat answers.")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise LabError("--temperature must be >= 0 and --top-p in (0, 1].")
+    if batch_size < 1:
+        raise LabError(f"--batch-size must be at least 1 (got {batch_size}).")
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device):
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
+def sample_record(instruction_id: str, sample_index: int, prompt: str, completion: Completion, model: str,
+                  model_path: str, decoding: dict, duplicate_of: int | None = None,
+                  adapter: str | None = None) -> dict:
+    """One samples.jsonl line (the format in the module docstring)."""
+    return {"instruction_id": instruction_id, "sample_index": sample_index, "prompt": prompt, "text": completion.text,
+            "model": model, "model_path": model_path, "adapter": adapter, "decoding": decoding, **asdict(completion),
+            "duplicate_of": duplicate_of}
 
 
-def cache_kwarg(model) -> str:
-    """transformers 5.24 renamed `past_key_values` to `cache`; older 5.x (e.g. a GPU image's 5.17) only knows the old name."""
-    import inspect
+@dataclass
+class Group:
+    """The samples of one instruction, by sample_index (a repeated index keeps its last line)."""
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    instruction_id: str
+    prompt: str
+    samples: list[dict] = field(default_factory=list)
 
+    @property
+    def indices(self) -> list[int]:
+        return [int(s["sample_index"]) for s in self.samples]
 
-class _Batch:
-    """Live decoding state. Row i of every tensor belongs to sequence `rows[i]` of the batch."""
+    @property
+    def texts(self) -> list[str]:
+        return [s["text"] for s in self.samples]
 
-    def __init__(self, cm: models.ChatModel, prompts: list[list[int]], counts: list[int]):
-        import torch
-        from transformers import DynamicCache
-
-        self.cm = cm
-        ids, self.mask = _left_pad(prompts, cm.tokenizer.pad_token_id, cm.device)
-        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
-        self.cache = DynamicCache(config=cm.model.config)
-        self.cache_arg = cache_kwarg(cm.model)
-        out = cm.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True,
-                       logits_to_keep=1, **{self.cache_arg: self.cache})
-        expand = torch.arange(len(prompts), device=cm.device).repeat_interleave(
-            torch.tensor(counts, device=cm.device))  # each prompt's cache copied once per wanted sample
-        self.cache.batch_select_indices(expand)
-        self.logits = out.logits[:, -1][expand]
-        self.mask, self.pos = self.mask[expand], positions[:, -1][expand]
-        self.rows = torch.arange(len(expand), device=cm.device)
-        self.tokens: list[list[int]] = [[] for _ in range(len(expand))]
-        self.finish: list[str | None] = [None] * len(expand)
-
-    def step(self, next_ids) -> None:
-        import torch
-
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        self.pos = self.pos + 1
-        out = self.cm.model(input_ids=next_ids[:, None], attention_mask=self.mask, position_ids=self.pos[:, None],
-                            use_cache=True, **{self.cache_arg: self.cache})
-        self.logits = out.logits[:, -1]
-
-    def keep(self, alive) -> None:
-        """Drop finished rows from every tensor and the KV cache."""
-        idx = alive.nonzero().squeeze(1)
-        self.cache.batch_select_indices(idx)
-        self.mask, self.pos, self.rows, self.logits = self.mask[idx], self.pos[idx], self.rows[idx], self.logits[idx]
+    def distinct(self) -> dict[int, str]:
+        """{sample index: text} of the responses worth comparing: not empty, not a duplicate of an earlier one."""
+        return {int(s["sample_index"]): s["text"] for s in self.samples
+                if s.get("duplicate_of") is None and s["text"].strip()}
 
 
-def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[int], dec: Decoding,
-                   gen) -> list[Completion]:
-    """Sample counts[i] completions of prompt i (token ids, already chat-rendered). Returns them prompt by prompt."""
-    import torch
-
-    b = _Batch(cm, prompts, counts)
-    eos = torch.tensor(cm.eos_ids, device=cm.device)
-    alive = torch.ones(len(b.tokens), dtype=torch.bool, device=cm.device)
-    for step in range(dec.max_new_tokens):
-        nxt = sample_next(b.logits, dec, gen)
-        stop = torch.isin(nxt, eos) & alive
-        for row, tok, is_stop, live in zip(b.rows.tolist(), nxt.tolist(), stop.tolist(), alive.tolist()):
-            if live and not is_stop:
-                b.tokens[row].append(tok)
-            elif live:
-                b.finish[row] = "stop"
-        alive = alive & ~stop
-        if not bool(alive.any()) or step == dec.max_new_tokens - 1:
-            break
-        if int((~alive).sum()) * 8 >= len(alive):  # prune once 1/8 of the rows are done: a cache copy is not free
-            b.keep(alive)
-            nxt, alive = nxt[alive], alive[alive]
-        b.step(nxt)
-    prompt_lens = [len(p) for p, c in zip(prompts, counts) for _ in range(c)]
-    texts = cm.tokenizer.batch_decode(b.tokens, skip_special_tokens=True)
-    return [Completion(t.strip(), n, len(toks), f or "length")
-            for t, n, toks, f in zip(texts, prompt_lens, b.tokens, b.finish)]
-
-
-def make_generator(cm: models.ChatModel, seed: int, salt: str):
-    """A torch RNG seeded from the run seed and what the batch holds, so a resumed run draws the same numbers."""
-    import torch
-
-    g = torch.Generator(device=cm.device)
-    g.manual_seed(int(hashlib.sha256(f"{seed}:{salt}".encode()).hexdigest()[:15], 16))
-    return g
-
-
-def generate(cm: models.ChatModel, prompts: list[str], k: int, dec: Decoding, batch_size: int = 64,
-             progress: Progress | None = None) -> list[list[Completion]]:
-    """k completions for each prompt (plain text; rendered with the model's chat template). Batched and
-    length-sorted; returns one list per prompt, in the order given. Used by compare and iterate too."""
-    encoded = [cm.encode_prompt(p) for p in prompts]
-    units = [(i, list(range(k))) for i in range(len(prompts))]
-    out: list[list[Completion]] = [[] for _ in prompts]
-    for batch in _plan_batches(units, encoded, batch_size):
-        done = _run_units(cm, batch, encoded, dec, salt="|".join(_unit_salt(prompts[i], idx, k) for i, idx in batch))
-        for (i, _), comps in zip(batch, done):
-            out[i].extend(comps)
-        if progress:
-            progress.update(sum(len(o) for o in out), len(prompts) * k)
-            progress.check_stop()
-    return out
-
-
-def _unit_salt(prompt: str, indices: list[int], k: int) -> str:
-    """What seeds a unit's share of a batch's RNG in `generate`: the prompt, plus which samples when the prompt's K
-    were split over several batches (else every part of it would draw the same numbers, and repeat its samples)."""
-    return prompt[:64] if len(indices) == k else f"{prompt[:64]}#{indices[0]}-{indices[-1]}"
-
-
-def _split_units(units: list[tuple[int, list[int]]], batch_size: int) -> list[tuple[int, list[int]]]:
-    """A unit wanting more samples than fit in a batch becomes several units of at most batch_size samples."""
-    return [(i, idx[start:start + batch_size]) for i, idx in units for start in range(0, len(idx), batch_size)]
-
-
-def _plan_batches(units: list[tuple[int, list[int]]], encoded, batch_size: int):
-    """Group (prompt index, sample indices) units, shortest prompts first, at most batch_size sequences a batch.
-
-    A prompt's K samples may span several batches when K > batch_size (its parts keep their order), so no batch ever
-    holds more than batch_size rows: memory follows --batch-size, not K. Units of up to batch_size samples are packed
-    exactly as before the split existed, so seeded runs with K <= batch_size draw the same samples as they did."""
-    batch, size = [], 0
-    for unit in sorted(_split_units(units, batch_size), key=lambda u: len(encoded[u[0]])):
-        if batch and size + len(unit[1]) > batch_size:
-            yield batch
-            batch, size = [], 0
-        batch.append(unit)
-        size += len(unit[1])
-    if batch:
-        yield batch
-
-
-def _run_units(cm, batch, encoded, dec: Decoding, salt: str) -> list[list[Completion]]:
-    """Generate one batch; returns the completions grouped per unit."""
-    import torch
-
-    counts = [len(idx) for _, idx in batch]
-    with torch.inference_mode():
-        flat = generate_batch(cm, [encoded[i] for i, _ in batch], counts, dec, make_generator(cm, dec.seed, salt))
-    grouped, start = [], 0
-    for c in counts:
-        grouped.append(flat[start:start + c])
-        start += c
-    return grouped
+def groups(run: Run, required: bool = True) -> list[Group]:
+    """samples.jsonl per instruction: in instructions.jsonl order, then any other instruction in first-seen order.
+    required: a run without samples is a LabError saying to sample first (else an empty list)."""
+    samples = run.read("samples")
+    if not samples and required:
+        raise LabError(f"Run '{run.name}' has no samples yet: run the Sample stage first (the Sample tab, or "
+                       f"`python -m lab sample --run {run.name}`).")
+    by_id: dict[str, dict[int, dict]] = {}
+    for s in samples:
+        by_id.setdefault(s["instruction_id"], {})[int(s["sample_index"])] = s
+    order = [i["id"] for i in run.read("instructions") if i["id"] in by_id]
+    order += [i for i in by_id if i not in set(order)]
+    return [Group(i, next(iter(by_id[i].values()))["prompt"], [by_id[i][j] for j in sorted(by_id[i])]) for i in order]
 
 
 # ---- the stage -------------------------------------------------------------------------------------------------
-def _check_model_matches(existing: list[dict], cfg: SampleConfig) -> None:
-    models_used = {s["model"] for s in existing}
-    if models_used and models_used != {cfg.model}:
-        raise LabError(f"This run's samples come from {', '.join(sorted(models_used))}, not {cfg.model}: "
-                       "start a new run (--run NEW_NAME) to sample another model.")
+def _check_model_matches(existing: list[dict], cfg: SampleConfig, adapter: str | None) -> None:
+    used = {(s["model"], s.get("adapter")) for s in existing}
+    if used and used != {(cfg.model, adapter)}:
+        names = ", ".join(sorted(m + (f" + adapter {a}" if a else "") for m, a in used))
+        raise LabError(f"This run's samples come from {names}, not {cfg.model}" + (f" + adapter {adapter}" if adapter
+                       else "") + ": start a new run (--run NEW_NAME) to sample another model.")
 
 
 def _check_known_ids(run: Run, items: list[Instruction]) -> None:
@@ -272,60 +155,77 @@ def _missing(items: list[Instruction], existing: list[dict], k: int) -> list[tup
     return [u for u in units if u[1]]
 
 
-def _records(item: Instruction, indices: list[int], comps: list[Completion], texts_seen: dict, cfg, cm) -> list[dict]:
-    dec = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+def _records(item: Instruction, indices: list[int], comps: list[Completion], texts_seen: dict, cfg: SampleConfig,
+             cm, adapter: str | None) -> list[dict]:
     out = []
     for j, c in zip(indices, comps):
         dup = texts_seen.setdefault(c.text, j)
-        out.append({"instruction_id": item.id, "sample_index": j, "prompt": item.prompt, "text": c.text,
-                    "model": cfg.model, "model_path": cm.path, "decoding": dec, **asdict(c),
-                    "duplicate_of": dup if dup != j else None})
+        out.append(sample_record(item.id, j, item.prompt, c, cfg.model, cm.path, cfg.decoding().to_dict(),
+                                 dup if dup != j else None, adapter))
     return out
 
 
-def sample_run(run: Run, cfg: SampleConfig, progress: Progress | None = None) -> dict:
+def sample_run(run: Run, cfg: SampleConfig, progress: Progress | None = None, items: list[Instruction] | None = None,
+               adapter_path: Path | None = None, desc: str = "sampling") -> dict:
     """The sample stage: writes instructions.jsonl and samples.jsonl, resuming whatever is already there.
-    Holds the run's "sample" lock: a second sampler on the same run is refused (it would write every record twice)."""
+    items: the instructions to answer (default: cfg.instructions, cfg.n); adapter_path: an adapter folder to sample
+    with (default: cfg.adapter, an adapter of this run). Holds the run's "sample" lock: a second sampler on the same
+    run is refused (it would write every record twice)."""
     cfg.validate()
+    adapter = adapter_path or (resolve_adapter(run, cfg.adapter) if cfg.adapter else None)
     with run.lock("sample"):
-        return _sample_locked(run, cfg, progress)
+        return _sample_locked(run, cfg, progress, items, adapter, desc)
 
 
-def _sample_locked(run: Run, cfg: SampleConfig, progress: Progress | None) -> dict:
-    items = load_instructions(cfg.instructions, cfg.n, cfg.seed)
+def resolve_adapter(run: Run, name: str) -> Path:
+    return resolve_adapters(run, name)[name]
+
+
+def _sample_locked(run: Run, cfg: SampleConfig, progress: Progress | None, items: list[Instruction] | None,
+                   adapter: Path | None, desc: str) -> dict:
+    items = items if items is not None else load_instructions(cfg.instructions, cfg.n, cfg.seed)
     _check_known_ids(run, items)
     existing = run.read("samples")
-    _check_model_matches(existing, cfg)
+    _check_model_matches(existing, cfg, str(adapter) if adapter else None)
     cm = models.load(cfg.model, cfg.device, cfg.dtype)
     units = _missing(items, existing, cfg.k)
     encoded = {n: cm.encode_prompt(items[n].prompt) for n, _ in units}
     _check_lengths(cm, encoded, cfg)  # every check before the first write: bad input leaves the run untouched
+    progress = progress or Progress(desc)
+    with adapters_on(cm, {POLICY: adapter} if adapter else {}) as select, select(POLICY if adapter else None) as m:
+        written, tokens_per_s = _generate_missing(run, cfg, m, items, units, encoded, existing, progress, adapter,
+                                                  desc)
+    progress.close()
+    return summarize(run) | {"written_now": written, "tokens_per_s": tokens_per_s}
 
+
+def _generate_missing(run: Run, cfg: SampleConfig, cm, items: list[Instruction], units, encoded, existing,
+                      progress: Progress, adapter: Path | None, desc: str) -> tuple[int, float]:
+    """Generate every missing (instruction, samples) unit, appending each batch as it finishes.
+    -> (records written, new tokens per second)."""
     def record() -> None:  # once the first batch is generated: a failure before it leaves the run as it was
         _register_instructions(run, items)
-        run.record_stage("sample", {**cfg.to_dict(), "model_path": cm.path, "model_info": cm.info})
+        run.record_stage("sample", {**cfg.to_dict(), "adapter_path": str(adapter) if adapter else None,
+                                    "model_path": cm.path, "model_info": cm.info})
     started = once(record)
     seen: dict[str, dict[str, int]] = {}
     for s in existing:
         seen.setdefault(s["instruction_id"], {}).setdefault(s["text"], s["sample_index"])
-    dec = Decoding(cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed)
-    progress = progress or Progress("sampling")
     total = len(items) * cfg.k
     done, written, new_tokens, t0 = total - sum(len(u[1]) for u in units), 0, 0, time.time()
-    progress.update(done, total, "sampling")
-    for batch in _plan_batches(units, encoded, cfg.batch_size):
+    progress.update(done, total, desc)
+    for batch in plan_batches(units, encoded, cfg.batch_size):
         progress.check_stop()
         salt = "|".join(f"{items[n].id}:{idx}" for n, idx in batch)
-        comps = _run_units(cm, batch, encoded, dec, salt)
-        recs = [r for (n, idx), c in zip(batch, comps)
-                for r in _records(items[n], idx, c, seen.setdefault(items[n].id, {}), cfg, cm)]
+        comps = run_units(cm, batch, encoded, cfg.decoding(), salt)
+        recs = [r for (n, idx), c in zip(batch, comps) for r in _records(
+            items[n], idx, c, seen.setdefault(items[n].id, {}), cfg, cm, str(adapter) if adapter else None)]
         started()
         written += run.append("samples", recs)
         new_tokens += sum(r["completion_tokens"] for r in recs)
         done += len(recs)
-        progress.update(done, total, "sampling", tokens_per_s=new_tokens / max(time.time() - t0, 1e-6))
-    progress.close()
-    return summarize(run) | {"written_now": written, "tokens_per_s": round(new_tokens / max(time.time() - t0, 1e-6), 1)}
+        progress.update(done, total, desc, tokens_per_s=new_tokens / max(time.time() - t0, 1e-6))
+    return written, round(new_tokens / max(time.time() - t0, 1e-6), 1)
 
 
 def _check_lengths(cm, encoded: dict, cfg: SampleConfig) -> None:
@@ -342,12 +242,3 @@ def summarize(run: Run) -> dict:
     return {"run": run.name, "instructions": len({s["instruction_id"] for s in samples}), "samples": len(samples),
             "duplicates": sum(s["duplicate_of"] is not None for s in samples),
             "truncated": sum(s["finish_reason"] == "length" for s in samples)}
-
-
-def grouped(run: Run) -> list[dict]:
-    """Samples grouped per instruction, in instruction order: [{"id", "prompt", "responses": [sample, ...]}]."""
-    by_id: dict[str, list[dict]] = {}
-    for s in run.read("samples"):
-        by_id.setdefault(s["instruction_id"], []).append(s)
-    return [{"id": i["id"], "prompt": i["prompt"], "responses": sorted(by_id[i["id"]], key=lambda s: s["sample_index"])}
-            for i in run.read("instructions") if i["id"] in by_id]

@@ -6,15 +6,20 @@ appends again, and the last line per pair wins:
      "human": "a" | "b" | "tie" | "skip",           # in canonical terms, like the judge's verdicts
      "judge": "a" | "b" | "tie" | "inconsistent" | "invalid",   # the judge's pair verdict the human saw
      "time": str}
-After every decision pairs-judge.jsonl is rebuilt (lab.pairs, with the settings it was last built with), so a
-human verdict replaces the judge's: "a" / "b" make or flip that pair, "tie" removes it, "skip" changes nothing.
+lab.pairs reads these verdicts into the judge's preferences; lab.pairs.record_spotcheck saves one and rebuilds
+pairs-judge.jsonl at once (with the settings it was last built with), so a human verdict replaces the judge's:
+"a" / "b" make or flip that pair, "tie" removes it, "skip" changes nothing.
 """
 from __future__ import annotations
 
 import time
 
 from lab.errors import LabError
+from lab.rank import latest_rankings, preference
+from lab.sample import groups
+from lab.stats import agreement as rate_and_kappa
 from lab.store import Run
+from lab.verdicts import pair_verdicts
 
 HUMAN = ("a", "b", "tie", "skip")
 
@@ -25,9 +30,7 @@ def latest(run: Run) -> dict[tuple[str, int, int], dict]:
 
 
 def _judged(run: Run) -> dict[tuple[str, int, int], dict]:
-    from lab.pairs import judge_verdicts
-
-    return {(v["instruction_id"], v["a"], v["b"]): v for v in judge_verdicts(run)}
+    return {(v["instruction_id"], v["a"], v["b"]): v for v in pair_verdicts(run.read("judgments"))}
 
 
 def items(run: Run) -> list[dict]:
@@ -35,9 +38,7 @@ def items(run: Run) -> list[dict]:
         {"instruction_id", "a", "b", "prompt", "text_a", "text_b",
          "judge": pair verdict, "orders": [{"order", "verdict", "reasoning", "confidence"}],
          "pairrm": {"prefers": "a" | "b", "logit": float} | None, "human": str | None}"""
-    from lab.rank import latest_rankings, sample_groups
-
-    texts = {g.instruction_id: (g.prompt, dict(zip(g.indices, g.texts))) for g in sample_groups(run)}
+    texts = {g.instruction_id: (g.prompt, dict(zip(g.indices, g.texts))) for g in groups(run)}
     judged = _judged(run)
     if not judged:
         raise LabError(f"Run '{run.name}' has no judged pairs to check: run `python -m lab judge --run {run.name}` "
@@ -48,8 +49,6 @@ def items(run: Run) -> list[dict]:
 
 
 def _item(v: dict, texts: dict, rankings: dict, human: dict) -> dict:
-    from lab.rank import preference
-
     iid, a, b = v["instruction_id"], v["a"], v["b"]
     prompt, by_index = texts[iid]
     rec = rankings.get(iid)
@@ -63,8 +62,9 @@ def _item(v: dict, texts: dict, rankings: dict, human: dict) -> dict:
             "human": h["human"] if h else None}
 
 
-def record(run: Run, instruction_id: str, a: int, b: int, human: str, rebuild: bool = True) -> dict:
-    """Save one human decision at once, then rebuild the judge pairs. Returns {"saved": line, "pairs": stats}."""
+def record(run: Run, instruction_id: str, a: int, b: int, human: str) -> dict:
+    """Save one human decision at once (the saved line is returned). The judge pairs are rebuilt from it by the
+    caller: lab.pairs.record_spotcheck does both."""
     if human not in HUMAN:
         raise LabError(f"Unknown spot-check answer {human!r}: use one of {', '.join(HUMAN)}.")
     a, b = int(a), int(b)
@@ -77,17 +77,7 @@ def record(run: Run, instruction_id: str, a: int, b: int, human: str, rebuild: b
     line = {"instruction_id": instruction_id, "a": a, "b": b, "human": human, "judge": verdict["verdict"],
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     run.append("spotcheck", [line])
-    return {"saved": line, "pairs": rebuild_judge_pairs(run) if rebuild else None}
-
-
-def rebuild_judge_pairs(run: Run) -> dict:
-    """Rebuild pairs-judge.jsonl with the settings it was last built with (defaults if never built)."""
-    from lab.config import PairsConfig
-    from lab.pairs import build_pairs
-
-    last = run.stage_settings("pairs-judge") or {}
-    fields = {k: v for k, v in last.items() if k in PairsConfig.__dataclass_fields__}
-    return build_pairs(run, PairsConfig(**{**fields, "source": "judge"}))
+    return line
 
 
 def agreement(run: Run) -> dict:
@@ -96,9 +86,6 @@ def agreement(run: Run) -> dict:
          "judge": {"n", "agree", "rate", "kappa"},     # judge's pair verdict vs human (a/b/tie; the judge's
                                                        #   inconsistent/invalid count as disagreement)
          "pairrm": {"n", "agree", "rate", "kappa"}}    # PairRM vs human where the human chose a or b"""
-    from lab.pairs import agreement as rate_and_kappa
-    from lab.rank import latest_rankings, preference
-
     lines = latest(run).values()
     checked = [r for r in lines if r["human"] != "skip"]
     rankings = latest_rankings(run)

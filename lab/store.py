@@ -74,7 +74,56 @@ FILES = {
     "push": "push.jsonl",
     "hub": "hub",  # a folder: one staged repo per subfolder
     "owner": "owner.json",  # who started the run on a hosted app (lab.hosting)
+    "run": "run.json",  # the resolved settings of every stage (Run.record_stage)
+    "adapters": "adapters",  # a folder: one adapter folder per subfolder (ADAPTER_FILES)
+    "iterations": "iterations",  # a folder: one nested Run per self-rewarding round
+    "jobs": "jobs",  # a folder: the job that works on this run (JOB_FILES)
+    "uploads": "uploads",  # a folder: files given in the app (Run.upload_path)
 }
+# Inside runs/<run>/adapters/<name>/ (lab.adapters). PEFT fixes the first two names; the rest are the lab's.
+ADAPTER_FILES = {
+    "config": "adapter_config.json",  # PEFT's; moved in last, the mark of a complete adapter
+    "weights": "adapter_model.safetensors",  # PEFT's
+    "state": "training.json",  # lab.train: status, settings, pairs, final metrics, warnings
+    "metrics": "metrics.jsonl",  # lab.train: one line per logged step
+    "card": "README.md",  # the model card (lab.cards)
+    "checkpoints": "checkpoints",  # Trainer checkpoints for a resume
+    "staging": ".publish.tmp",  # where a finished adapter is assembled before it is moved in
+}
+# Inside runs/<run>/jobs/ (lab.jobs)
+JOB_FILES = {"job": "job.json", "progress": "progress.json", "log": "log.txt", "exit": "exit.json"}
+# Beside the runs, in the runs root (see the module docstring)
+ROOT_FILES = {"locks": ".locks", "queue": ".queue", "queue_lock": ".queue.lock", "active_job": ".active-job",
+              "browser_secret": ".browser-secret"}
+# A vLLM worker's work folder (lab.engine_vllm; a temp folder unless the caller gives one)
+WORK_FILES = {"request": "request.json", "results": "results.jsonl", "log": "worker.log"}
+# The instruction sets that ship with the project (lab.instructions)
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSET_FILES = {"bundled": "instructions-train.jsonl", "heldout": "instructions-heldout.jsonl"}
+
+
+def lock_file(folder: Path, name: str) -> Path:
+    """<runs root>/.locks/<folder below the root, '/' as '~'>~<name>.lock: outside the folder it guards, so taking
+    a lock changes nothing in a run (a refused or stopped stage leaves it byte for byte as it was), and never
+    deleted (deleting a lock file while held would let two processes lock two files)."""
+    root, folder = runs_root(), Path(folder).resolve()
+    where = folder.relative_to(root) if root in folder.parents else Path(folder.as_posix().lstrip("/"))
+    return root / ROOT_FILES["locks"] / ("~".join(where.parts) + f"~{validate_run_name(name)}.lock")
+
+
+def adapter_file(folder: Path, kind: str) -> Path:
+    """A file of an adapter folder, e.g. adapter_file(path, "state") -> path/training.json."""
+    return Path(folder) / ADAPTER_FILES[kind]
+
+
+def root_file(kind: str) -> Path:
+    """A file or folder beside the runs, e.g. root_file("queue")."""
+    return runs_root() / ROOT_FILES[kind]
+
+
+def asset(kind: str) -> Path:
+    """A bundled instruction set: asset("bundled") or asset("heldout")."""
+    return ASSETS / ASSET_FILES[kind]
 _READ_ONLY: ContextVar[tuple[Path, ...]] = ContextVar("lab_read_only_runs", default=())
 
 
@@ -320,21 +369,27 @@ class Run:
         return sorted(n for n in names if RUN_NAME.match(n))
 
     def adapter_dir(self, name: str) -> Path:
-        return self.path / "adapters" / validate_run_name(name, "adapter name")
+        return self.file("adapters") / validate_run_name(name, "adapter name")
 
     def adapters(self) -> list[str]:
         """Names of complete adapters (a folder counts once its adapter_config.json is in place)."""
-        root = self.path / "adapters"
+        root = self.file("adapters")
         if not root.is_dir():
             return []
-        return sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").exists())
+        return sorted(p.name for p in root.iterdir() if adapter_file(p, "config").exists())
+
+    def adapter_folders(self) -> list[str]:
+        """Names of every adapter folder, complete or still training (the app shows a training one live)."""
+        root = self.file("adapters")
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if root.is_dir() else []
 
     def upload_path(self, suffix: str, kind: str = "instructions") -> Path:
         """Where a file the user gave in the app is kept: kind "instructions" (training), "heldout", or
         "judge-prompt" (the template typed in the Judge tab, for the job about to run)."""
         suffix = suffix if re.match(r"^\.[a-z]{1,5}$", suffix) else ".txt"
         kind = kind if kind in ("instructions", "heldout", "judge-prompt") else "instructions"
-        return self.path / "uploads" / f"{kind}{suffix}"
+        return self.file("uploads") / f"{kind}{suffix}"
 
     def save_upload(self, src: str | os.PathLike, kind: str = "instructions") -> Path:
         """Copy a file uploaded in the app into the run (see upload_path); returns where it now is."""
@@ -347,16 +402,20 @@ class Run:
         return dest
 
     def iteration(self, k: int) -> "Run":
-        return Run(self.path / "iterations" / str(int(k)))
+        return Run(self.file("iterations") / str(int(k)))
 
     def iterations(self) -> list[int]:
         """Numbers of the self-rewarding rounds that have a folder, in order."""
-        root = self.path / "iterations"
+        root = self.file("iterations")
         return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
 
     @property
     def jobs_dir(self) -> Path:
-        return self.path / "jobs"
+        return self.file("jobs")
+
+    def job_file(self, kind: str) -> Path:
+        """A file of the run's job (JOB_FILES), e.g. run.job_file("log")."""
+        return self.jobs_dir / JOB_FILES[kind]
 
     @contextmanager
     def lock(self, stage: str) -> Iterator[None]:
@@ -388,11 +447,7 @@ class Run:
                 pass
 
     def lock_path(self, stage: str) -> Path:
-        """<runs root>/.locks/<run path below the root, '/' as '~'>~<stage>.lock: outside the run folder, so taking
-        a lock changes nothing in the run (a refused or stopped stage leaves it byte for byte as it was)."""
-        root = runs_root()
-        where = self.path.relative_to(root) if root in self.path.parents else Path(self.path.as_posix().lstrip("/"))
-        return root / ".locks" / ("~".join(where.parts) + f"~{validate_run_name(stage)}.lock")
+        return lock_file(self.path, stage)
 
     def _busy(self, stage: str, f) -> LabError:
         f.seek(0)
@@ -409,13 +464,13 @@ class Run:
 
     # run.json: one entry per stage, the settings it last ran with
     def settings(self) -> dict:
-        p = self.path / "run.json"
+        p = self.file("run")
         return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {"stages": {}}
 
     def record_stage(self, stage: str, settings: dict) -> None:
         """Set run.json's entry for `stage` (scrubbed). Read-modify-write under a blocking lock, so two stages
         running at once on the run (sample and rank, say) never drop each other's entry."""
-        path = self.path / "locks" / "run-json.lock"
+        path = self.lock_path("run-json")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -423,7 +478,7 @@ class Run:
             data.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             data.setdefault("stages", {})[stage] = {**scrub(settings), "updated": now}
-            atomic_write_json(self.path / "run.json", data)
+            atomic_write_json(self.file("run"), data)
 
     def stage_settings(self, stage: str) -> dict | None:
         return self.settings().get("stages", {}).get(stage)

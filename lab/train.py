@@ -8,14 +8,15 @@ pi is the base model with the LoRA adapter on; ref is the same model with the ad
 memory). When training continues from an existing adapter (`init_adapter`, self-rewarding rounds), TRL copies it into
 a frozen "ref" adapter, so the reference is the previous round's model.
 
-Input: a pairs file in TRL's conversational format (lab.pairs documents it); plain-string prompts/answers are
-wrapped into one message each. Output, `runs/<run>/adapters/<name>/`:
+The method (TrainConfig.method) comes from lab.methods.METHODS: DPO's loss types are TRL's.
 
-    adapter_config.json, adapter_model.safetensors   the PEFT adapter. adapter_config.json is moved in LAST and is
-                                                     the mark of a complete adapter (Run.adapters() looks for it)
-    README.md                                        model card: base model, data set, parameters, final metrics
+Input: a pairs file in TRL's conversational format (lab.pairs documents and checks it). Output: an adapter folder,
+`runs/<run>/adapters/<name>/` (lab.adapters documents the folder; the model card is lab.cards.model_card). The two
+records this module writes there:
+
     training.json                                    {"status": "training"|"stopped"|"done"|"failed",
-                                                      "settings": TrainConfig fields, "base_model": spec,
+                                                      "settings": TrainConfig fields, "method": str,
+                                                      "base_model": spec,
                                                       "base_model_path", "init_adapter": str|null,
                                                       "pairs": {"path", "sha256", "n", "n_train", "n_eval",
                                                                 "chosen_chars_mean", "rejected_chars_mean",
@@ -34,7 +35,7 @@ wrapped into one message each. Output, `runs/<run>/adapters/<name>/`:
          "num_tokens": cumulative tokens seen, "tokens_per_s": since the previous train line,
          "eta_s": seconds left at the recent pace}
         eval lines carry the same names without TRL's "eval_" prefix; the summary line holds train_runtime etc.
-    checkpoints/checkpoint-<step>/                   Trainer checkpoints for resume; removed once training is done
+        (other methods log their own metric names: lab.methods.METHODS[...].plots)
 
 A stopped training (SIGTERM from the app, Ctrl-C) saves a checkpoint and the adapter trained so far (status
 "stopped"); running the same command again resumes from the checkpoint. A crash leaves no adapter_config.json, so
@@ -42,154 +43,100 @@ the folder never looks like a finished adapter.
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import math
 import os
-import random
-import re
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-from lab import models
-from lab.config import TrainConfig
+from lab import cards, models
+from lab.adapters import adapter_lock, final_metrics, is_complete, plan_resume, publish, read_state, \
+    refuse_finished, reset_folder
+from lab.config import Settings, opt
 from lab.errors import LabError
+from lab.methods import METHODS
+from lab.pairs import check_markup, load_pairs, pair_stats, resolve_pairs, split_pairs
 from lab.progress import Progress, Stopped, stop_requested
-from lab.store import (Run, append_jsonl, atomic_write_json, atomic_write_text, iter_user_jsonl, read_jsonl,
-                       write_jsonl)
+from lab.store import Run, adapter_file, append_jsonl, atomic_write_json, read_jsonl, validate_run_name
 
-MIN_EVAL_GROUPS = 2  # fewer held-out instructions than this give an eval loss too noisy to read
-# Settings that may change between an interrupted training and its resumption without changing what is learned
-RESUME_FREE = ("resume", "device", "save_steps", "logging_steps", "eval_steps", "epochs", "max_steps")
-# Chat-template markup, by the template family it comes from: such text in a pair was rendered for some model
-TEMPLATE_MARKERS = {
-    "<|im_start|>": "ChatML (SmolLM2, Qwen)", "<|im_end|>": "ChatML (SmolLM2, Qwen)",
-    "<|start_header_id|>": "Llama 3", "<|eot_id|>": "Llama 3", "<|begin_of_text|>": "Llama 3",
-    "[INST]": "Llama 2 / Mistral", "[/INST]": "Llama 2 / Mistral", "<<SYS>>": "Llama 2",
-    "<start_of_turn>": "Gemma", "<end_of_turn>": "Gemma",
-    "<|user|>": "Zephyr / Phi-3", "<|assistant|>": "Zephyr / Phi-3",
-}
 OOM_HINTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 
-# ---- input: pairs --------------------------------------------------------------------------------------------------
-def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
-    """'judge' | 'pairrm' | another source name -> run.pairs_file(name); anything else is a file path."""
-    raw = str(pairs).strip()
-    path = Path(raw).expanduser()
-    if not raw:
-        raise LabError("Give --pairs: 'judge', 'pairrm' or a pairs .jsonl file.")
-    if path.is_file():
-        return path.resolve()
-    if "/" not in raw and not raw.endswith(".jsonl"):
-        source = run.pairs_file(raw)
-        if source.is_file():
-            return source
-        raise LabError(f"No pairs for source {raw!r} in run {run.name} ({source.name} is missing): build them "
-                       f"first with `python -m lab pairs --run {run.name} --source {raw}`, or pass a file.")
-    raise LabError(f"Pairs file {path} does not exist: give 'judge', 'pairrm' or an existing .jsonl file.")
 
+@dataclass
+class TrainConfig(Settings):
+    """DPO + LoRA settings. docs/training.md explains every field, its default and why."""
 
-def _as_messages(value: Any, role: str, where: str) -> list[dict]:
-    """A plain string becomes one message; a list must hold {"role", "content"} dicts with non-empty text."""
-    if isinstance(value, str):
-        value = [{"role": role, "content": value}]
-    if not isinstance(value, list) or not value:
-        raise LabError(f"{where}: expected a list of chat messages or a string, got {type(value).__name__}.")
-    for m in value:
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in (
-                "system", "user", "assistant"):
-            raise LabError(f"{where}: each message needs a 'role' (system/user/assistant) and a 'content' string.")
-    if not value[-1]["content"].strip():
-        raise LabError(f"{where}: the message text is empty.")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+    pairs: str = opt("", "the pairs to train on: a source of this run ('judge', 'pairrm', 'self': its "
+                     "pairs-<source>.jsonl) or a pairs .jsonl file", label="Pairs")
+    adapter: str = opt("", "name of the adapter folder to write under <run>/adapters/", label="Adapter name")
+    init_adapter: str = opt("", "continue from this adapter (a name in the run, or a folder); it is also the frozen "
+                            "reference", label="Continue from adapter")
+    method: str = opt("dpo", "training method: " + "; ".join(f"{k}: {m.label}" for k, m in METHODS.items()),
+                      tuple(METHODS), label="Method")
+    model: str = opt("", "base model spec (empty = the model that sampled the run)", label="Base model")
+    epochs: float = opt(3.0, "passes over the training pairs (ignored when --max-steps > 0)", label="Epochs")
+    max_steps: int = opt(-1, "stop after this many optimizer steps (-1 = run the epochs)", label="Max steps")
+    lr: float = opt(5e-5, "peak learning rate of the LoRA weights (cosine decay after warm-up)", label="Learning rate")
+    warmup_ratio: float = opt(0.1, "fraction of the steps spent warming the learning rate up from 0",
+                              label="Warm-up ratio")
+    beta: float = opt(0.1, "DPO beta: strength of the pull back to the reference (higher = stay closer)", label="Beta")
+    loss_type: str = opt("sigmoid", "TRL loss type, or several joined by ',' (e.g. sigmoid,sft)", label="Loss type")
+    lora_r: int = opt(16, "LoRA rank", label="LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha / r)", label="LoRA alpha")
+    lora_dropout: float = opt(0.0, "LoRA dropout (> 0 also turns the model's own dropout back on)",
+                              label="LoRA dropout")
+    target_modules: str = opt("all-linear", "layers that get LoRA: 'all-linear' or names joined by ','",
+                              label="LoRA target modules")
+    batch_size: int = opt(4, "pairs per device per forward pass", label="Batch size")
+    grad_accum: int = opt(1, "forward passes per optimizer step (effective batch = batch x accum x devices)",
+                          label="Gradient accumulation")
+    max_length: int = opt(1024, "longest prompt + response in tokens; longer ones are cut at the end",
+                          label="Max length (tokens)")
+    eval_fraction: float = opt(0.1, "share of the instructions held out for eval loss and reward accuracy",
+                               label="Eval fraction")
+    eval_steps: int = opt(0, "evaluate every N steps (0 = about 5 times per training)")
+    save_steps: int = opt(50, "write a resumable checkpoint every N steps", label="Checkpoint every")
+    logging_steps: int = opt(1, "write a metrics line every N steps")
+    seed: int = opt(0, "seed for the data order, the eval split and the LoRA init", label="Seed")
+    gradient_checkpointing: bool = opt(True, "recompute activations in the backward pass: far less memory, ~30% slower",
+                                       label="Gradient checkpointing")
+    precompute_ref: bool = opt(False, "compute reference log-probs once before training (faster steps, startup pass)",
+                               label="Precompute reference")
+    resume: bool = opt(True, "continue an interrupted training of the same adapter from its last checkpoint",
+                       label="Resume")
+    device: str = opt("auto", "cpu, cuda or auto (GPU if there is one); accelerate launch picks per process")
+    dtype: str = opt("auto", "float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
 
+    def losses(self) -> list[str]:
+        return [t.strip() for t in self.loss_type.split(",") if t.strip()]
 
-def _check_record(rec: Any, n: int) -> dict:
-    """One pairs line -> {"prompt", "chosen", "rejected", "meta"}; raises LabError naming the line."""
-    where = f"pairs line {n}"
-    if not isinstance(rec, dict) or not {"prompt", "chosen", "rejected"} <= rec.keys():
-        raise LabError(f"{where}: each line needs 'prompt', 'chosen' and 'rejected' (TRL conversational format, "
-                       "see lab/pairs.py); rebuild the file with `python -m lab pairs`.")
-    out = {"prompt": _as_messages(rec["prompt"], "user", f"{where}, prompt"),
-           "chosen": _as_messages(rec["chosen"], "assistant", f"{where}, chosen"),
-           "rejected": _as_messages(rec["rejected"], "assistant", f"{where}, rejected"),
-           "meta": rec.get("meta") if isinstance(rec.get("meta"), dict) else {}}
-    if out["prompt"][-1]["role"] != "user":
-        raise LabError(f"{where}: the prompt must end with a user message.")
-    for side in ("chosen", "rejected"):  # DPO trains on these tokens as the model's own answer
-        if any(m["role"] != "assistant" for m in out[side]):
-            raise LabError(f"{where}, {side}: every message must have role 'assistant' (the answer to the prompt); "
-                           "earlier turns, user ones included, belong in 'prompt'.")
-    return out
-
-
-def _text_of(rec: dict) -> str:
-    return "\n".join(m["content"] for part in ("prompt", "chosen", "rejected") for m in rec[part])
-
-
-def _markup_error(n: int, marker: str, own: set[str], model: str) -> LabError:
-    family = TEMPLATE_MARKERS.get(marker, "a chat template")
-    if marker in own:
-        why = (f"it is {model}'s own template markup, so the text was already rendered: the trainer renders the "
-               "messages again and the markup would be doubled")
-    else:
-        why = f"it is markup of another model's template ({family}), not {model}'s"
-    return LabError(f"pairs line {n} contains the chat-template token {marker!r}: {why}. Pairs must hold plain "
-                    "message text; rebuild them with `python -m lab pairs`, or strip the template from the text.")
-
-
-def check_markup(records: list[dict], tokenizer, model: str) -> None:
-    """Refuse pairs whose text holds chat-template tokens (rendered for this or another model)."""
-    own = {t for t in tokenizer.all_special_tokens if len(t) > 3 and t not in ("<unk>",)}
-    own |= {t for t in TEMPLATE_MARKERS if t in (tokenizer.chat_template or "")}
-    markers = sorted(set(TEMPLATE_MARKERS) | own, key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(m) for m in markers))
-    for n, rec in enumerate(records, 1):
-        hit = pattern.search(_text_of(rec))
-        if hit:
-            raise _markup_error(n, hit.group(0), own, model)
-
-
-def load_pairs(path: Path) -> list[dict]:
-    """Read and check a pairs file (a user's file: UTF-8, its last line counts with or without a newline, see
-    lab.store.iter_user_jsonl). Returns [{"prompt", "chosen", "rejected", "meta"}] (messages lists)."""
-    records = [_check_record(r, n) for n, r in iter_user_jsonl(path, "Pairs file")]
-    if not records:
-        raise LabError(f"{path} holds no pairs: build them with `python -m lab pairs` (judge or pairrm first).")
-    same = [n for n, r in enumerate(records, 1) if r["chosen"][-1]["content"].strip() ==
-            r["rejected"][-1]["content"].strip()]
-    if same:
-        raise LabError(f"{len(same)} of {len(records)} pairs have the same chosen and rejected text (lines "
-                       f"{', '.join(map(str, same[:5]))}{'...' if len(same) > 5 else ''}): they carry no preference "
-                       "and only add noise. Drop ties and duplicate answers when building pairs (lab.pairs does), "
-                       "or delete those lines.")
-    return records
-
-
-def split_pairs(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out whole instructions (never one pair of an instruction on each side). -> (train, eval)."""
-    key = lambda r: r["meta"].get("instruction_id") or r["prompt"][-1]["content"]  # noqa: E731
-    groups = sorted({key(r) for r in records})
-    random.Random(seed).shuffle(groups)
-    n_eval = round(len(groups) * fraction)
-    if n_eval < MIN_EVAL_GROUPS or len(groups) - n_eval < 1:
-        return records, []
-    held = set(groups[:n_eval])
-    return [r for r in records if key(r) not in held], [r for r in records if key(r) in held]
-
-
-def pair_stats(path: Path, records: list[dict]) -> dict:
-    """Size, checksum and the chosen-vs-rejected length balance of a pairs file (what the card and warnings need)."""
-    chosen = [len(r["chosen"][-1]["content"]) for r in records]
-    rejected = [len(r["rejected"][-1]["content"]) for r in records]
-    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "n": len(records),
-            "chosen_chars_mean": sum(chosen) / len(chosen), "rejected_chars_mean": sum(rejected) / len(rejected),
-            "chosen_longer_fraction": sum(c > r for c, r in zip(chosen, rejected)) / len(records)}
+    def validate(self) -> "TrainConfig":
+        allowed = METHODS[self.method].loss_types()
+        bad = [t for t in self.losses() if t not in allowed]
+        if bad or not self.losses():
+            raise LabError(f"--loss-type {self.loss_type!r}: use one or more of {', '.join(allowed)}.")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise LabError("Give --epochs > 0 or --max-steps > 0: there is nothing to train otherwise.")
+        for flag, value in (("--lr", self.lr), ("--beta", self.beta)):
+            if not value > 0:
+                raise LabError(f"{flag} must be > 0 (got {value}).")
+        for flag, value in (("--lora-r", self.lora_r), ("--lora-alpha", self.lora_alpha),
+                            ("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum),
+                            ("--save-steps", self.save_steps), ("--logging-steps", self.logging_steps)):
+            if value < 1:
+                raise LabError(f"{flag} must be at least 1 (got {value}).")
+        if self.max_length < 16:
+            raise LabError(f"--max-length {self.max_length} is too short for a prompt and an answer; "
+                           "512-2048 is usual.")
+        if not self.target_modules.strip(" ,"):
+            raise LabError("--target-modules is empty: give 'all-linear' or layer names joined by ',' (q_proj,v_proj).")
+        if not 0 <= self.eval_fraction < 0.5 or not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup_ratio < 1:
+            raise LabError("--eval-fraction must be in [0, 0.5), --lora-dropout and --warmup-ratio in [0, 1).")
+        return self
 
 
 # ---- warnings shared by the CLI and the app ------------------------------------------------------------------------
@@ -235,81 +182,9 @@ def diagnose(metrics: list[dict], stats: dict | None, beta: float, history: list
     return [w for w in found if w]
 
 
-# ---- the adapter folder: lock, state, resume -----------------------------------------------------------------------
 def is_main_process() -> bool:
     """Rank 0 under `accelerate launch` / torchrun, else True: only it writes files."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-@contextmanager
-def adapter_lock(out: Path) -> Iterator[None]:
-    """One training per adapter folder: a second one (another terminal, the app) is refused, not run on top."""
-    out.mkdir(parents=True, exist_ok=True)
-    lock = out / ".lock"
-    with open(lock, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LabError(f"Adapter {out.name} is being trained by another process right now: wait for it or "
-                           "stop it, or pick another --adapter name.") from None
-        try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)  # while we still hold it, so no one else is using this file
-            if not any(out.iterdir()):
-                out.rmdir()  # failed before writing anything: leave no empty adapter folder behind
-
-
-def read_state(out: Path) -> dict | None:
-    """training.json of an adapter folder, or None."""
-    path = out / "training.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def last_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint (trainer_state.json is written last, so a torn one lacks it)."""
-    ckpts = [p for p in (out / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
-def _differences(old: dict, new: dict) -> list[str]:
-    keys = sorted(k for k in {*old, *new} if k not in RESUME_FREE)
-    return [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
-
-
-def refuse_finished(out: Path) -> dict | None:
-    """LabError if `out` holds a finished adapter (or a foreign one); else its training.json (or None)."""
-    state = read_state(out)
-    if (out / "adapter_config.json").exists() and (state is None or state.get("status") == "done"):
-        raise LabError(f"Adapter {out.name!r} already exists in {out.parent}: choose another adapter name, or "
-                       "delete that folder to train it again.")
-    return state
-
-
-def plan_resume(out: Path, identity: dict, resume: bool) -> Path | None:
-    """Decide what to do with an existing folder, reading only. -> checkpoint to resume from, or None (fresh)."""
-    state = refuse_finished(out)
-    ckpt = last_checkpoint(out) if resume and state else None
-    if ckpt is None:
-        return None
-    diff = _differences(state.get("identity", {}), identity)
-    if diff:
-        raise LabError(f"Adapter {out.name!r} holds an interrupted training with other settings ({'; '.join(diff)})"
-                       ": rerun with the same settings to resume it, pass --no-resume to start it over, or choose "
-                       "another --adapter name.")
-    return ckpt
-
-
-def reset_folder(out: Path, ckpt: Path | None) -> None:
-    """Fresh start: clear what an earlier attempt left. Resume: drop metric lines past the checkpoint's step."""
-    if ckpt is None:
-        for p in out.iterdir():
-            if p.name != ".lock":
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-        return
-    step = int(ckpt.name.split("-")[-1])
-    metrics = out / "metrics.jsonl"
-    write_jsonl(metrics, [m for m in read_jsonl(metrics) if m.get("step", 0) <= step and m.get("split") != "summary"])
 
 
 # ---- live metrics and cooperative stop -----------------------------------------------------------------------------
@@ -384,20 +259,11 @@ def _split_of(logs: dict) -> str:
 # ---- model, data set, trainer --------------------------------------------------------------------------------------
 def load_policy(spec: str, config: TrainConfig, init_adapter: str | None):
     """Base model (+ the adapter to continue from, trainable) and its tokenizer, in the training dtype."""
-    from transformers import AutoModelForCausalLM
-
-    path = models.resolve(spec)
     device, dtype = models.pick_device(config.device, config.dtype)
     if str(dtype) == "torch.float16":
         raise LabError("--dtype float16 is not supported for training (it overflows without loss scaling): use "
                        "bfloat16 on a GPU or float32.")
-    tok = models.load_tokenizer(spec)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as e:
-        raise models._hub_error(spec, e) from e
-    if len(tok) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tok))
+    model, tok = models.load_weights(spec, dtype)
     if init_adapter:
         from peft import PeftModel
 
@@ -444,16 +310,17 @@ def planned_steps(config: TrainConfig, n_train: int, world: int) -> int:
     return max(1, math.ceil(config.epochs * per_epoch))
 
 
-def dpo_args(config: TrainConfig, out: Path, device: str, n_train: int, has_eval: bool):
-    """TrainConfig -> trl.DPOConfig. bf16 where the model is bf16 (GPU); every other field mapped one to one."""
-    from trl import DPOConfig
-
+def trainer_args(config: TrainConfig, out: Path, device: str, n_train: int, has_eval: bool):
+    """TrainConfig -> the method's TRL config (DPOConfig for DPO). bf16 where the model is bf16 (GPU); the method's
+    own fields from lab.methods; every other field mapped one to one."""
+    method = METHODS[config.method]
+    _, config_cls = method.trainer()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     eval_every = config.eval_steps or max(1, planned_steps(config, n_train, world) // 5)
-    return DPOConfig(
-        output_dir=str(out / "checkpoints"), num_train_epochs=config.epochs, max_steps=config.max_steps,
-        learning_rate=config.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio, beta=config.beta,
-        loss_type=config.losses(), per_device_train_batch_size=config.batch_size,
+    return config_cls(
+        output_dir=str(adapter_file(out, "checkpoints")), num_train_epochs=config.epochs, max_steps=config.max_steps,
+        learning_rate=config.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,
+        **method.args(config), per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
         max_length=config.max_length, seed=config.seed, data_seed=config.seed,
         gradient_checkpointing=config.gradient_checkpointing, precompute_ref_log_probs=config.precompute_ref,
@@ -464,11 +331,11 @@ def dpo_args(config: TrainConfig, out: Path, device: str, n_train: int, has_eval
     )
 
 
-def to_dataset(records: list[dict]):
-    """TRL conversational rows (the "meta" column is ours, not TRL's, so it stays out)."""
+def to_dataset(records: list[dict], method: str = "dpo"):
+    """The method's TRL rows from lab.pairs records (the "meta" column is ours, not TRL's, so it stays out)."""
     from datasets import Dataset
 
-    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records])
+    return Dataset.from_list(METHODS[method].rows(records))
 
 
 def check_lengths(records: list[dict], tok, max_length: int) -> None:
@@ -482,17 +349,18 @@ def check_lengths(records: list[dict], tok, max_length: int) -> None:
 
 def build_trainer(model, tok, config: TrainConfig, out: Path, device: str, train: list[dict], held: list[dict],
                   progress: Progress):
-    """DPOTrainer on `model`. A plain model gets a fresh LoRA (reference = adapter disabled); a PeftModel keeps its
-    adapter trainable and TRL freezes a copy of it as the reference."""
+    """The method's TRL trainer on `model`. A plain model gets a fresh LoRA (DPO's reference = adapter disabled); a
+    PeftModel keeps its adapter trainable and TRL freezes a copy of it as the reference."""
     from peft import PeftModel
-    from trl import DPOTrainer
 
+    trainer_cls, _ = METHODS[config.method].trainer()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return DPOTrainer(
-        model, args=dpo_args(config, out, device, len(train), bool(held)), train_dataset=to_dataset(train),
-        eval_dataset=to_dataset(held) if held else None, processing_class=tok,
+    return trainer_cls(
+        model, args=trainer_args(config, out, device, len(train), bool(held)),
+        train_dataset=to_dataset(train, config.method),
+        eval_dataset=to_dataset(held, config.method) if held else None, processing_class=tok,
         peft_config=None if isinstance(model, PeftModel) else lora_config(config),
-        callbacks=[metrics_callback(out / "metrics.jsonl", progress, distributed)])
+        callbacks=[metrics_callback(adapter_file(out, "metrics"), progress, distributed)])
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -522,91 +390,6 @@ def run_trainer(trainer, config: TrainConfig, device: str, ckpt: Path | None) ->
         raise
 
 
-# ---- output: the adapter, its card, its state ----------------------------------------------------------------------
-def final_metrics(metrics: list[dict]) -> dict:
-    """The last train line's and the last eval line's headline numbers, e.g. {"train/loss": .., "eval/loss": ..}."""
-    keys = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
-            "logps/rejected")
-    out: dict = {}
-    for split in ("train", "eval"):
-        last = next((m for m in reversed(metrics) if m.get("split") == split), None)
-        out.update({f"{split}/{k}": last[k] for k in keys if last and k in last})
-    return out
-
-
-def card_base_model(spec: str) -> str | None:
-    if spec == "bundled":
-        return models.BUNDLED_HUB_ID
-    return spec if models.HUB_ID.match(spec) and not Path(spec).exists() else None
-
-
-def model_card(name: str, state: dict) -> str:
-    """README.md: hub metadata (base model, library) + what was trained on what, how, and how it ended."""
-    from huggingface_hub import ModelCardData
-
-    meta = ModelCardData(base_model=card_base_model(state["base_model"]), library_name="peft",
-                         pipeline_tag="text-generation", tags=["dpo", "lora", "trl", "preference-lab"])
-    p, s = state["pairs"], state["settings"]
-    params = "\n".join(f"| `{k}` | `{v}` |" for k, v in s.items() if k not in ("resume", "device"))
-    finals = "\n".join(f"| {k} | {v:.4g} |" for k, v in state["final"].items()) or "| (none logged) | |"
-    warns = "\n".join(f"- {w}" for w in state["warnings"]) or "None."
-    ended = ("complete" if state["status"] == "done" else
-             f"**stopped early**, at step {state['global_step']} of {state['max_steps']}")
-    reference = (f"It continues adapter `{state['init_adapter']}`, which served as the frozen reference."
-                 if state["init_adapter"] else "The reference model is the base model (adapter disabled).")
-    return f"""---
-{meta.to_yaml()}
----
-
-# {name}
-
-A LoRA adapter for `{state['base_model']}` trained with DPO (TRL `DPOTrainer`, sigmoid loss unless noted below) by
-Preference Lab. Training is {ended}. {reference}
-
-## Data
-{p['n']} preference pairs from `{Path(p['path']).name}` (sha256 `{p['sha256'][:16]}`): {p['n_train']} for training,
-{p['n_eval']} held out (whole instructions) for evaluation. Chosen answers average {p['chosen_chars_mean']:.0f}
-characters, rejected ones {p['rejected_chars_mean']:.0f}; the chosen one is longer in
-{p['chosen_longer_fraction']:.0%} of pairs.
-
-## Parameters
-| setting | value |
-|---|---|
-{params}
-
-## Final metrics
-| metric | value |
-|---|---|
-{finals}
-
-## Warnings
-{warns}
-
-## Use
-```python
-from transformers import AutoModelForCausalLM
-from peft import PeftModel
-base = AutoModelForCausalLM.from_pretrained("{card_base_model(state['base_model']) or state['base_model_path']}")
-model = PeftModel.from_pretrained(base, "path/to/{name}")
-```
-Versions: {", ".join(f"{k} {v}" for k, v in state["versions"].items())}.
-"""
-
-
-def publish_adapter(out: Path, model, state: dict) -> None:
-    """Write the adapter, card and state into a temp folder, then move them in with adapter_config.json last: a
-    crash at any point leaves a folder without it, which nothing treats as a finished adapter."""
-    tmp = out / ".publish.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, selected_adapters=["default"])  # not TRL's frozen "ref" copy
-    atomic_write_text(tmp / "README.md", model_card(out.name, state))
-    atomic_write_json(tmp / "training.json", state)
-    (out / "adapter_config.json").unlink(missing_ok=True)  # an older (stopped) adapter is incomplete from here on
-    for f in sorted(tmp.iterdir(), key=lambda f: f.name == "adapter_config.json"):
-        os.replace(f, out / f.name)
-    tmp.rmdir()
-
-
 def versions() -> dict:
     from importlib.metadata import version
 
@@ -614,21 +397,13 @@ def versions() -> dict:
 
 
 # ---- the entry point other stages call -----------------------------------------------------------------------------
-def run_model(run: Run) -> str:
-    """The model spec that sampled the run (the default base for training)."""
-    spec = (run.stage_settings("sample") or {}).get("model")
-    if not spec:
-        raise LabError(f"Run {run.name} records no sampling model: give the base model with --model SPEC.")
-    return spec
-
-
 def resolve_init_adapter(run: Run, init_adapter: str | os.PathLike | None) -> str | None:
     """An adapter name of this run, or a folder holding adapter_config.json -> its path."""
     if not init_adapter:
         return None
     raw = str(init_adapter)
     for path in ((Path(raw).expanduser(),) + ((run.adapter_dir(raw),) if "/" not in raw else ())):
-        if (path / "adapter_config.json").exists():
+        if is_complete(path):
             return str(path.resolve())
     known = ", ".join(run.adapters()) or "none yet"
     raise LabError(f"--init-adapter {raw!r} is neither a complete adapter of run {run.name} ({known}) nor a folder "
@@ -643,15 +418,10 @@ def _barrier() -> None:
         PartialState().wait_for_everyone()
 
 
-def read_metrics(run: Run, adapter_name: str) -> list[dict]:
-    """The metrics lines of an adapter, complete or still training (for plots)."""
-    return read_jsonl(run.adapter_dir(adapter_name) / "metrics.jsonl")
-
-
 def precheck(run: Run, pairs: str | os.PathLike, adapter_name: str, config: TrainConfig) -> dict:
     """The checks that need no model (settings, pairs file, adapter name), for the app to run before it starts a
     job. -> pair_stats of the pairs file. Raises LabError like train_adapter would."""
-    config.validate()
+    replace(config, pairs=str(pairs), adapter=adapter_name).validate()
     out = run.adapter_dir(adapter_name)
     path = resolve_pairs(run, pairs)
     stats = pair_stats(path, load_pairs(path))
@@ -672,9 +442,9 @@ def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config:
     Raises LabError on bad input (nothing written), Stopped after saving a stopped training's adapter.
     Works unchanged under `accelerate launch` (every rank calls it; rank 0 writes the files).
     """
-    config = config.validate()
+    config = replace(config, pairs=str(pairs), adapter=adapter_name, init_adapter=str(init_adapter or "")).validate()
     out = run.adapter_dir(adapter_name)
-    spec = base_model or config.model or run_model(run)
+    spec = base_model or models.run_model(run, config.model)
     path = resolve_pairs(run, pairs)
     records = load_pairs(path)
     tok = models.load_tokenizer(spec)
@@ -698,20 +468,21 @@ def _no_lock() -> Iterator[None]:
 
 def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identity: dict, ckpt: Path | None,
                   init: str | None, progress: Progress, callbacks: list) -> Path:
-    config = TrainConfig(**{k: identity[k] for k in TrainConfig.__dataclass_fields__})
+    config = TrainConfig(**{k: identity[k] for k in TrainConfig.__dataclass_fields__ if k != "init_adapter"},
+                         init_adapter=init or "")
     spec = identity["model"]
     model, tok, device = load_policy(spec, config, init)
     if init is None:  # a continued adapter keeps its own layers (TRL gets no LoraConfig then)
         check_target_modules(model, config, spec)
     train, held = split_pairs(records, config.eval_fraction, config.seed)
-    state = {"status": "training", "settings": config.to_dict(), "base_model": spec,
+    state = {"status": "training", "settings": config.to_dict(), "method": config.method, "base_model": spec,
              "base_model_path": models.resolve(spec), "init_adapter": init,
              "pairs": {**stats, "n_train": len(train), "n_eval": len(held)}, "identity": identity,
              "global_step": 0, "max_steps": None, "final": {}, "warnings": [], "versions": versions(),
              "started": time.time(), "finished": None, "error": None}
     if is_main_process():
         reset_folder(out, ckpt)
-        atomic_write_json(out / "training.json", state)
+        atomic_write_json(adapter_file(out, "state"), state)
     _barrier()
     try:  # from here on a failure is recorded in training.json (status "failed" and the message)
         trainer = build_trainer(model, tok, config, out, device, train, held, progress)
@@ -720,8 +491,8 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
         run_trainer(trainer, config, device, ckpt)
     except BaseException as e:
         if is_main_process() and not isinstance(e, KeyboardInterrupt):
-            atomic_write_json(out / "training.json", {**state, "status": "failed", "error": str(e)[:2000],
-                                                      "finished": time.time()})
+            atomic_write_json(adapter_file(out, "state"), {**state, "status": "failed", "error": str(e)[:2000],
+                                                              "finished": time.time()})
         raise
     return _finish(run, out, trainer, state, config)
 
@@ -731,13 +502,14 @@ def _finish(run: Run, out: Path, trainer, state: dict, config: TrainConfig) -> P
     stopped = stop_requested()
     trainer.accelerator.wait_for_everyone()
     if is_main_process():
-        metrics = read_jsonl(out / "metrics.jsonl")
+        metrics = read_jsonl(adapter_file(out, "metrics"))
         state = {**state, "status": "stopped" if stopped else "done", "global_step": trainer.state.global_step,
                  "max_steps": trainer.state.max_steps, "final": final_metrics(metrics),
                  "warnings": diagnose(metrics, state["pairs"], config.beta), "finished": time.time()}
-        publish_adapter(out, trainer.accelerator.unwrap_model(trainer.model), state)
+        publish(out, trainer.accelerator.unwrap_model(trainer.model), state,
+                lambda staging: cards.model_card(out.name, out.name, run, staging, state))
         if not stopped:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # only a resume needs them
+            shutil.rmtree(adapter_file(out, "checkpoints"), ignore_errors=True)  # only a resume needs them
         run.record_stage("train", {"adapter": out.name, "pairs": state["pairs"]["path"], "base_model":
                                    state["base_model"], "init_adapter": state["init_adapter"], **config.to_dict()})
     trainer.accelerator.wait_for_everyone()
@@ -745,3 +517,16 @@ def _finish(run: Run, out: Path, trainer, state: dict, config: TrainConfig) -> P
         raise Stopped(f"Training stopped at step {trainer.state.global_step} of {trainer.state.max_steps}: the adapter "
                       f"trained so far is saved in {out}; run the same command again to resume.")
     return out
+
+
+def train_stage(run: Run, cfg: TrainConfig, progress: Progress | None = None) -> dict:
+    """The train stage as the CLI runs it: cfg.pairs, cfg.adapter and cfg.init_adapter say what to train.
+    -> a summary (status, steps, pair counts, final metrics, warnings)."""
+    if not cfg.pairs or not cfg.adapter:
+        raise LabError("Give --pairs (a pair source of the run, e.g. judge, or a pairs file) and --adapter (the name "
+                       "of the adapter to write).")
+    out = train_adapter(run, cfg.pairs, cfg.adapter, cfg, init_adapter=cfg.init_adapter or None, progress=progress)
+    state = read_state(out)
+    return {"adapter": str(out), "status": state["status"], "steps": state["global_step"],
+            "pairs": {k: state["pairs"][k] for k in ("n_train", "n_eval")}, "final": state["final"],
+            "warnings": state["warnings"]}

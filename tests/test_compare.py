@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from lab import compare, models
-from lab.config import CompareConfig
+from lab.compare import CompareConfig
 from lab.errors import LabError
 from lab.progress import Progress, Stopped
 
@@ -157,7 +157,7 @@ def test_grid_before_any_comparison(run):
 
 # ---- generation with switched adapters ---------------------------------------------------------------------------
 def test_base_column_equals_plain_base_and_adapters_differ(two_adapters, tmp_path, tiny):
-    from lab.sample import Decoding, generate
+    from lab.generation import Decoding, generate
 
     c = cfg(instructions=heldout_file(tmp_path, HELD))
     out = compare.compare_run(two_adapters, c)
@@ -166,7 +166,7 @@ def test_base_column_equals_plain_base_and_adapters_differ(two_adapters, tmp_pat
     df = compare.grid(two_adapters)
     assert list(df.columns) == ["prompt", "duplicate_of", "base", "judge", "pairrm"]
     assert df["prompt"].tolist() == HELD
-    _, dec = compare.model_settings(c)
+    dec = c.decoding().to_dict()
     plain = [c[0].text for c in generate(tiny, HELD, 1, Decoding(**dec), c.batch_size)]
     assert df["base"].tolist() == plain  # same batches, same seeds: the base inside PEFT is the plain base
     assert df["judge"].tolist() != plain and df["pairrm"].tolist() != df["judge"].tolist()
@@ -237,13 +237,15 @@ def test_refusals():
 
 
 def test_bootstrap_interval():
-    assert compare.bootstrap_ci([1.0] * 10, 500, 0.95) == (1.0, 1.0)
+    from lab import stats
+
+    assert stats.bootstrap_ci([1.0] * 10, 500, 0.95) == (1.0, 1.0)
     values = [1.0] * 30 + [0.0] * 10
-    lo, hi = compare.bootstrap_ci(values, 2000, 0.95)
+    lo, hi = stats.bootstrap_ci(values, 2000, 0.95)
     assert 0.6 < lo < 0.75 < hi < 0.9
-    assert compare.bootstrap_ci(values, 2000, 0.95) == (lo, hi)  # seeded
-    assert compare.bootstrap_ci(values, 2000, 0.5)[0] > lo  # a lower confidence, a narrower interval
-    rate = compare.win_rate([1.0, 0.5, 0.0, 1.0], cfg())
+    assert stats.bootstrap_ci(values, 2000, 0.95) == (lo, hi)  # seeded
+    assert stats.bootstrap_ci(values, 2000, 0.5)[0] > lo  # a lower confidence, a narrower interval
+    rate = stats.win_rate([1.0, 0.5, 0.0, 1.0], cfg().bootstrap, cfg().confidence, cfg().seed)
     assert (rate["win_rate"], rate["wins"], rate["ties"], rate["losses"], rate["n"]) == (0.625, 2, 1, 1, 4)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.config import JudgeConfig
+from lab.judge import JudgeConfig
 from lab.errors import LabError
 from lab.judge import judge_run
 from lab.judge_backends import ApiBackend, resolve_key
@@ -107,8 +107,9 @@ def test_userinfo_in_a_base_url_never_reaches_a_message(monkeypatch):
 # ---- compare and iterate obey the same rule --------------------------------------------------------------------------
 def test_compare_and_iterate_judges_follow_the_rule(owner, monkeypatch):
     from lab import compare
-    from lab.config import CompareConfig, IterateConfig
-    from lab.iterate import api_backend
+    from lab.compare import CompareConfig
+    from lab.iterate import IterateConfig
+    from lab.score import api_backend
 
     compare.check_scorers(CompareConfig(judge="openai"), None)  # the owner's key, for the owner's URL
     assert api_backend(IterateConfig(judge="openai")).api_key == OWNER
@@ -187,7 +188,7 @@ def test_the_apps_compare_and_iterate_jobs_use_the_visitors_key_alone(run, runs_
     make_adapter(run, "dpo", seed=1)
     compare_values = {"n": 2, "max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "seed": 0, "pairrm": "",
                       "judge": "openai", "judge_model": "m", "duplicates": "drop", "near_duplicate": 0.7,
-                      "batch_size": 8}
+                      "batch_size": 8, "score": "none", "score_model": ""}
     iterate_values = {"rounds": 1, "samples": 2, "evaluations": 1, "n": 2, "max_new_tokens": 6, "judge": "openai",
                       "judge_model": "m", "start_adapter": "", "eval_n": 0, "beta": 0.1, "lr": 5e-5, "epochs": 1.0,
                       "max_steps": 1, "lora_r": 4, "seed": 0}
@@ -199,12 +200,12 @@ def test_the_apps_compare_and_iterate_jobs_use_the_visitors_key_alone(run, runs_
     try:
         for key in (VISITOR, ""):
             client.predict("t", [], "file", {"path": held, "meta": {"_type": "gradio.FileData"}},
-                           *[compare_values[f] for f in compare_tab.FIELDS], key, api_name="/start_compare")
+                           *[compare_values[f] for f in compare_tab.FORM], key, api_name="/start_compare")
             assert jobs.wait(run, timeout_s=300)["state"] == "done", jobs.status(run).get("log_tail")
             seen, owner.auth_headers = list(owner.auth_headers), []
             assert seen and set(seen) == {f"Bearer {VISITOR if key else OWNER}"}, key
             compare_values["seed"] += 1  # new completions: new judge calls
-        client.predict("t", *[iterate_values[f] for f in iterate_tab.FIELDS], VISITOR, api_name="/start_iterating")
+        client.predict("t", *[iterate_values[f] for f in iterate_tab.FORM], VISITOR, api_name="/start_iterating")
         assert jobs.wait(run, timeout_s=300)["state"] == "done", jobs.status(run).get("log_tail")
     finally:
         app.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lab import cards, hub
-from lab.config import PushConfig
+from lab.hub import PushConfig
 from lab.errors import LabError
 from lab.store import Run, append_jsonl, atomic_write_json, atomic_write_text, write_jsonl
 from tests.hubstandin import HubStandIn
@@ -203,7 +203,7 @@ def test_data_set_card_says_how_it_was_made(lab_run):
 
 
 def test_self_rewarding_round_cards_give_its_lineage(run):
-    iterate = pytest.importorskip("lab.iterate")
+    from lab import score as iterate  # the self-rewarding scorer: its prompt and its hash
     build_run(run)
     build_round(run, 1, iterate.PROMPT_HASH)
     hub.push_run(run, PushConfig(dry_run=True, namespace="alice", only="self,round-1"))
@@ -407,7 +407,7 @@ def test_an_adapter_trained_by_lab_train_pushes_with_its_real_training_record(la
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lab.config import TrainConfig
+    from lab.train import TrainConfig
     from lab.models import tiny_random_path
     from lab.train import train_adapter
 

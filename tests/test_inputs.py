@@ -15,13 +15,18 @@ import pytest
 
 from lab import config as lab_config
 from lab import progress as lab_progress
-from lab.config import IterateConfig, JudgeConfig, PushConfig, SampleConfig, TrainConfig
+from lab.hub import PushConfig
+from lab.iterate import IterateConfig
+from lab.judge import JudgeConfig
+from lab.sample import SampleConfig
+from lab.train import TrainConfig
 from lab.errors import LabError
 from lab.instructions import read_file
 from lab.judge import DEFAULT_TEMPLATE, judge_run, load_template
 from lab.progress import Progress, Stopped
 from lab.store import Run, read_jsonl
-from lab.train import load_pairs, precheck, train_adapter
+from lab.train import precheck, train_adapter
+from lab.pairs import load_pairs
 from tests.fakeprovider import Fault, FakeProvider, json_verdict
 from tests.test_judge import KEY, add_samples, prefer_higher
 
@@ -184,8 +189,12 @@ def test_chosen_and_rejected_must_be_assistant_messages(tmp_path):
 
 # ---- numbers --------------------------------------------------------------------------------------------------------
 def settings_classes() -> list[type]:
-    return [c for c in vars(lab_config).values()
-            if isinstance(c, type) and issubclass(c, lab_config.Settings) and dataclasses.is_dataclass(c)]
+    """Every stage's settings dataclass (the CLI's stage table lists them all)."""
+    from lab.cli import STAGES, load
+
+    classes = [load(stage.settings) for stage in STAGES]
+    assert all(issubclass(c, lab_config.Settings) and dataclasses.is_dataclass(c) for c in classes)
+    return classes
 
 
 def test_every_float_setting_of_every_stage_refuses_nan_and_infinity():
@@ -274,7 +283,7 @@ def test_a_sample_stopped_before_its_first_batch_records_nothing(lab_run, stop_n
 
 
 def test_a_rank_stopped_before_its_first_batch_records_nothing(run, stop_now):
-    from lab.config import RankConfig
+    from lab.rank import RankConfig
     from lab.rank import rank_run
     from tests.prefdata import write_samples
 
@@ -287,7 +296,7 @@ def test_a_rank_stopped_before_its_first_batch_records_nothing(run, stop_now):
 
 def test_a_compare_stopped_before_its_first_completion_records_nothing(run, stop_now, tmp_path):
     from lab.compare import compare_run
-    from lab.config import CompareConfig
+    from lab.compare import CompareConfig
     from tests.test_compare import heldout_file, make_adapter, write_training
 
     write_training(run, ["Explain why the sky is blue."])

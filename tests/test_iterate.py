@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from lab import iterate
-from lab.config import IterateConfig
+from lab import score as scoring
+from lab.iterate import IterateConfig
 from lab.errors import LabError
 from lab.progress import Progress, Stopped
 
@@ -34,35 +35,35 @@ def seeded(run):
     ("Score: 1 at first... on reflection, Score: 5", 5.0), ("Score: 7", None), ("It is fine.", None), ("", None),
 ])
 def test_parse_score(text, expected):
-    assert iterate.parse_score(text) == expected
+    assert scoring.parse_score(text) == expected
 
 
 def test_score_prompt_is_the_papers_additive_prompt():
-    p = iterate.score_prompt("Why is the sky blue?", "Rayleigh scattering.")
+    p = scoring.score_prompt("Why is the sky blue?", "Rayleigh scattering.")
     assert "additive 5-point scoring system" in p and "Bestow a fifth point" in p
     assert "User: Why is the sky blue?\n<response>Rayleigh scattering.</response>" in p
     assert 'Conclude with the score using the format: "Score: <total points>"' in p
-    assert len(iterate.PROMPT_HASH) == 16
+    assert len(scoring.PROMPT_HASH) == 16
 
 
 def test_digit_tokens_and_forced_probabilities(tiny):
-    ctx, ids = iterate.digit_tokens(tiny.tokenizer, "Fine answer.\nScore: ")
+    ctx, ids = scoring.digit_tokens(tiny.tokenizer, "Fine answer.\nScore: ")
     assert [tiny.tokenizer.decode([i]).strip() for i in ids] == list("012345")
-    probs = iterate.forced_score_probs(tiny, ["a\nScore: ", "longer text here"], 2)
+    probs = scoring.forced_score_probs(tiny, ["a\nScore: ", "longer text here"], 2)
     assert len(probs) == 2 and all(len(p) == 6 and abs(sum(p) - 1) < 1e-5 for p in probs)
 
 
 def test_strip_partial_score():
-    assert iterate.strip_partial_score("Good answer. Score:") == "Good answer."
-    assert iterate.strip_partial_score("Good answer. Score: 4") == "Good answer. Score: 4"
+    assert scoring.strip_partial_score("Good answer. Score:") == "Good answer."
+    assert scoring.strip_partial_score("Good answer. Score: 4") == "Good answer. Score: 4"
 
 
 def test_local_scores_modes(tiny):
-    prompts = [iterate.score_prompt("Say hi.", "Hi!"), iterate.score_prompt("Name a fruit.", "Apple.")]
-    auto = iterate.local_scores(tiny, prompts, 2, small(), seed=0)
+    prompts = [scoring.score_prompt("Say hi.", "Hi!"), scoring.score_prompt("Name a fruit.", "Apple.")]
+    auto = scoring.local_scores(tiny, prompts, 2, small(), seed=0)
     assert [len(r) for r in auto] == [2, 2]
     assert all(e["method"] == "probabilities" and 0 <= e["score"] <= 5 for r in auto for e in r)  # noise never
-    parse = iterate.local_scores(tiny, prompts, 2, small(score_mode="parse"), seed=0)  # ends with "Score: N"
+    parse = scoring.local_scores(tiny, prompts, 2, small(score_mode="parse"), seed=0)  # ends with "Score: N"
     assert all(e["method"] == "invalid" and e["score"] is None for r in parse for e in r)
 
 
@@ -75,7 +76,10 @@ def score(iid, j, value, e=0):
     return {"set": "train", "instruction_id": iid, "sample_index": j, "eval_index": e, "score": value}
 
 
-def test_build_pairs_best_vs_worst_ties_and_unscored_dropped():
+def test_build_pairs_best_vs_worst_ties_and_unscored_dropped(run):
+    """The self-rewarding pairs are lab.pairs' "self" source: best vs worst mean score, ties and unscored dropped."""
+    from lab.pairs import PairsConfig, build_pairs
+
     samples = [sample("x", 0, "mid"), sample("x", 1, "best"), sample("x", 2, "worst"),
                sample("tie", 0, "p"), sample("tie", 1, "q"),
                sample("one", 0, "r"), sample("one", 1, "s"),
@@ -83,12 +87,15 @@ def test_build_pairs_best_vs_worst_ties_and_unscored_dropped():
     scores = [score("x", 0, 3), score("x", 0, 3, 1), score("x", 1, 5), score("x", 1, 4, 1), score("x", 2, 1),
               score("x", 2, None, 1), score("tie", 0, 2), score("tie", 1, 2), score("one", 0, 4),
               score("one", 1, None), score("same", 0, 5), score("same", 1, 1)]
-    pairs, stats = iterate.build_pairs(samples, scores, k=1)
-    assert stats == {"pairs_kept": 1, "dropped_ties": 2, "dropped_unscored": 1}
-    (p,) = pairs
+    run.append("samples", samples)
+    run.append("scores", scores)
+    stats = build_pairs(run, PairsConfig(source="self"))
+    unscored = stats["dropped"]["unscored"]
+    assert (stats["pairs"], stats["instructions"] - stats["pairs"] - unscored, unscored) == (1, 2, 1)
+    (p,) = [json.loads(line) for line in run.pairs_file("self").read_text().splitlines()]
     assert p["chosen"] == [{"role": "assistant", "content": "best"}] and p["rejected"][0]["content"] == "worst"
     assert p["prompt"] == [{"role": "user", "content": "prompt x"}]
-    assert (p["meta"]["score_chosen"], p["meta"]["score_rejected"], p["meta"]["round"]) == (4.5, 1.0, 1)
+    assert (p["meta"]["score_chosen"], p["meta"]["score_rejected"], p["meta"]["source"]) == (4.5, 1.0, "self")
 
 
 # ---- rounds ----------------------------------------------------------------------------------------------------------
@@ -116,7 +123,7 @@ def test_two_rounds_lineage_and_adapters_load(seeded, tiny):
     assert reused == seeded.iteration(1).read("compare")  # round 2 reuses round 1's evaluation of base and round-1
     assert [s for s in seeded.iteration(2).read("scores") if s["set"] == "eval" and s["model"] != "round-2"] == \
         [s for s in seeded.iteration(1).read("scores") if s["set"] == "eval"]
-    assert seeded.iteration(2).read("samples")[0]["policy"] == str(r1)
+    assert seeded.iteration(2).read("samples")[0]["adapter"] == str(r1)
     for adapter in (r1, r2):  # each round's adapter loads on a fresh base
         base = AutoModelForCausalLM.from_pretrained(tiny.path)
         assert isinstance(PeftModel.from_pretrained(base, str(adapter)), PeftModel)
@@ -124,7 +131,7 @@ def test_two_rounds_lineage_and_adapters_load(seeded, tiny):
     iterate.iterate_run(seeded, small())  # finished rounds are kept, not redone
     assert [len(seeded.iteration(k).read("scores")) for k in (1, 2)] == before and len(iterate.lineage(seeded)) == 2
     stage = seeded.stage_settings("iterate")
-    assert stage["rounds"] == 2 and stage["prompt_hash"] == iterate.PROMPT_HASH
+    assert stage["rounds"] == 2 and stage["prompt_hash"] == scoring.PROMPT_HASH
 
 
 def test_stop_mid_round_then_resume(seeded):
@@ -228,7 +235,7 @@ def test_bundled_two_self_rewarding_rounds(run):
     from peft import PeftModel
 
     from lab import models
-    from lab.sample import Decoding, generate
+    from lab.generation import Decoding, generate
 
     run.record_stage("sample", {"model": "bundled"})
     run.append("instructions", [{"id": f"t{i}", "prompt": p, "source": "test"} for i, p in enumerate(

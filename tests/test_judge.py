@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.config import JudgeConfig
 from lab.errors import LabError
-from lab.judge import (DEFAULT_TEMPLATE, estimate, judge_run, judge_stats, pair_verdicts, parse_output, plan_step,
-                       load_candidates, render_prompt, check_template)
+from lab.judge import (DEFAULT_TEMPLATE, JudgeConfig, check_template, estimate, judge_run, load_candidates,
+                       parse_output, plan_step, render_prompt)
+from lab.verdicts import judge_stats, pair_verdicts
 from lab.progress import Progress
 from lab.store import Run
 from tests.fakeprovider import Fault, FakeProvider, first_shown, json_verdict

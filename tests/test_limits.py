@@ -6,11 +6,11 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from lab import limits, sample
+from lab import generation, limits
 from lab.cli import main
-from lab.config import SampleConfig
 from lab.errors import LabError
-from lab.sample import Decoding, _plan_batches, generate, sample_run
+from lab.generation import Decoding, generate, plan_batches as _plan_batches
+from lab.sample import SampleConfig, sample_run
 from lab.store import Run
 
 BIG_LLAMA = dict(vocab_size=128256, hidden_size=16384, intermediate_size=53248, num_hidden_layers=126,
@@ -112,7 +112,9 @@ def test_caps_refuse_a_job_before_anything_is_written(runs_dir, hosted, hub_cach
 
 
 def test_training_steps_and_rounds_are_capped(run, hosted):
-    from lab.config import IterateConfig, TrainConfig
+    from lab.iterate import IterateConfig
+
+    from lab.train import TrainConfig
 
     with pytest.raises(LabError, match=r"--epochs 3 over 400 pairs \(300 steps\) is above this app's cap of 200 "
                                        r"training steps .*LAB_MAX_TRAIN_STEPS"):
@@ -137,13 +139,13 @@ def test_k_larger_than_the_batch_is_split_across_batches():
 
 def test_sampling_k_above_the_batch_size_keeps_batches_small_and_seeded(runs_dir, tmp_path, tiny, monkeypatch):
     rows = []
-    real = sample.generate_batch
+    real = generation.generate_batch
 
     def counting(cm, prompts, counts, dec, gen):  # the real generator, with the rows of each batch written down
         rows.append(sum(counts))
         return real(cm, prompts, counts, dec, gen)
 
-    monkeypatch.setattr(sample, "generate_batch", counting)
+    monkeypatch.setattr(generation, "generate_batch", counting)
     src = tmp_path / "p.txt"
     src.write_text("Name a colour.\nName a fruit.\n")
     cfg = SampleConfig(model="tiny-random", instructions=str(src), n=2, k=10, max_new_tokens=6, batch_size=4,

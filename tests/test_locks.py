@@ -39,7 +39,13 @@ def test_a_held_lock_refuses_a_second_holder_and_is_free_again_after(run):
 def stage_calls(run: Run) -> dict:
     """Each writing stage, called as the CLI and the app's jobs call it."""
     from lab.compare import compare_run
-    from lab.config import CompareConfig, IterateConfig, JudgeConfig, PairsConfig, PushConfig, RankConfig, SampleConfig
+    from lab.compare import CompareConfig
+    from lab.hub import PushConfig
+    from lab.iterate import IterateConfig
+    from lab.judge import JudgeConfig
+    from lab.pairs import PairsConfig
+    from lab.rank import RankConfig
+    from lab.sample import SampleConfig
     from lab.hub import push_run
     from lab.iterate import iterate_run
     from lab.judge import judge_run

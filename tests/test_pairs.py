@@ -4,9 +4,11 @@ import json
 import pytest
 
 from lab.cli import main
-from lab.config import PairsConfig, RankConfig
+from lab.pairs import PairsConfig
+from lab.rank import RankConfig
 from lab.errors import LabError
-from lab.pairs import build_pairs, cohen_kappa, judge_vs_pairrm
+from lab.pairs import build_pairs, judge_vs_pairrm
+from lab.stats import cohen_kappa
 from prefdata import judge_pair, write_samples
 
 DATA = {"i1": ("Explain tides.", ["The moon's gravity pulls the oceans.", "Water moves.",

@@ -18,7 +18,7 @@ import gradio as gr
 import pytest
 
 from lab import hub, models
-from lab.config import PushConfig
+from lab.hub import PushConfig
 from lab.errors import LabError
 from lab.store import Run, append_jsonl, atomic_write_text, scrub
 from tests.fakeprovider import FakeProvider

@@ -7,7 +7,7 @@ import pytest
 
 from lab import progress as lab_progress
 from lab.cli import main
-from lab.config import RankConfig
+from lab.rank import RankConfig
 from lab.errors import LabError
 from lab.rank import (compare_all, latest_rankings, load_ranker, preference, rank_run, resolve_ranker,
                       scores_and_ranks)

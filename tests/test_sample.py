@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from lab import jobs
-from lab.config import SampleConfig
+from lab.sample import SampleConfig
 from lab.errors import LabError
-from lab.sample import Decoding, _sample_nucleus, generate, sample_run
+from lab.sample import sample_run
+from lab.generation import Decoding, _sample_nucleus, generate
 from lab.store import Run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,9 +4,9 @@ import json
 import pytest
 
 from lab import spotcheck
-from lab.config import PairsConfig
+from lab.pairs import PairsConfig
 from lab.errors import LabError
-from lab.pairs import build_pairs
+from lab.pairs import build_pairs, record_spotcheck
 from prefdata import judge_call, judge_pair, write_samples
 from test_pairs import rankings_line
 
@@ -45,29 +45,29 @@ def test_items_show_everything_a_human_needs(checked_run):
 def test_override_is_saved_at_once_and_rebuilds_pairs(checked_run):
     build_pairs(checked_run, PairsConfig(source="judge", strategy="all-pairs"))
     assert pairs_of(checked_run) == {("i1", 0, 1, "judge"), ("i1", 0, 2, "judge"), ("i2", 1, 0, "judge")}
-    out = spotcheck.record(checked_run, "i2", 0, 1, "a")  # overrule: the human prefers Red.
+    out = record_spotcheck(checked_run, "i2", 0, 1, "a")  # overrule: the human prefers Red.
     assert checked_run.read("spotcheck")[-1] == out["saved"]
     assert out["saved"]["judge"] == "b" and out["saved"]["human"] == "a"
     # rebuilt with the settings it was last built with (all-pairs), the human's verdict in place of the judge's
     assert pairs_of(checked_run) == {("i1", 0, 1, "judge"), ("i1", 0, 2, "judge"), ("i2", 0, 1, "human")}
     assert out["pairs"]["human_overrides"] == 1 and out["pairs"]["strategy"] == "all-pairs"
-    spotcheck.record(checked_run, "i1", 1, 2, "b")  # settles the inconsistent pair: a new pair
-    spotcheck.record(checked_run, "i1", 0, 1, "tie")  # removes a pair
+    record_spotcheck(checked_run, "i1", 1, 2, "b")  # settles the inconsistent pair: a new pair
+    record_spotcheck(checked_run, "i1", 0, 1, "tie")  # removes a pair
     assert pairs_of(checked_run) == {("i1", 0, 2, "judge"), ("i1", 2, 1, "human"), ("i2", 0, 1, "human")}
-    spotcheck.record(checked_run, "i1", 0, 1, "skip")  # changed one's mind: the last line wins, skip = judge again
+    record_spotcheck(checked_run, "i1", 0, 1, "skip")  # changed one's mind: the last line wins, skip = judge again
     assert ("i1", 0, 1, "judge") in pairs_of(checked_run)
     assert len(checked_run.read("spotcheck")) == 4  # nothing rewritten, every decision on disk
 
 
 def test_checked_pairs_go_last_and_survive_a_reload(checked_run):
-    spotcheck.record(checked_run, "i1", 0, 1, "a", rebuild=False)
+    spotcheck.record(checked_run, "i1", 0, 1, "a")
     items = spotcheck.items(checked_run)  # a fresh read, as after a page reload
     assert (items[-1]["a"], items[-1]["b"], items[-1]["human"]) == (0, 1, "a")
-    assert not checked_run.pairs_file("judge").exists()  # rebuild=False leaves pairs alone
+    assert not checked_run.pairs_file("judge").exists()  # spotcheck.record alone leaves pairs alone
 
 
 def test_reversed_indices_are_stored_canonically(checked_run):
-    saved = spotcheck.record(checked_run, "i2", 1, 0, "a")["saved"]  # "the first one I named (1) is better"
+    saved = record_spotcheck(checked_run, "i2", 1, 0, "a")["saved"]  # "the first one I named (1) is better"
     assert (saved["a"], saved["b"], saved["human"]) == (0, 1, "b")
 
 
@@ -86,10 +86,10 @@ def test_no_judgments_is_a_clear_error(run):
 
 
 def test_agreement_with_judge_and_pairrm(checked_run):
-    spotcheck.record(checked_run, "i1", 0, 1, "a", rebuild=False)  # judge a, PairRM a
-    spotcheck.record(checked_run, "i1", 0, 2, "b", rebuild=False)  # judge a, PairRM a
-    spotcheck.record(checked_run, "i1", 1, 2, "a", rebuild=False)  # judge inconsistent, PairRM a
-    spotcheck.record(checked_run, "i2", 0, 1, "skip", rebuild=False)
+    spotcheck.record(checked_run, "i1", 0, 1, "a")  # judge a, PairRM a
+    spotcheck.record(checked_run, "i1", 0, 2, "b")  # judge a, PairRM a
+    spotcheck.record(checked_run, "i1", 1, 2, "a")  # judge inconsistent, PairRM a
+    spotcheck.record(checked_run, "i2", 0, 1, "skip")
     agree = spotcheck.agreement(checked_run)
     assert agree["checked"] == 3 and agree["skipped"] == 1
     assert agree["judge"]["n"] == 3 and agree["judge"]["agree"] == 1 and agree["judge"]["rate"] == pytest.approx(0.3333)

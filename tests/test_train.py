@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from lab import jobs, models
-from lab.config import TrainConfig
+from lab.train import TrainConfig
 from lab.errors import LabError
 from lab.progress import Stopped
 from lab.store import Run, read_jsonl
-from lab.train import diagnose, last_checkpoint, oom_error, read_state, train_adapter, _is_oom
+from lab.train import diagnose, oom_error, train_adapter, _is_oom
+from lab.adapters import last_checkpoint, read_state
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(model="tiny-random", batch_size=2, lr=1e-3, gradient_checkpointing=False, eval_fraction=0.0)
@@ -90,7 +91,7 @@ def test_adapter_is_written_loads_and_moves_toward_chosen(run, pairs):
     assert state["status"] == "done" and state["global_step"] == 8
     assert not (out / "checkpoints").exists() and not list(out.glob(".*"))  # no lock, temp or checkpoint left
     card = (out / "README.md").read_text()
-    assert "tiny-random" in card and "| `beta` | `0.1` |" in card and "train/loss" in card
+    assert "tiny-random" in card and "| beta | 0.1 |" in card and "train/loss" in card  # lab.cards' tables
 
     model, tok = load_with_adapter("tiny-random", out)
     rows = read_jsonl(pairs)[:6]
@@ -192,7 +193,7 @@ def test_a_killed_training_never_looks_complete_and_resumes(run, pairs):
 
 
 def test_second_training_of_the_same_adapter_is_refused(run, pairs):
-    from lab.train import adapter_lock
+    from lab.adapters import adapter_lock
 
     with adapter_lock(run.adapter_dir("busy")):
         with pytest.raises(LabError, match="being trained by another process"):
@@ -335,7 +336,7 @@ def test_train_tab_starts_a_job_and_reattaches_to_it_after_a_reload(run, pairs):
     pytest.importorskip("gradio")
     from lab.ui import train as tab
 
-    form = dict(zip(tab.FIELD_ORDER, [1.0, 400.0, 1e-3, 0.1, 2.0, ["sigmoid"], "tiny-random", "all-linear", 8.0,
+    form = dict(zip(tab.FORM, [1.0, 400.0, 1e-3, 0.1, 2.0, ["sigmoid"], "tiny-random", "all-linear", 8.0,
                                       16.0, 0.0, 1.0, 256.0, 0.1, 0.0, 50.0, 0.0, False, False, True]))
     assert tab.config_from(form).losses() == ["sigmoid"]
     tab.start_training(run.name, "judge", "ui", "", *form.values())

@@ -9,8 +9,9 @@ from test_compare import HELD, heldout_file, make_adapter, write_training
 
 def start(run_name, adapters=(), source="heldout", upload=None, **kw):
     values = {"n": 3, "max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "seed": 0, "pairrm": "",
-              "judge": "none", "judge_model": "", "duplicates": "drop", "near_duplicate": 0.7, "batch_size": 8, **kw}
-    return tab.start_compare(run_name, list(adapters), source, upload, *[values[f] for f in tab.FIELDS])
+              "judge": "none", "judge_model": "", "duplicates": "drop", "near_duplicate": 0.7, "batch_size": 8,
+              "score": "none", "score_model": "", **kw}
+    return tab.start_compare(run_name, list(adapters), source, upload, *[values[f] for f in tab.FORM])
 
 
 def test_compare_as_a_job_then_grid_view_notes_and_export(run, tmp_path):

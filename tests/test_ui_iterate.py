@@ -10,7 +10,7 @@ def values(**kw) -> list:
     v = {"rounds": 2, "samples": 2, "evaluations": 1, "n": 2, "max_new_tokens": 6, "judge": "self",
          "judge_model": "", "start_adapter": "", "eval_n": 2, "beta": 0.1, "lr": 5e-5, "epochs": 1.0,
          "max_steps": 1, "lora_r": 4, "seed": 0, **kw}
-    return [v[f] for f in tab.FIELDS]
+    return [v[f] for f in tab.FORM]
 
 
 def test_iterate_as_a_job_then_table_and_plots(run):

@@ -75,7 +75,7 @@ def test_a_read_only_run_refuses_every_write(run, tmp_path):
 def train_form() -> list:
     from lab.ui import train as tab
 
-    form = dict(zip(tab.FIELD_ORDER, [1.0, 2.0, 1e-3, 0.1, 2.0, ["sigmoid"], "tiny-random", "all-linear", 8.0, 16.0,
+    form = dict(zip(tab.FORM, [1.0, 2.0, 1e-3, 0.1, 2.0, ["sigmoid"], "tiny-random", "all-linear", 8.0, 16.0,
                                       0.0, 1.0, 256.0, 0.1, 0.0, 50.0, 0.0, False, False, True]))
     return list(form.values())
 

@@ -21,7 +21,7 @@ from lab import engine_vllm as ev
 from lab import vllm_worker
 from lab.errors import LabError
 from lab.progress import Progress, Stopped
-from lab.sample import Decoding
+from lab.generation import Decoding
 
 ROOT = Path(__file__).resolve().parent.parent
 DEC = Decoding(temperature=0.8, top_p=0.95, max_new_tokens=7, seed=3)
@@ -309,7 +309,7 @@ def lora_adapters(bundled, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from lab.config import TrainConfig
+    from lab.train import TrainConfig
     from lab.store import Run
     from lab.train import train_adapter
     from tests.test_train import instructions, pair, write_pairs
@@ -334,7 +334,7 @@ def peft_greedy(cm, adapters: dict, max_new: int) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lab.sample import generate
+    from lab.generation import generate
 
     dec = Decoding(temperature=0, top_p=1, max_new_tokens=max_new)
     base = AutoModelForCausalLM.from_pretrained(cm.path, dtype="float32").eval()

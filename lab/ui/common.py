@@ -14,9 +14,11 @@ from typing import Callable, Iterator
 
 import gradio as gr
 
-from lab import jobs, limits
+from lab import hosting, jobs, limits
+from lab.cli import BY_NAME, build_parser, load
 from lab.errors import LabError
-from lab.store import Run
+from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
+from lab.store import URL_USERINFO, Run
 
 POLL_S = 1.0
 
@@ -150,14 +152,11 @@ def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: di
 def admit(argv: list[str]) -> None:
     """The checks the job's own process will make first (a hosted app's rules, the owner's caps: lab.hosting),
     made here too so that a refusal is a message on the page, before anything is written or queued."""
-    from lab.cli import build_parser
-    from lab.hosting import admit as admit_args
-
     try:
         args = build_parser().parse_args(argv)
     except SystemExit:  # argparse's own refusal; the forms only build valid command lines
         raise gr.Error(f"These settings do not make a valid `{argv[0]}` command line.") from None
-    checked(admit_args, args)
+    checked(hosting.admit, args.stage, args.run, load(BY_NAME[args.stage].settings).from_args(args))
 
 
 @contextmanager
@@ -191,8 +190,6 @@ def typed_key_env(judge: str, typed: str | None) -> dict[str, str] | None:
     """{"LAB_API_KEY": key} for a key typed in the page, for lab.jobs.start(secret_env=...); None when nothing was
     typed or the judge needs no key. Its own variable, never the provider's: the job can then tell the visitor's
     key (it may go to the URL the visitor gave) from the owner's (only to the owner's URL; lab.judge_backends)."""
-    from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
-
     typed = (typed or "").strip()
     return {TYPED_KEY_ENV: typed} if typed and judge in KEY_ENV else None
 
@@ -200,8 +197,6 @@ def typed_key_env(judge: str, typed: str | None) -> dict[str, str] | None:
 def check_base_url(url: str) -> str:
     """A base URL typed in the page, refused when it carries userinfo (user:password@): the job's command line, and
     so job.json, would hold it. Returns the URL stripped."""
-    from lab.store import URL_USERINFO
-
     url = (url or "").strip()
     if URL_USERINFO.search(url):
         raise gr.Error("The base URL holds a user name or password (user:...@host): remove it and type the key in "

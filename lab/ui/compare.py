@@ -14,17 +14,21 @@ import gradio as gr
 import pandas as pd
 
 from lab import compare
-from lab.config import CompareConfig
+from lab.adapters import resolve_adapters
+from lab.compare import CompareConfig
 from lab.errors import LabError
+from lab.judge_backends import API_BACKENDS, BACKENDS
 from lab.store import Run
+from lab.ui import forms
 from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, open_run, start_job, typed_key_env, \
     upload_into, wire_job_panel
 
 SOURCE_CHOICES = [("Bundled held-out set (offline)", "heldout"), ("My file", "file")]
-JUDGE_CHOICES = [("none", "none"), ("local (offline, weak)", "local"), ("Groq", "groq"),
-                 ("OpenAI-compatible", "openai")]
+JUDGE_CHOICES = [("none", "none"), *((b.label, name) for name, b in BACKENDS.items())]
+SCORE_CHOICES = [("none", "none"), ("the base model (offline; weak at 135M)", "base"),
+                 *((BACKENDS[name].label, name) for name in API_BACKENDS)]
 SCORE_COLUMNS = ["model", "mean chars", "change", "mean tokens", "cut at max", "distinct-1", "distinct-2",
-                 "refusals", "PairRM win rate", "judge win rate"]
+                 "refusals", "PairRM win rate", "judge win rate", "5-point win rate"]
 
 
 @dataclass
@@ -50,28 +54,29 @@ class CompareTab:
     api_key: gr.Textbox | None = None
 
 
+FORM = ["n", "max_new_tokens", "temperature", "top_p", "seed", "pairrm", "judge", "judge_model", "duplicates",
+        "near_duplicate", "batch_size", "score", "score_model"]  # the order start_compare reads them in
+
+
 def _settings_inputs() -> dict:
-    h, d = CompareConfig.help, CompareConfig()
+    """The form: each input built from its CompareConfig field (lab.ui.forms)."""
+    inp = lambda names, **kw: forms.inputs(CompareConfig, names, **kw)  # noqa: E731
     with gr.Row():
-        n = gr.Number(d.n, label="Instructions (0 = all)", precision=0, minimum=0, info=h("n"))
-        max_new_tokens = gr.Number(128, label="Max new tokens", precision=0, minimum=1, info=h("max_new_tokens"))
-        temperature = gr.Slider(0, 2, value=d.temperature, step=0.05, label="Temperature", info=h("temperature"))
-        top_p = gr.Slider(0.05, 1, value=d.top_p, step=0.01, label="Top-p", info=h("top_p"))
-        seed = gr.Number(d.seed, label="Seed", precision=0, info=h("seed"))
+        made = inp(["n", "max_new_tokens", "temperature", "top_p", "seed"], n=dict(minimum=0),
+                   max_new_tokens=dict(value=128, minimum=1),
+                   temperature=dict(kind="Slider", minimum=0, maximum=2, step=0.05),
+                   top_p=dict(kind="Slider", minimum=0.05, maximum=1, step=0.01))
     with gr.Accordion("Scores and duplicates", open=False):
         with gr.Row():
-            pairrm = gr.Textbox(d.pairrm, label="PairRM", info=h("pairrm"), placeholder="llm-blender/PairRM")
-            judge = gr.Dropdown(JUDGE_CHOICES, value=d.judge, label="LLM judge", info=h("judge"))
-            judge_model = gr.Textbox(d.judge_model, label="Judge model", info=h("judge_model"))
+            made |= inp(["pairrm", "judge", "judge_model"], pairrm=dict(placeholder="llm-blender/PairRM"),
+                        judge=dict(choices=JUDGE_CHOICES))
         with gr.Row():
-            duplicates = gr.Radio(["drop", "flag", "refuse"], value=d.duplicates, label="Duplicates of training "
-                                  "instructions", info=h("duplicates"))
-            near_duplicate = gr.Slider(0.3, 1, value=d.near_duplicate, step=0.05, label="Near-duplicate threshold",
-                                       info=h("near_duplicate"))
-            batch_size = gr.Number(d.batch_size, label="Batch size", precision=0, minimum=1, info=h("batch_size"))
-    return dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, pairrm=pairrm,
-                judge=judge, judge_model=judge_model, duplicates=duplicates, near_duplicate=near_duplicate,
-                batch_size=batch_size)
+            made |= inp(["score", "score_model"], score=dict(choices=SCORE_CHOICES))
+        with gr.Row():
+            made |= inp(["duplicates", "near_duplicate", "batch_size"], duplicates=dict(kind="Radio"),
+                        near_duplicate=dict(kind="Slider", minimum=0.3, maximum=1, step=0.05),
+                        batch_size=dict(minimum=1))
+    return {name: made[name] for name in FORM}
 
 
 def build(ctx) -> CompareTab:
@@ -127,11 +132,6 @@ def _wire(tab: CompareTab, ctx) -> None:
     tab.export.click(export_grid, inputs=[ctx.run_name, tab.fmt], outputs=[tab.file])
 
 
-FIELDS = ("n", "max_new_tokens", "temperature", "top_p", "seed", "pairrm", "judge", "judge_model", "duplicates",
-          "near_duplicate", "batch_size")
-INTS = {"n", "max_new_tokens", "seed", "batch_size"}
-
-
 def start_compare(run_name, adapters, source, upload, *values, api_key: str = ""):
     run = open_run(run_name, create=False)
     if source == "file" and not upload:
@@ -141,16 +141,14 @@ def start_compare(run_name, adapters, source, upload, *values, api_key: str = ""
 
 
 def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_key: str) -> str:
-    v = {k: (int(x) if k in INTS else x) for k, x in zip(FIELDS, values)}
-    cfg = CompareConfig(instructions=source, adapters=",".join(adapters or []), **{
-        **v, "temperature": float(v["temperature"]), "top_p": float(v["top_p"]),
-        "near_duplicate": float(v["near_duplicate"]), "pairrm": (v["pairrm"] or "").strip(),
-        "judge_model": (v["judge_model"] or "").strip()})
+    cfg = forms.read(CompareConfig, dict.fromkeys(FORM), values, instructions=source,
+                     adapters=",".join(adapters or []))
     checked(cfg.validate)
     admit(["compare", "--run", run.name, *cfg.to_argv()])  # a hosted app's rules first: no path is looked at
-    checked(compare.resolve_adapters, run, cfg.adapters)  # "no adapters yet" shows at once, not in the job log
+    checked(resolve_adapters, run, cfg.adapters)  # "no adapters yet" shows at once, not in the job log
     checked(compare.check_scorers, cfg, (api_key or "").strip() or None)
-    return start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(cfg.judge, api_key))
+    api = cfg.judge if cfg.judge in API_BACKENDS else cfg.score
+    return start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key))
 
 
 def adapter_choices(run_name: str | None):
@@ -203,7 +201,7 @@ def scores_table(scores: dict) -> pd.DataFrame:
         change = "" if s["chars_change"] is None else f"{s['chars_change']:+.0f} ({s['chars_change_pct']:+.0f}%)"
         rows.append([m, round(s["mean_chars"]), change, round(s["mean_tokens"], 1), f"{s['truncated_rate']:.0%}",
                      round(s["distinct_1"], 3), round(s["distinct_2"], 3), f"{s['refusal_rate']:.0%}",
-                     _rate(w.get("pairrm")), _rate(w.get("judge"))])
+                     _rate(w.get("pairrm")), _rate(w.get("judge")), _rate(w.get("score"))])
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 

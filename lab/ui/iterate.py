@@ -10,18 +10,19 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from lab.config import IterateConfig
-from lab.iterate import lineage
+from lab.iterate import IterateConfig, lineage
+from lab.judge_backends import API_BACKENDS, BACKENDS
+from lab.score import api_backend
 from lab.store import Run
+from lab.ui import forms
 from lab.ui.common import JobPanel, api_key_box, checked, job_panel, open_run, start_job, typed_key_env, \
     wire_job_panel
 
-JUDGE_CHOICES = [("the model itself (as in the paper)", "self"), ("Groq", "groq"), ("OpenAI-compatible", "openai")]
+JUDGE_CHOICES = [("the model itself (as in the paper)", "self"), *((BACKENDS[n].label, n) for n in API_BACKENDS)]
 ROUND_COLUMNS = ["round", "pairs kept", "ties dropped", "unscored dropped", "mean score", "mean chars",
                  "chosen / rejected chars", "win rate vs base", "win rate vs previous", "adapter"]
-FIELDS = ("rounds", "samples", "evaluations", "n", "max_new_tokens", "judge", "judge_model", "start_adapter",
-          "eval_n", "beta", "lr", "epochs", "max_steps", "lora_r", "seed")
-INTS = {"rounds", "samples", "evaluations", "n", "max_new_tokens", "eval_n", "max_steps", "lora_r", "seed"}
+FORM = ["rounds", "samples", "evaluations", "n", "max_new_tokens", "judge", "judge_model", "start_adapter", "eval_n",
+        "beta", "lr", "epochs", "max_steps", "lora_r", "seed"]  # the order start_iterating reads them in
 
 
 @dataclass
@@ -36,32 +37,25 @@ class IterateTab:
     api_key: gr.Textbox | None = None
 
 
-def _num(name: str, label: str, **kw) -> gr.Number:
-    return gr.Number(getattr(IterateConfig(), name), label=label, info=IterateConfig.help(name), **kw)
-
-
 def _settings_inputs() -> dict:
-    h = IterateConfig.help
+    """The form: each input built from its IterateConfig field (lab.ui.forms)."""
+    inp = lambda names, **kw: forms.inputs(IterateConfig, names, **kw)  # noqa: E731
     with gr.Row():
-        rounds = _num("rounds", "Rounds", precision=0, minimum=1)
-        samples = _num("samples", "Answers per instruction (N)", precision=0, minimum=2)
-        evaluations = _num("evaluations", "Scores per answer (R)", precision=0, minimum=1)
-        n = _num("n", "Instructions (0 = all of the run's)", precision=0, minimum=0)
-        max_new_tokens = gr.Number(128, label="Max new tokens", precision=0, minimum=1, info=h("max_new_tokens"))
+        made = inp(["rounds", "samples", "evaluations", "n", "max_new_tokens"], rounds=dict(minimum=1),
+                   samples=dict(label="Answers per instruction (N)", minimum=2),
+                   evaluations=dict(label="Scores per answer (R)", minimum=1),
+                   n=dict(label="Instructions (0 = all of the run's)", minimum=0),
+                   max_new_tokens=dict(value=128, minimum=1))
     with gr.Row():
-        judge = gr.Dropdown(JUDGE_CHOICES, value="self", label="Judge", info=h("judge"))
-        judge_model = gr.Textbox("", label="API judge model", info=h("judge_model"))
-        start_adapter = gr.Dropdown([("(none: the plain base)", "")], value="", label="Round 1 starts from",
-                                    info=h("start_adapter"))
-        eval_n = _num("eval_n", "Held-out instructions per round", precision=0, minimum=0)
+        made |= inp(["judge", "judge_model", "start_adapter", "eval_n"], judge=dict(choices=JUDGE_CHOICES),
+                    start_adapter=dict(kind="Dropdown", choices=[("(none: the plain base)", "")], value="",
+                                       label="Round 1 starts from"),
+                    eval_n=dict(label="Held-out instructions per round", minimum=0))
     with gr.Accordion("Training each round", open=False):
         with gr.Row():
-            beta, lr = _num("beta", "Beta", minimum=0), _num("lr", "Learning rate", minimum=0)
-            epochs, max_steps = _num("epochs", "Epochs", minimum=0), _num("max_steps", "Max steps", precision=0)
-            lora_r, seed = _num("lora_r", "LoRA rank", precision=0, minimum=1), _num("seed", "Seed", precision=0)
-    return dict(rounds=rounds, samples=samples, evaluations=evaluations, n=n, max_new_tokens=max_new_tokens,
-                judge=judge, judge_model=judge_model, start_adapter=start_adapter, eval_n=eval_n, beta=beta, lr=lr,
-                epochs=epochs, max_steps=max_steps, lora_r=lora_r, seed=seed)
+            made |= inp(["beta", "lr", "epochs", "max_steps", "lora_r", "seed"], beta=dict(minimum=0),
+                        lr=dict(minimum=0), epochs=dict(minimum=0), lora_r=dict(minimum=1))
+    return {name: made[name] for name in FORM}
 
 
 def build(ctx) -> IterateTab:
@@ -70,7 +64,6 @@ def build(ctx) -> IterateTab:
                 "with the previous round as the DPO reference. A 135M model is a weak judge of itself: the plots "
                 "show whether the rounds help. Details: `docs/iterative.md`.")
     fields = _settings_inputs()
-    assert tuple(fields) == FIELDS  # start_iterating reads the values in this order
     api_key = api_key_box()
     start = gr.Button("Iterate", variant="primary")
     panel = job_panel()
@@ -98,14 +91,10 @@ def _wire(tab: IterateTab, ctx) -> None:
 
 def start_iterating(run_name, *values, api_key: str = ""):
     open_run(run_name, create=False)
-    v = {k: (int(x) if k in INTS else x) for k, x in zip(FIELDS, values)}
-    cfg = IterateConfig(**{**v, "beta": float(v["beta"]), "lr": float(v["lr"]), "epochs": float(v["epochs"]),
-                           "judge_model": (v["judge_model"] or "").strip()})
+    cfg = forms.read(IterateConfig, dict.fromkeys(FORM), values)
     checked(cfg.validate)
     if cfg.judge != "self":
-        from lab.iterate import api_backend
-
-        checked(api_backend, cfg, (api_key or "").strip() or None)  # a missing key shows at once
+        checked(api_backend, cfg.score_config(1), (api_key or "").strip() or None)  # a missing key shows at once
     return start_job(run_name, "iterate", cfg.to_argv(), f"Iterating ({cfg.rounds} rounds)",
                      secret_env=typed_key_env(cfg.judge, api_key))
 

@@ -15,18 +15,18 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from lab.config import JudgeConfig
+from lab.judge import JudgeConfig
 from lab.errors import LabError
-from lab.judge import DEFAULT_TEMPLATE, check_template, estimate, pair_verdicts, report
-from lab.judge_backends import DEFAULT_MODELS, KEY_ENV, resolve_key
+from lab.judge import DEFAULT_TEMPLATE, check_template, estimate
+from lab.judge_backends import BACKENDS as REGISTRY, DEFAULT_MODELS, KEY_ENV, resolve_key
+from lab.verdicts import pair_verdicts, report
 from lab.store import Run, atomic_write_text
 from lab.ui.common import JobPanel, admit, api_key_box, check_base_url, checked, job_panel, open_run, start_job, \
     typed_key_env, wire_job_panel
 
-BACKENDS = [("Local model (offline; the bundled 135M judge is weak)", "local"), ("Groq", "groq"),
-            ("OpenAI-compatible endpoint", "openai")]
-PLANS = [("Knockout: 2(K-1) calls per instruction (8 for K=5)", "knockout"),
-         ("Full: every pair in both orders, K(K-1) calls (20 for K=5)", "full")]
+BACKENDS = [(b.label, name) for name, b in REGISTRY.items()]
+PLAN_CHOICES = [("Knockout: 2(K-1) calls per instruction (8 for K=5)", "knockout"),
+                ("Full: every pair in both orders, K(K-1) calls (20 for K=5)", "full")]
 WEAK = ("**The local judge is weak.** SmolLM2-135M's verdicts are close to noise (its verdict is read from label "
         "probabilities, so it always gives one): use it to try the pipeline, and Groq or an OpenAI-compatible "
         "endpoint for preference data worth training on.")
@@ -57,7 +57,7 @@ def _settings_inputs() -> dict:
     h = JudgeConfig.help
     with gr.Row():
         backend = gr.Radio(BACKENDS, value="local", label="Judge", info=h("backend"))
-        plan = gr.Radio(PLANS, value="knockout", label="Call plan", info="the cost is shown below before anything runs")
+        plan = gr.Radio(PLAN_CHOICES, value="knockout", label="Call plan", info="the cost is shown below before anything runs")
     with gr.Row():
         model = gr.Textbox("", label="Model", placeholder=DEFAULT_MODELS["local"], info=h("model"))
         base_url = gr.Textbox("", label="Base URL", placeholder="provider default", info=h("base_url"), visible=False)
@@ -125,10 +125,9 @@ def key_note(backend: str) -> str:
 
 
 def config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens) -> JudgeConfig:
-    return JudgeConfig(backend=backend, model=(model or "").strip(),
-                       base_url=(base_url or "").strip() if backend == "openai" else "", plan=plan,
-                       rpm=float(rpm or 0), concurrency=int(concurrency or 1),
-                       reasoning_tokens=int(reasoning_tokens or 0))
+    return JudgeConfig.from_form({"backend": backend, "model": model, "plan": plan, "rpm": rpm or 0,
+                                  "concurrency": concurrency or 1, "reasoning_tokens": reasoning_tokens or 0,
+                                  "base_url": base_url if backend == "openai" else ""})
 
 
 def show_cost(run_name, backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, prompt) -> str:

@@ -9,16 +9,14 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from lab.config import PairsConfig, RankConfig
-from lab.pairs import build_pairs
-from lab.rank import latest_rankings, sample_groups
+from lab.pairs import SOURCES, STRATEGIES, PairsConfig, build_pairs
+from lab.rank import RankConfig, latest_rankings
+from lab.sample import groups as sample_groups
 from lab.store import Run
 from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
 
 RANKERS = [("llm-blender/PairRM (hub; ~40 s per instruction on CPU, well under 1 s on a GPU)", "llm-blender/PairRM"),
            ("tiny-random: random weights, for smoke tests only", "tiny-random")]
-STRATEGIES = [("Best vs worst: one pair per instruction", "best-vs-worst"),
-              ("All pairs above the margin", "all-pairs")]
 TABLE_COLUMNS = ["instruction", "prompt", "responses", "best", "worst", "score spread", "cut"]
 
 
@@ -66,9 +64,10 @@ def _pairs_inputs() -> tuple:
     gr.Markdown("### Preference pairs\nBuilt from the judge's verdicts (with your spot-check overrides) or from "
                 "PairRM's rankings, in TRL's conversational format: `pairs-judge.jsonl`, `pairs-pairrm.jsonl`.")
     with gr.Row():
-        source = gr.Radio([("PairRM", "pairrm"), ("LLM judge", "judge")], value="pairrm", label="Source",
+        source = gr.Radio([(src.label, name) for name, src in SOURCES.items()], value="pairrm", label="Source",
                           info=h("source"))
-        strategy = gr.Radio(STRATEGIES, value="best-vs-worst", label="Strategy", info=h("strategy"))
+        strategy = gr.Radio([(st.label, name) for name, st in STRATEGIES.items()], value="best-vs-worst",
+                            label="Strategy", info=h("strategy"))
         margin = gr.Number(0.0, label="Margin", minimum=0, info=h("margin"))
     make = gr.Button("Build pairs")
     return source, strategy, margin, make, gr.Markdown()

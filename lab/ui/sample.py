@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from lab.config import SampleConfig
-from lab.sample import grouped, summarize
+from lab.sample import SampleConfig, groups, summarize
 from lab.store import Run
+from lab.ui import forms
 from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, upload_into, wire_job_panel
 
 MODEL_CHOICES = [
@@ -27,16 +27,9 @@ SOURCE_CHOICES = [("Bundled set (offline)", "bundled"), ("LIMA (hub, gated)", "l
 
 @dataclass
 class SampleTab:
-    model: gr.Dropdown
+    form: dict  # SampleConfig field name -> input (FORM order)
     source: gr.Radio
     upload: gr.File
-    n: gr.Number
-    k: gr.Number
-    temperature: gr.Slider
-    top_p: gr.Slider
-    max_new_tokens: gr.Number
-    seed: gr.Number
-    batch_size: gr.Number
     start: gr.Button
     panel: JobPanel
     summary: gr.Markdown
@@ -44,60 +37,62 @@ class SampleTab:
     responses: gr.HTML
 
 
-def _settings_inputs() -> dict:
-    h = SampleConfig.help
+FORM = ["model", "n", "k", "temperature", "top_p", "max_new_tokens", "seed", "batch_size"]  # the handler's order
+
+
+def _settings_inputs() -> tuple[dict, gr.Radio, gr.File]:
+    """The form (lab.ui.forms: each input from its SampleConfig field) plus where the instructions come from."""
     with gr.Row():
-        model = gr.Dropdown(MODEL_CHOICES, value="bundled", label="Model", info=h("model"), allow_custom_value=True)
-        source = gr.Radio(SOURCE_CHOICES, value="bundled", label="Instructions", info=h("instructions"))
+        model = forms.input_for(SampleConfig, "model", kind="Dropdown", choices=MODEL_CHOICES,
+                                allow_custom_value=True)
+        source = gr.Radio(SOURCE_CHOICES, value="bundled", label="Instructions", info=SampleConfig.help("instructions"))
     upload = gr.File(label="Instruction file (.jsonl with a prompt field, .csv with a prompt column, .txt)",
                      file_types=[".jsonl", ".csv", ".txt"], visible=False)
     with gr.Row():
-        n = gr.Number(20, label="Instructions (N)", precision=0, minimum=1, info=h("n"))
-        k = gr.Number(5, label="Responses each (K)", precision=0, minimum=1, info=h("k"))
-        max_new_tokens = gr.Number(128, label="Max new tokens", precision=0, minimum=1, info=h("max_new_tokens"))
+        counts = forms.inputs(SampleConfig, ["n", "k", "max_new_tokens"], n=dict(value=20, minimum=1),
+                              k=dict(minimum=1), max_new_tokens=dict(value=128, minimum=1))
     with gr.Accordion("Decoding", open=False):
         with gr.Row():
-            temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature", info=h("temperature"))
-            top_p = gr.Slider(0.05, 1, value=0.95, step=0.01, label="Top-p", info=h("top_p"))
+            sliders = forms.inputs(SampleConfig, ["temperature", "top_p"],
+                                   temperature=dict(kind="Slider", minimum=0, maximum=2, step=0.05),
+                                   top_p=dict(kind="Slider", minimum=0.05, maximum=1, step=0.01))
         with gr.Row():
-            seed = gr.Number(0, label="Seed", precision=0, info=h("seed"))
-            batch_size = gr.Number(64, label="Batch size", precision=0, minimum=1, info=h("batch_size"))
-    return dict(model=model, source=source, upload=upload, n=n, k=k, temperature=temperature, top_p=top_p,
-                max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+            rest = forms.inputs(SampleConfig, ["seed", "batch_size"], batch_size=dict(minimum=1))
+    made = {"model": model, **counts, **sliders, **rest}
+    return {name: made[name] for name in FORM}, source, upload
 
 
 def build(ctx) -> SampleTab:
     gr.Markdown("Generate **K** responses per instruction with the model's own chat template. "
                 "On CPU, the bundled 135M model writes about 100-200 tokens/s: start small.")
-    inputs = _settings_inputs()
+    form, source, upload = _settings_inputs()
     start = gr.Button("Sample", variant="primary")
     panel = job_panel()
     summary = gr.Markdown()
     pick = gr.Dropdown(label="Instruction", choices=[], interactive=True)
     responses = gr.HTML()
-    tab = SampleTab(**inputs, start=start, panel=panel, summary=summary, pick=pick, responses=responses)
+    tab = SampleTab(form, source, upload, start=start, panel=panel, summary=summary, pick=pick, responses=responses)
     _wire(tab, ctx)
     return tab
 
 
 def _wire(tab: SampleTab, ctx) -> None:
     tab.source.change(lambda s: gr.update(visible=s == "file"), tab.source, tab.upload)
-    fields = [tab.model, tab.source, tab.upload, tab.n, tab.k, tab.temperature, tab.top_p, tab.max_new_tokens,
-              tab.seed, tab.batch_size]
-    tab.start.click(start_sampling, inputs=[ctx.run_name, *fields], outputs=[tab.panel.status])
+    f = tab.form
+    inputs = [ctx.run_name, f["model"], tab.source, tab.upload, *(f[n] for n in FORM[1:])]
+    tab.start.click(start_sampling, inputs=inputs, outputs=[tab.panel.status])
     wire_job_panel(tab.panel, ctx.run_name, "sample", on_done=refresh, done_outputs=[tab.summary, tab.pick])
     tab.pick.change(show_responses, inputs=[ctx.run_name, tab.pick], outputs=[tab.responses])
     ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=[tab.summary, tab.pick])
 
 
-def start_sampling(run_name, model, source, upload, n, k, temperature, top_p, max_new_tokens, seed, batch_size):
+def start_sampling(run_name, model, source, upload, *values):
+    """values: the FORM inputs after "model", in order."""
     run = open_run(run_name)
     if source == "file" and not upload:
         raise gr.Error("Upload an instruction file first, or pick the bundled set.")
     with upload_into(run, upload) if source == "file" else nullcontext(source) as where:
-        cfg = SampleConfig(model=model, instructions=str(where), n=int(n), k=int(k), temperature=float(temperature),
-                           top_p=float(top_p), max_new_tokens=int(max_new_tokens), seed=int(seed),
-                           batch_size=int(batch_size))
+        cfg = forms.read(SampleConfig, {n: None for n in FORM}, (model, *values), instructions=str(where))
         checked(cfg.validate)
         return start_job(run_name, "sample", cfg.to_argv(), "Sampling")
 
@@ -110,7 +105,7 @@ def refresh(run_name: str):
     s = summarize(run)
     if not s["samples"]:
         return "No samples in this run yet.", gr.update(choices=[], value=None)
-    choices = [(f"{g['prompt'][:80]} ({len(g['responses'])})", g["id"]) for g in grouped(run)]
+    choices = [(f"{g.prompt[:80]} ({len(g.samples)})", g.instruction_id) for g in groups(run)]
     text = (f"**{s['samples']}** responses to **{s['instructions']}** instructions · "
             f"{s['duplicates']} duplicates · {s['truncated']} cut at max tokens")
     return text, gr.update(choices=choices)
@@ -119,11 +114,11 @@ def refresh(run_name: str):
 def show_responses(run_name: str, instruction_id: str | None) -> str:
     if not run_name or not instruction_id:
         return ""
-    group = next((g for g in grouped(Run.open(run_name)) if g["id"] == instruction_id), None)
+    group = next((g for g in groups(Run.open(run_name), False) if g.instruction_id == instruction_id), None)
     if group is None:
         return ""
-    parts = [f"<p><b>Instruction</b>: {html.escape(group['prompt'])}</p>"]
-    for s in group["responses"]:
+    parts = [f"<p><b>Instruction</b>: {html.escape(group.prompt)}</p>"]
+    for s in group.samples:
         dup = f" · duplicate of #{s['duplicate_of']}" if s["duplicate_of"] is not None else ""
         parts.append(f'<div class="lab-response"><b>#{s["sample_index"]}</b> · {s["completion_tokens"]} tokens · '
                      f'{s["finish_reason"]}{dup}<pre style="white-space:pre-wrap">{html.escape(s["text"])}</pre></div>')

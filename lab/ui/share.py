@@ -15,7 +15,8 @@ import gradio as gr
 from gradio.utils import get_space
 
 from lab import cards, hub
-from lab.config import PushConfig
+from lab.hub import PushConfig
+from lab.limits import on_space
 from lab.progress import Progress
 from lab.store import Run
 from lab.ui.common import checked, open_run
@@ -66,7 +67,7 @@ def build(ctx) -> ShareTab:
                 "Face Hub, with cards that say how they were made. **Dry run** writes the exact folders under "
                 "`runs/<run>/hub/` and uploads nothing: read the cards there first. Repos are private by default.")
     login = gr.LoginButton() if get_space() else None  # where Gradio serves the real sign-in routes
-    who = gr.Markdown(_who_text(None, hub.on_space()))
+    who = gr.Markdown(_who_text(None, on_space()))
     fields = _settings_inputs()
     with gr.Row():
         dry_run = gr.Button("Dry run (stage only)")
@@ -102,7 +103,7 @@ def _who_text(token: str | None, on_space: bool) -> str:
 
 
 def who_text(oauth_token: gr.OAuthToken | None = None) -> str:
-    return _who_text(oauth_token.token if oauth_token else None, hub.on_space())
+    return _who_text(oauth_token.token if oauth_token else None, on_space())
 
 
 def _config(namespace, prefix, private, datasets, adapters, iterations, only, dry_run: bool) -> PushConfig:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from lab import spotcheck
+from lab.pairs import record_spotcheck
 from lab.store import Run
 from lab.ui.common import checked, open_run
 
@@ -84,7 +85,7 @@ def decide(run_name: str, keys: list, at: int, human: str):
         raise gr.Error("Load the pairs first.")
     run = open_run(run_name, create=False)
     iid, a, b = keys[at]
-    out = checked(spotcheck.record, run, iid, a, b, human)
+    out = checked(record_spotcheck, run, iid, a, b, human)
     pairs = out["pairs"]
     note = (f"Saved: {VERDICT_WORDS[human].lower()} on pair {at + 1}. `pairs-judge.jsonl` rebuilt: "
             f"{pairs['pairs']} pairs ({pairs['human_overrides']} from your checks).")

@@ -12,16 +12,14 @@ import gradio as gr
 import pandas as pd
 
 from lab import jobs
-from lab.config import TRL_LOSS_TYPES, TrainConfig
-from lab.store import Run
-from lab.train import diagnose, precheck, read_metrics, read_state
+from lab.adapters import read_metrics, read_state
+from lab.methods import METHODS
+from lab.store import Run, adapter_file
+from lab.train import TrainConfig, diagnose, precheck
+from lab.ui import forms
 from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel
 
-PLOTS = {  # plot title -> metric names drawn on it
-    "Loss": ("loss",),
-    "Reward margin and accuracy": ("rewards/margins", "rewards/accuracies"),
-    "Log-prob of chosen vs rejected": ("logps/chosen", "logps/rejected"),
-}
+PLOTS = METHODS["dpo"].plots  # plot title -> metric names drawn on it
 
 
 @dataclass
@@ -38,45 +36,34 @@ class TrainTab:
     plots: list
 
 
-def _number(name: str, label: str, **kw) -> gr.Number:
-    return gr.Number(getattr(TrainConfig(), name), label=label, info=TrainConfig.help(name), **kw)
+FORM = ["epochs", "max_steps", "lr", "beta", "batch_size", "loss_type", "model", "target_modules", "lora_r",
+        "lora_alpha", "lora_dropout", "grad_accum", "max_length", "warmup_ratio", "eval_fraction", "save_steps", "seed",
+        "gradient_checkpointing", "precompute_ref", "resume", "method"]  # the order start_training reads them in
 
 
 def _settings_inputs() -> dict:
-    h, d = TrainConfig.help, TrainConfig()
+    """The form: each input built from its TrainConfig field (lab.ui.forms)."""
+    inp = lambda names, **kw: forms.inputs(TrainConfig, names, **kw)  # noqa: E731
     with gr.Row():
-        epochs = _number("epochs", "Epochs", minimum=0)
-        max_steps = _number("max_steps", "Max steps", precision=0)
-        lr = _number("lr", "Learning rate", minimum=0)
-        beta = _number("beta", "Beta", minimum=0)
-        batch_size = _number("batch_size", "Batch size", precision=0, minimum=1)
+        made = inp(["method"], method=dict(choices=[(m.label, k) for k, m in METHODS.items()]))
+        made |= inp(["epochs", "max_steps", "lr", "beta", "batch_size"], epochs=dict(minimum=0), lr=dict(minimum=0),
+                    beta=dict(minimum=0), batch_size=dict(minimum=1))
     with gr.Accordion("More settings", open=False):
         with gr.Row():
-            loss_type = gr.Dropdown(list(TRL_LOSS_TYPES), value=["sigmoid"], multiselect=True, label="Loss type",
-                                    info=h("loss_type"))
-            model = gr.Textbox(d.model, label="Base model", info=h("model"), placeholder="the run's model")
-            target_modules = gr.Textbox(d.target_modules, label="LoRA target modules", info=h("target_modules"))
+            made |= inp(["loss_type", "model", "target_modules"],
+                        loss_type=dict(kind="Dropdown", choices=list(METHODS["dpo"].loss_types()), value=["sigmoid"],
+                                       multiselect=True),
+                        model=dict(placeholder="the run's model"))
         with gr.Row():
-            lora_r = _number("lora_r", "LoRA rank", precision=0, minimum=1)
-            lora_alpha = _number("lora_alpha", "LoRA alpha", precision=0, minimum=1)
-            lora_dropout = _number("lora_dropout", "LoRA dropout", minimum=0)
-            grad_accum = _number("grad_accum", "Gradient accumulation", precision=0, minimum=1)
-            max_length = _number("max_length", "Max length (tokens)", precision=0, minimum=16)
+            made |= inp(["lora_r", "lora_alpha", "lora_dropout", "grad_accum", "max_length"],
+                        lora_r=dict(minimum=1), lora_alpha=dict(minimum=1), lora_dropout=dict(minimum=0),
+                        grad_accum=dict(minimum=1), max_length=dict(minimum=16))
         with gr.Row():
-            warmup_ratio = _number("warmup_ratio", "Warm-up ratio", minimum=0)
-            eval_fraction = _number("eval_fraction", "Eval fraction", minimum=0)
-            save_steps = _number("save_steps", "Checkpoint every", precision=0, minimum=1)
-            seed = _number("seed", "Seed", precision=0)
+            made |= inp(["warmup_ratio", "eval_fraction", "save_steps", "seed"], warmup_ratio=dict(minimum=0),
+                        eval_fraction=dict(minimum=0), save_steps=dict(minimum=1))
         with gr.Row():
-            gradient_checkpointing = gr.Checkbox(d.gradient_checkpointing, label="Gradient checkpointing",
-                                                 info=h("gradient_checkpointing"))
-            precompute_ref = gr.Checkbox(d.precompute_ref, label="Precompute reference", info=h("precompute_ref"))
-            resume = gr.Checkbox(d.resume, label="Resume", info=h("resume"))
-    return dict(epochs=epochs, max_steps=max_steps, lr=lr, beta=beta, batch_size=batch_size, loss_type=loss_type,
-                model=model, target_modules=target_modules, lora_r=lora_r, lora_alpha=lora_alpha,
-                lora_dropout=lora_dropout, grad_accum=grad_accum, max_length=max_length, warmup_ratio=warmup_ratio,
-                eval_fraction=eval_fraction, save_steps=save_steps, seed=seed,
-                gradient_checkpointing=gradient_checkpointing, precompute_ref=precompute_ref, resume=resume)
+            made |= inp(["gradient_checkpointing", "precompute_ref", "resume"])
+    return {name: made[name] for name in FORM}
 
 
 def build(ctx) -> TrainTab:
@@ -91,7 +78,6 @@ def build(ctx) -> TrainTab:
                                    label="Continue from adapter (optional)",
                                    info="its weights start training and serve as the frozen reference")
     fields = _settings_inputs()
-    assert tuple(fields) == FIELD_ORDER  # start_training reads the values in this order
     start = gr.Button("Train", variant="primary")
     panel = job_panel()
     shown = gr.Dropdown([], label="Adapter shown", allow_custom_value=True,
@@ -119,26 +105,17 @@ def start_training(run_name, pairs, adapter, init_adapter, *values):
     run = open_run(run_name)
     if not pairs:
         raise gr.Error("Choose a pairs set (build one in the Pairs tab first).")
-    cfg = config_from(dict(zip(FIELD_ORDER, values)))
-    argv = ["--pairs", str(pairs), "--adapter", (adapter or "").strip(), *cfg.to_argv()]
-    if init_adapter:
-        argv += ["--init-adapter", init_adapter]
+    cfg = TrainConfig.from_form(dict(zip(FORM, values)), pairs=str(pairs).strip(), adapter=(adapter or "").strip(),
+                                init_adapter=(init_adapter or "").strip())
+    argv = cfg.to_argv()
     admit(["train", "--run", run.name, *argv])  # a hosted app's rules first: a server path is never read
-    checked(precheck, run, pairs, (adapter or "").strip(), cfg)
-    return start_job(run_name, "train", argv, f"Training {adapter.strip()}")
+    checked(precheck, run, cfg.pairs, cfg.adapter, cfg)
+    return start_job(run_name, "train", argv, f"Training {cfg.adapter}")
 
 
-FIELD_ORDER = ("epochs", "max_steps", "lr", "beta", "batch_size", "loss_type", "model", "target_modules", "lora_r",
-               "lora_alpha", "lora_dropout", "grad_accum", "max_length", "warmup_ratio", "eval_fraction",
-               "save_steps", "seed", "gradient_checkpointing", "precompute_ref", "resume")
-
-
-def config_from(v: dict) -> TrainConfig:
-    """Form values -> TrainConfig (numbers arrive as floats, the loss types as a list)."""
-    ints = {"max_steps", "batch_size", "lora_r", "lora_alpha", "grad_accum", "max_length", "save_steps", "seed"}
-    v = {k: (int(x) if k in ints else x) for k, x in v.items()}
-    v["loss_type"] = ",".join(v["loss_type"] or ["sigmoid"])
-    return TrainConfig(**{**v, "epochs": float(v["epochs"]), "lr": float(v["lr"]), "beta": float(v["beta"])})
+def config_from(values: dict) -> TrainConfig:
+    """Form values (named as in FORM) -> TrainConfig; the loss types arrive as a list."""
+    return TrainConfig.from_form(values)
 
 
 def choices(run_name: str | None):
@@ -146,8 +123,8 @@ def choices(run_name: str | None):
     if not run_name:
         return gr.update(choices=[]), gr.update(choices=[]), gr.update(choices=[])
     run = Run.open(run_name)
-    sources = sorted(p.stem.removeprefix("pairs-") for p in run.path.glob("pairs-*.jsonl"))
-    folders = sorted(p.name for p in (run.path / "adapters").glob("*") if p.is_dir() and not p.name.startswith("."))
+    sources = run.pair_sources()
+    folders = run.adapter_folders()
     return (gr.update(choices=sources, value=sources[0] if sources else None),
             gr.update(choices=[("(none: start from the base model)", ""), *run.adapters()], value=""),
             gr.update(choices=folders))
@@ -168,9 +145,9 @@ def live_view(run_name: str | None, shown: str | None):
         return [gr.skip()] * (3 + len(PLOTS))
     run = Run.open(run_name)
     name = running_adapter(run) or shown
-    if not name or not (run.adapter_dir(name) / "metrics.jsonl").exists():
+    if not name or not adapter_file(run.adapter_dir(name), "metrics").exists():
         return [gr.skip(), "", "", *[None] * len(PLOTS)]
-    metrics, state = read_metrics(run, name), read_state(run.adapter_dir(name)) or {}
+    metrics, state = read_metrics(run.adapter_dir(name)), read_state(run.adapter_dir(name)) or {}
     beta = (state.get("settings") or {}).get("beta", 0.1)
     warns = diagnose(metrics, state.get("pairs"), beta)
     return [gr.update(value=name), summary_md(name, state, metrics),

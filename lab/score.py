@@ -1,0 +1,318 @@
+"""Self-rewarding scores (Yuan et al., 2024): every answer judged R times with the paper's additive 5-point prompt
+(SCORE_PROMPT), by the model that wrote it (`judge` "self", as in the paper) or by an API model, and averaged.
+A scorer like the pairwise judge and PairRM: lab.pairs builds the "self" preference set from these scores, and
+lab.compare can use them ("score") for win rates.
+
+scores.jsonl, one line per evaluation:
+
+    {"set": "train" | "eval",          # train: an answer of samples.jsonl; eval: a completion of compare.jsonl
+     "instruction_id": str,
+     "sample_index": int | null,        # train: which answer of samples.jsonl
+     "model": str | null,               # eval: "base" or an adapter name (rows of compare.jsonl)
+     "text_hash": str,                  # sha1[:12] of the scored text: a changed text is scored again
+     "eval_index": int,                 # 0..R-1
+     "score": float | null,             # 0-5; null when the judgment could not be read
+     "method": "parsed" | "probabilities" | "invalid",
+                                        # parsed: "Score: <points>" found in the text; probabilities: a local judge
+                                        # that wrote no score is asked to continue "Score: " and the expected value
+                                        # over the digits 0-5 is taken (a 135M model rarely ends with the format)
+     "probs": [p0..p5] | null, "raw": str, "judge": str, "prompt_hash": str,
+     "usage": {"prompt_tokens", "completion_tokens"}}       # API judges
+
+The records are the cache: a (set, instruction, sample or model, text) already scored by the same judge is not
+scored again, so a rerun scores nothing and a stopped one resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from lab import models
+from lab.adapters import adapters_on
+from lab.config import Settings, opt
+from lab.errors import LabError
+from lab.generation import Decoding, generate, left_pad
+from lab.judge_backends import API_BACKENDS, DEFAULT_MODELS, ApiBackend
+from lab.progress import Progress
+from lab.ratelimit import RateLimiter
+from lab.store import Run, once
+
+SCORE_PROMPT = """Review the user's question and the corresponding response using the additive 5-point scoring \
+system described below. Points are accumulated based on the satisfaction of each criterion:
+- Add 1 point if the response is relevant and provides some information related to the user's inquiry, even if it \
+is incomplete or contains some irrelevant content.
+- Add another point if the response addresses a substantial portion of the user's question, but does not \
+completely resolve the query or provide a direct answer.
+- Award a third point if the response answers the basic elements of the user's question in a useful way, \
+regardless of whether it seems to have been written by an AI Assistant or if it has elements typically found in \
+blogs or search results.
+- Grant a fourth point if the response is clearly written from an AI Assistant's perspective, addressing the \
+user's question directly and comprehensively, and is well-organized and helpful, even if there is slight room for \
+improvement in clarity, conciseness or focus.
+- Bestow a fifth point for a response that is impeccably tailored to the user's question by an AI Assistant, \
+without extraneous information, reflecting expert knowledge, and demonstrating a high-quality, engaging, and \
+insightful answer.
+
+User: {instruction}
+<response>{response}</response>
+
+After examining the user's instruction and the response:
+- Briefly justify your total score, up to 100 words.
+- Conclude with the score using the format: "Score: <total points>"
+
+Remember to assess from the AI Assistant perspective, utilizing web search knowledge as necessary. To evaluate the \
+response in alignment with this additive scoring model, we'll systematically attribute points based on the \
+outlined criteria."""
+PROMPT_HASH = hashlib.sha256(SCORE_PROMPT.encode()).hexdigest()[:16]
+SCORE_RE = re.compile(r"score\s*(?:\*\*)?\s*:\s*(?:\*\*)?\s*([0-9]+(?:\.[0-9]+)?)\s*(?:/\s*5)?", re.IGNORECASE)
+
+
+@dataclass
+class ScoreConfig(Settings):
+    """Who scores and how; docs/iterative.md gives the paper's values."""
+
+    judge: str = opt("self", "who scores: self (the model that wrote the answers, its adapter on, as in the paper), "
+                     "or an API judge", ("self", *API_BACKENDS), label="Judge")
+    judge_model: str = opt("", "API judge model (default: the backend's default)", label="API judge model")
+    evaluations: int = opt(3, "times each answer is scored; the scores are averaged (the paper's R)",
+                           label="Scores per answer (R)")
+    judge_tokens: int = opt(160, "longest judgment (justification + score), in tokens", label="Judgment tokens")
+    judge_temperature: float = opt(0.7, "sampling temperature of the judgments (0 makes the R scores identical)")
+    score_mode: str = opt("auto", "auto: a local judgment without 'Score: N' is scored from the digit probabilities "
+                          "after 'Score: '; parse: such judgments count as unscored", ("auto", "parse"))
+    rpm: float = opt(30.0, "API judge: most requests per minute (Groq's free tier allows 30; 0 = no limit)")
+    concurrency: int = opt(4, "API judge: requests in flight at once")
+    seed: int = opt(0, "seed of the local judge's sampling")
+    batch_size: int = opt(32, "local judge: answers scored together (each R times)")
+    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
+    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+
+    def validate(self) -> "ScoreConfig":
+        if self.evaluations < 1 or self.batch_size < 1 or self.concurrency < 1:
+            raise LabError("--evaluations, --batch-size and --concurrency must be at least 1.")
+        if self.judge_tokens < 8 or self.judge_temperature < 0:
+            raise LabError("--judge-tokens must be at least 8 (a justification and 'Score: N'; 160 is typical) and "
+                           "--judge-temperature >= 0.")
+        if self.rpm < 0:
+            raise LabError(f"--rpm must be 0 (no limit) or more (got {self.rpm}).")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The judge as recorded: "self", or "<backend>:<model>"."""
+        return "self" if self.judge == "self" else f"{self.judge}:{self.judge_model or DEFAULT_MODELS[self.judge]}"
+
+
+# ---- the judgment: prompt, parser, local probabilities ------------------------------------------------------------
+def score_prompt(instruction: str, response: str) -> str:
+    return SCORE_PROMPT.format(instruction=instruction, response=response)
+
+
+def parse_score(text: str) -> float | None:
+    """The points of the LAST "Score: <points>" in a judgment (0-5), or None where there is none or it is out of range.
+    Accepts the variants judges write: "Score: 4", "**Score:** 4", "Score: 3.5", "score: 4/5"."""
+    found = SCORE_RE.findall(text or "")
+    if not found:
+        return None
+    value = float(found[-1])
+    return value if 0 <= value <= 5 else None
+
+
+def digit_tokens(tok, context: str) -> tuple[list[int], list[int]]:
+    """(ids of `context`, the id of each digit 0-5 as the next token). Found by tokenizing context + digit, so it
+    works whether a tokenizer glues the digit to the space before it or not."""
+    runs = [tok(context + str(d), add_special_tokens=False)["input_ids"] for d in range(6)]
+    common = 0
+    while all(len(r) > common + 1 and r[common] == runs[0][common] for r in runs):
+        common += 1
+    ids = [r[common] for r in runs]
+    if len(set(ids)) != 6:
+        raise LabError("This judge model's tokenizer does not give the digits 0-5 their own tokens after 'Score: ': "
+                       "use --score-mode parse or another judge.")
+    return runs[0][:common], ids
+
+
+def forced_score_probs(cm, heads: list[str], batch_size: int) -> list[list[float]]:
+    """For each rendered prompt + judgment text, P(digit) over 0-5 for the token after "Score: ". [n] -> [n, 6]."""
+    import torch
+
+    out: list[list[float]] = []
+    for i in range(0, len(heads), batch_size):
+        rows, ids = [], None
+        for h in heads[i:i + batch_size]:
+            ctx, ids = digit_tokens(cm.tokenizer, h.rstrip() + "\nScore: ")
+            rows.append(ctx)
+        input_ids, mask = left_pad(rows, cm.tokenizer.pad_token_id, cm.device)
+        with torch.inference_mode():
+            logits = cm.model(input_ids=input_ids, attention_mask=mask,
+                              position_ids=(mask.cumsum(-1) - 1).clamp(min=0), logits_to_keep=1).logits[:, -1]
+        out.extend(logits[:, ids].float().softmax(-1).tolist())
+    return out
+
+
+def strip_partial_score(text: str) -> str:
+    """Cut a judgment before a last 'Score' that was started but not finished (max tokens ran out)."""
+    cut = text.lower().rfind("score")
+    return text[:cut].rstrip() if cut >= 0 and parse_score(text[cut:]) is None else text
+
+
+def local_scores(cm, prompts: list[str], evaluations: int, cfg, seed: int, progress: Progress | None = None
+                 ) -> list[list[dict]]:
+    """R judgments of each judge prompt by a local chat model (cm: any ChatModel, adapters switched as wanted).
+    Returns, per prompt, R dicts {"score", "method", "probs", "raw"}."""
+    dec = Decoding(cfg.judge_temperature, 1.0 if cfg.judge_temperature == 0 else 0.95, cfg.judge_tokens, seed)
+    texts = [[c.text for c in comps] for comps in generate(cm, prompts, evaluations, dec, cfg.batch_size, progress)]
+    out = [[{"score": parse_score(t), "method": "parsed", "probs": None, "raw": t} for t in row] for row in texts]
+    todo = [(i, j) for i, row in enumerate(out) for j, e in enumerate(row) if e["score"] is None]
+    if todo and cfg.score_mode == "auto":
+        heads = [cm.render([{"role": "user", "content": prompts[i]}]) + strip_partial_score(out[i][j]["raw"])
+                 for i, j in todo]
+        for (i, j), probs in zip(todo, forced_score_probs(cm, heads, cfg.batch_size)):
+            out[i][j].update(score=sum(d * p for d, p in enumerate(probs)), method="probabilities", probs=probs)
+    for row in out:
+        for e in row:
+            e["method"] = e["method"] if e["score"] is not None else "invalid"
+    return out
+
+
+def api_scores(backend: ApiBackend, prompts: list[str], evaluations: int, concurrency: int = 1) -> list[list[dict]]:
+    """R judgments of each prompt by an API model, `concurrency` requests in flight (they share its rate limiter)."""
+    def one(p: str) -> dict:
+        reply = backend.complete(p)
+        s = parse_score(reply.text)
+        return {"score": s, "method": "parsed" if s is not None else "invalid", "probs": None, "raw": reply.text,
+                "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}}
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        flat = list(pool.map(one, [p for p in prompts for _ in range(evaluations)]))
+    return [flat[i * evaluations:(i + 1) * evaluations] for i in range(len(prompts))]
+
+
+def api_backend(cfg: ScoreConfig, api_key: str | None = None) -> ApiBackend | None:
+    """The API judge, or None for the model's own judgment. The key is passed in memory (the app) or read from the
+    environment (lab.judge_backends.resolve_key); it never reaches a file."""
+    if cfg.judge == "self":
+        return None
+    return ApiBackend(cfg.judge, cfg.judge_model or DEFAULT_MODELS[cfg.judge], RateLimiter(cfg.rpm), api_key=api_key,
+                      temperature=cfg.judge_temperature, max_tokens=cfg.judge_tokens, json_mode=False)
+
+
+# ---- scoring rows, with the records as the cache ------------------------------------------------------------------
+def text_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+def score_key(s: dict) -> tuple:
+    """What makes two evaluations the same: the set, the answer (or the model's completion) and its text, the judge."""
+    return (s["set"], s["instruction_id"], s.get("sample_index"), s.get("model"), s.get("text_hash"), s.get("judge"))
+
+
+def row_key(row: dict, cfg: ScoreConfig) -> tuple:
+    return score_key({**row, "sample_index": row.get("sample_index") if row["set"] == "train" else None,
+                      "model": row.get("model") if row["set"] == "eval" else None, "text_hash": text_hash(row["text"]),
+                      "judge": cfg.name})
+
+
+@dataclass
+class Scorer:
+    """What scores rows: an API judge, or a local model (`local`: a context manager giving the ChatModel to judge
+    with, its adapter switched on as wanted)."""
+
+    cfg: ScoreConfig
+    judge: ApiBackend | None
+    local: Callable | None = None
+
+    def score(self, prompts: list[str], seed: int) -> list[list[dict]]:
+        if self.judge is not None:
+            return api_scores(self.judge, prompts, self.cfg.evaluations, self.cfg.concurrency)
+        with self.local() as cm:
+            return local_scores(cm, prompts, self.cfg.evaluations, self.cfg, seed)
+
+
+def score_rows(run: Run, rows: list[dict], scorer: Scorer, progress: Progress, desc: str = "scoring",
+               on_first: Callable[[], None] | None = None) -> int:
+    """Score (instruction, response) rows R times each and append them to the run's scores.jsonl, a chunk at a time;
+    rows already scored (score_key) are skipped. rows: {"set", "instruction_id", "prompt", "text",
+    "sample_index" (train) | "model" (eval)}. on_first: called once, before the first record is written.
+    Returns how many rows were scored now."""
+    cfg = scorer.cfg
+    have = {score_key(s) for s in run.read("scores")}
+    todo = [row for row in rows if row_key(row, cfg) not in have]
+    started = once(on_first or (lambda: None))
+    for n in range(0, len(todo), cfg.batch_size):
+        progress.check_stop()
+        progress.update(len(rows) - len(todo) + n, len(rows), desc)
+        chunk = todo[n:n + cfg.batch_size]
+        evals = scorer.score([score_prompt(row["prompt"], row["text"]) for row in chunk], cfg.seed)
+        started()
+        run.append("scores", [score_record(row, e, ev, cfg) for row, evs in zip(chunk, evals)
+                              for e, ev in enumerate(evs)])
+    progress.update(len(rows), len(rows), desc)
+    return len(todo)
+
+
+def score_record(row: dict, eval_index: int, ev: dict, cfg: ScoreConfig) -> dict:
+    """One scores.jsonl line (the format in the module docstring)."""
+    train = row["set"] == "train"
+    return {"set": row["set"], "instruction_id": row["instruction_id"],
+            "sample_index": row["sample_index"] if train else None, "model": None if train else row["model"],
+            "text_hash": text_hash(row["text"]), "eval_index": eval_index, **ev, "judge": cfg.name,
+            "prompt_hash": PROMPT_HASH}
+
+
+def mean_scores(scores: list[dict], which: str = "train") -> dict[tuple, float]:
+    """{(instruction_id, sample_index) (train) or (model, instruction_id) (eval): mean of its readable scores}."""
+    acc: dict[tuple, list[float]] = {}
+    for s in scores:
+        if s["set"] == which and s["score"] is not None:
+            key = (s["instruction_id"], s["sample_index"]) if which == "train" else (s["model"], s["instruction_id"])
+            acc.setdefault(key, []).append(s["score"])
+    return {k: sum(v) / len(v) for k, v in acc.items()}
+
+
+# ---- the stage ----------------------------------------------------------------------------------------------------
+def score_run(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_key: str | None = None,
+              desc: str = "scoring") -> dict:
+    """The score stage: every answer of samples.jsonl scored R times (set "train"). The self judge is the model
+    that sampled the run, with the adapter it sampled with switched on (as run.json's sample entry says)."""
+    cfg.validate()
+    judge = api_backend(cfg, api_key)  # a missing API key fails here, before any work
+    rows = [{**s, "set": "train"} for s in run.read("samples")]
+    if not rows:
+        raise LabError(f"Run '{run.name}' has no samples to score: run the Sample stage first.")
+    progress = progress or Progress("scoring")
+    with run.lock("score"), self_scorer(run, cfg, judge) as scorer:
+        done = score_rows(run, rows, scorer, progress, desc, on_first=lambda: run.record_stage("score", {
+            **cfg.to_dict(), "judge_name": cfg.name, "prompt_hash": PROMPT_HASH}))
+    progress.close()
+    return summarize(run, cfg) | {"scored_now": done}
+
+
+@contextmanager
+def self_scorer(run: Run, cfg: ScoreConfig, judge: ApiBackend | None) -> Iterator[Scorer]:
+    """A Scorer for the run's own samples: the API judge, or the model that sampled them with its adapter on."""
+    if judge is not None:
+        yield Scorer(cfg, judge)
+        return
+    sampled = run.stage_settings("sample") or {}
+    if not sampled.get("model"):
+        raise LabError(f"Run {run.name} records no sampling model to judge its own answers: sample first.")
+    cm = models.load(sampled["model"], cfg.device, cfg.dtype)
+    adapter = sampled.get("adapter_path")
+    with adapters_on(cm, {"policy": Path(adapter)} if adapter else {}) as select:
+        yield Scorer(cfg, None, lambda: select("policy" if adapter else None))
+
+
+def summarize(run: Run, cfg: ScoreConfig | None = None) -> dict:
+    """Counts and the score histogram of the run's train-set scores (the CLI and the app show these)."""
+    train = [s for s in run.read("scores") if s["set"] == "train" and (cfg is None or s["judge"] == cfg.name)]
+    valid = [s["score"] for s in train if s["score"] is not None]
+    return {"run": run.name, "evaluations": len(train), "unscored": len(train) - len(valid),
+            "score_hist": {str(d): sum(round(v) == d for v in valid) for d in range(6)},
+            "score_mean": sum(valid) / len(valid) if valid else None,
+            "methods": {m: sum(s["method"] == m for s in train) for m in ("parsed", "probabilities", "invalid")}}
