@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from lab.errors import LabError
-from lab.store import WORK_FILES
+from lab.store import WORK_FILES, adapter_file
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).with_name("vllm_worker.py")
@@ -126,7 +126,7 @@ def lora_rank(adapters: dict[str, Path]) -> int:
     """The smallest max_lora_rank vLLM accepts that holds every adapter's rank (its r and any rank_pattern)."""
     ranks = [1]
     for name, path in adapters.items():
-        cfg = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+        cfg = json.loads(adapter_file(path, "config").read_text(encoding="utf-8"))
         ranks += [int(cfg.get("r", 8)), *map(int, (cfg.get("rank_pattern") or {}).values())]
     fit = [r for r in LORA_RANKS if r >= max(ranks)]
     if not fit:
@@ -150,7 +150,7 @@ def check_inputs(model_path: str, prompt_ids: list[list[int]], adapters: dict[st
         raise LabError(f"Adapter {missing[0]!r} is asked for but not among the adapters given "
                        f"({', '.join(adapters) or 'none'}): pass it in adapters.")
     for name, path in adapters.items():
-        if not (Path(path) / "adapter_config.json").exists():
+        if not adapter_file(path, "config").exists():
             raise LabError(f"Adapter {name!r}: {path} holds no adapter_config.json: give a PEFT adapter folder.")
     if dec.max_new_tokens < 1 or dec.temperature < 0 or not 0 < dec.top_p <= 1:
         raise LabError("Decoding needs max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1.")
