@@ -2,7 +2,8 @@
 
 A row names the stage's settings dataclass (its fields are the stage's flags) and the function `fn(run, settings,
 progress) -> summary dict` that runs it; the CLI parses the flags into the settings, checks a hosted app's rules
-(lab.hosting), runs the function and prints its summary as JSON (a summary's "warnings" also go to stderr).
+(lab.hosting), runs the function and prints its summary as JSON (a summary's "warnings" also go to stderr). Every
+summary carries "noise": the labels of results that are noise (lab.noise), each also a `noise:` line on stderr.
 The app starts the same command lines as jobs (lab.jobs), so a terminal can do anything the app does.
 Exit status: 0 done (or stopped on request), 2 a problem the user can fix (the message says what), 1 a bug.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from lab.errors import LabError
 from lab.hosting import admit
 from lab.jobs import report_exit
+from lab.noise import notes
 from lab.progress import Progress, Stopped, close_bars, install_stop_handler
 from lab.store import Run, redact_userinfo
 
@@ -113,12 +115,15 @@ def run_stage(args: argparse.Namespace) -> dict:
     cfg = load(stage.settings).from_args(args)
     admit(stage.name, args.run, cfg)  # a hosted app's rules and the owner's caps, before anything is written
     run = Run.open(args.run, create=stage.new_run)
-    return load(stage.run)(run, cfg, Progress(stage.name))
+    summary = load(stage.run)(run, cfg, Progress(stage.name))
+    return {**summary, "noise": notes(run, stage.name, cfg.to_dict())}
 
 
 def print_summary(summary: dict) -> None:
     for warning in summary.get("warnings") or []:
         print(f"warning: {warning}", file=sys.stderr)
+    for note in summary.get("noise") or []:
+        print(note, file=sys.stderr)  # each starts "Noise:" or "Weak judge:"
     if summary.get("length_warning"):
         print(f"warning: {summary['length_warning']}", file=sys.stderr)
     print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))

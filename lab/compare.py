@@ -20,12 +20,14 @@ compare-scores.json (whole file, rewritten by `score`):
      "confidence", "bootstrap",
      "per_model": {name: {"mean_chars", "mean_tokens", "chars_change", "chars_change_pct", "truncated_rate",
                           "distinct_1", "distinct_2", "refusal_rate"}},
-     "win_rates": {adapter: {scorer: lab.stats.win_rate dict}},          # the adapter against the base
-     "head_to_head": {"<adapter> vs <earlier adapter>": {scorer: lab.stats.win_rate dict}}}
+     "win_rates": {adapter: {scorer: lab.stats.win_rate dict + lab.stats.lc_win_rate dict}},  # against the base
+     "head_to_head": {"<adapter> vs <earlier adapter>": {scorer: the same}}}
+     (a win rate dict: "win_rate", "ci_low", "ci_high", "n", "wins", "ties", "losses", and the length-controlled
+      "lc_win_rate", "lc_ci_low", "lc_ci_high", "length_coef", "length_scale")
 
 Scorers (SCORERS): "pairrm" (PairRM's both-orders preference), "judge" (the LLM judge, every pair of models in both
-orders: a tie or the two orders disagreeing count 0.5) and "score" (mean 5-point scores, lab.score; their records
-go to the run's scores.jsonl as set "eval"). Win rates count a win as 1, a tie as 0.5 and a loss as 0, per
+orders, position-calibrated where they disagree (lab.verdicts): a tie or an undecided disagreement count 0.5) and
+"score" (mean 5-point scores, lab.score; their records go to the run's scores.jsonl as set "eval"). Win rates count a win as 1, a tie as 0.5 and a loss as 0, per
 instruction; the interval is a percentile bootstrap over instructions (lab.stats.win_rate).
 notes.json holds the user's own notes: {"overall": str, "instructions": {id: str}, "updated"}.
 The module writes no prose about the results: the numbers, the grid and the user's notes are the analysis.
@@ -42,7 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lab import models, rank
+from lab import efficiency, models, rank
 from lab.adapters import BASE, adapters_on, check_same_base, fingerprint, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
@@ -53,9 +55,9 @@ from lab.judge_backends import API_BACKENDS, BACKENDS, resolve_key
 from lab.progress import Progress
 from lab.sample import check_decoding, sample_record
 from lab.score import Scorer, ScoreConfig, api_backend, mean_scores, score_rows
-from lab.stats import LOSS, TIE, WIN, outcome, win_rate
+from lab.stats import LOSS, TIE, WIN, lc_win_rate, outcome, win_rate
 from lab.store import Run, atomic_write_json, atomic_write_text, once, read_jsonl, write_jsonl
-from lab.verdicts import pair_verdicts
+from lab.verdicts import run_verdicts
 
 SHINGLE = 5  # character n-grams for near-duplicate detection: robust to small rewordings and typos
 REFUSAL = re.compile(
@@ -252,7 +254,7 @@ def compare_run(run: Run, cfg: CompareConfig, progress: Progress | None = None, 
     api_key: an API scorer's key, passed in memory by the app (else read from the environment).
     items / adapters: the instructions and {name: adapter folder} to compare (self-rewarding rounds pass theirs);
     default cfg.instructions and cfg.adapters. Holds the run's "compare" lock: a second comparison is refused."""
-    with run.lock("compare"):
+    with run.lock("compare"), efficiency.measure(run, "compare"):
         return _compare_locked(run, cfg, progress, api_key, items, adapters)
 
 
@@ -416,9 +418,9 @@ def score(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_ke
         if scorer.enabled(cfg):
             of = scorer.outcomes(run, cfg, table, st, progress, api_key)
             for n, m in enumerate(adapters):
-                wins[m][name] = rate_of(of, st, m, BASE, cfg)
+                wins[m][name] = rate_of(of, st, m, BASE, cfg, table)
                 for earlier in adapters[:n]:
-                    h2h.setdefault(f"{m} vs {earlier}", {})[name] = rate_of(of, st, m, earlier, cfg)
+                    h2h.setdefault(f"{m} vs {earlier}", {})[name] = rate_of(of, st, m, earlier, cfg, table)
     scores = {"key": st["key"], "models": st["models"], "n_instructions": len(st["instruction_ids"]),
               "flagged": flagged, "confidence": cfg.confidence, "bootstrap": cfg.bootstrap,
               "per_model": per_model, "win_rates": wins, "head_to_head": h2h,
@@ -427,10 +429,15 @@ def score(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_ke
     return scores
 
 
-def rate_of(of: Outcome, st: dict, a: str, b: str, cfg: CompareConfig) -> dict:
-    """The win rate of model a against model b over the comparison's instructions (unreadable outcomes left out)."""
-    got = [of(iid, a, b) for iid in st["instruction_ids"]]
-    return win_rate([g for g in got if g is not None], cfg.bootstrap, cfg.confidence, cfg.seed)
+def rate_of(of: Outcome, st: dict, a: str, b: str, cfg: CompareConfig, table: dict) -> dict:
+    """The win rate of model a against model b over the comparison's instructions (unreadable outcomes left out),
+    and beside it the length-controlled win rate (lab.stats.lc_win_rate: the win rate at equal answer length)."""
+    got = [(of(iid, a, b), iid) for iid in st["instruction_ids"]]
+    kept = [(g, iid) for g, iid in got if g is not None]
+    gaps = [len(table[a][iid]["text"]) - len(table[b][iid]["text"]) for _, iid in kept]
+    outcomes = [g for g, _ in kept]
+    return {**win_rate(outcomes, cfg.bootstrap, cfg.confidence, cfg.seed),
+            **lc_win_rate(outcomes, gaps, cfg.bootstrap, cfg.confidence, cfg.seed)}
 
 
 def scoring_run(run: Run, table: dict, st: dict) -> tuple[Run, dict[str, int]]:
@@ -476,15 +483,16 @@ def pairrm_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progres
 
 def judge_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress: Progress | None,
                    api_key: str | None = None) -> Outcome:
-    """The LLM judge (lab.judge, plan "full": every pair of models judged in both orders): win 1; tie or the two
-    orders disagreeing 0.5; loss 0; unreadable verdicts left out. Identical completions tie without a call."""
+    """The LLM judge (lab.judge, plan "full": every pair of models judged in both orders, calibrated where they
+    disagree: lab.verdicts.run_verdicts): win 1; tie or an undecided disagreement 0.5; loss 0; unreadable verdicts
+    left out. Identical completions tie without a call."""
     nested, index = scoring_run(run, table, st)
     samples = nested.read("samples")
     twin = {(s["instruction_id"], s["sample_index"]): s["duplicate_of"] for s in samples}  # the judge skips twins
     if any(d is None and s["sample_index"] > 0 for s, d in zip(samples, twin.values())):
         judge_run(nested, JudgeConfig(backend=cfg.judge, model=cfg.judge_model, plan="full", rpm=cfg.judge_rpm,
                                       device=cfg.device, dtype=cfg.dtype), progress, api_key=api_key)
-    verdicts = {(v["instruction_id"], v["a"], v["b"]): v["verdict"] for v in pair_verdicts(nested.read("judgments"))}
+    verdicts = {(v["instruction_id"], v["a"], v["b"]): v["verdict"] for v in run_verdicts(nested)}
     value = {"a": WIN, "b": LOSS, "tie": TIE, "inconsistent": TIE}  # for the lower sample index
 
     def of(iid: str, a: str, b: str) -> float | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from lab import models
+from lab import efficiency, models
 from lab.progress import Progress
 
 NUCLEUS_TOP_K = 256  # candidates searched for the top-p nucleus before falling back to a full sort
@@ -167,6 +167,7 @@ def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[
             nxt, alive = nxt[alive], alive[alive]
         b.step(nxt)
     prompt_lens = [len(p) for p, c in zip(prompts, counts) for _ in range(c)]
+    efficiency.add(tokens_in=sum(len(p) for p in prompts), tokens_out=sum(map(len, b.tokens)))
     texts = cm.tokenizer.batch_decode(b.tokens, skip_special_tokens=True)
     return [Completion(t.strip(), n, len(toks), f or "length")
             for t, n, toks, f in zip(texts, prompt_lens, b.tokens, b.finish)]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab import efficiency
 from lab.errors import LabError
 from lab.store import build_folder
 
@@ -140,6 +141,7 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[st
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     if dtype not in ("float32", "bfloat16", "float16"):
         raise LabError(f"Unknown dtype {dtype!r}: use float32, bfloat16 or float16.")
+    efficiency.note(device, dtype)  # what the stage being measured runs on
     return device, getattr(torch, dtype)
 
 

@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from lab import cards, models
+from lab import cards, efficiency, models
 from lab.adapters import adapter_lock, final_metrics, is_complete, plan_resume, publish, read_state, \
     refuse_finished, reset_folder
 from lab.config import Settings, opt
@@ -456,7 +456,7 @@ def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config:
     ckpt = plan_resume(out, identity, config.resume) if out.exists() else None
     _barrier()  # every rank has read the folder before rank 0 changes it
     lock = adapter_lock(out) if is_main_process() else _no_lock()
-    with lock:
+    with lock, efficiency.measure(run, "train", adapter_name):
         return _train_locked(run, out, records, stats, identity, ckpt, init, progress or Progress("train"),
                              callbacks or [])
 
@@ -503,6 +503,7 @@ def _finish(run: Run, out: Path, trainer, state: dict, config: TrainConfig) -> P
     trainer.accelerator.wait_for_everyone()
     if is_main_process():
         metrics = read_jsonl(adapter_file(out, "metrics"))
+        efficiency.add(tokens_in=trained_tokens(metrics))
         state = {**state, "status": "stopped" if stopped else "done", "global_step": trainer.state.global_step,
                  "max_steps": trainer.state.max_steps, "final": final_metrics(metrics),
                  "warnings": diagnose(metrics, state["pairs"], config.beta), "finished": time.time()}
@@ -517,6 +518,13 @@ def _finish(run: Run, out: Path, trainer, state: dict, config: TrainConfig) -> P
         raise Stopped(f"Training stopped at step {trainer.state.global_step} of {trainer.state.max_steps}: the adapter "
                       f"trained so far is saved in {out}; run the same command again to resume.")
     return out
+
+
+def trained_tokens(metrics: list[dict]) -> int:
+    """Tokens the adapter was trained on: TRL's cumulative num_tokens on the last logged train line."""
+    seen = [m["num_tokens"] for m in metrics if m.get("split") == "train" and isinstance(m.get("num_tokens"), (int,
+                                                                                                           float))]
+    return int(seen[-1]) if seen else 0
 
 
 def train_stage(run: Run, cfg: TrainConfig, progress: Progress | None = None) -> dict:

@@ -58,7 +58,7 @@ def test_judging_as_a_job_then_figures_and_reasoning_per_order(run, monkeypatch)
     assert "**2** of 2 instructions have a preference" in figures and "| 100% |" in figures
     html = tab.show_pairs("t", picker["choices"][0][1])
     assert "#0 vs #1</b>: #1 preferred" in html and "#0 shown first" in html and "#1 shown first" in html
-    assert "Q1Q is more thorough" in html
+    assert "Q1Q is more thorough" in html and "#1 preferred (both orders agree)" in html  # the rule is shown
 
 
 def test_a_key_typed_in_the_page_reaches_only_that_job(run, runs_dir):

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import gradio as gr
 
-from lab import hosting, jobs, limits
+from lab import hosting, jobs, limits, noise
 from lab.cli import BY_NAME, build_parser, load
 from lab.errors import LabError
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
@@ -80,6 +80,27 @@ def status_text(st: dict) -> str:
     if state == "done":
         return f"**{label}** finished."
     return f"**{label}** {state}: {html.escape(st.get('error') or '')}"
+
+
+def noise_md(run: Run | None, stage: str, settings: dict | None = None) -> str:
+    """The noise labels of a stage's results on `run` (lab.noise) as Markdown, ending in a blank line; '' if none."""
+    text = noise.markdown(noise.notes(run, stage, settings)) if run else ""
+    return text + "\n\n" if text else ""
+
+
+def labels_box(ctx, stage: str, timer: gr.Timer) -> gr.Markdown:
+    """A Markdown line of the noise labels of `stage` on the chosen run, kept current (run picked, job ticks)."""
+    box = gr.Markdown()
+
+    def show(name: str | None, shown: str | None):
+        try:
+            text = noise_md(Run.open(name), stage) if name else ""
+        except LabError:
+            text = ""
+        return gr.skip() if text == (shown or "") else text
+    ctx.run_name.change(show, inputs=[ctx.run_name, box], outputs=[box])
+    timer.tick(show, inputs=[ctx.run_name, box], outputs=[box], show_progress="hidden")
+    return box
 
 
 def job_panel() -> JobPanel:

@@ -20,8 +20,8 @@ from lab.errors import LabError
 from lab.judge_backends import API_BACKENDS, BACKENDS
 from lab.store import Run
 from lab.ui import forms
-from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, open_run, start_job, typed_key_env, \
-    upload_into, wire_job_panel
+from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, labels_box, open_run, start_job, \
+    typed_key_env, upload_into, wire_job_panel
 
 SOURCE_CHOICES = [("Bundled held-out set (offline)", "heldout"), ("My file", "file")]
 JUDGE_CHOICES = [("none", "none"), *((b.label, name) for name, b in BACKENDS.items())]
@@ -52,6 +52,7 @@ class CompareTab:
     export: gr.Button
     file: gr.File
     api_key: gr.Textbox | None = None
+    labels: gr.Markdown | None = None  # noise labels of the comparison (lab.noise)
 
 
 FORM = ["n", "max_new_tokens", "temperature", "top_p", "seed", "pairrm", "judge", "judge_model", "duplicates",
@@ -95,6 +96,7 @@ def build(ctx) -> CompareTab:
     api_key = api_key_box()
     start = gr.Button("Compare", variant="primary")
     panel = job_panel()
+    labels = labels_box(ctx, "compare", panel.timer)
     scores = gr.Dataframe(headers=SCORE_COLUMNS, label="Scores", interactive=False, wrap=True)
     grid = gr.Dataframe(label="Side by side (one row per instruction)", interactive=False, wrap=True,
                         max_height=520)
@@ -110,7 +112,7 @@ def build(ctx) -> CompareTab:
         export = gr.Button("Export the grid", size="sm")
         file = gr.File(label="Exported file", interactive=False)
     tab = CompareTab(adapters, source, upload, fields, start, panel, scores, grid, pick, view, note, save_note,
-                     overall, save_overall, saved, fmt, export, file, api_key=api_key)
+                     overall, save_overall, saved, fmt, export, file, api_key=api_key, labels=labels)
     _wire(tab, ctx)
     return tab
 
@@ -188,9 +190,11 @@ def refresh_if_finished(run_name: str | None, shown):
 
 
 def _rate(w: dict | None) -> str:
+    """A win rate with its interval, the length-controlled one beside it (older comparisons have none)."""
     if not w or not w.get("n"):
         return ""
-    return f"{w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}] (n={w['n']})"
+    lc = f" · LC {w['lc_win_rate']:.2f} [{w['lc_ci_low']:.2f}, {w['lc_ci_high']:.2f}]" if "lc_win_rate" in w else ""
+    return f"{w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]{lc} (n={w['n']})"
 
 
 def scores_table(scores: dict) -> pd.DataFrame:

@@ -15,8 +15,8 @@ from lab.judge_backends import API_BACKENDS, BACKENDS
 from lab.score import api_backend
 from lab.store import Run
 from lab.ui import forms
-from lab.ui.common import JobPanel, api_key_box, checked, job_panel, open_run, start_job, typed_key_env, \
-    wire_job_panel
+from lab.ui.common import JobPanel, api_key_box, checked, job_panel, labels_box, open_run, start_job, \
+    typed_key_env, wire_job_panel
 
 JUDGE_CHOICES = [("the model itself (as in the paper)", "self"), *((BACKENDS[n].label, n) for n in API_BACKENDS)]
 ROUND_COLUMNS = ["round", "pairs kept", "ties dropped", "unscored dropped", "mean score", "mean chars",
@@ -35,6 +35,7 @@ class IterateTab:
     length_plot: gr.LinePlot
     hist_plot: gr.BarPlot
     api_key: gr.Textbox | None = None
+    labels: gr.Markdown | None = None  # noise labels of the rounds (lab.noise)
 
 
 def _settings_inputs() -> dict:
@@ -67,13 +68,14 @@ def build(ctx) -> IterateTab:
     api_key = api_key_box()
     start = gr.Button("Iterate", variant="primary")
     panel = job_panel()
+    labels = labels_box(ctx, "iterate", panel.timer)
     table = gr.Dataframe(headers=ROUND_COLUMNS, label="Rounds", interactive=False, wrap=True)
     with gr.Row():
         win_plot = gr.LinePlot(x="round", y="win rate", color="against", title="Win rate of round k (held-out)",
                                y_lim=[0, 1], height=260)
         length_plot = gr.LinePlot(x="round", y="characters", color="answers", title="Answer length", height=260)
         hist_plot = gr.BarPlot(x="score", y="count", color="round", title="Self-scores (rounded)", height=260)
-    tab = IterateTab(fields, start, panel, table, win_plot, length_plot, hist_plot, api_key=api_key)
+    tab = IterateTab(fields, start, panel, table, win_plot, length_plot, hist_plot, api_key=api_key, labels=labels)
     _wire(tab, ctx)
     return tab
 

@@ -18,11 +18,12 @@ import gradio as gr
 from lab.judge import JudgeConfig
 from lab.errors import LabError
 from lab.judge import DEFAULT_TEMPLATE, check_template, estimate
+from lab.pairs import NO_PAIRS_FIX
 from lab.judge_backends import BACKENDS as REGISTRY, DEFAULT_MODELS, KEY_ENV, resolve_key
-from lab.verdicts import pair_verdicts, report
+from lab.verdicts import RULES, report, run_verdicts
 from lab.store import Run, atomic_write_text
-from lab.ui.common import JobPanel, admit, api_key_box, check_base_url, checked, job_panel, open_run, start_job, \
-    typed_key_env, wire_job_panel
+from lab.ui.common import JobPanel, admit, api_key_box, check_base_url, checked, job_panel, noise_md, open_run, \
+    start_job, typed_key_env, wire_job_panel
 
 BACKENDS = [(b.label, name) for name, b in REGISTRY.items()]
 PLAN_CHOICES = [("Knockout: 2(K-1) calls per instruction (8 for K=5)", "knockout"),
@@ -80,7 +81,9 @@ def _settings_inputs() -> dict:
 
 def build(ctx) -> JudgeTab:
     gr.Markdown("Compare each instruction's responses two at a time. Every pair is judged in **both orders**: when "
-                "the two verdicts disagree the pair is *inconsistent* and left out of the training pairs.")
+                "the two verdicts disagree, each response's grade is averaged over both orders (position "
+                "calibration) and decides the pair, or makes it a tie; without grades the pair is *inconsistent* "
+                "and left out of the training pairs.")
     inputs = _settings_inputs()
     cost = gr.Markdown()
     start = gr.Button("Judge", variant="primary")
@@ -203,7 +206,15 @@ def figures_md(r: dict) -> str:
             f"| {_rate(r['consistency_rate'])} | {_rate(r['first_position_win_rate'])} (50% = unbiased) | "
             f"{_rate(r['longer_answer_win_rate'])} |\n\n"
             f"Verdicts per pair: {v['a'] + v['b']} decided · {v['tie']} ties · {v['inconsistent']} inconsistent · "
-            f"{v['invalid']} invalid · tokens {r['prompt_tokens']:,} in / {r['completion_tokens']:,} out{cost}")
+            f"{v['invalid']} invalid · {r['calibrated_pairs']} decided by position calibration · tokens "
+            f"{r['prompt_tokens']:,} in / {r['completion_tokens']:,} out{cost}" + _no_preference(r))
+
+
+def _no_preference(r: dict) -> str:
+    """What to do when the judge left every instruction undecided (words for the page)."""
+    if r["instructions_with_preference"] or not r["pairs"]:
+        return ""
+    return f"\n\n**No instruction has a preference, so there are no judge pairs yet.** {NO_PAIRS_FIX['judge']}"
 
 
 def refresh(run_name: str | None):
@@ -214,7 +225,7 @@ def refresh(run_name: str | None):
     judged = {r["instruction_id"] for r in run.read("judgments")}
     prompts = {i["id"]: i["prompt"] for i in run.read("instructions")}
     choices = [(f"{prompts.get(i, i)[:80]}", i) for i in sorted(judged, key=lambda i: (prompts.get(i) is None, i))]
-    return figures_md(report(run)), gr.update(choices=choices)
+    return noise_md(run, "judge") + figures_md(report(run)), gr.update(choices=choices)
 
 
 def show_pairs(run_name: str | None, instruction_id: str | None) -> str:
@@ -225,15 +236,20 @@ def show_pairs(run_name: str | None, instruction_id: str | None) -> str:
     texts = {s["sample_index"]: s["text"] for s in run.read("samples") if s["instruction_id"] == instruction_id}
     prompt = next((s["prompt"] for s in run.read("samples") if s["instruction_id"] == instruction_id), "")
     parts = [f"<p><b>Instruction</b>: {html.escape(prompt)}</p>"]
-    for p in (p for p in pair_verdicts(run.read("judgments")) if p["instruction_id"] == instruction_id):
+    for p in (p for p in run_verdicts(run) if p["instruction_id"] == instruction_id):
         parts.append(_pair_html(p, texts))
     return "\n".join(parts)
+
+
+def _calibrated(p: dict) -> str:
+    c = p.get("calibrated")
+    return f": #{p['a']} {c['a']:.3f} vs #{p['b']} {c['b']:.3f}" if c and p["rule"] == "calibrated" else ""
 
 
 def _pair_html(p: dict, texts: dict) -> str:
     a, b = p["a"], p["b"]
     verdict = {"a": f"#{a} preferred", "b": f"#{b} preferred"}.get(p["verdict"], p["verdict"])
-    single = " (one order only)" if p.get("single") else ""
+    single = f" ({RULES[p['rule']]}{_calibrated(p)})"
     rows = []
     for o in p["orders"]:
         shown = f"#{a} shown first" if o["order"] == "ab" else f"#{b} shown first"

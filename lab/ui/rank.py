@@ -13,7 +13,7 @@ from lab.pairs import SOURCES, STRATEGIES, PairsConfig, build_pairs
 from lab.rank import RankConfig, latest_rankings
 from lab.sample import groups as sample_groups
 from lab.store import Run
-from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, checked, job_panel, noise_md, open_run, start_job, wire_job_panel
 
 RANKERS = [("llm-blender/PairRM (hub; ~40 s per instruction on CPU, well under 1 s on a GPU)", "llm-blender/PairRM"),
            ("tiny-random: random weights, for smoke tests only", "tiny-random")]
@@ -113,7 +113,7 @@ def refresh(run_name: str | None):
     if table.empty:
         return "Not ranked yet.", empty, gr.update(choices=[], value=None)
     ranker = latest_rankings(run)[table["instruction"].iloc[0]]["ranker"]
-    text = (f"**{len(table)}** instructions ranked with `{html.escape(ranker)}` · "
+    text = noise_md(run, "rank") + (f"**{len(table)}** instructions ranked with `{html.escape(ranker)}` · "
             f"{int(table['cut'].sum())} responses cut to PairRM's length limit")
     choices = [(f"{p} ({iid})", iid) for iid, p in zip(table["instruction"], table["prompt"])]
     return text, table, gr.update(choices=choices)
@@ -142,7 +142,7 @@ def show_ranking(run_name: str | None, instruction_id: str | None) -> str:
 def make_pairs(run_name: str, source: str, strategy: str, margin) -> str:
     run = open_run(run_name, create=False)
     cfg = PairsConfig(source=source, strategy=strategy, margin=float(margin or 0))
-    return stats_md(checked(build_pairs, run, cfg))
+    return noise_md(run, "pairs", {"source": source}) + stats_md(checked(build_pairs, run, cfg))
 
 
 def _pct(x: float | None) -> str:
@@ -168,5 +168,7 @@ def stats_md(s: dict) -> str:
                      f"Cohen's kappa {kappa}")
     if s.get("length_warning"):
         lines.append(f"\n⚠️ {s['length_warning']}")
+    if s.get("no_pairs"):
+        lines.append(f"\n**{s['no_pairs']}**")
     return "\n".join(lines)
 

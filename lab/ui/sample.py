@@ -14,7 +14,7 @@ import gradio as gr
 from lab.sample import SampleConfig, groups, summarize
 from lab.store import Run
 from lab.ui import forms
-from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, upload_into, wire_job_panel
+from lab.ui.common import JobPanel, checked, job_panel, noise_md, open_run, start_job, upload_into, wire_job_panel
 
 MODEL_CHOICES = [
     ("bundled: SmolLM2-135M-Instruct (offline, small and weak)", "bundled"),
@@ -106,7 +106,7 @@ def refresh(run_name: str):
     if not s["samples"]:
         return "No samples in this run yet.", gr.update(choices=[], value=None)
     choices = [(f"{g.prompt[:80]} ({len(g.samples)})", g.instruction_id) for g in groups(run)]
-    text = (f"**{s['samples']}** responses to **{s['instructions']}** instructions · "
+    text = noise_md(run, "sample") + (f"**{s['samples']}** responses to **{s['instructions']}** instructions · "
             f"{s['duplicates']} duplicates · {s['truncated']} cut at max tokens")
     return text, gr.update(choices=choices)
 

@@ -17,7 +17,7 @@ from lab.methods import METHODS
 from lab.store import Run, adapter_file
 from lab.train import TrainConfig, diagnose, precheck
 from lab.ui import forms
-from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, admit, checked, job_panel, noise_md, open_run, start_job, wire_job_panel
 
 PLOTS = METHODS["dpo"].plots  # plot title -> metric names drawn on it
 
@@ -150,7 +150,8 @@ def live_view(run_name: str | None, shown: str | None):
     metrics, state = read_metrics(run.adapter_dir(name)), read_state(run.adapter_dir(name)) or {}
     beta = (state.get("settings") or {}).get("beta", 0.1)
     warns = diagnose(metrics, state.get("pairs"), beta)
-    return [gr.update(value=name), summary_md(name, state, metrics),
+    labels = noise_md(run, "train", {**(state.get("settings") or {}), "model": state.get("base_model", "")})
+    return [gr.update(value=name), labels + summary_md(name, state, metrics),
             "\n".join(f"⚠️ {html.escape(w)}" for w in warns), *[frame(metrics, keys) for keys in PLOTS.values()]]
 
 
