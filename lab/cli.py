@@ -61,6 +61,10 @@ STAGES = [  # pipeline order
           "base vs adapters on held-out instructions: grid, win rates, length, diversity"),
     Stage("iterate", "lab.iterate:IterateConfig", "lab.iterate:iterate_run",
           "self-rewarding DPO: sample, score yourself, train on best vs worst, repeat"),
+    Stage("report", "lab.report:ReportConfig", "lab.report:report_run",
+          "write runs/<run>/report/: tables, figures and judge examples for a write-up (numbers only)",
+          "Rewrites the whole folder: README.md (an index), efficiency.csv, judge-examples.md, scores, training "
+          "curves per adapter, per-round stability of self-rewarding runs, the comparison grid and your notes."),
     Stage("push", "lab.hub:PushConfig", "lab.cli:push_stage",
           "push the run's preference data sets and adapters to the Hub, with cards",
           "Stages each repo under <run>/hub/<repo>/ and uploads that folder. The token comes from $HF_TOKEN (or "

@@ -128,3 +128,15 @@ def test_as_a_space_the_app_shows_the_sign_in_and_serves_its_routes(runs_dir, tm
     assert any("Sign in with Hugging Face to push" in v for v in probe["values"])  # not "pushing as HF_TOKEN"
     assert probe["login_status"] != 404
     assert "hf_OWNERsSpaceSecret" not in out.stdout + out.stderr
+
+
+def test_the_report_button_writes_the_report_and_shows_the_efficiency_table(run):
+    build_run(run)
+    table = share.efficiency_frame("t")
+    assert table.empty and list(table.columns)[:3] == ["run", "stage", "name"]
+    with pytest.raises(gr.Error, match="must be 0 or more"):
+        share.make_report("t", -1)
+    status, files, table = share.make_report("t", 3)
+    assert "Report written" in status and any(f.endswith("/report/README.md") for f in files)
+    assert all(run.file("report").joinpath(f.rsplit("/", 1)[1]).exists() for f in files)
+    assert list(table["stage"]) == ["report"] and table["wall_s"][0] > 0  # the report's own run of the stage

@@ -1,4 +1,5 @@
-"""Share tab: stage (dry run) or push the run's data sets and adapters to the Hugging Face Hub, and list the links.
+"""Share tab: stage (dry run) or push the run's data sets and adapters to the Hugging Face Hub, and list the links;
+write the run's report for a write-up (lab.report) and show what each stage cost (lab.efficiency).
 
 Pushing runs inside the web server, not as a job: the token (the visitor's own sign-in on a Space, HF_TOKEN on a
 machine of one's own) stays in this process's memory. A job would carry it in its command line or environment, and
@@ -14,10 +15,13 @@ from dataclasses import dataclass
 import gradio as gr
 from gradio.utils import get_space
 
-from lab import cards, hub
+import pandas as pd
+
+from lab import cards, efficiency, hub
 from lab.hub import PushConfig
 from lab.limits import on_space
 from lab.progress import Progress
+from lab.report import ReportConfig, report_run
 from lab.store import Run
 from lab.ui.common import checked, open_run
 
@@ -33,6 +37,11 @@ class ShareTab:
     links: gr.Markdown
     pick: gr.Dropdown
     card: gr.HTML
+    examples: gr.Number | None = None
+    write_report: gr.Button | None = None
+    report_status: gr.Markdown | None = None
+    report_files: gr.File | None = None
+    efficiency: gr.Dataframe | None = None
 
 
 class PageProgress(Progress):
@@ -76,9 +85,23 @@ def build(ctx) -> ShareTab:
     links = gr.Markdown()
     pick = gr.Dropdown(label="Staged repo: card preview", choices=[], interactive=True)
     card = gr.HTML()
-    tab = ShareTab(login, who, fields, dry_run, push, status, links, pick, card)
+    tab = ShareTab(login, who, fields, dry_run, push, status, links, pick, card, **_report_section())
     _wire(tab, ctx)
     return tab
+
+
+def _report_section() -> dict:
+    gr.Markdown("### Report for a write-up\nWrites `runs/<run>/report/`: an index, tables (CSV), training curves "
+                "and per-round figures (PNG), judged pairs in full and the efficiency record. Numbers only: the "
+                "analysis is yours.")
+    with gr.Row():
+        examples = gr.Number(ReportConfig().examples, label="Judge examples", precision=0, minimum=0,
+                             info=ReportConfig.help("examples"))
+        write_report = gr.Button("Write the report", size="sm")
+    status, files = gr.Markdown(), gr.File(label="Report files", file_count="multiple", interactive=False)
+    table = gr.Dataframe(label="Efficiency: one row per run of a stage", interactive=False, wrap=True)
+    return dict(examples=examples, write_report=write_report, report_status=status, report_files=files,
+                efficiency=table)
 
 
 def _wire(tab: ShareTab, ctx) -> None:
@@ -89,6 +112,9 @@ def _wire(tab: ShareTab, ctx) -> None:
     tab.pick.change(card_preview, inputs=[ctx.run_name, tab.pick], outputs=[tab.card])
     ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=[tab.links, tab.pick])
     ctx.run_name.change(who_text, outputs=[tab.who])  # also fires when the page load restores the run
+    tab.write_report.click(make_report, inputs=[ctx.run_name, tab.examples],
+                           outputs=[tab.report_status, tab.report_files, tab.efficiency])
+    ctx.run_name.change(efficiency_frame, inputs=[ctx.run_name], outputs=[tab.efficiency])
 
 
 def _who_text(token: str | None, on_space: bool) -> str:
@@ -190,3 +216,19 @@ def render_markdown(text: str) -> str:
     from markdown_it import MarkdownIt
 
     return MarkdownIt("commonmark", {"html": False}).enable("table").disable("image").render(text)
+
+
+def efficiency_frame(run_name: str | None) -> pd.DataFrame:
+    """The run's efficiency records (and its nested runs'), one row per run of a stage."""
+    records = efficiency.read_all(Run.open(run_name)) if run_name else []
+    cols = ["run", *efficiency.COLUMNS]
+    return pd.DataFrame(efficiency.rows(records), columns=cols) if records else pd.DataFrame(columns=cols)
+
+
+def make_report(run_name: str | None, examples):
+    """Write the run's report; -> [status, the report's files, the efficiency table]."""
+    run = open_run(run_name, create=False)
+    out = checked(report_run, run, checked(ReportConfig(examples=int(examples or 0)).validate))
+    folder = run.file("report")
+    return (f"Report written: **{len(out['files'])}** files in `{html.escape(out['folder'])}`.",
+            [str(folder / name) for name in out["files"]], efficiency_frame(run_name))
