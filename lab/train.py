@@ -352,15 +352,18 @@ def build_trainer(model, tok, config: TrainConfig, out: Path, device: str, train
     """The method's TRL trainer on `model`. A plain model gets a fresh LoRA (DPO's reference = adapter disabled); a
     PeftModel keeps its adapter trainable and TRL freezes a copy of it as the reference."""
     from peft import PeftModel
+    from transformers import PrinterCallback
 
     trainer_cls, _ = METHODS[config.method].trainer()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return trainer_cls(
+    trainer = trainer_cls(
         model, args=trainer_args(config, out, device, len(train), bool(held)),
         train_dataset=to_dataset(train, config.method),
         eval_dataset=to_dataset(held, config.method) if held else None, processing_class=tok,
         peft_config=None if isinstance(model, PeftModel) else lora_config(config),
         callbacks=[metrics_callback(adapter_file(out, "metrics"), progress, distributed)])
+    trainer.remove_callback(PrinterCallback)  # with tqdm off it print()s every log dict onto the CLI's JSON stdout
+    return trainer
 
 
 def _is_oom(err: BaseException) -> bool:

@@ -192,6 +192,12 @@ def test_a_killed_training_never_looks_complete_and_resumes(run, pairs):
     assert run.adapters() == ["crash"]
 
 
+def test_training_writes_nothing_to_stdout_where_the_cli_prints_its_json_summary(run, pairs, capfd):
+    train_adapter(run, str(pairs), "quiet", TrainConfig(**TINY, max_steps=2, logging_steps=1))
+    assert capfd.readouterr().out == ""  # the Trainer's log dicts go to metrics.jsonl, not print()
+    assert [m["step"] for m in train_lines(run.adapter_dir("quiet"))] == [1, 2]
+
+
 def test_second_training_of_the_same_adapter_is_refused(run, pairs):
     from lab.adapters import adapter_lock
 
