@@ -4,13 +4,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
 
 from lab import noise
 from lab.errors import LabError
-from lab.pairs import PairsConfig, build_pairs
+from lab.pairs import NO_PAIRS_FIX, PairsConfig, build_pairs
+from lab.progress import Progress
 from lab.store import Run
 from lab.train import TrainConfig, precheck
 from prefdata import judge_pair, write_samples
@@ -73,7 +75,7 @@ def test_tabs_and_cards_show_the_labels(run):
 
 
 def test_a_set_without_pairs_says_why_and_what_to_do_in_page_words(run):
-    from lab.ui import rank as rank_tab, train as train_tab
+    from lab.ui import judge as judge_tab, rank as rank_tab, train as train_tab
 
     write_samples(run, DATA)
     run.record_stage("sample", {"model": "bundled"})
@@ -84,7 +86,35 @@ def test_a_set_without_pairs_says_why_and_what_to_do_in_page_words(run):
     assert "1 ties" in why and "1 undecided disagreements" in why and "Spot-check tab" in why and "API judge" in why
     assert "--" not in why and "python -m" not in why  # words for the page, not command-line flags
     assert why in rank_tab.make_pairs("t", "judge", "best-vs-worst", 0)
+    run.record_stage("judge", {"backend": "groq", "model": "m"})
+    figures = judge_tab.refresh("t")[0]  # the Judge tab says it too, before anyone reaches Train
+    assert "No instruction has a preference" in figures and NO_PAIRS_FIX["judge"] in figures
     with pytest.raises(LabError, match="Spot-check tab"):
         precheck(run, "judge", "dpo", TrainConfig())
     with pytest.raises(gr.Error, match="Spot-check tab"):
         train_tab.start_training("t", "judge", "dpo", "", *[None] * len(train_tab.FORM))
+
+
+def test_the_rank_train_compare_and_iterate_tabs_and_the_model_card_show_the_labels(run):
+    from lab.rank import RankConfig, rank_run
+    from lab.train import train_adapter
+    from lab.ui import common, compare as compare_tab, iterate as iterate_tab, rank as rank_tab, train as train_tab
+    from tests.test_train import TINY, instructions, pair, write_pairs
+
+    write_samples(run, DATA)
+    run.record_stage("sample", {"model": "tiny-random"})
+    rank_run(run, RankConfig(ranker="tiny-random"), Progress(quiet=True))
+    assert TINY_RANKER in rank_tab.refresh("t")[0] and TINY_MODEL in rank_tab.refresh("t")[0]
+    write_pairs(run.pairs_file("pairrm"), [pair(i) for i in instructions("train")[:2]])
+    out = train_adapter(run, "pairrm", "dpo", TrainConfig(**TINY, max_steps=1, lora_r=4), progress=Progress(quiet=True))
+    summary = train_tab.live_view("t", "dpo")[1]
+    assert TINY_MODEL in summary and TINY_RANKER in summary  # trained on a random ranker's pairs
+    card = (out / "README.md").read_text()
+    assert TINY_RANKER in card.split("## Training parameters")[0]  # under the title
+    run.record_stage("compare", {"model": "tiny-random", "pairrm": "tiny-random", "judge": "none", "score": "none"})
+    run.record_stage("iterate", {"model": "tiny-random", "judge": "self"})
+    assert TINY_RANKER in common.run_labels("t", "compare") and TINY_MODEL in common.run_labels("t", "iterate")
+    assert common.run_labels("no such run", "compare") == "" and common.run_labels(None, "iterate") == ""
+    with gr.Blocks():  # each tab holds the box that shows them
+        ctx = SimpleNamespace(run_name=gr.Dropdown(), remembered=None, visitor=None)
+        assert all(isinstance(mod.build(ctx).labels, gr.Markdown) for mod in (compare_tab, iterate_tab))

@@ -88,15 +88,20 @@ def noise_md(run: Run | None, stage: str, settings: dict | None = None) -> str:
     return text + "\n\n" if text else ""
 
 
+def run_labels(name: str | None, stage: str) -> str:
+    """noise_md of `stage` on the run named `name`; '' when no run is chosen or the name is not a run's."""
+    try:
+        return noise_md(Run.open(name), stage) if name else ""
+    except LabError:
+        return ""
+
+
 def labels_box(ctx, stage: str, timer: gr.Timer) -> gr.Markdown:
     """A Markdown line of the noise labels of `stage` on the chosen run, kept current (run picked, job ticks)."""
     box = gr.Markdown()
 
     def show(name: str | None, shown: str | None):
-        try:
-            text = noise_md(Run.open(name), stage) if name else ""
-        except LabError:
-            text = ""
+        text = run_labels(name, stage)
         return gr.skip() if text == (shown or "") else text
     ctx.run_name.change(show, inputs=[ctx.run_name, box], outputs=[box])
     timer.tick(show, inputs=[ctx.run_name, box], outputs=[box], show_progress="hidden")
