@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import efficiency
+from lab import cards, efficiency
 from lab.errors import LabError
 from lab.judge import JudgeConfig, judge_run
+from lab.pairs import PairsConfig, build_pairs
 from lab.progress import Progress, Stopped
 from lab.store import Run
 from tests.fakeprovider import Fault, FakeProvider
@@ -64,6 +65,13 @@ def test_api_calls_count_retries_and_tokens_and_cost_come_from_usage(run, monkey
     assert out["calls_made"] == 4 and rec["api_calls"] == requests == 5  # one 500 answered, then retried
     assert rec["tokens_in"] == out["prompt_tokens"] and rec["tokens_out"] == out["completion_tokens"] > 0
     assert rec["cost_usd"] == pytest.approx(out["cost_usd"], rel=0.01) and rec["cost_usd"] > 0  # a priced model
+    build_pairs(run, PairsConfig(source="judge"))
+    pairs = [json.loads(x) for x in run.pairs_file("judge").read_text().splitlines()]
+    raw = {k: run.read(k) for k in ("samples", "judgments", "rankings", "spotcheck")}
+    card = cards.dataset_card("me/t-judge", "judge", run, pairs, raw, {"default": len(pairs)})
+    table = card.split("### Efficiency")[1]
+    assert "| judge |  | done |" in table and f"| {requests} |" in table  # the data set card shows the costs
+    assert "| pairs | judge | done |" in table
 
 
 def test_a_stage_refused_before_any_work_leaves_no_record_and_a_stopped_one_says_so(run, monkeypatch):
