@@ -457,6 +457,21 @@ def test_bundled_local_judge_gives_reasoning_and_verdicts(run):
     assert out["consistency_rate"] is not None and out["invalid_calls"] == 0
 
 
+@pytest.mark.slow
+def test_bundled_judge_decides_offline_on_four_instructions_by_three_responses(run):
+    from lab.sample import SampleConfig, sample_run
+
+    sample_run(run, SampleConfig(model="bundled", instructions="bundled", n=4, k=3, max_new_tokens=64), quiet())
+    out = judge_run(run, JudgeConfig(backend="local"), quiet())  # the offline default, knockout plan
+    stats = build_pairs(run, PairsConfig(source="judge"))
+    assert out["calls_made"] == 4 * 4 and out["first_position_win_rate"] is not None  # the raw bias stays reported
+    assert stats["pairs"] >= 2, (out, stats)
+    pairs = [json.loads(line) for line in run.pairs_file("judge").read_text().splitlines()]
+    assert {p["meta"]["rule"] for p in pairs} <= {"agree", "calibrated"}  # both orders read, neither alone
+    for r in run.read("judgments"):  # the model's own reasoning, at least min_reasoning_tokens of it
+        assert r["usage"]["completion_tokens"] >= JudgeConfig().min_reasoning_tokens and len(r["reasoning"]) > 10
+
+
 def test_a_stop_request_keeps_finished_judgments_and_resumes(run, fp):
     from lab import progress as prog
 
