@@ -17,11 +17,12 @@ import gradio as gr
 
 from lab.judge import JudgeConfig
 from lab.errors import LabError
-from lab.judge import DEFAULT_TEMPLATE, check_template, estimate
+from lab.judge import CALIBRATE, DEFAULT_TEMPLATE, check_template, estimate
 from lab.pairs import NO_PAIRS_FIX
 from lab.judge_backends import BACKENDS as REGISTRY, DEFAULT_MODELS, KEY_ENV, resolve_key
-from lab.verdicts import RULES, report, run_verdicts
+from lab.verdicts import RULES, TIE_BAND, report, run_verdicts
 from lab.store import Run, atomic_write_text
+from lab.ui import forms
 from lab.ui.common import JobPanel, admit, api_key_box, check_base_url, checked, job_panel, noise_md, open_run, \
     start_job, typed_key_env, wire_job_panel
 
@@ -52,6 +53,8 @@ class JudgeTab:
     figures: gr.Markdown
     pick: gr.Dropdown
     pairs: gr.HTML
+    calibrate: gr.Radio | None = None  # position calibration (JudgeConfig.calibrate) and its tie band
+    tie_band: gr.Number | None = None
 
 
 def _settings_inputs() -> dict:
@@ -71,12 +74,16 @@ def _settings_inputs() -> dict:
                                     info=h("concurrency"))
             reasoning_tokens = gr.Number(JudgeConfig().reasoning_tokens, label="Local reasoning tokens", precision=0,
                                          minimum=0, info=h("reasoning_tokens"))
+        with gr.Row():
+            calibrate = forms.input_for(JudgeConfig, "calibrate", kind="Radio", choices=list(CALIBRATE))
+            tie_band = forms.input_for(JudgeConfig, "tie_band", minimum=0, maximum=0.99)
     with gr.Accordion("Judge prompt (editable; its hash is recorded with every verdict)", open=False):
         prompt = gr.Code(DEFAULT_TEMPLATE, language="markdown", lines=18, label="Template: {instruction}, "
                          "{response_a}, {response_b} are filled in; the reply must be JSON with reasoning and verdict")
         reset_prompt = gr.Button("Restore the default prompt", size="sm")
     return dict(backend=backend, model=model, base_url=base_url, key_note=key_note, api_key=api_key, plan=plan, rpm=rpm,
-                concurrency=concurrency, reasoning_tokens=reasoning_tokens, prompt=prompt, reset_prompt=reset_prompt)
+                concurrency=concurrency, reasoning_tokens=reasoning_tokens, prompt=prompt, reset_prompt=reset_prompt,
+                calibrate=calibrate, tie_band=tie_band)
 
 
 def build(ctx) -> JudgeTab:
@@ -100,10 +107,12 @@ def _wire(tab: JudgeTab, ctx) -> None:
     settings = [tab.backend, tab.model, tab.base_url, tab.plan, tab.rpm, tab.concurrency, tab.reasoning_tokens,
                 tab.prompt]
     tab.backend.change(backend_changed, tab.backend, [tab.model, tab.base_url, tab.key_note, tab.api_key])
-    for comp in [ctx.run_name, *settings]:
-        comp.change(show_cost, [ctx.run_name, *settings], tab.cost, show_progress="hidden")
+    calibration = [tab.calibrate, tab.tie_band]  # after the API key: older callers pass the inputs before it
+    for comp in [ctx.run_name, *settings, *calibration]:
+        comp.change(show_cost, [ctx.run_name, *settings, *calibration], tab.cost, show_progress="hidden")
     tab.reset_prompt.click(lambda: DEFAULT_TEMPLATE, outputs=tab.prompt)
-    tab.start.click(start_judging, inputs=[ctx.run_name, *settings, tab.api_key], outputs=[tab.panel.status])
+    tab.start.click(start_judging, inputs=[ctx.run_name, *settings, tab.api_key, *calibration],
+                    outputs=[tab.panel.status])
     wire_job_panel(tab.panel, ctx.run_name, "judge", on_done=refresh, done_outputs=[tab.figures, tab.pick])
     tab.pick.change(show_pairs, inputs=[ctx.run_name, tab.pick], outputs=[tab.pairs])
     ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=[tab.figures, tab.pick])
@@ -127,18 +136,21 @@ def key_note(backend: str) -> str:
             f"{env} where the app runs (on a Space: a secret named {env}). The page never shows a key.")
 
 
-def config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens) -> JudgeConfig:
+def config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, calibrate="auto",
+                tie_band=TIE_BAND) -> JudgeConfig:
     return JudgeConfig.from_form({"backend": backend, "model": model, "plan": plan, "rpm": rpm or 0,
                                   "concurrency": concurrency or 1, "reasoning_tokens": reasoning_tokens or 0,
-                                  "base_url": base_url if backend == "openai" else ""})
+                                  "base_url": base_url if backend == "openai" else "", "calibrate": calibrate or "auto",
+                                  "tie_band": TIE_BAND if tie_band is None else tie_band})
 
 
-def show_cost(run_name, backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, prompt) -> str:
+def show_cost(run_name, backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, prompt, calibrate="auto",
+              tie_band=TIE_BAND) -> str:
     """The plan's cost for this run, as a line of Markdown (or why it cannot be judged yet)."""
     if not run_name:
         return ""
     try:
-        cfg = config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens)
+        cfg = config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, calibrate, tie_band)
         est = estimate(Run.open(run_name), cfg, check_template(prompt or ""))
     except LabError as e:
         return f"⚠ {html.escape(str(e))}"
@@ -157,12 +169,13 @@ def cost_md(est: dict) -> str:
 
 
 def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, prompt,
-                  api_key: str = "") -> str:
+                  api_key: str = "", calibrate: str = "auto", tie_band: float = TIE_BAND) -> str:
     """Validate, hand the prompt to the job in a file (uploads/judge-prompt.txt; the job copies it to
     judge-prompt.txt with its first judgment) and start `python -m lab judge`. A typed api_key goes to that job's
     environment only."""
     run = open_run(run_name, create=False)
-    cfg = config_from(backend, model, check_base_url(base_url), plan, rpm, concurrency, reasoning_tokens)
+    cfg = config_from(backend, model, check_base_url(base_url), plan, rpm, concurrency, reasoning_tokens, calibrate,
+                      tie_band)
     checked(cfg.validate)
     checked(check_template, prompt or "")
     est = checked(estimate, run, cfg, prompt)
