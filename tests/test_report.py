@@ -73,8 +73,14 @@ def rows(path: Path) -> list[dict]:
 
 
 def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG that decodes whole and is not blank (lines and text drawn on it)."""
+    from matplotlib.image import imread
+
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    pixels = imread(path)  # every chunk decoded (a truncated or corrupt file raises)
+    assert pixels.shape[:2] == struct.unpack(">II", data[16:24])[::-1]
+    assert len({tuple(px) for px in pixels.reshape(-1, pixels.shape[-1])[::7]}) > 10
     return struct.unpack(">II", data[16:24])
 
 
