@@ -199,7 +199,8 @@ def curves_png(path: Path, metrics: list[dict], plots: dict[str, tuple[str, ...]
                     ax.plot(*zip(*pts), style, marker="o", markersize=3, label=f"{split} {key}")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a panel with nothing to draw gets no empty legend
+            ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=100)
 
@@ -266,7 +267,8 @@ def rounds_png(path: Path, rows: list[list]) -> None:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("round")
         ax.set_xticks(x)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a panel with nothing to draw gets no empty legend
+            ax.legend(fontsize=7)
     win_ax.set_ylim(-0.05, 1.05)
     fig.savefig(path, dpi=100)
 
