@@ -225,6 +225,8 @@ def _admit_score(run: Run, cfg) -> None:
 
 def _admit_train(run: Run, cfg) -> None:
     if hosted():
+        if cfg.report_to == "wandb":  # the app's W&B login is the owner's: a visitor's runs must not land there
+            raise LabError("--report-to wandb: on this hosted app training reports to none, trackio or tensorboard.")
         check_pairs(run, cfg.pairs)
         check_adapters(run, cfg.init_adapter or "", "--init-adapter")
         check_model_spec(cfg.model)

@@ -89,6 +89,7 @@ ADAPTER_FILES = {
     "card": "README.md",  # the model card (lab.cards)
     "checkpoints": "checkpoints",  # Trainer checkpoints for a resume
     "staging": ".publish.tmp",  # where a finished adapter is assembled before it is moved in
+    "tracking": "runs",  # TensorBoard event files (train --report-to tensorboard); never pushed (lab.hub)
 }
 # Inside runs/<run>/jobs/ (lab.jobs)
 JOB_FILES = {"job": "job.json", "progress": "progress.json", "log": "log.txt", "exit": "exit.json"}

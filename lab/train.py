@@ -66,6 +66,9 @@ from lab.spotcheck import label_pairs
 from lab.store import Run, adapter_file, append_jsonl, atomic_write_json, read_jsonl, validate_run_name
 
 OOM_HINTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+# --report-to: the tracker -> the package transformers' integration needs (opt-in; none is the default)
+TRACKERS = {"none": None, "trackio": "trackio", "tensorboard": "tensorboard", "wandb": "wandb"}
+TRACKIO_PROJECT = "preference-lab"
 
 
 
@@ -116,6 +119,9 @@ class TrainConfig(Settings):
                        label="Resume")
     device: str = opt("auto", "cpu, cuda or auto (GPU if there is one); accelerate launch picks per process")
     dtype: str = opt("auto", "float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
+    report_to: str = opt("none", "experiment tracking, opt-in (none: nothing leaves the machine): trackio (local "
+                         "first), tensorboard (logs in the adapter's runs/ folder) or wandb", tuple(TRACKERS),
+                         label="Report to")
 
     def losses(self) -> list[str]:
         """The loss types asked for, else the method's default (the first TRL lists)."""
@@ -130,6 +136,7 @@ class TrainConfig(Settings):
             many = "one or more" if method.multi_loss else "one"
             raise LabError(f"--loss-type {self.loss_type!r}: --method {self.method} takes {many} of "
                            f"{', '.join(allowed)} (empty = {allowed[0]}).")
+        check_tracker(self.report_to)
         if self.precompute_ref and not method.reference:
             raise LabError(f"--precompute-ref: --method {self.method} is reference-free, there is no reference to "
                            "precompute; drop the flag.")
@@ -151,6 +158,16 @@ class TrainConfig(Settings):
         if not 0 <= self.eval_fraction < 0.5 or not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise LabError("--eval-fraction must be in [0, 0.5), --lora-dropout and --warmup-ratio in [0, 1).")
         return self
+
+
+def check_tracker(name: str) -> None:
+    """The tracker's package must be installed (they are optional dependencies): say how, before a model loads."""
+    import importlib.util
+
+    package = TRACKERS.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise LabError(f"--report-to {name}: the {package} package is not installed; `pip install {package}` "
+                       "(docs/training.md, Tracking), or leave --report-to none.")
 
 
 # ---- warnings shared by the CLI and the app ------------------------------------------------------------------------
@@ -346,8 +363,36 @@ def trainer_args(config: TrainConfig, out: Path, device: str, n_train: int, has_
         bf16=device.startswith("cuda") and str(models.pick_device(device, config.dtype)[1]) == "torch.bfloat16",
         use_cpu=device == "cpu", disable_dropout=config.lora_dropout == 0, logging_steps=config.logging_steps,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
-        eval_strategy="steps" if has_eval else "no", eval_steps=eval_every, report_to=[], disable_tqdm=True,
+        eval_strategy="steps" if has_eval else "no", eval_steps=eval_every, disable_tqdm=True,
+        **tracking_args(config, out),
     )
+
+
+def tracking_args(config: TrainConfig, out: Path) -> dict:
+    """TRL/transformers' own logging integrations, only when asked: report_to, the run's name there
+    ("<run>/<adapter>"), trackio's project. TensorBoard's folder is set by tracking_env."""
+    if config.report_to == "none":
+        return {"report_to": []}
+    name = f"{out.parent.parent.name}/{out.name}"
+    return {"report_to": [config.report_to], "run_name": name,
+            **({"project": TRACKIO_PROJECT} if config.report_to == "trackio" else {})}
+
+
+@contextmanager
+def tracking_env(config: TrainConfig, out: Path) -> Iterator[None]:
+    """TensorBoard writes into the adapter's folder (adapters/<name>/runs/, never pushed) rather than under the
+    checkpoints, which are deleted when training is done: transformers' callback reads TENSORBOARD_LOGGING_DIR when
+    the trainer is built, so it is set for that moment only."""
+    if config.report_to != "tensorboard":
+        yield
+        return
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(adapter_file(out, "tracking"))
+    try:
+        yield
+    finally:
+        os.environ.pop("TENSORBOARD_LOGGING_DIR") if before is None else os.environ.update(
+            TENSORBOARD_LOGGING_DIR=before)
 
 
 def to_dataset(records: list[dict], method: str = "dpo"):
@@ -507,7 +552,8 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
         atomic_write_json(adapter_file(out, "state"), state)
     _barrier()
     try:  # from here on a failure is recorded in training.json (status "failed" and the message)
-        trainer = build_trainer(model, tok, config, out, device, train, held, progress)
+        with tracking_env(config, out):
+            trainer = build_trainer(model, tok, config, out, device, train, held, progress)
         for cb in callbacks:
             trainer.add_callback(cb)
         run_trainer(trainer, config, device, ckpt)

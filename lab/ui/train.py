@@ -40,7 +40,7 @@ class TrainTab:
 
 FORM = ["epochs", "max_steps", "lr", "beta", "batch_size", "loss_type", "model", "target_modules", "lora_r",
         "lora_alpha", "lora_dropout", "grad_accum", "max_length", "warmup_ratio", "eval_fraction", "save_steps", "seed",
-        "gradient_checkpointing", "precompute_ref", "resume", "method"]  # the order start_training reads them in
+        "gradient_checkpointing", "precompute_ref", "resume", "method", "report_to"]  # start_training's order
 
 
 def _settings_inputs() -> dict:
@@ -64,7 +64,7 @@ def _settings_inputs() -> dict:
             made |= inp(["warmup_ratio", "eval_fraction", "save_steps", "seed"], warmup_ratio=dict(minimum=0),
                         eval_fraction=dict(minimum=0), save_steps=dict(minimum=1))
         with gr.Row():
-            made |= inp(["gradient_checkpointing", "precompute_ref", "resume"])
+            made |= inp(["gradient_checkpointing", "precompute_ref", "resume", "report_to"])
     return {name: made[name] for name in FORM}
 
 
