@@ -16,6 +16,7 @@ import gradio as gr
 
 from lab import hosting, jobs, limits
 from lab.cli import BY_NAME, build_parser, load
+from lab.configfile import command_line, yaml_download
 from lab.errors import LabError
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
 from lab.store import URL_USERINFO, Run
@@ -32,6 +33,9 @@ class JobPanel:
     stop: gr.Button
     log: gr.Code
     timer: gr.Timer
+    redo: gr.Accordion  # a finished job's exact command line and its settings as a YAML file
+    command: gr.Code
+    download: gr.DownloadButton
 
 
 def open_run(name: str | None, create: bool = True) -> Run:
@@ -90,7 +94,11 @@ def job_panel() -> JobPanel:
             stop = gr.Button("Stop", variant="stop", size="sm", scale=0)
     with gr.Accordion("Job log", open=False):
         log = gr.Code(language=None, lines=10, max_lines=20, interactive=False)
-    return JobPanel(bar, status, stop, log, gr.Timer(POLL_S, active=False))  # the app activates the shown tab's
+    with gr.Accordion("Redo this job: command line and settings file", open=False, visible=False) as redo:
+        command = gr.Code(language="shell", lines=2, interactive=False, label="Command line")
+        download = gr.DownloadButton("Settings as YAML (--config)", size="sm")
+    timer = gr.Timer(POLL_S, active=False)  # the app activates the shown tab's
+    return JobPanel(bar, status, stop, log, timer, redo, command, download)
 
 
 def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str,
@@ -100,22 +108,38 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str,
     each tick is wasted work, and re-sending a dropdown's choices would close it under the user's cursor."""
     extra = done_outputs or []
     seen = gr.State(None)
+    redo = [panel.redo, panel.command, panel.download]
 
     def poll(name: str, last):
         st = _job_of(name, stage)
         key = [name, st.get("state"), st.get("started") or st.get("queued"), st.get("position")]
         if key == last and st.get("state") != "running":
-            return [gr.skip()] * (3 + len(extra)) + [last]
-        updates = [progress_html(st), status_text(st), st.get("log_tail", "")]
+            return [gr.skip()] * (3 + len(redo) + len(extra)) + [last]
+        updates = [progress_html(st), status_text(st), st.get("log_tail", ""), *redo_updates(st)]
         if on_done is not None:
             ended = st.get("state") not in ("running", "queued") and name
             updates += on_done(name) if ended else [gr.skip()] * len(extra)
         return [*updates, key]
 
-    panel.timer.tick(poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, *extra, seen],
+    outputs = [panel.bar, panel.status, panel.log, *redo, *extra, seen]
+    panel.timer.tick(poll, inputs=[run_name, seen], outputs=outputs,
                      show_progress="hidden", api_name=f"job_{stage}")
     panel.stop.click(lambda name: _stop(name, stage), inputs=[run_name], outputs=[panel.status],
                      api_name=f"stop_{stage}")
+
+
+def redo_updates(st: dict) -> list:
+    """[accordion, command line, YAML download] of a finished job (done, failed or stopped), else hidden: the exact
+    `python -m lab` line the app ran, and its settings as a file for `--config` (lab.configfile)."""
+    argv = st.get("argv") or []
+    if st.get("state") not in ("done", "failed", "stopped") or len(argv) < 3:
+        return [gr.update(visible=False), gr.skip(), gr.skip()]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:  # a job line from an older version of the lab: nothing to offer
+        return [gr.update(visible=False), gr.skip(), gr.skip()]
+    settings = load(BY_NAME[args.stage].settings).from_args(args)
+    return [gr.update(visible=True), command_line(argv), str(yaml_download(args.stage, args.run, settings))]
 
 
 def _job_of(name: str | None, stage: str) -> dict:
