@@ -388,7 +388,7 @@ class Run:
     def upload_path(self, suffix: str, kind: str = "instructions") -> Path:
         """Where a file the user gave in the app is kept: kind "instructions" (training), "heldout", or
         "judge-prompt" (the template typed in the Judge tab, for the job about to run)."""
-        suffix = suffix if re.match(r"^\.[a-z]{1,5}$", suffix) else ".txt"
+        suffix = suffix if re.match(r"^\.[a-z]{1,7}$", suffix) else ".txt"  # .parquet, .arrow, .jsonl ...
         kind = kind if kind in ("instructions", "heldout", "judge-prompt") else "instructions"
         return self.file("uploads") / f"{kind}{suffix}"
 
