@@ -61,6 +61,10 @@ STAGES = [  # pipeline order
           "base vs adapters on held-out instructions: grid, win rates, length, diversity"),
     Stage("iterate", "lab.iterate:IterateConfig", "lab.iterate:iterate_run",
           "self-rewarding DPO: sample, score yourself, train on best vs worst, repeat"),
+    Stage("merge", "lab.merge:MergeConfig", "lab.merge:merge_run",
+          "fold a LoRA adapter into its base (PEFT merge_and_unload): a plain transformers checkpoint",
+          "Writes runs/<run>/merged/<adapter>/ (safetensors, tokenizer, model card; lab/merge.py), which loads with "
+          "transformers alone; `push` publishes it as a model repo."),
     Stage("push", "lab.hub:PushConfig", "lab.cli:push_stage",
           "push the run's preference data sets and adapters to the Hub, with cards",
           "Stages each repo under <run>/hub/<repo>/ and uploads that folder. The token comes from $HF_TOKEN (or "
@@ -102,7 +106,8 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     stage being parsed, so flags given on the command line still win."""
     parser = argparse.ArgumentParser(
         prog="python -m lab",
-        description="Preference Lab: sample -> judge / rank / score -> pairs -> train -> compare -> iterate -> push.")
+        description="Preference Lab: sample -> judge / rank / score -> pairs -> train -> compare -> iterate -> "
+                    "merge -> push; chat with a model.")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for stage in STAGES:
         p = sub.add_parser(stage.name, help=stage.help, description=stage.description or stage.help)

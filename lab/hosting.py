@@ -260,5 +260,12 @@ def _admit_iterate(run: Run, cfg) -> None:
     limits.check_iterate(cfg, train_n, eval_n, _model(run, cfg.model))
 
 
+def _admit_merge(run: Run, cfg) -> None:
+    if hosted():
+        check_adapters(run, cfg.adapter, "--adapter")
+        check_model_spec(cfg.model)
+    limits.check_model(_model(run, cfg.model))
+
+
 ADMIT = {"sample": _admit_sample, "judge": _admit_judge, "rank": _admit_rank, "score": _admit_score,
-         "train": _admit_train, "compare": _admit_compare, "iterate": _admit_iterate}
+         "train": _admit_train, "compare": _admit_compare, "iterate": _admit_iterate, "merge": _admit_merge}
