@@ -65,6 +65,11 @@ STAGES = [  # pipeline order
           "fold a LoRA adapter into its base (PEFT merge_and_unload): a plain transformers checkpoint",
           "Writes runs/<run>/merged/<adapter>/ (safetensors, tokenizer, model card; lab/merge.py), which loads with "
           "transformers alone; `push` publishes it as a model repo."),
+    Stage("chat", "lab.chat:ChatConfig", "lab.chat:chat_run",
+          "talk to the base model or an adapter of the run, multi-turn, the reply streamed",
+          "With --message, answers it and exits; otherwise every line typed on stdin is a turn (end of input "
+          "ends the chat). Replies stream to stderr; the summary with the last reply goes to stdout. Writes "
+          "nothing into the run."),
     Stage("push", "lab.hub:PushConfig", "lab.cli:push_stage",
           "push the run's preference data sets and adapters to the Hub, with cards",
           "Stages each repo under <run>/hub/<repo>/ and uploads that folder. The token comes from $HF_TOKEN (or "

@@ -19,7 +19,8 @@ Every repo is first staged as a folder, `runs/<run>/hub/<repo name>/`, and that 
 
 Record format of push.jsonl (one line per repo pushed; the app shows these links):
 
-    {"kind": "dataset" | "model" | "merged", "name": str, "repo_id": str, "url": str, "private": bool (as the Hub reports it),
+    {"kind": "dataset" | "model" | "merged", "name": str, "repo_id": str, "url": str,
+     "private": bool (as the Hub reports it),
      "commit": str, "folder": str, "time": str, "warning": str (only when a repo asked to be private is public)}
 
 Tokens: one passed in memory (the app's visitor login), else $HF_TOKEN, else the login `hf auth login` saved. On a

@@ -174,7 +174,8 @@ def read_file(path: str | Path, column: str = "") -> list[Instruction]:
     if suffix in (".txt", ""):
         return _from_prompts(read_user_text(path, "Instruction file").splitlines(), path.name)
     raise LabError(f"{path}: unsupported file type {path.suffix!r}: use .jsonl (a 'prompt' field), .csv (a 'prompt' "
-                   "column), .txt (one instruction per line), .parquet or .arrow (a table), or a saved data set folder.")
+                   "column), .txt (one instruction per line), .parquet or .arrow (a table), or a saved data set "
+                   "folder.")
 
 
 # ---- tables: parquet, arrow, saved data sets, the hub ---------------------------------------------------------------

@@ -96,5 +96,6 @@ def test_a_finished_job_offers_its_command_line_and_settings_file(tmp_path):
     accordion, line, path = redo_updates({"state": "done", "argv": argv})
     assert accordion["visible"] is True and line == command_line(argv)
     assert line.startswith("python -m lab sample --run 'demo run' --model tiny-random")
-    assert open(path, encoding="utf-8").read().startswith("# python -m lab sample --run 'demo run' --config sample.yaml")
+    header = "# python -m lab sample --run 'demo run' --config sample.yaml"
+    assert open(path, encoding="utf-8").read().startswith(header)
     assert settings_from(["sample", "--run", "x", "--config", path]) == SampleConfig(n=4, model="tiny-random")

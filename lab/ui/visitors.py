@@ -15,6 +15,8 @@ lets everything through. On one, for run name R:
   - R is free: a click claims it for the visitor first (lab.hosting.claim; undone if nothing was written); other
     events (refreshes on a change, timers) run with R read-only;
   - anything else: a click gets "No such run"; other events leave the page as it is (no toast every second).
+A generator handler (the chat's stream) is gated the same way before its first item; a read-only run stays read-only
+for each step of it (every step may run in another worker thread, so the rule is set again around each one).
 """
 from __future__ import annotations
 
@@ -147,6 +149,45 @@ def guard(fn, at: int, is_action: bool, n_outputs: int):
     return gated
 
 
+def _steps(stream, folders: tuple):
+    """Yield from `stream`, each step run with `folders` read-only (a ContextVar set in one thread is not seen in
+    the next, and a `with` held across a yield would leak into whatever else that thread runs)."""
+    while True:
+        with read_only(*folders):
+            try:
+                item = _call(next, (stream,), {})
+            except StopIteration:
+                return
+        yield item
+
+
+def guard_stream(fn, at: int, is_action: bool, n_outputs: int):
+    """guard() for a generator handler: the same rights, checked before the first item (see the module docstring)."""
+    @functools.wraps(fn)
+    def gated(*args, **kwargs):
+        name = str(args[at] or "").strip() if len(args) > at else ""
+        if not name or not hosting.hosted():
+            yield from fn(*args, **kwargs)
+            return
+        visitor = current_visitor()
+        rights = hosting.access(name, visitor)
+        if rights == "own":
+            yield from _steps(fn(*args, **kwargs), ())
+        elif rights == "shared" or (rights == "new" and not is_action):
+            yield from _steps(fn(*args, **kwargs), (runs_root() / name,))
+        elif rights == "new" and hosting.claim(name, visitor):
+            try:
+                yield from _steps(fn(*args, **kwargs), ())
+            finally:
+                hosting.release_if_empty(name)
+        elif is_action:
+            raise gr.Error(NO_SUCH_RUN.format(name=name))
+        else:
+            yield _skips(n_outputs)
+
+    return gated
+
+
 def install(app: gr.Blocks, run_name: gr.Component) -> int:
     """Gate every event of `app` that reads the run picker. -> how many were gated."""
     n = 0
@@ -154,10 +195,11 @@ def install(app: gr.Blocks, run_name: gr.Component) -> int:
         if block_fn.fn is None or run_name not in block_fn.inputs:
             continue
         at = list(block_fn.inputs).index(run_name)
-        if inspect.isgeneratorfunction(block_fn.fn) or inspect.iscoroutinefunction(block_fn.fn):
-            raise TypeError(f"{block_fn.name}: the visitor gate wraps plain functions only")
-        clicked = any(event == "click" for _, event in block_fn.targets)
-        block_fn.fn = guard(block_fn.fn, at, clicked or getattr(block_fn.fn, "lab_action", False),
-                            len(block_fn.outputs))
+        if inspect.iscoroutinefunction(block_fn.fn) or inspect.isasyncgenfunction(block_fn.fn):
+            raise TypeError(f"{block_fn.name}: the visitor gate wraps plain functions and generators only")
+        wrap = guard_stream if inspect.isgeneratorfunction(block_fn.fn) else guard
+        clicked = any(event in ("click", "submit") for _, event in block_fn.targets)
+        block_fn.fn = wrap(block_fn.fn, at, clicked or getattr(block_fn.fn, "lab_action", False),
+                           len(block_fn.outputs))
         n += 1
     return n
