@@ -79,8 +79,9 @@ def _merge_inputs() -> tuple[gr.Dropdown, gr.Button, JobPanel]:
 
 
 def build(ctx) -> ShareTab:
-    gr.Markdown("Push each preference data set (with its samples and judgments) and each adapter to the Hugging "
-                "Face Hub, with cards that say how they were made. **Dry run** writes the exact folders under "
+    gr.Markdown("Push each preference data set (with its samples and judgments), each adapter and each merged "
+                "model (below: an adapter folded into its base) to the Hugging Face Hub, with cards that say how they "
+                "were made. **Dry run** writes the exact folders under "
                 "`runs/<run>/hub/` and uploads nothing: read the cards there first. Repos are private by default.")
     login = gr.LoginButton() if get_space() else None  # where Gradio serves the real sign-in routes
     who = gr.Markdown(_who_text(None, on_space()))
