@@ -285,8 +285,8 @@ def current(run: Run, st: dict | None = None) -> tuple[list[dict], dict]:
     not recorded yet), else the latest in run.json."""
     st = st or run.stage_settings("compare")
     if not st:
-        raise LabError(f"Run {run.name} has no comparison yet: compare first (the Compare tab, or `python -m lab "
-                       f"compare --run {run.name}`).")
+        raise LabError(f"Run {run.name} has no comparison yet: compare first (`python -m lab compare --run "
+                       f"{run.name}`).", ui=f"Run {run.name} has no comparison yet: press Compare first.")
     ids, names = set(st["instruction_ids"]), set(st["models"])
     latest: dict[tuple, dict] = {}
     for r in run.read("compare"):

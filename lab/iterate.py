@@ -146,8 +146,9 @@ def training_instructions(run: Run, cfg: IterateConfig) -> list[Instruction]:
     if cfg.instructions == "run":
         items = run.read("instructions")
         if not items:
-            raise LabError(f"Run {run.name} has no instructions yet: sample first (the Sample tab, or `python -m lab "
-                           f"sample --run {run.name}`), or pass --instructions bundled (or a file).")
+            raise LabError(f"Run {run.name} has no instructions yet: sample first (`python -m lab sample --run "
+                           f"{run.name}`), or pass --instructions bundled (or a file).",
+                           ui=f"Run {run.name} has no instructions yet: sample first in the Sample tab.")
         return [Instruction(i["id"], i["prompt"], i["source"]) for i in items[:cfg.n or None]]
     return load_instructions(cfg.instructions, cfg.n or None, cfg.seed)
 

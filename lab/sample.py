@@ -115,8 +115,9 @@ def groups(run: Run, required: bool = True) -> list[Group]:
     required: a run without samples is a LabError saying to sample first (else an empty list)."""
     samples = run.read("samples")
     if not samples and required:
-        raise LabError(f"Run '{run.name}' has no samples yet: run the Sample stage first (the Sample tab, or "
-                       f"`python -m lab sample --run {run.name}`).")
+        raise LabError(f"Run '{run.name}' has no samples yet: run the Sample stage first (`python -m lab sample "
+                       f"--run {run.name}`).", ui=f"Run '{run.name}' has no samples yet: sample first in the Sample "
+                       "tab.")
     by_id: dict[str, dict[int, dict]] = {}
     for s in samples:
         by_id.setdefault(s["instruction_id"], {})[int(s["sample_index"])] = s
@@ -130,8 +131,9 @@ def _check_model_matches(existing: list[dict], cfg: SampleConfig, adapter: str |
     used = {(s["model"], s.get("adapter")) for s in existing}
     if used and used != {(cfg.model, adapter)}:
         names = ", ".join(sorted(m + (f" + adapter {a}" if a else "") for m, a in used))
-        raise LabError(f"This run's samples come from {names}, not {cfg.model}" + (f" + adapter {adapter}" if adapter
-                       else "") + ": start a new run (--run NEW_NAME) to sample another model.")
+        head = f"This run's samples come from {names}, not {cfg.model}" + (f" + adapter {adapter}" if adapter else "")
+        raise LabError(f"{head}: start a new run (--run NEW_NAME) to sample another model.",
+                       ui=f"{head}: type a new run name at the top to sample another model.")
 
 
 def _check_known_ids(run: Run, items: list[Instruction]) -> None:

@@ -284,7 +284,8 @@ def score_run(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_
     judge = api_backend(cfg, api_key)  # a missing API key fails here, before any work
     rows = [{**s, "set": "train"} for s in run.read("samples")]
     if not rows:
-        raise LabError(f"Run '{run.name}' has no samples to score: run the Sample stage first.")
+        raise LabError(f"Run '{run.name}' has no samples to score: run the Sample stage first.",
+                       ui=f"Run '{run.name}' has no samples to score: sample first in the Sample tab.")
     progress = progress or Progress("scoring")
     with run.lock("score"), self_scorer(run, cfg, judge) as scorer:
         done = score_rows(run, rows, scorer, progress, desc, on_first=lambda: run.record_stage("score", {

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import gradio as gr
 
 from lab import jobs, limits
+from lab.errors import LabError
 from lab.store import validate_run_name
 from lab.ui import visitors
 from lab.ui.common import CSS
+from lab.ui.wording import say
 
 TABS: list[tuple[str, str]] = [
     ("Sample", "lab.ui.sample"),
@@ -61,8 +63,8 @@ def _remember(name: str | None):
         return None
     try:
         return validate_run_name(name)
-    except Exception as e:
-        raise gr.Error(str(e)) from e
+    except LabError as e:
+        raise gr.Error(say(e)) from e
 
 
 def build_app() -> gr.Blocks:

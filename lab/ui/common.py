@@ -16,9 +16,11 @@ import gradio as gr
 
 from lab import hosting, jobs, limits
 from lab.cli import BY_NAME, build_parser, load
-from lab.errors import LabError
+from lab.errors import LabError, ui_text
+from lab.instructions import load_instructions
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
 from lab.store import URL_USERINFO, Run
+from lab.ui.wording import page_text, say
 
 POLL_S = 1.0
 
@@ -40,7 +42,7 @@ def open_run(name: str | None, create: bool = True) -> Run:
     try:
         return Run.open(str(name).strip(), create=create)
     except LabError as e:
-        raise gr.Error(str(e)) from e
+        raise gr.Error(say(e)) from e
 
 
 def progress_html(st: dict) -> str:
@@ -79,7 +81,8 @@ def status_text(st: dict) -> str:
         return f"**{label}** is running…"
     if state == "done":
         return f"**{label}** finished."
-    return f"**{label}** {state}: {html.escape(st.get('error') or '')}"
+    error = page_text(st.get("ui_error") or st.get("error") or "", (st.get("argv") or [None])[0])
+    return f"**{label}** {state}: {html.escape(error)}"
 
 
 def job_panel() -> JobPanel:
@@ -168,6 +171,7 @@ def upload_into(run: Run, upload: str, kind: str = "instructions") -> Iterator[P
     before = dest.read_bytes() if dest.exists() else None
     checked(run.save_upload, upload, kind)
     try:
+        check_instruction_file(dest, Path(upload).name)
         yield dest
     except BaseException:
         if before is None:
@@ -177,6 +181,15 @@ def upload_into(run: Run, upload: str, kind: str = "instructions") -> Iterator[P
         else:
             dest.write_bytes(before)
         raise
+
+
+def check_instruction_file(path: Path, shown_as: str) -> None:
+    """Read an uploaded instruction file now (the job would only find a fault later, in its log), and name it in
+    the message as the user knows it (`shown_as`, their file's name), not as the server's copy in the run."""
+    try:
+        load_instructions(str(path))
+    except LabError as e:
+        raise gr.Error(page_text(ui_text(e).replace(str(path), shown_as))) from None
 
 
 def api_key_box(visible: bool = True) -> gr.Textbox:
@@ -209,7 +222,7 @@ def checked(fn: Callable, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except LabError as e:
-        raise gr.Error(str(e)) from e
+        raise gr.Error(say(e)) from e
 
 
 CSS = """

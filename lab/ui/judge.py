@@ -138,7 +138,7 @@ def show_cost(run_name, backend, model, base_url, plan, rpm, concurrency, reason
         cfg = config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens)
         est = estimate(Run.open(run_name), cfg, check_template(prompt or ""))
     except LabError as e:
-        return f"⚠ {html.escape(str(e))}"
+        return f"⚠ {html.escape(say(e))}"
     return cost_md(est)
 
 

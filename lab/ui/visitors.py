@@ -31,6 +31,7 @@ from gradio.context import LocalContext
 from lab import hosting
 from lab.errors import LabError
 from lab.store import list_runs, read_only, runs_root
+from lab.ui.wording import say
 
 STORAGE_KEY = "preference-lab-visitor"
 SECRET_ENV = "LAB_BROWSER_SECRET"
@@ -118,7 +119,7 @@ def _call(fn, args, kwargs):
     try:
         return fn(*args, **kwargs)
     except LabError as e:  # e.g. a write into a read-only run from code that does not turn errors into messages
-        raise gr.Error(str(e)) from e
+        raise gr.Error(say(e)) from e
 
 
 def guard(fn, at: int, is_action: bool, n_outputs: int):
