@@ -262,13 +262,14 @@ def _compare_locked(run: Run, cfg: CompareConfig, progress: Progress | None, api
     adapters = adapters if adapters is not None else resolve_adapters(run, cfg.adapters)
     items, dups = heldout_instructions(run, cfg, items)
     check_scorers(cfg, api_key)
+    progress = progress or Progress("comparing")
+    progress.loading(f"model {cfg.model}")
     cm = models.load(cfg.model, cfg.device, cfg.dtype)
     check_same_base(adapters, cfg.model, cm.path)
     key = model_key(cfg)
     settings = {**cfg.to_dict(), "key": key, "base_path": cm.path, "models": [BASE, *adapters],
                 "instruction_ids": [i["id"] for i in items], "duplicates_found": dups}
     started = once(lambda: run.record_stage("compare", settings))  # with the first completion, or once scored
-    progress = progress or Progress("comparing")
     with adapters_on(cm, adapters) as select:
         written = complete_all(run, select, adapters, items, cfg, key, dups, progress, started)
     progress.close()

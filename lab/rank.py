@@ -371,6 +371,7 @@ def _rank_locked(run: Run, cfg, progress: Progress | None) -> dict:
                        "again with Responses each (K) 2 or more.")
     if not todo:
         return {**summary, "message": "Every instruction is already ranked with this ranker; nothing to do."}
+    progress.loading(f"ranker {cfg.ranker}")
     ranker = load_ranker(cfg.ranker, cfg.device, cfg.dtype)
     started = once(lambda: run.record_stage("rank", cfg.to_dict()))  # with the first rankings, not before
     start = time.time()

@@ -46,18 +46,29 @@ def open_run(name: str | None, create: bool = True) -> Run:
 
 
 def progress_html(st: dict) -> str:
-    """A plain HTML progress bar with the job's description, counts and ETA."""
-    p = st.get("progress") or {}
+    """A plain HTML progress bar with the job's phase, counts, tokens and ETA (lab.progress's file)."""
+    p, state = st.get("progress") or {}, st.get("state", "none")
     done, total = p.get("done", 0), p.get("total") or 0
-    frac = done / total if total else (1.0 if st.get("state") == "done" else 0.0)
-    eta = p.get("eta_s")
-    eta_txt = f" · about {eta / 60:.1f} min left" if eta and st.get("state") == "running" else ""
-    label = html.escape(f"{p.get('desc') or st.get('label', '')}: {done}/{total}{eta_txt}") if total else ""
-    if st.get("state") == "queued":
-        label = html.escape(f"{st.get('label', 'job')}: {queue_text(st)}")
-    return (f'<div class="lab-progress" data-state="{st.get("state", "none")}">'
+    frac = min((done + (p.get("partial") or 0)) / total, 1.0) if total else (1.0 if state == "done" else 0.0)
+    return (f'<div class="lab-progress" data-state="{state}" data-fill="{frac:.3f}">'
             f'<div class="lab-progress-fill" style="width:{frac * 100:.1f}%"></div>'
-            f'<span>{label}</span></div>')
+            f'<span>{html.escape(progress_label(st))}</span></div>')
+
+
+def progress_label(st: dict) -> str:
+    """"sampling: 3/12 · 412 tokens · about 20 s left"; "loading model bundled…"; "starting…" before either."""
+    p, state = st.get("progress") or {}, st.get("state", "none")
+    if state == "queued":
+        return f"{st.get('label', 'job')}: {queue_text(st)}"
+    if state == "running" and (not p or p.get("loading")):
+        return f"{p.get('desc') or 'starting'}…"
+    if not p.get("total"):
+        return ""
+    tokens = f" · {p['tokens']:,} tokens" if p.get("tokens") else ""
+    eta = p.get("eta_s")
+    left = "" if eta is None or state != "running" else \
+        f" · about {eta:.0f} s left" if eta < 90 else f" · about {eta / 60:.1f} min left"
+    return f"{p.get('desc') or st.get('label', '')}: {p.get('done', 0)}/{p['total']}{tokens}{left}"
 
 
 def ordinal(n: int) -> str:
