@@ -205,7 +205,7 @@ def test_the_apps_compare_and_iterate_jobs_use_the_visitors_key_alone(run, runs_
             seen, owner.auth_headers = list(owner.auth_headers), []
             assert seen and set(seen) == {f"Bearer {VISITOR if key else OWNER}"}, key
             compare_values["seed"] += 1  # new completions: new judge calls
-        client.predict("t", *[iterate_values[f] for f in iterate_tab.FORM], VISITOR, api_name="/start_iterating")
+        client.predict("t", *[iterate_values[f] for f in iterate_tab.FORM], VISITOR, api_name="/start_iterate")
         assert jobs.wait(run, timeout_s=300)["state"] == "done", jobs.status(run).get("log_tail")
     finally:
         app.close()

@@ -20,7 +20,8 @@ from lab.errors import LabError, ui_text
 from lab.instructions import load_instructions
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
 from lab.store import URL_USERINFO, Run
-from lab.ui.wording import page_text, say
+from lab.ui.views import View, internal
+from lab.ui.wording import page_text, say, stage_of
 
 POLL_S = 1.0
 
@@ -34,6 +35,7 @@ class JobPanel:
     stop: gr.Button
     log: gr.Code
     timer: gr.Timer
+    poll: Callable | None = None  # poll(event) chains a poll after the event (wire_job_panel sets it)
 
 
 def open_run(name: str | None, create: bool = True) -> Run:
@@ -107,29 +109,43 @@ def job_panel() -> JobPanel:
     return JobPanel(bar, status, stop, log, gr.Timer(POLL_S, active=False))  # the app activates the shown tab's
 
 
-def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str,
-                   on_done: Callable[[str], list] | None = None, done_outputs: list | None = None) -> None:
-    """Poll the run's job each tick. The tab's results are refreshed via on_done(run_name) only when something
-    changed (another run picked, a job of `stage` started or ended), not every second: re-reading a run's files
-    each tick is wasted work, and re-sending a dropdown's choices would close it under the user's cursor."""
-    extra = done_outputs or []
+def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: list[View] | tuple = ()) -> None:
+    """Poll the run's job each tick: bar, status and log, and the tab's result views (lab.ui.views) when something
+    changed (another run picked, a job of `stage` queued, started or ended) or, for a live view, while it runs.
+    Not every second for the rest: re-reading a run's files each tick is wasted work, and re-sending a dropdown's
+    choices would close it under the user's cursor."""
     seen = gr.State(None)
+    n_in = [len(v.inputs) for v in views]
 
-    def poll(name: str, last):
+    def poll(name: str, last, *values):
         st = _job_of(name, stage)
         key = [name, st.get("state"), st.get("started") or st.get("queued"), st.get("position")]
-        if key == last and st.get("state") != "running":
-            return [gr.skip()] * (3 + len(extra)) + [last]
+        running = st.get("state") == "running"
+        if key == last and not running:
+            return [gr.skip()] * (3 + sum(len(v.outputs) for v in views)) + [last]
         updates = [progress_html(st), status_text(st), st.get("log_tail", "")]
-        if on_done is not None:
-            ended = st.get("state") not in ("running", "queued") and name
-            updates += on_done(name) if ended else [gr.skip()] * len(extra)
+        at = 0
+        for v, n in zip(views, n_in):
+            fresh = key != last or (v.live and running)
+            updates += v.read(name, *values[at:at + n]) if fresh else [gr.skip()] * len(v.outputs)
+            at += n
         return [*updates, key]
 
-    panel.timer.tick(poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, *extra, seen],
-                     show_progress="hidden", api_name=f"job_{stage}")
+    inputs = [run_name, seen, *(c for v in views for c in v.inputs)]
+    outputs = [panel.bar, panel.status, panel.log, *(c for v in views for c in v.outputs), seen]
+    panel.timer.tick(poll, inputs=inputs, outputs=outputs, **internal(f"job_{stage}"))
+    panel.poll = lambda dep: dep.then(poll, inputs=inputs, outputs=outputs, **internal())
     panel.stop.click(lambda name: _stop(name, stage), inputs=[run_name], outputs=[panel.status],
                      api_name=f"stop_{stage}")
+
+
+def wire_start(panel: JobPanel, button: gr.Button, fn: Callable, inputs: list, api_name: str):
+    """The tab's start button: fn(*inputs) -> status text, under the API name of this action; the panel is polled
+    at once after it, so the bar never shows the previous job's count while the new one starts."""
+    dep = button.click(fn, inputs=inputs, outputs=[panel.status], api_name=api_name)
+    if panel.poll is not None:
+        panel.poll(dep)
+    return dep
 
 
 def _job_of(name: str | None, stage: str) -> dict:
@@ -229,18 +245,9 @@ def check_base_url(url: str) -> str:
 
 
 def checked(fn: Callable, *args, **kwargs):
-    """Call a core function, turning its LabError into a message in the page."""
+    """Call a core function, turning its LabError into a message in the page (a settings' validate() names its
+    flags by the labels of that stage's inputs)."""
     try:
         return fn(*args, **kwargs)
     except LabError as e:
-        raise gr.Error(say(e)) from e
-
-
-CSS = """
-.lab-progress { position: relative; height: 1.6rem; border-radius: 6px; background: var(--block-background-fill);
-  border: 1px solid var(--border-color-primary); overflow: hidden; }
-.lab-progress-fill { position: absolute; inset: 0 auto 0 0; background: var(--color-accent); opacity: .35; transition: width .4s; }
-.lab-progress span { position: relative; padding-left: .6rem; line-height: 1.6rem; font-size: .9rem; }
-.lab-response { border-left: 3px solid var(--color-accent); padding-left: .6rem; margin-bottom: .8rem; }
-@media (max-width: 640px) { .gradio-container { padding: 4px !important; } }
-"""
+        raise gr.Error(say(e, stage_of(getattr(fn, "__self__", None)))) from e

@@ -66,3 +66,8 @@ def _flag(labels: dict[str, str], name: str, negated: bool) -> str:
 def say(error: BaseException, stage: str | None = None) -> str:
     """An exception (a LabError) as the page shows it."""
     return page_text(ui_text(error), stage)
+
+
+def stage_of(settings) -> str | None:
+    """The stage whose settings dataclass `settings` is an instance of (its labels name the flags), else None."""
+    return next((st.name for st in STAGES if type(settings) is load(st.settings)), None)
