@@ -110,31 +110,40 @@ def job_panel() -> JobPanel:
 
 
 def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: list[View] | tuple = ()) -> None:
-    """Poll the run's job each tick: bar, status and log, and the tab's result views (lab.ui.views) when something
-    changed (another run picked, a job of `stage` queued, started or ended) or, for a live view, while it runs.
-    Not every second for the rest: re-reading a run's files each tick is wasted work, and re-sending a dropdown's
-    choices would close it under the user's cursor."""
-    seen = gr.State(None)
-    n_in = [len(v.inputs) for v in views]
+    """Poll the run's job each tick (`job_<stage>`: run name -> bar, status, log), then re-read the tab's result
+    views (lab.ui.views) when something changed (another run picked, a job of `stage` queued, started or ended)
+    or, for a live view, while it runs. Not every second for the rest: re-reading a run's files each tick is wasted
+    work, and re-sending a dropdown's choices would close it under the user's cursor."""
+    seen, news = gr.State(None), gr.State({})  # the job's last key; what this tick found (for the views)
 
-    def poll(name: str, last, *values):
+    def poll(name: str, last):
         st = _job_of(name, stage)
         key = [name, st.get("state"), st.get("started") or st.get("queued"), st.get("position")]
-        running = st.get("state") == "running"
-        if key == last and not running:
-            return [gr.skip()] * (3 + sum(len(v.outputs) for v in views)) + [last]
-        updates = [progress_html(st), status_text(st), st.get("log_tail", "")]
-        at = 0
-        for v, n in zip(views, n_in):
-            fresh = key != last or (v.live and running)
-            updates += v.read(name, *values[at:at + n]) if fresh else [gr.skip()] * len(v.outputs)
-            at += n
-        return [*updates, key]
+        found = {"changed": key != last, "running": st.get("state") == "running"}
+        if not found["changed"] and not found["running"]:
+            return [gr.skip()] * 3 + [last, found]
+        return [progress_html(st), status_text(st), st.get("log_tail", ""), key, found]
 
-    inputs = [run_name, seen, *(c for v in views for c in v.inputs)]
-    outputs = [panel.bar, panel.status, panel.log, *(c for v in views for c in v.outputs), seen]
-    panel.timer.tick(poll, inputs=inputs, outputs=outputs, **internal(f"job_{stage}"))
-    panel.poll = lambda dep: dep.then(poll, inputs=inputs, outputs=outputs, **internal())
+    def refresh(name: str, found: dict, *values):
+        updates, at = [], 0
+        for v in views:
+            fresh = found.get("changed") or (v.live and found.get("running"))
+            updates += v.read(name, *values[at:at + len(v.inputs)]) if fresh else [gr.skip()] * len(v.outputs)
+            at += len(v.inputs)
+        return updates
+
+    panel_io = dict(fn=poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, seen, news])
+    views_io = dict(fn=refresh, inputs=[run_name, news, *(c for v in views for c in v.inputs)],
+                    outputs=[c for v in views for c in v.outputs], **internal())
+
+    def chained(dep):
+        dep = dep.then(**panel_io, **internal())
+        return dep.then(**views_io) if views else dep
+
+    tick = panel.timer.tick(**panel_io, **internal(f"job_{stage}"))
+    if views:
+        tick.then(**views_io)
+    panel.poll = chained
     panel.stop.click(lambda name: _stop(name, stage), inputs=[run_name], outputs=[panel.status],
                      api_name=f"stop_{stage}")
 

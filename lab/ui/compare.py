@@ -199,7 +199,9 @@ def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_k
     checked(resolve_adapters, run, cfg.adapters)  # "no adapters yet" shows at once, not in the job log
     checked(compare.check_scorers, cfg, (api_key or "").strip() or None)
     api = cfg.judge if cfg.judge in API_BACKENDS else cfg.score
-    return start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key))
+    status = start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key))
+    return status + ("" if scorers_changed(cfg.pairrm, cfg.judge, cfg.score)[0] == "" else
+                     " No scorer was chosen: no win rates will be computed.")
 
 
 def adapter_choices(run_name: str | None, ticked: list | None = None):
