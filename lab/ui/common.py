@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import gradio as gr
 
 from lab import hosting, jobs, limits
+from lab.ui import visitors
 from lab.cli import BY_NAME, build_parser, load
 from lab.errors import LabError
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
@@ -79,7 +80,7 @@ def status_text(st: dict) -> str:
         return f"**{label}** is running…"
     if state == "done":
         return f"**{label}** finished."
-    return f"**{label}** {state}: {html.escape(st.get('error') or '')}"
+    return f"**{label}** {state}: {html.escape(hosting.public_text(st.get('error') or ''))}"
 
 
 def job_panel() -> JobPanel:
@@ -106,7 +107,7 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str,
         key = [name, st.get("state"), st.get("started") or st.get("queued"), st.get("position")]
         if key == last and st.get("state") != "running":
             return [gr.skip()] * (3 + len(extra)) + [last]
-        updates = [progress_html(st), status_text(st), st.get("log_tail", "")]
+        updates = [progress_html(st), status_text(st), hosting.public_text(st.get("log_tail", ""))]
         if on_done is not None:
             ended = st.get("state") not in ("running", "queued") and name
             updates += on_done(name) if ended else [gr.skip()] * len(extra)
@@ -133,7 +134,11 @@ def _stop(name: str, stage: str) -> str:
     st = _job_of(name, stage)
     if st.get("state") not in ("running", "queued"):
         return "Nothing is running in this tab."
-    return status_text(checked(jobs.stop, Run.open(name)))
+    st = checked(jobs.stop, Run.open(name), wait=False)  # returns at once: the panel's poll shows the end
+    if st.get("state") != "running":
+        return status_text(st)
+    return (f"**{st.get('label', 'The job')}**: stop requested; it is stopped at its next safe point (what it finished "
+            "is saved).")
 
 
 def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: dict[str, str] | None = None) -> str:
@@ -143,20 +148,26 @@ def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: di
     another process (a terminal, say) is refused here, before the job starts (lab.store.Run.lock)."""
     run = open_run(name)
     full = [stage, "--run", run.name, *argv]
-    admit(full)
+    cfg = admit(full)
     checked(run.check_unlocked, stage)
-    st = checked(jobs.start, run, full, label, secret_env=secret_env)
+    token = limits.owner_token(hosting.model_specs(run, cfg)) if limits.hosted() else None
+    secrets = {**(secret_env or {}), **({"HF_TOKEN": token} if token else {})}  # the owner's, for listed models
+    who, where = visitors.requester() if limits.hosted() else (None, None)
+    st = checked(jobs.start, run, full, label, secret_env=secrets or None, who=who, where=where)
     return f"**{label}** started." if st.get("state") != "queued" else status_text(st)
 
 
-def admit(argv: list[str]) -> None:
+def admit(argv: list[str]):
     """The checks the job's own process will make first (a hosted app's rules, the owner's caps: lab.hosting),
-    made here too so that a refusal is a message on the page, before anything is written or queued."""
+    made here too so that a refusal is a message on the page, before anything is written or queued.
+    -> the stage's settings, as the job will parse them."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit:  # argparse's own refusal; the forms only build valid command lines
         raise gr.Error(f"These settings do not make a valid `{argv[0]}` command line.") from None
-    checked(hosting.admit, args.stage, args.run, load(BY_NAME[args.stage].settings).from_args(args))
+    cfg = load(BY_NAME[args.stage].settings).from_args(args)
+    checked(hosting.admit, args.stage, args.run, cfg)
+    return cfg
 
 
 @contextmanager
@@ -187,11 +198,11 @@ def api_key_box(visible: bool = True) -> gr.Textbox:
 
 
 def typed_key_env(judge: str, typed: str | None) -> dict[str, str] | None:
-    """{"LAB_API_KEY": key} for a key typed in the page, for lab.jobs.start(secret_env=...); None when nothing was
+    """{"LAB_API_KEY_<JUDGE>": key} for a key typed in the page, for lab.jobs.start(secret_env=...); None when nothing was
     typed or the judge needs no key. Its own variable, never the provider's: the job can then tell the visitor's
     key (it may go to the URL the visitor gave) from the owner's (only to the owner's URL; lab.judge_backends)."""
     typed = (typed or "").strip()
-    return {TYPED_KEY_ENV: typed} if typed and judge in KEY_ENV else None
+    return {TYPED_KEY_ENV[judge]: typed} if typed and judge in KEY_ENV else None
 
 
 def check_base_url(url: str) -> str:
@@ -209,7 +220,7 @@ def checked(fn: Callable, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except LabError as e:
-        raise gr.Error(str(e)) from e
+        raise gr.Error(hosting.public_text(str(e))) from e
 
 
 CSS = """
