@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lab import models, rank
+from lab import limits, models, rank
 from lab.adapters import BASE, adapters_on, check_same_base, fingerprint, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
@@ -542,6 +542,7 @@ def read_notes(run: Run) -> dict:
 
 def save_note(run: Run, text: str, instruction_id: str | None = None) -> dict:
     """Set the overall note (instruction_id None) or one instruction's note; an empty text deletes it."""
+    limits.check_text("The note", text)
     notes = read_notes(run)
     if instruction_id is None:
         notes["overall"] = text.strip()

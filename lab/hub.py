@@ -326,7 +326,7 @@ def credential_env_names(environ: dict | None = None) -> list[str]:
     variable named like a credential (*_API_KEY, *_TOKEN, *SECRET*), whoever reads it."""
     environ = os.environ if environ is None else environ
     named = {k for k in environ if CREDENTIAL_NAME.search(k)}
-    return sorted({*KEY_ENV.values(), TYPED_KEY_ENV, *HUB_TOKEN_ENV} | named)
+    return sorted({*KEY_ENV.values(), *TYPED_KEY_ENV.values(), *HUB_TOKEN_ENV} | named)
 
 
 def _secrets_in_use(token: str | None) -> dict[str, str]:

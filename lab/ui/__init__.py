@@ -72,6 +72,7 @@ def _remember(name: str | None):
 
 
 def build_app() -> gr.Blocks:
+    limits.seal_owner_token()  # a hosted app: the owner's Hub token leaves os.environ (lab.limits)
     with gr.Blocks(title="Preference Lab") as app:
         gr.Markdown(INTRO)
         ctx = _run_picker()

@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import gradio as gr
 
 from lab import hosting, jobs, limits
+from lab.ui import visitors
 from lab.cli import BY_NAME, build_parser, load
 from lab.errors import LabError, ui_text
 from lab.instructions import load_instructions
@@ -94,7 +95,7 @@ def status_text(st: dict) -> str:
         return f"**{label}** is running…"
     if state == "done":
         return f"**{label}** finished."
-    error = page_text(st.get("ui_error") or st.get("error") or "", (st.get("argv") or [None])[0])
+    error = hosting.public_text(page_text(st.get("ui_error") or st.get("error") or "", (st.get("argv") or [None])[0]))
     return f"**{label}** {state}: {html.escape(error)}"
 
 
@@ -122,7 +123,7 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: l
         found = {"changed": key != last, "running": st.get("state") == "running"}
         if not found["changed"] and not found["running"]:
             return [gr.skip()] * 3 + [last, found]
-        return [progress_html(st), status_text(st), st.get("log_tail", ""), key, found]
+        return [progress_html(st), status_text(st), hosting.public_text(st.get("log_tail", "")), key, found]
 
     def refresh(name: str, found: dict, *values):
         updates, at = [], 0
@@ -172,7 +173,11 @@ def _stop(name: str, stage: str) -> str:
     st = _job_of(name, stage)
     if st.get("state") not in ("running", "queued"):
         return "Nothing is running in this tab."
-    return status_text(checked(jobs.stop, Run.open(name)))
+    st = checked(jobs.stop, Run.open(name), wait=False)  # returns at once: the panel's poll shows the end
+    if st.get("state") != "running":
+        return status_text(st)
+    return (f"**{st.get('label', 'The job')}**: stop requested; it is stopped at its next safe point (what it finished "
+            "is saved).")
 
 
 def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: dict[str, str] | None = None) -> str:
@@ -182,20 +187,26 @@ def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: di
     another process (a terminal, say) is refused here, before the job starts (lab.store.Run.lock)."""
     run = open_run(name)
     full = [stage, "--run", run.name, *argv]
-    admit(full)
+    cfg = admit(full)
     checked(run.check_unlocked, stage)
-    st = checked(jobs.start, run, full, label, secret_env=secret_env)
+    token = limits.owner_token(hosting.model_specs(run, cfg)) if limits.hosted() else None
+    secrets = {**(secret_env or {}), **({"HF_TOKEN": token} if token else {})}  # the owner's, for listed models
+    who, where = visitors.requester() if limits.hosted() else (None, None)
+    st = checked(jobs.start, run, full, label, secret_env=secrets or None, who=who, where=where)
     return f"**{label}** started." if st.get("state") != "queued" else status_text(st)
 
 
-def admit(argv: list[str]) -> None:
+def admit(argv: list[str]):
     """The checks the job's own process will make first (a hosted app's rules, the owner's caps: lab.hosting),
-    made here too so that a refusal is a message on the page, before anything is written or queued."""
+    made here too so that a refusal is a message on the page, before anything is written or queued.
+    -> the stage's settings, as the job will parse them."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit:  # argparse's own refusal; the forms only build valid command lines
         raise gr.Error(f"These settings do not make a valid `{argv[0]}` command line.") from None
-    checked(hosting.admit, args.stage, args.run, load(BY_NAME[args.stage].settings).from_args(args))
+    cfg = load(BY_NAME[args.stage].settings).from_args(args)
+    checked(hosting.admit, args.stage, args.run, cfg)
+    return cfg
 
 
 @contextmanager
@@ -236,11 +247,11 @@ def api_key_box(visible: bool = True) -> gr.Textbox:
 
 
 def typed_key_env(judge: str, typed: str | None) -> dict[str, str] | None:
-    """{"LAB_API_KEY": key} for a key typed in the page, for lab.jobs.start(secret_env=...); None when nothing was
+    """{"LAB_API_KEY_<JUDGE>": key} for a key typed in the page, for lab.jobs.start(secret_env=...); None when nothing was
     typed or the judge needs no key. Its own variable, never the provider's: the job can then tell the visitor's
     key (it may go to the URL the visitor gave) from the owner's (only to the owner's URL; lab.judge_backends)."""
     typed = (typed or "").strip()
-    return {TYPED_KEY_ENV: typed} if typed and judge in KEY_ENV else None
+    return {TYPED_KEY_ENV[judge]: typed} if typed and judge in KEY_ENV else None
 
 
 def check_base_url(url: str) -> str:
@@ -259,4 +270,4 @@ def checked(fn: Callable, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except LabError as e:
-        raise gr.Error(say(e, stage_of(getattr(fn, "__self__", None)))) from e
+        raise gr.Error(hosting.public_text(say(e, stage_of(getattr(fn, "__self__", None))))) from e

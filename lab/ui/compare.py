@@ -5,8 +5,11 @@ The page writes no analysis of its own: the numbers, the grid and the user's not
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -198,7 +201,11 @@ def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_k
     admit(["compare", "--run", run.name, *cfg.to_argv()])  # a hosted app's rules first: no path is looked at
     checked(resolve_adapters, run, cfg.adapters)  # "no adapters yet" shows at once, not in the job log
     checked(compare.check_scorers, cfg, (api_key or "").strip() or None)
-    api = cfg.judge if cfg.judge in API_BACKENDS else cfg.score
+    apis = {b for b in (cfg.judge, cfg.score) if b in API_BACKENDS}
+    if (api_key or "").strip() and len(apis) > 1:
+        raise gr.Error("The LLM judge and the 5-point scorer use two API providers, and a typed key belongs to one: "
+                       "pick the same provider for both, or leave the key box empty to use the app's own keys.")
+    api = next(iter(apis), "")
     status = start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key))
     return status + ("" if scorers_changed(cfg.pairrm, cfg.judge, cfg.score)[0] == "" else
                      " No scorer was chosen: no win rates will be computed.")
@@ -289,4 +296,9 @@ def save_overall_note(run_name: str | None, text: str) -> str:
 
 
 def export_grid(run_name: str | None, fmt: str) -> str:
-    return str(checked(compare.export, open_run(run_name, create=False), fmt))
+    """The export, as a copy in a temp folder: Gradio serves files from there (the runs root may be /data/runs, which
+    it does not serve, and must not: that would serve every run)."""
+    path = checked(compare.export, open_run(run_name, create=False), fmt)
+    copy = Path(tempfile.mkdtemp(prefix="lab-export-")) / f"{run_name}-{path.name}"
+    shutil.copyfile(path, copy)
+    return str(copy)

@@ -17,6 +17,7 @@ import gradio as gr
 
 from lab.judge import JudgeConfig
 from lab.errors import LabError
+from lab import limits
 from lab.judge import DEFAULT_TEMPLATE, check_template, estimate
 from lab.judge_backends import BACKENDS as REGISTRY, DEFAULT_MODELS, KEY_ENV, resolve_key
 from lab.verdicts import pair_verdicts, report
@@ -179,6 +180,7 @@ def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, re
     cfg = config_from(backend, model, check_base_url(base_url), plan, rpm, concurrency, reasoning_tokens)
     checked(cfg.validate)
     checked(check_template, prompt or "")
+    checked(limits.check_text, "The judge prompt", prompt or "")
     est = checked(estimate, run, cfg, prompt)
     typed = (api_key or "").strip()
     if cfg.backend != "local":
