@@ -160,7 +160,7 @@ def test_the_app_on_a_space_never_sends_the_owners_key_to_a_visitors_server(run,
     add_samples(run, n=2, k=3)
     app, client = start_app(runs_dir, owner)
     try:
-        with pytest.raises(AppError, match="give your own key"):  # refused before any job starts
+        with pytest.raises(AppError, match="type your own key for that server"):  # refused before any job starts
             judge_via_api(client, visitor.url + "/v1", "")
         assert jobs.status(run)["state"] == "none"
         assert "started" in judge_via_api(client, visitor.url + "/v1", VISITOR)

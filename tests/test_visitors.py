@@ -90,7 +90,7 @@ def test_the_pairs_box_takes_only_the_runs_pair_sets(run, space):
         with pytest.raises(gr.Error, match=r"one of this run's pair sets \(judge\); files on the server") as e:
             start_training("t", path, "dpo-1", "", *train_form())
         assert "JSON" not in str(e.value)
-    with pytest.raises(gr.Error, match="--init-adapter '/tmp': on this hosted app pick adapters of this run"):
+    with pytest.raises(gr.Error, match="“Continue from adapter” '/tmp': on this hosted app pick adapters of this run"):
         start_training("t", "judge", "dpo-1", "/tmp", *train_form())
     assert not run.jobs_dir.exists()
 

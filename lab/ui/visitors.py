@@ -99,16 +99,18 @@ def requester() -> tuple[str | None, str | None]:
 
 def arrive(saved_id: str | None, saved_run: str | None, request: gr.Request):
     """Page load: [the visitor's browser id (made on the first visit), the run picker: their runs, the run they
-    had open if it is still theirs]."""
+    had open if it is still theirs]. Without one to restore the picker's value is left alone: this event may land
+    after the visitor has typed a name, which it must not wipe."""
     if not hosting.hosted():
-        return saved_id, gr.update(choices=list_runs(), value=saved_run)
+        runs = list_runs()
+        return saved_id, gr.update(choices=runs, **({"value": saved_run} if saved_run in runs else {}))
     vid = saved_id if isinstance(saved_id, str) and ID_SHAPE.match(saved_id) else secrets.token_urlsafe(24)
     if request is not None and request.session_hash:
         _SESSIONS[request.session_hash] = vid
         while len(_SESSIONS) > MAX_SESSIONS:  # pages never closed (a bare client calling /arrive in a loop)
             _SESSIONS.pop(next(iter(_SESSIONS)))
     runs = hosting.visible_runs(hosting.Visitor.of(_oauth_user(request), vid))
-    return vid, gr.update(choices=runs, value=saved_run if saved_run in runs else None)
+    return vid, gr.update(choices=runs, **({"value": saved_run} if saved_run in runs else {}))
 
 
 def leave(request: gr.Request) -> None:
