@@ -10,7 +10,8 @@ Hub) and the page says where the token comes from. The page never shows a token.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 from gradio.utils import get_space
@@ -21,7 +22,9 @@ from lab.limits import on_space
 from lab.merge import MergeConfig
 from lab.progress import Progress
 from lab.store import Run
-from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel, \
+    wire_start
+from lab.ui.views import View, chain, internal
 
 
 @dataclass
@@ -38,6 +41,7 @@ class ShareTab:
     merge_pick: gr.Dropdown  # the adapter to fold into its base
     merge: gr.Button
     panel: JobPanel  # the merge job
+    views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
 
 
 class PageProgress(Progress):
@@ -91,10 +95,12 @@ def build(ctx) -> ShareTab:
         push = gr.Button("Push to the Hub", variant="primary")
     status = gr.Markdown()
     links = gr.Markdown()
-    pick = gr.Dropdown(label="Staged repo: card preview", choices=[], interactive=True)
-    card = gr.HTML()
+    with gr.Accordion("Card previews (the README of each staged repo)", open=False):  # a card can be pages long
+        pick = gr.Dropdown(label="Staged repo", choices=[], interactive=True)
+        card = gr.HTML()
     merge_pick, merge, panel = _merge_inputs()
     tab = ShareTab(login, who, fields, dry_run, push, status, links, pick, card, merge_pick, merge, panel)
+    tab.views = [View(refresh, [links, pick], inputs=[pick]), View(merge_choices, [merge_pick], inputs=[merge_pick])]
     _wire(tab, ctx)
     return tab
 
@@ -102,15 +108,14 @@ def build(ctx) -> ShareTab:
 def _wire(tab: ShareTab, ctx) -> None:
     inputs = [ctx.run_name, *tab.fields.values()]
     outputs = [tab.status, tab.links, tab.pick]
-    tab.dry_run.click(stage_only, inputs=inputs, outputs=outputs)
-    tab.push.click(push, inputs=inputs, outputs=outputs)
-    tab.pick.change(card_preview, inputs=[ctx.run_name, tab.pick], outputs=[tab.card])
-    ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=[tab.links, tab.pick])
-    ctx.run_name.change(who_text, outputs=[tab.who])  # also fires when the page load restores the run
-    tab.merge.click(start_merge, inputs=[ctx.run_name, tab.merge_pick], outputs=[tab.panel.status],
-                    api_name="start_merge")
-    wire_job_panel(tab.panel, ctx.run_name, "merge")
-    ctx.run_name.change(merge_choices, inputs=[ctx.run_name], outputs=[tab.merge_pick])
+    tab.dry_run.click(stage_only, inputs=inputs, outputs=outputs, api_name="dry_run")
+    tab.push.click(push, inputs=inputs, outputs=outputs, api_name="push")
+    tab.pick.change(View(card_preview, [tab.card]).handler(), inputs=[ctx.run_name, tab.pick], outputs=[tab.card],
+                    **internal())
+    chain(ctx.run_name.change, ctx.run_name, tab.views)
+    ctx.run_name.change(who_text, outputs=[tab.who], **internal())  # also fires when the page load restores the run
+    wire_job_panel(tab.panel, ctx.run_name, "merge", tab.views)
+    wire_start(tab.panel, tab.merge, start_merge, [ctx.run_name, tab.merge_pick], "start_merge")
 
 
 def _who_text(token: str | None, on_space: bool) -> str:
@@ -160,7 +165,7 @@ def _staged_text(out: dict) -> str:
     lines = [f"Dry run: **{len(out['repos'])}** repos staged, nothing uploaded. They would go to:"]
     for r in out["repos"]:
         lines.append(f"- {r['kind']} `{r['repo_id']}` ({'private' if r['private'] else 'public'}): "
-                     f"{len(r['files'])} files in `{r['folder']}`")
+                     f"{len(r['files'])} files in the run's `hub/{Path(r['folder']).name}/`")
     if out["namespace"] == hub.PLACEHOLDER_NAMESPACE:
         lines.append(f"\nGive a namespace to have final links in the cards (`{hub.PLACEHOLDER_NAMESPACE}` for now).")
     return "\n".join(lines)
@@ -181,10 +186,10 @@ def start_merge(run_name, adapter):
     return start_job(run_name, "merge", cfg.to_argv(), f"Merging {cfg.adapter}")
 
 
-def merge_choices(run_name: str | None):
-    """The run's finished adapters, the first picked."""
+def merge_choices(run_name: str | None, picked: str | None = None):
+    """The run's finished adapters; the pick kept while it is still there, else the first."""
     names = Run.open(run_name).adapters() if run_name else []
-    return gr.update(choices=names, value=names[0] if names else None)
+    return gr.update(choices=names, value=picked if picked in names else (names[0] if names else None))
 
 
 def render_links(run: Run) -> str:
@@ -197,12 +202,14 @@ def render_links(run: Run) -> str:
     return "| kind | repo | visibility | pushed |\n|---|---|---|---|\n" + "\n".join(rows)
 
 
-def refresh(run_name: str | None):
+def refresh(run_name: str | None, picked: str | None = None):
+    """The links pushed so far and the staged repos to preview (the pick kept while it is still staged)."""
     if not run_name:
         return "", gr.update(choices=[], value=None)
     run = Run.open(run_name)
     names = hub.staged(run)
-    return render_links(run), gr.update(choices=names, value=names[0] if names else None)
+    return render_links(run), gr.update(choices=names, value=picked if picked in names else
+                                        (names[0] if names else None))
 
 
 def card_preview(run_name: str | None, name: str | None) -> str:

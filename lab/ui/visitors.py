@@ -33,11 +33,13 @@ from gradio.context import LocalContext
 from lab import hosting
 from lab.errors import LabError
 from lab.store import list_runs, read_only, runs_root
+from lab.ui.wording import say
 
 STORAGE_KEY = "preference-lab-visitor"
 SECRET_ENV = "LAB_BROWSER_SECRET"
 ID_SHAPE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _SESSIONS: dict[str, str] = {}  # session hash -> the browser id its page sent on load
+MAX_SESSIONS = 10_000
 NO_SUCH_RUN = ("No such run {name!r} among yours. Run names are shared on this app: to start a new run, type a "
                "name nobody uses yet.")
 
@@ -82,16 +84,35 @@ def current_visitor() -> hosting.Visitor | None:
     return hosting.Visitor.of(_oauth_user(request), _SESSIONS.get(getattr(request, "session_hash", None) or ""))
 
 
+def requester() -> tuple[str | None, str | None]:
+    """(the visitor's key, a hash of their network address) for the request being handled: what the job queue
+    counts per visitor and per address (lab.jobs.check_queue). The address is the first X-Forwarded-For hop (a
+    Space's proxy sets it), else the connection's."""
+    request = LocalContext.request.get(None)
+    visitor = current_visitor()
+    if request is None:
+        return (visitor.primary if visitor else None), None
+    headers = getattr(request, "headers", None) or {}
+    forwarded = (headers.get("x-forwarded-for") or "").split(",")[0].strip()
+    host = forwarded or getattr(getattr(request, "client", None), "host", "") or ""
+    where = hosting.visitor_key("address", host) if host else None
+    return (visitor.primary if visitor else None), where
+
+
 def arrive(saved_id: str | None, saved_run: str | None, request: gr.Request):
     """Page load: [the visitor's browser id (made on the first visit), the run picker: their runs, the run they
-    had open if it is still theirs]."""
+    had open if it is still theirs]. Without one to restore the picker's value is left alone: this event may land
+    after the visitor has typed a name, which it must not wipe."""
     if not hosting.hosted():
-        return saved_id, gr.update(choices=list_runs(), value=saved_run)
+        runs = list_runs()
+        return saved_id, gr.update(choices=runs, **({"value": saved_run} if saved_run in runs else {}))
     vid = saved_id if isinstance(saved_id, str) and ID_SHAPE.match(saved_id) else secrets.token_urlsafe(24)
     if request is not None and request.session_hash:
         _SESSIONS[request.session_hash] = vid
+        while len(_SESSIONS) > MAX_SESSIONS:  # pages never closed (a bare client calling /arrive in a loop)
+            _SESSIONS.pop(next(iter(_SESSIONS)))
     runs = hosting.visible_runs(hosting.Visitor.of(_oauth_user(request), vid))
-    return vid, gr.update(choices=runs, value=saved_run if saved_run in runs else None)
+    return vid, gr.update(choices=runs, **({"value": saved_run} if saved_run in runs else {}))
 
 
 def leave(request: gr.Request) -> None:
@@ -120,7 +141,7 @@ def _call(fn, args, kwargs):
     try:
         return fn(*args, **kwargs)
     except LabError as e:  # e.g. a write into a read-only run from code that does not turn errors into messages
-        raise gr.Error(str(e)) from e
+        raise gr.Error(say(e)) from e
 
 
 def guard(fn, at: int, is_action: bool, n_outputs: int):
