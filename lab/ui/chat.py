@@ -8,7 +8,7 @@ visitor gate (lab.ui.visitors) lets a visitor chat with their own runs and the s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
@@ -18,6 +18,8 @@ from lab.chat import ChatConfig, chat_stream, plain_messages
 from lab.errors import LabError
 from lab.store import Run
 from lab.ui import forms
+from lab.ui.views import View, chain, internal
+from lab.ui.wording import say
 
 NO_PANE = ""  # the right pane switched off (BASE is the plain model; an adapter may not be called "base")
 FORM = ["model", "system", "temperature", "top_p", "max_new_tokens", "seed"]  # the order `chat` reads them in
@@ -33,6 +35,7 @@ class ChatTab:
     message: gr.Textbox
     send: gr.Button
     clear: gr.Button
+    views: list = field(default_factory=list)  # lab.ui.views.View: the panes' choices, re-read on every change
 
 
 def _settings_inputs() -> dict:
@@ -70,6 +73,7 @@ def build(ctx) -> ChatTab:
         send = gr.Button("Send", variant="primary", scale=1)
         clear = gr.Button("Clear", scale=0, min_width=80)
     tab = ChatTab(left, right, fields, chat_left, chat_right, message, send, clear)
+    tab.views = [View(pane_choices, [left, right], inputs=[left, right])]
     _wire(tab, ctx)
     return tab
 
@@ -78,25 +82,27 @@ def _wire(tab: ChatTab, ctx) -> None:
     inputs = [ctx.run_name, tab.left, tab.right, tab.message, tab.chat_left, tab.chat_right, *tab.fields.values()]
     outputs = [tab.chat_left, tab.chat_right, tab.message]
     tab.send.click(chat, inputs=inputs, outputs=outputs, api_name="chat", concurrency_id="chat")
-    tab.message.submit(chat, inputs=inputs, outputs=outputs, api_visibility="private", concurrency_id="chat")
-    tab.clear.click(lambda: ([], [], ""), outputs=outputs, api_visibility="private")
-    tab.left.change(lambda name: gr.update(label=_title(name)), tab.left, tab.chat_left, api_visibility="private")
+    tab.message.submit(chat, inputs=inputs, outputs=outputs, concurrency_id="chat", **internal())
+    tab.clear.click(lambda: ([], [], ""), outputs=outputs, **internal())
+    tab.left.change(lambda name: gr.update(label=_title(name)), tab.left, tab.chat_left, **internal())
     tab.right.change(lambda name: gr.update(label=_title(name), visible=name != NO_PANE), tab.right, tab.chat_right,
-                     api_visibility="private")
-    ctx.run_name.change(pane_choices, inputs=[ctx.run_name], outputs=[tab.left, tab.right])
+                     **internal())
+    chain(ctx.run_name.change, ctx.run_name, tab.views)
 
 
 def _title(pane: str | None) -> str:
     return "base model" if not pane or pane == BASE else f"adapter {pane}"
 
 
-def pane_choices(run_name: str | None):
-    """[left, right]: the base model and the run's finished adapters (the right pane may be off)."""
+def pane_choices(run_name: str | None, left: str | None = None, right: str | None = None):
+    """[left, right]: the base model and the run's finished adapters (the right pane may be off); what is picked
+    stays picked while it is still there."""
     run = _run(run_name)
     adapters = run.adapters() if run else []
     both = [("base model", BASE), *((f"adapter {a}", a) for a in adapters)]
-    return gr.update(choices=both, value=BASE), gr.update(choices=[("(one pane only)", NO_PANE), *both],
-                                                          value=NO_PANE)
+    keep = {BASE, *adapters}
+    return (gr.update(choices=both, value=left if left in keep else BASE),
+            gr.update(choices=[("(one pane only)", NO_PANE), *both], value=right if right in keep else NO_PANE))
 
 
 def _run(run_name: str | None) -> Run | None:
@@ -118,7 +124,7 @@ def chat(run_name, left, right, message, history_left, history_right, *values):
         cfg = ChatConfig.from_form(dict(zip(FORM, values))).validate()
         hosting.check_chat(run, cfg, tuple(panes))
     except LabError as e:
-        raise gr.Error(str(e)) from e
+        raise gr.Error(hosting.public_text(say(e))) from e
     histories = [plain_messages(history_left), plain_messages(history_right)][:len(panes)]
     shown = [h + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}] for h in histories]
     yield _views(shown, history_right, "")
@@ -128,7 +134,7 @@ def chat(run_name, left, right, message, history_left, history_right, *values):
                 view[-1]["content"] = reply
             yield _views(shown, history_right, "")
     except LabError as e:
-        raise gr.Error(str(e)) from e
+        raise gr.Error(hosting.public_text(say(e))) from e
 
 
 def _views(shown: list[list[dict]], right_before, message: str):
@@ -136,7 +142,3 @@ def _views(shown: list[list[dict]], right_before, message: str):
     right = shown[1] if len(shown) > 1 else (right_before or [])
     return [list(shown[0]), list(right), message]
 
-
-def on_show(tab: ChatTab, ctx, shown: gr.Tab) -> None:
-    """Adapters trained since the run was picked can be talked to when the tab is opened."""
-    shown.select(pane_choices, inputs=[ctx.run_name], outputs=[tab.left, tab.right])

@@ -237,7 +237,3 @@ def render_markdown(text: str) -> str:
 
     return MarkdownIt("commonmark", {"html": False}).enable("table").disable("image").render(text)
 
-
-def on_show(tab: ShareTab, ctx, shown: gr.Tab) -> None:
-    """Adapters trained since the run was picked can be merged when the tab is opened."""
-    shown.select(merge_choices, inputs=[ctx.run_name], outputs=[tab.merge_pick])
