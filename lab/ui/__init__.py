@@ -19,7 +19,7 @@ from lab import jobs, limits
 from lab.errors import LabError
 from lab.store import validate_run_name
 from lab.ui import views, visitors
-from lab.ui.style import CSS
+from lab.ui.style import CSS, HEAD
 from lab.ui.wording import say
 
 TABS: list[tuple[str, str]] = [
@@ -109,4 +109,4 @@ def launch_kwargs() -> dict:
     """Styling passed to launch() (gradio 6 takes css/theme there), and the owner's upload cap (lab.limits): Gradio
     refuses a bigger upload before it reaches a handler."""
     limit = limits.upload_limit_bytes()
-    return {"css": CSS, "theme": gr.themes.Soft(), **({"max_file_size": limit} if limit else {})}
+    return {"css": CSS, "head": HEAD, "theme": gr.themes.Soft(), **({"max_file_size": limit} if limit else {})}
