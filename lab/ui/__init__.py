@@ -89,7 +89,9 @@ def build_app() -> gr.Blocks:
                 timers.append(getattr(getattr(holder, "panel", None), "timer", None))
         _poll_only_the_shown_tab(tabs, timers)
         app.load(visitors.arrive, inputs=[ctx.visitor, ctx.remembered], outputs=[ctx.visitor, ctx.run_name],
-                 **views.internal("arrive"))  # an API client on a hosted app calls it first (README)
+                 **views.internal("arrive")) \
+            .then(_remember, inputs=ctx.run_name, outputs=ctx.remembered, **views.internal())  # typed before it
+        # an API client on a hosted app calls /arrive first (README)
         app.unload(visitors.leave)
     visitors.install(app, ctx.run_name)
     jobs.start_pumping()  # queued jobs start here, one at a time (lab.jobs)

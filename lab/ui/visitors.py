@@ -38,6 +38,7 @@ SECRET_ENV = "LAB_BROWSER_SECRET"
 ID_SHAPE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _SESSIONS: dict[str, str] = {}  # session hash -> the browser id its page sent on load
 MAX_SESSIONS = 10_000
+STILL_LOADING = "The page is still loading: try again in a moment."
 NO_SUCH_RUN = ("No such run {name!r} among yours. Run names are shared on this app: to start a new run, type a "
                "name nobody uses yet.")
 
@@ -142,14 +143,20 @@ def _call(fn, args, kwargs):
         raise gr.Error(say(e)) from e
 
 
-def guard(fn, at: int, is_action: bool, n_outputs: int):
-    """fn with the visitor's access to the run name at args[at] checked first (see the module docstring)."""
+def guard(fn, at: int, is_action: bool, n_outputs: int, clicked: bool = False):
+    """fn with the visitor's access to the run name at args[at] checked first (see the module docstring). Before
+    the page's load event (arrive) has told who this session is, a click is refused with STILL_LOADING and
+    anything else is skipped (a name typed meanwhile is remembered once arrive lands: lab.ui.build_app)."""
     @functools.wraps(fn)
     def gated(*args, **kwargs):
         name = str(args[at] or "").strip() if len(args) > at else ""
         if not name or not hosting.hosted():
             return fn(*args, **kwargs)
         visitor = current_visitor()
+        if visitor is None:
+            if clicked:
+                raise gr.Error(STILL_LOADING)
+            return _skips(n_outputs)
         rights = hosting.access(name, visitor)
         if rights == "own":
             return _call(fn, args, kwargs)
@@ -179,6 +186,6 @@ def install(app: gr.Blocks, run_name: gr.Component) -> int:
             raise TypeError(f"{block_fn.name}: the visitor gate wraps plain functions only")
         clicked = any(event == "click" for _, event in block_fn.targets)
         block_fn.fn = guard(block_fn.fn, at, clicked or getattr(block_fn.fn, "lab_action", False),
-                            len(block_fn.outputs))
+                            len(block_fn.outputs), clicked)
         n += 1
     return n
