@@ -84,8 +84,9 @@ def resolve_adapters(run: Run, names: str) -> dict[str, Path]:
     if not wanted:
         wanted = run.adapters()
         if not wanted:
-            raise LabError(f"Run {run.name} has no adapters yet: train one first (the Train tab, or `python -m lab "
-                           f"train --run {run.name} ...`).")
+            raise LabError(f"Run {run.name} has no adapters yet: train one first (`python -m lab train --run "
+                           f"{run.name} ...`).", ui=f"Run {run.name} has no adapters yet: train one first in the "
+                           "Train tab.")
     out = {}
     for name in wanted:
         validate_run_name(name, "adapter name")

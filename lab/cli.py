@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         close_bars()
         msg = redact_userinfo(str(e))  # a URL's user:password never reaches the terminal, the job log or exit.json
         print(f"error: {msg}", file=sys.stderr)
-        report_exit(2, "failed", msg)
+        report_exit(2, "failed", msg, redact_userinfo(e.ui) if e.ui else None)
         return 2
     except (Stopped, KeyboardInterrupt) as e:
         close_bars()

@@ -123,7 +123,9 @@ def plan(run: Run, cfg: PushConfig) -> list[Item]:
         items = [i for i in items if i.source in only or i.name in only]
     if not items:
         raise LabError(f"Nothing to push in {run.path}: build pairs (`python -m lab pairs`) or train an adapter "
-                       "first" + (f", or check --only {cfg.only!r}" if only else "") + ".")
+                       "first" + (f", or check --only {cfg.only!r}" if only else "") + ".",
+                       ui=f"Nothing to push in run {run.name}: build pairs (PairRM tab, Build pairs) or train an "
+                       "adapter (Train tab) first" + (f", or check “Only these” ({cfg.only})" if only else "") + ".")
     for item in items:
         check_repo_name(item.name)
     return items
@@ -246,7 +248,8 @@ def stage_dataset(item: Item, folder: Path, namespace: str, raw: dict[str, list[
     pairs = paths.data(read_jsonl(item.run.pairs_file(item.source)))
     if not pairs:
         raise LabError(f"{item.run.pairs_file(item.source)} holds no pairs: rebuild it with `python -m lab pairs` "
-                       f"or leave it out with --only.")
+                       f"or leave it out with --only.", ui=f"{item.run.pairs_file(item.source).name} holds no pairs: "
+                       "rebuild it (PairRM tab, Build pairs) or leave it out with “Only these”.")
     raw = paths.data(raw)
     rows = {"default": write_parquet(pairs, folder / "data" / SHARD)}
     for kind, records in raw.items():

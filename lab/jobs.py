@@ -6,8 +6,9 @@ state on disk so that a page reload, or a restarted app, finds it again:
     runs/<run>/jobs/job.json       {"ticket", "argv", "label", "queued"} while it waits; + "pid", "started" once it runs
     runs/<run>/jobs/progress.json  written by lab.progress.Progress in the child
     runs/<run>/jobs/log.txt        the child's stdout and stderr
-    runs/<run>/jobs/exit.json      {"returncode", "state", "error"}, written by the child as it ends (or by the app
-                                   for a job cancelled, or dropped, before it ran)
+    runs/<run>/jobs/exit.json      {"returncode", "state", "error", "ui_error"}, written by the child as it ends (or
+                                   by the app for a job cancelled, or dropped, before it ran); "error" is the message
+                                   for a terminal, "ui_error" the same in the app's words (lab.errors) or null
 
 One job runs per machine at a time (models fill memory): `<runs root>/.active-job` names the run that has it. Jobs
 started meanwhile wait in a first-come queue, one file per job:
@@ -323,11 +324,12 @@ def _kill_if_alive(run: Run, pid: int) -> None:
                                                  "error": "Killed after it did not stop in time."})
 
 
-def report_exit(returncode: int, state: str, error: str | None = None) -> None:
+def report_exit(returncode: int, state: str, error: str | None = None, ui_error: str | None = None) -> None:
     """Called by the CLI in a job child as it ends (no-op outside a job)."""
     jobs = os.environ.get("LAB_JOB_DIR")
     if jobs:
-        atomic_write_json(Path(jobs) / JOB_FILES["exit"], {"returncode": returncode, "state": state, "error": error})
+        atomic_write_json(Path(jobs) / JOB_FILES["exit"], {"returncode": returncode, "state": state, "error": error,
+                                                           "ui_error": ui_error})
 
 
 def wait(run: Run, timeout_s: float = 600.0, poll_s: float = 0.2) -> dict:

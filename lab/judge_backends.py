@@ -119,8 +119,10 @@ def resolve_key(kind: str, base_url: str = "", api_key: str | None = None, key_e
     if base_url and not _same_url(base_url, owner_url(kind)):
         raise LabError(f"The base URL {redact_userinfo(base_url)} is not the {kind} URL this machine's "
                        f"{KEY_ENV[kind]} is set for, so that key is not sent there: give your own key for that "
-                       "server (the API key box in the app; on the command line --api-key-env NAME of the variable "
-                       f"that holds it), or leave the base URL empty.")
+                       "server (--api-key-env NAME of the variable that holds it), or leave the base URL empty.",
+                       ui=f"The base URL {redact_userinfo(base_url)} is not the {kind} URL this app's "
+                       f"{KEY_ENV[kind]} is set for, so that key is not sent there: type your own key for that "
+                       "server in the API key box, or leave the base URL empty.")
     return key, url, f"${KEY_ENV[kind]}"
 
 
@@ -244,18 +246,23 @@ class ApiBackend:
         without a word looks like a hang, so the run stops and says when to come back."""
         until = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(time.time() + seconds))
         span = f"{seconds / 3600:.1f} hours" if seconds >= 3600 else f"{seconds / 60:.0f} minutes"
-        return LabError(f"{self.kind} at {self.url} asked to wait {seconds:.0f} s before the next request "
-                        f"(Retry-After: {span}, until about {until}), more than the {self.max_retry_after_s:.0f} s "
-                        "this run waits (lab judge --max-retry-after-s). Everything judged so far is saved: rerun "
-                        "the same command after that time to go on from there.")
+        asked = (f"{self.kind} at {self.url} asked to wait {seconds:.0f} s before the next request "
+                 f"(Retry-After: {span}, until about {until}), more than the {self.max_retry_after_s:.0f} s this run "
+                 "waits")
+        return LabError(f"{asked} (lab judge --max-retry-after-s). Everything judged so far is saved: rerun the same "
+                        "command after that time to go on from there.",
+                        ui=f"{asked}. Everything judged so far is saved: start it again after that time to go on "
+                        "from there.")
 
     def _gave_up(self, err: Exception | None) -> LabError:
         status = getattr(err, "status_code", None)
         what = {429: "kept answering 429 (rate limited)", None: "gave no answer in time"}.get(
             status, f"kept failing (HTTP {status})")
         hint = "lower --rpm or --concurrency, or wait" if status == 429 else "try again later or raise --timeout-s"
-        return LabError(f"{self.kind} at {redact_userinfo(self.url)} {what} after {self.max_retries + 1} tries: "
-                        f"{hint}. Every judgment finished so far is saved; rerun the same command to resume.")
+        ui = "lower the requests per minute or concurrent requests, or wait" if status == 429 else "try again later"
+        head = f"{self.kind} at {redact_userinfo(self.url)} {what} after {self.max_retries + 1} tries"
+        return LabError(f"{head}: {hint}. Every judgment finished so far is saved; rerun the same command to resume.",
+                        ui=f"{head}: {ui}. Every judgment finished so far is saved; start it again to resume.")
 
     def _scrub(self, text: str) -> str:
         return redact_userinfo(text.replace(self.api_key, "***") if self.api_key else text)

@@ -349,7 +349,8 @@ class Run:
         run = cls(runs_root() / validate_run_name(str(name).strip()))
         if not create and not run.path.is_dir():
             raise LabError(f"No run named '{run.name}' under the runs root: start one with "
-                           f"`python -m lab sample --run {run.name} ...` (or the Sample tab).")
+                           f"`python -m lab sample --run {run.name} ...`.", ui=f"No run named '{run.name}' yet: "
+                           "start it in the Sample tab (or pick another run at the top).")
         return run
 
     @property
@@ -452,9 +453,10 @@ class Run:
     def _busy(self, stage: str, f) -> LabError:
         f.seek(0)
         pid = f.read().strip()
-        return LabError(f"{stage} is already running on run '{self.name}'" + (f" (process {pid})" if pid else "") +
-                        ": wait for it to finish or stop it (the app's Stop button, or Ctrl-C in its terminal), "
-                        "then run this again.")
+        head = f"{stage} is already running on run '{self.name}'" + (f" (process {pid})" if pid else "")
+        return LabError(f"{head}: wait for it to finish or stop it (the app's Stop button, or Ctrl-C in its "
+                        "terminal), then run this again.", ui=f"{head}: wait for it to finish or stop it (the "
+                        "Stop button of its tab, or Ctrl-C where it was started), then start it again.")
 
     def read(self, kind: str) -> list[dict]:
         return read_jsonl(self.file(kind))

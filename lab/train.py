@@ -471,6 +471,7 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
     config = TrainConfig(**{k: identity[k] for k in TrainConfig.__dataclass_fields__ if k != "init_adapter"},
                          init_adapter=init or "")
     spec = identity["model"]
+    progress.loading(f"model {spec}")
     model, tok, device = load_policy(spec, config, init)
     if init is None:  # a continued adapter keeps its own layers (TRL gets no LoraConfig then)
         check_target_modules(model, config, spec)

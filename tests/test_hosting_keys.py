@@ -160,7 +160,7 @@ def test_the_app_on_a_space_never_sends_the_owners_key_to_a_visitors_server(run,
     add_samples(run, n=2, k=3)
     app, client = start_app(runs_dir, owner)
     try:
-        with pytest.raises(AppError, match="give your own key"):  # refused before any job starts
+        with pytest.raises(AppError, match="type your own key for that server"):  # refused before any job starts
             judge_via_api(client, visitor.url + "/v1", "")
         assert jobs.status(run)["state"] == "none"
         assert "started" in judge_via_api(client, visitor.url + "/v1", VISITOR)
@@ -206,7 +206,7 @@ def test_the_apps_compare_and_iterate_jobs_use_the_visitors_key_alone(run, runs_
             seen, owner.auth_headers = list(owner.auth_headers), []
             assert seen and set(seen) == {f"Bearer {VISITOR if key else OWNER}"}, key
             compare_values["seed"] += 1  # new completions: new judge calls
-        client.predict("t", *[iterate_values[f] for f in iterate_tab.FORM], VISITOR, api_name="/start_iterating")
+        client.predict("t", *[iterate_values[f] for f in iterate_tab.FORM], VISITOR, api_name="/start_iterate")
         assert jobs.wait(run, timeout_s=300)["state"] == "done", jobs.status(run).get("log_tail")
     finally:
         app.close()

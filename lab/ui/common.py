@@ -17,9 +17,12 @@ import gradio as gr
 from lab import hosting, jobs, limits
 from lab.ui import visitors
 from lab.cli import BY_NAME, build_parser, load
-from lab.errors import LabError
+from lab.errors import LabError, ui_text
+from lab.instructions import load_instructions
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
 from lab.store import URL_USERINFO, Run
+from lab.ui.views import View, internal
+from lab.ui.wording import page_text, say, stage_of
 
 POLL_S = 1.0
 
@@ -33,6 +36,7 @@ class JobPanel:
     stop: gr.Button
     log: gr.Code
     timer: gr.Timer
+    poll: Callable | None = None  # poll(event) chains a poll after the event (wire_job_panel sets it)
 
 
 def open_run(name: str | None, create: bool = True) -> Run:
@@ -41,22 +45,33 @@ def open_run(name: str | None, create: bool = True) -> Run:
     try:
         return Run.open(str(name).strip(), create=create)
     except LabError as e:
-        raise gr.Error(str(e)) from e
+        raise gr.Error(say(e)) from e
 
 
 def progress_html(st: dict) -> str:
-    """A plain HTML progress bar with the job's description, counts and ETA."""
-    p = st.get("progress") or {}
+    """A plain HTML progress bar with the job's phase, counts, tokens and ETA (lab.progress's file)."""
+    p, state = st.get("progress") or {}, st.get("state", "none")
     done, total = p.get("done", 0), p.get("total") or 0
-    frac = done / total if total else (1.0 if st.get("state") == "done" else 0.0)
-    eta = p.get("eta_s")
-    eta_txt = f" · about {eta / 60:.1f} min left" if eta and st.get("state") == "running" else ""
-    label = html.escape(f"{p.get('desc') or st.get('label', '')}: {done}/{total}{eta_txt}") if total else ""
-    if st.get("state") == "queued":
-        label = html.escape(f"{st.get('label', 'job')}: {queue_text(st)}")
-    return (f'<div class="lab-progress" data-state="{st.get("state", "none")}">'
+    frac = min((done + (p.get("partial") or 0)) / total, 1.0) if total else (1.0 if state == "done" else 0.0)
+    return (f'<div class="lab-progress" data-state="{state}" data-fill="{frac:.3f}">'
             f'<div class="lab-progress-fill" style="width:{frac * 100:.1f}%"></div>'
-            f'<span>{label}</span></div>')
+            f'<span>{html.escape(progress_label(st))}</span></div>')
+
+
+def progress_label(st: dict) -> str:
+    """"sampling: 3/12 · 412 tokens · about 20 s left"; "loading model bundled…"; "starting…" before either."""
+    p, state = st.get("progress") or {}, st.get("state", "none")
+    if state == "queued":
+        return f"{st.get('label', 'job')}: {queue_text(st)}"
+    if state == "running" and (not p or p.get("loading")):
+        return f"{p.get('desc') or 'starting'}…"
+    if not p.get("total"):
+        return ""
+    tokens = f" · {p['tokens']:,} tokens" if p.get("tokens") else ""
+    eta = p.get("eta_s")
+    left = "" if eta is None or state != "running" else \
+        f" · about {eta:.0f} s left" if eta < 90 else f" · about {eta / 60:.1f} min left"
+    return f"{p.get('desc') or st.get('label', '')}: {p.get('done', 0)}/{p['total']}{tokens}{left}"
 
 
 def ordinal(n: int) -> str:
@@ -80,7 +95,8 @@ def status_text(st: dict) -> str:
         return f"**{label}** is running…"
     if state == "done":
         return f"**{label}** finished."
-    return f"**{label}** {state}: {html.escape(hosting.public_text(st.get('error') or ''))}"
+    error = hosting.public_text(page_text(st.get("ui_error") or st.get("error") or "", (st.get("argv") or [None])[0]))
+    return f"**{label}** {state}: {html.escape(error)}"
 
 
 def job_panel() -> JobPanel:
@@ -94,29 +110,52 @@ def job_panel() -> JobPanel:
     return JobPanel(bar, status, stop, log, gr.Timer(POLL_S, active=False))  # the app activates the shown tab's
 
 
-def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str,
-                   on_done: Callable[[str], list] | None = None, done_outputs: list | None = None) -> None:
-    """Poll the run's job each tick. The tab's results are refreshed via on_done(run_name) only when something
-    changed (another run picked, a job of `stage` started or ended), not every second: re-reading a run's files
-    each tick is wasted work, and re-sending a dropdown's choices would close it under the user's cursor."""
-    extra = done_outputs or []
-    seen = gr.State(None)
+def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: list[View] | tuple = ()) -> None:
+    """Poll the run's job each tick (`job_<stage>`: run name -> bar, status, log), then re-read the tab's result
+    views (lab.ui.views) when something changed (another run picked, a job of `stage` queued, started or ended)
+    or, for a live view, while it runs. Not every second for the rest: re-reading a run's files each tick is wasted
+    work, and re-sending a dropdown's choices would close it under the user's cursor."""
+    seen, news = gr.State(None), gr.State({})  # the job's last key; what this tick found (for the views)
 
     def poll(name: str, last):
         st = _job_of(name, stage)
         key = [name, st.get("state"), st.get("started") or st.get("queued"), st.get("position")]
-        if key == last and st.get("state") != "running":
-            return [gr.skip()] * (3 + len(extra)) + [last]
-        updates = [progress_html(st), status_text(st), hosting.public_text(st.get("log_tail", ""))]
-        if on_done is not None:
-            ended = st.get("state") not in ("running", "queued") and name
-            updates += on_done(name) if ended else [gr.skip()] * len(extra)
-        return [*updates, key]
+        found = {"changed": key != last, "running": st.get("state") == "running"}
+        if not found["changed"] and not found["running"]:
+            return [gr.skip()] * 3 + [last, found]
+        return [progress_html(st), status_text(st), hosting.public_text(st.get("log_tail", "")), key, found]
 
-    panel.timer.tick(poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, *extra, seen],
-                     show_progress="hidden", api_name=f"job_{stage}")
+    def refresh(name: str, found: dict, *values):
+        updates, at = [], 0
+        for v in views:
+            fresh = found.get("changed") or (v.live and found.get("running"))
+            updates += v.read(name, *values[at:at + len(v.inputs)]) if fresh else [gr.skip()] * len(v.outputs)
+            at += len(v.inputs)
+        return updates
+
+    panel_io = dict(fn=poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, seen, news])
+    views_io = dict(fn=refresh, inputs=[run_name, news, *(c for v in views for c in v.inputs)],
+                    outputs=[c for v in views for c in v.outputs], **internal())
+
+    def chained(dep):
+        dep = dep.then(**panel_io, **internal())
+        return dep.then(**views_io) if views else dep
+
+    tick = panel.timer.tick(**panel_io, **internal(f"job_{stage}"))
+    if views:
+        tick.then(**views_io)
+    panel.poll = chained
     panel.stop.click(lambda name: _stop(name, stage), inputs=[run_name], outputs=[panel.status],
                      api_name=f"stop_{stage}")
+
+
+def wire_start(panel: JobPanel, button: gr.Button, fn: Callable, inputs: list, api_name: str):
+    """The tab's start button: fn(*inputs) -> status text, under the API name of this action; the panel is polled
+    at once after it, so the bar never shows the previous job's count while the new one starts."""
+    dep = button.click(fn, inputs=inputs, outputs=[panel.status], api_name=api_name)
+    if panel.poll is not None:
+        panel.poll(dep)
+    return dep
 
 
 def _job_of(name: str | None, stage: str) -> dict:
@@ -179,6 +218,7 @@ def upload_into(run: Run, upload: str, kind: str = "instructions") -> Iterator[P
     before = dest.read_bytes() if dest.exists() else None
     checked(run.save_upload, upload, kind)
     try:
+        check_instruction_file(dest, Path(upload).name)
         yield dest
     except BaseException:
         if before is None:
@@ -188,6 +228,15 @@ def upload_into(run: Run, upload: str, kind: str = "instructions") -> Iterator[P
         else:
             dest.write_bytes(before)
         raise
+
+
+def check_instruction_file(path: Path, shown_as: str) -> None:
+    """Read an uploaded instruction file now (the job would only find a fault later, in its log), and name it in
+    the message as the user knows it (`shown_as`, their file's name), not as the server's copy in the run."""
+    try:
+        load_instructions(str(path))
+    except LabError as e:
+        raise gr.Error(page_text(ui_text(e).replace(str(path), shown_as))) from None
 
 
 def api_key_box(visible: bool = True) -> gr.Textbox:
@@ -216,18 +265,9 @@ def check_base_url(url: str) -> str:
 
 
 def checked(fn: Callable, *args, **kwargs):
-    """Call a core function, turning its LabError into a message in the page."""
+    """Call a core function, turning its LabError into a message in the page (a settings' validate() names its
+    flags by the labels of that stage's inputs)."""
     try:
         return fn(*args, **kwargs)
     except LabError as e:
-        raise gr.Error(hosting.public_text(str(e))) from e
-
-
-CSS = """
-.lab-progress { position: relative; height: 1.6rem; border-radius: 6px; background: var(--block-background-fill);
-  border: 1px solid var(--border-color-primary); overflow: hidden; }
-.lab-progress-fill { position: absolute; inset: 0 auto 0 0; background: var(--color-accent); opacity: .35; transition: width .4s; }
-.lab-progress span { position: relative; padding-left: .6rem; line-height: 1.6rem; font-size: .9rem; }
-.lab-response { border-left: 3px solid var(--color-accent); padding-left: .6rem; margin-bottom: .8rem; }
-@media (max-width: 640px) { .gradio-container { padding: 4px !important; } }
-"""
+        raise gr.Error(hosting.public_text(say(e, stage_of(getattr(fn, "__self__", None))))) from e

@@ -9,7 +9,8 @@ Hub) and the page says where the token comes from. The page never shows a token.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 from gradio.utils import get_space
@@ -20,6 +21,7 @@ from lab.limits import on_space
 from lab.progress import Progress
 from lab.store import Run
 from lab.ui.common import checked, open_run
+from lab.ui.views import View, chain, internal
 
 
 @dataclass
@@ -33,6 +35,7 @@ class ShareTab:
     links: gr.Markdown
     pick: gr.Dropdown
     card: gr.HTML
+    views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
 
 
 class PageProgress(Progress):
@@ -74,9 +77,11 @@ def build(ctx) -> ShareTab:
         push = gr.Button("Push to the Hub", variant="primary")
     status = gr.Markdown()
     links = gr.Markdown()
-    pick = gr.Dropdown(label="Staged repo: card preview", choices=[], interactive=True)
-    card = gr.HTML()
+    with gr.Accordion("Card previews (the README of each staged repo)", open=False):  # a card can be pages long
+        pick = gr.Dropdown(label="Staged repo", choices=[], interactive=True)
+        card = gr.HTML()
     tab = ShareTab(login, who, fields, dry_run, push, status, links, pick, card)
+    tab.views = [View(refresh, [links, pick], inputs=[pick])]
     _wire(tab, ctx)
     return tab
 
@@ -84,11 +89,12 @@ def build(ctx) -> ShareTab:
 def _wire(tab: ShareTab, ctx) -> None:
     inputs = [ctx.run_name, *tab.fields.values()]
     outputs = [tab.status, tab.links, tab.pick]
-    tab.dry_run.click(stage_only, inputs=inputs, outputs=outputs)
-    tab.push.click(push, inputs=inputs, outputs=outputs)
-    tab.pick.change(card_preview, inputs=[ctx.run_name, tab.pick], outputs=[tab.card])
-    ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=[tab.links, tab.pick])
-    ctx.run_name.change(who_text, outputs=[tab.who])  # also fires when the page load restores the run
+    tab.dry_run.click(stage_only, inputs=inputs, outputs=outputs, api_name="dry_run")
+    tab.push.click(push, inputs=inputs, outputs=outputs, api_name="push")
+    tab.pick.change(View(card_preview, [tab.card]).handler(), inputs=[ctx.run_name, tab.pick], outputs=[tab.card],
+                    **internal())
+    chain(ctx.run_name.change, ctx.run_name, tab.views)
+    ctx.run_name.change(who_text, outputs=[tab.who], **internal())  # also fires when the page load restores the run
 
 
 def _who_text(token: str | None, on_space: bool) -> str:
@@ -137,7 +143,7 @@ def _staged_text(out: dict) -> str:
     lines = [f"Dry run: **{len(out['repos'])}** repos staged, nothing uploaded. They would go to:"]
     for r in out["repos"]:
         lines.append(f"- {r['kind']} `{r['repo_id']}` ({'private' if r['private'] else 'public'}): "
-                     f"{len(r['files'])} files in `{r['folder']}`")
+                     f"{len(r['files'])} files in the run's `hub/{Path(r['folder']).name}/`")
     if out["namespace"] == hub.PLACEHOLDER_NAMESPACE:
         lines.append(f"\nGive a namespace to have final links in the cards (`{hub.PLACEHOLDER_NAMESPACE}` for now).")
     return "\n".join(lines)
@@ -158,12 +164,14 @@ def render_links(run: Run) -> str:
     return "| kind | repo | visibility | pushed |\n|---|---|---|---|\n" + "\n".join(rows)
 
 
-def refresh(run_name: str | None):
+def refresh(run_name: str | None, picked: str | None = None):
+    """The links pushed so far and the staged repos to preview (the pick kept while it is still staged)."""
     if not run_name:
         return "", gr.update(choices=[], value=None)
     run = Run.open(run_name)
     names = hub.staged(run)
-    return render_links(run), gr.update(choices=names, value=names[0] if names else None)
+    return render_links(run), gr.update(choices=names, value=picked if picked in names else
+                                        (names[0] if names else None))
 
 
 def card_preview(run_name: str | None, name: str | None) -> str:

@@ -6,7 +6,8 @@ to a running training (the adapter shown is the one the running job trains, else
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -17,7 +18,8 @@ from lab.methods import METHODS
 from lab.store import Run, adapter_file
 from lab.train import TrainConfig, diagnose, precheck
 from lab.ui import forms
-from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel, wire_start
+from lab.ui.views import View, chain, internal, made_with, wire_restore
 
 PLOTS = METHODS["dpo"].plots  # plot title -> metric names drawn on it
 
@@ -34,6 +36,7 @@ class TrainTab:
     summary: gr.Markdown
     warnings: gr.Markdown
     plots: list
+    views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
 
 
 FORM = ["epochs", "max_steps", "lr", "beta", "batch_size", "loss_type", "model", "target_modules", "lora_r",
@@ -86,19 +89,23 @@ def build(ctx) -> TrainTab:
     with gr.Row():
         plots = [gr.LinePlot(x="step", y="value", color="series", title=title, height=260) for title in PLOTS]
     tab = TrainTab(pairs, adapter, init_adapter, fields, start, panel, shown, summary, warnings, plots)
+    picks = [pairs, init_adapter, shown]
+    tab.views = [View(choices, picks, inputs=picks),
+                 View(live_view, [shown, summary, warnings, *plots], inputs=[shown], live=True)]
     _wire(tab, ctx)
     return tab
 
 
 def _wire(tab: TrainTab, ctx) -> None:
-    tab.start.click(start_training, inputs=[ctx.run_name, tab.pairs, tab.adapter, tab.init_adapter,
-                                            *tab.fields.values()], outputs=[tab.panel.status]) \
-        .success(lambda name: gr.update(value=name.strip()), [tab.adapter], [tab.shown])
-    wire_job_panel(tab.panel, ctx.run_name, "train")
+    wire_job_panel(tab.panel, ctx.run_name, "train", tab.views)
+    wire_start(tab.panel, tab.start, start_training, [ctx.run_name, tab.pairs, tab.adapter, tab.init_adapter,
+                                                      *tab.fields.values()], "start_training") \
+        .success(lambda name: gr.update(value=name.strip()), [tab.adapter], [tab.shown], **internal())
     view = [tab.shown, tab.summary, tab.warnings, *tab.plots]
-    tab.panel.timer.tick(live_view, inputs=[ctx.run_name, tab.shown], outputs=view, show_progress="hidden")
-    ctx.run_name.change(choices, inputs=[ctx.run_name], outputs=[tab.pairs, tab.init_adapter, tab.shown])
-    tab.shown.change(live_view, inputs=[ctx.run_name, tab.shown], outputs=view)
+    tab.shown.input(tab.views[1].handler(), inputs=[ctx.run_name, tab.shown], outputs=view, **internal())
+    after = chain(ctx.run_name.change, ctx.run_name, tab.views)
+    wire_restore(after, ctx.run_name, "train", [tab.pairs, tab.adapter, tab.init_adapter, *tab.fields.values()],
+                 lambda cfg: [cfg.pairs, cfg.adapter, cfg.init_adapter, *forms.values_of(cfg, tab.fields)])
 
 
 def start_training(run_name, pairs, adapter, init_adapter, *values):
@@ -118,16 +125,18 @@ def config_from(values: dict) -> TrainConfig:
     return TrainConfig.from_form(values)
 
 
-def choices(run_name: str | None):
-    """Pairs sets, finished adapters (to continue from) and every adapter folder (to show)."""
+def choices(run_name: str | None, pairs: str | None = None, init: str | None = "", shown: str | None = None):
+    """Pairs sets, finished adapters (to continue from) and every adapter folder (to show); what is picked stays
+    picked while it is still there (a typed pairs path too)."""
     if not run_name:
         return gr.update(choices=[]), gr.update(choices=[]), gr.update(choices=[])
     run = Run.open(run_name)
-    sources = run.pair_sources()
-    folders = run.adapter_folders()
-    return (gr.update(choices=sources, value=sources[0] if sources else None),
-            gr.update(choices=[("(none: start from the base model)", ""), *run.adapters()], value=""),
-            gr.update(choices=folders))
+    sources, adapters, folders = run.pair_sources(), run.adapters(), run.adapter_folders()
+    keep_pairs = pairs if pairs and (pairs in sources or "/" in str(pairs)) else (sources[0] if sources else None)
+    return (gr.update(choices=sources, value=keep_pairs),
+            gr.update(choices=[("(none: start from the base model)", ""), *adapters],
+                      value=init if init in adapters else ""),
+            gr.update(choices=folders, value=shown if shown in folders else None))
 
 
 def running_adapter(run: Run) -> str | None:
@@ -155,10 +164,23 @@ def live_view(run_name: str | None, shown: str | None):
 
 
 def frame(metrics: list[dict], keys: tuple[str, ...]) -> pd.DataFrame:
-    """Long format for gr.LinePlot: one row per (step, series); eval points are their own series."""
+    """Long format for gr.LinePlot: one row per (step, series); eval points are their own series. Typed even when
+    empty: a plot first given text columns keeps category axes (and draws no line) when the numbers come."""
     rows = [{"step": m["step"], "value": m[k], "series": k if m["split"] == "train" else f"eval {k}"}
             for m in metrics if m.get("split") in ("train", "eval") for k in keys if k in m]
-    return pd.DataFrame(rows, columns=["step", "value", "series"])
+    return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"step": int, "value": float,
+                                                                            "series": str})
+
+
+MADE_WITH = ["method", "beta", "lr", "epochs", "max_steps", "lora_r", "batch_size"]
+
+
+def made_with_md(state: dict) -> str:
+    """What trained the adapter: its base model, pairs and key settings (from its training.json)."""
+    pairs = Path(str((state.get("pairs") or {}).get("path") or "")).name
+    return made_with(state.get("settings"), "train", MADE_WITH, {"base model": state.get("base_model"),
+                                                                   "pairs": pairs,
+                                                                   "continued from": state.get("init_adapter")})
 
 
 def summary_md(name: str, state: dict, metrics: list[dict]) -> str:
@@ -168,11 +190,8 @@ def summary_md(name: str, state: dict, metrics: list[dict]) -> str:
     last = train[-1]
     tps = f" · {last['tokens_per_s']:.0f} tokens/s" if last.get("tokens_per_s") else ""
     p = state.get("pairs") or {}
+    made = made_with_md(state)
     return (f"**{name}** · {state.get('status', '?')} · step {last['step']}/{last.get('max_steps')} · "
             f"loss {last.get('loss', float('nan')):.4f} · reward accuracy {last.get('rewards/accuracies', 0):.2f}"
-            f"{tps} · {p.get('n_train', '?')} train / {p.get('n_eval', '?')} eval pairs")
-
-
-def on_show(tab: TrainTab, ctx, shown: gr.Tab) -> None:
-    """Pairs built and adapters trained since the run was picked appear when the tab is opened."""
-    shown.select(choices, inputs=[ctx.run_name], outputs=[tab.pairs, tab.init_adapter, tab.shown])
+            f"{tps} · {p.get('n_train', '?')} train / {p.get('n_eval', '?')} eval pairs" +
+            (f"\n\n{made}" if made else ""))

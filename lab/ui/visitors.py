@@ -31,12 +31,14 @@ from gradio.context import LocalContext
 from lab import hosting
 from lab.errors import LabError
 from lab.store import list_runs, read_only, runs_root
+from lab.ui.wording import say
 
 STORAGE_KEY = "preference-lab-visitor"
 SECRET_ENV = "LAB_BROWSER_SECRET"
 ID_SHAPE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _SESSIONS: dict[str, str] = {}  # session hash -> the browser id its page sent on load
 MAX_SESSIONS = 10_000
+STILL_LOADING = "The page is still loading: try again in a moment."
 NO_SUCH_RUN = ("No such run {name!r} among yours. Run names are shared on this app: to start a new run, type a "
                "name nobody uses yet.")
 
@@ -98,16 +100,18 @@ def requester() -> tuple[str | None, str | None]:
 
 def arrive(saved_id: str | None, saved_run: str | None, request: gr.Request):
     """Page load: [the visitor's browser id (made on the first visit), the run picker: their runs, the run they
-    had open if it is still theirs]."""
+    had open if it is still theirs]. Without one to restore the picker's value is left alone: this event may land
+    after the visitor has typed a name, which it must not wipe."""
     if not hosting.hosted():
-        return saved_id, gr.update(choices=list_runs(), value=saved_run)
+        runs = list_runs()
+        return saved_id, gr.update(choices=runs, **({"value": saved_run} if saved_run in runs else {}))
     vid = saved_id if isinstance(saved_id, str) and ID_SHAPE.match(saved_id) else secrets.token_urlsafe(24)
     if request is not None and request.session_hash:
         _SESSIONS[request.session_hash] = vid
         while len(_SESSIONS) > MAX_SESSIONS:  # pages never closed (a bare client calling /arrive in a loop)
             _SESSIONS.pop(next(iter(_SESSIONS)))
     runs = hosting.visible_runs(hosting.Visitor.of(_oauth_user(request), vid))
-    return vid, gr.update(choices=runs, value=saved_run if saved_run in runs else None)
+    return vid, gr.update(choices=runs, **({"value": saved_run} if saved_run in runs else {}))
 
 
 def leave(request: gr.Request) -> None:
@@ -136,17 +140,23 @@ def _call(fn, args, kwargs):
     try:
         return fn(*args, **kwargs)
     except LabError as e:  # e.g. a write into a read-only run from code that does not turn errors into messages
-        raise gr.Error(str(e)) from e
+        raise gr.Error(say(e)) from e
 
 
-def guard(fn, at: int, is_action: bool, n_outputs: int):
-    """fn with the visitor's access to the run name at args[at] checked first (see the module docstring)."""
+def guard(fn, at: int, is_action: bool, n_outputs: int, clicked: bool = False):
+    """fn with the visitor's access to the run name at args[at] checked first (see the module docstring). Before
+    the page's load event (arrive) has told who this session is, a click is refused with STILL_LOADING and
+    anything else is skipped (a name typed meanwhile is remembered once arrive lands: lab.ui.build_app)."""
     @functools.wraps(fn)
     def gated(*args, **kwargs):
         name = str(args[at] or "").strip() if len(args) > at else ""
         if not name or not hosting.hosted():
             return fn(*args, **kwargs)
         visitor = current_visitor()
+        if visitor is None:
+            if clicked:
+                raise gr.Error(STILL_LOADING)
+            return _skips(n_outputs)
         rights = hosting.access(name, visitor)
         if rights == "own":
             return _call(fn, args, kwargs)
@@ -176,6 +186,6 @@ def install(app: gr.Blocks, run_name: gr.Component) -> int:
             raise TypeError(f"{block_fn.name}: the visitor gate wraps plain functions only")
         clicked = any(event == "click" for _, event in block_fn.targets)
         block_fn.fn = guard(block_fn.fn, at, clicked or getattr(block_fn.fn, "lab_action", False),
-                            len(block_fn.outputs))
+                            len(block_fn.outputs), clicked)
         n += 1
     return n
