@@ -133,7 +133,7 @@ new MutationObserver(() => {
 def collect_toasts(context) -> list[str]:
     """Every toast any page of `context` shows from now on (reloads included), as its text."""
     seen: list[str] = []
-    context.expose_function("labToast", seen.append)
+    context.expose_function("labToast", lambda text: seen.append(text))  # a builtin method cannot be exposed
     context.add_init_script(TOAST_WATCH)
     return seen
 

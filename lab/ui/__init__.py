@@ -19,7 +19,7 @@ from lab import jobs, limits
 from lab.errors import LabError
 from lab.store import validate_run_name
 from lab.ui import views, visitors
-from lab.ui.style import CSS
+from lab.ui.style import CSS, HEAD
 from lab.ui.wording import say
 
 TABS: list[tuple[str, str]] = [
@@ -90,7 +90,9 @@ def build_app() -> gr.Blocks:
                 timers.append(getattr(getattr(holder, "panel", None), "timer", None))
         _poll_only_the_shown_tab(tabs, timers)
         app.load(visitors.arrive, inputs=[ctx.visitor, ctx.remembered], outputs=[ctx.visitor, ctx.run_name],
-                 **views.internal("arrive"))  # an API client on a hosted app calls it first (README)
+                 **views.internal("arrive")) \
+            .then(_remember, inputs=ctx.run_name, outputs=ctx.remembered, **views.internal())  # typed before it
+        # an API client on a hosted app calls /arrive first (README)
         app.unload(visitors.leave)
     visitors.install(app, ctx.run_name)
     jobs.start_pumping()  # queued jobs start here, one at a time (lab.jobs)
@@ -110,4 +112,4 @@ def launch_kwargs() -> dict:
     """Styling passed to launch() (gradio 6 takes css/theme there), and the owner's upload cap (lab.limits): Gradio
     refuses a bigger upload before it reaches a handler."""
     limit = limits.upload_limit_bytes()
-    return {"css": CSS, "theme": gr.themes.Soft(), **({"max_file_size": limit} if limit else {})}
+    return {"css": CSS, "head": HEAD, "theme": gr.themes.Soft(), **({"max_file_size": limit} if limit else {})}

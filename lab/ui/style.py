@@ -46,3 +46,9 @@ CSS = """
   .lab-wide-on-phone { min-width: 100% !important; }
 }
 """
+
+# Gradio scopes CSS= under .gradio-container .contain; the page's own side padding (32 px on .main, a parent of
+# .contain) needs a plain <style> in the page head.
+HEAD = """<style>
+@media (max-width: 640px) { .gradio-container .main { padding-left: 6px !important; padding-right: 6px !important; } }
+</style>"""

@@ -40,6 +40,7 @@ SECRET_ENV = "LAB_BROWSER_SECRET"
 ID_SHAPE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _SESSIONS: dict[str, str] = {}  # session hash -> the browser id its page sent on load
 MAX_SESSIONS = 10_000
+STILL_LOADING = "The page is still loading: try again in a moment."
 NO_SUCH_RUN = ("No such run {name!r} among yours. Run names are shared on this app: to start a new run, type a "
                "name nobody uses yet.")
 
@@ -144,28 +145,47 @@ def _call(fn, args, kwargs):
         raise gr.Error(say(e)) from e
 
 
-def guard(fn, at: int, is_action: bool, n_outputs: int):
+def _rights(args: tuple, at: int, is_action: bool, clicked: bool) -> tuple[str, str]:
+    """(how to run the handler, the run name) for the run name at args[at]: "plain" (no gate: no name, or not
+    hosted), "own", "read" (read-only), "claim" (a free name taken for this visitor), "skip" (quietly nothing).
+    Refused actions raise. Before the page's load event (arrive) has told who this session is, a click is refused
+    with STILL_LOADING and anything else skipped (a name typed meanwhile is remembered once arrive lands:
+    lab.ui.build_app)."""
+    name = str(args[at] or "").strip() if len(args) > at else ""
+    if not name or not hosting.hosted():
+        return "plain", name
+    visitor = current_visitor()
+    if visitor is None:
+        if clicked:
+            raise gr.Error(STILL_LOADING)
+        return "skip", name
+    rights = hosting.access(name, visitor)
+    if rights == "own":
+        return "own", name
+    if rights == "shared" or (rights == "new" and not is_action):
+        return "read", name
+    if rights == "new" and hosting.claim(name, visitor):
+        return "claim", name
+    if is_action:
+        raise gr.Error(NO_SUCH_RUN.format(name=name))
+    return "skip", name
+
+
+def guard(fn, at: int, is_action: bool, n_outputs: int, clicked: bool = False):
     """fn with the visitor's access to the run name at args[at] checked first (see the module docstring)."""
     @functools.wraps(fn)
     def gated(*args, **kwargs):
-        name = str(args[at] or "").strip() if len(args) > at else ""
-        if not name or not hosting.hosted():
+        how, name = _rights(args, at, is_action, clicked)
+        if how == "plain":
             return fn(*args, **kwargs)
-        visitor = current_visitor()
-        rights = hosting.access(name, visitor)
-        if rights == "own":
-            return _call(fn, args, kwargs)
-        if rights == "shared" or (rights == "new" and not is_action):
-            with read_only(runs_root() / name):
+        if how == "skip":
+            return _skips(n_outputs)
+        try:
+            with read_only(*((runs_root() / name,) if how == "read" else ())):
                 return _call(fn, args, kwargs)
-        if rights == "new" and hosting.claim(name, visitor):
-            try:
-                return _call(fn, args, kwargs)
-            finally:
+        finally:
+            if how == "claim":
                 hosting.release_if_empty(name)
-        if is_action:
-            raise gr.Error(NO_SUCH_RUN.format(name=name))
-        return _skips(n_outputs)
 
     return gated
 
@@ -182,29 +202,21 @@ def _steps(stream, folders: tuple):
         yield item
 
 
-def guard_stream(fn, at: int, is_action: bool, n_outputs: int):
+def guard_stream(fn, at: int, is_action: bool, n_outputs: int, clicked: bool = False):
     """guard() for a generator handler: the same rights, checked before the first item (see the module docstring)."""
     @functools.wraps(fn)
     def gated(*args, **kwargs):
-        name = str(args[at] or "").strip() if len(args) > at else ""
-        if not name or not hosting.hosted():
+        how, name = _rights(args, at, is_action, clicked)
+        if how == "plain":
             yield from fn(*args, **kwargs)
-            return
-        visitor = current_visitor()
-        rights = hosting.access(name, visitor)
-        if rights == "own":
-            yield from _steps(fn(*args, **kwargs), ())
-        elif rights == "shared" or (rights == "new" and not is_action):
-            yield from _steps(fn(*args, **kwargs), (runs_root() / name,))
-        elif rights == "new" and hosting.claim(name, visitor):
-            try:
-                yield from _steps(fn(*args, **kwargs), ())
-            finally:
-                hosting.release_if_empty(name)
-        elif is_action:
-            raise gr.Error(NO_SUCH_RUN.format(name=name))
-        else:
+        elif how == "skip":
             yield _skips(n_outputs)
+        else:
+            try:
+                yield from _steps(fn(*args, **kwargs), (runs_root() / name,) if how == "read" else ())
+            finally:
+                if how == "claim":
+                    hosting.release_if_empty(name)
 
     return gated
 
@@ -221,6 +233,6 @@ def install(app: gr.Blocks, run_name: gr.Component) -> int:
         wrap = guard_stream if inspect.isgeneratorfunction(block_fn.fn) else guard
         clicked = any(event in ("click", "submit") for _, event in block_fn.targets)
         block_fn.fn = wrap(block_fn.fn, at, clicked or getattr(block_fn.fn, "lab_action", False),
-                           len(block_fn.outputs))
+                           len(block_fn.outputs), clicked)
         n += 1
     return n
