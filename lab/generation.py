@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Callable
 
 from lab import efficiency, models
 from lab.progress import Progress
 
 NUCLEUS_TOP_K = 256  # candidates searched for the top-p nucleus before falling back to a full sort
-
+# Called after every decode step of a batch: (share of the batch's work done, 0..1; tokens generated so far in it).
+# A finished sequence counts whole, a live one by the steps it has taken out of max_new_tokens (an upper bound on
+# what it still needs), so the share only grows. Callers throttle what they do with it (lab.progress does).
+OnStep = Callable[[float, int], None]
 
 
 @dataclass(frozen=True)
@@ -144,22 +148,29 @@ class _Batch:
 
 
 def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[int], dec: Decoding,
-                   gen) -> list[Completion]:
-    """Sample counts[i] completions of prompt i (token ids, already chat-rendered). Returns them prompt by prompt."""
+                   gen, on_step: OnStep | None = None) -> list[Completion]:
+    """Sample counts[i] completions of prompt i (token ids, already chat-rendered). Returns them prompt by prompt.
+    on_step: told the batch's progress after each decode step (see OnStep)."""
     import torch
 
     b = _Batch(cm, prompts, counts)
     eos = torch.tensor(cm.eos_ids, device=cm.device)
     alive = torch.ones(len(b.tokens), dtype=torch.bool, device=cm.device)
+    made, finished = 0, 0
     for step in range(dec.max_new_tokens):
         nxt = sample_next(b.logits, dec, gen)
         stop = torch.isin(nxt, eos) & alive
         for row, tok, is_stop, live in zip(b.rows.tolist(), nxt.tolist(), stop.tolist(), alive.tolist()):
             if live and not is_stop:
                 b.tokens[row].append(tok)
+                made += 1
             elif live:
                 b.finish[row] = "stop"
+                finished += 1
         alive = alive & ~stop
+        if on_step is not None:
+            n = len(b.tokens)
+            on_step((finished + (n - finished) * (step + 1) / dec.max_new_tokens) / n, made)
         if not bool(alive.any()) or step == dec.max_new_tokens - 1:
             break
         if int((~alive).sum()) * 8 >= len(alive):  # prune once 1/8 of the rows are done: a cache copy is not free
@@ -185,12 +196,17 @@ def make_generator(cm: models.ChatModel, seed: int, salt: str):
 def generate(cm: models.ChatModel, prompts: list[str], k: int, dec: Decoding, batch_size: int = 64,
              progress: Progress | None = None) -> list[list[Completion]]:
     """k completions for each prompt (plain text; rendered with the model's chat template). Batched and
-    length-sorted; returns one list per prompt, in the order given. Used by compare and iterate too."""
+    length-sorted; returns one list per prompt, in the order given. Used by compare and iterate too.
+    progress: told the completions done after each batch, and the work inside a batch as it decodes."""
     encoded = [cm.encode_prompt(p) for p in prompts]
     units = [(i, list(range(k))) for i in range(len(prompts))]
     out: list[list[Completion]] = [[] for _ in prompts]
     for batch in plan_batches(units, encoded, batch_size):
-        done = run_units(cm, batch, encoded, dec, salt="|".join(_unit_salt(prompts[i], idx, k) for i, idx in batch))
+        have, rows = sum(len(o) for o in out), sum(len(idx) for _, idx in batch)
+        step = None if progress is None else (
+            lambda share, _tokens: progress.update(have, len(prompts) * k, partial=share * rows))
+        done = run_units(cm, batch, encoded, dec, salt="|".join(_unit_salt(prompts[i], idx, k) for i, idx in batch),
+                         on_step=step)
         for (i, _), comps in zip(batch, done):
             out[i].extend(comps)
         if progress:
@@ -227,13 +243,14 @@ def plan_batches(units: list[tuple[int, list[int]]], encoded, batch_size: int):
         yield batch
 
 
-def run_units(cm, batch, encoded, dec: Decoding, salt: str) -> list[list[Completion]]:
-    """Generate one batch; returns the completions grouped per unit."""
+def run_units(cm, batch, encoded, dec: Decoding, salt: str, on_step: OnStep | None = None) -> list[list[Completion]]:
+    """Generate one batch; returns the completions grouped per unit. on_step: see OnStep."""
     import torch
 
     counts = [len(idx) for _, idx in batch]
     with torch.inference_mode():
-        flat = generate_batch(cm, [encoded[i] for i, _ in batch], counts, dec, make_generator(cm, dec.seed, salt))
+        flat = generate_batch(cm, [encoded[i] for i, _ in batch], counts, dec, make_generator(cm, dec.seed, salt),
+                              on_step)
     grouped, start = [], 0
     for c in counts:
         grouped.append(flat[start:start + c])
@@ -241,3 +258,24 @@ def run_units(cm, batch, encoded, dec: Decoding, salt: str) -> list[list[Complet
     return grouped
 
 
+
+
+def stream_completion(cm: models.ChatModel, prompt: list[int], dec: Decoding, gen):
+    """Token ids of one completion of `prompt` (chat-rendered ids), yielded as they are drawn: the chat playground
+    streams them. The same decode loop as generate_batch (one row), so a greedy stream is generate's answer token
+    for token. Each step runs in its own inference_mode block: a caller may take the next token from another thread
+    (Gradio does), and grad mode is per thread."""
+    import torch
+
+    with torch.inference_mode():
+        b = _Batch(cm, [prompt], [1])
+    for step in range(dec.max_new_tokens):
+        with torch.inference_mode():
+            nxt = sample_next(b.logits, dec, gen)
+        token = int(nxt[0])
+        if token in cm.eos_ids:
+            return
+        yield token
+        if step < dec.max_new_tokens - 1:
+            with torch.inference_mode():
+                b.step(nxt)

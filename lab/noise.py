@@ -3,7 +3,7 @@ results, and the words that say so. The CLI (a "noise" field in every summary, o
 shows results, the cards and the report all call `notes`.
 
 Known (WORDS):
-  - model tiny-random (sample, train, compare, iterate): a random 2-layer model: its answers are random text;
+  - model tiny-random (sample, train, compare, iterate, chat): a random 2-layer model: its answers are random text;
   - ranker tiny-random (rank, compare's PairRM scorer): random weights: its rankings and win rates are random;
   - judge tiny-random (the local judge, compare's "base" 5-point scorer, self-scoring): its verdicts are random;
   - judge bundled (SmolLM2-135M as a judge, offline or from the hub): weak, close to noise.
@@ -59,6 +59,7 @@ def specs(stage: str, s: dict, sampled: str = "") -> list[tuple[str, str]]:
                     *([("judge", s.get("judge_model") or BUNDLED)] if s.get("judge") == "local" else []),
                     *([("judge", model)] if s.get("score") == "base" else [])],
         "iterate": [("model", model), *([("judge", model)] if s.get("judge") == "self" else [])],
+        "chat": [("model", model)],
     }
     return found.get(stage, [])
 

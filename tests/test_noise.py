@@ -63,10 +63,11 @@ def test_tabs_and_cards_show_the_labels(run):
     run.append("judgments", judge_pair("i1", 0, 1, "a") + judge_pair("i2", 0, 1, "b"))
     run.record_stage("judge", {"backend": "local", "model": "bundled"})
     assert TINY_MODEL in sample_tab.refresh("t")[0]
-    figures, _ = judge_tab.refresh("t")
+    figures = judge_tab.refresh("t")[0]
     assert WEAK_JUDGE in figures and TINY_MODEL in figures
     assert WEAK_JUDGE in spot_tab.load_queue("t")[2]  # the spot-check's position line
     assert WEAK_JUDGE in rank_tab.make_pairs("t", "judge", "best-vs-worst", 0)
+    assert WEAK_JUDGE in rank_tab.last_pairs("t", "judge")  # and the pairs' view, when the run is picked again
     pairs = [json.loads(x) for x in run.pairs_file("judge").read_text().splitlines()]
     raw = {k: run.read(k) for k in ("samples", "judgments", "rankings", "spotcheck")}
     card = cards.dataset_card("me/t-judge", "judge", run, pairs, raw, {"default": len(pairs)})
@@ -98,7 +99,8 @@ def test_a_set_without_pairs_says_why_and_what_to_do_in_page_words(run):
 def test_the_rank_train_compare_and_iterate_tabs_and_the_model_card_show_the_labels(run):
     from lab.rank import RankConfig, rank_run
     from lab.train import train_adapter
-    from lab.ui import common, compare as compare_tab, iterate as iterate_tab, rank as rank_tab, train as train_tab
+    from lab.ui import chat as chat_tab, common, compare as compare_tab, iterate as iterate_tab, rank as rank_tab, \
+        train as train_tab
     from tests.test_train import TINY, instructions, pair, write_pairs
 
     write_samples(run, DATA)
@@ -115,6 +117,11 @@ def test_the_rank_train_compare_and_iterate_tabs_and_the_model_card_show_the_lab
     run.record_stage("iterate", {"model": "tiny-random", "judge": "self"})
     assert TINY_RANKER in common.run_labels("t", "compare") and TINY_MODEL in common.run_labels("t", "iterate")
     assert common.run_labels("no such run", "compare") == "" and common.run_labels(None, "iterate") == ""
-    with gr.Blocks():  # each tab holds the box that shows them
+    assert TINY_MODEL in common.run_labels("t", "chat")  # the Chat tab talks to the run's model
+    with gr.Blocks():  # each tab holds the box that shows them, filled by one of its views (lab.ui.views)
         ctx = SimpleNamespace(run_name=gr.Dropdown(), remembered=None, visitor=None)
-        assert all(isinstance(mod.build(ctx).labels, gr.Markdown) for mod in (compare_tab, iterate_tab))
+        for mod, stage in ((compare_tab, "compare"), (iterate_tab, "iterate"), (chat_tab, "chat")):
+            tab = mod.build(ctx)
+            view = next(v for v in tab.views if v.outputs == [tab.labels])
+            assert isinstance(tab.labels, gr.Markdown) and view.read("t") == [common.run_labels("t", stage)]
+            assert view.read("../not-a-run") == [gr.skip()]  # a name that is not a run's leaves the box as it is

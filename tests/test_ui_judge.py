@@ -11,6 +11,7 @@ import pytest
 from lab import jobs
 from lab.judge import DEFAULT_TEMPLATE
 from lab.ui import judge as tab
+from lab.verdicts import TIE_BAND
 from tests.fakeprovider import FakeProvider
 from tests.test_judge import KEY, add_samples, prefer_higher
 
@@ -56,8 +57,9 @@ def test_judging_as_a_job_then_figures_and_reasoning_per_order(run, monkeypatch)
     assert st["state"] == "done", st.get("log_tail")
     assert fp.calls == 8 and KEY not in str(st)  # the key reached the job through its environment only
     assert tab.saved_prompt("t") == prompt  # the edited prompt is what ran, and what a reload shows
-    figures, picker = tab.refresh("t")
+    figures, picker, shown = tab.refresh("t")
     assert "**2** of 2 instructions have a preference" in figures and "| 100% |" in figures
+    assert "Made with judge openai · model m · call plan knockout · prompt " in figures and shown == ""
     html = tab.show_pairs("t", picker["choices"][0][1])
     assert "#0 vs #1</b>: #1 preferred" in html and "#0 shown first" in html and "#1 shown first" in html
     assert "Q1Q is more thorough" in html and "#1 preferred (both orders agree)" in html  # the rule is shown
@@ -110,7 +112,8 @@ def test_the_tab_is_in_the_app_and_answers_a_client(run):
     app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_kwargs())
     try:
         client = Client(app.local_url, verbose=False)
-        text = client.predict("t", "local", "", "", "full", 30, 8, 8, DEFAULT_TEMPLATE, api_name="/show_cost")
+        text = client.predict("t", "local", "", "", "full", 30, 8, 8, DEFAULT_TEMPLATE, "auto", TIE_BAND,
+                              api_name="/show_cost")
     finally:
         app.close()
     assert "**60** calls to make" in text

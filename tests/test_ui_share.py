@@ -1,6 +1,8 @@
 """The Share tab: its handlers against a fixture run and the local Hub stand-in, and the tab inside the real app."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 import pytest
 
@@ -81,7 +83,7 @@ def test_the_tab_is_in_the_app_and_its_dry_run_answers_a_client(run, monkeypatch
     app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_kwargs())
     try:
         client = Client(app.local_url, verbose=False)
-        text, links, picker = client.predict("t", *SETTINGS.values(), api_name="/stage_only")
+        text, links, picker = client.predict("t", *SETTINGS.values(), api_name="/dry_run")
     finally:
         app.close()
     assert "repos staged, nothing uploaded" in text and (run.file("hub") / "t-judge" / "README.md").exists()
@@ -136,7 +138,11 @@ def test_the_report_button_writes_the_report_and_shows_the_efficiency_table(run)
     assert table.empty and list(table.columns)[:3] == ["run", "stage", "name"]
     with pytest.raises(gr.Error, match="must be 0 or more"):
         share.make_report("t", -1)
-    status, files, table = share.make_report("t", 3)
-    assert "Report written" in status and any(f.endswith("/report/README.md") for f in files)
-    assert all(run.file("report").joinpath(f.rsplit("/", 1)[1]).exists() for f in files)
+    status, files, shown = share.make_report("t", 3)
+    assert "Report written" in status and "README.md" in {Path(f).name for f in files}
+    report = run.file("report")
+    assert not any(Path(f).is_relative_to(run.path) for f in files)  # copies Gradio may serve, not the run's folder
+    assert all(Path(f).read_bytes() == (report / Path(f).name).read_bytes() for f in files)
+    table = share.efficiency_frame("t")
     assert list(table["stage"]) == ["report"] and table["wall_s"][0] > 0  # the report's own run of the stage
+    assert 'class="lab-table"' in shown and "<td>report</td>" in shown  # the page's table shows the same row

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import html
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
 from lab.judge import JudgeConfig
 from lab.errors import LabError
+from lab import limits
 from lab.judge import CALIBRATE, DEFAULT_TEMPLATE, check_template, estimate
 from lab.pairs import NO_PAIRS_FIX
 from lab.judge_backends import BACKENDS as REGISTRY, DEFAULT_MODELS, KEY_ENV, resolve_key
@@ -24,7 +25,9 @@ from lab.verdicts import RULES, TIE_BAND, report, run_verdicts
 from lab.store import Run, atomic_write_text
 from lab.ui import forms
 from lab.ui.common import JobPanel, admit, api_key_box, check_base_url, checked, job_panel, noise_md, open_run, \
-    start_job, typed_key_env, wire_job_panel
+    start_job, typed_key_env, wire_job_panel, wire_start
+from lab.ui.views import View, chain, internal, made_with, wire_restore
+from lab.ui.wording import say
 
 BACKENDS = [(b.label, name) for name, b in REGISTRY.items()]
 PLAN_CHOICES = [("Knockout: 2(K-1) calls per instruction (8 for K=5)", "knockout"),
@@ -55,6 +58,18 @@ class JudgeTab:
     pairs: gr.HTML
     calibrate: gr.Radio | None = None  # position calibration (JudgeConfig.calibrate) and its tie band
     tie_band: gr.Number | None = None
+    views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
+
+    @property
+    def settings(self) -> list:
+        """The inputs start_judging and show_cost read first, in their order."""
+        return [self.backend, self.model, self.base_url, self.plan, self.rpm, self.concurrency,
+                self.reasoning_tokens, self.prompt]
+
+    @property
+    def calibration(self) -> list:
+        """The inputs they read last (start_judging: after the API key, so callers of the older form still fit)."""
+        return [self.calibrate, self.tie_band]
 
 
 def _settings_inputs() -> dict:
@@ -99,24 +114,33 @@ def build(ctx) -> JudgeTab:
     pick = gr.Dropdown(label="Instruction", choices=[], interactive=True)
     pairs = gr.HTML()
     tab = JudgeTab(**inputs, cost=cost, start=start, panel=panel, figures=figures, pick=pick, pairs=pairs)
+    tab.views = [View(refresh, [figures, pick, pairs], inputs=[pick], api_name="judge_results"),
+                 View(show_cost, [cost], inputs=[*tab.settings, *tab.calibration],
+                      api_name="show_cost")]
     _wire(tab, ctx)
     return tab
 
 
 def _wire(tab: JudgeTab, ctx) -> None:
-    settings = [tab.backend, tab.model, tab.base_url, tab.plan, tab.rpm, tab.concurrency, tab.reasoning_tokens,
-                tab.prompt]
-    tab.backend.change(backend_changed, tab.backend, [tab.model, tab.base_url, tab.key_note, tab.api_key])
-    calibration = [tab.calibrate, tab.tie_band]  # after the API key: older callers pass the inputs before it
-    for comp in [ctx.run_name, *settings, *calibration]:
-        comp.change(show_cost, [ctx.run_name, *settings, *calibration], tab.cost, show_progress="hidden")
-    tab.reset_prompt.click(lambda: DEFAULT_TEMPLATE, outputs=tab.prompt)
-    tab.start.click(start_judging, inputs=[ctx.run_name, *settings, tab.api_key, *calibration],
-                    outputs=[tab.panel.status])
-    wire_job_panel(tab.panel, ctx.run_name, "judge", on_done=refresh, done_outputs=[tab.figures, tab.pick])
-    tab.pick.change(show_pairs, inputs=[ctx.run_name, tab.pick], outputs=[tab.pairs])
-    ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=[tab.figures, tab.pick])
-    ctx.run_name.change(saved_prompt, inputs=[ctx.run_name], outputs=[tab.prompt])
+    tab.backend.change(backend_changed, tab.backend, [tab.model, tab.base_url, tab.key_note, tab.api_key],
+                       **internal())
+    for comp in [*tab.settings, *tab.calibration]:
+        comp.change(show_cost, [ctx.run_name, *tab.settings, *tab.calibration], tab.cost, **internal())
+    tab.reset_prompt.click(lambda: DEFAULT_TEMPLATE, outputs=tab.prompt, api_name="default_judge_prompt")
+    wire_job_panel(tab.panel, ctx.run_name, "judge", tab.views)
+    wire_start(tab.panel, tab.start, start_judging, [ctx.run_name, *tab.settings, tab.api_key, *tab.calibration],
+               "start_judging")
+    tab.pick.change(show_pairs, inputs=[ctx.run_name, tab.pick], outputs=[tab.pairs], **internal())
+    after = chain(ctx.run_name.change, ctx.run_name, [View(saved_prompt, [tab.prompt]), *tab.views])
+    wire_restore(after, ctx.run_name, "judge", [tab.backend, tab.model, tab.base_url, tab.plan, tab.rpm,
+                                                 tab.concurrency, tab.reasoning_tokens, *tab.calibration], restored)
+
+
+def restored(cfg: JudgeConfig) -> list:
+    """The form's values for a judge job's settings (lab.ui.views.wire_restore)."""
+    model = "" if cfg.model == DEFAULT_MODELS.get(cfg.backend) else cfg.model  # the default shows as the placeholder
+    return [cfg.backend, model, cfg.base_url, cfg.plan, cfg.rpm, cfg.concurrency, cfg.reasoning_tokens,
+            cfg.calibrate, cfg.tie_band]
 
 
 def backend_changed(backend: str):
@@ -153,7 +177,7 @@ def show_cost(run_name, backend, model, base_url, plan, rpm, concurrency, reason
         cfg = config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, calibrate, tie_band)
         est = estimate(Run.open(run_name), cfg, check_template(prompt or ""))
     except LabError as e:
-        return f"⚠ {html.escape(str(e))}"
+        return f"⚠ {html.escape(say(e))}"
     return cost_md(est)
 
 
@@ -178,6 +202,7 @@ def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, re
                       tie_band)
     checked(cfg.validate)
     checked(check_template, prompt or "")
+    checked(limits.check_text, "The judge prompt", prompt or "")
     est = checked(estimate, run, cfg, prompt)
     typed = (api_key or "").strip()
     if cfg.backend != "local":
@@ -208,37 +233,45 @@ def _rate(x: float | None) -> str:
     return "–" if x is None else f"{x:.0%}"
 
 
+NO_PREFERENCE = ("⚠️ **No instruction has a preference yet**, so the judge's pair set would be empty: every verdict "
+                 "was a tie, a disagreement between the two orders that calibration left undecided, or unreadable. "
+                 f"{NO_PAIRS_FIX['judge']} A small local judge is close to noise.")
+
+
 def figures_md(r: dict) -> str:
     if not r["calls"]:
         return "No judgments in this run yet."
     v = r["verdicts"]
     cost = f" · ${r['cost_usd']:.4f}" if r.get("cost_usd") else ""
-    return (f"**{r['pairs']}** pairs from {r['calls']} calls · **{r['instructions_with_preference']}** of "
-            f"{r['instructions_judged']} instructions have a preference\n\n"
-            f"| position consistency | first-position wins | longer-answer wins |\n|---|---|---|\n"
-            f"| {_rate(r['consistency_rate'])} | {_rate(r['first_position_win_rate'])} (50% = unbiased) | "
-            f"{_rate(r['longer_answer_win_rate'])} |\n\n"
-            f"Verdicts per pair: {v['a'] + v['b']} decided · {v['tie']} ties · {v['inconsistent']} inconsistent · "
-            f"{v['invalid']} invalid · {r['calibrated_pairs']} decided by position calibration · tokens "
-            f"{r['prompt_tokens']:,} in / {r['completion_tokens']:,} out{cost}" + _no_preference(r))
+    figures = (f"**{r['pairs']}** pairs from {r['calls']} calls · **{r['instructions_with_preference']}** of "
+               f"{r['instructions_judged']} instructions have a preference\n\n"
+               f"| position consistency | first-position wins | longer-answer wins |\n|---|---|---|\n"
+               f"| {_rate(r['consistency_rate'])} | {_rate(r['first_position_win_rate'])} (50% = unbiased) | "
+               f"{_rate(r['longer_answer_win_rate'])} |\n\n"
+               f"Verdicts per pair: {v['a'] + v['b']} decided · {v['tie']} ties · {v['inconsistent']} inconsistent "
+               f"· {v['invalid']} invalid · {r['calibrated_pairs']} decided by position calibration · tokens "
+               f"{r['prompt_tokens']:,} in / {r['completion_tokens']:,} out{cost}")
+    return figures if r["instructions_with_preference"] else f"{NO_PREFERENCE}\n\n{figures}"
 
 
-def _no_preference(r: dict) -> str:
-    """What to do when the judge left every instruction undecided (words for the page)."""
-    if r["instructions_with_preference"] or not r["pairs"]:
-        return ""
-    return f"\n\n**No instruction has a preference, so there are no judge pairs yet.** {NO_PAIRS_FIX['judge']}"
+MADE_WITH = ["backend", "model", "plan", "reasoning_tokens"]
 
 
-def refresh(run_name: str | None):
-    """The figures and the instruction picker, from the run's files."""
+def refresh(run_name: str | None, picked: str | None = None):
+    """The figures (with what made the verdicts), the instruction picker (the pick kept while it is still there)
+    and the picked instruction's pairs, from the run's files."""
     if not run_name:
-        return "", gr.update(choices=[], value=None)
+        return "", gr.update(choices=[], value=None), ""
     run = Run.open(run_name)
     judged = {r["instruction_id"] for r in run.read("judgments")}
     prompts = {i["id"]: i["prompt"] for i in run.read("instructions")}
     choices = [(f"{prompts.get(i, i)[:80]}", i) for i in sorted(judged, key=lambda i: (prompts.get(i) is None, i))]
-    return noise_md(run, "judge") + figures_md(report(run)), gr.update(choices=choices)
+    picked = picked if picked in judged else None
+    st = run.stage_settings("judge") or {}
+    made = made_with(st, "judge", MADE_WITH if st.get("backend") == "local" else MADE_WITH[:3],
+                     {"prompt": (st.get("prompt_hash") or "")[:8]})
+    figures = noise_md(run, "judge") + figures_md(report(run)) + (f"\n\n{made}" if made and judged else "")
+    return figures, gr.update(choices=choices, value=picked), show_pairs(run_name, picked)
 
 
 def show_pairs(run_name: str | None, instruction_id: str | None) -> str:
