@@ -50,6 +50,7 @@ from lab.generation import Completion, Decoding, generate
 from lab.instructions import load_instructions
 from lab.judge import JudgeConfig, judge_run
 from lab.judge_backends import API_BACKENDS, BACKENDS, resolve_key
+from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.sample import check_decoding, sample_record
 from lab.score import Scorer, ScoreConfig, api_backend, mean_scores, score_rows
@@ -100,8 +101,8 @@ class CompareConfig(Settings):
     confidence: float = opt(0.95, "confidence level of the intervals")
     export: str = opt("csv,jsonl,md", "grid exports the command line writes into the run: csv, jsonl, md "
                       "(comma-separated; '' = none)")
-    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
-    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+    device: str = opt("auto", DEVICE_HELP)
+    dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "CompareConfig":
         check_decoding(self.temperature, self.top_p, self.max_new_tokens, self.batch_size)

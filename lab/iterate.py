@@ -44,6 +44,7 @@ from lab.errors import LabError
 from lab.instructions import Instruction, load_instructions
 from lab.judge_backends import API_BACKENDS
 from lab.pairs import PairsConfig, build_pairs
+from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.sample import SampleConfig, check_decoding, sample_run
 from lab.score import PROMPT_HASH, ScoreConfig, api_backend, mean_scores, score_run, summarize as score_summary
@@ -90,8 +91,8 @@ class IterateConfig(Settings):
     train_batch_size: int = opt(4, "pairs per training step")
     seed: int = opt(0, "seed for sampling, judging and training (each round offsets it by its number)", label="Seed")
     batch_size: int = opt(32, "sequences generated together (lower it if memory runs out)")
-    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
-    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+    device: str = opt("auto", DEVICE_HELP)
+    dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "IterateConfig":
         check_decoding(self.temperature, self.top_p, self.max_new_tokens, self.batch_size)

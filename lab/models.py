@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab import precision
 from lab.errors import LabError
 from lab.store import build_folder
 
@@ -129,18 +130,10 @@ def run_model(run, given: str = "") -> str:
 
 
 def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[str, Any]:
-    """bf16 on a GPU, fp32 on CPU (CPU bf16 matmuls are slow on most machines); both overridable."""
-    import torch
-
-    if not device or device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LabError("--device cuda was asked for, but no CUDA GPU is visible: use --device cpu.")
-    if not dtype or dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise LabError(f"Unknown dtype {dtype!r}: use float32, bfloat16 or float16.")
-    return device, getattr(torch, dtype)
+    """(torch device string, torch dtype) from lab.precision's table (CUDA, then mps, then CPU; bf16 from compute
+    capability 8.0, fp16 below, fp32 on CPU); both overridable within what the device can do."""
+    dev = precision.probe(device)
+    return dev.name, precision.torch_dtype(precision.resolve_dtype(dev, dtype))
 
 
 def hub_error(spec: str, err: Exception) -> LabError:

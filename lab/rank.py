@@ -43,6 +43,7 @@ from typing import Any
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.models import HUB_ID, build_once, cache_dir, pick_device
+from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.sample import Group, groups
 from lab.store import ASSET_FILES, Run, asset, once
@@ -57,8 +58,8 @@ class RankConfig(Settings):
                       "weights: its rankings are noise)", label="Ranker")
     batch_size: int = opt(32, "ordered response pairs per forward pass (K responses give K*(K-1) per instruction)",
                           label="Pairs per pass")
-    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
-    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+    device: str = opt("auto", DEVICE_HELP)
+    dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "RankConfig":
         if self.batch_size < 1:

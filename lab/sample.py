@@ -28,6 +28,7 @@ from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.generation import Completion, Decoding, plan_batches, run_units
 from lab.instructions import Instruction, load_instructions
+from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.store import Run, once
 
@@ -50,8 +51,8 @@ class SampleConfig(Settings):
     batch_size: int = opt(64, "sequences generated together (lower it if memory runs out)", label="Batch size")
     adapter: str = opt("", "a LoRA adapter of this run to sample with (its name), or empty for the plain model",
                        label="Adapter")
-    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
-    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+    device: str = opt("auto", DEVICE_HELP)
+    dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "SampleConfig":
         if self.k < 1:

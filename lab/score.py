@@ -38,6 +38,7 @@ from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.generation import Decoding, generate, left_pad
 from lab.judge_backends import API_BACKENDS, DEFAULT_MODELS, ApiBackend
+from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.ratelimit import RateLimiter
 from lab.store import Run, once
@@ -89,8 +90,8 @@ class ScoreConfig(Settings):
     concurrency: int = opt(4, "API judge: requests in flight at once")
     seed: int = opt(0, "seed of the local judge's sampling")
     batch_size: int = opt(32, "local judge: answers scored together (each R times)")
-    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
-    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+    device: str = opt("auto", DEVICE_HELP)
+    dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "ScoreConfig":
         if self.evaluations < 1 or self.batch_size < 1 or self.concurrency < 1:

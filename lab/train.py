@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from lab import cards, models
+from lab import cards, models, precision
 from lab.adapters import adapter_lock, final_metrics, is_complete, plan_resume, publish, read_state, \
     refuse_finished, reset_folder
 from lab.config import Settings, opt
@@ -108,8 +108,11 @@ class TrainConfig(Settings):
                                label="Precompute reference")
     resume: bool = opt(True, "continue an interrupted training of the same adapter from its last checkpoint",
                        label="Resume")
-    device: str = opt("auto", "cpu, cuda or auto (GPU if there is one); accelerate launch picks per process")
-    dtype: str = opt("auto", "float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
+    device: str = opt("auto", "cpu, cuda, mps or auto (CUDA, else mps, else CPU); accelerate launch picks per process")
+    dtype: str = opt("auto", "auto: bf16 on GPUs of compute capability 8.0+, fp16 mixed precision (loss scaling, fp32 "
+                     "LoRA) on older ones such as the T4, fp32 on CPU and mps; or float32, bfloat16, float16")
+    load_in_4bit: bool = opt(False, "QLoRA: load the base in 4 bits (NF4, bitsandbytes; CUDA only) so a 3B model "
+                             "trains on a 16 GB GPU", label="4-bit base (QLoRA)")
 
     def losses(self) -> list[str]:
         return [t.strip() for t in self.loss_type.split(",") if t.strip()]
@@ -258,17 +261,27 @@ def _split_of(logs: dict) -> str:
 
 # ---- model, data set, trainer --------------------------------------------------------------------------------------
 def load_policy(spec: str, config: TrainConfig, init_adapter: str | None):
-    """Base model (+ the adapter to continue from, trainable) and its tokenizer, in the training dtype."""
-    device, dtype = models.pick_device(config.device, config.dtype)
-    if str(dtype) == "torch.float16":
-        raise LabError("--dtype float16 is not supported for training (it overflows without loss scaling): use "
-                       "bfloat16 on a GPU or float32.")
-    model, tok = models.load_weights(spec, dtype)
+    """Base model (+ the adapter to continue from, trainable) and its tokenizer, in the training precision of
+    lab.precision's table (a 16-bit base keeps fp32 LoRA weights: PEFT upcasts them), 4-bit with --load-in-4bit."""
+    dev, prec = check_device(config)
+    quantized = precision.quantization_kwargs(dev, prec) if config.load_in_4bit else {}
+    model, tok = models.load_weights(spec, precision.torch_dtype(prec.load_dtype), **quantized)
+    if config.load_in_4bit:
+        model = precision.prepare_4bit(model, config.gradient_checkpointing)
     if init_adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
-    return model, tok, device
+    return model, tok, dev.name
+
+
+def check_device(config: TrainConfig) -> tuple:
+    """(lab.precision Device, TrainPrecision) of a training, or the LabError saying why it cannot run here."""
+    dev = precision.probe(config.device)
+    prec = precision.train_precision(dev, config.dtype)
+    if config.load_in_4bit:
+        precision.check_4bit(dev)
+    return dev, prec
 
 
 def lora_targets(config: TrainConfig) -> str | list[str]:
@@ -311,8 +324,8 @@ def planned_steps(config: TrainConfig, n_train: int, world: int) -> int:
 
 
 def trainer_args(config: TrainConfig, out: Path, device: str, n_train: int, has_eval: bool):
-    """TrainConfig -> the method's TRL config (DPOConfig for DPO). bf16 where the model is bf16 (GPU); the method's
-    own fields from lab.methods; every other field mapped one to one."""
+    """TrainConfig -> the method's TRL config (DPOConfig for DPO). Mixed precision from lab.precision (bf16, fp16 with
+    loss scaling, or none); the method's own fields from lab.methods; every other field mapped one to one."""
     method = METHODS[config.method]
     _, config_cls = method.trainer()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -324,7 +337,7 @@ def trainer_args(config: TrainConfig, out: Path, device: str, n_train: int, has_
         per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
         max_length=config.max_length, seed=config.seed, data_seed=config.seed,
         gradient_checkpointing=config.gradient_checkpointing, precompute_ref_log_probs=config.precompute_ref,
-        bf16=device.startswith("cuda") and str(models.pick_device(device, config.dtype)[1]) == "torch.bfloat16",
+        **precision.train_precision(precision.probe(device), config.dtype).trainer_flags,
         use_cpu=device == "cpu", disable_dropout=config.lora_dropout == 0, logging_steps=config.logging_steps,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         eval_strategy="steps" if has_eval else "no", eval_steps=eval_every, report_to=[], disable_tqdm=True,
@@ -451,6 +464,7 @@ def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config:
     check_markup(records, tok, spec)
     check_lengths(records, tok, config.max_length)
     init = resolve_init_adapter(run, init_adapter)
+    check_device(config)  # a device, dtype or 4-bit request that cannot run fails before any file is touched
     stats = pair_stats(path, records)
     identity = {**config.to_dict(), "model": spec, "pairs_sha256": stats["sha256"], "init_adapter": init}
     ckpt = plan_resume(out, identity, config.resume) if out.exists() else None
@@ -486,6 +500,8 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
     _barrier()
     try:  # from here on a failure is recorded in training.json (status "failed" and the message)
         trainer = build_trainer(model, tok, config, out, device, train, held, progress)
+        if config.load_in_4bit:
+            precision.upcast_trainable(trainer.model, check_device(config)[1])
         for cb in callbacks:
             trainer.add_callback(cb)
         run_trainer(trainer, config, device, ckpt)
