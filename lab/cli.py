@@ -67,6 +67,21 @@ STAGES = [  # pipeline order
 BY_NAME = {s.name: s for s in STAGES}
 
 
+@dataclass(frozen=True)
+class Tool:
+    """A subcommand that needs no run: fn(settings) -> the text it prints."""
+
+    name: str
+    settings: str
+    run: str
+    help: str
+
+
+TOOLS = [Tool("doctor", "lab.doctor:DoctorConfig", "lab.doctor:doctor_command",
+              "what this machine can run: device, precision, engines, and a model's memory estimate (no run needed)")]
+TOOLS_BY_NAME = {t.name: t for t in TOOLS}
+
+
 def load(path: str):
     """'module:name' -> the object."""
     module, name = path.split(":")
@@ -104,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage.name, help=stage.help, description=stage.description or stage.help)
         p.add_argument("--run", required=True, help="run name (a folder under $LAB_RUNS_DIR, default ./runs)")
         load(stage.settings).add_arguments(p)
+    for tool in TOOLS:
+        load(tool.settings).add_arguments(sub.add_parser(tool.name, help=tool.help, description=tool.help))
     return parser
 
 
@@ -128,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     install_stop_handler()
     try:
+        if args.stage in TOOLS_BY_NAME:
+            tool = TOOLS_BY_NAME[args.stage]
+            print(load(tool.run)(load(tool.settings).from_args(args)))
+            return 0
         summary = run_stage(args)
         if _is_main_process():
             print_summary(summary)

@@ -1,8 +1,11 @@
 """Generation behind one interface: k completions per chat prompt, from the base model or with a LoRA adapter on.
 
 `generate(cm, prompts, k, dec, ...)` is what compare, the self-scorer and the local tools call; the sample stage
-calls `run_units` to resume exactly the samples it lacks. Engines (ENGINES): "lab", the hand-written sampler below,
-and "vllm" (lab.engine_vllm, a worker in vLLM's own environment; see docs/engines.md).
+calls `run_units` (lab) or `vllm_units` (vLLM) to resume exactly the samples it lacks. Engines (ENGINES): "lab", the
+hand-written sampler below, and "vllm" (lab.engine_vllm, a worker in vLLM's own environment; docs/engines.md).
+`pick_engine` resolves a stage's `--engine auto|lab|vllm`: auto is vLLM on CUDA where it is set up, the lab's
+sampler otherwise (it was the faster of the two on CPU). Both give lab.generation.Completion records; vLLM seeds
+each sample by (seed, salt, sample index) (engine_vllm.SEED_RULE), the lab's sampler each batch by its contents.
 
 Why a hand-written decode loop instead of `model.generate(num_return_sequences=K)` per prompt:
   - each prompt is pre-filled once and its KV cache copied K times (generate pre-fills K copies);
@@ -18,12 +21,52 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
-from lab import models
+from lab import engine_vllm, models
+from lab.errors import LabError
 from lab.progress import Progress
 
 NUCLEUS_TOP_K = 256  # candidates searched for the top-p nucleus before falling back to a full sort
 
+
+
+@dataclass(frozen=True)
+class Engine:
+    label: str
+    available: Callable[[], tuple[bool, str]]  # -> (installed, what was found or why not)
+
+
+ENGINES = {
+    "lab": Engine("the lab's batched sampler, on the model loaded in this process (fastest on CPU)",
+                  lambda: (True, "the lab's batched sampler: always there")),
+    "vllm": Engine("vLLM in its own environment (paged KV cache, LoRA adapters as requests; docs/engines.md)",
+                   engine_vllm.available),
+}
+ENGINE_CHOICES = ("auto", *ENGINES)
+ENGINE_HELP = "generation engine: auto (vLLM on CUDA where it is set up, else lab), " + \
+    "; ".join(f"{k}: {e.label}" for k, e in ENGINES.items())
+
+
+def pick_engine(choice: str, device_kind: str) -> str:
+    """--engine -> the engine that runs: auto = vLLM on a CUDA device where it is installed, the lab's sampler
+    otherwise; an engine asked for by name must be installed (LabError saying how to set it up)."""
+    if choice == "auto":
+        return "vllm" if device_kind == "cuda" and ENGINES["vllm"].available()[0] else "lab"
+    if choice not in ENGINES:
+        raise LabError(f"Unknown --engine {choice!r}: use {', '.join(ENGINE_CHOICES)}.")
+    ok, why = ENGINES[choice].available()
+    if not ok:
+        raise LabError(f"--engine {choice}: {why}; or use --engine lab.")
+    return choice
+
+
+def engine_record(engine: str) -> dict:
+    """What run.json records of the engine that generated: its name, version and seed rule."""
+    if engine != "vllm":
+        return {"engine": engine}
+    return {"engine": engine, "engine_version": engine_vllm.version(), "seed_rule": engine_vllm.SEED_RULE}
 
 
 @dataclass(frozen=True)
@@ -182,11 +225,18 @@ def make_generator(cm: models.ChatModel, seed: int, salt: str):
 
 
 def generate(cm: models.ChatModel, prompts: list[str], k: int, dec: Decoding, batch_size: int = 64,
-             progress: Progress | None = None) -> list[list[Completion]]:
-    """k completions for each prompt (plain text; rendered with the model's chat template). Batched and
-    length-sorted; returns one list per prompt, in the order given. Used by compare and iterate too."""
+             progress: Progress | None = None, engine: str = "lab", adapter: Path | None = None
+             ) -> list[list[Completion]]:
+    """k completions for each prompt (plain text; rendered with the model's chat template); one list per prompt, in
+    the order given. Used by compare and the self-scorer.
+    engine "lab": cm's own weights (an adapter switched on with lab.adapters.adapters_on), batched and
+      length-sorted, batch_size sequences at a time;
+    engine "vllm": one vLLM call for everything; cm may be a tokenizer-only ChatModel (models.load_chat_tokenizer)
+      and `adapter` the LoRA folder to answer with (None: the base)."""
     encoded = [cm.encode_prompt(p) for p in prompts]
     units = [(i, list(range(k))) for i in range(len(prompts))]
+    if engine == "vllm":
+        return vllm_units(cm, units, encoded, dec, [None] * len(prompts), [adapter] * len(prompts), progress)
     out: list[list[Completion]] = [[] for _ in prompts]
     for batch in plan_batches(units, encoded, batch_size):
         done = run_units(cm, batch, encoded, dec, salt="|".join(_unit_salt(prompts[i], idx, k) for i, idx in batch))
@@ -196,6 +246,46 @@ def generate(cm: models.ChatModel, prompts: list[str], k: int, dec: Decoding, ba
             progress.update(sum(len(o) for o in out), len(prompts) * k)
             progress.check_stop()
     return out
+
+
+def vllm_units(cm: models.ChatModel, units: list[tuple[int, list[int]]], encoded, dec: Decoding,
+               salts: list[str | None], adapters: list[Path | None], progress=None,
+               on_result: Callable[[int, int, Completion], None] | None = None, info: dict | None = None
+               ) -> list[list[Completion]]:
+    """Every (prompt index, sample indices) unit in one vLLM call: unit u answers encoded[units[u][0]] with the
+    adapter folder adapters[u] (None: the base), its samples seeded by salts[u] (None: a hash of the prompt's
+    tokens). on_result(u, sample index, completion) as each arrives (in any order); info gets engine_vllm's totals. -> completions per unit,
+    in sample index order."""
+    folders = {str(a): a for a in adapters if a is not None}
+    names = {key: f"adapter{n}" for n, key in enumerate(sorted(folders))}
+    comps = engine_vllm.generate(
+        cm.path, [list(encoded[i]) for i, _ in units], 0, dec, cm.eos_ids,
+        adapters={names[key]: folders[key] for key in folders},
+        adapter_of=[names[str(a)] if a is not None else None for a in adapters], progress=progress,
+        sample_indices=[list(idx) for _, idx in units],
+        salts=None if all(s is None for s in salts) else [s or engine_vllm.prompt_salt(list(encoded[i]))
+                                                          for s, (i, _) in zip(salts, units)],
+        on_result=(lambda u, c: on_result(u, c["sample_index"], as_completion(c))) if on_result else None, info=info)
+    return [[as_completion(c) for c in unit] for unit in comps]
+
+
+class ShiftedProgress:
+    """A stage's Progress as an engine call sees it: the call counts its own completions from 0, the bar shows the
+    stage's (done before + done now) of its total; stop requests pass through."""
+
+    def __init__(self, progress: Progress, before: int, total: int, desc: str):
+        self.progress, self.before, self.total, self.desc = progress, before, total, desc
+
+    def update(self, done: int, total: int | None = None, *args, **kwargs) -> None:
+        self.progress.update(self.before + done, self.total, self.desc)
+
+    def check_stop(self) -> None:
+        self.progress.check_stop()
+
+
+def as_completion(c: dict) -> Completion:
+    """An engine_vllm completion dict -> the lab's Completion (the fields samples.jsonl keeps)."""
+    return Completion(c["text"], c["prompt_tokens"], c["completion_tokens"], c["finish_reason"])
 
 
 def _unit_salt(prompt: str, indices: list[int], k: int) -> str:

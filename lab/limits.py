@@ -24,10 +24,10 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from lab import models
+from lab.memory import count_parameters  # noqa: F401  (sized from the config alone: lab.memory)
 from lab.errors import LabError
 
 
@@ -90,26 +90,6 @@ def check(name: str, flag: str, value: float, asked: str | None = None) -> None:
 
 
 # ---- model size -----------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=64)
-def count_parameters(source: str) -> int:
-    """Parameters of the causal LM that `source` (a hub id or a folder with config.json) describes, counted from its
-    config alone: only config.json is fetched (a hub id), and the model is built on the meta device, so no weights
-    are downloaded or allocated. Tied embeddings count once, as in the loaded model."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        config = AutoConfig.from_pretrained(source)
-        with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config)
-        model.tie_weights()  # on the meta device from_config leaves tied embeddings as two tensors
-    except Exception as e:  # a gated, missing, remote-code or malformed config: the size is unknown, so refuse
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise LabError(f"Could not read the config of {source} to check its size ({first}): give a hub id of a "
-                       "transformers causal LM, 'bundled' or 'tiny-random'.") from None
-    return sum(p.numel() for p in model.parameters())
-
-
 def check_model(spec: str, flag: str = "--model") -> None:
     """Refuse a model above LAB_MAX_MODEL_PARAMS, before anything of it but its config is downloaded."""
     limit = cap("model_params")

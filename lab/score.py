@@ -27,16 +27,16 @@ from __future__ import annotations
 import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from lab import models
+from lab import models, precision
 from lab.adapters import adapters_on
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.generation import Decoding, generate, left_pad
+from lab.generation import ENGINE_CHOICES, ENGINE_HELP, Decoding, engine_record, generate, left_pad, pick_engine
 from lab.judge_backends import API_BACKENDS, DEFAULT_MODELS, ApiBackend
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
@@ -90,6 +90,7 @@ class ScoreConfig(Settings):
     concurrency: int = opt(4, "API judge: requests in flight at once")
     seed: int = opt(0, "seed of the local judge's sampling")
     batch_size: int = opt(32, "local judge: answers scored together (each R times)")
+    engine: str = opt("auto", "local judge's " + ENGINE_HELP, ENGINE_CHOICES)
     device: str = opt("auto", DEVICE_HELP)
     dtype: str = opt("auto", DTYPE_HELP)
 
@@ -162,19 +163,25 @@ def strip_partial_score(text: str) -> str:
     return text[:cut].rstrip() if cut >= 0 and parse_score(text[cut:]) is None else text
 
 
-def local_scores(cm, prompts: list[str], evaluations: int, cfg, seed: int, progress: Progress | None = None
+def local_scores(cm, prompts: list[str], evaluations: int, cfg, seed: int, progress: Progress | None = None,
+                 engine: str = "lab", adapter: Path | None = None, probs_model: Callable | None = None
                  ) -> list[list[dict]]:
-    """R judgments of each judge prompt by a local chat model (cm: any ChatModel, adapters switched as wanted).
-    Returns, per prompt, R dicts {"score", "method", "probs", "raw"}."""
+    """R judgments of each judge prompt by a local chat model (cm: any ChatModel, adapters switched as wanted; with
+    engine "vllm" a tokenizer-only one and `adapter` the LoRA folder to judge with). Judgments without a score are
+    scored from the digit probabilities by `probs_model()` (a context manager giving a loaded ChatModel; default
+    cm). Returns, per prompt, R dicts {"score", "method", "probs", "raw"}."""
     dec = Decoding(cfg.judge_temperature, 1.0 if cfg.judge_temperature == 0 else 0.95, cfg.judge_tokens, seed)
-    texts = [[c.text for c in comps] for comps in generate(cm, prompts, evaluations, dec, cfg.batch_size, progress)]
+    comps = generate(cm, prompts, evaluations, dec, cfg.batch_size, progress, engine, adapter)
+    texts = [[c.text for c in row] for row in comps]
     out = [[{"score": parse_score(t), "method": "parsed", "probs": None, "raw": t} for t in row] for row in texts]
     todo = [(i, j) for i, row in enumerate(out) for j, e in enumerate(row) if e["score"] is None]
     if todo and cfg.score_mode == "auto":
         heads = [cm.render([{"role": "user", "content": prompts[i]}]) + strip_partial_score(out[i][j]["raw"])
                  for i, j in todo]
-        for (i, j), probs in zip(todo, forced_score_probs(cm, heads, cfg.batch_size)):
-            out[i][j].update(score=sum(d * p for d, p in enumerate(probs)), method="probabilities", probs=probs)
+        with (probs_model() if probs_model else nullcontext(cm)) as pm:
+            probs = forced_score_probs(pm, heads, cfg.batch_size)
+        for (i, j), p in zip(todo, probs):
+            out[i][j].update(score=sum(d * q for d, q in enumerate(p)), method="probabilities", probs=p)
     for row in out:
         for e in row:
             e["method"] = e["method"] if e["score"] is not None else "invalid"
@@ -222,15 +229,23 @@ def row_key(row: dict, cfg: ScoreConfig) -> tuple:
 @dataclass
 class Scorer:
     """What scores rows: an API judge, or a local model (`local`: a context manager giving the ChatModel to judge
-    with, its adapter switched on as wanted)."""
+    with, its adapter switched on as wanted). With engine "vllm" the judgments come from vLLM (`prompter`: a
+    tokenizer-only ChatModel, `adapter` the LoRA folder judged with) and `local` is entered only when judgments
+    without a score need the digit probabilities."""
 
     cfg: ScoreConfig
     judge: ApiBackend | None
     local: Callable | None = None
+    engine: str = "lab"
+    prompter: Any = None
+    adapter: Path | None = None
 
     def score(self, prompts: list[str], seed: int) -> list[list[dict]]:
         if self.judge is not None:
             return api_scores(self.judge, prompts, self.cfg.evaluations, self.cfg.concurrency)
+        if self.engine == "vllm":
+            return local_scores(self.prompter, prompts, self.cfg.evaluations, self.cfg, seed, engine="vllm",
+                                adapter=self.adapter, probs_model=self.local)
         with self.local() as cm:
             return local_scores(cm, prompts, self.cfg.evaluations, self.cfg, seed)
 
@@ -289,7 +304,8 @@ def score_run(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_
     progress = progress or Progress("scoring")
     with run.lock("score"), self_scorer(run, cfg, judge) as scorer:
         done = score_rows(run, rows, scorer, progress, desc, on_first=lambda: run.record_stage("score", {
-            **cfg.to_dict(), "judge_name": cfg.name, "prompt_hash": PROMPT_HASH}))
+            **cfg.to_dict(), "judge_name": cfg.name, "prompt_hash": PROMPT_HASH,
+            **(engine_record(scorer.engine) if judge is None else {})}))
     progress.close()
     return summarize(run, cfg) | {"scored_now": done}
 
@@ -303,10 +319,24 @@ def self_scorer(run: Run, cfg: ScoreConfig, judge: ApiBackend | None) -> Iterato
     sampled = run.stage_settings("sample") or {}
     if not sampled.get("model"):
         raise LabError(f"Run {run.name} records no sampling model to judge its own answers: sample first.")
-    cm = models.load(sampled["model"], cfg.device, cfg.dtype)
     adapter = sampled.get("adapter_path")
+    engine = pick_engine(cfg.engine, precision.probe(cfg.device).kind)
+    if engine == "vllm":
+        yield Scorer(cfg, None, lambda: lab_judge(sampled["model"], cfg, adapter), "vllm",
+                     models.load_chat_tokenizer(sampled["model"]), Path(adapter) if adapter else None)
+        return
+    cm = models.load(sampled["model"], cfg.device, cfg.dtype)
     with adapters_on(cm, {"policy": Path(adapter)} if adapter else {}) as select:
         yield Scorer(cfg, None, lambda: select("policy" if adapter else None))
+
+
+@contextmanager
+def lab_judge(spec: str, cfg: ScoreConfig, adapter: str | None) -> Iterator:
+    """The judge model loaded in this process, its adapter on (for the digit probabilities a vLLM judge needs)."""
+    cm = models.load(spec, cfg.device, cfg.dtype)
+    with adapters_on(cm, {"policy": Path(adapter)} if adapter else {}) as select, \
+            select("policy" if adapter else None) as judge:
+        yield judge
 
 
 def summarize(run: Run, cfg: ScoreConfig | None = None) -> dict:

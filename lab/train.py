@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from lab import cards, models, precision
+from lab import cards, memory, models, precision
 from lab.adapters import adapter_lock, final_metrics, is_complete, plan_resume, publish, read_state, \
     refuse_finished, reset_folder
 from lab.config import Settings, opt
@@ -275,12 +275,21 @@ def load_policy(spec: str, config: TrainConfig, init_adapter: str | None):
     return model, tok, dev.name
 
 
-def check_device(config: TrainConfig) -> tuple:
-    """(lab.precision Device, TrainPrecision) of a training, or the LabError saying why it cannot run here."""
+def check_device(config: TrainConfig, spec: str | None = None) -> tuple:
+    """(lab.precision Device, TrainPrecision) of a training, or the LabError saying why it cannot run here: the
+    device, the dtype, 4-bit loading and (given the model spec) the memory estimate of lab.memory."""
     dev = precision.probe(config.device)
     prec = precision.train_precision(dev, config.dtype)
     if config.load_in_4bit:
         precision.check_4bit(dev)
+    if spec:
+        need = memory.training_need(memory.model_shape(models.resolve(spec)), prec.load_dtype, dev.kind,
+                                    config.lora_r, config.target_modules, config.batch_size, config.max_length,
+                                    config.load_in_4bit, config.gradient_checkpointing)
+        memory.check_fits(need, dev.kind, dev.name, f"Training {spec} ({prec.mode}, batch {config.batch_size} x "
+                          f"{config.max_length} tokens)", "lower --batch-size (raise --grad-accum to keep the "
+                          "effective batch) or --max-length, keep --gradient-checkpointing on, add --load-in-4bit "
+                          "on a CUDA GPU, or use a smaller model")
     return dev, prec
 
 
@@ -464,7 +473,7 @@ def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config:
     check_markup(records, tok, spec)
     check_lengths(records, tok, config.max_length)
     init = resolve_init_adapter(run, init_adapter)
-    check_device(config)  # a device, dtype or 4-bit request that cannot run fails before any file is touched
+    check_device(config, spec)  # a device, dtype, 4-bit or memory problem fails before any file is touched
     stats = pair_stats(path, records)
     identity = {**config.to_dict(), "model": spec, "pairs_sha256": stats["sha256"], "init_adapter": init}
     ckpt = plan_resume(out, identity, config.resume) if out.exists() else None
