@@ -19,7 +19,7 @@ app all use it).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import models, precision
@@ -87,8 +87,9 @@ def sample_record(instruction_id: str, sample_index: int, prompt: str, completio
                   adapter: str | None = None) -> dict:
     """One samples.jsonl line (the format in the module docstring)."""
     return {"instruction_id": instruction_id, "sample_index": sample_index, "prompt": prompt, "text": completion.text,
-            "model": model, "model_path": model_path, "adapter": adapter, "decoding": decoding, **asdict(completion),
-            "duplicate_of": duplicate_of}
+            "model": model, "model_path": model_path, "adapter": adapter, "decoding": decoding,
+            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+            "finish_reason": completion.finish_reason, "duplicate_of": duplicate_of}
 
 
 @dataclass
