@@ -13,6 +13,7 @@ ratio_wall_int8_wide, ratio_cpu_int8_wide (lab fp32 / lab int8), spearman_int8, 
     python bench/rank.py                  # CPU: the tiny random PairRM, then a PairRM-wide model cut to 2 layers
     python bench/rank.py --cuda           # GPU: a random model with PairRM's full shape (DeBERTa-v3-large,
                                           # 24 layers, 436 M parameters), 5 candidates of ~1,000 tokens
+    python bench/rank.py --quick          # a smoke test: both CPU models, 2 / 1 instructions x 3 short responses
 Random weights, because the hub is out of reach; the time depends on shapes and lengths, not on the weights.
 """
 from __future__ import annotations
@@ -105,27 +106,35 @@ def build(backbone: dict | None, root: Path) -> Path:
     return folder
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cuda", action="store_true", help="full PairRM shape on the GPU")
     ap.add_argument("--n", type=int, default=None, help="instructions (default: 8 CPU tiny, 4 CPU wide, 32 cuda)")
     ap.add_argument("--k", type=int, default=5, help="responses per instruction")
     ap.add_argument("--batch-size", type=int, default=None, help="ordered pairs per forward pass of the lab ranker")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of each (alternating); the best one counts")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="a smoke test: few, short responses, one timed run")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    if args.quick:
+        args.k, args.repeats = 3, 1
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, "
           f"device {'cuda: ' + torch.cuda.get_device_name() if args.cuda else 'cpu'}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.cuda:  # ~1,000-token candidates: PairRM gives them 412 + half of the unused source budget
-            runs = [("wide", "PairRM-shaped (24 layers)", PAIRRM_SHAPE, args.n or 32, 700, "cuda", "float16",
-                     args.batch_size or 40, False)]
+            runs = [("wide", "PairRM-shaped (24 layers)", PAIRRM_SHAPE, args.n or (2 if args.quick else 32),
+                     30 if args.quick else 700, "cuda", "float16", args.batch_size or 40, False)]
         else:
-            runs = [("tiny", "tiny random PairRM", None, args.n or 8, 120, "cpu", "float32", args.batch_size or 40,
-                     False),
-                    ("wide", "PairRM-wide, 2 of 24 layers", {**PAIRRM_SHAPE, "num_hidden_layers": 2}, args.n or 4,
-                     100, "cpu", "float32", args.batch_size or 20, True)]
+            runs = [("tiny", "tiny random PairRM", None, args.n or (2 if args.quick else 8), 30 if args.quick else 120,
+                     "cpu", "float32", args.batch_size or 40, False),
+                    ("wide", "PairRM-wide, 2 of 24 layers", {**PAIRRM_SHAPE, "num_hidden_layers": 2},
+                     args.n or (1 if args.quick else 4), 20 if args.quick else 100, "cpu", "float32",
+                     args.batch_size or 20, True)]
         summary = {"device": "cuda" if args.cuda else "cpu", "threads": torch.get_num_threads(),
-                   "load_avg_1m": round(os.getloadavg()[0], 2), "repeats": args.repeats}
+                   "load_avg_1m": round(os.getloadavg()[0], 2), "repeats": args.repeats, "quick": args.quick}
         for key, name, shape, n, words, device, dtype, bs, int8 in runs:
             sources, cands = make_inputs(n, args.k, words)
             r = bench(name, build(shape, Path(tmp)), sources, cands, device, dtype, bs, args.repeats, int8)
@@ -145,6 +154,7 @@ def main() -> None:
                                spearman_int8=round(r["spearman_int8"], 4))
         summary["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
         print(json.dumps(summary))
+        return summary
 
 
 if __name__ == "__main__":
