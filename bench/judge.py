@@ -148,7 +148,8 @@ def local(root: Path, calls: int, reasoning_tokens: int = 32, spec: str = "bundl
     print(f"local judge ({spec}, {reasoning_tokens} reasoning tokens, {len(prompts)} calls, {backend.cm.device}): "
           f"plain per-call {len(prompts) / base_s:.2f} calls/s ({base_s:.1f} s); lab {len(prompts) / lab_s:.2f} "
           f"calls/s ({lab_s:.1f} s); ratio {base_s / lab_s:.1f}x")
-    return {"local_calls": len(prompts), "local_model": spec, "local_calls_per_s_plain": round(len(prompts) / base_s, 3),
+    return {"local_calls": len(prompts), "local_model": spec,
+            "local_calls_per_s_plain": round(len(prompts) / base_s, 3),
             "local_calls_per_s_lab": round(len(prompts) / lab_s, 3), "local_ratio_vs_plain": round(base_s / lab_s, 2)}
 
 

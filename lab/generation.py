@@ -283,7 +283,8 @@ def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[
         b.step(nxt)
     prompt_lens = [len(p) for p, c in zip(prompts, counts) for _ in range(c)]
     texts = [t.strip() for t in cm.tokenizer.batch_decode(b.tokens, skip_special_tokens=True)]
-    comps = [Completion(t, n, len(toks), f or "length") for t, n, toks, f in zip(texts, prompt_lens, b.tokens, b.finish)]
+    comps = [Completion(t, n, len(toks), f or "length")
+             for t, n, toks, f in zip(texts, prompt_lens, b.tokens, b.finish)]
     if read is not None:
         del b.cache  # the decode's cache is done with; the reads need only the prompts'
         tails = read.tails(texts)

@@ -58,9 +58,10 @@ def check(out: dict, keys: list[str]) -> None:
 
 def test_every_bench_has_a_quick_mode_and_is_covered():
     names = {p.stem for p in BENCH.glob("*.py")}
-    assert names == {*QUICK, *SLOW, "engines"}  # a new bench joins one of the tables
+    assert names == {*QUICK, *SLOW, "engines", "gpu_steps"}  # a new bench joins a table (or gets its own test)
     for name in names:
-        assert load(name).parser().parse_args(["--quick"]).quick is True
+        parsed = vars(load(name).parser().parse_args(["--quick"]))
+        assert parsed.get("quick", parsed.get("dry_run")) is True, name  # gpu_steps: --quick is --dry-run
 
 
 @pytest.mark.parametrize("name", sorted(QUICK))
@@ -88,6 +89,27 @@ def test_engines_quick_mode_says_why_vllm_did_not_run(tmp_path):
 def test_slow_quick_mode_ends_with_its_figures(name, tmp_path):
     args, keys = SLOW[name]
     check(last_json(name, args, tmp_path), keys)
+
+
+@pytest.mark.slow
+def test_gpu_sh_dry_run_runs_every_cpu_able_step(tmp_path):
+    """bash bench/gpu.sh --dry-run: the GPU script's steps at tiny sizes on this machine's .venv; every step gives
+    its figures (vLLM, not set up here, is skipped with the reason), the last line is the one JSON object."""
+    env = {**os.environ, "GPU_BENCH_OUT": str(tmp_path / "gpu")}
+    proc = subprocess.run(["bash", str(BENCH / "gpu.sh"), "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["dry_run"] is True and out["errors"] == {}, out["errors"]
+    assert set(out["steps"]) == {"models", "sample", "dpo", "rank", "recipe", "vllm"}
+    for key in ("sample_ratio_vs_hf_batched", "dpo_ratio_s_per_step", "dpo_ratio_peak_memory", "rank_ratio_wall",
+                "recipe_wall_s"):
+        assert out[key] > 0, key
+    assert out["steps"]["recipe"]["adapters"] and "8_iterate" in out["steps"]["recipe"]["command_s"]
+    from lab import engine_vllm
+
+    if not engine_vllm.available()[0]:
+        assert "setup-vllm" in out["steps"]["vllm"]["skipped"]
 
 
 @pytest.mark.slow
