@@ -8,6 +8,7 @@ base model.
       training.json                                    lab.train's state of the training (format: lab/train.py)
       metrics.jsonl                                    one line per logged step (format: lab/train.py)
       checkpoints/checkpoint-<step>/                   Trainer checkpoints for a resume; removed once done
+      runs/                                            TensorBoard event files (--report-to tensorboard); not pushed
 
 A crash at any point leaves a folder without adapter_config.json, which nothing treats as a finished adapter.
 Comparing, sampling with an adapter and self-rewarding rounds load every adapter they need onto ONE loaded base
@@ -84,8 +85,9 @@ def resolve_adapters(run: Run, names: str) -> dict[str, Path]:
     if not wanted:
         wanted = run.adapters()
         if not wanted:
-            raise LabError(f"Run {run.name} has no adapters yet: train one first (the Train tab, or `python -m lab "
-                           f"train --run {run.name} ...`).")
+            raise LabError(f"Run {run.name} has no adapters yet: train one first (`python -m lab train --run "
+                           f"{run.name} ...`).", ui=f"Run {run.name} has no adapters yet: train one first in the "
+                           "Train tab.")
     out = {}
     for name in wanted:
         validate_run_name(name, "adapter name")

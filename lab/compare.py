@@ -21,6 +21,8 @@ compare-scores.json (whole file, rewritten by `score`):
      "per_model": {name: {"mean_chars", "mean_tokens", "chars_change", "chars_change_pct", "truncated_rate",
                           "distinct_1", "distinct_2", "refusal_rate"}},
      "win_rates": {adapter: {scorer: lab.stats.win_rate dict}},          # the adapter against the base
+     "outcomes": {adapter: {scorer: {instruction_id: 1 | 0.5 | 0 | null}}},  # per instruction, against the base:
+                                                            # what win_rates counts (null: the scorer had no verdict)
      "head_to_head": {"<adapter> vs <earlier adapter>": {scorer: lab.stats.win_rate dict}}}
 
 Scorers (SCORERS): "pairrm" (PairRM's both-orders preference), "judge" (the LLM judge, every pair of models in both
@@ -42,7 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lab import models, precision, rank
+from lab import limits, models, precision, rank
 from lab.adapters import BASE, adapters_on, check_same_base, fingerprint, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
@@ -293,13 +295,14 @@ def _compare_locked(run: Run, cfg: CompareConfig, progress: Progress | None, api
     items, dups = heldout_instructions(run, cfg, items)
     check_scorers(cfg, api_key)
     engine = pick_engine(cfg.engine, precision.probe(cfg.device).kind)
+    progress = progress or Progress("comparing")
+    progress.loading(f"model {cfg.model}")
     cm = models.load(cfg.model, cfg.device, cfg.dtype) if engine == "lab" else models.load_chat_tokenizer(cfg.model)
     check_same_base(adapters, cfg.model, cm.path)
     key = model_key(cfg, engine)
     settings = {**cfg.to_dict(), "key": key, "base_path": cm.path, "models": [BASE, *adapters],
                 "instruction_ids": [i["id"] for i in items], "duplicates_found": dups, **engine_record(engine)}
     started = once(lambda: run.record_stage("compare", settings))  # with the first completion, or once scored
-    progress = progress or Progress("comparing")
     if engine == "vllm":
         written = complete_all_vllm(run, cm, adapters, items, cfg, key, dups, progress, started)
     else:
@@ -319,8 +322,8 @@ def current(run: Run, st: dict | None = None) -> tuple[list[dict], dict]:
     not recorded yet), else the latest in run.json."""
     st = st or run.stage_settings("compare")
     if not st:
-        raise LabError(f"Run {run.name} has no comparison yet: compare first (the Compare tab, or `python -m lab "
-                       f"compare --run {run.name}`).")
+        raise LabError(f"Run {run.name} has no comparison yet: compare first (`python -m lab compare --run "
+                       f"{run.name}`).", ui=f"Run {run.name} has no comparison yet: press Compare first.")
     ids, names = set(st["instruction_ids"]), set(st["models"])
     latest: dict[tuple, dict] = {}
     for r in run.read("compare"):
@@ -414,14 +417,6 @@ def by_model(records: list[dict]) -> dict[str, dict[str, dict]]:
     return out
 
 
-def by_model(records: list[dict]) -> dict[str, dict[str, dict]]:
-    """{model: {instruction_id: record}}"""
-    out: dict[str, dict[str, dict]] = {}
-    for r in records:
-        out.setdefault(r["model"], {})[r["instruction_id"]] = r
-    return out
-
-
 Outcome = Callable[[str, str, str], "float | None"]  # (instruction id, model a, model b) -> a's outcome against b
 
 
@@ -445,26 +440,40 @@ def score(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_ke
     per_model = {m: text_stats(list(table.get(m, {}).values()), None if m == BASE else base_chars)
                  for m in st["models"]}
     adapters = [m for m in st["models"] if m != BASE]
-    wins, h2h = {m: {} for m in adapters}, {}
+    wins, h2h, per_instruction = {m: {} for m in adapters}, {}, {m: {} for m in adapters}
     for name, scorer in SCORERS.items():
         if scorer.enabled(cfg):
             of = scorer.outcomes(run, cfg, table, st, progress, api_key)
             for n, m in enumerate(adapters):
-                wins[m][name] = rate_of(of, st, m, BASE, cfg)
+                per_instruction[m][name] = outcomes_of(of, st, m, BASE)
+                wins[m][name] = rate_of(per_instruction[m][name], cfg)
                 for earlier in adapters[:n]:
-                    h2h.setdefault(f"{m} vs {earlier}", {})[name] = rate_of(of, st, m, earlier, cfg)
+                    h2h.setdefault(f"{m} vs {earlier}", {})[name] = rate_of(outcomes_of(of, st, m, earlier), cfg)
     scores = {"key": st["key"], "models": st["models"], "n_instructions": len(st["instruction_ids"]),
               "flagged": flagged, "confidence": cfg.confidence, "bootstrap": cfg.bootstrap,
-              "per_model": per_model, "win_rates": wins, "head_to_head": h2h,
+              "per_model": per_model, "win_rates": wins, "outcomes": per_instruction, "head_to_head": h2h,
               "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_json(run.file("compare_scores"), scores)
     return scores
 
 
-def rate_of(of: Outcome, st: dict, a: str, b: str, cfg: CompareConfig) -> dict:
-    """The win rate of model a against model b over the comparison's instructions (unreadable outcomes left out)."""
-    got = [of(iid, a, b) for iid in st["instruction_ids"]]
-    return win_rate([g for g in got if g is not None], cfg.bootstrap, cfg.confidence, cfg.seed)
+def outcomes_of(of: Outcome, st: dict, a: str, b: str) -> dict[str, float | None]:
+    """{instruction id: model a's outcome against model b} over the comparison's instructions."""
+    return {iid: of(iid, a, b) for iid in st["instruction_ids"]}
+
+
+def rate_of(got: dict[str, float | None], cfg: CompareConfig) -> dict:
+    """The win rate over per-instruction outcomes (unreadable ones, None, left out)."""
+    return win_rate([g for g in got.values() if g is not None], cfg.bootstrap, cfg.confidence, cfg.seed)
+
+
+def read_scores(run: Run) -> dict | None:
+    """compare-scores.json if it belongs to the run's latest comparison (the same key and models), else None."""
+    path, st = run.file("compare_scores"), run.stage_settings("compare")
+    if not path.exists() or not st:
+        return None
+    scores = json.loads(path.read_text(encoding="utf-8"))
+    return scores if scores.get("key") == st.get("key") and scores.get("models") == st.get("models") else None
 
 
 def scoring_run(run: Run, table: dict, st: dict) -> tuple[Run, dict[str, int]]:
@@ -569,6 +578,7 @@ def read_notes(run: Run) -> dict:
 
 def save_note(run: Run, text: str, instruction_id: str | None = None) -> dict:
     """Set the overall note (instruction_id None) or one instruction's note; an empty text deletes it."""
+    limits.check_text("The note", text)
     notes = read_notes(run)
     if instruction_id is None:
         notes["overall"] = text.strip()

@@ -29,7 +29,10 @@ from lab.errors import LabError
 from lab.progress import Progress
 
 NUCLEUS_TOP_K = 256  # candidates searched for the top-p nucleus before falling back to a full sort
-
+# Called after every decode step of a batch: (share of the batch's work done, 0..1; tokens generated so far in it).
+# A finished sequence counts whole, a live one by the steps it has taken out of max_new_tokens (an upper bound on
+# what it still needs), so the share only grows. Callers throttle what they do with it (lab.progress does).
+OnStep = Callable[[float, int], None]
 
 
 @dataclass(frozen=True)
@@ -258,23 +261,30 @@ class _Batch:
 
 
 def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[int], dec: Decoding,
-                   gen, read: ReadAfter | None = None) -> list[Completion]:
+                   gen, read: ReadAfter | None = None, on_step: OnStep | None = None) -> list[Completion]:
     """Sample counts[i] completions of prompt i (token ids, already chat-rendered). Returns them prompt by prompt,
-    each with its ReadAfter probabilities where `read` asks for them."""
+    each with its ReadAfter probabilities where `read` asks for them. on_step: told the batch's progress after each
+    decode step (see OnStep)."""
     import torch
 
     b = _Batch(cm, prompts, counts, keep_prompts=read is not None)
     eos = torch.tensor(cm.eos_ids, device=cm.device)
     alive = torch.ones(len(b.tokens), dtype=torch.bool, device=cm.device)
+    made, finished = 0, 0
     for step in range(dec.max_new_tokens):
         nxt = sample_next(b.logits, dec, gen)
         stop = torch.isin(nxt, eos) & alive
         for row, tok, is_stop, live in zip(b.rows.tolist(), nxt.tolist(), stop.tolist(), alive.tolist()):
             if live and not is_stop:
                 b.tokens[row].append(tok)
+                made += 1
             elif live:
                 b.finish[row] = "stop"
+                finished += 1
         alive = alive & ~stop
+        if on_step is not None:
+            n = len(b.tokens)
+            on_step((finished + (n - finished) * (step + 1) / dec.max_new_tokens) / n, made)
         if not bool(alive.any()) or step == dec.max_new_tokens - 1:
             break
         if int((~alive).sum()) * 8 >= len(alive):  # prune once 1/8 of the rows are done: a cache copy is not free
@@ -315,7 +325,8 @@ def generate(cm: models.ChatModel, prompts: list[str], k: int, dec: Decoding, ba
     engine "vllm": one vLLM call for everything; cm may be a tokenizer-only ChatModel (models.load_chat_tokenizer)
       and `adapter` the LoRA folder to answer with (None: the base).
     read: probabilities read after each completion on its batch's pre-filled prompt (engine "lab" only; with vLLM
-      the caller reads them with read_after on a model loaded here)."""
+      the caller reads them with read_after on a model loaded here).
+    progress: told the completions done after each batch, and the work inside a batch as it decodes."""
     if read is not None and engine != "lab":
         raise ValueError("generate(read=...) runs on the lab's engine only; read vLLM's completions with read_after")
     encoded = [cm.encode_prompt(p) for p in prompts]
@@ -324,8 +335,11 @@ def generate(cm: models.ChatModel, prompts: list[str], k: int, dec: Decoding, ba
         return vllm_units(cm, units, encoded, dec, [None] * len(prompts), [adapter] * len(prompts), progress)
     out: list[list[Completion]] = [[] for _ in prompts]
     for batch in plan_batches(units, encoded, batch_size):
+        have, rows = sum(len(o) for o in out), sum(len(idx) for _, idx in batch)
+        step = None if progress is None else (
+            lambda share, _tokens: progress.update(have, len(prompts) * k, partial=share * rows))
         done = run_units(cm, batch, encoded, dec, salt="|".join(_unit_salt(prompts[i], idx, k) for i, idx in batch),
-                         read=read)
+                         read=read, on_step=step)
         for (i, _), comps in zip(batch, done):
             out[i].extend(comps)
         if progress:
@@ -402,14 +416,15 @@ def plan_batches(units: list[tuple[int, list[int]]], encoded, batch_size: int):
         yield batch
 
 
-def run_units(cm, batch, encoded, dec: Decoding, salt: str, read: ReadAfter | None = None) -> list[list[Completion]]:
-    """Generate one batch; returns the completions grouped per unit."""
+def run_units(cm, batch, encoded, dec: Decoding, salt: str, read: ReadAfter | None = None,
+              on_step: OnStep | None = None) -> list[list[Completion]]:
+    """Generate one batch; returns the completions grouped per unit. on_step: see OnStep."""
     import torch
 
     counts = [len(idx) for _, idx in batch]
     with torch.inference_mode():
         flat = generate_batch(cm, [encoded[i] for i, _ in batch], counts, dec, make_generator(cm, dec.seed, salt),
-                              read=read)
+                              read=read, on_step=on_step)
     grouped, start = [], 0
     for c in counts:
         grouped.append(flat[start:start + c])
@@ -417,3 +432,24 @@ def run_units(cm, batch, encoded, dec: Decoding, salt: str, read: ReadAfter | No
     return grouped
 
 
+
+
+def stream_completion(cm: models.ChatModel, prompt: list[int], dec: Decoding, gen):
+    """Token ids of one completion of `prompt` (chat-rendered ids), yielded as they are drawn: the chat playground
+    streams them. The same decode loop as generate_batch (one row), so a greedy stream is generate's answer token
+    for token. Each step runs in its own inference_mode block: a caller may take the next token from another thread
+    (Gradio does), and grad mode is per thread."""
+    import torch
+
+    with torch.inference_mode():
+        b = _Batch(cm, [prompt], [1])
+    for step in range(dec.max_new_tokens):
+        with torch.inference_mode():
+            nxt = sample_next(b.logits, dec, gen)
+        token = int(nxt[0])
+        if token in cm.eos_ids:
+            return
+        yield token
+        if step < dec.max_new_tokens - 1:
+            with torch.inference_mode():
+                b.step(nxt)

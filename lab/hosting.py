@@ -30,9 +30,11 @@ from pathlib import Path
 from lab import limits
 from lab.errors import LabError
 from lab.instructions import load_instructions
+from lab.judge import DEFAULT_TEMPLATE, estimate
 from lab.limits import hosted
-from lab.models import HUB_ID, SPECIAL_SPECS
+from lab.models import HUB_ID, SPECIAL_SPECS, cache_dir
 from lab.pairs import resolve_pairs
+from lab.sample import groups
 from lab.store import RUN_NAME, Run, check_writable, list_runs, read_jsonl, runs_root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,8 +83,8 @@ def access(name: str, visitor: Visitor | None) -> str:
     if not RUN_NAME.match(name or "") or ".." in name:
         return "none"
     run = Run(runs_root() / name)
-    if not run.path.exists():
-        return "new" if visitor else "none"
+    if not run.path.exists():  # a shared name stays the owner's to create: a visitor cannot squat it
+        return "new" if visitor and name not in shared_runs() else "none"
     if visitor and owner_of(run) in visitor.keys:
         return "own"
     return "shared" if name in shared_runs() else "none"
@@ -96,6 +98,8 @@ def visible_runs(visitor: Visitor | None) -> list[str]:
 def claim(name: str, visitor: Visitor) -> bool:
     """Create run `name` for `visitor` (its folder and owner.json, atomically: of two visitors claiming one name at
     once, one wins). True if the run is now the visitor's."""
+    if name in shared_runs():
+        return False  # the owner's shared names are never a visitor's (see access)
     run = Run(runs_root() / name)
     run.path.mkdir(parents=True, exist_ok=True)
     record = json.dumps({"owner": visitor.primary, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -180,6 +184,26 @@ def _model(run: Run, spec: str) -> str:
     return (spec or "").strip() or (run.stage_settings("sample") or {}).get("model") or ""
 
 
+def public_text(text: str) -> str:
+    """A message as a hosted app shows it: no server path (the runs root, the lab's cache, the home folder) in it;
+    off a hosted app, unchanged."""
+    if not hosted() or not text:
+        return text
+    for path, shown in ((runs_root(), "runs"), (cache_dir(), "<cache>"), (Path.home(), "~")):
+        text = text.replace(str(path), shown)
+    return text
+
+
+def model_specs(run: Run, cfg) -> list[str]:
+    """The Hub models a stage's settings would load: its model (or the run's), a local judge's or scorer's model,
+    a ranker. (An API judge's model name is the provider's, not a Hub repo.)"""
+    specs = [_model(run, getattr(cfg, "model", "") or "")]
+    if getattr(cfg, "backend", None) == "local" or getattr(cfg, "judge", None) == "local":
+        specs.append(getattr(cfg, "judge_model", "") or getattr(cfg, "model", "") or "bundled")
+    specs += [getattr(cfg, key, "") or "" for key in ("ranker", "pairrm")]
+    return [s for s in specs if s]
+
+
 def admit(stage: str, run_name: str, cfg) -> None:
     """Refuse a stage's settings (`cfg`: its settings dataclass, as `python -m lab` parsed them) that break the hosted
     rules or the caps, before anything is written. The app runs it before it queues a job, the CLI before the stage
@@ -198,7 +222,11 @@ def _admit_sample(run: Run, cfg) -> None:
         check_model_spec(cfg.model)
         check_source(run, cfg.instructions, ("bundled", "lima"), "--instructions")
         check_adapters(run, cfg.adapter, "--adapter")
-    limits.check_sample(cfg)
+    held = 0
+    if limits.cap("run_instructions"):  # read the source only for a cap
+        known = {i["id"] for i in run.read("instructions")}
+        held = len(known | {i.id for i in load_instructions(cfg.instructions, cfg.n, cfg.seed)})
+    limits.check_sample(cfg, held)
 
 
 def _admit_judge(run: Run, cfg) -> None:
@@ -210,12 +238,18 @@ def _admit_judge(run: Run, cfg) -> None:
             raise LabError("--api-key-env: on this hosted app a judge key is the app's own or the one you type.")
         if cfg.backend == "local":
             check_model_spec(cfg.model, "--model")
-    limits.check_judge(cfg)
+    calls = 0
+    if limits.cap("judge_calls") and run.read("samples"):  # estimate the plan only for a cap
+        given = not cfg.prompt_file or Path(cfg.prompt_file).is_file()  # the app writes it only once admitted
+        calls = estimate(run, cfg, None if given else DEFAULT_TEMPLATE)["calls_to_make"]
+    limits.check_judge(cfg, calls)
 
 
 def _admit_rank(run: Run, cfg) -> None:
     if hosted():
         check_ranker(cfg.ranker)
+    pairs = sum(len(g.indices) * (len(g.indices) - 1) for g in groups(run, False)) if limits.cap("rank_pairs") else 0
+    limits.check_rank(cfg, pairs)
 
 
 def _admit_score(run: Run, cfg) -> None:
@@ -225,6 +259,8 @@ def _admit_score(run: Run, cfg) -> None:
 
 def _admit_train(run: Run, cfg) -> None:
     if hosted():
+        if cfg.report_to == "wandb":  # the app's W&B login is the owner's: a visitor's runs must not land there
+            raise LabError("--report-to wandb: on this hosted app training reports to none, trackio or tensorboard.")
         check_pairs(run, cfg.pairs)
         check_adapters(run, cfg.init_adapter or "", "--init-adapter")
         check_model_spec(cfg.model)
@@ -241,7 +277,9 @@ def _admit_compare(run: Run, cfg) -> None:
             check_ranker(cfg.pairrm, "--pairrm")
         if cfg.judge == "local":
             check_model_spec(cfg.judge_model, "--judge-model")
-    limits.check_compare(cfg, _count(cfg.instructions, cfg.n) if limits.cap("n") else 0, _model(run, cfg.model))
+    adapters = len([a for a in cfg.adapters.split(",") if a.strip()] or run.adapters())
+    limits.check_compare(cfg, _count(cfg.instructions, cfg.n) if limits.cap("n") else 0, _model(run, cfg.model),
+                         adapters)
 
 
 def _admit_iterate(run: Run, cfg) -> None:
@@ -258,5 +296,25 @@ def _admit_iterate(run: Run, cfg) -> None:
     limits.check_iterate(cfg, train_n, eval_n, _model(run, cfg.model))
 
 
+def check_chat(run: Run | None, cfg, panes: tuple[str, ...] = ()) -> None:
+    """A chat's rules (the app's Chat tab checks them itself: a chat only reads, so a shared run is fine; `run` None:
+    the base model without a run): the run's own adapters, a Hub model, the new-token and model-size caps."""
+    if hosted():
+        adapters = ",".join(p for p in (cfg.adapter, *panes) if p and p != "base")
+        if run is not None:
+            check_adapters(run, adapters, "--adapter")
+        check_model_spec(cfg.model)
+    limits.check("new_tokens", "--max-new-tokens", cfg.max_new_tokens)
+    limits.check_model(_model(run, cfg.model) if run is not None else cfg.model)
+
+
+def _admit_merge(run: Run, cfg) -> None:
+    if hosted():
+        check_adapters(run, cfg.adapter, "--adapter")
+        check_model_spec(cfg.model)
+    limits.check_model(_model(run, cfg.model))
+
+
 ADMIT = {"sample": _admit_sample, "judge": _admit_judge, "rank": _admit_rank, "score": _admit_score,
-         "train": _admit_train, "compare": _admit_compare, "iterate": _admit_iterate}
+         "train": _admit_train, "compare": _admit_compare, "iterate": _admit_iterate, "merge": _admit_merge,
+         "chat": check_chat}

@@ -150,8 +150,9 @@ def training_instructions(run: Run, cfg: IterateConfig) -> list[Instruction]:
     if cfg.instructions == "run":
         items = run.read("instructions")
         if not items:
-            raise LabError(f"Run {run.name} has no instructions yet: sample first (the Sample tab, or `python -m lab "
-                           f"sample --run {run.name}`), or pass --instructions bundled (or a file).")
+            raise LabError(f"Run {run.name} has no instructions yet: sample first (`python -m lab sample --run "
+                           f"{run.name}`), or pass --instructions bundled (or a file).",
+                           ui=f"Run {run.name} has no instructions yet: sample first in the Sample tab.")
         return [Instruction(i["id"], i["prompt"], i["source"]) for i in items[:cfg.n or None]]
     return load_instructions(cfg.instructions, cfg.n or None, cfg.seed)
 
@@ -303,6 +304,7 @@ def _iterate_locked(run: Run, cfg: IterateConfig, progress: Progress | None, api
             started()
             run.append("iterate", [done[k]])
         policy = Path(done[k]["adapter"])
+    progress.update(cfg.rounds, cfg.rounds, f"{cfg.rounds} rounds done")  # not the last phase's count of round k
     progress.close()
     return {"run": run.name, "rounds": [round_summary(done[k]) for k in range(1, cfg.rounds + 1)]}
 

@@ -6,8 +6,9 @@ state on disk so that a page reload, or a restarted app, finds it again:
     runs/<run>/jobs/job.json       {"ticket", "argv", "label", "queued"} while it waits; + "pid", "started" once it runs
     runs/<run>/jobs/progress.json  written by lab.progress.Progress in the child
     runs/<run>/jobs/log.txt        the child's stdout and stderr
-    runs/<run>/jobs/exit.json      {"returncode", "state", "error"}, written by the child as it ends (or by the app
-                                   for a job cancelled, or dropped, before it ran)
+    runs/<run>/jobs/exit.json      {"returncode", "state", "error", "ui_error"}, written by the child as it ends (or
+                                   by the app for a job cancelled, or dropped, before it ran); "error" is the message
+                                   for a terminal, "ui_error" the same in the app's words (lab.errors) or null
 
 One job runs per machine at a time (models fill memory): `<runs root>/.active-job` names the run that has it. Jobs
 started meanwhile wait in a first-come queue, one file per job:
@@ -36,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from lab import limits
 from lab.errors import LabError
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
 from lab.store import JOB_FILES, Run, atomic_write_json, atomic_write_text, check_writable, root_file, runs_root
@@ -103,15 +105,18 @@ def queued() -> list[dict]:
     return [e for e in (_read(p) for p in paths) if e and e.get("ticket")]
 
 
-def start(run: Run, argv: list[str], label: str, secret_env: dict[str, str] | None = None) -> dict:
+def start(run: Run, argv: list[str], label: str, secret_env: dict[str, str] | None = None,
+          who: str | None = None, where: str | None = None) -> dict:
     """Queue `python -m lab *argv` for `run` and start it at once if the machine is free. -> status(run).
-    Refused while the run already has a job queued or running.
+    Refused while the run already has a job queued or running, and on a hosted app past the queue's caps
+    (check_queue: who = the visitor's key, where = a hash of their address).
 
-    secret_env: credentials for this job alone (an API key a visitor typed into the page, as $LAB_API_KEY). They
+    secret_env: credentials for this job alone (an API key a visitor typed into the page, as $LAB_API_KEY_<BACKEND>;
+    the owner's Hub token for a model the owner lets visitors use, lab.limits.owner_token). They
     reach only the child's environment: never argv (visible to every user in `ps`), job.json, the queue, the log or
     any other file; while the job waits in the queue they stay in this process's memory. With secret_env the child
     does not inherit the owner's provider keys (lab.judge_backends.KEY_ENV): a visitor's job runs on the visitor's
-    key alone; without it, no $LAB_API_KEY reaches the child.
+    key alone; without it, no typed key reaches the child.
     The child gets this process's runs root ($LAB_RUNS_DIR), so the run name in argv means the same run there.
     """
     check_writable(run.jobs_dir)
@@ -120,9 +125,10 @@ def start(run: Run, argv: list[str], label: str, secret_env: dict[str, str] | No
         if st["state"] in ("queued", "running"):
             raise LabError(f"A job is already {st['state']} on run {run.name!r} ({st.get('label', 'a job')}): wait "
                            "for it to finish, or stop it first.")
+        check_queue(who, where)
         ticket = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
         entry = {"ticket": ticket, "run": str(run.path), "argv": argv, "label": label, "queued": time.time(),
-                 "needs_key": bool(secret_env)}
+                 "needs_key": bool(secret_env), "who": who, "where": where}
         if secret_env:
             _KEYS[ticket] = dict(secret_env)
         atomic_write_json(_queue_dir() / f"{ticket}.json", entry)  # the entry first: job.json always finds it
@@ -134,6 +140,46 @@ def start(run: Run, argv: list[str], label: str, secret_env: dict[str, str] | No
     return status(run)
 
 
+def _holders() -> list[dict]:
+    """The queue's entries plus the running job's (as {"who", "where"}), for the caps."""
+    running = active_job()
+    job = _read(Run(running[0]).job_file("job")) if running else None
+    return queued() + ([job] if job else [])
+
+
+def check_queue(who: str | None, where: str | None) -> None:
+    """On a hosted app: at most LAB_MAX_QUEUE jobs waiting or running, one per visitor, two per address (a visitor
+    may mint new browser ids; an address is harder to multiply)."""
+    holders = _holders()
+    limit = limits.cap("queue")
+    if limit is not None and len(holders) >= limit:
+        raise LabError(f"This app's queue is full ({len(holders)} jobs waiting or running; the owner sets "
+                       "LAB_MAX_QUEUE): try again in a while.")
+    if who and any(h.get("who") == who for h in holders):
+        raise LabError("You already have a job waiting or running on this app: wait for it to finish, or stop it, "
+                       "before you start another.")
+    if where and sum(h.get("where") == where for h in holders) >= 2:
+        raise LabError("Two jobs from your network are already waiting or running on this app: wait for one to "
+                       "finish before you start another.")
+
+
+def _enforce_time_limit() -> None:
+    """Stop the running job once it has run longer than LAB_MAX_JOB_MINUTES (a hosted app's default: 60): SIGTERM
+    first, then a kill of its process group if it is still there a minute later."""
+    limit, running = limits.cap("job_minutes"), active_job()
+    if limit is None or running is None:
+        return
+    run = Run(running[0])
+    job = _read(run.job_file("job")) or {}
+    over = time.time() - job.get("started", time.time()) - limit * 60
+    if over > 0:
+        os.killpg(running[1], signal.SIGKILL if over > 60 else signal.SIGTERM)
+        if over > 60:
+            atomic_write_json(run.job_file("exit"), {"returncode": -9, "state": "stopped", "error":
+                              f"Stopped: it ran past this app's limit of {limits.cap('job_minutes'):g} minutes a job "
+                              "(the owner sets LAB_MAX_JOB_MINUTES). What it finished is saved."})
+
+
 def pump() -> dict | None:
     """Start the oldest queued job if no job holds the machine. -> the job started, or None. It runs outside any
     read-only guard of the caller (lab.store.read_only): starting the queue's head is the machine's business."""
@@ -141,6 +187,7 @@ def pump() -> dict | None:
 
 
 def _pump() -> dict | None:
+    _enforce_time_limit()
     with _queue_lock():
         if active_job():
             return None
@@ -161,7 +208,7 @@ def _pump() -> dict | None:
 def _launch(run: Run, entry: dict, secret_env: dict[str, str] | None) -> dict:
     jobs = run.jobs_dir
     jobs.mkdir(parents=True, exist_ok=True)
-    dropped = {TYPED_KEY_ENV, *(KEY_ENV.values() if secret_env else ())}  # only secret_env may set a typed key
+    dropped = {*TYPED_KEY_ENV.values(), *(KEY_ENV.values() if secret_env else ())}  # only secret_env sets typed keys
     env = {**{k: v for k, v in os.environ.items() if k not in dropped}, **(secret_env or {}),
            "LAB_RUNS_DIR": str(runs_root()), "LAB_PROGRESS_FILE": str(run.job_file("progress")),
            "LAB_JOB_DIR": str(jobs), "PYTHONUNBUFFERED": "1"}
@@ -169,7 +216,7 @@ def _launch(run: Run, entry: dict, secret_env: dict[str, str] | None) -> dict:
         proc = subprocess.Popen([sys.executable, "-m", "lab", *entry["argv"]], cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     job = {"ticket": entry["ticket"], "pid": proc.pid, "argv": entry["argv"], "label": entry["label"],
-           "queued": entry["queued"], "started": time.time()}
+           "queued": entry["queued"], "started": time.time(), "who": entry.get("who"), "where": entry.get("where")}
     atomic_write_json(run.job_file("job"), job)
     atomic_write_json(root_file("active_job"), {"run": str(run.path), "pid": proc.pid})
     return job
@@ -248,9 +295,10 @@ def log_tail(run: Run, chars: int = 4000) -> str:
         return f.read().decode("utf-8", errors="replace")
 
 
-def stop(run: Run, grace_s: float = 30.0) -> dict:
+def stop(run: Run, grace_s: float = 30.0, wait: bool = True) -> dict:
     """Ask the job to stop at its next safe point (SIGTERM); kill its process group if it has not after grace_s.
-    A job still in the queue is cancelled."""
+    A job still in the queue is cancelled. wait=False returns at once and escalates from a thread (the app: a
+    handler that waits 30 s would hold up every visitor's Stop)."""
     check_writable(run.jobs_dir)
     job = _read(run.job_file("job"))
     if job and "pid" not in job:
@@ -259,21 +307,29 @@ def stop(run: Run, grace_s: float = 30.0) -> dict:
         return status(run)
     pid = int(job["pid"])
     os.killpg(pid, signal.SIGTERM)
+    if not wait:
+        threading.Timer(grace_s, _kill_if_alive, (run, pid)).start()
+        return status(run)
     deadline = time.time() + grace_s
     while time.time() < deadline and _alive(pid):
         time.sleep(0.2)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-        atomic_write_json(run.job_file("exit"), {"returncode": -9, "state": "stopped",
-                                                       "error": "Killed after it did not stop in time."})
+    _kill_if_alive(run, pid)
     return status(run)
 
 
-def report_exit(returncode: int, state: str, error: str | None = None) -> None:
+def _kill_if_alive(run: Run, pid: int) -> None:
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+        atomic_write_json(run.job_file("exit"), {"returncode": -9, "state": "stopped",
+                                                 "error": "Killed after it did not stop in time."})
+
+
+def report_exit(returncode: int, state: str, error: str | None = None, ui_error: str | None = None) -> None:
     """Called by the CLI in a job child as it ends (no-op outside a job)."""
     jobs = os.environ.get("LAB_JOB_DIR")
     if jobs:
-        atomic_write_json(Path(jobs) / JOB_FILES["exit"], {"returncode": returncode, "state": state, "error": error})
+        atomic_write_json(Path(jobs) / JOB_FILES["exit"], {"returncode": returncode, "state": state, "error": error,
+                                                           "ui_error": ui_error})
 
 
 def wait(run: Run, timeout_s: float = 600.0, poll_s: float = 0.2) -> dict:

@@ -452,6 +452,8 @@ def _judge_locked(run: Run, cfg: JudgeConfig, progress: Progress | None, api_key
         if not todo:
             break
         if backend is None:
+            if cfg.backend == "local":
+                progress.loading(f"judge model {cfg.model or DEFAULT_MODELS['local']}")
             backend = make_backend(cfg, api_key)
             s.started = once(lambda: _record_settings(run, cfg, s))
         runner = _run_local if isinstance(backend, LocalBackend) else _run_api

@@ -11,8 +11,8 @@ API keys are kept only on the client object: never in a record, a log line or an
 scrubbed of the key and of any URL userinfo). Where a key may go (resolve_key), so that an owner's key never reaches a
 server someone else chose (a visitor of a public Space typing a Base URL):
   - a key given explicitly may go to any base URL: passed in memory (the app's check before a job), named by
-    `--api-key-env NAME` (the owner's own choice on the command line), or in $LAB_API_KEY (TYPED_KEY_ENV: the key a
-    visitor typed into the app, which reaches that one job there and nowhere else);
+    `--api-key-env NAME` (the owner's own choice on the command line), or in $LAB_API_KEY_<BACKEND>
+    (TYPED_KEY_ENV: the key a visitor typed into the app, which reaches that one job and that one backend);
   - a key from the provider's default variable (GROQ_API_KEY / OPENAI_API_KEY: the owner's) goes only to the owner's
     URL ($GROQ_BASE_URL / $OPENAI_BASE_URL when set, else the provider's default); any other base URL is refused.
 """
@@ -72,7 +72,9 @@ KEY_ENV = {name: BACKENDS[name].key_env for name in API_BACKENDS}
 DEFAULT_URL = {name: BACKENDS[name].default_url for name in API_BACKENDS}
 BASE_URL_ENV = {name: BACKENDS[name].url_env for name in API_BACKENDS}  # the owner's URL for the KEY_ENV key
 MAX_RETRY_AFTER_S = 300.0  # longest Retry-After pause accepted by default (JudgeConfig.max_retry_after_s)
-TYPED_KEY_ENV = "LAB_API_KEY"  # a key typed into the app, for one job: explicit, never the provider's variable
+# a key typed into the app, for one job and one backend: explicit, never the provider's variable, never another
+# backend's (a visitor's Groq key is not sent to an OpenAI-compatible server)
+TYPED_KEY_ENV = {name: f"LAB_API_KEY_{name.upper()}" for name in API_BACKENDS}
 # USD per million tokens (input, output), as listed by the providers in 2025; None elsewhere: cost is not guessed.
 PRICES = {
     "llama-3.3-70b-versatile": (0.59, 0.79), "llama-3.1-8b-instant": (0.05, 0.08),
@@ -103,22 +105,24 @@ def _same_url(a: str, b: str) -> bool:
 def resolve_key(kind: str, base_url: str = "", api_key: str | None = None, key_env: str = "") -> tuple[str, str, str]:
     """(key, URL, where the key came from, in words) for an API judge, under the rule in the module docstring.
 
-    Order: api_key (in memory) > $key_env (named by the caller) > $LAB_API_KEY (typed in the app) > the provider's
-    default variable, which may only go to owner_url(kind). Raises LabError (naming no key) when there is no key or
-    when the default variable's key would go to another URL."""
+    Order: api_key (in memory) > $key_env (named by the caller) > $LAB_API_KEY_<KIND> (typed in the app) > the
+    provider's default variable, which may only go to owner_url(kind). Raises LabError (naming no key) when there is
+    no key or when the default variable's key would go to another URL."""
     url = base_url or owner_url(kind)
     if api_key:
         return api_key, url, "the API key given"
     if key_env:
         return _env_key(key_env, kind), url, f"${key_env}"
-    if os.environ.get(TYPED_KEY_ENV):
-        return os.environ[TYPED_KEY_ENV], url, "the API key typed in the app"
+    if os.environ.get(TYPED_KEY_ENV[kind]):
+        return os.environ[TYPED_KEY_ENV[kind]], url, "the API key typed in the app"
     key = _env_key(KEY_ENV[kind], kind)
     if base_url and not _same_url(base_url, owner_url(kind)):
         raise LabError(f"The base URL {redact_userinfo(base_url)} is not the {kind} URL this machine's "
                        f"{KEY_ENV[kind]} is set for, so that key is not sent there: give your own key for that "
-                       "server (the API key box in the app; on the command line --api-key-env NAME of the variable "
-                       f"that holds it), or leave the base URL empty.")
+                       "server (--api-key-env NAME of the variable that holds it), or leave the base URL empty.",
+                       ui=f"The base URL {redact_userinfo(base_url)} is not the {kind} URL this app's "
+                       f"{KEY_ENV[kind]} is set for, so that key is not sent there: type your own key for that "
+                       "server in the API key box, or leave the base URL empty.")
     return key, url, f"${KEY_ENV[kind]}"
 
 
@@ -242,18 +246,23 @@ class ApiBackend:
         without a word looks like a hang, so the run stops and says when to come back."""
         until = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(time.time() + seconds))
         span = f"{seconds / 3600:.1f} hours" if seconds >= 3600 else f"{seconds / 60:.0f} minutes"
-        return LabError(f"{self.kind} at {self.url} asked to wait {seconds:.0f} s before the next request "
-                        f"(Retry-After: {span}, until about {until}), more than the {self.max_retry_after_s:.0f} s "
-                        "this run waits (lab judge --max-retry-after-s). Everything judged so far is saved: rerun "
-                        "the same command after that time to go on from there.")
+        asked = (f"{self.kind} at {self.url} asked to wait {seconds:.0f} s before the next request "
+                 f"(Retry-After: {span}, until about {until}), more than the {self.max_retry_after_s:.0f} s this run "
+                 "waits")
+        return LabError(f"{asked} (lab judge --max-retry-after-s). Everything judged so far is saved: rerun the same "
+                        "command after that time to go on from there.",
+                        ui=f"{asked}. Everything judged so far is saved: start it again after that time to go on "
+                        "from there.")
 
     def _gave_up(self, err: Exception | None) -> LabError:
         status = getattr(err, "status_code", None)
         what = {429: "kept answering 429 (rate limited)", None: "gave no answer in time"}.get(
             status, f"kept failing (HTTP {status})")
         hint = "lower --rpm or --concurrency, or wait" if status == 429 else "try again later or raise --timeout-s"
-        return LabError(f"{self.kind} at {redact_userinfo(self.url)} {what} after {self.max_retries + 1} tries: "
-                        f"{hint}. Every judgment finished so far is saved; rerun the same command to resume.")
+        ui = "lower the requests per minute or concurrent requests, or wait" if status == 429 else "try again later"
+        head = f"{self.kind} at {redact_userinfo(self.url)} {what} after {self.max_retries + 1} tries"
+        return LabError(f"{head}: {hint}. Every judgment finished so far is saved; rerun the same command to resume.",
+                        ui=f"{head}: {ui}. Every judgment finished so far is saved; start it again to resume.")
 
     def _scrub(self, text: str) -> str:
         return redact_userinfo(text.replace(self.api_key, "***") if self.api_key else text)

@@ -18,6 +18,22 @@ environment), so a bare API client or a hand-made command line meets the same ca
                                     round for iterate
     LAB_MAX_ROUNDS         3        self-rewarding rounds (iterate --rounds)
     LAB_MAX_UPLOAD_MB      5        size of a file uploaded in the app (instruction files)
+    LAB_MAX_BATCH          64       sequences per forward pass (every --batch-size; train: --batch-size x
+                                    --grad-accum; PairRM pairs per pass)
+    LAB_MAX_LORA_R         64       LoRA rank (train --lora-r, --lora-alpha up to 4x; iterate --lora-r)
+    LAB_MAX_LENGTH         2048     training sequence length (train --max-length)
+    LAB_MAX_JUDGE_CALLS    400      judge calls one job may make (the plan's calls still to make)
+    LAB_MAX_RANK_PAIRS     600      PairRM comparisons one job may make (K(K-1) per instruction)
+    LAB_MAX_RUN_INSTRUCTIONS 64     instructions one run may hold (sampling more into a run adds to it)
+    LAB_MAX_ADAPTERS       4        adapters one comparison may hold
+    LAB_MAX_TEXT_KB        20       a judge prompt or a note typed into the app, in KB
+    LAB_MAX_QUEUE          12       jobs waiting or running at once (each visitor: one; each address: two)
+    LAB_MAX_JOB_MINUTES    60       wall-clock minutes a job may run before it is stopped
+
+The owner's Hugging Face token: on a hosted app it is taken out of the app's environment at start
+(seal_owner_token) and reaches only jobs whose models are all in LAB_TOKEN_MODELS (comma-separated hub ids the
+owner lets visitors use with it, e.g. a gated Llama whose licence the owner accepted). Anything else a visitor names
+is fetched anonymously: a private or gated repo of the owner's stays out of reach.
 """
 from __future__ import annotations
 
@@ -27,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab import models
-from lab.memory import count_parameters  # noqa: F401  (sized from the config alone: lab.memory)
+from lab.memory import count_parameters  # sized from the config alone, bounds checked (lab.memory)
 from lab.errors import LabError
 
 
@@ -46,7 +62,20 @@ CAPS = {
     "train_steps": Cap("LAB_MAX_TRAIN_STEPS", 200, "training steps"),
     "rounds": Cap("LAB_MAX_ROUNDS", 3, "self-rewarding rounds"),
     "upload_mb": Cap("LAB_MAX_UPLOAD_MB", 5, "MB per uploaded file"),
+    "batch": Cap("LAB_MAX_BATCH", 64, "sequences per forward pass"),
+    "lora_r": Cap("LAB_MAX_LORA_R", 64, "LoRA rank"),
+    "length": Cap("LAB_MAX_LENGTH", 2048, "tokens of training sequence"),
+    "judge_calls": Cap("LAB_MAX_JUDGE_CALLS", 400, "judge calls per job"),
+    "rank_pairs": Cap("LAB_MAX_RANK_PAIRS", 600, "PairRM comparisons per job"),
+    "run_instructions": Cap("LAB_MAX_RUN_INSTRUCTIONS", 64, "instructions per run"),
+    "adapters": Cap("LAB_MAX_ADAPTERS", 4, "adapters per comparison"),
+    "text_kb": Cap("LAB_MAX_TEXT_KB", 20, "KB of typed text"),
+    "queue": Cap("LAB_MAX_QUEUE", 12, "jobs waiting or running"),
+    "job_minutes": Cap("LAB_MAX_JOB_MINUTES", 60, "minutes per job"),
 }
+HF_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+TOKEN_MODELS_ENV = "LAB_TOKEN_MODELS"
+_OWNER_TOKEN: dict[str, str] = {}  # the owner's Hub token, kept out of os.environ on a hosted app
 
 
 def on_space() -> bool:
@@ -90,6 +119,31 @@ def check(name: str, flag: str, value: float, asked: str | None = None) -> None:
 
 
 # ---- model size -----------------------------------------------------------------------------------------------------
+def seal_owner_token() -> None:
+    """On a hosted app, take the owner's Hub token out of this process's environment (huggingface_hub reads it from
+    there on every download): visitors' requests run anonymously unless owner_token() hands it out."""
+    if hosted():
+        for name in HF_TOKEN_ENV:
+            if os.environ.get(name):
+                _OWNER_TOKEN.setdefault("token", os.environ[name])
+            os.environ.pop(name, None)
+
+
+def token_models() -> set[str]:
+    return {m.strip() for m in os.environ.get(TOKEN_MODELS_ENV, "").split(",") if m.strip()}
+
+
+def owner_token(specs: list[str]) -> str | None:
+    """The owner's Hub token for a job or a request that loads `specs`: off a hosted app whatever the environment
+    holds (huggingface_hub finds it); on one, the sealed token only when every hub id in specs is one the owner lists
+    in LAB_TOKEN_MODELS (None otherwise: fetch anonymously)."""
+    if not hosted():
+        return next((os.environ[n] for n in HF_TOKEN_ENV if os.environ.get(n)), None)
+    hub_ids = [s for s in specs if s and models.HUB_ID.match(s) and s not in models.SPECIAL_SPECS]
+    allowed = token_models()
+    return _OWNER_TOKEN.get("token") if hub_ids and all(s in allowed for s in hub_ids) else None
+
+
 def check_model(spec: str, flag: str = "--model") -> None:
     """Refuse a model above LAB_MAX_MODEL_PARAMS, before anything of it but its config is downloaded."""
     limit = cap("model_params")
@@ -97,7 +151,7 @@ def check_model(spec: str, flag: str = "--model") -> None:
     if limit is None or not spec or spec in models.SPECIAL_SPECS:  # bundled (135M) and tiny-random are small
         return
     source = models.resolve(spec)  # a hub id, or a local folder's path
-    billions = count_parameters(source) / 1e9
+    billions = count_parameters(source, owner_token([spec]) or False) / 1e9  # False: anonymously
     if billions > limit:
         c = CAPS["model_params"]
         raise LabError(f"{flag} {spec} has {billions:.2f} billion parameters, above this app's cap of "
@@ -121,10 +175,20 @@ def check_upload(path: str | os.PathLike) -> None:
 
 
 # ---- per stage ------------------------------------------------------------------------------------------------------
-def check_sample(cfg) -> None:
+def check_text(what: str, text: str) -> None:
+    """Refuse typed text (a judge prompt, a note) above LAB_MAX_TEXT_KB."""
+    check("text_kb", what, len((text or "").encode("utf-8")) / 1024,
+          f"{what} of {len((text or '').encode('utf-8')) / 1024:.0f} KB")
+
+
+def check_sample(cfg, run_instructions: int = 0) -> None:
+    """cfg: SampleConfig; run_instructions: how many instructions the run would hold after it (its own + new)."""
     check("n", "--n", cfg.n)
     check("k", "--k", cfg.k)
     check("new_tokens", "--max-new-tokens", cfg.max_new_tokens)
+    check("batch", "--batch-size", cfg.batch_size)
+    check("run_instructions", "the run's instructions", run_instructions,
+          f"this run would hold {run_instructions} instructions, which")
     check_model(cfg.model)
 
 
@@ -140,13 +204,20 @@ def check_train(cfg, pairs: int, model: str) -> None:
     steps = steps_of(cfg.max_steps, cfg.epochs, pairs, cfg.batch_size * cfg.grad_accum)
     asked = None if cfg.max_steps > 0 else f"--epochs {_fmt(cfg.epochs)} over {pairs} pairs ({steps} steps)"
     check("train_steps", "--max-steps", steps, asked)
+    check("batch", "--batch-size", cfg.batch_size * cfg.grad_accum,
+          f"--batch-size {cfg.batch_size} x --grad-accum {cfg.grad_accum} = {cfg.batch_size * cfg.grad_accum}")
+    check("lora_r", "--lora-r", cfg.lora_r)
+    check("lora_r", "--lora-alpha", cfg.lora_alpha / 4, f"--lora-alpha {cfg.lora_alpha} (4 x the rank cap at most)")
+    check("length", "--max-length", cfg.max_length)
     check_model(model)
 
 
-def check_compare(cfg, instructions: int, model: str) -> None:
-    """cfg: CompareConfig; instructions: how many held-out instructions it would answer."""
+def check_compare(cfg, instructions: int, model: str, adapters: int = 0) -> None:
+    """cfg: CompareConfig; instructions: how many held-out instructions it would answer; adapters: how many."""
     check("n", "--n", instructions, None if cfg.n else f"--n 0 (all: {instructions} instructions)")
     check("new_tokens", "--max-new-tokens", cfg.max_new_tokens)
+    check("batch", "--batch-size", cfg.batch_size)
+    check("adapters", "--adapters", adapters, f"{adapters} adapters")
     check_model(model)
     if cfg.judge == "local":
         check_model(cfg.judge_model or "bundled", "--judge-model")
@@ -161,13 +232,28 @@ def check_iterate(cfg, instructions: int, eval_instructions: int, model: str) ->
     check("k", "--evaluations", cfg.evaluations)
     check("new_tokens", "--max-new-tokens", cfg.max_new_tokens)
     check("new_tokens", "--judge-tokens", cfg.judge_tokens)
+    check("batch", "--batch-size", cfg.batch_size)
+    check("batch", "--train-batch-size", cfg.train_batch_size)
+    check("lora_r", "--lora-r", cfg.lora_r)
     steps = steps_of(cfg.max_steps, cfg.epochs, instructions, cfg.train_batch_size)  # one pair per instruction
     check("train_steps", "--max-steps", steps,
           None if cfg.max_steps > 0 else f"--epochs {_fmt(cfg.epochs)} over {instructions} pairs ({steps} steps)")
     check_model(model)
 
 
-def check_judge(cfg) -> None:
+def check_judge(cfg, calls: int = 0) -> None:
+    """cfg: JudgeConfig; calls: the calls its plan still has to make."""
+    check("judge_calls", "the judge plan", calls, f"the plan's {calls} calls still to make")
+    check("batch", "--batch-size", cfg.batch_size)
+    if hosted() and cfg.backend != "local" and (cfg.rpm <= 0 or cfg.rpm > 60 or cfg.concurrency > 8):
+        raise LabError("On this hosted app an API judge runs at 1-60 requests per minute and at most 8 at once "
+                       f"(asked: {cfg.rpm:g} per minute, {cfg.concurrency} at once): lower the rate limit settings.")
     if cfg.backend == "local":
         check("new_tokens", "--reasoning-tokens", cfg.reasoning_tokens)
         check_model(cfg.model or "bundled")
+
+
+def check_rank(cfg, comparisons: int = 0) -> None:
+    """cfg: RankConfig; comparisons: the K(K-1) ordered pairs per instruction still to rank, summed."""
+    check("rank_pairs", "ranking", comparisons, f"ranking {comparisons} response pairs")
+    check("batch", "--batch-size", cfg.batch_size)

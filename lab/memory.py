@@ -33,6 +33,11 @@ GIB = 1024 ** 3
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BYTES = 0.5625  # 4 bits + double-quantized absmax constants per parameter
 RUNTIME = {"cuda": 0.5 * GIB, "mps": 0.3 * GIB, "cpu": 0.3 * GIB}
+# config values past which a model is not sized at all (a made-up config.json would cost the server minutes or GBs)
+CONFIG_BOUNDS = {"num_hidden_layers": 512, "n_layer": 512, "num_layers": 512, "hidden_size": 65536, "n_embd": 65536,
+                 "d_model": 65536, "intermediate_size": 262144, "n_inner": 262144, "vocab_size": 2_000_000,
+                 "num_attention_heads": 1024, "num_key_value_heads": 1024, "max_position_embeddings": 10_000_000,
+                 "n_positions": 10_000_000}
 
 
 @dataclass(frozen=True)
@@ -48,19 +53,32 @@ class Shape:
     linear: tuple[tuple[str, int, int], ...]  # (module name, in, out) of the layers LoRA can adapt
 
 
+def _check_bounds(config, source: str) -> None:
+    for key, bound in CONFIG_BOUNDS.items():
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > bound:
+            raise LabError(f"{source}'s config says {key}={value}: past {bound}, the lab does not size it (no real "
+                           "chat model is that large); choose another model.")
+
+
 @lru_cache(maxsize=64)
-def model_shape(source: str) -> Shape:
-    """The Shape of the model a hub id or a folder with config.json describes. Raises LabError when the config
-    cannot be read (gated, missing, malformed)."""
+def model_shape(source: str, token: str | bool | None = None) -> Shape:
+    """The Shape of the model a hub id or a folder with config.json describes: only config.json is fetched (a hub
+    id; `token` False = anonymously, None = whatever huggingface_hub finds), a config with absurd sizes is refused
+    before anything is built, and the model is built on the meta device with its buffers there too, so nothing is
+    downloaded or allocated. Raises LabError when the config cannot be read (gated, missing, malformed)."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        config = AutoConfig.from_pretrained(source)
-        with init_empty_weights():
+        config = AutoConfig.from_pretrained(source, token=token)
+        _check_bounds(config, source)
+        with init_empty_weights(include_buffers=True):
             model = AutoModelForCausalLM.from_config(config)
         model.tie_weights()  # on the meta device from_config leaves tied embeddings as two tensors
+    except LabError:
+        raise
     except Exception as e:  # a gated, missing, remote-code or malformed config: the size is unknown
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise LabError(f"Could not read the config of {source} to size it ({first}): give a hub id of a "
@@ -76,9 +94,9 @@ def model_shape(source: str) -> Shape:
                  text.hidden_size, getattr(text, "num_key_value_heads", heads) * head_dim, text.vocab_size, linear)
 
 
-def count_parameters(source: str) -> int:
+def count_parameters(source: str, token: str | bool | None = None) -> int:
     """Parameters of the causal LM that `source` describes (tied embeddings count once, as in the loaded model)."""
-    return model_shape(source).params
+    return model_shape(source, token).params
 
 
 def lora_parameters(shape: Shape, r: int, targets: str = "all-linear") -> int:

@@ -89,8 +89,10 @@ def judge_preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preferenc
     if cfg.use_spotcheck:
         verdicts.update({k: (h, "human", False) for k, h in human_verdicts(run).items()})
     if not verdicts:
-        raise LabError(f"Run '{run.name}' has no judgments: run the judge first (the Judge tab, or `python -m lab "
-                       f"judge --run {run.name}`), or build PairRM pairs instead.")
+        raise LabError(f"Run '{run.name}' has no judgments: run the judge first (`python -m lab judge --run "
+                       f"{run.name}`), or build PairRM pairs instead.",
+                       ui=f"Run '{run.name}' has no judgments: judge first in the Judge tab, or pick PairRM as the "
+                       "source.")
     by_id: dict[str, list[Preference]] = {}
     dropped: Counter = Counter()
     for (iid, a, b), (verdict, by, single) in verdicts.items():
@@ -117,8 +119,9 @@ def pairrm_preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preferen
     """rankings.jsonl -> Preferences per instruction: every pair, by the sign of PairRM's both-orders logit."""
     rankings = latest_rankings(run)
     if not rankings:
-        raise LabError(f"Run '{run.name}' has no PairRM rankings: rank first (the PairRM tab, or `python -m lab "
-                       f"rank --run {run.name}`).")
+        raise LabError(f"Run '{run.name}' has no PairRM rankings: rank first (`python -m lab rank --run "
+                       f"{run.name}`).", ui=f"Run '{run.name}' has no PairRM rankings: press Rank first, or pick the "
+                       "judge as the source.")
     out, dropped = {}, Counter()
     for iid, rec in rankings.items():
         idx = rec["sample_indices"]
@@ -141,7 +144,8 @@ def self_preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preference
     means = mean_scores(run.read("scores"))
     if not means:
         raise LabError(f"Run '{run.name}' has no self-rewarding scores: score the answers first (`python -m lab "
-                       f"score --run {run.name}`, or the Iterate tab).")
+                       f"score --run {run.name}`).", ui=f"Run '{run.name}' has no self-rewarding scores: the Iterate "
+                       "tab scores its rounds' answers itself; pick the judge or PairRM as the source here.")
     out, dropped = {}, Counter()
     for g in groups(run):
         scored = [i for i in g.indices if (g.instruction_id, i) in means]

@@ -5,6 +5,21 @@ A stage takes a `Progress` and calls `progress.update(done, total, desc)` as wor
 `lab.jobs`, `$LAB_PROGRESS_FILE` is set and the same numbers are also written there (throttled, atomically) for the
 app to poll. A stop request (SIGTERM from `lab.jobs.stop`, or Ctrl-C) makes `check_stop()` raise `Stopped` at the next
 safe point, so records already appended stay whole.
+
+Work inside a unit (the tokens of a batch being generated) is reported as `partial`: the share of one more unit's
+worth of work, in the units of `done` (`update(3, 12, partial=1.5)`: 3 responses written, a batch of 3 half-way).
+`loading(what)` says a model is being loaded (no counts yet). `close()` writes the last numbers even if the throttle
+held them back, so a finished stage never shows an earlier count.
+
+$LAB_PROGRESS_FILE (one JSON object, rewritten whole):
+
+    {"desc": str,                 # the phase ("sampling", "round 2: training", "loading model tiny-random")
+     "done": int, "total": int,   # units finished, units in the phase (0 while loading)
+     "partial": float,            # work done inside the units in flight, in the same units (0 when none)
+     "loading": bool,             # a model is being loaded: no counts to show
+     "eta_s": float | null,       # seconds left at the pace observed in this phase (see Progress.eta)
+     "updated": float,            # time.time() of the write
+     ...}                         # extras of the stage: "tokens", "tokens_per_s", "calls_made", "repo"
 """
 from __future__ import annotations
 
@@ -53,14 +68,52 @@ class Progress:
         self.file = Path(env) if env else None
         self._bar = None
         self._last_write = 0.0
+        self._pending: dict | None = None  # the newest numbers the throttle held back (close() writes them)
+        self._before_loading: str | None = None
         self.started = time.time()
+        self._pace: tuple[float, float] | None = None  # (time, work) when work first moved in this phase
+        self._first_work: float | None = None
 
-    def update(self, done: int, total: int, desc: str | None = None, **extra) -> None:
+    def update(self, done: int, total: int, desc: str | None = None, partial: float = 0.0, **extra) -> None:
+        if desc is None and self._before_loading is not None:
+            desc = self._before_loading  # the phase goes on after a model was loaded inside it
+        self._before_loading = None
         if desc and desc != self.desc:
             self.close()
-            self.desc, self.started = desc, time.time()
+            self.desc = desc
+            self._new_phase()
         self._draw(done, total)
-        self._write(done, total, extra)
+        self._write(done, total, {"partial": round(float(partial), 3), "loading": False, **extra})
+
+    def loading(self, what: str) -> None:
+        """Say that a model (`what`) is loading: the page shows that instead of an empty bar. The next update
+        without a desc goes back to the phase it came from."""
+        if self._before_loading is None:
+            self._before_loading = self.desc
+        self.close()
+        self.desc = f"loading {what}"
+        self._new_phase()
+        self._write(0, 0, {"partial": 0.0, "loading": True}, force=True)
+
+    def _new_phase(self) -> None:
+        self.started = time.time()
+        self._pace, self._first_work = None, None
+
+    def eta(self, work: float, total: int, now: float) -> float | None:
+        """Seconds left at the pace observed since work first moved in this phase: the time before that (a model
+        loading, the first batch's pre-fill) says nothing about how fast the rest goes. None until it has moved
+        twice."""
+        if self._first_work is None:
+            self._first_work = work
+            return None
+        if self._pace is None:
+            if work > self._first_work:
+                self._pace = (now, work)
+            return None
+        t0, w0 = self._pace
+        if work <= w0 or not total:
+            return None
+        return max(total - work, 0.0) * (now - t0) / (work - w0)
 
     def _draw(self, done: int, total: int) -> None:
         if self.quiet:
@@ -75,20 +128,25 @@ class Progress:
         self._bar.refresh()
 
     def _write(self, done: int, total: int, extra: dict, force: bool = False) -> None:
-        now = time.time()
-        if self.file is None or (not force and now - self._last_write < self.min_interval and done < total):
+        if self.file is None:
             return
-        self._last_write = now
-        rate = done / max(now - self.started, 1e-6)
-        eta = (total - done) / rate if rate > 0 and total else None
-        atomic_write_json(self.file, {"desc": self.desc, "done": done, "total": total, "eta_s": eta,
-                                      "updated": now, **extra})
+        now = time.time()
+        eta = self.eta(done + extra.get("partial", 0.0), total, now)
+        record = {"desc": self.desc, "done": done, "total": total, "eta_s": eta, "updated": now, **extra}
+        if not force and now - self._last_write < self.min_interval and done < total:
+            self._pending = record
+            return
+        self._last_write, self._pending = now, None
+        atomic_write_json(self.file, record)
 
     def check_stop(self) -> None:
         if stop_requested():
             raise Stopped(f"{self.desc or 'work'} stopped on request; everything finished so far is saved.")
 
     def close(self) -> None:
+        if self._pending is not None and self.file is not None:
+            atomic_write_json(self.file, self._pending)
+            self._pending = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None

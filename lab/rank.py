@@ -414,9 +414,12 @@ def _rank_locked(run: Run, cfg, progress: Progress | None) -> dict:
                "already_ranked": len(found) - len(single) - len(todo), "single_response": single}
     if not todo and not summary["already_ranked"]:
         raise LabError(f"Nothing to rank in run '{run.name}': every instruction has a single response. PairRM "
-                       "compares responses, so sample with --k 2 or more.")
+                       "compares responses, so sample with --k 2 or more.", ui=f"Nothing to rank in run "
+                       f"'{run.name}': every instruction has a single response. PairRM compares responses: sample "
+                       "again with Responses each (K) 2 or more.")
     if not todo:
         return {**summary, "message": "Every instruction is already ranked with this ranker; nothing to do."}
+    progress.loading(f"ranker {cfg.ranker}")
     ranker = load_ranker(cfg.ranker, cfg.device, cfg.dtype, cfg.quantize)
     started = once(lambda: run.record_stage("rank", cfg.to_dict()))  # with the first rankings, not before
     start = time.time()

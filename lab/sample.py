@@ -40,8 +40,12 @@ POLICY = "policy"  # the name the sampled-with adapter gets on the loaded base
 @dataclass
 class SampleConfig(Settings):
     model: str = opt("bundled", "model spec: hub id, local folder, 'bundled' or 'tiny-random'", label="Model")
-    instructions: str = opt("bundled", "instruction source: 'lima', 'bundled', or a .jsonl/.csv/.txt file",
+    instructions: str = opt("bundled", "instruction source: 'lima', 'bundled', hub:owner/name[:split] (a hub data "
+                            "set), a .jsonl/.csv/.txt/.parquet/.arrow file or a saved data set folder",
                             label="Instructions")
+    instruction_column: str = opt("", "the field or column holding the instruction (empty: prompt, instruction, or "
+                                  "LIMA-style conversations, whose first turn is the instruction)",
+                                  label="Instruction column")
     n: int = opt(50, "how many instructions to take from the source", label="Instructions (N)")
     k: int = opt(5, "responses per instruction", label="Responses each (K)")
     temperature: float = opt(0.8, "sampling temperature (0 = greedy)", label="Temperature")
@@ -119,8 +123,9 @@ def groups(run: Run, required: bool = True) -> list[Group]:
     required: a run without samples is a LabError saying to sample first (else an empty list)."""
     samples = run.read("samples")
     if not samples and required:
-        raise LabError(f"Run '{run.name}' has no samples yet: run the Sample stage first (the Sample tab, or "
-                       f"`python -m lab sample --run {run.name}`).")
+        raise LabError(f"Run '{run.name}' has no samples yet: run the Sample stage first (`python -m lab sample "
+                       f"--run {run.name}`).", ui=f"Run '{run.name}' has no samples yet: sample first in the Sample "
+                       "tab.")
     by_id: dict[str, dict[int, dict]] = {}
     for s in samples:
         by_id.setdefault(s["instruction_id"], {})[int(s["sample_index"])] = s
@@ -134,8 +139,9 @@ def _check_model_matches(existing: list[dict], cfg: SampleConfig, adapter: str |
     used = {(s["model"], s.get("adapter")) for s in existing}
     if used and used != {(cfg.model, adapter)}:
         names = ", ".join(sorted(m + (f" + adapter {a}" if a else "") for m, a in used))
-        raise LabError(f"This run's samples come from {names}, not {cfg.model}" + (f" + adapter {adapter}" if adapter
-                       else "") + ": start a new run (--run NEW_NAME) to sample another model.")
+        head = f"This run's samples come from {names}, not {cfg.model}" + (f" + adapter {adapter}" if adapter else "")
+        raise LabError(f"{head}: start a new run (--run NEW_NAME) to sample another model.",
+                       ui=f"{head}: type a new run name at the top to sample another model.")
 
 
 def _check_known_ids(run: Run, items: list[Instruction]) -> None:
@@ -187,16 +193,18 @@ def resolve_adapter(run: Run, name: str) -> Path:
 
 def _sample_locked(run: Run, cfg: SampleConfig, progress: Progress | None, items: list[Instruction] | None,
                    adapter: Path | None, desc: str) -> dict:
-    items = items if items is not None else load_instructions(cfg.instructions, cfg.n, cfg.seed)
+    items = items if items is not None else load_instructions(cfg.instructions, cfg.n, cfg.seed,
+                                                              cfg.instruction_column)
     _check_known_ids(run, items)
     existing = run.read("samples")
     _check_model_matches(existing, cfg, str(adapter) if adapter else None)
     engine = pick_engine(cfg.engine, precision.probe(cfg.device).kind)
+    progress = progress or Progress(desc)
+    progress.loading(f"model {cfg.model}")
     cm = models.load(cfg.model, cfg.device, cfg.dtype) if engine == "lab" else models.load_chat_tokenizer(cfg.model)
     units = _missing(items, existing, cfg.k)
     encoded = {n: cm.encode_prompt(items[n].prompt) for n, _ in units}
     _check_lengths(cm, encoded, cfg)  # every check before the first write: bad input leaves the run untouched
-    progress = progress or Progress(desc)
     job = _Job(run, cfg, items, existing, progress, adapter, desc, engine)
     if engine == "vllm":
         written, tokens_per_s = _generate_missing_vllm(job, cm, units, encoded)
@@ -272,15 +280,28 @@ def _generate_missing(job: _Job, cm, units, encoded) -> tuple[int, float]:
     for batch in plan_batches(units, encoded, cfg.batch_size):
         progress.check_stop()
         salt = "|".join(f"{items[n].id}:{idx}" for n, idx in batch)
-        comps = run_units(cm, batch, encoded, cfg.decoding(), salt)
+        comps = run_units(cm, batch, encoded, cfg.decoding(), salt, _on_step(progress, done, total, desc, batch,
+                                                                             new_tokens, t0))
         recs = [r for (n, idx), c in zip(batch, comps) for r in _records(
             items[n], idx, c, seen.setdefault(items[n].id, {}), cfg, cm, str(adapter) if adapter else None)]
         started()
         written += run.append("samples", recs)
         new_tokens += sum(r["completion_tokens"] for r in recs)
         done += len(recs)
-        progress.update(done, total, desc, tokens_per_s=new_tokens / max(time.time() - t0, 1e-6))
+        progress.update(done, total, desc, tokens=new_tokens, tokens_per_s=new_tokens / max(time.time() - t0, 1e-6))
     return written, round(new_tokens / max(time.time() - t0, 1e-6), 1)
+
+
+def _on_step(progress: Progress, done: int, total: int, desc: str, batch, tokens_before: int, t0: float):
+    """The batch's decoding as progress: its share of the batch's responses in flight, and the tokens so far
+    (lab.generation.OnStep). The throttle in lab.progress keeps this to a write every half second."""
+    rows = sum(len(idx) for _, idx in batch)
+
+    def step(share: float, tokens: int) -> None:
+        made = tokens_before + tokens
+        progress.update(done, total, desc, partial=share * rows, tokens=made,
+                        tokens_per_s=made / max(time.time() - t0, 1e-6))
+    return step
 
 
 def _check_lengths(cm, encoded: dict, cfg: SampleConfig) -> None:

@@ -358,9 +358,10 @@ def score_run(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_
     judge = api_backend(cfg, api_key)  # a missing API key fails here, before any work
     rows = [{**s, "set": "train"} for s in run.read("samples")]
     if not rows:
-        raise LabError(f"Run '{run.name}' has no samples to score: run the Sample stage first.")
+        raise LabError(f"Run '{run.name}' has no samples to score: run the Sample stage first.",
+                       ui=f"Run '{run.name}' has no samples to score: sample first in the Sample tab.")
     progress = progress or Progress("scoring")
-    with run.lock("score"), self_scorer(run, cfg, judge) as scorer:
+    with run.lock("score"), self_scorer(run, cfg, judge, progress) as scorer:
         done = score_rows(run, rows, scorer, progress, desc, on_first=lambda: run.record_stage("score", {
             **cfg.to_dict(), "judge_name": cfg.name, "prompt_hash": PROMPT_HASH,
             **(engine_record(scorer.engine) if judge is None else {})}))
@@ -369,7 +370,8 @@ def score_run(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_
 
 
 @contextmanager
-def self_scorer(run: Run, cfg: ScoreConfig, judge: ApiBackend | None) -> Iterator[Scorer]:
+def self_scorer(run: Run, cfg: ScoreConfig, judge: ApiBackend | None, progress: Progress | None = None
+                ) -> Iterator[Scorer]:
     """A Scorer for the run's own samples: the API judge, or the model that sampled them with its adapter on."""
     if judge is not None:
         yield Scorer(cfg, judge)
@@ -383,6 +385,8 @@ def self_scorer(run: Run, cfg: ScoreConfig, judge: ApiBackend | None) -> Iterato
         yield Scorer(cfg, None, lambda: lab_judge(sampled["model"], cfg, adapter), "vllm",
                      models.load_chat_tokenizer(sampled["model"]), Path(adapter) if adapter else None)
         return
+    if progress is not None:
+        progress.loading(f"model {sampled['model']}")
     cm = models.load(sampled["model"], cfg.device, cfg.dtype)
     with adapters_on(cm, {"policy": Path(adapter)} if adapter else {}) as select:
         yield Scorer(cfg, None, lambda: select("policy" if adapter else None))

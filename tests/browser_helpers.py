@@ -52,6 +52,11 @@ class AppServer:
                 time.sleep(0.5)
         raise TimeoutError("app did not answer")
 
+    def log_text(self) -> str:
+        """What the app has written to its log so far (stdout and stderr)."""
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
     def close(self) -> None:
         self.proc.terminate()
         try:
@@ -114,3 +119,31 @@ def wait_for_text(page, text: str | re.Pattern, timeout_s: float = 180) -> None:
 def wait_for_toast(page, text: str, timeout_s: float = 30) -> None:
     """Error messages (gr.Error) appear as toasts outside the tabs."""
     page.locator(".toast-body, [data-testid='toast-body']").get_by_text(text).first.wait_for(timeout=timeout_s * 1000)
+
+
+TOAST_WATCH = """
+new MutationObserver(() => {
+  for (const el of document.querySelectorAll('.toast-body, [data-testid="toast-body"]')) {
+    if (!el.dataset.labSeen) { el.dataset.labSeen = '1'; window.labToast(el.innerText); }
+  }
+}).observe(document, {subtree: true, childList: true});
+"""
+
+
+def collect_toasts(context) -> list[str]:
+    """Every toast any page of `context` shows from now on (reloads included), as its text."""
+    seen: list[str] = []
+    context.expose_function("labToast", lambda text: seen.append(text))  # a builtin method cannot be exposed
+    context.add_init_script(TOAST_WATCH)
+    return seen
+
+
+def progress_of(page) -> tuple[float, str]:
+    """(fill 0..1, label) of the job panel's bar in the tab on screen."""
+    bar = panel(page).locator(".lab-progress").first
+    return float(bar.get_attribute("data-fill") or 0), bar.inner_text()
+
+
+def box(locator) -> dict:
+    """The element's box on the page: x, y, width, height (CSS pixels)."""
+    return locator.bounding_box()

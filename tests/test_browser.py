@@ -1,21 +1,26 @@
 """Click through the app in a real headless Chromium, as a person would, on tiny-random.
 
 One app process serves the whole module; the tests run in pipeline order on one run, each leaving a screenshot in
-test-artifacts/.
+test-artifacts/. Every toast any page shows is collected, and the last test checks that none speaks in command-line
+flags. Phone-width checks (390x844) open their own page on the same app.
 """
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
-from tests.browser_helpers import AppServer, CHROMIUM, CHROMIUM_ARGS, choose_run, click, field, open_tab, panel, \
-    pick_option, set_number, shot, wait_for_text, wait_for_toast
+from tests.browser_helpers import AppServer, CHROMIUM, CHROMIUM_ARGS, box, choose_run, click, collect_toasts, field, \
+    open_tab, panel, pick_option, progress_of, set_number, shot, wait_for_text, wait_for_toast
 from tests.fakeprovider import FakeProvider, json_verdict
 
 pytestmark = pytest.mark.browser
 RUN = "browser-e2e"
+SLOW_RUN = "browser-progress"
 PROVIDER_KEY = "sk-browser-test-key-0123456789abcdef0123"
+TABS = ["Sample", "Judge", "PairRM", "Spot-check", "Train", "Compare", "Iterate", "Chat", "Share"]
+CLI_WORDS = re.compile(r"--[a-z]|python -m lab|`|same command")
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +59,33 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+def context(browser):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    ctx.toasts = collect_toasts(ctx)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def page(context, server):
     pg = context.new_page()
     pg.set_default_timeout(60_000)
     pg.goto(server.url)
     yield pg
-    context.close()
+
+
+@pytest.fixture
+def phone(browser, server):
+    """A page at phone width (390x844) on the same app."""
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    ctx.toasts = collect_toasts(ctx)
+    pg = ctx.new_page()
+    pg.set_default_timeout(60_000)
+    pg.goto(server.url)
+    pg.get_by_role("tab", name="Sample", exact=True).wait_for()
+    yield pg
+    assert not [t for t in ctx.toasts if CLI_WORDS.search(t)], ctx.toasts
+    ctx.close()
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +96,60 @@ def screenshot_on_failure(request):
         shot(request.getfixturevalue("page"), f"FAILED-{request.node.name}")
 
 
+def test_a_mistake_speaks_the_pages_words_not_the_command_lines(page):
+    choose_run(page, "browser-empty")
+    open_tab(page, "Judge")
+    click(page, "Judge")
+    wait_for_toast(page, "start it in the Sample tab")  # no such run yet: the way out is a tab, not a command
+    toast = page.locator(".toast-body, [data-testid='toast-body']").first.inner_text()
+    assert not CLI_WORDS.search(toast), toast
+    shot(page, "00-toast")
+
+
+def test_sampling_progress_moves_and_the_form_survives_a_reload(page):
+    """Progress inside the batches (tokens), then a reload mid-job: the form shows the running job's settings."""
+    choose_run(page, SLOW_RUN)
+    open_tab(page, "Sample")
+    pick_option(page, "Model", "tiny-random")
+    for label, value in [("Instructions (N)", 2), ("Responses each (K)", 2), ("Max new tokens", 900)]:
+        set_number(page, label, value)
+    panel(page).get_by_text("Decoding").click()
+    set_number(page, "Batch size", 1)
+    click(page, "Sample")
+    fills, labels = sample_bar(page, until=lambda fs: len({f for f in fs if 0 < f < 1}) >= 3, timeout_s=120)
+    moving = sorted({f for f in fills if 0 < f < 1})
+    assert len(moving) >= 3 and fills == sorted(fills), (fills, labels)  # it moves, and only forwards
+    assert any("tokens" in x for x in labels), labels
+    shot(page, "01-sample-progress")
+    page.reload()
+    open_tab(page, "Sample")
+    for label, value in [("Instructions (N)", "2"), ("Responses each (K)", "2"), ("Max new tokens", "900")]:
+        wait_for_value(page, label, value)
+    assert field(page, "Model").input_value().startswith("tiny-random")
+    wait_for_text(page, "Sampling is running", timeout_s=30)  # re-attached to the job
+    shot(page, "02-sample-restored-after-reload")
+    click(page, "Stop")
+    wait_for_text(page, re.compile("Sampling stopped"), timeout_s=90)
+
+
+def sample_bar(page, until, timeout_s: float) -> tuple[list[float], list[str]]:
+    """Read the bar every 0.3 s while the job runs, until until(fills) holds."""
+    fills, labels, deadline = [], [], time.time() + timeout_s
+    while time.time() < deadline and not until(fills):
+        fill, label = progress_of(page)
+        fills.append(fill)
+        labels.append(label)
+        page.wait_for_timeout(300)
+    return fills, labels
+
+
+def wait_for_value(page, label: str, value: str, timeout_s: float = 30) -> None:
+    deadline = time.time() + timeout_s
+    while (got := field(page, label).input_value()) != value:
+        assert time.time() < deadline, f"{label}: {got!r}, not {value!r}"
+        page.wait_for_timeout(300)
+
+
 def test_sample_tab_runs_a_job_and_shows_responses(page, server):
     choose_run(page, RUN)
     open_tab(page, "Sample")
@@ -78,13 +157,16 @@ def test_sample_tab_runs_a_job_and_shows_responses(page, server):
     set_number(page, "Instructions (N)", 3)
     set_number(page, "Responses each (K)", 3)
     set_number(page, "Max new tokens", 12)
+    panel(page).get_by_text("Decoding").click()
+    set_number(page, "Batch size", 64)
     click(page, "Sample")
     wait_for_text(page, "Sampling finished.")
-    wait_for_text(page, "9 responses to 3 instructions")
+    wait_for_text(page, "9 responses to 3 instructions")  # at the job's end, without a reload
+    wait_for_text(page, "Made with model tiny-random")
     field(page, "Instruction").click()
     page.get_by_role("option").first.click()
     wait_for_text(page, "#2 ·")
-    shot(page, "01-sample")
+    shot(page, "03-sample")
 
 
 def test_the_run_survives_a_reload(page, server):
@@ -98,38 +180,69 @@ def test_bad_input_shows_a_message_not_a_crash(page, server):
     panel(page).get_by_label("My file").check()
     click(page, "Sample")
     wait_for_toast(page, "Upload an instruction file first")
-    shot(page, "02-sample-error")
+    shot(page, "04-sample-error")
     panel(page).get_by_label("Bundled set (offline)").check()
 
 
-def test_phone_width_layout_has_no_horizontal_scroll(browser, server):
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
-    pg = context.new_page()
-    pg.goto(server.url)
-    pg.get_by_role("tab", name="Sample", exact=True).wait_for()
-    overflow = pg.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
-    shot(pg, "00-phone")
-    context.close()
+def test_a_bad_run_name_left_in_the_box_writes_no_traceback_while_it_polls(page, server):
+    choose_run(page, "not a run!")
+    wait_for_toast(page, "use 1-64 letters")  # refused once, as a toast (Gradio logs that refusal)
+    page.wait_for_timeout(1000)
+    before = server.log_text().count("Traceback")
+    page.wait_for_timeout(4000)  # a few poll seconds with the bad name left in the box
+    assert server.log_text().count("Traceback") == before
+    choose_run(page, RUN)
+    wait_for_text(page, "9 responses to 3 instructions", timeout_s=30)
+
+
+def test_phone_width_every_tab_is_in_reach(phone):
+    overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 2
+    assert phone.locator(".overflow-menu:visible").count() == 0  # no "⋯" menu hiding tabs
+    for title in TABS:
+        tab = phone.get_by_role("tab", name=title, exact=True)
+        b = box(tab)
+        assert b and b["x"] >= 0 and b["x"] + b["width"] <= 391, (title, b)
+        tab.click()
+        phone.locator('[role="tabpanel"]:visible').first.wait_for()
+    open_tab(phone, "Sample")
+    model = box(field(phone, "Model"))
+    assert model["width"] >= 300, model  # the model's name is not cut to a few letters
+    shot(phone, "05-phone")
 
 
 def test_judge_tab_shows_the_cost_first_then_reasoning_for_every_pair(page, provider):
     open_tab(page, "Judge")
+    assert not field(page, "API judge key (optional)").is_visible()  # the local judge needs no key
     panel(page).get_by_label("OpenAI-compatible endpoint").check()
+    field(page, "API judge key (optional)").wait_for()
     field(page, "Base URL").fill(provider.url + "/v1")
     field(page, "Model").fill("judge-model")
     panel(page).get_by_text("Rate limit and local judge").click()
     set_number(page, "Requests per minute", 0)
-    wait_for_text(page, re.compile(r"\*?\*?12\*?\*? calls|12 calls"), timeout_s=30)  # 2(K-1) x 3 instructions, before any call
+    wait_for_text(page, re.compile(r"\*?\*?12\*?\*? calls|12 calls"), timeout_s=30)  # 2(K-1) x 3, before any call
     assert provider.calls == 0
     click(page, "Judge")
     wait_for_text(page, "Judging finished.")
     assert provider.calls >= 12
+    wait_for_text(page, "Made with judge openai")
     field(page, "Instruction").click()
     page.get_by_role("option").first.click()
     panel(page).locator("summary").first.click()  # each pair folds out to the judge's reasoning in both orders
     wait_for_text(page, "REASONING-SHOWN", timeout_s=30)
-    shot(page, "03-judge")
+    shot(page, "06-judge")
+
+
+def test_spotcheck_shows_the_judged_pairs_without_loading_and_keeps_an_override(page):
+    open_tab(page, "Spot-check")
+    wait_for_text(page, re.compile(r"Pair \*?\*?1\*?\*? of"), timeout_s=30)  # the judge ran: no "Load pairs" needed
+    click(page, "2 is better")
+    wait_for_text(page, re.compile("[Ss]aved|overrule|override"), timeout_s=30)
+    shot(page, "07-spotcheck")
+    page.reload()
+    open_tab(page, "Spot-check")
+    click(page, "Load pairs")
+    wait_for_text(page, re.compile("1 (human )?check|1 override|overruled|You said"), timeout_s=30)
 
 
 def test_pairrm_tab_ranks_with_a_tiny_pairrm_and_builds_pairs(page):
@@ -137,21 +250,19 @@ def test_pairrm_tab_ranks_with_a_tiny_pairrm_and_builds_pairs(page):
     pick_option(page, "Ranker", "tiny-random")
     click(page, "Rank")
     wait_for_text(page, re.compile("[Rr]anking finished"))
+    wait_for_text(page, "Made with ranker tiny-random")
+    headers = panel(page).locator(".lab-table th")
+    assert headers.count() == 7
+    line = panel(page).locator(".lab-table td").first.evaluate("e => parseFloat(getComputedStyle(e).lineHeight)")
+    for i in range(headers.count()):  # no header broken letter by letter: one line per word at most
+        h = headers.nth(i)
+        words = max(len(h.inner_text().split()), 1)
+        text_height = h.evaluate("e => { const r = document.createRange(); r.selectNodeContents(e); "
+                                 "return r.getBoundingClientRect().height; }")
+        assert text_height <= line * words + 1, (h.inner_text(), text_height, line)
     click(page, "Build pairs")
     wait_for_text(page, re.compile(r"3 pairs"), timeout_s=60)
-    shot(page, "04-pairrm")
-
-
-def test_spotcheck_override_survives_a_reload(page):
-    open_tab(page, "Spot-check")
-    click(page, "Load pairs")
-    click(page, "2 is better")
-    wait_for_text(page, re.compile("[Ss]aved|overrule|override"), timeout_s=30)
-    shot(page, "05-spotcheck")
-    page.reload()
-    open_tab(page, "Spot-check")
-    click(page, "Load pairs")
-    wait_for_text(page, re.compile("1 (human )?check|1 override|overruled|You said"), timeout_s=30)
+    shot(page, "08-pairrm")
 
 
 def test_train_tab_plots_the_loss_while_it_trains(page):
@@ -161,20 +272,28 @@ def test_train_tab_plots_the_loss_while_it_trains(page):
     set_number(page, "Max steps", 4)
     click(page, "Train")
     wait_for_text(page, "Training dpo-pairrm finished.", timeout_s=240)
+    wait_for_text(page, "Made with method dpo", timeout_s=30)
     assert page.locator(".js-plotly-plot, canvas, svg.main-svg, .vega-embed").count() > 0
-    shot(page, "06-train")
+    shot(page, "09-train")
 
 
-def test_compare_tab_shows_the_grid_and_saves_notes(page):
+def test_compare_tab_shows_scores_and_a_side_by_side_grid_without_reload(page):
     open_tab(page, "Compare")
     panel(page).get_by_label("dpo-pairrm").wait_for(timeout=30_000)  # trained in the previous tab, listed on opening
-    set_number(page, "Instructions (0 = all)", 2)
-    set_number(page, "Max new tokens", 8)
-    panel(page).get_by_text("Scores and duplicates").click()
+    set_number(page, "Instructions (0 = all)", 4)
+    set_number(page, "Max new tokens", 40)
+    wait_for_text(page, "No scorer chosen")  # said before it runs
+    panel(page).get_by_role("button", name=re.compile("^Scores and duplicates")).click()
     field(page, "PairRM").fill("tiny-random")
+    field(page, "PairRM").press("Tab")
+    panel(page).get_by_text("No scorer chosen").wait_for(state="hidden", timeout=15_000)  # gone once one is set
     click(page, "Compare")
     wait_for_text(page, "Comparing finished.", timeout_s=240)
-    wait_for_text(page, "dpo-pairrm", timeout_s=30)
+    scores = panel(page).locator(".lab-table")
+    scores.get_by_text("dpo-pairrm").wait_for(timeout=30_000)  # the scores, without a reload
+    assert re.search(r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\] \(n=\d\)", scores.inner_text())  # PairRM's win rate
+    assert_grid_side_by_side(page)
+    shot(page, "10-compare")
     panel(page).get_by_label("Your overall notes on the comparison").fill("My own reading: no change at this size.")
     click(page, "Save overall notes")
     page.wait_for_timeout(1500)
@@ -186,11 +305,44 @@ def test_compare_tab_shows_the_grid_and_saves_notes(page):
             break
         page.wait_for_timeout(500)
     assert notes.input_value() == "My own reading: no change at this size."
-    shot(page, "07-compare")
+    wait_for_value(page, "Max new tokens", "40")  # the last comparison's settings, after the reload
+    panel(page).get_by_role("button", name=re.compile("^Scores and duplicates")).click()  # folded after a reload
+    wait_for_value(page, "PairRM", "tiny-random")
 
 
-def test_iterate_tab_runs_two_self_rewarding_rounds(page):
+def assert_grid_side_by_side(page) -> None:
+    """At 1280 px: base and the adapter in two columns of equal width, on one line, inside the page, text wrapped."""
+    item = panel(page).locator(".lab-grid-item").first
+    item.wait_for(timeout=30_000)
+    cells = item.locator(".lab-cell")
+    assert cells.count() == 2
+    base, adapter = box(cells.nth(0)), box(cells.nth(1))
+    assert abs(base["y"] - adapter["y"]) < 2 and abs(base["width"] - adapter["width"]) < 2, (base, adapter)
+    assert adapter["x"] > base["x"] + base["width"] - 2 and adapter["x"] + adapter["width"] <= 1280
+    for i in range(2):
+        text = cells.nth(i).locator(".lab-cell-text")
+        assert text.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), "a cell's text runs off to the side"
+    assert "hit max tokens" in item.inner_text() and "PairRM:" in item.inner_text()
+
+
+def test_phone_width_the_grid_stacks_the_models(phone):
+    choose_run(phone, RUN)
+    open_tab(phone, "Compare")
+    item = panel(phone).locator(".lab-grid-item").first
+    item.wait_for(timeout=30_000)
+    cells = item.locator(".lab-cell")
+    base, adapter = box(cells.nth(0)), box(cells.nth(1))
+    assert abs(base["x"] - adapter["x"]) < 2 and adapter["y"] >= base["y"] + base["height"] - 1, (base, adapter)
+    assert base["x"] >= 0 and base["x"] + base["width"] <= 390
+    overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 2
+    item.scroll_into_view_if_needed()
+    shot(phone, "11-phone-compare")
+
+
+def test_iterate_tab_runs_two_rounds_and_draws_them_at_the_end(page):
     open_tab(page, "Iterate")
+    assert not field(page, "API judge key (optional)").is_visible()  # the model judges itself: no key
     for label, value in [("Rounds", 2), ("Answers per instruction (N)", 2), ("Scores per answer (R)", 1),
                          ("Instructions (0 = all of the run's)", 2), ("Max new tokens", 8),
                          ("Held-out instructions per round", 1)]:
@@ -199,12 +351,27 @@ def test_iterate_tab_runs_two_self_rewarding_rounds(page):
     set_number(page, "Max steps", 1)
     click(page, "Iterate")
     wait_for_text(page, "Iterating (2 rounds) finished.", timeout_s=400)
-    shot(page, "08-iterate")
+    assert "2 rounds done: 2/2" in progress_of(page)[1]  # ends on its last phase done
+    rows = panel(page).locator(".lab-table tbody tr")
+    rows.nth(1).wait_for(timeout=30_000)
+    assert rows.count() == 2 and "round-2" in rows.nth(1).inner_text() and "/" not in rows.nth(1).inner_text()[-12:]
+    lines = panel(page).locator(".vega-embed .mark-line path, .vega-embed .mark-symbol path")
+    page.wait_for_timeout(1000)
+    assert lines.count() > 0  # the plots drew their lines, no reload
+    shot(page, "12-iterate")
 
 
-def test_share_tab_dry_run_stages_the_repos(page):
+def test_share_tab_dry_run_stages_the_repos_and_stays_short(page):
     open_tab(page, "Share")
     field(page, "Namespace").fill("someone")
     click(page, "Dry run (stage only)")
     wait_for_text(page, re.compile(r"Dry run: \d+ repos staged, nothing uploaded"), timeout_s=120)
-    shot(page, "09-share")
+    page.wait_for_timeout(1000)
+    height = page.evaluate("document.documentElement.scrollHeight")
+    assert height < 3000, height  # the card previews are folded
+    shot(page, "13-share")
+
+
+def test_no_toast_spoke_in_command_line_flags(context):
+    assert context.toasts, "the toasts were not collected"
+    assert not [t for t in context.toasts if CLI_WORDS.search(t)], context.toasts

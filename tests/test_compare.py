@@ -292,6 +292,9 @@ def test_pairrm_win_rates(two_adapters, tmp_path):
 
     expected = [1.0 if rank.preference(r, 1, 0) > 0 else 0.0 for r in rankings]
     assert out["win_rates"]["judge"]["pairrm"]["win_rate"] == pytest.approx(sum(expected) / 3)
+    per_instruction = compare.read_scores(two_adapters)["outcomes"]["judge"]["pairrm"]  # what the grid shows
+    order = [r["instruction_id"] for r in rankings]
+    assert [per_instruction[i] for i in order] == expected and len(per_instruction) == 3
     compare.score(two_adapters, cfg(pairrm="tiny-random"))
     assert len(Run(nested).read("rankings")) == 3  # the same texts are not ranked again
 

@@ -29,7 +29,7 @@ def owner(monkeypatch):
     with FakeProvider(key=None, answer=prefer_higher) as fp:  # accepts any key: what it was sent is the test
         monkeypatch.setenv("OPENAI_API_KEY", OWNER)
         monkeypatch.setenv("OPENAI_BASE_URL", fp.url + "/v1")
-        monkeypatch.delenv("LAB_API_KEY", raising=False)
+        monkeypatch.delenv("LAB_API_KEY_OPENAI", raising=False)
         yield fp
 
 
@@ -77,12 +77,13 @@ def test_groqs_default_url_is_the_owners_when_no_groq_base_url_is_set(monkeypatc
 
 
 def test_an_explicit_key_may_go_where_it_was_given(owner, visitor, monkeypatch, run):
-    """--api-key-env NAME (the owner's own choice), a key passed in memory, and $LAB_API_KEY (typed in the app)."""
+    """--api-key-env NAME (the owner's own choice), a key passed in memory, and $LAB_API_KEY_OPENAI (typed in the
+    app, for that backend)."""
     monkeypatch.setenv("MY_OTHER_KEY", VISITOR)
     assert resolve_key("openai", visitor.url, key_env="MY_OTHER_KEY")[0] == VISITOR
     assert resolve_key("openai", visitor.url, api_key=VISITOR)[0] == VISITOR
     add_samples(run, n=1, k=3)
-    monkeypatch.setenv("LAB_API_KEY", VISITOR)
+    monkeypatch.setenv("LAB_API_KEY_OPENAI", VISITOR)
     judge_run(run, judge_cfg(visitor.url + "/v1"), Progress(quiet=True))
     judge_run(run, judge_cfg("", model="m2"), Progress(quiet=True))  # the owner's URL, on the visitor's key too
     assert visitor.calls == 4 and set(visitor.auth_headers) == {f"Bearer {VISITOR}"}
@@ -91,7 +92,7 @@ def test_an_explicit_key_may_go_where_it_was_given(owner, visitor, monkeypatch, 
 
 def test_no_key_at_all_says_where_to_give_one(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("LAB_API_KEY", raising=False)
+    monkeypatch.delenv("LAB_API_KEY_OPENAI", raising=False)
     with pytest.raises(LabError, match="OPENAI_API_KEY is not set.*API key box"):
         backend("http://127.0.0.1:9/v1")
 
@@ -113,11 +114,11 @@ def test_compare_and_iterate_judges_follow_the_rule(owner, monkeypatch):
 
     compare.check_scorers(CompareConfig(judge="openai"), None)  # the owner's key, for the owner's URL
     assert api_backend(IterateConfig(judge="openai")).api_key == OWNER
-    monkeypatch.setenv("LAB_API_KEY", VISITOR)  # a typed key wins over the owner's in that job
+    monkeypatch.setenv("LAB_API_KEY_OPENAI", VISITOR)  # a typed key wins over the owner's in that job
     assert api_backend(IterateConfig(judge="openai")).api_key == VISITOR
     monkeypatch.delenv("OPENAI_API_KEY")
     compare.check_scorers(CompareConfig(judge="openai"), None)  # the visitor's key alone is enough
-    monkeypatch.delenv("LAB_API_KEY")
+    monkeypatch.delenv("LAB_API_KEY_OPENAI")
     with pytest.raises(LabError, match="needs an API key: OPENAI_API_KEY is not set"):
         compare.check_scorers(CompareConfig(judge="openai"), None)
 
@@ -125,7 +126,7 @@ def test_compare_and_iterate_judges_follow_the_rule(owner, monkeypatch):
 def test_a_typed_key_travels_under_its_own_variable():
     from lab.ui.common import typed_key_env
 
-    assert typed_key_env("openai", f"  {VISITOR} ") == {"LAB_API_KEY": VISITOR}  # never OPENAI_API_KEY
+    assert typed_key_env("openai", f"  {VISITOR} ") == {"LAB_API_KEY_OPENAI": VISITOR}  # never OPENAI_API_KEY
     assert typed_key_env("groq", "") is None and typed_key_env("local", VISITOR) is None
 
 
@@ -147,7 +148,7 @@ def start_app(runs_dir, owner_fp: FakeProvider):
 def judge_via_api(client, base_url: str, key: str, model: str = "m"):
     from lab.judge import DEFAULT_TEMPLATE
 
-    return client.predict("t", "openai", model, base_url, "knockout", 0, 2, 8, DEFAULT_TEMPLATE, key,
+    return client.predict("t", "openai", model, base_url, "knockout", 60, 2, 8, DEFAULT_TEMPLATE, key,
                           api_name="/start_judging")
 
 
@@ -159,7 +160,7 @@ def test_the_app_on_a_space_never_sends_the_owners_key_to_a_visitors_server(run,
     add_samples(run, n=2, k=3)
     app, client = start_app(runs_dir, owner)
     try:
-        with pytest.raises(AppError, match="give your own key"):  # refused before any job starts
+        with pytest.raises(AppError, match="type your own key for that server"):  # refused before any job starts
             judge_via_api(client, visitor.url + "/v1", "")
         assert jobs.status(run)["state"] == "none"
         assert "started" in judge_via_api(client, visitor.url + "/v1", VISITOR)
@@ -205,7 +206,7 @@ def test_the_apps_compare_and_iterate_jobs_use_the_visitors_key_alone(run, runs_
             seen, owner.auth_headers = list(owner.auth_headers), []
             assert seen and set(seen) == {f"Bearer {VISITOR if key else OWNER}"}, key
             compare_values["seed"] += 1  # new completions: new judge calls
-        client.predict("t", *[iterate_values[f] for f in iterate_tab.FORM], VISITOR, api_name="/start_iterating")
+        client.predict("t", *[iterate_values[f] for f in iterate_tab.FORM], VISITOR, api_name="/start_iterate")
         assert jobs.wait(run, timeout_s=300)["state"] == "done", jobs.status(run).get("log_tail")
     finally:
         app.close()

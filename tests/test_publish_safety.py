@@ -100,7 +100,7 @@ def test_the_scan_covers_every_credential_variable(monkeypatch):
     for name in ("ACME_API_KEY", "GITHUB_TOKEN", "MY_SECRET_THING", "MAX_NEW_TOKENS"):
         monkeypatch.setenv(name, "x")
     names = hub.credential_env_names()
-    for name in ("GROQ_API_KEY", "OPENAI_API_KEY", "LAB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+    for name in ("GROQ_API_KEY", "OPENAI_API_KEY", "LAB_API_KEY_GROQ", "LAB_API_KEY_OPENAI", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
                  "ACME_API_KEY", "GITHUB_TOKEN", "MY_SECRET_THING"):
         assert name in names
     assert "MAX_NEW_TOKENS" not in names  # a count, not a credential

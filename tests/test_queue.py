@@ -94,7 +94,7 @@ def test_a_typed_key_waits_in_memory_only_and_reaches_its_job(runs_dir, prompts,
         try:
             argv = ["judge", "--run", judged.name, "--backend", "openai", "--model", "m", "--rpm", "0",
                     "--base-url", fp.url + "/v1"]
-            assert jobs.start(judged, argv, "Judging", secret_env={TYPED_KEY_ENV: SECRET})["state"] == "queued"
+            assert jobs.start(judged, argv, "Judging", secret_env={TYPED_KEY_ENV["openai"]: SECRET})["state"] == "queued"
             entry = jobs.queued()[0]
             assert entry["needs_key"] is True and SECRET not in json.dumps(entry)
             assert secret_files(runs_dir) == []

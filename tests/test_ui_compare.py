@@ -2,8 +2,9 @@
 import gradio as gr
 import pytest
 
-from lab import jobs
+from lab import compare, jobs
 from lab.ui import compare as tab
+from lab.ui import grid, views
 from test_compare import HELD, heldout_file, make_adapter, write_training
 
 
@@ -14,25 +15,46 @@ def start(run_name, adapters=(), source="heldout", upload=None, **kw):
     return tab.start_compare(run_name, list(adapters), source, upload, *[values[f] for f in tab.FORM])
 
 
-def test_compare_as_a_job_then_grid_view_notes_and_export(run, tmp_path):
+def test_compare_as_a_job_then_scores_grid_notes_and_export(run, tmp_path):
     write_training(run, ["Explain why the sky is blue."])
     make_adapter(run, "judge", seed=1)
     make_adapter(run, "pairrm", seed=2)
-    assert "started" in start("t", ["judge"], "file", heldout_file(tmp_path, HELD))
+    assert "started" in start("t", ["judge"], "file", heldout_file(tmp_path, HELD), pairrm="tiny-random")
     st = jobs.wait(run, timeout_s=240)
     assert st["state"] == "done", st.get("log_tail")
-    scores, grid, picker, overall = tab.refresh("t")
-    assert list(scores["model"]) == ["base", "judge"] and list(grid.columns)[-2:] == ["base", "judge"]
-    assert len(grid) == 3 and overall == ""
-    iid = grid["instruction_id"][0]
-    page, note = tab.show_instruction("t", iid)
-    assert "<b>base</b>" in page and "<b>judge</b>" in page and HELD[0] in page and note == ""
-    assert "saved" in tab.save_instruction_note("t", iid, "judge hedges more")
-    assert tab.show_instruction("t", iid)[1] == "judge hedges more"
+    scores, made, picker, page, info, note, overall = tab.refresh("t")
+    assert list(tab.scores_table(compare.read_scores(run))["model"]) == ["base", "judge"]
+    assert "<td>judge</td>" in scores and "Made with temperature 0.7 · top-p 0.9 · max new tokens 6" in made
+    assert "pairRM tiny-random" in made and "instructions 3" in made
+    ids = [c[1] for c in picker["choices"]]
+    assert len(ids) == 3 and picker["value"] == ids[0] and overall == "" and note == ""
+    assert page.count('class="lab-grid-item') == 3 and info == "Instructions 1-3 of 3 · page 1 of 1"
+    assert page.count('data-model="base"') == 3 and page.count('data-model="judge"') == 3 and HELD[0] in page
+    assert "hit max tokens" in page and "PairRM: <span" in page and "the reference for the verdicts" in page
+    outcome = compare.read_scores(run)["outcomes"]["judge"]["pairrm"][ids[0]]
+    assert grid.VERDICT[outcome][1] in page.split('data-model="judge"')[1]  # the first instruction's verdict
+    assert "saved" in tab.save_instruction_note("t", ids[1], "judge hedges more")
+    assert tab.show_page("t", ids[1])[2] == "judge hedges more"
+    assert "(noted)" in tab.refresh("t", ids[1])[2]["choices"][1][0]
     tab.save_overall_note("t", "no clear winner")
-    assert tab.refresh("t")[3] == "no clear winner"
+    assert tab.refresh("t")[6] == "no clear winner"
     assert tab.export_grid("t", "md").endswith("compare.md")
     assert run.upload_path(".jsonl", "heldout").exists()  # the uploaded held-out file is kept with the run
+    assert tab.restored(views.last_settings(run, "compare"))[:3] == [["judge"], "file", 3]  # the form after a reload
+
+
+def test_the_grid_pages_through_the_instructions(run):
+    from test_compare import cfg
+
+    write_training(run, ["A"])
+    make_adapter(run, "judge")
+    compare.compare_run(run, cfg(n=7, max_new_tokens=4))
+    ids = grid.instruction_ids(run)
+    assert len(ids) == 7 and grid.neighbour(run, ids[0], 1) == ids[3] and grid.neighbour(run, ids[4], 5) == ids[6]
+    assert grid.neighbour(run, ids[6], -1) == ids[3] and grid.neighbour(run, None, -1) == ids[0]
+    page, info = grid.render(run, ids[6])
+    assert info == "Instructions 7-7 of 7 · page 3 of 3" and page.count("lab-grid-item") == 1
+    assert "no scorer was chosen" in page
 
 
 def test_mistakes_become_messages(run):
@@ -46,9 +68,10 @@ def test_mistakes_become_messages(run):
         start("t", source="file")
     with pytest.raises(gr.Error, match="GROQ_API_KEY"):
         start("t", judge="groq")
-    with pytest.raises(gr.Error, match="no comparison yet"):
-        tab.show_instruction("t", "x")
-    assert tab.refresh("t")[1].empty
+    assert "No comparison in this run yet" in tab.refresh("t")[0]
+    assert tab.scorers_changed("", "none", "none")[0] == tab.NO_SCORER  # said before anything runs
+    note, key_box = tab.scorers_changed("tiny-random", "none", "groq")
+    assert note == "" and key_box["visible"] is True and tab.scorers_changed("", "local", "base")[1]["visible"] is False
 
 
 def test_the_tab_is_in_the_app():

@@ -20,23 +20,27 @@ def test_iterate_as_a_job_then_table_and_plots(run):
     assert "started" in tab.start_iterating("t", *values())
     st = jobs.wait(run, timeout_s=300)
     assert st["state"] == "done", st.get("log_tail")
-    table, wins, lengths, hist = tab.refresh("t")
-    assert list(table["round"]) == [1, 2] and table["adapter"][1].endswith("iterations/2/adapters/round-2")
+    table_html, wins, lengths, hist, made = tab.refresh("t")
+    table = tab.rounds_table(tab.lineage(run))
+    assert list(table["round"]) == [1, 2] and list(table["adapter"]) == ["round-1", "round-2"]  # names, not paths
+    assert "round-2" in table_html and str(run.path) not in table_html and "judge self" in made
+    assert str(wins["win rate"].dtype) == "float64" and str(lengths["round"].dtype) == "int64"  # plots draw lines
     assert set(wins["against"]) == {"base", "previous"} and len(wins) == 3  # round 1 has no previous
     assert set(lengths["answers"]) == {"all", "chosen", "rejected"}
     assert sorted(set(hist["round"])) == ["round 1", "round 2"] and hist["count"].sum() == 2 * 2 * 2
-    assert tab.refresh_if_changed("t", table) == [gr.skip()] * 4
+    assert tab.refresh_if_changed("t", ["t", 2]) == [gr.skip()] * 6  # nothing new: the plots are not redrawn
+    assert tab.refresh_if_changed("t", ["other", 2])[-1] == ["t", 2]
 
 
 def test_mistakes_become_messages(run):
     with pytest.raises(gr.Error, match="Choose a run"):
         tab.start_iterating("", *values())
     run.record_stage("sample", {"model": "tiny-random"})
-    with pytest.raises(gr.Error, match="--samples >= 2"):
+    with pytest.raises(gr.Error, match="“Answers per instruction \\(N\\)” >= 2"):
         tab.start_iterating("t", *values(samples=1))
     with pytest.raises(gr.Error, match="GROQ_API_KEY"):
         tab.start_iterating("t", *values(judge="groq"))
-    assert tab.refresh("t")[0].empty
+    assert "No rounds in this run yet" in tab.refresh("t")[0]
 
 
 def test_a_typed_api_key_runs_the_job_and_is_saved_nowhere(run, runs_dir, monkeypatch):

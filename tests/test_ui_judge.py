@@ -54,8 +54,9 @@ def test_judging_as_a_job_then_figures_and_reasoning_per_order(run, monkeypatch)
     assert st["state"] == "done", st.get("log_tail")
     assert fp.calls == 8 and KEY not in str(st)  # the key reached the job through its environment only
     assert tab.saved_prompt("t") == prompt  # the edited prompt is what ran, and what a reload shows
-    figures, picker = tab.refresh("t")
+    figures, picker, shown = tab.refresh("t")
     assert "**2** of 2 instructions have a preference" in figures and "| 100% |" in figures
+    assert "Made with judge openai · model m · call plan knockout · prompt " in figures and shown == ""
     html = tab.show_pairs("t", picker["choices"][0][1])
     assert "#0 vs #1</b>: #1 preferred" in html and "#0 shown first" in html and "#1 shown first" in html
     assert "Q1Q is more thorough" in html

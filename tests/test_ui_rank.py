@@ -15,9 +15,12 @@ def test_rank_as_a_job_then_table_view_and_pairs(run):
     assert "started" in tab.start_ranking("t", "tiny-random", 20)
     st = jobs.wait(run, timeout_s=180)
     assert st["state"] == "done", st.get("log_tail")
-    summary, table, picker = tab.refresh("t")
-    assert "**3** instructions ranked with `tiny-random`" in summary
+    summary, table_html, picker, shown = tab.refresh("t")
+    assert "**3** instructions ranked with `tiny-random`" in summary and "Made with ranker tiny-random" in summary
+    table = tab.ranks_table(run)
     assert list(table["instruction"]) == ["i1", "i2", "i3"] and list(table["responses"]) == [5, 3, 2]
+    assert "<th scope=\"col\">score spread</th>" in table_html and shown == ""  # nothing picked yet
+    assert "rank 1" in tab.refresh("t", "i1")[3]  # a pick kept across a refresh shows its ranking
     html = tab.show_ranking("t", "i1")
     assert html.index("rank 1") < html.index("rank 2") < html.index("rank 5")
     stats = tab.make_pairs("t", "pairrm", "all-pairs", 0)
@@ -30,13 +33,21 @@ def test_rank_as_a_job_then_table_view_and_pairs(run):
 def test_mistakes_become_messages(run):
     with pytest.raises(gr.Error, match="Choose a run"):
         tab.start_ranking("", "tiny-random", 20)
-    with pytest.raises(gr.Error, match="batch-size"):
+    with pytest.raises(gr.Error, match="“Pairs per pass”"):
         tab.start_ranking("t", "tiny-random", 0)
-    assert tab.refresh("t")[0] == "No samples in this run yet: sample first."
+    assert tab.refresh("t")[0] == "No samples in this run yet: sample first (Sample tab)."
     write_samples(run, DATA)
     assert tab.refresh("t")[0] == "Not ranked yet."
-    with pytest.raises(gr.Error, match="no judgments"):
+    with pytest.raises(gr.Error, match="no judgments: judge first in the Judge tab"):
         tab.make_pairs("t", "judge", "best-vs-worst", 0)
+
+
+def test_a_judge_set_with_no_pairs_points_to_spotcheck_and_an_api_judge(run):
+    write_samples(run, DATA)
+    run.append("judgments", judge_pair("i1", 0, 1, "tie") + judge_pair("i2", 0, 1, "tie"))
+    stats = tab.make_pairs("t", "judge", "best-vs-worst", 0)
+    assert "**0 pairs**" in stats and "Spot-check" in stats and "API judge" in stats and "None" not in stats
+    assert tab.last_pairs("t", "judge") == stats  # shown again after a reload, from run.json
 
 
 def test_the_tab_is_in_the_app():

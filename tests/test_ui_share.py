@@ -81,7 +81,7 @@ def test_the_tab_is_in_the_app_and_its_dry_run_answers_a_client(run, monkeypatch
     app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_kwargs())
     try:
         client = Client(app.local_url, verbose=False)
-        text, links, picker = client.predict("t", *SETTINGS.values(), api_name="/stage_only")
+        text, links, picker = client.predict("t", *SETTINGS.values(), api_name="/dry_run")
     finally:
         app.close()
     assert "repos staged, nothing uploaded" in text and (run.file("hub") / "t-judge" / "README.md").exists()

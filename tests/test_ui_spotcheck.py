@@ -42,5 +42,5 @@ def test_walk_decide_and_agreement(run):
 def test_without_judgments_the_tab_says_what_to_do(run):
     write_samples(run, DATA)
     keys, at, position, *_ = tab.load_queue("t")
-    assert keys == [] and "run the judge first" in position
+    assert keys == [] and "judge first (Judge tab)" in position
     assert tab.move("t", [], 0, 1)[1] == "Load the pairs first."

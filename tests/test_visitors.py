@@ -90,7 +90,7 @@ def test_the_pairs_box_takes_only_the_runs_pair_sets(run, space):
         with pytest.raises(gr.Error, match=r"one of this run's pair sets \(judge\); files on the server") as e:
             start_training("t", path, "dpo-1", "", *train_form())
         assert "JSON" not in str(e.value)
-    with pytest.raises(gr.Error, match="--init-adapter '/tmp': on this hosted app pick adapters of this run"):
+    with pytest.raises(gr.Error, match="“Continue from adapter” '/tmp': on this hosted app pick adapters of this run"):
         start_training("t", "judge", "dpo-1", "/tmp", *train_form())
     assert not run.jobs_dir.exists()
 
@@ -139,7 +139,7 @@ def visitor(url: str, arrive: bool = True):
 
 
 def sample_args(run: str, n: int = 2, k: int = 1, tokens: int = 8, model: str = "tiny-random", batch: int = 4):
-    return (run, model, "bundled", None, n, k, 0.8, 0.95, tokens, 0, batch)
+    return (run, model, "bundled", None, n, k, 0.8, 0.95, tokens, 0, batch, "")  # "": the column found by name
 
 
 def refused(client, *args, api_name: str) -> str:
@@ -177,7 +177,7 @@ def test_a_second_visitors_job_queues_behind_the_first_and_runs_after_it(app):
     started = json.loads((runs / "bob-run" / "jobs" / "job.json").read_text())["started"]
     assert started >= (runs / "alice-run" / "jobs" / "exit.json").stat().st_mtime - 0.01  # after Alice's ended
     assert len(Run(runs / "bob-run").read("samples")) == 2
-    assert "**2** responses" in bob.predict("bob-run", api_name="/refresh")[0]
+    assert "**2** responses" in bob.predict("bob-run", None, api_name="/sample_results")[0]
 
 
 @pytest.mark.slow
@@ -190,15 +190,15 @@ def test_a_visitor_cannot_list_read_stop_or_write_another_visitors_run(app):
         assert "private" not in visitor(server.url).runs and "demo" in bob.runs  # the shared run is listed
         assert "private" not in str(bob.predict(api_name="/runs"))
         assert "private" in str(alice.predict(api_name="/runs"))
-        for client in (bob, stranger):
-            assert "No such run 'private'" in refused(client, "private", api_name="/stop_sample")
-            assert "No such run 'private'" in refused(client, "private", "pwned", api_name="/save_overall_note")
-            assert "No such run 'private'" in refused(client, *sample_args("private"), api_name="/start_sampling")
+        for client, no in ((bob, "No such run 'private'"), (stranger, "still loading")):  # stranger: never arrived
+            assert no in refused(client, "private", api_name="/stop_sample")
+            assert no in refused(client, "private", "pwned", api_name="/save_overall_note")
+            assert no in refused(client, *sample_args("private"), api_name="/start_sampling")
             assert "is running" not in str(client.predict("private", api_name="/job_sample"))  # reads: nothing
-            assert "responses" not in str(client.predict("private", api_name="/refresh"))
+            assert "responses" not in str(client.predict("private", None, api_name="/sample_results"))
         assert "is running" in job_status(alice, "private")  # still running: nobody else stopped it
         assert not (runs / "private" / "notes.json").exists()
-        assert "No samples in this run yet" in bob.predict("demo", api_name="/refresh")[0]  # shared: readable
+        assert "No samples in this run yet" in bob.predict("demo", None, api_name="/sample_results")[0]  # shared: readable
         assert "shared read-only" in refused(bob, "demo", "pwned", api_name="/save_overall_note")
         assert "shared read-only" in refused(bob, *sample_args("demo"), api_name="/start_sampling")
         assert sorted(p.name for p in (runs / "demo").iterdir()) == []

@@ -1,8 +1,12 @@
 """The Gradio app: a run picker on top, then one tab per stage.
 
 To add a tab: write lab/ui/<tab>.py with `build(ctx) -> <Tab dataclass>` (see lab/ui/sample.py), and add
-("Title", "lab.ui.<tab>") to TABS below, in pipeline order. Only tabs that work are listed. A tab whose choices
-depend on what other tabs produce defines `on_show(holder, ctx, tab)` to refresh them when it is opened.
+("Title", "lab.ui.<tab>") to TABS below, in pipeline order. Only tabs that work are listed. The holder's `views`
+(lab.ui.views.View: what the tab shows of the run, choice lists included) are re-read when the tab is opened, as
+they are when the run changes and when the tab's job ends; `on_show(holder, ctx, tab)` is there for anything else.
+
+The API (gradio_client, README "Use it from Python") is the users' actions: every button has an api_name; what
+the page does by itself (timers, refreshes, change handlers) is kept out of it (lab.ui.views.internal).
 """
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ from dataclasses import dataclass
 import gradio as gr
 
 from lab import jobs, limits
+from lab.errors import LabError
 from lab.store import validate_run_name
-from lab.ui import visitors
-from lab.ui.common import CSS
+from lab.ui import views, visitors
+from lab.ui.style import CSS, HEAD
+from lab.ui.wording import say
 
 TABS: list[tuple[str, str]] = [
     ("Sample", "lab.ui.sample"),
@@ -23,6 +29,7 @@ TABS: list[tuple[str, str]] = [
     ("Spot-check", "lab.ui.spotcheck"),
     ("Train", "lab.ui.train"),
     ("Compare", "lab.ui.compare"),
+    ("Chat", "lab.ui.chat"),
     ("Iterate", "lab.ui.iterate"),
     ("Share", "lab.ui.share"),
 ]
@@ -30,7 +37,7 @@ TABS: list[tuple[str, str]] = [
 INTRO = """# Preference Lab
 Turn a chat model into a better one with preference data and DPO, and check honestly whether it got better.
 **Sample** responses → **judge** them (LLM judge, you spot-check) and **rank** them (PairRM) → **train** DPO LoRA adapters
-→ **compare** base vs adapters → **iterate** (self-rewarding DPO) → **share** on the Hub.
+→ **compare** base vs adapters → **chat** with them → **iterate** (self-rewarding DPO) → **share** on the Hub.
 Everything a stage writes lands in the run folder (`runs/<run>/`), so a reload or a restart loses nothing."""
 
 
@@ -51,7 +58,7 @@ def _run_picker() -> Ctx:
         refresh = gr.Button("↻ Runs", size="sm", scale=0, min_width=90)
     remembered = visitors.browser_state("preference-lab-run")
     refresh.click(lambda: gr.update(choices=visitors.run_choices()), outputs=run_name, api_name="runs")
-    run_name.change(_remember, inputs=run_name, outputs=remembered)
+    run_name.change(_remember, inputs=run_name, outputs=remembered, **views.internal())
     return Ctx(run_name, remembered, visitors.browser_state(visitors.STORAGE_KEY))
 
 
@@ -61,27 +68,31 @@ def _remember(name: str | None):
         return None
     try:
         return validate_run_name(name)
-    except Exception as e:
-        raise gr.Error(str(e)) from e
+    except LabError as e:
+        raise gr.Error(say(e)) from e
 
 
 def build_app() -> gr.Blocks:
+    limits.seal_owner_token()  # a hosted app: the owner's Hub token leaves os.environ (lab.limits)
     with gr.Blocks(title="Preference Lab") as app:
         gr.Markdown(INTRO)
         ctx = _run_picker()
         tabs, timers = [], []
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap"):  # every tab in sight at phone width, none behind a "⋯" menu
             for title, module in TABS:
                 with gr.Tab(title, id=title.lower().replace(" ", "-")) as tab:
                     mod = importlib.import_module(module)
                     holder = mod.build(ctx)
-                if hasattr(mod, "on_show"):  # lists that earlier tabs may have grown (pairs, adapters) are re-read
+                views.on_open(tab, ctx.run_name, getattr(holder, "views", []))
+                if hasattr(mod, "on_show"):
                     mod.on_show(holder, ctx, tab)
                 tabs.append(tab)
                 timers.append(getattr(getattr(holder, "panel", None), "timer", None))
         _poll_only_the_shown_tab(tabs, timers)
         app.load(visitors.arrive, inputs=[ctx.visitor, ctx.remembered], outputs=[ctx.visitor, ctx.run_name],
-                 api_name="arrive")
+                 **views.internal("arrive")) \
+            .then(_remember, inputs=ctx.run_name, outputs=ctx.remembered, **views.internal())  # typed before it
+        # an API client on a hosted app calls /arrive first (README)
         app.unload(visitors.leave)
     visitors.install(app, ctx.run_name)
     jobs.start_pumping()  # queued jobs start here, one at a time (lab.jobs)
@@ -92,7 +103,7 @@ def _poll_only_the_shown_tab(tabs: list[gr.Tab], timers: list[gr.Timer | None]) 
     """Each tab's job panel polls once a second; only the tab on screen needs to, so the others are paused."""
     live = [t for t in timers if t is not None]
     for tab, timer in zip(tabs, timers):
-        tab.select(lambda mine=timer: [gr.Timer(active=t is mine) for t in live], outputs=live)
+        tab.select(lambda mine=timer: [gr.Timer(active=t is mine) for t in live], outputs=live, **views.internal())
     if timers and timers[0] is not None:
         timers[0].active = True
 
@@ -101,4 +112,4 @@ def launch_kwargs() -> dict:
     """Styling passed to launch() (gradio 6 takes css/theme there), and the owner's upload cap (lab.limits): Gradio
     refuses a bigger upload before it reaches a handler."""
     limit = limits.upload_limit_bytes()
-    return {"css": CSS, "theme": gr.themes.Soft(), **({"max_file_size": limit} if limit else {})}
+    return {"css": CSS, "head": HEAD, "theme": gr.themes.Soft(), **({"max_file_size": limit} if limit else {})}

@@ -15,10 +15,15 @@ from typing import Callable, Iterator
 import gradio as gr
 
 from lab import hosting, jobs, limits
+from lab.ui import visitors
 from lab.cli import BY_NAME, build_parser, load
-from lab.errors import LabError
+from lab.configfile import command_line, yaml_download
+from lab.errors import LabError, ui_text
+from lab.instructions import load_instructions
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
 from lab.store import URL_USERINFO, Run
+from lab.ui.views import View, internal
+from lab.ui.wording import page_text, say, stage_of
 
 POLL_S = 1.0
 
@@ -32,6 +37,10 @@ class JobPanel:
     stop: gr.Button
     log: gr.Code
     timer: gr.Timer
+    redo: gr.Accordion  # a finished job's exact command line and its settings as a YAML file
+    command: gr.Code
+    download: gr.DownloadButton
+    poll: Callable | None = None  # poll(event) chains a poll after the event (wire_job_panel sets it)
 
 
 def open_run(name: str | None, create: bool = True) -> Run:
@@ -40,22 +49,33 @@ def open_run(name: str | None, create: bool = True) -> Run:
     try:
         return Run.open(str(name).strip(), create=create)
     except LabError as e:
-        raise gr.Error(str(e)) from e
+        raise gr.Error(say(e)) from e
 
 
 def progress_html(st: dict) -> str:
-    """A plain HTML progress bar with the job's description, counts and ETA."""
-    p = st.get("progress") or {}
+    """A plain HTML progress bar with the job's phase, counts, tokens and ETA (lab.progress's file)."""
+    p, state = st.get("progress") or {}, st.get("state", "none")
     done, total = p.get("done", 0), p.get("total") or 0
-    frac = done / total if total else (1.0 if st.get("state") == "done" else 0.0)
-    eta = p.get("eta_s")
-    eta_txt = f" · about {eta / 60:.1f} min left" if eta and st.get("state") == "running" else ""
-    label = html.escape(f"{p.get('desc') or st.get('label', '')}: {done}/{total}{eta_txt}") if total else ""
-    if st.get("state") == "queued":
-        label = html.escape(f"{st.get('label', 'job')}: {queue_text(st)}")
-    return (f'<div class="lab-progress" data-state="{st.get("state", "none")}">'
+    frac = min((done + (p.get("partial") or 0)) / total, 1.0) if total else (1.0 if state == "done" else 0.0)
+    return (f'<div class="lab-progress" data-state="{state}" data-fill="{frac:.3f}">'
             f'<div class="lab-progress-fill" style="width:{frac * 100:.1f}%"></div>'
-            f'<span>{label}</span></div>')
+            f'<span>{html.escape(progress_label(st))}</span></div>')
+
+
+def progress_label(st: dict) -> str:
+    """"sampling: 3/12 · 412 tokens · about 20 s left"; "loading model bundled…"; "starting…" before either."""
+    p, state = st.get("progress") or {}, st.get("state", "none")
+    if state == "queued":
+        return f"{st.get('label', 'job')}: {queue_text(st)}"
+    if state == "running" and (not p or p.get("loading")):
+        return f"{p.get('desc') or 'starting'}…"
+    if not p.get("total"):
+        return ""
+    tokens = f" · {p['tokens']:,} tokens" if p.get("tokens") else ""
+    eta = p.get("eta_s")
+    left = "" if eta is None or state != "running" else \
+        f" · about {eta:.0f} s left" if eta < 90 else f" · about {eta / 60:.1f} min left"
+    return f"{p.get('desc') or st.get('label', '')}: {p.get('done', 0)}/{p['total']}{tokens}{left}"
 
 
 def ordinal(n: int) -> str:
@@ -79,7 +99,8 @@ def status_text(st: dict) -> str:
         return f"**{label}** is running…"
     if state == "done":
         return f"**{label}** finished."
-    return f"**{label}** {state}: {html.escape(st.get('error') or '')}"
+    error = hosting.public_text(page_text(st.get("ui_error") or st.get("error") or "", (st.get("argv") or [None])[0]))
+    return f"**{label}** {state}: {html.escape(error)}"
 
 
 def job_panel() -> JobPanel:
@@ -90,32 +111,75 @@ def job_panel() -> JobPanel:
             stop = gr.Button("Stop", variant="stop", size="sm", scale=0)
     with gr.Accordion("Job log", open=False):
         log = gr.Code(language=None, lines=10, max_lines=20, interactive=False)
-    return JobPanel(bar, status, stop, log, gr.Timer(POLL_S, active=False))  # the app activates the shown tab's
+    with gr.Accordion("Redo this job: command line and settings file", open=False, visible=False) as redo:
+        command = gr.Code(language="shell", lines=2, interactive=False, label="Command line")
+        download = gr.DownloadButton("Settings as YAML (--config)", size="sm")
+    timer = gr.Timer(POLL_S, active=False)  # the app activates the shown tab's
+    return JobPanel(bar, status, stop, log, timer, redo, command, download)
 
 
-def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str,
-                   on_done: Callable[[str], list] | None = None, done_outputs: list | None = None) -> None:
-    """Poll the run's job each tick. The tab's results are refreshed via on_done(run_name) only when something
-    changed (another run picked, a job of `stage` started or ended), not every second: re-reading a run's files
-    each tick is wasted work, and re-sending a dropdown's choices would close it under the user's cursor."""
-    extra = done_outputs or []
-    seen = gr.State(None)
+def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: list[View] | tuple = ()) -> None:
+    """Poll the run's job each tick (`job_<stage>`: run name -> bar, status, log), then re-read the tab's result
+    views (lab.ui.views) when something changed (another run picked, a job of `stage` queued, started or ended)
+    or, for a live view, while it runs. Not every second for the rest: re-reading a run's files each tick is wasted
+    work, and re-sending a dropdown's choices would close it under the user's cursor."""
+    seen, news = gr.State(None), gr.State({})  # the job's last key; what this tick found (for the views)
+    redo = [panel.redo, panel.command, panel.download]
 
     def poll(name: str, last):
         st = _job_of(name, stage)
         key = [name, st.get("state"), st.get("started") or st.get("queued"), st.get("position")]
-        if key == last and st.get("state") != "running":
-            return [gr.skip()] * (3 + len(extra)) + [last]
-        updates = [progress_html(st), status_text(st), st.get("log_tail", "")]
-        if on_done is not None:
-            ended = st.get("state") not in ("running", "queued") and name
-            updates += on_done(name) if ended else [gr.skip()] * len(extra)
-        return [*updates, key]
+        found = {"changed": key != last, "running": st.get("state") == "running"}
+        if not found["changed"] and not found["running"]:
+            return [gr.skip()] * (3 + len(redo)) + [last, found]
+        return [progress_html(st), status_text(st), hosting.public_text(st.get("log_tail", "")), *redo_updates(st),
+                key, found]
 
-    panel.timer.tick(poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, *extra, seen],
-                     show_progress="hidden", api_name=f"job_{stage}")
+    def refresh(name: str, found: dict, *values):
+        updates, at = [], 0
+        for v in views:
+            fresh = found.get("changed") or (v.live and found.get("running"))
+            updates += v.read(name, *values[at:at + len(v.inputs)]) if fresh else [gr.skip()] * len(v.outputs)
+            at += len(v.inputs)
+        return updates
+
+    panel_io = dict(fn=poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, *redo, seen, news])
+    views_io = dict(fn=refresh, inputs=[run_name, news, *(c for v in views for c in v.inputs)],
+                    outputs=[c for v in views for c in v.outputs], **internal())
+
+    def chained(dep):
+        dep = dep.then(**panel_io, **internal())
+        return dep.then(**views_io) if views else dep
+
+    tick = panel.timer.tick(**panel_io, **internal(f"job_{stage}"))
+    if views:
+        tick.then(**views_io)
+    panel.poll = chained
     panel.stop.click(lambda name: _stop(name, stage), inputs=[run_name], outputs=[panel.status],
                      api_name=f"stop_{stage}")
+
+
+def redo_updates(st: dict) -> list:
+    """[accordion, command line, YAML download] of a finished job (done, failed or stopped), else hidden: the exact
+    `python -m lab` line the app ran, and its settings as a file for `--config` (lab.configfile)."""
+    argv = st.get("argv") or []
+    if st.get("state") not in ("done", "failed", "stopped") or len(argv) < 3:
+        return [gr.update(visible=False), gr.skip(), gr.skip()]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:  # a job line from an older version of the lab: nothing to offer
+        return [gr.update(visible=False), gr.skip(), gr.skip()]
+    settings = load(BY_NAME[args.stage].settings).from_args(args)
+    return [gr.update(visible=True), command_line(argv), str(yaml_download(args.stage, args.run, settings))]
+
+
+def wire_start(panel: JobPanel, button: gr.Button, fn: Callable, inputs: list, api_name: str):
+    """The tab's start button: fn(*inputs) -> status text, under the API name of this action; the panel is polled
+    at once after it, so the bar never shows the previous job's count while the new one starts."""
+    dep = button.click(fn, inputs=inputs, outputs=[panel.status], api_name=api_name)
+    if panel.poll is not None:
+        panel.poll(dep)
+    return dep
 
 
 def _job_of(name: str | None, stage: str) -> dict:
@@ -133,7 +197,11 @@ def _stop(name: str, stage: str) -> str:
     st = _job_of(name, stage)
     if st.get("state") not in ("running", "queued"):
         return "Nothing is running in this tab."
-    return status_text(checked(jobs.stop, Run.open(name)))
+    st = checked(jobs.stop, Run.open(name), wait=False)  # returns at once: the panel's poll shows the end
+    if st.get("state") != "running":
+        return status_text(st)
+    return (f"**{st.get('label', 'The job')}**: stop requested; it is stopped at its next safe point (what it finished "
+            "is saved).")
 
 
 def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: dict[str, str] | None = None) -> str:
@@ -143,20 +211,26 @@ def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: di
     another process (a terminal, say) is refused here, before the job starts (lab.store.Run.lock)."""
     run = open_run(name)
     full = [stage, "--run", run.name, *argv]
-    admit(full)
+    cfg = admit(full)
     checked(run.check_unlocked, stage)
-    st = checked(jobs.start, run, full, label, secret_env=secret_env)
+    token = limits.owner_token(hosting.model_specs(run, cfg)) if limits.hosted() else None
+    secrets = {**(secret_env or {}), **({"HF_TOKEN": token} if token else {})}  # the owner's, for listed models
+    who, where = visitors.requester() if limits.hosted() else (None, None)
+    st = checked(jobs.start, run, full, label, secret_env=secrets or None, who=who, where=where)
     return f"**{label}** started." if st.get("state") != "queued" else status_text(st)
 
 
-def admit(argv: list[str]) -> None:
+def admit(argv: list[str]):
     """The checks the job's own process will make first (a hosted app's rules, the owner's caps: lab.hosting),
-    made here too so that a refusal is a message on the page, before anything is written or queued."""
+    made here too so that a refusal is a message on the page, before anything is written or queued.
+    -> the stage's settings, as the job will parse them."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit:  # argparse's own refusal; the forms only build valid command lines
         raise gr.Error(f"These settings do not make a valid `{argv[0]}` command line.") from None
-    checked(hosting.admit, args.stage, args.run, load(BY_NAME[args.stage].settings).from_args(args))
+    cfg = load(BY_NAME[args.stage].settings).from_args(args)
+    checked(hosting.admit, args.stage, args.run, cfg)
+    return cfg
 
 
 @contextmanager
@@ -168,6 +242,7 @@ def upload_into(run: Run, upload: str, kind: str = "instructions") -> Iterator[P
     before = dest.read_bytes() if dest.exists() else None
     checked(run.save_upload, upload, kind)
     try:
+        check_instruction_file(dest, Path(upload).name)
         yield dest
     except BaseException:
         if before is None:
@@ -179,6 +254,15 @@ def upload_into(run: Run, upload: str, kind: str = "instructions") -> Iterator[P
         raise
 
 
+def check_instruction_file(path: Path, shown_as: str) -> None:
+    """Read an uploaded instruction file now (the job would only find a fault later, in its log), and name it in
+    the message as the user knows it (`shown_as`, their file's name), not as the server's copy in the run."""
+    try:
+        load_instructions(str(path))
+    except LabError as e:
+        raise gr.Error(page_text(ui_text(e).replace(str(path), shown_as))) from None
+
+
 def api_key_box(visible: bool = True) -> gr.Textbox:
     """A visitor's own API key for an API judge: it stays in this browser tab and goes to the one job it starts."""
     return gr.Textbox("", type="password", label="API judge key (optional)", visible=visible,
@@ -187,11 +271,11 @@ def api_key_box(visible: bool = True) -> gr.Textbox:
 
 
 def typed_key_env(judge: str, typed: str | None) -> dict[str, str] | None:
-    """{"LAB_API_KEY": key} for a key typed in the page, for lab.jobs.start(secret_env=...); None when nothing was
+    """{"LAB_API_KEY_<JUDGE>": key} for a key typed in the page, for lab.jobs.start(secret_env=...); None when nothing was
     typed or the judge needs no key. Its own variable, never the provider's: the job can then tell the visitor's
     key (it may go to the URL the visitor gave) from the owner's (only to the owner's URL; lab.judge_backends)."""
     typed = (typed or "").strip()
-    return {TYPED_KEY_ENV: typed} if typed and judge in KEY_ENV else None
+    return {TYPED_KEY_ENV[judge]: typed} if typed and judge in KEY_ENV else None
 
 
 def check_base_url(url: str) -> str:
@@ -205,18 +289,9 @@ def check_base_url(url: str) -> str:
 
 
 def checked(fn: Callable, *args, **kwargs):
-    """Call a core function, turning its LabError into a message in the page."""
+    """Call a core function, turning its LabError into a message in the page (a settings' validate() names its
+    flags by the labels of that stage's inputs)."""
     try:
         return fn(*args, **kwargs)
     except LabError as e:
-        raise gr.Error(str(e)) from e
-
-
-CSS = """
-.lab-progress { position: relative; height: 1.6rem; border-radius: 6px; background: var(--block-background-fill);
-  border: 1px solid var(--border-color-primary); overflow: hidden; }
-.lab-progress-fill { position: absolute; inset: 0 auto 0 0; background: var(--color-accent); opacity: .35; transition: width .4s; }
-.lab-progress span { position: relative; padding-left: .6rem; line-height: 1.6rem; font-size: .9rem; }
-.lab-response { border-left: 3px solid var(--color-accent); padding-left: .6rem; margin-bottom: .8rem; }
-@media (max-width: 640px) { .gradio-container { padding: 4px !important; } }
-"""
+        raise gr.Error(hosting.public_text(say(e, stage_of(getattr(fn, "__self__", None))))) from e

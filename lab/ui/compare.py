@@ -1,14 +1,15 @@
-"""Compare tab: base vs adapters on held-out instructions, run as a job; scores, the side-by-side grid, a
-per-instruction view with the user's notes, and exports (CSV, JSONL, Markdown).
+"""Compare tab: base vs adapters on held-out instructions, run as a job; scores, the side-by-side grid (lab/ui/grid.py)
+with an instruction picker and pages, the user's notes, and exports of the wide table (CSV, JSONL, Markdown).
 
 The page writes no analysis of its own: the numbers, the grid and the user's notes are the analysis.
 """
 from __future__ import annotations
 
-import html
-import json
+import shutil
+import tempfile
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -19,9 +20,11 @@ from lab.compare import CompareConfig
 from lab.errors import LabError
 from lab.judge_backends import API_BACKENDS, BACKENDS
 from lab.store import Run
-from lab.ui import forms
+from lab.ui import forms, grid
 from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, open_run, start_job, typed_key_env, \
-    upload_into, wire_job_panel
+    upload_into, wire_job_panel, wire_start
+from lab.ui.tables import html_table
+from lab.ui.views import View, chain, internal, made_with, wire_restore
 
 SOURCE_CHOICES = [("Bundled held-out set (offline)", "heldout"), ("My file", "file")]
 JUDGE_CHOICES = [("none", "none"), *((b.label, name) for name, b in BACKENDS.items())]
@@ -37,12 +40,25 @@ class CompareTab:
     source: gr.Radio
     upload: gr.File
     fields: dict  # CompareConfig field name -> component
+    scorer_note: gr.Markdown
+    api_key: gr.Textbox
     start: gr.Button
     panel: JobPanel
-    scores: gr.Dataframe
-    grid: gr.Dataframe
+    results: "Results"
+    views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
+
+
+@dataclass
+class Results:
+    """The comparison's results: scores, the side-by-side grid with its picker and pages, notes, exports."""
+
+    scores: gr.HTML
+    made: gr.Markdown
     pick: gr.Dropdown
-    view: gr.HTML
+    prev: gr.Button
+    next: gr.Button
+    page: gr.Markdown
+    grid: gr.HTML
     note: gr.Textbox
     save_note: gr.Button
     overall: gr.Textbox
@@ -51,11 +67,19 @@ class CompareTab:
     fmt: gr.Radio
     export: gr.Button
     file: gr.File
-    api_key: gr.Textbox | None = None
+
+    @property
+    def shown(self) -> list:
+        """What refresh() fills, in its order."""
+        return [self.scores, self.made, self.pick, self.grid, self.page, self.note, self.overall]
 
 
 FORM = ["n", "max_new_tokens", "temperature", "top_p", "seed", "pairrm", "judge", "judge_model", "duplicates",
         "near_duplicate", "batch_size", "score", "score_model"]  # the order start_compare reads them in
+MADE_WITH = ["temperature", "top_p", "max_new_tokens", "seed", "pairrm", "judge", "judge_model", "score",
+             "score_model"]
+NO_SCORER = ("⚠️ **No scorer chosen** (PairRM, LLM judge or 5-point scorer, under *Scores and duplicates*): the "
+             "comparison will show the answers, their lengths and diversity, but **no win rates**.")
 
 
 def _settings_inputs() -> dict:
@@ -79,57 +103,87 @@ def _settings_inputs() -> dict:
     return {name: made[name] for name in FORM}
 
 
-def build(ctx) -> CompareTab:
-    gr.Markdown("Answer **held-out instructions** with the base model and each adapter: one model in memory, adapters "
-                "switched on it, the same decoding and seeds for all. Win rates against the base come with 95% "
-                "bootstrap intervals; with a few dozen instructions they are wide. An API judge's key comes from the "
-                "app's environment (`GROQ_API_KEY` / `OPENAI_API_KEY`) or the key field below (this tab only). "
-                "Details: `docs/iterative.md`.")
-    with gr.Row():
-        adapters = gr.CheckboxGroup([], label="Adapters", info="none ticked = every adapter of the run")
-        source = gr.Radio(SOURCE_CHOICES, value="heldout", label="Held-out instructions", info=CompareConfig.help(
-            "instructions"))
-    upload = gr.File(label="Held-out file (.jsonl with a prompt field, .csv with a prompt column, .txt)",
-                     file_types=[".jsonl", ".csv", ".txt"], visible=False)
-    fields = _settings_inputs()
-    api_key = api_key_box()
-    start = gr.Button("Compare", variant="primary")
-    panel = job_panel()
-    scores = gr.Dataframe(headers=SCORE_COLUMNS, label="Scores", interactive=False, wrap=True)
-    grid = gr.Dataframe(label="Side by side (one row per instruction)", interactive=False, wrap=True,
-                        max_height=520)
-    pick = gr.Dropdown([], label="Instruction", interactive=True)
-    view = gr.HTML()
-    note = gr.Textbox(label="Your note on this instruction", lines=2)
+def _results() -> Results:
+    gr.Markdown("### Scores")
+    scores, made = gr.HTML(), gr.Markdown(elem_classes="lab-made")
+    gr.Markdown("### Side by side\nEach model's answer in its own column, with its length, whether it hit the "
+                "token limit, and each scorer's verdict against the base on that instruction.")
+    with gr.Row(equal_height=True):
+        pick = gr.Dropdown([], label="Instruction", interactive=True, scale=4, min_width=240)
+        prev = gr.Button("◀ Previous page", size="sm", scale=0, min_width=130)
+        nxt = gr.Button("Next page ▶", size="sm", scale=0, min_width=130)
+    page, grid = gr.Markdown(), gr.HTML()
+    note = gr.Textbox(label="Your note on the picked instruction", lines=2)
     save_note = gr.Button("Save note", size="sm")
     overall = gr.Textbox(label="Your overall notes on the comparison", lines=4)
     save_overall = gr.Button("Save overall notes", size="sm")
     saved = gr.Markdown()
     with gr.Row():
-        fmt = gr.Radio([("CSV", "csv"), ("JSONL", "jsonl"), ("Markdown", "md")], value="csv", label="Export format")
+        fmt = gr.Radio([("CSV", "csv"), ("JSONL", "jsonl"), ("Markdown", "md")], value="csv",
+                       label="Export the grid (one row per instruction, one column per model)")
         export = gr.Button("Export the grid", size="sm")
         file = gr.File(label="Exported file", interactive=False)
-    tab = CompareTab(adapters, source, upload, fields, start, panel, scores, grid, pick, view, note, save_note,
-                     overall, save_overall, saved, fmt, export, file, api_key=api_key)
+    return Results(scores, made, pick, prev, nxt, page, grid, note, save_note, overall, save_overall, saved, fmt,
+                   export, file)
+
+
+def build(ctx) -> CompareTab:
+    gr.Markdown("Answer **held-out instructions** with the base model and each adapter: one model in memory, adapters "
+                "switched on it, the same decoding and seeds for all. Win rates against the base come with 95% "
+                "bootstrap intervals; with a few dozen instructions they are wide. An API judge's key comes from the "
+                "app's environment (`GROQ_API_KEY` / `OPENAI_API_KEY`) or the key box that shows when one is "
+                "picked (this tab only). Details: `docs/iterative.md`.")
+    with gr.Row():
+        adapters = gr.CheckboxGroup([], label="Adapters", info="none ticked = every adapter of the run")
+        source = gr.Radio(SOURCE_CHOICES, value="heldout", label="Held-out instructions", info=CompareConfig.help(
+            "instructions"))
+    upload = gr.File(label="Held-out file (.jsonl with a prompt field, .csv with a prompt column, .txt, .parquet, "
+                           ".arrow)", file_types=[".jsonl", ".csv", ".txt", ".parquet", ".arrow"], visible=False)
+    fields = _settings_inputs()
+    scorer_note = gr.Markdown(NO_SCORER)
+    api_key = api_key_box(visible=False)  # shown when an API judge or scorer is picked
+    start = gr.Button("Compare", variant="primary")
+    panel = job_panel()
+    results = _results()
+    tab = CompareTab(adapters, source, upload, fields, scorer_note, api_key, start, panel, results)
+    tab.views = [View(adapter_choices, [adapters], inputs=[adapters]),
+                 View(refresh, results.shown, inputs=[results.pick], api_name="compare_results")]
     _wire(tab, ctx)
     return tab
 
 
 def _wire(tab: CompareTab, ctx) -> None:
-    tab.source.change(lambda s: gr.update(visible=s == "file"), tab.source, tab.upload)
-    tab.start.click(lambda *values: start_compare(*values[:-1], api_key=values[-1]),
-                    inputs=[ctx.run_name, tab.adapters, tab.source, tab.upload, *tab.fields.values(), tab.api_key],
-                    outputs=[tab.panel.status], api_name="start_compare")
-    results = [tab.scores, tab.grid, tab.pick, tab.overall]
-    wire_job_panel(tab.panel, ctx.run_name, "compare")
-    tab.panel.timer.tick(refresh_if_finished, inputs=[ctx.run_name, tab.grid], outputs=results,
-                         show_progress="hidden")
-    ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=results) \
-        .then(adapter_choices, inputs=[ctx.run_name], outputs=[tab.adapters])
-    tab.pick.change(show_instruction, inputs=[ctx.run_name, tab.pick], outputs=[tab.view, tab.note])
-    tab.save_note.click(save_instruction_note, inputs=[ctx.run_name, tab.pick, tab.note], outputs=[tab.saved])
-    tab.save_overall.click(save_overall_note, inputs=[ctx.run_name, tab.overall], outputs=[tab.saved])
-    tab.export.click(export_grid, inputs=[ctx.run_name, tab.fmt], outputs=[tab.file])
+    r, f = tab.results, tab.fields
+    tab.source.change(lambda s: gr.update(visible=s == "file"), tab.source, tab.upload, **internal())
+    for name in ("pairrm", "judge", "score"):
+        f[name].change(scorers_changed, [f["pairrm"], f["judge"], f["score"]], [tab.scorer_note, tab.api_key],
+                       **internal())
+    wire_job_panel(tab.panel, ctx.run_name, "compare", tab.views)
+    wire_start(tab.panel, tab.start, lambda *values: start_compare(*values[:-1], api_key=values[-1]),
+               [ctx.run_name, tab.adapters, tab.source, tab.upload, *f.values(), tab.api_key], "start_compare")
+    page = View(show_page, [r.grid, r.page, r.note], inputs=[r.pick])
+    r.pick.change(page.handler(), inputs=[ctx.run_name, r.pick], outputs=page.outputs, **internal())
+    r.prev.click(lambda name, at: turn(name, at, -1), [ctx.run_name, r.pick], [r.pick], api_name="grid_previous")
+    r.next.click(lambda name, at: turn(name, at, 1), [ctx.run_name, r.pick], [r.pick], api_name="grid_next")
+    r.save_note.click(save_instruction_note, inputs=[ctx.run_name, r.pick, r.note], outputs=[r.saved],
+                      api_name="save_note")
+    r.save_overall.click(save_overall_note, inputs=[ctx.run_name, r.overall], outputs=[r.saved],
+                         api_name="save_overall_note")
+    r.export.click(export_grid, inputs=[ctx.run_name, r.fmt], outputs=[r.file], api_name="export_grid")
+    after = chain(ctx.run_name.change, ctx.run_name, tab.views)
+    wire_restore(after, ctx.run_name, "compare", [tab.adapters, tab.source, *f.values()], restored)
+
+
+def restored(cfg: CompareConfig) -> list:
+    """The form's values for a comparison job's settings (lab.ui.views.wire_restore)."""
+    source = "heldout" if cfg.instructions == "heldout" else "file"
+    return [[a for a in cfg.adapters.split(",") if a], source, *forms.values_of(cfg, dict.fromkeys(FORM))]
+
+
+def scorers_changed(pairrm: str, judge: str, score: str):
+    """[the no-scorer note, the API key box]: the box shows only when an API judge or scorer is picked."""
+    none = not (pairrm or "").strip() and judge == "none" and score == "none"
+    return NO_SCORER if none else "", gr.update(visible=judge in API_BACKENDS or score in API_BACKENDS)
 
 
 def start_compare(run_name, adapters, source, upload, *values, api_key: str = ""):
@@ -147,44 +201,68 @@ def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_k
     admit(["compare", "--run", run.name, *cfg.to_argv()])  # a hosted app's rules first: no path is looked at
     checked(resolve_adapters, run, cfg.adapters)  # "no adapters yet" shows at once, not in the job log
     checked(compare.check_scorers, cfg, (api_key or "").strip() or None)
-    api = cfg.judge if cfg.judge in API_BACKENDS else cfg.score
-    return start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key))
+    apis = {b for b in (cfg.judge, cfg.score) if b in API_BACKENDS}
+    if (api_key or "").strip() and len(apis) > 1:
+        raise gr.Error("The LLM judge and the 5-point scorer use two API providers, and a typed key belongs to one: "
+                       "pick the same provider for both, or leave the key box empty to use the app's own keys.")
+    api = next(iter(apis), "")
+    status = start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key))
+    return status + ("" if scorers_changed(cfg.pairrm, cfg.judge, cfg.score)[0] == "" else
+                     " No scorer was chosen: no win rates will be computed.")
 
 
-def adapter_choices(run_name: str | None):
+def adapter_choices(run_name: str | None, ticked: list | None = None):
+    """The run's adapters; those ticked stay ticked while they are still there."""
     if not run_name:
         return gr.update(choices=[], value=[])
-    return gr.update(choices=Run.open(run_name).adapters(), value=[])
+    names = Run.open(run_name).adapters()
+    return gr.update(choices=names, value=[a for a in ticked or [] if a in names])
 
 
-def refresh(run_name: str | None):
-    """[scores table, grid, instruction picker, overall notes] of the run's latest comparison."""
-    empty = [pd.DataFrame(columns=SCORE_COLUMNS), pd.DataFrame(), gr.update(choices=[], value=None), ""]
+def refresh(run_name: str | None, picked: str | None = None):
+    """[scores table, what made them, instruction picker, grid page, page line, the picked instruction's note,
+    overall notes] of the run's latest comparison; the pick is kept while it is still in it."""
     if not run_name:
-        return empty
+        return ["", "", gr.update(choices=[], value=None), "", "", "", ""]
     run = Run.open(run_name)
     notes = compare.read_notes(run)
     try:
-        grid = compare.grid(run)
+        ids = grid.instruction_ids(run)
     except LabError:
-        return [*empty[:3], notes["overall"]]
-    scores = run.file("compare_scores")
-    table = scores_table(json.loads(scores.read_text(encoding="utf-8"))) if scores.exists() else empty[0]
-    picks = [(f"{p[:80]}{' (noted)' if i in notes['instructions'] else ''}", i) for i, p in grid["prompt"].items()]
-    return [table, grid.reset_index(), gr.update(choices=picks), notes["overall"]]
+        empty = '<p class="lab-empty">No comparison in this run yet: press Compare.</p>'
+        return [empty, "", gr.update(choices=[], value=None), "", "", "", notes["overall"]]
+    scores = compare.read_scores(run)
+    table = html_table(scores_table(scores)) if scores else \
+        '<p class="lab-empty">The scores appear when the comparison has finished.</p>'
+    picked = picked if picked in ids else (ids[0] if ids else None)
+    page, info = grid.render(run, picked)
+    return [table, made_with_md(run.stage_settings("compare")), gr.update(choices=grid.choices(run, notes[
+        "instructions"]), value=picked), page, info, notes["instructions"].get(picked, ""), notes["overall"]]
 
 
-def refresh_if_finished(run_name: str | None, shown):
-    """Timer: reload the results when the comparison on disk is newer than what the page shows."""
+def made_with_md(st: dict | None) -> str:
+    if not st:
+        return ""
+    scorers = any(st.get(k) not in (None, "", "none") for k in ("pairrm", "judge", "score"))
+    made = made_with(st, "compare", MADE_WITH, {"base model": st.get("model"),
+                                                "instructions": len(st.get("instruction_ids", []))})
+    return made + ("" if scorers else " · no scorer, so no win rates")
+
+
+def show_page(run_name: str | None, picked: str | None):
+    """[grid page holding the picked instruction, page line, its note]."""
     if not run_name:
-        return [gr.skip()] * 4
-    try:
-        rows = len(compare.grid(Run.open(run_name)))
-    except LabError:
-        return [gr.skip()] * 4
-    if shown is not None and len(shown) == rows and rows:
-        return [gr.skip()] * 4
-    return refresh(run_name)
+        return "", "", ""
+    run = Run.open(run_name)
+    page, info = grid.render(run, picked)
+    return page, info, compare.read_notes(run)["instructions"].get(picked, "") if picked else ""
+
+
+def turn(run_name: str | None, picked: str | None, step: int):
+    """Previous / next page: the picker moves to that page's first instruction (which shows the page)."""
+    if not run_name:
+        return gr.skip()
+    return gr.update(value=checked(grid.neighbour, open_run(run_name, create=False), picked, step))
 
 
 def _rate(w: dict | None) -> str:
@@ -205,24 +283,6 @@ def scores_table(scores: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
-def show_instruction(run_name: str | None, iid: str | None):
-    """The instruction, each model's answer side by side, and the user's note on it."""
-    if not run_name or not iid:
-        return "", ""
-    run = Run.open(run_name)
-    grid = checked(compare.grid, run)
-    if iid not in grid.index:
-        return "", ""
-    row = grid.loc[iid]
-    models = [c for c in grid.columns if c not in ("prompt", "duplicate_of")]
-    dup = f" · duplicates training instruction {html.escape(str(row['duplicate_of']))}" if row["duplicate_of"] else ""
-    cols = "".join(f'<div class="lab-response" style="flex:1;min-width:220px"><b>{html.escape(m)}</b>'
-                   f'<pre style="white-space:pre-wrap">{html.escape(str(row[m] or ""))}</pre></div>' for m in models)
-    page = (f"<p><b>Instruction</b>{dup}: {html.escape(row['prompt'])}</p>"
-            f'<div style="display:flex;gap:.8rem;flex-wrap:wrap">{cols}</div>')
-    return page, compare.read_notes(run)["instructions"].get(iid, "")
-
-
 def save_instruction_note(run_name: str | None, iid: str | None, text: str) -> str:
     if not iid:
         raise gr.Error("Pick an instruction first.")
@@ -236,9 +296,9 @@ def save_overall_note(run_name: str | None, text: str) -> str:
 
 
 def export_grid(run_name: str | None, fmt: str) -> str:
-    return str(checked(compare.export, open_run(run_name, create=False), fmt))
-
-
-def on_show(tab: CompareTab, ctx, shown: gr.Tab) -> None:
-    """Adapters trained since the run was picked appear when the tab is opened."""
-    shown.select(adapter_choices, inputs=[ctx.run_name], outputs=[tab.adapters])
+    """The export, as a copy in a temp folder: Gradio serves files from there (the runs root may be /data/runs, which
+    it does not serve, and must not: that would serve every run)."""
+    path = checked(compare.export, open_run(run_name, create=False), fmt)
+    copy = Path(tempfile.mkdtemp(prefix="lab-export-")) / f"{run_name}-{path.name}"
+    shutil.copyfile(path, copy)
+    return str(copy)

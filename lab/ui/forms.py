@@ -5,7 +5,8 @@ its label and help come from the field's metadata (lab.config.opt), its kind fro
 bool, a Number for an int or float, a Dropdown where the field has choices, else a Textbox), its value from the
 default. Keyword arguments override per field (a Slider for a temperature, the choices' labels, another default).
 `read(SampleConfig, form, values)` is SampleConfig.from_form over the same names, so a new setting is one field in
-the dataclass and one name in a tab's list.
+the dataclass and one name in a tab's list. `values_of(settings, form)` is its inverse: the inputs' values for given
+settings (a job's, to fill the form again after a reload: lab.ui.views.wire_restore).
 """
 from __future__ import annotations
 
@@ -49,3 +50,15 @@ def inputs(cls, names: list[str], **overrides: dict) -> dict[str, gr.Component]:
 def read(cls, form: dict[str, gr.Component], values: tuple | list, **fixed):
     """Settings `cls` from the values of `form`'s inputs (in its order), plus `fixed` fields set by the handler."""
     return cls.from_form(dict(zip(form, values)), **fixed)
+
+
+def values_of(settings, form: dict[str, gr.Component]) -> list:
+    """The value each input of `form` shows for `settings` (a settings dataclass): read's inverse. A multiselect
+    (a comma-joined field, like loss_type) gets its list back."""
+    return [value_for(comp, getattr(settings, name)) for name, comp in form.items()]
+
+
+def value_for(comp: gr.Component, value: Any) -> Any:
+    if isinstance(comp, gr.CheckboxGroup) or getattr(comp, "multiselect", False):
+        return [v.strip() for v in str(value or "").split(",") if v.strip()]
+    return value

@@ -5,7 +5,8 @@ tick of the job panel's timer, so a page reload re-attaches to a running iterati
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -16,13 +17,16 @@ from lab.score import api_backend
 from lab.store import Run
 from lab.ui import forms
 from lab.ui.common import JobPanel, api_key_box, checked, job_panel, open_run, start_job, typed_key_env, \
-    wire_job_panel
+    wire_job_panel, wire_start
+from lab.ui.tables import html_table
+from lab.ui.views import View, chain, internal, made_with, wire_restore
 
 JUDGE_CHOICES = [("the model itself (as in the paper)", "self"), *((BACKENDS[n].label, n) for n in API_BACKENDS)]
 ROUND_COLUMNS = ["round", "pairs kept", "ties dropped", "unscored dropped", "mean score", "mean chars",
                  "chosen / rejected chars", "win rate vs base", "win rate vs previous", "adapter"]
 FORM = ["rounds", "samples", "evaluations", "n", "max_new_tokens", "judge", "judge_model", "start_adapter", "eval_n",
         "beta", "lr", "epochs", "max_steps", "lora_r", "seed"]  # the order start_iterating reads them in
+MADE_WITH = ["model", "judge", "judge_model", "samples", "evaluations", "max_new_tokens", "beta", "lr", "max_steps"]
 
 
 @dataclass
@@ -30,11 +34,18 @@ class IterateTab:
     fields: dict  # IterateConfig field name -> component
     start: gr.Button
     panel: JobPanel
-    table: gr.Dataframe
+    table: gr.HTML
     win_plot: gr.LinePlot
     length_plot: gr.LinePlot
     hist_plot: gr.BarPlot
+    made: gr.Markdown
+    shown: gr.State  # [run name, rounds] the table and plots show (a new round redraws them, nothing else)
     api_key: gr.Textbox | None = None
+    views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
+
+    @property
+    def results(self) -> list:
+        return [self.table, self.win_plot, self.length_plot, self.hist_plot, self.made, self.shown]
 
 
 def _settings_inputs() -> dict:
@@ -64,29 +75,34 @@ def build(ctx) -> IterateTab:
                 "with the previous round as the DPO reference. A 135M model is a weak judge of itself: the plots "
                 "show whether the rounds help. Details: `docs/iterative.md`.")
     fields = _settings_inputs()
-    api_key = api_key_box()
+    api_key = api_key_box(visible=False)  # shown when an API judge is picked
     start = gr.Button("Iterate", variant="primary")
     panel = job_panel()
-    table = gr.Dataframe(headers=ROUND_COLUMNS, label="Rounds", interactive=False, wrap=True)
+    gr.Markdown("### Rounds")
+    table, made = gr.HTML(), gr.Markdown(elem_classes="lab-made")
     with gr.Row():
         win_plot = gr.LinePlot(x="round", y="win rate", color="against", title="Win rate of round k (held-out)",
                                y_lim=[0, 1], height=260)
         length_plot = gr.LinePlot(x="round", y="characters", color="answers", title="Answer length", height=260)
         hist_plot = gr.BarPlot(x="score", y="count", color="round", title="Self-scores (rounded)", height=260)
-    tab = IterateTab(fields, start, panel, table, win_plot, length_plot, hist_plot, api_key=api_key)
+    tab = IterateTab(fields, start, panel, table, win_plot, length_plot, hist_plot, made, gr.State(None),
+                     api_key=api_key)
+    start_from = fields["start_adapter"]
+    tab.views = [View(start_choices, [start_from], inputs=[start_from]),
+                 View(refresh_if_changed, tab.results, inputs=[tab.shown], live=True, api_name="iterate_results")]
     _wire(tab, ctx)
     return tab
 
 
 def _wire(tab: IterateTab, ctx) -> None:
-    tab.start.click(lambda name, *values: start_iterating(name, *values[:-1], api_key=values[-1]),
-                    inputs=[ctx.run_name, *tab.fields.values(), tab.api_key], outputs=[tab.panel.status],
-                    api_name="start_iterating")
-    views = [tab.table, tab.win_plot, tab.length_plot, tab.hist_plot]
-    wire_job_panel(tab.panel, ctx.run_name, "iterate")
-    tab.panel.timer.tick(refresh_if_changed, inputs=[ctx.run_name, tab.table], outputs=views, show_progress="hidden")
-    ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=views) \
-        .then(start_choices, inputs=[ctx.run_name], outputs=[tab.fields["start_adapter"]])
+    judge = tab.fields["judge"]
+    judge.change(lambda j: gr.update(visible=j != "self"), judge, tab.api_key, **internal())
+    wire_job_panel(tab.panel, ctx.run_name, "iterate", tab.views)
+    wire_start(tab.panel, tab.start, lambda name, *values: start_iterating(name, *values[:-1], api_key=values[-1]),
+               [ctx.run_name, *tab.fields.values(), tab.api_key], "start_iterate")
+    after = chain(ctx.run_name.change, ctx.run_name, tab.views)
+    wire_restore(after, ctx.run_name, "iterate", list(tab.fields.values()),
+                 lambda cfg: forms.values_of(cfg, tab.fields))
 
 
 def start_iterating(run_name, *values, api_key: str = ""):
@@ -99,24 +115,28 @@ def start_iterating(run_name, *values, api_key: str = ""):
                      secret_env=typed_key_env(cfg.judge, api_key))
 
 
-def start_choices(run_name: str | None):
-    base = [("(none: the plain base)", "")]
-    return gr.update(choices=base + (Run.open(run_name).adapters() if run_name else []), value="")
+def start_choices(run_name: str | None, picked: str | None = ""):
+    """The adapters round 1 may start from; the one picked stays picked while it is still there."""
+    adapters = Run.open(run_name).adapters() if run_name else []
+    return gr.update(choices=[("(none: the plain base)", ""), *adapters], value=picked if picked in adapters else "")
 
 
 def refresh(run_name: str | None):
-    """[rounds table, win-rate plot, length plot, score histogram] from iterate.jsonl."""
-    lines = lineage(Run.open(run_name)) if run_name else []
-    return [rounds_table(lines), win_frame(lines), length_frame(lines), hist_frame(lines)]
+    """[rounds table, win-rate plot, length plot, score histogram, what made them] from iterate.jsonl."""
+    run = Run.open(run_name) if run_name else None
+    lines = lineage(run) if run else []
+    made = made_with(run.stage_settings("iterate"), "iterate", MADE_WITH) if lines else ""
+    return [html_table(rounds_table(lines), "No rounds in this run yet."), win_frame(lines), length_frame(lines),
+            hist_frame(lines), made]
 
 
 def refresh_if_changed(run_name: str | None, shown):
-    if not run_name:
-        return [gr.skip()] * 4
-    n = len(lineage(Run.open(run_name)))
-    if shown is not None and len(shown) == n:
-        return [gr.skip()] * 4
-    return refresh(run_name)
+    """refresh() and what it shows ([run, rounds]) when that differs from `shown`, else nothing changes: the plots
+    are not redrawn every second of a round."""
+    n = len(lineage(Run.open(run_name))) if run_name else 0
+    if shown == [run_name, n]:
+        return [gr.skip()] * 6
+    return [*refresh(run_name), [run_name, n]]
 
 
 def _rate(w: dict | None) -> str:
@@ -131,7 +151,7 @@ def rounds_table(lines: list[dict]) -> pd.DataFrame:
     rows = [[ln["round"], ln["pairs_kept"], ln["dropped_ties"], ln["dropped_unscored"], _fmt(ln["score_mean"]),
              _fmt(ln["chars_mean"], 0), f"{_fmt(ln['chosen_chars_mean'], 0)} / {_fmt(ln['rejected_chars_mean'], 0)}",
              _rate((ln.get("eval") or {}).get("win_rate_vs_base")),
-             _rate((ln.get("eval") or {}).get("win_rate_vs_previous")), ln["adapter"]] for ln in lines]
+             _rate((ln.get("eval") or {}).get("win_rate_vs_previous")), Path(ln["adapter"]).name] for ln in lines]
     return pd.DataFrame(rows, columns=ROUND_COLUMNS)
 
 
@@ -139,22 +159,23 @@ def win_frame(lines: list[dict]) -> pd.DataFrame:
     rows = [{"round": ln["round"], "win rate": w["win_rate"], "against": label}
             for ln in lines for key, label in (("win_rate_vs_base", "base"), ("win_rate_vs_previous", "previous"))
             if (w := (ln.get("eval") or {}).get(key)) and w.get("n")]
-    return pd.DataFrame(rows, columns=["round", "win rate", "against"])
+    return typed(rows, {"round": int, "win rate": float, "against": str})
 
 
 def length_frame(lines: list[dict]) -> pd.DataFrame:
     rows = [{"round": ln["round"], "characters": ln[key], "answers": label} for ln in lines
             for key, label in (("chars_mean", "all"), ("chosen_chars_mean", "chosen"),
                                ("rejected_chars_mean", "rejected")) if ln.get(key) is not None]
-    return pd.DataFrame(rows, columns=["round", "characters", "answers"])
+    return typed(rows, {"round": int, "characters": float, "answers": str})
 
 
 def hist_frame(lines: list[dict]) -> pd.DataFrame:
     rows = [{"score": s, "count": c, "round": f"round {ln['round']}"} for ln in lines
             for s, c in ln["score_hist"].items()]
-    return pd.DataFrame(rows, columns=["score", "count", "round"])
+    return typed(rows, {"score": str, "count": int, "round": str})
 
 
-def on_show(tab: IterateTab, ctx, shown: gr.Tab) -> None:
-    """Adapters trained since the run was picked appear when the tab is opened."""
-    shown.select(start_choices, inputs=[ctx.run_name], outputs=[tab.fields["start_adapter"]])
+def typed(rows: list[dict], columns: dict[str, type]) -> pd.DataFrame:
+    """A plot's frame with its column types fixed even when empty: a plot first given untyped (object) columns
+    keeps category axes and draws no line when the numbers come."""
+    return pd.DataFrame(rows, columns=list(columns)).astype(columns)

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import html
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
 from lab.judge import JudgeConfig
 from lab.errors import LabError
+from lab import limits
 from lab.judge import DEFAULT_TEMPLATE, check_template, estimate
 from lab.judge_backends import BACKENDS as REGISTRY, DEFAULT_MODELS, KEY_ENV, resolve_key
 from lab.verdicts import pair_verdicts, report
 from lab.store import Run, atomic_write_text
 from lab.ui.common import JobPanel, admit, api_key_box, check_base_url, checked, job_panel, open_run, start_job, \
-    typed_key_env, wire_job_panel
+    typed_key_env, wire_job_panel, wire_start
+from lab.ui.views import View, chain, internal, made_with, wire_restore
+from lab.ui.wording import say
 
 BACKENDS = [(b.label, name) for name, b in REGISTRY.items()]
 PLAN_CHOICES = [("Knockout: 2(K-1) calls per instruction (8 for K=5)", "knockout"),
@@ -51,6 +54,13 @@ class JudgeTab:
     figures: gr.Markdown
     pick: gr.Dropdown
     pairs: gr.HTML
+    views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
+
+    @property
+    def settings(self) -> list:
+        """The inputs start_judging and show_cost read, in their order."""
+        return [self.backend, self.model, self.base_url, self.plan, self.rpm, self.concurrency,
+                self.reasoning_tokens, self.prompt]
 
 
 def _settings_inputs() -> dict:
@@ -89,22 +99,30 @@ def build(ctx) -> JudgeTab:
     pick = gr.Dropdown(label="Instruction", choices=[], interactive=True)
     pairs = gr.HTML()
     tab = JudgeTab(**inputs, cost=cost, start=start, panel=panel, figures=figures, pick=pick, pairs=pairs)
+    tab.views = [View(refresh, [figures, pick, pairs], inputs=[pick], api_name="judge_results"),
+                 View(show_cost, [cost], inputs=tab.settings, api_name="show_cost")]
     _wire(tab, ctx)
     return tab
 
 
 def _wire(tab: JudgeTab, ctx) -> None:
-    settings = [tab.backend, tab.model, tab.base_url, tab.plan, tab.rpm, tab.concurrency, tab.reasoning_tokens,
-                tab.prompt]
-    tab.backend.change(backend_changed, tab.backend, [tab.model, tab.base_url, tab.key_note, tab.api_key])
-    for comp in [ctx.run_name, *settings]:
-        comp.change(show_cost, [ctx.run_name, *settings], tab.cost, show_progress="hidden")
-    tab.reset_prompt.click(lambda: DEFAULT_TEMPLATE, outputs=tab.prompt)
-    tab.start.click(start_judging, inputs=[ctx.run_name, *settings, tab.api_key], outputs=[tab.panel.status])
-    wire_job_panel(tab.panel, ctx.run_name, "judge", on_done=refresh, done_outputs=[tab.figures, tab.pick])
-    tab.pick.change(show_pairs, inputs=[ctx.run_name, tab.pick], outputs=[tab.pairs])
-    ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=[tab.figures, tab.pick])
-    ctx.run_name.change(saved_prompt, inputs=[ctx.run_name], outputs=[tab.prompt])
+    tab.backend.change(backend_changed, tab.backend, [tab.model, tab.base_url, tab.key_note, tab.api_key],
+                       **internal())
+    for comp in tab.settings:
+        comp.change(show_cost, [ctx.run_name, *tab.settings], tab.cost, **internal())
+    tab.reset_prompt.click(lambda: DEFAULT_TEMPLATE, outputs=tab.prompt, api_name="default_judge_prompt")
+    wire_job_panel(tab.panel, ctx.run_name, "judge", tab.views)
+    wire_start(tab.panel, tab.start, start_judging, [ctx.run_name, *tab.settings, tab.api_key], "start_judging")
+    tab.pick.change(show_pairs, inputs=[ctx.run_name, tab.pick], outputs=[tab.pairs], **internal())
+    after = chain(ctx.run_name.change, ctx.run_name, [View(saved_prompt, [tab.prompt]), *tab.views])
+    wire_restore(after, ctx.run_name, "judge", [tab.backend, tab.model, tab.base_url, tab.plan, tab.rpm,
+                                                 tab.concurrency, tab.reasoning_tokens], restored)
+
+
+def restored(cfg: JudgeConfig) -> list:
+    """The form's values for a judge job's settings (lab.ui.views.wire_restore)."""
+    model = "" if cfg.model == DEFAULT_MODELS.get(cfg.backend) else cfg.model  # the default shows as the placeholder
+    return [cfg.backend, model, cfg.base_url, cfg.plan, cfg.rpm, cfg.concurrency, cfg.reasoning_tokens]
 
 
 def backend_changed(backend: str):
@@ -138,7 +156,7 @@ def show_cost(run_name, backend, model, base_url, plan, rpm, concurrency, reason
         cfg = config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens)
         est = estimate(Run.open(run_name), cfg, check_template(prompt or ""))
     except LabError as e:
-        return f"⚠ {html.escape(str(e))}"
+        return f"⚠ {html.escape(say(e))}"
     return cost_md(est)
 
 
@@ -162,6 +180,7 @@ def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, re
     cfg = config_from(backend, model, check_base_url(base_url), plan, rpm, concurrency, reasoning_tokens)
     checked(cfg.validate)
     checked(check_template, prompt or "")
+    checked(limits.check_text, "The judge prompt", prompt or "")
     est = checked(estimate, run, cfg, prompt)
     typed = (api_key or "").strip()
     if cfg.backend != "local":
@@ -192,29 +211,45 @@ def _rate(x: float | None) -> str:
     return "–" if x is None else f"{x:.0%}"
 
 
+NO_PREFERENCE = ("⚠️ **No instruction has a preference yet**, so the judge's pair set would be empty: every verdict "
+                 "was a tie, inconsistent between the two orders or unreadable. Decide some pairs yourself in the "
+                 "**Spot-check** tab (your verdict replaces the judge's), or judge again with an **API judge** "
+                 "(Groq or an OpenAI-compatible endpoint, above): a small local judge is close to noise.")
+
+
 def figures_md(r: dict) -> str:
     if not r["calls"]:
         return "No judgments in this run yet."
     v = r["verdicts"]
     cost = f" · ${r['cost_usd']:.4f}" if r.get("cost_usd") else ""
-    return (f"**{r['pairs']}** pairs from {r['calls']} calls · **{r['instructions_with_preference']}** of "
-            f"{r['instructions_judged']} instructions have a preference\n\n"
-            f"| position consistency | first-position wins | longer-answer wins |\n|---|---|---|\n"
-            f"| {_rate(r['consistency_rate'])} | {_rate(r['first_position_win_rate'])} (50% = unbiased) | "
-            f"{_rate(r['longer_answer_win_rate'])} |\n\n"
-            f"Verdicts per pair: {v['a'] + v['b']} decided · {v['tie']} ties · {v['inconsistent']} inconsistent · "
-            f"{v['invalid']} invalid · tokens {r['prompt_tokens']:,} in / {r['completion_tokens']:,} out{cost}")
+    figures = (f"**{r['pairs']}** pairs from {r['calls']} calls · **{r['instructions_with_preference']}** of "
+               f"{r['instructions_judged']} instructions have a preference\n\n"
+               f"| position consistency | first-position wins | longer-answer wins |\n|---|---|---|\n"
+               f"| {_rate(r['consistency_rate'])} | {_rate(r['first_position_win_rate'])} (50% = unbiased) | "
+               f"{_rate(r['longer_answer_win_rate'])} |\n\n"
+               f"Verdicts per pair: {v['a'] + v['b']} decided · {v['tie']} ties · {v['inconsistent']} inconsistent "
+               f"· {v['invalid']} invalid · tokens {r['prompt_tokens']:,} in / {r['completion_tokens']:,} out{cost}")
+    return figures if r["instructions_with_preference"] else f"{NO_PREFERENCE}\n\n{figures}"
 
 
-def refresh(run_name: str | None):
-    """The figures and the instruction picker, from the run's files."""
+MADE_WITH = ["backend", "model", "plan", "reasoning_tokens"]
+
+
+def refresh(run_name: str | None, picked: str | None = None):
+    """The figures (with what made the verdicts), the instruction picker (the pick kept while it is still there)
+    and the picked instruction's pairs, from the run's files."""
     if not run_name:
-        return "", gr.update(choices=[], value=None)
+        return "", gr.update(choices=[], value=None), ""
     run = Run.open(run_name)
     judged = {r["instruction_id"] for r in run.read("judgments")}
     prompts = {i["id"]: i["prompt"] for i in run.read("instructions")}
     choices = [(f"{prompts.get(i, i)[:80]}", i) for i in sorted(judged, key=lambda i: (prompts.get(i) is None, i))]
-    return figures_md(report(run)), gr.update(choices=choices)
+    picked = picked if picked in judged else None
+    st = run.stage_settings("judge") or {}
+    made = made_with(st, "judge", MADE_WITH if st.get("backend") == "local" else MADE_WITH[:3],
+                     {"prompt": (st.get("prompt_hash") or "")[:8]})
+    figures = figures_md(report(run)) + (f"\n\n{made}" if made and judged else "")
+    return figures, gr.update(choices=choices, value=picked), show_pairs(run_name, picked)
 
 
 def show_pairs(run_name: str | None, instruction_id: str | None) -> str:

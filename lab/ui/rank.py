@@ -4,7 +4,7 @@ the preference pairs (PairRM's or the judge's) with a strategy, with their stati
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 import pandas as pd
@@ -13,7 +13,9 @@ from lab.pairs import SOURCES, STRATEGIES, PairsConfig, build_pairs
 from lab.rank import RankConfig, latest_rankings
 from lab.sample import groups as sample_groups
 from lab.store import Run
-from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel, wire_start
+from lab.ui.tables import html_table
+from lab.ui.views import View, chain, internal, made_with, wire_restore
 
 RANKERS = [("llm-blender/PairRM (hub; ~40 s per instruction on CPU, well under 1 s on a GPU)", "llm-blender/PairRM"),
            ("tiny-random: random weights, for smoke tests only", "tiny-random")]
@@ -27,7 +29,7 @@ class RankTab:
     start: gr.Button
     panel: JobPanel
     summary: gr.Markdown
-    table: gr.Dataframe
+    table: gr.HTML
     pick: gr.Dropdown
     responses: gr.HTML
     source: gr.Radio
@@ -35,6 +37,7 @@ class RankTab:
     margin: gr.Number
     make: gr.Button
     stats: gr.Markdown
+    views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
 
 
 def build(ctx) -> RankTab:
@@ -49,12 +52,14 @@ def build(ctx) -> RankTab:
     start = gr.Button("Rank", variant="primary")
     panel = job_panel()
     summary = gr.Markdown()
-    table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True)
+    table = gr.HTML()
     pick = gr.Dropdown(label="Instruction", choices=[], interactive=True)
     responses = gr.HTML()
     source, strategy, margin, make, stats = _pairs_inputs()
     tab = RankTab(ranker, batch_size, start, panel, summary, table, pick, responses, source, strategy, margin, make,
                   stats)
+    tab.views = [View(refresh, [summary, table, pick, responses], inputs=[pick], api_name="rank_results"),
+                 View(last_pairs, [stats], inputs=[source])]
     _wire(tab, ctx)
     return tab
 
@@ -74,11 +79,14 @@ def _pairs_inputs() -> tuple:
 
 
 def _wire(tab: RankTab, ctx) -> None:
-    tab.start.click(start_ranking, inputs=[ctx.run_name, tab.ranker, tab.batch_size], outputs=[tab.panel.status])
-    wire_job_panel(tab.panel, ctx.run_name, "rank", on_done=refresh, done_outputs=[tab.summary, tab.table, tab.pick])
-    ctx.run_name.change(refresh, inputs=[ctx.run_name], outputs=[tab.summary, tab.table, tab.pick])
-    tab.pick.change(show_ranking, inputs=[ctx.run_name, tab.pick], outputs=[tab.responses])
-    tab.make.click(make_pairs, inputs=[ctx.run_name, tab.source, tab.strategy, tab.margin], outputs=[tab.stats])
+    wire_job_panel(tab.panel, ctx.run_name, "rank", tab.views)
+    wire_start(tab.panel, tab.start, start_ranking, [ctx.run_name, tab.ranker, tab.batch_size], "start_ranking")
+    tab.pick.change(show_ranking, inputs=[ctx.run_name, tab.pick], outputs=[tab.responses], **internal())
+    tab.make.click(make_pairs, inputs=[ctx.run_name, tab.source, tab.strategy, tab.margin], outputs=[tab.stats],
+                   api_name="make_pairs")
+    tab.source.input(last_pairs, inputs=[ctx.run_name, tab.source], outputs=[tab.stats], **internal())
+    after = chain(ctx.run_name.change, ctx.run_name, tab.views)
+    wire_restore(after, ctx.run_name, "rank", [tab.ranker, tab.batch_size], lambda c: [c.ranker, c.batch_size])
 
 
 def start_ranking(run_name: str, ranker: str, batch_size) -> str:
@@ -101,22 +109,34 @@ def ranks_table(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
-def refresh(run_name: str | None):
-    """Summary, ranks table and instruction picker from the run's files."""
-    empty = pd.DataFrame(columns=TABLE_COLUMNS)
+def refresh(run_name: str | None, picked: str | None = None):
+    """Summary (with the ranker that made the ranks), ranks table, instruction picker (the pick kept while it is
+    still there) and the picked instruction's ranking, from the run's files."""
+    nothing = gr.update(choices=[], value=None)
     if not run_name:
-        return "", empty, gr.update(choices=[], value=None)
+        return "", "", nothing, ""
     run = Run.open(run_name)
     if not run.read("samples"):
-        return "No samples in this run yet: sample first.", empty, gr.update(choices=[], value=None)
+        return "No samples in this run yet: sample first (Sample tab).", "", nothing, ""
     table = ranks_table(run)
     if table.empty:
-        return "Not ranked yet.", empty, gr.update(choices=[], value=None)
+        return "Not ranked yet.", "", nothing, ""
     ranker = latest_rankings(run)[table["instruction"].iloc[0]]["ranker"]
+    made = made_with(run.stage_settings("rank"), "rank", ["ranker", "batch_size"])
     text = (f"**{len(table)}** instructions ranked with `{html.escape(ranker)}` · "
-            f"{int(table['cut'].sum())} responses cut to PairRM's length limit")
+            f"{int(table['cut'].sum())} responses cut to PairRM's length limit" + (f"\n\n{made}" if made else ""))
     choices = [(f"{p} ({iid})", iid) for iid, p in zip(table["instruction"], table["prompt"])]
-    return text, table, gr.update(choices=choices)
+    picked = picked if picked in set(table["instruction"]) else None
+    return text, html_table(table), gr.update(choices=choices, value=picked), show_ranking(run_name, picked)
+
+
+def last_pairs(run_name: str | None, source: str | None) -> str:
+    """The statistics of the pairs last built from `source` in this run (run.json), or nothing."""
+    if not run_name or not source:
+        return ""
+    recorded = Run.open(run_name).stage_settings(f"pairs-{source}") or {}
+    stats = recorded.get("stats")
+    return stats_md({"file": f"pairs-{source}.jsonl", **stats}) if stats else ""
 
 
 def show_ranking(run_name: str | None, instruction_id: str | None) -> str:
@@ -149,16 +169,26 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
+NO_JUDGE_PAIRS = ("⚠️ **The judge gave no pair to train on**: its verdicts were ties, inconsistent between the two "
+                  "orders, or unreadable. Decide pairs yourself in the **Spot-check** tab (each of your verdicts "
+                  "becomes a pair here), or judge again with an **API judge** (Judge tab: Groq or an "
+                  "OpenAI-compatible endpoint); a small local judge is close to noise. PairRM's pairs are the "
+                  "other source.")
+
+
 def stats_md(s: dict) -> str:
     """The statistics of one pairs data set (lab.pairs.build_pairs summary) as Markdown."""
     dropped = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in s["dropped"].items()) or "none"
-    lines = [f"**{s['pairs']} pairs** in `{html.escape(s['file'])}` ({s['source']}, {s['strategy']}, margin "
-             f"{s['margin']})",
+    name = html.escape(s["file"].replace("\\", "/").rsplit("/", 1)[-1])
+    lines = [f"**{s['pairs']} pairs** in `{name}` ({s['source']}, {s['strategy']}, margin {s['margin']})",
              f"- instructions without a pair: {s['instructions_without_pair']} of {s['instructions']} "
              f"({s['single_response']} with a single response)",
-             f"- dropped: {dropped}",
-             f"- mean length chosen vs rejected: {s['mean_chars_chosen']} vs {s['mean_chars_rejected']} characters; "
-             f"longer answer chosen in {_pct(s['longer_chosen_rate'])} of pairs"]
+             f"- dropped: {dropped}"]
+    if s["pairs"]:
+        lines.append(f"- mean length chosen vs rejected: {s['mean_chars_chosen']} vs {s['mean_chars_rejected']} "
+                     f"characters; longer answer chosen in {_pct(s['longer_chosen_rate'])} of pairs")
+    elif s["source"] == "judge":
+        lines.insert(0, NO_JUDGE_PAIRS + "\n")
     if s.get("human_overrides"):
         lines.append(f"- human spot-check verdicts used: {s['human_overrides']}")
     agree = s.get("judge_vs_pairrm")

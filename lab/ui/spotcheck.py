@@ -6,7 +6,7 @@ human checks is shown as it grows.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
@@ -14,6 +14,7 @@ from lab import spotcheck
 from lab.pairs import record_spotcheck
 from lab.store import Run
 from lab.ui.common import checked, open_run
+from lab.ui.views import View, chain
 
 VERDICT_WORDS = {"a": "Response 1 is better", "b": "Response 2 is better", "tie": "Tie", "skip": "Skipped",
                  "inconsistent": "Inconsistent (the two orders disagreed)", "invalid": "Invalid (unparsable output)"}
@@ -34,6 +35,7 @@ class SpotcheckTab:
     agreement: gr.Markdown
     keys: gr.State  # [(instruction_id, a, b)] in the order shown
     at: gr.State  # index into keys
+    views: list = field(default_factory=list)  # lab.ui.views.View: the queue, re-read when the tab is opened
 
 
 def build(ctx) -> SpotcheckTab:
@@ -57,15 +59,22 @@ def build(ctx) -> SpotcheckTab:
     return tab
 
 
+API_NAMES = {"a": "spotcheck_first_better", "b": "spotcheck_second_better", "tie": "spotcheck_tie",
+             "skip": "spotcheck_skip"}
+
+
 def _wire(tab: SpotcheckTab, ctx) -> None:
     view = [tab.position, tab.prompt, tab.text_a, tab.text_b, tab.judge, tab.agreement]
-    for trigger in (tab.load.click, ctx.run_name.change):
-        trigger(load_queue, inputs=[ctx.run_name], outputs=[tab.keys, tab.at, *view])
+    tab.views = [View(load_queue, [tab.keys, tab.at, *view])]  # the judge may have run since: no "Load pairs" needed
+    chain(ctx.run_name.change, ctx.run_name, tab.views)
+    tab.load.click(load_queue, inputs=[ctx.run_name], outputs=[tab.keys, tab.at, *view], api_name="load_pairs")
+    state = [ctx.run_name, tab.keys, tab.at]
     for human, button in tab.buttons.items():
-        button.click(lambda r, k, i, h=human: decide(r, k, i, h), inputs=[ctx.run_name, tab.keys, tab.at],
-                     outputs=[tab.at, tab.saved, *view])
-    tab.prev.click(lambda r, k, i: move(r, k, i, -1), inputs=[ctx.run_name, tab.keys, tab.at], outputs=[tab.at, *view])
-    tab.next.click(lambda r, k, i: move(r, k, i, 1), inputs=[ctx.run_name, tab.keys, tab.at], outputs=[tab.at, *view])
+        button.click(lambda r, k, i, h=human: decide(r, k, i, h), inputs=state, outputs=[tab.at, tab.saved, *view],
+                     api_name=API_NAMES[human])
+    tab.prev.click(lambda r, k, i: move(r, k, i, -1), inputs=state, outputs=[tab.at, *view],
+                   api_name="spotcheck_previous")
+    tab.next.click(lambda r, k, i: move(r, k, i, 1), inputs=state, outputs=[tab.at, *view], api_name="spotcheck_next")
 
 
 def load_queue(run_name: str | None):
@@ -74,7 +83,7 @@ def load_queue(run_name: str | None):
         return [], 0, *_blank("")
     run = Run.open(run_name)
     if not run.read("judgments"):
-        return [], 0, *_blank("No judged pairs in this run yet: run the judge first.")
+        return [], 0, *_blank("No judged pairs in this run yet: judge first (Judge tab); they appear here then.")
     keys = [(i["instruction_id"], i["a"], i["b"]) for i in checked(spotcheck.items, run)]
     return keys, 0, *render(run, keys, 0)
 

@@ -1,25 +1,29 @@
-"""Train tab: DPO + LoRA on one of the run's pair sets, as a job; live plots, progress + ETA, stop, warnings.
+"""Train tab: a LoRA adapter (DPO, KTO, SimPO or ORPO) on one of the run's pair sets, as a job; live plots, progress
++ ETA, stop, warnings.
 
 The plots read `adapters/<name>/metrics.jsonl` on every tick of the job panel's timer, so a page reload re-attaches
-to a running training (the adapter shown is the one the running job trains, else the one picked).
+to a running training (the adapter shown is the one the running job trains, else the one picked). They draw the
+metrics of the method the shown adapter is trained with (lab.methods.METHODS[...].plots).
 """
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from lab import jobs
 from lab.adapters import read_metrics, read_state
-from lab.methods import METHODS
+from lab.methods import MAX_PLOTS, METHODS
 from lab.store import Run, adapter_file
 from lab.train import TrainConfig, diagnose, precheck
 from lab.ui import forms
-from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel
+from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel, wire_start
+from lab.ui.views import View, chain, internal, made_with, wire_restore
 
-PLOTS = METHODS["dpo"].plots  # plot title -> metric names drawn on it
+PLOTS = METHODS["dpo"].plots  # plot title -> metric names drawn on it, until an adapter of another method is shown
 
 
 @dataclass
@@ -34,11 +38,12 @@ class TrainTab:
     summary: gr.Markdown
     warnings: gr.Markdown
     plots: list
+    views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
 
 
 FORM = ["epochs", "max_steps", "lr", "beta", "batch_size", "loss_type", "model", "target_modules", "lora_r",
         "lora_alpha", "lora_dropout", "grad_accum", "max_length", "warmup_ratio", "eval_fraction", "save_steps", "seed",
-        "gradient_checkpointing", "precompute_ref", "resume", "method"]  # the order start_training reads them in
+        "gradient_checkpointing", "precompute_ref", "resume", "method", "report_to"]  # start_training's order
 
 
 def _settings_inputs() -> dict:
@@ -51,8 +56,8 @@ def _settings_inputs() -> dict:
     with gr.Accordion("More settings", open=False):
         with gr.Row():
             made |= inp(["loss_type", "model", "target_modules"],
-                        loss_type=dict(kind="Dropdown", choices=list(METHODS["dpo"].loss_types()), value=["sigmoid"],
-                                       multiselect=True),
+                        loss_type=dict(kind="Dropdown", choices=list(METHODS["dpo"].loss_types()), value=[],
+                                       multiselect=True, info="empty = the method's own"),
                         model=dict(placeholder="the run's model"))
         with gr.Row():
             made |= inp(["lora_r", "lora_alpha", "lora_dropout", "grad_accum", "max_length"],
@@ -62,14 +67,15 @@ def _settings_inputs() -> dict:
             made |= inp(["warmup_ratio", "eval_fraction", "save_steps", "seed"], warmup_ratio=dict(minimum=0),
                         eval_fraction=dict(minimum=0), save_steps=dict(minimum=1))
         with gr.Row():
-            made |= inp(["gradient_checkpointing", "precompute_ref", "resume"])
+            made |= inp(["gradient_checkpointing", "precompute_ref", "resume", "report_to"])
     return {name: made[name] for name in FORM}
 
 
 def build(ctx) -> TrainTab:
-    gr.Markdown("Train a **LoRA adapter with DPO** on one of the run's preference data sets. The reference is the "
-                "base model (adapter off), or the adapter you continue from. Stop keeps what is trained so far; "
-                "starting the same adapter again resumes it. Parameters: `docs/training.md`.")
+    gr.Markdown("Train a **LoRA adapter** on one of the run's preference data sets with DPO, KTO, SimPO or ORPO "
+                "(TRL). DPO's and KTO's reference is the base model (adapter off), or the adapter you continue from; "
+                "SimPO and ORPO need none. Stop keeps what is trained so far; starting the same adapter again resumes "
+                "it. Parameters: `docs/training.md`.")
     with gr.Row():
         pairs = gr.Dropdown([], label="Pairs", allow_custom_value=True,
                             info="the run's pairs-<source>.jsonl, or a path")
@@ -84,21 +90,28 @@ def build(ctx) -> TrainTab:
                         info="follows the running training; pick any other to inspect it")
     summary, warnings = gr.Markdown(), gr.Markdown()
     with gr.Row():
-        plots = [gr.LinePlot(x="step", y="value", color="series", title=title, height=260) for title in PLOTS]
+        plots = [gr.LinePlot(x="step", y="value", color="series", title=title, height=260)
+                 for title in [*PLOTS, *[""] * (MAX_PLOTS - len(PLOTS))]]
     tab = TrainTab(pairs, adapter, init_adapter, fields, start, panel, shown, summary, warnings, plots)
+    picks = [pairs, init_adapter, shown]
+    tab.views = [View(choices, picks, inputs=picks),
+                 View(live_view, [shown, summary, warnings, *plots], inputs=[shown], live=True)]
     _wire(tab, ctx)
     return tab
 
 
 def _wire(tab: TrainTab, ctx) -> None:
-    tab.start.click(start_training, inputs=[ctx.run_name, tab.pairs, tab.adapter, tab.init_adapter,
-                                            *tab.fields.values()], outputs=[tab.panel.status]) \
-        .success(lambda name: gr.update(value=name.strip()), [tab.adapter], [tab.shown])
-    wire_job_panel(tab.panel, ctx.run_name, "train")
+    wire_job_panel(tab.panel, ctx.run_name, "train", tab.views)
+    wire_start(tab.panel, tab.start, start_training, [ctx.run_name, tab.pairs, tab.adapter, tab.init_adapter,
+                                                      *tab.fields.values()], "start_training") \
+        .success(lambda name: gr.update(value=name.strip()), [tab.adapter], [tab.shown], **internal())
+    tab.fields["method"].change(loss_choices, inputs=[tab.fields["method"]], outputs=[tab.fields["loss_type"]],
+                                **internal())
     view = [tab.shown, tab.summary, tab.warnings, *tab.plots]
-    tab.panel.timer.tick(live_view, inputs=[ctx.run_name, tab.shown], outputs=view, show_progress="hidden")
-    ctx.run_name.change(choices, inputs=[ctx.run_name], outputs=[tab.pairs, tab.init_adapter, tab.shown])
-    tab.shown.change(live_view, inputs=[ctx.run_name, tab.shown], outputs=view)
+    tab.shown.input(tab.views[1].handler(), inputs=[ctx.run_name, tab.shown], outputs=view, **internal())
+    after = chain(ctx.run_name.change, ctx.run_name, tab.views)
+    wire_restore(after, ctx.run_name, "train", [tab.pairs, tab.adapter, tab.init_adapter, *tab.fields.values()],
+                 lambda cfg: [cfg.pairs, cfg.adapter, cfg.init_adapter, *forms.values_of(cfg, tab.fields)])
 
 
 def start_training(run_name, pairs, adapter, init_adapter, *values):
@@ -113,21 +126,28 @@ def start_training(run_name, pairs, adapter, init_adapter, *values):
     return start_job(run_name, "train", argv, f"Training {cfg.adapter}")
 
 
+def loss_choices(method: str):
+    """The loss-type menu of the method picked (DPO's many, KTO's two, one for SimPO and ORPO), left empty."""
+    return gr.update(choices=list(METHODS[method].loss_types()) if method in METHODS else [], value=[])
+
+
 def config_from(values: dict) -> TrainConfig:
     """Form values (named as in FORM) -> TrainConfig; the loss types arrive as a list."""
     return TrainConfig.from_form(values)
 
 
-def choices(run_name: str | None):
-    """Pairs sets, finished adapters (to continue from) and every adapter folder (to show)."""
+def choices(run_name: str | None, pairs: str | None = None, init: str | None = "", shown: str | None = None):
+    """Pairs sets, finished adapters (to continue from) and every adapter folder (to show); what is picked stays
+    picked while it is still there (a typed pairs path too)."""
     if not run_name:
         return gr.update(choices=[]), gr.update(choices=[]), gr.update(choices=[])
     run = Run.open(run_name)
-    sources = run.pair_sources()
-    folders = run.adapter_folders()
-    return (gr.update(choices=sources, value=sources[0] if sources else None),
-            gr.update(choices=[("(none: start from the base model)", ""), *run.adapters()], value=""),
-            gr.update(choices=folders))
+    sources, adapters, folders = run.pair_sources(), run.adapters(), run.adapter_folders()
+    keep_pairs = pairs if pairs and (pairs in sources or "/" in str(pairs)) else (sources[0] if sources else None)
+    return (gr.update(choices=sources, value=keep_pairs),
+            gr.update(choices=[("(none: start from the base model)", ""), *adapters],
+                      value=init if init in adapters else ""),
+            gr.update(choices=folders, value=shown if shown in folders else None))
 
 
 def running_adapter(run: Run) -> str | None:
@@ -142,23 +162,44 @@ def running_adapter(run: Run) -> str | None:
 def live_view(run_name: str | None, shown: str | None):
     """[shown adapter, summary, warnings, *plots] for the adapter being trained (or the one picked)."""
     if not run_name:
-        return [gr.skip()] * (3 + len(PLOTS))
+        return [gr.skip()] * (3 + MAX_PLOTS)
     run = Run.open(run_name)
     name = running_adapter(run) or shown
     if not name or not adapter_file(run.adapter_dir(name), "metrics").exists():
-        return [gr.skip(), "", "", *[None] * len(PLOTS)]
+        return [gr.skip(), "", "", *[None] * MAX_PLOTS]
     metrics, state = read_metrics(run.adapter_dir(name)), read_state(run.adapter_dir(name)) or {}
     beta = (state.get("settings") or {}).get("beta", 0.1)
-    warns = diagnose(metrics, state.get("pairs"), beta)
+    method = state.get("method") if state.get("method") in METHODS else "dpo"
+    warns = diagnose(metrics, state.get("pairs"), beta, method=method)
     return [gr.update(value=name), summary_md(name, state, metrics),
-            "\n".join(f"⚠️ {html.escape(w)}" for w in warns), *[frame(metrics, keys) for keys in PLOTS.values()]]
+            "\n".join(f"⚠️ {html.escape(w)}" for w in warns), *method_plots(metrics, method)]
+
+
+def method_plots(metrics: list[dict], method: str) -> list:
+    """One update per plot slot: the method's plots (title and data), the slots it does not use hidden."""
+    plots = list(METHODS[method].plots.items())[:MAX_PLOTS]
+    shown = [gr.update(value=frame(metrics, keys), title=title, visible=True) for title, keys in plots]
+    return shown + [gr.update(value=None, visible=False)] * (MAX_PLOTS - len(shown))
 
 
 def frame(metrics: list[dict], keys: tuple[str, ...]) -> pd.DataFrame:
-    """Long format for gr.LinePlot: one row per (step, series); eval points are their own series."""
+    """Long format for gr.LinePlot: one row per (step, series); eval points are their own series. Typed even when
+    empty: a plot first given text columns keeps category axes (and draws no line) when the numbers come."""
     rows = [{"step": m["step"], "value": m[k], "series": k if m["split"] == "train" else f"eval {k}"}
             for m in metrics if m.get("split") in ("train", "eval") for k in keys if k in m]
-    return pd.DataFrame(rows, columns=["step", "value", "series"])
+    return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"step": int, "value": float,
+                                                                            "series": str})
+
+
+MADE_WITH = ["method", "beta", "lr", "epochs", "max_steps", "lora_r", "batch_size"]
+
+
+def made_with_md(state: dict) -> str:
+    """What trained the adapter: its base model, pairs and key settings (from its training.json)."""
+    pairs = Path(str((state.get("pairs") or {}).get("path") or "")).name
+    return made_with(state.get("settings"), "train", MADE_WITH, {"base model": state.get("base_model"),
+                                                                   "pairs": pairs,
+                                                                   "continued from": state.get("init_adapter")})
 
 
 def summary_md(name: str, state: dict, metrics: list[dict]) -> str:
@@ -168,11 +209,10 @@ def summary_md(name: str, state: dict, metrics: list[dict]) -> str:
     last = train[-1]
     tps = f" · {last['tokens_per_s']:.0f} tokens/s" if last.get("tokens_per_s") else ""
     p = state.get("pairs") or {}
-    return (f"**{name}** · {state.get('status', '?')} · step {last['step']}/{last.get('max_steps')} · "
-            f"loss {last.get('loss', float('nan')):.4f} · reward accuracy {last.get('rewards/accuracies', 0):.2f}"
-            f"{tps} · {p.get('n_train', '?')} train / {p.get('n_eval', '?')} eval pairs")
-
-
-def on_show(tab: TrainTab, ctx, shown: gr.Tab) -> None:
-    """Pairs built and adapters trained since the run was picked appear when the tab is opened."""
-    shown.select(choices, inputs=[ctx.run_name], outputs=[tab.pairs, tab.init_adapter, tab.shown])
+    acc = f" · reward accuracy {last['rewards/accuracies']:.2f}" if "rewards/accuracies" in last else ""
+    method = state.get("method") or "dpo"
+    made = made_with_md(state)
+    return (f"**{name}** · {method} · {state.get('status', '?')} · step {last['step']}/{last.get('max_steps')} · "
+            f"loss {last.get('loss', float('nan')):.4f}{acc}"
+            f"{tps} · {p.get('n_train', '?')} train / {p.get('n_eval', '?')} eval pairs" +
+            (f"\n\n{made}" if made else ""))

@@ -1,0 +1,197 @@
+"""A hosted app against a visitor who abuses it (a security review's findings after issue 9): the owner's Hub token
+used for any model, a made-up config that costs the server minutes or GBs, a flooded queue, endless jobs, settings
+that exhaust memory or an API bill, a squatted shared run name, one typed key sent to two providers, server paths
+shown on the page, exports Gradio would not serve."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import hosting, jobs, limits
+from lab.cli import main
+from lab.errors import LabError
+from lab.judge_backends import TYPED_KEY_ENV, resolve_key
+from lab.store import Run
+from tests.test_queue import long_job, prompts, quick_job, wait_running  # noqa: F401 (fixture)
+
+OWNER_TOKEN = "hf_" + "owner" + "0123456789abcdefghij"
+
+
+@pytest.fixture
+def hosted(monkeypatch):
+    monkeypatch.setenv("LAB_HOSTED", "1")
+    for name in limits.HF_TOKEN_ENV + (limits.TOKEN_MODELS_ENV, "LAB_SHARED_RUNS"):
+        monkeypatch.delenv(name, raising=False)
+    limits._OWNER_TOKEN.clear()
+    yield
+    limits._OWNER_TOKEN.clear()
+
+
+# ---- the owner's Hub token -------------------------------------------------------------------------------------------
+def test_the_owners_hub_token_leaves_the_environment_and_serves_listed_models_only(hosted, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no saved login to fall back on
+    monkeypatch.setenv("HF_TOKEN", OWNER_TOKEN)
+    monkeypatch.setenv(limits.TOKEN_MODELS_ENV, "meta-llama/Llama-3.2-1B-Instruct")
+    limits.seal_owner_token()
+    assert "HF_TOKEN" not in os.environ and huggingface_hub.get_token() is None  # downloads here are anonymous
+    assert limits.owner_token(["meta-llama/Llama-3.2-1B-Instruct"]) == OWNER_TOKEN
+    assert limits.owner_token(["owner/private-model"]) is None  # a repo the owner did not list
+    assert limits.owner_token(["meta-llama/Llama-3.2-1B-Instruct", "owner/private-model"]) is None
+    assert limits.owner_token(["tiny-random"]) is None  # nothing from the Hub: no token needed
+
+
+def test_a_visitors_job_gets_no_owner_token(runs_dir, hosted, monkeypatch, tmp_path):
+    """The job's real environment (/proc/<pid>/environ) holds no HF_TOKEN when its model is not a listed one."""
+    from lab.ui.common import start_job
+    from lab.ui.visitors import current_visitor  # noqa: F401 (outside a request: no visitor, no address)
+
+    monkeypatch.setenv("HF_TOKEN", OWNER_TOKEN)
+    limits.seal_owner_token()
+    run = Run.open("visitor-run")
+    run.path.mkdir(parents=True)
+    src = tmp_path / "p.txt"
+    src.write_text("\n".join(f"Say {i}." for i in range(8)))
+    monkeypatch.setattr(hosting, "check_source", lambda *a, **k: None)  # a file outside uploads/, for the test only
+    start_job("visitor-run", "sample", ["--model", "tiny-random", "--instructions", str(src), "--n", "8", "--k", "1",
+                                        "--max-new-tokens", "32", "--batch-size", "1"], "Sampling")
+    try:
+        pid = json.loads(run.job_file("job").read_text())["pid"]
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert OWNER_TOKEN.encode() not in environ and b"HF_TOKEN=" not in environ
+    finally:
+        jobs.stop(run, grace_s=30)
+
+
+# ---- a made-up config ----------------------------------------------------------------------------------------------
+def test_a_made_up_config_costs_no_memory_and_absurd_sizes_are_refused(tmp_path):
+    from transformers import GPTNeoConfig, LlamaConfig
+
+    GPTNeoConfig(vocab_size=64, hidden_size=8, num_layers=2, attention_types=[[["global"], 2]], num_heads=2,
+                 max_position_embeddings=200_000).save_pretrained(tmp_path / "neo")  # a 40 GB mask buffer per layer
+    before, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time()
+    assert limits.count_parameters(str(tmp_path / "neo")) < 2_000_000
+    assert time.time() - t0 < 10 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KB
+    LlamaConfig(vocab_size=64, hidden_size=8, intermediate_size=16, num_hidden_layers=1_000_000, num_attention_heads=2,
+                num_key_value_heads=2).save_pretrained(tmp_path / "deep")
+    t0 = time.time()
+    with pytest.raises(LabError, match="num_hidden_layers=1000000: past 512, the lab does not size it"):
+        limits.count_parameters(str(tmp_path / "deep"))
+    assert time.time() - t0 < 5  # refused before anything is built
+
+
+# ---- the queue -----------------------------------------------------------------------------------------------------
+def test_one_job_per_visitor_two_per_address_and_a_full_queue(runs_dir, hosted, prompts, monkeypatch):  # noqa: F811
+    head, *rest = (Run.open(n) for n in ("head", "b", "c", "d", "e", "f"))
+    for r in rest:
+        r.path.mkdir(parents=True)
+    long_job(head, prompts)
+    try:
+        quick_job(rest[0], who="alice", where="net-1")
+        with pytest.raises(LabError, match="You already have a job waiting or running"):
+            quick_job(rest[1], who="alice", where="net-2")
+        quick_job(rest[1], who="bob", where="net-1")
+        with pytest.raises(LabError, match="Two jobs from your network"):
+            quick_job(rest[2], who="carol", where="net-1")  # a fresh browser id from the same address
+        monkeypatch.setenv("LAB_MAX_QUEUE", "3")
+        with pytest.raises(LabError, match=r"queue is full \(3 jobs waiting or running; the owner sets LAB_MAX_QUEUE"):
+            quick_job(rest[2], who="dave", where="net-3")
+    finally:
+        jobs.stop(head, grace_s=30)
+
+
+def test_a_job_past_the_time_limit_is_stopped(runs_dir, prompts, monkeypatch):  # noqa: F811
+    """The owner's LAB_MAX_JOB_MINUTES (set here directly; a hosted app has a default) ends a job that runs on."""
+    head = Run.open("head")
+    long_job(head, prompts)
+    wait_running(head)
+    monkeypatch.setenv("LAB_MAX_JOB_MINUTES", "0.01")  # 0.6 s
+    st = jobs.wait(head, timeout_s=120)
+    assert st["state"] in ("stopped", "died") and st["state"] != "done", st
+
+
+# ---- settings that cost memory or money ---------------------------------------------------------------------------
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--pairs", "judge", "--adapter", "a", "--lora-r", "100000"], "--lora-r 100000 is above this app's cap "
+                                                                            "of 64 LoRA rank"),
+    (["train", "--pairs", "judge", "--adapter", "a", "--batch-size", "32", "--grad-accum", "8"],
+     "--batch-size 32 x --grad-accum 8 = 256 is above this app's cap of 64"),
+    (["train", "--pairs", "judge", "--adapter", "a", "--max-length", "32768"], "cap of 2048 tokens of training"),
+    (["rank", "--ranker", "tiny-random", "--batch-size", "100000"], "--batch-size 100000 is above this app's cap"),
+    (["judge", "--backend", "openai", "--rpm", "0"], "1-60 requests per minute and at most 8 at once"),
+    (["judge", "--backend", "openai", "--concurrency", "64"], "1-60 requests per minute and at most 8 at once"),
+    (["sample", "--model", "tiny-random", "--n", "8", "--batch-size", "512"], "--batch-size 512 is above"),
+])
+def test_settings_that_exhaust_memory_or_a_bill_are_refused(run, hosted, argv, message, capsys):
+    run.pairs_file("judge").parent.mkdir(parents=True, exist_ok=True)
+    run.pairs_file("judge").write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello!", "rejected": "No."}) + "\n")
+    run.append("samples", [{"instruction_id": "i", "sample_index": j, "prompt": "Hi?", "text": t, "model": "m",
+                            "duplicate_of": None} for j, t in enumerate(["a", "b"])])
+    assert main([argv[0], "--run", "t", *argv[1:]]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_run_cannot_grow_past_its_instruction_cap_nor_a_plan_past_its_calls(run, hosted, monkeypatch, capsys):
+    run.append("instructions", [{"id": f"old-{i}", "prompt": f"Old {i}?", "source": "x"} for i in range(60)])
+    assert main(["sample", "--run", "t", "--model", "tiny-random", "--n", "8"]) == 2
+    assert "this run would hold 68 instructions, which is above this app's cap of 64" in capsys.readouterr().err
+    run.append("samples", [{"instruction_id": f"old-{i}", "sample_index": j, "prompt": f"Old {i}?", "text": f"{i}-{j}",
+                            "model": "m", "duplicate_of": None} for i in range(30) for j in range(8)])
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-owner-0123456789")
+    assert main(["judge", "--run", "t", "--backend", "openai", "--plan", "full"]) == 2  # 30 x 56 calls
+    assert "the plan's 1680 calls still to make is above this app's cap of 400" in capsys.readouterr().err
+    assert main(["rank", "--run", "t", "--ranker", "tiny-random"]) == 2  # 30 x 56 comparisons
+    assert "ranking 1680 response pairs is above this app's cap of 600" in capsys.readouterr().err
+
+
+def test_typed_text_is_capped(run, hosted):
+    from lab.compare import save_note
+
+    with pytest.raises(LabError, match=r"The note of \d+ KB is above this app's cap of 20 KB"):
+        save_note(run, "x" * 30_000)
+    assert not run.file("notes").exists()
+
+
+# ---- names, keys, paths, exports -------------------------------------------------------------------------------------
+def test_a_shared_run_name_cannot_be_squatted(runs_dir, hosted, monkeypatch):
+    monkeypatch.setenv("LAB_SHARED_RUNS", "demo")
+    alice = hosting.Visitor.of(browser_id="a" * 32)
+    assert hosting.access("demo", alice) == "none" and not hosting.claim("demo", alice)
+    assert not (runs_dir / "demo").exists()
+    assert hosting.access("mine", alice) == "new"
+
+
+def test_a_key_typed_for_one_provider_goes_to_that_provider_only(monkeypatch):
+    for name in ("GROQ_API_KEY", "OPENAI_API_KEY", *TYPED_KEY_ENV.values()):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(TYPED_KEY_ENV["groq"], "gsk-visitor-0123456789")
+    assert resolve_key("groq", "")[0] == "gsk-visitor-0123456789"
+    with pytest.raises(LabError, match="OPENAI_API_KEY is not set"):
+        resolve_key("openai", "")  # the visitor's Groq key is not an OpenAI key
+
+
+def test_the_page_shows_no_server_path(runs_dir, hosted):
+    from lab.models import cache_dir
+
+    text = f"{runs_dir / 't' / 'pairs-judge.jsonl'}: line 1 ... {cache_dir()}/bundled ... {Path.home()}/x"
+    shown = hosting.public_text(text)
+    assert str(runs_dir) not in shown and str(Path.home()) not in shown and "runs/t/pairs-judge.jsonl" in shown
+
+
+def test_an_export_is_served_from_a_temp_copy(run):
+    import tempfile
+
+    from lab import compare
+    from lab.ui.compare import export_grid
+
+    run.record_stage("compare", {"key": "k", "instruction_ids": ["i"], "models": ["base"]})
+    run.append("compare", [{"instruction_id": "i", "prompt": "Hi?", "model": "base", "text": "Hello", "key": "k",
+                            "duplicate": None}])
+    served = Path(export_grid("t", "csv"))
+    assert Path(tempfile.gettempdir()) in served.parents and served.read_text() == compare.export(run, "csv").read_text()

@@ -1,0 +1,80 @@
+"""Progress that tells the truth: ETA from the pace of the work (not from a phase start that included loading a
+model), work inside a batch, "loading model", and the last numbers written when a stage ends."""
+import json
+
+import pytest
+
+from lab import progress as progress_mod
+from lab.generation import Decoding, generate
+from lab.progress import Progress
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(progress_mod.time, "time", c)
+    return c
+
+
+@pytest.fixture
+def pfile(tmp_path, monkeypatch):
+    path = tmp_path / "progress.json"
+    monkeypatch.setenv("LAB_PROGRESS_FILE", str(path))
+    return lambda: json.loads(path.read_text())
+
+
+def test_eta_comes_from_the_pace_of_the_work_not_from_the_loading_before_it(clock, pfile):
+    p = Progress("judging", quiet=True, min_interval=0)
+    p.update(0, 10, "judging")
+    clock.now += 60  # a local judge model loading inside the phase
+    p.update(1, 10)  # the first call: the pace starts here
+    clock.now += 2
+    p.update(2, 10)
+    assert pfile()["eta_s"] == pytest.approx(16.0)  # 8 calls left at 2 s a call, not 8 x 31 s
+    clock.now += 2
+    p.update(3, 10)
+    assert pfile()["eta_s"] == pytest.approx(14.0)
+
+
+def test_loading_is_said_and_the_phase_goes_on_after_it(clock, pfile):
+    p = Progress("sample", quiet=True, min_interval=0)
+    p.loading("model tiny-random")
+    assert pfile() | {"updated": 0} == {"desc": "loading model tiny-random", "done": 0, "total": 0, "partial": 0.0,
+                                        "loading": True, "eta_s": None, "updated": 0}
+    p.update(0, 4, "sampling", partial=0.5)
+    assert pfile()["desc"] == "sampling" and not pfile()["loading"] and pfile()["partial"] == 0.5
+    p.loading("judge model bundled")
+    p.update(1, 4)  # no desc: back to the phase it came from
+    assert pfile()["desc"] == "sampling"
+
+
+def test_close_writes_the_numbers_the_throttle_held_back(clock, pfile):
+    p = Progress("scoring", quiet=True, min_interval=10)
+    p.update(0, 6, "scoring")
+    clock.now += 1
+    p.update(4, 6)  # within the throttle interval: not written yet
+    assert pfile()["done"] == 0
+    p.close()
+    assert pfile()["done"] == 4
+
+
+def test_generation_reports_every_decode_step_of_a_batch(tiny):
+    seen = []
+
+    class Recorder(Progress):
+        def update(self, done, total, desc=None, partial=0.0, **extra):
+            seen.append((done, partial))
+
+    generate(tiny, ["Say hi.", "Name a fruit."], 2, Decoding(max_new_tokens=16, seed=0), batch_size=4,
+             progress=Recorder(quiet=True))
+    inside = [partial for done, partial in seen if done == 0]
+    assert len(inside) >= 8 and inside == sorted(inside) and 0 < inside[0] < inside[-1] <= 4
+    assert seen[-1] == (4, 0.0)
