@@ -66,10 +66,11 @@ def pick_engine(choice: str, device_kind: str) -> str:
 
 
 def engine_record(engine: str) -> dict:
-    """What run.json records of the engine that generated: its name, version and seed rule."""
+    """What run.json records of the engine that generated: its name (`engine_used`: the `engine` setting beside it
+    stays as asked, auto included, so that run.json redoes the run as it was asked for), version and seed rule."""
     if engine != "vllm":
-        return {"engine": engine}
-    return {"engine": engine, "engine_version": engine_vllm.version(), "seed_rule": engine_vllm.SEED_RULE}
+        return {"engine_used": engine}
+    return {"engine_used": engine, "engine_version": engine_vllm.version(), "seed_rule": engine_vllm.SEED_RULE}
 
 
 @dataclass(frozen=True)

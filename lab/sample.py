@@ -280,8 +280,8 @@ def _generate_missing(job: _Job, cm, units, encoded) -> tuple[int, float]:
     for batch in plan_batches(units, encoded, cfg.batch_size):
         progress.check_stop()
         salt = "|".join(f"{items[n].id}:{idx}" for n, idx in batch)
-        comps = run_units(cm, batch, encoded, cfg.decoding(), salt, _on_step(progress, done, total, desc, batch,
-                                                                             new_tokens, t0))
+        comps = run_units(cm, batch, encoded, cfg.decoding(), salt,
+                          on_step=_on_step(progress, done, total, desc, batch, new_tokens, t0))
         recs = [r for (n, idx), c in zip(batch, comps) for r in _records(
             items[n], idx, c, seen.setdefault(items[n].id, {}), cfg, cm, str(adapter) if adapter else None)]
         started()

@@ -54,7 +54,7 @@ def test_sample_stage_through_vllm_writes_the_same_records_seeded_per_sample(run
                           "completion_tokens", "finish_reason", "duplicate_of"}
         assert r["finish_reason"] == "length" and r["decoding"]["seed"] == 7
     st = run.stage_settings("sample")
-    assert st["engine"] == "vllm" and st["engine_version"] == "0.0.fake" and "sha256" in st["seed_rule"]
+    assert st["engine_used"] == "vllm" and st["engine_version"] == "0.0.fake" and "sha256" in st["seed_rule"]
     assert not models._CACHE  # the weights were never loaded in the lab's process: vLLM loads them
 
 
@@ -92,7 +92,7 @@ def test_compare_through_vllm_serves_base_and_adapters_in_one_call(run, fake, mo
         assert len(seeds) == 1  # every model answers an instruction with the same seed
         assert by[(iid, BASE)].endswith("adapter=None") and not by[(iid, "one")].endswith("adapter=None")
     assert {r["key"] for r in recs} == {model_key(cfg, "vllm")} != {model_key(cfg)}
-    assert run.stage_settings("compare")["engine"] == "vllm"
+    assert run.stage_settings("compare")["engine_used"] == "vllm"
 
 
 def test_self_scoring_through_vllm_falls_back_to_the_lab_model_for_digit_probabilities(run, fake):
@@ -102,7 +102,7 @@ def test_self_scoring_through_vllm_falls_back_to_the_lab_model_for_digit_probabi
     assert out["scored_now"] == 4 and len(scores) == 8
     assert {s["method"] for s in scores} == {"probabilities"}  # the stand-in writes no "Score: N"
     assert all(0 <= s["score"] <= 5 and len(s["probs"]) == 6 for s in scores)
-    assert run.stage_settings("score")["engine"] == "vllm"
+    assert run.stage_settings("score")["engine_used"] == "vllm"
 
 
 # ---- doctor and the memory check ----------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def test_real_vllm_sample_stage_matches_the_lab_sampler_greedy(engine, runs_dir)
                     for r in run.read("samples")}
         st = run.stage_settings("sample")
     assert by["vllm"] == by["lab"] and len(by["lab"]) == 2
-    assert st["engine"] == "vllm" and st["engine_version"] == engine_vllm.version()
+    assert st["engine_used"] == "vllm" and st["engine_version"] == engine_vllm.version()
 
 
 @pytest.mark.vllm
