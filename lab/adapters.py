@@ -8,6 +8,7 @@ base model.
       training.json                                    lab.train's state of the training (format: lab/train.py)
       metrics.jsonl                                    one line per logged step (format: lab/train.py)
       checkpoints/checkpoint-<step>/                   Trainer checkpoints for a resume; removed once done
+      runs/                                            TensorBoard event files (--report-to tensorboard); not pushed
 
 A crash at any point leaves a folder without adapter_config.json, which nothing treats as a finished adapter.
 Comparing, sampling with an adapter and self-rewarding rounds load every adapter they need onto ONE loaded base

@@ -389,3 +389,38 @@ def _howto(repo_id: str, base_id: str | None, has_tokenizer: bool) -> str:
             "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
             "return_dict=True)\nprint(tokenizer.decode(model.generate(**inputs, max_new_tokens=200)[0]))\n```\n\n"
             "Or merge it into the base: `model.merge_and_unload().save_pretrained(\"merged\")`.\n")
+
+
+# ---- merged model card ----------------------------------------------------------------------------------------------
+def merged_card(repo_id: str, adapter: str, run: Run, folder: Path, state: dict, record: dict,
+                dataset_id: str | None = None) -> str:
+    """The README.md of an adapter folded into its base (lab.merge; format of `record`, merge.json, there): a plain
+    transformers checkpoint. `state`: the adapter's training.json; dataset_id: the pushed data it was trained on."""
+    from huggingface_hub import ModelCardData
+
+    base_id = base_model_id(state, run)
+    method = record.get("method") or "dpo"
+    data = ModelCardData(base_model=base_id, datasets=[dataset_id] if dataset_id else None,
+                         library_name="transformers", pipeline_tag="text-generation",
+                         tags=[method, "merge", "lora", "trl", "preference-lab"])
+    base = f"[`{base_id}`](https://huggingface.co/{base_id})" if base_id else \
+        f"a local model ({code(record.get('base_model'))})"
+    label = METHODS.get(method, METHODS["dpo"]).label
+    repo = repo_id if "/" in repo_id else f"path/to/{repo_id}"
+    intro = (f"Preference Lab's adapter {code(adapter)} of {_where(run)}, trained with {label}, folded into its base "
+             f"model with PEFT's `merge_and_unload`: a plain transformers checkpoint (no PEFT needed to load it).\n\n"
+             f"- Base model: {base}\n- Merged in float32, saved as {record.get('dtype')}; "
+             f"{record.get('parameters', 0):,} parameters\n")
+    howto = ("## How to load it\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+             f'model = AutoModelForCausalLM.from_pretrained("{repo}")\n'
+             f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
+             "messages = [{\"role\": \"user\", \"content\": \"Give me three tips for better sleep.\"}]\n"
+             "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
+             "return_dict=True)\nprint(tokenizer.decode(model.generate(**inputs, max_new_tokens=200)[0]))\n```\n")
+    settings = flatten(state.get("settings") or {})
+    parts = [_front_matter(data), f"# {repo_id}\n", intro, howto,
+             "## The merge (merge.json)\n\n" + table(flatten(record)) + "\n",
+             "## Training parameters of the adapter\n\n" + table(settings) + "\n", long_texts(settings),
+             "## Final metrics of the adapter\n\n" + table(state.get("final") or {}, ("metric", "value")) + "\n",
+             _warnings(state)]
+    return "\n".join(p for p in parts if p)

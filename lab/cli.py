@@ -1,7 +1,8 @@
 """`python -m lab <stage> ...`: every stage is one row of STAGES, a thin wrapper over one core function.
 
 A row names the stage's settings dataclass (its fields are the stage's flags) and the function `fn(run, settings,
-progress) -> summary dict` that runs it; the CLI parses the flags into the settings, checks a hosted app's rules
+progress) -> summary dict` that runs it; the CLI parses the flags into the settings (`--config FILE`: a YAML file or
+a run.json gives them first, flags override; lab.configfile), checks a hosted app's rules
 (lab.hosting), runs the function and prints its summary as JSON (a summary's "warnings" also go to stderr).
 The app starts the same command lines as jobs (lab.jobs), so a terminal can do anything the app does.
 Exit status: 0 done (or stopped on request), 2 a problem the user can fix (the message says what), 1 a bug.
@@ -16,6 +17,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 
+from lab.configfile import read_config
 from lab.errors import LabError
 from lab.hosting import admit
 from lab.jobs import report_exit
@@ -59,6 +61,15 @@ STAGES = [  # pipeline order
           "base vs adapters on held-out instructions: grid, win rates, length, diversity"),
     Stage("iterate", "lab.iterate:IterateConfig", "lab.iterate:iterate_run",
           "self-rewarding DPO: sample, score yourself, train on best vs worst, repeat"),
+    Stage("merge", "lab.merge:MergeConfig", "lab.merge:merge_run",
+          "fold a LoRA adapter into its base (PEFT merge_and_unload): a plain transformers checkpoint",
+          "Writes runs/<run>/merged/<adapter>/ (safetensors, tokenizer, model card; lab/merge.py), which loads with "
+          "transformers alone; `push` publishes it as a model repo."),
+    Stage("chat", "lab.chat:ChatConfig", "lab.chat:chat_run",
+          "talk to the base model or an adapter of the run, multi-turn, the reply streamed",
+          "With --message, answers it and exits; otherwise every line typed on stdin is a turn (end of input "
+          "ends the chat). Replies stream to stderr; the summary with the last reply goes to stdout. Writes "
+          "nothing into the run."),
     Stage("push", "lab.hub:PushConfig", "lab.cli:push_stage",
           "push the run's preference data sets and adapters to the Hub, with cards",
           "Stages each repo under <run>/hub/<repo>/ and uploads that folder. The token comes from $HF_TOKEN (or "
@@ -95,16 +106,31 @@ def push_stage(run, cfg, progress) -> dict:
     return load("lab.hub:push_run")(run, cfg, progress=progress)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
+    """The command line; `defaults` ({field: value}, from a --config file) replace the fields' own defaults of the
+    stage being parsed, so flags given on the command line still win."""
     parser = argparse.ArgumentParser(
         prog="python -m lab",
-        description="Preference Lab: sample -> judge / rank / score -> pairs -> train -> compare -> iterate -> push.")
+        description="Preference Lab: sample -> judge / rank / score -> pairs -> train -> compare -> iterate -> "
+                    "merge -> push; chat with a model.")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for stage in STAGES:
         p = sub.add_parser(stage.name, help=stage.help, description=stage.description or stage.help)
         p.add_argument("--run", required=True, help="run name (a folder under $LAB_RUNS_DIR, default ./runs)")
+        p.add_argument("--config", default=None, metavar="FILE", help="read the settings from a YAML file "
+                       "(setting: value) or a run's run.json; flags given here override it")
         load(stage.settings).add_arguments(p)
+        p.set_defaults(**(defaults or {}))
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line, a --config file's settings under the flags given (LabError for a bad file)."""
+    args = build_parser().parse_args(argv)
+    if not args.config:
+        return args
+    values = read_config(args.config, load(BY_NAME[args.stage].settings), args.stage, getattr(args, "source", None))
+    return build_parser(values).parse_args(argv)
 
 
 def run_stage(args: argparse.Namespace) -> dict:
@@ -125,10 +151,9 @@ def print_summary(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     install_stop_handler()
     try:
-        summary = run_stage(args)
+        summary = run_stage(parse_args(argv))
         if _is_main_process():
             print_summary(summary)
     except LabError as e:

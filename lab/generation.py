@@ -257,3 +257,24 @@ def run_units(cm, batch, encoded, dec: Decoding, salt: str, on_step: OnStep | No
     return grouped
 
 
+
+
+def stream_completion(cm: models.ChatModel, prompt: list[int], dec: Decoding, gen):
+    """Token ids of one completion of `prompt` (chat-rendered ids), yielded as they are drawn: the chat playground
+    streams them. The same decode loop as generate_batch (one row), so a greedy stream is generate's answer token
+    for token. Each step runs in its own inference_mode block: a caller may take the next token from another thread
+    (Gradio does), and grad mode is per thread."""
+    import torch
+
+    with torch.inference_mode():
+        b = _Batch(cm, [prompt], [1])
+    for step in range(dec.max_new_tokens):
+        with torch.inference_mode():
+            nxt = sample_next(b.logits, dec, gen)
+        token = int(nxt[0])
+        if token in cm.eos_ids:
+            return
+        yield token
+        if step < dec.max_new_tokens - 1:
+            with torch.inference_mode():
+                b.step(nxt)

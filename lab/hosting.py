@@ -259,6 +259,8 @@ def _admit_score(run: Run, cfg) -> None:
 
 def _admit_train(run: Run, cfg) -> None:
     if hosted():
+        if cfg.report_to == "wandb":  # the app's W&B login is the owner's: a visitor's runs must not land there
+            raise LabError("--report-to wandb: on this hosted app training reports to none, trackio or tensorboard.")
         check_pairs(run, cfg.pairs)
         check_adapters(run, cfg.init_adapter or "", "--init-adapter")
         check_model_spec(cfg.model)
@@ -294,5 +296,25 @@ def _admit_iterate(run: Run, cfg) -> None:
     limits.check_iterate(cfg, train_n, eval_n, _model(run, cfg.model))
 
 
+def check_chat(run: Run | None, cfg, panes: tuple[str, ...] = ()) -> None:
+    """A chat's rules (the app's Chat tab checks them itself: a chat only reads, so a shared run is fine; `run` None:
+    the base model without a run): the run's own adapters, a Hub model, the new-token and model-size caps."""
+    if hosted():
+        adapters = ",".join(p for p in (cfg.adapter, *panes) if p and p != "base")
+        if run is not None:
+            check_adapters(run, adapters, "--adapter")
+        check_model_spec(cfg.model)
+    limits.check("new_tokens", "--max-new-tokens", cfg.max_new_tokens)
+    limits.check_model(_model(run, cfg.model) if run is not None else cfg.model)
+
+
+def _admit_merge(run: Run, cfg) -> None:
+    if hosted():
+        check_adapters(run, cfg.adapter, "--adapter")
+        check_model_spec(cfg.model)
+    limits.check_model(_model(run, cfg.model))
+
+
 ADMIT = {"sample": _admit_sample, "judge": _admit_judge, "rank": _admit_rank, "score": _admit_score,
-         "train": _admit_train, "compare": _admit_compare, "iterate": _admit_iterate}
+         "train": _admit_train, "compare": _admit_compare, "iterate": _admit_iterate, "merge": _admit_merge,
+         "chat": check_chat}

@@ -13,10 +13,14 @@ Every repo is first staged as a folder, `runs/<run>/hub/<repo name>/`, and that 
         adapter_config.json, adapter_model.safetensors, tokenizer files, metrics.jsonl, settings ... (as trained;
         base_model_name_or_path set to the Hub id of the base where one is known; no checkpoints, no pickles)
         README.md                                         model card (base, data set link, every parameter, metrics)
+    model   <namespace>/<prefix>[-iter<k>]-<adapter>-merged   one per merged adapter (lab.merge: runs/<run>/merged/)
+        config.json, model*.safetensors, tokenizer files, merge.json (as merged; local paths made public)
+        README.md                                         model card (lab.cards.merged_card: base, adapter, merge)
 
 Record format of push.jsonl (one line per repo pushed; the app shows these links):
 
-    {"kind": "dataset" | "model", "name": str, "repo_id": str, "url": str, "private": bool (as the Hub reports it),
+    {"kind": "dataset" | "model" | "merged", "name": str, "repo_id": str, "url": str,
+     "private": bool (as the Hub reports it),
      "commit": str, "folder": str, "time": str, "warning": str (only when a repo asked to be private is public)}
 
 Tokens: one passed in memory (the app's visitor login), else $HF_TOKEN, else the login `hf auth login` saved. On a
@@ -48,8 +52,8 @@ from lab.models import BUNDLED_HUB_ID
 from lab.progress import Progress
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
 from lab.limits import on_space
-from lab.store import Run, adapter_file, append_jsonl, atomic_write_json, atomic_write_text, build_folder, \
-    read_jsonl, runs_root
+from lab.store import MERGED_FILES, Run, adapter_file, append_jsonl, atomic_write_json, atomic_write_text, \
+    build_folder, read_jsonl, runs_root
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 RAW_CONFIGS = ("samples", "judgments", "rankings", "spotcheck", "scores")  # record files shipped next to the pairs
@@ -72,6 +76,7 @@ class PushConfig(Settings):
     private: bool = opt(True, "create the repos private (--no-private makes them public)")
     datasets: bool = opt(True, "push each preference data set (pairs-<source>.jsonl, with samples and judgments)")
     adapters: bool = opt(True, "push each trained adapter with its model card")
+    merged: bool = opt(True, "push each merged model (python -m lab merge) as a model repo of its own")
     only: str = opt("", "comma-separated pair sources / adapter names to push (default: all)")
     iterations: bool = opt(True, "also push the data sets and adapters of self-rewarding iterations")
     endpoint: str = opt("", "Hub URL (default: $HF_ENDPOINT, else https://huggingface.co)")
@@ -85,22 +90,28 @@ class PushConfig(Settings):
                                "'.git'.")
         if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
             raise LabError(f"--endpoint must be a URL such as https://huggingface.co (got {self.endpoint!r}).")
-        if not (self.datasets or self.adapters):
-            raise LabError("Nothing to push: --no-datasets and --no-adapters were both given.")
+        if not (self.datasets or self.adapters or self.merged):
+            raise LabError("Nothing to push: --no-datasets, --no-adapters and --no-merged were all given.")
         return self
 
 
 @dataclass(frozen=True)
 class Item:
-    """One repo to push: a preference data set (`source` = pairs source) or an adapter (`source` = adapter name)."""
+    """One repo to push: a preference data set (`source` = pairs source), an adapter or a merged model (`source` =
+    adapter name)."""
 
-    kind: str  # "dataset" | "model"
+    kind: str  # "dataset" | "model" | "merged"
     run: Run  # the run (or iteration round) that holds it
     source: str
     name: str  # repo name without namespace
 
     def repo_id(self, namespace: str) -> str:
         return f"{namespace}/{self.name}"
+
+    @property
+    def repo_type(self) -> str:
+        """The Hub's repo type: a merged model is a model repo like an adapter."""
+        return "dataset" if self.kind == "dataset" else "model"
 
     def url(self, endpoint: str, namespace: str) -> str:
         kind = "datasets/" if self.kind == "dataset" else ""
@@ -118,6 +129,8 @@ def plan(run: Run, cfg: PushConfig) -> list[Item]:
             items += [Item("dataset", r, s, f"{prefix}{tag}-{s}") for s in r.pair_sources()]
         if cfg.adapters:
             items += [Item("model", r, a, f"{prefix}{tag}-{a}") for a in r.adapters()]
+        if cfg.merged:
+            items += [Item("merged", r, a, f"{prefix}{tag}-{a}-merged") for a in r.merged()]
     only = {n.strip() for n in cfg.only.split(",") if n.strip()}
     if only:
         items = [i for i in items if i.source in only or i.name in only]
@@ -290,6 +303,21 @@ def stage_model(item: Item, folder: Path, namespace: str, links: dict, paths: Pu
     atomic_write_text(adapter_file(folder, "card"), card)
 
 
+def stage_merged(item: Item, folder: Path, namespace: str, links: dict, paths: PublicPaths) -> None:
+    """Copy the merged checkpoint (weights hard-linked), make every local path in its JSON files public, write the
+    card for its Hub name."""
+    src = item.run.merged_dir(item.source)
+    shutil.copytree(src, folder, ignore=shutil.ignore_patterns(*NOT_UPLOADED), dirs_exist_ok=True,
+                    copy_function=_link_or_copy)
+    publish_json_files(folder, paths)
+    adapter = item.run.adapter_dir(item.source)
+    state = cards.training_state(adapter, item.run) if adapter.exists() else {}
+    record = json.loads((folder / MERGED_FILES["record"]).read_text(encoding="utf-8"))
+    card = cards.merged_card(item.repo_id(namespace), item.source, PublicRun(item.run.path, paths), folder,
+                             paths.data(state), record, cards.trained_on(state, item.run, links))
+    atomic_write_text(folder / MERGED_FILES["card"], card)
+
+
 def read_raw(run: Run) -> dict[str, list[dict]]:
     """The raw record files that ship next to the pairs, read once per run (round) and push."""
     return {kind: run.read(kind) for kind in RAW_CONFIGS}
@@ -300,6 +328,8 @@ def stage(item: Item, namespace: str, links: dict, root: Run, raw: dict | None =
     target, paths = root.file("hub") / item.name, PublicPaths(root.path)
     if item.kind == "dataset":
         return build_folder(target, lambda tmp: stage_dataset(item, tmp, namespace, raw or read_raw(item.run), paths))
+    if item.kind == "merged":
+        return build_folder(target, lambda tmp: stage_merged(item, tmp, namespace, links, paths))
     return build_folder(target, lambda tmp: stage_model(item, tmp, namespace, links, paths))
 
 
@@ -410,7 +440,7 @@ def namespace_of(api, cfg: PushConfig, token: str) -> str:
 
 def upload(api, item: Item, folder: Path, namespace: str, private: bool, token: str) -> dict:
     """Create the repo (private unless asked otherwise; an existing repo keeps its visibility) and commit the folder."""
-    repo_id, repo_type = item.repo_id(namespace), item.kind
+    repo_id, repo_type = item.repo_id(namespace), item.repo_type
     url = _call(f"creating {repo_id}", token, api.create_repo, repo_id, repo_type=repo_type, private=private,
                 exist_ok=True)
     commit = _call(f"uploading {folder}", token, api.upload_folder, repo_id=repo_id, repo_type=repo_type,

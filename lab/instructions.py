@@ -14,6 +14,15 @@ Sources:
   - a file: .jsonl with a "prompt" field (and optionally an "id": a string or a whole number; two lines with the same
     id must hold the same prompt), .csv with a "prompt" column, or .txt with one instruction per line. Files are
     UTF-8, with or without a BOM (lab.store.read_user_text).
+  - a table: a .parquet file, an Arrow .arrow file (IPC file or stream, as `datasets` caches them), or a folder a
+    `datasets` Dataset / DatasetDict was saved to (`save_to_disk`; its "train" split, or its only one);
+  - `hub:owner/name` or `hub:owner/name:split` (default split "train"): a data set on the Hugging Face Hub, loaded
+    with `datasets.load_dataset` (gated sets need HF_TOKEN).
+The instruction is the `column` given (SampleConfig.instruction_column: a field of .jsonl lines, a column of a .csv
+or a table), else the first of PROMPT_COLUMNS a file has. A column of text holds instructions; a column of
+conversations (LIMA's `conversations`: a list of turns as strings; or chat messages, dicts with role / content, or
+ShareGPT's from / value) gives its first user turn, so a downloaded LIMA file (train.jsonl, or its parquet) reads as
+it is. Tables and the hub get ids from the prompt ("p-..."), like other files.
 """
 from __future__ import annotations
 
@@ -25,9 +34,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lab.errors import LabError
+from lab.models import HUB_ID
 from lab.store import ASSET_FILES, asset, iter_user_jsonl, read_user_text
 
 BUNDLED = {kind: asset(kind) for kind in ASSET_FILES}  # "bundled" (training) and "heldout" (comparison)
+PROMPT_COLUMNS = ("prompt", "instruction", "conversations", "messages")  # looked for in this order
+TABLE_SUFFIXES = (".parquet", ".arrow")
+HUB_PREFIX = "hub:"
+USER_ROLES = ("user", "human")
 LIMA_ID = "GAIR/lima"
 LIMA_MIN_CHARS, LIMA_MAX_CHARS = 20, 2000
 
@@ -70,32 +84,67 @@ def _record_id(obj: dict, prompt: str, path: Path, n: int) -> str:
     return str(raw).strip()
 
 
-def _read_jsonl(path: Path) -> list[Instruction]:
+def first_turn(value, where: str) -> str:
+    """The instruction in one cell: text as it is; a conversation's first user turn (LIMA: a list of strings, the
+    first is the user's; chat messages: the first with role user; ShareGPT: from human)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and value:
+        turns = [t for t in value if not isinstance(t, dict) or (t.get("role") or t.get("from")) in USER_ROLES]
+        turn = turns[0] if turns else None
+        text = turn.get("content", turn.get("value")) if isinstance(turn, dict) else turn
+        if isinstance(text, str):
+            return text
+    raise LabError(f"{where} holds {str(value)[:80]!r}: an instruction is a text, or a conversation (a list of turns) "
+                   "whose first user turn is one. Pick another column with --instruction-column.")
+
+
+def pick_column(names: list[str], column: str, where: str) -> str:
+    """The column to read: `column` if given (it must exist), else the first of PROMPT_COLUMNS there."""
+    if column:
+        if column not in names:
+            raise LabError(f"{where} has no column {column!r}; its columns are {', '.join(names) or 'none'}: pass one "
+                           "of them as --instruction-column.")
+        return column
+    found = next((c for c in PROMPT_COLUMNS if c in names), None)
+    if found is None:
+        raise LabError(f"{where} has none of the columns {', '.join(PROMPT_COLUMNS)} (its columns: "
+                       f"{', '.join(names) or 'none'}): pass the one holding the instructions as --instruction-column.")
+    return found
+
+
+def _read_jsonl(path: Path, column: str = "") -> list[Instruction]:
     prompts, ids, first = [], [], {}  # first: id -> (line, prompt) where it first appeared
     for n, obj in iter_user_jsonl(path, "Instruction file"):
-        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-            raise LabError(f'{path}: line {n} has no "prompt" text field. Each line must look like {{"prompt": "..."}}.')
-        iid = _record_id(obj, obj["prompt"], path, n)
-        line, prompt = first.setdefault(iid, (n, obj["prompt"].strip()))
-        if prompt != obj["prompt"].strip():  # the judge would see one prompt with the other's responses
+        if not isinstance(obj, dict):
+            raise LabError(f'{path}: line {n} is not an object. Each line must look like {{"prompt": "..."}}.')
+        if not column and not isinstance(obj.get("prompt"), str) and not any(c in obj for c in PROMPT_COLUMNS):
+            raise LabError(f'{path}: line {n} has no "prompt" text field. Each line must look like {{"prompt": "..."}} '
+                           '(or name its field with --instruction-column).')
+        field = pick_column(list(obj), column, f"{path}: line {n}")
+        text = first_turn(obj[field], f"{path}: line {n}, field {field!r},")
+        iid = _record_id(obj, text, path, n)
+        line, prompt = first.setdefault(iid, (n, text.strip()))
+        if prompt != text.strip():  # the judge would see one prompt with the other's responses
             raise LabError(f"{path}: lines {line} and {n} have the same id {iid!r} but different prompts: give each "
                            'instruction its own id (or leave the "id" fields out).')
-        prompts.append(obj["prompt"])
+        prompts.append(text)
         ids.append(iid)
     return _from_prompts(prompts, path.name, ids)
 
 
-def _read_csv(path: Path) -> list[Instruction]:
-    """The 'prompt' column; quoting errors (an unterminated quote would swallow every row after it) are refused."""
+def _read_csv(path: Path, column: str = "") -> list[Instruction]:
+    """The 'prompt' column (or `column`); quoting errors (an unterminated quote would swallow every row after it) are
+    refused."""
     reader = csv.DictReader(io.StringIO(read_user_text(path, "Instruction file"), newline=""), strict=True)
-    start = 1  # the line the row being read starts on
+    start, name = 1, column or "prompt"  # the line the row being read starts on
     try:
-        if not reader.fieldnames or "prompt" not in reader.fieldnames:
-            raise LabError(f"{path}: no 'prompt' column (found: {', '.join(reader.fieldnames or []) or 'none'}). "
-                           "Add a header row with a column named prompt.")
+        if not reader.fieldnames or name not in reader.fieldnames:
+            raise LabError(f"{path}: no {name!r} column (found: {', '.join(reader.fieldnames or []) or 'none'}). "
+                           f"Add a header row with a column named {name}, or pass one as --instruction-column.")
         prompts, start = [], reader.line_num + 1
         for row in reader:
-            prompts.append(row["prompt"])
+            prompts.append(row[name])
             start = reader.line_num + 1
     except csv.Error as e:
         if "end of data" in str(e):
@@ -107,18 +156,92 @@ def _read_csv(path: Path) -> list[Instruction]:
     return _from_prompts(prompts, path.name)
 
 
-def read_file(path: str | Path) -> list[Instruction]:
+def read_file(path: str | Path, column: str = "") -> list[Instruction]:
+    """Instructions from a file or a saved `datasets` folder (the formats in the module docstring)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        return _from_table(_saved_dataset(path), column, str(path), path.name)
     if not path.is_file():
-        raise LabError(f"Instruction file {path} does not exist: give 'bundled', 'lima' or a path to a file.")
-    if path.suffix == ".jsonl":
-        return _read_jsonl(path)
-    if path.suffix == ".csv":
-        return _read_csv(path)
-    if path.suffix in (".txt", ""):
+        raise LabError(f"Instruction file {path} does not exist: give 'bundled', 'lima', hub:owner/name, or a path to "
+                       "a file or a saved data set folder.")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path, column)
+    if suffix == ".csv":
+        return _read_csv(path, column)
+    if suffix in TABLE_SUFFIXES:
+        return _from_table(_read_table(path), column, str(path), path.name)
+    if suffix in (".txt", ""):
         return _from_prompts(read_user_text(path, "Instruction file").splitlines(), path.name)
     raise LabError(f"{path}: unsupported file type {path.suffix!r}: use .jsonl (a 'prompt' field), .csv (a 'prompt' "
-                   "column) or .txt (one instruction per line).")
+                   "column), .txt (one instruction per line), .parquet or .arrow (a table), or a saved data set "
+                   "folder.")
+
+
+# ---- tables: parquet, arrow, saved data sets, the hub ---------------------------------------------------------------
+def _from_table(table, column: str, where: str, source: str) -> list[Instruction]:
+    """Instructions from an Arrow table or a `datasets` Dataset (both have column_names and column(name))."""
+    name = pick_column(list(table.column_names), column, where)
+    values = table[name] if hasattr(table, "features") else table.column(name).to_pylist()
+    return _from_prompts([first_turn(v, f"{where}, row {i + 1} of column {name!r},") for i, v in enumerate(values)],
+                         source)
+
+
+def _read_table(path: Path):
+    """A .parquet file, or an .arrow file in Arrow's IPC file or stream format, as a pyarrow Table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pq.read_table(path)
+        with pa.memory_map(str(path)) as source:
+            try:
+                return pa.ipc.open_file(source).read_all()
+            except pa.ArrowInvalid:
+                source.seek(0)
+                return pa.ipc.open_stream(source).read_all()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise LabError(f"{path} cannot be read as {path.suffix.lower()[1:]} ({str(e).splitlines()[0][:160]}): give "
+                       "a parquet file, an Arrow IPC file, or another instruction file.") from None
+
+
+def _one_split(data, where: str, split: str = ""):
+    """A Dataset from a Dataset or a DatasetDict: `split`, else "train", else its only split."""
+    if not hasattr(data, "keys"):
+        return data
+    names = list(data.keys())
+    pick = split or ("train" if "train" in names else names[0] if len(names) == 1 else "")
+    if pick not in names:
+        raise LabError(f"{where} has the splits {', '.join(names)}" + (f", not {split!r}" if split else "") +
+                       ": name one (hub:owner/name:split for a hub data set).")
+    return data[pick]
+
+
+def _saved_dataset(path: Path):
+    """A folder `Dataset.save_to_disk` / `DatasetDict.save_to_disk` wrote."""
+    if not any((path / f).exists() for f in ("state.json", "dataset_dict.json")):
+        raise LabError(f"{path} is a folder but not a saved data set (no state.json or dataset_dict.json): give a "
+                       "folder written by datasets' save_to_disk, or a file.")
+    from datasets import load_from_disk
+
+    return _one_split(load_from_disk(str(path)), str(path))
+
+
+def load_hub(spec: str, column: str = "") -> list[Instruction]:
+    """hub:owner/name[:split] -> instructions, through datasets.load_dataset (the hub must be reachable)."""
+    repo, _, split = spec[len(HUB_PREFIX):].partition(":")
+    if not HUB_ID.match(repo):
+        raise LabError(f"--instructions {spec!r}: write a hub data set as hub:owner/name or hub:owner/name:split.")
+    try:
+        from datasets import load_dataset
+
+        data = load_dataset(repo, split=split or None)
+    except Exception as e:  # datasets raises many types for gated / missing / offline
+        raise LabError(f"Could not load the data set {repo} from the Hugging Face Hub ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:160] if str(e) else ''}). Check the id; a gated set needs its terms "
+                       "accepted and HF_TOKEN; offline, download it and pass the file or folder.") from e
+    return _from_table(_one_split(data, repo, split), column, repo, f"hub:{repo}")
 
 
 def load_lima(split: str = "train") -> list[Instruction]:
@@ -134,9 +257,10 @@ def load_lima(split: str = "train") -> list[Instruction]:
     return _from_prompts(prompts, "lima")
 
 
-def load_instructions(source: str, n: int | None = None, seed: int = 0) -> list[Instruction]:
-    """Up to n instructions from a source. Bundled sets and files keep their order (first n); LIMA is shuffled
-    with `seed` first, because its order is not a sample."""
+def load_instructions(source: str, n: int | None = None, seed: int = 0, column: str = "") -> list[Instruction]:
+    """Up to n instructions from a source. Bundled sets, files, tables and hub data sets keep their order (first n);
+    LIMA is shuffled with `seed` first, because its order is not a sample. `column`: where files, tables and hub
+    data sets hold the instruction (see the module docstring)."""
     source = (source or "").strip()
     if source in BUNDLED:
         items = _read_jsonl(BUNDLED[source])
@@ -144,6 +268,8 @@ def load_instructions(source: str, n: int | None = None, seed: int = 0) -> list[
     elif source == "lima":
         items = load_lima()
         random.Random(seed).shuffle(items)
+    elif source.startswith(HUB_PREFIX):
+        items = load_hub(source, column)
     else:
-        items = read_file(source)
+        items = read_file(source, column)
     return items[:n] if n else items

@@ -38,8 +38,12 @@ POLICY = "policy"  # the name the sampled-with adapter gets on the loaded base
 @dataclass
 class SampleConfig(Settings):
     model: str = opt("bundled", "model spec: hub id, local folder, 'bundled' or 'tiny-random'", label="Model")
-    instructions: str = opt("bundled", "instruction source: 'lima', 'bundled', or a .jsonl/.csv/.txt file",
+    instructions: str = opt("bundled", "instruction source: 'lima', 'bundled', hub:owner/name[:split] (a hub data "
+                            "set), a .jsonl/.csv/.txt/.parquet/.arrow file or a saved data set folder",
                             label="Instructions")
+    instruction_column: str = opt("", "the field or column holding the instruction (empty: prompt, instruction, or "
+                                  "LIMA-style conversations, whose first turn is the instruction)",
+                                  label="Instruction column")
     n: int = opt(50, "how many instructions to take from the source", label="Instructions (N)")
     k: int = opt(5, "responses per instruction", label="Responses each (K)")
     temperature: float = opt(0.8, "sampling temperature (0 = greedy)", label="Temperature")
@@ -185,7 +189,8 @@ def resolve_adapter(run: Run, name: str) -> Path:
 
 def _sample_locked(run: Run, cfg: SampleConfig, progress: Progress | None, items: list[Instruction] | None,
                    adapter: Path | None, desc: str) -> dict:
-    items = items if items is not None else load_instructions(cfg.instructions, cfg.n, cfg.seed)
+    items = items if items is not None else load_instructions(cfg.instructions, cfg.n, cfg.seed,
+                                                              cfg.instruction_column)
     _check_known_ids(run, items)
     existing = run.read("samples")
     _check_model_matches(existing, cfg, str(adapter) if adapter else None)

@@ -97,3 +97,23 @@ def agreement(run: Run) -> dict:
     return {"checked": len(checked), "skipped": len(lines) - len(checked),
             "judge": rate_and_kappa([(r["judge"], r["human"]) for r in checked]),
             "pairrm": rate_and_kappa(vs_pairrm)}
+
+
+def label_pairs(run: Run, records: list[dict]) -> list[dict]:
+    """Pairs (lab.pairs records) with the person's verdict on each spot-checked pair in meta["human"]: "chosen" (the
+    person preferred the chosen answer), "rejected" (they preferred the other one) or "tie"; pairs nobody checked (or
+    skipped) are returned as they are. KTO reads these as its labels (lab.methods.unpaired_rows)."""
+    verdicts = latest(run)
+    out = []
+    for r in records:
+        meta = r.get("meta") or {}
+        ci, ri = meta.get("chosen_index"), meta.get("rejected_index")
+        line = verdicts.get((meta.get("instruction_id"), *sorted((ci, ri)))) if isinstance(ci, int) and \
+            isinstance(ri, int) else None
+        if line is None or line["human"] == "skip":
+            out.append(r)
+            continue
+        preferred = {"a": min(ci, ri), "b": max(ci, ri)}.get(line["human"])
+        human = "tie" if preferred is None else "chosen" if preferred == ci else "rejected"
+        out.append({**r, "meta": {**meta, "human": human}})
+    return out

@@ -9,6 +9,7 @@
       spotcheck.jsonl         human verdicts on judged pairs (lab.spotcheck)
       pairs-<source>.jsonl    TRL conversational pairs (lab.pairs)
       adapters/<name>/        PEFT adapter + metrics.jsonl + settings + card (lab.train)
+      merged/<adapter>/       the adapter folded into its base: a plain transformers checkpoint + card (lab.merge)
       compare.jsonl           lab.compare records
       iterations/<k>/         a nested Run for round k of self-rewarding DPO
       jobs/                   the child process that works on this run now (lab.jobs)
@@ -76,6 +77,7 @@ FILES = {
     "owner": "owner.json",  # who started the run on a hosted app (lab.hosting)
     "run": "run.json",  # the resolved settings of every stage (Run.record_stage)
     "adapters": "adapters",  # a folder: one adapter folder per subfolder (ADAPTER_FILES)
+    "merged": "merged",  # a folder: one merged checkpoint per adapter (MERGED_FILES)
     "iterations": "iterations",  # a folder: one nested Run per self-rewarding round
     "jobs": "jobs",  # a folder: the job that works on this run (JOB_FILES)
     "uploads": "uploads",  # a folder: files given in the app (Run.upload_path)
@@ -89,6 +91,14 @@ ADAPTER_FILES = {
     "card": "README.md",  # the model card (lab.cards)
     "checkpoints": "checkpoints",  # Trainer checkpoints for a resume
     "staging": ".publish.tmp",  # where a finished adapter is assembled before it is moved in
+    "tracking": "runs",  # TensorBoard event files (train --report-to tensorboard); never pushed (lab.hub)
+}
+# Inside runs/<run>/merged/<adapter>/ (lab.merge), beside transformers' own checkpoint files (config.json,
+# model*.safetensors, generation_config.json, the tokenizer's files)
+MERGED_FILES = {
+    "record": "merge.json",  # lab.merge: what was merged (adapter, fingerprint, base, dtype); written last
+    "config": "config.json",  # transformers'
+    "card": "README.md",  # the model card (lab.cards.merged_card)
 }
 # Inside runs/<run>/jobs/ (lab.jobs)
 JOB_FILES = {"job": "job.json", "progress": "progress.json", "log": "log.txt", "exit": "exit.json"}
@@ -385,10 +395,20 @@ class Run:
         return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if root.is_dir() else []
 
+    def merged_dir(self, adapter: str) -> Path:
+        """Where adapter `adapter` folded into its base lives (lab.merge)."""
+        return self.file("merged") / validate_run_name(adapter, "adapter name")
+
+    def merged(self) -> list[str]:
+        """Adapters with a complete merged checkpoint (its merge.json is in place: the folder is moved in whole)."""
+        root = self.file("merged")
+        return sorted(p.name for p in root.iterdir() if (p / MERGED_FILES["record"]).exists()) \
+            if root.is_dir() else []
+
     def upload_path(self, suffix: str, kind: str = "instructions") -> Path:
         """Where a file the user gave in the app is kept: kind "instructions" (training), "heldout", or
         "judge-prompt" (the template typed in the Judge tab, for the job about to run)."""
-        suffix = suffix if re.match(r"^\.[a-z]{1,5}$", suffix) else ".txt"
+        suffix = suffix if re.match(r"^\.[a-z]{1,7}$", suffix) else ".txt"  # .parquet, .arrow, .jsonl ...
         kind = kind if kind in ("instructions", "heldout", "judge-prompt") else "instructions"
         return self.file("uploads") / f"{kind}{suffix}"
 

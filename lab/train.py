@@ -1,14 +1,15 @@
-"""DPO training of one LoRA adapter per preference data set, with TRL's DPOTrainer and PEFT.
+"""Preference training of one LoRA adapter per preference data set, with TRL's trainers and PEFT.
 
-The loss (sigmoid DPO, Rafailov et al. 2023), for a prompt x with chosen y_w and rejected y_l:
+The method (TrainConfig.method) comes from lab.methods.METHODS: DPO (default) and KTO train against a frozen
+reference; SimPO and ORPO are reference-free. The DPO loss (sigmoid DPO, Rafailov et al. 2023), for a prompt x with
+chosen y_w and rejected y_l:
 
     L = -log sigmoid(beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))])
 
-pi is the base model with the LoRA adapter on; ref is the same model with the adapter disabled (no second copy in
-memory). When training continues from an existing adapter (`init_adapter`, self-rewarding rounds), TRL copies it into
-a frozen "ref" adapter, so the reference is the previous round's model.
-
-The method (TrainConfig.method) comes from lab.methods.METHODS: DPO's loss types are TRL's.
+pi is the base model with the LoRA adapter on; ref (methods with a reference) is the same model with the adapter
+disabled (no second copy in memory). When training continues from an existing adapter (`init_adapter`, self-rewarding
+rounds), TRL copies it into a frozen "ref" adapter, so the reference is the previous round's model; a reference-free
+method simply trains that adapter on. Loss types are TRL's (METHODS[...].loss_types).
 
 Input: a pairs file in TRL's conversational format (lab.pairs documents and checks it). Output: an adapter folder,
 `runs/<run>/adapters/<name>/` (lab.adapters documents the folder; the model card is lab.cards.model_card). The two
@@ -35,7 +36,8 @@ records this module writes there:
          "num_tokens": cumulative tokens seen, "tokens_per_s": since the previous train line,
          "eta_s": seconds left at the recent pace}
         eval lines carry the same names without TRL's "eval_" prefix; the summary line holds train_runtime etc.
-        (other methods log their own metric names: lab.methods.METHODS[...].plots)
+        (other methods log their own names: KTO "kl" and no accuracies; SimPO/ORPO "nll_loss", ORPO "log_odds_ratio",
+         "log_odds_chosen"; SimPO's logps are per-token means; lab.methods.METHODS[...].plots)
 
 A stopped training (SIGTERM from the app, Ctrl-C) saves a checkpoint and the adapter trained so far (status
 "stopped"); running the same command again resumes from the checkpoint. A crash leaves no adapter_config.json, so
@@ -60,15 +62,20 @@ from lab.errors import LabError
 from lab.methods import METHODS
 from lab.pairs import check_markup, load_pairs, pair_stats, resolve_pairs, split_pairs
 from lab.progress import Progress, Stopped, stop_requested
+from lab.spotcheck import label_pairs
 from lab.store import Run, adapter_file, append_jsonl, atomic_write_json, read_jsonl, validate_run_name
 
 OOM_HINTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+# --report-to: the tracker -> the package transformers' integration needs (opt-in; none is the default)
+TRACKERS = {"none": None, "trackio": "trackio", "tensorboard": "tensorboard", "wandb": "wandb"}
+TRACKIO_PROJECT = "preference-lab"
 
 
 
 @dataclass
 class TrainConfig(Settings):
-    """DPO + LoRA settings. docs/training.md explains every field, its default and why."""
+    """Preference training (DPO, KTO, SimPO, ORPO) + LoRA settings. docs/training.md explains every field, its
+    default and why."""
 
     pairs: str = opt("", "the pairs to train on: a source of this run ('judge', 'pairrm', 'self': its "
                      "pairs-<source>.jsonl) or a pairs .jsonl file", label="Pairs")
@@ -83,8 +90,10 @@ class TrainConfig(Settings):
     lr: float = opt(5e-5, "peak learning rate of the LoRA weights (cosine decay after warm-up)", label="Learning rate")
     warmup_ratio: float = opt(0.1, "fraction of the steps spent warming the learning rate up from 0",
                               label="Warm-up ratio")
-    beta: float = opt(0.1, "DPO beta: strength of the pull back to the reference (higher = stay closer)", label="Beta")
-    loss_type: str = opt("sigmoid", "TRL loss type, or several joined by ',' (e.g. sigmoid,sft)", label="Loss type")
+    beta: float = opt(0.1, "beta: strength of the pull back to the reference (higher = stay closer); SimPO's reward "
+                      "scale, ORPO's odds-ratio weight (lambda)", label="Beta")
+    loss_type: str = opt("", "TRL loss type of the method, or several joined by ',' for dpo (e.g. sigmoid,sft); "
+                         "empty = the method's own (dpo: sigmoid, kto: kto)", label="Loss type")
     lora_r: int = opt(16, "LoRA rank", label="LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha (the update is scaled by alpha / r)", label="LoRA alpha")
     lora_dropout: float = opt(0.0, "LoRA dropout (> 0 also turns the model's own dropout back on)",
@@ -110,15 +119,27 @@ class TrainConfig(Settings):
                        label="Resume")
     device: str = opt("auto", "cpu, cuda or auto (GPU if there is one); accelerate launch picks per process")
     dtype: str = opt("auto", "float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
+    report_to: str = opt("none", "experiment tracking, opt-in (none: nothing leaves the machine): trackio (local "
+                         "first), tensorboard (logs in the adapter's runs/ folder) or wandb", tuple(TRACKERS),
+                         label="Report to")
 
     def losses(self) -> list[str]:
-        return [t.strip() for t in self.loss_type.split(",") if t.strip()]
+        """The loss types asked for, else the method's default (the first TRL lists)."""
+        given = [t.strip() for t in self.loss_type.split(",") if t.strip()]
+        return given or list(METHODS[self.method].loss_types()[:1])
 
     def validate(self) -> "TrainConfig":
-        allowed = METHODS[self.method].loss_types()
+        method = METHODS[self.method]
+        allowed = method.loss_types()
         bad = [t for t in self.losses() if t not in allowed]
-        if bad or not self.losses():
-            raise LabError(f"--loss-type {self.loss_type!r}: use one or more of {', '.join(allowed)}.")
+        if bad or (len(self.losses()) > 1 and not method.multi_loss):
+            many = "one or more" if method.multi_loss else "one"
+            raise LabError(f"--loss-type {self.loss_type!r}: --method {self.method} takes {many} of "
+                           f"{', '.join(allowed)} (empty = {allowed[0]}).")
+        check_tracker(self.report_to)
+        if self.precompute_ref and not method.reference:
+            raise LabError(f"--precompute-ref: --method {self.method} is reference-free, there is no reference to "
+                           "precompute; drop the flag.")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise LabError("Give --epochs > 0 or --max-steps > 0: there is nothing to train otherwise.")
         for flag, value in (("--lr", self.lr), ("--beta", self.beta)):
@@ -137,6 +158,16 @@ class TrainConfig(Settings):
         if not 0 <= self.eval_fraction < 0.5 or not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup_ratio < 1:
             raise LabError("--eval-fraction must be in [0, 0.5), --lora-dropout and --warmup-ratio in [0, 1).")
         return self
+
+
+def check_tracker(name: str) -> None:
+    """The tracker's package must be installed (they are optional dependencies): say how, before a model loads."""
+    import importlib.util
+
+    package = TRACKERS.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise LabError(f"--report-to {name}: the {package} package is not installed; `pip install {package}` "
+                       "(docs/training.md, Tracking), or leave --report-to none.")
 
 
 # ---- warnings shared by the CLI and the app ------------------------------------------------------------------------
@@ -176,9 +207,13 @@ def length_warning(stats: dict, history: list[dict] | tuple = ()) -> str | None:
             "whether the judge prefers length, or balance the pairs by length.")
 
 
-def diagnose(metrics: list[dict], stats: dict | None, beta: float, history: list[dict] | tuple = ()) -> list[str]:
-    """Plain-language warnings about what small-data DPO does; the CLI prints them, the app shows them live."""
-    found = [displacement_warning(metrics, beta), length_warning(stats, history) if stats else None]
+def diagnose(metrics: list[dict], stats: dict | None, beta: float, history: list[dict] | tuple = (),
+             method: str = "dpo") -> list[str]:
+    """Plain-language warnings about what small-data DPO does; the CLI prints them, the app shows them live.
+    Likelihood displacement is read from rewards measured against a reference, so reference-free methods skip it."""
+    reference = METHODS[method].reference if method in METHODS else True
+    found = [displacement_warning(metrics, beta) if reference else None,
+             length_warning(stats, history) if stats else None]
     return [w for w in found if w]
 
 
@@ -311,8 +346,9 @@ def planned_steps(config: TrainConfig, n_train: int, world: int) -> int:
 
 
 def trainer_args(config: TrainConfig, out: Path, device: str, n_train: int, has_eval: bool):
-    """TrainConfig -> the method's TRL config (DPOConfig for DPO). bf16 where the model is bf16 (GPU); the method's
-    own fields from lab.methods; every other field mapped one to one."""
+    """TrainConfig -> the method's TRL config (DPOConfig, KTOConfig, CPOConfig, ORPOConfig). bf16 where the model is
+    bf16 (GPU); the method's own fields (beta, loss type, the reference's precompute) from lab.methods; every other
+    field mapped one to one."""
     method = METHODS[config.method]
     _, config_cls = method.trainer()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -323,12 +359,40 @@ def trainer_args(config: TrainConfig, out: Path, device: str, n_train: int, has_
         **method.args(config), per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
         max_length=config.max_length, seed=config.seed, data_seed=config.seed,
-        gradient_checkpointing=config.gradient_checkpointing, precompute_ref_log_probs=config.precompute_ref,
+        gradient_checkpointing=config.gradient_checkpointing,
         bf16=device.startswith("cuda") and str(models.pick_device(device, config.dtype)[1]) == "torch.bfloat16",
         use_cpu=device == "cpu", disable_dropout=config.lora_dropout == 0, logging_steps=config.logging_steps,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
-        eval_strategy="steps" if has_eval else "no", eval_steps=eval_every, report_to=[], disable_tqdm=True,
+        eval_strategy="steps" if has_eval else "no", eval_steps=eval_every, disable_tqdm=True,
+        **tracking_args(config, out),
     )
+
+
+def tracking_args(config: TrainConfig, out: Path) -> dict:
+    """TRL/transformers' own logging integrations, only when asked: report_to, the run's name there
+    ("<run>/<adapter>"), trackio's project. TensorBoard's folder is set by tracking_env."""
+    if config.report_to == "none":
+        return {"report_to": []}
+    name = f"{out.parent.parent.name}/{out.name}"
+    return {"report_to": [config.report_to], "run_name": name,
+            **({"project": TRACKIO_PROJECT} if config.report_to == "trackio" else {})}
+
+
+@contextmanager
+def tracking_env(config: TrainConfig, out: Path) -> Iterator[None]:
+    """TensorBoard writes into the adapter's folder (adapters/<name>/runs/, never pushed) rather than under the
+    checkpoints, which are deleted when training is done: transformers' callback reads TENSORBOARD_LOGGING_DIR when
+    the trainer is built, so it is set for that moment only."""
+    if config.report_to != "tensorboard":
+        yield
+        return
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(adapter_file(out, "tracking"))
+    try:
+        yield
+    finally:
+        os.environ.pop("TENSORBOARD_LOGGING_DIR") if before is None else os.environ.update(
+            TENSORBOARD_LOGGING_DIR=before)
 
 
 def to_dataset(records: list[dict], method: str = "dpo"):
@@ -349,8 +413,9 @@ def check_lengths(records: list[dict], tok, max_length: int) -> None:
 
 def build_trainer(model, tok, config: TrainConfig, out: Path, device: str, train: list[dict], held: list[dict],
                   progress: Progress):
-    """The method's TRL trainer on `model`. A plain model gets a fresh LoRA (DPO's reference = adapter disabled); a
-    PeftModel keeps its adapter trainable and TRL freezes a copy of it as the reference."""
+    """The method's TRL trainer on `model`. A plain model gets a fresh LoRA (a reference method's reference = the
+    adapter disabled); a PeftModel keeps its adapter trainable, and for a reference method TRL freezes a copy of it as
+    the reference (reference-free methods just train it on)."""
     from peft import PeftModel
 
     trainer_cls, _ = METHODS[config.method].trainer()
@@ -432,7 +497,8 @@ def precheck(run: Run, pairs: str | os.PathLike, adapter_name: str, config: Trai
 def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config: TrainConfig,
                   base_model: str | None = None, init_adapter: str | os.PathLike | None = None,
                   progress: Progress | None = None, callbacks: list | None = None) -> Path:
-    """Train one LoRA adapter with DPO on a pairs file; returns `run.adapter_dir(adapter_name)`.
+    """Train one LoRA adapter with config.method (DPO by default) on a pairs file; returns
+    `run.adapter_dir(adapter_name)`.
 
     pairs: "judge" | "pairrm" (the run's pairs-<source>.jsonl) or a path to a pairs .jsonl file.
     base_model: model spec (default: config.model, else the model that sampled the run).
@@ -443,10 +509,11 @@ def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config:
     Works unchanged under `accelerate launch` (every rank calls it; rank 0 writes the files).
     """
     config = replace(config, pairs=str(pairs), adapter=adapter_name, init_adapter=str(init_adapter or "")).validate()
+    config = replace(config, loss_type=",".join(config.losses()))  # recorded as trained: "" -> the method's own
     out = run.adapter_dir(adapter_name)
     spec = base_model or models.run_model(run, config.model)
     path = resolve_pairs(run, pairs)
-    records = load_pairs(path)
+    records = label_pairs(run, load_pairs(path))  # spot-check verdicts, for methods that read labels (KTO)
     tok = models.load_tokenizer(spec)
     check_markup(records, tok, spec)
     check_lengths(records, tok, config.max_length)
@@ -486,7 +553,8 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
         atomic_write_json(adapter_file(out, "state"), state)
     _barrier()
     try:  # from here on a failure is recorded in training.json (status "failed" and the message)
-        trainer = build_trainer(model, tok, config, out, device, train, held, progress)
+        with tracking_env(config, out):
+            trainer = build_trainer(model, tok, config, out, device, train, held, progress)
         for cb in callbacks:
             trainer.add_callback(cb)
         run_trainer(trainer, config, device, ckpt)
@@ -506,7 +574,8 @@ def _finish(run: Run, out: Path, trainer, state: dict, config: TrainConfig) -> P
         metrics = read_jsonl(adapter_file(out, "metrics"))
         state = {**state, "status": "stopped" if stopped else "done", "global_step": trainer.state.global_step,
                  "max_steps": trainer.state.max_steps, "final": final_metrics(metrics),
-                 "warnings": diagnose(metrics, state["pairs"], config.beta), "finished": time.time()}
+                 "warnings": diagnose(metrics, state["pairs"], config.beta, method=config.method),
+                 "finished": time.time()}
         publish(out, trainer.accelerator.unwrap_model(trainer.model), state,
                 lambda staging: cards.model_card(out.name, out.name, run, staging, state))
         if not stopped:

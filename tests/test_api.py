@@ -17,7 +17,8 @@ USER_ACTIONS = {
     "/start_compare", "/stop_compare", "/grid_previous", "/grid_next", "/save_note", "/save_overall_note",
     "/export_grid",
     "/start_iterate", "/stop_iterate",
-    "/dry_run", "/push",
+    "/chat",
+    "/dry_run", "/push", "/start_merge", "/stop_merge",
 }
 
 
@@ -45,7 +46,7 @@ def test_view_api_lists_only_the_users_actions_all_named(client):
 
 def test_the_readme_example_samples_and_follows_the_job(client, runs_dir):
     # as README.md "Use it from Python" shows it (tiny sizes)
-    status = client.predict("api-demo", "tiny-random", "bundled", None, 2, 2, 0.8, 0.95, 8, 0, 4,
+    status = client.predict("api-demo", "tiny-random", "bundled", None, 2, 2, 0.8, 0.95, 8, 0, 4, "",
                             api_name="/start_sampling")
     assert "started" in status
     deadline = time.time() + 180

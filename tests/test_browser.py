@@ -19,7 +19,7 @@ pytestmark = pytest.mark.browser
 RUN = "browser-e2e"
 SLOW_RUN = "browser-progress"
 PROVIDER_KEY = "sk-browser-test-key-0123456789abcdef0123"
-TABS = ["Sample", "Judge", "PairRM", "Spot-check", "Train", "Compare", "Iterate", "Share"]
+TABS = ["Sample", "Judge", "PairRM", "Spot-check", "Train", "Compare", "Iterate", "Chat", "Share"]
 CLI_WORDS = re.compile(r"--[a-z]|python -m lab|`|same command")
 
 

@@ -165,8 +165,8 @@ def test_nothing_to_push_says_what_to_do(run):
     run.path.mkdir(parents=True)
     with pytest.raises(LabError, match="build pairs"):
         hub.plan(run, PushConfig())
-    with pytest.raises(LabError, match="no-datasets and --no-adapters"):
-        PushConfig(datasets=False, adapters=False).validate()
+    with pytest.raises(LabError, match="no-datasets, --no-adapters and --no-merged"):  # merged models count too
+        PushConfig(datasets=False, adapters=False, merged=False).validate()
 
 
 def test_dry_run_stages_loadable_data_set_with_card(lab_run, monkeypatch):

@@ -342,7 +342,8 @@ def test_train_tab_starts_a_job_and_reattaches_to_it_after_a_reload(run, pairs):
     tab.start_training(run.name, "judge", "ui", "", *form.values())
     try:
         wait_for(lambda: len(train_lines(run.adapter_dir("ui"))) >= 2)
-        shown, summary, warnings, loss, margins, logps = tab.live_view(run.name, None)  # a reloaded page
+        shown, summary, warnings, *plots = tab.live_view(run.name, None)  # a reloaded page
+        loss, margins, logps = (p["value"] for p in plots)  # the method's plots (DPO's three)
         assert shown["value"] == "ui" and "· training · step" in summary
         assert set(loss["series"]) == {"loss"} and {"logps/chosen", "logps/rejected"} <= set(logps["series"])
         assert {"rewards/margins", "rewards/accuracies"} <= set(margins["series"])

@@ -139,7 +139,7 @@ def visitor(url: str, arrive: bool = True):
 
 
 def sample_args(run: str, n: int = 2, k: int = 1, tokens: int = 8, model: str = "tiny-random", batch: int = 4):
-    return (run, model, "bundled", None, n, k, 0.8, 0.95, tokens, 0, batch)
+    return (run, model, "bundled", None, n, k, 0.8, 0.95, tokens, 0, batch, "")  # "": the column found by name
 
 
 def refused(client, *args, api_name: str) -> str:

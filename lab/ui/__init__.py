@@ -29,6 +29,7 @@ TABS: list[tuple[str, str]] = [
     ("Spot-check", "lab.ui.spotcheck"),
     ("Train", "lab.ui.train"),
     ("Compare", "lab.ui.compare"),
+    ("Chat", "lab.ui.chat"),
     ("Iterate", "lab.ui.iterate"),
     ("Share", "lab.ui.share"),
 ]
@@ -36,7 +37,7 @@ TABS: list[tuple[str, str]] = [
 INTRO = """# Preference Lab
 Turn a chat model into a better one with preference data and DPO, and check honestly whether it got better.
 **Sample** responses → **judge** them (LLM judge, you spot-check) and **rank** them (PairRM) → **train** DPO LoRA adapters
-→ **compare** base vs adapters → **iterate** (self-rewarding DPO) → **share** on the Hub.
+→ **compare** base vs adapters → **chat** with them → **iterate** (self-rewarding DPO) → **share** on the Hub.
 Everything a stage writes lands in the run folder (`runs/<run>/`), so a reload or a restart loses nothing."""
 
 

@@ -17,6 +17,7 @@ import gradio as gr
 from lab import hosting, jobs, limits
 from lab.ui import visitors
 from lab.cli import BY_NAME, build_parser, load
+from lab.configfile import command_line, yaml_download
 from lab.errors import LabError, ui_text
 from lab.instructions import load_instructions
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
@@ -36,6 +37,9 @@ class JobPanel:
     stop: gr.Button
     log: gr.Code
     timer: gr.Timer
+    redo: gr.Accordion  # a finished job's exact command line and its settings as a YAML file
+    command: gr.Code
+    download: gr.DownloadButton
     poll: Callable | None = None  # poll(event) chains a poll after the event (wire_job_panel sets it)
 
 
@@ -107,7 +111,11 @@ def job_panel() -> JobPanel:
             stop = gr.Button("Stop", variant="stop", size="sm", scale=0)
     with gr.Accordion("Job log", open=False):
         log = gr.Code(language=None, lines=10, max_lines=20, interactive=False)
-    return JobPanel(bar, status, stop, log, gr.Timer(POLL_S, active=False))  # the app activates the shown tab's
+    with gr.Accordion("Redo this job: command line and settings file", open=False, visible=False) as redo:
+        command = gr.Code(language="shell", lines=2, interactive=False, label="Command line")
+        download = gr.DownloadButton("Settings as YAML (--config)", size="sm")
+    timer = gr.Timer(POLL_S, active=False)  # the app activates the shown tab's
+    return JobPanel(bar, status, stop, log, timer, redo, command, download)
 
 
 def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: list[View] | tuple = ()) -> None:
@@ -116,14 +124,16 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: l
     or, for a live view, while it runs. Not every second for the rest: re-reading a run's files each tick is wasted
     work, and re-sending a dropdown's choices would close it under the user's cursor."""
     seen, news = gr.State(None), gr.State({})  # the job's last key; what this tick found (for the views)
+    redo = [panel.redo, panel.command, panel.download]
 
     def poll(name: str, last):
         st = _job_of(name, stage)
         key = [name, st.get("state"), st.get("started") or st.get("queued"), st.get("position")]
         found = {"changed": key != last, "running": st.get("state") == "running"}
         if not found["changed"] and not found["running"]:
-            return [gr.skip()] * 3 + [last, found]
-        return [progress_html(st), status_text(st), hosting.public_text(st.get("log_tail", "")), key, found]
+            return [gr.skip()] * (3 + len(redo)) + [last, found]
+        return [progress_html(st), status_text(st), hosting.public_text(st.get("log_tail", "")), *redo_updates(st),
+                key, found]
 
     def refresh(name: str, found: dict, *values):
         updates, at = [], 0
@@ -133,7 +143,7 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: l
             at += len(v.inputs)
         return updates
 
-    panel_io = dict(fn=poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, seen, news])
+    panel_io = dict(fn=poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, *redo, seen, news])
     views_io = dict(fn=refresh, inputs=[run_name, news, *(c for v in views for c in v.inputs)],
                     outputs=[c for v in views for c in v.outputs], **internal())
 
@@ -147,6 +157,20 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: l
     panel.poll = chained
     panel.stop.click(lambda name: _stop(name, stage), inputs=[run_name], outputs=[panel.status],
                      api_name=f"stop_{stage}")
+
+
+def redo_updates(st: dict) -> list:
+    """[accordion, command line, YAML download] of a finished job (done, failed or stopped), else hidden: the exact
+    `python -m lab` line the app ran, and its settings as a file for `--config` (lab.configfile)."""
+    argv = st.get("argv") or []
+    if st.get("state") not in ("done", "failed", "stopped") or len(argv) < 3:
+        return [gr.update(visible=False), gr.skip(), gr.skip()]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:  # a job line from an older version of the lab: nothing to offer
+        return [gr.update(visible=False), gr.skip(), gr.skip()]
+    settings = load(BY_NAME[args.stage].settings).from_args(args)
+    return [gr.update(visible=True), command_line(argv), str(yaml_download(args.stage, args.run, settings))]
 
 
 def wire_start(panel: JobPanel, button: gr.Button, fn: Callable, inputs: list, api_name: str):

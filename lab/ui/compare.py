@@ -137,8 +137,8 @@ def build(ctx) -> CompareTab:
         adapters = gr.CheckboxGroup([], label="Adapters", info="none ticked = every adapter of the run")
         source = gr.Radio(SOURCE_CHOICES, value="heldout", label="Held-out instructions", info=CompareConfig.help(
             "instructions"))
-    upload = gr.File(label="Held-out file (.jsonl with a prompt field, .csv with a prompt column, .txt)",
-                     file_types=[".jsonl", ".csv", ".txt"], visible=False)
+    upload = gr.File(label="Held-out file (.jsonl with a prompt field, .csv with a prompt column, .txt, .parquet, "
+                           ".arrow)", file_types=[".jsonl", ".csv", ".txt", ".parquet", ".arrow"], visible=False)
     fields = _settings_inputs()
     scorer_note = gr.Markdown(NO_SCORER)
     api_key = api_key_box(visible=False)  # shown when an API judge or scorer is picked

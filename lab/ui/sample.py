@@ -39,7 +39,8 @@ class SampleTab:
     views: list = field(default_factory=list)  # lab.ui.views.View: the results, re-read on every change
 
 
-FORM = ["model", "n", "k", "temperature", "top_p", "max_new_tokens", "seed", "batch_size"]  # the handler's order
+FORM = ["model", "n", "k", "temperature", "top_p", "max_new_tokens", "seed", "batch_size",
+        "instruction_column"]  # the handler's order
 MADE_WITH = ["model", "adapter", "k", "temperature", "top_p", "max_new_tokens", "seed"]
 
 
@@ -50,8 +51,11 @@ def _settings_inputs() -> tuple[dict, gr.Radio, gr.File]:
                                 allow_custom_value=True, min_width=300)  # the whole line at phone width
         source = gr.Radio(SOURCE_CHOICES, value="bundled", label="Instructions", info=SampleConfig.help("instructions"),
                           min_width=300)
-    upload = gr.File(label="Instruction file (.jsonl with a prompt field, .csv with a prompt column, .txt)",
-                     file_types=[".jsonl", ".csv", ".txt"], visible=False)
+    with gr.Row():
+        upload = gr.File(label="Instruction file (.jsonl with a prompt field, .csv with a prompt column, .txt, "
+                               ".parquet or .arrow; LIMA-style conversations too)",
+                         file_types=[".jsonl", ".csv", ".txt", ".parquet", ".arrow"], visible=False)
+        column = forms.input_for(SampleConfig, "instruction_column", visible=False, placeholder="prompt")
     with gr.Row():
         counts = forms.inputs(SampleConfig, ["n", "k", "max_new_tokens"], n=dict(value=20, minimum=1),
                               k=dict(minimum=1), max_new_tokens=dict(value=128, minimum=1))
@@ -62,7 +66,7 @@ def _settings_inputs() -> tuple[dict, gr.Radio, gr.File]:
                                    top_p=dict(kind="Slider", minimum=0.05, maximum=1, step=0.01))
         with gr.Row():
             rest = forms.inputs(SampleConfig, ["seed", "batch_size"], batch_size=dict(minimum=1))
-    made = {"model": model, **counts, **sliders, **rest}
+    made = {"model": model, **counts, **sliders, **rest, "instruction_column": column}
     return {name: made[name] for name in FORM}, source, upload
 
 
@@ -86,7 +90,8 @@ def build(ctx) -> SampleTab:
 
 
 def _wire(tab: SampleTab, ctx) -> None:
-    tab.source.change(lambda s: gr.update(visible=s == "file"), tab.source, tab.upload, **internal())
+    tab.source.change(lambda s: [gr.update(visible=s == "file")] * 2, tab.source,
+                      [tab.upload, tab.form["instruction_column"]], **internal())
     f = tab.form
     wire_job_panel(tab.panel, ctx.run_name, "sample", tab.views)
     wire_start(tab.panel, tab.start, start_sampling, [ctx.run_name, f["model"], tab.source, tab.upload,

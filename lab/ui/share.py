@@ -1,4 +1,5 @@
-"""Share tab: stage (dry run) or push the run's data sets and adapters to the Hugging Face Hub, and list the links.
+"""Share tab: stage (dry run) or push the run's data sets, adapters and merged models to the Hugging Face Hub, and
+list the links; merge an adapter into its base (lab.merge, as a job) so it can be pushed as a plain model.
 
 Pushing runs inside the web server, not as a job: the token (the visitor's own sign-in on a Space, HF_TOKEN on a
 machine of one's own) stays in this process's memory. A job would carry it in its command line or environment, and
@@ -18,9 +19,11 @@ from gradio.utils import get_space
 from lab import cards, hub
 from lab.hub import PushConfig
 from lab.limits import on_space
+from lab.merge import MergeConfig
 from lab.progress import Progress
 from lab.store import Run
-from lab.ui.common import checked, open_run
+from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel, \
+    wire_start
 from lab.ui.views import View, chain, internal
 
 
@@ -35,6 +38,9 @@ class ShareTab:
     links: gr.Markdown
     pick: gr.Dropdown
     card: gr.HTML
+    merge_pick: gr.Dropdown  # the adapter to fold into its base
+    merge: gr.Button
+    panel: JobPanel  # the merge job
     views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
 
 
@@ -60,14 +66,26 @@ def _settings_inputs() -> dict:
         datasets = gr.Checkbox(True, label="Data sets", info=h("datasets"))
         adapters = gr.Checkbox(True, label="Adapters", info=h("adapters"))
         iterations = gr.Checkbox(True, label="Self-rewarding rounds", info=h("iterations"))
+        merged = gr.Checkbox(True, label="Merged models", info=h("merged"))
     only = gr.Textbox(label="Only these", placeholder="e.g. judge, dpo-judge", info=h("only"))
     return dict(namespace=namespace, prefix=prefix, private=private, datasets=datasets, adapters=adapters,
-                iterations=iterations, only=only)
+                iterations=iterations, only=only, merged=merged)
+
+
+def _merge_inputs() -> tuple[gr.Dropdown, gr.Button, JobPanel]:
+    """Merge an adapter into its base: a plain transformers checkpoint the push above then publishes."""
+    with gr.Accordion("Merge an adapter into its base model (a plain transformers checkpoint)", open=False):
+        with gr.Row():
+            pick = gr.Dropdown([], label="Adapter to merge", info=MergeConfig.help("adapter"), scale=3)
+            merge = gr.Button("Merge into the base", scale=1)
+        panel = job_panel()
+    return pick, merge, panel
 
 
 def build(ctx) -> ShareTab:
-    gr.Markdown("Push each preference data set (with its samples and judgments) and each adapter to the Hugging "
-                "Face Hub, with cards that say how they were made. **Dry run** writes the exact folders under "
+    gr.Markdown("Push each preference data set (with its samples and judgments), each adapter and each merged "
+                "model (below: an adapter folded into its base) to the Hugging Face Hub, with cards that say how they "
+                "were made. **Dry run** writes the exact folders under "
                 "`runs/<run>/hub/` and uploads nothing: read the cards there first. Repos are private by default.")
     login = gr.LoginButton() if get_space() else None  # where Gradio serves the real sign-in routes
     who = gr.Markdown(_who_text(None, on_space()))
@@ -80,8 +98,9 @@ def build(ctx) -> ShareTab:
     with gr.Accordion("Card previews (the README of each staged repo)", open=False):  # a card can be pages long
         pick = gr.Dropdown(label="Staged repo", choices=[], interactive=True)
         card = gr.HTML()
-    tab = ShareTab(login, who, fields, dry_run, push, status, links, pick, card)
-    tab.views = [View(refresh, [links, pick], inputs=[pick])]
+    merge_pick, merge, panel = _merge_inputs()
+    tab = ShareTab(login, who, fields, dry_run, push, status, links, pick, card, merge_pick, merge, panel)
+    tab.views = [View(refresh, [links, pick], inputs=[pick]), View(merge_choices, [merge_pick], inputs=[merge_pick])]
     _wire(tab, ctx)
     return tab
 
@@ -95,6 +114,8 @@ def _wire(tab: ShareTab, ctx) -> None:
                     **internal())
     chain(ctx.run_name.change, ctx.run_name, tab.views)
     ctx.run_name.change(who_text, outputs=[tab.who], **internal())  # also fires when the page load restores the run
+    wire_job_panel(tab.panel, ctx.run_name, "merge", tab.views)
+    wire_start(tab.panel, tab.merge, start_merge, [ctx.run_name, tab.merge_pick], "start_merge")
 
 
 def _who_text(token: str | None, on_space: bool) -> str:
@@ -112,25 +133,26 @@ def who_text(oauth_token: gr.OAuthToken | None = None) -> str:
     return _who_text(oauth_token.token if oauth_token else None, on_space())
 
 
-def _config(namespace, prefix, private, datasets, adapters, iterations, only, dry_run: bool) -> PushConfig:
+def _config(namespace, prefix, private, datasets, adapters, iterations, only, dry_run: bool,
+            merged: bool = True) -> PushConfig:
     cfg = PushConfig(namespace=(namespace or "").strip(), prefix=(prefix or "").strip(), private=bool(private),
                      datasets=bool(datasets), adapters=bool(adapters), iterations=bool(iterations),
-                     only=(only or "").strip(), dry_run=dry_run)
+                     only=(only or "").strip(), dry_run=dry_run, merged=bool(merged))
     return checked(cfg.validate)
 
 
-def stage_only(run_name, namespace, prefix, private, datasets, adapters, iterations, only,
+def stage_only(run_name, namespace, prefix, private, datasets, adapters, iterations, only, merged=True,
                progress=gr.Progress()):
     run = open_run(run_name, create=False)
-    cfg = _config(namespace, prefix, private, datasets, adapters, iterations, only, dry_run=True)
+    cfg = _config(namespace, prefix, private, datasets, adapters, iterations, only, dry_run=True, merged=merged)
     out = checked(hub.push_run, run, cfg, progress=PageProgress(progress))
     return _staged_text(out), render_links(run), _picker(run, out)
 
 
-def push(run_name, namespace, prefix, private, datasets, adapters, iterations, only,
+def push(run_name, namespace, prefix, private, datasets, adapters, iterations, only, merged=True,
          oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()):
     run = open_run(run_name, create=False)
-    cfg = _config(namespace, prefix, private, datasets, adapters, iterations, only, dry_run=False)
+    cfg = _config(namespace, prefix, private, datasets, adapters, iterations, only, dry_run=False, merged=merged)
     token = oauth_token.token if oauth_token else None  # None: lab.hub takes HF_TOKEN (refused on a Space)
     out = checked(hub.push_run, run, cfg, token=token, progress=PageProgress(progress))
     warnings = [r["warning"] for r in out["repos"] if r.get("warning")]
@@ -152,6 +174,22 @@ def _staged_text(out: dict) -> str:
 def _picker(run: Run, out: dict):
     names = [r["repo_id"].split("/", 1)[1] for r in out["repos"]] or hub.staged(run)
     return gr.update(choices=names, value=names[0] if names else None)
+
+
+def start_merge(run_name, adapter):
+    """Start `python -m lab merge --run R --adapter A` as a job (loading and saving a model takes a while)."""
+    run = open_run(run_name, create=False)
+    if not adapter:
+        raise gr.Error("Choose an adapter to merge (train one in the Train tab first).")
+    cfg = checked(MergeConfig(adapter=str(adapter).strip()).validate)
+    admit(["merge", "--run", run.name, *cfg.to_argv()])  # a hosted app's rules: the run's own adapters only
+    return start_job(run_name, "merge", cfg.to_argv(), f"Merging {cfg.adapter}")
+
+
+def merge_choices(run_name: str | None, picked: str | None = None):
+    """The run's finished adapters; the pick kept while it is still there, else the first."""
+    names = Run.open(run_name).adapters() if run_name else []
+    return gr.update(choices=names, value=picked if picked in names else (names[0] if names else None))
 
 
 def render_links(run: Run) -> str:
@@ -198,3 +236,4 @@ def render_markdown(text: str) -> str:
     from markdown_it import MarkdownIt
 
     return MarkdownIt("commonmark", {"html": False}).enable("table").disable("image").render(text)
+

@@ -1,7 +1,9 @@
-"""Train tab: DPO + LoRA on one of the run's pair sets, as a job; live plots, progress + ETA, stop, warnings.
+"""Train tab: a LoRA adapter (DPO, KTO, SimPO or ORPO) on one of the run's pair sets, as a job; live plots, progress
++ ETA, stop, warnings.
 
 The plots read `adapters/<name>/metrics.jsonl` on every tick of the job panel's timer, so a page reload re-attaches
-to a running training (the adapter shown is the one the running job trains, else the one picked).
+to a running training (the adapter shown is the one the running job trains, else the one picked). They draw the
+metrics of the method the shown adapter is trained with (lab.methods.METHODS[...].plots).
 """
 from __future__ import annotations
 
@@ -14,14 +16,14 @@ import pandas as pd
 
 from lab import jobs
 from lab.adapters import read_metrics, read_state
-from lab.methods import METHODS
+from lab.methods import MAX_PLOTS, METHODS
 from lab.store import Run, adapter_file
 from lab.train import TrainConfig, diagnose, precheck
 from lab.ui import forms
 from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel, wire_start
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 
-PLOTS = METHODS["dpo"].plots  # plot title -> metric names drawn on it
+PLOTS = METHODS["dpo"].plots  # plot title -> metric names drawn on it, until an adapter of another method is shown
 
 
 @dataclass
@@ -41,7 +43,7 @@ class TrainTab:
 
 FORM = ["epochs", "max_steps", "lr", "beta", "batch_size", "loss_type", "model", "target_modules", "lora_r",
         "lora_alpha", "lora_dropout", "grad_accum", "max_length", "warmup_ratio", "eval_fraction", "save_steps", "seed",
-        "gradient_checkpointing", "precompute_ref", "resume", "method"]  # the order start_training reads them in
+        "gradient_checkpointing", "precompute_ref", "resume", "method", "report_to"]  # start_training's order
 
 
 def _settings_inputs() -> dict:
@@ -54,8 +56,8 @@ def _settings_inputs() -> dict:
     with gr.Accordion("More settings", open=False):
         with gr.Row():
             made |= inp(["loss_type", "model", "target_modules"],
-                        loss_type=dict(kind="Dropdown", choices=list(METHODS["dpo"].loss_types()), value=["sigmoid"],
-                                       multiselect=True),
+                        loss_type=dict(kind="Dropdown", choices=list(METHODS["dpo"].loss_types()), value=[],
+                                       multiselect=True, info="empty = the method's own"),
                         model=dict(placeholder="the run's model"))
         with gr.Row():
             made |= inp(["lora_r", "lora_alpha", "lora_dropout", "grad_accum", "max_length"],
@@ -65,14 +67,15 @@ def _settings_inputs() -> dict:
             made |= inp(["warmup_ratio", "eval_fraction", "save_steps", "seed"], warmup_ratio=dict(minimum=0),
                         eval_fraction=dict(minimum=0), save_steps=dict(minimum=1))
         with gr.Row():
-            made |= inp(["gradient_checkpointing", "precompute_ref", "resume"])
+            made |= inp(["gradient_checkpointing", "precompute_ref", "resume", "report_to"])
     return {name: made[name] for name in FORM}
 
 
 def build(ctx) -> TrainTab:
-    gr.Markdown("Train a **LoRA adapter with DPO** on one of the run's preference data sets. The reference is the "
-                "base model (adapter off), or the adapter you continue from. Stop keeps what is trained so far; "
-                "starting the same adapter again resumes it. Parameters: `docs/training.md`.")
+    gr.Markdown("Train a **LoRA adapter** on one of the run's preference data sets with DPO, KTO, SimPO or ORPO "
+                "(TRL). DPO's and KTO's reference is the base model (adapter off), or the adapter you continue from; "
+                "SimPO and ORPO need none. Stop keeps what is trained so far; starting the same adapter again resumes "
+                "it. Parameters: `docs/training.md`.")
     with gr.Row():
         pairs = gr.Dropdown([], label="Pairs", allow_custom_value=True,
                             info="the run's pairs-<source>.jsonl, or a path")
@@ -87,7 +90,8 @@ def build(ctx) -> TrainTab:
                         info="follows the running training; pick any other to inspect it")
     summary, warnings = gr.Markdown(), gr.Markdown()
     with gr.Row():
-        plots = [gr.LinePlot(x="step", y="value", color="series", title=title, height=260) for title in PLOTS]
+        plots = [gr.LinePlot(x="step", y="value", color="series", title=title, height=260)
+                 for title in [*PLOTS, *[""] * (MAX_PLOTS - len(PLOTS))]]
     tab = TrainTab(pairs, adapter, init_adapter, fields, start, panel, shown, summary, warnings, plots)
     picks = [pairs, init_adapter, shown]
     tab.views = [View(choices, picks, inputs=picks),
@@ -101,6 +105,8 @@ def _wire(tab: TrainTab, ctx) -> None:
     wire_start(tab.panel, tab.start, start_training, [ctx.run_name, tab.pairs, tab.adapter, tab.init_adapter,
                                                       *tab.fields.values()], "start_training") \
         .success(lambda name: gr.update(value=name.strip()), [tab.adapter], [tab.shown], **internal())
+    tab.fields["method"].change(loss_choices, inputs=[tab.fields["method"]], outputs=[tab.fields["loss_type"]],
+                                **internal())
     view = [tab.shown, tab.summary, tab.warnings, *tab.plots]
     tab.shown.input(tab.views[1].handler(), inputs=[ctx.run_name, tab.shown], outputs=view, **internal())
     after = chain(ctx.run_name.change, ctx.run_name, tab.views)
@@ -118,6 +124,11 @@ def start_training(run_name, pairs, adapter, init_adapter, *values):
     admit(["train", "--run", run.name, *argv])  # a hosted app's rules first: a server path is never read
     checked(precheck, run, cfg.pairs, cfg.adapter, cfg)
     return start_job(run_name, "train", argv, f"Training {cfg.adapter}")
+
+
+def loss_choices(method: str):
+    """The loss-type menu of the method picked (DPO's many, KTO's two, one for SimPO and ORPO), left empty."""
+    return gr.update(choices=list(METHODS[method].loss_types()) if method in METHODS else [], value=[])
 
 
 def config_from(values: dict) -> TrainConfig:
@@ -151,16 +162,24 @@ def running_adapter(run: Run) -> str | None:
 def live_view(run_name: str | None, shown: str | None):
     """[shown adapter, summary, warnings, *plots] for the adapter being trained (or the one picked)."""
     if not run_name:
-        return [gr.skip()] * (3 + len(PLOTS))
+        return [gr.skip()] * (3 + MAX_PLOTS)
     run = Run.open(run_name)
     name = running_adapter(run) or shown
     if not name or not adapter_file(run.adapter_dir(name), "metrics").exists():
-        return [gr.skip(), "", "", *[None] * len(PLOTS)]
+        return [gr.skip(), "", "", *[None] * MAX_PLOTS]
     metrics, state = read_metrics(run.adapter_dir(name)), read_state(run.adapter_dir(name)) or {}
     beta = (state.get("settings") or {}).get("beta", 0.1)
-    warns = diagnose(metrics, state.get("pairs"), beta)
+    method = state.get("method") if state.get("method") in METHODS else "dpo"
+    warns = diagnose(metrics, state.get("pairs"), beta, method=method)
     return [gr.update(value=name), summary_md(name, state, metrics),
-            "\n".join(f"⚠️ {html.escape(w)}" for w in warns), *[frame(metrics, keys) for keys in PLOTS.values()]]
+            "\n".join(f"⚠️ {html.escape(w)}" for w in warns), *method_plots(metrics, method)]
+
+
+def method_plots(metrics: list[dict], method: str) -> list:
+    """One update per plot slot: the method's plots (title and data), the slots it does not use hidden."""
+    plots = list(METHODS[method].plots.items())[:MAX_PLOTS]
+    shown = [gr.update(value=frame(metrics, keys), title=title, visible=True) for title, keys in plots]
+    return shown + [gr.update(value=None, visible=False)] * (MAX_PLOTS - len(shown))
 
 
 def frame(metrics: list[dict], keys: tuple[str, ...]) -> pd.DataFrame:
@@ -190,8 +209,10 @@ def summary_md(name: str, state: dict, metrics: list[dict]) -> str:
     last = train[-1]
     tps = f" · {last['tokens_per_s']:.0f} tokens/s" if last.get("tokens_per_s") else ""
     p = state.get("pairs") or {}
+    acc = f" · reward accuracy {last['rewards/accuracies']:.2f}" if "rewards/accuracies" in last else ""
+    method = state.get("method") or "dpo"
     made = made_with_md(state)
-    return (f"**{name}** · {state.get('status', '?')} · step {last['step']}/{last.get('max_steps')} · "
-            f"loss {last.get('loss', float('nan')):.4f} · reward accuracy {last.get('rewards/accuracies', 0):.2f}"
+    return (f"**{name}** · {method} · {state.get('status', '?')} · step {last['step']}/{last.get('max_steps')} · "
+            f"loss {last.get('loss', float('nan')):.4f}{acc}"
             f"{tps} · {p.get('n_train', '?')} train / {p.get('n_eval', '?')} eval pairs" +
             (f"\n\n{made}" if made else ""))

@@ -15,6 +15,8 @@ lets everything through. On one, for run name R:
   - R is free: a click claims it for the visitor first (lab.hosting.claim; undone if nothing was written); other
     events (refreshes on a change, timers) run with R read-only;
   - anything else: a click gets "No such run"; other events leave the page as it is (no toast every second).
+A generator handler (the chat's stream) is gated the same way before its first item; a read-only run stays read-only
+for each step of it (every step may run in another worker thread, so the rule is set again around each one).
 """
 from __future__ import annotations
 
@@ -143,34 +145,78 @@ def _call(fn, args, kwargs):
         raise gr.Error(say(e)) from e
 
 
+def _rights(args: tuple, at: int, is_action: bool, clicked: bool) -> tuple[str, str]:
+    """(how to run the handler, the run name) for the run name at args[at]: "plain" (no gate: no name, or not
+    hosted), "own", "read" (read-only), "claim" (a free name taken for this visitor), "skip" (quietly nothing).
+    Refused actions raise. Before the page's load event (arrive) has told who this session is, a click is refused
+    with STILL_LOADING and anything else skipped (a name typed meanwhile is remembered once arrive lands:
+    lab.ui.build_app)."""
+    name = str(args[at] or "").strip() if len(args) > at else ""
+    if not name or not hosting.hosted():
+        return "plain", name
+    visitor = current_visitor()
+    if visitor is None:
+        if clicked:
+            raise gr.Error(STILL_LOADING)
+        return "skip", name
+    rights = hosting.access(name, visitor)
+    if rights == "own":
+        return "own", name
+    if rights == "shared" or (rights == "new" and not is_action):
+        return "read", name
+    if rights == "new" and hosting.claim(name, visitor):
+        return "claim", name
+    if is_action:
+        raise gr.Error(NO_SUCH_RUN.format(name=name))
+    return "skip", name
+
+
 def guard(fn, at: int, is_action: bool, n_outputs: int, clicked: bool = False):
-    """fn with the visitor's access to the run name at args[at] checked first (see the module docstring). Before
-    the page's load event (arrive) has told who this session is, a click is refused with STILL_LOADING and
-    anything else is skipped (a name typed meanwhile is remembered once arrive lands: lab.ui.build_app)."""
+    """fn with the visitor's access to the run name at args[at] checked first (see the module docstring)."""
     @functools.wraps(fn)
     def gated(*args, **kwargs):
-        name = str(args[at] or "").strip() if len(args) > at else ""
-        if not name or not hosting.hosted():
+        how, name = _rights(args, at, is_action, clicked)
+        if how == "plain":
             return fn(*args, **kwargs)
-        visitor = current_visitor()
-        if visitor is None:
-            if clicked:
-                raise gr.Error(STILL_LOADING)
+        if how == "skip":
             return _skips(n_outputs)
-        rights = hosting.access(name, visitor)
-        if rights == "own":
-            return _call(fn, args, kwargs)
-        if rights == "shared" or (rights == "new" and not is_action):
-            with read_only(runs_root() / name):
+        try:
+            with read_only(*((runs_root() / name,) if how == "read" else ())):
                 return _call(fn, args, kwargs)
-        if rights == "new" and hosting.claim(name, visitor):
-            try:
-                return _call(fn, args, kwargs)
-            finally:
+        finally:
+            if how == "claim":
                 hosting.release_if_empty(name)
-        if is_action:
-            raise gr.Error(NO_SUCH_RUN.format(name=name))
-        return _skips(n_outputs)
+
+    return gated
+
+
+def _steps(stream, folders: tuple):
+    """Yield from `stream`, each step run with `folders` read-only (a ContextVar set in one thread is not seen in
+    the next, and a `with` held across a yield would leak into whatever else that thread runs)."""
+    while True:
+        with read_only(*folders):
+            try:
+                item = _call(next, (stream,), {})
+            except StopIteration:
+                return
+        yield item
+
+
+def guard_stream(fn, at: int, is_action: bool, n_outputs: int, clicked: bool = False):
+    """guard() for a generator handler: the same rights, checked before the first item (see the module docstring)."""
+    @functools.wraps(fn)
+    def gated(*args, **kwargs):
+        how, name = _rights(args, at, is_action, clicked)
+        if how == "plain":
+            yield from fn(*args, **kwargs)
+        elif how == "skip":
+            yield _skips(n_outputs)
+        else:
+            try:
+                yield from _steps(fn(*args, **kwargs), (runs_root() / name,) if how == "read" else ())
+            finally:
+                if how == "claim":
+                    hosting.release_if_empty(name)
 
     return gated
 
@@ -182,10 +228,11 @@ def install(app: gr.Blocks, run_name: gr.Component) -> int:
         if block_fn.fn is None or run_name not in block_fn.inputs:
             continue
         at = list(block_fn.inputs).index(run_name)
-        if inspect.isgeneratorfunction(block_fn.fn) or inspect.iscoroutinefunction(block_fn.fn):
-            raise TypeError(f"{block_fn.name}: the visitor gate wraps plain functions only")
-        clicked = any(event == "click" for _, event in block_fn.targets)
-        block_fn.fn = guard(block_fn.fn, at, clicked or getattr(block_fn.fn, "lab_action", False),
-                            len(block_fn.outputs), clicked)
+        if inspect.iscoroutinefunction(block_fn.fn) or inspect.isasyncgenfunction(block_fn.fn):
+            raise TypeError(f"{block_fn.name}: the visitor gate wraps plain functions and generators only")
+        wrap = guard_stream if inspect.isgeneratorfunction(block_fn.fn) else guard
+        clicked = any(event in ("click", "submit") for _, event in block_fn.targets)
+        block_fn.fn = wrap(block_fn.fn, at, clicked or getattr(block_fn.fn, "lab_action", False),
+                           len(block_fn.outputs), clicked)
         n += 1
     return n
