@@ -10,6 +10,11 @@ Speed. In one process, base + 2 adapters answer the same instructions with lab.c
 model in one batch) and one instruction at a time (batch size 1, same decoding). Completions per second, and the ratio.
 
     python bench/compare.py [--model bundled] [--n 16] [--max-new-tokens 48]
+    python bench/compare.py --quick             # a smoke test: tiny-random, 2 instructions x 8 tokens
+
+The last line is one JSON object: peak_mb per scenario, ratio_memory_lab (lab / one model; target <= 1.2),
+ratio_memory_three_copies, completions_per_s_batched, completions_per_s_one_at_a_time, ratio_batched, and the
+settings.
 """
 from __future__ import annotations
 
@@ -118,17 +123,25 @@ def speed(spec: str, adapters: dict[str, Path], n: int, tokens: int) -> dict:
     return out
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="bundled")
+    ap.add_argument("--model", default=None, help="model spec (default: bundled; tiny-random with --quick)")
     ap.add_argument("--n", type=int, default=16, help="held-out instructions")
     ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--quick", action="store_true", help="a smoke test: 2 instructions x 8 tokens")
     ap.add_argument("--child", default="")
     ap.add_argument("--adapters", default="{}")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parser().parse_args(argv)
+    args.model = args.model or ("tiny-random" if args.quick else "bundled")
+    if args.quick:
+        args.n, args.max_new_tokens = 2, 8
     if args.child:
         print(json.dumps(child(args.child, args.model, json.loads(args.adapters), args.n, args.max_new_tokens)))
-        return
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         adapters = make_adapters(args.model, Path(tmp))
         mem = {s: run_child(s, args, adapters) for s in ("one-model", "lab", "three-copies")}
@@ -141,6 +154,15 @@ def main() -> None:
     print(f"completions/s  batched: {rate['batched']:.2f}   one at a time: {rate['one_at_a_time']:.2f}   "
           f"speed-up: {rate['batched'] / rate['one_at_a_time']:.2f}x")
     print(f"memory target lab <= 1.2x one model: {'met' if mem['lab']['peak_mb'] / base <= 1.2 else 'MISSED'}")
+    out = {"model": args.model, "device": mem["lab"]["device"], "n": args.n, "max_new_tokens": args.max_new_tokens,
+           "quick": args.quick, **{f"peak_mb_{s.replace('-', '_')}": round(m["peak_mb"], 1) for s, m in mem.items()},
+           "ratio_memory_lab": round(mem["lab"]["peak_mb"] / base, 3),
+           "ratio_memory_three_copies": round(mem["three-copies"]["peak_mb"] / base, 3),
+           "completions_per_s_batched": round(rate["batched"], 3),
+           "completions_per_s_one_at_a_time": round(rate["one_at_a_time"], 3),
+           "ratio_batched": round(rate["batched"] / rate["one_at_a_time"], 3)}
+    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

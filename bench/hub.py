@@ -10,10 +10,14 @@ of responses judged in both orders (4,000 judge calls with reasoning), 200 pairs
 adapter of 45 MB (the size of LoRA r=16 on every linear layer of Llama-3.2-1B in fp32).
 
     python bench/hub.py [--instructions 200] [--repeat 3]
+    python bench/hub.py --quick                 # a smoke test: 10 instructions, a 1 MB adapter, one push each
+
+The last line is one JSON object: plain_s, lab_dry_run_s, lab_s, ratio_lab_vs_plain, staged_mb, and the settings.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -22,8 +26,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ["HF_HUB_OFFLINE"] = "0"  # only the stand-in on 127.0.0.1 is contacted
-os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 from lab import hub  # noqa: E402
 from lab.hub import PushConfig  # noqa: E402
@@ -42,7 +44,7 @@ def _text(rng: random.Random, chars: int) -> str:
     return " ".join(out)
 
 
-def build(run: Run, n: int, k: int = 5) -> None:
+def build(run: Run, n: int, k: int = 5, adapter_bytes: int = LORA_BYTES) -> None:
     """Write a run in the documented record formats, with a real adapter_config.json and a 45 MB weights file."""
     rng = random.Random(0)
     append_jsonl(run.file("instructions"), [{"id": f"i{i}", "prompt": _text(rng, 200), "source": "bench"}
@@ -67,7 +69,7 @@ def build(run: Run, n: int, k: int = 5) -> None:
             for i in range(n)])
     out = run.adapter_dir("dpo")
     out.mkdir(parents=True)
-    (out / "adapter_model.safetensors").write_bytes(os.urandom(LORA_BYTES))
+    (out / "adapter_model.safetensors").write_bytes(os.urandom(adapter_bytes))
     atomic_write_json(out / "adapter_config.json", {"peft_type": "LORA", "r": 16, "lora_alpha": 32,
                                                     "base_model_name_or_path": "meta-llama/Llama-3.2-1B-Instruct",
                                                     "target_modules": "all-linear", "task_type": "CAUSAL_LM"})
@@ -98,17 +100,27 @@ def best_of(repeat: int, fn) -> float:
     return min(times)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--instructions", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="a smoke test: 10 instructions, a 1 MB adapter, once")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    if args.quick:
+        args.instructions, args.repeat = 10, 1
+    adapter_bytes = 2 ** 20 if args.quick else LORA_BYTES
+    os.environ["HF_HUB_OFFLINE"] = "0"  # only the stand-in on 127.0.0.1 is contacted
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     import huggingface_hub.constants
 
     huggingface_hub.constants.HF_HUB_OFFLINE = False
     with tempfile.TemporaryDirectory() as tmp, HubStandIn(token=TOKEN, user="bench", orgs=("plain",)) as server:
         run = Run(Path(tmp) / "bench")
-        build(run, args.instructions)
+        build(run, args.instructions, adapter_bytes=adapter_bytes)
         quiet = type("Quiet", (), {"update": lambda *a, **k: None, "check_stop": lambda *a: None,
                                    "close": lambda *a: None})()
         plain = best_of(args.repeat, lambda: plain_push(run, server, Path(tmp)))
@@ -118,10 +130,15 @@ def main() -> None:
                                                         progress=quiet))
         size = sum(p.stat().st_size for p in run.file("hub").rglob("*") if p.is_file()) / 2**20
     print(f"run: {args.instructions} instructions, {args.instructions * 5} samples, {args.instructions * 20} judge "
-          f"calls, 2 pair sources, 45 MB adapter; {size:.1f} MB staged")
+          f"calls, 2 pair sources, {adapter_bytes / 2 ** 20:.0f} MB adapter; {size:.1f} MB staged")
     print(f"plain (parquet + upload_folder):     {plain:6.2f} s")
     print(f"lab push --dry-run (stage + cards):  {dry:6.2f} s")
     print(f"lab push (stage + scan + upload):    {lab:6.2f} s   ratio lab/plain = {lab / plain:.2f}")
+    out = {"instructions": args.instructions, "adapter_mb": round(adapter_bytes / 2 ** 20, 1), "repeat": args.repeat,
+           "quick": args.quick, "plain_s": round(plain, 3), "lab_dry_run_s": round(dry, 3), "lab_s": round(lab, 3),
+           "ratio_lab_vs_plain": round(lab / plain, 3), "staged_mb": round(size, 1)}
+    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -18,10 +18,16 @@
     python bench/judge.py                      # ~90 s
     python bench/judge.py --calls 100          # a quicker throughput check (calls: a multiple of 20)
     python bench/judge.py --local 8            # also the local judge on 8 calls (CPU: minutes)
+    python bench/judge.py --quick              # a smoke test: 20 calls, a 10-per-second limit with 30 calls
+
+The last line is one JSON object: calls_per_s_plain, calls_per_s_lab, ratio_vs_plain, rl_429_limiter_on,
+rl_429_limiter_off (429 answers provoked with the lab's limiter on and off), local_ratio_vs_plain (null without
+--local), and the settings.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -38,6 +44,7 @@ from lab.store import Run  # noqa: E402
 from tests.fakeprovider import FakeProvider, first_shown, json_verdict  # noqa: E402
 
 KEY = "bench-key"
+KEY_ENV = "BENCH_JUDGE_KEY"  # a key for the stand-in server, named explicitly (GROQ_API_KEY may go to Groq only)
 
 
 def make_run(root: Path, name: str, instructions: int, k: int = 5) -> Run:
@@ -72,31 +79,38 @@ def plain_sequential(fp: FakeProvider, run: Run) -> tuple[int, float]:
 
 
 def lab_run(fp: FakeProvider, run: Run, **kw) -> tuple[dict, float]:
-    cfg = JudgeConfig(**{"backend": "groq", "model": "bench", "base_url": fp.url, "plan": "full", "rpm": 0.0,
+    cfg = JudgeConfig(**{"backend": "groq", "model": "bench", "base_url": fp.url, "api_key_env": KEY_ENV,
+                         "plan": "full", "rpm": 0.0,
                          "concurrency": 16, "backoff_s": 0.2, "max_retries": 10, **kw})
     t0 = time.perf_counter()
     out = judge_run(run, cfg, Progress(quiet=True))
     return out, time.perf_counter() - t0
 
 
-def throughput(root: Path, calls: int) -> None:
+def throughput(root: Path, calls: int) -> dict:
     with FakeProvider(key=KEY, latency_s=0.3, answer=answer) as fp:
-        n, base_s = plain_sequential(fp, make_run(root, "plain", calls // 20))
-        out, lab_s = lab_run(fp, make_run(root, "lab", calls // 20))
+        n, base_s = plain_sequential(fp, make_run(root, "plain", max(1, calls // 20)))
+        out, lab_s = lab_run(fp, make_run(root, "lab", max(1, calls // 20)))
         assert out["calls_made"] == n, (out["calls_made"], n)
         print(f"throughput, {n} calls at 300 ms latency: one at a time {n / base_s:.2f} calls/s ({base_s:.1f} s); "
               f"lab judge (concurrency 16) {n / lab_s:.2f} calls/s ({lab_s:.1f} s); ratio {base_s / lab_s:.1f}x")
+    return {"calls": n, "calls_per_s_plain": round(n / base_s, 2), "calls_per_s_lab": round(n / lab_s, 2),
+            "ratio_vs_plain": round(base_s / lab_s, 2)}
 
 
-def rate_limit(root: Path, calls: int = 150, speedup: float = 10.0) -> None:
-    window = 60.0 / speedup
-    for label, rpm in (("lab limiter on (--rpm 600 = 60/min x10)", 60 * speedup), ("limiter off (--rpm 0)", 0.0)):
+def rate_limit(root: Path, calls: int = 150, speedup: float = 10.0, per_minute: int = 60) -> dict:
+    """The server allows per_minute requests per (60 / speedup) s; the lab is told the same limit on that clock."""
+    window, found = 60.0 / speedup, {}
+    for key, label, rpm in (("on", f"lab limiter on (--rpm {per_minute * speedup:g})", per_minute * speedup),
+                            ("off", "limiter off (--rpm 0)", 0.0)):
         with FakeProvider(key=KEY, latency_s=0.05, answer=answer) as fp:
-            fp.rate_limit = (60, window)
-            out, secs = lab_run(fp, make_run(root, f"rl-{int(rpm)}", calls // 20), rpm=rpm)
-            print(f"rate limit 60 per {window:g} s (60/min, clock x{speedup:g}), {out['calls_made']} calls: {label}: "
-                  f"{fp.statuses[429]} answers 429 provoked, {fp.calls} requests sent, {secs:.1f} s, "
-                  f"{out['calls_made'] / secs * 60 / speedup:.1f} calls per (scaled) minute")
+            fp.rate_limit = (per_minute, window)
+            out, secs = lab_run(fp, make_run(root, f"rl-{key}", max(1, calls // 20)), rpm=rpm)
+            print(f"rate limit {per_minute} per {window:g} s ({per_minute}/min, clock x{speedup:g}), "
+                  f"{out['calls_made']} calls: {label}: {fp.statuses[429]} answers 429 provoked, {fp.calls} requests "
+                  f"sent, {secs:.1f} s, {out['calls_made'] / secs * 60 / speedup:.1f} calls per (scaled) minute")
+            found[f"rl_429_limiter_{key}"] = fp.statuses[429]
+    return {**found, "rl_calls": out["calls_made"], "rl_per_minute": per_minute, "rl_clock_speedup": speedup}
 
 
 def plain_local(cm, prompts: list[str], reasoning_tokens: int) -> float:
@@ -118,38 +132,50 @@ def plain_local(cm, prompts: list[str], reasoning_tokens: int) -> float:
     return time.perf_counter() - t0
 
 
-def local(root: Path, calls: int, reasoning_tokens: int = 32) -> None:
+def local(root: Path, calls: int, reasoning_tokens: int = 32, spec: str = "bundled") -> dict:
     from lab.judge_backends import LocalBackend
 
     run = make_run(root, "local", max(1, calls // 20 + 1))
     cands, _ = load_candidates(run)
     todo = plan_step("full", cands, lambda c: None)[0][:calls]
     prompts = [render_prompt(DEFAULT_TEMPLATE, c.instruction, *c.shown) for c in todo]
-    backend = LocalBackend("bundled", reasoning_tokens=reasoning_tokens, batch_size=8)
+    backend = LocalBackend(spec, reasoning_tokens=reasoning_tokens, batch_size=8)
     backend.judge(prompts[:2])  # warm-up
     t0 = time.perf_counter()
     backend.judge(prompts)
     lab_s = time.perf_counter() - t0
     base_s = plain_local(backend.cm, prompts, reasoning_tokens)
-    print(f"local judge (bundled, {reasoning_tokens} reasoning tokens, {len(prompts)} calls, {backend.cm.device}): "
+    print(f"local judge ({spec}, {reasoning_tokens} reasoning tokens, {len(prompts)} calls, {backend.cm.device}): "
           f"plain per-call {len(prompts) / base_s:.2f} calls/s ({base_s:.1f} s); lab {len(prompts) / lab_s:.2f} "
           f"calls/s ({lab_s:.1f} s); ratio {base_s / lab_s:.1f}x")
+    return {"local_calls": len(prompts), "local_model": spec,
+            "local_calls_per_s_plain": round(len(prompts) / base_s, 3),
+            "local_calls_per_s_lab": round(len(prompts) / lab_s, 3), "local_ratio_vs_plain": round(base_s / lab_s, 2)}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=200, help="throughput calls (a multiple of 20)")
     ap.add_argument("--rl-calls", type=int, default=150, help="rate-limit calls (a multiple of 20 works best)")
     ap.add_argument("--local", type=int, default=0, help="also bench the local judge on this many calls")
+    ap.add_argument("--local-model", default="bundled", help="the local judge's model spec")
     ap.add_argument("--only-local", action="store_true", help="skip the API benches")
-    args = ap.parse_args()
-    os.environ["GROQ_API_KEY"] = KEY
+    ap.add_argument("--quick", action="store_true", help="a smoke test: 20 calls; the limit scaled to 10 per second")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    os.environ[KEY_ENV] = KEY
+    out: dict = {"quick": args.quick, "local_ratio_vs_plain": None}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.only_local:
-            throughput(Path(tmp), args.calls)
-            rate_limit(Path(tmp), args.rl_calls)
+            out.update(throughput(Path(tmp), 20 if args.quick else args.calls))
+            out.update(rate_limit(Path(tmp), 40, 60.0, 10) if args.quick else rate_limit(Path(tmp), args.rl_calls))
         if args.local:
-            local(Path(tmp), args.local)
+            out.update(local(Path(tmp), args.local, spec=args.local_model))
+    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -4,16 +4,22 @@ Plain baseline: `Blender.rank(inputs, candidates, return_scores=True)` (llm-blen
 ordered pairs as K*(K-1) sequential forward passes over a batch of instructions (its default: 8 per batch).
 Lab: `lab.rank.compare_all`, every ordered pair of several instructions in one forward pass.
 Same weights, same inputs, same process, alternating (after one warm-up call each), best of --repeats runs;
-the scores of the two are checked to agree.
+the scores of the two are checked to agree. On the wide model the lab's int8 mode (`--quantize int8`: dynamic int8
+linear layers) runs in the same rotation, and its rankings are compared with fp32's (Spearman over every score).
+The last line is one JSON object: ratio_wall_tiny, ratio_wall_wide (llm-blender time / lab time: >= 1.0 means
+the lab is at least as fast), ratio_cpu_tiny, ratio_cpu_wide (the same in CPU time, steadier on a shared machine),
+ratio_wall_int8_wide, ratio_cpu_int8_wide (lab fp32 / lab int8), spearman_int8, and the settings.
 
     python bench/rank.py                  # CPU: the tiny random PairRM, then a PairRM-wide model cut to 2 layers
     python bench/rank.py --cuda           # GPU: a random model with PairRM's full shape (DeBERTa-v3-large,
                                           # 24 layers, 436 M parameters), 5 candidates of ~1,000 tokens
+    python bench/rank.py --quick          # a smoke test: both CPU models, 2 / 1 instructions x 3 short responses
 Random weights, because the hub is out of reach; the time depends on shapes and lengths, not on the weights.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -28,6 +34,7 @@ import torch  # noqa: E402
 
 from lab import rank  # noqa: E402
 from lab.instructions import load_instructions  # noqa: E402
+from lab.stats import spearman  # noqa: E402
 
 PAIRRM_SHAPE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
 
@@ -55,29 +62,41 @@ def timed(fn, device: str) -> tuple[float, float, object]:
     return time.perf_counter() - start, time.process_time() - cpu, out
 
 
-def bench(name: str, folder: Path, sources, cands, device: str, dtype: str, batch_size: int, repeats: int) -> dict:
-    """Seconds per instruction for llm-blender's rank and for lab.rank.compare_all, on the same checkpoint."""
+def bench(name: str, folder: Path, sources, cands, device: str, dtype: str, batch_size: int, repeats: int,
+          int8: bool = False) -> dict:
+    """Seconds per instruction for llm-blender's rank and for lab.rank.compare_all (and its int8 mode), on the same
+    checkpoint, alternating, best of `repeats`."""
     blender = rank.blender_module().Blender()
     blender.loadranker(str(folder), device=device, model_name=str(folder / "backbone"))  # fp16 on cuda, fp32 on cpu
-    ours = rank.load_ranker(str(folder), device=device, dtype=dtype)
+    sides = {"lab": rank.load_ranker(str(folder), device=device, dtype=dtype)}
+    if int8:
+        sides["int8"] = rank.load_ranker(str(folder), device=device, dtype=dtype, quantize="int8")
     groups = list(zip(sources, cands))
+    runs = {"base": lambda: blender.rank(sources, cands, return_scores=True, disable_tqdm=True),
+            **{k: (lambda r=r: rank.compare_all(r, groups, batch_size)) for k, r in sides.items()}}
     blender.rank(sources[:1], cands[:1], return_scores=True, disable_tqdm=True)  # warm-up
-    rank.compare_all(ours, groups[:1], batch_size)
-    best = {"base": [float("inf")] * 2, "lab": [float("inf")] * 2}  # [wall, cpu]
+    for r in sides.values():
+        rank.compare_all(r, groups[:1], batch_size)
+    best, out = {k: [float("inf")] * 2 for k in runs}, {}  # [wall, cpu]
     for _ in range(repeats):  # alternate, keep the best of each: a shared machine's load comes and goes
-        *t, base = timed(lambda: blender.rank(sources, cands, return_scores=True, disable_tqdm=True), device)
-        best["base"] = [min(a, b) for a, b in zip(best["base"], t)]
-        *t, mats = timed(lambda: rank.compare_all(ours, groups, batch_size), device)
-        best["lab"] = [min(a, b) for a, b in zip(best["lab"], t)]
-    lab_scores = np.array([rank.scores_and_ranks(m["logits"])[0] for m in mats])
+        for k, fn in runs.items():
+            *t, out[k] = timed(fn, device)
+            best[k] = [min(a, b) for a, b in zip(best[k], t)]
+    scores = {k: np.array([rank.scores_and_ranks(m["logits"])[0] for m in out[k]]) for k in sides}
+    ours = sides["lab"]
     tokens = np.mean([ours.collator([{"source": s, "candidates": c}])["candidate_attention_mask"].sum(-1).float()
                       .mean().item() for s, c in groups])  # as the model sees them, after truncation
     del blender
-    return {"model": name, "params_M": round(sum(p.numel() for p in ours.model.parameters()) / 1e6, 1),
-            "instructions": len(sources), "k": len(cands[0]), "cand_tokens": round(float(tokens)),
-            "baseline_s_per_instr": best["base"][0] / len(sources), "lab_s_per_instr": best["lab"][0] / len(sources),
-            "speedup": best["base"][0] / best["lab"][0], "cpu_speedup": best["base"][1] / best["lab"][1],
-            "max_score_diff": float(np.abs(lab_scores - base).max())}
+    r = {"model": name, "params_M": round(sum(p.numel() for p in ours.model.parameters()) / 1e6, 1),
+         "instructions": len(sources), "k": len(cands[0]), "cand_tokens": round(float(tokens)),
+         "baseline_s_per_instr": best["base"][0] / len(sources), "lab_s_per_instr": best["lab"][0] / len(sources),
+         "speedup": best["base"][0] / best["lab"][0], "cpu_speedup": best["base"][1] / best["lab"][1],
+         "max_score_diff": float(np.abs(scores["lab"] - out["base"]).max())}
+    if int8:
+        r.update(int8_s_per_instr=best["int8"][0] / len(sources), int8_speedup=best["lab"][0] / best["int8"][0],
+                 int8_cpu_speedup=best["lab"][1] / best["int8"][1],
+                 spearman_int8=spearman(scores["lab"].ravel().tolist(), scores["int8"].ravel().tolist()))
+    return r
 
 
 def build(backbone: dict | None, root: Path) -> Path:
@@ -87,31 +106,55 @@ def build(backbone: dict | None, root: Path) -> Path:
     return folder
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cuda", action="store_true", help="full PairRM shape on the GPU")
-    ap.add_argument("--n", type=int, default=None, help="instructions (default: 8 CPU tiny, 2 CPU wide, 32 cuda)")
+    ap.add_argument("--n", type=int, default=None, help="instructions (default: 8 CPU tiny, 4 CPU wide, 32 cuda)")
     ap.add_argument("--k", type=int, default=5, help="responses per instruction")
     ap.add_argument("--batch-size", type=int, default=None, help="ordered pairs per forward pass of the lab ranker")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of each (alternating); the best one counts")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="a smoke test: few, short responses, one timed run")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    if args.quick:
+        args.k, args.repeats = 3, 1
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, "
           f"device {'cuda: ' + torch.cuda.get_device_name() if args.cuda else 'cpu'}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.cuda:  # ~1,000-token candidates: PairRM gives them 412 + half of the unused source budget
-            runs = [("PairRM-shaped (24 layers)", PAIRRM_SHAPE, args.n or 32, 700, "cuda", "float16",
-                     args.batch_size or 40)]
+            runs = [("wide", "PairRM-shaped (24 layers)", PAIRRM_SHAPE, args.n or (2 if args.quick else 32),
+                     30 if args.quick else 700, "cuda", "float16", args.batch_size or 40, False)]
         else:
-            runs = [("tiny random PairRM", None, args.n or 8, 120, "cpu", "float32", args.batch_size or 40),
-                    ("PairRM-wide, 2 of 24 layers", {**PAIRRM_SHAPE, "num_hidden_layers": 2}, args.n or 2, 100,
-                     "cpu", "float32", args.batch_size or 20)]
-        for name, shape, n, words, device, dtype, bs in runs:
+            runs = [("tiny", "tiny random PairRM", None, args.n or (2 if args.quick else 8), 30 if args.quick else 120,
+                     "cpu", "float32", args.batch_size or 40, False),
+                    ("wide", "PairRM-wide, 2 of 24 layers", {**PAIRRM_SHAPE, "num_hidden_layers": 2},
+                     args.n or (1 if args.quick else 4), 20 if args.quick else 100, "cpu", "float32",
+                     args.batch_size or 20, True)]
+        summary = {"device": "cuda" if args.cuda else "cpu", "threads": torch.get_num_threads(),
+                   "load_avg_1m": round(os.getloadavg()[0], 2), "repeats": args.repeats, "quick": args.quick}
+        for key, name, shape, n, words, device, dtype, bs, int8 in runs:
             sources, cands = make_inputs(n, args.k, words)
-            r = bench(name, build(shape, Path(tmp)), sources, cands, device, dtype, bs, args.repeats)
+            r = bench(name, build(shape, Path(tmp)), sources, cands, device, dtype, bs, args.repeats, int8)
             print(f"{r['model']}: {r['params_M']} M params, {r['instructions']} instructions x {r['k']} responses "
-                  f"of ~{r['cand_tokens']} tokens (as ranked) | llm-blender rank {r['baseline_s_per_instr']:.3f} s/instruction"
-                  f" | lab {r['lab_s_per_instr']:.3f} s/instruction | {r['speedup']:.2f}x wall, {r['cpu_speedup']:.2f}x CPU time | "
-                  f"max score difference {r['max_score_diff']:.2e}")
+                  f"of ~{r['cand_tokens']} tokens (as ranked) | llm-blender rank {r['baseline_s_per_instr']:.3f} "
+                  f"s/instruction | lab {r['lab_s_per_instr']:.3f} s/instruction | {r['speedup']:.2f}x wall, "
+                  f"{r['cpu_speedup']:.2f}x CPU time | max score difference {r['max_score_diff']:.2e}")
+            summary.update({f"ratio_wall_{key}": round(r["speedup"], 3), f"ratio_cpu_{key}": round(r["cpu_speedup"], 3),
+                            f"s_per_instr_blender_{key}": round(r["baseline_s_per_instr"], 4),
+                            f"s_per_instr_lab_{key}": round(r["lab_s_per_instr"], 4),
+                            f"max_score_diff_{key}": r["max_score_diff"]})
+            if int8:
+                print(f"  int8: {r['int8_s_per_instr']:.3f} s/instruction | {r['int8_speedup']:.2f}x wall, "
+                      f"{r['int8_cpu_speedup']:.2f}x CPU time against fp32 | Spearman {r['spearman_int8']:.3f}")
+                summary.update(ratio_wall_int8_wide=round(r["int8_speedup"], 3),
+                               ratio_cpu_int8_wide=round(r["int8_cpu_speedup"], 3),
+                               spearman_int8=round(r["spearman_int8"], 4))
+        summary["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+        print(json.dumps(summary))
+        return summary
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@
     python bench/train.py --mode cuda          # GPU: a Llama-3.2-1B-shaped model (random weights), ~420 tokens/seq,
                                                # batch 8, LoRA r=16 on all linear layers
     python bench/train.py --mode cuda --no-gradient-checkpointing / --precompute-ref
+    python bench/train.py --quick              # a smoke test: tiny-random, 3 steps, one run per side
 
 Each side runs in its own child process (same pairs, same model folder, same settings) so imports, caches and peak
 memory do not leak between them; the order alternates over --repeats and the median is reported. Seconds per step are
 the gaps between consecutive ends of optimizer steps after --warmup steps (the same callback on both sides; CPU
 seconds of the process too, which a busy shared machine distorts far less than wall time). Peak
 memory is torch.cuda.max_memory_allocated on a GPU, the child's peak RSS on CPU. Prints one JSON line per side and
-a summary with the ratios lab / plain (goal: within 5% on both).
+run, and last one JSON object: the medians per side and the ratios lab / plain (goal: within 5% on both).
 """
 from __future__ import annotations
 
@@ -142,8 +143,7 @@ def worker(args) -> None:
 
 # ---- the driver ----------------------------------------------------------------------------------------------------
 def run_side(args, side: str, model_path: str, pairs: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", side, "--model-path", model_path, "--pairs", str(pairs),
-           *sys.argv[1:]]
+    cmd = [sys.executable, __file__, "--worker", side, "--model-path", model_path, "--pairs", str(pairs), *args.argv]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -152,7 +152,7 @@ def run_side(args, side: str, model_path: str, pairs: Path) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per side (default: 12 cpu, 30 cuda)")
@@ -162,13 +162,27 @@ def main() -> None:
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="default: off on cpu (small model), on for cuda (TRL's default)")
     p.add_argument("--precompute-ref", action="store_true")
-    p.add_argument("--cpu-model", default="bundled", help="model spec for CPU mode (bundled, tiny-random, a folder)")
+    p.add_argument("--cpu-model", default=None,
+                   help="model spec for CPU mode (bundled, tiny-random, a folder; default bundled, tiny-random with "
+                        "--quick)")
+    p.add_argument("--model-folder", default=None, help="cuda mode: this checkpoint instead of a random "
+                   "Llama-3.2-1B-shaped one (built in the lab cache)")
+    p.add_argument("--quick", action="store_true", help="a smoke test: 3 steps, one run per side")
     p.add_argument("--worker", choices=("lab", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--model-path", help=argparse.SUPPRESS)
     p.add_argument("--pairs", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    args.argv = argv  # the children get the same flags
     import torch
 
+    if args.quick:
+        args.steps, args.warmup, args.repeats = args.steps or 3, 1, 1
+    args.cpu_model = args.cpu_model or ("tiny-random" if args.quick else "bundled")
     cuda = args.mode == "cuda" or (args.mode == "auto" and torch.cuda.is_available())
     args.steps = args.steps or (30 if cuda else 12)
     args.batch_size = args.batch_size or (8 if cuda else 2)
@@ -176,14 +190,17 @@ def main() -> None:
     args.max_length = 512 if cuda else 160
     if args.worker:
         return worker(args)
-    drive(args, cuda)
+    return drive(args, cuda)
 
 
-def drive(args, cuda: bool) -> None:
+def drive(args, cuda: bool) -> dict:
     from lab import models
 
     cache = models.cache_dir()
-    model_path = llama_1b_shaped(cache / "bench-llama-1b-shaped") if cuda else models.resolve(args.cpu_model)
+    if cuda:
+        model_path = args.model_folder or llama_1b_shaped(cache / "bench-llama-1b-shaped")
+    else:
+        model_path = models.resolve(args.cpu_model)
     pairs = Path(tempfile.mkdtemp(prefix="bench-pairs-")) / "pairs.jsonl"
     # ~420 tokens per sequence on cuda (prompt ~100 + answer ~320), ~120 on cpu
     write_pairs(pairs, args.steps * args.batch_size, *((70, 250) if cuda else (20, 60)))
@@ -195,12 +212,15 @@ def drive(args, cuda: bool) -> None:
             results[side].append(res)
     med = {side: {k: statistics.median(x[k] for x in rs) for k in ("s_per_step", "cpu_s_per_step", "peak_gib")}
            for side, rs in results.items()}
-    print(json.dumps({"device": torch_device(cuda), "model": "llama-1b-shaped" if cuda else args.cpu_model,
-                      "batch_size": args.batch_size, "gradient_checkpointing": args.gradient_checkpointing,
-                      "precompute_ref": args.precompute_ref, "lab": med["lab"], "plain_trl": med["trl"],
-                      "ratio_s_per_step": med["lab"]["s_per_step"] / med["trl"]["s_per_step"],
-                      "ratio_cpu_s_per_step": med["lab"]["cpu_s_per_step"] / med["trl"]["cpu_s_per_step"],
-                      "ratio_peak_memory": med["lab"]["peak_gib"] / med["trl"]["peak_gib"]}, indent=2))
+    out = {"device": torch_device(cuda), "model": (args.model_folder or "llama-1b-shaped") if cuda else args.cpu_model,
+           "steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
+           "gradient_checkpointing": args.gradient_checkpointing, "precompute_ref": args.precompute_ref,
+           "repeats": args.repeats, "quick": args.quick, "lab": med["lab"], "plain_trl": med["trl"],
+           "ratio_s_per_step": med["lab"]["s_per_step"] / med["trl"]["s_per_step"],
+           "ratio_cpu_s_per_step": med["lab"]["cpu_s_per_step"] / med["trl"]["cpu_s_per_step"],
+           "ratio_peak_memory": med["lab"]["peak_gib"] / med["trl"]["peak_gib"]}
+    print(json.dumps(out))
+    return out
 
 
 def torch_device(cuda: bool) -> str:

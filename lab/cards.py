@@ -25,7 +25,7 @@ from lab.adapters import read_metrics, read_state
 from lab.methods import METHODS
 from lab.models import BUNDLED_HUB_ID, HUB_ID
 from lab.score import PROMPT_HASH, SCORE_PROMPT
-from lab.store import Run, adapter_file, read_jsonl
+from lab.store import Run, adapter_file
 from lab.verdicts import report_records
 
 LONG = 120  # settings longer than this (prompt texts) are shown in a code block, not squeezed into a table cell

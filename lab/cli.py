@@ -84,6 +84,21 @@ STAGES = [  # pipeline order
 BY_NAME = {s.name: s for s in STAGES}
 
 
+@dataclass(frozen=True)
+class Tool:
+    """A subcommand that needs no run: fn(settings) -> the text it prints."""
+
+    name: str
+    settings: str
+    run: str
+    help: str
+
+
+TOOLS = [Tool("doctor", "lab.doctor:DoctorConfig", "lab.doctor:doctor_command",
+              "what this machine can run: device, precision, engines, and a model's memory estimate (no run needed)")]
+TOOLS_BY_NAME = {t.name: t for t in TOOLS}
+
+
 def load(path: str):
     """'module:name' -> the object."""
     module, name = path.split(":")
@@ -127,13 +142,15 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
                        "(setting: value) or a run's run.json; flags given here override it")
         load(stage.settings).add_arguments(p)
         p.set_defaults(**(defaults or {}))
+    for tool in TOOLS:
+        load(tool.settings).add_arguments(sub.add_parser(tool.name, help=tool.help, description=tool.help))
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The parsed command line, a --config file's settings under the flags given (LabError for a bad file)."""
     args = build_parser().parse_args(argv)
-    if not args.config:
+    if not getattr(args, "config", None):  # tools (doctor) take no settings file
         return args
     values = read_config(args.config, load(BY_NAME[args.stage].settings), args.stage, getattr(args, "source", None))
     return build_parser(values).parse_args(argv)
@@ -162,7 +179,12 @@ def print_summary(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     install_stop_handler()
     try:
-        summary = run_stage(parse_args(argv))
+        args = parse_args(argv)
+        if args.stage in TOOLS_BY_NAME:
+            tool = TOOLS_BY_NAME[args.stage]
+            print(load(tool.run)(load(tool.settings).from_args(args)))
+            return 0
+        summary = run_stage(args)
         if _is_main_process():
             print_summary(summary)
     except LabError as e:

@@ -47,14 +47,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lab import efficiency, limits, models, rank
+from lab import efficiency, limits, models, precision, rank
 from lab.adapters import BASE, adapters_on, check_same_base, fingerprint, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.generation import Completion, Decoding, generate
+from lab.generation import ENGINE_CHOICES, ENGINE_HELP, Completion, Decoding, engine_record, generate, pick_engine, \
+    ShiftedProgress, vllm_units
 from lab.instructions import load_instructions
 from lab.judge import JudgeConfig, judge_run
 from lab.judge_backends import API_BACKENDS, BACKENDS, resolve_key
+from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.sample import check_decoding, sample_record
 from lab.score import Scorer, ScoreConfig, api_backend, mean_scores, score_rows
@@ -105,8 +107,10 @@ class CompareConfig(Settings):
     confidence: float = opt(0.95, "confidence level of the intervals")
     export: str = opt("csv,jsonl,md", "grid exports the command line writes into the run: csv, jsonl, md "
                       "(comma-separated; '' = none)")
-    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
-    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+    engine: str = opt("auto", ENGINE_HELP + " (vllm: base and every adapter in one call, adapters as LoRA requests)",
+                      ENGINE_CHOICES, label="Engine")
+    device: str = opt("auto", DEVICE_HELP)
+    dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "CompareConfig":
         check_decoding(self.temperature, self.top_p, self.max_new_tokens, self.batch_size)
@@ -128,7 +132,8 @@ class CompareConfig(Settings):
         return ScoreConfig(judge="self" if self.score == "base" else self.score, judge_model=self.score_model,
                            evaluations=self.score_evaluations, judge_tokens=self.score_tokens,
                            judge_temperature=self.score_temperature, rpm=self.judge_rpm,
-                           seed=self.seed, batch_size=self.batch_size, device=self.device, dtype=self.dtype)
+                           seed=self.seed, batch_size=self.batch_size, engine=self.engine, device=self.device,
+                           dtype=self.dtype)
 
 
 # ---- held-out instructions and duplicates of training instructions ----------------------------------------------
@@ -190,10 +195,11 @@ def heldout_instructions(run: Run, cfg: "CompareConfig", items: list[dict] | Non
 
 
 # ---- generation ----------------------------------------------------------------------------------------------------
-def model_key(cfg: CompareConfig) -> str:
-    """The key of a comparison's completions: records with another key were made with other settings."""
-    raw = json.dumps({"model": cfg.model, "decoding": cfg.decoding().to_dict(), "batch_size": cfg.batch_size},
-                     sort_keys=True)
+def model_key(cfg: CompareConfig, engine: str = "lab") -> str:
+    """The key of a comparison's completions: records with another key were made with other settings (or by
+    another engine: the two draw different samples at one seed)."""
+    what = {"model": cfg.model, "decoding": cfg.decoding().to_dict(), "batch_size": cfg.batch_size}
+    raw = json.dumps({**what, **({"engine": engine} if engine != "lab" else {})}, sort_keys=True)
     return hashlib.sha1(raw.encode()).hexdigest()[:10]
 
 
@@ -236,6 +242,30 @@ def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict],
     return written
 
 
+def complete_all_vllm(run: Run, cm, adapters: dict[str, Path], items: list[dict], cfg: CompareConfig, key: str,
+                      dups: dict, progress: Progress, started: Callable[[], None] = lambda: None) -> int:
+    """Every missing (model, instruction) completion in ONE vLLM call: the base and each adapter (a LoRA request)
+    answer an instruction with the same seed (salt: its id). Each record is appended as it arrives."""
+    prints = {name: fingerprint(path) for name, path in adapters.items()}
+    have = {(r["instruction_id"], r["model"], r.get("adapter_hash")) for r in run.read("compare")
+            if r.get("key") == key}
+    todo = [(n, it) for n in [BASE, *adapters] for it in items if (it["id"], n, prints.get(n)) not in have]
+    encoded = {it["id"]: cm.encode_prompt(it["prompt"]) for _, it in todo}
+    total, written = (1 + len(adapters)) * len(items), [0]
+
+    def take(u: int, _j: int, c: Completion) -> None:
+        name, it = todo[u]
+        started()
+        written[0] += run.append("compare", [compare_record(it, c, name, adapters.get(name), cm.path, cfg, key,
+                                                            dups.get(it["id"]), prints.get(name))])
+
+    if todo:
+        vllm_units(cm, [(it["id"], [0]) for _, it in todo], encoded, cfg.decoding(), [it["id"] for _, it in todo],
+                   [adapters.get(n) for n, _ in todo], ShiftedProgress(progress, total - len(todo), total,
+                                                                       "comparing"), take)
+    return written[0]
+
+
 def check_scorers(cfg: CompareConfig, api_key: str | None) -> None:
     """Fail before any generation if a scorer cannot run: no API key (lab.judge_backends.resolve_key: the same rule
     the judge applies), or a PairRM that cannot be found."""
@@ -267,16 +297,20 @@ def _compare_locked(run: Run, cfg: CompareConfig, progress: Progress | None, api
     adapters = adapters if adapters is not None else resolve_adapters(run, cfg.adapters)
     items, dups = heldout_instructions(run, cfg, items)
     check_scorers(cfg, api_key)
+    engine = pick_engine(cfg.engine, precision.probe(cfg.device).kind)
     progress = progress or Progress("comparing")
     progress.loading(f"model {cfg.model}")
-    cm = models.load(cfg.model, cfg.device, cfg.dtype)
+    cm = models.load(cfg.model, cfg.device, cfg.dtype) if engine == "lab" else models.load_chat_tokenizer(cfg.model)
     check_same_base(adapters, cfg.model, cm.path)
-    key = model_key(cfg)
+    key = model_key(cfg, engine)
     settings = {**cfg.to_dict(), "key": key, "base_path": cm.path, "models": [BASE, *adapters],
-                "instruction_ids": [i["id"] for i in items], "duplicates_found": dups}
+                "instruction_ids": [i["id"] for i in items], "duplicates_found": dups, **engine_record(engine)}
     started = once(lambda: run.record_stage("compare", settings))  # with the first completion, or once scored
-    with adapters_on(cm, adapters) as select:
-        written = complete_all(run, select, adapters, items, cfg, key, dups, progress, started)
+    if engine == "vllm":
+        written = complete_all_vllm(run, cm, adapters, items, cfg, key, dups, progress, started)
+    else:
+        with adapters_on(cm, adapters) as select:
+            written = complete_all(run, select, adapters, items, cfg, key, dups, progress, started)
     progress.close()
     scores = score(run, cfg, progress, api_key, settings)
     started()
@@ -524,7 +558,9 @@ def score_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress
     rows = [{**r, "set": "eval"} for m in st["models"] for r in table.get(m, {}).values()]
     judge = api_backend(scfg, api_key)
     local = None if judge else (lambda: nullcontext(models.load(cfg.model, cfg.device, cfg.dtype)))
-    score_rows(run, rows, Scorer(scfg, judge, local), progress or Progress("scoring", quiet=True),
+    engine = "lab" if judge else pick_engine(cfg.engine, precision.probe(cfg.device).kind)
+    prompter = models.load_chat_tokenizer(cfg.model) if engine == "vllm" else None
+    score_rows(run, rows, Scorer(scfg, judge, local, engine, prompter), progress or Progress("scoring", quiet=True),
                "scoring (5-point)")
     means = mean_scores([s for s in run.read("scores") if s["judge"] == scfg.name], "eval")
 

@@ -1,8 +1,11 @@
 """Generation behind one interface: k completions per chat prompt, from the base model or with a LoRA adapter on.
 
 `generate(cm, prompts, k, dec, ...)` is what compare, the self-scorer and the local tools call; the sample stage
-calls `run_units` to resume exactly the samples it lacks. Engines (ENGINES): "lab", the hand-written sampler below,
-and "vllm" (lab.engine_vllm, a worker in vLLM's own environment; see docs/engines.md).
+calls `run_units` (lab) or `vllm_units` (vLLM) to resume exactly the samples it lacks. Engines (ENGINES): "lab", the
+hand-written sampler below, and "vllm" (lab.engine_vllm, a worker in vLLM's own environment; docs/engines.md).
+`pick_engine` resolves a stage's `--engine auto|lab|vllm`: auto is vLLM on CUDA where it is set up, the lab's
+sampler otherwise (it was the faster of the two on CPU). Both give lab.generation.Completion records; vLLM seeds
+each sample by (seed, salt, sample index) (engine_vllm.SEED_RULE), the lab's sampler each batch by its contents.
 
 Why a hand-written decode loop instead of `model.generate(num_return_sequences=K)` per prompt:
   - each prompt is pre-filled once and its KV cache copied K times (generate pre-fills K copies);
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from lab import efficiency, models
+from lab import efficiency, engine_vllm, models
+from lab.errors import LabError
 from lab.progress import Progress
 
 NUCLEUS_TOP_K = 256  # candidates searched for the top-p nucleus before falling back to a full sort
@@ -28,6 +33,44 @@ NUCLEUS_TOP_K = 256  # candidates searched for the top-p nucleus before falling 
 # A finished sequence counts whole, a live one by the steps it has taken out of max_new_tokens (an upper bound on
 # what it still needs), so the share only grows. Callers throttle what they do with it (lab.progress does).
 OnStep = Callable[[float, int], None]
+
+
+@dataclass(frozen=True)
+class Engine:
+    label: str
+    available: Callable[[], tuple[bool, str]]  # -> (installed, what was found or why not)
+
+
+ENGINES = {
+    "lab": Engine("the lab's batched sampler, on the model loaded in this process (fastest on CPU)",
+                  lambda: (True, "the lab's batched sampler: always there")),
+    "vllm": Engine("vLLM in its own environment (paged KV cache, LoRA adapters as requests; docs/engines.md)",
+                   engine_vllm.available),
+}
+ENGINE_CHOICES = ("auto", *ENGINES)
+ENGINE_HELP = "generation engine: auto (vLLM on CUDA where it is set up, else lab), " + \
+    "; ".join(f"{k}: {e.label}" for k, e in ENGINES.items())
+
+
+def pick_engine(choice: str, device_kind: str) -> str:
+    """--engine -> the engine that runs: auto = vLLM on a CUDA device where it is installed, the lab's sampler
+    otherwise; an engine asked for by name must be installed (LabError saying how to set it up)."""
+    if choice == "auto":
+        return "vllm" if device_kind == "cuda" and ENGINES["vllm"].available()[0] else "lab"
+    if choice not in ENGINES:
+        raise LabError(f"Unknown --engine {choice!r}: use {', '.join(ENGINE_CHOICES)}.")
+    ok, why = ENGINES[choice].available()
+    if not ok:
+        raise LabError(f"--engine {choice}: {why}; or use --engine lab.")
+    return choice
+
+
+def engine_record(engine: str) -> dict:
+    """What run.json records of the engine that generated: its name (`engine_used`: the `engine` setting beside it
+    stays as asked, auto included, so that run.json redoes the run as it was asked for), version and seed rule."""
+    if engine != "vllm":
+        return {"engine_used": engine}
+    return {"engine_used": engine, "engine_version": engine_vllm.version(), "seed_rule": engine_vllm.SEED_RULE}
 
 
 @dataclass(frozen=True)
@@ -49,6 +92,28 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" | "length"
+    read: list[float] | None = None  # ReadAfter's probabilities, where one was asked for (never in a record)
+
+
+@dataclass(frozen=True)
+class ReadAfter:
+    """Next-token probabilities read once a batch's completions are written, on the keys and values the batch
+    pre-filled for its prompts (so no prompt runs twice): `tails(texts)` gives, per completion text, the token ids
+    fed after the prompt (None: nothing to read for it); Completion.read gets the probabilities of `ids` after
+    prompt + tail, renormalised over `ids`. The self-scorer reads the digits 0-5 after judgment + "Score: " so."""
+
+    tails: Callable[[list[str]], list[list[int] | None]]
+    ids: tuple[int, ...]
+
+
+@dataclass
+class PromptState:
+    """A batch's pre-filled prompts: per layer (keys, values) [P, heads, width, dim], left-padded; mask [P, width];
+    last [P], the position of each prompt's last token."""
+
+    kv: list[tuple]
+    mask: object
+    last: object
 
 
 def sample_next(logits, dec: Decoding, gen):
@@ -108,28 +173,77 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def prefill(cm: models.ChatModel, prompts: list[list[int]]):
+    """Run left-padded prompts through the model once. -> (last-position logits [P, V], the DynamicCache,
+    PromptState). The state holds the cache's own prefill tensors, which later cache updates replace rather than
+    modify, so it stays valid while the cache grows."""
+    from transformers import DynamicCache
+
+    ids, mask = left_pad(prompts, cm.tokenizer.pad_token_id, cm.device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=cm.model.config)
+    out = cm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                   logits_to_keep=1, **{cache_kwarg(cm.model): cache})
+    state = PromptState([(layer.keys, layer.values) for layer in cache.layers], mask, positions[:, -1])
+    return out.logits[:, -1], cache, state
+
+
+def read_tails(cm: models.ChatModel, state: PromptState, of: list[int], tails: list[list[int]],
+               ids: tuple[int, ...]) -> list[list[float]]:
+    """P(ids) after prompt of[i] + tails[i], renormalised over ids, in one forward pass over the tails only.
+
+    The tails are left-padded in a block after the (left-padded) cached prompts, so every row ends in the last
+    column and only that column's logits are computed; the gap between prompt and tail is masked out and the tail's
+    positions continue from its prompt's last one. -> [len(tails)][len(ids)]."""
+    import torch
+    from transformers import DynamicCache
+
+    idx = torch.tensor(of, device=cm.device)
+    cache = DynamicCache(config=cm.model.config)
+    for layer, (keys, values) in enumerate(state.kv):
+        cache.update(keys[idx], values[idx], layer)
+    tail_ids, tail_mask = left_pad(tails, cm.tokenizer.pad_token_id, cm.device)
+    logits = cm.model(input_ids=tail_ids, attention_mask=torch.cat([state.mask[idx], tail_mask], dim=1),
+                      position_ids=state.last[idx][:, None] + tail_mask.cumsum(-1), use_cache=True,
+                      logits_to_keep=1, **{cache_kwarg(cm.model): cache}).logits[:, -1]
+    return logits[:, list(ids)].float().softmax(-1).tolist()
+
+
+def read_after(cm: models.ChatModel, prompts: list[list[int]], tails: list[list[int]], of: list[int],
+               ids: tuple[int, ...], batch_size: int) -> list[list[float]]:
+    """read_tails for completions written elsewhere (vLLM): tails[i] follows prompts[of[i]]; batch_size tails at a
+    time, each distinct prompt of a batch pre-filled once (a prompt's R judgments share it)."""
+    import torch
+
+    out: list[list[float]] = []
+    for start in range(0, len(tails), batch_size):
+        chunk = range(start, min(start + batch_size, len(tails)))
+        uniq = sorted({of[i] for i in chunk})
+        where = {p: n for n, p in enumerate(uniq)}
+        with torch.inference_mode():
+            _, _, state = prefill(cm, [prompts[p] for p in uniq])
+            out.extend(read_tails(cm, state, [where[of[i]] for i in chunk], [tails[i] for i in chunk], ids))
+    return out
+
+
 class _Batch:
     """Live decoding state. Row i of every tensor belongs to sequence `rows[i]` of the batch."""
 
-    def __init__(self, cm: models.ChatModel, prompts: list[list[int]], counts: list[int]):
+    def __init__(self, cm: models.ChatModel, prompts: list[list[int]], counts: list[int], keep_prompts: bool = False):
         import torch
-        from transformers import DynamicCache
 
         self.cm = cm
-        ids, self.mask = left_pad(prompts, cm.tokenizer.pad_token_id, cm.device)
-        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
-        self.cache = DynamicCache(config=cm.model.config)
         self.cache_arg = cache_kwarg(cm.model)
-        out = cm.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, use_cache=True,
-                       logits_to_keep=1, **{self.cache_arg: self.cache})
-        expand = torch.arange(len(prompts), device=cm.device).repeat_interleave(
-            torch.tensor(counts, device=cm.device))  # each prompt's cache copied once per wanted sample
-        self.cache.batch_select_indices(expand)
-        self.logits = out.logits[:, -1][expand]
-        self.mask, self.pos = self.mask[expand], positions[:, -1][expand]
-        self.rows = torch.arange(len(expand), device=cm.device)
-        self.tokens: list[list[int]] = [[] for _ in range(len(expand))]
-        self.finish: list[str | None] = [None] * len(expand)
+        logits, self.cache, state = prefill(cm, prompts)
+        self.prompts = state if keep_prompts else None  # what a ReadAfter reads on, once the decode is done
+        self.expand = torch.arange(len(prompts), device=cm.device).repeat_interleave(
+            torch.tensor(counts, device=cm.device))  # row -> its prompt: each prompt's cache copied once per sample
+        self.cache.batch_select_indices(self.expand)
+        self.logits = logits[self.expand]
+        self.mask, self.pos = state.mask[self.expand], state.last[self.expand]
+        self.rows = torch.arange(len(self.expand), device=cm.device)
+        self.tokens: list[list[int]] = [[] for _ in range(len(self.expand))]
+        self.finish: list[str | None] = [None] * len(self.expand)
 
     def step(self, next_ids) -> None:
         import torch
@@ -148,12 +262,13 @@ class _Batch:
 
 
 def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[int], dec: Decoding,
-                   gen, on_step: OnStep | None = None) -> list[Completion]:
-    """Sample counts[i] completions of prompt i (token ids, already chat-rendered). Returns them prompt by prompt.
-    on_step: told the batch's progress after each decode step (see OnStep)."""
+                   gen, read: ReadAfter | None = None, on_step: OnStep | None = None) -> list[Completion]:
+    """Sample counts[i] completions of prompt i (token ids, already chat-rendered). Returns them prompt by prompt,
+    each with its ReadAfter probabilities where `read` asks for them. on_step: told the batch's progress after each
+    decode step (see OnStep)."""
     import torch
 
-    b = _Batch(cm, prompts, counts)
+    b = _Batch(cm, prompts, counts, keep_prompts=read is not None)
     eos = torch.tensor(cm.eos_ids, device=cm.device)
     alive = torch.ones(len(b.tokens), dtype=torch.bool, device=cm.device)
     made, finished = 0, 0
@@ -179,9 +294,18 @@ def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[
         b.step(nxt)
     prompt_lens = [len(p) for p, c in zip(prompts, counts) for _ in range(c)]
     efficiency.add(tokens_in=sum(len(p) for p in prompts), tokens_out=sum(map(len, b.tokens)))
-    texts = cm.tokenizer.batch_decode(b.tokens, skip_special_tokens=True)
-    return [Completion(t.strip(), n, len(toks), f or "length")
-            for t, n, toks, f in zip(texts, prompt_lens, b.tokens, b.finish)]
+    texts = [t.strip() for t in cm.tokenizer.batch_decode(b.tokens, skip_special_tokens=True)]
+    comps = [Completion(t, n, len(toks), f or "length")
+             for t, n, toks, f in zip(texts, prompt_lens, b.tokens, b.finish)]
+    if read is not None:
+        del b.cache  # the decode's cache is done with; the reads need only the prompts'
+        tails = read.tails(texts)
+        rows = [i for i, t in enumerate(tails) if t is not None]
+        if rows:
+            probs = read_tails(cm, b.prompts, b.expand[rows].tolist(), [tails[i] for i in rows], read.ids)
+            for i, p in zip(rows, probs):
+                comps[i].read = p
+    return comps
 
 
 def make_generator(cm: models.ChatModel, seed: int, salt: str):
@@ -194,25 +318,76 @@ def make_generator(cm: models.ChatModel, seed: int, salt: str):
 
 
 def generate(cm: models.ChatModel, prompts: list[str], k: int, dec: Decoding, batch_size: int = 64,
-             progress: Progress | None = None) -> list[list[Completion]]:
-    """k completions for each prompt (plain text; rendered with the model's chat template). Batched and
-    length-sorted; returns one list per prompt, in the order given. Used by compare and iterate too.
+             progress: Progress | None = None, engine: str = "lab", adapter: Path | None = None,
+             read: ReadAfter | None = None) -> list[list[Completion]]:
+    """k completions for each prompt (plain text; rendered with the model's chat template); one list per prompt, in
+    the order given. Used by compare and the self-scorer.
+    engine "lab": cm's own weights (an adapter switched on with lab.adapters.adapters_on), batched and
+      length-sorted, batch_size sequences at a time;
+    engine "vllm": one vLLM call for everything; cm may be a tokenizer-only ChatModel (models.load_chat_tokenizer)
+      and `adapter` the LoRA folder to answer with (None: the base).
+    read: probabilities read after each completion on its batch's pre-filled prompt (engine "lab" only; with vLLM
+      the caller reads them with read_after on a model loaded here).
     progress: told the completions done after each batch, and the work inside a batch as it decodes."""
+    if read is not None and engine != "lab":
+        raise ValueError("generate(read=...) runs on the lab's engine only; read vLLM's completions with read_after")
     encoded = [cm.encode_prompt(p) for p in prompts]
     units = [(i, list(range(k))) for i in range(len(prompts))]
+    if engine == "vllm":
+        return vllm_units(cm, units, encoded, dec, [None] * len(prompts), [adapter] * len(prompts), progress)
     out: list[list[Completion]] = [[] for _ in prompts]
     for batch in plan_batches(units, encoded, batch_size):
         have, rows = sum(len(o) for o in out), sum(len(idx) for _, idx in batch)
         step = None if progress is None else (
             lambda share, _tokens: progress.update(have, len(prompts) * k, partial=share * rows))
         done = run_units(cm, batch, encoded, dec, salt="|".join(_unit_salt(prompts[i], idx, k) for i, idx in batch),
-                         on_step=step)
+                         read=read, on_step=step)
         for (i, _), comps in zip(batch, done):
             out[i].extend(comps)
         if progress:
             progress.update(sum(len(o) for o in out), len(prompts) * k)
             progress.check_stop()
     return out
+
+
+def vllm_units(cm: models.ChatModel, units: list[tuple[int, list[int]]], encoded, dec: Decoding,
+               salts: list[str | None], adapters: list[Path | None], progress=None,
+               on_result: Callable[[int, int, Completion], None] | None = None, info: dict | None = None
+               ) -> list[list[Completion]]:
+    """Every (prompt index, sample indices) unit in one vLLM call: unit u answers encoded[units[u][0]] with the
+    adapter folder adapters[u] (None: the base), its samples seeded by salts[u] (None: a hash of the prompt's
+    tokens). on_result(u, sample index, completion) as each arrives (in any order); info gets engine_vllm's totals. -> completions per unit,
+    in sample index order."""
+    folders = {str(a): a for a in adapters if a is not None}
+    names = {key: f"adapter{n}" for n, key in enumerate(sorted(folders))}
+    comps = engine_vllm.generate(
+        cm.path, [list(encoded[i]) for i, _ in units], 0, dec, cm.eos_ids,
+        adapters={names[key]: folders[key] for key in folders},
+        adapter_of=[names[str(a)] if a is not None else None for a in adapters], progress=progress,
+        sample_indices=[list(idx) for _, idx in units],
+        salts=None if all(s is None for s in salts) else [s or engine_vllm.prompt_salt(list(encoded[i]))
+                                                          for s, (i, _) in zip(salts, units)],
+        on_result=(lambda u, c: on_result(u, c["sample_index"], as_completion(c))) if on_result else None, info=info)
+    return [[as_completion(c) for c in unit] for unit in comps]
+
+
+class ShiftedProgress:
+    """A stage's Progress as an engine call sees it: the call counts its own completions from 0, the bar shows the
+    stage's (done before + done now) of its total; stop requests pass through."""
+
+    def __init__(self, progress: Progress, before: int, total: int, desc: str):
+        self.progress, self.before, self.total, self.desc = progress, before, total, desc
+
+    def update(self, done: int, total: int | None = None, *args, **kwargs) -> None:
+        self.progress.update(self.before + done, self.total, self.desc)
+
+    def check_stop(self) -> None:
+        self.progress.check_stop()
+
+
+def as_completion(c: dict) -> Completion:
+    """An engine_vllm completion dict -> the lab's Completion (the fields samples.jsonl keeps)."""
+    return Completion(c["text"], c["prompt_tokens"], c["completion_tokens"], c["finish_reason"])
 
 
 def _unit_salt(prompt: str, indices: list[int], k: int) -> str:
@@ -243,14 +418,15 @@ def plan_batches(units: list[tuple[int, list[int]]], encoded, batch_size: int):
         yield batch
 
 
-def run_units(cm, batch, encoded, dec: Decoding, salt: str, on_step: OnStep | None = None) -> list[list[Completion]]:
+def run_units(cm, batch, encoded, dec: Decoding, salt: str, read: ReadAfter | None = None,
+              on_step: OnStep | None = None) -> list[list[Completion]]:
     """Generate one batch; returns the completions grouped per unit. on_step: see OnStep."""
     import torch
 
     counts = [len(idx) for _, idx in batch]
     with torch.inference_mode():
         flat = generate_batch(cm, [encoded[i] for i, _ in batch], counts, dec, make_generator(cm, dec.seed, salt),
-                              on_step)
+                              read=read, on_step=on_step)
     grouped, start = [], 0
     for c in counts:
         grouped.append(flat[start:start + c])

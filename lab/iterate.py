@@ -41,9 +41,11 @@ from lab.adapters import BASE, check_same_base, read_state, resolve_adapters, st
 from lab.compare import CompareConfig, compare_run, find_duplicates
 from lab.config import Settings, opt
 from lab.errors import LabError
+from lab.generation import ENGINE_CHOICES, ENGINE_HELP
 from lab.instructions import Instruction, load_instructions
 from lab.judge_backends import API_BACKENDS
 from lab.pairs import PairsConfig, build_pairs
+from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.sample import SampleConfig, check_decoding, sample_run
 from lab.score import PROMPT_HASH, ScoreConfig, api_backend, mean_scores, score_run, summarize as score_summary
@@ -90,8 +92,10 @@ class IterateConfig(Settings):
     train_batch_size: int = opt(4, "pairs per training step")
     seed: int = opt(0, "seed for sampling, judging and training (each round offsets it by its number)", label="Seed")
     batch_size: int = opt(32, "sequences generated together (lower it if memory runs out)")
-    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
-    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+    engine: str = opt("auto", "every round's sampling, self-scoring and evaluation: " + ENGINE_HELP, ENGINE_CHOICES,
+                      label="Engine")
+    device: str = opt("auto", DEVICE_HELP)
+    dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "IterateConfig":
         check_decoding(self.temperature, self.top_p, self.max_new_tokens, self.batch_size)
@@ -113,14 +117,14 @@ class IterateConfig(Settings):
         """Round k's sampling: N answers per instruction, seeded by the round."""
         return SampleConfig(model=self.model, n=1, k=self.samples, temperature=self.temperature, top_p=self.top_p,
                             max_new_tokens=self.max_new_tokens, seed=self.seed + k, batch_size=self.batch_size,
-                            device=self.device, dtype=self.dtype)
+                            engine=self.engine, device=self.device, dtype=self.dtype)
 
     def score_config(self, k: int) -> ScoreConfig:
         """Round k's self-scoring (or the API judge's) of its answers."""
         return ScoreConfig(judge=self.judge, judge_model=self.judge_model, evaluations=self.evaluations,
                            judge_tokens=self.judge_tokens, judge_temperature=self.judge_temperature,
                            score_mode=self.score_mode, rpm=self.rpm, seed=self.seed + 100 * k,
-                           batch_size=self.batch_size, device=self.device, dtype=self.dtype)
+                           batch_size=self.batch_size, engine=self.engine, device=self.device, dtype=self.dtype)
 
     def compare_config(self) -> CompareConfig:
         """Every round's evaluation: base, M(k-1) and M(k) on the held-out instructions, scored by one fixed
@@ -130,7 +134,7 @@ class IterateConfig(Settings):
                              batch_size=self.batch_size, score="base" if self.judge == "self" else self.judge,
                              score_model=self.judge_model, score_evaluations=self.evaluations,
                              score_tokens=self.judge_tokens, score_temperature=self.judge_temperature,
-                             judge_rpm=self.rpm, device=self.device, dtype=self.dtype)
+                             judge_rpm=self.rpm, engine=self.engine, device=self.device, dtype=self.dtype)
 
     def train_config(self, k: int, n_pairs: int) -> TrainConfig:
         """The DPO settings of round k, trained on n_pairs pairs (a batch no larger than the pairs)."""

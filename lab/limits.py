@@ -40,10 +40,10 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from lab import models
+from lab.memory import count_parameters  # sized from the config alone, bounds checked (lab.memory)
 from lab.errors import LabError
 
 
@@ -76,11 +76,6 @@ CAPS = {
 HF_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 TOKEN_MODELS_ENV = "LAB_TOKEN_MODELS"
 _OWNER_TOKEN: dict[str, str] = {}  # the owner's Hub token, kept out of os.environ on a hosted app
-# config values past which a model is not sized at all (a made-up config.json would cost the server minutes or GBs)
-CONFIG_BOUNDS = {"num_hidden_layers": 512, "n_layer": 512, "num_layers": 512, "hidden_size": 65536, "n_embd": 65536,
-                 "d_model": 65536, "intermediate_size": 262144, "n_inner": 262144, "vocab_size": 2_000_000,
-                 "num_attention_heads": 1024, "num_key_value_heads": 1024, "max_position_embeddings": 10_000_000,
-                 "n_positions": 10_000_000}
 
 
 def on_space() -> bool:
@@ -149,38 +144,6 @@ def owner_token(specs: list[str]) -> str | None:
     return _OWNER_TOKEN.get("token") if hub_ids and all(s in allowed for s in hub_ids) else None
 
 
-def _check_bounds(config, source: str) -> None:
-    for key, bound in CONFIG_BOUNDS.items():
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > bound:
-            raise LabError(f"{source}'s config says {key}={value}: past {bound}, the lab does not size it (no real "
-                           "chat model is that large); choose another model.")
-
-
-@lru_cache(maxsize=64)
-def count_parameters(source: str, token: str | bool | None = False) -> int:
-    """Parameters of the causal LM that `source` (a hub id or a folder with config.json) describes, counted from its
-    config alone: only config.json is fetched (a hub id; `token` False = anonymously), and the model is built on the
-    meta device with its buffers there too, so no weights are downloaded or allocated; a config with absurd sizes is
-    refused before anything is built. Tied embeddings count once, as in the loaded model."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        config = AutoConfig.from_pretrained(source, token=token)
-        _check_bounds(config, source)
-        with init_empty_weights(include_buffers=True):
-            model = AutoModelForCausalLM.from_config(config)
-        model.tie_weights()  # on the meta device from_config leaves tied embeddings as two tensors
-    except LabError:
-        raise
-    except Exception as e:  # a gated, missing, remote-code or malformed config: the size is unknown, so refuse
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise LabError(f"Could not read the config of {source} to check its size ({first}): give a hub id of a "
-                       "transformers causal LM, 'bundled' or 'tiny-random'.") from None
-    return sum(p.numel() for p in model.parameters())
-
-
 def check_model(spec: str, flag: str = "--model") -> None:
     """Refuse a model above LAB_MAX_MODEL_PARAMS, before anything of it but its config is downloaded."""
     limit = cap("model_params")
@@ -188,7 +151,7 @@ def check_model(spec: str, flag: str = "--model") -> None:
     if limit is None or not spec or spec in models.SPECIAL_SPECS:  # bundled (135M) and tiny-random are small
         return
     source = models.resolve(spec)  # a hub id, or a local folder's path
-    billions = count_parameters(source, owner_token([spec]) or False) / 1e9
+    billions = count_parameters(source, owner_token([spec]) or False) / 1e9  # False: anonymously
     if billions > limit:
         c = CAPS["model_params"]
         raise LabError(f"{flag} {spec} has {billions:.2f} billion parameters, above this app's cap of "

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import efficiency
+from lab import efficiency, memory, precision
 from lab.errors import LabError
 from lab.store import build_folder
 
@@ -130,19 +130,12 @@ def run_model(run, given: str = "") -> str:
 
 
 def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[str, Any]:
-    """bf16 on a GPU, fp32 on CPU (CPU bf16 matmuls are slow on most machines); both overridable."""
-    import torch
-
-    if not device or device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LabError("--device cuda was asked for, but no CUDA GPU is visible: use --device cpu.")
-    if not dtype or dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise LabError(f"Unknown dtype {dtype!r}: use float32, bfloat16 or float16.")
-    efficiency.note(device, dtype)  # what the stage being measured runs on
-    return device, getattr(torch, dtype)
+    """(torch device string, torch dtype) from lab.precision's table (CUDA, then mps, then CPU; bf16 from compute
+    capability 8.0, fp16 below, fp32 on CPU); both overridable within what the device can do."""
+    dev = precision.probe(device)
+    name = precision.resolve_dtype(dev, dtype)
+    efficiency.note(dev.name, name)  # what the stage being measured runs on
+    return dev.name, precision.torch_dtype(name)
 
 
 def hub_error(spec: str, err: Exception) -> LabError:
@@ -169,9 +162,11 @@ def choose_pad(tok, eos_ids: set[int]) -> None:
     tok.add_special_tokens({"pad_token": "<|lab_pad|>"})  # the caller resizes embeddings
 
 
-def end_of_turn_ids(tok, model) -> list[int]:
+def end_of_turn_ids(tok, model=None, generation_config=None) -> list[int]:
+    """Every id that ends a turn: the generation config's eos ids (of `model`, or given), the tokenizer's eos and
+    the END_OF_TURN tokens it knows."""
     ids: set[int] = set()
-    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    gen_eos = getattr(generation_config or getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
     if tok.eos_token_id is not None:
         ids.add(tok.eos_token_id)
@@ -212,15 +207,25 @@ _CACHE: dict[tuple, ChatModel] = {}
 
 
 def load(spec: str, device: str | None = None, dtype: str | None = None) -> ChatModel:
-    """Load (or reuse) a chat model. One model is kept per process: loading another frees the previous one."""
+    """Load (or reuse) a chat model. One model is kept per process: loading another frees the previous one.
+    A model whose weights alone cannot fit in the device's free memory is refused first (lab.memory)."""
     path = resolve(spec)
-    dev, torch_dtype = pick_device(device, dtype)
-    key = (path, dev, str(torch_dtype))
+    dev = precision.probe(device)
+    dtype_name = precision.resolve_dtype(dev, dtype)
+    key = (path, dev.name, dtype_name)
     if key in _CACHE:
         return _CACHE[key]
     _CACHE.clear()
-    _CACHE[key] = _load_uncached(spec, path, dev, torch_dtype)
+    check_memory(spec, path, dev, dtype_name)
+    _CACHE[key] = _load_uncached(spec, path, dev.name, precision.torch_dtype(dtype_name))
     return _CACHE[key]
+
+
+def check_memory(spec: str, path: str, dev, dtype: str) -> None:
+    """Refuse, with the numbers, a model that cannot be loaded and run one sequence on `dev` (lab.precision)."""
+    need = memory.sampling_need(memory.model_shape(path), dtype, dev.kind, batch=1, tokens=1024)
+    memory.check_fits(need, dev.kind, dev.name, f"Loading {spec} in {dtype}",
+                      "use a smaller model, a lower-precision --dtype, or a device with more memory")
 
 
 def load_tokenizer(spec: str):
@@ -253,6 +258,25 @@ def load_weights(spec: str, torch_dtype, **kwargs):
     return model, tok
 
 
+def load_chat_tokenizer(spec: str) -> ChatModel:
+    """A ChatModel without weights (model None, device "engine"): it renders and encodes prompts and knows the
+    end-of-turn ids, for an engine that loads the weights itself in its own process (vLLM)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    path = resolve(spec)
+    tok = load_tokenizer(spec)
+    try:
+        gen = GenerationConfig.from_pretrained(path)
+    except OSError:  # a checkpoint without generation_config.json: the tokenizer's ids alone
+        gen = None
+    eos_ids = end_of_turn_ids(tok, generation_config=gen)
+    choose_pad(tok, set(eos_ids))
+    config = AutoConfig.from_pretrained(path)
+    info = {"parameters": memory.count_parameters(path), "architecture": (config.architectures or ["?"])[0],
+            "context": getattr(config.get_text_config(), "max_position_embeddings", None)}
+    return ChatModel(spec=spec, path=path, model=None, tokenizer=tok, device="engine", eos_ids=eos_ids, info=info)
+
+
 def _load_uncached(spec: str, path: str, device: str, torch_dtype) -> ChatModel:
     model, tok = load_weights(spec, torch_dtype)
     eos_ids = end_of_turn_ids(tok, model)
@@ -263,5 +287,6 @@ def _load_uncached(spec: str, path: str, device: str, torch_dtype) -> ChatModel:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.to(device).eval()
     info = {"parameters": sum(p.numel() for p in model.parameters()), "dtype": str(torch_dtype).replace("torch.", ""),
-            "architecture": type(model).__name__}
+            "architecture": type(model).__name__,
+            "context": getattr(model.config.get_text_config(), "max_position_embeddings", None)}
     return ChatModel(spec=spec, path=path, model=model, tokenizer=tok, device=device, eos_ids=eos_ids, info=info)

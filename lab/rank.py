@@ -26,7 +26,8 @@ ranker or new samples appends, so nothing is overwritten):
      "logits": [[float]],            # K x K; logits[i][j] = PairRM logit that response i beats j when i is shown
                                      #   first (diagonal 0). Both-orders preference of i over j:
                                      #   logits[i][j] - logits[j][i] (what Blender.compare returns)
-     "ranker": str, "ranker_path": str, "source_max_length": int, "candidate_max_length": int,
+     "ranker": str, "ranker_path": str, "quantize": "none" | "int8",
+     "source_max_length": int, "candidate_max_length": int,
      "truncated": [bool],            # parallel; True where the response was cut (to candidate_max_length tokens
                                      #   plus half of what the instruction leaves of source_max_length)
      "time": str}
@@ -44,12 +45,15 @@ from lab import efficiency
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.models import HUB_ID, build_once, cache_dir, pick_device
+from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.sample import Group, groups
 from lab.store import ASSET_FILES, Run, asset, once
 
 DEFAULT_RANKER = "llm-blender/PairRM"
 PAIRRM_SOURCE_MAX, PAIRRM_CANDIDATE_MAX = 1224, 412  # PairRM's training lengths, in tokens
+CPU_ATTENTION_BUDGET = 2 ** 21  # attention scores (rows x heads x length^2) per CPU pass: ~8 MB of fp32
+QUANTIZE_SKIP = ("query_proj", "key_proj")  # kept fp32 in int8 mode: their rounding is amplified by the softmax
 
 
 @dataclass
@@ -58,8 +62,10 @@ class RankConfig(Settings):
                       "weights: its rankings are noise)", label="Ranker")
     batch_size: int = opt(32, "ordered response pairs per forward pass (K responses give K*(K-1) per instruction)",
                           label="Pairs per pass")
-    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
-    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+    quantize: str = opt("none", "int8: dynamic int8 quantization of the linear layers, CPU only: ~2x faster, "
+                        "rankings that agree with fp32 (bench/rank.py)", ("none", "int8"), label="Quantize (CPU)")
+    device: str = opt("auto", DEVICE_HELP)
+    dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "RankConfig":
         if self.batch_size < 1:
@@ -216,6 +222,7 @@ class Ranker:
     tokenizer: Any
     collator: Any
     device: str
+    quantize: str = "none"
 
     @property
     def limits(self) -> tuple[int, int]:
@@ -226,17 +233,41 @@ class Ranker:
 _CACHE: dict[tuple, Ranker] = {}
 
 
-def load_ranker(spec: str = DEFAULT_RANKER, device: str | None = None, dtype: str | None = None) -> Ranker:
-    """Load (or reuse) a ranker: fp32 on CPU, bf16 on a GPU unless `dtype` says otherwise."""
+def load_ranker(spec: str = DEFAULT_RANKER, device: str | None = None, dtype: str | None = None,
+                quantize: str = "none") -> Ranker:
+    """Load (or reuse) a ranker in the dtype of lab.precision's table (fp32 on CPU) unless `dtype` says otherwise;
+    quantize "int8": the linear layers dynamically quantized (CPU only)."""
     folder = resolve_ranker(spec)
     dev, torch_dtype = pick_device(device, dtype)
-    key = (str(folder), dev, str(torch_dtype))
+    if quantize == "int8" and dev != "cpu":
+        raise LabError(f"--quantize int8 runs on CPU only (PyTorch's dynamic int8 kernels); on {dev} use "
+                       "--quantize none (the GPU's 16-bit dtype is already fast).")
+    key = (str(folder), dev, str(torch_dtype), quantize)
     if key not in _CACHE:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         model, tok, collator = _blender_parts(folder, config)
+        model = model.to(device=dev, dtype=torch_dtype).eval()
         _CACHE.clear()  # one ranker per process: they are big
-        _CACHE[key] = Ranker(spec, str(folder), model.to(device=dev, dtype=torch_dtype).eval(), tok, collator, dev)
+        _CACHE[key] = Ranker(spec, str(folder), quantize_int8(model) if quantize == "int8" else model, tok,
+                             collator, dev, quantize)
     return _CACHE[key]
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantization (torch.ao.quantization.quantize_dynamic) of the backbone's linear layers: int8
+    weights, activations quantized per pass. The query and key projections (QUANTIZE_SKIP) and the head stay fp32:
+    rounding there is amplified by the attention softmax (with them quantized, rankings agreed with fp32 at
+    Spearman 0.73 on bench/rank.py's data; without, 0.95+)."""
+    import torch
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    backbone = model.pretrained_model
+    spec = {name: default_dynamic_qconfig for name, m in backbone.named_modules()
+            if isinstance(m, torch.nn.Linear) and not name.endswith(QUANTIZE_SKIP)}
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices: the API still works in 2.13
+        warnings.simplefilter("ignore")
+        model.pretrained_model = quantize_dynamic(backbone, spec, dtype=torch.qint8)
+    return model
 
 
 # ---- all ordered pairs in one batch -------------------------------------------------------------------------------
@@ -268,16 +299,32 @@ def _forward_rows(ranker: Ranker, rows: list[tuple]):
         return ranker.model._forward(*batch)["logits"].float().cpu()
 
 
+def _chunks(length: list[int], order: list[int], batch_size: int, budget: int | None) -> list[list[int]]:
+    """Consecutive runs of `order` (rows sorted by length) of at most batch_size rows and, given a budget, at most
+    `budget` attention-score elements (rows x longest row squared; the caller folds in the heads)."""
+    out: list[list[int]] = []
+    for i in order:
+        chunk = out[-1] if out else None
+        if chunk and len(chunk) < batch_size and (budget is None or (len(chunk) + 1) * length[i] ** 2 <= budget):
+            chunk.append(i)
+        else:
+            out.append([i])
+    return out
+
+
 def _forward_by_length(ranker: Ranker, rows: list[tuple], batch_size: int):
     """Logits for all rows, in their order. Rows of similar length share a pass, so little compute goes to padding
-    (attention cost grows with the square of the longest row in a batch)."""
+    (attention cost grows with the square of the longest row in a batch). On CPU a pass also holds at most
+    CPU_ATTENTION_BUDGET attention scores per layer: bigger passes spill the attention tensors out of the caches
+    and got slower per row (bench/rank.py; docs/pairs.md), which is what made batching lose to llm-blender there."""
     import torch
 
     length = [int(r[1].sum() + r[3].sum() + r[5].sum()) for r in rows]
     order = sorted(range(len(rows)), key=length.__getitem__)
+    heads = getattr(ranker.model.pretrained_model.config, "num_attention_heads", 1)
+    budget = CPU_ATTENTION_BUDGET // heads if ranker.device == "cpu" else None
     logits = torch.empty(len(rows))
-    for start in range(0, len(rows), batch_size):
-        chunk = order[start:start + batch_size]
+    for chunk in _chunks(length, order, batch_size, budget):
         logits[chunk] = _forward_rows(ranker, [rows[i] for i in chunk])
     return logits
 
@@ -330,6 +377,7 @@ def _record(group: Group, result: dict, ranker: Ranker) -> dict:
     src_max, cand_max = ranker.limits
     return {"instruction_id": group.instruction_id, "sample_indices": group.indices, "scores": scores,
             "ranks": ranks, "logits": result["logits"], "ranker": ranker.spec, "ranker_path": ranker.path,
+            "quantize": ranker.quantize,
             "source_max_length": src_max, "candidate_max_length": cand_max, "truncated": result["truncated"],
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
@@ -362,7 +410,7 @@ def _rank_locked(run: Run, cfg, progress: Progress | None) -> dict:
     found = groups(run)
     single = [g.instruction_id for g in found if len(g.indices) < 2]
     done = latest_rankings(run)
-    todo = [g for g in found if len(g.indices) >= 2 and not _is_done(done.get(g.instruction_id), g, cfg.ranker)]
+    todo = [g for g in found if len(g.indices) >= 2 and not _is_done(done.get(g.instruction_id), g, cfg)]
     summary = {"run": run.name, "ranker": cfg.ranker, "instructions": len(found), "ranked": 0,
                "already_ranked": len(found) - len(single) - len(todo), "single_response": single}
     if not todo and not summary["already_ranked"]:
@@ -373,7 +421,7 @@ def _rank_locked(run: Run, cfg, progress: Progress | None) -> dict:
     if not todo:
         return {**summary, "message": "Every instruction is already ranked with this ranker; nothing to do."}
     progress.loading(f"ranker {cfg.ranker}")
-    ranker = load_ranker(cfg.ranker, cfg.device, cfg.dtype)
+    ranker = load_ranker(cfg.ranker, cfg.device, cfg.dtype, cfg.quantize)
     started = once(lambda: run.record_stage("rank", cfg.to_dict()))  # with the first rankings, not before
     start = time.time()
     for batch in _batches(todo, cfg.batch_size):
@@ -388,6 +436,7 @@ def _rank_locked(run: Run, cfg, progress: Progress | None) -> dict:
             "file": str(run.file("rankings"))}
 
 
-def _is_done(record: dict | None, group: Group, ranker_spec: str) -> bool:
-    return bool(record) and record["ranker"] == ranker_spec and record["sample_indices"] == group.indices
+def _is_done(record: dict | None, group: Group, cfg) -> bool:
+    return (bool(record) and record["ranker"] == cfg.ranker and record.get("quantize", "none") == cfg.quantize
+            and record["sample_indices"] == group.indices)
 

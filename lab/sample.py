@@ -19,15 +19,17 @@ app all use it).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab import efficiency, models
+from lab import efficiency, models, precision
 from lab.adapters import adapters_on, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.generation import Completion, Decoding, plan_batches, run_units
+from lab.generation import ENGINE_CHOICES, ENGINE_HELP, Completion, Decoding, engine_record, pick_engine, \
+    ShiftedProgress, plan_batches, run_units, vllm_units
 from lab.instructions import Instruction, load_instructions
+from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.store import Run, once
 
@@ -54,8 +56,9 @@ class SampleConfig(Settings):
     batch_size: int = opt(64, "sequences generated together (lower it if memory runs out)", label="Batch size")
     adapter: str = opt("", "a LoRA adapter of this run to sample with (its name), or empty for the plain model",
                        label="Adapter")
-    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
-    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+    engine: str = opt("auto", ENGINE_HELP, ENGINE_CHOICES, label="Engine")
+    device: str = opt("auto", DEVICE_HELP)
+    dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "SampleConfig":
         if self.k < 1:
@@ -88,8 +91,9 @@ def sample_record(instruction_id: str, sample_index: int, prompt: str, completio
                   adapter: str | None = None) -> dict:
     """One samples.jsonl line (the format in the module docstring)."""
     return {"instruction_id": instruction_id, "sample_index": sample_index, "prompt": prompt, "text": completion.text,
-            "model": model, "model_path": model_path, "adapter": adapter, "decoding": decoding, **asdict(completion),
-            "duplicate_of": duplicate_of}
+            "model": model, "model_path": model_path, "adapter": adapter, "decoding": decoding,
+            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+            "finish_reason": completion.finish_reason, "duplicate_of": duplicate_of}
 
 
 @dataclass
@@ -194,39 +198,90 @@ def _sample_locked(run: Run, cfg: SampleConfig, progress: Progress | None, items
     _check_known_ids(run, items)
     existing = run.read("samples")
     _check_model_matches(existing, cfg, str(adapter) if adapter else None)
+    engine = pick_engine(cfg.engine, precision.probe(cfg.device).kind)
     progress = progress or Progress(desc)
     progress.loading(f"model {cfg.model}")
-    cm = models.load(cfg.model, cfg.device, cfg.dtype)
+    cm = models.load(cfg.model, cfg.device, cfg.dtype) if engine == "lab" else models.load_chat_tokenizer(cfg.model)
     units = _missing(items, existing, cfg.k)
     encoded = {n: cm.encode_prompt(items[n].prompt) for n, _ in units}
     _check_lengths(cm, encoded, cfg)  # every check before the first write: bad input leaves the run untouched
-    with adapters_on(cm, {POLICY: adapter} if adapter else {}) as select, select(POLICY if adapter else None) as m:
-        written, tokens_per_s = _generate_missing(run, cfg, m, items, units, encoded, existing, progress, adapter,
-                                                  desc)
+    job = _Job(run, cfg, items, existing, progress, adapter, desc, engine)
+    if engine == "vllm":
+        written, tokens_per_s = _generate_missing_vllm(job, cm, units, encoded)
+    else:
+        with adapters_on(cm, {POLICY: adapter} if adapter else {}) as select, select(POLICY if adapter else None) as m:
+            written, tokens_per_s = _generate_missing(job, m, units, encoded)
     progress.close()
-    return summarize(run) | {"written_now": written, "tokens_per_s": tokens_per_s}
+    return summarize(run) | {"written_now": written, "tokens_per_s": tokens_per_s, "engine": engine}
 
 
-def _generate_missing(run: Run, cfg: SampleConfig, cm, items: list[Instruction], units, encoded, existing,
-                      progress: Progress, adapter: Path | None, desc: str) -> tuple[int, float]:
-    """Generate every missing (instruction, samples) unit, appending each batch as it finishes.
-    -> (records written, new tokens per second)."""
-    def record() -> None:  # once the first batch is generated: a failure before it leaves the run as it was
-        _register_instructions(run, items)
-        run.record_stage("sample", {**cfg.to_dict(), "adapter_path": str(adapter) if adapter else None,
-                                    "model_path": cm.path, "model_info": cm.info})
-    started = once(record)
-    seen: dict[str, dict[str, int]] = {}
-    for s in existing:
-        seen.setdefault(s["instruction_id"], {}).setdefault(s["text"], s["sample_index"])
+@dataclass
+class _Job:
+    """What generating a run's missing samples needs besides the model and the units."""
+
+    run: Run
+    cfg: SampleConfig
+    items: list[Instruction]
+    existing: list[dict]
+    progress: Progress
+    adapter: Path | None
+    desc: str
+    engine: str
+
+    def recorder(self, cm):
+        """A callable that registers the instructions and records the stage, once, before the first append."""
+        def record() -> None:  # once the first answer exists: a failure before it leaves the run as it was
+            _register_instructions(self.run, self.items)
+            self.run.record_stage("sample", {**self.cfg.to_dict(), "adapter_path": str(self.adapter) if self.adapter
+                                             else None, "model_path": cm.path, "model_info": cm.info,
+                                             **engine_record(self.engine)})
+        return once(record)
+
+    def seen(self) -> dict[str, dict[str, int]]:
+        """{instruction id: {text: first sample index}} of the samples already written (duplicates point there)."""
+        seen: dict[str, dict[str, int]] = {}
+        for s in self.existing:
+            seen.setdefault(s["instruction_id"], {}).setdefault(s["text"], s["sample_index"])
+        return seen
+
+
+def _generate_missing_vllm(job: _Job, cm, units, encoded) -> tuple[int, float]:
+    """Every missing unit in one vLLM call (samples seeded by instruction id and sample index, the adapter as a LoRA
+    request); each sample is appended as it arrives. -> (records written, new tokens per second)."""
+    started, seen, cfg = job.recorder(cm), job.seen(), job.cfg
+    total = len(job.items) * cfg.k
+    before = total - sum(len(u[1]) for u in units)
+    counts = {"written": 0, "tokens": 0}
+    adapter = str(job.adapter) if job.adapter else None
+
+    def on_result(u: int, j: int, c: Completion) -> None:
+        n = units[u][0]
+        recs = _records(job.items[n], [j], [c], seen.setdefault(job.items[n].id, {}), cfg, cm, adapter)
+        started()
+        counts["written"] += job.run.append("samples", recs)
+        counts["tokens"] += c.completion_tokens
+
+    info: dict = {}
+    if units:
+        vllm_units(cm, units, encoded, cfg.decoding(), [job.items[n].id for n, _ in units],
+                   [job.adapter] * len(units), ShiftedProgress(job.progress, before, total, job.desc), on_result, info)
+    rate = counts["tokens"] / info["generate_s"] if info.get("generate_s") else 0.0
+    return counts["written"], round(rate, 1)
+
+
+def _generate_missing(job: _Job, cm, units, encoded) -> tuple[int, float]:
+    """Generate every missing (instruction, samples) unit with the lab's sampler, appending each batch as it
+    finishes. -> (records written, new tokens per second)."""
+    run, cfg, items, progress, adapter, desc = job.run, job.cfg, job.items, job.progress, job.adapter, job.desc
+    started, seen = job.recorder(cm), job.seen()
     total = len(items) * cfg.k
     done, written, new_tokens, t0 = total - sum(len(u[1]) for u in units), 0, 0, time.time()
     progress.update(done, total, desc)
     for batch in plan_batches(units, encoded, cfg.batch_size):
         progress.check_stop()
         salt = "|".join(f"{items[n].id}:{idx}" for n, idx in batch)
-        comps = run_units(cm, batch, encoded, cfg.decoding(), salt, _on_step(progress, done, total, desc, batch,
-                                                                             new_tokens, t0))
+        comps = run_units(cm, batch, encoded, cfg.decoding(), salt,
+                          on_step=_on_step(progress, done, total, desc, batch, new_tokens, t0))
         recs = [r for (n, idx), c in zip(batch, comps) for r in _records(
             items[n], idx, c, seen.setdefault(items[n].id, {}), cfg, cm, str(adapter) if adapter else None)]
         started()
@@ -250,7 +305,7 @@ def _on_step(progress: Progress, done: int, total: int, desc: str, batch, tokens
 
 
 def _check_lengths(cm, encoded: dict, cfg: SampleConfig) -> None:
-    limit = getattr(cm.model.config, "max_position_embeddings", None)
+    limit = cm.info.get("context")
     longest = max((len(e) for e in encoded.values()), default=0)
     if limit and longest + cfg.max_new_tokens > limit:
         raise LabError(f"The longest prompt ({longest} tokens) plus --max-new-tokens {cfg.max_new_tokens} exceeds "

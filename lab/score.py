@@ -15,7 +15,8 @@ scores.jsonl, one line per evaluation:
      "method": "parsed" | "probabilities" | "invalid",
                                         # parsed: "Score: <points>" found in the text; probabilities: a local judge
                                         # that wrote no score is asked to continue "Score: " and the expected value
-                                        # over the digits 0-5 is taken (a 135M model rarely ends with the format)
+                                        # over the digits 0-5 is taken (a 135M model rarely ends with the format);
+                                        # read on the judge prompt's cache from the sampling batch (lab engine)
      "probs": [p0..p5] | null, "raw": str, "judge": str, "prompt_hash": str,
      "usage": {"prompt_tokens", "completion_tokens"}}       # API judges
 
@@ -28,17 +29,19 @@ import contextvars
 import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from lab import efficiency, models
+from lab import efficiency, models, precision
 from lab.adapters import adapters_on
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.generation import Decoding, generate, left_pad
+from lab.generation import (ENGINE_CHOICES, ENGINE_HELP, Decoding, ReadAfter, engine_record, generate, pick_engine,
+                            read_after)
 from lab.judge_backends import API_BACKENDS, DEFAULT_MODELS, ApiBackend
+from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.ratelimit import RateLimiter
 from lab.store import Run, once
@@ -89,9 +92,10 @@ class ScoreConfig(Settings):
     rpm: float = opt(30.0, "API judge: most requests per minute (Groq's free tier allows 30; 0 = no limit)")
     concurrency: int = opt(4, "API judge: requests in flight at once")
     seed: int = opt(0, "seed of the local judge's sampling")
-    batch_size: int = opt(32, "local judge: answers scored together (each R times)")
-    device: str = opt("auto", "cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
-    dtype: str = opt("auto", "float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
+    batch_size: int = opt(32, "local judge: sequences generated together (an answer scored R times counts R)")
+    engine: str = opt("auto", "local judge's " + ENGINE_HELP, ENGINE_CHOICES)
+    device: str = opt("auto", DEVICE_HELP)
+    dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "ScoreConfig":
         if self.evaluations < 1 or self.batch_size < 1 or self.concurrency < 1:
@@ -124,36 +128,69 @@ def parse_score(text: str) -> float | None:
     return value if 0 <= value <= 5 else None
 
 
-def digit_tokens(tok, context: str) -> tuple[list[int], list[int]]:
+def digit_tokens(tok, context: str) -> tuple[list[int], tuple[int, ...]]:
     """(ids of `context`, the id of each digit 0-5 as the next token). Found by tokenizing context + digit, so it
     works whether a tokenizer glues the digit to the space before it or not."""
-    runs = [tok(context + str(d), add_special_tokens=False)["input_ids"] for d in range(6)]
-    common = 0
-    while all(len(r) > common + 1 and r[common] == runs[0][common] for r in runs):
-        common += 1
-    ids = [r[common] for r in runs]
-    if len(set(ids)) != 6:
-        raise LabError("This judge model's tokenizer does not give the digits 0-5 their own tokens after 'Score: ': "
-                       "use --score-mode parse or another judge.")
-    return runs[0][:common], ids
+    ctx, ids = digit_contexts(tok, [context])
+    return ctx[0], ids
 
 
-def forced_score_probs(cm, heads: list[str], batch_size: int) -> list[list[float]]:
-    """For each rendered prompt + judgment text, P(digit) over 0-5 for the token after "Score: ". [n] -> [n, 6]."""
-    import torch
+def digit_contexts(tok, contexts: list[str]) -> tuple[list[list[int]], tuple[int, ...]]:
+    """digit_tokens for many contexts in one tokenizer call: (ids of each context, the digits' ids). Every context
+    must give the digits the same ids (they all end in "Score: ")."""
+    runs = tok([c + str(d) for c in contexts for d in range(6)], add_special_tokens=False)["input_ids"]
+    out, digits = [], None
+    for n in range(len(contexts)):
+        group = runs[6 * n:6 * n + 6]
+        common = 0
+        while all(len(r) > common + 1 and r[common] == group[0][common] for r in group):
+            common += 1
+        ids = tuple(r[common] for r in group)
+        if len(set(ids)) != 6 or (digits is not None and ids != digits):
+            raise LabError("This judge model's tokenizer does not give the digits 0-5 their own tokens after "
+                           "'Score: ': use --score-mode parse or another judge.")
+        out.append(group[0][:common])
+        digits = ids
+    return out, digits or ()
 
-    out: list[list[float]] = []
-    for i in range(0, len(heads), batch_size):
-        rows, ids = [], None
-        for h in heads[i:i + batch_size]:
-            ctx, ids = digit_tokens(cm.tokenizer, h.rstrip() + "\nScore: ")
-            rows.append(ctx)
-        input_ids, mask = left_pad(rows, cm.tokenizer.pad_token_id, cm.device)
-        with torch.inference_mode():
-            logits = cm.model(input_ids=input_ids, attention_mask=mask,
-                              position_ids=(mask.cumsum(-1) - 1).clamp(min=0), logits_to_keep=1).logits[:, -1]
-        out.extend(logits[:, ids].float().softmax(-1).tolist())
-    return out
+
+def judgment_context(text: str) -> str:
+    """What the digit probabilities are read after: the judgment (less an unfinished last 'Score') + "Score: "."""
+    return strip_partial_score(text).rstrip() + "\nScore: "
+
+
+def score_reader(tok) -> ReadAfter | None:
+    """The generation engine's read of P(digit 0-5) after judgment + "Score: ", for judgments with no readable
+    score, on the keys and values the batch pre-filled for the judge prompt (the prompt never runs twice).
+    None where the tokenizer has no digit tokens there (forced_score_probs then says so, if a judgment needs it)."""
+    try:
+        digits = digit_tokens(tok, "Fine.\nScore: ")[1]
+    except LabError:
+        return None
+
+    def tails(texts: list[str]) -> list[list[int] | None]:
+        need = [i for i, t in enumerate(texts) if parse_score(t) is None]
+        out: list[list[int] | None] = [None] * len(texts)
+        if need:
+            ctx, ids = digit_contexts(tok, [judgment_context(texts[i]) for i in need])
+            if ids != digits:
+                raise LabError("This judge model's tokenizer gives the digits after 'Score: ' different tokens in "
+                               "different judgments: use --score-mode parse or another judge.")
+            for i, c in zip(need, ctx):
+                out[i] = c
+        return out
+
+    return ReadAfter(tails, digits)
+
+
+def forced_score_probs(cm, prompts: list[str], texts: list[str], batch_size: int) -> list[list[float]]:
+    """P(digit) over 0-5 for the token after judgment_context(texts[i]), which follows judge prompt prompts[i]
+    (plain text, rendered with cm's chat template), for judgments written elsewhere (vLLM). Each distinct prompt
+    of a batch is pre-filled once and only the judgments run after it. [n], [n] -> [n, 6]."""
+    uniq = list(dict.fromkeys(prompts))
+    where = {p: n for n, p in enumerate(uniq)}
+    ctx, ids = digit_contexts(cm.tokenizer, [judgment_context(t) for t in texts])
+    return read_after(cm, [cm.encode_prompt(p) for p in uniq], ctx, [where[p] for p in prompts], ids, batch_size)
 
 
 def strip_partial_score(text: str) -> str:
@@ -162,22 +199,38 @@ def strip_partial_score(text: str) -> str:
     return text[:cut].rstrip() if cut >= 0 and parse_score(text[cut:]) is None else text
 
 
-def local_scores(cm, prompts: list[str], evaluations: int, cfg, seed: int, progress: Progress | None = None
+def judgment(text: str, probs: list[float] | None) -> dict:
+    """One evaluation: the parsed score, else the expected digit under `probs` (P of 0-5), else unscored."""
+    value = parse_score(text)
+    if value is not None:
+        return {"score": value, "method": "parsed", "probs": None, "raw": text}
+    if probs is not None:
+        return {"score": sum(d * q for d, q in enumerate(probs)), "method": "probabilities", "probs": probs,
+                "raw": text}
+    return {"score": None, "method": "invalid", "probs": None, "raw": text}
+
+
+def local_scores(cm, prompts: list[str], evaluations: int, cfg, seed: int, progress: Progress | None = None,
+                 engine: str = "lab", adapter: Path | None = None, probs_model: Callable | None = None
                  ) -> list[list[dict]]:
-    """R judgments of each judge prompt by a local chat model (cm: any ChatModel, adapters switched as wanted).
+    """R judgments of each judge prompt by a local chat model (cm: any ChatModel, adapters switched as wanted; with
+    engine "vllm" a tokenizer-only one and `adapter` the LoRA folder to judge with), cfg.batch_size sequences at a
+    time. Judgments without a score (score_mode auto) are scored from the digit probabilities: with the lab's
+    engine read in the same batch, on the judge prompt's pre-filled cache (score_reader); with vLLM afterwards by
+    `probs_model()` (a context manager giving a loaded ChatModel; default cm) with forced_score_probs.
     Returns, per prompt, R dicts {"score", "method", "probs", "raw"}."""
     dec = Decoding(cfg.judge_temperature, 1.0 if cfg.judge_temperature == 0 else 0.95, cfg.judge_tokens, seed)
-    texts = [[c.text for c in comps] for comps in generate(cm, prompts, evaluations, dec, cfg.batch_size, progress)]
-    out = [[{"score": parse_score(t), "method": "parsed", "probs": None, "raw": t} for t in row] for row in texts]
+    auto = cfg.score_mode == "auto"
+    read = score_reader(cm.tokenizer) if auto and engine == "lab" else None  # read in the sampling batch
+    comps = generate(cm, prompts, evaluations, dec, cfg.batch_size, progress, engine, adapter, read=read)
+    out = [[judgment(c.text, c.read) for c in row] for row in comps]
     todo = [(i, j) for i, row in enumerate(out) for j, e in enumerate(row) if e["score"] is None]
-    if todo and cfg.score_mode == "auto":
-        heads = [cm.render([{"role": "user", "content": prompts[i]}]) + strip_partial_score(out[i][j]["raw"])
-                 for i, j in todo]
-        for (i, j), probs in zip(todo, forced_score_probs(cm, heads, cfg.batch_size)):
-            out[i][j].update(score=sum(d * p for d, p in enumerate(probs)), method="probabilities", probs=probs)
-    for row in out:
-        for e in row:
-            e["method"] = e["method"] if e["score"] is not None else "invalid"
+    if todo and auto and read is None:
+        with (probs_model() if probs_model else nullcontext(cm)) as pm:
+            probs = forced_score_probs(pm, [prompts[i] for i, _ in todo], [out[i][j]["raw"] for i, j in todo],
+                                       cfg.batch_size)
+        for (i, j), p in zip(todo, probs):
+            out[i][j] = judgment(out[i][j]["raw"], p)
     return out
 
 
@@ -223,17 +276,35 @@ def row_key(row: dict, cfg: ScoreConfig) -> tuple:
 @dataclass
 class Scorer:
     """What scores rows: an API judge, or a local model (`local`: a context manager giving the ChatModel to judge
-    with, its adapter switched on as wanted)."""
+    with, its adapter switched on as wanted). With engine "vllm" the judgments come from vLLM (`prompter`: a
+    tokenizer-only ChatModel, `adapter` the LoRA folder judged with) and `local` is entered only when judgments
+    without a score need the digit probabilities."""
 
     cfg: ScoreConfig
     judge: ApiBackend | None
     local: Callable | None = None
+    engine: str = "lab"
+    prompter: Any = None
+    adapter: Path | None = None
 
     def score(self, prompts: list[str], seed: int) -> list[list[dict]]:
         if self.judge is not None:
             return api_scores(self.judge, prompts, self.cfg.evaluations, self.cfg.concurrency)
+        if self.engine == "vllm":
+            return local_scores(self.prompter, prompts, self.cfg.evaluations, self.cfg, seed, engine="vllm",
+                                adapter=self.adapter, probs_model=self.local)
         with self.local() as cm:
             return local_scores(cm, prompts, self.cfg.evaluations, self.cfg, seed)
+
+    def rows_per_call(self, todo: int) -> int:
+        """Rows per `score` call (each call's records are written as it returns): an API judge batch_size rows;
+        the lab's engine one generation batch (batch_size sequences: batch_size // R rows); vLLM every row at
+        once (each call starts the engine, and vLLM batches on its own)."""
+        if self.judge is not None:
+            return self.cfg.batch_size
+        if self.engine == "vllm":
+            return max(1, todo)
+        return max(1, self.cfg.batch_size // self.cfg.evaluations)
 
 
 def score_rows(run: Run, rows: list[dict], scorer: Scorer, progress: Progress, desc: str = "scoring",
@@ -245,11 +316,14 @@ def score_rows(run: Run, rows: list[dict], scorer: Scorer, progress: Progress, d
     cfg = scorer.cfg
     have = {score_key(s) for s in run.read("scores")}
     todo = [row for row in rows if row_key(row, cfg) not in have]
+    step = scorer.rows_per_call(len(todo))
+    if scorer.judge is None:  # a local judge: similar lengths share a batch (less padding)
+        todo.sort(key=lambda row: len(row["prompt"]) + len(row["text"]))
     started = once(on_first or (lambda: None))
-    for n in range(0, len(todo), cfg.batch_size):
+    for n in range(0, len(todo), step):
         progress.check_stop()
         progress.update(len(rows) - len(todo) + n, len(rows), desc)
-        chunk = todo[n:n + cfg.batch_size]
+        chunk = todo[n:n + step]
         evals = scorer.score([score_prompt(row["prompt"], row["text"]) for row in chunk], cfg.seed)
         started()
         run.append("scores", [score_record(row, e, ev, cfg) for row, evs in zip(chunk, evals)
@@ -291,7 +365,8 @@ def score_run(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_
     progress = progress or Progress("scoring")
     with run.lock("score"), efficiency.measure(run, "score"), self_scorer(run, cfg, judge, progress) as scorer:
         done = score_rows(run, rows, scorer, progress, desc, on_first=lambda: run.record_stage("score", {
-            **cfg.to_dict(), "judge_name": cfg.name, "prompt_hash": PROMPT_HASH}))
+            **cfg.to_dict(), "judge_name": cfg.name, "prompt_hash": PROMPT_HASH,
+            **(engine_record(scorer.engine) if judge is None else {})}))
     progress.close()
     return summarize(run, cfg) | {"scored_now": done}
 
@@ -306,12 +381,26 @@ def self_scorer(run: Run, cfg: ScoreConfig, judge: ApiBackend | None, progress: 
     sampled = run.stage_settings("sample") or {}
     if not sampled.get("model"):
         raise LabError(f"Run {run.name} records no sampling model to judge its own answers: sample first.")
+    adapter = sampled.get("adapter_path")
+    engine = pick_engine(cfg.engine, precision.probe(cfg.device).kind)
+    if engine == "vllm":
+        yield Scorer(cfg, None, lambda: lab_judge(sampled["model"], cfg, adapter), "vllm",
+                     models.load_chat_tokenizer(sampled["model"]), Path(adapter) if adapter else None)
+        return
     if progress is not None:
         progress.loading(f"model {sampled['model']}")
     cm = models.load(sampled["model"], cfg.device, cfg.dtype)
-    adapter = sampled.get("adapter_path")
     with adapters_on(cm, {"policy": Path(adapter)} if adapter else {}) as select:
         yield Scorer(cfg, None, lambda: select("policy" if adapter else None))
+
+
+@contextmanager
+def lab_judge(spec: str, cfg: ScoreConfig, adapter: str | None) -> Iterator:
+    """The judge model loaded in this process, its adapter on (for the digit probabilities a vLLM judge needs)."""
+    cm = models.load(spec, cfg.device, cfg.dtype)
+    with adapters_on(cm, {"policy": Path(adapter)} if adapter else {}) as select, \
+            select("policy" if adapter else None) as judge:
+        yield judge
 
 
 def summarize(run: Run, cfg: ScoreConfig | None = None) -> dict:

@@ -5,6 +5,7 @@
 - bootstrap_ci / win_rate: a win rate over instructions (win 1, tie 0.5, loss 0) with a percentile bootstrap
   interval over instructions.
 - length_balance: how the chosen and rejected answers of preference pairs differ in length.
+- spearman: rank correlation of two score lists (an int8 ranker against fp32, bench/rank.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,33 @@ def rate(hits: int, total: int, digits: int = 4) -> float | None:
 def mean(values: Iterable[float]) -> float | None:
     values = list(values)
     return sum(values) / len(values) if values else None
+
+
+def ranks_of(values: list[float]) -> list[float]:
+    """1-based ranks, ties sharing their mean rank: [10, 30, 20, 20] -> [1, 4, 2.5, 2.5]."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for i in order[start:end + 1]:
+            out[i] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho: Pearson's correlation of the two lists' ranks (ties: mean ranks). None when undefined
+    (fewer than 2 values, or one list constant)."""
+    if len(x) != len(y) or len(x) < 2:
+        return None
+    rx, ry = ranks_of(list(x)), ranks_of(list(y))
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return None if vx == 0 or vy == 0 else cov / (vx * vy) ** 0.5
 
 
 def cohen_kappa(x: list[str], y: list[str]) -> float | None:

@@ -54,7 +54,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from lab import cards, efficiency, models
+from lab import cards, efficiency, memory, models, precision
 from lab.adapters import adapter_lock, final_metrics, is_complete, plan_resume, publish, read_state, \
     refuse_finished, reset_folder
 from lab.config import Settings, opt
@@ -63,7 +63,7 @@ from lab.methods import METHODS
 from lab.pairs import check_markup, load_pairs, pair_stats, resolve_pairs, split_pairs
 from lab.progress import Progress, Stopped, stop_requested
 from lab.spotcheck import label_pairs
-from lab.store import Run, adapter_file, append_jsonl, atomic_write_json, read_jsonl, validate_run_name
+from lab.store import Run, adapter_file, append_jsonl, atomic_write_json, read_jsonl
 
 OOM_HINTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 # --report-to: the tracker -> the package transformers' integration needs (opt-in; none is the default)
@@ -117,8 +117,11 @@ class TrainConfig(Settings):
                                label="Precompute reference")
     resume: bool = opt(True, "continue an interrupted training of the same adapter from its last checkpoint",
                        label="Resume")
-    device: str = opt("auto", "cpu, cuda or auto (GPU if there is one); accelerate launch picks per process")
-    dtype: str = opt("auto", "float32, bfloat16 or auto (bf16 on GPU, fp32 on CPU)")
+    device: str = opt("auto", "cpu, cuda, mps or auto (CUDA, else mps, else CPU); accelerate launch picks per process")
+    dtype: str = opt("auto", "auto: bf16 on GPUs of compute capability 8.0+, fp16 mixed precision (loss scaling, fp32 "
+                     "LoRA) on older ones such as the T4, fp32 on CPU and mps; or float32, bfloat16, float16")
+    load_in_4bit: bool = opt(False, "QLoRA: load the base in 4 bits (NF4, bitsandbytes; CUDA only) so a 3B model "
+                             "trains on a 16 GB GPU", label="4-bit base (QLoRA)")
     report_to: str = opt("none", "experiment tracking, opt-in (none: nothing leaves the machine): trackio (local "
                          "first), tensorboard (logs in the adapter's runs/ folder) or wandb", tuple(TRACKERS),
                          label="Report to")
@@ -293,17 +296,36 @@ def _split_of(logs: dict) -> str:
 
 # ---- model, data set, trainer --------------------------------------------------------------------------------------
 def load_policy(spec: str, config: TrainConfig, init_adapter: str | None):
-    """Base model (+ the adapter to continue from, trainable) and its tokenizer, in the training dtype."""
-    device, dtype = models.pick_device(config.device, config.dtype)
-    if str(dtype) == "torch.float16":
-        raise LabError("--dtype float16 is not supported for training (it overflows without loss scaling): use "
-                       "bfloat16 on a GPU or float32.")
-    model, tok = models.load_weights(spec, dtype)
+    """Base model (+ the adapter to continue from, trainable) and its tokenizer, in the training precision of
+    lab.precision's table (a 16-bit base keeps fp32 LoRA weights: PEFT upcasts them), 4-bit with --load-in-4bit."""
+    dev, prec = check_device(config)
+    quantized = precision.quantization_kwargs(dev, prec) if config.load_in_4bit else {}
+    model, tok = models.load_weights(spec, precision.torch_dtype(prec.load_dtype), **quantized)
+    if config.load_in_4bit:
+        model = precision.prepare_4bit(model, config.gradient_checkpointing)
     if init_adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
-    return model, tok, device
+    return model, tok, dev.name
+
+
+def check_device(config: TrainConfig, spec: str | None = None) -> tuple:
+    """(lab.precision Device, TrainPrecision) of a training, or the LabError saying why it cannot run here: the
+    device, the dtype, 4-bit loading and (given the model spec) the memory estimate of lab.memory."""
+    dev = precision.probe(config.device)
+    prec = precision.train_precision(dev, config.dtype)
+    if config.load_in_4bit:
+        precision.check_4bit(dev)
+    if spec:
+        need = memory.training_need(memory.model_shape(models.resolve(spec)), prec.load_dtype, dev.kind,
+                                    config.lora_r, config.target_modules, config.batch_size, config.max_length,
+                                    config.load_in_4bit, config.gradient_checkpointing)
+        memory.check_fits(need, dev.kind, dev.name, f"Training {spec} ({prec.mode}, batch {config.batch_size} x "
+                          f"{config.max_length} tokens)", "lower --batch-size (raise --grad-accum to keep the "
+                          "effective batch) or --max-length, keep --gradient-checkpointing on, add --load-in-4bit "
+                          "on a CUDA GPU, or use a smaller model")
+    return dev, prec
 
 
 def lora_targets(config: TrainConfig) -> str | list[str]:
@@ -346,9 +368,9 @@ def planned_steps(config: TrainConfig, n_train: int, world: int) -> int:
 
 
 def trainer_args(config: TrainConfig, out: Path, device: str, n_train: int, has_eval: bool):
-    """TrainConfig -> the method's TRL config (DPOConfig, KTOConfig, CPOConfig, ORPOConfig). bf16 where the model is
-    bf16 (GPU); the method's own fields (beta, loss type, the reference's precompute) from lab.methods; every other
-    field mapped one to one."""
+    """TrainConfig -> the method's TRL config (DPOConfig, KTOConfig, CPOConfig, ORPOConfig). Mixed precision from
+    lab.precision (bf16, fp16 with loss scaling, or none); the method's own fields (beta, loss type, the reference's
+    precompute) from lab.methods; every other field mapped one to one."""
     method = METHODS[config.method]
     _, config_cls = method.trainer()
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -360,7 +382,7 @@ def trainer_args(config: TrainConfig, out: Path, device: str, n_train: int, has_
         per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
         max_length=config.max_length, seed=config.seed, data_seed=config.seed,
         gradient_checkpointing=config.gradient_checkpointing,
-        bf16=device.startswith("cuda") and str(models.pick_device(device, config.dtype)[1]) == "torch.bfloat16",
+        **precision.train_precision(precision.probe(device), config.dtype).trainer_flags,
         use_cpu=device == "cpu", disable_dropout=config.lora_dropout == 0, logging_steps=config.logging_steps,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
         eval_strategy="steps" if has_eval else "no", eval_steps=eval_every, disable_tqdm=True,
@@ -521,6 +543,7 @@ def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config:
     check_markup(records, tok, spec)
     check_lengths(records, tok, config.max_length)
     init = resolve_init_adapter(run, init_adapter)
+    check_device(config, spec)  # a device, dtype, 4-bit or memory problem fails before any file is touched
     stats = pair_stats(path, records)
     identity = {**config.to_dict(), "model": spec, "pairs_sha256": stats["sha256"], "init_adapter": init}
     ckpt = plan_resume(out, identity, config.resume) if out.exists() else None
@@ -558,6 +581,8 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
     try:  # from here on a failure is recorded in training.json (status "failed" and the message)
         with tracking_env(config, out):
             trainer = build_trainer(model, tok, config, out, device, train, held, progress)
+        if config.load_in_4bit:
+            precision.upcast_trainable(trainer.model, check_device(config)[1])
         for cb in callbacks:
             trainer.add_callback(cb)
         run_trainer(trainer, config, device, ckpt)

@@ -325,12 +325,26 @@ def assert_grid_side_by_side(page) -> None:
     assert "hit max tokens" in item.inner_text() and "PairRM:" in item.inner_text()
 
 
+def settled_boxes(cells, n: int, timeout_s: float = 15) -> list[dict]:
+    """The first n cells' boxes, read together (one script: no re-render between them) once two readings agree:
+    the tab's views re-render the grid as the page settles after opening."""
+    script = f"els => els.slice(0, {n}).map(e => {{ const r = e.getBoundingClientRect(); " \
+             "return {x: r.x, y: r.y + window.scrollY, width: r.width, height: r.height}; })"
+    last, deadline = None, time.time() + timeout_s
+    while True:
+        now = cells.evaluate_all(script)
+        if now == last or time.time() > deadline:
+            return now
+        last = now
+        cells.page.wait_for_timeout(500)
+
+
 def test_phone_width_the_grid_stacks_the_models(phone):
     choose_run(phone, RUN)
     open_tab(phone, "Compare")
     item = panel(phone).locator(".lab-grid-item").first
     item.wait_for(timeout=30_000)
-    base, adapter = boxes(item, ".lab-cell")[:2]
+    base, adapter = settled_boxes(item.locator(".lab-cell"), 2)
     assert abs(base["x"] - adapter["x"]) < 2 and adapter["y"] >= base["y"] + base["height"] - 1, (base, adapter)
     assert base["x"] >= 0 and base["x"] + base["width"] <= 390
     overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")

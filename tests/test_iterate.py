@@ -49,7 +49,7 @@ def test_score_prompt_is_the_papers_additive_prompt():
 def test_digit_tokens_and_forced_probabilities(tiny):
     ctx, ids = scoring.digit_tokens(tiny.tokenizer, "Fine answer.\nScore: ")
     assert [tiny.tokenizer.decode([i]).strip() for i in ids] == list("012345")
-    probs = scoring.forced_score_probs(tiny, ["a\nScore: ", "longer text here"], 2)
+    probs = scoring.forced_score_probs(tiny, ["Say hi.", "Say hi."], ["a", "longer text here"], 2)
     assert len(probs) == 2 and all(len(p) == 6 and abs(sum(p) - 1) < 1e-5 for p in probs)
 
 

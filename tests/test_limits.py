@@ -141,9 +141,9 @@ def test_sampling_k_above_the_batch_size_keeps_batches_small_and_seeded(runs_dir
     rows = []
     real = generation.generate_batch
 
-    def counting(cm, prompts, counts, dec, gen):  # the real generator, with the rows of each batch written down
+    def counting(cm, prompts, counts, dec, gen, **kw):  # the real generator, the rows of each batch written down
         rows.append(sum(counts))
-        return real(cm, prompts, counts, dec, gen)
+        return real(cm, prompts, counts, dec, gen, **kw)
 
     monkeypatch.setattr(generation, "generate_batch", counting)
     src = tmp_path / "p.txt"

@@ -13,7 +13,6 @@ from lab import noise
 from lab.errors import LabError
 from lab.pairs import NO_PAIRS_FIX, PairsConfig, build_pairs
 from lab.progress import Progress
-from lab.store import Run
 from lab.train import TrainConfig, precheck
 from prefdata import judge_pair, write_samples
 

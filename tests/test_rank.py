@@ -145,3 +145,53 @@ def test_cli_rank(run, ranker, capsys):
     assert json.loads(capsys.readouterr().out)["ranked"] == 3
     assert main(["rank", "--run", run.name, "--ranker", "llm-blender/PairRM"]) == 2
     assert "offline" in capsys.readouterr().err
+
+
+def test_cpu_passes_stay_within_the_attention_budget():
+    from lab.rank import _chunks
+
+    length = [100, 100, 100, 400, 400, 1000]
+    assert _chunks(length, list(range(6)), 3, None) == [[0, 1, 2], [3, 4, 5]]  # the GPU: batch_size alone
+    assert _chunks(length, list(range(6)), 8, 2 * 400 ** 2) == [[0, 1, 2], [3, 4], [5]]  # 2 rows of 400 fit
+    assert _chunks(length, list(range(6)), 8, 1) == [[i] for i in range(6)]  # always at least one row a pass
+
+
+def test_int8_mode_ranks_like_fp32_and_records_its_mode(run, ranker):
+    import torch
+
+    from lab.stats import spearman
+
+    q = load_ranker("tiny-random", device="cpu", quantize="int8")
+    layer = q.model.pretrained_model.encoder.layer[0]
+    assert q.quantize == "int8" and "quantized" in type(layer.intermediate.dense).__module__
+    assert type(layer.attention.self.query_proj) is torch.nn.Linear  # kept fp32: see lab.rank.QUANTIZE_SKIP
+    fp32 = load_ranker("tiny-random", device="cpu")
+    groups = [DATA[k] for k in ("i1", "i2", "i3")]
+    a = [s for m in compare_all(fp32, groups, 8) for s in scores_and_ranks(m["logits"])[0]]
+    b = [s for m in compare_all(q, groups, 8) for s in scores_and_ranks(m["logits"])[0]]
+    assert a != b and spearman(a, b) >= 0.95
+    write_samples(run, DATA)
+    rank_run(run, RankConfig(ranker="tiny-random", device="cpu", quantize="int8"))
+    assert {r["quantize"] for r in run.read("rankings")} == {"int8"}
+    again = rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))  # fp32 is another ranking: redone
+    assert again["ranked"] == 3
+
+
+def test_int8_is_refused_off_cpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA L4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (8, 9))
+    with pytest.raises(LabError, match="--quantize int8 runs on CPU only"):
+        load_ranker("tiny-random", device="cuda", quantize="int8")
+
+
+def test_spearman_with_ties_and_undefined_cases():
+    from lab.stats import ranks_of, spearman
+
+    assert ranks_of([10, 30, 20, 20]) == [1, 4, 2.5, 2.5]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6*4/(5*24)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1], [2]) is None

@@ -1,5 +1,4 @@
 """lab.stats: the length-controlled win rate (AlpacaEval 2's idea) against the raw win rate."""
-import random
 
 import pytest
 

@@ -16,7 +16,6 @@ import pytest
 from lab import jobs, models
 from lab.train import TrainConfig
 from lab.errors import LabError
-from lab.progress import Stopped
 from lab.store import Run, read_jsonl
 from lab.train import diagnose, oom_error, train_adapter, _is_oom
 from lab.adapters import last_checkpoint, read_state

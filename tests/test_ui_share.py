@@ -6,7 +6,6 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from lab import hub
 from lab.ui import share
 from tests.hubstandin import HubStandIn
 from tests.test_hub import TOKEN, build_run

@@ -1,0 +1,85 @@
+"""Self-scoring at the sampler's speed: judgments come from the generation engine in full batches, and the digit
+probabilities of judgments without a score are read on the judge prompt's own pre-filled cache (no prompt runs
+twice, no answer is scored alone)."""
+from contextlib import nullcontext
+
+import pytest
+
+from lab import generation
+from lab import score as scoring
+from lab.progress import Progress
+
+PROMPTS = [scoring.score_prompt("Say hi.", "Hi!"), scoring.score_prompt("Name a fruit.", "Apple, a fruit."),
+           scoring.score_prompt("Count to three.", "One, two, three.")]
+
+
+def reference_probs(cm, prompt: str, judgment: str) -> list[float]:
+    """P(digit 0-5) after judge prompt + judgment + "Score: " from one plain forward pass over the whole text."""
+    import torch
+
+    ctx, ids = scoring.digit_contexts(cm.tokenizer, [scoring.judgment_context(judgment)])
+    x = torch.tensor([cm.encode_prompt(prompt) + ctx[0]])
+    with torch.inference_mode():
+        logits = cm.model(input_ids=x).logits[0, -1]
+    return logits[list(ids)].float().softmax(-1).tolist()
+
+
+def cfg(**kw) -> scoring.ScoreConfig:
+    return scoring.ScoreConfig(**{"evaluations": 2, "judge_tokens": 12, "batch_size": 8, **kw})
+
+
+@pytest.fixture
+def forwards(tiny, monkeypatch):
+    """The width of every forward pass of the tiny model (the real forward runs)."""
+    widths: list[int] = []
+    real = tiny.model.forward
+
+    def counting(*args, **kw):
+        widths.append(kw["input_ids"].shape[1])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tiny.model, "forward", counting)
+    return widths
+
+
+def test_forced_score_probs_equal_a_plain_forward_pass(tiny, forwards):
+    prompts, texts = [PROMPTS[0], PROMPTS[0], PROMPTS[1]], ["Relevant.", "It says hi, and more", "An apple"]
+    got = scoring.forced_score_probs(tiny, prompts, texts, batch_size=8)
+    passes = len(forwards)
+    want = [reference_probs(tiny, p, t) for p, t in zip(prompts, texts)]
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-5)
+    assert passes == 2  # the two distinct prompts pre-filled together once, then the three judgments
+
+
+def test_engine_reads_digit_probabilities_in_the_sampling_batch(tiny, forwards):
+    """Every judgment of the tiny model is noise (no "Score: N"): all are scored from the digit probabilities,
+    read in the same batch that wrote them: one prompt pre-fill, the decode steps, one pass over the judgments."""
+    out = scoring.local_scores(tiny, PROMPTS, 2, cfg(), seed=0)
+    assert all(e["method"] == "probabilities" for row in out for e in row)
+    wide = [w for w in forwards if w > 1]  # the decode steps are one token wide
+    assert len(wide) == 2 and wide[0] == max(len(tiny.encode_prompt(p)) for p in PROMPTS)  # pre-fill, then tails
+    assert wide[1] < wide[0]  # the judgments alone, not prompt + judgment
+    for prompt, row in zip(PROMPTS, out):
+        for e in row:
+            assert e["probs"] == pytest.approx(reference_probs(tiny, prompt, e["raw"]), abs=1e-4)
+            assert e["score"] == pytest.approx(sum(d * p for d, p in enumerate(e["probs"])))
+
+
+def test_score_rows_fills_each_generation_batch(run, tiny, monkeypatch):
+    """batch_size counts sequences: 10 answers scored twice with batch_size 5 are 5 full batches of 2 answers
+    (4 sequences), not chunks of 5 answers that each end in a half-empty batch (4 + 4 + 2, twice)."""
+    rows = []
+    real = generation.generate_batch
+
+    def counting(cm, prompts, counts, dec, gen, **kw):
+        rows.append(sum(counts))
+        return real(cm, prompts, counts, dec, gen, **kw)
+
+    monkeypatch.setattr(generation, "generate_batch", counting)
+    answers = [{"set": "train", "instruction_id": f"i{n}", "sample_index": 0, "prompt": f"Question {n}?",
+                "text": "An answer." * (n + 1)} for n in range(10)]
+    scorer = scoring.Scorer(cfg(batch_size=5), None, lambda: nullcontext(tiny))
+    assert scoring.score_rows(run, answers, scorer, Progress(quiet=True)) == 10
+    assert rows == [4] * 5
+    assert len(run.read("scores")) == 20 and {s["method"] for s in run.read("scores")} == {"probabilities"}
