@@ -212,6 +212,7 @@ def load(spec: str, device: str | None = None, dtype: str | None = None) -> Chat
     path = resolve(spec)
     dev = precision.probe(device)
     dtype_name = precision.resolve_dtype(dev, dtype)
+    efficiency.note(dev.name, dtype_name)  # what the stage being measured runs on (cached or not)
     key = (path, dev.name, dtype_name)
     if key in _CACHE:
         return _CACHE[key]
