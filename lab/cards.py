@@ -20,11 +20,12 @@ from collections import Counter
 from pathlib import Path
 from statistics import mean
 
+from lab import efficiency, noise
 from lab.adapters import read_metrics, read_state
 from lab.methods import METHODS
 from lab.models import BUNDLED_HUB_ID, HUB_ID
 from lab.score import PROMPT_HASH, SCORE_PROMPT
-from lab.store import Run, adapter_file, read_jsonl
+from lab.store import Run, adapter_file
 from lab.verdicts import report_records
 
 LONG = 120  # settings longer than this (prompt texts) are shown in a code block, not squeezed into a table cell
@@ -48,6 +49,11 @@ def _cell(v) -> str:
         v = float(f"{v:.6g}")  # 0.6931471824645996 -> 0.693147: metrics to the digits that mean something
     text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
     return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def cell(v) -> str:
+    """A table cell for any Markdown table the lab writes (cards, the report): escaped, one line."""
+    return _cell(v)
 
 
 def fence(text: str, info: str = "text") -> str:
@@ -131,13 +137,27 @@ def dataset_card(repo_id: str, source: str, run: Run, pairs: list[dict], raw: di
                            tags=["dpo", "preference", "synthetic", "preference-lab"], pretty_name=repo_id.split("/")[1],
                            size_categories=[_size_category(len(pairs))])
     parts = [_front_matter(data), f"# {repo_id}\n", _dataset_intro(source, run, raw),
+             _noise_section(noise.notes(run, "pairs", {"source": source})),
              _load_snippet(repo_id, rows), _configs_section(rows), "## How it was made\n",
              _model_section(run, raw["samples"]), _instructions_section(run, raw["samples"]),
              _judge_section(run, raw["judgments"], raw["samples"]), _scores_section(raw.get("scores") or []),
              _round_section(run),
              _rank_section(run, raw["rankings"]),
-             _pairs_section(run, source, pairs), _stats_section(pairs, raw), _all_settings(run)]
+             _pairs_section(run, source, pairs), _stats_section(pairs, raw), _efficiency_section(run),
+             _all_settings(run)]
     return "\n".join(p for p in parts if p)
+
+
+def _noise_section(labels: list[str]) -> str:
+    """The noise labels (lab.noise) right under the title, where nobody misses them."""
+    return noise.markdown(labels) + "\n" if labels else ""
+
+
+def _efficiency_section(run: Run, running: bool = False) -> str:
+    """What each stage of the run cost (lab.efficiency records)."""
+    records = efficiency.read(run, running)
+    return f"### Efficiency\n\nOne row per run of a stage (efficiency.jsonl):\n\n{efficiency.markdown(records)}" \
+        if records else ""
 
 
 def _size_category(n: int) -> str:
@@ -339,12 +359,15 @@ def model_card(repo_id: str, adapter: str, run: Run, src: Path, state: dict, dat
     data = ModelCardData(base_model=base_id, datasets=[dataset_id] if dataset_id else None, library_name="peft",
                          pipeline_tag="text-generation", tags=[method, "lora", "peft", "trl", "preference-lab"])
     settings = flatten(state.get("settings") or {})
-    parts = [_front_matter(data), f"# {repo_id}\n", _model_intro(adapter, run, config, state, base_id, dataset_id),
+    labels = noise.notes(run, "train", {**(state.get("settings") or {}), "model": state.get("base_model", "")})
+    parts = [_front_matter(data), f"# {repo_id}\n", _noise_section(labels),
+             _model_intro(adapter, run, config, state, base_id, dataset_id),
              _howto(repo_id, base_id, (src / "tokenizer_config.json").exists()),  # transformers' name
              "## Training parameters\n\n" + table(settings) + "\n", long_texts(settings),
              "### LoRA (adapter_config.json)\n\n" + table(_lora(config)) + "\n",
              "## Final metrics\n\n" + table(final_metrics(src, state), ("metric", "value")) + "\n",
-             _warnings(state), "## Versions\n\n" + table(state["versions"], ("package", "version")) + "\n"
+             _warnings(state), _efficiency_section(run, running=True),
+             "## Versions\n\n" + table(state["versions"], ("package", "version")) + "\n"
              if state.get("versions") else ""]
     return "\n".join(p for p in parts if p)
 
@@ -418,9 +441,10 @@ def merged_card(repo_id: str, adapter: str, run: Run, folder: Path, state: dict,
              "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\", "
              "return_dict=True)\nprint(tokenizer.decode(model.generate(**inputs, max_new_tokens=200)[0]))\n```\n")
     settings = flatten(state.get("settings") or {})
-    parts = [_front_matter(data), f"# {repo_id}\n", intro, howto,
+    labels = noise.notes(run, "train", {**(state.get("settings") or {}), "model": state.get("base_model", "")})
+    parts = [_front_matter(data), f"# {repo_id}\n", _noise_section(labels), intro, howto,
              "## The merge (merge.json)\n\n" + table(flatten(record)) + "\n",
              "## Training parameters of the adapter\n\n" + table(settings) + "\n", long_texts(settings),
              "## Final metrics of the adapter\n\n" + table(state.get("final") or {}, ("metric", "value")) + "\n",
-             _warnings(state)]
+             _warnings(state), _efficiency_section(run, running=True)]
     return "\n".join(p for p in parts if p)

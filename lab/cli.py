@@ -3,7 +3,8 @@
 A row names the stage's settings dataclass (its fields are the stage's flags) and the function `fn(run, settings,
 progress) -> summary dict` that runs it; the CLI parses the flags into the settings (`--config FILE`: a YAML file or
 a run.json gives them first, flags override; lab.configfile), checks a hosted app's rules
-(lab.hosting), runs the function and prints its summary as JSON (a summary's "warnings" also go to stderr).
+(lab.hosting), runs the function and prints its summary as JSON (a summary's "warnings" also go to stderr). Every
+summary carries "noise": the labels of results that are noise (lab.noise), each also a `noise:` line on stderr.
 The app starts the same command lines as jobs (lab.jobs), so a terminal can do anything the app does.
 Exit status: 0 done (or stopped on request), 2 a problem the user can fix (the message says what), 1 a bug.
 """
@@ -21,6 +22,7 @@ from lab.configfile import read_config
 from lab.errors import LabError
 from lab.hosting import admit
 from lab.jobs import report_exit
+from lab.noise import notes
 from lab.progress import Progress, Stopped, close_bars, install_stop_handler
 from lab.store import Run, redact_userinfo
 
@@ -70,6 +72,10 @@ STAGES = [  # pipeline order
           "With --message, answers it and exits; otherwise every line typed on stdin is a turn (end of input "
           "ends the chat). Replies stream to stderr; the summary with the last reply goes to stdout. Writes "
           "nothing into the run."),
+    Stage("report", "lab.report:ReportConfig", "lab.report:report_run",
+          "write runs/<run>/report/: tables, figures and judge examples for a write-up (numbers only)",
+          "Rewrites the whole folder: README.md (an index), efficiency.csv, judge-examples.md, scores, training "
+          "curves per adapter, per-round stability of self-rewarding runs, the comparison grid and your notes."),
     Stage("push", "lab.hub:PushConfig", "lab.cli:push_stage",
           "push the run's preference data sets and adapters to the Hub, with cards",
           "Stages each repo under <run>/hub/<repo>/ and uploads that folder. The token comes from $HF_TOKEN (or "
@@ -156,12 +162,15 @@ def run_stage(args: argparse.Namespace) -> dict:
     cfg = load(stage.settings).from_args(args)
     admit(stage.name, args.run, cfg)  # a hosted app's rules and the owner's caps, before anything is written
     run = Run.open(args.run, create=stage.new_run)
-    return load(stage.run)(run, cfg, Progress(stage.name))
+    summary = load(stage.run)(run, cfg, Progress(stage.name))
+    return {**summary, "noise": notes(run, stage.name, cfg.to_dict())}
 
 
 def print_summary(summary: dict) -> None:
     for warning in summary.get("warnings") or []:
         print(f"warning: {warning}", file=sys.stderr)
+    for note in summary.get("noise") or []:
+        print(note, file=sys.stderr)  # each starts "Noise:" or "Weak judge:"
     if summary.get("length_warning"):
         print(f"warning: {summary['length_warning']}", file=sys.stderr)
     print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))

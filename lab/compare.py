@@ -20,15 +20,18 @@ compare-scores.json (whole file, rewritten by `score`):
      "confidence", "bootstrap",
      "per_model": {name: {"mean_chars", "mean_tokens", "chars_change", "chars_change_pct", "truncated_rate",
                           "distinct_1", "distinct_2", "refusal_rate"}},
-     "win_rates": {adapter: {scorer: lab.stats.win_rate dict}},          # the adapter against the base
+     "win_rates": {adapter: {scorer: lab.stats.win_rate dict + lab.stats.lc_win_rate dict}},  # against the base
      "outcomes": {adapter: {scorer: {instruction_id: 1 | 0.5 | 0 | null}}},  # per instruction, against the base:
                                                             # what win_rates counts (null: the scorer had no verdict)
-     "head_to_head": {"<adapter> vs <earlier adapter>": {scorer: lab.stats.win_rate dict}}}
+     "head_to_head": {"<adapter> vs <earlier adapter>": {scorer: the same}}}
+     (a win rate dict: "win_rate", "ci_low", "ci_high", "n", "wins", "ties", "losses", and the length-controlled
+      "lc_win_rate", "lc_ci_low", "lc_ci_high", "length_coef", "length_scale")
 
 Scorers (SCORERS): "pairrm" (PairRM's both-orders preference), "judge" (the LLM judge, every pair of models in both
-orders: a tie or the two orders disagreeing count 0.5) and "score" (mean 5-point scores, lab.score; their records
-go to the run's scores.jsonl as set "eval"). Win rates count a win as 1, a tie as 0.5 and a loss as 0, per
-instruction; the interval is a percentile bootstrap over instructions (lab.stats.win_rate).
+orders, position-calibrated where they disagree (lab.verdicts): a tie or an undecided disagreement count 0.5) and
+"score" (mean 5-point scores, lab.score; their records go to the run's scores.jsonl as set "eval"). Win rates count
+a win as 1, a tie as 0.5 and a loss as 0, per instruction; the interval is a percentile bootstrap over instructions
+(lab.stats.win_rate).
 notes.json holds the user's own notes: {"overall": str, "instructions": {id: str}, "updated"}.
 The module writes no prose about the results: the numbers, the grid and the user's notes are the analysis.
 """
@@ -44,7 +47,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lab import limits, models, precision, rank
+from lab import efficiency, limits, models, precision, rank
 from lab.adapters import BASE, adapters_on, check_same_base, fingerprint, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
@@ -57,9 +60,9 @@ from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.sample import check_decoding, sample_record
 from lab.score import Scorer, ScoreConfig, api_backend, mean_scores, score_rows
-from lab.stats import LOSS, TIE, WIN, outcome, win_rate
+from lab.stats import LOSS, TIE, WIN, lc_win_rate, outcome, win_rate
 from lab.store import Run, atomic_write_json, atomic_write_text, once, read_jsonl, write_jsonl
-from lab.verdicts import pair_verdicts
+from lab.verdicts import run_verdicts
 
 SHINGLE = 5  # character n-grams for near-duplicate detection: robust to small rewordings and typos
 REFUSAL = re.compile(
@@ -284,7 +287,7 @@ def compare_run(run: Run, cfg: CompareConfig, progress: Progress | None = None, 
     api_key: an API scorer's key, passed in memory by the app (else read from the environment).
     items / adapters: the instructions and {name: adapter folder} to compare (self-rewarding rounds pass theirs);
     default cfg.instructions and cfg.adapters. Holds the run's "compare" lock: a second comparison is refused."""
-    with run.lock("compare"):
+    with run.lock("compare"), efficiency.measure(run, "compare"):
         return _compare_locked(run, cfg, progress, api_key, items, adapters)
 
 
@@ -446,9 +449,10 @@ def score(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_ke
             of = scorer.outcomes(run, cfg, table, st, progress, api_key)
             for n, m in enumerate(adapters):
                 per_instruction[m][name] = outcomes_of(of, st, m, BASE)
-                wins[m][name] = rate_of(per_instruction[m][name], cfg)
+                wins[m][name] = rate_of(per_instruction[m][name], cfg, table, m, BASE)
                 for earlier in adapters[:n]:
-                    h2h.setdefault(f"{m} vs {earlier}", {})[name] = rate_of(outcomes_of(of, st, m, earlier), cfg)
+                    h2h.setdefault(f"{m} vs {earlier}", {})[name] = rate_of(outcomes_of(of, st, m, earlier), cfg,
+                                                                            table, m, earlier)
     scores = {"key": st["key"], "models": st["models"], "n_instructions": len(st["instruction_ids"]),
               "flagged": flagged, "confidence": cfg.confidence, "bootstrap": cfg.bootstrap,
               "per_model": per_model, "win_rates": wins, "outcomes": per_instruction, "head_to_head": h2h,
@@ -462,9 +466,14 @@ def outcomes_of(of: Outcome, st: dict, a: str, b: str) -> dict[str, float | None
     return {iid: of(iid, a, b) for iid in st["instruction_ids"]}
 
 
-def rate_of(got: dict[str, float | None], cfg: CompareConfig) -> dict:
-    """The win rate over per-instruction outcomes (unreadable ones, None, left out)."""
-    return win_rate([g for g in got.values() if g is not None], cfg.bootstrap, cfg.confidence, cfg.seed)
+def rate_of(got: dict[str, float | None], cfg: CompareConfig, table: dict, a: str, b: str) -> dict:
+    """The win rate of model a against model b over per-instruction outcomes (unreadable ones, None, left out), and
+    beside it the length-controlled win rate (lab.stats.lc_win_rate: the win rate at equal answer length)."""
+    kept = [(g, iid) for iid, g in got.items() if g is not None]
+    gaps = [len(table[a][iid]["text"]) - len(table[b][iid]["text"]) for _, iid in kept]
+    outcomes = [g for g, _ in kept]
+    return {**win_rate(outcomes, cfg.bootstrap, cfg.confidence, cfg.seed),
+            **lc_win_rate(outcomes, gaps, cfg.bootstrap, cfg.confidence, cfg.seed)}
 
 
 def read_scores(run: Run) -> dict | None:
@@ -519,15 +528,16 @@ def pairrm_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progres
 
 def judge_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress: Progress | None,
                    api_key: str | None = None) -> Outcome:
-    """The LLM judge (lab.judge, plan "full": every pair of models judged in both orders): win 1; tie or the two
-    orders disagreeing 0.5; loss 0; unreadable verdicts left out. Identical completions tie without a call."""
+    """The LLM judge (lab.judge, plan "full": every pair of models judged in both orders, calibrated where they
+    disagree: lab.verdicts.run_verdicts): win 1; tie or an undecided disagreement 0.5; loss 0; unreadable verdicts
+    left out. Identical completions tie without a call."""
     nested, index = scoring_run(run, table, st)
     samples = nested.read("samples")
     twin = {(s["instruction_id"], s["sample_index"]): s["duplicate_of"] for s in samples}  # the judge skips twins
     if any(d is None and s["sample_index"] > 0 for s, d in zip(samples, twin.values())):
         judge_run(nested, JudgeConfig(backend=cfg.judge, model=cfg.judge_model, plan="full", rpm=cfg.judge_rpm,
                                       device=cfg.device, dtype=cfg.dtype), progress, api_key=api_key)
-    verdicts = {(v["instruction_id"], v["a"], v["b"]): v["verdict"] for v in pair_verdicts(nested.read("judgments"))}
+    verdicts = {(v["instruction_id"], v["a"], v["b"]): v["verdict"] for v in run_verdicts(nested)}
     value = {"a": WIN, "b": LOSS, "tie": TIE, "inconsistent": TIE}  # for the lower sample index
 
     def of(iid: str, a: str, b: str) -> float | None:

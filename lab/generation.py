@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lab import engine_vllm, models
+from lab import efficiency, engine_vllm, models
 from lab.errors import LabError
 from lab.progress import Progress
 
@@ -293,6 +293,7 @@ def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[
             nxt, alive = nxt[alive], alive[alive]
         b.step(nxt)
     prompt_lens = [len(p) for p, c in zip(prompts, counts) for _ in range(c)]
+    efficiency.add(tokens_in=sum(len(p) for p in prompts), tokens_out=sum(map(len, b.tokens)))
     texts = [t.strip() for t in cm.tokenizer.batch_decode(b.tokens, skip_special_tokens=True)]
     comps = [Completion(t, n, len(toks), f or "length")
              for t, n, toks, f in zip(texts, prompt_lens, b.tokens, b.finish)]

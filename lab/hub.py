@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from lab import cards, models
+from lab import cards, efficiency, models
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.models import BUNDLED_HUB_ID
@@ -463,7 +463,7 @@ def push_run(run: Run, cfg: PushConfig, token: str | None = None, progress: Prog
     "push" lock: a second push (or dry run) of the run is refused, not staged over the first.
     """
     cfg.validate()
-    with run.lock("push"):
+    with run.lock("push"), efficiency.measure(run, "push"):
         return _push_locked(run, cfg, token, progress)
 
 

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lab import models
+from lab import efficiency, models
 from lab.adapters import BASE, check_same_base, read_state, resolve_adapters, status
 from lab.compare import CompareConfig, compare_run, find_duplicates
 from lab.config import Settings, opt
@@ -282,7 +282,7 @@ def iterate_run(run: Run, cfg: IterateConfig, progress: Progress | None = None, 
     skipped; an interrupted round resumes from its files (samples, scores, the training checkpoint).
     api_key: an API judge's key passed in memory (else read from the environment).
     Holds the run's "iterate" lock: a second iteration of the run is refused."""
-    with run.lock("iterate"):
+    with run.lock("iterate"), efficiency.measure(run, "iterate"):
         return _iterate_locked(run, cfg, progress, api_key)
 
 

@@ -9,6 +9,7 @@ calls and a killed run resumes where it stopped.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import itertools
 import json
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from lab import efficiency
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.judge_backends import BACKENDS, DEFAULT_MODELS, MAX_RETRY_AFTER_S, ApiBackend, LocalBackend, price_usd
@@ -26,12 +28,19 @@ from lab.progress import Progress, stop_requested
 from lab.ratelimit import Cancelled, RateLimiter
 from lab.sample import groups
 from lab.store import Run, atomic_write_text, once, read_user_text
-from lab.verdicts import pair_verdicts, report_records
+from lab.verdicts import SCORE_RANGE, TIE_BAND, pair_verdicts, report_records
 
 PLANS = {
     "knockout": "a knockout tournament, each match judged in both orders: K-1 matches, 2(K-1) calls per instruction "
                 "(8 for K=5); an undecided match (tie, inconsistent, invalid) is settled by a seeded coin flip",
     "full": "every pair in both orders: K(K-1) calls per instruction (20 for K=5)",
+}
+CALIBRATE = {
+    "auto": "decide pairs whose two orders disagree from the grades averaged over both orders, where the calls "
+            "carry grades (the local judge's label probabilities; API replies carry none unless asked)",
+    "scores": "API judges: also ask for a 1-10 score per response in each order and calibrate with them (the same "
+              "calls, a few more output tokens each)",
+    "off": "no calibration: a pair whose two orders disagree is inconsistent",
 }
 
 
@@ -61,9 +70,18 @@ class JudgeConfig(Settings):
     json_mode: bool = opt(True, "ask the API for a JSON object (response_format); turn off for servers without it")
     retry_invalid: bool = opt(False, "judge again the calls recorded as invalid (otherwise the cache keeps them)")
     seed: int = opt(0, "seed of the coin that settles undecided knockout matches")
+    calibrate: str = opt("auto", "position calibration of pairs whose two orders disagree: auto (graded calls: the "
+                         "local judge's label probabilities), scores (API judges also grade each response 1-10 in "
+                         "each order; same calls, a few more tokens), off (disagreement = inconsistent)",
+                         choices=tuple(CALIBRATE), label="Position calibration")
+    tie_band: float = opt(TIE_BAND, "calibrated pairs whose two averaged grades (0-1) differ by this much or less "
+                          "are ties", label="Tie band")
     estimate_only: bool = opt(False, "print the plan's calls, time and cost, and judge nothing")
     reasoning_tokens: int = opt(96, "local backend: tokens of reasoning generated before the verdict (0 = none)",
                                 label="Local reasoning tokens")
+    min_reasoning_tokens: int = opt(16, "local backend: the reasoning may not close before this many tokens (the "
+                                    "model's own words: a closing quote or end of turn is held back until then)",
+                                    label="Local minimum reasoning tokens")
     batch_size: int = opt(8, "local backend: prompts per forward pass")
     device: str = opt("auto", "local backend: cpu, cuda, cuda:1 ... or auto (GPU if there is one)")
     dtype: str = opt("auto", "local backend: float32, bfloat16, float16 or auto (bf16 on GPU, fp32 on CPU)")
@@ -82,7 +100,17 @@ class JudgeConfig(Settings):
             raise LabError(f"--base-url {self.base_url!r} is not a URL: give http(s)://host[:port][/v1].")
         if self.backend == "local" and self.base_url:
             raise LabError("--base-url is for the groq and openai backends; the local judge runs here.")
+        if self.backend == "local" and self.calibrate == "scores":
+            raise LabError("--calibrate scores is for API judges: the local judge's label probabilities are already "
+                           "its grades (use auto).")
+        if not 0 <= self.tie_band < 1 or self.min_reasoning_tokens < 0:
+            raise LabError(f"--tie-band must be in [0, 1) (got {self.tie_band}; {TIE_BAND} is the default) and "
+                           "--min-reasoning-tokens >= 0.")
         return self
+
+    def band(self) -> float | None:
+        """The tie band pair_verdicts takes: None when calibration is off."""
+        return None if self.calibrate == "off" else self.tie_band
 
 
 # ---- the prompt ---------------------------------------------------------------------------------------------------
@@ -111,6 +139,12 @@ First compare the responses against the criteria in two to four sentences, then 
 JSON object and nothing else, reasoning first:
 {"reasoning": "<your comparison>", "verdict": "A" or "B" or "tie"}"""
 PLACEHOLDER = re.compile(r"\{(instruction|response_a|response_b)\}")
+# --calibrate scores: appended to the template, so an API judge grades each response in each order
+SCORES_SUFFIX = """
+
+Also grade each response on its own, from 1 (useless) to 10 (excellent). Reply with one JSON object and nothing \
+else, reasoning first:
+{"reasoning": "<your comparison>", "score_a": <1-10>, "score_b": <1-10>, "verdict": "A" or "B" or "tie"}"""
 
 
 def check_template(template: str) -> str:
@@ -121,6 +155,27 @@ def check_template(template: str) -> str:
         raise LabError("The judge prompt lacks " + ", ".join("{" + m + "}" for m in missing) +
                        ": put each placeholder where that text goes (see docs/judge.md).")
     return template
+
+
+def with_scores(template: str) -> str:
+    """The template as --calibrate scores sends it (SCORES_SUFFIX appended once)."""
+    return template if template.endswith(SCORES_SUFFIX) else template + SCORES_SUFFIX
+
+
+def parse_scores(text: str) -> dict[str, float] | None:
+    """{"A": score of the response shown first, "B": of the second} from a reply's JSON "score_a" / "score_b";
+    None unless both are numbers within SCORE_RANGE."""
+    start, end = text.find("{"), text.rfind("}")
+    try:
+        obj = json.loads(text[start:end + 1]) if 0 <= start < end else None
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    got = {pos: obj.get(f"score_{pos.lower()}") for pos in ("A", "B")}
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and SCORE_RANGE[0] <= v <= SCORE_RANGE[1]
+             for v in got.values())
+    return {k: float(v) for k, v in got.items()} if ok else None
 
 
 def prompt_hash(template: str) -> str:
@@ -217,9 +272,9 @@ def _calls(iid: str, cand: tuple[str, dict[int, str]], a: int, b: int) -> list[C
     return [Call(iid, cand[0], a, b, o, cand[1][a], cand[1][b]) for o in ("ab", "ba")]
 
 
-def _match_verdict(calls: list[Call], lookup: Lookup) -> dict | None:
+def _match_verdict(calls: list[Call], lookup: Lookup, band: float | None) -> dict | None:
     recs = [lookup(c) for c in calls]
-    return None if any(r is None for r in recs) else pair_verdicts(recs)[0]
+    return None if any(r is None for r in recs) else pair_verdicts(recs, band)[0]
 
 
 def _coin(seed: int, iid: str, a: int, b: int) -> int:
@@ -228,17 +283,18 @@ def _coin(seed: int, iid: str, a: int, b: int) -> int:
     return a if h % 2 == 0 else b
 
 
-def knockout(iid: str, cand: tuple[str, dict[int, str]], lookup: Lookup, seed: int = 0
-             ) -> tuple[list[list[Call]], list[list[Call]], int | None]:
+def knockout(iid: str, cand: tuple[str, dict[int, str]], lookup: Lookup, seed: int = 0,
+             band: float | None = TIE_BAND) -> tuple[list[list[Call]], list[list[Call]], int | None]:
     """Replay the knockout tournament of one instruction as far as the cache allows.
 
     Round 1 pairs responses (0,1), (2,3), ...; an odd one out waits (a bye) for the next round; winners advance.
+    A match's winner is its pair verdict under the tie band `band` (lab.verdicts.pair_verdicts: calibrated too).
     Returns (matches played, matches of the current round still to judge, champion or None until finished);
     a match is the two Calls of one pair."""
     entrants, played = list(cand[1]), []
     while len(entrants) > 1:
         matches = [_calls(iid, cand, entrants[i], entrants[i + 1]) for i in range(0, len(entrants) - 1, 2)]
-        verdicts = [_match_verdict(m, lookup) for m in matches]
+        verdicts = [_match_verdict(m, lookup, band) for m in matches]
         played += [m for m, v in zip(matches, verdicts) if v is not None]
         if any(v is None for v in verdicts):
             return played, [m for m, v in zip(matches, verdicts) if v is None], None
@@ -253,7 +309,8 @@ def _winner(v: dict, seed: int) -> int:
     return _coin(seed, v["instruction_id"], v["a"], v["b"])
 
 
-def plan_step(plan: str, cands: Candidates, lookup: Lookup, seed: int = 0) -> tuple[list[Call], int, int]:
+def plan_step(plan: str, cands: Candidates, lookup: Lookup, seed: int = 0, band: float | None = TIE_BAND
+              ) -> tuple[list[Call], int, int]:
     """Calls to make now (all whose inputs are known), calls the plan makes in all, calls already in the cache.
 
     'full' is one step; 'knockout' takes one step per round (the next round's pairs depend on the winners)."""
@@ -264,7 +321,7 @@ def plan_step(plan: str, cands: Candidates, lookup: Lookup, seed: int = 0) -> tu
             matches = [_calls(iid, cand, a, b) for a, b in itertools.combinations(cand[1], 2)]
             reached, total = matches, total + k * (k - 1)
         else:
-            played, pending, _ = knockout(iid, cand, lookup, seed)
+            played, pending, _ = knockout(iid, cand, lookup, seed, band)
             reached, total = played + pending, total + 2 * (k - 1)
         calls = [c for m in reached for c in m]
         new = [c for c in calls if lookup(c) is None]
@@ -286,13 +343,17 @@ class Outcome:
     attempts: int = 1
     latency_s: float = 0.0
     probs: dict | None = None  # local backend: {"A", "B", "tie"}
+    scores: dict | None = None  # API judge under --calibrate scores: {"A", "B"} (SCORE_RANGE points)
 
 
 class _Session:
     """One judge run: settings resolved once, the cache, and the writer of records."""
 
     def __init__(self, run: Run, cfg: JudgeConfig, template: str, progress: Progress):
-        self.run, self.cfg, self.template, self.progress = run, cfg, check_template(template), progress
+        self.run, self.cfg, self.progress = run, cfg, progress
+        self.template = check_template(template)
+        if cfg.calibrate == "scores":
+            self.template = with_scores(self.template)
         self.model = cfg.model or DEFAULT_MODELS[cfg.backend]
         self.phash = prompt_hash(self.template)
         self.cache: dict[str, dict] = {}
@@ -330,6 +391,7 @@ class _Session:
         canon = {None: "invalid", "tie": "tie", "A": call.order[0], "B": call.order[1]}[pv]
         probs = None if out.probs is None else {call.order[0]: out.probs["A"], call.order[1]: out.probs["B"],
                                                 "tie": out.probs["tie"]}
+        scores = None if out.scores is None else {call.order[0]: out.scores["A"], call.order[1]: out.scores["B"]}
         return {"instruction_id": call.instruction_id, "a": call.a, "b": call.b, "order": call.order,
                 "verdict": canon, "position_verdict": pv, "reasoning": out.reasoning, "raw": out.raw,
                 "backend": self.cfg.backend, "model": self.model, "prompt_hash": self.phash,
@@ -338,23 +400,27 @@ class _Session:
                 "cost_usd": price_usd(self.model, out.prompt_tokens, out.completion_tokens),
                 "confidence": None if out.probs is None else round(out.probs[pv], 4) if pv else None,
                 "label_probs": None if probs is None else {k: round(v, 4) for k, v in probs.items()},
+                "scores": scores,
                 "attempts": out.attempts, "latency_s": round(out.latency_s, 3), "time": time.time()}
 
 
 FAIL_FAST_CALLS = 5  # if this many first replies are all unreadable, stop instead of spending the whole plan
 
 
-def _api_outcome(backend: ApiBackend, prompt: str) -> Outcome:
-    """One judged call over the API: unreadable output is asked for once more, then kept as invalid."""
+def _api_outcome(backend: ApiBackend, prompt: str, want_scores: bool = False) -> Outcome:
+    """One judged call over the API: unreadable output (or, with want_scores, a reply without both scores) is asked
+    for once more, then kept as it is (invalid when it holds no verdict)."""
     t0, tokens, attempts = time.monotonic(), [0, 0], 0
     for _ in range(2):
         reply = backend.complete(prompt)
         tokens = [tokens[0] + reply.prompt_tokens, tokens[1] + reply.completion_tokens]
         attempts += reply.attempts
         verdict, reasoning = parse_output(reply.text) if reply.parsed_http else (None, "")
-        if verdict is not None or reply.rejected:  # a refused request would be refused again
+        scores = parse_scores(reply.text) if want_scores and reply.parsed_http else None
+        if (verdict is not None and (scores or not want_scores)) or reply.rejected:  # a refusal would come again
             break
-    return Outcome(verdict, reasoning, reply.text, tokens[0], tokens[1], attempts, time.monotonic() - t0)
+    return Outcome(verdict, reasoning, reply.text, tokens[0], tokens[1], attempts, time.monotonic() - t0,
+                   scores=scores)
 
 
 def _run_api(s: _Session, backend: ApiBackend, calls: list[Call], tick: Callable[[], None]) -> None:
@@ -363,7 +429,9 @@ def _run_api(s: _Session, backend: ApiBackend, calls: list[Call], tick: Callable
     calls in flight are still recorded."""
     error: BaseException | None = None
     with ThreadPoolExecutor(max_workers=s.cfg.concurrency) as pool:
-        futures = {pool.submit(_api_outcome, backend, s.prompt(c)): c for c in calls}
+        want = s.cfg.calibrate == "scores"
+        futures = {pool.submit(contextvars.copy_context().run, _api_outcome, backend, s.prompt(c), want): c
+                   for c in calls}  # each worker in this context: its requests count in this stage's efficiency
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
@@ -402,7 +470,8 @@ def make_backend(cfg: JudgeConfig, api_key: str | None = None) -> ApiBackend | L
     """The backend cfg asks for. api_key: passed in memory by the app; else read from the environment."""
     model = cfg.model or DEFAULT_MODELS[cfg.backend]
     if cfg.backend == "local":
-        return LocalBackend(model, cfg.device, cfg.dtype, cfg.reasoning_tokens, cfg.batch_size)
+        return LocalBackend(model, cfg.device, cfg.dtype, cfg.reasoning_tokens, cfg.batch_size,
+                            cfg.min_reasoning_tokens)
     return ApiBackend(cfg.backend, model, RateLimiter(cfg.rpm), cfg.base_url, api_key, cfg.api_key_env,
                       cfg.timeout_s, cfg.max_retries, cfg.backoff_s, cfg.temperature, cfg.max_tokens, cfg.json_mode,
                       cfg.max_retry_after_s)
@@ -417,7 +486,7 @@ def estimate(run: Run, cfg: JudgeConfig, template: str | None = None) -> dict:
     cfg.validate()
     s = _Session(run, cfg, template if template is not None else load_template(cfg.prompt_file), Progress(quiet=True))
     cands, skipped = load_candidates(run)
-    todo, total, done = plan_step(cfg.plan, cands, s.lookup, cfg.seed)
+    todo, total, done = plan_step(cfg.plan, cands, s.lookup, cfg.seed, cfg.band())
     to_make = total - done
     chars = sum(len(s.prompt(c)) for c in todo) / max(len(todo), 1)
     p_tok, c_tok = int(to_make * chars / 4), to_make * min(cfg.max_tokens, 200)  # ~4 characters a token
@@ -437,7 +506,7 @@ def judge_run(run: Run, cfg: JudgeConfig, progress: Progress | None = None, api_
     Returns report(run) for this judge and prompt, plus {"calls_made", "plan", ...}.
     Holds the run's "judge" lock, and reads the cache under it: a second judge on the run is refused, not run twice."""
     cfg.validate()
-    with run.lock("judge"):
+    with run.lock("judge"), efficiency.measure(run, "judge"):
         return _judge_locked(run, cfg, progress, api_key, template)
 
 
@@ -448,7 +517,7 @@ def _judge_locked(run: Run, cfg: JudgeConfig, progress: Progress | None, api_key
     cands, skipped = load_candidates(run)
     backend = None  # made on the first call to make: a fully cached rerun needs no key and loads no model
     while True:
-        todo, total, done = plan_step(cfg.plan, cands, s.lookup, cfg.seed)
+        todo, total, done = plan_step(cfg.plan, cands, s.lookup, cfg.seed, cfg.band())
         if not todo:
             break
         if backend is None:
@@ -461,8 +530,10 @@ def _judge_locked(run: Run, cfg: JudgeConfig, progress: Progress | None, api_key
         progress.update(done, total, "judging")
         runner(s, backend, todo, lambda: progress.update(next(counter), total, "judging", calls_made=s.made))
     progress.close()
-    current = [r for c in _all_reached(cfg.plan, cands, s.lookup, cfg.seed) if (r := s.lookup(c))]
-    return {**report_records(current, run.read("samples")), "calls_made": s.made, "plan": cfg.plan,
+    current = [r for c in _all_reached(cfg.plan, cands, s.lookup, cfg.seed, cfg.band()) if (r := s.lookup(c))]
+    if not s.made:
+        _update_calibration(run, cfg)
+    return {**report_records(current, run.read("samples"), cfg.band()), "calls_made": s.made, "plan": cfg.plan,
             "backend": cfg.backend, "model": s.model, "prompt_hash": s.phash, "skipped_instructions": skipped}
 
 
@@ -473,14 +544,22 @@ def _record_settings(run: Run, cfg: JudgeConfig, s: _Session) -> None:
     run.record_stage("judge", {**cfg.to_dict(), "model": s.model, "prompt_hash": s.phash})
 
 
-def _all_reached(plan: str, cands: Candidates, lookup: Lookup, seed: int) -> list[Call]:
+def _update_calibration(run: Run, cfg: JudgeConfig) -> None:
+    """A rerun that made no call but asks for another calibration: run.json's judge entry says the new one, so every
+    reader of the verdicts (lab.verdicts.run_verdicts) decides the pairs as this run did."""
+    old = run.stage_settings("judge")
+    if old and (old.get("calibrate"), old.get("tie_band")) != (cfg.calibrate, cfg.tie_band):
+        run.record_stage("judge", {**old, "calibrate": cfg.calibrate, "tie_band": cfg.tie_band})
+
+
+def _all_reached(plan: str, cands: Candidates, lookup: Lookup, seed: int, band: float | None) -> list[Call]:
     """Every call the plan made (once it is complete), for the summary of this judge and prompt."""
     out = []
     for iid, cand in cands.items():
         if plan == "full":
             out += [c for a, b in itertools.combinations(cand[1], 2) for c in _calls(iid, cand, a, b)]
         else:
-            played, pending, _ = knockout(iid, cand, lookup, seed)
+            played, pending, _ = knockout(iid, cand, lookup, seed, band)
             out += [c for m in played + pending for c in m]
     return out
 

@@ -3,9 +3,12 @@
 - ApiBackend("groq" | "openai"): one chat-completions request per prompt through the provider's own SDK (groq, or
   openai with any base URL: OpenAI, Together, Fireworks, vLLM, Ollama). JSON mode on; SDK retries off, because the
   retries here share the client-side rate limiter (a retry is a request too) and honour Retry-After for every worker.
-- LocalBackend: a transformers chat model through lab.models. It generates its reasoning (greedy), then appends
-  `", "verdict": "` itself and reads the verdict from the next-token probabilities of the labels A / B / tie: a
-  135M model garbles free-text verdicts, but the label probabilities always give a verdict and a confidence.
+- LocalBackend: a transformers chat model through lab.models. The lab opens its reply with `{"reasoning": "`; the
+  model writes its reasoning (greedy; its closing quote and end of turn are held back for the first
+  min_reasoning_tokens, so a 135M model does not stop at "A"); then the lab appends `", "verdict": "` and reads the
+  verdict from the next-token probabilities of the labels A / B / tie: a 135M model garbles free-text verdicts, but
+  the label probabilities always give a verdict and a confidence. What is recorded as the reasoning and the raw
+  text is only what the model wrote; the lab's own scaffolding is never passed off as the model's.
 
 API keys are kept only on the client object: never in a record, a log line or an error message (messages are
 scrubbed of the key and of any URL userinfo). Where a key may go (resolve_key), so that an owner's key never reaches a
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
 
-from lab import models
+from lab import efficiency, models
 from lab.errors import LabError
 from lab.ratelimit import RateLimiter, backoff_s, retry_after_s
 from lab.store import redact_userinfo
@@ -176,6 +179,7 @@ class ApiBackend:
         last: Exception | None = None
         for attempt in range(1, self.max_retries + 2):
             self.limiter.acquire()
+            efficiency.add(api_calls=1)  # every request counts, retries included
             try:
                 reply = self._request(prompt)
                 reply.attempts = attempt
@@ -207,8 +211,9 @@ class ApiBackend:
             return Reply(text=raw.http_response.text[:4000], parsed_http=False)
         usage = getattr(resp, "usage", None)
         text = resp.choices[0].message.content if resp.choices else None
-        return Reply(text=text or "", prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                     completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
+        p_tok, c_tok = getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
+        efficiency.add(tokens_in=p_tok, tokens_out=c_tok, cost_usd=price_usd(self.model, p_tok, c_tok))
+        return Reply(text=text or "", prompt_tokens=p_tok, completion_tokens=c_tok)
 
     def _retry_delay(self, err: Exception, attempt: int) -> float:
         """Seconds to wait before retrying `err`; raises LabError at once for errors a retry cannot fix."""
@@ -283,11 +288,13 @@ class LocalBackend:
     LABELS = ("A", "B", "tie")
 
     def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", reasoning_tokens: int = 96,
-                 batch_size: int = 8):
+                 batch_size: int = 8, min_reasoning_tokens: int = 0):
         self.cm = models.load(spec, device, dtype)
         self.reasoning_tokens, self.batch_size = reasoning_tokens, batch_size
+        self.min_reasoning_tokens = min(min_reasoning_tokens, reasoning_tokens)
         self.label_ids = self._label_ids()
         self._texts: dict[int, str] = {}  # token id -> its text, to spot the closing quote while decoding
+        self._closers = None  # ids of every token that would end the reasoning (a quote in it, end of turn)
 
     def _label_ids(self) -> list[int]:
         tok = self.cm.tokenizer
@@ -320,11 +327,13 @@ class LocalBackend:
                                 .clamp(min=0), past_key_values=cache, use_cache=True, logits_to_keep=1)
             gen = self._greedy(out.logits[:, -1], cache, mask, last_pos)
             cache.crop(-(cache.get_seq_length() - mask.shape[1]))  # back to the pre-filled prompt
-            reasons = [_json_string_prefix(self.cm.tokenizer.decode(g, skip_special_tokens=True)) for g in gen]
+            raws = [self.cm.tokenizer.decode(g, skip_special_tokens=True) for g in gen]
+            reasons = [_json_string_prefix(t) for t in raws]
             tails = [json.dumps(r)[1:-1] + '", "verdict": "' for r in reasons]
             probs = self._label_probs(tails, cache, mask, last_pos)
-        return [LocalVerdict(r, p, '{"reasoning": "' + t + max(p, key=p.get) + '"}', int(n), len(g))
-                for r, t, p, n, g in zip(reasons, tails, probs, mask.sum(-1).tolist(), gen)]
+        efficiency.add(tokens_in=int(mask.sum()), tokens_out=sum(map(len, gen)))
+        return [LocalVerdict(r, p, raw, int(n), len(g))
+                for r, raw, p, n, g in zip(reasons, raws, probs, mask.sum(-1).tolist(), gen)]
 
     def _greedy(self, logits, cache, mask, last_pos) -> list[list[int]]:
         """Greedy reasoning tokens per row ([B, V] logits of the first step), each row ending with the token that
@@ -334,6 +343,8 @@ class LocalBackend:
         tok, rows = self.cm.tokenizer, [[] for _ in range(logits.shape[0])]
         done = [False] * len(rows)
         for step in range(self.reasoning_tokens):
+            if step < self.min_reasoning_tokens:  # the model's own next-best token, not a closing one yet
+                logits = logits.index_fill(-1, self._closing_ids(), float("-inf"))
             nxt = logits.argmax(-1)
             for i, t in enumerate(nxt.tolist()):
                 if not done[i]:
@@ -346,6 +357,16 @@ class LocalBackend:
             logits = self.cm.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
                                    past_key_values=cache, use_cache=True).logits[:, -1]
         return rows
+
+    def _closing_ids(self):
+        """Token ids that would end the reasoning: any token whose text holds a quote, and end of turn."""
+        import torch
+
+        if self._closers is None:
+            texts = self.cm.tokenizer.batch_decode([[i] for i in range(len(self.cm.tokenizer))])
+            ids = [i for i, t in enumerate(texts) if '"' in t] + list(self.cm.eos_ids)
+            self._closers = torch.tensor(sorted(set(ids)), device=self.cm.device)
+        return self._closers
 
     def _text(self, token_id: int) -> str:
         if token_id not in self._texts:

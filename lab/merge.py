@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from lab import cards, models
+from lab import cards, efficiency, models
 from lab.adapters import adapter_base, check_same_base, fingerprint, read_state, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
@@ -89,7 +89,7 @@ def merge_run(run: Run, cfg: MergeConfig, progress: Progress | None = None) -> d
     path = models.resolve(spec)
     check_same_base({cfg.adapter: folder}, spec, path)
     progress = progress or Progress("merge")
-    with run.lock(f"merge-{cfg.adapter}"):
+    with run.lock(f"merge-{cfg.adapter}"), efficiency.measure(run, "merge", cfg.adapter):
         record = _merge_locked(run, cfg, folder, spec, path, progress)
     run.record_stage("merge", cfg.to_dict())
     return {"run": run.name, "folder": str(run.merged_dir(cfg.adapter)), **record}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import memory, precision
+from lab import efficiency, memory, precision
 from lab.errors import LabError
 from lab.store import build_folder
 
@@ -133,7 +133,9 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[st
     """(torch device string, torch dtype) from lab.precision's table (CUDA, then mps, then CPU; bf16 from compute
     capability 8.0, fp16 below, fp32 on CPU); both overridable within what the device can do."""
     dev = precision.probe(device)
-    return dev.name, precision.torch_dtype(precision.resolve_dtype(dev, dtype))
+    name = precision.resolve_dtype(dev, dtype)
+    efficiency.note(dev.name, name)  # what the stage being measured runs on
+    return dev.name, precision.torch_dtype(name)
 
 
 def hub_error(spec: str, err: Exception) -> LabError:
@@ -210,6 +212,7 @@ def load(spec: str, device: str | None = None, dtype: str | None = None) -> Chat
     path = resolve(spec)
     dev = precision.probe(device)
     dtype_name = precision.resolve_dtype(dev, dtype)
+    efficiency.note(dev.name, dtype_name)  # what the stage being measured runs on (cached or not)
     key = (path, dev.name, dtype_name)
     if key in _CACHE:
         return _CACHE[key]

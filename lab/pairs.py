@@ -2,8 +2,9 @@
 format; and the one reader that checks a pairs file before training.
 
 Sources (SOURCES), read from the run:
-  - judge:  lab.verdicts.pair_verdicts(judgments) -> one verdict per judged response pair. Only "a" / "b" count:
-            ties, "inconsistent" (the two orders disagreed) and "invalid" are dropped. A human spot-check verdict
+  - judge:  lab.verdicts.run_verdicts(run) -> one verdict per judged response pair (both orders agreeing, or
+            position-calibrated where they disagree). Only "a" / "b" count: ties, "inconsistent" (the two orders
+            disagreed and no grades could settle it) and "invalid" are dropped. A human spot-check verdict
             (spotcheck.jsonl, lab.spotcheck) replaces the judge's for its pair unless use_spotcheck is off. A verdict
             has strength 1; a response's score is its net win rate (wins - losses) / pairs judged, in [-1, 1].
   - pairrm: rankings.jsonl (lab.rank): every pair of responses, preferred by the sign of PairRM's both-orders logit,
@@ -25,6 +26,7 @@ pairs-<source>.jsonl, one line per pair (TRL's conversational preference format,
      "meta": {"instruction_id": str, "chosen_index": int, "rejected_index": int,   # samples.jsonl sample_index
               "source": a SOURCES name, "strategy": str, "by": "judge" | "human" | "pairrm" | "self",
               "strength": float, "score_chosen": float, "score_rejected": float,
+              "rule": str,        # judge verdicts: how the pair was decided (lab.verdicts.RULES key)
               "single": true}     # only on a judge verdict that rests on one order (lab.verdicts.pair_verdicts)
 The file is rewritten whole (atomically) on every build; the statistics go to run.json under "pairs-<source>".
 A user's own pairs file may also hold plain strings for prompt / chosen / rejected, and longer conversations
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from lab import spotcheck
+from lab import efficiency, spotcheck
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.rank import latest_rankings, preference
@@ -49,7 +51,7 @@ from lab.sample import Group, groups
 from lab.score import mean_scores
 from lab.stats import agreement, length_balance
 from lab.store import Run, iter_user_jsonl, write_jsonl
-from lab.verdicts import pair_verdicts
+from lab.verdicts import run_verdicts
 
 LENGTH_WARN_RATE = 0.8  # when the longer (or the shorter) answer wins this often, length alone explains the data
 LENGTH_WARN_MIN_PAIRS = 5
@@ -66,6 +68,7 @@ class Preference:
     strength: float
     by: str  # "judge" | "human" | "pairrm" | "self"
     single: bool = False  # a judge verdict that rests on one order only (the other missing or invalid)
+    rule: str = ""  # judge verdicts: the lab.verdicts.RULES key that decided it ("human" for a spot-check)
 
 
 @dataclass
@@ -84,10 +87,10 @@ def human_verdicts(run: Run) -> dict[tuple[str, int, int], str]:
 
 def judge_preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preferences], Counter]:
     """Judge verdicts (with human overrides) -> Preferences per instruction, and a count of what was dropped."""
-    verdicts = {(v["instruction_id"], v["a"], v["b"]): (v["verdict"], "judge", bool(v.get("single")))
-                for v in pair_verdicts(run.read("judgments"))}
+    verdicts = {(v["instruction_id"], v["a"], v["b"]): (v["verdict"], "judge", bool(v.get("single")), v["rule"])
+                for v in run_verdicts(run)}
     if cfg.use_spotcheck:
-        verdicts.update({k: (h, "human", False) for k, h in human_verdicts(run).items()})
+        verdicts.update({k: (h, "human", False, "human") for k, h in human_verdicts(run).items()})
     if not verdicts:
         raise LabError(f"Run '{run.name}' has no judgments: run the judge first (`python -m lab judge --run "
                        f"{run.name}`), or build PairRM pairs instead.",
@@ -95,12 +98,12 @@ def judge_preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preferenc
                        "source.")
     by_id: dict[str, list[Preference]] = {}
     dropped: Counter = Counter()
-    for (iid, a, b), (verdict, by, single) in verdicts.items():
+    for (iid, a, b), (verdict, by, single, rule) in verdicts.items():
         if verdict not in ("a", "b"):
             dropped[verdict] += 1
             continue
         win, lose = (a, b) if verdict == "a" else (b, a)
-        by_id.setdefault(iid, []).append(Preference(iid, win, lose, 1.0, by, single))
+        by_id.setdefault(iid, []).append(Preference(iid, win, lose, 1.0, by, single, rule))
     return {iid: Preferences(p, net_win_rates(p)) for iid, p in by_id.items()}, dropped
 
 
@@ -246,7 +249,7 @@ def to_record(pref: Preference, group: Group, source: str, strategy: str, scores
         "instruction_id": pref.instruction_id, "chosen_index": pref.winner, "rejected_index": pref.loser,
         "source": source, "strategy": strategy, "by": pref.by, "strength": round(pref.strength, 6),
         "score_chosen": round(scores[pref.winner], 6), "score_rejected": round(scores[pref.loser], 6),
-        **({"single": True} if pref.single else {})})
+        **({"rule": pref.rule} if pref.rule else {}), **({"single": True} if pref.single else {})})
 
 
 def answer_lengths(records: list[dict]) -> tuple[list[int], list[int]]:
@@ -297,7 +300,7 @@ def build_pairs(run: Run, cfg: PairsConfig) -> dict:
     """Build pairs-<cfg.source>.jsonl (whole file, atomically) and return its statistics.
     Holds the run's "pairs-<source>" lock (the sources may be built at once)."""
     cfg.validate()
-    with run.lock(f"pairs-{cfg.source}"):
+    with run.lock(f"pairs-{cfg.source}"), efficiency.measure(run, "pairs", cfg.source):
         return _pairs_locked(run, cfg)
 
 
@@ -311,7 +314,7 @@ def _pairs_locked(run: Run, cfg: PairsConfig) -> dict:
     if run.read("judgments") and run.read("rankings"):
         stats["judge_vs_pairrm"] = judge_vs_pairrm(run)
     run.record_stage(f"pairs-{cfg.source}", {**cfg.to_dict(), "stats": stats})
-    return {"run": run.name, "file": str(path), **stats}
+    return {"run": run.name, "file": str(path), **stats, "warnings": [stats["no_pairs"]] if stats["no_pairs"] else []}
 
 
 def summarize(records: list[dict], by_id: dict[str, Group], cfg: PairsConfig, dropped: Counter) -> dict:
@@ -321,7 +324,30 @@ def summarize(records: list[dict], by_id: dict[str, Group], cfg: PairsConfig, dr
     return {"source": cfg.source, "strategy": cfg.strategy, "margin": cfg.margin, "pairs": len(records),
             "instructions": len(by_id), "instructions_without_pair": len(by_id) - len(with_pair),
             "single_response": single, "human_overrides": sum(r["meta"]["by"] == "human" for r in records),
-            "dropped": {k: v for k, v in sorted(dropped.items()) if v}, **length_stats(records)}
+            "dropped": {k: v for k, v in sorted(dropped.items()) if v}, **length_stats(records),
+            "no_pairs": None if records else why_no_pairs(cfg.source, len(by_id), dropped)}
+
+
+NO_PAIRS_FIX = {  # what to do about an empty data set, in words for the page
+    "judge": "Decide some pairs yourself in the Spot-check tab (every verdict you give becomes a pair at once), or "
+             "judge again with an API judge (Groq, or an OpenAI-compatible endpoint) in the Judge tab.",
+    "pairrm": "Rank with the real PairRM (llm-blender/PairRM) rather than the tiny random one, or sample more varied "
+              "responses (a higher temperature, more responses per instruction).",
+    "self": "Sample more answers per instruction or at a higher temperature, or let an API judge score them.",
+}
+
+
+def why_no_pairs(source: str, instructions: int, dropped: Counter) -> str:
+    """Why a pairs build kept nothing, and what to do, in words for the page (no command-line flags)."""
+    words = {"tie": "ties", "inconsistent": "undecided disagreements between the two orders", "invalid":
+             "unreadable verdicts", "below_margin": "preferences below the margin", "identical": "identical answers",
+             "unscored": "instructions without two scored answers", "missing_response": "answers no longer sampled"}
+    seen = ", ".join(f"{n} {words.get(k, k)}" for k, n in sorted(dropped.items()) if n)
+    margin = " Or lower the margin." if dropped.get("below_margin") else ""
+    return (f"No preference pairs: none of the {instructions} instructions has a decided preference from "
+            f"{ {'judge': 'the judge', 'pairrm': 'PairRM', 'self': 'the self-scores'}.get(source, source)}"
+            + (f" ({seen})" if seen else "") + ". "
+            + NO_PAIRS_FIX.get(source, "") + margin)
 
 
 def rebuild(run: Run, source: str) -> dict:
@@ -344,7 +370,7 @@ def judge_vs_pairrm(run: Run) -> dict:
     where the judge was decisive ("a" / "b"); how many judged pairs the judge left undecided is reported too."""
     rankings = latest_rankings(run)
     labels, undecided = [], Counter()
-    for v in pair_verdicts(run.read("judgments")):
+    for v in run_verdicts(run):
         rec = rankings.get(v["instruction_id"])
         if rec is None or not {v["a"], v["b"]} <= set(rec["sample_indices"]):
             continue
@@ -374,6 +400,9 @@ def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
         return path.resolve()
     if "/" not in raw and not raw.endswith(".jsonl"):
         source = run.pairs_file(raw)
+        if source.is_file() and not source.read_text(encoding="utf-8").strip():
+            stats = (run.stage_settings(f"pairs-{raw}") or {}).get("stats") or {}
+            raise LabError(stats.get("no_pairs") or f"{source.name} holds no pairs. {NO_PAIRS_FIX.get(raw, '')}")
         if source.is_file():
             return source
         raise LabError(f"No pairs for source {raw!r} in run {run.name} ({source.name} is missing): build them "

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab import efficiency
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.models import HUB_ID, build_once, cache_dir, pick_device
@@ -400,7 +401,7 @@ def rank_run(run: Run, cfg, progress: Progress | None = None) -> dict:
     last record has the same ranker and the same responses is skipped. Returns a summary for the CLI / app.
     Holds the run's "rank" lock: a second ranking of the run is refused."""
     cfg.validate()
-    with run.lock("rank"):
+    with run.lock("rank"), efficiency.measure(run, "rank"):
         return _rank_locked(run, cfg, progress)
 
 

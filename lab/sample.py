@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab import models, precision
+from lab import efficiency, models, precision
 from lab.adapters import adapters_on, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
@@ -183,7 +183,7 @@ def sample_run(run: Run, cfg: SampleConfig, progress: Progress | None = None, it
     run is refused (it would write every record twice)."""
     cfg.validate()
     adapter = adapter_path or (resolve_adapter(run, cfg.adapter) if cfg.adapter else None)
-    with run.lock("sample"):
+    with run.lock("sample"), efficiency.measure(run, "sample"):
         return _sample_locked(run, cfg, progress, items, adapter, desc)
 
 

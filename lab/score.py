@@ -25,6 +25,7 @@ scored again, so a rerun scores nothing and a stopped one resumes.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lab import models, precision
+from lab import efficiency, models, precision
 from lab.adapters import adapters_on
 from lab.config import Settings, opt
 from lab.errors import LabError
@@ -241,8 +242,9 @@ def api_scores(backend: ApiBackend, prompts: list[str], evaluations: int, concur
         return {"score": s, "method": "parsed" if s is not None else "invalid", "probs": None, "raw": reply.text,
                 "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}}
 
+    ctx = contextvars.copy_context()  # workers report their requests to the stage's efficiency meter
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        flat = list(pool.map(one, [p for p in prompts for _ in range(evaluations)]))
+        flat = list(pool.map(lambda p: ctx.copy().run(one, p), [p for p in prompts for _ in range(evaluations)]))
     return [flat[i * evaluations:(i + 1) * evaluations] for i in range(len(prompts))]
 
 
@@ -361,7 +363,7 @@ def score_run(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_
         raise LabError(f"Run '{run.name}' has no samples to score: run the Sample stage first.",
                        ui=f"Run '{run.name}' has no samples to score: sample first in the Sample tab.")
     progress = progress or Progress("scoring")
-    with run.lock("score"), self_scorer(run, cfg, judge, progress) as scorer:
+    with run.lock("score"), efficiency.measure(run, "score"), self_scorer(run, cfg, judge, progress) as scorer:
         done = score_rows(run, rows, scorer, progress, desc, on_first=lambda: run.record_stage("score", {
             **cfg.to_dict(), "judge_name": cfg.name, "prompt_hash": PROMPT_HASH,
             **(engine_record(scorer.engine) if judge is None else {})}))

@@ -5,6 +5,7 @@ appends again, and the last line per pair wins:
     {"instruction_id": str, "a": int, "b": int,     # the canonical pair (sample indices, a < b)
      "human": "a" | "b" | "tie" | "skip",           # in canonical terms, like the judge's verdicts
      "judge": "a" | "b" | "tie" | "inconsistent" | "invalid",   # the judge's pair verdict the human saw
+     "rule": str,                                   # how the judge's verdict was made (lab.verdicts.RULES key)
      "time": str}
 lab.pairs reads these verdicts into the judge's preferences; lab.pairs.record_spotcheck saves one and rebuilds
 pairs-judge.jsonl at once (with the settings it was last built with), so a human verdict replaces the judge's:
@@ -19,7 +20,7 @@ from lab.rank import latest_rankings, preference
 from lab.sample import groups
 from lab.stats import agreement as rate_and_kappa
 from lab.store import Run
-from lab.verdicts import pair_verdicts
+from lab.verdicts import run_verdicts
 
 HUMAN = ("a", "b", "tie", "skip")
 
@@ -30,13 +31,14 @@ def latest(run: Run) -> dict[tuple[str, int, int], dict]:
 
 
 def _judged(run: Run) -> dict[tuple[str, int, int], dict]:
-    return {(v["instruction_id"], v["a"], v["b"]): v for v in pair_verdicts(run.read("judgments"))}
+    return {(v["instruction_id"], v["a"], v["b"]): v for v in run_verdicts(run)}
 
 
 def items(run: Run) -> list[dict]:
     """Every judged pair, ready to show; pairs not yet checked come first (then in judging order):
         {"instruction_id", "a", "b", "prompt", "text_a", "text_b",
-         "judge": pair verdict, "orders": [{"order", "verdict", "reasoning", "confidence"}],
+         "judge": pair verdict, "rule": lab.verdicts.RULES key, "calibrated": {"a", "b"} | None,
+         "orders": [{"order", "verdict", "reasoning", "confidence", "grades"}],
          "pairrm": {"prefers": "a" | "b", "logit": float} | None, "human": str | None}"""
     texts = {g.instruction_id: (g.prompt, dict(zip(g.indices, g.texts))) for g in groups(run)}
     judged = _judged(run)
@@ -58,7 +60,8 @@ def _item(v: dict, texts: dict, rankings: dict, human: dict) -> dict:
         pairrm = {"prefers": "a" if logit > 0 else "b", "logit": round(logit, 4)}
     h = human.get((iid, a, b))
     return {"instruction_id": iid, "a": a, "b": b, "prompt": prompt, "text_a": by_index.get(a, ""),
-            "text_b": by_index.get(b, ""), "judge": v["verdict"], "orders": v["orders"], "pairrm": pairrm,
+            "text_b": by_index.get(b, ""), "judge": v["verdict"], "rule": v["rule"], "calibrated": v["calibrated"],
+            "orders": v["orders"], "pairrm": pairrm,
             "human": h["human"] if h else None}
 
 
@@ -75,7 +78,7 @@ def record(run: Run, instruction_id: str, a: int, b: int, human: str) -> dict:
     if a > b:  # keep canonical terms: the answer named the first index given
         a, b, human = b, a, {"a": "b", "b": "a"}.get(human, human)
     line = {"instruction_id": instruction_id, "a": a, "b": b, "human": human, "judge": verdict["verdict"],
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "rule": verdict["rule"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     run.append("spotcheck", [line])
     return line
 

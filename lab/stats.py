@@ -106,3 +106,50 @@ def length_balance(chosen: list[int], rejected: list[int]) -> dict:
     return {"n": len(chosen), "chosen_chars_mean": mean(chosen), "rejected_chars_mean": mean(rejected),
             "chosen_longer_fraction": rate(sum(c > r for c, r in zip(chosen, rejected)), len(chosen), 6),
             "longer_chosen_rate": rate(sum(c > r for c, r in differ), len(differ))}
+
+
+LC_RIDGE = 0.1  # L2 penalty on the length coefficient only: a perfect length split would send it to infinity
+
+
+def _lc_fit(y, x, ridge: float, steps: int = 40):
+    """Newton's method for P(win) = sigmoid(theta + phi * x), soft targets y in [0, 1], a ridge penalty on phi.
+    y, x: [B, n] arrays (B fits at once: the data and its bootstrap resamples) -> theta [B], phi [B]."""
+    import numpy as np
+
+    theta, phi = np.zeros(len(y)), np.zeros(len(y))
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-(theta[:, None] + phi[:, None] * x)))
+        r, w = y - p, np.maximum(p * (1 - p), 1e-12)
+        g = np.stack([r.sum(1), (r * x).sum(1) - ridge * phi], 1)
+        h00, h01, h11 = w.sum(1), (w * x).sum(1), (w * x * x).sum(1) + ridge
+        det = h00 * h11 - h01 * h01
+        step_t, step_p = (h11 * g[:, 0] - h01 * g[:, 1]) / det, (h00 * g[:, 1] - h01 * g[:, 0]) / det
+        theta = np.clip(theta + np.clip(step_t, -5, 5), -30, 30)  # all wins (or losses): theta runs off, capped
+        phi = phi + np.clip(step_p, -5, 5)
+    return theta, phi
+
+
+def lc_win_rate(outcomes: list[float], length_gaps: list[float], resamples: int = 2000, confidence: float = 0.95,
+                seed: int = 0, ridge: float = LC_RIDGE) -> dict:
+    """Length-controlled win rate (the AlpacaEval 2 idea, Dubois et al. 2024): fit
+        P(win) = sigmoid(theta + phi * tanh(gap / scale))
+    to the outcomes per instruction (WIN 1, TIE 0.5 as a soft target, LOSS 0), gap = this model's answer length
+    minus the other's (characters), scale = the gaps' standard deviation, by Newton's method; the win rate at equal
+    length is sigmoid(theta). theta is not penalised, so with equal lengths this is exactly the raw win rate.
+    The interval is a percentile bootstrap over instructions (each resample refitted).
+    -> {"lc_win_rate", "lc_ci_low", "lc_ci_high", "length_coef": phi, "length_scale": scale}"""
+    import numpy as np
+
+    y, gap = np.asarray(outcomes, dtype=float), np.asarray(length_gaps, dtype=float)
+    if len(y) == 0 or len(y) != len(gap):
+        nan = float("nan")
+        return {"lc_win_rate": nan, "lc_ci_low": nan, "lc_ci_high": nan, "length_coef": nan, "length_scale": nan}
+    scale = float(gap.std()) or 1.0
+    x = np.tanh(gap / scale)
+    theta, phi = _lc_fit(y[None], x[None], ridge)
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(resamples, len(y)))
+    boot = 1 / (1 + np.exp(-_lc_fit(y[idx], x[idx], ridge)[0]))
+    tail = (1 - confidence) / 2 * 100
+    return {"lc_win_rate": float(1 / (1 + np.exp(-theta[0]))), "lc_ci_low": float(np.percentile(boot, tail)),
+            "lc_ci_high": float(np.percentile(boot, 100 - tail)), "length_coef": float(phi[0]),
+            "length_scale": scale}

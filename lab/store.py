@@ -11,6 +11,9 @@
       adapters/<name>/        PEFT adapter + metrics.jsonl + settings + card (lab.train)
       merged/<adapter>/       the adapter folded into its base: a plain transformers checkpoint + card (lab.merge)
       compare.jsonl           lab.compare records
+      efficiency.jsonl        one line per run of a stage: wall and CPU time, peak memory, tokens, API calls, cost
+                              (lab.efficiency)
+      report/                 tables, figures and judge examples for a write-up (lab.report; REPORT_FILES)
       iterations/<k>/         a nested Run for round k of self-rewarding DPO
       jobs/                   the child process that works on this run now (lab.jobs)
       hub/<repo>/             the exact folders pushed to the Hub, or that `push --dry-run` would push (lab.hub)
@@ -72,6 +75,8 @@ FILES = {
     "compare_md": "compare.md",
     "compare_grid": "compare-grid.jsonl",
     "scores": "scores.jsonl",  # self-rewarding 5-point scores of one round (lab.iterate)
+    "efficiency": "efficiency.jsonl",  # one line per run of a stage: time, memory, tokens, calls (lab.efficiency)
+    "report": "report",  # a folder: `python -m lab report` writes it whole (REPORT_FILES, lab.report)
     "push": "push.jsonl",
     "hub": "hub",  # a folder: one staged repo per subfolder
     "owner": "owner.json",  # who started the run on a hosted app (lab.hosting)
@@ -102,6 +107,10 @@ MERGED_FILES = {
 }
 # Inside runs/<run>/jobs/ (lab.jobs)
 JOB_FILES = {"job": "job.json", "progress": "progress.json", "log": "log.txt", "exit": "exit.json"}
+# Inside runs/<run>/report/ (lab.report); figures per adapter are "curves-<adapter>.png"
+REPORT_FILES = {"readme": "README.md", "efficiency": "efficiency.csv", "examples": "judge-examples.md",
+                "scores": "scores.csv", "judge": "judge.csv", "training": "training.csv", "rounds": "rounds.csv",
+                "rounds_png": "rounds.png", "grid": "comparison.md", "notes": "notes.md"}
 # Beside the runs, in the runs root (see the module docstring)
 ROOT_FILES = {"locks": ".locks", "queue": ".queue", "queue_lock": ".queue.lock", "active_job": ".active-job",
               "browser_secret": ".browser-secret"}

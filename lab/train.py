@@ -54,7 +54,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from lab import cards, memory, models, precision
+from lab import cards, efficiency, memory, models, precision
 from lab.adapters import adapter_lock, final_metrics, is_complete, plan_resume, publish, read_state, \
     refuse_finished, reset_folder
 from lab.config import Settings, opt
@@ -63,7 +63,7 @@ from lab.methods import METHODS
 from lab.pairs import check_markup, load_pairs, pair_stats, resolve_pairs, split_pairs
 from lab.progress import Progress, Stopped, stop_requested
 from lab.spotcheck import label_pairs
-from lab.store import Run, adapter_file, append_jsonl, atomic_write_json, read_jsonl, validate_run_name
+from lab.store import Run, adapter_file, append_jsonl, atomic_write_json, read_jsonl
 
 OOM_HINTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 # --report-to: the tracker -> the package transformers' integration needs (opt-in; none is the default)
@@ -439,15 +439,18 @@ def build_trainer(model, tok, config: TrainConfig, out: Path, device: str, train
     adapter disabled); a PeftModel keeps its adapter trainable, and for a reference method TRL freezes a copy of it as
     the reference (reference-free methods just train it on)."""
     from peft import PeftModel
+    from transformers import PrinterCallback
 
     trainer_cls, _ = METHODS[config.method].trainer()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return trainer_cls(
+    trainer = trainer_cls(
         model, args=trainer_args(config, out, device, len(train), bool(held)),
         train_dataset=to_dataset(train, config.method),
         eval_dataset=to_dataset(held, config.method) if held else None, processing_class=tok,
         peft_config=None if isinstance(model, PeftModel) else lora_config(config),
         callbacks=[metrics_callback(adapter_file(out, "metrics"), progress, distributed)])
+    trainer.remove_callback(PrinterCallback)  # with tqdm off it print()s every log dict onto the CLI's JSON stdout
+    return trainer
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -546,7 +549,7 @@ def train_adapter(run: Run, pairs: str | os.PathLike, adapter_name: str, config:
     ckpt = plan_resume(out, identity, config.resume) if out.exists() else None
     _barrier()  # every rank has read the folder before rank 0 changes it
     lock = adapter_lock(out) if is_main_process() else _no_lock()
-    with lock:
+    with lock, efficiency.measure(run, "train", adapter_name):
         return _train_locked(run, out, records, stats, identity, ckpt, init, progress or Progress("train"),
                              callbacks or [])
 
@@ -597,6 +600,7 @@ def _finish(run: Run, out: Path, trainer, state: dict, config: TrainConfig) -> P
     trainer.accelerator.wait_for_everyone()
     if is_main_process():
         metrics = read_jsonl(adapter_file(out, "metrics"))
+        efficiency.add(tokens_in=trained_tokens(metrics))
         state = {**state, "status": "stopped" if stopped else "done", "global_step": trainer.state.global_step,
                  "max_steps": trainer.state.max_steps, "final": final_metrics(metrics),
                  "warnings": diagnose(metrics, state["pairs"], config.beta, method=config.method),
@@ -612,6 +616,13 @@ def _finish(run: Run, out: Path, trainer, state: dict, config: TrainConfig) -> P
         raise Stopped(f"Training stopped at step {trainer.state.global_step} of {trainer.state.max_steps}: the adapter "
                       f"trained so far is saved in {out}; run the same command again to resume.")
     return out
+
+
+def trained_tokens(metrics: list[dict]) -> int:
+    """Tokens the adapter was trained on: TRL's cumulative num_tokens on the last logged train line."""
+    seen = [m["num_tokens"] for m in metrics if m.get("split") == "train" and isinstance(m.get("num_tokens"), (int,
+                                                                                                           float))]
+    return int(seen[-1]) if seen else 0
 
 
 def train_stage(run: Run, cfg: TrainConfig, progress: Progress | None = None) -> dict:

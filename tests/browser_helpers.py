@@ -147,3 +147,10 @@ def progress_of(page) -> tuple[float, str]:
 def box(locator) -> dict:
     """The element's box on the page: x, y, width, height (CSS pixels)."""
     return locator.bounding_box()
+
+
+def boxes(locator, selector: str) -> list[dict]:
+    """The boxes (as box() gives them) of every `selector` inside `locator`, measured at one instant: a text above
+    them that changes between two box() calls (a note the form's restore hides) would shift one and not the other."""
+    return locator.evaluate("(e, sel) => [...e.querySelectorAll(sel)].map(c => { const r = c.getBoundingClientRect();"
+                            " return {x: r.x, y: r.y, width: r.width, height: r.height}; })", selector)

@@ -18,7 +18,7 @@ USER_ACTIONS = {
     "/export_grid",
     "/start_iterate", "/stop_iterate",
     "/chat",
-    "/dry_run", "/push", "/start_merge", "/stop_merge",
+    "/dry_run", "/push", "/start_merge", "/stop_merge", "/write_report",
 }
 
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.browser_helpers import AppServer, CHROMIUM, CHROMIUM_ARGS, box, choose_run, click, collect_toasts, field, \
-    open_tab, panel, pick_option, progress_of, set_number, shot, wait_for_text, wait_for_toast
+from tests.browser_helpers import AppServer, CHROMIUM, CHROMIUM_ARGS, box, boxes, choose_run, click, collect_toasts, \
+    field, open_tab, panel, pick_option, progress_of, set_number, shot, wait_for_text, wait_for_toast
 from tests.fakeprovider import FakeProvider, json_verdict
 
 pytestmark = pytest.mark.browser
@@ -316,7 +316,7 @@ def assert_grid_side_by_side(page) -> None:
     item.wait_for(timeout=30_000)
     cells = item.locator(".lab-cell")
     assert cells.count() == 2
-    base, adapter = box(cells.nth(0)), box(cells.nth(1))
+    base, adapter = boxes(item, ".lab-cell")
     assert abs(base["y"] - adapter["y"]) < 2 and abs(base["width"] - adapter["width"]) < 2, (base, adapter)
     assert adapter["x"] > base["x"] + base["width"] - 2 and adapter["x"] + adapter["width"] <= 1280
     for i in range(2):

@@ -8,6 +8,7 @@ from lab import compare, models
 from lab.compare import CompareConfig
 from lab.errors import LabError
 from lab.progress import Progress, Stopped
+from lab.stats import lc_win_rate
 
 
 def make_adapter(run, name: str, spec: str = "tiny-random", seed: int = 0, base_name: str | None = None):
@@ -297,6 +298,13 @@ def test_pairrm_win_rates(two_adapters, tmp_path):
     assert [per_instruction[i] for i in order] == expected and len(per_instruction) == 3
     compare.score(two_adapters, cfg(pairrm="tiny-random"))
     assert len(Run(nested).read("rankings")) == 3  # the same texts are not ranked again
+    scores = json.loads(two_adapters.file("compare_scores").read_text())
+    for w in (scores["win_rates"]["judge"]["pairrm"], scores["head_to_head"]["pairrm vs judge"]["pairrm"]):
+        assert 0 <= w["lc_ci_low"] <= w["lc_win_rate"] <= w["lc_ci_high"] <= 1  # the length-controlled rate beside
+    grid = compare.grid(two_adapters)
+    gaps = [len(grid.loc[i, "judge"]) - len(grid.loc[i, "base"]) for i in grid.index]
+    assert scores["win_rates"]["judge"]["pairrm"]["lc_win_rate"] == pytest.approx(
+        lc_win_rate(expected, gaps, 200)["lc_win_rate"])  # the comparison's own outcomes and length gaps
 
 
 KEY = "sk-compare-test-key"

@@ -147,9 +147,10 @@ def start_app(runs_dir, owner_fp: FakeProvider):
 
 def judge_via_api(client, base_url: str, key: str, model: str = "m"):
     from lab.judge import DEFAULT_TEMPLATE
+    from lab.verdicts import TIE_BAND
 
-    return client.predict("t", "openai", model, base_url, "knockout", 60, 2, 8, DEFAULT_TEMPLATE, key,
-                          api_name="/start_judging")
+    return client.predict("t", "openai", model, base_url, "knockout", 60, 2, 8, DEFAULT_TEMPLATE, key, "auto",
+                          TIE_BAND, api_name="/start_judging")  # the calibration inputs come after the key
 
 
 def test_the_app_on_a_space_never_sends_the_owners_key_to_a_visitors_server(run, runs_dir, owner, visitor):

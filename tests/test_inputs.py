@@ -24,7 +24,7 @@ from lab.errors import LabError
 from lab.instructions import read_file
 from lab.judge import DEFAULT_TEMPLATE, judge_run, load_template
 from lab.progress import Progress, Stopped
-from lab.store import Run, read_jsonl
+from lab.store import read_jsonl
 from lab.train import precheck, train_adapter
 from lab.pairs import load_pairs
 from tests.fakeprovider import Fault, FakeProvider, json_verdict

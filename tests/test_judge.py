@@ -2,6 +2,7 @@
 resume after a kill, the rate limiter, the local judge on tiny-random (fast) and on the bundled model (slow)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from lab.errors import LabError
-from lab.judge import (DEFAULT_TEMPLATE, JudgeConfig, check_template, estimate, judge_run, load_candidates,
-                       parse_output, plan_step, render_prompt)
-from lab.verdicts import judge_stats, pair_verdicts
+from lab import judge as judge_module
+from lab.judge import (DEFAULT_TEMPLATE, SCORES_SUFFIX, JudgeConfig, check_template, estimate, judge_run,
+                       load_candidates, parse_output, parse_scores, plan_step, render_prompt)
+from lab.judge_backends import LocalBackend, LocalVerdict, _json_string_prefix
+from lab.pairs import PairsConfig, build_pairs
+from lab.verdicts import judge_stats, pair_verdicts, run_verdicts
 from lab.progress import Progress
 from lab.store import Run
 from tests.fakeprovider import Fault, FakeProvider, first_shown, json_verdict
@@ -83,8 +87,29 @@ def test_pair_verdicts_folds_both_orders():
     assert {k: p["verdict"] for k, p in got.items()} == {
         (0, 1): "a", (0, 2): "inconsistent", (0, 3): "inconsistent", (0, 4): "b", (1, 2): "b", (1, 3): "invalid",
         (2, 3): "a"}
+    assert {k: p["rule"] for k, p in got.items()} == {
+        (0, 1): "agree", (0, 2): "disagree", (0, 3): "disagree", (0, 4): "single", (1, 2): "single",
+        (1, 3): "invalid", (2, 3): "agree"}
     assert got[(0, 4)]["single"] and got[(1, 2)]["single"] and "single" not in got[(0, 1)]
     assert [o["order"] for o in got[(0, 2)]["orders"]] == ["ab", "ba"]
+
+
+def test_orders_that_disagree_are_decided_by_grades_averaged_over_both_orders():
+    probs = lambda a, b: {"a": a, "b": b, "tie": round(1 - a - b, 4)}  # noqa: E731  (canonical terms)
+    records = [rec(0, 1, "ab", "a", label_probs=probs(0.80, 0.15)), rec(0, 1, "ba", "b", label_probs=probs(0.30, 0.65)),
+               rec(0, 2, "ab", "a", label_probs=probs(0.60, 0.38)), rec(0, 2, "ba", "b", label_probs=probs(0.36, 0.61)),
+               rec(1, 2, "ab", "a", scores={"a": 8, "b": 6}), rec(1, 2, "ba", "b", scores={"a": 5, "b": 9}),
+               rec(1, 3, "ab", "a", label_probs=probs(0.9, 0.05)), rec(1, 3, "ba", "b")]  # one order ungraded
+    got = {(p["a"], p["b"]): p for p in pair_verdicts(records, tie_band=0.05)}
+    assert got[(0, 1)]["verdict"] == "a" and got[(0, 1)]["rule"] == "calibrated"  # a: (0.80 + 0.30) / 2 = 0.55
+    assert got[(0, 1)]["calibrated"] == {"a": 0.55, "b": 0.4}
+    assert got[(0, 2)]["verdict"] == "tie" and got[(0, 2)]["rule"] == "calibrated"  # 0.48 vs 0.495: in the band
+    assert got[(1, 2)]["verdict"] == "b" and got[(1, 2)]["calibrated"]["b"] > got[(1, 2)]["calibrated"]["a"]
+    assert got[(1, 3)]["verdict"] == "inconsistent" and got[(1, 3)]["rule"] == "disagree"
+    off = {(p["a"], p["b"]): p["verdict"] for p in pair_verdicts(records, tie_band=None)}
+    assert off[(0, 1)] == off[(0, 2)] == "inconsistent"  # calibration off: the FastChat rule
+    stats = judge_stats(records, [], tie_band=0.05)
+    assert stats["consistency_rate"] == 0.0 and stats["calibrated_pairs"] == 3  # raw figures stay raw
 
 
 def test_judge_stats_measure_position_and_length_bias():
@@ -96,6 +121,7 @@ def test_judge_stats_measure_position_and_length_bias():
     assert s["pairs_both_orders"] == 2 and s["consistency_rate"] == 0.5
     assert s["first_position_win_rate"] == 0.75  # 3 of 4 decisive calls went to the response shown first
     assert s["longer_answer_win_rate"] == 1.0 and s["verdicts"]["inconsistent"] == 1 and s["invalid_calls"] == 1
+    assert s["rules"]["agree"] == 1 and s["rules"]["disagree"] == 1 and s["calibrated_pairs"] == 0
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -165,6 +191,67 @@ def test_a_position_biased_judge_is_recorded_as_inconsistent(run, fp):
     out = judge_run(run, cfg(fp, plan="full"), quiet())
     assert out["verdicts"]["inconsistent"] == 6 and out["consistency_rate"] == 0.0
     assert out["first_position_win_rate"] == 1.0 and out["instructions_with_preference"] == 0
+
+
+QUALITY = re.compile(r"Q(\d)Q")
+
+
+class PositionBiasedJudge(LocalBackend):
+    """A stand-in local judge with a planted truth and a planted bias: the response with the higher quality mark
+    QjQ is truly better by TRUE_EDGE, and the response shown first gets BIAS more probability on top, so its label
+    wins every call (what the bundled 135M judge does)."""
+
+    TRUE_EDGE, BIAS = 0.1, 0.3
+
+    def __init__(self, batch_size: int = 8):  # no model to load
+        self.batch_size = batch_size
+
+    def judge(self, prompts: list[str]) -> list[LocalVerdict]:
+        return [self._one(p) for p in prompts]
+
+    def _one(self, prompt: str) -> LocalVerdict:
+        body = prompt.split("[Response A]", 1)[1]
+        first, second = (int(m) for m in QUALITY.findall(body)[:2])
+        edge = self.TRUE_EDGE if first > second else -self.TRUE_EDGE if first < second else 0.0
+        p_a = 0.45 + self.BIAS / 2 + edge / 2
+        p_b = 0.45 - self.BIAS / 2 - edge / 2
+        return LocalVerdict("the first one", {"A": p_a, "B": p_b, "tie": 0.1}, "the first one", 100, 3)
+
+
+def test_calibration_recovers_the_planted_preference_of_a_position_biased_judge(run, monkeypatch):
+    add_samples(run, n=3, k=4)
+    monkeypatch.setattr(judge_module, "make_backend", lambda cfg, api_key=None: PositionBiasedJudge())
+    out = judge_run(run, JudgeConfig(backend="local", plan="full"), quiet())
+    assert out["consistency_rate"] == 0.0 and out["first_position_win_rate"] == 1.0  # the bias stays visible
+    verdicts = run_verdicts(run)
+    assert len(verdicts) == 3 * 6 and all(v["rule"] == "calibrated" for v in verdicts)
+    assert all(v["verdict"] == "b" for v in verdicts)  # b > a always carries the higher quality mark
+    assert out["instructions_with_preference"] == 3 and out["calibrated_pairs"] == 18
+    stats = build_pairs(run, PairsConfig(source="judge"))
+    pairs = [json.loads(line) for line in run.pairs_file("judge").read_text().splitlines()]
+    assert stats["pairs"] == 3 and all(p["meta"]["rule"] == "calibrated" and p["meta"]["chosen_index"] == 3
+                                       for p in pairs)  # best vs worst: 3 (best) over 0 (worst)
+    off = judge_run(run, JudgeConfig(backend="local", plan="full", calibrate="off"), quiet())
+    assert off["calls_made"] == 0 and off["verdicts"]["inconsistent"] == 18  # the same calls, undecided
+    assert run.stage_settings("judge")["calibrate"] == "off"  # readers follow the calibration the run last used
+    assert all(v["verdict"] == "inconsistent" for v in run_verdicts(run))
+
+
+def test_api_judges_calibrate_from_scores_per_order_when_asked(run, fp):
+    add_samples(run, n=2, k=3)
+
+    def biased(req: dict) -> str:  # the first shown gets 3 points more; the truly better one 1 point more
+        body = req["messages"][-1]["content"]
+        assert body.endswith(SCORES_SUFFIX)
+        first, second = (int(m) for m in QUALITY.findall(body.split("[Response A]", 1)[1])[:2])
+        return json.dumps({"reasoning": "first is best", "score_a": 6 + (first > second), "score_b": 3 +
+                           (second > first), "verdict": "A"})
+    fp.answer = biased
+    out = judge_run(run, cfg(fp, plan="full", calibrate="scores"), quiet())
+    assert out["consistency_rate"] == 0.0 and out["verdicts"]["b"] == 6 and out["calibrated_pairs"] == 6
+    assert fp.calls == 12  # the same calls as without scores: 2 per pair
+    assert all(r["scores"] for r in run.read("judgments"))
+    assert parse_scores('{"score_a": 7, "score_b": 11}') is None and parse_scores("no json") is None
 
 
 def test_429_and_500_are_retried_honouring_retry_after(run, fp):
@@ -346,14 +433,15 @@ def test_cli_prints_the_plan_and_no_secret_reaches_a_file(run, fp):
 # ---- the local judge ----------------------------------------------------------------------------------------------
 def test_local_judge_reads_verdicts_from_label_probabilities(run, tiny):
     add_samples(run, n=2, k=3)
-    c = JudgeConfig(backend="local", model="tiny-random", reasoning_tokens=8, batch_size=4)
+    c = JudgeConfig(backend="local", model="tiny-random", reasoning_tokens=8, min_reasoning_tokens=5, batch_size=4)
     out = judge_run(run, c, quiet())
     recs = run.read("judgments")
     assert out["calls_made"] == len(recs) == 8 and out["invalid_calls"] == 0
     for r in recs:
         assert r["verdict"] in ("a", "b", "tie") and abs(sum(r["label_probs"].values()) - 1) < 1e-3
-        assert r["confidence"] == max(r["label_probs"].values()) and r["usage"]["completion_tokens"] > 0
-        json.loads(r["raw"])  # the reply is always well-formed JSON
+        assert r["confidence"] == max(r["label_probs"].values()) and r["usage"]["completion_tokens"] >= 5
+        assert '"verdict"' not in r["raw"]  # raw is what the model wrote: the lab's scaffolding is not in it
+        assert not r["raw"].startswith('{"reasoning"') and _json_string_prefix(r["raw"]) == r["reasoning"]
     assert judge_run(run, c, quiet())["calls_made"] == 0
 
 
@@ -367,6 +455,21 @@ def test_bundled_local_judge_gives_reasoning_and_verdicts(run):
     recs = run.read("judgments")
     assert out["calls_made"] == 4 and all(r["reasoning"] for r in recs)
     assert out["consistency_rate"] is not None and out["invalid_calls"] == 0
+
+
+@pytest.mark.slow
+def test_bundled_judge_decides_offline_on_four_instructions_by_three_responses(run):
+    from lab.sample import SampleConfig, sample_run
+
+    sample_run(run, SampleConfig(model="bundled", instructions="bundled", n=4, k=3, max_new_tokens=64), quiet())
+    out = judge_run(run, JudgeConfig(backend="local"), quiet())  # the offline default, knockout plan
+    stats = build_pairs(run, PairsConfig(source="judge"))
+    assert out["calls_made"] == 4 * 4 and out["first_position_win_rate"] is not None  # the raw bias stays reported
+    assert stats["pairs"] >= 2, (out, stats)
+    pairs = [json.loads(line) for line in run.pairs_file("judge").read_text().splitlines()]
+    assert {p["meta"]["rule"] for p in pairs} <= {"agree", "calibrated"}  # both orders read, neither alone
+    for r in run.read("judgments"):  # the model's own reasoning, at least min_reasoning_tokens of it
+        assert r["usage"]["completion_tokens"] >= JudgeConfig().min_reasoning_tokens and len(r["reasoning"]) > 10
 
 
 def test_a_stop_request_keeps_finished_judgments_and_resumes(run, fp):

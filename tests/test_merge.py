@@ -70,6 +70,10 @@ def test_merged_logits_equal_base_plus_adapter(merged_run):
     card = (folder / "README.md").read_text()
     assert "library_name: transformers" in card and "merge_and_unload" in card and "ORPO" in card
     assert merged_run.stage_settings("merge")["adapter"] == "dpo-judge"
+    assert "Noise: the answers come from tiny-random" in card.split("## How to load it")[0]  # under the title
+    merges = [r for r in merged_run.read("efficiency") if r["stage"] == "merge"]
+    assert [(r["name"], r["status"]) for r in merges] == [("dpo-judge", "done")] and merges[0]["wall_s"] > 0
+    assert "### Efficiency" in card and "| merge |" in card  # the merge's own figures so far, as a model card has
 
 
 def test_the_cli_merges_in_another_dtype_and_refuses_what_it_cannot(merged_run, capsys):

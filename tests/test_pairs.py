@@ -38,7 +38,7 @@ def test_judge_best_vs_worst(run):
     assert p["rejected"] == [{"role": "assistant", "content": DATA["i1"][1][1]}]
     assert p["meta"] == {"instruction_id": "i1", "chosen_index": 0, "rejected_index": 1, "source": "judge",
                          "strategy": "best-vs-worst", "by": "judge", "strength": 1.0, "score_chosen": 1.0,
-                         "score_rejected": -1.0}
+                         "score_rejected": -1.0, "rule": "agree"}
     assert stats["instructions"] == 3 and stats["instructions_without_pair"] == 2 and stats["single_response"] == 1
     assert stats["dropped"] == {"inconsistent": 2, "tie": 1}
 

@@ -16,7 +16,6 @@ import pytest
 from lab import jobs, models
 from lab.train import TrainConfig
 from lab.errors import LabError
-from lab.progress import Stopped
 from lab.store import Run, read_jsonl
 from lab.train import diagnose, oom_error, train_adapter, _is_oom
 from lab.adapters import last_checkpoint, read_state
@@ -190,6 +189,12 @@ def test_a_killed_training_never_looks_complete_and_resumes(run, pairs):
     train_adapter(run, str(pairs), "crash", TrainConfig(**TINY, max_steps=ckpt_step + 2))
     assert [m["step"] for m in train_lines(out)] == list(range(1, ckpt_step + 3))
     assert run.adapters() == ["crash"]
+
+
+def test_training_writes_nothing_to_stdout_where_the_cli_prints_its_json_summary(run, pairs, capfd):
+    train_adapter(run, str(pairs), "quiet", TrainConfig(**TINY, max_steps=2, logging_steps=1))
+    assert capfd.readouterr().out == ""  # the Trainer's log dicts go to metrics.jsonl, not print()
+    assert [m["step"] for m in train_lines(run.adapter_dir("quiet"))] == [1, 2]
 
 
 def test_second_training_of_the_same_adapter_is_refused(run, pairs):

@@ -1,7 +1,9 @@
 """The Judge tab: its handlers against a run and the local provider (the job runs for real), and the tab in the app."""
 from __future__ import annotations
 
+import json
 import os
+import re
 
 import gradio as gr
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from lab import jobs
 from lab.judge import DEFAULT_TEMPLATE
 from lab.ui import judge as tab
+from lab.verdicts import TIE_BAND
 from tests.fakeprovider import FakeProvider
 from tests.test_judge import KEY, add_samples, prefer_higher
 
@@ -59,7 +62,30 @@ def test_judging_as_a_job_then_figures_and_reasoning_per_order(run, monkeypatch)
     assert "Made with judge openai · model m · call plan knockout · prompt " in figures and shown == ""
     html = tab.show_pairs("t", picker["choices"][0][1])
     assert "#0 vs #1</b>: #1 preferred" in html and "#0 shown first" in html and "#1 shown first" in html
-    assert "Q1Q is more thorough" in html
+    assert "Q1Q is more thorough" in html and "#1 preferred (both orders agree)" in html  # the rule is shown
+
+
+def test_position_calibration_and_its_tie_band_are_chosen_in_the_page(run, monkeypatch):
+    add_samples(run, n=2, k=3)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+
+    def first_wins_scores_tell(req: dict) -> str:  # always "A"; the scores favour the higher quality mark QjQ
+        body = req["messages"][-1]["content"].split("[Response A]", 1)[1]
+        first, second = (int(m) for m in re.findall(r"Q(\d)Q", body)[:2])
+        return json.dumps({"reasoning": "the first", "score_a": 5 + (first > second), "score_b": 5 + (second > first),
+                           "verdict": "A"})
+    local = {**SETTINGS, "backend": "local", "model": ""}
+    assert "for API judges" in tab.show_cost("t", **local, prompt=DEFAULT_TEMPLATE, calibrate="scores")
+    with FakeProvider(key=KEY, answer=first_wins_scores_tell) as fp:
+        monkeypatch.setenv("OPENAI_BASE_URL", fp.url + "/v1")
+        tab.start_judging("t", **{**SETTINGS, "base_url": fp.url + "/v1"}, prompt=DEFAULT_TEMPLATE,
+                          calibrate="scores", tie_band=0.01)
+        st = jobs.wait(run, timeout_s=120)
+    assert st["state"] == "done" and fp.calls == 8, st.get("log_tail")
+    assert {k: run.stage_settings("judge")[k] for k in ("calibrate", "tie_band")} == {"calibrate": "scores",
+                                                                                    "tie_band": 0.01}
+    figures = tab.refresh("t")[0]
+    assert "**2** of 2 instructions have a preference" in figures and "4 decided by position calibration" in figures
 
 
 def test_a_key_typed_in_the_page_reaches_only_that_job(run, runs_dir):
@@ -86,7 +112,8 @@ def test_the_tab_is_in_the_app_and_answers_a_client(run):
     app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_kwargs())
     try:
         client = Client(app.local_url, verbose=False)
-        text = client.predict("t", "local", "", "", "full", 30, 8, 8, DEFAULT_TEMPLATE, api_name="/show_cost")
+        text = client.predict("t", "local", "", "", "full", 30, 8, 8, DEFAULT_TEMPLATE, "auto", TIE_BAND,
+                              api_name="/show_cost")
     finally:
         app.close()
     assert "**60** calls to make" in text

@@ -1,10 +1,11 @@
 """The Share tab: its handlers against a fixture run and the local Hub stand-in, and the tab inside the real app."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 import pytest
 
-from lab import hub
 from lab.ui import share
 from tests.hubstandin import HubStandIn
 from tests.test_hub import TOKEN, build_run
@@ -128,3 +129,19 @@ def test_as_a_space_the_app_shows_the_sign_in_and_serves_its_routes(runs_dir, tm
     assert any("Sign in with Hugging Face to push" in v for v in probe["values"])  # not "pushing as HF_TOKEN"
     assert probe["login_status"] != 404
     assert "hf_OWNERsSpaceSecret" not in out.stdout + out.stderr
+
+
+def test_the_report_button_writes_the_report_and_shows_the_efficiency_table(run):
+    build_run(run)
+    table = share.efficiency_frame("t")
+    assert table.empty and list(table.columns)[:3] == ["run", "stage", "name"]
+    with pytest.raises(gr.Error, match="must be 0 or more"):
+        share.make_report("t", -1)
+    status, files, shown = share.make_report("t", 3)
+    assert "Report written" in status and "README.md" in {Path(f).name for f in files}
+    report = run.file("report")
+    assert not any(Path(f).is_relative_to(run.path) for f in files)  # copies Gradio may serve, not the run's folder
+    assert all(Path(f).read_bytes() == (report / Path(f).name).read_bytes() for f in files)
+    table = share.efficiency_frame("t")
+    assert list(table["stage"]) == ["report"] and table["wall_s"][0] > 0  # the report's own run of the stage
+    assert 'class="lab-table"' in shown and "<td>report</td>" in shown  # the page's table shows the same row

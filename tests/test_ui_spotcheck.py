@@ -22,7 +22,8 @@ def test_walk_decide_and_agreement(run):
     keys, at, position, prompt, a, b, judge, agreement = tab.load_queue("t")
     assert len(keys) == 4 and at == 0 and "Pair **1** of 4 · 0 checked" in position
     assert "Explain tides." in prompt and "The moon&#x27;s gravity" in a and "Water moves." in b
-    assert "Judge</b>: Response 1 is better" in judge and "PairRM</b>: prefers response 1" in judge
+    assert "Judge</b>: Response 1 is better <i>(both orders agree)</i>" in judge
+    assert "PairRM</b>: prefers response 1" in judge
     assert agreement == "No pairs checked yet."
     at, saved, position, *_ = tab.decide("t", keys, 0, "b")  # overrule the judge
     assert at == 1 and "rebuilt: 2 pairs (1 from your checks)" in saved and "1 checked" in position
@@ -31,6 +32,7 @@ def test_walk_decide_and_agreement(run):
     meta = [json.loads(x)["meta"] for x in run.pairs_file("judge").read_text().splitlines()]
     assert {(m["instruction_id"], m["chosen_index"], m["by"]) for m in meta} == {("i1", 1, "human"), ("i2", 1, "judge")}
     at, position, _, _, _, judge, agreement = tab.move("t", keys, at, 1)
+    assert "(the orders disagree (no graded signal))" in judge
     assert at == 2 and "Inconsistent" in judge and "B explains it" in judge and "A wins" in judge
     assert "Judge: 0/1 (0%)" in agreement and "PairRM: 0/1" in agreement
     back = tab.move("t", keys, at, -2)

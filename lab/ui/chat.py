@@ -18,6 +18,7 @@ from lab.chat import ChatConfig, chat_stream, plain_messages
 from lab.errors import LabError
 from lab.store import Run
 from lab.ui import forms
+from lab.ui.common import labels_view
 from lab.ui.views import View, chain, internal
 from lab.ui.wording import say
 
@@ -36,6 +37,7 @@ class ChatTab:
     send: gr.Button
     clear: gr.Button
     views: list = field(default_factory=list)  # lab.ui.views.View: the panes' choices, re-read on every change
+    labels: gr.Markdown | None = None  # noise labels of the run's model (lab.noise)
 
 
 def _settings_inputs() -> dict:
@@ -65,6 +67,7 @@ def build(ctx) -> ChatTab:
                             label="Side by side with", info="a second model answering the same messages",
                             allow_custom_value=True)
     fields = _settings_inputs()
+    labels, noise = labels_view("chat")
     with gr.Row():
         chat_left = gr.Chatbot(label="base model", height=380)
         chat_right = gr.Chatbot(label="second pane", height=380, visible=False)
@@ -72,8 +75,8 @@ def build(ctx) -> ChatTab:
         message = gr.Textbox(label="Message", placeholder="Type a message and press Enter", scale=5, lines=1)
         send = gr.Button("Send", variant="primary", scale=1)
         clear = gr.Button("Clear", scale=0, min_width=80)
-    tab = ChatTab(left, right, fields, chat_left, chat_right, message, send, clear)
-    tab.views = [View(pane_choices, [left, right], inputs=[left, right])]
+    tab = ChatTab(left, right, fields, chat_left, chat_right, message, send, clear, labels=labels)
+    tab.views = [View(pane_choices, [left, right], inputs=[left, right]), noise]
     _wire(tab, ctx)
     return tab
 

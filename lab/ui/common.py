@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import gradio as gr
 
-from lab import hosting, jobs, limits
+from lab import hosting, jobs, limits, noise
 from lab.ui import visitors
 from lab.cli import BY_NAME, build_parser, load
 from lab.configfile import command_line, yaml_download
@@ -101,6 +101,30 @@ def status_text(st: dict) -> str:
         return f"**{label}** finished."
     error = hosting.public_text(page_text(st.get("ui_error") or st.get("error") or "", (st.get("argv") or [None])[0]))
     return f"**{label}** {state}: {html.escape(error)}"
+
+
+def noise_md(run: Run | None, stage: str, settings: dict | None = None) -> str:
+    """The noise labels of a stage's results on `run` (lab.noise) as Markdown, ending in a blank line; '' if none."""
+    text = noise.markdown(noise.notes(run, stage, settings)) if run else ""
+    return text + "\n\n" if text else ""
+
+
+def run_labels(name: str | None, stage: str) -> str:
+    """noise_md of `stage` on the run named `name`; '' when no run is chosen or the name is not a run's."""
+    try:
+        return noise_md(Run.open(name), stage) if name else ""
+    except LabError:
+        return ""
+
+
+def labels_view(stage: str) -> tuple[gr.Markdown, View]:
+    """A Markdown box for the noise labels of `stage` on the chosen run, and the View that fills it (a tab lists it
+    in its views: re-read when the run is picked, the tab opened, or the tab's job queued, started or ended)."""
+    box = gr.Markdown()
+
+    def labels(name: str | None) -> str:  # a name that is not a run's raises: the view leaves the box as it is
+        return noise_md(Run.open(name), stage) if name else ""
+    return box, View(labels, [box])
 
 
 def job_panel() -> JobPanel:

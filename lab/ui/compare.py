@@ -21,8 +21,8 @@ from lab.errors import LabError
 from lab.judge_backends import API_BACKENDS, BACKENDS
 from lab.store import Run
 from lab.ui import forms, grid
-from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, open_run, start_job, typed_key_env, \
-    upload_into, wire_job_panel, wire_start
+from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, labels_view, open_run, start_job, \
+    typed_key_env, upload_into, wire_job_panel, wire_start
 from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 
@@ -46,6 +46,7 @@ class CompareTab:
     panel: JobPanel
     results: "Results"
     views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
+    labels: gr.Markdown | None = None  # noise labels of the comparison (lab.noise)
 
 
 @dataclass
@@ -144,9 +145,10 @@ def build(ctx) -> CompareTab:
     api_key = api_key_box(visible=False)  # shown when an API judge or scorer is picked
     start = gr.Button("Compare", variant="primary")
     panel = job_panel()
+    labels, noise = labels_view("compare")
     results = _results()
-    tab = CompareTab(adapters, source, upload, fields, scorer_note, api_key, start, panel, results)
-    tab.views = [View(adapter_choices, [adapters], inputs=[adapters]),
+    tab = CompareTab(adapters, source, upload, fields, scorer_note, api_key, start, panel, results, labels=labels)
+    tab.views = [View(adapter_choices, [adapters], inputs=[adapters]), noise,
                  View(refresh, results.shown, inputs=[results.pick], api_name="compare_results")]
     _wire(tab, ctx)
     return tab
@@ -266,9 +268,11 @@ def turn(run_name: str | None, picked: str | None, step: int):
 
 
 def _rate(w: dict | None) -> str:
+    """A win rate with its interval, the length-controlled one beside it (older comparisons have none)."""
     if not w or not w.get("n"):
         return ""
-    return f"{w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}] (n={w['n']})"
+    lc = f" · LC {w['lc_win_rate']:.2f} [{w['lc_ci_low']:.2f}, {w['lc_ci_high']:.2f}]" if "lc_win_rate" in w else ""
+    return f"{w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]{lc} (n={w['n']})"
 
 
 def scores_table(scores: dict) -> pd.DataFrame:

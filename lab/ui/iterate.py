@@ -16,8 +16,8 @@ from lab.judge_backends import API_BACKENDS, BACKENDS
 from lab.score import api_backend
 from lab.store import Run
 from lab.ui import forms
-from lab.ui.common import JobPanel, api_key_box, checked, job_panel, open_run, start_job, typed_key_env, \
-    wire_job_panel, wire_start
+from lab.ui.common import JobPanel, api_key_box, checked, job_panel, labels_view, open_run, start_job, \
+    typed_key_env, wire_job_panel, wire_start
 from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 
@@ -41,6 +41,7 @@ class IterateTab:
     made: gr.Markdown
     shown: gr.State  # [run name, rounds] the table and plots show (a new round redraws them, nothing else)
     api_key: gr.Textbox | None = None
+    labels: gr.Markdown | None = None  # noise labels of the rounds (lab.noise)
     views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
 
     @property
@@ -78,6 +79,7 @@ def build(ctx) -> IterateTab:
     api_key = api_key_box(visible=False)  # shown when an API judge is picked
     start = gr.Button("Iterate", variant="primary")
     panel = job_panel()
+    labels, noise = labels_view("iterate")
     gr.Markdown("### Rounds")
     table, made = gr.HTML(), gr.Markdown(elem_classes="lab-made")
     with gr.Row():
@@ -86,9 +88,9 @@ def build(ctx) -> IterateTab:
         length_plot = gr.LinePlot(x="round", y="characters", color="answers", title="Answer length", height=260)
         hist_plot = gr.BarPlot(x="score", y="count", color="round", title="Self-scores (rounded)", height=260)
     tab = IterateTab(fields, start, panel, table, win_plot, length_plot, hist_plot, made, gr.State(None),
-                     api_key=api_key)
+                     api_key=api_key, labels=labels)
     start_from = fields["start_adapter"]
-    tab.views = [View(start_choices, [start_from], inputs=[start_from]),
+    tab.views = [View(start_choices, [start_from], inputs=[start_from]), noise,
                  View(refresh_if_changed, tab.results, inputs=[tab.shown], live=True, api_name="iterate_results")]
     _wire(tab, ctx)
     return tab

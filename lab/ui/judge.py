@@ -18,12 +18,14 @@ import gradio as gr
 from lab.judge import JudgeConfig
 from lab.errors import LabError
 from lab import limits
-from lab.judge import DEFAULT_TEMPLATE, check_template, estimate
+from lab.judge import CALIBRATE, DEFAULT_TEMPLATE, check_template, estimate
+from lab.pairs import NO_PAIRS_FIX
 from lab.judge_backends import BACKENDS as REGISTRY, DEFAULT_MODELS, KEY_ENV, resolve_key
-from lab.verdicts import pair_verdicts, report
+from lab.verdicts import RULES, TIE_BAND, report, run_verdicts
 from lab.store import Run, atomic_write_text
-from lab.ui.common import JobPanel, admit, api_key_box, check_base_url, checked, job_panel, open_run, start_job, \
-    typed_key_env, wire_job_panel, wire_start
+from lab.ui import forms
+from lab.ui.common import JobPanel, admit, api_key_box, check_base_url, checked, job_panel, noise_md, open_run, \
+    start_job, typed_key_env, wire_job_panel, wire_start
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 from lab.ui.wording import say
 
@@ -54,13 +56,20 @@ class JudgeTab:
     figures: gr.Markdown
     pick: gr.Dropdown
     pairs: gr.HTML
+    calibrate: gr.Radio | None = None  # position calibration (JudgeConfig.calibrate) and its tie band
+    tie_band: gr.Number | None = None
     views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
 
     @property
     def settings(self) -> list:
-        """The inputs start_judging and show_cost read, in their order."""
+        """The inputs start_judging and show_cost read first, in their order."""
         return [self.backend, self.model, self.base_url, self.plan, self.rpm, self.concurrency,
                 self.reasoning_tokens, self.prompt]
+
+    @property
+    def calibration(self) -> list:
+        """The inputs they read last (start_judging: after the API key, so callers of the older form still fit)."""
+        return [self.calibrate, self.tie_band]
 
 
 def _settings_inputs() -> dict:
@@ -80,17 +89,23 @@ def _settings_inputs() -> dict:
                                     info=h("concurrency"))
             reasoning_tokens = gr.Number(JudgeConfig().reasoning_tokens, label="Local reasoning tokens", precision=0,
                                          minimum=0, info=h("reasoning_tokens"))
+        with gr.Row():
+            calibrate = forms.input_for(JudgeConfig, "calibrate", kind="Radio", choices=list(CALIBRATE))
+            tie_band = forms.input_for(JudgeConfig, "tie_band", minimum=0, maximum=0.99)
     with gr.Accordion("Judge prompt (editable; its hash is recorded with every verdict)", open=False):
         prompt = gr.Code(DEFAULT_TEMPLATE, language="markdown", lines=18, label="Template: {instruction}, "
                          "{response_a}, {response_b} are filled in; the reply must be JSON with reasoning and verdict")
         reset_prompt = gr.Button("Restore the default prompt", size="sm")
     return dict(backend=backend, model=model, base_url=base_url, key_note=key_note, api_key=api_key, plan=plan, rpm=rpm,
-                concurrency=concurrency, reasoning_tokens=reasoning_tokens, prompt=prompt, reset_prompt=reset_prompt)
+                concurrency=concurrency, reasoning_tokens=reasoning_tokens, prompt=prompt, reset_prompt=reset_prompt,
+                calibrate=calibrate, tie_band=tie_band)
 
 
 def build(ctx) -> JudgeTab:
     gr.Markdown("Compare each instruction's responses two at a time. Every pair is judged in **both orders**: when "
-                "the two verdicts disagree the pair is *inconsistent* and left out of the training pairs.")
+                "the two verdicts disagree, each response's grade is averaged over both orders (position "
+                "calibration) and decides the pair, or makes it a tie; without grades the pair is *inconsistent* "
+                "and left out of the training pairs.")
     inputs = _settings_inputs()
     cost = gr.Markdown()
     start = gr.Button("Judge", variant="primary")
@@ -100,7 +115,8 @@ def build(ctx) -> JudgeTab:
     pairs = gr.HTML()
     tab = JudgeTab(**inputs, cost=cost, start=start, panel=panel, figures=figures, pick=pick, pairs=pairs)
     tab.views = [View(refresh, [figures, pick, pairs], inputs=[pick], api_name="judge_results"),
-                 View(show_cost, [cost], inputs=tab.settings, api_name="show_cost")]
+                 View(show_cost, [cost], inputs=[*tab.settings, *tab.calibration],
+                      api_name="show_cost")]
     _wire(tab, ctx)
     return tab
 
@@ -108,21 +124,23 @@ def build(ctx) -> JudgeTab:
 def _wire(tab: JudgeTab, ctx) -> None:
     tab.backend.change(backend_changed, tab.backend, [tab.model, tab.base_url, tab.key_note, tab.api_key],
                        **internal())
-    for comp in tab.settings:
-        comp.change(show_cost, [ctx.run_name, *tab.settings], tab.cost, **internal())
+    for comp in [*tab.settings, *tab.calibration]:
+        comp.change(show_cost, [ctx.run_name, *tab.settings, *tab.calibration], tab.cost, **internal())
     tab.reset_prompt.click(lambda: DEFAULT_TEMPLATE, outputs=tab.prompt, api_name="default_judge_prompt")
     wire_job_panel(tab.panel, ctx.run_name, "judge", tab.views)
-    wire_start(tab.panel, tab.start, start_judging, [ctx.run_name, *tab.settings, tab.api_key], "start_judging")
+    wire_start(tab.panel, tab.start, start_judging, [ctx.run_name, *tab.settings, tab.api_key, *tab.calibration],
+               "start_judging")
     tab.pick.change(show_pairs, inputs=[ctx.run_name, tab.pick], outputs=[tab.pairs], **internal())
     after = chain(ctx.run_name.change, ctx.run_name, [View(saved_prompt, [tab.prompt]), *tab.views])
     wire_restore(after, ctx.run_name, "judge", [tab.backend, tab.model, tab.base_url, tab.plan, tab.rpm,
-                                                 tab.concurrency, tab.reasoning_tokens], restored)
+                                                 tab.concurrency, tab.reasoning_tokens, *tab.calibration], restored)
 
 
 def restored(cfg: JudgeConfig) -> list:
     """The form's values for a judge job's settings (lab.ui.views.wire_restore)."""
     model = "" if cfg.model == DEFAULT_MODELS.get(cfg.backend) else cfg.model  # the default shows as the placeholder
-    return [cfg.backend, model, cfg.base_url, cfg.plan, cfg.rpm, cfg.concurrency, cfg.reasoning_tokens]
+    return [cfg.backend, model, cfg.base_url, cfg.plan, cfg.rpm, cfg.concurrency, cfg.reasoning_tokens,
+            cfg.calibrate, cfg.tie_band]
 
 
 def backend_changed(backend: str):
@@ -142,18 +160,21 @@ def key_note(backend: str) -> str:
             f"{env} where the app runs (on a Space: a secret named {env}). The page never shows a key.")
 
 
-def config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens) -> JudgeConfig:
+def config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, calibrate="auto",
+                tie_band=TIE_BAND) -> JudgeConfig:
     return JudgeConfig.from_form({"backend": backend, "model": model, "plan": plan, "rpm": rpm or 0,
                                   "concurrency": concurrency or 1, "reasoning_tokens": reasoning_tokens or 0,
-                                  "base_url": base_url if backend == "openai" else ""})
+                                  "base_url": base_url if backend == "openai" else "", "calibrate": calibrate or "auto",
+                                  "tie_band": TIE_BAND if tie_band is None else tie_band})
 
 
-def show_cost(run_name, backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, prompt) -> str:
+def show_cost(run_name, backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, prompt, calibrate="auto",
+              tie_band=TIE_BAND) -> str:
     """The plan's cost for this run, as a line of Markdown (or why it cannot be judged yet)."""
     if not run_name:
         return ""
     try:
-        cfg = config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens)
+        cfg = config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, calibrate, tie_band)
         est = estimate(Run.open(run_name), cfg, check_template(prompt or ""))
     except LabError as e:
         return f"⚠ {html.escape(say(e))}"
@@ -172,12 +193,13 @@ def cost_md(est: dict) -> str:
 
 
 def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, reasoning_tokens, prompt,
-                  api_key: str = "") -> str:
+                  api_key: str = "", calibrate: str = "auto", tie_band: float = TIE_BAND) -> str:
     """Validate, hand the prompt to the job in a file (uploads/judge-prompt.txt; the job copies it to
     judge-prompt.txt with its first judgment) and start `python -m lab judge`. A typed api_key goes to that job's
     environment only."""
     run = open_run(run_name, create=False)
-    cfg = config_from(backend, model, check_base_url(base_url), plan, rpm, concurrency, reasoning_tokens)
+    cfg = config_from(backend, model, check_base_url(base_url), plan, rpm, concurrency, reasoning_tokens, calibrate,
+                      tie_band)
     checked(cfg.validate)
     checked(check_template, prompt or "")
     checked(limits.check_text, "The judge prompt", prompt or "")
@@ -212,9 +234,8 @@ def _rate(x: float | None) -> str:
 
 
 NO_PREFERENCE = ("⚠️ **No instruction has a preference yet**, so the judge's pair set would be empty: every verdict "
-                 "was a tie, inconsistent between the two orders or unreadable. Decide some pairs yourself in the "
-                 "**Spot-check** tab (your verdict replaces the judge's), or judge again with an **API judge** "
-                 "(Groq or an OpenAI-compatible endpoint, above): a small local judge is close to noise.")
+                 "was a tie, a disagreement between the two orders that calibration left undecided, or unreadable. "
+                 f"{NO_PAIRS_FIX['judge']} A small local judge is close to noise.")
 
 
 def figures_md(r: dict) -> str:
@@ -228,7 +249,8 @@ def figures_md(r: dict) -> str:
                f"| {_rate(r['consistency_rate'])} | {_rate(r['first_position_win_rate'])} (50% = unbiased) | "
                f"{_rate(r['longer_answer_win_rate'])} |\n\n"
                f"Verdicts per pair: {v['a'] + v['b']} decided · {v['tie']} ties · {v['inconsistent']} inconsistent "
-               f"· {v['invalid']} invalid · tokens {r['prompt_tokens']:,} in / {r['completion_tokens']:,} out{cost}")
+               f"· {v['invalid']} invalid · {r['calibrated_pairs']} decided by position calibration · tokens "
+               f"{r['prompt_tokens']:,} in / {r['completion_tokens']:,} out{cost}")
     return figures if r["instructions_with_preference"] else f"{NO_PREFERENCE}\n\n{figures}"
 
 
@@ -248,7 +270,7 @@ def refresh(run_name: str | None, picked: str | None = None):
     st = run.stage_settings("judge") or {}
     made = made_with(st, "judge", MADE_WITH if st.get("backend") == "local" else MADE_WITH[:3],
                      {"prompt": (st.get("prompt_hash") or "")[:8]})
-    figures = figures_md(report(run)) + (f"\n\n{made}" if made and judged else "")
+    figures = noise_md(run, "judge") + figures_md(report(run)) + (f"\n\n{made}" if made and judged else "")
     return figures, gr.update(choices=choices, value=picked), show_pairs(run_name, picked)
 
 
@@ -260,15 +282,20 @@ def show_pairs(run_name: str | None, instruction_id: str | None) -> str:
     texts = {s["sample_index"]: s["text"] for s in run.read("samples") if s["instruction_id"] == instruction_id}
     prompt = next((s["prompt"] for s in run.read("samples") if s["instruction_id"] == instruction_id), "")
     parts = [f"<p><b>Instruction</b>: {html.escape(prompt)}</p>"]
-    for p in (p for p in pair_verdicts(run.read("judgments")) if p["instruction_id"] == instruction_id):
+    for p in (p for p in run_verdicts(run) if p["instruction_id"] == instruction_id):
         parts.append(_pair_html(p, texts))
     return "\n".join(parts)
+
+
+def _calibrated(p: dict) -> str:
+    c = p.get("calibrated")
+    return f": #{p['a']} {c['a']:.3f} vs #{p['b']} {c['b']:.3f}" if c and p["rule"] == "calibrated" else ""
 
 
 def _pair_html(p: dict, texts: dict) -> str:
     a, b = p["a"], p["b"]
     verdict = {"a": f"#{a} preferred", "b": f"#{b} preferred"}.get(p["verdict"], p["verdict"])
-    single = " (one order only)" if p.get("single") else ""
+    single = f" ({RULES[p['rule']]}{_calibrated(p)})"
     rows = []
     for o in p["orders"]:
         shown = f"#{a} shown first" if o["order"] == "ab" else f"#{b} shown first"

@@ -13,7 +13,7 @@ from lab.pairs import SOURCES, STRATEGIES, PairsConfig, build_pairs
 from lab.rank import RankConfig, latest_rankings
 from lab.sample import groups as sample_groups
 from lab.store import Run
-from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, wire_job_panel, wire_start
+from lab.ui.common import JobPanel, checked, job_panel, noise_md, open_run, start_job, wire_job_panel, wire_start
 from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 
@@ -123,7 +123,7 @@ def refresh(run_name: str | None, picked: str | None = None):
         return "Not ranked yet.", "", nothing, ""
     ranker = latest_rankings(run)[table["instruction"].iloc[0]]["ranker"]
     made = made_with(run.stage_settings("rank"), "rank", ["ranker", "batch_size"])
-    text = (f"**{len(table)}** instructions ranked with `{html.escape(ranker)}` · "
+    text = noise_md(run, "rank") + (f"**{len(table)}** instructions ranked with `{html.escape(ranker)}` · "
             f"{int(table['cut'].sum())} responses cut to PairRM's length limit" + (f"\n\n{made}" if made else ""))
     choices = [(f"{p} ({iid})", iid) for iid, p in zip(table["instruction"], table["prompt"])]
     picked = picked if picked in set(table["instruction"]) else None
@@ -134,9 +134,10 @@ def last_pairs(run_name: str | None, source: str | None) -> str:
     """The statistics of the pairs last built from `source` in this run (run.json), or nothing."""
     if not run_name or not source:
         return ""
-    recorded = Run.open(run_name).stage_settings(f"pairs-{source}") or {}
-    stats = recorded.get("stats")
-    return stats_md({"file": f"pairs-{source}.jsonl", **stats}) if stats else ""
+    run = Run.open(run_name)
+    stats = (run.stage_settings(f"pairs-{source}") or {}).get("stats")
+    return noise_md(run, "pairs", {"source": source}) + stats_md({"file": f"pairs-{source}.jsonl", **stats}) \
+        if stats else ""
 
 
 def show_ranking(run_name: str | None, instruction_id: str | None) -> str:
@@ -162,7 +163,7 @@ def show_ranking(run_name: str | None, instruction_id: str | None) -> str:
 def make_pairs(run_name: str, source: str, strategy: str, margin) -> str:
     run = open_run(run_name, create=False)
     cfg = PairsConfig(source=source, strategy=strategy, margin=float(margin or 0))
-    return stats_md(checked(build_pairs, run, cfg))
+    return noise_md(run, "pairs", {"source": source}) + stats_md(checked(build_pairs, run, cfg))
 
 
 def _pct(x: float | None) -> str:
@@ -198,5 +199,7 @@ def stats_md(s: dict) -> str:
                      f"Cohen's kappa {kappa}")
     if s.get("length_warning"):
         lines.append(f"\n⚠️ {s['length_warning']}")
+    if s.get("no_pairs"):
+        lines.append(f"\n**{s['no_pairs']}**")
     return "\n".join(lines)
 

@@ -14,7 +14,8 @@ import gradio as gr
 from lab.sample import SampleConfig, groups, summarize
 from lab.store import Run
 from lab.ui import forms
-from lab.ui.common import JobPanel, checked, job_panel, open_run, start_job, upload_into, wire_job_panel, wire_start
+from lab.ui.common import JobPanel, checked, job_panel, noise_md, open_run, start_job, upload_into, wire_job_panel, \
+    wire_start
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 
 MODEL_CHOICES = [
@@ -131,7 +132,7 @@ def refresh(run_name: str | None, picked: str | None = None):
     choices = [(f"{g.prompt[:80]} ({len(g.samples)})", g.instruction_id) for g in groups(run)]
     picked = picked if picked in {c[1] for c in choices} else None
     made = made_with(run.stage_settings("sample"), "sample", MADE_WITH)
-    text = (f"**{s['samples']}** responses to **{s['instructions']}** instructions · "
+    text = noise_md(run, "sample") + (f"**{s['samples']}** responses to **{s['instructions']}** instructions · "
             f"{s['duplicates']} duplicates · {s['truncated']} cut at max tokens" + (f"\n\n{made}" if made else ""))
     return text, gr.update(choices=choices, value=picked), show_responses(run_name, picked)
 

@@ -1,5 +1,6 @@
 """Share tab: stage (dry run) or push the run's data sets, adapters and merged models to the Hugging Face Hub, and
-list the links; merge an adapter into its base (lab.merge, as a job) so it can be pushed as a plain model.
+list the links; merge an adapter into its base (lab.merge, as a job) so it can be pushed as a plain model; write the
+run's report for a write-up (lab.report) and show what each stage cost (lab.efficiency).
 
 Pushing runs inside the web server, not as a job: the token (the visitor's own sign-in on a Space, HF_TOKEN on a
 machine of one's own) stays in this process's memory. A job would carry it in its command line or environment, and
@@ -10,20 +11,25 @@ Hub) and the page says where the token comes from. The page never shows a token.
 from __future__ import annotations
 
 import html
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 from gradio.utils import get_space
 
-from lab import cards, hub
+from lab import cards, efficiency, hub
 from lab.hub import PushConfig
 from lab.limits import on_space
 from lab.merge import MergeConfig
 from lab.progress import Progress
+from lab.report import ReportConfig, report_run
 from lab.store import Run
 from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel, \
     wire_start
+from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal
 
 
@@ -42,6 +48,11 @@ class ShareTab:
     merge: gr.Button
     panel: JobPanel  # the merge job
     views: list = field(default_factory=list)  # lab.ui.views.View: re-read on every change of the run's files
+    examples: gr.Number | None = None  # the report (lab.report) and the efficiency table (lab.efficiency)
+    write_report: gr.Button | None = None
+    report_status: gr.Markdown | None = None
+    report_files: gr.File | None = None
+    efficiency: gr.HTML | None = None
 
 
 class PageProgress(Progress):
@@ -99,10 +110,27 @@ def build(ctx) -> ShareTab:
         pick = gr.Dropdown(label="Staged repo", choices=[], interactive=True)
         card = gr.HTML()
     merge_pick, merge, panel = _merge_inputs()
-    tab = ShareTab(login, who, fields, dry_run, push, status, links, pick, card, merge_pick, merge, panel)
-    tab.views = [View(refresh, [links, pick], inputs=[pick]), View(merge_choices, [merge_pick], inputs=[merge_pick])]
+    tab = ShareTab(login, who, fields, dry_run, push, status, links, pick, card, merge_pick, merge, panel,
+                   **_report_section())
+    tab.views = [View(refresh, [links, pick], inputs=[pick]), View(merge_choices, [merge_pick], inputs=[merge_pick]),
+                 View(efficiency_html, [tab.efficiency])]  # a merge, or any other tab's job, adds a record
     _wire(tab, ctx)
     return tab
+
+
+def _report_section() -> dict:
+    gr.Markdown("### Report for a write-up\nWrites `runs/<run>/report/`: an index, tables (CSV), training curves "
+                "and per-round figures (PNG), judged pairs in full and the efficiency record. Numbers only: the "
+                "analysis is yours.")
+    with gr.Row():
+        examples = gr.Number(ReportConfig().examples, label="Judge examples", precision=0, minimum=0,
+                             info=ReportConfig.help("examples"))
+        write_report = gr.Button("Write the report", size="sm")
+    status, files = gr.Markdown(), gr.File(label="Report files", file_count="multiple", interactive=False)
+    gr.Markdown("#### Efficiency: one row per run of a stage")
+    table = gr.HTML()
+    return dict(examples=examples, write_report=write_report, report_status=status, report_files=files,
+                efficiency=table)
 
 
 def _wire(tab: ShareTab, ctx) -> None:
@@ -116,6 +144,8 @@ def _wire(tab: ShareTab, ctx) -> None:
     ctx.run_name.change(who_text, outputs=[tab.who], **internal())  # also fires when the page load restores the run
     wire_job_panel(tab.panel, ctx.run_name, "merge", tab.views)
     wire_start(tab.panel, tab.merge, start_merge, [ctx.run_name, tab.merge_pick], "start_merge")
+    tab.write_report.click(make_report, inputs=[ctx.run_name, tab.examples],
+                           outputs=[tab.report_status, tab.report_files, tab.efficiency], api_name="write_report")
 
 
 def _who_text(token: str | None, on_space: bool) -> str:
@@ -237,3 +267,29 @@ def render_markdown(text: str) -> str:
 
     return MarkdownIt("commonmark", {"html": False}).enable("table").disable("image").render(text)
 
+
+
+def efficiency_frame(run_name: str | None) -> pd.DataFrame:
+    """The run's efficiency records (and its nested runs'), one row per run of a stage."""
+    records = efficiency.read_all(Run.open(run_name)) if run_name else []
+    cols = ["run", *efficiency.COLUMNS]
+    return pd.DataFrame(efficiency.rows(records), columns=cols) if records else pd.DataFrame(columns=cols)
+
+
+def efficiency_html(run_name: str | None) -> str:
+    """efficiency_frame as the page's table (lab.ui.tables), or a line saying there is nothing yet."""
+    return html_table(efficiency_frame(run_name), empty="No stage has run yet." if run_name else "")
+
+
+def make_report(run_name: str | None, examples):
+    """Write the run's report; -> [status, copies of the report's files to download, the efficiency table].
+    The copies sit in a temp folder, as the grid's export does: Gradio serves files from there, not the runs root."""
+    run = open_run(run_name, create=False)
+    out = checked(report_run, run, checked(ReportConfig(examples=int(examples or 0)).validate))
+    folder, copies = run.file("report"), Path(tempfile.mkdtemp(prefix="lab-report-"))
+    names = [name for name in out["files"] if (folder / name).is_file()]
+    for name in names:
+        shutil.copyfile(folder / name, copies / name)
+    return (f"Report written: **{len(names)}** files in the run's `report/` folder (`{html.escape(run.name)}/report/`"
+            " under the runs folder); download them below.", [str(copies / name) for name in names],
+            efficiency_html(run_name))

@@ -13,8 +13,9 @@ import gradio as gr
 from lab import spotcheck
 from lab.pairs import record_spotcheck
 from lab.store import Run
-from lab.ui.common import checked, open_run
+from lab.ui.common import checked, noise_md, open_run
 from lab.ui.views import View, chain
+from lab.verdicts import RULES
 
 VERDICT_WORDS = {"a": "Response 1 is better", "b": "Response 2 is better", "tie": "Tie", "skip": "Skipped",
                  "inconsistent": "Inconsistent (the two orders disagreed)", "invalid": "Invalid (unparsable output)"}
@@ -121,7 +122,7 @@ def render(run: Run, keys: list, at: int) -> list:
         return _blank("This pair is no longer in the run's judgments: press Load pairs.")
     done = sum(i["human"] is not None for i in items.values())
     mine = f" · your verdict: **{VERDICT_WORDS[item['human']]}**" if item["human"] else ""
-    position = f"Pair **{at + 1}** of {len(keys)} · {done} checked{mine}"
+    position = noise_md(run, "judge") + f"Pair **{at + 1}** of {len(keys)} · {done} checked{mine}"
     prompt = f"<p><b>Instruction</b> ({html.escape(item['instruction_id'])}): {html.escape(item['prompt'])}</p>"
     return [position, prompt, _response(1, item["a"], item["text_a"]), _response(2, item["b"], item["text_b"]),
             judge_html(item), agreement_md(spotcheck.agreement(run))]
@@ -135,7 +136,8 @@ def _response(n: int, index: int, text: str) -> str:
 def judge_html(item: dict) -> str:
     """The judge's pair verdict, its reasoning in each order, and PairRM's preference (canonical a/b = 1/2)."""
     shown = {"ab": "1 shown first", "ba": "2 shown first"}
-    parts = [f"<p><b>Judge</b>: {VERDICT_WORDS.get(item['judge'], item['judge'])}</p><ul>"]
+    how = RULES.get(item.get("rule"), "")
+    parts = [f"<p><b>Judge</b>: {VERDICT_WORDS.get(item['judge'], item['judge'])} <i>({html.escape(how)})</i></p><ul>"]
     for o in item["orders"]:
         conf = f" · confidence {o['confidence']:.2f}" if o.get("confidence") is not None else ""
         parts.append(f"<li><i>{shown.get(o['order'], o['order'])}</i>: {VERDICT_WORDS.get(o['verdict'], o['verdict'])}"

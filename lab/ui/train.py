@@ -20,7 +20,8 @@ from lab.methods import MAX_PLOTS, METHODS
 from lab.store import Run, adapter_file
 from lab.train import TrainConfig, diagnose, precheck
 from lab.ui import forms
-from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel, wire_start
+from lab.ui.common import JobPanel, admit, checked, job_panel, noise_md, open_run, start_job, wire_job_panel, \
+    wire_start
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 
 PLOTS = METHODS["dpo"].plots  # plot title -> metric names drawn on it, until an adapter of another method is shown
@@ -171,7 +172,8 @@ def live_view(run_name: str | None, shown: str | None):
     beta = (state.get("settings") or {}).get("beta", 0.1)
     method = state.get("method") if state.get("method") in METHODS else "dpo"
     warns = diagnose(metrics, state.get("pairs"), beta, method=method)
-    return [gr.update(value=name), summary_md(name, state, metrics),
+    labels = noise_md(run, "train", {**(state.get("settings") or {}), "model": state.get("base_model", "")})
+    return [gr.update(value=name), labels + summary_md(name, state, metrics),
             "\n".join(f"⚠️ {html.escape(w)}" for w in warns), *method_plots(metrics, method)]
 
 

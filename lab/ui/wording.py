@@ -18,7 +18,8 @@ from lab.errors import ui_text
 from lab.store import runs_root
 
 TAB_OF_STAGE = {"sample": "Sample", "judge": "Judge", "rank": "PairRM", "pairs": "PairRM", "score": "Iterate",
-                "train": "Train", "compare": "Compare", "iterate": "Iterate", "push": "Share"}
+                "train": "Train", "compare": "Compare", "iterate": "Iterate", "chat": "Chat", "merge": "Share",
+                "report": "Share", "push": "Share"}
 FLAG = re.compile(r"--(no-)?([a-z][a-z0-9-]*)")
 COMMAND = re.compile(r"`?(?:lab|python -m lab) ([a-z]+)\b[^`);,.]*`?")
 AGAIN = re.compile(r"\b(?:re)?run (?:the same command|this|it) again\b|\brerun the same command\b", re.IGNORECASE)
