@@ -268,7 +268,6 @@ def cancel(run: Run) -> dict:
 def status(run: Run) -> dict:
     """What the run's latest job is doing: state is none | queued | running | done | failed | stopped | died.
     A queued job also has "position" and "ahead" (see place)."""
-    jobs = run.jobs_dir
     job = _read(run.job_file("job"))
     if not job:
         return {"state": "none"}

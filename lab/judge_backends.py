@@ -340,7 +340,7 @@ class LocalBackend:
         closes the JSON string (or at reasoning_tokens / end of turn). Rows that are done keep decoding, unused."""
         import torch
 
-        tok, rows = self.cm.tokenizer, [[] for _ in range(logits.shape[0])]
+        rows = [[] for _ in range(logits.shape[0])]
         done = [False] * len(rows)
         for step in range(self.reasoning_tokens):
             if step < self.min_reasoning_tokens:  # the model's own next-best token, not a closing one yet
