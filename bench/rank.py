@@ -5,10 +5,13 @@ ordered pairs as K*(K-1) sequential forward passes over a batch of instructions 
 Lab: `lab.rank.compare_all`, every ordered pair of several instructions in one forward pass.
 Same weights, same inputs, same process, alternating (after one warm-up call each), best of --repeats runs;
 the scores of the two are checked to agree. On the wide model the lab's int8 mode (`--quantize int8`: dynamic int8
-linear layers) runs in the same rotation, and its rankings are compared with fp32's (Spearman over every score).
+linear layers, query/key in bf16) runs in the same rotation, and its rankings are compared with fp32's.
 The last line is one JSON object: ratio_wall_tiny, ratio_wall_wide (llm-blender time / lab time: >= 1.0 means
 the lab is at least as fast), ratio_cpu_tiny, ratio_cpu_wide (the same in CPU time, steadier on a shared machine),
-ratio_wall_int8_wide, ratio_cpu_int8_wide (lab fp32 / lab int8), spearman_int8, and the settings.
+ratio_wall_int8_wide, ratio_cpu_int8_wide (lab fp32 / lab int8), spearman_int8 (int8 against fp32 over every
+score), spearman_int8_within (the mean per instruction: its ranking), best_worst_same_int8 (the share of
+instructions whose best and worst response, the preference pair, is the same), attention_top_prob_* (how peaked
+the random model's attention is; see PAIRRM_SHAPE), and the settings.
 
     python bench/rank.py                  # CPU: the tiny random PairRM, then a PairRM-wide model cut to 2 layers
     python bench/rank.py --cuda           # GPU: a random model with PairRM's full shape (DeBERTa-v3-large,
@@ -36,7 +39,12 @@ from lab import rank  # noqa: E402
 from lab.instructions import load_instructions  # noqa: E402
 from lab.stats import spearman  # noqa: E402
 
-PAIRRM_SHAPE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+PAIRRM_SHAPE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                    initializer_range=0.05)
+# The tiny model's random weights (std 0.2 at width 64) scaled to width 1024 by 1/sqrt(width): 0.05. At 0.2 a
+# 1024-wide layer's attention is one-hot (mean top probability 0.95), so any rounding flips which token it reads and
+# no approximation can agree with fp32; at 0.02 (DeBERTa's own init) it is uniform and every response scores the
+# same. At 0.05 attention spreads like a trained model's (the bench prints it as attention_top_prob_wide).
 
 
 def make_inputs(n: int, k: int, words: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
@@ -84,6 +92,7 @@ def bench(name: str, folder: Path, sources, cands, device: str, dtype: str, batc
             best[k] = [min(a, b) for a, b in zip(best[k], t)]
     scores = {k: np.array([rank.scores_and_ranks(m["logits"])[0] for m in out[k]]) for k in sides}
     ours = sides["lab"]
+    attention = attention_top_prob(ours, groups[0])
     tokens = np.mean([ours.collator([{"source": s, "candidates": c}])["candidate_attention_mask"].sum(-1).float()
                       .mean().item() for s, c in groups])  # as the model sees them, after truncation
     del blender
@@ -91,12 +100,26 @@ def bench(name: str, folder: Path, sources, cands, device: str, dtype: str, batc
          "instructions": len(sources), "k": len(cands[0]), "cand_tokens": round(float(tokens)),
          "baseline_s_per_instr": best["base"][0] / len(sources), "lab_s_per_instr": best["lab"][0] / len(sources),
          "speedup": best["base"][0] / best["lab"][0], "cpu_speedup": best["base"][1] / best["lab"][1],
-         "max_score_diff": float(np.abs(scores["lab"] - out["base"]).max())}
+         "max_score_diff": float(np.abs(scores["lab"] - out["base"]).max()), "attention_top_prob": attention}
     if int8:
+        fp, q = scores["lab"], scores["int8"]
         r.update(int8_s_per_instr=best["int8"][0] / len(sources), int8_speedup=best["lab"][0] / best["int8"][0],
                  int8_cpu_speedup=best["lab"][1] / best["int8"][1],
-                 spearman_int8=spearman(scores["lab"].ravel().tolist(), scores["int8"].ravel().tolist()))
+                 spearman_int8=spearman(fp.ravel().tolist(), q.ravel().tolist()),
+                 spearman_int8_within=float(np.mean([spearman(a.tolist(), b.tolist()) for a, b in zip(fp, q)])),
+                 best_worst_same_int8=float(np.mean([a.argmax() == b.argmax() and a.argmin() == b.argmin()
+                                                     for a, b in zip(fp, q)])))
     return r
+
+
+def attention_top_prob(ranker, group) -> float:
+    """Mean over heads, layers and tokens of the largest attention probability, on the first ordered pair of one
+    instruction: near 1 is one-hot attention, near 1/length uniform."""
+    rows, _ = rank._pair_rows(ranker, *group)
+    ids = torch.cat([rows[0][0], rows[0][2], rows[0][4]])[None].to(ranker.device)
+    with torch.inference_mode():
+        out = ranker.model.pretrained_model(input_ids=ids, output_attentions=True)
+    return round(float(torch.stack([a.float().amax(-1).mean() for a in out.attentions]).mean()), 3)
 
 
 def build(backbone: dict | None, root: Path) -> Path:
@@ -109,7 +132,7 @@ def build(backbone: dict | None, root: Path) -> Path:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cuda", action="store_true", help="full PairRM shape on the GPU")
-    ap.add_argument("--n", type=int, default=None, help="instructions (default: 8 CPU tiny, 4 CPU wide, 32 cuda)")
+    ap.add_argument("--n", type=int, default=None, help="instructions (default: 8 CPU tiny, 8 CPU wide, 32 cuda)")
     ap.add_argument("--k", type=int, default=5, help="responses per instruction")
     ap.add_argument("--batch-size", type=int, default=None, help="ordered pairs per forward pass of the lab ranker")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of each (alternating); the best one counts")
@@ -131,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
             runs = [("tiny", "tiny random PairRM", None, args.n or (2 if args.quick else 8), 30 if args.quick else 120,
                      "cpu", "float32", args.batch_size or 40, False),
                     ("wide", "PairRM-wide, 2 of 24 layers", {**PAIRRM_SHAPE, "num_hidden_layers": 2},
-                     args.n or (1 if args.quick else 4), 20 if args.quick else 100, "cpu", "float32",
+                     args.n or (1 if args.quick else 8), 20 if args.quick else 100, "cpu", "float32",
                      args.batch_size or 20, True)]
         summary = {"device": "cuda" if args.cuda else "cpu", "threads": torch.get_num_threads(),
                    "load_avg_1m": round(os.getloadavg()[0], 2), "repeats": args.repeats, "quick": args.quick}
@@ -145,13 +168,20 @@ def main(argv: list[str] | None = None) -> dict:
             summary.update({f"ratio_wall_{key}": round(r["speedup"], 3), f"ratio_cpu_{key}": round(r["cpu_speedup"], 3),
                             f"s_per_instr_blender_{key}": round(r["baseline_s_per_instr"], 4),
                             f"s_per_instr_lab_{key}": round(r["lab_s_per_instr"], 4),
-                            f"max_score_diff_{key}": r["max_score_diff"]})
+                            f"max_score_diff_{key}": r["max_score_diff"],
+                            f"attention_top_prob_{key}": r["attention_top_prob"]})
             if int8:
                 print(f"  int8: {r['int8_s_per_instr']:.3f} s/instruction | {r['int8_speedup']:.2f}x wall, "
-                      f"{r['int8_cpu_speedup']:.2f}x CPU time against fp32 | Spearman {r['spearman_int8']:.3f}")
+                      f"{r['int8_cpu_speedup']:.2f}x CPU time against fp32 | Spearman {r['spearman_int8']:.3f} "
+                      f"over all scores, {r['spearman_int8_within']:.3f} per instruction | same best and worst "
+                      f"response in {r['best_worst_same_int8']:.0%} of instructions | attention top probability "
+                      f"{r['attention_top_prob']:.2f}")
                 summary.update(ratio_wall_int8_wide=round(r["int8_speedup"], 3),
                                ratio_cpu_int8_wide=round(r["int8_cpu_speedup"], 3),
-                               spearman_int8=round(r["spearman_int8"], 4))
+                               spearman_int8=round(r["spearman_int8"], 4),
+                               spearman_int8_within=round(r["spearman_int8_within"], 4),
+                               best_worst_same_int8=round(r["best_worst_same_int8"], 3),
+                               bf16_query_key=rank.native_bf16())
         summary["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
         print(json.dumps(summary))
         return summary

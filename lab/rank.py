@@ -53,7 +53,7 @@ from lab.store import ASSET_FILES, Run, asset, once
 DEFAULT_RANKER = "llm-blender/PairRM"
 PAIRRM_SOURCE_MAX, PAIRRM_CANDIDATE_MAX = 1224, 412  # PairRM's training lengths, in tokens
 CPU_ATTENTION_BUDGET = 2 ** 21  # attention scores (rows x heads x length^2) per CPU pass: ~8 MB of fp32
-QUANTIZE_SKIP = ("query_proj", "key_proj")  # kept fp32 in int8 mode: their rounding is amplified by the softmax
+QUANTIZE_SKIP = ("query_proj", "key_proj")  # not int8 in int8 mode (bf16 or fp32): the softmax amplifies rounding
 
 
 @dataclass
@@ -62,8 +62,9 @@ class RankConfig(Settings):
                       "weights: its rankings are noise)", label="Ranker")
     batch_size: int = opt(32, "ordered response pairs per forward pass (K responses give K*(K-1) per instruction)",
                           label="Pairs per pass")
-    quantize: str = opt("none", "int8: dynamic int8 quantization of the linear layers, CPU only: ~2x faster, "
-                        "rankings that agree with fp32 (bench/rank.py)", ("none", "int8"), label="Quantize (CPU)")
+    quantize: str = opt("none", "int8: dynamic int8 quantization of the linear layers, CPU only: ~3x faster on "
+                        "CPUs with bf16 units (~2x on others), rankings that agree with fp32 (bench/rank.py)",
+                        ("none", "int8"), label="Quantize (CPU)")
     device: str = opt("auto", DEVICE_HELP)
     dtype: str = opt("auto", DTYPE_HELP)
 
@@ -255,19 +256,45 @@ def load_ranker(spec: str = DEFAULT_RANKER, device: str | None = None, dtype: st
 
 def quantize_int8(model):
     """Dynamic int8 quantization (torch.ao.quantization.quantize_dynamic) of the backbone's linear layers: int8
-    weights, activations quantized per pass. The query and key projections (QUANTIZE_SKIP) and the head stay fp32:
-    rounding there is amplified by the attention softmax (with them quantized, rankings agreed with fp32 at
-    Spearman 0.73 on bench/rank.py's data; without, 0.95+)."""
+    weights with one scale per output channel, activations quantized per pass. The query and key projections
+    (QUANTIZE_SKIP) are not quantized: rounding there is amplified by the attention softmax. They run in bf16
+    where the CPU has native bf16 matrix units (AVX512-BF16 / AMX; bf16 keeps 8 significant bits per value where
+    int8 shares 8 bits across a whole tensor), fp32 elsewhere. The head stays fp32. Speed and agreement with fp32
+    are measured by bench/rank.py; docs/pairs.md has the figures and the variants that did worse."""
     import torch
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     backbone = model.pretrained_model
-    spec = {name: default_dynamic_qconfig for name, m in backbone.named_modules()
+    spec = {name: per_channel_dynamic_qconfig for name, m in backbone.named_modules()
             if isinstance(m, torch.nn.Linear) and not name.endswith(QUANTIZE_SKIP)}
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices: the API still works in 2.13
         warnings.simplefilter("ignore")
-        model.pretrained_model = quantize_dynamic(backbone, spec, dtype=torch.qint8)
+        backbone = quantize_dynamic(backbone, spec, dtype=torch.qint8)
+    if native_bf16():
+        for name, m in backbone.named_modules():
+            if isinstance(m, torch.nn.Linear) and name.endswith(QUANTIZE_SKIP):
+                in_bf16(m)
+    model.pretrained_model = backbone
     return model
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (oneDNN's check: AVX512-BF16 or AMX); emulated bf16 is
+    slower than fp32."""
+    import torch
+
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def in_bf16(module):
+    """Compute `module` in bf16 (its weights stored in bf16) while it takes and returns the model's dtype."""
+    import torch
+
+    dtype = next(module.parameters()).dtype
+    module.to(torch.bfloat16)
+    module.register_forward_pre_hook(lambda _, args: (args[0].to(torch.bfloat16), *args[1:]))
+    module.register_forward_hook(lambda _, args, out: out.to(dtype))
+    return module
 
 
 # ---- all ordered pairs in one batch -------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ QUICK = {
     "sample": (["--quick"], ["loop_tok_s", "hf_batched_tok_s", "lab_tok_s", "ratio_vs_loop", "ratio_vs_hf_batched"]),
     "iterate": (["--quick", "--model", "tiny-random"],
                 ["score_tok_s_lab", "score_tok_s_loop", "ratio_vs_loop", "s_per_answer_lab", "iterate_wall_s"]),
-    "rank": (["--quick"], ["ratio_wall_tiny", "ratio_wall_wide", "ratio_wall_int8_wide", "spearman_int8"]),
+    "rank": (["--quick"], ["ratio_wall_tiny", "ratio_wall_wide", "ratio_wall_int8_wide", "spearman_int8",
+                           "spearman_int8_within", "best_worst_same_int8", "attention_top_prob_wide"]),
     "judge": (["--quick"], ["calls_per_s_plain", "calls_per_s_lab", "ratio_vs_plain", "rl_429_limiter_on"]),
     "hub": (["--quick"], ["plain_s", "lab_s", "ratio_lab_vs_plain"]),
 }
@@ -70,7 +71,8 @@ def test_quick_mode_ends_with_its_figures(name, tmp_path):
     out = last_json(name, args, tmp_path)
     check(out, keys)
     if name == "rank":
-        assert -1 <= out["spearman_int8"] <= 1
+        assert -1 <= out["spearman_int8"] <= 1 and 0 <= out["best_worst_same_int8"] <= 1
+        assert 0 < out["attention_top_prob_tiny"] <= 1 and 0 < out["attention_top_prob_wide"] <= 1
     if name == "iterate":
         assert out["iterate_wall_s"] is None and out["answers"] == 4 and out["evaluations"] == 2
 

@@ -161,10 +161,15 @@ def test_int8_mode_ranks_like_fp32_and_records_its_mode(run, ranker):
 
     from lab.stats import spearman
 
+    from lab.rank import native_bf16
+
     q = load_ranker("tiny-random", device="cpu", quantize="int8")
     layer = q.model.pretrained_model.encoder.layer[0]
     assert q.quantize == "int8" and "quantized" in type(layer.intermediate.dense).__module__
-    assert type(layer.attention.self.query_proj) is torch.nn.Linear  # kept fp32: see lab.rank.QUANTIZE_SKIP
+    assert layer.intermediate.dense.weight().qscheme() == torch.per_channel_affine  # a scale per output channel
+    query = layer.attention.self.query_proj
+    assert type(query) is torch.nn.Linear  # not int8: see lab.rank.QUANTIZE_SKIP
+    assert query.weight.dtype == (torch.bfloat16 if native_bf16() else torch.float32)
     fp32 = load_ranker("tiny-random", device="cpu")
     groups = [DATA[k] for k in ("i1", "i2", "i3")]
     a = [s for m in compare_all(fp32, groups, 8) for s in scores_and_ranks(m["logits"])[0]]
@@ -175,6 +180,29 @@ def test_int8_mode_ranks_like_fp32_and_records_its_mode(run, ranker):
     assert {r["quantize"] for r in run.read("rankings")} == {"int8"}
     again = rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))  # fp32 is another ranking: redone
     assert again["ranked"] == 3
+
+
+def _fresh_tiny_ranker():
+    from lab import rank
+
+    folder = Path(rank.tiny_random_path())
+    return rank._blender_parts(folder, json.loads((folder / "config.json").read_text()))[0].eval()
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_int8_runs_query_and_key_in_bf16_only_where_the_cpu_has_bf16(monkeypatch, bf16):
+    import torch
+
+    from lab import rank
+
+    monkeypatch.setattr(rank, "native_bf16", lambda: bf16)  # emulated bf16 is slower than fp32: stays fp32
+    reference = _fresh_tiny_ranker().pretrained_model.encoder.layer[0].attention.self.query_proj
+    query = rank.quantize_int8(_fresh_tiny_ranker()).pretrained_model.encoder.layer[0].attention.self.query_proj
+    x = torch.randn(3, 7, reference.in_features)
+    with torch.inference_mode():
+        out, want = query(x), reference(x)
+    assert query.weight.dtype == (torch.bfloat16 if bf16 else torch.float32) and out.dtype == torch.float32
+    assert torch.allclose(out, want, rtol=0.02, atol=0.02) and torch.equal(out, want) is not bf16
 
 
 def test_int8_is_refused_off_cpu(monkeypatch):
