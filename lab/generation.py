@@ -19,6 +19,7 @@ seeded by the run seed and what the batch holds (its salt), so a resumed run dra
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,10 +98,11 @@ class Completion:
 
 @dataclass(frozen=True)
 class ReadAfter:
-    """Next-token probabilities read once a batch's completions are written, on the keys and values the batch
-    pre-filled for its prompts (so no prompt runs twice): `tails(texts)` gives, per completion text, the token ids
-    fed after the prompt (None: nothing to read for it); Completion.read gets the probabilities of `ids` after
-    prompt + tail, renormalised over `ids`. The self-scorer reads the digits 0-5 after judgment + "Score: " so."""
+    """Next-token probabilities read as a batch's completions are written, on the keys and values the decode
+    already holds (so neither the prompt nor the completion runs twice): `tails(texts)` gives, per completion text,
+    the token ids that follow the prompt (None: nothing to read for it); Completion.read gets the probabilities of
+    `ids` after prompt + tail, renormalised over `ids`. Where the tail starts with the generated tokens, only what
+    comes after them is run. The self-scorer reads the digits 0-5 after judgment + "Score: " so."""
 
     tails: Callable[[list[str]], list[list[int] | None]]
     ids: tuple[int, ...]
@@ -108,8 +110,8 @@ class ReadAfter:
 
 @dataclass
 class PromptState:
-    """A batch's pre-filled prompts: per layer (keys, values) [P, heads, width, dim], left-padded; mask [P, width];
-    last [P], the position of each prompt's last token."""
+    """A batch's pre-filled prompts: per layer (keys, values) [P, heads, width, dim], left-padded (or a shared
+    start, then the rest left-padded); mask [P, width]; last [P], the position of each prompt's last token."""
 
     kv: list[tuple]
     mask: object
@@ -173,17 +175,118 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def prefill(cm: models.ChatModel, prompts: list[list[int]]):
-    """Run left-padded prompts through the model once. -> (last-position logits [P, V], the DynamicCache,
-    PromptState). The state holds the cache's own prefill tensors, which later cache updates replace rather than
-    modify, so it stays valid while the cache grows."""
+def new_cache(model, reserve: int = 0):
+    """A transformers DynamicCache whose full-attention layers keep `reserve` free positions after what they hold
+    (see _reserved_layer): a decode step writes its keys and values in place instead of copying the whole cache."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
-    ids, mask = left_pad(prompts, cm.tokenizer.pad_token_id, cm.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=cm.model.config)
-    out = cm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                   logits_to_keep=1, **{cache_kwarg(cm.model): cache})
+    cache = DynamicCache(config=model.config)
+    if reserve > 0:
+        cache.layers = [_reserved_layer(reserve) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+@functools.cache
+def _reserved_layer_class():
+    """A DynamicLayer that grows into a buffer with room for `reserve` more positions. transformers' own layer
+    concatenates on every update, copying the whole cache once per decode step: that copy took more than half of a
+    step's time on CPU (32 rows of 700-token judge prompts, bundled model). `keys` / `values` are views of the
+    filled part, so everything that reads a DynamicLayer reads this one the same way; views handed out earlier stay
+    valid (later writes go past them, and a batch selection makes new buffers)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        def __init__(self, reserve: int):
+            super().__init__()
+            self.reserve, self.buffers, self.filled = reserve, None, 0
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            new = key_states.shape[-2]
+            if self.buffers is None or self.filled + new > self.buffers[0].shape[-2]:
+                size = self.filled + new + self.reserve
+                grown = tuple(s.new_empty((*s.shape[:-2], size, s.shape[-1])) for s in (key_states, value_states))
+                for buf, old in zip(grown, self.buffers or ()):
+                    buf[..., :self.filled, :] = old[..., :self.filled, :]
+                self.buffers = grown
+            for buf, states in zip(self.buffers, (key_states, value_states)):
+                buf[..., self.filled:self.filled + new, :] = states
+            self.filled += new
+            self._views()
+            return self.keys, self.values
+
+        def _views(self) -> None:
+            self.keys, self.values = (buf[..., :self.filled, :] for buf in self.buffers)
+
+        def get_seq_length(self) -> int:
+            return self.filled
+
+        def crop(self, tokens_to_remove: int) -> None:
+            """Forget the last -tokens_to_remove positions (transformers' convention: a negative count)."""
+            if tokens_to_remove > 0:
+                raise ValueError(f"crop takes a negative count of positions to remove (got {tokens_to_remove})")
+            if tokens_to_remove and self.filled:
+                self.filled = max(0, self.filled + tokens_to_remove)
+                self._views()
+
+        def batch_select_indices(self, indices) -> None:
+            if self.filled:
+                self.buffers = tuple(buf[indices, ...] for buf in self.buffers)
+                self._views()
+
+    return ReservedLayer
+
+
+def _reserved_layer(reserve: int):
+    return _reserved_layer_class()(reserve)
+
+
+SHARED_PREFIX_MIN = 64  # prompts of a batch that start with this many equal tokens pre-fill them once
+
+
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """How many leading tokens every prompt shares (less one, so each prompt keeps a token of its own)."""
+    if len(prompts) < 2:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        same = 0
+        while same < n and p[same] == first[same]:
+            same += 1
+        n = same
+    return max(n, 0)
+
+
+def prefill(cm: models.ChatModel, prompts: list[list[int]], reserve: int = 0):
+    """Run the prompts through the model once. -> (last-position logits [P, V], the cache (room for `reserve`
+    more positions), PromptState). Where the prompts share a long start (SHARED_PREFIX_MIN tokens: the self-scoring
+    rubric, a judge's instructions) it runs once and its keys and values are copied to every row; the rest of each
+    prompt follows, left-padded, the gap masked and positions continuing from the shared part. The state holds
+    views of the cache's prefill tensors, which later updates write past (or replace), so it stays valid while the
+    cache grows."""
+    import torch
+
+    common = shared_prefix(prompts)
+    if common < SHARED_PREFIX_MIN:
+        ids, mask = left_pad(prompts, cm.tokenizer.pad_token_id, cm.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = new_cache(cm.model, reserve)
+        out = cm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1, **{cache_kwarg(cm.model): cache})
+    else:
+        ids, rest = left_pad([p[common:] for p in prompts], cm.tokenizer.pad_token_id, cm.device)
+        cache = new_cache(cm.model, ids.shape[1] + reserve)
+        head = torch.tensor([prompts[0][:common]], device=cm.device)
+        cm.model(input_ids=head, position_ids=torch.arange(common, device=cm.device)[None], use_cache=True,
+                 logits_to_keep=1, **{cache_kwarg(cm.model): cache})
+        cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=cm.device))
+        mask = torch.cat([torch.ones((len(prompts), common), dtype=rest.dtype, device=cm.device), rest], dim=1)
+        positions = common - 1 + rest.cumsum(-1)
+        out = cm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1, **{cache_kwarg(cm.model): cache})
+        positions = torch.cat([positions.new_zeros((len(prompts), common)), positions], dim=1)
     state = PromptState([(layer.keys, layer.values) for layer in cache.layers], mask, positions[:, -1])
     return out.logits[:, -1], cache, state
 
@@ -196,10 +299,8 @@ def read_tails(cm: models.ChatModel, state: PromptState, of: list[int], tails: l
     column and only that column's logits are computed; the gap between prompt and tail is masked out and the tail's
     positions continue from its prompt's last one. -> [len(tails)][len(ids)]."""
     import torch
-    from transformers import DynamicCache
-
     idx = torch.tensor(of, device=cm.device)
-    cache = DynamicCache(config=cm.model.config)
+    cache = new_cache(cm.model)
     for layer, (keys, values) in enumerate(state.kv):
         cache.update(keys[idx], values[idx], layer)
     tail_ids, tail_mask = left_pad(tails, cm.tokenizer.pad_token_id, cm.device)
@@ -227,20 +328,23 @@ def read_after(cm: models.ChatModel, prompts: list[list[int]], tails: list[list[
 
 
 class _Batch:
-    """Live decoding state. Row i of every tensor belongs to sequence `rows[i]` of the batch."""
+    """Live decoding state. Row i of every tensor belongs to sequence `rows[i]` of the batch. The cache's columns:
+    the left-padded prompts (`width`), then one column per decode step, the same step for every row (a finished row
+    keeps being fed until it is dropped; its columns after the finish are never read)."""
 
-    def __init__(self, cm: models.ChatModel, prompts: list[list[int]], counts: list[int], keep_prompts: bool = False):
+    def __init__(self, cm: models.ChatModel, prompts: list[list[int]], counts: list[int], reserve: int = 0):
         import torch
 
         self.cm = cm
         self.cache_arg = cache_kwarg(cm.model)
-        logits, self.cache, state = prefill(cm, prompts)
-        self.prompts = state if keep_prompts else None  # what a ReadAfter reads on, once the decode is done
+        logits, self.cache, state = prefill(cm, prompts, reserve)
         self.expand = torch.arange(len(prompts), device=cm.device).repeat_interleave(
             torch.tensor(counts, device=cm.device))  # row -> its prompt: each prompt's cache copied once per sample
         self.cache.batch_select_indices(self.expand)
         self.logits = logits[self.expand]
+        self.width = state.mask.shape[1]
         self.mask, self.pos = state.mask[self.expand], state.last[self.expand]
+        self.prompt_last = self.pos  # each row's last prompt position
         self.rows = torch.arange(len(self.expand), device=cm.device)
         self.tokens: list[list[int]] = [[] for _ in range(len(self.expand))]
         self.finish: list[str | None] = [None] * len(self.expand)
@@ -259,18 +363,67 @@ class _Batch:
         idx = alive.nonzero().squeeze(1)
         self.cache.batch_select_indices(idx)
         self.mask, self.pos, self.rows, self.logits = self.mask[idx], self.pos[idx], self.rows[idx], self.logits[idx]
+        self.prompt_last = self.prompt_last[idx]
+
+    def read(self, local: list[int], tails: list[list[int]], fed: list[int], ids: tuple[int, ...],
+             last: bool = False) -> list[list[float]]:
+        """P(ids) after prompt + tails[n] for the batch rows `local` (renormalised over ids), on the decode's own
+        cache: where a tail starts with the tokens the row generated (the first fed[n] of them are in the cache), only
+        the rest of it is run. Rests of similar length share a forward pass (one tail that differs from its tokens
+        early, e.g. a judgment whose leading space was stripped, must not widen everyone's pass). last: the decode
+        is over, so a pass over every row may extend the batch's own cache instead of a copy.
+        -> [len(local)][len(ids)]."""
+        reuse = []
+        for row, tail, f in zip(self.rows[local].tolist(), tails, fed):
+            made, same = self.tokens[row], 0
+            while same < min(len(made), f, len(tail) - 1) and made[same] == tail[same]:
+                same += 1
+            reuse.append(same)
+        groups: dict[int, list[int]] = {}
+        for n, (tail, r) in enumerate(zip(tails, reuse)):
+            groups.setdefault((len(tail) - r - 1).bit_length(), []).append(n)  # rests of 1, 2, 3-4, 5-8 ... tokens
+        out: list[list[float]] = [[] for _ in local]
+        for group in groups.values():
+            probs = self._read_rest([local[n] for n in group], [tails[n] for n in group], [reuse[n] for n in group],
+                                    ids, last and len(group) == len(self.rows))
+            for n, p in zip(group, probs):
+                out[n] = p
+        return out
+
+    def _read_rest(self, local: list[int], tails: list[list[int]], reuse: list[int], ids: tuple[int, ...],
+                   in_place: bool) -> list[list[float]]:
+        import torch
+
+        sel = torch.tensor(local, device=self.cm.device)
+        if in_place:
+            cache = self.cache
+        else:
+            cache = new_cache(self.cm.model)
+            for n, layer in enumerate(self.cache.layers):
+                cache.update(layer.keys[sel], layer.values[sel], n)
+        mask = self.mask[sel].clone()
+        for n, same in enumerate(reuse):
+            mask[n, self.width + same:] = 0  # generated columns past the shared start (and junk after a finish)
+        rest_ids, rest_mask = left_pad([t[r:] for t, r in zip(tails, reuse)], self.cm.tokenizer.pad_token_id,
+                                       self.cm.device)
+        start = self.prompt_last[sel] + torch.tensor(reuse, device=self.cm.device)
+        logits = self.cm.model(input_ids=rest_ids, attention_mask=torch.cat([mask, rest_mask], dim=1),
+                               position_ids=start[:, None] + rest_mask.cumsum(-1), use_cache=True, logits_to_keep=1,
+                               **{self.cache_arg: cache}).logits[:, -1]
+        return logits[:, list(ids)].float().softmax(-1).tolist()
 
 
 def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[int], dec: Decoding,
                    gen, read: ReadAfter | None = None, on_step: OnStep | None = None) -> list[Completion]:
     """Sample counts[i] completions of prompt i (token ids, already chat-rendered). Returns them prompt by prompt,
-    each with its ReadAfter probabilities where `read` asks for them. on_step: told the batch's progress after each
-    decode step (see OnStep)."""
+    each with its ReadAfter probabilities where `read` asks for them (read on the decode's cache as rows finish,
+    before they leave the batch). on_step: told the batch's progress after each decode step (see OnStep)."""
     import torch
 
-    b = _Batch(cm, prompts, counts, keep_prompts=read is not None)
+    b = _Batch(cm, prompts, counts, reserve=dec.max_new_tokens)
     eos = torch.tensor(cm.eos_ids, device=cm.device)
     alive = torch.ones(len(b.tokens), dtype=torch.bool, device=cm.device)
+    probs: dict[int, list[float]] = {}
     made, finished = 0, 0
     for step in range(dec.max_new_tokens):
         nxt = sample_next(b.logits, dec, gen)
@@ -289,23 +442,37 @@ def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[
         if not bool(alive.any()) or step == dec.max_new_tokens - 1:
             break
         if int((~alive).sum()) * 8 >= len(alive):  # prune once 1/8 of the rows are done: a cache copy is not free
+            if read is not None:
+                _read_rows(b, (~alive).nonzero().squeeze(1).tolist(), read, probs)
             b.keep(alive)
             nxt, alive = nxt[alive], alive[alive]
         b.step(nxt)
+    if read is not None:
+        _read_rows(b, list(range(len(b.rows))), read, probs, last=True)
     prompt_lens = [len(p) for p, c in zip(prompts, counts) for _ in range(c)]
     efficiency.add(tokens_in=sum(len(p) for p in prompts), tokens_out=sum(map(len, b.tokens)))
-    texts = [t.strip() for t in cm.tokenizer.batch_decode(b.tokens, skip_special_tokens=True)]
-    comps = [Completion(t, n, len(toks), f or "length")
-             for t, n, toks, f in zip(texts, prompt_lens, b.tokens, b.finish)]
-    if read is not None:
-        del b.cache  # the decode's cache is done with; the reads need only the prompts'
-        tails = read.tails(texts)
-        rows = [i for i, t in enumerate(tails) if t is not None]
-        if rows:
-            probs = read_tails(cm, b.prompts, b.expand[rows].tolist(), [tails[i] for i in rows], read.ids)
-            for i, p in zip(rows, probs):
-                comps[i].read = p
-    return comps
+    texts = [_text(cm, toks) for toks in b.tokens]
+    return [Completion(t, n, len(toks), f or "length", probs.get(row))
+            for row, (t, n, toks, f) in enumerate(zip(texts, prompt_lens, b.tokens, b.finish))]
+
+
+def _text(cm: models.ChatModel, tokens: list[int]) -> str:
+    return cm.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def _read_rows(b: _Batch, local: list[int], read: ReadAfter, probs: dict[int, list[float]], last: bool = False
+               ) -> None:
+    """The ReadAfter of the batch rows `local` (rows that finished, or every row at the end: last), into probs[row]."""
+    rows = [b.rows[i].item() for i in local]
+    tails = read.tails([_text(b.cm, b.tokens[r]) for r in rows])
+    todo = [(i, r, t) for i, r, t in zip(local, rows, tails) if t is not None and r not in probs]
+    if not todo:
+        return
+    # a row that stopped was fed every token it made; one cut by max_new_tokens not its last
+    fed = [len(b.tokens[r]) - (b.finish[r] is None) for _, r, _ in todo]
+    got = b.read([i for i, _, _ in todo], [t for _, _, t in todo], fed, read.ids, last and len(todo) == len(local))
+    for (_, r, _), p in zip(todo, got):
+        probs[r] = p
 
 
 def make_generator(cm: models.ChatModel, seed: int, salt: str):
@@ -444,7 +611,7 @@ def stream_completion(cm: models.ChatModel, prompt: list[int], dec: Decoding, ge
     import torch
 
     with torch.inference_mode():
-        b = _Batch(cm, [prompt], [1])
+        b = _Batch(cm, [prompt], [1], reserve=dec.max_new_tokens)
     for step in range(dec.max_new_tokens):
         with torch.inference_mode():
             nxt = sample_next(b.logits, dec, gen)

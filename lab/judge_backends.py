@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from lab import efficiency, models
 from lab.errors import LabError
+from lab.generation import new_cache
 from lab.ratelimit import RateLimiter, backoff_s, retry_after_s
 from lab.store import redact_userinfo
 
@@ -315,13 +316,12 @@ class LocalBackend:
         """Pre-fill the prompts once; generate the reasoning on that KV cache; then cut the cache back to the prompt
         and feed only reasoning + `", "verdict": "` to read the labels (the prompt is never run twice)."""
         import torch
-        from transformers import DynamicCache
 
         heads = [self.cm.render([{"role": "user", "content": p}]) + '{"reasoning": "' for p in prompts]
         enc = self.cm.tokenizer(heads, add_special_tokens=False, padding=True, return_tensors="pt").to(self.cm.device)
         mask = enc["attention_mask"]
         last_pos = mask.sum(-1) - 1  # left padding: each row's positions run 0..len-1
-        cache = DynamicCache(config=self.cm.model.config)
+        cache = new_cache(self.cm.model, reserve=self.reasoning_tokens + 32)  # decode steps write in place
         with torch.inference_mode():
             out = self.cm.model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=(mask.cumsum(-1) - 1)
                                 .clamp(min=0), past_key_values=cache, use_cache=True, logits_to_keep=1)

@@ -28,18 +28,22 @@ def cfg(**kw) -> scoring.ScoreConfig:
     return scoring.ScoreConfig(**{"evaluations": 2, "judge_tokens": 12, "batch_size": 8, **kw})
 
 
-@pytest.fixture
-def forwards(tiny, monkeypatch):
-    """The width of every forward pass of the tiny model (the real forward runs)."""
+def count_forwards(cm, monkeypatch) -> list[int]:
+    """The width of every forward pass of cm's model (the real forward runs)."""
     widths: list[int] = []
-    real = tiny.model.forward
+    real = cm.model.forward
 
     def counting(*args, **kw):
         widths.append(kw["input_ids"].shape[1])
         return real(*args, **kw)
 
-    monkeypatch.setattr(tiny.model, "forward", counting)
+    monkeypatch.setattr(cm.model, "forward", counting)
     return widths
+
+
+@pytest.fixture
+def forwards(tiny, monkeypatch):
+    return count_forwards(tiny, monkeypatch)
 
 
 def test_forced_score_probs_equal_a_plain_forward_pass(tiny, forwards):
@@ -49,21 +53,45 @@ def test_forced_score_probs_equal_a_plain_forward_pass(tiny, forwards):
     want = [reference_probs(tiny, p, t) for p, t in zip(prompts, texts)]
     for g, w in zip(got, want):
         assert g == pytest.approx(w, abs=1e-5)
-    assert passes == 2  # the two distinct prompts pre-filled together once, then the three judgments
+    assert passes == 3  # the rubric both prompts start with once, their rests together, then the three judgments
 
 
 def test_engine_reads_digit_probabilities_in_the_sampling_batch(tiny, forwards):
     """Every judgment of the tiny model is noise (no "Score: N"): all are scored from the digit probabilities,
-    read in the same batch that wrote them: one prompt pre-fill, the decode steps, one pass over the judgments."""
+    read in the same batch that wrote them: one prompt pre-fill, the decode steps, then passes over what follows
+    the generated tokens, never over the prompt again."""
     out = scoring.local_scores(tiny, PROMPTS, 2, cfg(), seed=0)
     assert all(e["method"] == "probabilities" for row in out for e in row)
     wide = [w for w in forwards if w > 1]  # the decode steps are one token wide
-    assert len(wide) == 2 and wide[0] == max(len(tiny.encode_prompt(p)) for p in PROMPTS)  # pre-fill, then tails
-    assert wide[1] < wide[0]  # the judgments alone, not prompt + judgment
+    encoded = [tiny.encode_prompt(p) for p in PROMPTS]
+    common = generation.shared_prefix(encoded)
+    assert wide[:2] == [common, max(map(len, encoded)) - common]  # the pre-fill: the rubric once, then the rests
+    longest = max(len(c) for c in scoring.digit_contexts(
+        tiny.tokenizer, [scoring.judgment_context(e["raw"]) for row in out for e in row])[0])
+    assert wide[2:] and all(w <= longest for w in wide[2:])  # the judgments at most, not prompt + judgment
     for prompt, row in zip(PROMPTS, out):
         for e in row:
             assert e["probs"] == pytest.approx(reference_probs(tiny, prompt, e["raw"]), abs=1e-4)
             assert e["score"] == pytest.approx(sum(d * p for d, p in enumerate(e["probs"])))
+
+
+def test_digit_reads_run_only_what_follows_the_generated_tokens(monkeypatch):
+    """On the bundled chat model a judgment re-tokenizes to the tokens it was generated as, so the read after it
+    runs just its last tokens and "Score: " on the decode's cache, not the judgment again: the probabilities still
+    equal one plain forward pass over prompt + judgment + "Score: "."""
+    from lab import models
+
+    cm = models.load("bundled")
+    widths = count_forwards(cm, monkeypatch)
+    out = scoring.local_scores(cm, PROMPTS, 2, cfg(judge_tokens=24), seed=0)
+    read = [e for row in out for e in row if e["method"] == "probabilities"]
+    contexts = scoring.digit_contexts(cm.tokenizer, [scoring.judgment_context(e["raw"]) for e in read])[0]
+    passes = [w for w in widths if w > 1][2:]  # after the pre-fill (the shared rubric, then the rests)
+    assert read and passes and max(passes) * 2 < min(len(c) for c in contexts)  # each pass: a few tokens
+    for prompt, row in zip(PROMPTS, out):
+        for e in row:
+            if e["method"] == "probabilities":
+                assert e["probs"] == pytest.approx(reference_probs(cm, prompt, e["raw"]), abs=1e-4)
 
 
 def test_score_rows_fills_each_generation_batch(run, tiny, monkeypatch):
