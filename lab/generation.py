@@ -13,12 +13,18 @@ Why a hand-written decode loop instead of `model.generate(num_return_sequences=K
   - finished sequences leave the batch (their cache rows are dropped), so long answers don't drag short ones;
   - top-p is exact but cheap: the nucleus is found inside the top 256 tokens (a sort over a 50k-128k vocabulary per
     step is what made plain generate slow), falling back to a full sort only for rows whose top 256 don't cover it;
-  - only the last position's logits are computed during pre-fill (`logits_to_keep=1`).
+  - only the last position's logits are computed during pre-fill (`logits_to_keep=1`);
+  - the KV cache keeps room for the answer and decode steps write into it (transformers' DynamicLayer copies the
+    whole cache on every step: half of a CPU decode step);
+  - prompts that start alike (the self-scoring rubric) pre-fill that start once per batch;
+  - a ReadAfter (the self-scorer's digit probabilities) runs on the decode's own cache, feeding only what follows
+    the generated tokens.
 Determinism: the same seed, batch size and prompts give the same completions. Each batch draws from a torch RNG
 seeded by the run seed and what the batch holds (its salt), so a resumed run draws the same numbers.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -110,10 +116,11 @@ class ReadAfter:
 
 @dataclass
 class PromptState:
-    """A batch's pre-filled prompts: per layer (keys, values) [P, heads, width, dim], left-padded (or a shared
-    start, then the rest left-padded); mask [P, width]; last [P], the position of each prompt's last token."""
+    """A batch's pre-filled prompts: the cache's layers as the pre-fill left them (shallow copies: keys and values
+    [P, heads, width, dim], left-padded, or a shared start then the rest left-padded); mask [P, width]; last [P],
+    the position of each prompt's last token."""
 
-    kv: list[tuple]
+    layers: list
     mask: object
     last: object
 
@@ -175,6 +182,15 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def plain_layers(cache) -> bool:
+    """Whether every layer of a cache is full attention held as a tensor per layer (Llama, SmolLM2, Qwen, Mistral
+    without a window): sliding windows, shared or recurrent layers keep fewer columns than they were fed, so the
+    shared-prefix pre-fill and the reads on the decode's cache (which mask columns) do not apply to them."""
+    from transformers.cache_utils import DynamicLayer
+
+    return bool(cache.layers) and all(type(layer) in (DynamicLayer, _reserved_layer_class()) for layer in cache.layers)
+
+
 def new_cache(model, reserve: int = 0):
     """A transformers DynamicCache whose full-attention layers keep `reserve` free positions after what they hold
     (see _reserved_layer): a decode step writes its keys and values in place instead of copying the whole cache."""
@@ -193,7 +209,8 @@ def _reserved_layer_class():
     concatenates on every update, copying the whole cache once per decode step: that copy took more than half of a
     step's time on CPU (32 rows of 700-token judge prompts, bundled model). `keys` / `values` are views of the
     filled part, so everything that reads a DynamicLayer reads this one the same way; views handed out earlier stay
-    valid (later writes go past them, and a batch selection makes new buffers)."""
+    valid while the layer grows (later writes go past them; growing and a batch selection make new buffers), not
+    after a crop (the next update writes over what was cropped)."""
     from transformers.cache_utils import DynamicLayer
 
     class ReservedLayer(DynamicLayer):
@@ -203,19 +220,30 @@ def _reserved_layer_class():
 
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
+                try:
+                    self.lazy_initialization(key_states, value_states)
+                except TypeError:  # transformers releases whose layers initialise from the keys alone
+                    self.lazy_initialization(key_states)
             new = key_states.shape[-2]
-            if self.buffers is None or self.filled + new > self.buffers[0].shape[-2]:
-                size = self.filled + new + self.reserve
-                grown = tuple(s.new_empty((*s.shape[:-2], size, s.shape[-1])) for s in (key_states, value_states))
-                for buf, old in zip(grown, self.buffers or ()):
-                    buf[..., :self.filled, :] = old[..., :self.filled, :]
-                self.buffers = grown
+            if self.buffers is None or not self.filled or self.filled + new > self.buffers[0].shape[-2]:
+                self._move(None, self.filled + new + self.reserve, like=(key_states, value_states))
             for buf, states in zip(self.buffers, (key_states, value_states)):
                 buf[..., self.filled:self.filled + new, :] = states
             self.filled += new
             self._views()
             return self.keys, self.values
+
+        def _move(self, rows, size: int, like=None) -> None:
+            """New buffers of `size` positions holding what is filled (of the batch rows `rows`: None = all)."""
+            keep = self.buffers is not None and self.filled > 0
+            grown = []
+            for was in (self.buffers if keep else like):
+                src = was if rows is None else was[rows, ..., :self.filled, :]
+                buf = src.new_empty((*src.shape[:-2], size, src.shape[-1]))
+                if keep:
+                    buf[..., :self.filled, :] = src[..., :self.filled, :]
+                grown.append(buf)
+            self.buffers = tuple(grown)
 
         def _views(self) -> None:
             self.keys, self.values = (buf[..., :self.filled, :] for buf in self.buffers)
@@ -232,9 +260,24 @@ def _reserved_layer_class():
                 self._views()
 
         def batch_select_indices(self, indices) -> None:
-            if self.filled:
-                self.buffers = tuple(buf[indices, ...] for buf in self.buffers)
+            """Keep the batch rows `indices` (in that order): new buffers, copying only the filled positions."""
+            if self.buffers is not None and self.filled:
+                self._move(indices, self.buffers[0].shape[-2])
                 self._views()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.buffers is not None:
+                import torch
+
+                self.batch_select_indices(torch.arange(self.buffers[0].shape[0], device=self.buffers[0].device)
+                                          .repeat_interleave(repeats))
+
+        def reorder_cache(self, beam_idx) -> None:
+            self.batch_select_indices(beam_idx)
+
+        def reset(self) -> None:
+            self.buffers, self.filled = None, 0
+            super().reset()
 
     return ReservedLayer
 
@@ -244,6 +287,7 @@ def _reserved_layer(reserve: int):
 
 
 SHARED_PREFIX_MIN = 64  # prompts of a batch that start with this many equal tokens pre-fill them once
+READ_ROOM = 32  # cache positions kept past the answer for a ReadAfter ("\nScore: " and a re-tokenized end)
 
 
 def shared_prefix(prompts: list[list[int]]) -> int:
@@ -262,22 +306,22 @@ def shared_prefix(prompts: list[list[int]]) -> int:
 def prefill(cm: models.ChatModel, prompts: list[list[int]], reserve: int = 0):
     """Run the prompts through the model once. -> (last-position logits [P, V], the cache (room for `reserve`
     more positions), PromptState). Where the prompts share a long start (SHARED_PREFIX_MIN tokens: the self-scoring
-    rubric, a judge's instructions) it runs once and its keys and values are copied to every row; the rest of each
+    rubric, a judge's instructions) and the model's layers are plain (plain_layers) it runs once and its keys and values are copied to every row; the rest of each
     prompt follows, left-padded, the gap masked and positions continuing from the shared part. The state holds
     views of the cache's prefill tensors, which later updates write past (or replace), so it stays valid while the
     cache grows."""
     import torch
 
-    common = shared_prefix(prompts)
+    cache = new_cache(cm.model, reserve)
+    common = shared_prefix(prompts) if plain_layers(cache) else 0
     if common < SHARED_PREFIX_MIN:
         ids, mask = left_pad(prompts, cm.tokenizer.pad_token_id, cm.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = new_cache(cm.model, reserve)
         out = cm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                        logits_to_keep=1, **{cache_kwarg(cm.model): cache})
     else:
         ids, rest = left_pad([p[common:] for p in prompts], cm.tokenizer.pad_token_id, cm.device)
-        cache = new_cache(cm.model, ids.shape[1] + reserve)
+        cache = new_cache(cm.model, ids.shape[1] + reserve)  # room for the rests too
         head = torch.tensor([prompts[0][:common]], device=cm.device)
         cm.model(input_ids=head, position_ids=torch.arange(common, device=cm.device)[None], use_cache=True,
                  logits_to_keep=1, **{cache_kwarg(cm.model): cache})
@@ -287,7 +331,7 @@ def prefill(cm: models.ChatModel, prompts: list[list[int]], reserve: int = 0):
         out = cm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                        logits_to_keep=1, **{cache_kwarg(cm.model): cache})
         positions = torch.cat([positions.new_zeros((len(prompts), common)), positions], dim=1)
-    state = PromptState([(layer.keys, layer.values) for layer in cache.layers], mask, positions[:, -1])
+    state = PromptState([copy.copy(layer) for layer in cache.layers], mask, positions[:, -1])
     return out.logits[:, -1], cache, state
 
 
@@ -299,14 +343,28 @@ def read_tails(cm: models.ChatModel, state: PromptState, of: list[int], tails: l
     column and only that column's logits are computed; the gap between prompt and tail is masked out and the tail's
     positions continue from its prompt's last one. -> [len(tails)][len(ids)]."""
     import torch
+
     idx = torch.tensor(of, device=cm.device)
     cache = new_cache(cm.model)
-    for layer, (keys, values) in enumerate(state.kv):
-        cache.update(keys[idx], values[idx], layer)
+    cache.layers = [copy.copy(layer) for layer in state.layers]
+    for layer in cache.layers:  # the rows' prompts, copied (a sliding layer keeps its count of columns seen)
+        layer.batch_select_indices(idx)
     tail_ids, tail_mask = left_pad(tails, cm.tokenizer.pad_token_id, cm.device)
     logits = cm.model(input_ids=tail_ids, attention_mask=torch.cat([state.mask[idx], tail_mask], dim=1),
                       position_ids=state.last[idx][:, None] + tail_mask.cumsum(-1), use_cache=True,
                       logits_to_keep=1, **{cache_kwarg(cm.model): cache}).logits[:, -1]
+    return logits[:, list(ids)].float().softmax(-1).tolist()
+
+
+def read_whole(cm: models.ChatModel, texts: list[list[int]], ids: tuple[int, ...]) -> list[list[float]]:
+    """P(ids) after each token list (prompt + tail), renormalised over ids: one plain forward pass, left-padded, no
+    cache reused. For models whose layers are not plain (plain_layers): a sliding window counts the masked gap
+    between a cached prompt and a tail as columns, so those reads could not run on a cache."""
+    import torch
+
+    x, mask = left_pad(texts, cm.tokenizer.pad_token_id, cm.device)
+    logits = cm.model(input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                      logits_to_keep=1).logits[:, -1]
     return logits[:, list(ids)].float().softmax(-1).tolist()
 
 
@@ -317,8 +375,13 @@ def read_after(cm: models.ChatModel, prompts: list[list[int]], tails: list[list[
     import torch
 
     out: list[list[float]] = []
+    plain = plain_layers(new_cache(cm.model))
     for start in range(0, len(tails), batch_size):
         chunk = range(start, min(start + batch_size, len(tails)))
+        if not plain:
+            with torch.inference_mode():
+                out.extend(read_whole(cm, [prompts[of[i]] + tails[i] for i in chunk], ids))
+            continue
         uniq = sorted({of[i] for i in chunk})
         where = {p: n for n, p in enumerate(uniq)}
         with torch.inference_mode():
@@ -342,6 +405,8 @@ class _Batch:
             torch.tensor(counts, device=cm.device))  # row -> its prompt: each prompt's cache copied once per sample
         self.cache.batch_select_indices(self.expand)
         self.logits = logits[self.expand]
+        self.plain = plain_layers(self.cache)  # reads run on the decode's cache; else on prompt + tail afresh
+        self.prompts = prompts
         self.width = state.mask.shape[1]
         self.mask, self.pos = state.mask[self.expand], state.last[self.expand]
         self.prompt_last = self.pos  # each row's last prompt position
@@ -396,11 +461,13 @@ class _Batch:
 
         sel = torch.tensor(local, device=self.cm.device)
         if in_place:
+            assert local == list(range(len(self.rows)))  # every row, in order: the batch's cache is the reads' cache
             cache = self.cache
         else:
             cache = new_cache(self.cm.model)
-            for n, layer in enumerate(self.cache.layers):
-                cache.update(layer.keys[sel], layer.values[sel], n)
+            cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+            for layer in cache.layers:  # a copy of the rows read (filled positions only); the batch keeps its own
+                layer.batch_select_indices(sel)
         mask = self.mask[sel].clone()
         for n, same in enumerate(reuse):
             mask[n, self.width + same:] = 0  # generated columns past the shared start (and junk after a finish)
@@ -420,7 +487,8 @@ def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[
     before they leave the batch). on_step: told the batch's progress after each decode step (see OnStep)."""
     import torch
 
-    b = _Batch(cm, prompts, counts, reserve=dec.max_new_tokens)
+    b = _Batch(cm, prompts, counts, reserve=dec.max_new_tokens + (READ_ROOM if read is not None else 0))
+    on_cache = read is not None and b.plain
     eos = torch.tensor(cm.eos_ids, device=cm.device)
     alive = torch.ones(len(b.tokens), dtype=torch.bool, device=cm.device)
     probs: dict[int, list[float]] = {}
@@ -442,13 +510,15 @@ def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[
         if not bool(alive.any()) or step == dec.max_new_tokens - 1:
             break
         if int((~alive).sum()) * 8 >= len(alive):  # prune once 1/8 of the rows are done: a cache copy is not free
-            if read is not None:
+            if on_cache:
                 _read_rows(b, (~alive).nonzero().squeeze(1).tolist(), read, probs)
             b.keep(alive)
             nxt, alive = nxt[alive], alive[alive]
         b.step(nxt)
-    if read is not None:
+    if on_cache:
         _read_rows(b, list(range(len(b.rows))), read, probs, last=True)
+    elif read is not None:
+        _read_on_prompts(b, read, probs)
     prompt_lens = [len(p) for p, c in zip(prompts, counts) for _ in range(c)]
     efficiency.add(tokens_in=sum(len(p) for p in prompts), tokens_out=sum(map(len, b.tokens)))
     texts = [_text(cm, toks) for toks in b.tokens]
@@ -458,6 +528,17 @@ def generate_batch(cm: models.ChatModel, prompts: list[list[int]], counts: list[
 
 def _text(cm: models.ChatModel, tokens: list[int]) -> str:
     return cm.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def _read_on_prompts(b: _Batch, read: ReadAfter, probs: dict[int, list[float]]) -> None:
+    """The ReadAfter of every row by a plain forward over prompt + tail (read_whole): for models whose layers are
+    not plain (sliding windows keep fewer columns than they were fed)."""
+    del b.cache  # the decode's cache is done with
+    tails = read.tails([_text(b.cm, t) for t in b.tokens])
+    rows = [i for i, t in enumerate(tails) if t is not None]
+    if rows:
+        of = b.expand[rows].tolist()
+        probs.update(zip(rows, read_whole(b.cm, [b.prompts[p] + tails[i] for p, i in zip(of, rows)], read.ids)))
 
 
 def _read_rows(b: _Batch, local: list[int], read: ReadAfter, probs: dict[int, list[float]], last: bool = False
@@ -493,7 +574,7 @@ def generate(cm: models.ChatModel, prompts: list[str], k: int, dec: Decoding, ba
       length-sorted, batch_size sequences at a time;
     engine "vllm": one vLLM call for everything; cm may be a tokenizer-only ChatModel (models.load_chat_tokenizer)
       and `adapter` the LoRA folder to answer with (None: the base).
-    read: probabilities read after each completion on its batch's pre-filled prompt (engine "lab" only; with vLLM
+    read: probabilities read after each completion, on its batch's cache (engine "lab" only; with vLLM
       the caller reads them with read_after on a model loaded here).
     progress: told the completions done after each batch, and the work inside a batch as it decodes."""
     if read is not None and engine != "lab":

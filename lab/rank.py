@@ -279,11 +279,21 @@ def quantize_int8(model):
 
 
 def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (oneDNN's check: AVX512-BF16 or AMX); emulated bf16 is
-    slower than fp32."""
+    """Whether this CPU multiplies bf16 matrices natively: x86 with AVX512-BF16 or AMX (oneDNN's own bf16 check
+    also passes on AVX512 CPUs without them, Skylake / Cascade Lake, where bf16 is emulated and slower than fp32);
+    on ARM oneDNN's check (bf16 dot products)."""
+    import platform
+
     import torch
 
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    cpu = torch.cpu
+    if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return True
+    if hasattr(cpu, "get_capabilities") and cpu.get_capabilities().get("amx_bf16"):
+        return True
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
 
 
 def in_bf16(module):

@@ -24,8 +24,8 @@ def decode(tiny, reserve: int, steps: int = 6):
 
 
 def test_reserved_cache_gives_the_dynamic_cache_logits(tiny):
-    plain, _ = decode(tiny, reserve=0)
-    reserved, b = decode(tiny, reserve=8)
+    plain, _ = decode(tiny, reserve=0, steps=14)
+    reserved, b = decode(tiny, reserve=8, steps=14)  # past the reserve: the layer grows once
     assert type(b.cache.layers[0]).__name__ == "ReservedLayer"
     for a, r in zip(plain, reserved):
         assert a.shape == r.shape and torch.allclose(a, r, atol=1e-5)
@@ -53,10 +53,12 @@ def test_prefill_state_stays_valid_while_its_cache_grows(tiny):
     prompts = [tiny.encode_prompt("Say hi."), tiny.encode_prompt("Name three fruits, please.")]
     with torch.inference_mode():
         _, cache, state = generation.prefill(tiny, prompts, reserve=4)
-        kept = [(k.clone(), v.clone()) for k, v in state.kv]
-        for n, layer in enumerate(cache.layers):
-            cache.update(torch.randn_like(layer.keys[..., :3, :]), torch.randn_like(layer.values[..., :3, :]), n)
-    for (k, v), (k0, v0) in zip(state.kv, kept):
+        kept = [(layer.keys.clone(), layer.values.clone()) for layer in state.layers]
+        for _ in range(3):  # inside the reserve, then past it (the layer grows into new buffers)
+            for n, layer in enumerate(cache.layers):
+                cache.update(torch.randn_like(layer.keys[..., :3, :]), torch.randn_like(layer.values[..., :3, :]), n)
+    for layer, (k0, v0) in zip(state.layers, kept):
+        k, v = layer.keys, layer.values
         assert torch.equal(k, k0) and torch.equal(v, v0)
 
 
@@ -82,12 +84,89 @@ def test_a_shared_prompt_start_is_prefilled_once_with_the_same_logits(tiny, monk
 
 
 def test_a_reserved_layer_crops_back_like_a_dynamic_one(tiny):
-    """The local judge cuts the cache back to the prompt after its reasoning, then feeds the verdict's tail."""
-    _, b = decode(tiny, reserve=8, steps=3)
-    layer = b.cache.layers[0]
-    n = layer.get_seq_length()
-    before = layer.keys[..., :n - 2, :].clone()
-    b.cache.crop(-2)
-    assert layer.get_seq_length() == n - 2 == layer.keys.shape[-2] and torch.equal(layer.keys, before)
+    """The local judge cuts the cache back to the prompt after its reasoning, then feeds the verdict's tail: the
+    same logits as transformers' own layer doing the same."""
+    ids = torch.tensor([tiny.encode_prompt("Say hi, then list three fruits.")])
+    tail = torch.tensor([[5, 6, 7]])
+    out = []
+    with torch.inference_mode():
+        for reserve in (0, 8):
+            cache = generation.new_cache(tiny.model, reserve)
+            tiny.model(input_ids=ids, cache=cache, use_cache=True)
+            n = cache.get_seq_length()
+            tiny.model(input_ids=tail, cache=cache, use_cache=True)
+            cache.crop(-3)  # back to the prompt
+            assert cache.get_seq_length() == n == cache.layers[0].keys.shape[-2]
+            out.append(tiny.model(input_ids=tail.flip(1), cache=cache, use_cache=True).logits[0, -1])
+    assert type(cache.layers[0]).__name__ == "ReservedLayer" and torch.allclose(out[0], out[1], atol=1e-5)
     with pytest.raises(ValueError):
-        layer.crop(3)
+        cache.layers[0].crop(3)
+
+
+def _random_model(config):
+    """A random causal LM with sharp logits (weights x3) and a stand-in tokenizer that writes ids as text."""
+    import types
+
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    for p in model.parameters():
+        p.data.mul_(3)
+    tok = types.SimpleNamespace(pad_token_id=0, decode=lambda ids, skip_special_tokens=True: " ".join(map(str, ids)))
+    return types.SimpleNamespace(model=model, tokenizer=tok, device=torch.device("cpu"), eos_ids=[1, 2])
+
+
+def _tails(texts):
+    """The tokens each completion wrote (some changed midway, as a re-tokenization can), then two more."""
+    out = []
+    for t in texts:
+        ids = [int(x) for x in t.split()]
+        if ids and len(ids) % 3 == 0:
+            ids[len(ids) // 2] = 63
+        out.append(ids + [3, 4])
+    return out
+
+
+def _check_reads(cm, prompts, counts):
+    """generate_batch with a ReadAfter: every row's read equals one plain forward over prompt + tail; -> finishes."""
+    dec = generation.Decoding(temperature=1.0, top_p=1.0, max_new_tokens=20, seed=0)
+    with torch.inference_mode():
+        comps = generation.generate_batch(cm, prompts, counts, dec, torch.Generator().manual_seed(1),
+                                          read=generation.ReadAfter(_tails, (5, 6, 7)))
+        of = [i for i, c in enumerate(counts) for _ in range(c)]
+        for c, i in zip(comps, of):
+            x = torch.tensor([prompts[i] + _tails([c.text])[0]])
+            want = cm.model(input_ids=x).logits[0, -1][[5, 6, 7]].float().softmax(-1)
+            assert torch.allclose(torch.tensor(c.read), want, atol=1e-4), (c.finish_reason, c.completion_tokens)
+    return {c.finish_reason for c in comps}
+
+
+SHARED = [(n * 7) % 60 + 3 for n in range(70)]  # a start every prompt shares (>= SHARED_PREFIX_MIN)
+
+
+def test_reads_on_the_decode_cache_equal_a_plain_forward_for_stopped_and_cut_rows():
+    """Rows that stop early (pruned mid-batch, read before they leave), rows cut by max_new_tokens (their last
+    token never fed), tails that leave the generated tokens midway; with and without a shared prompt start."""
+    from transformers import LlamaConfig
+
+    cm = _random_model(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, pad_token_id=0))
+    for prompts in ([list(range(5, 17)), list(range(20, 27)), list(range(30, 50))],
+                    [SHARED + [3, 4], SHARED + list(range(5, 13)), SHARED + [33]]):
+        assert _check_reads(cm, prompts, [6, 5, 5]) == {"stop", "length"}
+
+
+def test_sliding_window_models_read_on_the_prompts_and_prefill_whole():
+    """A sliding window keeps fewer columns than it was fed: no shared-start pre-fill, no reads on the decode's
+    cache; the reads run on the kept prompts and still equal a plain forward."""
+    from transformers import Gemma3TextConfig
+
+    cm = _random_model(Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                                        layer_types=["sliding_attention", "full_attention"], pad_token_id=0))
+    assert not generation.plain_layers(generation.new_cache(cm.model, 4))
+    with torch.inference_mode():
+        _, _, state = generation.prefill(cm, [SHARED + [3, 4], SHARED + [5]])
+    assert state.mask.shape[1] == len(SHARED) + 2 and state.mask[1, 0] == 0  # left-padded whole, not shared
+    assert _check_reads(cm, [SHARED + [3, 4], SHARED + list(range(5, 13))], [3, 3])
