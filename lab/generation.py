@@ -175,7 +175,8 @@ def left_pad(rows: list[list[int]], pad_id: int, device):
 
 
 def cache_kwarg(model) -> str:
-    """transformers 5.24 renamed `past_key_values` to `cache`; older 5.x (e.g. a GPU image's 5.17) only knows the old name."""
+    """transformers 5.24 renamed `past_key_values` to `cache`; older 5.x (e.g. a GPU image's 5.17) only knows the
+    old name."""
     import inspect
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -306,8 +307,9 @@ def shared_prefix(prompts: list[list[int]]) -> int:
 def prefill(cm: models.ChatModel, prompts: list[list[int]], reserve: int = 0):
     """Run the prompts through the model once. -> (last-position logits [P, V], the cache (room for `reserve`
     more positions), PromptState). Where the prompts share a long start (SHARED_PREFIX_MIN tokens: the self-scoring
-    rubric, a judge's instructions) and the model's layers are plain (plain_layers) it runs once and its keys and values are copied to every row; the rest of each
-    prompt follows, left-padded, the gap masked and positions continuing from the shared part. The state holds
+    rubric, a judge's instructions) and the model's layers are plain (plain_layers), that start runs once and its
+    keys and values are copied to every row; the rest of each prompt follows, left-padded, the gap masked and
+    positions continuing from the shared part. The state holds
     views of the cache's prefill tensors, which later updates write past (or replace), so it stays valid while the
     cache grows."""
     import torch
@@ -360,8 +362,6 @@ def read_whole(cm: models.ChatModel, texts: list[list[int]], ids: tuple[int, ...
     """P(ids) after each token list (prompt + tail), renormalised over ids: one plain forward pass, left-padded, no
     cache reused. For models whose layers are not plain (plain_layers): a sliding window counts the masked gap
     between a cached prompt and a tail as columns, so those reads could not run on a cache."""
-    import torch
-
     x, mask = left_pad(texts, cm.tokenizer.pad_token_id, cm.device)
     logits = cm.model(input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                       logits_to_keep=1).logits[:, -1]
@@ -604,8 +604,8 @@ def vllm_units(cm: models.ChatModel, units: list[tuple[int, list[int]]], encoded
                ) -> list[list[Completion]]:
     """Every (prompt index, sample indices) unit in one vLLM call: unit u answers encoded[units[u][0]] with the
     adapter folder adapters[u] (None: the base), its samples seeded by salts[u] (None: a hash of the prompt's
-    tokens). on_result(u, sample index, completion) as each arrives (in any order); info gets engine_vllm's totals. -> completions per unit,
-    in sample index order."""
+    tokens). on_result(u, sample index, completion) as each arrives (in any order); info gets engine_vllm's totals.
+    -> completions per unit, in sample index order."""
     folders = {str(a): a for a in adapters if a is not None}
     names = {key: f"adapter{n}" for n, key in enumerate(sorted(folders))}
     comps = engine_vllm.generate(
