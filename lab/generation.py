@@ -309,8 +309,8 @@ def prefill(cm: models.ChatModel, prompts: list[list[int]], reserve: int = 0):
     more positions), PromptState). Where the prompts share a long start (SHARED_PREFIX_MIN tokens: the self-scoring
     rubric, a judge's instructions) and the model's layers are plain (plain_layers), that start runs once and its
     keys and values are copied to every row; the rest of each prompt follows, left-padded, the gap masked and
-    positions continuing from the shared part. The state holds
-    views of the cache's prefill tensors, which later updates write past (or replace), so it stays valid while the
+    positions continuing from the shared part. The state holds shallow copies of the cache's layers as the pre-fill
+    left them: their tensors are views that later updates write past (or replace), so it stays valid while the
     cache grows."""
     import torch
 
