@@ -62,8 +62,8 @@ class RankConfig(Settings):
                       "weights: its rankings are noise)", label="Ranker")
     batch_size: int = opt(32, "ordered response pairs per forward pass (K responses give K*(K-1) per instruction)",
                           label="Pairs per pass")
-    quantize: str = opt("none", "int8: dynamic int8 quantization of the linear layers, CPU only: ~3x faster on "
-                        "CPUs with bf16 units (~2x on others), rankings that agree with fp32 (bench/rank.py)",
+    quantize: str = opt("none", "int8: dynamic int8 quantization of the linear layers, CPU only: 2-2.6x faster on "
+                        "CPUs with bf16 units (~1.9x on others), rankings that agree with fp32 (bench/rank.py)",
                         ("none", "int8"), label="Quantize (CPU)")
     device: str = opt("auto", DEVICE_HELP)
     dtype: str = opt("auto", DTYPE_HELP)
