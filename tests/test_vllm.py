@@ -318,11 +318,13 @@ def lora_adapters(bundled, tmp_path_factory):
     base = AutoModelForCausalLM.from_pretrained(bundled.path, dtype="float32")
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, init_lora_weights=False, task_type="CAUSAL_LM")
     get_peft_model(base, cfg).save_pretrained(root / "random")
-    run = Run.open(str(root / "run"))
-    write_pairs(run.pairs_file("judge"), [pair(i) for i in instructions("train")[:4]])
-    dpo = train_adapter(run, "judge", "dpo", TrainConfig(model="bundled", max_steps=2, batch_size=2, lr=1e-3,
-                                                         warmup_ratio=0.0, max_length=256,
-                                                         gradient_checkpointing=False, eval_fraction=0.0))
+    with pytest.MonkeyPatch.context() as mp:  # run names are plain names under the runs root
+        mp.setenv("LAB_RUNS_DIR", str(root / "runs"))
+        run = Run.open("run")
+        write_pairs(run.pairs_file("judge"), [pair(i) for i in instructions("train")[:4]])
+        dpo = train_adapter(run, "judge", "dpo", TrainConfig(model="bundled", max_steps=2, batch_size=2, lr=1e-3,
+                                                             warmup_ratio=0.0, max_length=256,
+                                                             gradient_checkpointing=False, eval_fraction=0.0))
     return {"random": root / "random", "dpo": dpo}
 
 
