@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -295,13 +296,7 @@ def shared_prefix(prompts: list[list[int]]) -> int:
     """How many leading tokens every prompt shares (less one, so each prompt keeps a token of its own)."""
     if len(prompts) < 2:
         return 0
-    first, n = prompts[0], min(len(p) for p in prompts) - 1
-    for p in prompts[1:]:
-        same = 0
-        while same < n and p[same] == first[same]:
-            same += 1
-        n = same
-    return max(n, 0)
+    return max(0, min(len(os.path.commonprefix(prompts)), min(map(len, prompts)) - 1))
 
 
 def prefill(cm: models.ChatModel, prompts: list[list[int]], reserve: int = 0):
@@ -438,12 +433,8 @@ class _Batch:
         early, e.g. a judgment whose leading space was stripped, must not widen everyone's pass). last: the decode
         is over, so a pass over every row may extend the batch's own cache instead of a copy.
         -> [len(local)][len(ids)]."""
-        reuse = []
-        for row, tail, f in zip(self.rows[local].tolist(), tails, fed):
-            made, same = self.tokens[row], 0
-            while same < min(len(made), f, len(tail) - 1) and made[same] == tail[same]:
-                same += 1
-            reuse.append(same)
+        reuse = [len(os.path.commonprefix([self.tokens[row][:f], tail[:-1]]))  # the tail keeps a token to run
+                 for row, tail, f in zip(self.rows[local].tolist(), tails, fed)]
         groups: dict[int, list[int]] = {}
         for n, (tail, r) in enumerate(zip(tails, reuse)):
             groups.setdefault((len(tail) - r - 1).bit_length(), []).append(n)  # rests of 1, 2, 3-4, 5-8 ... tokens
