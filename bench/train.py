@@ -202,8 +202,10 @@ def drive(args, cuda: bool) -> dict:
     else:
         model_path = models.resolve(args.cpu_model)
     pairs = Path(tempfile.mkdtemp(prefix="bench-pairs-")) / "pairs.jsonl"
-    # ~420 tokens per sequence on cuda (prompt ~100 + answer ~320), ~120 on cpu
-    write_pairs(pairs, args.steps * args.batch_size, *((70, 250) if cuda else (20, 60)))
+    # ~420 tokens per sequence on cuda (prompt ~100 + answer ~320), ~120 on cpu. With --precompute-ref the steps
+    # pass over the pairs twice: the lab precomputes only where training passes over its pairs more than once
+    passes = 2 if args.precompute_ref else 1
+    write_pairs(pairs, max(1, args.steps * args.batch_size // passes), *((70, 250) if cuda else (20, 60)))
     results: dict[str, list[dict]] = {"lab": [], "trl": []}
     for r in range(args.repeats):
         for side in (("lab", "trl") if r % 2 == 0 else ("trl", "lab")):

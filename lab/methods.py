@@ -4,7 +4,7 @@ METHODS is the registry the settings (TrainConfig.method), the app's menus, the 
 read. A method says:
   - label: its name in the app;
   - reference: whether it trains against a frozen reference model (DPO, KTO: the base with the adapter disabled, or
-    the adapter it continues from) or is reference-free (SimPO, ORPO: no reference pass, --precompute-ref refused);
+    the adapter it continues from) or is reference-free (SimPO, ORPO: no reference pass, nothing to precompute);
   - trainer(): TRL's trainer and config classes (imported only when training);
   - args(cfg): the method's own TRL config fields, from the lab's TrainConfig;
   - rows(records): the training rows TRL wants from lab.pairs records (paired prompt/chosen/rejected for DPO; one
@@ -94,11 +94,11 @@ def _orpo_trainer():
 
 
 def _dpo_args(cfg) -> dict:
-    return {"beta": cfg.beta, "loss_type": cfg.losses(), "precompute_ref_log_probs": cfg.precompute_ref}
+    return {"beta": cfg.beta, "loss_type": cfg.losses()}
 
 
 def _kto_args(cfg) -> dict:
-    return {"beta": cfg.beta, "loss_type": cfg.losses()[0], "precompute_ref_log_probs": cfg.precompute_ref}
+    return {"beta": cfg.beta, "loss_type": cfg.losses()[0]}
 
 
 def _simpo_args(cfg) -> dict:

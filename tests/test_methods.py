@@ -3,6 +3,8 @@
 Each trains a couple of steps, writes an adapter that loads and changes the model, logs its own metrics, and its card
 names it. KTO's rows come from pairs (one desirable, one undesirable) with spot-check verdicts as labels.
 """
+from pathlib import Path
+
 import pytest
 
 from lab.adapters import read_metrics, read_state
@@ -46,9 +48,13 @@ def test_each_method_trains_and_its_adapter_loads_and_differs_from_the_base(run,
     assert run.stage_settings("train")["method"] == method
 
 
-def test_reference_free_methods_refuse_a_reference_precompute_and_kto_takes_one_loss():
-    with pytest.raises(LabError, match="reference-free"):
-        TrainConfig(method="simpo", precompute_ref=True).validate()
+def test_reference_free_methods_get_no_reference_precompute_and_kto_takes_one_loss():
+    from lab.train import trainer_args
+
+    simpo = TrainConfig(method="simpo", epochs=3.0).validate()  # precompute_ref on (the default): nothing to do
+    assert not hasattr(trainer_args(simpo, Path("/tmp/unused"), "cpu", 16, False), "precompute_ref_log_probs")
+    assert trainer_args(TrainConfig(method="kto", epochs=3.0), Path("/tmp/unused"), "cpu", 16,
+                        False).precompute_ref_log_probs is True
     with pytest.raises(LabError, match="takes one of kto, apo_zero_unpaired"):
         TrainConfig(method="kto", loss_type="kto,apo_zero_unpaired").validate()
     with pytest.raises(LabError, match="--method orpo takes one of orpo"):

@@ -118,6 +118,63 @@ def test_continuing_from_an_adapter_uses_it_as_reference(run, pairs):
     assert run.adapters() == ["r1", "r2"]
 
 
+def test_reference_log_probs_are_precomputed_only_where_training_passes_over_the_pairs_again():
+    from lab.train import precomputes_ref
+
+    dpo = TrainConfig(**TINY, epochs=2.0)  # precompute_ref is on by default
+    assert precomputes_ref(dpo, 16, 1)
+    assert not precomputes_ref(TrainConfig(**TINY, epochs=1.0), 16, 1)  # one pass: the reference runs once anyway
+    assert not precomputes_ref(TrainConfig(**TINY, max_steps=8), 16, 1)  # 8 steps x 2 = 16 rows: one pass
+    assert precomputes_ref(TrainConfig(**TINY, max_steps=9), 16, 1)
+    assert not precomputes_ref(TrainConfig(**TINY, max_steps=4, grad_accum=2), 16, 1)
+    assert not precomputes_ref(TrainConfig(**TINY, max_steps=5), 16, 1)  # 10 of the 16 rows
+    assert precomputes_ref(TrainConfig(**TINY, max_steps=5), 16, 2)  # 2 processes x 2 x 5 = 20 rows
+    assert not precomputes_ref(TrainConfig(**TINY, epochs=2.0, precompute_ref=False), 16, 1)
+    assert not precomputes_ref(TrainConfig(**TINY, epochs=2.0, method="simpo").validate(), 16, 1)  # no reference
+
+
+def test_a_precomputed_reference_is_the_adapter_a_training_continues_from(run, pairs):
+    first = train_adapter(run, "judge", "r1", TrainConfig(**TINY, max_steps=4))
+    assert read_state(first)["reference_precomputed"] is False  # 4 steps x 2 of 16 pairs: one pass
+    second = train_adapter(run, "judge", "r2", TrainConfig(**TINY, max_steps=12), init_adapter="r1")
+    assert read_state(second)["reference_precomputed"] is True  # 24 rows of 16 pairs: two passes
+    first_line = read_jsonl(second / "metrics.jsonl")[0]
+    # the reference is r1 (not the plain base, whose log-probs r1's 4 steps moved): rewards start at 0
+    assert first_line["rewards/chosen"] == pytest.approx(0.0, abs=1e-4)
+    assert first_line["loss"] == pytest.approx(0.6931, abs=1e-3)
+    later = [m for m in read_jsonl(second / "metrics.jsonl") if m["split"] == "train"][-1]
+    assert later["rewards/margins"] > 0  # and it trains on
+
+
+def test_cpu_training_projects_only_the_answer_tokens_to_the_same_log_probs(monkeypatch):
+    import torch
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from lab.train import score_answer_tokens_only
+
+    # TRL's own switch for this test (a training earlier in the session extended it), restored after it
+    monkeypatch.setattr(trl_utils, "_use_triton", getattr(trl_utils._use_triton, "trl_original", trl_utils._use_triton))
+    model = AutoModelForCausalLM.from_pretrained(models.resolve("tiny-random"), dtype="float32").eval()
+    trl_utils.add_fused_lm_head(model)
+    torch.manual_seed(0)
+    ids = torch.randint(10, 200, (2, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100  # the prompt
+    labels[1, -3:] = -100  # padding
+    rows = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *a: rows.append(hidden.shape[0]) or apply(hidden, *a))
+    with torch.no_grad():
+        full = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+        assert score_answer_tokens_only() and score_answer_tokens_only()  # the installed TRL has the switch; once
+        compact = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+    assert rows == [2 * 11, int((labels[:, 1:] != -100).sum())]  # every shifted position, then the labelled ones
+    torch.testing.assert_close(compact, full)
+    assert compact[0, :4].abs().sum() == 0 and compact[0, 4:].abs().min() > 0
+
+
 def test_eval_slice_holds_out_whole_instructions(run):
     rows = [pair(i) for i in instructions("train")[:20]]
     rows += [{**r, "chosen": [{"role": "assistant", "content": "Certainly! Sure."}]} for r in rows]  # 2 per prompt
