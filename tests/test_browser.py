@@ -184,6 +184,28 @@ def test_bad_input_shows_a_message_not_a_crash(page, server):
     panel(page).get_by_label("Bundled set (offline)").check()
 
 
+def test_an_uploaded_instruction_file_is_sampled(page, server, tmp_path):
+    """The Sample tab's file box (lab.ui.common.upload_file: it refuses URLs) takes a real upload."""
+    src = tmp_path / "my-instructions.txt"
+    src.write_text("Name a colour.\nName a fruit.\n", encoding="utf-8")
+    choose_run(page, "browser-upload")
+    open_tab(page, "Sample")
+    panel(page).get_by_label("My file").check()
+    panel(page).locator("input[type=file]").set_input_files(str(src))
+    wait_for_text(page, "my-instructions.txt")
+    pick_option(page, "Model", "tiny-random")
+    set_number(page, "Instructions (N)", 2)
+    set_number(page, "Responses each (K)", 2)
+    set_number(page, "Max new tokens", 8)
+    click(page, "Sample")
+    wait_for_text(page, "Sampling finished.")
+    wait_for_text(page, "4 responses to 2 instructions")
+    shot(page, "04b-sample-upload")
+    panel(page).get_by_label("Bundled set (offline)").check()
+    choose_run(page, RUN)  # the pipeline's run again, for the tabs after this one
+    wait_for_text(page, "9 responses to 3 instructions", timeout_s=30)
+
+
 def test_a_bad_run_name_left_in_the_box_writes_no_traceback_while_it_polls(page, server):
     choose_run(page, "not a run!")
     wait_for_toast(page, "use 1-64 letters")  # refused once, as a toast (Gradio logs that refusal)

@@ -287,6 +287,38 @@ def check_instruction_file(path: Path, shown_as: str) -> None:
         raise gr.Error(page_text(ui_text(e).replace(str(path), shown_as))) from None
 
 
+URL_FILE_REFUSED = ("Files are uploaded from your computer, not fetched from a URL: download the file and upload "
+                    "it (or drop it on the box).")
+
+
+def upload_file(**kwargs) -> gr.File:
+    """A gr.File for what a visitor uploads. Gradio also accepts a URL as an input file's path (an API caller can
+    send one) and downloads it on the server before any handler runs, with no size cap (launch's max_file_size only
+    bounds uploads): on a public Space anyone could make the app fetch gigabytes into its disk. This box refuses
+    such a path with what to do instead; uploads pass as before. (The guard is set on the instance: Gradio writes a
+    .pyi stub next to the source of every Component subclass, so there is none.)"""
+    from gradio_client import utils as client_utils
+
+    box = gr.File(**kwargs)
+    move, move_async = box.move_resource_to_block_cache, box.async_move_resource_to_block_cache
+
+    def refuse_url(path) -> None:
+        if path is not None and client_utils.is_http_url_like(str(path)):
+            raise gr.Error(URL_FILE_REFUSED)
+
+    def move_upload(path):
+        refuse_url(path)
+        return move(path)
+
+    async def move_upload_async(path):
+        refuse_url(path)
+        return await move_async(path)
+
+    box.move_resource_to_block_cache, box.async_move_resource_to_block_cache = move_upload, move_upload_async
+    box.upload_only = True
+    return box
+
+
 def api_key_box(visible: bool = True) -> gr.Textbox:
     """A visitor's own API key for an API judge: it stays in this browser tab and goes to the one job it starts."""
     return gr.Textbox("", type="password", label="API judge key (optional)", visible=visible,
