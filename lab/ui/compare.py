@@ -139,7 +139,7 @@ def build(ctx) -> CompareTab:
         source = gr.Radio(SOURCE_CHOICES, value="heldout", label="Held-out instructions", info=CompareConfig.help(
             "instructions"))
     upload = upload_file(label="Held-out file (.jsonl with a prompt field, .csv with a prompt column, .txt, .parquet, "
-                           ".arrow)", file_types=[".jsonl", ".csv", ".txt", ".parquet", ".arrow"], visible=False)
+                               ".arrow)", file_types=[".jsonl", ".csv", ".txt", ".parquet", ".arrow"], visible=False)
     fields = _settings_inputs()
     scorer_note = gr.Markdown(NO_SCORER)
     api_key = api_key_box(visible=False)  # shown when an API judge or scorer is picked

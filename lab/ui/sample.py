@@ -54,8 +54,8 @@ def _settings_inputs() -> tuple[dict, gr.Radio, gr.File]:
                           min_width=300)
     with gr.Row():
         upload = upload_file(label="Instruction file (.jsonl with a prompt field, .csv with a prompt column, .txt, "
-                               ".parquet or .arrow; LIMA-style conversations too)",
-                         file_types=[".jsonl", ".csv", ".txt", ".parquet", ".arrow"], visible=False)
+                                   ".parquet or .arrow; LIMA-style conversations too)",
+                             file_types=[".jsonl", ".csv", ".txt", ".parquet", ".arrow"], visible=False)
         column = forms.input_for(SampleConfig, "instruction_column", visible=False, placeholder="prompt")
     with gr.Row():
         counts = forms.inputs(SampleConfig, ["n", "k", "max_new_tokens"], n=dict(value=20, minimum=1),
