@@ -185,7 +185,7 @@ def test_bad_input_shows_a_message_not_a_crash(page, server):
 
 
 def test_an_uploaded_instruction_file_is_sampled(page, server, tmp_path):
-    """The Sample tab's file box (lab.ui.common.upload_file: it refuses URLs) takes a real upload."""
+    """The Sample tab's file box takes a real upload (lab.ui.common.refuse_url_files refuses URLs only)."""
     src = tmp_path / "my-instructions.txt"
     src.write_text("Name a colour.\nName a fruit.\n", encoding="utf-8")
     choose_run(page, "browser-upload")

@@ -198,29 +198,34 @@ def test_an_export_is_served_from_a_temp_copy(run):
 
 
 # ---- files the server would fetch ------------------------------------------------------------------------------------
-def test_an_input_file_given_as_a_url_is_refused_before_the_server_fetches_it(tmp_path):
+URL_FILE = {"path": "https://example.com/ten-gigabytes.bin", "meta": {"_type": "gradio.FileData"}}
+
+
+def test_no_input_of_the_app_makes_the_server_fetch_a_url(tmp_path):
+    """Gradio moves every FileData in every event input into the component's cache before a handler runs, fetching
+    a URL path (a Textbox's value or the chat history as well as a file box's): after build_app none is fetched."""
     import asyncio
 
     import gradio as gr
     from gradio import processing_utils
 
     from lab.ui import build_app
-    from lab.ui.common import URL_FILE_REFUSED, upload_file
+    from lab.ui.common import URL_FILE_REFUSED
 
-    upload = upload_file()
-    url = {"path": "https://example.com/ten-gigabytes.jsonl", "meta": {"_type": "gradio.FileData"}}
-    with pytest.raises(gr.Error) as refused:  # what Gradio runs on an input's files before any handler
-        asyncio.run(processing_utils.async_move_files_to_cache(url, upload, check_in_upload_folder=True))
-    assert refused.value.message == URL_FILE_REFUSED
+    app = build_app()
+    inputs = {b._id: b for fn in app.fns.values() for b in fn.inputs}
+    kinds = {type(b).__name__ for b in inputs.values()}
+    assert {"File", "Chatbot", "Textbox", "Dropdown", "Number"} <= kinds, kinds
+    for block in inputs.values():
+        with pytest.raises(gr.Error) as refused:  # what Gradio runs on an input's value before any handler
+            asyncio.run(processing_utils.async_move_files_to_cache(URL_FILE, block, check_in_upload_folder=True))
+        assert refused.value.message == URL_FILE_REFUSED, type(block).__name__
+    upload = next(b for b in inputs.values() if isinstance(b, gr.File))
     with pytest.raises(gr.Error):
         upload.move_resource_to_block_cache("http://example.com/x.csv")
     local = tmp_path / "mine.jsonl"
     local.write_text('{"prompt": "Say hi."}\n')
-    cached = upload.move_resource_to_block_cache(str(local))  # a file on the server (an upload) still passes
-    assert Path(cached).read_text() == local.read_text()
-    files = [b for b in build_app().blocks.values() if isinstance(b, gr.File)]
-    assert files and all(getattr(b, "upload_only", False) for b in files if b.interactive is not False)
-    assert sum(getattr(b, "upload_only", False) for b in files) == 2  # Sample's instructions, Compare's held-out
+    assert Path(upload.move_resource_to_block_cache(str(local))).read_text() == local.read_text()  # a file passes
 
 
 def test_the_running_app_answers_a_url_for_a_file_with_what_to_do(runs_dir):
@@ -233,10 +238,11 @@ def test_the_running_app_answers_a_url_for_a_file_with_what_to_do(runs_dir):
     app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_kwargs())
     try:
         client = Client(app.local_url, verbose=False)
-        with pytest.raises(Exception) as refused:
-            client.predict("url-file", "tiny-random", "file", handle_file("https://example.com/big.jsonl"), 2, 2,
-                           0.8, 0.95, 8, 0, 4, "", api_name="/start_sampling")
-        assert URL_FILE_REFUSED in str(refused.value)
+        url = handle_file(URL_FILE["path"])
+        for args in (("url-file", "tiny-random", "file", url), (url, "tiny-random", "bundled", None)):  # file, run
+            with pytest.raises(Exception) as refused:
+                client.predict(*args, 2, 2, 0.8, 0.95, 8, 0, 4, "", api_name="/start_sampling")
+            assert URL_FILE_REFUSED in str(refused.value)
     finally:
         app.close()
     assert not Run.open("url-file").path.exists()

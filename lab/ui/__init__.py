@@ -18,7 +18,7 @@ import gradio as gr
 from lab import jobs, limits
 from lab.errors import LabError
 from lab.store import validate_run_name
-from lab.ui import views, visitors
+from lab.ui import common, views, visitors
 from lab.ui.style import CSS, HEAD
 from lab.ui.wording import say
 
@@ -74,6 +74,7 @@ def _remember(name: str | None):
 
 def build_app() -> gr.Blocks:
     limits.seal_owner_token()  # a hosted app: the owner's Hub token leaves os.environ (lab.limits)
+    common.refuse_url_files()  # no input makes the server fetch a URL
     with gr.Blocks(title="Preference Lab") as app:
         gr.Markdown(INTRO)
         ctx = _run_picker()

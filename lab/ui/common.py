@@ -291,32 +291,35 @@ URL_FILE_REFUSED = ("Files are uploaded from your computer, not fetched from a U
                     "it (or drop it on the box).")
 
 
-def upload_file(**kwargs) -> gr.File:
-    """A gr.File for what a visitor uploads. Gradio also accepts a URL as an input file's path (an API caller can
-    send one) and downloads it on the server before any handler runs, with no size cap (launch's max_file_size only
-    bounds uploads): on a public Space anyone could make the app fetch gigabytes into its disk. This box refuses
-    such a path with what to do instead; uploads pass as before. (The guard is set on the instance: Gradio writes a
-    .pyi stub next to the source of every Component subclass, so there is none.)"""
+def refuse_url_files() -> None:
+    """Gradio fetches a URL that arrives as a file's path (`{"path": "https://...", "meta": {"_type":
+    "gradio.FileData"}}`) into its cache on the server, and it does so for *any* event input, a Textbox or the chat
+    history included, before a handler runs and with no size cap (launch's max_file_size only bounds uploads): an API
+    caller could make a public Space fetch gigabytes into its disk. The app never needs the server to fetch a URL
+    (files are uploaded; models come through huggingface_hub), so moving a URL into a component's cache is refused
+    with what to do instead; uploads and the app's own files move as before. Installed once, by build_app, on
+    Gradio's Block (every component inherits both methods)."""
+    from gradio.blocks import Block
     from gradio_client import utils as client_utils
 
-    box = gr.File(**kwargs)
-    move, move_async = box.move_resource_to_block_cache, box.async_move_resource_to_block_cache
+    if getattr(Block.move_resource_to_block_cache, "refuses_urls", False):
+        return
+    move, move_async = Block.move_resource_to_block_cache, Block.async_move_resource_to_block_cache
 
-    def refuse_url(path) -> None:
+    def refuse(path) -> None:
         if path is not None and client_utils.is_http_url_like(str(path)):
             raise gr.Error(URL_FILE_REFUSED)
 
-    def move_upload(path):
-        refuse_url(path)
-        return move(path)
+    def move_local(self, url_or_file_path):
+        refuse(url_or_file_path)
+        return move(self, url_or_file_path)
 
-    async def move_upload_async(path):
-        refuse_url(path)
-        return await move_async(path)
+    async def move_local_async(self, url_or_file_path):
+        refuse(url_or_file_path)
+        return await move_async(self, url_or_file_path)
 
-    box.move_resource_to_block_cache, box.async_move_resource_to_block_cache = move_upload, move_upload_async
-    box.upload_only = True
-    return box
+    move_local.refuses_urls = move_local_async.refuses_urls = True
+    Block.move_resource_to_block_cache, Block.async_move_resource_to_block_cache = move_local, move_local_async
 
 
 def api_key_box(visible: bool = True) -> gr.Textbox:

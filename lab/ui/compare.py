@@ -21,8 +21,8 @@ from lab.errors import LabError
 from lab.judge_backends import API_BACKENDS, BACKENDS
 from lab.store import Run
 from lab.ui import forms, grid
-from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, labels_view, open_run, \
-    start_job, typed_key_env, upload_file, upload_into, wire_job_panel, wire_start
+from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, labels_view, open_run, start_job, \
+    typed_key_env, upload_into, wire_job_panel, wire_start
 from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 
@@ -138,8 +138,8 @@ def build(ctx) -> CompareTab:
         adapters = gr.CheckboxGroup([], label="Adapters", info="none ticked = every adapter of the run")
         source = gr.Radio(SOURCE_CHOICES, value="heldout", label="Held-out instructions", info=CompareConfig.help(
             "instructions"))
-    upload = upload_file(label="Held-out file (.jsonl with a prompt field, .csv with a prompt column, .txt, .parquet, "
-                               ".arrow)", file_types=[".jsonl", ".csv", ".txt", ".parquet", ".arrow"], visible=False)
+    upload = gr.File(label="Held-out file (.jsonl with a prompt field, .csv with a prompt column, .txt, .parquet, "
+                           ".arrow)", file_types=[".jsonl", ".csv", ".txt", ".parquet", ".arrow"], visible=False)
     fields = _settings_inputs()
     scorer_note = gr.Markdown(NO_SCORER)
     api_key = api_key_box(visible=False)  # shown when an API judge or scorer is picked

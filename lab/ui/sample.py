@@ -14,8 +14,8 @@ import gradio as gr
 from lab.sample import SampleConfig, groups, summarize
 from lab.store import Run
 from lab.ui import forms
-from lab.ui.common import JobPanel, checked, job_panel, noise_md, open_run, start_job, upload_file, upload_into, \
-    wire_job_panel, wire_start
+from lab.ui.common import JobPanel, checked, job_panel, noise_md, open_run, start_job, upload_into, wire_job_panel, \
+    wire_start
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 
 MODEL_CHOICES = [
@@ -53,9 +53,9 @@ def _settings_inputs() -> tuple[dict, gr.Radio, gr.File]:
         source = gr.Radio(SOURCE_CHOICES, value="bundled", label="Instructions", info=SampleConfig.help("instructions"),
                           min_width=300)
     with gr.Row():
-        upload = upload_file(label="Instruction file (.jsonl with a prompt field, .csv with a prompt column, .txt, "
-                                   ".parquet or .arrow; LIMA-style conversations too)",
-                             file_types=[".jsonl", ".csv", ".txt", ".parquet", ".arrow"], visible=False)
+        upload = gr.File(label="Instruction file (.jsonl with a prompt field, .csv with a prompt column, .txt, "
+                               ".parquet or .arrow; LIMA-style conversations too)",
+                         file_types=[".jsonl", ".csv", ".txt", ".parquet", ".arrow"], visible=False)
         column = forms.input_for(SampleConfig, "instruction_column", visible=False, placeholder="prompt")
     with gr.Row():
         counts = forms.inputs(SampleConfig, ["n", "k", "max_new_tokens"], n=dict(value=20, minimum=1),
