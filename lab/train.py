@@ -368,12 +368,15 @@ def planned_steps(config: TrainConfig, n_train: int, world: int) -> int:
 
 def precomputes_ref(config: TrainConfig, n_train: int, world: int) -> bool:
     """Whether the reference log-probs are computed in one pass before training (TRL's precompute_ref_log_probs):
-    --precompute-ref (the default), a method with a reference, and more than one pass over the pairs. With one pass
-    the reference runs once per pair either way, and a separate pass would only add a start-up wait (and, under
-    --max-steps, compute pairs the steps never reach)."""
-    if not (config.precompute_ref and METHODS[config.method].reference):
+    --precompute-ref (the default), a method with a reference, one process, and more steps than one pass over the
+    n_train rows takes. With one pass the reference runs once per row either way, and a separate pass would only add
+    a start-up wait (and, under --max-steps, compute rows the steps never reach). Several processes (accelerate
+    launch) compute it in every step: TRL keeps the precomputed values in a cache file named per process for
+    in-memory data sets, which the other processes cannot find."""
+    if not (config.precompute_ref and METHODS[config.method].reference) or world > 1:
         return False
-    return planned_steps(config, n_train, world) * config.batch_size * config.grad_accum * world > n_train
+    return planned_steps(config, n_train, world) > planned_steps(replace(config, max_steps=-1, epochs=1.0), n_train,
+                                                                 world)
 
 
 def trainer_args(config: TrainConfig, out: Path, device: str, n_train: int, has_eval: bool):
@@ -481,6 +484,8 @@ def build_trainer(model, tok, config: TrainConfig, out: Path, device: str, train
         score_answer_tokens_only()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rows = to_dataset(train, config.method)  # KTO: two rows per pair
+    if precomputes_ref(config, len(rows), int(os.environ.get("WORLD_SIZE", "1"))):
+        progress.loading("the reference's log-probs (one pass over the pairs)")  # the trainer computes them at init
     trainer = trainer_cls(
         model, args=trainer_args(config, out, device, len(rows), bool(held)), train_dataset=rows,
         eval_dataset=to_dataset(held, config.method) if held else None, processing_class=tok,

@@ -228,6 +228,24 @@ def test_no_input_of_the_app_makes_the_server_fetch_a_url(tmp_path):
     assert Path(upload.move_resource_to_block_cache(str(local))).read_text() == local.read_text()  # a file passes
 
 
+def test_a_url_sent_as_a_stream_is_not_fetched_and_the_upload_step_refuses_it(run):
+    import asyncio
+
+    import gradio as gr
+    from gradio import processing_utils
+
+    from lab.ui.common import URL_FILE_REFUSED, refuse_url_files, upload_into
+
+    refuse_url_files()
+    stream = {**URL_FILE, "is_stream": True}  # Gradio leaves a stream's path as it is: the handler gets the URL
+    value = asyncio.run(processing_utils.async_move_files_to_cache(stream, gr.File(), check_in_upload_folder=True))
+    assert value["path"] == URL_FILE["path"]
+    with pytest.raises(gr.Error) as refused:
+        with upload_into(run, value["path"]):
+            pass
+    assert refused.value.message == URL_FILE_REFUSED and not run.upload_path(".bin", "instructions").exists()
+
+
 def test_the_running_app_answers_a_url_for_a_file_with_what_to_do(runs_dir):
     from gradio_client import Client, handle_file
 

@@ -128,7 +128,10 @@ def test_reference_log_probs_are_precomputed_only_where_training_passes_over_the
     assert precomputes_ref(TrainConfig(**TINY, max_steps=9), 16, 1)
     assert not precomputes_ref(TrainConfig(**TINY, max_steps=4, grad_accum=2), 16, 1)
     assert not precomputes_ref(TrainConfig(**TINY, max_steps=5), 16, 1)  # 10 of the 16 rows
-    assert precomputes_ref(TrainConfig(**TINY, max_steps=5), 16, 2)  # 2 processes x 2 x 5 = 20 rows
+    assert not precomputes_ref(TrainConfig(**TINY, epochs=1.0), 17, 1)  # 9 steps, the last one a partial batch
+    assert not precomputes_ref(TrainConfig(**TINY, max_steps=9), 17, 1) and precomputes_ref(
+        TrainConfig(**TINY, max_steps=10), 17, 1)
+    assert not precomputes_ref(TrainConfig(**TINY, epochs=2.0), 16, 2)  # several processes: per-step reference
     assert not precomputes_ref(TrainConfig(**TINY, epochs=2.0, precompute_ref=False), 16, 1)
     assert not precomputes_ref(TrainConfig(**TINY, epochs=2.0, method="simpo").validate(), 16, 1)  # no reference
 
@@ -168,7 +171,9 @@ def test_cpu_training_projects_only_the_answer_tokens_to_the_same_log_probs(monk
                         lambda hidden, *a: rows.append(hidden.shape[0]) or apply(hidden, *a))
     with torch.no_grad():
         full = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
-        assert score_answer_tokens_only() and score_answer_tokens_only()  # the installed TRL has the switch; once
+        original = trl_utils._use_triton
+        assert score_answer_tokens_only() and score_answer_tokens_only()  # the installed TRL has the switch
+        assert trl_utils._use_triton.trl_original is original  # extended once, not wrapped twice
         compact = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
     assert rows == [2 * 11, int((labels[:, 1:] != -100).sum())]  # every shifted position, then the labelled ones
     torch.testing.assert_close(compact, full)

@@ -257,10 +257,18 @@ def admit(argv: list[str]):
     return cfg
 
 
+URL_FILE_REFUSED = ("Files are uploaded from your computer, not fetched from a URL: download the file and upload "
+                    "it (or drop it on the box).")
+
+
 @contextmanager
 def upload_into(run: Run, upload: str, kind: str = "instructions") -> Iterator[Path]:
     """Keep a file uploaded in the page with the run (Run.save_upload) for the block, which starts the job that reads
     it. If the block fails (a refused setting, a cap), the run's previous upload is put back: nothing changes."""
+    from gradio_client import utils as client_utils
+
+    if client_utils.is_http_url_like(str(upload)):  # a URL sent as a stream's path reaches here unfetched
+        raise gr.Error(URL_FILE_REFUSED)
     checked(limits.check_upload, upload)
     dest = run.upload_path(Path(upload).suffix.lower(), kind)
     before = dest.read_bytes() if dest.exists() else None
@@ -285,10 +293,6 @@ def check_instruction_file(path: Path, shown_as: str) -> None:
         load_instructions(str(path))
     except LabError as e:
         raise gr.Error(page_text(ui_text(e).replace(str(path), shown_as))) from None
-
-
-URL_FILE_REFUSED = ("Files are uploaded from your computer, not fetched from a URL: download the file and upload "
-                    "it (or drop it on the box).")
 
 
 def refuse_url_files() -> None:
