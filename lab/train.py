@@ -114,8 +114,9 @@ class TrainConfig(Settings):
     gradient_checkpointing: bool = opt(True, "recompute activations in the backward pass: far less memory, ~30% "
                                        "slower on a GPU (not slower on CPU)", label="Gradient checkpointing")
     precompute_ref: bool = opt(True, "compute the reference's log-probs in one pass before training wherever the "
-                               "training passes over its pairs more than once (epochs > 1): later passes do not run "
-                               "the reference again (~25% of a step on CPU); methods without a reference skip it",
+                               "training passes over its pairs more than once (epochs > 1) in one process: later "
+                               "passes do not run the reference again (~25% of a step on CPU); methods without a "
+                               "reference skip it",
                                label="Precompute reference (multi-pass)")
     resume: bool = opt(True, "continue an interrupted training of the same adapter from its last checkpoint",
                        label="Resume")
