@@ -483,15 +483,15 @@ def build_trainer(model, tok, config: TrainConfig, out: Path, device: str, train
     trainer_cls, _ = METHODS[config.method].trainer()
     if device == "cpu":
         score_answer_tokens_only()
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     rows = to_dataset(train, config.method)  # KTO: two rows per pair
-    if precomputes_ref(config, len(rows), int(os.environ.get("WORLD_SIZE", "1"))):
+    if precomputes_ref(config, len(rows), world):
         progress.loading("the reference's log-probs (one pass over the pairs)")  # the trainer computes them at init
     trainer = trainer_cls(
         model, args=trainer_args(config, out, device, len(rows), bool(held)), train_dataset=rows,
         eval_dataset=to_dataset(held, config.method) if held else None, processing_class=tok,
         peft_config=None if isinstance(model, PeftModel) else lora_config(config),
-        callbacks=[metrics_callback(adapter_file(out, "metrics"), progress, distributed)])
+        callbacks=[metrics_callback(adapter_file(out, "metrics"), progress, world > 1)])
     trainer.remove_callback(PrinterCallback)  # with tqdm off it print()s every log dict onto the CLI's JSON stdout
     return trainer
 

@@ -107,6 +107,13 @@ def set_number(page, label: str, value) -> None:
     box.press("Tab")
 
 
+def sample_form(page, n: int, k: int, max_new_tokens: int, model: str = "tiny-random") -> None:
+    """Fill the Sample tab's model and sizes (the tab open in `page`)."""
+    pick_option(page, "Model", model)
+    for label, value in [("Instructions (N)", n), ("Responses each (K)", k), ("Max new tokens", max_new_tokens)]:
+        set_number(page, label, value)
+
+
 def click(page, button: str) -> None:
     panel(page).get_by_role("button", name=button, exact=True).click()
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.browser_helpers import AppServer, CHROMIUM, CHROMIUM_ARGS, box, boxes, choose_run, click, collect_toasts, \
-    field, open_tab, panel, pick_option, progress_of, set_number, shot, wait_for_text, wait_for_toast
+    field, open_tab, panel, pick_option, progress_of, sample_form, set_number, shot, wait_for_text, wait_for_toast
 from tests.fakeprovider import FakeProvider, json_verdict
 
 pytestmark = pytest.mark.browser
@@ -110,9 +110,7 @@ def test_sampling_progress_moves_and_the_form_survives_a_reload(page):
     """Progress inside the batches (tokens), then a reload mid-job: the form shows the running job's settings."""
     choose_run(page, SLOW_RUN)
     open_tab(page, "Sample")
-    pick_option(page, "Model", "tiny-random")
-    for label, value in [("Instructions (N)", 2), ("Responses each (K)", 2), ("Max new tokens", 900)]:
-        set_number(page, label, value)
+    sample_form(page, 2, 2, 900)
     panel(page).get_by_text("Decoding").click()
     set_number(page, "Batch size", 1)
     click(page, "Sample")
@@ -153,10 +151,7 @@ def wait_for_value(page, label: str, value: str, timeout_s: float = 30) -> None:
 def test_sample_tab_runs_a_job_and_shows_responses(page, server):
     choose_run(page, RUN)
     open_tab(page, "Sample")
-    pick_option(page, "Model", "tiny-random")
-    set_number(page, "Instructions (N)", 3)
-    set_number(page, "Responses each (K)", 3)
-    set_number(page, "Max new tokens", 12)
+    sample_form(page, 3, 3, 12)
     panel(page).get_by_text("Decoding").click()
     set_number(page, "Batch size", 64)
     click(page, "Sample")
@@ -193,10 +188,7 @@ def test_an_uploaded_instruction_file_is_sampled(page, server, tmp_path):
     panel(page).get_by_label("My file").check()
     panel(page).locator("input[type=file]").set_input_files(str(src))
     wait_for_text(page, "my-instructions.txt")
-    pick_option(page, "Model", "tiny-random")
-    set_number(page, "Instructions (N)", 2)
-    set_number(page, "Responses each (K)", 2)
-    set_number(page, "Max new tokens", 8)
+    sample_form(page, 2, 2, 8)
     click(page, "Sample")
     wait_for_text(page, "Sampling finished.")
     wait_for_text(page, "4 responses to 2 instructions")

@@ -241,8 +241,8 @@ def test_in_a_browser_a_visitor_keeps_their_run_across_a_reload_and_another_neve
     id is not made each visit); Bob's picker never lists it, and typing its name gets "No such run"."""
     from playwright.sync_api import sync_playwright
 
-    from tests.browser_helpers import AppServer, CHROMIUM, CHROMIUM_ARGS, choose_run, click, pick_option, \
-        set_number, shot, wait_for_text, wait_for_toast
+    from tests.browser_helpers import AppServer, CHROMIUM, CHROMIUM_ARGS, choose_run, click, sample_form, shot, \
+        wait_for_text, wait_for_toast
 
     (tmp_path / "runs").mkdir()
     server = AppServer(tmp_path / "runs", env=SPACE)
@@ -254,10 +254,7 @@ def test_in_a_browser_a_visitor_keeps_their_run_across_a_reload_and_another_neve
                 page.set_default_timeout(60_000)
                 page.goto(server.url)
             choose_run(alice, "alices-run")
-            pick_option(alice, "Model", "tiny-random")
-            set_number(alice, "Instructions (N)", 2)
-            set_number(alice, "Responses each (K)", 1)
-            set_number(alice, "Max new tokens", 8)
+            sample_form(alice, 2, 1, 8)
             click(alice, "Sample")
             wait_for_text(alice, "Sampling finished.")
             alice.reload()

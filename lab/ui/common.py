@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import gradio as gr
+from gradio_client import utils as client_utils
 
 from lab import hosting, jobs, limits, noise
 from lab.ui import visitors
@@ -265,8 +266,6 @@ URL_FILE_REFUSED = ("Files are uploaded from your computer, not fetched from a U
 def upload_into(run: Run, upload: str, kind: str = "instructions") -> Iterator[Path]:
     """Keep a file uploaded in the page with the run (Run.save_upload) for the block, which starts the job that reads
     it. If the block fails (a refused setting, a cap), the run's previous upload is put back: nothing changes."""
-    from gradio_client import utils as client_utils
-
     if client_utils.is_http_url_like(str(upload)):  # a URL sent as a stream's path reaches here unfetched
         raise gr.Error(URL_FILE_REFUSED)
     checked(limits.check_upload, upload)
@@ -304,7 +303,6 @@ def refuse_url_files() -> None:
     with what to do instead; uploads and the app's own files move as before. Installed once, by build_app, on
     Gradio's Block (every component inherits both methods)."""
     from gradio.blocks import Block
-    from gradio_client import utils as client_utils
 
     if getattr(Block.move_resource_to_block_cache, "refuses_urls", False):
         return
