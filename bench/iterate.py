@@ -7,7 +7,9 @@ one after the other, after a warm-up each:
         wrote no "Score: N", one forward pass over prompt + judgment + "Score: " for the digit probabilities (the
         lab's own fallback, done the plain way);
   lab:  lab.score.local_scores with --batch-size sequences per batch: judgments batched through the generation
-        engine, each prompt pre-filled once for its R judgments, the digit probabilities read on that cache.
+        engine, each prompt pre-filled once for its R judgments, the digit probabilities read on that cache; on CPU
+        the decode reads each prompt's keys once for its rows (lab.shared_attention). It runs a second time with a
+        copy of the prompt per row (LAB_SHARED_ATTENTION=0's path): ratio_shared_vs_copied.
 Tokens are counted the same way on both sides (the judgment texts re-tokenized), over wall time (CPU time too).
 
 --iterate also times the README's `python -m lab iterate --run demo --rounds 2` end to end, in a temp runs root,
@@ -18,7 +20,8 @@ after the README's sample step (`--n 20 --k 5 --max-new-tokens 128`, untimed); -
     python bench/iterate.py --quick [--iterate] [--model tiny-random]     # a smoke test (< 1 minute)
 
 The last line is one JSON object: score_tok_s_lab, score_tok_s_loop, ratio_vs_loop (lab / loop tokens per
-second), s_per_answer_lab, s_per_answer_loop, ratio_s_per_answer (loop / lab), iterate_wall_s (null without
+second), s_per_answer_lab, s_per_answer_loop, ratio_s_per_answer (loop / lab), score_tok_s_lab_copied,
+ratio_shared_vs_copied (the lab with shared prompt keys / with a copy per row), iterate_wall_s (null without
 --iterate), iterate_error (null, or why it failed), and the settings.
 """
 from __future__ import annotations
@@ -35,9 +38,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab import models  # noqa: E402
+from lab import models, shared_attention  # noqa: E402
 from lab import score as scoring  # noqa: E402
-from lab.generation import Decoding, generate  # noqa: E402
+from lab.generation import Decoding, auto_batch, generate  # noqa: E402
 from lab.instructions import load_instructions  # noqa: E402
 
 README_SAMPLE = ["--n", "20", "--k", "5", "--max-new-tokens", "128"]
@@ -107,8 +110,15 @@ def score_bench(args) -> dict:
     lab_out, lab_s, lab_cpu = timed(lambda: scoring.local_scores(cm, prompts, args.r, cfg, seed=0))
     lab_texts = [e["raw"] for row in lab_out for e in row]
     loop_tok, lab_tok = tokens(cm, loop_texts), tokens(cm, lab_texts)
+    shared_attention.ENABLED = False  # the lab's own scoring with a copy of the prompt per row, for comparison
+    copied_out, copied_s, _ = timed(lambda: scoring.local_scores(cm, prompts, args.r, cfg, seed=0))
+    shared_attention.ENABLED = True
+    copied_tok = tokens(cm, [e["raw"] for row in copied_out for e in row])
     return {"model": cm.spec, "device": cm.device, "answers": len(prompts), "evaluations": args.r,
-            "answer_tokens": args.answer_tokens, "judge_tokens": args.judge_tokens, "batch_size": args.batch_size,
+            "answer_tokens": args.answer_tokens, "judge_tokens": args.judge_tokens,
+            "batch_size": auto_batch(args.batch_size, str(cm.device)),
+            "score_tok_s_lab_copied": round(copied_tok / copied_s, 2),
+            "ratio_shared_vs_copied": round((lab_tok / lab_s) / (copied_tok / copied_s), 3),
             "prompt_tokens_mean": round(sum(len(cm.encode_prompt(p)) for p in prompts) / len(prompts)),
             "judgment_tokens_lab": lab_tok, "judgment_tokens_loop": loop_tok,
             "unscored_share_lab": round(sum(e["method"] != "parsed" for row in lab_out for e in row)
@@ -148,7 +158,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--r", type=int, default=3, help="judgments per answer (iterate's R)")
     ap.add_argument("--answer-tokens", type=int, default=256, help="longest answer (iterate's --max-new-tokens)")
     ap.add_argument("--judge-tokens", type=int, default=160, help="longest judgment (iterate's default)")
-    ap.add_argument("--batch-size", type=int, default=32, help="the lab's sequences per batch (iterate's default)")
+    ap.add_argument("--batch-size", type=int, default=0,
+                    help="the lab's sequences per batch (iterate's default 0: auto, 96 on CPU)")
     ap.add_argument("--iterate", action="store_true", help="also time the README's iterate command end to end")
     ap.add_argument("--iterate-timeout", type=float, default=3 * 3600, help="seconds before each command is stopped")
     ap.add_argument("--quick", action="store_true", help="a smoke test: tiny sizes, under a minute")

@@ -41,7 +41,7 @@ from lab.adapters import BASE, check_same_base, read_state, resolve_adapters, st
 from lab.compare import CompareConfig, compare_run, find_duplicates
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.generation import ENGINE_CHOICES, ENGINE_HELP
+from lab.generation import AUTO_BATCH, AUTO_BATCH_HELP, ENGINE_CHOICES, ENGINE_HELP, auto_batch
 from lab.instructions import Instruction, load_instructions
 from lab.judge_backends import API_BACKENDS
 from lab.pairs import PairsConfig, build_pairs
@@ -91,14 +91,14 @@ class IterateConfig(Settings):
                       label="LoRA rank")
     train_batch_size: int = opt(4, "pairs per training step")
     seed: int = opt(0, "seed for sampling, judging and training (each round offsets it by its number)", label="Seed")
-    batch_size: int = opt(32, "sequences generated together (lower it if memory runs out)")
+    batch_size: int = opt(0, AUTO_BATCH_HELP + " (lower it if memory runs out)")
     engine: str = opt("auto", "every round's sampling, self-scoring and evaluation: " + ENGINE_HELP, ENGINE_CHOICES,
                       label="Engine")
     device: str = opt("auto", DEVICE_HELP)
     dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "IterateConfig":
-        check_decoding(self.temperature, self.top_p, self.max_new_tokens, self.batch_size)
+        check_decoding(self.temperature, self.top_p, self.max_new_tokens, self.batch_size or AUTO_BATCH)  # 0: auto
         if self.rounds < 1 or self.samples < 2 or self.evaluations < 1:
             raise LabError(f"--rounds must be >= 1, --samples >= 2 (a pair needs two answers) and --evaluations >= 1 "
                            f"(got {self.rounds}, {self.samples}, {self.evaluations}).")
@@ -287,7 +287,8 @@ def iterate_run(run: Run, cfg: IterateConfig, progress: Progress | None = None, 
 
 
 def _iterate_locked(run: Run, cfg: IterateConfig, progress: Progress | None, api_key: str | None) -> dict:
-    cfg = replace(cfg, model=models.run_model(run, cfg.model)).validate()
+    cfg = replace(cfg, model=models.run_model(run, cfg.model), batch_size=auto_batch(cfg.batch_size, cfg.device))
+    cfg.validate()
     items = training_instructions(run, cfg)
     eval_items = evaluation_instructions(items, cfg)
     api_backend(cfg.score_config(1), api_key)  # a missing API key fails here, before any work

@@ -30,7 +30,7 @@ import hashlib
 import re
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -38,8 +38,8 @@ from lab import efficiency, models, precision
 from lab.adapters import adapters_on
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.generation import (ENGINE_CHOICES, ENGINE_HELP, Decoding, ReadAfter, engine_record, generate, pick_engine,
-                            read_after)
+from lab.generation import (AUTO_BATCH_HELP, ENGINE_CHOICES, ENGINE_HELP, Decoding, ReadAfter, auto_batch,
+                            engine_record, generate, pick_engine, read_after)
 from lab.judge_backends import API_BACKENDS, DEFAULT_MODELS, ApiBackend
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
@@ -92,14 +92,14 @@ class ScoreConfig(Settings):
     rpm: float = opt(30.0, "API judge: most requests per minute (Groq's free tier allows 30; 0 = no limit)")
     concurrency: int = opt(4, "API judge: requests in flight at once")
     seed: int = opt(0, "seed of the local judge's sampling")
-    batch_size: int = opt(32, "local judge: sequences generated together (an answer scored R times counts R)")
+    batch_size: int = opt(0, "local judge: " + AUTO_BATCH_HELP + " (an answer scored R times counts R)")
     engine: str = opt("auto", "local judge's " + ENGINE_HELP, ENGINE_CHOICES)
     device: str = opt("auto", DEVICE_HELP)
     dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "ScoreConfig":
-        if self.evaluations < 1 or self.batch_size < 1 or self.concurrency < 1:
-            raise LabError("--evaluations, --batch-size and --concurrency must be at least 1.")
+        if self.evaluations < 1 or self.batch_size < 0 or self.concurrency < 1:
+            raise LabError("--evaluations and --concurrency must be at least 1, --batch-size 0 (auto) or more.")
         if self.judge_tokens < 8 or self.judge_temperature < 0:
             raise LabError("--judge-tokens must be at least 8 (a justification and 'Score: N'; 160 is typical) and "
                            "--judge-temperature >= 0.")
@@ -222,13 +222,14 @@ def local_scores(cm, prompts: list[str], evaluations: int, cfg, seed: int, progr
     dec = Decoding(cfg.judge_temperature, 1.0 if cfg.judge_temperature == 0 else 0.95, cfg.judge_tokens, seed)
     auto = cfg.score_mode == "auto"
     read = score_reader(cm.tokenizer) if auto and engine == "lab" else None  # read in the sampling batch
-    comps = generate(cm, prompts, evaluations, dec, cfg.batch_size, progress, engine, adapter, read=read)
+    batch = auto_batch(cfg.batch_size, cfg.device)
+    comps = generate(cm, prompts, evaluations, dec, batch, progress, engine, adapter, read=read)
     out = [[judgment(c.text, c.read) for c in row] for row in comps]
     todo = [(i, j) for i, row in enumerate(out) for j, e in enumerate(row) if e["score"] is None]
     if todo and auto and read is None:
         with (probs_model() if probs_model else nullcontext(cm)) as pm:
             probs = forced_score_probs(pm, [prompts[i] for i, _ in todo], [out[i][j]["raw"] for i, j in todo],
-                                       cfg.batch_size)
+                                       batch)
         for (i, j), p in zip(todo, probs):
             out[i][j] = judgment(out[i][j]["raw"], p)
     return out
@@ -300,11 +301,12 @@ class Scorer:
         """Rows per `score` call (each call's records are written as it returns): an API judge batch_size rows;
         the lab's engine one generation batch (batch_size sequences: batch_size // R rows); vLLM every row at
         once (each call starts the engine, and vLLM batches on its own)."""
+        batch = auto_batch(self.cfg.batch_size, self.cfg.device)
         if self.judge is not None:
-            return self.cfg.batch_size
+            return batch
         if self.engine == "vllm":
             return max(1, todo)
-        return max(1, self.cfg.batch_size // self.cfg.evaluations)
+        return max(1, batch // self.cfg.evaluations)
 
 
 def score_rows(run: Run, rows: list[dict], scorer: Scorer, progress: Progress, desc: str = "scoring",
@@ -356,7 +358,7 @@ def score_run(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_
               desc: str = "scoring") -> dict:
     """The score stage: every answer of samples.jsonl scored R times (set "train"). The self judge is the model
     that sampled the run, with the adapter it sampled with switched on (as run.json's sample entry says)."""
-    cfg.validate()
+    cfg = replace(cfg.validate(), batch_size=auto_batch(cfg.batch_size, cfg.device))
     judge = api_backend(cfg, api_key)  # a missing API key fails here, before any work
     rows = [{**s, "set": "train"} for s in run.read("samples")]
     if not rows:

@@ -19,7 +19,8 @@ BENCH = ROOT / "bench"
 QUICK = {
     "sample": (["--quick"], ["loop_tok_s", "hf_batched_tok_s", "lab_tok_s", "ratio_vs_loop", "ratio_vs_hf_batched"]),
     "iterate": (["--quick", "--model", "tiny-random"],
-                ["score_tok_s_lab", "score_tok_s_loop", "ratio_vs_loop", "s_per_answer_lab", "iterate_wall_s"]),
+                ["score_tok_s_lab", "score_tok_s_loop", "ratio_vs_loop", "s_per_answer_lab", "ratio_shared_vs_copied",
+                 "iterate_wall_s"]),
     "rank": (["--quick"], ["ratio_wall_tiny", "ratio_wall_wide", "ratio_wall_int8_wide", "spearman_int8",
                            "spearman_int8_within", "best_worst_same_int8", "attention_top_prob_wide"]),
     "judge": (["--quick"], ["calls_per_s_plain", "calls_per_s_lab", "ratio_vs_plain", "rl_429_limiter_on"]),

@@ -145,13 +145,19 @@ def _check_reads(cm, prompts, counts):
 SHARED = [(n * 7) % 60 + 3 for n in range(70)]  # a start every prompt shares (>= SHARED_PREFIX_MIN)
 
 
-def test_reads_on_the_decode_cache_equal_a_plain_forward_for_stopped_and_cut_rows():
+@pytest.mark.parametrize("shared", [True, False])
+def test_reads_on_the_decode_cache_equal_a_plain_forward_for_stopped_and_cut_rows(monkeypatch, shared):
     """Rows that stop early (pruned mid-batch, read before they leave), rows cut by max_new_tokens (their last
-    token never fed), tails that leave the generated tokens midway; with and without a shared prompt start."""
+    token never fed), tails that leave the generated tokens midway; with and without a shared prompt start; with
+    the shared-prompt attention (the reads run on the rows' contexts rebuilt as a plain cache) and without."""
     from transformers import LlamaConfig
 
+    from lab import shared_attention
+
+    monkeypatch.setattr(shared_attention, "ENABLED", shared)
     cm = _random_model(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=2, num_key_value_heads=1, pad_token_id=0))
+    assert shared_attention.applies(cm.model, cm.device) == shared
     for prompts in ([list(range(5, 17)), list(range(20, 27)), list(range(30, 50))],
                     [SHARED + [3, 4], SHARED + list(range(5, 13)), SHARED + [33]]):
         assert _check_reads(cm, prompts, [6, 5, 5]) == {"stop", "length"}
@@ -170,3 +176,75 @@ def test_sliding_window_models_read_on_the_prompts_and_prefill_whole():
         _, _, state = generation.prefill(cm, [SHARED + [3, 4], SHARED + [5]])
     assert state.mask.shape[1] == len(SHARED) + 2 and state.mask[1, 0] == 0  # left-padded whole, not shared
     assert _check_reads(cm, [SHARED + [3, 4], SHARED + list(range(5, 13))], [3, 3])
+
+
+# ---- the shared-prompt attention (lab.shared_attention) ----------------------------------------------------------
+def _decode_with(cm, prompts, counts, shared: bool, monkeypatch, steps: int = 10):
+    """Greedy decode through _Batch with the shared-prompt attention on or off; rows leave twice, the second time
+    every row of a prompt. -> (logits per step, the batch)."""
+    from lab import shared_attention
+
+    monkeypatch.setattr(shared_attention, "ENABLED", shared)
+    out = []
+    with torch.inference_mode():
+        b = generation._Batch(cm, prompts, counts, reserve=4)  # the reserve runs out: the rows' cache grows
+        assert (b.levels is not None) == shared
+        for n in range(steps):
+            out.append(b.logits.clone())
+            nxt = b.logits.argmax(-1)
+            if n in (2, 5):
+                alive = torch.ones(len(nxt), dtype=torch.bool)
+                alive[[1] if n == 2 else [0, 1]] = False  # then prompt 0's last rows: the prompt leaves too
+                b.keep(alive)
+                nxt = nxt[alive]
+            b.step(nxt)
+    return out, b
+
+
+@pytest.mark.parametrize("rubric", [True, False])
+def test_shared_prompt_attention_gives_the_plain_cache_logits(tiny, monkeypatch, rubric):
+    """Each prompt's keys held once for its rows (and a shared start once for all: the scoring rubric) give the
+    logits of a plain per-row cache, through rows leaving and a prompt losing all its rows."""
+    from lab import score as scoring
+    from lab import shared_attention
+
+    pairs = [("Say hi.", "Hi!"), ("Name three fruits.", "Apple, pear and plum."), ("What is 2+2?", "Four.")]
+    prompts = [tiny.encode_prompt(scoring.score_prompt(q, a) if rubric else q) for q, a in pairs]
+    assert (generation.shared_prefix(prompts) >= generation.SHARED_PREFIX_MIN) == rubric
+    plain, _ = _decode_with(tiny, prompts, [2, 3, 2], False, monkeypatch)
+    shared, b = _decode_with(tiny, prompts, [2, 3, 2], True, monkeypatch)
+    assert tiny.model.config._attn_implementation == shared_attention.NAME
+    assert (b.levels.head is not None) == rubric and b.levels.bias.shape[0] == 2  # prompt 0 was dropped
+    assert b.cache.get_seq_length() == 10  # 10 steps: the decode's cache holds the rows' own tokens only
+    for a, s in zip(plain, shared):
+        assert a.shape == s.shape and torch.allclose(a, s, atol=1e-4)
+
+
+def test_other_passes_through_the_switched_attention_are_sdpa(tiny, monkeypatch):
+    """Once switched, a forward pass without the batch's levels (pre-fill, reads, a padded batch) is transformers'
+    SDPA with SDPA's masks: the same logits as before the switch."""
+    from lab import shared_attention
+
+    ids, mask = generation.left_pad([tiny.encode_prompt("Say hi."), tiny.encode_prompt("Name three fruits.")], 0,
+                                    tiny.device)
+    with torch.inference_mode():
+        monkeypatch.setattr(tiny.model.config, "_attn_implementation", "sdpa")
+        before = tiny.model(input_ids=ids, attention_mask=mask).logits
+        assert shared_attention.applies(tiny.model, tiny.device)
+        assert tiny.model.config._attn_implementation == shared_attention.NAME
+        after = tiny.model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(before[mask.bool()], after[mask.bool()], atol=1e-5)
+
+
+def test_shared_prompt_attention_applies_on_cpu_to_plain_attention_models(tiny, monkeypatch):
+    from transformers import Gemma3TextConfig
+
+    from lab import shared_attention
+
+    assert shared_attention.applies(tiny.model, torch.device("cpu"))
+    assert not shared_attention.applies(tiny.model, torch.device("cuda", 0))  # SDPA's fused kernels there
+    gemma = _random_model(Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+    assert not shared_attention.applies(gemma.model, torch.device("cpu"))  # softcapping / sliding: not plain
+    monkeypatch.setattr(shared_attention, "ENABLED", False)  # LAB_SHARED_ATTENTION=0
+    assert not shared_attention.applies(tiny.model, torch.device("cpu"))

@@ -111,3 +111,29 @@ def test_score_rows_fills_each_generation_batch(run, tiny, monkeypatch):
     assert scoring.score_rows(run, answers, scorer, Progress(quiet=True)) == 10
     assert rows == [4] * 5
     assert len(run.read("scores")) == 20 and {s["method"] for s in run.read("scores")} == {"probabilities"}
+
+
+def test_batch_size_zero_is_96_sequences_on_cpu_and_32_on_a_gpu(run, tiny, monkeypatch):
+    """The default --batch-size 0 of score and iterate: 96 sequences per batch on CPU (a row holds only its own
+    tokens there: lab.shared_attention), 32 on a GPU; an explicit size is kept."""
+    import types
+
+    from lab import precision
+
+    assert scoring.ScoreConfig().batch_size == 0 and generation.auto_batch(0, "cpu") == 96
+    assert generation.auto_batch(8, "cpu") == 8
+    monkeypatch.setattr(precision, "probe", lambda device=None: types.SimpleNamespace(kind="cuda"))
+    assert generation.auto_batch(0, "auto") == 32 and generation.auto_batch(5, "auto") == 5
+    monkeypatch.undo()
+    rows = []
+    real = generation.generate_batch
+    monkeypatch.setattr(generation, "generate_batch",
+                        lambda cm, prompts, counts, *a, **kw: rows.append(sum(counts)) or real(cm, prompts, counts,
+                                                                                              *a, **kw))
+    answers = [{"set": "train", "instruction_id": f"i{n}", "sample_index": 0, "prompt": f"Question {n}?",
+                "text": "An answer."} for n in range(50)]
+    scorer = scoring.Scorer(cfg(batch_size=0, evaluations=2, judge_tokens=8), None, lambda: nullcontext(tiny))
+    assert scoring.score_rows(run, answers, scorer, Progress(quiet=True)) == 50
+    assert rows == [96, 4]  # 48 answers x 2 judgments, then the last 2 answers
+    with pytest.raises(Exception, match="batch-size 0"):
+        cfg(batch_size=-1).validate()
