@@ -102,7 +102,7 @@ def score_bench(args) -> dict:
     instr, texts = answers(cm, args.n, args.k, args.answer_tokens)
     prompts = [scoring.score_prompt(i, t) for i, t in zip(instr, texts)]
     cfg = scoring.ScoreConfig(evaluations=args.r, judge_tokens=args.judge_tokens, judge_temperature=0.7,
-                              batch_size=args.batch_size)
+                              batch_size=auto_batch(args.batch_size, str(cm.device), "auto", cm.path))
     dec = Decoding(0.7, 0.95, args.judge_tokens, 0)
     loop_scores(cm, prompts[:1], 1, Decoding(0.7, 0.95, 2, 0))  # warm-ups: first-call allocations count for neither
     scoring.local_scores(cm, prompts[:1], 1, cfg, seed=1)
@@ -116,7 +116,7 @@ def score_bench(args) -> dict:
     copied_tok = tokens(cm, [e["raw"] for row in copied_out for e in row])
     return {"model": cm.spec, "device": cm.device, "answers": len(prompts), "evaluations": args.r,
             "answer_tokens": args.answer_tokens, "judge_tokens": args.judge_tokens,
-            "batch_size": auto_batch(args.batch_size, str(cm.device)),
+            "batch_size": cfg.batch_size,
             "score_tok_s_lab_copied": round(copied_tok / copied_s, 2),
             "ratio_shared_vs_copied": round((lab_tok / lab_s) / (copied_tok / copied_s), 3),
             "prompt_tokens_mean": round(sum(len(cm.encode_prompt(p)) for p in prompts) / len(prompts)),

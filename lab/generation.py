@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lab import efficiency, engine_vllm, models, shared_attention
+from lab import efficiency, engine_vllm, limits, models, precision, shared_attention
 from lab.errors import LabError
 from lab.progress import Progress
 
@@ -63,19 +63,27 @@ ENGINE_HELP = "generation engine: auto (vLLM on CUDA where it is set up, else la
 
 
 AUTO_BATCH_CPU, AUTO_BATCH = 96, 32  # sequences per batch for --batch-size 0 (auto): on CPU, elsewhere
-AUTO_BATCH_HELP = f"sequences generated together; 0 = auto: {AUTO_BATCH_CPU} on CPU, {AUTO_BATCH} on a GPU"
+AUTO_BATCH_HELP = (f"sequences generated together; 0 = auto: {AUTO_BATCH_CPU} where the decode shares each prompt "
+                   f"among its rows (CPU, float32, Llama/Mistral/Qwen-style models), else {AUTO_BATCH}")
 
 
-def auto_batch(requested: int, device: str) -> int:
-    """--batch-size, where 0 means auto. On CPU a row of a batch holds only its own tokens' keys and values
-    (lab.shared_attention) and a decode step is mostly the weights' arithmetic, which more rows share: scoring 32
-    answers x 3 judgments took 115 s at 32 sequences per batch and 85 s at 96 (bundled model, 2 cores). On a GPU a
-    row holds its whole context (a 3B model's 96 judge prompts would need ~12 GB of KV cache), so 32 there."""
+def auto_batch(requested: int, device: str, dtype: str, model_path: str) -> int:
+    """--batch-size, where 0 means auto: AUTO_BATCH_CPU sequences where the decode shares each prompt's keys and
+    values among its rows (lab.shared_attention: CPU, float32, a plain-attention model, read from its config), so
+    a row holds only its own tokens and a step is mostly the weights' arithmetic, which more rows share (scoring 32
+    answers x 3 judgments took 115 s at 32 sequences per batch and 85 s at 96, bundled model, 2 cores); AUTO_BATCH
+    elsewhere, where a row holds its whole context (a 3B model's 96 judge prompts: ~12 GB of KV cache). Never above
+    the hosted app's cap (lab.limits, LAB_MAX_BATCH)."""
     if requested:
         return requested
-    from lab import precision
+    from transformers import AutoConfig
 
-    return AUTO_BATCH_CPU if precision.probe(device).kind == "cpu" else AUTO_BATCH
+    dev = precision.probe(device)
+    shared = shared_attention.supports(AutoConfig.from_pretrained(model_path), dev.kind,
+                                       precision.resolve_dtype(dev, dtype))
+    n = AUTO_BATCH_CPU if shared else AUTO_BATCH
+    cap = limits.cap("batch")
+    return int(min(n, cap)) if cap else n
 
 
 def pick_engine(choice: str, device_kind: str) -> str:
@@ -425,9 +433,11 @@ def read_after(cm: models.ChatModel, prompts: list[list[int]], tails: list[list[
 
 
 class _Batch:
-    """Live decoding state. Row i of every tensor belongs to sequence `rows[i]` of the batch. The cache's columns:
-    the left-padded prompts (`width`), then one column per decode step, the same step for every row (a finished row
-    keeps being fed until it is dropped; its columns after the finish are never read)."""
+    """Live decoding state. Row i of every tensor belongs to sequence `rows[i]` of the batch; rows are sorted by
+    prompt. A row's context (what `mask` describes): the left-padded prompts (`width` columns), then one column per
+    decode step, the same step for every row (a finished row keeps being fed until it is dropped; its columns after
+    the finish are never read). With `levels` (lab.shared_attention) the prompts' part is held once per prompt
+    there and `cache` holds the decode steps' columns only; without, `cache` holds every row's whole context."""
 
     def __init__(self, cm: models.ChatModel, prompts: list[list[int]], counts: list[int], reserve: int = 0):
         import torch
@@ -435,7 +445,8 @@ class _Batch:
         self.cm = cm
         self.cache_arg = cache_kwarg(cm.model)
         self.plain = plain_layers(new_cache(cm.model))  # reads run on the decode's cache; else on prompt + tail
-        shared = self.plain and shared_attention.applies(cm.model, cm.device)
+        shared = self.plain and (max(counts) > 1 or shared_prefix(prompts) >= SHARED_PREFIX_MIN) \
+            and shared_attention.applies(cm.model, cm.device)  # something to share, and a model it applies to
         logits, cache, state = prefill(cm, prompts, 0 if shared else reserve)
         self.expand = torch.arange(len(prompts), device=cm.device).repeat_interleave(
             torch.tensor(counts, device=cm.device))  # row -> its prompt
@@ -504,8 +515,10 @@ class _Batch:
         sel = torch.tensor(local, device=self.cm.device)
         if self.levels is not None:  # the rows' whole contexts, in the columns of a plain cache
             cache = new_cache(self.cm.model)
-            cache.layers = self.levels.materialize(sel, self.cache.layers, room=max(len(t) - r for t, r in
-                                                                                   zip(tails, reuse)))
+            room = max(len(t) - r for t, r in zip(tails, reuse))
+            cache.layers = [_reserved_layer(room) for _ in self.cache.layers]
+            for layer, parts in zip(cache.layers, self.levels.contexts(sel, self.cache.layers)):
+                layer.fill(parts)
         elif in_place:
             assert local == list(range(len(self.rows)))  # every row, in order: the batch's cache is the reads' cache
             cache = self.cache

@@ -253,6 +253,7 @@ def _admit_rank(run: Run, cfg) -> None:
 
 
 def _admit_score(run: Run, cfg) -> None:
+    limits.check("batch", "--batch-size", cfg.batch_size)  # 0 (auto) is resolved within the cap
     limits.check("k", "--evaluations", cfg.evaluations)
     limits.check("new_tokens", "--judge-tokens", cfg.judge_tokens)
 

@@ -98,6 +98,8 @@ class IterateConfig(Settings):
     dtype: str = opt("auto", DTYPE_HELP)
 
     def validate(self) -> "IterateConfig":
+        if self.batch_size < 0:
+            raise LabError(f"--batch-size must be 0 (auto) or more (got {self.batch_size}).")
         check_decoding(self.temperature, self.top_p, self.max_new_tokens, self.batch_size or AUTO_BATCH)  # 0: auto
         if self.rounds < 1 or self.samples < 2 or self.evaluations < 1:
             raise LabError(f"--rounds must be >= 1, --samples >= 2 (a pair needs two answers) and --evaluations >= 1 "
@@ -287,12 +289,12 @@ def iterate_run(run: Run, cfg: IterateConfig, progress: Progress | None = None, 
 
 
 def _iterate_locked(run: Run, cfg: IterateConfig, progress: Progress | None, api_key: str | None) -> dict:
-    cfg = replace(cfg, model=models.run_model(run, cfg.model), batch_size=auto_batch(cfg.batch_size, cfg.device))
-    cfg.validate()
+    cfg = replace(cfg, model=models.run_model(run, cfg.model)).validate()
     items = training_instructions(run, cfg)
     eval_items = evaluation_instructions(items, cfg)
     api_backend(cfg.score_config(1), api_key)  # a missing API key fails here, before any work
     base_path = models.resolve(cfg.model)
+    cfg = replace(cfg, batch_size=batch_for(run, cfg, base_path))
     policy = start_policy(run, cfg, base_path)
     started = once(lambda: run.record_stage("iterate", {
         **cfg.to_dict(), "base_path": base_path, "judge_name": cfg.score_config(1).name, "prompt_hash": PROMPT_HASH,
@@ -308,6 +310,16 @@ def _iterate_locked(run: Run, cfg: IterateConfig, progress: Progress | None, api
     progress.update(cfg.rounds, cfg.rounds, f"{cfg.rounds} rounds done")  # not the last phase's count of round k
     progress.close()
     return {"run": run.name, "rounds": [round_summary(done[k]) for k in range(1, cfg.rounds + 1)]}
+
+
+def batch_for(run: Run, cfg: IterateConfig, base_path: str) -> int:
+    """Sequences per generation batch: --batch-size, or for 0 (auto) the size this run's iteration recorded when it
+    started (a resumed or extended iteration draws as it drew before, on any machine), else lab.generation's
+    auto_batch for this model and device."""
+    if cfg.batch_size:
+        return cfg.batch_size
+    recorded = (run.stage_settings("iterate") or {}).get("batch_size")
+    return recorded or auto_batch(0, cfg.device, cfg.dtype, base_path)
 
 
 def round_summary(line: dict) -> dict:

@@ -38,8 +38,8 @@ from lab import efficiency, models, precision
 from lab.adapters import adapters_on
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.generation import (AUTO_BATCH_HELP, ENGINE_CHOICES, ENGINE_HELP, Decoding, ReadAfter, auto_batch,
-                            engine_record, generate, pick_engine, read_after)
+from lab.generation import (AUTO_BATCH, AUTO_BATCH_HELP, ENGINE_CHOICES, ENGINE_HELP, Decoding, ReadAfter,
+                            auto_batch, engine_record, generate, pick_engine, read_after)
 from lab.judge_backends import API_BACKENDS, DEFAULT_MODELS, ApiBackend
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
@@ -222,7 +222,7 @@ def local_scores(cm, prompts: list[str], evaluations: int, cfg, seed: int, progr
     dec = Decoding(cfg.judge_temperature, 1.0 if cfg.judge_temperature == 0 else 0.95, cfg.judge_tokens, seed)
     auto = cfg.score_mode == "auto"
     read = score_reader(cm.tokenizer) if auto and engine == "lab" else None  # read in the sampling batch
-    batch = auto_batch(cfg.batch_size, cfg.device)
+    batch = cfg.batch_size or AUTO_BATCH
     comps = generate(cm, prompts, evaluations, dec, batch, progress, engine, adapter, read=read)
     out = [[judgment(c.text, c.read) for c in row] for row in comps]
     todo = [(i, j) for i, row in enumerate(out) for j, e in enumerate(row) if e["score"] is None]
@@ -301,7 +301,7 @@ class Scorer:
         """Rows per `score` call (each call's records are written as it returns): an API judge batch_size rows;
         the lab's engine one generation batch (batch_size sequences: batch_size // R rows); vLLM every row at
         once (each call starts the engine, and vLLM batches on its own)."""
-        batch = auto_batch(self.cfg.batch_size, self.cfg.device)
+        batch = self.cfg.batch_size or AUTO_BATCH  # 0 (auto) is resolved for local judges by score_run
         if self.judge is not None:
             return batch
         if self.engine == "vllm":
@@ -358,8 +358,11 @@ def score_run(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_
               desc: str = "scoring") -> dict:
     """The score stage: every answer of samples.jsonl scored R times (set "train"). The self judge is the model
     that sampled the run, with the adapter it sampled with switched on (as run.json's sample entry says)."""
-    cfg = replace(cfg.validate(), batch_size=auto_batch(cfg.batch_size, cfg.device))
+    cfg.validate()
     judge = api_backend(cfg, api_key)  # a missing API key fails here, before any work
+    spec = (run.stage_settings("sample") or {}).get("model")
+    if judge is None and not cfg.batch_size and spec:  # 0: auto, for the model that judges
+        cfg = replace(cfg, batch_size=auto_batch(0, cfg.device, cfg.dtype, models.resolve(spec)))
     rows = [{**s, "set": "train"} for s in run.read("samples")]
     if not rows:
         raise LabError(f"Run '{run.name}' has no samples to score: run the Sample stage first.",

@@ -24,7 +24,8 @@ measured there), for decoder models whose attention is plain softmax attention t
 switched once to NAME, a function that runs the three-part attention when a step passes LEVELS_KWARG and is
 transformers' own SDPA otherwise (with SDPA's masks), so every other forward pass is what it was. Reads on the
 decode's cache (the self-scorer's digit probabilities) run on a plain cache built for the rows read
-(`Levels.materialize`). tests/test_generation_cache.py checks the logits against transformers' own cache.
+(`Levels.contexts`). Batches where nothing is shared (one row per prompt and no common start: a chat reply) decode
+the plain way. tests/test_generation_cache.py checks the logits against transformers' own cache.
 Set LAB_SHARED_ATTENTION=0 to decode the plain way.
 """
 from __future__ import annotations
@@ -54,14 +55,23 @@ def _register() -> None:
         ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # the same masks as SDPA for every other pass
 
 
-def applies(model, device) -> bool:
-    """Whether decode steps of this model can use the three-part attention (switching it on if so)."""
-    import torch
+def supports(config, device_kind: str, dtype: str) -> bool:
+    """Whether decode steps of a model with this transformers config, on a device of this kind ("cpu", "cuda",
+    "mps") in this dtype ("float32", ...), would use the three-part attention: plain full attention in every layer
+    (no sliding window), on CPU, in float32 (its softmax runs in the model's dtype)."""
+    if not ENABLED or device_kind != "cpu" or dtype != "float32":
+        return False
+    if getattr(config, "model_type", None) not in MODEL_TYPES:
+        return False
+    sliding = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    return not sliding and all(t == "full_attention" for t in getattr(config, "layer_types", None) or [])
 
+
+def applies(model, device) -> bool:
+    """Whether decode steps of this loaded model can use the three-part attention (switching it on if so)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config
-    if not ENABLED or str(device).split(":")[0] != "cpu" or getattr(config, "model_type", None) not in MODEL_TYPES \
-            or base.dtype != torch.float32:  # its softmax runs in the model's dtype: fp32 only (the CPU default)
+    if not supports(config, str(device).split(":")[0], str(base.dtype).removeprefix("torch.")):
         return False
     if config._attn_implementation == "sdpa":
         _register()
@@ -153,11 +163,10 @@ class Levels:
         out /= total
         return out.reshape(rows, heads, 1, dim).transpose(1, 2).to(query.dtype)
 
-    def materialize(self, sel, own_layers, room: int = 0) -> list:
-        """Plain cache layers (lab.generation's reserved layers, `room` free positions) holding the whole context
-        of the batch rows `sel`: head | its prompt's rest | own tokens, in the columns a plain cache has them."""
-        from lab.generation import _reserved_layer
-
+    def contexts(self, sel, own_layers) -> list:
+        """The whole context of the batch rows `sel`, per layer, in the columns a plain cache has it (head | its
+        prompt's rest | own tokens): [[key pieces], [value pieces]] per layer, each piece [len(sel), kv_heads, n,
+        dim] (lab.generation's reserved layers `fill` from them)."""
         of = self.prompt_of_row[sel]
         out = []
         for n, own in enumerate(own_layers):
@@ -169,7 +178,5 @@ class Levels:
                 if own.get_seq_length():  # nothing before the first decode step
                     pieces.append(mine.index_select(0, sel))
                 parts.append(pieces)
-            layer = _reserved_layer(room)
-            layer.fill(parts)
-            out.append(layer)
+            out.append(parts)
         return out

@@ -23,15 +23,24 @@ def decode(tiny, reserve: int, steps: int = 6):
     return out, b
 
 
-def test_reserved_cache_gives_the_dynamic_cache_logits(tiny):
+@pytest.mark.parametrize("shared", [True, False])  # the rows' own tokens only (CPU), or every row's whole context
+def test_reserved_cache_gives_the_dynamic_cache_logits(tiny, monkeypatch, shared):
+    from lab import shared_attention
+
+    monkeypatch.setattr(shared_attention, "ENABLED", shared)
     plain, _ = decode(tiny, reserve=0, steps=14)
     reserved, b = decode(tiny, reserve=8, steps=14)  # past the reserve: the layer grows once
+    assert (b.levels is not None) == shared
     assert type(b.cache.layers[0]).__name__ == "ReservedLayer"
     for a, r in zip(plain, reserved):
         assert a.shape == r.shape and torch.allclose(a, r, atol=1e-5)
 
 
-def test_decode_steps_write_in_place(tiny):
+@pytest.mark.parametrize("shared", [True, False])
+def test_decode_steps_write_in_place(tiny, monkeypatch, shared):
+    from lab import shared_attention
+
+    monkeypatch.setattr(shared_attention, "ENABLED", shared)
     _, b = decode(tiny, reserve=8, steps=3)
     layer = b.cache.layers[0]
     buffer, length = layer.buffers[0].data_ptr(), layer.get_seq_length()
@@ -156,7 +165,7 @@ def test_reads_on_the_decode_cache_equal_a_plain_forward_for_stopped_and_cut_row
 
     monkeypatch.setattr(shared_attention, "ENABLED", shared)
     cm = _random_model(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=1, pad_token_id=0))
+                                   num_attention_heads=4, num_key_value_heads=2, pad_token_id=0))  # 2 queries a key
     assert shared_attention.applies(cm.model, cm.device) == shared
     for prompts in ([list(range(5, 17)), list(range(20, 27)), list(range(30, 50))],
                     [SHARED + [3, 4], SHARED + list(range(5, 13)), SHARED + [33]]):
@@ -248,3 +257,52 @@ def test_shared_prompt_attention_applies_on_cpu_to_plain_attention_models(tiny, 
     assert not shared_attention.applies(gemma.model, torch.device("cpu"))  # softcapping / sliding: not plain
     monkeypatch.setattr(shared_attention, "ENABLED", False)  # LAB_SHARED_ATTENTION=0
     assert not shared_attention.applies(tiny.model, torch.device("cpu"))
+
+
+def _tiny_config(kind: str):
+    import transformers
+
+    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+           "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[kind]
+    extra = {"sliding_window": None} if kind == "mistral" else {"head_dim": 8} if kind == "qwen3" else {}
+    return cls(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, pad_token_id=0, **extra)
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2", "qwen3"])
+def test_shared_prompt_attention_on_each_model_family_it_claims(kind, monkeypatch):
+    """Every model type of shared_attention.MODEL_TYPES (llama above): the shared decode gives the per-row cache's
+    logits (grouped queries, a shared start, rows leaving, a prompt dropped)."""
+    from lab import shared_attention
+
+    cm = _random_model(_tiny_config(kind))
+    assert shared_attention.applies(cm.model, cm.device)
+    prompts = [SHARED + [3, 4], SHARED + list(range(5, 13)), SHARED + [33]]
+    plain, _ = _decode_with(cm, prompts, [2, 3, 2], False, monkeypatch)
+    shared, b = _decode_with(cm, prompts, [2, 3, 2], True, monkeypatch)
+    assert b.levels.head is not None
+    for a, s in zip(plain, shared):
+        assert torch.allclose(a, s, atol=1e-4)
+
+
+def test_shared_prompt_attention_with_a_lora_adapter_on(tiny, monkeypatch):
+    """Sampling with an adapter (iterate's rounds): the levels reach the attention through PEFT's wrapper and the
+    logits are the per-row cache's, which differ from the base's (the adapter does something)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny.model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    import types
+
+    cm = types.SimpleNamespace(**{k: getattr(tiny, k) for k in ("tokenizer", "device", "eos_ids")}, model=model)
+    prompts = [tiny.encode_prompt("Say hi."), tiny.encode_prompt("Name three fruits, please.")]
+    try:
+        plain, _ = _decode_with(cm, prompts, [3, 2], False, monkeypatch, steps=6)
+        shared, _ = _decode_with(cm, prompts, [3, 2], True, monkeypatch, steps=6)
+        with model.disable_adapter():
+            base, _ = _decode_with(cm, prompts, [3, 2], True, monkeypatch, steps=1)
+    finally:
+        model.unload()  # the session's tiny model without the adapter again
+    assert not torch.allclose(base[0], shared[0], atol=1e-3)
+    for a, s in zip(plain, shared):
+        assert torch.allclose(a, s, atol=1e-4)

@@ -113,27 +113,48 @@ def test_score_rows_fills_each_generation_batch(run, tiny, monkeypatch):
     assert len(run.read("scores")) == 20 and {s["method"] for s in run.read("scores")} == {"probabilities"}
 
 
-def test_batch_size_zero_is_96_sequences_on_cpu_and_32_on_a_gpu(run, tiny, monkeypatch):
-    """The default --batch-size 0 of score and iterate: 96 sequences per batch on CPU (a row holds only its own
-    tokens there: lab.shared_attention), 32 on a GPU; an explicit size is kept."""
+def test_batch_size_zero_is_96_where_the_prompts_are_shared_and_32_elsewhere(tiny, tmp_path, monkeypatch):
+    """auto_batch: 96 sequences on CPU in float32 for a model whose decode shares the prompts' keys (a row holds
+    only its own tokens), 32 where rows hold their whole context (a GPU, bf16, a sliding-window model, the shared
+    attention off), never above the hosted cap; an explicit size is kept."""
     import types
 
-    from lab import precision
+    from transformers import Gemma3TextConfig
 
-    assert scoring.ScoreConfig().batch_size == 0 and generation.auto_batch(0, "cpu") == 96
-    assert generation.auto_batch(8, "cpu") == 8
-    monkeypatch.setattr(precision, "probe", lambda device=None: types.SimpleNamespace(kind="cuda"))
-    assert generation.auto_batch(0, "auto") == 32 and generation.auto_batch(5, "auto") == 5
-    monkeypatch.undo()
+    from lab import limits, precision, shared_attention
+
+    assert scoring.ScoreConfig().batch_size == 0
+    assert generation.auto_batch(0, "cpu", "auto", tiny.path) == 96 and generation.auto_batch(8, "cpu", "auto", "") == 8
+    assert generation.auto_batch(0, "cpu", "bfloat16", tiny.path) == 32
+    Gemma3TextConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=1, head_dim=16).save_pretrained(tmp_path)
+    assert generation.auto_batch(0, "cpu", "auto", str(tmp_path)) == 32
+    monkeypatch.setenv("LAB_HOSTED", "1")
+    assert limits.cap("batch") == 64 and generation.auto_batch(0, "cpu", "auto", tiny.path) == 64
+    monkeypatch.delenv("LAB_HOSTED")
+    monkeypatch.setattr(shared_attention, "ENABLED", False)
+    assert generation.auto_batch(0, "cpu", "auto", tiny.path) == 32
+    monkeypatch.setattr(shared_attention, "ENABLED", True)
+    cuda = types.SimpleNamespace(kind="cuda", name="cuda:0", capability=(9, 0))
+    monkeypatch.setattr(precision, "probe", lambda device=None: cuda)
+    monkeypatch.setattr(precision, "resolve_dtype", lambda dev, dtype=None: "bfloat16")
+    assert generation.auto_batch(0, "auto", "auto", tiny.path) == 32
+    with pytest.raises(Exception, match="batch-size 0"):
+        cfg(batch_size=-1).validate()
+
+
+def test_score_run_resolves_batch_size_zero_for_its_judge(run, monkeypatch):
+    """The score stage's default: 96 sequences per batch for the bundled-style CPU judge (48 answers x 2), and
+    run.json records the size it used."""
+    from lab.instructions import load_instructions
+    from lab.sample import SampleConfig, sample_run
+
+    sample_run(run, SampleConfig(model="tiny-random", k=2, max_new_tokens=4), Progress(quiet=True),
+               items=load_instructions("bundled", 25))
     rows = []
     real = generation.generate_batch
     monkeypatch.setattr(generation, "generate_batch",
                         lambda cm, prompts, counts, *a, **kw: rows.append(sum(counts)) or real(cm, prompts, counts,
                                                                                               *a, **kw))
-    answers = [{"set": "train", "instruction_id": f"i{n}", "sample_index": 0, "prompt": f"Question {n}?",
-                "text": "An answer."} for n in range(50)]
-    scorer = scoring.Scorer(cfg(batch_size=0, evaluations=2, judge_tokens=8), None, lambda: nullcontext(tiny))
-    assert scoring.score_rows(run, answers, scorer, Progress(quiet=True)) == 50
-    assert rows == [96, 4]  # 48 answers x 2 judgments, then the last 2 answers
-    with pytest.raises(Exception, match="batch-size 0"):
-        cfg(batch_size=-1).validate()
+    scoring.score_run(run, scoring.ScoreConfig(evaluations=2, judge_tokens=8), Progress(quiet=True))
+    assert rows == [96, 4] and run.stage_settings("score")["batch_size"] == 96
