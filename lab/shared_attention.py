@@ -95,7 +95,6 @@ class Levels:
         self.bias = torch.zeros(rest_mask.shape, dtype=self.rests[0][0].dtype, device=rest_mask.device)
         self.bias.masked_fill_(~rest_mask, float("-inf"))
         self.bias = self.bias[:, None, None, :]  # [P, 1, 1, W]
-        self.common = common
         self._rows(prompt_of_row)
 
     def _rows(self, prompt_of_row) -> None:

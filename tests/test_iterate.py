@@ -252,3 +252,17 @@ def test_bundled_two_self_rewarding_rounds(run):
                         Decoding(0.0, 1.0, 8, 0))[0][0].text
         model.unload()
         assert text and line["eval"]["win_rate_vs_base"]["n"] == 1
+
+
+def test_batch_size_zero_reuses_what_the_iteration_recorded(run, tiny):
+    """--batch-size 0 (auto): the size the run's iteration recorded when it started (a resumed round draws as it
+    drew, on any machine), else auto_batch's (96 for the tiny Llama on CPU); an explicit size wins."""
+    from dataclasses import replace
+
+    from lab.iterate import IterateConfig, batch_for
+
+    cfg = IterateConfig()
+    assert cfg.batch_size == 0 and batch_for(run, cfg, tiny.path) == 96
+    assert batch_for(run, replace(cfg, batch_size=8), tiny.path) == 8
+    run.record_stage("iterate", {"batch_size": 32})
+    assert batch_for(run, cfg, tiny.path) == 32 and batch_for(run, replace(cfg, batch_size=8), tiny.path) == 8
