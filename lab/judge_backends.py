@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from lab import efficiency, models
 from lab.errors import LabError
-from lab.generation import new_cache
+from lab.kvcache import new_cache
 from lab.ratelimit import RateLimiter, backoff_s, retry_after_s
 from lab.store import redact_userinfo
 

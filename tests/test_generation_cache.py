@@ -3,7 +3,7 @@ copies the whole cache on every decode step). Same numbers as the plain DynamicC
 import pytest
 import torch
 
-from lab import generation
+from lab import generation, kvcache
 
 
 def decode(tiny, reserve: int, steps: int = 6):
@@ -100,7 +100,7 @@ def test_a_reserved_layer_crops_back_like_a_dynamic_one(tiny):
     out = []
     with torch.inference_mode():
         for reserve in (0, 8):
-            cache = generation.new_cache(tiny.model, reserve)
+            cache = kvcache.new_cache(tiny.model, reserve)
             tiny.model(input_ids=ids, cache=cache, use_cache=True)
             n = cache.get_seq_length()
             tiny.model(input_ids=tail, cache=cache, use_cache=True)
@@ -180,7 +180,7 @@ def test_sliding_window_models_read_on_the_prompts_and_prefill_whole():
     cm = _random_model(Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
                                         layer_types=["sliding_attention", "full_attention"], pad_token_id=0))
-    assert not generation.plain_layers(generation.new_cache(cm.model, 4))
+    assert not kvcache.plain_layers(kvcache.new_cache(cm.model, 4))
     with torch.inference_mode():
         _, _, state = generation.prefill(cm, [SHARED + [3, 4], SHARED + [5]])
     assert state.mask.shape[1] == len(SHARED) + 2 and state.mask[1, 0] == 0  # left-padded whole, not shared
