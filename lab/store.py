@@ -92,7 +92,7 @@ ADAPTER_FILES = {
     "config": "adapter_config.json",  # PEFT's; moved in last, the mark of a complete adapter
     "weights": "adapter_model.safetensors",  # PEFT's
     "state": "training.json",  # lab.train: status, settings, pairs, final metrics, warnings
-    "metrics": "metrics.jsonl",  # lab.train: one line per logged step
+    "metrics": "metrics.jsonl",  # lab.train_monitor: one line per logged step
     "card": "README.md",  # the model card (lab.cards)
     "checkpoints": "checkpoints",  # Trainer checkpoints for a resume
     "staging": ".publish.tmp",  # where a finished adapter is assembled before it is moved in

@@ -17,7 +17,8 @@ from lab import jobs, models
 from lab.train import TrainConfig
 from lab.errors import LabError
 from lab.store import Run, read_jsonl
-from lab.train import diagnose, oom_error, train_adapter, _is_oom
+from lab.train import oom_error, train_adapter, _is_oom
+from lab.train_monitor import diagnose
 from lab.adapters import last_checkpoint, read_state
 
 ROOT = Path(__file__).resolve().parent.parent

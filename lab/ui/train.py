@@ -18,7 +18,8 @@ from lab import jobs
 from lab.adapters import read_metrics, read_state
 from lab.methods import MAX_PLOTS, METHODS
 from lab.store import Run, adapter_file
-from lab.train import TrainConfig, diagnose, precheck
+from lab.train import TrainConfig, precheck
+from lab.train_monitor import diagnose
 from lab.ui import forms
 from lab.ui.common import JobPanel, admit, checked, job_panel, noise_md, open_run, start_job, wire_job_panel, \
     wire_start
