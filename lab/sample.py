@@ -144,6 +144,24 @@ def _check_model_matches(existing: list[dict], cfg: SampleConfig, adapter: str |
                        ui=f"{head}: type a new run name at the top to sample another model.")
 
 
+DISTRIBUTION = {"temperature": "--temperature", "top_p": "--top-p", "max_new_tokens": "--max-new-tokens"}
+
+
+def _check_decoding_matches(existing: list[dict], cfg: SampleConfig) -> None:
+    """Samples added to a run must come from the same distribution as those it holds: a pair of answers drawn with
+    different temperatures or length limits compares the settings, not the answers. (The seed may differ.)"""
+    asked = cfg.decoding().to_dict()
+    used = {tuple((k, (s.get("decoding") or {}).get(k)) for k in DISTRIBUTION) for s in existing}
+    off = sorted({k for u in used for k, v in u if v is not None and v != asked[k]}, key=list(DISTRIBUTION).index)
+    if not off:
+        return
+    was = "; ".join(f"{DISTRIBUTION[k]} " + "/".join(sorted({str(dict(u)[k]) for u in used})) for k in off)
+    head = (f"This run's {len(existing)} samples were drawn with {was}, not "
+            + ", ".join(f"{DISTRIBUTION[k]} {asked[k]}" for k in off))
+    raise LabError(f"{head}: use the same settings to add samples to it, or sample into a new run (--run NEW_NAME).",
+                   ui=f"{head}: set them back to add samples to this run, or type a new run name at the top.")
+
+
 def _check_known_ids(run: Run, items: list[Instruction]) -> None:
     """An id the run already holds must still mean the same prompt: its samples would be taken for the new one's."""
     known = {r["id"]: r["prompt"] for r in run.read("instructions")}
@@ -198,6 +216,7 @@ def _sample_locked(run: Run, cfg: SampleConfig, progress: Progress | None, items
     _check_known_ids(run, items)
     existing = run.read("samples")
     _check_model_matches(existing, cfg, str(adapter) if adapter else None)
+    _check_decoding_matches(existing, cfg)
     engine = pick_engine(cfg.engine, precision.probe(cfg.device).kind)
     progress = progress or Progress(desc)
     progress.loading(f"model {cfg.model}")

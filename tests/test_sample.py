@@ -95,6 +95,20 @@ def test_another_model_in_the_same_run_is_refused(run, tmp_path, tiny):
         sample_run(run, cfg(src, n=1, k=2, model="bundled"))
 
 
+def test_more_samples_must_come_from_the_same_decoding(run, tmp_path, tiny):
+    """K=1 at 8 tokens, then K=3 at 12: the first answer would be cut shorter than the two added to it."""
+    src = write_prompts(tmp_path / "p.txt", 2)
+    sample_run(run, cfg(src, n=2, k=1))
+    before = run.file("samples").read_bytes()
+    with pytest.raises(LabError, match=r"drawn with --max-new-tokens 8, not --max-new-tokens 12.*new run"):
+        sample_run(run, cfg(src, n=2, k=3, max_new_tokens=12))
+    with pytest.raises(LabError, match=r"--temperature 0.8; --top-p 0.95, not --temperature 0.5, --top-p 1.0"):
+        sample_run(run, cfg(src, n=2, k=3, temperature=0.5, top_p=1.0))
+    assert run.file("samples").read_bytes() == before  # refused before anything was written
+    out = sample_run(run, cfg(src, n=2, k=3, seed=7))  # another seed draws from the same distribution: allowed
+    assert out["written_now"] == 4 and len(run.read("samples")) == 6
+
+
 def test_resume_after_kill_loses_at_most_the_batch_in_flight(runs_dir, tmp_path, tiny):
     src = write_prompts(tmp_path / "p.txt", 12)
     run = Run.open("killed")
