@@ -8,8 +8,9 @@ safe point, so records already appended stay whole.
 
 Work inside a unit (the tokens of a batch being generated) is reported as `partial`: the share of one more unit's
 worth of work, in the units of `done` (`update(3, 12, partial=1.5)`: 3 responses written, a batch of 3 half-way).
-`loading(what)` says a model is being loaded (no counts yet). `close()` writes the last numbers even if the throttle
-held them back, so a finished stage never shows an earlier count.
+`loading(what)` says a model is being loaded (no counts yet). Numbers the throttle held back are written when its
+interval has passed, even if no update follows (a batch of judgments lands at once, then nothing for minutes);
+`close()` writes them at once, so a finished stage never shows an earlier count.
 
 $LAB_PROGRESS_FILE (one JSON object, rewritten whole):
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -68,7 +70,9 @@ class Progress:
         self.file = Path(env) if env else None
         self._bar = None
         self._last_write = 0.0
-        self._pending: dict | None = None  # the newest numbers the throttle held back (close() writes them)
+        self._pending: dict | None = None  # the newest numbers the throttle held back (_flush writes them)
+        self._flusher: threading.Timer | None = None  # writes them once the interval has passed
+        self._lock = threading.Lock()  # updates may come from worker threads and the flusher
         self._before_loading: str | None = None
         self.started = time.time()
         self._pace: tuple[float, float] | None = None  # (time, work) when work first moved in this phase
@@ -133,20 +137,35 @@ class Progress:
         now = time.time()
         eta = self.eta(done + extra.get("partial", 0.0), total, now)
         record = {"desc": self.desc, "done": done, "total": total, "eta_s": eta, "updated": now, **extra}
-        if not force and now - self._last_write < self.min_interval and done < total:
-            self._pending = record
-            return
-        self._last_write, self._pending = now, None
-        atomic_write_json(self.file, record)
+        with self._lock:
+            wait = self.min_interval - (now - self._last_write)
+            if not force and wait > 0 and done < total:
+                self._pending = record
+                if self._flusher is None:
+                    self._flusher = threading.Timer(wait, self._flush)
+                    self._flusher.daemon = True
+                    self._flusher.start()
+                return
+            self._last_write, self._pending = now, None
+            atomic_write_json(self.file, record)
+
+    def _flush(self) -> None:
+        """Write the numbers the throttle held back (the flusher's timer, and close())."""
+        with self._lock:
+            self._flusher = None
+            if self._pending is not None and self.file is not None:
+                self._last_write = time.time()
+                atomic_write_json(self.file, self._pending)
+                self._pending = None
 
     def check_stop(self) -> None:
         if stop_requested():
             raise Stopped(f"{self.desc or 'work'} stopped on request; everything finished so far is saved.")
 
     def close(self) -> None:
-        if self._pending is not None and self.file is not None:
-            atomic_write_json(self.file, self._pending)
-            self._pending = None
+        if self._flusher is not None:
+            self._flusher.cancel()
+        self._flush()
         if self._bar is not None:
             self._bar.close()
             self._bar = None

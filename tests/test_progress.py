@@ -1,6 +1,7 @@
 """Progress that tells the truth: ETA from the pace of the work (not from a phase start that included loading a
 model), work inside a batch, "loading model", and the last numbers written when a stage ends."""
 import json
+import time
 
 import pytest
 
@@ -64,6 +65,21 @@ def test_close_writes_the_numbers_the_throttle_held_back(clock, pfile):
     assert pfile()["done"] == 0
     p.close()
     assert pfile()["done"] == 4
+
+
+def test_numbers_held_back_are_written_once_the_interval_passes_without_another_update(pfile):
+    """A local judge's batch lands 8 results at once and then nothing for minutes: the page must show 8, not 1."""
+    p = Progress("judging", quiet=True, min_interval=0.3)
+    for done in range(1, 9):
+        p.update(done, 16, "judging")
+    assert pfile()["done"] == 1  # throttled
+    deadline = time.monotonic() + 5
+    while pfile()["done"] != 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pfile()["done"] == 8 and p._flusher is None
+    p.update(9, 16)  # a write after the flush starts a new interval: held back again, then flushed
+    p.close()
+    assert pfile()["done"] == 9
 
 
 def test_generation_reports_every_decode_step_of_a_batch(tiny):
