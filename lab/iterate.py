@@ -270,7 +270,9 @@ def one_round(run: Run, k: int, policy: Path | None, items: list[Instruction], e
     """Round k: the stages on iterations/<k>/, then its iterate.jsonl line."""
     r = Round(k, run.iteration(k), policy, cfg, progress, api_key)
     line = data_round(r, items)
+    progress.check_stop()  # between stages: a stop asked for during the last batch stops here, not minutes later
     adapter = train_round(r, line["pairs_kept"])
+    progress.check_stop()
     line["eval"] = eval_round(r, adapter, eval_items, run.iteration(k - 1) if k > 1 else None)
     state = read_state(adapter) or {}
     return {**line, "adapter": str(adapter), "train": {"global_step": state.get("global_step"),

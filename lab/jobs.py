@@ -320,7 +320,11 @@ def _kill_if_alive(run: Run, pid: int) -> None:
     if _alive(pid):
         os.killpg(pid, signal.SIGKILL)
         atomic_write_json(run.job_file("exit"), {"returncode": -9, "state": "stopped",
-                                                 "error": "Killed after it did not stop in time."})
+                                                 "error": KILLED})
+
+
+KILLED = ("Killed: it did not reach a safe point to stop at in time. What its stages had finished is saved; start "
+          "it again to resume from there.")
 
 
 def report_exit(returncode: int, state: str, error: str | None = None, ui_error: str | None = None) -> None:

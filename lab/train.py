@@ -482,6 +482,7 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
     config = TrainConfig(**{k: identity[k] for k in TrainConfig.__dataclass_fields__ if k != "init_adapter"},
                          init_adapter=init or "")
     spec = identity["model"]
+    progress.check_stop()  # a stop asked for while an earlier stage ended: before a model loads (tens of seconds)
     progress.loading(f"model {spec}")
     model, tok, device = load_policy(spec, config, init)
     if init is None:  # a continued adapter keeps its own layers (TRL gets no LoraConfig then)
@@ -503,11 +504,13 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
             precision.upcast_trainable(trainer.model, check_device(config)[1])
         for cb in callbacks:
             trainer.add_callback(cb)
+        progress.check_stop()  # setting up took long (the model, TRL's data set): not a step more if asked to stop
         run_trainer(trainer, config, device, ckpt)
     except BaseException as e:
         if is_main_process() and not isinstance(e, KeyboardInterrupt):
-            atomic_write_json(adapter_file(out, "state"), {**state, "status": "failed", "error": str(e)[:2000],
-                                                              "finished": time.time()})
+            ended = {"status": "stopped", "error": None} if isinstance(e, Stopped) else \
+                {"status": "failed", "error": str(e)[:2000]}
+            atomic_write_json(adapter_file(out, "state"), {**state, **ended, "finished": time.time()})
         raise
     return _finish(run, out, trainer, state, config)
 

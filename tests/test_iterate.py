@@ -151,6 +151,26 @@ def test_stop_mid_round_then_resume(seeded):
     assert len(iterate.lineage(seeded)) == 1
 
 
+def test_a_stop_asked_for_in_the_last_scoring_batch_stops_before_training_loads_a_model(seeded):
+    """The whole score stage fits one batch here, so it has no safe point after the stop; the round must not go on
+    into training (a model load and TRL's set-up are longer than the app's 30 s grace before it kills)."""
+    class StopAfterScoring(Progress):
+        asked = False
+
+        def update(self, done, total, desc=None, partial=0.0, **extra):
+            super().update(done, total, desc, partial, **extra)
+            self.asked = self.asked or (self.desc.endswith("scoring (train)") and done == total > 0)
+
+        def check_stop(self):
+            if self.asked:
+                raise Stopped("stop")
+
+    with pytest.raises(Stopped):
+        iterate.iterate_run(seeded, small(rounds=1, eval_n=0, batch_size=64), StopAfterScoring(quiet=True))
+    assert len(seeded.iteration(1).read("scores")) == 18 and seeded.iteration(1).pairs_file("self").exists()
+    assert not seeded.iteration(1).adapter_dir("round-1").exists()  # training never started
+
+
 # ---- an API judge -------------------------------------------------------------------------------------------------
 def test_api_judge_scores_and_all_ties_are_refused(seeded, monkeypatch):
     from fakeprovider import FakeProvider, user_text
