@@ -324,6 +324,23 @@ def test_compare_tab_shows_scores_and_a_side_by_side_grid_without_reload(page):
     wait_for_value(page, "PairRM", "tiny-random")
 
 
+def test_an_adapter_trained_while_compare_is_shown_appears_there_without_switching_tabs(page):
+    """Start a training, go to Compare while it runs: its adapter joins the list when it ends, with no reload or
+    tab switch (a user waited on Compare and the list stayed stale)."""
+    open_tab(page, "Train")
+    pick_option(page, "Pairs", "pairrm")
+    field(page, "Adapter name").fill("dpo-late")
+    set_number(page, "Max steps", 40)
+    click(page, "Train")
+    wait_for_text(page, re.compile("Training dpo-late is running"), timeout_s=60)
+    open_tab(page, "Compare")
+    late = panel(page).get_by_label("dpo-late")
+    panel(page).get_by_label("dpo-pairrm").wait_for(timeout=30_000)
+    assert late.count() == 0  # still training when the tab opened
+    late.wait_for(timeout=240_000)
+    shot(page, "10b-compare-after-training")
+
+
 def assert_grid_side_by_side(page) -> None:
     """At 1280 px: base and the adapter in two columns of equal width, on one line, inside the page, text wrapped."""
     item = panel(page).locator(".lab-grid-item").first

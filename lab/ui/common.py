@@ -145,15 +145,19 @@ def job_panel() -> JobPanel:
 
 def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: list[View] | tuple = ()) -> None:
     """Poll the run's job each tick (`job_<stage>`: run name -> bar, status, log), then re-read the tab's result
-    views (lab.ui.views) when something changed (another run picked, a job of `stage` queued, started or ended)
+    views (lab.ui.views) when something changed (another run picked, a job of `stage` queued, started or ended, a
+    job of another stage started or ended)
     or, for a live view, while it runs. Not every second for the rest: re-reading a run's files each tick is wasted
     work, and re-sending a dropdown's choices would close it under the user's cursor."""
     seen, news = gr.State(None), gr.State({})  # the job's last key; what this tick found (for the views)
     redo = [panel.redo, panel.command, panel.download]
 
     def poll(name: str, last):
-        st = _job_of(name, stage)
-        key = [name, st.get("state"), st.get("started") or st.get("queued"), st.get("position")]
+        latest = _latest_job(name)
+        st = latest if latest.get("argv", [None])[0] == stage else {"state": "none"}
+        # another tab's job ending changes what this tab shows too (a trained adapter in Compare's list)
+        other = [latest.get("argv", [None])[0], latest.get("state")] if st is not latest else []
+        key = [name, st.get("state"), st.get("started") or st.get("queued"), st.get("position"), *other]
         found = {"changed": key != last, "running": st.get("state") == "running"}
         if not found["changed"] and not found["running"]:
             return [gr.skip()] * (3 + len(redo)) + [last, found]
@@ -207,13 +211,18 @@ def wire_start(panel: JobPanel, button: gr.Button, fn: Callable, inputs: list, a
     return dep
 
 
-def _job_of(name: str | None, stage: str) -> dict:
+def _latest_job(name: str | None) -> dict:
+    """The status of the run's running or last job, whatever its stage ({"state": "none"} if none)."""
     if not name:
         return {"state": "none"}
     try:
-        st = jobs.status(Run.open(name))
+        return jobs.status(Run.open(name))
     except LabError:
         return {"state": "none"}
+
+
+def _job_of(name: str | None, stage: str) -> dict:
+    st = _latest_job(name)
     return st if st.get("argv", [None])[0] == stage else {"state": "none"}
 
 

@@ -5,6 +5,7 @@ The same views are re-read on every occasion the files may have changed under th
   - the run picker changes (the page load restores it, so a reload too)      `chain(ctx.run_name.change, ...)`
   - the tab is opened (another tab's job may have written what it shows)     lab.ui.build_app, `chain(tab.select)`
   - the tab's job starts or ends, and every tick while it runs if `live`     lab.ui.common.wire_job_panel
+  - another tab's job on the run starts or ends (while this tab is shown)    lab.ui.common.wire_job_panel
 A view never raises on these events: a run name that is not a run (half typed, refused) leaves the page as it is
 instead of writing a traceback to the server log every poll second.
 
