@@ -63,6 +63,9 @@ TRACKIO_PROJECT = "preference-lab"
 
 
 
+MAX_LR = 1e-2  # above this a LoRA adapter diverges on the first step (a user's lr 1000 'trained' to loss 0.0000)
+
+
 @dataclass
 class TrainConfig(Settings):
     """Preference training (DPO, KTO, SimPO, ORPO) + LoRA settings. docs/training.md explains every field, its
@@ -139,6 +142,10 @@ class TrainConfig(Settings):
         for flag, value in (("--lr", self.lr), ("--beta", self.beta)):
             if not value > 0:
                 raise LabError(f"{flag} must be > 0 (got {value}).")
+        if self.lr > MAX_LR:
+            raise LabError(f"--lr {self.lr:g} is far above what LoRA preference training takes (5e-6 to 5e-4; the "
+                           f"default is 5e-5): the weights diverge within a step and the loss reads 0. Use at most "
+                           f"{MAX_LR:g}.")
         for flag, value in (("--lora-r", self.lora_r), ("--lora-alpha", self.lora_alpha),
                             ("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum),
                             ("--save-steps", self.save_steps), ("--logging-steps", self.logging_steps)):

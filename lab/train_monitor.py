@@ -63,12 +63,25 @@ def length_warning(stats: dict, history: list[dict] | tuple = ()) -> str | None:
             "whether the judge prefers length, or balance the pairs by length.")
 
 
+FEW_PAIRS = 8
+
+
+def few_pairs_warning(stats: dict) -> str | None:
+    """So few training pairs that the curves measure memorisation (a run of 1 pair showed loss 0 and accuracy 1)."""
+    n, held = stats.get("n_train"), stats.get("n_eval", 0)
+    if n is None or n >= FEW_PAIRS:
+        return None
+    return (f"Only {n} training pair{'s' if n != 1 else ''}{'' if held else ' and no held-out ones'}: the loss and "
+            "reward accuracy show how well the adapter memorises them, not how it answers new prompts. Sample more "
+            "instructions for a preference data set worth training on.")
+
+
 def diagnose(metrics: list[dict], stats: dict | None, beta: float, history: list[dict] | tuple = (),
              method: str = "dpo") -> list[str]:
     """Plain-language warnings about what small-data DPO does; the CLI prints them, the app shows them live.
     Likelihood displacement is read from rewards measured against a reference, so reference-free methods skip it."""
     reference = METHODS[method].reference if method in METHODS else True
-    found = [displacement_warning(metrics, beta) if reference else None,
+    found = [few_pairs_warning(stats) if stats else None, displacement_warning(metrics, beta) if reference else None,
              length_warning(stats, history) if stats else None]
     return [w for w in found if w]
 

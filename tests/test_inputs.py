@@ -347,6 +347,7 @@ def test_the_retry_after_cap_is_a_judge_setting():
 
 # ---- iterate checks every setting first ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kw,message", [({"lr": -1.0}, "--lr must be > 0"), ({"beta": 0.0}, "--beta must be > 0"),
+                                        ({"lr": 1000.0}, "--lr 1000 is far above .* at most 0.01"),
                                         ({"lora_r": 0}, "--lora-r must be at least 1"),
                                         ({"train_batch_size": 0}, "--train-batch-size must be at least 1"),
                                         ({"epochs": 0.0, "max_steps": -1}, "Give --epochs > 0 or --max-steps > 0"),

@@ -339,6 +339,13 @@ def test_length_gap_warning():
     assert "up from 1.03x" in diagnose([], growing, 0.1, history=[balanced])[0]
 
 
+def test_few_pairs_warning():
+    even = {"chosen_longer_fraction": 0.5, "chosen_chars_mean": 300, "rejected_chars_mean": 300}
+    assert "Only 1 training pair and no held-out ones" in diagnose([], {**even, "n_train": 1, "n_eval": 0}, 0.1)[0]
+    assert "Only 7 training pairs:" in diagnose([], {**even, "n_train": 7, "n_eval": 2}, 0.1)[0]
+    assert diagnose([], {**even, "n_train": 8, "n_eval": 0}, 0.1) == []
+
+
 # ---- scale and real effect (slow) ----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_process_accelerate_launch(run, pairs):
