@@ -76,13 +76,14 @@ class Settings:
         for f in dataclasses.fields(cls):
             if f.name in skip:
                 continue
-            kind, help_ = kind_of(f), f.metadata.get("help")
+            kind, help_ = kind_of(f), (f.metadata.get("help") or "").replace("%", "%%")  # argparse formats help
             if kind is bool:
                 parser.add_argument("--" + flag(f.name), action=argparse.BooleanOptionalAction, default=f.default,
-                                    help=help_)
+                                    help=f"{help_} (default: {'on' if f.default else 'off'})")
             else:
+                shown = "" if "(default" in help_ else f" (default: {f.default if f.default != '' else 'none'})"
                 parser.add_argument("--" + flag(f.name), type=kind, default=f.default,
-                                    choices=f.metadata.get("choices"), help=f"{help_} (default: {f.default})")
+                                    choices=f.metadata.get("choices"), help=help_ + shown)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace):

@@ -15,6 +15,7 @@ import pytest
 
 from lab import config as lab_config
 from lab import progress as lab_progress
+from lab.cli import STAGES, build_parser
 from lab.hub import PushConfig
 from lab.iterate import IterateConfig
 from lab.judge import JudgeConfig
@@ -407,3 +408,16 @@ def test_bad_files_on_the_command_line_change_nothing(lab_run, tmp_path, capsys)
     assert "is UTF-16 text" in cli_error(capsys, "train", "--run", "t", "--pairs", str(tmp_path / "pairs.jsonl"),
                                          "--adapter", "a")
     assert snapshot(lab_run.path) == before
+
+
+# ---- every command's --help ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [s.name for s in STAGES] + ["doctor"])
+def test_every_commands_help_prints_each_default_once(name, capsys):
+    """argparse formats help strings with %: a '~25% of a step' once crashed `lab train --help` with a TypeError."""
+    with pytest.raises(SystemExit) as end:
+        build_parser().parse_args([name, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert end.value.code == 0 and "usage: python -m lab " + name in text
+    assert "(default: the model this run sampled with) (default:" not in text and ") (default: )" not in text
+    if name == "train":
+        assert "~25% of a step" in text and "(default: on)" in text  # a percent sign and a switch's default
