@@ -309,7 +309,8 @@ def _iterate_locked(run: Run, cfg: IterateConfig, progress: Progress | None, api
             started()
             run.append("iterate", [done[k]])
         policy = Path(done[k]["adapter"])
-    progress.update(cfg.rounds, cfg.rounds, f"{cfg.rounds} rounds done")  # not the last phase's count of round k
+    ends = f"{cfg.rounds} round{'s' if cfg.rounds != 1 else ''} done"
+    progress.update(cfg.rounds, cfg.rounds, ends)  # not the last phase's count of round k
     progress.close()
     return {"run": run.name, "rounds": [round_summary(done[k]) for k in range(1, cfg.rounds + 1)]}
 

@@ -20,6 +20,7 @@ from lab.ui.common import JobPanel, api_key_box, checked, job_panel, labels_view
     typed_key_env, wire_job_panel, wire_start
 from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal, made_with, wire_restore
+from lab.ui.wording import count
 
 JUDGE_CHOICES = [("the model itself (as in the paper)", "self"), *((BACKENDS[n].label, n) for n in API_BACKENDS)]
 ROUND_COLUMNS = ["round", "pairs kept", "ties dropped", "unscored dropped", "mean score", "mean chars",
@@ -113,7 +114,7 @@ def start_iterating(run_name, *values, api_key: str = ""):
     checked(cfg.validate)
     if cfg.judge != "self":
         checked(api_backend, cfg.score_config(1), (api_key or "").strip() or None)  # a missing key shows at once
-    return start_job(run_name, "iterate", cfg.to_argv(), f"Iterating ({cfg.rounds} rounds)",
+    return start_job(run_name, "iterate", cfg.to_argv(), f"Iterating ({count(cfg.rounds, 'round')})",
                      secret_env=typed_key_env(cfg.judge, api_key))
 
 

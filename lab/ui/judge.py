@@ -27,7 +27,7 @@ from lab.ui import forms
 from lab.ui.common import JobPanel, admit, api_key_box, check_base_url, checked, job_panel, noise_md, open_run, \
     start_job, typed_key_env, wire_job_panel, wire_start
 from lab.ui.views import View, chain, internal, made_with, wire_restore
-from lab.ui.wording import say
+from lab.ui.wording import count, say
 
 BACKENDS = [(b.label, name) for name, b in REGISTRY.items()]
 PLAN_CHOICES = [("Knockout: 2(K-1) calls per instruction (8 for K=5)", "knockout"),
@@ -243,8 +243,9 @@ def figures_md(r: dict) -> str:
         return "No judgments in this run yet."
     v = r["verdicts"]
     cost = f" · ${r['cost_usd']:.4f}" if r.get("cost_usd") else ""
+    judged = r["instructions_judged"]
     figures = (f"**{r['pairs']}** pairs from {r['calls']} calls · **{r['instructions_with_preference']}** of "
-               f"{r['instructions_judged']} instructions have a preference\n\n"
+               f"{count(judged, 'instruction')} {'has' if judged == 1 else 'have'} a preference\n\n"
                f"| position consistency | first-position wins | longer-answer wins |\n|---|---|---|\n"
                f"| {_rate(r['consistency_rate'])} | {_rate(r['first_position_win_rate'])} (50% = unbiased) | "
                f"{_rate(r['longer_answer_win_rate'])} |\n\n"

@@ -16,6 +16,7 @@ from lab.store import Run
 from lab.ui.common import JobPanel, checked, job_panel, noise_md, open_run, start_job, wire_job_panel, wire_start
 from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal, made_with, wire_restore
+from lab.ui.wording import count
 
 RANKERS = [("llm-blender/PairRM (hub; ~40 s per instruction on CPU, well under 1 s on a GPU)", "llm-blender/PairRM"),
            ("tiny-random: random weights, for smoke tests only", "tiny-random")]
@@ -181,7 +182,7 @@ def stats_md(s: dict) -> str:
     """The statistics of one pairs data set (lab.pairs.build_pairs summary) as Markdown."""
     dropped = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in s["dropped"].items()) or "none"
     name = html.escape(s["file"].replace("\\", "/").rsplit("/", 1)[-1])
-    lines = [f"**{s['pairs']} pairs** in `{name}` ({s['source']}, {s['strategy']}, margin {s['margin']})",
+    lines = [f"**{count(s['pairs'], 'pair')}** in `{name}` ({s['source']}, {s['strategy']}, margin {s['margin']})",
              f"- instructions without a pair: {s['instructions_without_pair']} of {s['instructions']} "
              f"({s['single_response']} with a single response)",
              f"- dropped: {dropped}"]

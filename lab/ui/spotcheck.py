@@ -15,6 +15,7 @@ from lab.pairs import record_spotcheck
 from lab.store import Run
 from lab.ui.common import checked, noise_md, open_run
 from lab.ui.views import View, chain
+from lab.ui.wording import count
 from lab.verdicts import RULES
 
 VERDICT_WORDS = {"a": "Response 1 is better", "b": "Response 2 is better", "tie": "Tie", "skip": "Skipped",
@@ -98,7 +99,7 @@ def decide(run_name: str, keys: list, at: int, human: str):
     out = checked(record_spotcheck, run, iid, a, b, human)
     pairs = out["pairs"]
     note = (f"Saved: {VERDICT_WORDS[human].lower()} on pair {at + 1}. `pairs-judge.jsonl` rebuilt: "
-            f"{pairs['pairs']} pairs ({pairs['human_overrides']} from your checks).")
+            f"{count(pairs['pairs'], 'pair')} ({pairs['human_overrides']} from your checks).")
     nxt = min(at + 1, len(keys) - 1)
     return nxt, note, *render(run, keys, nxt)
 

@@ -127,6 +127,7 @@ def made_with(settings: dict | None, stage: str, names: list[str], extra: dict |
         if value in (None, "", "none") or name not in fields:
             continue
         label = fields[name].metadata.get("label") or name.replace("_", " ")
-        parts.append(f"{label[0].lower() + label[1:]} {value}")
+        word = label.split(" ")[0]  # "Temperature" -> "temperature", but "LoRA rank" and "PairRM" keep their case
+        parts.append(f"{label[0].lower() + label[1:] if word[1:] == word[1:].lower() else label} {value}")
     parts += [f"{k} {v}" for k, v in (extra or {}).items() if v not in (None, "")]
     return "Made with " + " · ".join(parts) if parts else ""

@@ -57,6 +57,11 @@ def page_text(text: str, stage: str | None = None) -> str:
     return text.replace("`", "")
 
 
+def count(n: int, noun: str, nouns: str | None = None) -> str:
+    """'1 pair', '2 pairs' (nouns: an irregular plural)."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
 def _flag(labels: dict[str, str], name: str, negated: bool) -> str:
     if name == "run":
         return "the run name"
