@@ -269,10 +269,10 @@ def complete_all_vllm(run: Run, cm, adapters: dict[str, Path], items: list[dict]
 def check_scorers(cfg: CompareConfig, api_key: str | None) -> None:
     """Fail before any generation if a scorer cannot run: no API key (lab.judge_backends.resolve_key: the same rule
     the judge applies), or a PairRM that cannot be found."""
-    for flag, backend in (("--judge", cfg.judge), ("--score", cfg.score)):
+    for flag, backend, offline in (("--judge", cfg.judge, "local"), ("--score", cfg.score, "base")):
         if backend in API_BACKENDS:
             try:
-                resolve_key(backend, "", api_key)
+                resolve_key(backend, "", api_key, local=f"{flag} {offline}")
             except LabError as e:
                 raise LabError(f"{flag} {backend} needs an API key: {e} Or pick another scorer (local / base are "
                                "offline and weak) or none.") from None

@@ -106,7 +106,8 @@ def _same_url(a: str, b: str) -> bool:
                                                                          y.path.rstrip("/"))
 
 
-def resolve_key(kind: str, base_url: str = "", api_key: str | None = None, key_env: str = "") -> tuple[str, str, str]:
+def resolve_key(kind: str, base_url: str = "", api_key: str | None = None, key_env: str = "",
+                local: str = "--backend local") -> tuple[str, str, str]:
     """(key, URL, where the key came from, in words) for an API judge, under the rule in the module docstring.
 
     Order: api_key (in memory) > $key_env (named by the caller) > $LAB_API_KEY_<KIND> (typed in the app) > the
@@ -116,10 +117,10 @@ def resolve_key(kind: str, base_url: str = "", api_key: str | None = None, key_e
     if api_key:
         return api_key, url, "the API key given"
     if key_env:
-        return _env_key(key_env, kind), url, f"${key_env}"
+        return _env_key(key_env, kind, local), url, f"${key_env}"
     if os.environ.get(TYPED_KEY_ENV[kind]):
         return os.environ[TYPED_KEY_ENV[kind]], url, "the API key typed in the app"
-    key = _env_key(KEY_ENV[kind], kind)
+    key = _env_key(KEY_ENV[kind], kind, local)
     if base_url and not _same_url(base_url, owner_url(kind)):
         raise LabError(f"The base URL {redact_userinfo(base_url)} is not the {kind} URL this machine's "
                        f"{KEY_ENV[kind]} is set for, so that key is not sent there: give your own key for that "
@@ -130,12 +131,14 @@ def resolve_key(kind: str, base_url: str = "", api_key: str | None = None, key_e
     return key, url, f"${KEY_ENV[kind]}"
 
 
-def _env_key(name: str, kind: str) -> str:
+def _env_key(name: str, kind: str, local: str) -> str:
+    """The key in $name; else a LabError naming the stage's offline choice (`local`: "--backend local" for the judge
+    stage, "--judge self" for self-scoring, "--judge local" for compare)."""
     key = os.environ.get(name) or ""
     if not key:
         raise LabError(f"{name} is not set: export {name}=<your key> (or pass --api-key-env NAME of the variable "
                        f"that holds it; in the app, type your key in the API key box), or use a local judge "
-                       f"(--backend local: offline, weak) instead of {kind}.")
+                       f"({local}: offline, weak) instead of {kind}.")
     return key
 
 
@@ -160,10 +163,10 @@ class ApiBackend:
     def __init__(self, kind: str, model: str, limiter: RateLimiter, base_url: str = "", api_key: str | None = None,
                  key_env: str = "", timeout_s: float = 60.0, max_retries: int = 5, backoff: float = 1.0,
                  temperature: float = 0.0, max_tokens: int = 512, json_mode: bool = True,
-                 max_retry_after_s: float = MAX_RETRY_AFTER_S):
+                 max_retry_after_s: float = MAX_RETRY_AFTER_S, local: str = "--backend local"):
         self.kind, self.model, self.limiter = kind, model, limiter
         self.max_retry_after_s = max_retry_after_s
-        self.api_key, self.url, self.key_source = resolve_key(kind, base_url, api_key, key_env)
+        self.api_key, self.url, self.key_source = resolve_key(kind, base_url, api_key, key_env, local)
         self.timeout_s, self.max_retries, self.backoff = timeout_s, max_retries, backoff
         self.params = {"temperature": temperature, "max_tokens": max_tokens,
                        **({"response_format": {"type": "json_object"}} if json_mode else {})}

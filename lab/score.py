@@ -255,7 +255,8 @@ def api_backend(cfg: ScoreConfig, api_key: str | None = None) -> ApiBackend | No
     if cfg.judge == "self":
         return None
     return ApiBackend(cfg.judge, cfg.judge_model or DEFAULT_MODELS[cfg.judge], RateLimiter(cfg.rpm), api_key=api_key,
-                      temperature=cfg.judge_temperature, max_tokens=cfg.judge_tokens, json_mode=False)
+                      temperature=cfg.judge_temperature, max_tokens=cfg.judge_tokens, json_mode=False,
+                      local="--judge self")
 
 
 # ---- scoring rows, with the records as the cache ------------------------------------------------------------------

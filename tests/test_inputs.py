@@ -16,6 +16,7 @@ import pytest
 from lab import config as lab_config
 from lab import progress as lab_progress
 from lab.cli import STAGES, build_parser
+from lab.compare import CompareConfig, check_scorers
 from lab.hub import PushConfig
 from lab.iterate import IterateConfig
 from lab.judge import JudgeConfig
@@ -421,3 +422,22 @@ def test_every_commands_help_prints_each_default_once(name, capsys):
     assert "(default: the model this run sampled with) (default:" not in text and ") (default: )" not in text
     if name == "train":
         assert "~25% of a step" in text and "(default: on)" in text  # a percent sign and a switch's default
+
+
+@pytest.mark.parametrize("argv,offline", [(["judge", "--backend", "groq"], "--backend local"),
+                                          (["iterate", "--judge", "groq"], "--judge self"),
+                                          (["score", "--judge", "groq"], "--judge self"),
+                                          (["compare", "--judge", "groq"], "--judge local"),
+                                          (["compare", "--score", "groq"], "--score base")])
+def test_a_missing_key_names_the_offline_choice_of_that_command(argv, offline, lab_run, capsys, monkeypatch):
+    """The way out must be a flag the command has: compare and iterate were told to use --backend local."""
+    monkeypatch.delenv("GROQ_API_KEY", raising=False)
+    if argv[0] == "compare":  # its key check, without the adapters a compare needs first
+        with pytest.raises(LabError) as err:
+            check_scorers(CompareConfig(**{argv[1].strip("-"): argv[2]}), None)
+        msg = str(err.value)
+    else:
+        msg = cli_error(capsys, argv[0], "--run", lab_run.name, *argv[1:])
+    assert "GROQ_API_KEY is not set" in msg and f"({offline}: offline, weak)" in msg, msg
+    flag, value = offline.split()
+    build_parser().parse_args([argv[0], "--run", "x", flag, value])  # a choice the command takes (else SystemExit)
