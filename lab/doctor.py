@@ -12,7 +12,8 @@ before it loads a model. With --json the report is one JSON object:
      "engines": ["lab", ...], "engine_auto": "lab" | "vllm", "engine_notes": {engine: why it is or is not there},
      "load_in_4bit": {"ok": bool, "why": str}, "versions": {package: version | null},
      "model": null | {"spec", "path", "parameters", "sampling": lab.memory.Estimate.to_dict(), "training": ...,
-                      "fits": {"sampling": bool, "training": bool}}}
+                      "fits": {"sampling": bool, "training": bool}}
+              | {"spec", "path", "error": why its config could not be read (offline, gated, ...)}}
 """
 from __future__ import annotations
 
@@ -55,7 +56,10 @@ def model_report(cfg: DoctorConfig, dev: precision.Device, dtype: str, prec: pre
                  free: int) -> dict:
     """The memory estimates of cfg.model for sampling and training, and whether each fits in `free` bytes."""
     path = models.resolve(cfg.model)
-    shape = memory.model_shape(path)
+    try:
+        shape = memory.model_shape(path)
+    except LabError as e:  # the hub unreachable, a gated id: the rest of the report still holds
+        return {"spec": cfg.model, "path": path, "error": str(e)}
     sampling = memory.sampling_need(shape, dtype, dev.kind, cfg.sample_batch, cfg.sample_tokens)
     training = memory.training_need(shape, prec.load_dtype, dev.kind, cfg.lora_r, cfg.target_modules,
                                     cfg.batch_size, cfg.max_length, cfg.load_in_4bit, cfg.gradient_checkpointing)
@@ -99,7 +103,9 @@ def as_text(r: dict) -> str:
     lines.append(f"4-bit QLoRA: {'yes' if r['load_in_4bit']['ok'] else 'no'}: {r['load_in_4bit']['why']}")
     lines.append("versions:    " + ", ".join(f"{p} {v}" for p, v in r["versions"].items() if v))
     m = r["model"]
-    if m:
+    if m and m.get("error"):
+        lines.append(f"model:       {m['spec']}: not sized: {m['error']}")
+    elif m:
         lines.append(f"model:       {m['spec']}: {m['parameters'] / 1e9:.2f} B parameters, LoRA "
                      f"{m['lora_parameters'] / 1e6:.1f} M")
         for what in ("sampling", "training"):

@@ -61,6 +61,23 @@ def _check_bounds(config, source: str) -> None:
                            "chat model is that large); choose another model.")
 
 
+def config_error(source: str, err: Exception) -> LabError:
+    """Why `source`'s config.json could not be read, with the way out for that reason."""
+    text = str(err)
+    first = (text.splitlines() or [type(err).__name__])[0][:200]
+    if any(w in text.lower() for w in ("couldn't connect", "offline", "connection", "timed out")) or \
+            isinstance(err, (ConnectionError, TimeoutError)):
+        return LabError(f"Could not reach the Hugging Face Hub to read {source}'s config.json ({first}): check the "
+                        "connection (a gated model such as Llama also needs its licence accepted and HF_TOKEN set); "
+                        "offline, give a local folder, 'bundled' or 'tiny-random' (HF_HUB_OFFLINE=1 skips the "
+                        "retries).")
+    if "gated" in text.lower() or "401" in text or "403" in text:
+        return LabError(f"{source} is gated: accept its licence on the Hugging Face Hub, then set HF_TOKEN (or run "
+                        "`hf auth login`) and try again.")
+    return LabError(f"Could not read the config of {source} to size it ({first}): give a hub id of a transformers "
+                    "causal LM, a local folder, 'bundled' or 'tiny-random'.")
+
+
 @lru_cache(maxsize=64)
 def model_shape(source: str, token: str | bool | None = None) -> Shape:
     """The Shape of the model a hub id or a folder with config.json describes: only config.json is fetched (a hub
@@ -79,10 +96,8 @@ def model_shape(source: str, token: str | bool | None = None) -> Shape:
         model.tie_weights()  # on the meta device from_config leaves tied embeddings as two tensors
     except LabError:
         raise
-    except Exception as e:  # a gated, missing, remote-code or malformed config: the size is unknown
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise LabError(f"Could not read the config of {source} to size it ({first}): give a hub id of a "
-                       "transformers causal LM, 'bundled' or 'tiny-random'.") from None
+    except Exception as e:  # unreachable, gated, missing, remote-code or malformed: the size is unknown
+        raise config_error(source, e) from None
     text = config.get_text_config()
     out = model.get_output_embeddings()
     embeds = {id(p): p.numel() for m in (model.get_input_embeddings(), out) if m is not None for p in m.parameters()}

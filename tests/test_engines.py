@@ -126,6 +126,16 @@ def test_doctor_json_is_one_object_with_device_precision_engines_and_the_estimat
     assert r["model"]["training"]["total_gb"] > r["model"]["training"]["weights_gb"] > 0
 
 
+def test_doctor_offline_with_a_hub_id_still_reports_the_machine_and_says_why_the_model_is_not_sized():
+    done = lab_cli("doctor", "--json", "--model", "meta-llama/Llama-3.2-1B-Instruct", env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    r = json.loads(done.stdout)
+    assert r["device"] == "cpu" and "lab" in r["engines"]
+    assert "Could not reach the Hugging Face Hub" in r["model"]["error"] and "HF_TOKEN" in r["model"]["error"]
+    text = lab_cli("doctor", "--model", "meta-llama/Llama-3.2-1B-Instruct", env={"HF_HUB_OFFLINE": "1"}).stdout
+    assert "device:" in text and "meta-llama/Llama-3.2-1B-Instruct: not sized: Could not reach" in text
+
+
 def test_a_model_that_cannot_fit_is_refused_with_the_numbers_before_loading(runs_dir):
     done = lab_cli("sample", "--run", "m", "--model", "bundled", "--n", "1", "--k", "1",
                    env={"LAB_MEMORY_GB": "0.2", "LAB_RUNS_DIR": str(runs_dir)})

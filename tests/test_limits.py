@@ -81,7 +81,8 @@ def test_model_size_is_read_from_the_config_alone(tmp_path, tiny, monkeypatch):
                                        r"LAB_MAX_MODEL_PARAMS"):
         limits.check_model(str(tmp_path / "big"))
     limits.check_model("tiny-random")
-    with pytest.raises(LabError, match="Could not read the config of nobody/missing"):
+    with pytest.raises(LabError, match=r"Could not reach the Hugging Face Hub to read nobody/missing's config.*"
+                                       r"local folder, 'bundled'"):
         limits.check_model("nobody/missing")  # offline and not cached: unknown size is refused, not waved through
 
 
