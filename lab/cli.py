@@ -176,6 +176,10 @@ def print_summary(summary: dict) -> None:
     print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
 
 
+INTERRUPTED = ("Interrupted: the records each stage had finished are saved (a training's up to its last "
+               "checkpoint).")
+
+
 def main(argv: list[str] | None = None) -> int:
     install_stop_handler()
     try:
@@ -195,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (Stopped, KeyboardInterrupt) as e:
         close_bars()
-        msg = str(e) or "Stopped; everything finished so far is saved."
+        msg = str(e) if isinstance(e, Stopped) and str(e) else INTERRUPTED
+        msg += "" if "again" in msg else " Run the same command again to resume."
         print(msg, file=sys.stderr)
         report_exit(0, "stopped", msg)
         return 0 if isinstance(e, Stopped) else 130

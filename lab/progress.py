@@ -51,14 +51,19 @@ def stop_requested() -> bool:
 
 
 def install_stop_handler() -> None:
-    """The first SIGTERM asks politely (stages stop at their next safe point); a second one kills."""
+    """The first SIGTERM (the app's Stop) or Ctrl-C asks politely: stages stop at their next safe point, a training
+    after its current step with a checkpoint to resume from. A second one interrupts at once."""
 
     def handler(signum, frame):
         if _STOP["requested"]:
             raise KeyboardInterrupt
         request_stop()
+        if signum == signal.SIGINT:
+            print("\nStopping at the next safe point (a training: after this step, with a checkpoint); Ctrl-C again "
+                  "to quit at once.", file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 class Progress:
