@@ -231,7 +231,19 @@ def _sample_locked(run: Run, cfg: SampleConfig, progress: Progress | None, items
         with adapters_on(cm, {POLICY: adapter} if adapter else {}) as select, select(POLICY if adapter else None) as m:
             written, tokens_per_s = _generate_missing(job, m, units, encoded)
     progress.close()
-    return summarize(run) | {"written_now": written, "tokens_per_s": tokens_per_s, "engine": engine}
+    return summarize(run) | {"written_now": written, "tokens_per_s": tokens_per_s if written else None,
+                             "engine": engine, "warnings": _downstream_warnings(run, written)}
+
+
+def _downstream_warnings(run: Run, written: int) -> list[str]:
+    """New samples in a run whose later stages already ran: what was made from the old set does not hold them."""
+    made = [what for what, there in (("judgments", run.read("judgments")), ("rankings", run.read("rankings")),
+                                     ("adapters", run.adapters())) if there]
+    if not written or not made:
+        return []
+    return [f"{written} new sample{'s' if written != 1 else ''} joined this run after its {', '.join(made)} were "
+            "made, which do not hold them: judge and rank again (they add what is missing), then rebuild the pairs "
+            "and train new adapters."]
 
 
 @dataclass
@@ -334,6 +346,7 @@ def _check_lengths(cm, encoded: dict, cfg: SampleConfig) -> None:
 def summarize(run: Run) -> dict:
     """Counts for the CLI and the app: instructions, samples, duplicates, truncated responses."""
     samples = run.read("samples")
-    return {"run": run.name, "instructions": len({s["instruction_id"] for s in samples}), "samples": len(samples),
+    return {"run": run.name, "file": str(run.file("samples")),
+            "instructions": len({s["instruction_id"] for s in samples}), "samples": len(samples),
             "duplicates": sum(s["duplicate_of"] is not None for s in samples),
             "truncated": sum(s["finish_reason"] == "length" for s in samples)}

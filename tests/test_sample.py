@@ -72,9 +72,13 @@ def test_sample_run_writes_records_and_resumes(run, tmp_path, tiny):
                         "completion_tokens", "finish_reason", "duplicate_of"}
     assert rec["decoding"] == {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 8, "seed": 0}
     assert rec["finish_reason"] in ("stop", "length") and rec["completion_tokens"] <= 8
-    assert sample_run(run, cfg(src, k=2))["written_now"] == 0  # rerun: nothing repeated
+    again = sample_run(run, cfg(src, k=2))
+    assert again["written_now"] == 0 and again["tokens_per_s"] is None  # rerun: nothing repeated, no rate to show
+    assert first["file"] == str(run.file("samples")) and first["warnings"] == []
+    run.append("judgments", [{"instruction_id": "x", "a": 0, "b": 1}])  # a later stage already ran on K=2
     third = sample_run(run, cfg(src, k=3))  # asking for more samples adds only the missing index
     assert third["written_now"] == 3
+    assert "3 new samples joined this run after its judgments were made" in third["warnings"][0]
     keys = [(s["instruction_id"], s["sample_index"]) for s in run.read("samples")]
     assert len(keys) == len(set(keys)) == 9
     assert len(run.read("instructions")) == 3
