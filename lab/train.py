@@ -82,8 +82,8 @@ class TrainConfig(Settings):
     epochs: float = opt(3.0, "passes over the training pairs (ignored when --max-steps > 0)", label="Epochs")
     max_steps: int = opt(-1, "stop after this many optimizer steps (-1 = run the epochs)", label="Max steps")
     lr: float = opt(5e-5, "peak learning rate of the LoRA weights (cosine decay after warm-up)", label="Learning rate")
-    warmup_ratio: float = opt(0.1, "fraction of the steps spent warming the learning rate up from 0",
-                              label="Warm-up ratio")
+    warmup_ratio: float = opt(0.1, "fraction of the steps spent warming the learning rate up from 0 (none where "
+                              "that is under 2 steps: a warm-up's first step learns nothing)", label="Warm-up ratio")
     beta: float = opt(0.1, "beta: strength of the pull back to the reference (higher = stay closer); SimPO's reward "
                       "scale, ORPO's odds-ratio weight (lambda)", label="Beta")
     loss_type: str = opt("", "TRL loss type of the method, or several joined by ',' for dpo (e.g. sigmoid,sft); "
@@ -249,6 +249,13 @@ def planned_steps(config: TrainConfig, n_train: int, world: int) -> int:
     return max(1, math.ceil(config.epochs * per_epoch))
 
 
+def warmup_steps(ratio: float, steps: int) -> int:
+    """Warm-up steps for `ratio` of `steps`, or none where that is under 2: transformers' warm-up gives its first
+    step learning rate 0, so one warm-up step of a 10-step round (a self-rewarding round, a demo) only loses it."""
+    n = int(ratio * steps)
+    return n if n >= 2 else 0
+
+
 def precomputes_ref(config: TrainConfig, n_train: int, world: int) -> bool:
     """Whether the reference log-probs are computed in one pass before training (TRL's precompute_ref_log_probs):
     --precompute-ref (the default), a method with a reference, one process, and more steps than one pass over the
@@ -272,7 +279,8 @@ def trainer_args(config: TrainConfig, out: Path, device: str, n_train: int, has_
     eval_every = config.eval_steps or max(1, planned_steps(config, n_train, world) // 5)
     return config_cls(
         output_dir=str(adapter_file(out, "checkpoints")), num_train_epochs=config.epochs, max_steps=config.max_steps,
-        learning_rate=config.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,
+        learning_rate=config.lr, lr_scheduler_type="cosine",
+        warmup_steps=warmup_steps(config.warmup_ratio, planned_steps(config, n_train, world)),
         **method.args(config), per_device_train_batch_size=config.batch_size,
         **({"precompute_ref_log_probs": precomputes_ref(config, n_train, world)} if method.reference else {}),
         per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,

@@ -4,6 +4,7 @@ Pairs used here carry an obvious preference: the chosen answer opens with "Certa
 text without it, so a model that learned anything puts more probability on the "Certainly!" version.
 """
 import json
+import math
 import os
 import signal
 import subprocess
@@ -103,6 +104,8 @@ def test_adapter_is_written_loads_and_moves_toward_chosen(run, pairs):
     train_lines = [m for m in read_jsonl(out / "metrics.jsonl") if m["split"] == "train"]
     assert [m["step"] for m in train_lines] == list(range(1, 9))
     assert all(m["tokens_per_s"] > 0 and "rewards/margins" in m and "logps/chosen" in m for m in train_lines)
+    # step 1 learned: no one-step warm-up at learning rate 0 (its loss, ln 2, would then come back at step 2)
+    assert train_lines[0]["loss"] == pytest.approx(math.log(2), abs=1e-4) != train_lines[1]["loss"]
     assert run.stage_settings("train")["adapter"] == "a1"
 
     with pytest.raises(LabError, match="already exists"):
