@@ -124,3 +124,20 @@ def test_the_rank_train_compare_and_iterate_tabs_and_the_model_card_show_the_lab
             view = next(v for v in tab.views if v.outputs == [tab.labels])
             assert isinstance(tab.labels, gr.Markdown) and view.read("t") == [common.run_labels("t", stage)]
             assert view.read("../not-a-run") == [gr.skip()]  # a name that is not a run's leaves the box as it is
+
+
+def test_a_win_rate_from_a_random_or_weak_scorer_says_so_in_its_column(run):
+    """The numbers themselves carry the mark, not only a banner above the table (a user asked which one was noise)."""
+    from lab.ui import compare as compare_tab
+
+    w = {"win_rate": 0.5, "ci_low": 0.1, "ci_high": 0.9, "n": 4}
+    scores = {"per_model": {"a": {"chars_change": None, "mean_chars": 100, "mean_tokens": 20.0, "truncated_rate": 0,
+                                  "distinct_1": 0.5, "distinct_2": 0.8, "refusal_rate": 0}},
+              "win_rates": {"a": {"pairrm": w, "judge": w, "score": w}}}
+    table = compare_tab.scores_table(scores, {"pairrm": "tiny-random", "judge": "local", "score": "base",
+                                              "model": "tiny-random"})
+    assert list(table.columns[-3:]) == ["PairRM win rate ⚠️ random ranker", "judge win rate ⚠️ weak judge",
+                                        "5-point win rate ⚠️ random judge"]
+    real = compare_tab.scores_table(scores, {"pairrm": "llm-blender/PairRM", "judge": "groq", "score": "groq"})
+    assert list(real.columns[-3:]) == ["PairRM win rate", "judge win rate", "5-point win rate"]
+    assert real.iloc[0, -1] == "0.50 [0.10, 0.90] (n=4)"

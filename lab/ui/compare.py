@@ -14,7 +14,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from lab import compare
+from lab import compare, noise
 from lab.adapters import resolve_adapters
 from lab.compare import CompareConfig
 from lab.errors import LabError
@@ -234,7 +234,7 @@ def refresh(run_name: str | None, picked: str | None = None):
         empty = '<p class="lab-empty">No comparison in this run yet: press Compare.</p>'
         return [empty, "", gr.update(choices=[], value=None), "", "", "", notes["overall"]]
     scores = compare.read_scores(run)
-    table = html_table(scores_table(scores)) if scores else \
+    table = html_table(scores_table(scores, run.stage_settings("compare") or {})) if scores else \
         '<p class="lab-empty">The scores appear when the comparison has finished.</p>'
     picked = picked if picked in ids else (ids[0] if ids else None)
     page, info = grid.render(run, picked)
@@ -275,8 +275,21 @@ def _rate(w: dict | None) -> str:
     return f"{w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]{lc} (n={w['n']})"
 
 
-def scores_table(scores: dict) -> pd.DataFrame:
-    """compare-scores.json -> one row per model."""
+def scorer_marks(settings: dict) -> dict[str, str]:
+    """Win-rate column -> its header with the scorer's noise mark next to the numbers ("random ranker", "weak
+    judge"), from the comparison's recorded settings (lab.noise knows which scorers are noise)."""
+    judge = settings.get("judge_model") or noise.BUNDLED if settings.get("judge") == "local" else None
+    used = {"PairRM win rate": ("ranker", settings.get("pairrm")), "judge win rate": ("judge", judge),
+            "5-point win rate": ("judge", settings.get("model") if settings.get("score") == "base" else None)}
+    marks = {}
+    for column, (kind, spec) in used.items():
+        words = noise.label(kind, spec) or ""
+        marks[column] = f"{column} ⚠️ {'random' if words.startswith('Noise') else 'weak'} {kind}" if words else column
+    return marks
+
+
+def scores_table(scores: dict, settings: dict | None = None) -> pd.DataFrame:
+    """compare-scores.json -> one row per model; a win rate from a random or weak scorer says so in its header."""
     rows = []
     for m, s in scores["per_model"].items():
         w = scores["win_rates"].get(m, {})
@@ -284,7 +297,7 @@ def scores_table(scores: dict) -> pd.DataFrame:
         rows.append([m, round(s["mean_chars"]), change, round(s["mean_tokens"], 1), f"{s['truncated_rate']:.0%}",
                      round(s["distinct_1"], 3), round(s["distinct_2"], 3), f"{s['refusal_rate']:.0%}",
                      _rate(w.get("pairrm")), _rate(w.get("judge")), _rate(w.get("score"))])
-    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS).rename(columns=scorer_marks(settings or {}))
 
 
 def save_instruction_note(run_name: str | None, iid: str | None, text: str) -> str:
