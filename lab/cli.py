@@ -107,9 +107,11 @@ def load(path: str):
 
 # ---- stages whose core function takes other arguments ----------------------------------------------------------------
 def judge_stage(run, cfg, progress) -> dict:
-    """Print the plan's cost before any call (stderr), then judge, unless --estimate-only."""
-    print("plan: " + json.dumps(load("lab.judge:estimate")(run, cfg), ensure_ascii=False), file=sys.stderr, flush=True)
-    return {"estimate_only": True} if cfg.estimate_only else load("lab.judge:judge_run")(run, cfg, progress)
+    """Print the plan's cost before any call (stderr), then judge; --estimate-only: the plan is the summary."""
+    plan = load("lab.judge:estimate")(run, cfg)
+    print("plan: " + json.dumps(plan, ensure_ascii=False), file=sys.stderr, flush=True)
+    return {"estimate_only": True, "plan": plan} if cfg.estimate_only else load("lab.judge:judge_run")(run, cfg,
+                                                                                                         progress)
 
 
 def pairs_stage(run, cfg, progress) -> dict:

@@ -418,6 +418,7 @@ def test_cli_prints_the_plan_and_no_secret_reaches_a_file(run, fp):
     assert est.returncode == 0 and fp.calls == 0
     plan = json.loads(est.stderr.split("plan: ", 1)[1].splitlines()[0])
     assert plan["calls_to_make"] == 16 and plan["model"] == "llama-3.3-70b-versatile"
+    assert json.loads(est.stdout)["plan"] == plan  # the summary a script reads holds the estimate too
     done = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and json.loads(done.stdout)["calls_made"] == 16 == fp.calls
     for path in run.path.rglob("*"):
