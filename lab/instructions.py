@@ -140,8 +140,10 @@ def _read_csv(path: Path, column: str = "") -> list[Instruction]:
     start, name = 1, column or "prompt"  # the line the row being read starts on
     try:
         if not reader.fieldnames or name not in reader.fieldnames:
-            raise LabError(f"{path}: no {name!r} column (found: {', '.join(reader.fieldnames or []) or 'none'}). "
-                           f"Add a header row with a column named {name}, or pass one as --instruction-column.")
+            found = ", ".join(reader.fieldnames or []) or "none"
+            fix = (f"pass one of them as --instruction-column (not {column!r})" if column else
+                   f"add a header row with a column named {name}, or pass the column as --instruction-column")
+            raise LabError(f"{path}: no {name!r} column (found: {found}): {fix}.")
         prompts, start = [], reader.line_num + 1
         for row in reader:
             prompts.append(row[name])

@@ -92,3 +92,14 @@ def test_the_sample_stage_reads_a_parquet_column_given_on_the_command_line(run, 
     assert main(argv) == 0
     assert [i["prompt"] for i in run.read("instructions")] == PROMPTS[:2]
     assert run.stage_settings("sample")["instruction_column"] == "question"
+
+
+def test_a_csv_without_the_named_column_lists_its_columns_and_does_not_repeat_the_advice_taken(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text("question\nWhat is DPO?\n", encoding="utf-8")
+    with pytest.raises(LabError, match=r"no 'prompt' column \(found: question\): pass one of them as "
+                                       r"--instruction-column \(not 'prompt'\)"):
+        load_instructions(str(path), None, 0, "prompt")
+    with pytest.raises(LabError, match="add a header row with a column named prompt, or pass the column as"):
+        load_instructions(str(path))
+    assert [i.prompt for i in load_instructions(str(path), None, 0, "question")] == ["What is DPO?"]
