@@ -136,7 +136,7 @@ def lc_win_rate(outcomes: list[float], length_gaps: list[float], resamples: int 
     to the outcomes per instruction (WIN 1, TIE 0.5 as a soft target, LOSS 0), gap = this model's answer length
     minus the other's (characters), scale = the gaps' standard deviation, by Newton's method; the win rate at equal
     length is sigmoid(theta). theta is not penalised, so with equal lengths this is exactly the raw win rate.
-    The interval is a percentile bootstrap over instructions (each resample refitted).
+    The interval is a percentile bootstrap over instructions (each resample refitted); figures to 6 decimals.
     -> {"lc_win_rate", "lc_ci_low", "lc_ci_high", "length_coef": phi, "length_scale": scale}"""
     import numpy as np
 
@@ -150,6 +150,6 @@ def lc_win_rate(outcomes: list[float], length_gaps: list[float], resamples: int 
     idx = np.random.default_rng(seed).integers(0, len(y), size=(resamples, len(y)))
     boot = 1 / (1 + np.exp(-_lc_fit(y[idx], x[idx], ridge)[0]))
     tail = (1 - confidence) / 2 * 100
-    return {"lc_win_rate": float(1 / (1 + np.exp(-theta[0]))), "lc_ci_low": float(np.percentile(boot, tail)),
-            "lc_ci_high": float(np.percentile(boot, 100 - tail)), "length_coef": float(phi[0]),
-            "length_scale": scale}
+    r = lambda v: round(float(v), 6)  # noqa: E731  (a capped theta's sigmoid is 9.4e-14, not a figure to print)
+    return {"lc_win_rate": r(1 / (1 + np.exp(-theta[0]))), "lc_ci_low": r(np.percentile(boot, tail)),
+            "lc_ci_high": r(np.percentile(boot, 100 - tail)), "length_coef": r(phi[0]), "length_scale": scale}
