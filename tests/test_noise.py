@@ -41,6 +41,11 @@ def test_the_rule_knows_which_specs_are_noise_and_which_are_not(run):
     assert noise.notes(run, "train", {"pairs": "judge", "model": ""}) == []  # the judge was never run
     assert noise.notes(run, "compare", {"model": "bundled", "pairrm": "", "judge": "none", "score": "base"}) == \
         [WEAK_JUDGE, TINY_RANKER]  # the base model scores (weak); the adapters' PairRM pairs were noise
+    folder = run.adapter_dir("dpo-pairrm")
+    folder.mkdir(parents=True)
+    (folder / "training.json").write_text(json.dumps({"settings": {"pairs": "pairrm"}, "base_model": "bundled"}))
+    assert noise.notes(run, "merge", {"adapter": "dpo-pairrm"}) == [TINY_RANKER]  # merged: what its adapter learned
+    assert noise.notes(run, "merge", {"adapter": "missing"}) == []
 
 
 def test_the_cli_labels_noise_in_the_summary_and_on_stderr(runs_dir):
