@@ -11,6 +11,7 @@ Exit status: 0 done (or stopped on request), 2 a problem the user can fix (the m
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import os
@@ -146,16 +147,30 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
         p.set_defaults(**(defaults or {}))
     for tool in TOOLS:
         load(tool.settings).add_arguments(sub.add_parser(tool.name, help=tool.help, description=tool.help))
+    parser.commands = sub.choices  # {name: its parser}: an unknown flag is told in the command's own usage
     return parser
+
+
+def parse_known(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parser.parse_args, except that an unknown flag is an error of the command it follows (its usage, and the
+    flag it was probably meant to be), not of the top-level parser."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = parser.commands[args.stage]
+        known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+        guesses = [difflib.get_close_matches(x.split("=")[0], known, n=1) for x in extra if x.startswith("-")]
+        hint = "; ".join(f"{x.split('=')[0]}: did you mean {g[0]}?" for x, g in zip(extra, guesses) if g)
+        command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({hint})" if hint else ""))
+    return args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The parsed command line, a --config file's settings under the flags given (LabError for a bad file)."""
-    args = build_parser().parse_args(argv)
+    args = parse_known(build_parser(), argv)
     if not getattr(args, "config", None):  # tools (doctor) take no settings file
         return args
     values = read_config(args.config, load(BY_NAME[args.stage].settings), args.stage, getattr(args, "source", None))
-    return build_parser(values).parse_args(argv)
+    return parse_known(build_parser(values), argv)
 
 
 def run_stage(args: argparse.Namespace) -> dict:

@@ -15,7 +15,7 @@ import pytest
 
 from lab import config as lab_config
 from lab import progress as lab_progress
-from lab.cli import STAGES, build_parser
+from lab.cli import STAGES, build_parser, parse_args
 from lab.compare import CompareConfig, check_scorers
 from lab.hub import PushConfig
 from lab.iterate import IterateConfig
@@ -441,3 +441,11 @@ def test_a_missing_key_names_the_offline_choice_of_that_command(argv, offline, l
     assert "GROQ_API_KEY is not set" in msg and f"({offline}: offline, weak)" in msg, msg
     flag, value = offline.split()
     build_parser().parse_args([argv[0], "--run", "x", flag, value])  # a choice the command takes (else SystemExit)
+
+
+def test_a_misspelt_flag_is_an_error_of_its_command_with_the_flag_it_was_meant_to_be(capsys):
+    with pytest.raises(SystemExit) as end:
+        parse_args(["sample", "--run", "m", "--instuctions", "bundled"])
+    err = capsys.readouterr().err
+    assert end.value.code == 2 and "usage: python -m lab sample" in err
+    assert "unrecognized arguments: --instuctions bundled (--instuctions: did you mean --instructions?)" in err
