@@ -106,6 +106,16 @@ def test_a_mistake_speaks_the_pages_words_not_the_command_lines(page):
     shot(page, "00-toast")
 
 
+def test_no_tab_explains_itself_in_command_line_flags(page):
+    """The help under every input is the settings field's help in the page's words: "ignored when "Max steps" > 0",
+    not "--max-steps"; a command the page can run is its tab."""
+    for tab in TABS:
+        open_tab(page, tab)
+        text = panel(page).inner_text()
+        assert not re.search(r"--[a-z]|python -m lab", text), (tab, re.findall(r".{40}(?:--[a-z]|python -m).{40}",
+                                                                                text))
+
+
 def test_sampling_progress_moves_and_the_form_survives_a_reload(page):
     """Progress inside the batches (tokens), then a reload mid-job: the form shows the running job's settings."""
     choose_run(page, SLOW_RUN)
@@ -287,7 +297,9 @@ def test_train_tab_plots_the_loss_while_it_trains(page):
     click(page, "Train")
     wait_for_text(page, "Training dpo-pairrm finished.", timeout_s=240)
     wait_for_text(page, "Made with method dpo", timeout_s=30)
-    assert page.locator(".js-plotly-plot, canvas, svg.main-svg, .vega-embed").count() > 0
+    # the curves are drawn, with their legend: a plot first sent an empty frame drew neither when the steps came
+    panel(page).locator(".vega-embed .mark-line path").first.wait_for(timeout=30_000)
+    assert panel(page).locator(".vega-embed").get_by_text("loss").count() > 0
     shot(page, "09-train")
 
 
@@ -402,6 +414,10 @@ def test_iterate_tab_runs_two_rounds_and_draws_them_at_the_end(page):
     lines = panel(page).locator(".vega-embed .mark-line path, .vega-embed .mark-symbol path")
     page.wait_for_timeout(1000)
     assert lines.count() > 0  # the plots drew their lines, no reload
+    assert panel(page).locator(".vega-embed .mark-rect path").count() > 0  # and the self-score histogram its bars
+    plots = panel(page).locator(".vega-embed")
+    # round 2 drawn beside round 1, and the line against the previous round: series that came after the first data
+    assert plots.get_by_text("round 2", exact=True).count() > 0 and plots.get_by_text("previous").count() > 0
     shot(page, "12-iterate")
 
 

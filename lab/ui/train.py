@@ -21,7 +21,7 @@ from lab.store import Run, adapter_file
 from lab.train import TrainConfig, precheck
 from lab.train_monitor import diagnose
 from lab.ui import forms
-from lab.ui.common import JobPanel, admit, checked, job_panel, noise_md, open_run, start_job, wire_job_panel, \
+from lab.ui.common import JobPanel, admit, checked, job_panel, noise_md, open_run, plot, start_job, wire_job_panel, \
     wire_start
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 
@@ -140,7 +140,8 @@ def config_from(values: dict) -> TrainConfig:
 
 def choices(run_name: str | None, pairs: str | None = None, init: str | None = "", shown: str | None = None):
     """Pairs sets, finished adapters (to continue from) and every adapter folder (to show); what is picked stays
-    picked while it is still there (a typed pairs path too)."""
+    picked while it is still there (a typed pairs path too), and so does the adapter of a training just queued whose
+    folder is not there yet (a short training could end before any poll saw it run)."""
     if not run_name:
         return gr.update(choices=[]), gr.update(choices=[]), gr.update(choices=[])
     run = Run.open(run_name)
@@ -149,14 +150,19 @@ def choices(run_name: str | None, pairs: str | None = None, init: str | None = "
     return (gr.update(choices=sources, value=keep_pairs),
             gr.update(choices=[("(none: start from the base model)", ""), *adapters],
                       value=init if init in adapters else ""),
-            gr.update(choices=folders, value=shown if shown in folders else None))
+            gr.update(choices=folders, value=shown if shown in folders or shown == job_adapter(run) else None))
 
 
 def running_adapter(run: Run) -> str | None:
     """The adapter the run's live training job writes, if one runs (this is what re-attaches after a reload)."""
+    return job_adapter(run, ("running",))
+
+
+def job_adapter(run: Run, states: tuple[str, ...] = ("queued", "running", "done", "stopped", "failed")) -> str | None:
+    """The adapter of the run's latest job if it is a training in one of `states`, else None."""
     st = jobs.status(run)
     argv = st.get("argv") or []
-    if st.get("state") != "running" or not argv or argv[0] != "train" or "--adapter" not in argv:
+    if st.get("state") not in states or not argv or argv[0] != "train" or "--adapter" not in argv:
         return None
     return argv[argv.index("--adapter") + 1]
 
@@ -166,9 +172,9 @@ def live_view(run_name: str | None, shown: str | None):
     if not run_name:
         return [gr.skip()] * (3 + MAX_PLOTS)
     run = Run.open(run_name)
-    name = running_adapter(run) or shown
-    if not name or not adapter_file(run.adapter_dir(name), "metrics").exists():
-        return [gr.skip(), "", "", *[None] * MAX_PLOTS]
+    name = running_adapter(run) or shown or job_adapter(run)  # a reload shows the last training
+    if not name or not adapter_file(run.adapter_dir(name), "metrics").exists():  # nothing to plot: no empty boxes
+        return [gr.skip(), "", "", *[gr.update(value=None, visible=False)] * MAX_PLOTS]
     metrics, state = read_metrics(run.adapter_dir(name)), read_state(run.adapter_dir(name)) or {}
     beta = (state.get("settings") or {}).get("beta", 0.1)
     method = state.get("method") if state.get("method") in METHODS else "dpo"
@@ -181,7 +187,7 @@ def live_view(run_name: str | None, shown: str | None):
 def method_plots(metrics: list[dict], method: str) -> list:
     """One update per plot slot: the method's plots (title and data), the slots it does not use hidden."""
     plots = list(METHODS[method].plots.items())[:MAX_PLOTS]
-    shown = [gr.update(value=frame(metrics, keys), title=title, visible=True) for title, keys in plots]
+    shown = [{**plot(frame(metrics, keys)), "title": title} for title, keys in plots]
     return shown + [gr.update(value=None, visible=False)] * (MAX_PLOTS - len(shown))
 
 
