@@ -128,6 +128,12 @@ def labels_view(stage: str) -> tuple[gr.Markdown, View]:
     return box, View(labels, [box])
 
 
+def plot(frame, caption: str = "", visible: bool = True):
+    """A plot's update. No rows: no value at all rather than an empty frame: a Gradio 6.31 plot first given an empty
+    frame draws no bars, lines or legend for the rows that come later (it keeps the empty frame's colour scale)."""
+    return gr.update(value=frame if len(frame) else None, caption=caption or None, visible=visible)
+
+
 def job_panel() -> JobPanel:
     with gr.Group():
         bar = gr.HTML(progress_html({}))

@@ -16,7 +16,7 @@ from lab.judge_backends import API_BACKENDS, BACKENDS
 from lab.score import api_backend
 from lab.store import Run
 from lab.ui import forms
-from lab.ui.common import JobPanel, api_key_box, checked, job_panel, labels_view, open_run, start_job, \
+from lab.ui.common import JobPanel, api_key_box, checked, job_panel, labels_view, open_run, plot, start_job, \
     typed_key_env, wire_job_panel, wire_start
 from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal, made_with, wire_restore
@@ -28,6 +28,9 @@ ROUND_COLUMNS = ["round", "pairs kept", "ties dropped", "unscored dropped", "mea
 FORM = ["rounds", "samples", "evaluations", "n", "max_new_tokens", "judge", "judge_model", "start_adapter", "eval_n",
         "beta", "lr", "epochs", "max_steps", "lora_r", "seed"]  # the order start_iterating reads them in
 MADE_WITH = ["model", "judge", "judge_model", "samples", "evaluations", "max_new_tokens", "beta", "lr", "max_steps"]
+# Each plot's colour categories are all there from its first row on: Gradio 6.31 keeps the colour scale of a plot's
+# first data, so a series that appears later (round 2's bars, the "previous" line) would never be drawn.
+SCORE_COLORS = {"0": "#d73027", "1": "#fc8d59", "2": "#fee08b", "3": "#d9ef8b", "4": "#91cf60", "5": "#1a9850"}
 
 
 @dataclass
@@ -87,7 +90,8 @@ def build(ctx) -> IterateTab:
         win_plot = gr.LinePlot(x="round", y="win rate", color="against", title="Win rate of round k (held-out)",
                                y_lim=[0, 1], height=260)
         length_plot = gr.LinePlot(x="round", y="characters", color="answers", title="Answer length", height=260)
-        hist_plot = gr.BarPlot(x="score", y="count", color="round", title="Self-scores (rounded)", height=260)
+        hist_plot = gr.BarPlot(x="round", y="count", color="score", title="Self-scores (rounded) per round",
+                               color_map=SCORE_COLORS, height=260)
     tab = IterateTab(fields, start, panel, table, win_plot, length_plot, hist_plot, made, gr.State(None),
                      api_key=api_key, labels=labels)
     start_from = fields["start_adapter"]
@@ -129,8 +133,12 @@ def refresh(run_name: str | None):
     run = Run.open(run_name) if run_name else None
     lines = lineage(run) if run else []
     made = made_with(run.stage_settings("iterate"), "iterate", MADE_WITH) if lines else ""
-    return [html_table(rounds_table(lines), "No rounds in this run yet."), win_frame(lines), length_frame(lines),
-            hist_frame(lines), made]
+    one = "One round so far: its points join into lines from round 2 on." if len(lines) == 1 else ""
+    no_eval = "No held-out evaluation in these rounds (held-out instructions per round: 0)." if lines and not any(
+        (ln.get("eval") or {}).get("instructions") for ln in lines) else one
+    shown = bool(lines)  # no empty plot boxes before the first round
+    return [html_table(rounds_table(lines), "No rounds in this run yet."), plot(win_frame(lines), no_eval, shown),
+            plot(length_frame(lines), one, shown), plot(hist_frame(lines), "", shown), made]
 
 
 def refresh_if_changed(run_name: str | None, shown):
@@ -154,14 +162,20 @@ def rounds_table(lines: list[dict]) -> pd.DataFrame:
     rows = [[ln["round"], ln["pairs_kept"], ln["dropped_ties"], ln["dropped_unscored"], _fmt(ln["score_mean"]),
              _fmt(ln["chars_mean"], 0), f"{_fmt(ln['chosen_chars_mean'], 0)} / {_fmt(ln['rejected_chars_mean'], 0)}",
              _rate((ln.get("eval") or {}).get("win_rate_vs_base")),
-             _rate((ln.get("eval") or {}).get("win_rate_vs_previous")), Path(ln["adapter"]).name] for ln in lines]
+             _rate(vs_previous(ln)), Path(ln["adapter"]).name] for ln in lines]
     return pd.DataFrame(rows, columns=ROUND_COLUMNS)
 
 
+def vs_previous(line: dict) -> dict | None:
+    """Round k's win rate against round k-1; for a round that started from the plain base, that is the base."""
+    ev = line.get("eval") or {}
+    return ev.get("win_rate_vs_previous") or (ev.get("win_rate_vs_base") if not line.get("policy") else None)
+
+
 def win_frame(lines: list[dict]) -> pd.DataFrame:
-    rows = [{"round": ln["round"], "win rate": w["win_rate"], "against": label}
-            for ln in lines for key, label in (("win_rate_vs_base", "base"), ("win_rate_vs_previous", "previous"))
-            if (w := (ln.get("eval") or {}).get(key)) and w.get("n")]
+    rows = [{"round": ln["round"], "win rate": w["win_rate"], "against": label} for ln in lines
+            for w, label in (((ln.get("eval") or {}).get("win_rate_vs_base"), "base"), (vs_previous(ln), "previous"))
+            if w and w.get("n")]
     return typed(rows, {"round": int, "win rate": float, "against": str})
 
 
@@ -173,8 +187,9 @@ def length_frame(lines: list[dict]) -> pd.DataFrame:
 
 
 def hist_frame(lines: list[dict]) -> pd.DataFrame:
-    rows = [{"score": s, "count": c, "round": f"round {ln['round']}"} for ln in lines
-            for s, c in ln["score_hist"].items()]
+    """Per round, how many self-scores rounded to each of 0-5 (every score a row, zero counts too)."""
+    rows = [{"score": s, "count": ln["score_hist"].get(s, 0), "round": f"round {ln['round']}"} for ln in lines
+            for s in SCORE_COLORS]
     return typed(rows, {"score": str, "count": int, "round": str})
 
 
