@@ -136,8 +136,8 @@ def build(ctx) -> CompareTab:
                 "picked (this tab only). Details: `docs/iterative.md`.")
     with gr.Row():
         adapters = gr.CheckboxGroup([], label="Adapters", info="none ticked = every adapter of the run")
-        source = gr.Radio(SOURCE_CHOICES, value="heldout", label="Held-out instructions", info=CompareConfig.help(
-            "instructions"))
+        source = gr.Radio(SOURCE_CHOICES, value="heldout", label="Held-out instructions",
+                          info=forms.help_of(CompareConfig)("instructions"))
     upload = gr.File(label="Held-out file (.jsonl with a prompt field, .csv with a prompt column, .txt, .parquet, "
                            ".arrow)", file_types=[".jsonl", ".csv", ".txt", ".parquet", ".arrow"], visible=False)
     fields = _settings_inputs()
@@ -284,7 +284,8 @@ def scorer_marks(settings: dict) -> dict[str, str]:
     marks = {}
     for column, (kind, spec) in used.items():
         words = noise.label(kind, spec) or ""
-        marks[column] = f"{column} ⚠️ {'random' if words.startswith('Noise') else 'weak'} {kind}" if words else column
+        mark = f"⚠️ {'random' if words.startswith('Noise') else 'weak'} {kind}"
+        marks[column] = f"{column} {mark}" if words else column
     return marks
 
 

@@ -16,16 +16,19 @@ from typing import Any
 import gradio as gr
 
 from lab.config import kind_of
+from lab.ui.wording import page_text, stage_of
 
 KINDS = {"Slider": gr.Slider, "Dropdown": gr.Dropdown, "Radio": gr.Radio, "Textbox": gr.Textbox,
          "Number": gr.Number, "Checkbox": gr.Checkbox, "CheckboxGroup": gr.CheckboxGroup}
 
 
-def _defaults(f: dataclasses.Field) -> dict[str, Any]:
-    """The component kind and arguments a field gets when nothing is overridden."""
+def _defaults(f: dataclasses.Field, stage: str | None = None) -> dict[str, Any]:
+    """The component kind and arguments a field gets when nothing is overridden; the help in the page's words
+    (a flag named in it becomes its input's label: lab.ui.wording)."""
     meta, kind = f.metadata, kind_of(f)
     label = meta.get("label") or f.name.replace("_", " ").capitalize()
-    args: dict[str, Any] = {"label": label, "info": meta.get("help"), "value": f.default}
+    info = page_text(meta["help"], stage) if meta.get("help") else None
+    args: dict[str, Any] = {"label": label, "info": info, "value": f.default}
     if kind is bool:
         return {"kind": "Checkbox", **args}
     if meta.get("choices"):
@@ -35,9 +38,15 @@ def _defaults(f: dataclasses.Field) -> dict[str, Any]:
     return {"kind": "Textbox", **args}
 
 
+def help_of(cls):
+    """name -> the help of settings field `name` of `cls` in the page's words, for inputs built by hand."""
+    stage = stage_of(cls)
+    return lambda name: page_text(cls.help(name), stage)
+
+
 def input_for(cls, name: str, **override) -> gr.Component:
     """One input for settings field `name` of `cls` (see the module docstring)."""
-    spec = {**_defaults(cls.field(name)), **override}
+    spec = {**_defaults(cls.field(name), stage_of(cls)), **override}
     kind = KINDS[spec.pop("kind")] if isinstance(spec.get("kind"), str) else spec.pop("kind")
     return kind(**spec)
 

@@ -73,7 +73,7 @@ class JudgeTab:
 
 
 def _settings_inputs() -> dict:
-    h = JudgeConfig.help
+    h = forms.help_of(JudgeConfig)
     with gr.Row():
         backend = gr.Radio(BACKENDS, value="local", label="Judge", info=h("backend"))
         plan = gr.Radio(PLAN_CHOICES, value="knockout", label="Call plan", info="the cost is shown below before anything runs")

@@ -13,6 +13,7 @@ from lab.pairs import SOURCES, STRATEGIES, PairsConfig, build_pairs
 from lab.rank import RankConfig, latest_rankings
 from lab.sample import groups as sample_groups
 from lab.store import Run
+from lab.ui import forms
 from lab.ui.common import JobPanel, checked, job_panel, noise_md, open_run, start_job, wire_job_panel, wire_start
 from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal, made_with, wire_restore
@@ -42,7 +43,7 @@ class RankTab:
 
 
 def build(ctx) -> RankTab:
-    h = RankConfig.help
+    h = forms.help_of(RankConfig)
     gr.Markdown("PairRM compares every two responses of an instruction in both orders and ranks them. "
                 "It reads at most 1,224 tokens of instruction and about 412 of each response: long answers are "
                 "ranked on their beginning.")
@@ -66,7 +67,7 @@ def build(ctx) -> RankTab:
 
 
 def _pairs_inputs() -> tuple:
-    h = PairsConfig.help
+    h = forms.help_of(PairsConfig)
     gr.Markdown("### Preference pairs\nBuilt from the judge's verdicts (with your spot-check overrides) or from "
                 "PairRM's rankings, in TRL's conversational format: `pairs-judge.jsonl`, `pairs-pairrm.jsonl`.")
     with gr.Row():

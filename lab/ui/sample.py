@@ -50,8 +50,8 @@ def _settings_inputs() -> tuple[dict, gr.Radio, gr.File]:
     with gr.Row():
         model = forms.input_for(SampleConfig, "model", kind="Dropdown", choices=MODEL_CHOICES,
                                 allow_custom_value=True, min_width=300)  # the whole line at phone width
-        source = gr.Radio(SOURCE_CHOICES, value="bundled", label="Instructions", info=SampleConfig.help("instructions"),
-                          min_width=300)
+        source = gr.Radio(SOURCE_CHOICES, value="bundled", label="Instructions",
+                          info=forms.help_of(SampleConfig)("instructions"), min_width=300)
     with gr.Row():
         upload = gr.File(label="Instruction file (.jsonl with a prompt field, .csv with a prompt column, .txt, "
                                ".parquet or .arrow; LIMA-style conversations too)",

@@ -27,6 +27,7 @@ from lab.merge import MergeConfig
 from lab.progress import Progress
 from lab.report import ReportConfig, report_run
 from lab.store import Run
+from lab.ui import forms
 from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel, \
     wire_start
 from lab.ui.tables import html_table
@@ -68,7 +69,7 @@ class PageProgress(Progress):
 
 
 def _settings_inputs() -> dict:
-    h = PushConfig.help
+    h = forms.help_of(PushConfig)
     with gr.Row():
         namespace = gr.Textbox(label="Namespace", placeholder="your user name or an organisation", info=h("namespace"))
         prefix = gr.Textbox(label="Repo name prefix", placeholder="the run name", info=h("prefix"))
@@ -87,7 +88,7 @@ def _merge_inputs() -> tuple[gr.Dropdown, gr.Button, JobPanel]:
     """Merge an adapter into its base: a plain transformers checkpoint the push above then publishes."""
     with gr.Accordion("Merge an adapter into its base model (a plain transformers checkpoint)", open=False):
         with gr.Row():
-            pick = gr.Dropdown([], label="Adapter to merge", info=MergeConfig.help("adapter"), scale=3)
+            pick = gr.Dropdown([], label="Adapter to merge", info=forms.help_of(MergeConfig)("adapter"), scale=3)
             merge = gr.Button("Merge into the base", scale=1)
         panel = job_panel()
     return pick, merge, panel
@@ -124,7 +125,7 @@ def _report_section() -> dict:
                 "analysis is yours.")
     with gr.Row():
         examples = gr.Number(ReportConfig().examples, label="Judge examples", precision=0, minimum=0,
-                             info=ReportConfig.help("examples"))
+                             info=forms.help_of(ReportConfig)("examples"))
         write_report = gr.Button("Write the report", size="sm")
     status, files = gr.Markdown(), gr.File(label="Report files", file_count="multiple", interactive=False)
     gr.Markdown("#### Efficiency: one row per run of a stage")

@@ -75,5 +75,7 @@ def say(error: BaseException, stage: str | None = None) -> str:
 
 
 def stage_of(settings) -> str | None:
-    """The stage whose settings dataclass `settings` is an instance of (its labels name the flags), else None."""
-    return next((st.name for st in STAGES if type(settings) is load(st.settings)), None)
+    """The stage whose settings dataclass `settings` is (or is an instance of; its labels name the flags), else
+    None."""
+    cls = settings if isinstance(settings, type) else type(settings)
+    return next((st.name for st in STAGES if cls is load(st.settings)), None)
