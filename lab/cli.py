@@ -24,7 +24,7 @@ from lab.errors import LabError
 from lab.hosting import admit
 from lab.jobs import report_exit
 from lab.noise import notes
-from lab.progress import Progress, Stopped, close_bars, install_stop_handler
+from lab.progress import Progress, Stopped, close_bars, stop_signals
 from lab.store import Run, redact_userinfo
 
 
@@ -158,8 +158,8 @@ def parse_known(parser: argparse.ArgumentParser, argv: list[str] | None) -> argp
     if extra:
         command = parser.commands[args.stage]
         known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
-        guesses = [difflib.get_close_matches(x.split("=")[0], known, n=1) for x in extra if x.startswith("-")]
-        hint = "; ".join(f"{x.split('=')[0]}: did you mean {g[0]}?" for x, g in zip(extra, guesses) if g)
+        flags = [x.split("=")[0] for x in extra if x.startswith("-")]
+        hint = "; ".join(f"{f}: did you mean {g[0]}?" for f in flags if (g := difflib.get_close_matches(f, known, n=1)))
         command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" ({hint})" if hint else ""))
     return args
 
@@ -197,8 +197,17 @@ INTERRUPTED = ("Interrupted: the records each stage had finished are saved (a tr
                "checkpoint).")
 
 
+PLAIN_CTRL_C = ("chat", "merge")  # no safe points to stop at: Ctrl-C quits at once, and there is nothing to resume
+
+
 def main(argv: list[str] | None = None) -> int:
-    install_stop_handler()
+    argv = sys.argv[1:] if argv is None else argv
+    plain = next((a for a in argv if not a.startswith("-")), None) in PLAIN_CTRL_C
+    with stop_signals(ctrl_c=not plain):
+        return _main(argv, plain)
+
+
+def _main(argv: list[str], plain: bool) -> int:
     try:
         args = parse_args(argv)
         if args.stage in TOOLS_BY_NAME:
@@ -216,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (Stopped, KeyboardInterrupt) as e:
         close_bars()
-        msg = str(e) if isinstance(e, Stopped) and str(e) else INTERRUPTED
-        msg += "" if "again" in msg else " Run the same command again to resume."
+        msg = str(e) if isinstance(e, Stopped) and str(e) else "Interrupted." if plain else INTERRUPTED
+        msg += "" if "again" in msg or plain else " Run the same command again to resume."
         print(msg, file=sys.stderr)
         report_exit(0, "stopped", msg)
         return 0 if isinstance(e, Stopped) else 130

@@ -30,7 +30,9 @@ import sys
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from lab.store import atomic_write_json
 
@@ -50,20 +52,39 @@ def stop_requested() -> bool:
     return _STOP["requested"]
 
 
-def install_stop_handler() -> None:
-    """The first SIGTERM (the app's Stop) or Ctrl-C asks politely: stages stop at their next safe point, a training
-    after its current step with a checkpoint to resume from. A second one interrupts at once."""
+POLITE_CTRL_C = ("\nStopping at the next safe point (a training: after this step, with a checkpoint); Ctrl-C "
+                 "again to quit at once.\n").encode()
 
-    def handler(signum, frame):
-        if _STOP["requested"]:
-            raise KeyboardInterrupt
-        request_stop()
-        if signum == signal.SIGINT:
-            print("\nStopping at the next safe point (a training: after this step, with a checkpoint); Ctrl-C again "
-                  "to quit at once.", file=sys.stderr, flush=True)
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+def _polite(signum, frame) -> None:
+    if _STOP["requested"]:
+        raise KeyboardInterrupt
+    request_stop()
+    if signum == signal.SIGINT:
+        os.write(2, POLITE_CTRL_C)  # not print(): a signal landing inside a write to stderr would re-enter it
+
+
+@contextmanager
+def stop_signals(ctrl_c: bool = True) -> Iterator[None]:
+    """While a command runs: the first SIGTERM (the app's Stop) and, with ctrl_c, the first Ctrl-C ask politely
+    (stages stop at their next safe point, a training after its current step with a checkpoint to resume from); a
+    second one interrupts at once. Commands with no safe points (a chat) keep Ctrl-C as it was. The handlers before
+    are put back and the request is forgotten afterwards, so a caller in the same process (the tests) is unchanged.
+    Outside the main thread (where Python cannot set handlers) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _STOP["requested"] = False
+    kinds = (signal.SIGTERM, signal.SIGINT) if ctrl_c else (signal.SIGTERM,)
+    before = {k: signal.getsignal(k) for k in kinds}
+    for k in kinds:
+        signal.signal(k, _polite)
+    try:
+        yield
+    finally:
+        for k, handler in before.items():
+            signal.signal(k, handler)
+        _STOP["requested"] = False
 
 
 class Progress:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -449,3 +450,17 @@ def test_a_misspelt_flag_is_an_error_of_its_command_with_the_flag_it_was_meant_t
     err = capsys.readouterr().err
     assert end.value.code == 2 and "usage: python -m lab sample" in err
     assert "unrecognized arguments: --instuctions bundled (--instuctions: did you mean --instructions?)" in err
+    with pytest.raises(SystemExit):
+        parse_args(["sample", "--run", "m", "--instuctions", "a.txt", "--modle", "x"])  # each hint beside its flag
+    assert "(--instuctions: did you mean --instructions?; --modle: did you mean --model?)" in capsys.readouterr().err
+
+
+def test_a_command_run_in_process_leaves_the_signal_handlers_and_the_stop_flag_as_it_found_them(lab_run, capsys):
+    """The tests (and any caller) run lab.cli.main in-process: its polite Ctrl-C must not outlive the command."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    lab_progress.request_stop()
+    assert "has no PairRM rankings" in cli_error(capsys, "pairs", "--run", lab_run.name, "--source", "pairrm")
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert not lab_progress.stop_requested()
+    with lab_progress.stop_signals(ctrl_c=False):  # a chat: Ctrl-C stays what it was, SIGTERM is polite
+        assert signal.getsignal(signal.SIGINT) == before[0] and signal.getsignal(signal.SIGTERM) is lab_progress._polite
