@@ -24,6 +24,7 @@ and refuses with the numbers. LAB_MEMORY_CHECK=0 turns the refusal off.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -67,11 +68,11 @@ def config_error(source: str, err: Exception) -> LabError:
     first = (text.splitlines() or [type(err).__name__])[0][:200]
     if any(w in text.lower() for w in ("couldn't connect", "offline", "connection", "timed out")) or \
             isinstance(err, (ConnectionError, TimeoutError)):
+        skip = "" if os.environ.get("HF_HUB_OFFLINE") else " (HF_HUB_OFFLINE=1 skips the retries)"
         return LabError(f"Could not reach the Hugging Face Hub to read {source}'s config.json ({first}): check the "
                         "connection (a gated model such as Llama also needs its licence accepted and HF_TOKEN set); "
-                        "offline, give a local folder, 'bundled' or 'tiny-random' (HF_HUB_OFFLINE=1 skips the "
-                        "retries).")
-    if "gated" in text.lower() or "401" in text or "403" in text:
+                        f"offline, give a local folder, 'bundled' or 'tiny-random'{skip}.")
+    if "gated" in text.lower() or re.search(r"\b40[13]\b", text):
         return LabError(f"{source} is gated: accept its licence on the Hugging Face Hub, then set HF_TOKEN (or run "
                         "`hf auth login`) and try again.")
     return LabError(f"Could not read the config of {source} to size it ({first}): give a hub id of a transformers "

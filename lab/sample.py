@@ -237,13 +237,14 @@ def _sample_locked(run: Run, cfg: SampleConfig, progress: Progress | None, items
 
 def _downstream_warnings(run: Run, written: int) -> list[str]:
     """New samples in a run whose later stages already ran: what was made from the old set does not hold them."""
+    scored = [s for s in run.read("scores") if s.get("set") == "train"]
     made = [what for what, there in (("judgments", run.read("judgments")), ("rankings", run.read("rankings")),
-                                     ("adapters", run.adapters())) if there]
+                                     ("self-scores", scored), ("adapters", run.adapters())) if there]
     if not written or not made:
         return []
     return [f"{written} new sample{'s' if written != 1 else ''} joined this run after its {', '.join(made)} were "
-            "made, which do not hold them: judge and rank again (they add what is missing), then rebuild the pairs "
-            "and train new adapters."]
+            "made, which do not hold them: judge, rank or score again (they add what is missing), then rebuild the "
+            "pairs and train new adapters."]
 
 
 @dataclass

@@ -201,3 +201,16 @@ def test_a_refused_job_puts_the_previous_upload_back(run, hosted, tmp_path):
         start_sampling("t", "tiny-random", "file", str(second), 1, 9, 0.8, 0.95, 8, 0, 4)
     assert run.upload_path(".txt").read_text() == "Say hello.\n" and not (run.path / "jobs").exists()
     assert sorted(p.name for p in run.path.iterdir()) == ["uploads"]
+
+
+def test_why_a_config_could_not_be_read_is_told_by_its_cause(monkeypatch):
+    from lab.memory import config_error
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    offline = str(config_error("meta-llama/Llama-3.2-1B-Instruct", OSError("We couldn't connect to 'https://hf.co'")))
+    assert "Could not reach the Hugging Face Hub" in offline and "HF_HUB_OFFLINE=1 skips the retries" in offline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "skips the retries" not in str(config_error("a/b", OSError("offline mode is enabled")))
+    assert "is gated" in str(config_error("a/b", OSError("401 Client Error: Unauthorized for url")))
+    local = str(config_error("/data/run-1403/model", ValueError("/data/run-1403/model/config.json is not valid JSON")))
+    assert "is gated" not in local and "Could not read the config of /data/run-1403/model" in local

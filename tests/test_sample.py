@@ -83,6 +83,8 @@ def test_sample_run_writes_records_and_resumes(run, tmp_path, tiny):
     assert len(keys) == len(set(keys)) == 9
     assert len(run.read("instructions")) == 3
     assert run.stage_settings("sample")["k"] == 3
+    run.append("scores", [{"set": "train", "instruction_id": "x", "sample_index": 0}])  # self-scored too
+    assert "after its judgments, self-scores were made" in sample_run(run, cfg(src, k=4))["warnings"][0]
 
 
 def test_identical_responses_are_flagged(run, tmp_path, tiny):
