@@ -497,9 +497,13 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
     config = TrainConfig(**{k: identity[k] for k in TrainConfig.__dataclass_fields__ if k != "init_adapter"},
                          init_adapter=init or "")
     spec = identity["model"]
-    progress.check_stop()  # a stop asked for while an earlier stage ended: before a model loads (tens of seconds)
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1  # ranks stop together at a step end (MetricsStream)
+    if single:
+        progress.check_stop()  # a stop asked for while an earlier stage ended: before a model loads (tens of seconds)
     progress.loading(f"model {spec}")
     model, tok, device = load_policy(spec, config, init)
+    if single:
+        progress.check_stop()  # asked while the model loaded: stop before the folder is touched, not a step later
     if init is None:  # a continued adapter keeps its own layers (TRL gets no LoraConfig then)
         check_target_modules(model, config, spec)
     train, held = split_pairs(records, config.eval_fraction, config.seed)
@@ -519,13 +523,11 @@ def _train_locked(run: Run, out: Path, records: list[dict], stats: dict, identit
             precision.upcast_trainable(trainer.model, check_device(config)[1])
         for cb in callbacks:
             trainer.add_callback(cb)
-        progress.check_stop()  # setting up took long (the model, TRL's data set): not a step more if asked to stop
         run_trainer(trainer, config, device, ckpt)
     except BaseException as e:
         if is_main_process() and not isinstance(e, KeyboardInterrupt):
-            ended = {"status": "stopped", "error": None} if isinstance(e, Stopped) else \
-                {"status": "failed", "error": str(e)[:2000]}
-            atomic_write_json(adapter_file(out, "state"), {**state, **ended, "finished": time.time()})
+            atomic_write_json(adapter_file(out, "state"), {**state, "status": "failed", "error": str(e)[:2000],
+                                                              "finished": time.time()})
         raise
     return _finish(run, out, trainer, state, config)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import jobs, models
+from lab import jobs, models, progress
 from lab.train import TrainConfig
 from lab.errors import LabError
 from lab.store import Run, read_jsonl
@@ -430,3 +430,11 @@ def test_train_tab_starts_a_job_and_reattaches_to_it_after_a_reload(run, pairs):
     finally:
         jobs.stop(run, grace_s=60)
     assert read_state(run.adapter_dir("ui"))["status"] == "stopped"
+
+
+def test_a_stop_asked_before_training_starts_loads_nothing_and_writes_nothing(run, pairs, monkeypatch):
+    """An iteration stopped as its scoring ended reaches training with the stop already asked for."""
+    monkeypatch.setitem(progress._STOP, "requested", True)
+    with pytest.raises(progress.Stopped):
+        train_adapter(run, "judge", "early", TrainConfig(**TINY, max_steps=2))
+    assert not run.adapter_dir("early").exists() and run.adapters() == []
