@@ -96,8 +96,10 @@ def notes(run: Run, stage: str, settings: dict | None = None) -> list[str]:
 
 def _training_state(run: Run, adapter: str) -> dict:
     """The adapter's training.json ({} when there is no such adapter or file)."""
+    if not adapter:
+        return {}
     try:
-        return json.loads(adapter_file(run.adapter_dir(adapter), "state").read_text(encoding="utf-8")) if adapter else {}
+        return json.loads(adapter_file(run.adapter_dir(adapter), "state").read_text(encoding="utf-8"))
     except (OSError, ValueError, LabError):
         return {}
 

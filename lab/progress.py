@@ -19,7 +19,7 @@ $LAB_PROGRESS_FILE (one JSON object, rewritten whole):
      "partial": float,            # work done inside the units in flight, in the same units (0 when none)
      "loading": bool,             # a model is being loaded: no counts to show
      "eta_s": float | null,       # seconds left at the pace observed in this phase (see Progress.eta)
-     "updated": float,            # time.time() of the write
+     "updated": float,            # time.time() of the update written (a held-back one: up to min_interval before)
      ...}                         # extras of the stage: "tokens", "tokens_per_s", "calls_made", "repo"
 """
 from __future__ import annotations

@@ -91,8 +91,8 @@ class MetricsStream:
     """Appends one JSON line per log event to metrics.jsonl, feeds lab.progress, and turns a stop request into
     `should_training_stop` (with a checkpoint) at the end of the current optimizer step.
 
-    A mixin: `metrics_callback()` joins it with transformers' TrainerCallback, so importing lab.train (the app does,
-    for `diagnose` and `read_metrics`) does not import transformers."""
+    A mixin: `metrics_callback()` joins it with transformers' TrainerCallback, so importing this module (the app
+    does, for `diagnose`) does not import transformers."""
 
     def __init__(self, path: Path, progress: Progress, distributed: bool):
         self.path, self.progress, self.distributed = path, progress, distributed

@@ -342,7 +342,7 @@ def test_an_adapter_trained_while_compare_is_shown_appears_there_without_switchi
     open_tab(page, "Train")
     pick_option(page, "Pairs", "pairrm")
     field(page, "Adapter name").fill("dpo-late")
-    set_number(page, "Max steps", 40)
+    set_number(page, "Max steps", 150)  # long enough to be still running when Compare opens
     click(page, "Train")
     wait_for_text(page, re.compile("Training dpo-late is running"), timeout_s=60)
     open_tab(page, "Compare")

@@ -10,6 +10,7 @@ from lab import score as scoring
 from lab.iterate import IterateConfig
 from lab.errors import LabError
 from lab.progress import Progress, Stopped
+from lab.ui import iterate as iterate_tab
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -286,3 +287,20 @@ def test_batch_size_zero_reuses_what_the_iteration_recorded(run, tiny):
     assert batch_for(run, replace(cfg, batch_size=8), tiny.path) == 8
     run.record_stage("iterate", {"batch_size": 32})
     assert batch_for(run, cfg, tiny.path) == 32 and batch_for(run, replace(cfg, batch_size=8), tiny.path) == 8
+
+
+def test_the_tabs_plot_frames_hold_every_colour_from_the_first_round():
+    """Gradio keeps a plot's first colour scale: round 1 must already hold the 'previous' line (its previous model
+    is the plain base) and all six scores, and an empty plot gets no frame at all."""
+    rate = {"win_rate": 0.75, "ci_low": 0.5, "ci_high": 1.0, "n": 4}
+    first = {"round": 1, "policy": None, "eval": {"win_rate_vs_base": rate}, "score_hist": {"3": 4}}
+    started = {**first, "policy": "/runs/r/adapters/sft"}  # --start-adapter: no head-to-head was measured
+    frame = iterate_tab.win_frame([first])
+    assert frame.to_dict("records") == [{"round": 1, "win rate": 0.75, "against": "base"},
+                                        {"round": 1, "win rate": 0.75, "against": "previous"}]
+    assert iterate_tab.vs_previous(started) is None and list(iterate_tab.win_frame([started])["against"]) == ["base"]
+    hist = iterate_tab.hist_frame([first])
+    assert list(hist["score"]) == list("012345") and list(hist["count"]) == [0, 0, 0, 4, 0, 0]
+    many = iterate_tab.hist_frame([{**first, "round": k} for k in (2, 10)])
+    assert sorted(set(many["round"])) == ["round 02", "round 10"]  # in round order on the axis
+    assert iterate_tab.plot(iterate_tab.win_frame([]))["value"] is None and iterate_tab.plot(frame)["value"] is frame

@@ -30,3 +30,10 @@ def test_lc_handles_all_wins_ties_and_no_data():
     assert lc_win_rate([WIN] * 5, [10, 20, 30, 40, 50])["lc_win_rate"] > 0.99  # separation does not blow up
     assert lc_win_rate([TIE] * 4, [5, -5, 10, -10])["lc_win_rate"] == pytest.approx(0.5)
     assert lc_win_rate([], [])["lc_win_rate"] != lc_win_rate([], [])["lc_win_rate"]  # NaN: nothing to count
+
+
+def test_a_one_sided_length_controlled_rate_is_printed_as_0_or_1_not_a_capped_fit():
+    losses = lc_win_rate([LOSS] * 4, [10.0, -5.0, 3.0, -1.0], resamples=200)
+    wins = lc_win_rate([WIN] * 4, [10.0, -5.0, 3.0, -1.0], resamples=200)
+    assert (losses["lc_win_rate"], losses["lc_ci_low"], losses["lc_ci_high"]) == (0.0, 0.0, 0.0)  # was 9.4e-14
+    assert (wins["lc_win_rate"], wins["lc_ci_low"], wins["lc_ci_high"]) == (1.0, 1.0, 1.0)

@@ -188,8 +188,9 @@ def length_frame(lines: list[dict]) -> pd.DataFrame:
 
 def hist_frame(lines: list[dict]) -> pd.DataFrame:
     """Per round, how many self-scores rounded to each of 0-5 (every score a row, zero counts too)."""
-    rows = [{"score": s, "count": ln["score_hist"].get(s, 0), "round": f"round {ln['round']}"} for ln in lines
-            for s in SCORE_COLORS]
+    width = len(str(max((ln["round"] for ln in lines), default=1)))  # "round 02" sorts before "round 10"
+    rows = [{"score": s, "count": ln["score_hist"].get(s, 0), "round": f"round {ln['round']:0{width}d}"}
+            for ln in lines for s in SCORE_COLORS]
     return typed(rows, {"score": str, "count": int, "round": str})
 
 

@@ -2,7 +2,8 @@
 + ETA, stop, warnings.
 
 The plots read `adapters/<name>/metrics.jsonl` on every tick of the job panel's timer, so a page reload re-attaches
-to a running training (the adapter shown is the one the running job trains, else the one picked). They draw the
+to a running training (the adapter shown is the one the running job trains, else the one picked, else the one the
+run's last training job trained). They draw the
 metrics of the method the shown adapter is trained with (lab.methods.METHODS[...].plots).
 """
 from __future__ import annotations
