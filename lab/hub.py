@@ -66,7 +66,8 @@ HUB_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 CREDENTIAL_NAME = re.compile(r"(_API_KEY$|_TOKEN$|SECRET)", re.IGNORECASE)  # names that look like a credential
 NOT_REWRITTEN = ("tokenizer.json", "vocab.json")  # vocabularies: their tokens ("/s", "/*") are text, not paths
 # a URL with userinfo in a staged file (store.URL_USERINFO; its redacted form "scheme://***@" is fine)
-USERINFO_IN_FILE = re.compile(rb"(?i)\b[a-z][a-z0-9+.-]*://(?!\*\*\*@)[^/?#\s]+@")
+# (RFC 3986's userinfo characters only, then a host: random bytes of a weights file matched "C://&<binary>@")
+USERINFO_IN_FILE = re.compile(rb"(?i)\b[a-z][a-z0-9+.-]*://(?!\*\*\*@)[a-z0-9._~%!$&'()*+,;=:-]+@[a-z0-9.-]")
 
 
 @dataclass
@@ -365,7 +366,13 @@ def _secrets_in_use(token: str | None) -> dict[str, str]:
 
 
 def _scannable(path: Path) -> bytes:
-    """A staged file's bytes, and for parquet its values as text too (compressed pages would hide a key)."""
+    """A staged file's bytes, and for parquet its values as text too (compressed pages would hide a key); of a
+    safetensors file only its JSON header (names, shapes, metadata): the rest is numbers, which hold no text but
+    match any byte pattern somewhere in gigabytes."""
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            return f.read(min(size, 100_000_000))
     data = path.read_bytes()
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq

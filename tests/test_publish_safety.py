@@ -123,6 +123,23 @@ def test_a_url_with_userinfo_in_a_staged_file_stops_the_push(run):
         hub.push_run(run, PushConfig(dry_run=True))
 
 
+def test_a_weights_file_is_scanned_in_its_header_not_its_numbers(tmp_path):
+    """Trained floats once held the bytes 'C://&<...>@' and a real push was refused; a header's text is still read."""
+    import torch
+    from safetensors.torch import save_file
+
+    noise = torch.frombuffer(bytearray(b"xC://&\xbb=c\xac;|@\x95host" * 64), dtype=torch.uint8).clone()
+    save_file({"w": noise}, str(tmp_path / "adapter_model.safetensors"))
+    hub.check_no_secrets(tmp_path, {})  # the numbers are not text
+    save_file({"w": noise}, str(tmp_path / "adapter_model.safetensors"), metadata={"src": f"http://u:{IN_URL}@db"})
+    with pytest.raises(LabError, match="adapter_model.safetensors contains a URL with a user name or password"):
+        hub.check_no_secrets(tmp_path, {})
+    (tmp_path / "adapter_model.safetensors").unlink()
+    (tmp_path / "notes.txt").write_bytes(b"binary C://&\xbb=c\xac;|@\x95 is not a URL; ftp://bob:pw@files.example is")
+    with pytest.raises(LabError, match="notes.txt contains a URL"):
+        hub.check_no_secrets(tmp_path, {})
+
+
 # ---- (c) local paths -------------------------------------------------------------------------------------------------
 def local_places(runs_dir: Path, tmp_path: Path) -> list[str]:
     """What must not appear in a staged folder: the home folder, the runs root, the lab cache, the temp folders."""
