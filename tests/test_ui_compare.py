@@ -25,7 +25,7 @@ def test_compare_as_a_job_then_scores_grid_notes_and_export(run, tmp_path):
     scores, made, picker, page, info, note, overall = tab.refresh("t")
     assert list(tab.scores_table(compare.read_scores(run))["model"]) == ["base", "judge"]
     assert "<td>judge</td>" in scores and "Made with temperature 0.7 · top-p 0.9 · max new tokens 6" in made
-    assert "pairRM tiny-random" in made and "instructions 3" in made
+    assert "PairRM tiny-random" in made and "instructions 3" in made
     ids = [c[1] for c in picker["choices"]]
     assert len(ids) == 3 and picker["value"] == ids[0] and overall == "" and note == ""
     assert page.count('class="lab-grid-item') == 3 and info == "Instructions 1-3 of 3 · page 1 of 1"

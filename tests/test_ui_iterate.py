@@ -20,14 +20,16 @@ def test_iterate_as_a_job_then_table_and_plots(run):
     assert "started" in tab.start_iterating("t", *values())
     st = jobs.wait(run, timeout_s=300)
     assert st["state"] == "done", st.get("log_tail")
-    table_html, wins, lengths, hist, made = tab.refresh("t")
+    table_html, *plots, made = tab.refresh("t")
+    wins, lengths, hist = (p["value"] for p in plots)  # updates: a frame, or no value for an empty plot
     table = tab.rounds_table(tab.lineage(run))
     assert list(table["round"]) == [1, 2] and list(table["adapter"]) == ["round-1", "round-2"]  # names, not paths
     assert "round-2" in table_html and str(run.path) not in table_html and "judge self" in made
     assert str(wins["win rate"].dtype) == "float64" and str(lengths["round"].dtype) == "int64"  # plots draw lines
-    assert set(wins["against"]) == {"base", "previous"} and len(wins) == 3  # round 1 has no previous
+    assert set(wins["against"]) == {"base", "previous"} and len(wins) == 4  # round 1's previous is the base
     assert set(lengths["answers"]) == {"all", "chosen", "rejected"}
     assert sorted(set(hist["round"])) == ["round 1", "round 2"] and hist["count"].sum() == 2 * 2 * 2
+    assert len(hist) == 2 * 6  # every score 0-5 in each round: the colours are all there from round 1
     assert tab.refresh_if_changed("t", ["t", 2]) == [gr.skip()] * 6  # nothing new: the plots are not redrawn
     assert tab.refresh_if_changed("t", ["other", 2])[-1] == ["t", 2]
 
