@@ -294,6 +294,7 @@ class LocalBackend:
     def __init__(self, spec: str, device: str = "auto", dtype: str = "auto", reasoning_tokens: int = 96,
                  batch_size: int = 8, min_reasoning_tokens: int = 0):
         self.cm = models.load(spec, device, dtype)
+        self.cache_arg = cache_kwarg(self.cm.model)  # the KV cache's keyword, read once (not every decode step)
         self.reasoning_tokens, self.batch_size = reasoning_tokens, batch_size
         self.min_reasoning_tokens = min(min_reasoning_tokens, reasoning_tokens)
         self.label_ids = self._label_ids()
@@ -327,7 +328,7 @@ class LocalBackend:
         cache = new_cache(self.cm.model, reserve=self.reasoning_tokens + 32)  # decode steps write in place
         with torch.inference_mode():
             out = self.cm.model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=(mask.cumsum(-1) - 1)
-                                .clamp(min=0), use_cache=True, **{cache_kwarg(self.cm.model): cache}, logits_to_keep=1)
+                                .clamp(min=0), use_cache=True, **{self.cache_arg: cache}, logits_to_keep=1)
             gen = self._greedy(out.logits[:, -1], cache, mask, last_pos)
             cache.crop(-(cache.get_seq_length() - mask.shape[1]))  # back to the pre-filled prompt
             raws = [self.cm.tokenizer.decode(g, skip_special_tokens=True) for g in gen]
@@ -358,7 +359,7 @@ class LocalBackend:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             last_pos = last_pos + 1
             logits = self.cm.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
-                                   use_cache=True, **{cache_kwarg(self.cm.model): cache}).logits[:, -1]
+                                   use_cache=True, **{self.cache_arg: cache}).logits[:, -1]
         return rows
 
     def _closing_ids(self):
@@ -390,7 +391,7 @@ class LocalBackend:
         tail_mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=self.cm.device)
         positions = last_pos[:, None] + 1 + torch.arange(width, device=self.cm.device)[None]
         logits = self.cm.model(input_ids=x, attention_mask=torch.cat([mask, tail_mask], dim=1), position_ids=positions,
-                               use_cache=True, **{cache_kwarg(self.cm.model): cache}).logits
+                               use_cache=True, **{self.cache_arg: cache}).logits
         last = logits[torch.arange(len(ids)), torch.tensor([len(i) - 1 for i in ids])].float()
         p = last.softmax(-1)[:, self.label_ids]
         p = (p / p.sum(-1, keepdim=True)).tolist()

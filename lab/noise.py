@@ -12,12 +12,11 @@ on a random ranker's pairs are labelled, and so is their comparison.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from lab.errors import LabError
+from lab.adapters import read_state
 from lab.models import BUNDLED_HUB_ID
-from lab.store import Run, adapter_file
+from lab.store import Run
 
 TINY, BUNDLED = "tiny-random", "bundled"
 API_JUDGE_HINT = "use an API judge (Groq, or an OpenAI-compatible endpoint) for preference data worth training on"
@@ -80,7 +79,7 @@ def notes(run: Run, stage: str, settings: dict | None = None) -> list[str]:
     sampled = (recorded.get("sample") or {}).get("model", "")
     own = dict(settings if settings is not None else recorded.get(stage) or {})
     if stage == "merge":  # a merged model is its adapter's training: the labels of what that trained on
-        state = _training_state(run, own.get("adapter", ""))
+        state = (read_state(run.adapter_dir(own["adapter"])) or {}) if own.get("adapter") else {}
         return notes(run, "train", {**(state.get("settings") or {}), "model": state.get("base_model", "")})
     upstream = list(UPSTREAM.get(stage, ()))
     source = own.get("source") if stage == "pairs" else pairs_source(own.get("pairs", "")) if stage == "train" else None
@@ -92,16 +91,6 @@ def notes(run: Run, stage: str, settings: dict | None = None) -> list[str]:
             found += specs(up, recorded[up], sampled)
     words = [label(kind, spec) for kind, spec in found]
     return list(dict.fromkeys(w for w in words if w))
-
-
-def _training_state(run: Run, adapter: str) -> dict:
-    """The adapter's training.json ({} when there is no such adapter or file)."""
-    if not adapter:
-        return {}
-    try:
-        return json.loads(adapter_file(run.adapter_dir(adapter), "state").read_text(encoding="utf-8"))
-    except (OSError, ValueError, LabError):
-        return {}
 
 
 def markdown(lines: list[str]) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lab import efficiency, models, precision
 from lab.adapters import adapters_on, resolve_adapters
-from lab.config import Settings, opt
+from lab.config import Settings, flag, opt
 from lab.errors import LabError
 from lab.generation import ENGINE_CHOICES, ENGINE_HELP, Completion, Decoding, engine_record, pick_engine, \
     ShiftedProgress, plan_batches, run_units, vllm_units
@@ -144,20 +144,20 @@ def _check_model_matches(existing: list[dict], cfg: SampleConfig, adapter: str |
                        ui=f"{head}: type a new run name at the top to sample another model.")
 
 
-DISTRIBUTION = {"temperature": "--temperature", "top_p": "--top-p", "max_new_tokens": "--max-new-tokens"}
+DISTRIBUTION = ("temperature", "top_p", "max_new_tokens")  # the decoding settings that shape the answers
 
 
 def _check_decoding_matches(existing: list[dict], cfg: SampleConfig) -> None:
     """Samples added to a run must come from the same distribution as those it holds: a pair of answers drawn with
     different temperatures or length limits compares the settings, not the answers. (The seed may differ.)"""
     asked = cfg.decoding().to_dict()
-    used = {tuple((k, (s.get("decoding") or {}).get(k)) for k in DISTRIBUTION) for s in existing}
-    off = sorted({k for u in used for k, v in u if v is not None and v != asked[k]}, key=list(DISTRIBUTION).index)
+    held = {k: {(s.get("decoding") or {}).get(k) for s in existing} - {None} for k in DISTRIBUTION}
+    off = [k for k in DISTRIBUTION if held[k] - {asked[k]}]
     if not off:
         return
-    was = "; ".join(f"{DISTRIBUTION[k]} " + "/".join(sorted({str(dict(u)[k]) for u in used})) for k in off)
-    head = (f"This run's {len(existing)} samples were drawn with {was}, not "
-            + ", ".join(f"{DISTRIBUTION[k]} {asked[k]}" for k in off))
+    was = "; ".join(f"--{flag(k)} " + "/".join(sorted(map(str, held[k]))) for k in off)
+    head = f"This run's {len(existing)} samples were drawn with {was}, not " + \
+        ", ".join(f"--{flag(k)} {asked[k]}" for k in off)
     raise LabError(f"{head}: use the same settings to add samples to it, or sample into a new run (--run NEW_NAME).",
                    ui=f"{head}: set them back to add samples to this run, or type a new run name at the top.")
 
