@@ -23,9 +23,11 @@ Record format of push.jsonl (one line per repo pushed; the app shows these links
      "private": bool (as the Hub reports it),
      "commit": str, "folder": str, "time": str, "warning": str (only when a repo asked to be private is public)}
 
-Tokens: one passed in memory (the app's visitor login), else $HF_TOKEN, else the login `hf auth login` saved. On a
-Space ($SPACE_ID or SYSTEM=spaces set) only a passed token counts: the Space's own HF_TOKEN secret belongs to its
-owner, and pushing must use the visitor's account. A token is never written anywhere; before anything is uploaded
+Tokens: one passed in memory (the app's visitor login), else $HF_TOKEN, else the login `hf auth login` saved. On any
+hosted app (a Space, or LAB_HOSTED=1: lab.limits.hosted) only a passed token counts: the environment's HF_TOKEN and
+the saved login belong to the owner, and pushing must use the visitor's account. There a push also writes only into
+namespaces the token's account owns (its user name or one of its organisations, as whoami says), so a repo that
+already exists elsewhere is never written into. A token is never written anywhere; before anything is uploaded
 every staged file (parquet read as text) is checked for it, for the value of every credential variable in the
 environment (credential_env_names) and for URLs with userinfo (user:password@host).
 
@@ -51,7 +53,7 @@ from lab.errors import LabError
 from lab.models import BUNDLED_HUB_ID
 from lab.progress import Progress
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
-from lab.limits import on_space
+from lab.limits import hosted
 from lab.store import MERGED_FILES, Run, adapter_file, append_jsonl, atomic_write_json, atomic_write_text, \
     build_folder, read_jsonl, runs_root
 
@@ -339,9 +341,8 @@ def resolve_token(token: str | None = None) -> str:
     """The token to push with (see the module docstring for the order). Raises LabError when there is none."""
     if token:
         return token
-    if on_space():
-        raise LabError("Sign in with Hugging Face (the button on the Share tab) to push: on a Space the lab pushes "
-                       "with your own account, never the Space owner's token.")
+    if hosted():  # never the owner's: not $HF_TOKEN, not the saved `hf auth login`, not a cache
+        raise LabError(f"Sign in with Hugging Face (the button on the Share tab) to push: {_HOSTED_PUSH}")
     from huggingface_hub import get_token
 
     found = get_token()  # $HF_TOKEN, else the login saved by `hf auth login`
@@ -349,6 +350,23 @@ def resolve_token(token: str | None = None) -> str:
         raise LabError("No Hugging Face token: create one with write access at https://huggingface.co/settings/tokens "
                        "and set HF_TOKEN (or run `hf auth login`); or use --dry-run to only stage the folders.")
     return found
+
+
+_HOSTED_PUSH = ("on a hosted app the lab pushes with your own account, never the app owner's token (a Space without "
+                "sign-in cannot push: run the lab on your own machine).")
+
+
+def check_namespace_owned(api, namespace: str, token: str) -> None:
+    """On a hosted app, refuse a namespace the visitor's account does not own (its user name or one of its
+    organisations): the Hub refuses it too, but nothing should rely on the Hub alone to keep a visitor out of
+    someone else's repos."""
+    if not hosted():
+        return
+    me = _call("asking whose token this is", token, api.whoami)
+    owned = {me.get("name"), *(o.get("name") for o in me.get("orgs") or [])} - {None}
+    if namespace not in owned:
+        raise LabError(f"Namespace {namespace!r} is not yours: on a hosted app you push only into your own account "
+                       f"or your organisations ({', '.join(sorted(owned))}). Nothing was uploaded.")
 
 
 def credential_env_names(environ: dict | None = None) -> list[str]:
@@ -480,6 +498,8 @@ def _push_locked(run: Run, cfg: PushConfig, token: str | None, progress: Progres
     token = None if cfg.dry_run else resolve_token(token)
     api = None if cfg.dry_run else hub_api(cfg, token)
     namespace = namespace_of(api, cfg, token) if api else (cfg.namespace or PLACEHOLDER_NAMESPACE)
+    if api:
+        check_namespace_owned(api, namespace, token)
     folders = stage_all(run, items, namespace, _secrets_in_use(token), progress)
     if cfg.dry_run:
         repos = [_staged(item, folder, cfg, namespace) for item, folder in zip(items, folders)]
@@ -540,7 +560,7 @@ def token_source(token: str | None = None) -> str:
     """Where a push would take its token from, in words (never the token): for the app to show before a push."""
     if token:
         return "your Hugging Face sign-in"
-    if on_space():
+    if hosted():  # the owner's token is never a visitor's: nothing to show
         return ""
     from huggingface_hub import get_token
 

@@ -3,7 +3,7 @@
 It serves the routes huggingface_hub 2.4 calls for `whoami`, `create_repo` and `upload_folder` (its pipelined
 uploader, see huggingface_hub/_upload_pipeline.py and _commit_api.py):
 
-    GET  /api/whoami-v2                                     {"name": user, "type": "user", ...}
+    GET  /api/whoami-v2                                     {"name": user, "type": "user", "orgs": [{"name"}], ...}
     POST /api/repos/create                                  {"name", "organization", "type", "visibility"} -> {"url"}
                                                             (403 outside the user's own and its orgs' namespaces)
     GET  /api/{type}s/{ns}/{name}                           repo info: {"id", "private", "sha"}
@@ -57,7 +57,8 @@ class HubStandIn:
     # ---- routes ----------------------------------------------------------------------------------------------------
     def route(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
         if method == "GET" and path.startswith("/api/whoami-v2"):
-            return 200, {"type": "user", "name": self.user, "auth": {"accessToken": {"role": "write"}}}
+            return 200, {"type": "user", "name": self.user, "auth": {"accessToken": {"role": "write"}},
+                         "orgs": [{"type": "org", "name": org} for org in self.orgs]}
         if method == "POST" and path.startswith("/api/repos/create"):
             return self.create(json.loads(body))
         if method == "POST" and path.startswith("/api/validate-yaml"):

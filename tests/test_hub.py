@@ -325,6 +325,40 @@ def test_space_pushes_with_the_visitors_token_only(lab_run, online, monkeypatch)
     assert {h.get("authorization") for _, _, h, _ in server.requests} == {f"Bearer {visitor}"}
 
 
+def test_a_hosted_app_never_pushes_with_the_owners_saved_login(lab_run, online, monkeypatch, tmp_path):
+    """LAB_HOSTED=1 off a Space: the token `hf auth login` saved (a file, not the environment) is the owner's."""
+    import huggingface_hub.constants
+
+    saved = tmp_path / "hf-token"
+    saved.write_text("hf_OWNERsSavedLogin0123456789")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(saved))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("LAB_HOSTED", "1")
+    assert hub.token_source(None) == ""  # the page offers no push as the owner
+    with HubStandIn(token="hf_OWNERsSavedLogin0123456789", user="owner") as server:
+        with pytest.raises(LabError, match="Sign in with Hugging Face"):
+            hub.push_run(lab_run, PushConfig(endpoint=server.url, namespace="owner", only="judge"))
+    assert server.repos == {} and server.requests == []
+    monkeypatch.delenv("LAB_HOSTED")
+    assert "hf auth login" in hub.token_source(None)  # on the owner's own machine the saved login is theirs
+
+
+@pytest.mark.parametrize("space", [True, False])
+def test_a_hosted_visitor_pushes_only_into_namespaces_they_own(lab_run, online, monkeypatch, space):
+    monkeypatch.setenv(*(("SPACE_ID", "owner/preference-lab") if space else ("LAB_HOSTED", "1")))
+    visitor = "hf_VISITORoauthToken0123456789"
+    with HubStandIn(token=visitor, user="visitor", orgs=("club",)) as server:
+        server.repos[("dataset", "owner/t-judge")] = {"visibility": "public", "files": {}, "commits": 0}
+        for namespace in ("owner", "someone-else"):  # an existing owner repo, and a namespace no one claimed
+            with pytest.raises(LabError, match=f"Namespace '{namespace}' is not yours.*club, visitor"):
+                hub.push_run(lab_run, PushConfig(endpoint=server.url, namespace=namespace, only="judge"),
+                             token=visitor)
+        assert server.repos[("dataset", "owner/t-judge")]["commits"] == 0
+        assert not any(m == "POST" for m, *_ in server.requests)  # only whoami was asked: nothing created
+        hub.push_run(lab_run, PushConfig(endpoint=server.url, namespace="club", only="judge"), token=visitor)
+    assert server.repos[("dataset", "club/t-judge")]["commits"] == 1
+
+
 def test_token_never_reaches_a_file_a_log_or_a_payload(lab_run, online, monkeypatch, capfd, caplog, runs_dir,
                                                        tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # huggingface_hub's own files are checked too

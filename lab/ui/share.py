@@ -22,7 +22,7 @@ from gradio.utils import get_space
 
 from lab import cards, efficiency, hub
 from lab.hub import PushConfig
-from lab.limits import on_space
+from lab.limits import hosted, on_space
 from lab.merge import MergeConfig
 from lab.progress import Progress
 from lab.report import ReportConfig, report_run
@@ -100,7 +100,7 @@ def build(ctx) -> ShareTab:
                 "were made. **Dry run** writes the exact folders under "
                 "`runs/<run>/hub/` and uploads nothing: read the cards there first. Repos are private by default.")
     login = gr.LoginButton() if get_space() else None  # where Gradio serves the real sign-in routes
-    who = gr.Markdown(_who_text(None, on_space()))
+    who = gr.Markdown(_who_text(None, hosted()))
     fields = _settings_inputs()
     with gr.Row():
         dry_run = gr.Button("Dry run (stage only)")
@@ -149,19 +149,22 @@ def _wire(tab: ShareTab, ctx) -> None:
                            outputs=[tab.report_status, tab.report_files, tab.efficiency], api_name="write_report")
 
 
-def _who_text(token: str | None, on_space: bool) -> str:
+def _who_text(token: str | None, hosted: bool) -> str:
     source = hub.token_source(token)
     if source:
         return f"Pushing as: {source}."
-    if on_space:
+    if hosted and on_space():
         return "Sign in with Hugging Face to push: the repos are created in **your** account, with your permission."
+    if hosted:
+        return ("Pushing needs a Hugging Face sign-in, which this hosted app does not offer: run the lab on your own "
+                "machine to push. A dry run needs none.")
     return ("No Hugging Face token on this machine: set `HF_TOKEN` (a token with write access, "
             "https://huggingface.co/settings/tokens) before starting the app, or run `hf auth login`. "
             "A dry run needs none.")
 
 
 def who_text(oauth_token: gr.OAuthToken | None = None) -> str:
-    return _who_text(oauth_token.token if oauth_token else None, on_space())
+    return _who_text(oauth_token.token if oauth_token else None, hosted())
 
 
 def _config(namespace, prefix, private, datasets, adapters, iterations, only, dry_run: bool,
