@@ -366,7 +366,7 @@ def model_card(repo_id: str, adapter: str, run: Run, src: Path, state: dict, dat
              "## Training parameters\n\n" + table(settings) + "\n", long_texts(settings),
              "### LoRA (adapter_config.json)\n\n" + table(_lora(config)) + "\n",
              "## Final metrics\n\n" + table(final_metrics(src, state), ("metric", "value")) + "\n",
-             _warnings(state), _efficiency_section(run, running=True),
+             _evaluation_section(run, adapter), _warnings(state), _efficiency_section(run, running=True),
              "## Versions\n\n" + table(state["versions"], ("package", "version")) + "\n"
              if state.get("versions") else ""]
     return "\n".join(p for p in parts if p)
@@ -388,6 +388,28 @@ def _model_intro(adapter: str, run: Run, config: dict, state: dict, base_id: str
         lines.append(f"- Status: **{state['status']}** (stopped early) at step {state.get('global_step')} of "
                      f"{state.get('max_steps')}")
     return "\n".join(lines) + "\n\n" + (table(pairs, ("training data", "")) + "\n" if pairs else "")
+
+
+def _evaluation_section(run: Run, adapter: str) -> str:
+    """The run's latest comparison, where it compared this adapter: each win rate against the base with the grader
+    that made it (and the circular label where that grader also made the training pairs), and the IFEval checks'
+    accuracies with the paired difference against the base."""
+    from lab.compare import read_scores
+
+    scores = read_scores(run) or {}
+    wins = (scores.get("win_rates") or {}).get(adapter)
+    if not wins:
+        return ""
+    rows = {f"win rate vs base ({name}, by {w.get('grader', name)})": f"{w['win_rate']:.3f} [{w['ci_low']:.3f}, "
+            f"{w['ci_high']:.3f}] (n={w['n']})" + (f": {w['circular']}" if w.get("circular") else "")
+            for name, w in wins.items() if w.get("n")}
+    found = scores.get("checks") or {}
+    for lv, d in ((found.get("vs_base") or {}).get(adapter) or {}).items():
+        mine, base = found["per_model"][adapter][lv]["value"], found["per_model"]["base"][lv]["value"]
+        rows[f"IFEval {lv.replace('_', ' ')} accuracy, adapter vs base"] = (
+            f"{mine:.3f} vs {base:.3f}: {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] (n={d['n']})")
+    return ("## Evaluation on held-out instructions\n\nFrom the run's comparison (95% bootstrap intervals over "
+            "instructions; IFEval accuracies by its own checkers, no model grading).\n\n" + table(rows, ("", "")) + "\n")
 
 
 def _warnings(state: dict) -> str:

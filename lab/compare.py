@@ -12,7 +12,8 @@ compare.jsonl, one line per (instruction, model) completion:
      "base_model": spec, "base_path": str, "decoding": {"temperature", "top_p", "max_new_tokens", "seed"},
      "key": str,                               # hash of base + decoding: records of other settings are history
      "adapter_hash": str | null,               # hash of the adapter's files (a retrained adapter is redone)
-     "duplicate": null | {"of": training instruction id, "kind": "exact" | "near", "similarity": float}}
+     "duplicate": null | {"of": training instruction id, "kind": "exact" | "near", "similarity": float},
+     "instruction_id_list": [str], "kwargs": [dict]}   # only for verifiable instructions: their IFEval checks
 
 compare-scores.json (whole file, rewritten by `score`):
 
@@ -23,13 +24,19 @@ compare-scores.json (whole file, rewritten by `score`):
      "win_rates": {adapter: {scorer: lab.stats.win_rate dict + lab.stats.lc_win_rate dict}},  # against the base
      "outcomes": {adapter: {scorer: {instruction_id: 1 | 0.5 | 0 | null}}},  # per instruction, against the base:
                                                             # what win_rates counts (null: the scorer had no verdict)
-     "head_to_head": {"<adapter> vs <earlier adapter>": {scorer: the same}}}
+     "head_to_head": {"<adapter> vs <earlier adapter>": {scorer: the same}},
+     "checks": lab.compare.checks_summary's dict, on verifiable instructions only}
      (a win rate dict: "win_rate", "ci_low", "ci_high", "n", "wins", "ties", "losses", and the length-controlled
-      "lc_win_rate", "lc_ci_low", "lc_ci_high", "length_coef", "length_scale")
+      "lc_win_rate", "lc_ci_low", "lc_ci_high", "length_coef", "length_scale"; and where it came from: "grader"
+      (lab.graders.grader_of), "circular" (lab.graders.circular: set when that grader also made the pairs the
+      adapter trained on, so the number partly measures the grader's own taste))
 
 Scorers (SCORERS): "pairrm" (PairRM's both-orders preference), "judge" (the LLM judge, every pair of models in both
-orders, position-calibrated where they disagree (lab.verdicts): a tie or an undecided disagreement count 0.5) and
-"score" (mean 5-point scores, lab.score; their records go to the run's scores.jsonl as set "eval"). Win rates count
+orders, position-calibrated where they disagree (lab.verdicts): a tie or an undecided disagreement count 0.5),
+"score" (mean 5-point scores, lab.score; their records go to the run's scores.jsonl as set "eval") and "checks"
+(IFEval's checks of verifiable instructions, lab.checks: the answer passing more of its checks wins; beside the win
+rates, IFEval's four accuracies per model and each adapter's paired difference against the base, with bootstrap
+intervals over prompts). Win rates count
 a win as 1, a tie as 0.5 and a loss as 0, per instruction; the interval is a percentile bootstrap over instructions
 (lab.stats.win_rate).
 notes.json holds the user's own notes: {"overall": str, "instructions": {id: str}, "updated"}.
@@ -47,7 +54,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lab import efficiency, limits, models, precision, rank
+from lab import checks, efficiency, graders, limits, models, precision, rank
 from lab.adapters import BASE, adapters_on, check_same_base, fingerprint, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
@@ -60,7 +67,7 @@ from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.sample import check_decoding, sample_record
 from lab.score import Scorer, ScoreConfig, api_backend, mean_scores, score_rows
-from lab.stats import LOSS, TIE, WIN, lc_win_rate, outcome, win_rate
+from lab.stats import LOSS, TIE, WIN, lc_win_rate, mean_ci, outcome, paired_difference, win_rate
 from lab.store import Run, atomic_write_json, atomic_write_text, once, read_jsonl, write_jsonl
 from lab.verdicts import run_verdicts
 
@@ -77,7 +84,8 @@ REFUSAL_WINDOW = 300  # a refusal shows in the opening of an answer; later "I ca
 @dataclass
 class CompareConfig(Settings):
     model: str = opt("", "base model spec (default: the model this run sampled with)")
-    instructions: str = opt("heldout", "held-out instructions: 'heldout' (bundled), or a .jsonl/.csv/.txt file")
+    instructions: str = opt("heldout", "held-out instructions: 'heldout' (bundled), 'checks-heldout' (bundled, with "
+                            "IFEval checks), or a file (with IFEval's instruction_id_list and kwargs: checked too)")
     n: int = opt(0, "how many held-out instructions (0 = all)", label="Instructions (0 = all)")
     adapters: str = opt("", "comma-separated adapter names of this run (default: every adapter)")
     temperature: float = opt(0.7, "sampling temperature, the same for every model (0 = greedy)", label="Temperature")
@@ -103,6 +111,8 @@ class CompareConfig(Settings):
     score_evaluations: int = opt(3, "times each answer is scored by the 5-point scorer (averaged)")
     score_tokens: int = opt(160, "longest 5-point judgment, in tokens")
     score_temperature: float = opt(0.7, "sampling temperature of the 5-point judgments")
+    checks: bool = opt(True, "score with the instructions' own IFEval checks where they carry them (no model, "
+                       "instant, unbiased)", label="Verifiable checks")
     bootstrap: int = opt(2000, "bootstrap resamples for the win-rate confidence intervals")
     confidence: float = opt(0.95, "confidence level of the intervals")
     export: str = opt("csv,jsonl,md", "grid exports the command line writes into the run: csv, jsonl, md "
@@ -214,7 +224,8 @@ def compare_record(item: dict, completion, name: str, adapter: Path | None, base
             "adapter_path": str(adapter) if adapter else None, "text": completion.text,
             "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
             "finish_reason": completion.finish_reason, "base_model": cfg.model, "base_path": base_path,
-            "decoding": cfg.decoding().to_dict(), "key": key, "duplicate": duplicate, "adapter_hash": adapter_hash}
+            "decoding": cfg.decoding().to_dict(), "key": key, "duplicate": duplicate, "adapter_hash": adapter_hash,
+            **checks.fields_of(item)}
 
 
 def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict], cfg: CompareConfig, key: str,
@@ -304,7 +315,9 @@ def _compare_locked(run: Run, cfg: CompareConfig, progress: Progress | None, api
     check_same_base(adapters, cfg.model, cm.path)
     key = model_key(cfg, engine)
     settings = {**cfg.to_dict(), "key": key, "base_path": cm.path, "models": [BASE, *adapters],
-                "instruction_ids": [i["id"] for i in items], "duplicates_found": dups, **engine_record(engine)}
+                "instruction_ids": [i["id"] for i in items], "duplicates_found": dups, **engine_record(engine),
+                "checked_ids": [i["id"] for i in items if checks.has_checks(i)],
+                "adapter_paths": {name: str(path) for name, path in adapters.items()}}
     started = once(lambda: run.record_stage("compare", settings))  # with the first completion, or once scored
     if engine == "vllm":
         written = complete_all_vllm(run, cm, adapters, items, cfg, key, dups, progress, started)
@@ -426,8 +439,10 @@ Outcome = Callable[[str, str, str], "float | None"]  # (instruction id, model a,
 @dataclass(frozen=True)
 class CompareScorer:
     label: str  # in the app and the tables
-    enabled: Callable[[CompareConfig], bool]
+    enabled: Callable[[CompareConfig, dict], bool]  # (cfg, the comparison's settings)
     outcomes: Callable[..., Outcome]  # (run, cfg, table, st, progress, api_key) -> Outcome
+    grader: Callable[[CompareConfig, dict], dict]  # (cfg, st) -> lab.graders grader dict: who made the numbers
+    summary: Callable[..., dict] | None = None  # (table, st, cfg) -> more numbers, under the scorer's name
 
 
 def score(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_key: str | None = None,
@@ -443,20 +458,24 @@ def score(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_ke
     per_model = {m: text_stats(list(table.get(m, {}).values()), None if m == BASE else base_chars)
                  for m in st["models"]}
     adapters = [m for m in st["models"] if m != BASE]
-    wins, h2h, per_instruction = {m: {} for m in adapters}, {}, {m: {} for m in adapters}
+    wins, h2h, per_instruction, more = {m: {} for m in adapters}, {}, {m: {} for m in adapters}, {}
     for name, scorer in SCORERS.items():
-        if scorer.enabled(cfg):
-            of = scorer.outcomes(run, cfg, table, st, progress, api_key)
-            for n, m in enumerate(adapters):
-                per_instruction[m][name] = outcomes_of(of, st, m, BASE)
-                wins[m][name] = rate_of(per_instruction[m][name], cfg, table, m, BASE)
-                for earlier in adapters[:n]:
-                    h2h.setdefault(f"{m} vs {earlier}", {})[name] = rate_of(outcomes_of(of, st, m, earlier), cfg,
-                                                                            table, m, earlier)
+        if not scorer.enabled(cfg, st):
+            continue
+        of, grader = scorer.outcomes(run, cfg, table, st, progress, api_key), scorer.grader(cfg, st)
+        for n, m in enumerate(adapters):
+            per_instruction[m][name] = outcomes_of(of, st, m, BASE)
+            wins[m][name] = {**rate_of(per_instruction[m][name], cfg, table, m, BASE),
+                             **graders.provenance(grader, graders.trained_on(run, st, m))}
+            for earlier in adapters[:n]:
+                h2h.setdefault(f"{m} vs {earlier}", {})[name] = rate_of(outcomes_of(of, st, m, earlier), cfg,
+                                                                        table, m, earlier)
+        if scorer.summary:
+            more[name] = scorer.summary(table, st, cfg)
     scores = {"key": st["key"], "models": st["models"], "n_instructions": len(st["instruction_ids"]),
               "flagged": flagged, "confidence": cfg.confidence, "bootstrap": cfg.bootstrap,
               "per_model": per_model, "win_rates": wins, "outcomes": per_instruction, "head_to_head": h2h,
-              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              **more, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_json(run.file("compare_scores"), scores)
     return scores
 
@@ -571,10 +590,59 @@ def score_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress
     return of
 
 
+def checked_answers(table: dict, st: dict) -> dict[str, dict[str, checks.Checked]]:
+    """{model: {instruction id: its answer checked}} for the comparison's verifiable instructions."""
+    ids = set(st["instruction_ids"])
+    return {m: {iid: checks.check(r, r["text"]) for iid, r in table.get(m, {}).items()
+                if iid in ids and checks.has_checks(r)} for m in st["models"]}
+
+
+def checks_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress: Progress | None,
+                    api_key: str | None = None) -> Outcome:
+    """IFEval checks (lab.checks): the answer with the higher check score (strict pass 1, loose-only 0.5, per check)
+    wins; instructions without checks have no outcome."""
+    done = checked_answers(table, st)
+
+    def of(iid: str, a: str, b: str) -> float | None:
+        if iid not in done.get(a, {}) or iid not in done.get(b, {}):
+            return None
+        return outcome(done[a][iid].score, done[b][iid].score)
+    return of
+
+
+def checks_summary(table: dict, st: dict, cfg: CompareConfig) -> dict:
+    """IFEval's four accuracies per model, with percentile bootstrap intervals over prompts, each adapter's paired
+    difference against the base (per prompt: adapter minus base, resampled together), and per model the failed
+    checks of each answer:
+        {"n", "levels": [lab.checks.LEVELS], "grader": {...},
+         "per_model": {model: {level: {"value", "ci_low", "ci_high", "n"}}},
+         "vs_base": {adapter: {level: {"diff", "ci_low", "ci_high", "n", "better", "worse"}}},
+         "failed": {model: {instruction id: [check types failed, strict]}}}"""
+    done = checked_answers(table, st)
+    ids = [i for i in st["instruction_ids"] if all(i in done[m] for m in st["models"])]
+    rows = {m: [checks.per_prompt(done[m][i]) for i in ids] for m in st["models"]}
+    boot = dict(resamples=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed)
+    per_model = {m: {lv: mean_ci([r[lv] for r in rows[m]], **boot) for lv in checks.LEVELS} for m in st["models"]}
+    vs_base = {m: {lv: paired_difference([r[lv] for r in rows[m]], [r[lv] for r in rows[BASE]], **boot)
+                   for lv in checks.LEVELS} for m in st["models"] if m != BASE}
+    failed = {m: {i: c.failed() for i, c in done[m].items()} for m in st["models"]}
+    return {"n": len(ids), "levels": list(checks.LEVELS), "grader": graders.CHECKS, "per_model": per_model,
+            "vs_base": vs_base, "failed": failed}
+
+
+def _has_checks(cfg: CompareConfig, st: dict) -> bool:
+    return cfg.checks and bool(st.get("checked_ids"))
+
+
 SCORERS: dict[str, CompareScorer] = {
-    "pairrm": CompareScorer("PairRM", lambda cfg: bool(cfg.pairrm), pairrm_outcomes),
-    "judge": CompareScorer("LLM judge", lambda cfg: cfg.judge != "none", judge_outcomes),
-    "score": CompareScorer("5-point score", lambda cfg: cfg.score != "none", score_outcomes),
+    "pairrm": CompareScorer("PairRM", lambda cfg, st: bool(cfg.pairrm), pairrm_outcomes,
+                            lambda cfg, st: graders.ranker(cfg.pairrm)),
+    "judge": CompareScorer("LLM judge", lambda cfg, st: cfg.judge != "none", judge_outcomes,
+                           lambda cfg, st: graders.judge(cfg.judge, cfg.judge_model)),
+    "score": CompareScorer("5-point score", lambda cfg, st: cfg.score != "none", score_outcomes,
+                           lambda cfg, st: graders.scorer(cfg.score, cfg.score_model, cfg.model)),
+    "checks": CompareScorer("Verifiable checks", _has_checks, checks_outcomes, lambda cfg, st: graders.CHECKS,
+                            checks_summary),
 }
 
 

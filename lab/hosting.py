@@ -220,7 +220,7 @@ def admit(stage: str, run_name: str, cfg) -> None:
 def _admit_sample(run: Run, cfg) -> None:
     if hosted():
         check_model_spec(cfg.model)
-        check_source(run, cfg.instructions, ("bundled", "lima"), "--instructions")
+        check_source(run, cfg.instructions, ("bundled", "checks", "lima"), "--instructions")
         check_adapters(run, cfg.adapter, "--adapter")
     held = 0
     if limits.cap("run_instructions"):  # read the source only for a cap
@@ -271,7 +271,7 @@ def _admit_train(run: Run, cfg) -> None:
 
 def _admit_compare(run: Run, cfg) -> None:
     if hosted():
-        check_source(run, cfg.instructions, ("heldout", "bundled"), "--instructions")
+        check_source(run, cfg.instructions, ("heldout", "checks-heldout", "bundled", "checks"), "--instructions")
         check_adapters(run, cfg.adapters, "--adapters")
         check_model_spec(cfg.model)
         if cfg.pairrm:
@@ -285,8 +285,9 @@ def _admit_compare(run: Run, cfg) -> None:
 
 def _admit_iterate(run: Run, cfg) -> None:
     if hosted():
-        check_source(run, cfg.instructions, ("run", "bundled"), "--instructions")
-        check_source(run, cfg.eval_instructions, ("heldout", "bundled"), "--eval-instructions")
+        check_source(run, cfg.instructions, ("run", "bundled", "checks"), "--instructions")
+        check_source(run, cfg.eval_instructions, ("heldout", "checks-heldout", "bundled", "checks"),
+                     "--eval-instructions")
         check_adapters(run, cfg.start_adapter, "--start-adapter")
         check_model_spec(cfg.model)
     train_n = eval_n = 0

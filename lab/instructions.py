@@ -1,6 +1,7 @@
 """Instruction sources -> `Instruction` records (the format of instructions.jsonl).
 
-    {"id": str, "prompt": str, "source": str}
+    {"id": str, "prompt": str, "source": str,
+     "instruction_id_list": [str], "kwargs": [dict]}   # only on verifiable instructions: IFEval's checks (lab.checks)
 
 `id` is stable: the bundled sets keep their own ids; LIMA and user files get "p-" + the first 12 hex digits of the
 prompt's SHA-1, so the same instruction keeps its id whatever file or order it came from (resume and duplicate
@@ -9,6 +10,8 @@ detection rely on it).
 Sources:
   - `bundled`: assets/instructions-train.jsonl, written for this project (offline default)
   - `heldout`: assets/instructions-heldout.jsonl, new instructions for the comparison (never for training)
+  - `checks` / `checks-heldout`: assets/checks-train.jsonl / checks-heldout.jsonl, verifiable instructions that carry
+    IFEval checks (written by scripts/make_checks_set.py; the held-out set's tasks never appear in training)
   - `lima`: GAIR/lima on the hub (gated: accept its terms and set HF_TOKEN). Filters: single-turn conversations
     only, prompts of 20-2,000 characters; N of them picked by a seeded shuffle, so the same N and seed give the same set
   - a file: .jsonl with a "prompt" field (and optionally an "id": a string or a whole number; two lines with the same
@@ -23,6 +26,8 @@ or a table), else the first of PROMPT_COLUMNS a file has. A column of text holds
 conversations (LIMA's `conversations`: a list of turns as strings; or chat messages, dicts with role / content, or
 ShareGPT's from / value) gives its first user turn, so a downloaded LIMA file (train.jsonl, or its parquet) reads as
 it is. Tables and the hub get ids from the prompt ("p-..."), like other files.
+Verifiable instructions: a .jsonl line, a table row or a hub row (`hub:google/IFEval`) with IFEval's
+`instruction_id_list` and `kwargs` keeps them; they are checked against IFEval's checkers when read (lab.checks).
 """
 from __future__ import annotations
 
@@ -30,9 +35,10 @@ import csv
 import hashlib
 import io
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from lab import checks
 from lab.errors import LabError
 from lab.models import HUB_ID
 from lab.store import ASSET_FILES, asset, iter_user_jsonl, read_user_text
@@ -51,23 +57,35 @@ class Instruction:
     id: str
     prompt: str
     source: str
+    instruction_id_list: list[str] | None = None  # IFEval's checks (lab.checks), only on verifiable instructions
+    kwargs: list[dict] | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def checked(self, where: str) -> "Instruction":
+        """This instruction with its check fields validated (LabError naming `where` otherwise)."""
+        if self.instruction_id_list is None:
+            return self
+        types, kwargs = checks.validate(self.instruction_id_list, self.kwargs, self.prompt, where)
+        return replace(self, instruction_id_list=types, kwargs=kwargs)
 
 
 def prompt_id(prompt: str) -> str:
     return "p-" + hashlib.sha1(prompt.strip().encode("utf-8")).hexdigest()[:12]
 
 
-def _from_prompts(prompts: list[str], source: str, ids: list[str] | None = None) -> list[Instruction]:
-    """Strip, drop exact duplicates (first one wins), refuse an empty result."""
+def _from_prompts(prompts: list[str], source: str, ids: list[str] | None = None,
+                  fields: list[dict] | None = None) -> list[Instruction]:
+    """Strip, drop exact duplicates (first one wins), refuse an empty result. `fields`: each prompt's check fields
+    ({} for none; lab.checks.CHECK_FIELDS), validated here."""
     seen, out = set(), []
     for i, p in enumerate(prompts):
         p = (p or "").strip()
         if p and p not in seen:
             seen.add(p)
-            out.append(Instruction(ids[i] if ids else prompt_id(p), p, source))
+            item = Instruction(ids[i] if ids else prompt_id(p), p, source, **(fields[i] if fields else {}))
+            out.append(item.checked(f"{source}, instruction {i + 1}"))
     if not out:
         raise LabError(f"{source}: no instructions found (the file is empty or every prompt is blank).")
     return out
@@ -114,7 +132,7 @@ def pick_column(names: list[str], column: str, where: str) -> str:
 
 
 def _read_jsonl(path: Path, column: str = "") -> list[Instruction]:
-    prompts, ids, first = [], [], {}  # first: id -> (line, prompt) where it first appeared
+    prompts, ids, fields, first = [], [], [], {}  # first: id -> (line, prompt) where it first appeared
     for n, obj in iter_user_jsonl(path, "Instruction file"):
         if not isinstance(obj, dict):
             raise LabError(f'{path}: line {n} is not an object. Each line must look like {{"prompt": "..."}}.')
@@ -130,7 +148,8 @@ def _read_jsonl(path: Path, column: str = "") -> list[Instruction]:
                            'instruction its own id (or leave the "id" fields out).')
         prompts.append(text)
         ids.append(iid)
-    return _from_prompts(prompts, path.name, ids)
+        fields.append(checks.fields_of(obj))
+    return _from_prompts(prompts, path.name, ids, fields)
 
 
 def _read_csv(path: Path, column: str = "") -> list[Instruction]:
@@ -184,9 +203,13 @@ def read_file(path: str | Path, column: str = "") -> list[Instruction]:
 def _from_table(table, column: str, where: str, source: str) -> list[Instruction]:
     """Instructions from an Arrow table or a `datasets` Dataset (both have column_names and column(name))."""
     name = pick_column(list(table.column_names), column, where)
-    values = table[name] if hasattr(table, "features") else table.column(name).to_pylist()
+    column_of = (lambda c: table[c]) if hasattr(table, "features") else (lambda c: table.column(c).to_pylist())
+    values = column_of(name)
+    fields = None
+    if all(c in table.column_names for c in checks.CHECK_FIELDS):  # IFEval's format (google/IFEval)
+        fields = [dict(zip(checks.CHECK_FIELDS, row)) for row in zip(*map(column_of, checks.CHECK_FIELDS))]
     return _from_prompts([first_turn(v, f"{where}, row {i + 1} of column {name!r},") for i, v in enumerate(values)],
-                         source)
+                         source, fields=fields)
 
 
 def _read_table(path: Path):
@@ -266,7 +289,7 @@ def load_instructions(source: str, n: int | None = None, seed: int = 0, column: 
     source = (source or "").strip()
     if source in BUNDLED:
         items = _read_jsonl(BUNDLED[source])
-        items = [Instruction(i.id, i.prompt, source) for i in items]
+        items = [replace(i, source=source) for i in items]
     elif source == "lima":
         items = load_lima()
         random.Random(seed).shuffle(items)

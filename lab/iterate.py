@@ -26,7 +26,10 @@ iterate.jsonl (run root), one line per finished round: its lineage and statistic
      "score_hist": {"0".."5": count of evaluations, rounded}, "score_mean": float,
      "chars_mean": float, "chosen_chars_mean": float, "rejected_chars_mean": float,
      "eval": {"instructions": int, "chars_mean": {model: float}, "score_mean": {model: float},
-              "win_rate_vs_base": lab.stats.win_rate dict | null, "win_rate_vs_previous": ... | null},
+              "win_rate_vs_base": lab.stats.win_rate dict | null, "win_rate_vs_previous": ... | null,
+              "checks": null | {"n": int,                  # held-out instructions with IFEval checks (lab.checks)
+                                "accuracy": {model: lab.stats.mean_ci dict},   # prompt-level strict accuracy
+                                "vs_base": lab.stats.paired_difference dict}}, # round k's adapter minus the base
      "train": {"global_step", "final": {metric: value}}, "time": str}
 """
 from __future__ import annotations
@@ -80,8 +83,10 @@ class IterateConfig(Settings):
     rpm: float = opt(30.0, "API judge: most requests per minute (Groq's free tier allows 30)")
     start_adapter: str = opt("", "adapter of this run that round 1 starts from (default: the plain base)",
                              label="Round 1 starts from")
-    eval_instructions: str = opt("heldout", "held-out instructions for the per-round win rates")
-    eval_n: int = opt(16, "held-out instructions per round evaluation (0 = no evaluation)",
+    eval_instructions: str = opt("heldout", "held-out instructions for the per-round win rates: 'heldout', "
+                                 "'checks-heldout' (with IFEval checks: a number no judge produced) or a file")
+    eval_n: int = opt(16, "held-out instructions per round evaluation (0 = no evaluation); on instructions with IFEval "
+                      "checks (--eval-instructions checks-heldout) each round's checks accuracy is recorded too",
                       label="Held-out instructions per round")
     beta: float = opt(0.1, "DPO beta of each round (the paper's 0.1)", label="Beta")
     lr: float = opt(5e-5, "learning rate of each round's LoRA training", label="Learning rate")
@@ -155,7 +160,8 @@ def training_instructions(run: Run, cfg: IterateConfig) -> list[Instruction]:
             raise LabError(f"Run {run.name} has no instructions yet: sample first (`python -m lab sample --run "
                            f"{run.name}`), or pass --instructions bundled (or a file).",
                            ui=f"Run {run.name} has no instructions yet: sample first in the Sample tab.")
-        return [Instruction(i["id"], i["prompt"], i["source"]) for i in items[:cfg.n or None]]
+        fields = Instruction.__dataclass_fields__
+        return [Instruction(**{k: v for k, v in i.items() if k in fields}) for i in items[:cfg.n or None]]
     return load_instructions(cfg.instructions, cfg.n or None, cfg.seed)
 
 
@@ -252,7 +258,16 @@ def eval_round(r: Round, adapter: Path, items: list[dict], previous: Run | None)
             "chars_mean": {m: s["mean_chars"] for m, s in scores["per_model"].items() if s["n"]},
             "score_mean": {m: mean(v for (n, _), v in means.items() if n == m) for m in out["models"]},
             "win_rate_vs_base": scores["win_rates"][new].get("score"),
-            "win_rate_vs_previous": scores["head_to_head"].get(f"{new} vs {r.policy_name}", {}).get("score")}
+            "win_rate_vs_previous": scores["head_to_head"].get(f"{new} vs {r.policy_name}", {}).get("score"),
+            "checks": round_checks(scores.get("checks"), new)}
+
+
+def round_checks(found: dict | None, new: str) -> dict | None:
+    """The iterate.jsonl view of a round's checks scores (lab.compare.checks_summary): prompt-level strict."""
+    if not found or not found["n"]:
+        return None
+    return {"n": found["n"], "accuracy": {m: lv["prompt_strict"] for m, lv in found["per_model"].items()},
+            "vs_base": found["vs_base"][new]["prompt_strict"]}
 
 
 def reuse_previous(previous: Run, run: Run, names: list[str]) -> None:

@@ -28,7 +28,8 @@ WORDS = {
     ("judge", BUNDLED): "Weak judge: the bundled SmolLM2-135M judges close to chance, so its verdicts and scores are "
                         f"close to noise; {API_JUDGE_HINT}.",
 }
-SOURCE_STAGE = {"judge": "judge", "pairrm": "rank", "self": "score"}  # the stage a pairs source comes from
+# the stage a pairs source comes from (the checks are IFEval's checkers, run on the samples: no grader of their own)
+SOURCE_STAGE = {"judge": "judge", "pairrm": "rank", "self": "score", "checks": "sample"}
 UPSTREAM = {"judge": ("sample",), "rank": ("sample",), "score": ("sample",), "train": ("sample",),
             "compare": ("sample", "judge", "rank", "score"), "push": ("sample", "judge", "rank", "score", "train",
                                                                      "compare", "iterate"),

@@ -11,6 +11,10 @@ Sources (SOURCES), read from the run:
             strength = |logit|; a response's score is its PairRM score.
   - self:   scores.jsonl (lab.score): every pair of answers with different mean 5-point scores, strength = the gap;
             a response's score is its mean score (self-rewarding DPO: best vs worst is the paper's pair).
+  - checks: checks.jsonl (lab.checks, rebuilt from the samples): on instructions that carry IFEval checks, every
+            pair of answers whose check scores differ (a strict pass 1, a loose-only pass 0.5, per check, averaged),
+            strength = the gap; equal scores are ties, dropped and counted. A human spot-check verdict replaces the
+            checks' for its pair, as for the judge, unless use_spotcheck is off.
 Strategies (STRATEGIES; per instruction, on the preferences whose strength reaches the margin):
   - best-vs-worst (default): one pair, the preferred pair whose winner scores highest and loser lowest (largest
     score gap; with PairRM that is best vs worst). Every pair is a direct comparison, never an inferred one.
@@ -24,7 +28,7 @@ pairs-<source>.jsonl, one line per pair (TRL's conversational preference format,
      "chosen":   [{"role": "assistant", "content": str}],
      "rejected": [{"role": "assistant", "content": str}],
      "meta": {"instruction_id": str, "chosen_index": int, "rejected_index": int,   # samples.jsonl sample_index
-              "source": a SOURCES name, "strategy": str, "by": "judge" | "human" | "pairrm" | "self",
+              "source": a SOURCES name, "strategy": str, "by": "judge" | "human" | "pairrm" | "self" | "checks",
               "strength": float, "score_chosen": float, "score_rejected": float,
               "rule": str,        # judge verdicts: how the pair was decided (lab.verdicts.RULES key)
               "single": true}     # only on a judge verdict that rests on one order (lab.verdicts.pair_verdicts)
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from lab import efficiency, spotcheck
+from lab import checks, efficiency, spotcheck
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.rank import latest_rankings, preference
@@ -66,7 +70,7 @@ class Preference:
     winner: int
     loser: int
     strength: float
-    by: str  # "judge" | "human" | "pairrm" | "self"
+    by: str  # "judge" | "human" | "pairrm" | "self" | "checks"
     single: bool = False  # a judge verdict that rests on one order only (the other missing or invalid)
     rule: str = ""  # judge verdicts: the lab.verdicts.RULES key that decided it ("human" for a spot-check)
 
@@ -169,6 +173,42 @@ def self_preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preference
     return out, dropped
 
 
+def checks_preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preferences], Counter]:
+    """IFEval checks (lab.checks.check_run, with human overrides) -> Preferences per instruction: every pair of
+    answers whose check scores differ; equal scores are ties, dropped and counted."""
+    scores: dict[str, dict[int, float]] = {}
+    for rec in checks.check_run(run):
+        scores.setdefault(rec["instruction_id"], {})[rec["sample_index"]] = rec["score"]
+    human = human_verdicts(run) if cfg.use_spotcheck else {}
+    out, dropped = {}, Counter()
+    for iid, by_index in scores.items():
+        idx, prefs = sorted(by_index), []
+        for n, a in enumerate(idx):
+            for b in idx[n + 1:]:
+                pref = _checked_pair(iid, a, b, by_index, human.get((iid, a, b)))
+                if isinstance(pref, str):
+                    dropped[pref] += 1
+                else:
+                    prefs.append(pref)
+        out[iid] = Preferences(prefs, by_index)
+    return out, dropped
+
+
+def _checked_pair(iid: str, a: int, b: int, scores: dict[int, float], human: str | None) -> Preference | str:
+    """The preference between answers a < b: a person's verdict where there is one, else the checks' (a str: why
+    there is none, as counted in "dropped")."""
+    if human in ("a", "b"):
+        win, lose = (a, b) if human == "a" else (b, a)
+        return Preference(iid, win, lose, 1.0, "human", rule="human")
+    if human == "tie":
+        return "human_tie"
+    gap = scores[a] - scores[b]
+    if gap == 0:
+        return "tie"
+    win, lose = (a, b) if gap > 0 else (b, a)
+    return Preference(iid, win, lose, abs(gap), "checks")
+
+
 @dataclass(frozen=True)
 class Source:
     label: str  # in the app
@@ -179,6 +219,7 @@ SOURCES: dict[str, Source] = {
     "judge": Source("LLM judge (with your spot-check verdicts)", judge_preferences),
     "pairrm": Source("PairRM", pairrm_preferences),
     "self": Source("Self-rewarding scores", self_preferences),
+    "checks": Source("Verifiable checks (IFEval, with your spot-check verdicts)", checks_preferences),
 }
 
 
@@ -216,7 +257,8 @@ class PairsConfig(Settings):
                         "whose strength reaches --margin", choices=tuple(STRATEGIES), label="Strategy")
     margin: float = opt(0.0, "smallest preference strength kept: PairRM's both-orders logit, the self-score gap; a "
                         "judge verdict counts 1 (so margins up to 1 keep every verdict)", label="Margin")
-    use_spotcheck: bool = opt(True, "let human spot-check verdicts override the judge's (judge pairs only)")
+    use_spotcheck: bool = opt(True, "let human spot-check verdicts override the judge's or the checks' (judge and "
+                              "checks pairs)")
 
     def validate(self) -> "PairsConfig":
         if self.margin < 0:
@@ -334,6 +376,8 @@ NO_PAIRS_FIX = {  # what to do about an empty data set, in words for the page
     "pairrm": "Rank with the real PairRM (llm-blender/PairRM) rather than the tiny random one, or sample more varied "
               "responses (a higher temperature, more responses per instruction).",
     "self": "Sample more answers per instruction or at a higher temperature, or let an API judge score them.",
+    "checks": "Sample more answers per instruction or at a higher temperature, so that some pass a check and some "
+              "fail it.",
 }
 
 
@@ -341,11 +385,12 @@ def why_no_pairs(source: str, instructions: int, dropped: Counter) -> str:
     """Why a pairs build kept nothing, and what to do, in words for the page (no command-line flags)."""
     words = {"tie": "ties", "inconsistent": "undecided disagreements between the two orders", "invalid":
              "unreadable verdicts", "below_margin": "preferences below the margin", "identical": "identical answers",
-             "unscored": "instructions without two scored answers", "missing_response": "answers no longer sampled"}
+             "unscored": "instructions without two scored answers", "missing_response": "answers no longer sampled",
+             "human_tie": "pairs you called a tie"}
     seen = ", ".join(f"{n} {words.get(k, k)}" for k, n in sorted(dropped.items()) if n)
     margin = " Or lower the margin." if dropped.get("below_margin") else ""
     return (f"No preference pairs: none of the {instructions} instructions has a decided preference from "
-            f"{ {'judge': 'the judge', 'pairrm': 'PairRM', 'self': 'the self-scores'}.get(source, source)}"
+            f"{ {'judge': 'the judge', 'pairrm': 'PairRM', 'self': 'the self-scores', 'checks': 'the checks'}.get(source, source)}"
             + (f" ({seen})" if seen else "") + ". "
             + NO_PAIRS_FIX.get(source, "") + margin)
 
@@ -358,10 +403,13 @@ def rebuild(run: Run, source: str) -> dict:
 
 
 def record_spotcheck(run: Run, instruction_id: str, a: int, b: int, human: str) -> dict:
-    """Save one human spot-check decision (lab.spotcheck.record) and rebuild the judge pairs from it at once.
-    -> {"saved": line, "pairs": build statistics}."""
+    """Save one human spot-check decision (lab.spotcheck.record) and rebuild at once the pairs it overrides: the
+    judge's where the pair was judged, the checks' where they decided it.
+    -> {"saved": line, "pairs": the first rebuild's statistics, "rebuilt": {source: statistics}}."""
     saved = spotcheck.record(run, instruction_id, a, b, human)
-    return {"saved": saved, "pairs": rebuild(run, "judge")}
+    sources = [s for s, on in (("judge", saved["judge"] is not None), ("checks", "checks" in saved)) if on]
+    rebuilt = {s: rebuild(run, s) for s in sources}
+    return {"saved": saved, "pairs": rebuilt[sources[0]], "rebuilt": rebuilt}
 
 
 # ---- agreement ----------------------------------------------------------------------------------------------------

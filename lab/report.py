@@ -288,7 +288,7 @@ def rounds_part(run: Run, folder: Path) -> str:
 # ---- comparison and notes ----------------------------------------------------------------------------------------
 SCORE_STATS = ("mean_chars", "mean_tokens", "chars_change_pct", "truncated_rate", "distinct_1", "distinct_2",
                "refusal_rate")
-WIN_KEYS = ("win_rate", "ci_low", "ci_high", "lc_win_rate", "lc_ci_low", "lc_ci_high", "n")
+WIN_KEYS = ("win_rate", "ci_low", "ci_high", "lc_win_rate", "lc_ci_low", "lc_ci_high", "n", "grader", "circular")
 
 
 def score_rows(scores: dict) -> tuple[list[str], list[list]]:
@@ -307,6 +307,20 @@ def score_rows(scores: dict) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def checks_rows(found: dict) -> tuple[list[str], list[list]]:
+    """compare-scores.json's "checks" -> (header, one row per model and IFEval level: the accuracy with its interval,
+    and for an adapter the paired difference against the base with its interval)."""
+    header = ["model", "level", "accuracy", "ci_low", "ci_high", "n", "diff_vs_base", "diff_ci_low", "diff_ci_high",
+              "better", "worse"]
+    rows = []
+    for model, levels in found["per_model"].items():
+        for lv in found["levels"]:
+            a, d = levels[lv], (found["vs_base"].get(model) or {}).get(lv) or {}
+            rows.append([model, lv, *(_num(a.get(k)) for k in ("value", "ci_low", "ci_high", "n")),
+                         *(_num(d.get(k)) for k in ("diff", "ci_low", "ci_high", "better", "worse"))])
+    return header, rows
+
+
 def compare_part(run: Run, folder: Path) -> str:
     try:
         grid = compare.grid(run)
@@ -316,9 +330,15 @@ def compare_part(run: Run, folder: Path) -> str:
     path = run.file("compare_scores")
     table = ""
     if path.exists():
-        header, rows = score_rows(json.loads(path.read_text(encoding="utf-8")))
+        scores = json.loads(path.read_text(encoding="utf-8"))
+        header, rows = score_rows(scores)
         (folder / F["scores"]).write_text(csv_text(header, rows))
         table = f"[{F['scores']}]({F['scores']})\n\n" + md_table(header, rows)
+        if scores.get("checks"):
+            header, rows = checks_rows(scores["checks"])
+            (folder / F["checks"]).write_text(csv_text(header, rows))
+            table += (f"\n\n### Verifiable checks (IFEval's checkers; no model grades these)\n\n[{F['checks']}]"
+                      f"({F['checks']})\n\n" + md_table(header, rows))
     return (f"## Comparison\n\n[{F['grid']}]({F['grid']}): {len(grid)} held-out instructions x "
             f"{len(grid.columns) - 2} models.\n\n{table}")
 

@@ -40,8 +40,9 @@ POLICY = "policy"  # the name the sampled-with adapter gets on the loaded base
 @dataclass
 class SampleConfig(Settings):
     model: str = opt("bundled", "model spec: hub id, local folder, 'bundled' or 'tiny-random'", label="Model")
-    instructions: str = opt("bundled", "instruction source: 'lima', 'bundled', hub:owner/name[:split] (a hub data "
-                            "set), a .jsonl/.csv/.txt/.parquet/.arrow file or a saved data set folder",
+    instructions: str = opt("bundled", "instruction source: 'lima', 'bundled', 'checks' (the bundled verifiable set: "
+                            "IFEval checks), hub:owner/name[:split] (a hub data set, e.g. hub:google/IFEval), a "
+                            ".jsonl/.csv/.txt/.parquet/.arrow file or a saved data set folder",
                             label="Instructions")
     instruction_column: str = opt("", "the field or column holding the instruction (empty: prompt, instruction, or "
                                   "LIMA-style conversations, whose first turn is the instruction)",

@@ -1,20 +1,24 @@
-"""Human spot-check of judged pairs: agree with the judge, overrule it, or skip.
+"""Human spot-check of judged pairs, and of pairs the IFEval checks decided: agree, overrule, or skip.
 
 Each decision is appended to spotcheck.jsonl the moment it is made (a reload loses nothing); changing one's mind
 appends again, and the last line per pair wins:
     {"instruction_id": str, "a": int, "b": int,     # the canonical pair (sample indices, a < b)
      "human": "a" | "b" | "tie" | "skip",           # in canonical terms, like the judge's verdicts
-     "judge": "a" | "b" | "tie" | "inconsistent" | "invalid",   # the judge's pair verdict the human saw
+     "judge": "a" | "b" | "tie" | "inconsistent" | "invalid" | null,   # the judge's pair verdict the human saw
+                                                    # (null: a pair only the checks decided)
      "rule": str,                                   # how the judge's verdict was made (lab.verdicts.RULES key)
+     "checks": "a" | "b" | "tie",                   # only where the instruction carries IFEval checks: theirs
      "time": str}
-lab.pairs reads these verdicts into the judge's preferences; lab.pairs.record_spotcheck saves one and rebuilds
-pairs-judge.jsonl at once (with the settings it was last built with), so a human verdict replaces the judge's:
-"a" / "b" make or flip that pair, "tie" removes it, "skip" changes nothing.
+lab.pairs reads these verdicts into the judge's and the checks' preferences; lab.pairs.record_spotcheck saves one
+and rebuilds pairs-judge.jsonl and pairs-checks.jsonl at once (with the settings each was last built with), so a
+human verdict replaces the grader's: "a" / "b" make or flip that pair, "tie" removes it, "skip" changes nothing.
+The pairs shown are every judged pair, then every pair of pairs-checks.jsonl the judge did not see.
 """
 from __future__ import annotations
 
 import time
 
+from lab import checks
 from lab.errors import LabError
 from lab.rank import latest_rankings, preference
 from lab.sample import groups
@@ -34,34 +38,61 @@ def _judged(run: Run) -> dict[tuple[str, int, int], dict]:
     return {(v["instruction_id"], v["a"], v["b"]): v for v in run_verdicts(run)}
 
 
+def _checks_decided(run: Run) -> list[tuple[str, int, int]]:
+    """The canonical pairs of pairs-checks.jsonl (what the checks made of the samples), in file order."""
+    from lab.store import read_jsonl
+
+    metas = [r["meta"] for r in read_jsonl(run.pairs_file("checks"))]
+    return [(m["instruction_id"], *sorted((m["chosen_index"], m["rejected_index"]))) for m in metas]
+
+
+def checks_of(run: Run) -> dict[tuple[str, int], dict]:
+    """(instruction_id, sample_index) -> its checks.jsonl line (lab.checks), for the run's verifiable answers."""
+    return {(r["instruction_id"], r["sample_index"]): r for r in run.read("checks")}
+
+
 def items(run: Run) -> list[dict]:
-    """Every judged pair, ready to show; pairs not yet checked come first (then in judging order):
+    """Every judged pair, then every checks pair the judge did not see, ready to show; pairs not yet checked come
+    first (then in judging order):
         {"instruction_id", "a", "b", "prompt", "text_a", "text_b",
-         "judge": pair verdict, "rule": lab.verdicts.RULES key, "calibrated": {"a", "b"} | None,
+         "judge": pair verdict | None, "rule": lab.verdicts.RULES key, "calibrated": {"a", "b"} | None,
          "orders": [{"order", "verdict", "reasoning", "confidence", "grades"}],
-         "pairrm": {"prefers": "a" | "b", "logit": float} | None, "human": str | None}"""
+         "pairrm": {"prefers": "a" | "b", "logit": float} | None,
+         "checks": {"prefers": "a" | "b" | "tie", "a": [results], "b": [results]} | None, "human": str | None}"""
     texts = {g.instruction_id: (g.prompt, dict(zip(g.indices, g.texts))) for g in groups(run)}
     judged = _judged(run)
-    if not judged:
+    keys = list(judged) + [k for k in _checks_decided(run) if k not in judged]
+    if not keys:
         raise LabError(f"Run '{run.name}' has no judged pairs to check: run `python -m lab judge --run {run.name}` "
-                       "first.")
-    rankings, human = latest_rankings(run), latest(run)
-    out = [_item(v, texts, rankings, human) for key, v in judged.items() if key[0] in texts]
+                       "(or build checks pairs on a verifiable set) first.")
+    found = {"rankings": latest_rankings(run), "human": latest(run), "checks": checks_of(run)}
+    out = [_item(key, judged.get(key), texts, found) for key in keys if key[0] in texts]
     return sorted(out, key=lambda x: x["human"] is not None)  # stable: judging order within each group
 
 
-def _item(v: dict, texts: dict, rankings: dict, human: dict) -> dict:
-    iid, a, b = v["instruction_id"], v["a"], v["b"]
+def _pairrm(rec: dict | None, a: int, b: int) -> dict | None:
+    if not rec or not {a, b} <= set(rec["sample_indices"]):
+        return None
+    logit = preference(rec, a, b)
+    return {"prefers": "a" if logit > 0 else "b", "logit": round(logit, 4)}
+
+
+def _checks(found: dict, iid: str, a: int, b: int) -> dict | None:
+    ca, cb = found.get((iid, a)), found.get((iid, b))
+    if ca is None or cb is None:
+        return None
+    prefers = "a" if ca["score"] > cb["score"] else "b" if cb["score"] > ca["score"] else "tie"
+    return {"prefers": prefers, "a": ca["results"], "b": cb["results"]}
+
+
+def _item(key: tuple[str, int, int], v: dict | None, texts: dict, found: dict) -> dict:
+    iid, a, b = key
     prompt, by_index = texts[iid]
-    rec = rankings.get(iid)
-    pairrm = None
-    if rec and {a, b} <= set(rec["sample_indices"]):
-        logit = preference(rec, a, b)
-        pairrm = {"prefers": "a" if logit > 0 else "b", "logit": round(logit, 4)}
-    h = human.get((iid, a, b))
+    h = found["human"].get(key)
     return {"instruction_id": iid, "a": a, "b": b, "prompt": prompt, "text_a": by_index.get(a, ""),
-            "text_b": by_index.get(b, ""), "judge": v["verdict"], "rule": v["rule"], "calibrated": v["calibrated"],
-            "orders": v["orders"], "pairrm": pairrm,
+            "text_b": by_index.get(b, ""), "judge": v["verdict"] if v else None, "rule": v["rule"] if v else "",
+            "calibrated": v["calibrated"] if v else None, "orders": v["orders"] if v else [],
+            "pairrm": _pairrm(found["rankings"].get(iid), a, b), "checks": _checks(found["checks"], iid, a, b),
             "human": h["human"] if h else None}
 
 
@@ -71,14 +102,17 @@ def record(run: Run, instruction_id: str, a: int, b: int, human: str) -> dict:
     if human not in HUMAN:
         raise LabError(f"Unknown spot-check answer {human!r}: use one of {', '.join(HUMAN)}.")
     a, b = int(a), int(b)
-    verdict = _judged(run).get((instruction_id, min(a, b), max(a, b)))
-    if verdict is None:
+    key = (instruction_id, min(a, b), max(a, b))
+    verdict = _judged(run).get(key)
+    by_checks = _checks(checks_of(run), *key)
+    if verdict is None and (by_checks is None or key not in _checks_decided(run)):
         raise LabError(f"Pair ({a}, {b}) of instruction {instruction_id} was never judged, so there is nothing to "
                        "check: pick a pair from the spot-check list.")
     if a > b:  # keep canonical terms: the answer named the first index given
         a, b, human = b, a, {"a": "b", "b": "a"}.get(human, human)
-    line = {"instruction_id": instruction_id, "a": a, "b": b, "human": human, "judge": verdict["verdict"],
-            "rule": verdict["rule"], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    line = {"instruction_id": instruction_id, "a": a, "b": b, "human": human,
+            "judge": verdict["verdict"] if verdict else None, "rule": verdict["rule"] if verdict else "",
+            **({"checks": by_checks["prefers"]} if by_checks else {}), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     run.append("spotcheck", [line])
     return line
 
@@ -88,7 +122,8 @@ def agreement(run: Run) -> dict:
         {"checked": n, "skipped": n,
          "judge": {"n", "agree", "rate", "kappa"},     # judge's pair verdict vs human (a/b/tie; the judge's
                                                        #   inconsistent/invalid count as disagreement)
-         "pairrm": {"n", "agree", "rate", "kappa"}}    # PairRM vs human where the human chose a or b"""
+         "pairrm": {"n", "agree", "rate", "kappa"},    # PairRM vs human where the human chose a or b
+         "checks": {"n", "agree", "rate", "kappa"}}    # the IFEval checks vs human, on verifiable pairs"""
     lines = latest(run).values()
     checked = [r for r in lines if r["human"] != "skip"]
     rankings = latest_rankings(run)
@@ -98,8 +133,9 @@ def agreement(run: Run) -> dict:
         if r["human"] in ("a", "b") and rec and {r["a"], r["b"]} <= set(rec["sample_indices"]):
             vs_pairrm.append(("a" if preference(rec, r["a"], r["b"]) > 0 else "b", r["human"]))
     return {"checked": len(checked), "skipped": len(lines) - len(checked),
-            "judge": rate_and_kappa([(r["judge"], r["human"]) for r in checked]),
-            "pairrm": rate_and_kappa(vs_pairrm)}
+            "judge": rate_and_kappa([(r["judge"], r["human"]) for r in checked if r.get("judge") is not None]),
+            "pairrm": rate_and_kappa(vs_pairrm),
+            "checks": rate_and_kappa([(r["checks"], r["human"]) for r in checked if r.get("checks")])}
 
 
 def label_pairs(run: Run, records: list[dict]) -> list[dict]:

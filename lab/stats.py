@@ -4,6 +4,8 @@
 - cohen_kappa / agreement: two raters' labels (judge vs PairRM, judge vs a person).
 - bootstrap_ci / win_rate: a win rate over instructions (win 1, tie 0.5, loss 0) with a percentile bootstrap
   interval over instructions.
+- mean_ci / paired_difference: a mean over prompts (an accuracy) and the difference of two models answering the same
+  prompts, each with a percentile bootstrap interval over prompts (pairs resampled together).
 - length_balance: how the chosen and rejected answers of preference pairs differ in length.
 - spearman: rank correlation of two score lists (an int8 ranker against fp32, bench/rank.py).
 """
@@ -82,6 +84,26 @@ def bootstrap_ci(values: list[float], resamples: int = 2000, confidence: float =
     means = v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
     tail = (1 - confidence) / 2 * 100
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def mean_ci(values: list[float], resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """The mean of per-item values with its percentile bootstrap interval: {"value", "ci_low", "ci_high", "n"}."""
+    lo, hi = bootstrap_ci(values, resamples, confidence, seed)
+    return {"value": sum(values) / len(values) if values else float("nan"), "ci_low": lo, "ci_high": hi,
+            "n": len(values)}
+
+
+def paired_difference(a: list[float], b: list[float], resamples: int = 2000, confidence: float = 0.95,
+                      seed: int = 0) -> dict:
+    """Mean of a - b over paired items (the same prompt answered by two models), with the percentile bootstrap
+    interval that resamples items, so each pair stays together: {"diff", "ci_low", "ci_high", "n", "better",
+    "worse"} (items where a is above / below b)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference needs pairs: {len(a)} values against {len(b)}")
+    d = [x - y for x, y in zip(a, b)]
+    m = mean_ci(d, resamples, confidence, seed)
+    return {"diff": m["value"], "ci_low": m["ci_low"], "ci_high": m["ci_high"], "n": m["n"],
+            "better": sum(x > 0 for x in d), "worse": sum(x < 0 for x in d)}
 
 
 def outcome(a: float, b: float) -> float:

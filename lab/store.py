@@ -74,6 +74,7 @@ FILES = {
     "compare_csv": "compare.csv",  # exports of the comparison grid
     "compare_md": "compare.md",
     "compare_grid": "compare-grid.jsonl",
+    "checks": "checks.jsonl",  # IFEval checks of every sampled response whose instruction carries them (lab.checks)
     "scores": "scores.jsonl",  # self-rewarding 5-point scores of one round (lab.iterate)
     "efficiency": "efficiency.jsonl",  # one line per run of a stage: time, memory, tokens, calls (lab.efficiency)
     "report": "report",  # a folder: `python -m lab report` writes it whole (REPORT_FILES, lab.report)
@@ -110,7 +111,7 @@ JOB_FILES = {"job": "job.json", "progress": "progress.json", "log": "log.txt", "
 # Inside runs/<run>/report/ (lab.report); figures per adapter are "curves-<adapter>.png"
 REPORT_FILES = {"readme": "README.md", "efficiency": "efficiency.csv", "examples": "judge-examples.md",
                 "scores": "scores.csv", "judge": "judge.csv", "training": "training.csv", "rounds": "rounds.csv",
-                "rounds_png": "rounds.png", "grid": "comparison.md", "notes": "notes.md"}
+                "rounds_png": "rounds.png", "grid": "comparison.md", "notes": "notes.md", "checks": "checks.csv"}
 # Beside the runs, in the runs root (see the module docstring)
 ROOT_FILES = {"locks": ".locks", "queue": ".queue", "queue_lock": ".queue.lock", "active_job": ".active-job",
               "browser_secret": ".browser-secret"}
@@ -118,7 +119,8 @@ ROOT_FILES = {"locks": ".locks", "queue": ".queue", "queue_lock": ".queue.lock",
 WORK_FILES = {"request": "request.json", "results": "results.jsonl", "log": "worker.log"}
 # The instruction sets that ship with the project (lab.instructions)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-ASSET_FILES = {"bundled": "instructions-train.jsonl", "heldout": "instructions-heldout.jsonl"}
+ASSET_FILES = {"bundled": "instructions-train.jsonl", "heldout": "instructions-heldout.jsonl",
+               "checks": "checks-train.jsonl", "checks-heldout": "checks-heldout.jsonl"}  # verifiable (lab.checks)
 
 
 def lock_file(folder: Path, name: str) -> Path:
@@ -489,6 +491,10 @@ class Run:
 
     def read(self, kind: str) -> list[dict]:
         return read_jsonl(self.file(kind))
+
+    def write(self, kind: str, records: Iterable[dict]) -> None:
+        """Rewrite a record file whole, atomically (for files derived from others, like checks.jsonl)."""
+        write_jsonl(self.file(kind), list(records))
 
     def append(self, kind: str, records: Iterable[dict]) -> int:
         return append_jsonl(self.file(kind), records)

@@ -50,7 +50,7 @@ from lab.adapters import adapter_lock, final_metrics, is_complete, plan_resume, 
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.methods import METHODS
-from lab.pairs import check_markup, load_pairs, pair_stats, resolve_pairs, split_pairs
+from lab.pairs import SOURCES, check_markup, load_pairs, pair_stats, resolve_pairs, split_pairs
 from lab.progress import Progress, Stopped, stop_requested
 from lab.spotcheck import label_pairs
 from lab.store import Run, adapter_file, atomic_write_json, read_jsonl
@@ -71,7 +71,7 @@ class TrainConfig(Settings):
     """Preference training (DPO, KTO, SimPO, ORPO) + LoRA settings. docs/training.md explains every field, its
     default and why."""
 
-    pairs: str = opt("", "the pairs to train on: a source of this run ('judge', 'pairrm', 'self': its "
+    pairs: str = opt("", f"the pairs to train on: a source of this run ({', '.join(map(repr, SOURCES))}: its "
                      "pairs-<source>.jsonl) or a pairs .jsonl file", label="Pairs")
     adapter: str = opt("", "name of the adapter folder to write under <run>/adapters/", label="Adapter name")
     init_adapter: str = opt("", "continue from this adapter (a name in the run, or a folder); it is also the frozen "

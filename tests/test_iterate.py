@@ -7,6 +7,7 @@ import pytest
 
 from lab import iterate
 from lab import score as scoring
+from lab.instructions import load_instructions
 from lab.iterate import IterateConfig
 from lab.errors import LabError
 from lab.progress import Progress, Stopped
@@ -133,6 +134,29 @@ def test_two_rounds_lineage_and_adapters_load(seeded, tiny):
     assert [len(seeded.iteration(k).read("scores")) for k in (1, 2)] == before and len(iterate.lineage(seeded)) == 2
     stage = seeded.stage_settings("iterate")
     assert stage["rounds"] == 2 and stage["prompt_hash"] == scoring.PROMPT_HASH
+
+
+def test_rounds_on_verifiable_instructions_record_and_plot_their_checks_accuracy(run):
+    """Training instructions with checks keep them through the rounds; the held-out checks accuracy of base and
+    each round's adapter is in iterate.jsonl and the tab's table and plot (numbers no judge produced)."""
+    from lab import checks
+    from lab.ui import iterate as tab
+
+    run.record_stage("sample", {"model": "tiny-random"})
+    run.append("instructions", [i.to_dict() for i in load_instructions("checks", 3)])
+    iterate.iterate_run(run, small(rounds=1, eval_instructions="checks-heldout"))
+    (line,) = iterate.lineage(run)
+    assert all(checks.has_checks(i) for i in run.iteration(1).read("instructions"))
+    found = line["eval"]["checks"]
+    assert found["n"] == 2 and set(found["accuracy"]) == {"base", "round-1"}
+    answers = {r["model"]: r for r in run.iteration(1).read("compare") if r["instruction_id"] == "ch-001"}
+    by_hand = checks.check(answers["base"], answers["base"]["text"]).strict  # one prompt's share of the accuracy
+    assert 0 <= found["accuracy"]["base"]["value"] <= 1 and (found["accuracy"]["base"]["value"] > 0) >= by_hand
+    assert found["vs_base"]["diff"] == pytest.approx(found["accuracy"]["round-1"]["value"] -
+                                                     found["accuracy"]["base"]["value"])
+    frame = tab.checks_frame([line])
+    assert sorted(frame["model"]) == ["base", "this round"] and list(frame["round"]) == ["round 1"] * 2
+    assert "(n=2)" in tab.rounds_table([line]).iloc[0, -2]
 
 
 def test_stop_mid_round_then_resume(seeded):

@@ -141,8 +141,8 @@ def test_a_win_rate_from_a_random_or_weak_scorer_says_so_in_its_column(run):
               "win_rates": {"a": {"pairrm": w, "judge": w, "score": w}}}
     table = compare_tab.scores_table(scores, {"pairrm": "tiny-random", "judge": "local", "score": "base",
                                               "model": "tiny-random"})
-    assert list(table.columns[-3:]) == ["PairRM win rate ⚠️ random ranker", "judge win rate ⚠️ weak judge",
-                                        "5-point win rate ⚠️ random judge"]
+    assert list(table.columns[-4:-1]) == ["PairRM win rate ⚠️ random ranker", "judge win rate ⚠️ weak judge",
+                                          "5-point win rate ⚠️ random judge"]
     real = compare_tab.scores_table(scores, {"pairrm": "llm-blender/PairRM", "judge": "groq", "score": "groq"})
-    assert list(real.columns[-3:]) == ["PairRM win rate", "judge win rate", "5-point win rate"]
-    assert real.iloc[0, -1] == "0.50 [0.10, 0.90] (n=4)"
+    assert list(real.columns[-4:]) == ["PairRM win rate", "judge win rate", "5-point win rate", "checks win rate"]
+    assert real.iloc[0, -2] == "0.50 [0.10, 0.90] (n=4)" and real.iloc[0, -1] == ""

@@ -11,7 +11,7 @@ from test_compare import HELD, heldout_file, make_adapter, write_training
 def start(run_name, adapters=(), source="heldout", upload=None, **kw):
     values = {"n": 3, "max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "seed": 0, "pairrm": "",
               "judge": "none", "judge_model": "", "duplicates": "drop", "near_duplicate": 0.7, "batch_size": 8,
-              "score": "none", "score_model": "", **kw}
+              "score": "none", "score_model": "", "checks": True, **kw}
     return tab.start_compare(run_name, list(adapters), source, upload, *[values[f] for f in tab.FORM])
 
 

@@ -9,7 +9,7 @@ from lab.ui import iterate as tab
 def values(**kw) -> list:
     v = {"rounds": 2, "samples": 2, "evaluations": 1, "n": 2, "max_new_tokens": 6, "judge": "self",
          "judge_model": "", "start_adapter": "", "eval_n": 2, "beta": 0.1, "lr": 5e-5, "epochs": 1.0,
-         "max_steps": 1, "lora_r": 4, "seed": 0, **kw}
+         "max_steps": 1, "lora_r": 4, "seed": 0, "eval_instructions": "heldout", **kw}
     return [v[f] for f in tab.FORM]
 
 
@@ -21,7 +21,8 @@ def test_iterate_as_a_job_then_table_and_plots(run):
     st = jobs.wait(run, timeout_s=300)
     assert st["state"] == "done", st.get("log_tail")
     table_html, *plots, made = tab.refresh("t")
-    wins, lengths, hist = (p["value"] for p in plots)  # updates: a frame, or no value for an empty plot
+    wins, lengths, hist, checks = (p["value"] for p in plots)  # updates: a frame, or no value for an empty plot
+    assert checks is None and plots[-1]["visible"] is False  # no checks on these held-out instructions
     table = tab.rounds_table(tab.lineage(run))
     assert list(table["round"]) == [1, 2] and list(table["adapter"]) == ["round-1", "round-2"]  # names, not paths
     assert "round-2" in table_html and str(run.path) not in table_html and "judge self" in made
@@ -30,7 +31,7 @@ def test_iterate_as_a_job_then_table_and_plots(run):
     assert set(lengths["answers"]) == {"all", "chosen", "rejected"}
     assert sorted(set(hist["round"])) == ["round 1", "round 2"] and hist["count"].sum() == 2 * 2 * 2
     assert len(hist) == 2 * 6  # every score 0-5 in each round: the colours are all there from round 1
-    assert tab.refresh_if_changed("t", ["t", 2]) == [gr.skip()] * 6  # nothing new: the plots are not redrawn
+    assert tab.refresh_if_changed("t", ["t", 2]) == [gr.skip()] * 7  # nothing new: the plots are not redrawn
     assert tab.refresh_if_changed("t", ["other", 2])[-1] == ["t", 2]
 
 

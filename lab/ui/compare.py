@@ -5,6 +5,7 @@ The page writes no analysis of its own: the numbers, the grid and the user's not
 """
 from __future__ import annotations
 
+import html
 import shutil
 import tempfile
 from contextlib import nullcontext
@@ -14,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from lab import compare, noise
+from lab import checks, compare, noise
 from lab.adapters import resolve_adapters
 from lab.compare import CompareConfig
 from lab.errors import LabError
@@ -26,12 +27,15 @@ from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, labe
 from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 
-SOURCE_CHOICES = [("Bundled held-out set (offline)", "heldout"), ("My file", "file")]
+SOURCE_CHOICES = [("Bundled held-out set (offline)", "heldout"),
+                  ("Bundled verifiable held-out set (IFEval checks: a grader that knows the answer)", "checks-heldout"),
+                  ("My file", "file")]
 JUDGE_CHOICES = [("none", "none"), *((b.label, name) for name, b in BACKENDS.items())]
 SCORE_CHOICES = [("none", "none"), ("the base model (offline; weak at 135M)", "base"),
                  *((BACKENDS[name].label, name) for name in API_BACKENDS)]
 SCORE_COLUMNS = ["model", "mean chars", "change", "mean tokens", "cut at max", "distinct-1", "distinct-2",
-                 "refusals", "PairRM win rate", "judge win rate", "5-point win rate"]
+                 "refusals", "PairRM win rate", "judge win rate", "5-point win rate", "checks win rate"]
+CHECKS_COLUMNS = ["model", *(checks.LEVEL_LABELS[lv] for lv in checks.LEVELS), "prompt-level strict vs base"]
 
 
 @dataclass
@@ -76,11 +80,12 @@ class Results:
 
 
 FORM = ["n", "max_new_tokens", "temperature", "top_p", "seed", "pairrm", "judge", "judge_model", "duplicates",
-        "near_duplicate", "batch_size", "score", "score_model"]  # the order start_compare reads them in
+        "near_duplicate", "batch_size", "score", "score_model", "checks"]  # the order start_compare reads them in
 MADE_WITH = ["temperature", "top_p", "max_new_tokens", "seed", "pairrm", "judge", "judge_model", "score",
-             "score_model"]
-NO_SCORER = ("⚠️ **No scorer chosen** (PairRM, LLM judge or 5-point scorer, under *Scores and duplicates*): the "
-             "comparison will show the answers, their lengths and diversity, but **no win rates**.")
+             "score_model", "checks"]
+NO_SCORER = ("⚠️ **No scorer chosen** (PairRM, LLM judge or 5-point scorer, under *Scores and duplicates*; or the "
+             "verifiable held-out set, whose checks score every answer): the comparison will show the answers, their "
+             "lengths and diversity, but **no win rates**.")
 
 
 def _settings_inputs() -> dict:
@@ -96,7 +101,7 @@ def _settings_inputs() -> dict:
             made |= inp(["pairrm", "judge", "judge_model"], pairrm=dict(placeholder="llm-blender/PairRM"),
                         judge=dict(choices=JUDGE_CHOICES))
         with gr.Row():
-            made |= inp(["score", "score_model"], score=dict(choices=SCORE_CHOICES))
+            made |= inp(["score", "score_model", "checks"], score=dict(choices=SCORE_CHOICES))
         with gr.Row():
             made |= inp(["duplicates", "near_duplicate", "batch_size"], duplicates=dict(kind="Radio"),
                         near_duplicate=dict(kind="Slider", minimum=0.3, maximum=1, step=0.05),
@@ -157,9 +162,9 @@ def build(ctx) -> CompareTab:
 def _wire(tab: CompareTab, ctx) -> None:
     r, f = tab.results, tab.fields
     tab.source.change(lambda s: gr.update(visible=s == "file"), tab.source, tab.upload, **internal())
-    for name in ("pairrm", "judge", "score"):
-        f[name].change(scorers_changed, [f["pairrm"], f["judge"], f["score"]], [tab.scorer_note, tab.api_key],
-                       **internal())
+    for box in (f["pairrm"], f["judge"], f["score"], f["checks"], tab.source):
+        box.change(scorers_changed, [f["pairrm"], f["judge"], f["score"], f["checks"], tab.source],
+                   [tab.scorer_note, tab.api_key], **internal())
     wire_job_panel(tab.panel, ctx.run_name, "compare", tab.views)
     wire_start(tab.panel, tab.start, lambda *values: start_compare(*values[:-1], api_key=values[-1]),
                [ctx.run_name, tab.adapters, tab.source, tab.upload, *f.values(), tab.api_key], "start_compare")
@@ -178,13 +183,15 @@ def _wire(tab: CompareTab, ctx) -> None:
 
 def restored(cfg: CompareConfig) -> list:
     """The form's values for a comparison job's settings (lab.ui.views.wire_restore)."""
-    source = "heldout" if cfg.instructions == "heldout" else "file"
+    source = cfg.instructions if cfg.instructions in ("heldout", "checks-heldout") else "file"
     return [[a for a in cfg.adapters.split(",") if a], source, *forms.values_of(cfg, dict.fromkeys(FORM))]
 
 
-def scorers_changed(pairrm: str, judge: str, score: str):
-    """[the no-scorer note, the API key box]: the box shows only when an API judge or scorer is picked."""
-    none = not (pairrm or "").strip() and judge == "none" and score == "none"
+def scorers_changed(pairrm: str, judge: str, score: str, use_checks: bool = False, source: str = ""):
+    """[the no-scorer note, the API key box]: the box shows only when an API judge or scorer is picked. The checks
+    count as a scorer on the verifiable held-out set (an uploaded file may carry checks too: not known before)."""
+    none = not (pairrm or "").strip() and judge == "none" and score == "none" and not (
+        use_checks and source in ("checks-heldout", "file"))
     return NO_SCORER if none else "", gr.update(visible=judge in API_BACKENDS or score in API_BACKENDS)
 
 
@@ -209,7 +216,7 @@ def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_k
                        "pick the same provider for both, or leave the key box empty to use the app's own keys.")
     api = next(iter(apis), "")
     status = start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key))
-    return status + ("" if scorers_changed(cfg.pairrm, cfg.judge, cfg.score)[0] == "" else
+    return status + ("" if scorers_changed(cfg.pairrm, cfg.judge, cfg.score, cfg.checks, source)[0] == "" else
                      " No scorer was chosen: no win rates will be computed.")
 
 
@@ -234,7 +241,7 @@ def refresh(run_name: str | None, picked: str | None = None):
         empty = '<p class="lab-empty">No comparison in this run yet: press Compare.</p>'
         return [empty, "", gr.update(choices=[], value=None), "", "", "", notes["overall"]]
     scores = compare.read_scores(run)
-    table = html_table(scores_table(scores, run.stage_settings("compare") or {})) if scores else \
+    table = scores_html(scores, run.stage_settings("compare") or {}) if scores else \
         '<p class="lab-empty">The scores appear when the comparison has finished.</p>'
     picked = picked if picked in ids else (ids[0] if ids else None)
     page, info = grid.render(run, picked)
@@ -245,7 +252,8 @@ def refresh(run_name: str | None, picked: str | None = None):
 def made_with_md(st: dict | None) -> str:
     if not st:
         return ""
-    scorers = any(st.get(k) not in (None, "", "none") for k in ("pairrm", "judge", "score"))
+    scorers = any(st.get(k) not in (None, "", "none") for k in ("pairrm", "judge", "score")) or (
+        st.get("checks") and st.get("checked_ids"))
     made = made_with(st, "compare", MADE_WITH, {"base model": st.get("model"),
                                                 "instructions": len(st.get("instruction_ids", []))})
     return made + ("" if scorers else " · no scorer, so no win rates")
@@ -268,11 +276,44 @@ def turn(run_name: str | None, picked: str | None, step: int):
 
 
 def _rate(w: dict | None) -> str:
-    """A win rate with its interval, the length-controlled one beside it (older comparisons have none)."""
+    """A win rate with its interval, the length-controlled one beside it (older comparisons have none), and a mark
+    where the grader also made the adapter's training pairs (the words are under the table)."""
     if not w or not w.get("n"):
         return ""
     lc = f" · LC {w['lc_win_rate']:.2f} [{w['lc_ci_low']:.2f}, {w['lc_ci_high']:.2f}]" if "lc_win_rate" in w else ""
-    return f"{w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]{lc} (n={w['n']})"
+    mark = "" if not w.get("circular") else " ↺ same checks as training" if w.get("grader_id") == \
+        "checks:ifeval" else " ⚠️ circular: trained on this grader's pairs"
+    return f"{w['win_rate']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]{lc} (n={w['n']}){mark}"
+
+
+def circular_notes(scores: dict) -> str:
+    """Each circular label once, under the table: what the marks next to the numbers mean."""
+    found = {w["circular"] for by in scores["win_rates"].values() for w in by.values() if w.get("circular")}
+    return "".join(f'<p class="lab-note">{"↺" if "knows the answer" in t else "⚠️"} {html.escape(t)}</p>'
+                   for t in sorted(found))
+
+
+def checks_table(found: dict) -> pd.DataFrame:
+    """IFEval accuracies per model with 95% intervals, and each adapter's paired difference against the base."""
+    fmt = lambda v, lo, hi: f"{v:.0%} [{lo:.0%}, {hi:.0%}]"  # noqa: E731
+    rows = []
+    for m, levels in found["per_model"].items():
+        diff = (found["vs_base"].get(m) or {}).get("prompt_strict")
+        rows.append([m, *(fmt(levels[lv]["value"], levels[lv]["ci_low"], levels[lv]["ci_high"]) for lv in
+                          checks.LEVELS), "" if not diff else f"{diff['diff']:+.0%} [{diff['ci_low']:+.0%}, "
+                     f"{diff['ci_high']:+.0%}] ({diff['better']} better, {diff['worse']} worse)"])
+    return pd.DataFrame(rows, columns=CHECKS_COLUMNS)
+
+
+def scores_html(scores: dict, settings: dict) -> str:
+    """The scores table, the checks' accuracies where the instructions carry checks, and the circular labels."""
+    out = html_table(scores_table(scores, settings)) + circular_notes(scores)
+    if scores.get("checks"):
+        n = scores["checks"]["n"]
+        out += (f"<p><b>Verifiable checks</b> ({n} held-out prompts; IFEval's checkers via if-verifiable: no model "
+                "grades these): accuracy with 95% bootstrap intervals over prompts; the last column is the paired "
+                "difference against the base.</p>" + html_table(checks_table(scores["checks"])))
+    return out
 
 
 def scorer_marks(settings: dict) -> dict[str, str]:
@@ -297,7 +338,7 @@ def scores_table(scores: dict, settings: dict | None = None) -> pd.DataFrame:
         change = "" if s["chars_change"] is None else f"{s['chars_change']:+.0f} ({s['chars_change_pct']:+.0f}%)"
         rows.append([m, round(s["mean_chars"]), change, round(s["mean_tokens"], 1), f"{s['truncated_rate']:.0%}",
                      round(s["distinct_1"], 3), round(s["distinct_2"], 3), f"{s['refusal_rate']:.0%}",
-                     _rate(w.get("pairrm")), _rate(w.get("judge")), _rate(w.get("score"))])
+                     _rate(w.get("pairrm")), _rate(w.get("judge")), _rate(w.get("score")), _rate(w.get("checks"))])
     return pd.DataFrame(rows, columns=SCORE_COLUMNS).rename(columns=scorer_marks(settings or {}))
 
 

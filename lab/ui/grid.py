@@ -2,8 +2,9 @@
 
 Per instruction: the prompt, then one column per model (base first, then each adapter) of equal width, each cell
 the model's answer (wrapped, long answers scroll inside the cell), its length in characters and tokens, whether it
-hit the token limit (finish_reason "length"), and each scorer's verdict against the base on this instruction (the
-per-instruction outcomes lab.compare's win rates count, from compare-scores.json). At phone width the columns stack
+hit the token limit (finish_reason "length"), on a verifiable instruction its checks failed (or "all checks passed"),
+and each scorer's verdict against the base on this instruction (the per-instruction outcomes lab.compare's win rates
+count, from compare-scores.json). At phone width the columns stack
 (CSS in lab/ui/style.py). PER_PAGE instructions a page; the page shown is the one holding the picked instruction.
 
 The wide table (one row per instruction, one column per model) stays the export: lab.compare.export.
@@ -54,23 +55,25 @@ def render(run: Run, picked: str | None) -> tuple[str, str]:
     if not records:
         return '<p class="lab-empty">The comparison has no answers yet.</p>', ""
     cells = {(r["instruction_id"], r["model"]): r for r in records}
-    outcomes = (compare.read_scores(run) or {}).get("outcomes", {})
+    scores = compare.read_scores(run) or {}
+    outcomes, failed = scores.get("outcomes", {}), (scores.get("checks") or {}).get("failed", {})
     page = page_of(ids, picked)
     shown = ids[page * PER_PAGE:(page + 1) * PER_PAGE]
-    body = "".join(_instruction(iid, models, cells, outcomes, iid == picked) for iid in shown)
+    body = "".join(_instruction(iid, models, cells, outcomes, failed, iid == picked) for iid in shown)
     pages = (len(ids) - 1) // PER_PAGE + 1
     info = (f"Instructions {page * PER_PAGE + 1}-{page * PER_PAGE + len(shown)} of {len(ids)} · "
             f"page {page + 1} of {pages}")
     return f'<div class="lab-grid-page">{body}</div>', info
 
 
-def _instruction(iid: str, models: list[str], cells: dict, outcomes: dict, picked: bool) -> str:
+def _instruction(iid: str, models: list[str], cells: dict, outcomes: dict, failed: dict, picked: bool) -> str:
     first = next((cells[(iid, m)] for m in models if (iid, m) in cells), None)
     prompt = first["prompt"] if first else ""
     dup = (first or {}).get("duplicate")
     note = f' <span class="lab-flag">duplicates training instruction {html.escape(str(dup["of"]))}</span>' \
         if isinstance(dup, dict) else ""
-    cols = "".join(_cell(cells.get((iid, m)), m, _verdicts(outcomes.get(m, {}), iid)) for m in models)
+    cols = "".join(_cell(cells.get((iid, m)), m, _verdicts(outcomes.get(m, {}), iid), failed.get(m, {}).get(iid))
+                   for m in models)
     mark = " lab-picked" if picked else ""
     return (f'<section class="lab-grid-item{mark}" data-instruction="{html.escape(iid)}">'
             f'<p class="lab-grid-prompt"><b>{html.escape(iid)}</b>{note}: {html.escape(prompt)}</p>'
@@ -87,7 +90,17 @@ def _verdicts(by_scorer: dict, iid: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def _cell(rec: dict | None, model: str, verdicts: list) -> str:
+def _checks_line(failed: list[str] | None) -> str:
+    """An answer's IFEval checks: the types it failed (strict), or that it passed them all; '' if it has none."""
+    if failed is None:
+        return ""
+    if not failed:
+        return '<footer class="lab-cell-checks lab-v-win">all checks passed</footer>'
+    return (f'<footer class="lab-cell-checks">failed: <span class="lab-v-loss">'
+            f'{html.escape(", ".join(failed))}</span></footer>')
+
+
+def _cell(rec: dict | None, model: str, verdicts: list, failed: list[str] | None = None) -> str:
     head = f'<header><b>{html.escape(model)}</b></header>'
     if rec is None:
         return f'<article class="lab-cell" data-model="{html.escape(model)}">{head}<p>(no answer)</p></article>'
@@ -103,5 +116,5 @@ def _cell(rec: dict | None, model: str, verdicts: list) -> str:
         judged = '<span class="lab-ref">no scorer was chosen</span>'
     return (f'<article class="lab-cell" data-model="{html.escape(model)}" data-cut="{str(cut).lower()}">{head}'
             f'<div class="lab-cell-text">{html.escape(rec["text"]) or "<i>(empty)</i>"}</div>'
-            f'<footer class="lab-cell-meta">{meta}</footer><footer class="lab-cell-verdict">{judged}</footer>'
-            f'</article>')
+            f'<footer class="lab-cell-meta">{meta}</footer>{_checks_line(failed)}'
+            f'<footer class="lab-cell-verdict">{judged}</footer></article>')

@@ -24,13 +24,17 @@ from lab.ui.wording import count
 
 JUDGE_CHOICES = [("the model itself (as in the paper)", "self"), *((BACKENDS[n].label, n) for n in API_BACKENDS)]
 ROUND_COLUMNS = ["round", "pairs kept", "ties dropped", "unscored dropped", "mean score", "mean chars",
-                 "chosen / rejected chars", "win rate vs base", "win rate vs previous", "adapter"]
+                 "chosen / rejected chars", "win rate vs base", "win rate vs previous",
+                 "checks accuracy (IFEval, prompt-level strict): round vs base", "adapter"]
 FORM = ["rounds", "samples", "evaluations", "n", "max_new_tokens", "judge", "judge_model", "start_adapter", "eval_n",
-        "beta", "lr", "epochs", "max_steps", "lora_r", "seed"]  # the order start_iterating reads them in
+        "eval_instructions", "beta", "lr", "epochs", "max_steps", "lora_r", "seed"]  # start_iterating's order
+EVAL_CHOICES = [("bundled held-out set", "heldout"),
+                ("bundled verifiable held-out set (IFEval checks: a number no judge produced)", "checks-heldout")]
 MADE_WITH = ["model", "judge", "judge_model", "samples", "evaluations", "max_new_tokens", "beta", "lr", "max_steps"]
 # Each plot's colour categories are all there from its first row on: Gradio 6.31 keeps the colour scale of a plot's
 # first data, so a series that appears later (round 2's bars, the "previous" line) would never be drawn.
 SCORE_COLORS = {"0": "#d73027", "1": "#fc8d59", "2": "#fee08b", "3": "#d9ef8b", "4": "#91cf60", "5": "#1a9850"}
+CHECKS_COLORS = {"base": "#9e9e9e", "this round": "#1f77b4"}
 
 
 @dataclass
@@ -42,6 +46,7 @@ class IterateTab:
     win_plot: gr.LinePlot
     length_plot: gr.LinePlot
     hist_plot: gr.BarPlot
+    checks_plot: gr.BarPlot
     made: gr.Markdown
     shown: gr.State  # [run name, rounds] the table and plots show (a new round redraws them, nothing else)
     api_key: gr.Textbox | None = None
@@ -50,7 +55,7 @@ class IterateTab:
 
     @property
     def results(self) -> list:
-        return [self.table, self.win_plot, self.length_plot, self.hist_plot, self.made, self.shown]
+        return [self.table, self.win_plot, self.length_plot, self.hist_plot, self.checks_plot, self.made, self.shown]
 
 
 def _settings_inputs() -> dict:
@@ -63,10 +68,12 @@ def _settings_inputs() -> dict:
                    n=dict(label="Instructions (0 = all of the run's)", minimum=0),
                    max_new_tokens=dict(value=128, minimum=1))
     with gr.Row():
-        made |= inp(["judge", "judge_model", "start_adapter", "eval_n"], judge=dict(choices=JUDGE_CHOICES),
+        made |= inp(["judge", "judge_model", "start_adapter"], judge=dict(choices=JUDGE_CHOICES),
                     start_adapter=dict(kind="Dropdown", choices=[("(none: the plain base)", "")], value="",
-                                       label="Round 1 starts from"),
-                    eval_n=dict(label="Held-out instructions per round", minimum=0))
+                                       label="Round 1 starts from"))
+    with gr.Row():
+        made |= inp(["eval_n", "eval_instructions"], eval_n=dict(label="Held-out instructions per round", minimum=0),
+                    eval_instructions=dict(kind="Dropdown", choices=EVAL_CHOICES, label="Held-out instructions"))
     with gr.Accordion("Training each round", open=False):
         with gr.Row():
             made |= inp(["beta", "lr", "epochs", "max_steps", "lora_r", "seed"], beta=dict(minimum=0),
@@ -92,7 +99,9 @@ def build(ctx) -> IterateTab:
         length_plot = gr.LinePlot(x="round", y="characters", color="answers", title="Answer length", height=260)
         hist_plot = gr.BarPlot(x="round", y="count", color="score", title="Self-scores (rounded) per round",
                                color_map=SCORE_COLORS, height=260)
-    tab = IterateTab(fields, start, panel, table, win_plot, length_plot, hist_plot, made, gr.State(None),
+        checks_plot = gr.BarPlot(x="round", y="accuracy", color="model", title="Held-out checks accuracy (IFEval)",
+                                 color_map=CHECKS_COLORS, y_lim=[0, 1], height=260)
+    tab = IterateTab(fields, start, panel, table, win_plot, length_plot, hist_plot, checks_plot, made, gr.State(None),
                      api_key=api_key, labels=labels)
     start_from = fields["start_adapter"]
     tab.views = [View(start_choices, [start_from], inputs=[start_from]), noise,
@@ -137,8 +146,10 @@ def refresh(run_name: str | None):
     no_eval = "No held-out evaluation in these rounds (held-out instructions per round: 0)." if lines and not any(
         (ln.get("eval") or {}).get("instructions") for ln in lines) else one
     shown = bool(lines)  # no empty plot boxes before the first round
+    checked_rounds = checks_frame(lines)
     return [html_table(rounds_table(lines), "No rounds in this run yet."), plot(win_frame(lines), no_eval, shown),
-            plot(length_frame(lines), one, shown), plot(hist_frame(lines), "", shown), made]
+            plot(length_frame(lines), one, shown), plot(hist_frame(lines), "", shown),
+            plot(checked_rounds, "", bool(len(checked_rounds))), made]
 
 
 def refresh_if_changed(run_name: str | None, shown):
@@ -146,7 +157,7 @@ def refresh_if_changed(run_name: str | None, shown):
     are not redrawn every second of a round."""
     n = len(lineage(Run.open(run_name))) if run_name else 0
     if shown == [run_name, n]:
-        return [gr.skip()] * 6
+        return [gr.skip()] * 7
     return [*refresh(run_name), [run_name, n]]
 
 
@@ -162,8 +173,27 @@ def rounds_table(lines: list[dict]) -> pd.DataFrame:
     rows = [[ln["round"], ln["pairs_kept"], ln["dropped_ties"], ln["dropped_unscored"], _fmt(ln["score_mean"]),
              _fmt(ln["chars_mean"], 0), f"{_fmt(ln['chosen_chars_mean'], 0)} / {_fmt(ln['rejected_chars_mean'], 0)}",
              _rate((ln.get("eval") or {}).get("win_rate_vs_base")),
-             _rate(vs_previous(ln)), Path(ln["adapter"]).name] for ln in lines]
+             _rate(vs_previous(ln)), _checks((ln.get("eval") or {}).get("checks"), f"round-{ln['round']}"),
+             Path(ln["adapter"]).name]
+            for ln in lines]
     return pd.DataFrame(rows, columns=ROUND_COLUMNS)
+
+
+def _checks(found: dict | None, adapter: str) -> str:
+    """'42% vs 30%: +12% [+2%, +22%] (n=60)': the round's adapter against the base, paired over prompts."""
+    if not found or adapter not in found["accuracy"]:
+        return ""
+    acc, d = found["accuracy"], found["vs_base"]
+    return (f"{acc[adapter]['value']:.0%} vs {acc['base']['value']:.0%}: {d['diff']:+.0%} [{d['ci_low']:+.0%}, "
+            f"{d['ci_high']:+.0%}] (n={found['n']})")
+
+
+def checks_frame(lines: list[dict]) -> pd.DataFrame:
+    """Per round with checks: the base's and the round's adapter's held-out checks accuracy, as bars."""
+    rows = [{"round": f"round {ln['round']}", "accuracy": acc["value"], "model": "base" if m == "base" else
+             "this round"} for ln in lines for m, acc in (((ln.get("eval") or {}).get("checks") or {}).get(
+                 "accuracy") or {}).items() if m in ("base", f"round-{ln['round']}")]
+    return typed(rows, {"round": str, "accuracy": float, "model": str})
 
 
 def vs_previous(line: dict) -> dict | None:

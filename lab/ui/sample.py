@@ -24,7 +24,9 @@ MODEL_CHOICES = [
     ("meta-llama/Llama-3.2-3B-Instruct (hub: token + accepted licence)", "meta-llama/Llama-3.2-3B-Instruct"),
     ("tiny-random: writes noise, for smoke tests only", "tiny-random"),
 ]
-SOURCE_CHOICES = [("Bundled set (offline)", "bundled"), ("LIMA (hub, gated)", "lima"), ("My file", "file")]
+SOURCE_CHOICES = [("Bundled set (offline)", "bundled"),
+                  ("Bundled verifiable set: IFEval checks, a grader that knows the answer (offline)", "checks"),
+                  ("LIMA (hub, gated)", "lima"), ("My file", "file")]
 
 
 @dataclass
@@ -105,7 +107,7 @@ def _wire(tab: SampleTab, ctx) -> None:
 def restored(cfg: SampleConfig) -> list:
     """The form's values for a sampling job's settings (lab.ui.views.wire_restore); a file's upload is not kept
     in the page: its source shows as "My file"."""
-    source = cfg.instructions if cfg.instructions in ("bundled", "lima") else "file"
+    source = cfg.instructions if cfg.instructions in ("bundled", "checks", "lima") else "file"
     return [cfg.model, source, *forms.values_of(cfg, {n: None for n in FORM[1:]})]
 
 

@@ -1,7 +1,8 @@
-"""Spot-check tab: walk through the judged pairs (unchecked first): the instruction, both responses, the judge's
-verdict and reasoning in each order, PairRM's preference; agree, overrule, call a tie, or skip. Every decision is
-saved in the run at once and pairs-judge.jsonl is rebuilt from it; the judge's (and PairRM's) agreement with the
-human checks is shown as it grows.
+"""Spot-check tab: walk through the judged pairs and the pairs the IFEval checks decided (unchecked first): the
+instruction, both responses, the judge's verdict and reasoning in each order, PairRM's preference, each answer's
+checks passed and failed; agree, overrule, call a tie, or skip. Every decision is saved in the run at once and the
+pairs it overrides (pairs-judge.jsonl, pairs-checks.jsonl) are rebuilt from it; the judge's, PairRM's and the checks'
+agreement with the person is shown as it grows.
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ class SpotcheckTab:
 
 
 def build(ctx) -> SpotcheckTab:
-    gr.Markdown("Check the judge on a sample of pairs. Your verdict replaces the judge's in `pairs-judge.jsonl` "
-                "(a tie removes the pair; skip leaves the judge's verdict). Pairs you have not checked come first.")
+    gr.Markdown("Check the judge (and the verifiable checks) on a sample of pairs. Your verdict replaces theirs in "
+                "`pairs-judge.jsonl` and `pairs-checks.jsonl` (a tie removes the pair; skip leaves their verdict). "
+                "Pairs you have not checked come first.")
     load = gr.Button("Load pairs", size="sm")
     position = gr.Markdown()
     prompt = gr.HTML()
@@ -84,8 +86,9 @@ def load_queue(run_name: str | None):
     if not run_name:
         return [], 0, *_blank("")
     run = Run.open(run_name)
-    if not run.read("judgments"):
-        return [], 0, *_blank("No judged pairs in this run yet: judge first (Judge tab); they appear here then.")
+    if not run.read("judgments") and not run.pairs_file("checks").exists():
+        return [], 0, *_blank("No judged pairs in this run yet: judge first (Judge tab), or build checks pairs on a "
+                              "verifiable set (PairRM tab, source: checks); they appear here then.")
     keys = [(i["instruction_id"], i["a"], i["b"]) for i in checked(spotcheck.items, run)]
     return keys, 0, *render(run, keys, 0)
 
@@ -98,7 +101,8 @@ def decide(run_name: str, keys: list, at: int, human: str):
     iid, a, b = keys[at]
     out = checked(record_spotcheck, run, iid, a, b, human)
     pairs = out["pairs"]
-    note = (f"Saved: {VERDICT_WORDS[human].lower()} on pair {at + 1}. `pairs-judge.jsonl` rebuilt: "
+    files = " and ".join(f"`pairs-{s}.jsonl`" for s in out["rebuilt"])
+    note = (f"Saved: {VERDICT_WORDS[human].lower()} on pair {at + 1}. {files} rebuilt: "
             f"{count(pairs['pairs'], 'pair')} ({pairs['human_overrides']} from your checks).")
     nxt = min(at + 1, len(keys) - 1)
     return nxt, note, *render(run, keys, nxt)
@@ -135,7 +139,19 @@ def _response(n: int, index: int, text: str) -> str:
 
 
 def judge_html(item: dict) -> str:
-    """The judge's pair verdict, its reasoning in each order, and PairRM's preference (canonical a/b = 1/2)."""
+    """The judge's pair verdict, its reasoning in each order, PairRM's preference and the checks' results
+    (canonical a/b = 1/2)."""
+    parts = _judge_parts(item) if item["judge"] is not None else []
+    if item.get("checks"):
+        parts.append(checks_html(item["checks"]))
+    if item["pairrm"]:
+        p = item["pairrm"]
+        parts.append(f"<p><b>PairRM</b>: prefers response {1 if p['prefers'] == 'a' else 2} "
+                     f"(both-orders logit {p['logit']:+.2f})</p>")
+    return "".join(parts)
+
+
+def _judge_parts(item: dict) -> list[str]:
     shown = {"ab": "1 shown first", "ba": "2 shown first"}
     how = RULES.get(item.get("rule"), "")
     parts = [f"<p><b>Judge</b>: {VERDICT_WORDS.get(item['judge'], item['judge'])} <i>({html.escape(how)})</i></p><ul>"]
@@ -144,21 +160,26 @@ def judge_html(item: dict) -> str:
         parts.append(f"<li><i>{shown.get(o['order'], o['order'])}</i>: {VERDICT_WORDS.get(o['verdict'], o['verdict'])}"
                      f"{conf}<br>{html.escape(o.get('reasoning') or '')}</li>")
     parts.append("</ul>")
-    if item["pairrm"]:
-        p = item["pairrm"]
-        parts.append(f"<p><b>PairRM</b>: prefers response {1 if p['prefers'] == 'a' else 2} "
-                     f"(both-orders logit {p['logit']:+.2f})</p>")
-    return "".join(parts)
+    return parts
+
+
+def checks_html(found: dict) -> str:
+    """Each answer's IFEval checks, passed or failed (strict; 'loose only' where only IFEval's loose variants pass),
+    and which answer the checks prefer."""
+    mark = lambda r: "passed" if r["strict"] else "passed loosely" if r["loose"] else "failed"  # noqa: E731
+    rows = [f"<li>Response {n}: " + "; ".join(f"{html.escape(r['type'])} <b>{mark(r)}</b>" for r in found[side])
+            + "</li>" for n, side in ((1, "a"), (2, "b"))]
+    prefers = {"a": "prefer response 1", "b": "prefer response 2", "tie": "see a tie"}[found["prefers"]]
+    return f"<p><b>Verifiable checks</b> (IFEval's checkers) {prefers}:</p><ul>{''.join(rows)}</ul>"
 
 
 def agreement_md(agree: dict) -> str:
     if not agree["checked"]:
         return "No pairs checked yet."
     out = [f"**Agreement with your {agree['checked']} checks** ({agree['skipped']} skipped)"]
-    for who in ("judge", "pairrm"):
+    for who, name in (("judge", "Judge"), ("pairrm", "PairRM"), ("checks", "Checks")):
         a = agree[who]
         if a["n"]:
             kappa = "n/a" if a["kappa"] is None else f"{a['kappa']:.2f}"
-            out.append(f"- {'Judge' if who == 'judge' else 'PairRM'}: {a['agree']}/{a['n']} "
-                       f"({a['rate']:.0%}), Cohen's kappa {kappa}")
+            out.append(f"- {name}: {a['agree']}/{a['n']} ({a['rate']:.0%}), Cohen's kappa {kappa}")
     return "\n".join(out)
