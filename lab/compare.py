@@ -329,7 +329,9 @@ def _compare_locked(run: Run, cfg: CompareConfig, progress: Progress | None, api
     started()
     return {"run": run.name, "models": [BASE, *adapters], "instructions": len(items), "written_now": written,
             "duplicates": len(dups), "scores": str(run.file("compare_scores")), "win_rates": scores["win_rates"],
-            "head_to_head": scores["head_to_head"]}
+            "head_to_head": scores["head_to_head"],
+            **({"checks": {k: scores["checks"][k] for k in ("n", "per_model", "vs_base")}} if "checks" in scores
+               else {})}
 
 
 # ---- the grid ----------------------------------------------------------------------------------------------------

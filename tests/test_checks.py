@@ -213,3 +213,37 @@ def test_a_grader_that_made_the_training_pairs_is_labelled_circular():
     assert "Circular" in graders.circular(graders.ranker("tiny-random"), graders.ranker("tiny-random"))
     assert "knows the answer" in graders.circular(graders.CHECKS, graders.CHECKS)
     assert graders.circular(groq, None) is None
+
+
+# ---- end to end on the tiny model: compare with checks, and the circular label ----------------------------------
+def test_a_comparison_on_verifiable_instructions_scores_checks_and_labels_circular_grading(run, tmp_path):
+    """A real comparison (tiny-random answers) on held-out instructions with checks: every answer is checked, the
+    accuracies match the answers checked by hand, and a win rate from the ranker that made the adapter's training
+    pairs says it is circular while the checks' say they know the answer."""
+    from lab.adapters import read_state
+    from lab.store import atomic_write_json
+    from lab.ui import compare as compare_tab
+    from test_compare import make_adapter, write_training
+
+    write_training(run, ["Explain why the sky is blue."])
+    run.record_stage("rank", {"ranker": "tiny-random"})
+    (run.pairs_file("pairrm")).write_text("")
+    out = make_adapter(run, "dpo-pairrm", seed=1)
+    atomic_write_json(out / "training.json", {"status": "done", "pairs": {"path": str(run.pairs_file("pairrm"))}})
+    assert read_state(out)["pairs"]["path"].endswith("pairs-pairrm.jsonl")
+    cfg = CompareConfig(instructions="checks-heldout", n=6, max_new_tokens=8, batch_size=8, bootstrap=200,
+                        pairrm="tiny-random")
+    result = compare.compare_run(run, cfg)
+    scores = compare.read_scores(run)
+    found = scores["checks"]
+    records = {(r["model"], r["instruction_id"]): r for r in run.read("compare")}
+    assert found["n"] == 6 == len(scores["outcomes"]["dpo-pairrm"]["checks"]) and result["instructions"] == 6
+    base = [checks.check(records[("base", i)], records[("base", i)]["text"]).strict for i in
+            [f"ch-{k:03d}" for k in range(1, 7)]]
+    assert found["per_model"]["base"]["prompt_strict"]["value"] == pytest.approx(sum(base) / 6)
+    wins = scores["win_rates"]["dpo-pairrm"]
+    assert wins["pairrm"]["grader_id"] == "ranker:tiny-random" and "Circular" in wins["pairrm"]["circular"]
+    assert wins["checks"]["grader_id"] == "checks:ifeval" and wins["checks"]["circular"] is None  # not trained on them
+    page = compare_tab.scores_html(scores, run.stage_settings("compare"))
+    assert "circular: trained on this grader" in page and "Verifiable checks" in page
+    assert "prompt-level strict vs base" in page
