@@ -20,8 +20,10 @@ rankings.jsonl, one line per ranked instruction (the last line of an instruction
 ranker or new samples appends, so nothing is overwritten):
     {"instruction_id": str,
      "sample_indices": [int],        # the K responses ranked, by samples.jsonl "sample_index"
-     "scores": [float],              # parallel to sample_indices; higher is better: mean over the other responses
-                                     #   j of logits[i][j] - logits[j][i] (llm-blender's "max_logits" policy)
+     "scores": [float],              # parallel to sample_indices; higher is better: the sum over the K-1 other
+                                     #   responses j of logits[i][j] - logits[j][i], divided by K (not K-1: what
+                                     #   llm-blender's "max_logits" policy computes, a mean over a row whose
+                                     #   diagonal is 0)
      "ranks": [int],                 # parallel; 1 = best (equal scores share a rank)
      "logits": [[float]],            # K x K; logits[i][j] = PairRM logit that response i beats j when i is shown
                                      #   first (diagonal 0). Both-orders preference of i over j:
@@ -386,7 +388,8 @@ def compare_all(ranker: Ranker, groups: list[tuple[str, list[str]]], batch_size:
 
 
 def scores_and_ranks(logits: list[list[float]]) -> tuple[list[float], list[int]]:
-    """llm-blender's aggregation: score_i = mean_j (logits[i][j] - logits[j][i]); rank 1 = highest score."""
+    """llm-blender's aggregation: score_i = sum_{j != i} (logits[i][j] - logits[j][i]) / K (its "mean" runs over
+    the K x K matrix whose diagonal is 0, so it divides by K, not K-1); rank 1 = highest score."""
     import numpy as np
 
     blender_module()  # importing any llm_blender submodule runs its package __init__, which needs the shims

@@ -33,6 +33,7 @@ from pathlib import Path
 from lab import cards, compare, efficiency, noise, spotcheck
 from lab.adapters import read_metrics, read_state
 from lab.config import Settings, opt
+from lab.stats import LC_NOTE
 from lab.errors import LabError
 from lab.methods import METHODS
 from lab.progress import Progress
@@ -318,7 +319,7 @@ def compare_part(run: Run, folder: Path) -> str:
     if path.exists():
         header, rows = score_rows(json.loads(path.read_text(encoding="utf-8")))
         (folder / F["scores"]).write_text(csv_text(header, rows))
-        table = f"[{F['scores']}]({F['scores']})\n\n" + md_table(header, rows)
+        table = f"[{F['scores']}]({F['scores']})\n\n" + md_table(header, rows) + f"\n{LC_NOTE}\n"
     return (f"## Comparison\n\n[{F['grid']}]({F['grid']}): {len(grid)} held-out instructions x "
             f"{len(grid.columns) - 2} models.\n\n{table}")
 

@@ -24,6 +24,7 @@ def test_compare_as_a_job_then_scores_grid_notes_and_export(run, tmp_path):
     assert st["state"] == "done", st.get("log_tail")
     scores, made, picker, page, info, note, overall = tab.refresh("t")
     assert list(tab.scores_table(compare.read_scores(run))["model"]) == ["base", "judge"]
+    assert "<caption>LC = the lab" in scores and "not AlpacaEval" in scores  # the LC figure says what it is
     assert "<td>judge</td>" in scores and "Made with temperature 0.7 · top-p 0.9 · max new tokens 6" in made
     assert "PairRM tiny-random" in made and "instructions 3" in made
     ids = [c[1] for c in picker["choices"]]

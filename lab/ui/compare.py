@@ -23,6 +23,7 @@ from lab.store import Run
 from lab.ui import forms, grid
 from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, labels_view, open_run, start_job, \
     typed_key_env, upload_into, wire_job_panel, wire_start
+from lab.stats import LC_NOTE
 from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 
@@ -234,7 +235,7 @@ def refresh(run_name: str | None, picked: str | None = None):
         empty = '<p class="lab-empty">No comparison in this run yet: press Compare.</p>'
         return [empty, "", gr.update(choices=[], value=None), "", "", "", notes["overall"]]
     scores = compare.read_scores(run)
-    table = html_table(scores_table(scores, run.stage_settings("compare") or {})) if scores else \
+    table = html_table(scores_table(scores, run.stage_settings("compare") or {}), caption=LC_NOTE) if scores else \
         '<p class="lab-empty">The scores appear when the comparison has finished.</p>'
     picked = picked if picked in ids else (ids[0] if ids else None)
     page, info = grid.render(run, picked)
