@@ -129,7 +129,7 @@ def pick_examples(verdicts: list[dict], human: dict, n: int) -> list[dict]:
 
 def examples_md(run: Run, picked: list[dict], human: dict) -> str:
     texts = {g.instruction_id: (g.prompt, dict(zip(g.indices, g.texts))) for g in groups(run, required=False)}
-    band, ranks = tie_band_of(run.stage_settings("judge")), latest_rankings(run)
+    band, ranks = tie_band_of(run.stage_settings("judge")), latest_rankings(run, "pairrm")
     parts = [f"# Judge examples: run {cards.code(run.name)}\n",
              f"{len(picked)} judged pairs. Canonical pair (a, b) = (#a, #b), a < b; each pair judged in both orders. "
              f"Tie band of the calibrated verdict: {band}.\n"]

@@ -45,7 +45,7 @@ def items(run: Run) -> list[dict]:
     if not judged:
         raise LabError(f"Run '{run.name}' has no judged pairs to check: run `python -m lab judge --run {run.name}` "
                        "first.")
-    rankings, human = latest_rankings(run), latest(run)
+    rankings, human = latest_rankings(run, "pairrm"), latest(run)
     out = [_item(v, texts, rankings, human) for key, v in judged.items() if key[0] in texts]
     return sorted(out, key=lambda x: x["human"] is not None)  # stable: judging order within each group
 
@@ -91,7 +91,7 @@ def agreement(run: Run) -> dict:
          "pairrm": {"n", "agree", "rate", "kappa"}}    # PairRM vs human where the human chose a or b"""
     lines = latest(run).values()
     checked = [r for r in lines if r["human"] != "skip"]
-    rankings = latest_rankings(run)
+    rankings = latest_rankings(run, "pairrm")
     vs_pairrm = []
     for r in checked:
         rec = rankings.get(r["instruction_id"])

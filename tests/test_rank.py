@@ -132,7 +132,7 @@ def test_bad_input_gives_clear_errors(run, ranker):
         RankConfig(batch_size=0).validate()
     with pytest.raises(LabError, match="Unknown ranker"):
         resolve_ranker("not a spec")
-    with pytest.raises(LabError, match="not an llm-blender ranker"):
+    with pytest.raises(LabError, match="neither an llm-blender ranker checkpoint"):
         resolve_ranker(str(run.path))
 
 
