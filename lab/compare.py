@@ -23,13 +23,19 @@ compare-scores.json (whole file, rewritten by `score`):
      "win_rates": {adapter: {scorer: lab.stats.win_rate dict + lab.stats.lc_win_rate dict}},  # against the base
      "outcomes": {adapter: {scorer: {instruction_id: 1 | 0.5 | 0 | null}}},  # per instruction, against the base:
                                                             # what win_rates counts (null: the scorer had no verdict)
-     "head_to_head": {"<adapter> vs <earlier adapter>": {scorer: the same}}}
+     "head_to_head": {"<adapter> vs <earlier adapter>": {scorer: the same}},
+     "values": {scorer: {"mean": {model: float},          # scorers that grade each answer alone (the reward
+                         "difference": {adapter: {"mean_diff", "ci_low", "ci_high", "n"}}}}}  # model): the mean
+                                                            # value per model, and the paired difference against
+                                                            # the base per instruction (lab.stats.paired_difference)
      (a win rate dict: "win_rate", "ci_low", "ci_high", "n", "wins", "ties", "losses", and the length-controlled
       "lc_win_rate", "lc_ci_low", "lc_ci_high", "length_coef", "length_scale")
 
-Scorers (SCORERS): "pairrm" (PairRM's both-orders preference), "judge" (the LLM judge, every pair of models in both
-orders, position-calibrated where they disagree (lab.verdicts): a tie or an undecided disagreement count 0.5) and
-"score" (mean 5-point scores, lab.score; their records go to the run's scores.jsonl as set "eval"). Win rates count
+Scorers (SCORERS): "pairrm" (PairRM's both-orders preference), "reward" (a reward model's reward per answer,
+lab.reward: the higher reward wins; its mean per model and the paired difference against the base go to "values"),
+"judge" (the LLM judge, every pair of models in both orders, position-calibrated where they disagree
+(lab.verdicts): a tie or an undecided disagreement count 0.5) and "score" (mean 5-point scores, lab.score; their
+records go to the run's scores.jsonl as set "eval"). Win rates count
 a win as 1, a tie as 0.5 and a loss as 0, per instruction; the interval is a percentile bootstrap over instructions
 (lab.stats.win_rate).
 notes.json holds the user's own notes: {"overall": str, "instructions": {id: str}, "updated"}.
@@ -60,7 +66,8 @@ from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.sample import check_decoding, sample_record
 from lab.score import Scorer, ScoreConfig, api_backend, mean_scores, score_rows
-from lab.stats import LOSS, TIE, WIN, lc_win_rate, outcome, win_rate
+from lab.stats import LOSS, TIE, WIN, lc_win_rate, outcome, paired_difference, win_rate
+from lab.stats import mean as stat_mean
 from lab.store import Run, atomic_write_json, atomic_write_text, once, read_jsonl, write_jsonl
 from lab.verdicts import run_verdicts
 
@@ -91,6 +98,9 @@ class CompareConfig(Settings):
                                 "duplicate", label="Near-duplicate threshold")
     pairrm: str = opt("", "PairRM ranker for win rates: llm-blender/PairRM, a local folder or tiny-random (noise) "
                       "('' = skip)", label="PairRM")
+    reward: str = opt("", "reward model for rewards and win rates: a hub id or folder of a one-label sequence "
+                      "classifier (e.g. Skywork/Skywork-Reward-V2-Qwen3-0.6B) or tiny-reward (noise) ('' = skip)",
+                      label="Reward model")
     judge: str = opt("none", "LLM judge for win rates, every pair of models in both orders: none or a judge "
                      "backend (local is offline and weak)", ("none", *BACKENDS), label="LLM judge")
     judge_model: str = opt("", "the judge's model (default: the judge backend's default)", label="Judge model")
@@ -268,7 +278,7 @@ def complete_all_vllm(run: Run, cm, adapters: dict[str, Path], items: list[dict]
 
 def check_scorers(cfg: CompareConfig, api_key: str | None) -> None:
     """Fail before any generation if a scorer cannot run: no API key (lab.judge_backends.resolve_key: the same rule
-    the judge applies), or a PairRM that cannot be found."""
+    the judge applies), or a PairRM or reward model that cannot be found (or is the other kind)."""
     for flag, backend, offline in (("--judge", cfg.judge, "local"), ("--score", cfg.score, "base")):
         if backend in API_BACKENDS:
             try:
@@ -276,8 +286,11 @@ def check_scorers(cfg: CompareConfig, api_key: str | None) -> None:
             except LabError as e:
                 raise LabError(f"{flag} {backend} needs an API key: {e} Or pick another scorer (local / base are "
                                "offline and weak) or none.") from None
-    if cfg.pairrm:
-        rank.resolve_ranker(cfg.pairrm)
+    for flag, spec, kind in (("--pairrm", cfg.pairrm, "pairrm"), ("--reward", cfg.reward, "reward")):
+        if spec and rank.kind_of(rank.resolve_ranker(spec), spec) != kind:
+            other = "--reward" if kind == "pairrm" else "--pairrm"
+            raise LabError(f"{flag} {spec}: that is not a {rank.RANKERS[kind].label} but a "
+                           f"{rank.RANKERS[other.strip('-')].label}: pass it as {other}.")
 
 
 def compare_run(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_key: str | None = None,
@@ -443,10 +456,12 @@ def score(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_ke
     per_model = {m: text_stats(list(table.get(m, {}).values()), None if m == BASE else base_chars)
                  for m in st["models"]}
     adapters = [m for m in st["models"] if m != BASE]
-    wins, h2h, per_instruction = {m: {} for m in adapters}, {}, {m: {} for m in adapters}
+    wins, h2h, per_instruction, values = {m: {} for m in adapters}, {}, {m: {} for m in adapters}, {}
     for name, scorer in SCORERS.items():
         if scorer.enabled(cfg):
             of = scorer.outcomes(run, cfg, table, st, progress, api_key)
+            if isinstance(of, Values):
+                values[name] = of.summary(st, adapters, cfg)
             for n, m in enumerate(adapters):
                 per_instruction[m][name] = outcomes_of(of, st, m, BASE)
                 wins[m][name] = rate_of(per_instruction[m][name], cfg, table, m, BASE)
@@ -456,7 +471,7 @@ def score(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_ke
     scores = {"key": st["key"], "models": st["models"], "n_instructions": len(st["instruction_ids"]),
               "flagged": flagged, "confidence": cfg.confidence, "bootstrap": cfg.bootstrap,
               "per_model": per_model, "win_rates": wins, "outcomes": per_instruction, "head_to_head": h2h,
-              "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "values": values, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_json(run.file("compare_scores"), scores)
     return scores
 
@@ -516,7 +531,7 @@ def pairrm_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progres
     scoring run; a rerun with the same texts ranks nothing again)."""
     nested, index = scoring_run(run, table, st)
     rank.rank_run(nested, rank.RankConfig(ranker=cfg.pairrm, device=cfg.device, dtype=cfg.dtype), progress)
-    records = rank.latest_rankings(nested)
+    records = rank.latest_rankings(nested, ranker=cfg.pairrm)
 
     def of(iid: str, a: str, b: str) -> float | None:
         rec, i, j = records.get(iid), index[a], index[b]
@@ -524,6 +539,41 @@ def pairrm_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progres
             return None
         return outcome(rank.preference(rec, i, j), 0.0)
     return of
+
+
+@dataclass
+class Values:
+    """The outcomes of a scorer that grades each answer alone: {model: {instruction id: value}}; the higher value
+    wins (an Outcome), and score() also reports the mean per model and the paired difference against the base."""
+
+    values: dict[str, dict[str, float]]
+
+    def __call__(self, iid: str, a: str, b: str) -> float | None:
+        va, vb = self.values.get(a, {}).get(iid), self.values.get(b, {}).get(iid)
+        return None if va is None or vb is None else outcome(va, vb)
+
+    def summary(self, st: dict, adapters: list[str], cfg: CompareConfig) -> dict:
+        """{"mean": {model: mean value}, "difference": {adapter: lab.stats.paired_difference against the base}}."""
+        means = {m: stat_mean(self.values.get(m, {}).values()) for m in st["models"]}
+        base = self.values.get(BASE, {})
+        diffs = {m: [v - base[iid] for iid, v in self.values.get(m, {}).items() if iid in base] for m in adapters}
+        return {"mean": means, "difference": {m: paired_difference(d, cfg.bootstrap, cfg.confidence, cfg.seed)
+                                              for m, d in diffs.items()}}
+
+
+def reward_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress: Progress | None,
+                    api_key: str | None = None) -> Values:
+    """A reward model's reward for every model's answer (lab.rank records of the nested scoring run, kind
+    "reward"; a rerun with the same texts scores nothing again): the higher reward wins."""
+    nested, index = scoring_run(run, table, st)
+    rank.rank_run(nested, rank.RankConfig(ranker=cfg.reward, device=cfg.device, dtype=cfg.dtype), progress)
+    values: dict[str, dict[str, float]] = {}
+    for iid, rec in rank.latest_rankings(nested, ranker=cfg.reward).items():
+        reward_of = dict(zip(rec["sample_indices"], rec["scores"]))
+        for m, i in index.items():
+            if i in reward_of:
+                values.setdefault(m, {})[iid] = reward_of[i]
+    return Values(values)
 
 
 def judge_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress: Progress | None,
@@ -573,6 +623,7 @@ def score_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress
 
 SCORERS: dict[str, CompareScorer] = {
     "pairrm": CompareScorer("PairRM", lambda cfg: bool(cfg.pairrm), pairrm_outcomes),
+    "reward": CompareScorer("Reward model", lambda cfg: bool(cfg.reward), reward_outcomes),
     "judge": CompareScorer("LLM judge", lambda cfg: cfg.judge != "none", judge_outcomes),
     "score": CompareScorer("5-point score", lambda cfg: cfg.score != "none", score_outcomes),
 }

@@ -3,7 +3,8 @@
 - rate(hits, total): a share, or None when nothing was counted.
 - cohen_kappa / agreement: two raters' labels (judge vs PairRM, judge vs a person).
 - bootstrap_ci / win_rate: a win rate over instructions (win 1, tie 0.5, loss 0) with a percentile bootstrap
-  interval over instructions.
+  interval over instructions; paired_difference: the mean per-instruction difference of two models' values (a
+  reward) with the same interval.
 - length_balance: how the chosen and rejected answers of preference pairs differ in length.
 - spearman: rank correlation of two score lists (an int8 ranker against fp32, bench/rank.py).
 """
@@ -82,6 +83,15 @@ def bootstrap_ci(values: list[float], resamples: int = 2000, confidence: float =
     means = v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
     tail = (1 - confidence) / 2 * 100
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def paired_difference(differences: list[float], resamples: int = 2000, confidence: float = 0.95,
+                      seed: int = 0) -> dict:
+    """Per-instruction differences of one model's value minus another's (a reward, a score) -> {"mean_diff",
+    "ci_low", "ci_high", "n"}; the interval is a percentile bootstrap over instructions (bootstrap_ci)."""
+    lo, hi = bootstrap_ci(differences, resamples, confidence, seed)
+    return {"mean_diff": mean(differences) if differences else float("nan"), "ci_low": lo, "ci_high": hi,
+            "n": len(differences)}
 
 
 def outcome(a: float, b: float) -> float:
