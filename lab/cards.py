@@ -120,7 +120,7 @@ CONFIG_TEXT = {
                "came from (load with `split=\"train\"`)",
     "samples": "every sampled response: instruction, text, model, decoding, token counts, finish reason",
     "judgments": "one row per judge call: the pair, the order shown, verdict, the judge's reasoning and raw text",
-    "rankings": "PairRM scores and ranks per instruction",
+    "rankings": "scores and ranks per instruction: PairRM's, or a reward model's rewards (\"kind\")",
     "spotcheck": "human verdicts on judged pairs (the last per pair counts)",
     "scores": "self-rewarding round: every answer scored with the additive 5-point prompt, R times",
 }
@@ -266,7 +266,10 @@ def _rank_section(run: Run, rankings: list[dict]) -> str:
     if not rankings and not settings:
         return ""
     shown = table(settings) + "\n\n" if settings else ""
-    return f"### PairRM\n\n{shown}Instructions ranked: {len(rankings)}\n"
+    kinds = Counter(r.get("kind", "pairrm") for r in rankings)
+    by_kind = ", ".join(f"{n} by {k}" for k, n in sorted(kinds.items()))
+    return f"### Ranking (PairRM or reward model)\n\n{shown}Rankings: {len(rankings)}" + \
+        (f" ({by_kind})\n" if by_kind else "\n")
 
 
 def _pairs_section(run: Run, source: str, pairs: list[dict]) -> str:

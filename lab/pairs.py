@@ -413,11 +413,11 @@ TEMPLATE_MARKERS = {
     "<|user|>": "Zephyr / Phi-3", "<|assistant|>": "Zephyr / Phi-3",
 }
 def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
-    """'judge' | 'pairrm' | another source name -> run.pairs_file(name); anything else is a file path."""
+    """A SOURCES name ('judge', 'pairrm', 'reward', ...) -> run.pairs_file(name); anything else is a file path."""
     raw = str(pairs).strip()
     path = Path(raw).expanduser()
     if not raw:
-        raise LabError("Give --pairs: 'judge', 'pairrm' or a pairs .jsonl file.")
+        raise LabError(f"Give --pairs: a source name ({', '.join(SOURCES)}) or a pairs .jsonl file.")
     if path.is_file():
         return path.resolve()
     if "/" not in raw and not raw.endswith(".jsonl"):
@@ -430,7 +430,8 @@ def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
         raise LabError(f"No pairs for source {raw!r} in run {run.name} ({source.name} is missing): build them "
                        f"first (PairRM tab: Build pairs; or `python -m lab pairs --run {run.name} --source {raw}`), "
                        "or pass a file.")
-    raise LabError(f"Pairs file {path} does not exist: give 'judge', 'pairrm' or an existing .jsonl file.")
+    raise LabError(f"Pairs file {path} does not exist: give a source name ({', '.join(SOURCES)}) or an existing "
+                   ".jsonl file.")
 
 
 def _as_messages(value: Any, role: str, where: str) -> list[dict]:

@@ -171,6 +171,21 @@ def test_reward_end_to_end_rank_pairs_train_compare(run, tmp_path, capsys):
     from lab.ui.compare import scores_table
 
     shown = scores_table(scores, run.stage_settings("compare")).set_index("model")
-    assert "reward win rate ⚠️ random ranker" in shown.columns and "mean reward ⚠️ random ranker" in shown.columns
+    assert {"reward win rate ⚠️ random ranker", "mean reward ⚠️ random ranker"} <= set(shown.columns)
     assert shown.loc["base", "mean reward ⚠️ random ranker"] == f"{values['mean']['base']:+.3f}"
     assert shown.loc["dpo-reward", "reward vs base ⚠️ random ranker"].startswith(f"{d['mean_diff']:+.3f} [")
+
+
+def test_the_pairrm_tab_shows_a_reward_models_ranks_cut_and_noise_label(run):
+    from lab.ui import rank as tab
+
+    long = " ".join(["word"] * 700)
+    write_samples(run, {"long": (SKY, ["short answer", long]), "i2": DATA["i2"]})
+    rank_run(run, RankConfig(ranker="tiny-reward", device="cpu"))
+    summary, table, _, _ = tab.refresh(run.name)
+    assert "ranked with `tiny-reward` (Reward model: one pass per response)" in summary
+    assert "1 responses cut to the ranker's length limit" in summary
+    assert "Noise: the reward model is tiny-reward" in summary
+    cut = latest_rankings(run, "reward")["long"]["tokens_cut"][1]
+    shown = tab.show_ranking(run.name, "long")
+    assert f"{cut} tokens cut at the reward model's limit (512)" in shown and shown.count("tokens cut") == 1

@@ -131,9 +131,12 @@ def refresh(run_name: str | None, picked: str | None = None):
     table = ranks_table(run)
     if table.empty:
         return "Not ranked yet.", "", nothing, ""
-    ranker = latest_rankings(run)[table["instruction"].iloc[0]]["ranker"]
+    rec = latest_rankings(run)[table["instruction"].iloc[0]]
+    kind = RANKERS[rec.get("kind", "pairrm")]
+    how = "one pass per response" if kind.pointwise else "every pair of responses, in both orders"
     made = made_with(run.stage_settings("rank"), "rank", ["ranker", "batch_size"])
-    text = noise_md(run, "rank") + (f"**{len(table)}** instructions ranked with `{html.escape(ranker)}` · "
+    text = noise_md(run, "rank") + (f"**{len(table)}** instructions ranked with `{html.escape(rec['ranker'])}` "
+            f"({kind.label}: {how}) · "
             f"{int(table['cut'].sum())} responses cut to the ranker's length limit" + (f"\n\n{made}" if made else ""))
     choices = [(f"{p} ({iid})", iid) for iid, p in zip(table["instruction"], table["prompt"])]
     picked = picked if picked in set(table["instruction"]) else None
