@@ -290,22 +290,34 @@ def rounds_part(run: Run, folder: Path) -> str:
 SCORE_STATS = ("mean_chars", "mean_tokens", "chars_change_pct", "truncated_rate", "distinct_1", "distinct_2",
                "refusal_rate")
 WIN_KEYS = ("win_rate", "ci_low", "ci_high", "lc_win_rate", "lc_ci_low", "lc_ci_high", "n")
+VALUE_KEYS = ("mean_value", "diff_vs_base", "diff_ci_low", "diff_ci_high")  # scorers that grade answers alone
 
 
 def score_rows(scores: dict) -> tuple[list[str], list[list]]:
-    """compare-scores.json -> (header, one row per model and scorer; the base's rows carry no win rate)."""
+    """compare-scores.json -> (header, one row per model and scorer; the base's rows carry no win rate). A scorer
+    that grades each answer alone (the reward model) adds its mean value and the paired difference against the
+    base (compare-scores.json "values")."""
     scorers = sorted({s for w in scores["win_rates"].values() for s in w}) or [""]
-    header = ["model", "scorer", *SCORE_STATS, *WIN_KEYS]
+    header = ["model", "scorer", *SCORE_STATS, *WIN_KEYS, *VALUE_KEYS]
     rows = []
     for model, stats in scores["per_model"].items():
         for scorer in scorers:
             w = scores["win_rates"].get(model, {}).get(scorer) or {}
             rows.append([model, scorer, *(_num(stats.get(k)) for k in SCORE_STATS),
-                         *(_num(w.get(k)) for k in WIN_KEYS)])
+                         *(_num(w.get(k)) for k in WIN_KEYS), *_values(scores, scorer, model)])
     for pair, by_scorer in scores.get("head_to_head", {}).items():
         for scorer, w in by_scorer.items():
-            rows.append([pair, scorer, *([None] * len(SCORE_STATS)), *(_num(w.get(k)) for k in WIN_KEYS)])
+            rows.append([pair, scorer, *([None] * len(SCORE_STATS)), *(_num(w.get(k)) for k in WIN_KEYS),
+                         *([None] * len(VALUE_KEYS))])
     return header, rows
+
+
+def _values(scores: dict, scorer: str, model: str) -> list:
+    """[mean value, paired difference against the base, its interval] of one model under one scorer (or Nones)."""
+    v = (scores.get("values") or {}).get(scorer) or {}
+    d = (v.get("difference") or {}).get(model) or {}
+    return [_num((v.get("mean") or {}).get(model)), _num(d.get("mean_diff")), _num(d.get("ci_low")),
+            _num(d.get("ci_high"))]
 
 
 def compare_part(run: Run, folder: Path) -> str:

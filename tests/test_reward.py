@@ -168,7 +168,13 @@ def test_reward_end_to_end_rank_pairs_train_compare(run, tmp_path, capsys):
     wins = [1.0 if diff > 0 else 0.0 if diff < 0 else 0.5 for diff in diffs]
     assert result["win_rates"]["dpo-reward"]["reward"]["win_rate"] == pytest.approx(sum(wins) / 3)
     assert any("tiny-reward" in n for n in noise.notes(run, "compare"))
+    from lab.report import score_rows
     from lab.ui.compare import scores_table
+
+    header, rows = score_rows(scores)
+    row = dict(zip(header, next(r for r in rows if r[:2] == ["dpo-reward", "reward"])))
+    assert row["mean_value"] == pytest.approx(values["mean"]["dpo-reward"], abs=1e-4)
+    assert row["diff_vs_base"] == pytest.approx(d["mean_diff"], abs=1e-4) and row["win_rate"] is not None
 
     shown = scores_table(scores, run.stage_settings("compare")).set_index("model")
     assert {"reward win rate ⚠️ random ranker", "mean reward ⚠️ random ranker"} <= set(shown.columns)
