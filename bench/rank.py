@@ -17,7 +17,17 @@ the random model's attention is; see PAIRRM_SHAPE), and the settings.
     python bench/rank.py --cuda           # GPU: a random model with PairRM's full shape (DeBERTa-v3-large,
                                           # 24 layers, 436 M parameters), 5 candidates of ~1,000 tokens
     python bench/rank.py --quick          # a smoke test: both CPU models, 2 / 1 instructions x 3 short responses
+    python bench/rank.py --reward-only    # only the reward model against PairRM (below), a minute or two on CPU
 Random weights, because the hub is out of reach; the time depends on shapes and lengths, not on the weights.
+
+Reward model against PairRM (every CPU run, and --reward-only): wall time per instruction at K=5 (one instruction,
+~100-word responses, one timed run after a short warm-up) of a reward model with Qwen3-0.6B's shape
+(Skywork-Reward-V2-Qwen3-0.6B's backbone: Qwen3ForSequenceClassification, 28 layers, K passes through
+lab.reward) and of PairRM's full shape (DeBERTa-v3-large, 24 layers, K*(K-1) ordered pairs through
+lab.rank.compare_all), both random weights built from configs; each reads the responses as it would (PairRM cuts
+them at ~412 tokens, the reward model reads them whole). Its figures: s_per_instr_reward, s_per_instr_pairrm_full,
+ratio_wall_pairrm_vs_reward and ratio_cpu_pairrm_vs_reward (PairRM time / reward-model time: > 1 means the reward
+model is faster), the parameter counts and the tokens each read. --quick uses 2-layer models of width 64.
 """
 from __future__ import annotations
 
@@ -35,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lab import rank  # noqa: E402
+from lab import models, rank, reward  # noqa: E402
 from lab.instructions import load_instructions  # noqa: E402
 from lab.stats import spearman  # noqa: E402
 
@@ -45,6 +55,13 @@ PAIRRM_SHAPE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=
 # 1024-wide layer's attention is one-hot (mean top probability 0.95), so any rounding flips which token it reads and
 # no approximation can agree with fp32; at 0.02 (DeBERTa's own init) it is uniform and every response scores the
 # same. At 0.05 attention spreads like a trained model's (the bench prints it as attention_top_prob_wide).
+
+
+QWEN3_06B_SHAPE = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
+                       rope_theta=1_000_000.0, tie_word_embeddings=True, rms_norm_eps=1e-6)  # Qwen3-0.6B's config.json
+TINY_QWEN3 = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)
 
 
 def make_inputs(n: int, k: int, words: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
@@ -122,6 +139,45 @@ def attention_top_prob(ranker, group) -> float:
     return round(float(torch.stack([a.float().amax(-1).mean() for a in out.attentions]).mean()), 3)
 
 
+def random_reward_model(shape: dict, seed: int = 0) -> reward.RewardModel:
+    """A reward model with random weights of `shape` (Qwen3ForSequenceClassification, one label), held in memory,
+    with the bundled tokenizer (ChatML, like Qwen3's template; a smaller vocabulary, which costs nothing in time)."""
+    from transformers import Qwen3Config, Qwen3ForSequenceClassification
+
+    tok = models.load_tokenizer("tiny-random")
+    config = Qwen3Config(**{"vocab_size": len(tok), **shape}, num_labels=1, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = Qwen3ForSequenceClassification(config).eval()
+    return reward.RewardModel("random Qwen3-0.6B shape", "", model, tok, "cpu", reward.max_length_of(tok, config))
+
+
+def bench_reward(k: int, quick: bool, root: Path) -> dict:
+    """Seconds per instruction (one instruction, K responses, one timed run each after a warm-up) of a random
+    reward model of Qwen3-0.6B's shape and of a random PairRM of DeBERTa-v3-large's shape, on CPU."""
+    sources, cands = make_inputs(1, k, 20 if quick else 100)
+    groups = list(zip(sources, cands))
+    warm = [(sources[0], ["A short warm-up answer.", "Another one."])]
+    rm = random_reward_model(TINY_QWEN3 if quick else QWEN3_06B_SHAPE)
+    reward.rank_fields(rm, warm)
+    t_reward = timed(lambda: reward.rank_fields(rm, groups), "cpu")
+    reward_tokens = float(np.mean([len(reward.encode(rm, s, c)[0]) for s, cs in groups for c in cs]))
+    reward_params = sum(p.numel() for p in rm.model.parameters()) / 1e6
+    del rm
+    pr = rank.load_ranker(str(build(None if quick else PAIRRM_SHAPE, root)), device="cpu", dtype="float32")
+    rank.compare_all(pr, warm, 20)
+    t_pairrm = timed(lambda: rank.compare_all(pr, groups, 20), "cpu")
+    pair_tokens = float(pr.collator([{"source": sources[0], "candidates": cands[0]}])["candidate_attention_mask"]
+                        .sum(-1).float().mean())
+    return {"k": k, "reward_shape": "2-layer Qwen3, width 64" if quick else "Qwen3-0.6B",
+            "pairrm_shape": "tiny random PairRM" if quick else "DeBERTa-v3-large (24 layers)",
+            "s_per_instr_reward": round(t_reward[0], 3), "s_per_instr_pairrm_full": round(t_pairrm[0], 3),
+            "ratio_wall_pairrm_vs_reward": round(t_pairrm[0] / t_reward[0], 3),
+            "ratio_cpu_pairrm_vs_reward": round(t_pairrm[1] / t_reward[1], 3),
+            "reward_params_M": round(reward_params, 1),
+            "pairrm_params_M": round(sum(p.numel() for p in pr.model.parameters()) / 1e6, 1),
+            "reward_tokens_per_response": round(reward_tokens), "pairrm_tokens_per_response": round(pair_tokens)}
+
+
 def build(backbone: dict | None, root: Path) -> Path:
     folder = root / ("pairrm-shaped" if backbone else "tiny")
     folder.mkdir(parents=True, exist_ok=True)
@@ -137,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=None, help="ordered pairs per forward pass of the lab ranker")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of each (alternating); the best one counts")
     ap.add_argument("--quick", action="store_true", help="a smoke test: few, short responses, one timed run")
+    ap.add_argument("--reward-only", action="store_true", help="only the reward model against PairRM (CPU)")
     return ap
 
 
@@ -150,6 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.cuda:  # ~1,000-token candidates: PairRM gives them 412 + half of the unused source budget
             runs = [("wide", "PairRM-shaped (24 layers)", PAIRRM_SHAPE, args.n or (2 if args.quick else 32),
                      30 if args.quick else 700, "cuda", "float16", args.batch_size or 40, False)]
+        elif args.reward_only:
+            runs = []
         else:
             runs = [("tiny", "tiny random PairRM", None, args.n or (2 if args.quick else 8), 30 if args.quick else 120,
                      "cpu", "float32", args.batch_size or 40, False),
@@ -182,6 +241,15 @@ def main(argv: list[str] | None = None) -> dict:
                                spearman_int8_within=round(r["spearman_int8_within"], 4),
                                best_worst_same_int8=round(r["best_worst_same_int8"], 3),
                                bf16_query_key=rank.native_bf16())
+        if not args.cuda:
+            r = bench_reward(args.k, args.quick, Path(tmp))
+            print(f"reward model ({r['reward_shape']}, {r['reward_params_M']} M params) {r['s_per_instr_reward']:.2f} "
+                  f"s/instruction vs PairRM ({r['pairrm_shape']}, {r['pairrm_params_M']} M params) "
+                  f"{r['s_per_instr_pairrm_full']:.2f} s/instruction at K={r['k']}: PairRM / reward "
+                  f"{r['ratio_wall_pairrm_vs_reward']:.2f}x wall, {r['ratio_cpu_pairrm_vs_reward']:.2f}x CPU time "
+                  f"(tokens per response read: {r['reward_tokens_per_response']} vs "
+                  f"{r['pairrm_tokens_per_response']})")
+            summary.update(r)
         summary["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
         print(json.dumps(summary))
         return summary

@@ -23,7 +23,7 @@ from statistics import mean
 from lab import efficiency, noise
 from lab.adapters import read_metrics, read_state
 from lab.methods import METHODS
-from lab.models import BUNDLED_HUB_ID, HUB_ID
+from lab.models import BUNDLED_HUB_ID, CHAT_TEMPLATE_KWARGS, HUB_ID
 from lab.score import PROMPT_HASH, SCORE_PROMPT
 from lab.store import Run, adapter_file
 from lab.verdicts import report_records
@@ -120,7 +120,7 @@ CONFIG_TEXT = {
                "came from (load with `split=\"train\"`)",
     "samples": "every sampled response: instruction, text, model, decoding, token counts, finish reason",
     "judgments": "one row per judge call: the pair, the order shown, verdict, the judge's reasoning and raw text",
-    "rankings": "PairRM scores and ranks per instruction",
+    "rankings": "scores and ranks per instruction: PairRM's, or a reward model's rewards (\"kind\")",
     "spotcheck": "human verdicts on judged pairs (the last per pair counts)",
     "scores": "self-rewarding round: every answer scored with the additive 5-point prompt, R times",
 }
@@ -139,7 +139,7 @@ def dataset_card(repo_id: str, source: str, run: Run, pairs: list[dict], raw: di
     parts = [_front_matter(data), f"# {repo_id}\n", _dataset_intro(source, run, raw),
              _noise_section(noise.notes(run, "pairs", {"source": source})),
              _load_snippet(repo_id, rows), _configs_section(rows), "## How it was made\n",
-             _model_section(run, raw["samples"]), _instructions_section(run, raw["samples"]),
+             _model_section(run, raw["samples"]), _template_section(), _instructions_section(run, raw["samples"]),
              _judge_section(run, raw["judgments"], raw["samples"]), _scores_section(raw.get("scores") or []),
              _round_section(run),
              _rank_section(run, raw["rankings"]),
@@ -196,6 +196,17 @@ def _model_section(run: Run, samples: list[dict]) -> str:
                                    "dtype", "batch_size") if k in sample}
     info.update(flatten(sample.get("model_info") or {}, "model_info."))
     return f"### Model and decoding\n\n{used}\nSampling settings (run.json):\n\n{table(info)}\n"
+
+
+def _template_section() -> str:
+    """The chat template arguments the answers were written under: the pairs are conversational, and whoever renders
+    them for training should render the prompts as sampling did (a Llama-3.2 template prints the date it is given)."""
+    args = json.dumps(CHAT_TEMPLATE_KWARGS)
+    return ("### Chat template arguments\n\nThe answers were written to prompts rendered by the sampling model's own chat "
+            f"template with the template arguments `{args}`; the lab's judges, rankers and training rendered them "
+            "the same way. Render these conversations with the same arguments when you train on them: TRL reads a "
+            f"row's `chat_template_kwargs` (`pairs = pairs.map(lambda r: {{\"chat_template_kwargs\": {args}}})`), and "
+            f"`tokenizer.apply_chat_template(messages, **{args})` does the same by hand.\n")
 
 
 def _instructions_section(run: Run, samples: list[dict]) -> str:
@@ -255,7 +266,10 @@ def _rank_section(run: Run, rankings: list[dict]) -> str:
     if not rankings and not settings:
         return ""
     shown = table(settings) + "\n\n" if settings else ""
-    return f"### PairRM\n\n{shown}Instructions ranked: {len(rankings)}\n"
+    kinds = Counter(r.get("kind", "pairrm") for r in rankings)
+    by_kind = ", ".join(f"{n} by {k}" for k, n in sorted(kinds.items()))
+    return f"### Ranking (PairRM or reward model)\n\n{shown}Rankings: {len(rankings)}" + \
+        (f" ({by_kind})\n" if by_kind else "\n")
 
 
 def _pairs_section(run: Run, source: str, pairs: list[dict]) -> str:

@@ -45,16 +45,17 @@ STAGES = [  # pipeline order
           "LLM judge: pairwise verdicts in both orders (groq, openai-compatible, local)",
           "Prints the plan's calls, time and cost first (on stderr), then judges (unless --estimate-only)."),
     Stage("rank", "lab.rank:RankConfig", "lab.rank:rank_run",
-          "rank each instruction's responses with PairRM (llm-blender)",
-          "Compares every pair of responses in both orders and appends rankings.jsonl (format: lab/rank.py). "
+          "rank each instruction's responses with PairRM (llm-blender) or a reward model",
+          "PairRM compares every pair of responses in both orders, a reward model scores each response alone; "
+          "appends rankings.jsonl (format: lab/rank.py). "
           "Instructions already ranked with the same ranker are skipped."),
     Stage("score", "lab.score:ScoreConfig", "lab.score:score_run",
           "self-rewarding scores: each response judged R times with an additive 5-point prompt",
           "Appends scores.jsonl (format: lab/score.py); answers already scored by the same judge are skipped."),
     Stage("pairs", "lab.pairs:PairsConfig", "lab.cli:pairs_stage",
-          "build chosen/rejected pairs (TRL format) from the judge's verdicts, PairRM or self-scores",
+          "build chosen/rejected pairs (TRL format) from the judge's verdicts, PairRM, a reward model or self-scores",
           "Rewrites pairs-<source>.jsonl (format: lab/pairs.py) and prints its statistics: pair count, "
-          "instructions without a pair, length balance, judge-vs-PairRM agreement."),
+          "instructions without a pair, length balance, judge-vs-ranker agreement (PairRM, reward model)."),
     Stage("train", "lab.train:TrainConfig", "lab.train:train_stage",
           "train a LoRA adapter on a preference data set (TRL + PEFT)",
           "Trains runs/<run>/adapters/<adapter>/ (docs/training.md). Runs unchanged under `accelerate launch -m lab "

@@ -25,7 +25,11 @@ compare-scores.json (whole file, rewritten by `score`):
      "outcomes": {adapter: {scorer: {instruction_id: 1 | 0.5 | 0 | null}}},  # per instruction, against the base:
                                                             # what win_rates counts (null: the scorer had no verdict)
      "head_to_head": {"<adapter> vs <earlier adapter>": {scorer: the same}},
-     "checks": lab.compare.checks_summary's dict, on verifiable instructions only}
+     "checks": lab.compare.checks_summary's dict, on verifiable instructions only,
+     "values": {scorer: {"mean": {model: float},          # scorers that grade each answer alone (the reward
+                         "difference": {adapter: lab.stats.paired_difference dict}}}}  # model): the mean
+                                                            # value per model, and the paired difference against
+                                                            # the base per instruction (lab.stats.paired_difference)
      (a win rate dict: "win_rate", "ci_low", "ci_high", "n", "wins", "ties", "losses", and the length-controlled
       "lc_win_rate", "lc_ci_low", "lc_ci_high", "length_coef", "length_scale"; and where it came from: "grader"
       (lab.graders.grader_of), "circular" (lab.graders.circular: set when that grader also made the pairs the
@@ -33,10 +37,11 @@ compare-scores.json (whole file, rewritten by `score`):
 
 Scorers (SCORERS): "pairrm" (PairRM's both-orders preference), "judge" (the LLM judge, every pair of models in both
 orders, position-calibrated where they disagree (lab.verdicts): a tie or an undecided disagreement count 0.5),
-"score" (mean 5-point scores, lab.score; their records go to the run's scores.jsonl as set "eval") and "checks"
-(IFEval's checks of verifiable instructions, lab.checks: the answer passing more of its checks wins; beside the win
-rates, IFEval's four accuracies per model and each adapter's paired difference against the base, with bootstrap
-intervals over prompts). Win rates count
+"score" (mean 5-point scores, lab.score; their records go to the run's scores.jsonl as set "eval"), "reward" (a
+reward model's reward per answer, lab.reward: the higher reward wins; its mean per model and the paired difference
+against the base go to "values") and "checks" (IFEval's checks of verifiable instructions, lab.checks: the answer
+passing more of its checks wins; beside the win rates, IFEval's four accuracies per model and each adapter's paired
+difference against the base, with bootstrap intervals over prompts). Win rates count
 a win as 1, a tie as 0.5 and a loss as 0, per instruction; the interval is a percentile bootstrap over instructions
 (lab.stats.win_rate).
 notes.json holds the user's own notes: {"overall": str, "instructions": {id: str}, "updated"}.
@@ -99,6 +104,9 @@ class CompareConfig(Settings):
                                 "duplicate", label="Near-duplicate threshold")
     pairrm: str = opt("", "PairRM ranker for win rates: llm-blender/PairRM, a local folder or tiny-random (noise) "
                       "('' = skip)", label="PairRM")
+    reward: str = opt("", "reward model for rewards and win rates: a hub id or folder of a one-label sequence "
+                      "classifier (e.g. Skywork/Skywork-Reward-V2-Qwen3-0.6B) or tiny-reward (noise) ('' = skip)",
+                      label="Reward model")
     judge: str = opt("none", "LLM judge for win rates, every pair of models in both orders: none or a judge "
                      "backend (local is offline and weak)", ("none", *BACKENDS), label="LLM judge")
     judge_model: str = opt("", "the judge's model (default: the judge backend's default)", label="Judge model")
@@ -279,7 +287,7 @@ def complete_all_vllm(run: Run, cm, adapters: dict[str, Path], items: list[dict]
 
 def check_scorers(cfg: CompareConfig, api_key: str | None) -> None:
     """Fail before any generation if a scorer cannot run: no API key (lab.judge_backends.resolve_key: the same rule
-    the judge applies), or a PairRM that cannot be found."""
+    the judge applies), or a PairRM or reward model that cannot be found (or is the other kind)."""
     for flag, backend, offline in (("--judge", cfg.judge, "local"), ("--score", cfg.score, "base")):
         if backend in API_BACKENDS:
             try:
@@ -287,8 +295,11 @@ def check_scorers(cfg: CompareConfig, api_key: str | None) -> None:
             except LabError as e:
                 raise LabError(f"{flag} {backend} needs an API key: {e} Or pick another scorer (local / base are "
                                "offline and weak) or none.") from None
-    if cfg.pairrm:
-        rank.resolve_ranker(cfg.pairrm)
+    for flag, spec, kind in (("--pairrm", cfg.pairrm, "pairrm"), ("--reward", cfg.reward, "reward")):
+        if spec and rank.kind_of(rank.resolve_ranker(spec), spec) != kind:
+            other = "--reward" if kind == "pairrm" else "--pairrm"
+            raise LabError(f"{flag} {spec}: that is not a {rank.RANKERS[kind].label} but a "
+                           f"{rank.RANKERS[other.strip('-')].label}: pass it as {other}.")
 
 
 def compare_run(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_key: str | None = None,
@@ -460,11 +471,13 @@ def score(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_ke
     per_model = {m: text_stats(list(table.get(m, {}).values()), None if m == BASE else base_chars)
                  for m in st["models"]}
     adapters = [m for m in st["models"] if m != BASE]
-    wins, h2h, per_instruction, more = {m: {} for m in adapters}, {}, {m: {} for m in adapters}, {}
+    wins, h2h, per_instruction, more, values = {m: {} for m in adapters}, {}, {m: {} for m in adapters}, {}, {}
     for name, scorer in SCORERS.items():
         if not scorer.enabled(cfg, st):
             continue
         of, grader = scorer.outcomes(run, cfg, table, st, progress, api_key), scorer.grader(cfg, st)
+        if isinstance(of, Values):
+            values[name] = of.summary(st, adapters, cfg)
         for n, m in enumerate(adapters):
             per_instruction[m][name] = outcomes_of(of, st, m, BASE)
             wins[m][name] = {**rate_of(per_instruction[m][name], cfg, table, m, BASE),
@@ -477,7 +490,7 @@ def score(run: Run, cfg: CompareConfig, progress: Progress | None = None, api_ke
     scores = {"key": st["key"], "models": st["models"], "n_instructions": len(st["instruction_ids"]),
               "flagged": flagged, "confidence": cfg.confidence, "bootstrap": cfg.bootstrap,
               "per_model": per_model, "win_rates": wins, "outcomes": per_instruction, "head_to_head": h2h,
-              **more, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "values": values, **more, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_json(run.file("compare_scores"), scores)
     return scores
 
@@ -537,7 +550,7 @@ def pairrm_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progres
     scoring run; a rerun with the same texts ranks nothing again)."""
     nested, index = scoring_run(run, table, st)
     rank.rank_run(nested, rank.RankConfig(ranker=cfg.pairrm, device=cfg.device, dtype=cfg.dtype), progress)
-    records = rank.latest_rankings(nested)
+    records = rank.latest_rankings(nested, ranker=cfg.pairrm)
 
     def of(iid: str, a: str, b: str) -> float | None:
         rec, i, j = records.get(iid), index[a], index[b]
@@ -545,6 +558,42 @@ def pairrm_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progres
             return None
         return outcome(rank.preference(rec, i, j), 0.0)
     return of
+
+
+@dataclass
+class Values:
+    """The outcomes of a scorer that grades each answer alone: {model: {instruction id: value}}; the higher value
+    wins (an Outcome), and score() also reports the mean per model and the paired difference against the base."""
+
+    values: dict[str, dict[str, float]]
+
+    def __call__(self, iid: str, a: str, b: str) -> float | None:
+        va, vb = self.values.get(a, {}).get(iid), self.values.get(b, {}).get(iid)
+        return None if va is None or vb is None else outcome(va, vb)
+
+    def summary(self, st: dict, adapters: list[str], cfg: CompareConfig) -> dict:
+        """{"mean": {model: mean value}, "difference": {adapter: lab.stats.paired_difference against the base}}."""
+        means = {m: stat_mean(self.values.get(m, {}).values()) for m in st["models"]}
+        base = self.values.get(BASE, {})
+        both = {m: [iid for iid in self.values.get(m, {}) if iid in base] for m in adapters}
+        return {"mean": means, "difference": {
+            m: paired_difference([self.values[m][i] for i in ids], [base[i] for i in ids], cfg.bootstrap,
+                                 cfg.confidence, cfg.seed) for m, ids in both.items()}}
+
+
+def reward_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress: Progress | None,
+                    api_key: str | None = None) -> Values:
+    """A reward model's reward for every model's answer (lab.rank records of the nested scoring run, kind
+    "reward"; a rerun with the same texts scores nothing again): the higher reward wins."""
+    nested, index = scoring_run(run, table, st)
+    rank.rank_run(nested, rank.RankConfig(ranker=cfg.reward, device=cfg.device, dtype=cfg.dtype), progress)
+    values: dict[str, dict[str, float]] = {}
+    for iid, rec in rank.latest_rankings(nested, ranker=cfg.reward).items():
+        reward_of = dict(zip(rec["sample_indices"], rec["scores"]))
+        for m, i in index.items():
+            if i in reward_of:
+                values.setdefault(m, {})[iid] = reward_of[i]
+    return Values(values)
 
 
 def judge_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress: Progress | None,
@@ -639,6 +688,8 @@ def _has_checks(cfg: CompareConfig, st: dict) -> bool:
 SCORERS: dict[str, CompareScorer] = {
     "pairrm": CompareScorer("PairRM", lambda cfg, st: bool(cfg.pairrm), pairrm_outcomes,
                             lambda cfg, st: graders.ranker(cfg.pairrm)),
+    "reward": CompareScorer("Reward model", lambda cfg, st: bool(cfg.reward), reward_outcomes,
+                            lambda cfg, st: graders.ranker(cfg.reward)),
     "judge": CompareScorer("LLM judge", lambda cfg, st: cfg.judge != "none", judge_outcomes,
                            lambda cfg, st: graders.judge(cfg.judge, cfg.judge_model)),
     "score": CompareScorer("5-point score", lambda cfg, st: cfg.score != "none", score_outcomes,

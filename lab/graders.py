@@ -46,7 +46,7 @@ def of_source(run: Run, source: str) -> dict | None:
         return CHECKS
     if source == "judge" and stages.get("judge"):
         return judge(stages["judge"].get("backend", ""), stages["judge"].get("model", ""))
-    if source == "pairrm" and stages.get("rank"):
+    if source in ("pairrm", "reward") and stages.get("rank"):  # the ranker rank ran with (lab.rank.RANKERS kinds)
         return ranker(stages["rank"].get("ranker", ""))
     if source == "self" and stages.get("score"):
         s, model = stages["score"], (stages.get("sample") or {}).get("model", "")

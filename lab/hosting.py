@@ -39,7 +39,7 @@ from lab.store import RUN_NAME, Run, check_writable, list_runs, read_jsonl, runs
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_ENV = "LAB_SHARED_RUNS"
-KNOWN_RANKERS = ("llm-blender/PairRM", "tiny-random")
+KNOWN_RANKERS = ("llm-blender/PairRM", "tiny-random", "Skywork/Skywork-Reward-V2-Qwen3-0.6B", "tiny-reward")
 
 
 # ---- visitors and their runs ----------------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ def check_adapters(run: Run, names: str, flag: str) -> None:
 
 def check_ranker(spec: str, flag: str = "--ranker") -> None:
     if (spec or "").strip() not in KNOWN_RANKERS:
-        raise LabError(f"{flag} {spec!r}: on this hosted app the ranker is {' or '.join(KNOWN_RANKERS)}.")
+        raise LabError(f"{flag} {spec!r}: on this hosted app the ranker is one of {', '.join(KNOWN_RANKERS)}.")
 
 
 # ---- the checks every job passes before it starts -------------------------------------------------------------------
@@ -200,7 +200,7 @@ def model_specs(run: Run, cfg) -> list[str]:
     specs = [_model(run, getattr(cfg, "model", "") or "")]
     if getattr(cfg, "backend", None) == "local" or getattr(cfg, "judge", None) == "local":
         specs.append(getattr(cfg, "judge_model", "") or getattr(cfg, "model", "") or "bundled")
-    specs += [getattr(cfg, key, "") or "" for key in ("ranker", "pairrm")]
+    specs += [getattr(cfg, key, "") or "" for key in ("ranker", "pairrm", "reward")]
     return [s for s in specs if s]
 
 
@@ -274,8 +274,9 @@ def _admit_compare(run: Run, cfg) -> None:
         check_source(run, cfg.instructions, ("heldout", "checks-heldout", "bundled", "checks"), "--instructions")
         check_adapters(run, cfg.adapters, "--adapters")
         check_model_spec(cfg.model)
-        if cfg.pairrm:
-            check_ranker(cfg.pairrm, "--pairrm")
+        for flag, spec in (("--pairrm", cfg.pairrm), ("--reward", cfg.reward)):
+            if spec:
+                check_ranker(spec, flag)
         if cfg.judge == "local":
             check_model_spec(cfg.judge_model, "--judge-model")
     adapters = len([a for a in cfg.adapters.split(",") if a.strip()] or run.adapters())

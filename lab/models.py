@@ -11,7 +11,8 @@ A spec is one of:
 
 Chat details handled here, once: the model's own chat template renders every prompt (no extra special tokens, so
 no double BOS); a pad token that is not an end-of-turn token; every end-of-turn id stops generation; templates that
-print today's date (Llama-3.2) get a pinned date so prompts are reproducible.
+print today's date (Llama-3.2) get a pinned date so prompts are reproducible: CHAT_TEMPLATE_KWARGS, the one set of
+template arguments every rendering uses, TRL's training rows included.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ DEFAULT_REAL_MODEL = "meta-llama/Llama-3.2-1B-Instruct"
 BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PINNED_DATE = "26 Jul 2024"  # Llama-3.2's template prints "Today Date"; a fixed one keeps prompts reproducible
+# The template arguments of every rendering of a chat prompt: sampling, judges, engines, compare, chat, self-scoring,
+# reward models (render_chat) and training (lab.train.to_dataset hands them to TRL, which renders its rows itself)
+CHAT_TEMPLATE_KWARGS = {"date_string": PINNED_DATE}
 SPECIAL_SPECS = {
     "bundled": "SmolLM2-135M-Instruct (bundled, offline; small and weak)",
     "tiny-random": "tiny random Llama (writes noise: smoke tests only)",
@@ -200,7 +204,7 @@ def render_chat(tok, messages: list[dict], add_generation_prompt: bool = True) -
     if not tok.chat_template:
         raise LabError("This model's tokenizer has no chat template: use an instruction-tuned (chat) model.")
     return tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False,
-                                   date_string=PINNED_DATE)
+                                   **CHAT_TEMPLATE_KWARGS)
 
 
 _CACHE: dict[tuple, ChatModel] = {}

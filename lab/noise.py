@@ -5,6 +5,7 @@ shows results, the cards and the report all call `notes`.
 Known (WORDS):
   - model tiny-random (sample, train, compare, iterate, chat): a random 2-layer model: its answers are random text;
   - ranker tiny-random (rank, compare's PairRM scorer): random weights: its rankings and win rates are random;
+  - ranker tiny-reward (rank, compare's reward scorer): a random reward model: its rewards and win rates are random;
   - judge tiny-random (the local judge, compare's "base" 5-point scorer, self-scoring): its verdicts are random;
   - judge bundled (SmolLM2-135M as a judge, offline or from the hub): weak, close to noise.
 A stage's results carry the labels of its own settings and of the stages it builds on (UPSTREAM): adapters trained
@@ -18,18 +19,20 @@ from lab.adapters import read_state
 from lab.models import BUNDLED_HUB_ID
 from lab.store import Run
 
-TINY, BUNDLED = "tiny-random", "bundled"
+TINY, TINY_REWARD, BUNDLED = "tiny-random", "tiny-reward", "bundled"
 API_JUDGE_HINT = "use an API judge (Groq, or an OpenAI-compatible endpoint) for preference data worth training on"
 WORDS = {
     ("model", TINY): "Noise: the answers come from tiny-random, a random 2-layer model; they are random text.",
     ("ranker", TINY): "Noise: the PairRM ranker is tiny-random (random weights); its rankings, pairs and win rates "
                       "are random.",
+    ("ranker", TINY_REWARD): "Noise: the reward model is tiny-reward (random weights); its rewards, rankings, pairs "
+                             "and win rates are random.",
     ("judge", TINY): "Noise: the judge is tiny-random, a random model; its verdicts and scores are random.",
     ("judge", BUNDLED): "Weak judge: the bundled SmolLM2-135M judges close to chance, so its verdicts and scores are "
                         f"close to noise; {API_JUDGE_HINT}.",
 }
 # the stage a pairs source comes from (the checks are IFEval's checkers, run on the samples: no grader of their own)
-SOURCE_STAGE = {"judge": "judge", "pairrm": "rank", "self": "score", "checks": "sample"}
+SOURCE_STAGE = {"judge": "judge", "pairrm": "rank", "reward": "rank", "self": "score", "checks": "sample"}
 UPSTREAM = {"judge": ("sample",), "rank": ("sample",), "score": ("sample",), "train": ("sample",),
             "compare": ("sample", "judge", "rank", "score"), "push": ("sample", "judge", "rank", "score", "train",
                                                                      "compare", "iterate"),
@@ -57,7 +60,7 @@ def specs(stage: str, s: dict, sampled: str = "") -> list[tuple[str, str]]:
         "rank": [("ranker", s.get("ranker"))],
         "score": [("judge", sampled)] if s.get("judge") == "self" else [],
         "train": [("model", model)],
-        "compare": [("model", model), ("ranker", s.get("pairrm")),
+        "compare": [("model", model), ("ranker", s.get("pairrm")), ("ranker", s.get("reward")),
                     *([("judge", s.get("judge_model") or BUNDLED)] if s.get("judge") == "local" else []),
                     *([("judge", model)] if s.get("score") == "base" else [])],
         "iterate": [("model", model), *([("judge", model)] if s.get("judge") == "self" else [])],

@@ -7,8 +7,11 @@ Sources (SOURCES), read from the run:
             disagreed and no grades could settle it) and "invalid" are dropped. A human spot-check verdict
             (spotcheck.jsonl, lab.spotcheck) replaces the judge's for its pair unless use_spotcheck is off. A verdict
             has strength 1; a response's score is its net win rate (wins - losses) / pairs judged, in [-1, 1].
-  - pairrm: rankings.jsonl (lab.rank): every pair of responses, preferred by the sign of PairRM's both-orders logit,
-            strength = |logit|; a response's score is its PairRM score.
+  - pairrm: rankings.jsonl (lab.rank), PairRM's lines: every pair of responses, preferred by the sign of PairRM's
+            both-orders logit, strength = |logit|; a response's score is its PairRM score.
+  - reward: rankings.jsonl, a reward model's lines (lab.reward): every pair of responses, preferred by the higher
+            reward, strength = the reward difference; a response's score is its reward (best vs worst: the highest
+            against the lowest reward).
   - self:   scores.jsonl (lab.score): every pair of answers with different mean 5-point scores, strength = the gap;
             a response's score is its mean score (self-rewarding DPO: best vs worst is the paper's pair).
   - checks: checks.jsonl (lab.checks, rebuilt from the samples): on instructions that carry IFEval checks, every
@@ -28,7 +31,8 @@ pairs-<source>.jsonl, one line per pair (TRL's conversational preference format,
      "chosen":   [{"role": "assistant", "content": str}],
      "rejected": [{"role": "assistant", "content": str}],
      "meta": {"instruction_id": str, "chosen_index": int, "rejected_index": int,   # samples.jsonl sample_index
-              "source": a SOURCES name, "strategy": str, "by": "judge" | "human" | "pairrm" | "self" | "checks",
+              "source": a SOURCES name, "strategy": str, "by": "judge" | "human" | "pairrm" | "reward" | "self"
+                                                                                   | "checks",
               "strength": float, "score_chosen": float, "score_rejected": float,
               "rule": str,        # judge verdicts: how the pair was decided (lab.verdicts.RULES key)
               "single": true}     # only on a judge verdict that rests on one order (lab.verdicts.pair_verdicts)
@@ -50,7 +54,7 @@ from typing import Any, Callable
 from lab import checks, efficiency, spotcheck
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.rank import latest_rankings, preference
+from lab.rank import RANKERS, REWARD_EXAMPLE, latest_rankings, preference
 from lab.sample import Group, groups
 from lab.score import mean_scores
 from lab.stats import agreement, length_balance
@@ -70,7 +74,7 @@ class Preference:
     winner: int
     loser: int
     strength: float
-    by: str  # "judge" | "human" | "pairrm" | "self" | "checks"
+    by: str  # "judge" | "human" | "pairrm" | "reward" | "self" | "checks" (a lab.rank.RANKERS kind or a source)
     single: bool = False  # a judge verdict that rests on one order only (the other missing or invalid)
     rule: str = ""  # judge verdicts: the lab.verdicts.RULES key that decided it ("human" for a spot-check)
 
@@ -122,27 +126,39 @@ def net_win_rates(prefs: list[Preference]) -> dict[int, float]:
     return {i: won[i] / seen[i] for i in seen}
 
 
-def pairrm_preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preferences], Counter]:
-    """rankings.jsonl -> Preferences per instruction: every pair, by the sign of PairRM's both-orders logit."""
-    rankings = latest_rankings(run)
-    if not rankings:
-        raise LabError(f"Run '{run.name}' has no PairRM rankings: rank first (`python -m lab rank --run "
-                       f"{run.name}`).", ui=f"Run '{run.name}' has no PairRM rankings: press Rank first, or pick the "
-                       "judge as the source.")
-    out, dropped = {}, Counter()
-    for iid, rec in rankings.items():
-        idx = rec["sample_indices"]
-        prefs = []
-        for n, a in enumerate(idx):
-            for b in idx[n + 1:]:
-                d = preference(rec, a, b)
-                if d == 0:
-                    dropped["tie"] += 1
-                    continue
-                win, lose = (a, b) if d > 0 else (b, a)
-                prefs.append(Preference(iid, win, lose, abs(d), "pairrm"))
-        out[iid] = Preferences(prefs, dict(zip(idx, rec["scores"])))
-    return out, dropped
+def ranker_preferences(kind: str) -> Callable[[Run, "PairsConfig"], tuple[dict[str, Preferences], Counter]]:
+    """The source of a lab.rank.RANKERS kind: its rankings.jsonl lines -> Preferences per instruction, every pair
+    by the sign of lab.rank.preference (PairRM's both-orders logit, a reward difference)."""
+    def preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preferences], Counter]:
+        rankings = latest_rankings(run, kind)
+        if not rankings:
+            what = RANKERS[kind].label
+            raise LabError(f"Run '{run.name}' has no {what} rankings: rank first (`python -m lab rank --run "
+                           f"{run.name} --ranker {RANKER_HINT[kind]}`).", ui=f"Run '{run.name}' has no {what} "
+                           "rankings: press Rank first with such a ranker, or pick another source.")
+        out, dropped = {}, Counter()
+        for iid, rec in rankings.items():
+            prefs = every_pair(rec, kind, dropped)
+            out[iid] = Preferences(prefs, dict(zip(rec["sample_indices"], rec["scores"])))
+        return out, dropped
+    return preferences
+
+
+RANKER_HINT = {"pairrm": "llm-blender/PairRM", "reward": REWARD_EXAMPLE}  # what the "rank first" message suggests
+
+
+def every_pair(rec: dict, by: str, dropped: Counter) -> list[Preference]:
+    """Every pair of a rankings record's responses, the preferred one first; ties are counted in `dropped`."""
+    idx, prefs = rec["sample_indices"], []
+    for n, a in enumerate(idx):
+        for b in idx[n + 1:]:
+            d = preference(rec, a, b)
+            if d == 0:
+                dropped["tie"] += 1
+                continue
+            win, lose = (a, b) if d > 0 else (b, a)
+            prefs.append(Preference(rec["instruction_id"], win, lose, abs(d), by))
+    return prefs
 
 
 def self_preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preferences], Counter]:
@@ -217,7 +233,8 @@ class Source:
 
 SOURCES: dict[str, Source] = {
     "judge": Source("LLM judge (with your spot-check verdicts)", judge_preferences),
-    "pairrm": Source("PairRM", pairrm_preferences),
+    "pairrm": Source("PairRM", ranker_preferences("pairrm")),
+    "reward": Source("Reward model", ranker_preferences("reward")),
     "self": Source("Self-rewarding scores", self_preferences),
     "checks": Source("Verifiable checks (IFEval, with your spot-check verdicts)", checks_preferences),
 }
@@ -255,7 +272,8 @@ class PairsConfig(Settings):
                       SOURCES.items()), choices=tuple(SOURCES), label="Source")
     strategy: str = opt("best-vs-worst", "best-vs-worst: one pair per instruction; all-pairs: every preferred pair "
                         "whose strength reaches --margin", choices=tuple(STRATEGIES), label="Strategy")
-    margin: float = opt(0.0, "smallest preference strength kept: PairRM's both-orders logit, the self-score gap; a "
+    margin: float = opt(0.0, "smallest preference strength kept: PairRM's both-orders logit, the reward difference, "
+                        "the self-score gap; a "
                         "judge verdict counts 1 (so margins up to 1 keep every verdict)", label="Margin")
     use_spotcheck: bool = opt(True, "let human spot-check verdicts override the judge's or the checks' (judge and "
                               "checks pairs)")
@@ -353,8 +371,9 @@ def _pairs_locked(run: Run, cfg: PairsConfig) -> dict:
     path = run.pairs_file(cfg.source)
     write_jsonl(path, records)
     stats = summarize(records, by_id, cfg, dropped)
-    if run.read("judgments") and run.read("rankings"):
-        stats["judge_vs_pairrm"] = judge_vs_pairrm(run)
+    if run.read("judgments"):
+        stats.update({f"judge_vs_{kind}": judge_vs_ranker(run, kind) for kind in RANKERS
+                      if latest_rankings(run, kind)})
     run.record_stage(f"pairs-{cfg.source}", {**cfg.to_dict(), "stats": stats})
     return {"run": run.name, "file": str(path), **stats, "warnings": [stats["no_pairs"]] if stats["no_pairs"] else []}
 
@@ -375,6 +394,8 @@ NO_PAIRS_FIX = {  # what to do about an empty data set, in words for the page
              "judge again with an API judge (Groq, or an OpenAI-compatible endpoint) in the Judge tab.",
     "pairrm": "Rank with the real PairRM (llm-blender/PairRM) rather than the tiny random one, or sample more varied "
               "responses (a higher temperature, more responses per instruction).",
+    "reward": f"Rank with a real reward model ({REWARD_EXAMPLE}) rather than the tiny random one, or sample more "
+              "varied responses (a higher temperature, more responses per instruction).",
     "self": "Sample more answers per instruction or at a higher temperature, or let an API judge score them.",
     "checks": "Sample more answers per instruction or at a higher temperature, so that some pass a check and some "
               "fail it.",
@@ -389,8 +410,10 @@ def why_no_pairs(source: str, instructions: int, dropped: Counter) -> str:
              "human_tie": "pairs you called a tie"}
     seen = ", ".join(f"{n} {words.get(k, k)}" for k, n in sorted(dropped.items()) if n)
     margin = " Or lower the margin." if dropped.get("below_margin") else ""
+    who = {"judge": "the judge", "pairrm": "PairRM", "reward": "the reward model", "self": "the self-scores",
+           "checks": "the checks"}
     return (f"No preference pairs: none of the {instructions} instructions has a decided preference from "
-            f"{ {'judge': 'the judge', 'pairrm': 'PairRM', 'self': 'the self-scores', 'checks': 'the checks'}.get(source, source)}"
+            f"{who.get(source, source)}"
             + (f" ({seen})" if seen else "") + ". "
             + NO_PAIRS_FIX.get(source, "") + margin)
 
@@ -413,10 +436,11 @@ def record_spotcheck(run: Run, instruction_id: str, a: int, b: int, human: str) 
 
 
 # ---- agreement ----------------------------------------------------------------------------------------------------
-def judge_vs_pairrm(run: Run) -> dict:
-    """Agreement between the judge's verdict and PairRM's preference on the same response pairs, over the pairs
-    where the judge was decisive ("a" / "b"); how many judged pairs the judge left undecided is reported too."""
-    rankings = latest_rankings(run)
+def judge_vs_ranker(run: Run, kind: str = "pairrm") -> dict:
+    """Agreement between the judge's verdict and a ranker's preference (a lab.rank.RANKERS kind: PairRM, a reward
+    model) on the same response pairs, over the pairs where the judge was decisive ("a" / "b"); how many judged
+    pairs the judge left undecided is reported too."""
+    rankings = latest_rankings(run, kind)
     labels, undecided = [], Counter()
     for v in run_verdicts(run):
         rec = rankings.get(v["instruction_id"])
@@ -439,11 +463,11 @@ TEMPLATE_MARKERS = {
     "<|user|>": "Zephyr / Phi-3", "<|assistant|>": "Zephyr / Phi-3",
 }
 def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
-    """'judge' | 'pairrm' | another source name -> run.pairs_file(name); anything else is a file path."""
+    """A SOURCES name ('judge', 'pairrm', 'reward', ...) -> run.pairs_file(name); anything else is a file path."""
     raw = str(pairs).strip()
     path = Path(raw).expanduser()
     if not raw:
-        raise LabError("Give --pairs: 'judge', 'pairrm' or a pairs .jsonl file.")
+        raise LabError(f"Give --pairs: a source name ({', '.join(SOURCES)}) or a pairs .jsonl file.")
     if path.is_file():
         return path.resolve()
     if "/" not in raw and not raw.endswith(".jsonl"):
@@ -456,7 +480,8 @@ def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
         raise LabError(f"No pairs for source {raw!r} in run {run.name} ({source.name} is missing): build them "
                        f"first (PairRM tab: Build pairs; or `python -m lab pairs --run {run.name} --source {raw}`), "
                        "or pass a file.")
-    raise LabError(f"Pairs file {path} does not exist: give 'judge', 'pairrm' or an existing .jsonl file.")
+    raise LabError(f"Pairs file {path} does not exist: give a source name ({', '.join(SOURCES)}) or an existing "
+                   ".jsonl file.")
 
 
 def _as_messages(value: Any, role: str, where: str) -> list[dict]:

@@ -1,4 +1,5 @@
-"""PairRM ranking: every response of an instruction compared with every other one, in both orders.
+"""Ranking an instruction's responses: PairRM (every response against every other one, in both orders) or a reward
+model (each response scored alone, lab.reward). RANKERS holds the two kinds; a spec's checkpoint says which it is.
 
 PairRM (`llm-blender/PairRM`, a DeBERTa-v3-large cross-encoder) reads `<source> <candidate1> <candidate2>` and gives
 a logit that candidate 1 is better. We call llm-blender's model directly, but batch differently: its `rank` runs the
@@ -14,14 +15,21 @@ Ranker specs (`--ranker`):
     Its `model_name` may name a subfolder (the backbone); that makes a folder self-contained and movable.
   - `tiny-random`: a 2-layer random DeBERTa-v2 PairRM with a tokenizer trained here, built once into the lab cache
     fully offline. Its rankings are noise: tests and smoke runs only.
-Inputs are cut to PairRM's limits (source 1224, candidate 412 tokens): long answers are ranked on their beginning.
+  - a reward model (lab.reward): a hub id or folder whose config.json names a *ForSequenceClassification with one
+    label (e.g. Skywork/Skywork-Reward-V2-Qwen3-0.6B), or `tiny-reward` (random weights: noise).
+A hub id is downloaded first and its config.json decides the kind.
+Inputs are cut to PairRM's limits (source 1224, candidate 412 tokens): long answers are ranked on their beginning;
+a reward model reads at most its own maximum length.
 
-rankings.jsonl, one line per ranked instruction (the last line of an instruction wins; a re-run with another
-ranker or new samples appends, so nothing is overwritten):
+rankings.jsonl, one line per ranked instruction and ranker (the last line of an instruction for a kind of ranker
+wins; a re-run with another ranker or new samples appends, so nothing is overwritten):
     {"instruction_id": str,
+     "kind": "pairrm" | "reward",    # RANKERS key (lines written before reward models have none: "pairrm")
      "sample_indices": [int],        # the K responses ranked, by samples.jsonl "sample_index"
-     "scores": [float],              # parallel to sample_indices; higher is better: mean over the other responses
-                                     #   j of logits[i][j] - logits[j][i] (llm-blender's "max_logits" policy)
+     "scores": [float],              # parallel to sample_indices; higher is better: the sum over the K-1 other
+                                     #   responses j of logits[i][j] - logits[j][i], divided by K (not K-1: what
+                                     #   llm-blender's "max_logits" policy computes, a mean over a row whose
+                                     #   diagonal is 0)
      "ranks": [int],                 # parallel; 1 = best (equal scores share a rank)
      "logits": [[float]],            # K x K; logits[i][j] = PairRM logit that response i beats j when i is shown
                                      #   first (diagonal 0). Both-orders preference of i over j:
@@ -31,6 +39,13 @@ ranker or new samples appends, so nothing is overwritten):
      "truncated": [bool],            # parallel; True where the response was cut (to candidate_max_length tokens
                                      #   plus half of what the instruction leaves of source_max_length)
      "time": str}
+A reward model's line has the same instruction_id, kind, sample_indices, ranks, truncated, ranker, ranker_path,
+quantize ("none") and time, and in place of the PairRM fields:
+     "scores": [float],              # parallel; the reward model's logit for prompt + that response
+     "tokens_cut": [int],            # parallel; tokens of the rendered conversation beyond max_length, not read
+     "max_length": int               # the reward model's own maximum length
+The both-orders preference of response a over b (`preference`) is PairRM's logits[a][b] - logits[b][a], or the
+reward difference scores[a] - scores[b].
 """
 from __future__ import annotations
 
@@ -39,9 +54,9 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from lab import efficiency
+from lab import efficiency, reward
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.models import HUB_ID, build_once, cache_dir, pick_device
@@ -58,12 +73,15 @@ QUANTIZE_SKIP = ("query_proj", "key_proj")  # not int8 in int8 mode (bf16 or fp3
 
 @dataclass
 class RankConfig(Settings):
-    ranker: str = opt(DEFAULT_RANKER, "PairRM: hub id, local llm-blender ranker folder, or 'tiny-random' (random "
-                      "weights: its rankings are noise)", label="Ranker")
-    batch_size: int = opt(32, "ordered response pairs per forward pass (K responses give K*(K-1) per instruction)",
-                          label="Pairs per pass")
-    quantize: str = opt("none", "int8: dynamic int8 quantization of the linear layers, CPU only: 2-2.6x faster on "
-                        "CPUs with bf16 units (~1.9x on others), rankings that agree with fp32 (bench/rank.py)",
+    ranker: str = opt(DEFAULT_RANKER, "PairRM (hub id, local llm-blender ranker folder, or 'tiny-random') or a "
+                      "reward model (hub id or folder of a one-label sequence classifier, e.g. "
+                      "Skywork/Skywork-Reward-V2-Qwen3-0.6B, or 'tiny-reward'); the tiny ones have random weights: "
+                      "their rankings are noise", label="Ranker")
+    batch_size: int = opt(32, "rows per forward pass: PairRM's ordered response pairs (K responses give K*(K-1) per "
+                          "instruction), a reward model's responses (K per instruction)", label="Rows per pass")
+    quantize: str = opt("none", "int8 (PairRM only): dynamic int8 quantization of the linear layers, CPU only: "
+                        "2-2.6x faster on CPUs with bf16 units (~1.9x on others), rankings that agree with fp32 "
+                        "(bench/rank.py)",
                         ("none", "int8"), label="Quantize (CPU)")
     device: str = opt("auto", DEVICE_HELP)
     dtype: str = opt("auto", DTYPE_HELP)
@@ -173,20 +191,34 @@ def _hub_message(repo_id: str, err: Exception) -> str:
 
 
 def resolve_ranker(spec: str) -> Path:
-    """Spec -> a local folder holding an llm-blender ranker checkpoint."""
+    """Spec -> a local folder holding a ranker checkpoint of one of the RANKERS kinds (kind_of says which)."""
     spec = (spec or "").strip()
-    if spec == "tiny-random":
-        return Path(tiny_random_path())
+    tiny = {kind.tiny: kind.tiny_path for kind in RANKERS.values()}
+    if spec in tiny:
+        return Path(tiny[spec]())
     path = Path(spec).expanduser()
     if path.is_dir():
-        cfg = path / "config.json"
-        if not cfg.exists() or "ranker_type" not in json.loads(cfg.read_text(encoding="utf-8")):
-            raise LabError(f"{path} is not an llm-blender ranker checkpoint (no config.json with 'ranker_type'): "
-                           f"point --ranker at a PairRM folder, a hub id such as {DEFAULT_RANKER}, or 'tiny-random'.")
+        kind_of(path)
         return path.resolve()
     if HUB_ID.match(spec):
-        return _download(spec)
-    raise LabError(f"Unknown ranker {spec!r}: give a hub id ({DEFAULT_RANKER}), a local folder or 'tiny-random'.")
+        folder = _download(spec)
+        kind_of(folder, spec)
+        return folder
+    raise LabError(f"Unknown ranker {spec!r}: give a hub id ({DEFAULT_RANKER}, or a reward model such as "
+                   f"{REWARD_EXAMPLE}), a local folder, 'tiny-random' or 'tiny-reward'.")
+
+
+def kind_of(folder: Path, spec: str | None = None) -> str:
+    """The RANKERS kind of a checkpoint folder, from its config.json; a LabError when it is none of them."""
+    cfg = folder / "config.json"
+    config = json.loads(cfg.read_text(encoding="utf-8")) if cfg.exists() else {}
+    for name, kind in RANKERS.items():
+        if kind.recognise(config):
+            return name
+    raise LabError(f"{spec or folder} is neither an llm-blender ranker checkpoint (config.json with 'ranker_type') "
+                   "nor a reward model (config.json naming a *ForSequenceClassification with one label): point "
+                   f"--ranker at a PairRM ({DEFAULT_RANKER}), a reward model ({REWARD_EXAMPLE}), 'tiny-random' or "
+                   "'tiny-reward'.")
 
 
 def _backbone_name(folder: Path, config: dict) -> str:
@@ -224,6 +256,7 @@ class Ranker:
     collator: Any
     device: str
     quantize: str = "none"
+    kind: str = "pairrm"
 
     @property
     def limits(self) -> tuple[int, int]:
@@ -235,9 +268,10 @@ _CACHE: dict[tuple, Ranker] = {}
 
 
 def load_ranker(spec: str = DEFAULT_RANKER, device: str | None = None, dtype: str | None = None,
-                quantize: str = "none") -> Ranker:
-    """Load (or reuse) a ranker in the dtype of lab.precision's table (fp32 on CPU) unless `dtype` says otherwise;
-    quantize "int8": the linear layers dynamically quantized (CPU only)."""
+                quantize: str = "none"):
+    """Load (or reuse) a ranker of any kind (a PairRM Ranker, a lab.reward.RewardModel) in the dtype of
+    lab.precision's table (fp32 on CPU) unless `dtype` says otherwise; quantize "int8": PairRM's linear layers
+    dynamically quantized (CPU only)."""
     folder = resolve_ranker(spec)
     dev, torch_dtype = pick_device(device, dtype)
     if quantize == "int8" and dev != "cpu":
@@ -245,13 +279,17 @@ def load_ranker(spec: str = DEFAULT_RANKER, device: str | None = None, dtype: st
                        "--quantize none (the GPU's 16-bit dtype is already fast).")
     key = (str(folder), dev, str(torch_dtype), quantize)
     if key not in _CACHE:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        model, tok, collator = _blender_parts(folder, config)
-        model = model.to(device=dev, dtype=torch_dtype).eval()
         _CACHE.clear()  # one ranker per process: they are big
-        _CACHE[key] = Ranker(spec, str(folder), quantize_int8(model) if quantize == "int8" else model, tok,
-                             collator, dev, quantize)
+        _CACHE[key] = RANKERS[kind_of(folder)].load(spec, folder, dev, torch_dtype, quantize)
     return _CACHE[key]
+
+
+def _load_pairrm(spec: str, folder: Path, dev: str, torch_dtype, quantize: str) -> Ranker:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    model, tok, collator = _blender_parts(folder, config)
+    model = model.to(device=dev, dtype=torch_dtype).eval()
+    return Ranker(spec, str(folder), quantize_int8(model) if quantize == "int8" else model, tok, collator, dev,
+                  quantize)
 
 
 def quantize_int8(model):
@@ -386,7 +424,8 @@ def compare_all(ranker: Ranker, groups: list[tuple[str, list[str]]], batch_size:
 
 
 def scores_and_ranks(logits: list[list[float]]) -> tuple[list[float], list[int]]:
-    """llm-blender's aggregation: score_i = mean_j (logits[i][j] - logits[j][i]); rank 1 = highest score."""
+    """llm-blender's aggregation: score_i = sum_{j != i} (logits[i][j] - logits[j][i]) / K (its "mean" runs over
+    the K x K matrix whose diagonal is 0, so it divides by K, not K-1); rank 1 = highest score."""
     import numpy as np
 
     blender_module()  # importing any llm_blender submodule runs its package __init__, which needs the shims
@@ -397,34 +436,66 @@ def scores_and_ranks(logits: list[list[float]]) -> tuple[list[float], list[int]]
 
 
 def preference(record: dict, a: int, b: int) -> float:
-    """PairRM's both-orders logit that sample a beats sample b (> 0: a preferred), from a rankings record."""
+    """How much a rankings record prefers sample a over sample b (> 0: a): PairRM's both-orders logit, or a reward
+    model's reward difference."""
     idx = record["sample_indices"]
     i, j = idx.index(a), idx.index(b)
+    if "logits" not in record:
+        return record["scores"][i] - record["scores"][j]
     return record["logits"][i][j] - record["logits"][j][i]
 
 
-# ---- the stage ----------------------------------------------------------------------------------------------------
-def latest_rankings(run: Run) -> dict[str, dict]:
-    """instruction_id -> its last rankings record."""
-    return {r["instruction_id"]: r for r in run.read("rankings")}
-
-
-def _record(group: Group, result: dict, ranker: Ranker) -> dict:
-    scores, ranks = scores_and_ranks(result["logits"])
+def pairrm_fields(ranker: Ranker, groups: list[tuple[str, list[str]]], batch_size: int = 32) -> list[dict]:
+    """For each (source, K candidates) the PairRM fields of its rankings record (format in the module docstring)."""
     src_max, cand_max = ranker.limits
-    return {"instruction_id": group.instruction_id, "sample_indices": group.indices, "scores": scores,
-            "ranks": ranks, "logits": result["logits"], "ranker": ranker.spec, "ranker_path": ranker.path,
-            "quantize": ranker.quantize,
-            "source_max_length": src_max, "candidate_max_length": cand_max, "truncated": result["truncated"],
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out = []
+    for result in compare_all(ranker, groups, batch_size):
+        scores, ranks = scores_and_ranks(result["logits"])
+        out.append({"scores": scores, "ranks": ranks, "logits": result["logits"], "quantize": ranker.quantize,
+                    "source_max_length": src_max, "candidate_max_length": cand_max, "truncated": result["truncated"]})
+    return out
 
 
-def _batches(groups: list[Group], rows_per_batch: int) -> list[list[Group]]:
-    """Consecutive instructions whose ordered pairs fit in one batch (at least one instruction each)."""
+# ---- the kinds of ranker --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RankerKind:
+    label: str  # in the app, the docs and the pairs statistics
+    pointwise: bool  # True: scores each response alone (K passes); False: every ordered pair (K*(K-1) passes)
+    tiny: str  # the spec of its offline random model (noise)
+    tiny_path: Callable[[], str]
+    recognise: Callable[[dict], bool]  # a checkpoint's config.json -> whether it is this kind
+    load: Callable[..., Any]  # (spec, folder, device, torch dtype, quantize) -> a loaded ranker
+    fields: Callable[..., list[dict]]  # (loaded, [(prompt, responses)], batch size) -> each record's own fields
+    rows: Callable[[int], int]  # model rows for K responses
+
+
+REWARD_EXAMPLE = "Skywork/Skywork-Reward-V2-Qwen3-0.6B"
+RANKERS: dict[str, RankerKind] = {
+    "pairrm": RankerKind("PairRM", False, "tiny-random", tiny_random_path, lambda c: "ranker_type" in c,
+                         _load_pairrm, pairrm_fields, lambda k: k * (k - 1)),
+    "reward": RankerKind("Reward model", True, reward.TINY, reward.tiny_path, reward.is_reward_config, reward.load,
+                         reward.rank_fields, lambda k: k),
+}
+
+
+# ---- the stage ----------------------------------------------------------------------------------------------------
+def latest_rankings(run: Run, kind: str | None = None, ranker: str | None = None) -> dict[str, dict]:
+    """instruction_id -> its last rankings record (of that RANKERS kind, or of that ranker spec, when given)."""
+    return {r["instruction_id"]: r for r in run.read("rankings")
+            if kind in (None, r.get("kind", "pairrm")) and ranker in (None, r["ranker"])}
+
+
+def _record(group: Group, fields: dict, ranker) -> dict:
+    return {"instruction_id": group.instruction_id, "kind": ranker.kind, "sample_indices": group.indices, **fields,
+            "ranker": ranker.spec, "ranker_path": ranker.path, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _batches(groups: list[Group], rows_per_batch: int, rows_of: Callable[[int], int]) -> list[list[Group]]:
+    """Consecutive instructions whose model rows fit in one batch (at least one instruction each)."""
     out: list[list[Group]] = []
     rows = 0
     for g in groups:
-        n = len(g.indices) * (len(g.indices) - 1)
+        n = rows_of(len(g.indices))
         if not out or rows + n > rows_per_batch:
             out.append([])
             rows = 0
@@ -434,9 +505,9 @@ def _batches(groups: list[Group], rows_per_batch: int) -> list[list[Group]]:
 
 
 def rank_run(run: Run, cfg, progress: Progress | None = None) -> dict:
-    """Rank every instruction's responses with PairRM and append rankings.jsonl. Resumes: an instruction whose
-    last record has the same ranker and the same responses is skipped. Returns a summary for the CLI / app.
-    Holds the run's "rank" lock: a second ranking of the run is refused."""
+    """Rank every instruction's responses with the ranker (PairRM or a reward model) and append rankings.jsonl.
+    Resumes: an instruction whose last record of that ranker has the same responses is skipped. Returns a summary
+    for the CLI / app. Holds the run's "rank" lock: a second ranking of the run is refused."""
     cfg.validate()
     with run.lock("rank"), efficiency.measure(run, "rank"):
         return _rank_locked(run, cfg, progress)
@@ -446,31 +517,32 @@ def _rank_locked(run: Run, cfg, progress: Progress | None) -> dict:
     progress = progress or Progress("ranking", quiet=True)
     found = groups(run)
     single = [g.instruction_id for g in found if len(g.indices) < 2]
-    done = latest_rankings(run)
+    done = latest_rankings(run, ranker=cfg.ranker)
     todo = [g for g in found if len(g.indices) >= 2 and not _is_done(done.get(g.instruction_id), g, cfg)]
     summary = {"run": run.name, "ranker": cfg.ranker, "instructions": len(found), "ranked": 0,
                "already_ranked": len(found) - len(single) - len(todo), "single_response": single}
     if not todo and not summary["already_ranked"]:
-        raise LabError(f"Nothing to rank in run '{run.name}': every instruction has a single response. PairRM "
+        raise LabError(f"Nothing to rank in run '{run.name}': every instruction has a single response. A ranker "
                        "compares responses, so sample with --k 2 or more.", ui=f"Nothing to rank in run "
-                       f"'{run.name}': every instruction has a single response. PairRM compares responses: sample "
+                       f"'{run.name}': every instruction has a single response. A ranker compares responses: sample "
                        "again with Responses each (K) 2 or more.")
     if not todo:
         return {**summary, "message": "Every instruction is already ranked with this ranker; nothing to do."}
     progress.loading(f"ranker {cfg.ranker}")
     ranker = load_ranker(cfg.ranker, cfg.device, cfg.dtype, cfg.quantize)
+    kind = RANKERS[ranker.kind]
     started = once(lambda: run.record_stage("rank", cfg.to_dict()))  # with the first rankings, not before
     start = time.time()
-    for batch in _batches(todo, cfg.batch_size):
+    for batch in _batches(todo, cfg.batch_size, kind.rows):
         progress.check_stop()
-        results = compare_all(ranker, [(g.prompt, g.texts) for g in batch], cfg.batch_size)
+        results = kind.fields(ranker, [(g.prompt, g.texts) for g in batch], cfg.batch_size)
         started()
         summary["ranked"] += run.append("rankings", [_record(g, r, ranker) for g, r in zip(batch, results)])
-        progress.update(summary["ranked"], len(todo), "ranking with PairRM")
+        progress.update(summary["ranked"], len(todo), f"ranking with {kind.label}")
     progress.close()
     seconds = time.time() - start
-    return {**summary, "seconds": round(seconds, 3), "seconds_per_instruction": round(seconds / len(todo), 4),
-            "file": str(run.file("rankings"))}
+    return {**summary, "kind": ranker.kind, "seconds": round(seconds, 3),
+            "seconds_per_instruction": round(seconds / len(todo), 4), "file": str(run.file("rankings"))}
 
 
 def _is_done(record: dict | None, group: Group, cfg) -> bool:

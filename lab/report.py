@@ -33,6 +33,7 @@ from pathlib import Path
 from lab import cards, compare, efficiency, noise, spotcheck
 from lab.adapters import read_metrics, read_state
 from lab.config import Settings, opt
+from lab.stats import LC_NOTE
 from lab.errors import LabError
 from lab.methods import METHODS
 from lab.progress import Progress
@@ -128,7 +129,7 @@ def pick_examples(verdicts: list[dict], human: dict, n: int) -> list[dict]:
 
 def examples_md(run: Run, picked: list[dict], human: dict) -> str:
     texts = {g.instruction_id: (g.prompt, dict(zip(g.indices, g.texts))) for g in groups(run, required=False)}
-    band, ranks = tie_band_of(run.stage_settings("judge")), latest_rankings(run)
+    band, ranks = tie_band_of(run.stage_settings("judge")), latest_rankings(run, "pairrm")
     parts = [f"# Judge examples: run {cards.code(run.name)}\n",
              f"{len(picked)} judged pairs. Canonical pair (a, b) = (#a, #b), a < b; each pair judged in both orders. "
              f"Tie band of the calibrated verdict: {band}.\n"]
@@ -289,21 +290,25 @@ def rounds_part(run: Run, folder: Path) -> str:
 SCORE_STATS = ("mean_chars", "mean_tokens", "chars_change_pct", "truncated_rate", "distinct_1", "distinct_2",
                "refusal_rate")
 WIN_KEYS = ("win_rate", "ci_low", "ci_high", "lc_win_rate", "lc_ci_low", "lc_ci_high", "n", "grader", "circular")
+VALUE_KEYS = ("mean_value", "diff_vs_base", "diff_ci_low", "diff_ci_high")  # scorers that grade answers alone
 
 
 def score_rows(scores: dict) -> tuple[list[str], list[list]]:
-    """compare-scores.json -> (header, one row per model and scorer; the base's rows carry no win rate)."""
+    """compare-scores.json -> (header, one row per model and scorer; the base's rows carry no win rate). A scorer
+    that grades each answer alone (the reward model) adds its mean value and the paired difference against the
+    base (compare-scores.json "values")."""
     scorers = sorted({s for w in scores["win_rates"].values() for s in w}) or [""]
-    header = ["model", "scorer", *SCORE_STATS, *WIN_KEYS]
+    header = ["model", "scorer", *SCORE_STATS, *WIN_KEYS, *VALUE_KEYS]
     rows = []
     for model, stats in scores["per_model"].items():
         for scorer in scorers:
             w = scores["win_rates"].get(model, {}).get(scorer) or {}
             rows.append([model, scorer, *(_num(stats.get(k)) for k in SCORE_STATS),
-                         *(_num(w.get(k)) for k in WIN_KEYS)])
+                         *(_num(w.get(k)) for k in WIN_KEYS), *_values(scores, scorer, model)])
     for pair, by_scorer in scores.get("head_to_head", {}).items():
         for scorer, w in by_scorer.items():
-            rows.append([pair, scorer, *([None] * len(SCORE_STATS)), *(_num(w.get(k)) for k in WIN_KEYS)])
+            rows.append([pair, scorer, *([None] * len(SCORE_STATS)), *(_num(w.get(k)) for k in WIN_KEYS),
+                         *([None] * len(VALUE_KEYS))])
     return header, rows
 
 
@@ -319,6 +324,12 @@ def checks_rows(found: dict) -> tuple[list[str], list[list]]:
             rows.append([model, lv, *(_num(a.get(k)) for k in ("value", "ci_low", "ci_high", "n")),
                          *(_num(d.get(k)) for k in ("diff", "ci_low", "ci_high", "better", "worse"))])
     return header, rows
+def _values(scores: dict, scorer: str, model: str) -> list:
+    """[mean value, paired difference against the base, its interval] of one model under one scorer (or Nones)."""
+    v = (scores.get("values") or {}).get(scorer) or {}
+    d = (v.get("difference") or {}).get(model) or {}
+    return [_num((v.get("mean") or {}).get(model)), _num(d.get("diff")), _num(d.get("ci_low")),
+            _num(d.get("ci_high"))]
 
 
 def compare_part(run: Run, folder: Path) -> str:
@@ -333,7 +344,7 @@ def compare_part(run: Run, folder: Path) -> str:
         scores = json.loads(path.read_text(encoding="utf-8"))
         header, rows = score_rows(scores)
         (folder / F["scores"]).write_text(csv_text(header, rows))
-        table = f"[{F['scores']}]({F['scores']})\n\n" + md_table(header, rows)
+        table = f"[{F['scores']}]({F['scores']})\n\n" + md_table(header, rows) + f"\n{LC_NOTE}\n"
         if scores.get("checks"):
             header, rows = checks_rows(scores["checks"])
             (folder / F["checks"]).write_text(csv_text(header, rows))

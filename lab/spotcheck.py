@@ -20,7 +20,7 @@ import time
 
 from lab import checks
 from lab.errors import LabError
-from lab.rank import latest_rankings, preference
+from lab.rank import RANKERS, latest_rankings, preference
 from lab.sample import groups
 from lab.stats import agreement as rate_and_kappa
 from lab.store import Run
@@ -65,7 +65,7 @@ def items(run: Run) -> list[dict]:
     if not keys:
         raise LabError(f"Run '{run.name}' has no judged pairs to check: run `python -m lab judge --run {run.name}` "
                        "(or build checks pairs on a verifiable set) first.")
-    found = {"rankings": latest_rankings(run), "human": latest(run), "checks": checks_of(run)}
+    found = {"rankings": latest_rankings(run, "pairrm"), "human": latest(run), "checks": checks_of(run)}
     out = [_item(key, judged.get(key), texts, found) for key in keys if key[0] in texts]
     return sorted(out, key=lambda x: x["human"] is not None)  # stable: judging order within each group
 
@@ -118,24 +118,30 @@ def record(run: Run, instruction_id: str, a: int, b: int, human: str) -> dict:
 
 
 def agreement(run: Run) -> dict:
-    """How often the judge (and PairRM, where it ranked the pair) agreed with the human, on the checked pairs.
+    """How often the judge (and each ranker, where it ranked the pair) agreed with the human, on the checked pairs.
         {"checked": n, "skipped": n,
          "judge": {"n", "agree", "rate", "kappa"},     # judge's pair verdict vs human (a/b/tie; the judge's
                                                        #   inconsistent/invalid count as disagreement)
          "pairrm": {"n", "agree", "rate", "kappa"},    # PairRM vs human where the human chose a or b
+         "reward": {...},                              # a reward model the same way (every lab.rank.RANKERS kind)
          "checks": {"n", "agree", "rate", "kappa"}}    # the IFEval checks vs human, on verifiable pairs"""
     lines = latest(run).values()
     checked = [r for r in lines if r["human"] != "skip"]
-    rankings = latest_rankings(run)
-    vs_pairrm = []
+    return {"checked": len(checked), "skipped": len(lines) - len(checked),
+            "judge": rate_and_kappa([(r["judge"], r["human"]) for r in checked if r.get("judge") is not None]),
+            **{kind: rate_and_kappa(ranker_vs_human(run, kind, checked)) for kind in RANKERS},
+            "checks": rate_and_kappa([(r["checks"], r["human"]) for r in checked if r.get("checks")])}
+
+
+def ranker_vs_human(run: Run, kind: str, checked: list[dict]) -> list[tuple[str, str]]:
+    """(the ranker's "a"/"b", the human's) on the checked pairs the ranker ranked and the human decided."""
+    rankings = latest_rankings(run, kind)
+    labels = []
     for r in checked:
         rec = rankings.get(r["instruction_id"])
         if r["human"] in ("a", "b") and rec and {r["a"], r["b"]} <= set(rec["sample_indices"]):
-            vs_pairrm.append(("a" if preference(rec, r["a"], r["b"]) > 0 else "b", r["human"]))
-    return {"checked": len(checked), "skipped": len(lines) - len(checked),
-            "judge": rate_and_kappa([(r["judge"], r["human"]) for r in checked if r.get("judge") is not None]),
-            "pairrm": rate_and_kappa(vs_pairrm),
-            "checks": rate_and_kappa([(r["checks"], r["human"]) for r in checked if r.get("checks")])}
+            labels.append(("a" if preference(rec, r["a"], r["b"]) > 0 else "b", r["human"]))
+    return labels
 
 
 def label_pairs(run: Run, records: list[dict]) -> list[dict]:

@@ -5,7 +5,7 @@
 - bootstrap_ci / win_rate: a win rate over instructions (win 1, tie 0.5, loss 0) with a percentile bootstrap
   interval over instructions.
 - mean_ci / paired_difference: a mean over prompts (an accuracy) and the difference of two models answering the same
-  prompts, each with a percentile bootstrap interval over prompts (pairs resampled together).
+  prompts (an accuracy, a reward), each with a percentile bootstrap interval over prompts (pairs resampled together).
 - length_balance: how the chosen and rejected answers of preference pairs differ in length.
 - spearman: rank correlation of two score lists (an int8 ranker against fp32, bench/rank.py).
 """
@@ -130,6 +130,10 @@ def length_balance(chosen: list[int], rejected: list[int]) -> dict:
             "longer_chosen_rate": rate(sum(c > r for c, r in differ), len(differ))}
 
 
+LC_NOTE = ("LC = the lab's length-controlled win rate: AlpacaEval 2's idea, not AlpacaEval's number. The lab fits "
+           "the length term alone on your instructions with a small ridge and gives a bootstrap interval; AlpacaEval "
+           "also fits an instruction-difficulty term over its own 805 instructions, shrinks with a cross-validated L1 "
+           "penalty and reports a standard error. Do not compare it with a leaderboard's LC figure.")
 LC_RIDGE = 0.1  # L2 penalty on the length coefficient only: a perfect length split would send it to infinity
 
 
@@ -153,7 +157,7 @@ def _lc_fit(y, x, ridge: float, steps: int = 40):
 
 def lc_win_rate(outcomes: list[float], length_gaps: list[float], resamples: int = 2000, confidence: float = 0.95,
                 seed: int = 0, ridge: float = LC_RIDGE) -> dict:
-    """Length-controlled win rate (the AlpacaEval 2 idea, Dubois et al. 2024): fit
+    """Length-controlled win rate (the AlpacaEval 2 idea, Dubois et al. 2024, but not its number: see LC_NOTE): fit
         P(win) = sigmoid(theta + phi * tanh(gap / scale))
     to the outcomes per instruction (WIN 1, TIE 0.5 as a soft target, LOSS 0), gap = this model's answer length
     minus the other's (characters), scale = the gaps' standard deviation, by Newton's method; the win rate at equal

@@ -322,10 +322,14 @@ def tracking_env(config: TrainConfig, out: Path) -> Iterator[None]:
 
 
 def to_dataset(records: list[dict], method: str = "dpo"):
-    """The method's TRL rows from lab.pairs records (the "meta" column is ours, not TRL's, so it stays out)."""
+    """The method's TRL rows from lab.pairs records (the "meta" column is ours, not TRL's, so it stays out), each
+    with the lab's chat template arguments: TRL renders conversational rows itself (DPO, KTO tokenize them, CPO and
+    ORPO through trl.data_utils.maybe_apply_chat_template; all read a row's "chat_template_kwargs"), and without
+    them a Llama-3.2 template would print today's date into the training prompts, not the date sampling used."""
     from datasets import Dataset
 
-    return Dataset.from_list(METHODS[method].rows(records))
+    kwargs = dict(models.CHAT_TEMPLATE_KWARGS)
+    return Dataset.from_list([{**row, "chat_template_kwargs": kwargs} for row in METHODS[method].rows(records)])
 
 
 def check_lengths(records: list[dict], tok, max_length: int) -> None:

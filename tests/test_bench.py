@@ -22,7 +22,8 @@ QUICK = {
                 ["score_tok_s_lab", "score_tok_s_loop", "ratio_vs_loop", "s_per_answer_lab", "ratio_shared_vs_copied",
                  "iterate_wall_s"]),
     "rank": (["--quick"], ["ratio_wall_tiny", "ratio_wall_wide", "ratio_wall_int8_wide", "spearman_int8",
-                           "spearman_int8_within", "best_worst_same_int8", "attention_top_prob_wide"]),
+                           "spearman_int8_within", "best_worst_same_int8", "attention_top_prob_wide",
+                           "ratio_wall_pairrm_vs_reward", "s_per_instr_reward", "s_per_instr_pairrm_full"]),
     "judge": (["--quick"], ["calls_per_s_plain", "calls_per_s_lab", "ratio_vs_plain", "rl_429_limiter_on"]),
     "hub": (["--quick"], ["plain_s", "lab_s", "ratio_lab_vs_plain"]),
 }
@@ -31,6 +32,7 @@ SLOW = {
     "compare": (["--quick"], ["ratio_memory_lab", "ratio_batched", "completions_per_s_batched"]),
 }
 RATIOS = ("ratio_vs_loop", "ratio_vs_hf_batched", "ratio_wall_tiny", "ratio_wall_wide", "ratio_wall_int8_wide",
+          "ratio_wall_pairrm_vs_reward",
           "ratio_vs_plain", "ratio_lab_vs_plain", "ratio_s_per_step", "ratio_memory_lab", "ratio_batched")
 
 

@@ -198,6 +198,7 @@ def test_data_set_card_says_how_it_was_made(lab_run):
     assert "| verdicts.inconsistent | 1 |" in card and "| first_position_win_rate |" in card
     assert '"temperature": 0.7' in card and "tiny-random" in card and "| max_new_tokens | 64 |" in card
     assert "best-vs-worst" in card  # pair strategy
+    assert '### Chat template arguments' in card and '`{"date_string": "26 Jul 2024"}`' in card  # what sampling used
     assert "| chosen is the longer answer | 2/2 |" in card and "| person agrees with the judge | 1/1 |" in card
     assert 'load_dataset("alice/t-judge", "samples", split="train")' in card
     assert "api_key" not in card and GROQ_KEY not in card

@@ -95,3 +95,20 @@ def test_bundled_sets_are_deterministic_and_disjoint():
 def test_lima_offline_says_how_to_get_it():
     with pytest.raises(LabError, match="HF_TOKEN"):
         load_instructions("lima", n=5)
+
+
+def test_every_chat_rendering_of_the_lab_goes_through_render_chat():
+    """One set of template arguments everywhere (models.CHAT_TEMPLATE_KWARGS): in lab/ the only call of
+    apply_chat_template is models.render_chat's (sampling, judges, engines, compare, chat, self-scoring and reward
+    models use it; training hands the same arguments to TRL: tests/test_train.py)."""
+    import ast
+    from pathlib import Path
+
+    calls = []
+    for path in sorted((Path(models.__file__).parent).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "apply_chat_template":
+                calls.append(path.name)
+    assert calls == ["models.py"]
+    source = Path(models.__file__).read_text(encoding="utf-8")
+    assert "**CHAT_TEMPLATE_KWARGS)" in source.split("def render_chat", 1)[1].split("\ndef ", 1)[0]

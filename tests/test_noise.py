@@ -140,9 +140,13 @@ def test_a_win_rate_from_a_random_or_weak_scorer_says_so_in_its_column(run):
                                   "distinct_1": 0.5, "distinct_2": 0.8, "refusal_rate": 0}},
               "win_rates": {"a": {"pairrm": w, "judge": w, "score": w}}}
     table = compare_tab.scores_table(scores, {"pairrm": "tiny-random", "judge": "local", "score": "base",
-                                              "model": "tiny-random"})
-    assert list(table.columns[-4:-1]) == ["PairRM win rate ⚠️ random ranker", "judge win rate ⚠️ weak judge",
-                                          "5-point win rate ⚠️ random judge"]
-    real = compare_tab.scores_table(scores, {"pairrm": "llm-blender/PairRM", "judge": "groq", "score": "groq"})
-    assert list(real.columns[-4:]) == ["PairRM win rate", "judge win rate", "5-point win rate", "checks win rate"]
-    assert real.iloc[0, -2] == "0.50 [0.10, 0.90] (n=4)" and real.iloc[0, -1] == ""
+                                              "model": "tiny-random", "reward": "tiny-reward"})
+    assert list(table.columns[8:11]) == ["PairRM win rate ⚠️ random ranker", "judge win rate ⚠️ weak judge",
+                                         "5-point win rate ⚠️ random judge"]
+    assert "reward win rate ⚠️ random ranker" in table.columns
+    real = compare_tab.scores_table(scores, {"pairrm": "llm-blender/PairRM", "judge": "groq", "score": "groq",
+                                             "reward": "Skywork/Skywork-Reward-V2-Qwen3-0.6B"})
+    assert list(real.columns[8:11]) == ["PairRM win rate", "judge win rate", "5-point win rate"]
+    assert "reward win rate" in real.columns
+    assert real.iloc[0, 10] == "0.50 [0.10, 0.90] (n=4)"
+    assert real.columns[-1] == "checks win rate" and real.iloc[0, -1] == ""  # no checks: nothing, not noise

@@ -7,7 +7,7 @@ from lab.cli import main
 from lab.pairs import PairsConfig
 from lab.rank import RankConfig
 from lab.errors import LabError
-from lab.pairs import build_pairs, judge_vs_pairrm
+from lab.pairs import build_pairs, judge_vs_ranker
 from lab.stats import cohen_kappa
 from prefdata import judge_pair, write_samples
 
@@ -154,7 +154,7 @@ def test_judge_vs_pairrm_agreement_on_same_pairs(run):
     run.append("rankings", [rankings_line("i1", [[float(j - i) for j in range(4)] for i in range(4)])])
     run.append("judgments", judge_pair("i1", 0, 1, "a") + judge_pair("i1", 0, 2, "a") + judge_pair("i1", 1, 2, "b")
                + judge_pair("i1", 2, 3, "b") + judge_pair("i1", 0, 3, "a", "b") + judge_pair("i1", 1, 3, "tie"))
-    agree = judge_vs_pairrm(run)
+    agree = judge_vs_ranker(run, "pairrm")
     # judge decisive on 4 pairs: a,a,b,b vs PairRM a,a,a,a -> 2 agree; kappa 0 (PairRM has one label)
     assert agree["n"] == 4 and agree["agree"] == 2 and agree["rate"] == 0.5 and agree["kappa"] == 0.0
     assert agree["judge_undecided"] == {"inconsistent": 1, "tie": 1}

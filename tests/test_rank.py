@@ -56,6 +56,16 @@ def test_batched_pairs_equal_llm_blender_rank_and_compare(ranker):
     assert logits[0][0] == logits[1][1] == 0
 
 
+def test_score_is_the_sum_over_the_others_divided_by_k():
+    """What the docstring says a PairRM score is, written out by hand: sum over j != i of both-orders logits / K."""
+    logits = [[0.0, 1.5, -0.5], [0.25, 0.0, 2.0], [1.0, -1.0, 0.0]]
+    k = len(logits)
+    by_hand = [sum(logits[i][j] - logits[j][i] for j in range(k) if j != i) / k for i in range(k)]
+    scores, _ = scores_and_ranks(logits)
+    assert scores == pytest.approx(by_hand, abs=1e-6)
+    assert scores != pytest.approx([s * k / (k - 1) for s in by_hand], abs=1e-3)  # not the mean over the K-1 others
+
+
 def test_rank_run_writes_documented_records(run, ranker):
     write_samples(run, DATA)
     summary = rank_run(run, RankConfig(ranker="tiny-random", device="cpu", batch_size=8))
@@ -122,7 +132,7 @@ def test_bad_input_gives_clear_errors(run, ranker):
         RankConfig(batch_size=0).validate()
     with pytest.raises(LabError, match="Unknown ranker"):
         resolve_ranker("not a spec")
-    with pytest.raises(LabError, match="not an llm-blender ranker"):
+    with pytest.raises(LabError, match="neither an llm-blender ranker checkpoint"):
         resolve_ranker(str(run.path))
 
 

@@ -138,6 +138,7 @@ def test_scores_rounds_training_grid_and_notes_are_the_runs_own_numbers(reported
     w = scores["win_rates"]["dpo-pairrm"]["pairrm"]
     assert float(row["win_rate"]) == pytest.approx(w["win_rate"], abs=1e-4)
     assert float(row["lc_win_rate"]) == pytest.approx(w["lc_win_rate"], abs=1e-4) and int(row["n"]) == 3
+    assert "not AlpacaEval's number" in files["README.md"].read_text()  # next to the LC figure, what it is not
     rounds = rows(files["rounds.csv"])
     lines = iterate.lineage(run)
     assert [int(r["round"]) for r in rounds] == [1, 2]

@@ -79,6 +79,23 @@ def test_bad_answers_are_refused_and_nothing_is_saved(checked_run):
     assert checked_run.read("spotcheck") == []
 
 
+def test_agreement_with_a_reward_model_beside_pairrm(checked_run):
+    """A reward model's lines count on their own: it prefers 2 > 1 > 0 on i1, the opposite of PairRM."""
+    checked_run.append("rankings", [{"instruction_id": "i1", "kind": "reward", "sample_indices": [0, 1, 2],
+                                     "scores": [0.0, 1.0, 2.0], "ranks": [3, 2, 1], "truncated": [False] * 3,
+                                     "tokens_cut": [0] * 3, "max_length": 512, "quantize": "none",
+                                     "ranker": "test-reward", "ranker_path": "/x", "time": ""}])
+    spotcheck.record(checked_run, "i1", 0, 1, "a")  # PairRM a, reward b
+    spotcheck.record(checked_run, "i1", 0, 2, "b")  # PairRM a, reward b
+    agree = spotcheck.agreement(checked_run)
+    assert (agree["pairrm"]["n"], agree["pairrm"]["agree"]) == (2, 1)
+    assert (agree["reward"]["n"], agree["reward"]["agree"]) == (2, 1)
+    from lab.ui.spotcheck import agreement_md
+
+    shown = agreement_md(agree)
+    assert "- PairRM: 1/2 (50%)" in shown and "- Reward model: 1/2 (50%)" in shown
+
+
 def test_no_judgments_is_a_clear_error(run):
     write_samples(run, DATA)
     with pytest.raises(LabError, match="no judged pairs.*lab judge"):

@@ -37,3 +37,21 @@ def test_a_one_sided_length_controlled_rate_is_printed_as_0_or_1_not_a_capped_fi
     wins = lc_win_rate([WIN] * 4, [10.0, -5.0, 3.0, -1.0], resamples=200)
     assert (losses["lc_win_rate"], losses["lc_ci_low"], losses["lc_ci_high"]) == (0.0, 0.0, 0.0)  # was 9.4e-14
     assert (wins["lc_win_rate"], wins["lc_ci_low"], wins["lc_ci_high"]) == (1.0, 1.0, 1.0)
+
+
+def test_paired_difference_is_the_mean_difference_with_its_bootstrap_interval():
+    import numpy as np
+
+    from lab.stats import bootstrap_ci, paired_difference
+
+    a, b = [1.5, 0.75, 2.0, 1.75, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0]
+    diffs = [x - y for x, y in zip(a, b)]
+    d = paired_difference(a, b, resamples=500, seed=3)
+    assert d["n"] == 5 and d["diff"] == pytest.approx(float(np.mean(diffs)))
+    assert (d["ci_low"], d["ci_high"]) == bootstrap_ci(diffs, 500, 0.95, 3)
+    assert min(diffs) <= d["ci_low"] <= d["diff"] <= d["ci_high"] <= max(diffs)
+    assert (d["better"], d["worse"]) == (3, 1)
+    empty = paired_difference([], [])
+    assert empty["n"] == 0 and empty["diff"] != empty["diff"]  # NaN: nothing to compare
+    with pytest.raises(ValueError, match="needs pairs"):
+        paired_difference([1.0], [])

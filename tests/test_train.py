@@ -20,6 +20,7 @@ from lab.errors import LabError
 from lab.store import Run, read_jsonl
 from lab.train import oom_error, train_adapter, _is_oom
 from lab.train_monitor import diagnose
+from lab.methods import METHODS as METHODS_
 from lab.adapters import last_checkpoint, read_state
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -438,3 +439,43 @@ def test_a_stop_asked_before_training_starts_loads_nothing_and_writes_nothing(ru
     with pytest.raises(progress.Stopped):
         train_adapter(run, "judge", "early", TrainConfig(**TINY, max_steps=2))
     assert not run.adapter_dir("early").exists() and run.adapters() == []
+
+
+@pytest.fixture(scope="module")
+def llama32_like(tmp_path_factory) -> str:
+    """A folder: tiny-random with a Llama-3.2-style tokenizer, whose template prints today's date unless the
+    caller gives date_string (the template lab.models pins)."""
+    from transformers import AutoModelForCausalLM
+
+    from test_models import LLAMA32_LIKE_TEMPLATE
+
+    tok = models.load_tokenizer("tiny-random")
+    tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "additional_special_tokens":
+                            ["<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|end_of_text|>"]})
+    tok.chat_template = LLAMA32_LIKE_TEMPLATE
+    folder = tmp_path_factory.mktemp("llama32-like")
+    model = AutoModelForCausalLM.from_pretrained(models.resolve("tiny-random"))
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS_))
+def test_trl_trains_on_the_prompt_tokens_sampling_rendered(llama32_like, method, tmp_path):
+    """With a template that prints today's date, the prompt tokens each method's TRL trainer tokenized are the ones
+    sampling rendered (the pinned date), not today's."""
+    import torch
+
+    from lab.progress import Progress
+    from lab.train import build_trainer
+
+    records = [pair(i) for i in instructions("train")[:2]]
+    model, tok = models.load_weights(llama32_like, torch.float32)
+    trainer = build_trainer(model, tok, TrainConfig(**{**TINY, "model": llama32_like, "method": method}), tmp_path,
+                            "cpu", records, [], Progress(quiet=True))
+    row = trainer.train_dataset[0]
+    trained = row["prompt_ids"] if "prompt_ids" in row else row["prompt_input_ids"]
+    sampled = models.load(llama32_like).encode_prompt(records[0]["prompt"][0]["content"])
+    assert "Today Date: " + models.PINNED_DATE in tok.decode(sampled)
+    assert trained == sampled

@@ -11,7 +11,7 @@ from test_compare import HELD, heldout_file, make_adapter, write_training
 def start(run_name, adapters=(), source="heldout", upload=None, **kw):
     values = {"n": 3, "max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "seed": 0, "pairrm": "",
               "judge": "none", "judge_model": "", "duplicates": "drop", "near_duplicate": 0.7, "batch_size": 8,
-              "score": "none", "score_model": "", "checks": True, **kw}
+              "score": "none", "score_model": "", "reward": "", "checks": True, **kw}
     return tab.start_compare(run_name, list(adapters), source, upload, *[values[f] for f in tab.FORM])
 
 
@@ -24,6 +24,7 @@ def test_compare_as_a_job_then_scores_grid_notes_and_export(run, tmp_path):
     assert st["state"] == "done", st.get("log_tail")
     scores, made, picker, page, info, note, overall = tab.refresh("t")
     assert list(tab.scores_table(compare.read_scores(run))["model"]) == ["base", "judge"]
+    assert "<caption>LC = the lab" in scores and "not AlpacaEval" in scores  # the LC figure says what it is
     assert "<td>judge</td>" in scores and "Made with temperature 0.7 · top-p 0.9 · max new tokens 6" in made
     assert "PairRM tiny-random" in made and "instructions 3" in made
     ids = [c[1] for c in picker["choices"]]
@@ -69,9 +70,13 @@ def test_mistakes_become_messages(run):
     with pytest.raises(gr.Error, match="GROQ_API_KEY"):
         start("t", judge="groq")
     assert "No comparison in this run yet" in tab.refresh("t")[0]
-    assert tab.scorers_changed("", "none", "none")[0] == tab.NO_SCORER  # said before anything runs
-    note, key_box = tab.scorers_changed("tiny-random", "none", "groq")
-    assert note == "" and key_box["visible"] is True and tab.scorers_changed("", "local", "base")[1]["visible"] is False
+    assert tab.scorers_changed("", "", "none", "none")[0] == tab.NO_SCORER  # said before anything runs
+    assert tab.scorers_changed("", "tiny-reward", "none", "none")[0] == ""  # a reward model is a scorer
+    assert tab.scorers_changed("", "", "none", "none", True, "checks-heldout")[0] == ""  # so are the checks
+    assert tab.scorers_changed("", "", "none", "none", False, "checks-heldout")[0] == tab.NO_SCORER
+    note, key_box = tab.scorers_changed("tiny-random", "", "none", "groq")
+    assert note == "" and key_box["visible"] is True
+    assert tab.scorers_changed("", "", "local", "base")[1]["visible"] is False
 
 
 def test_the_tab_is_in_the_app():

@@ -33,7 +33,7 @@ def test_rank_as_a_job_then_table_view_and_pairs(run):
 def test_mistakes_become_messages(run):
     with pytest.raises(gr.Error, match="Choose a run"):
         tab.start_ranking("", "tiny-random", 20)
-    with pytest.raises(gr.Error, match="“Pairs per pass”"):
+    with pytest.raises(gr.Error, match="“Rows per pass”"):
         tab.start_ranking("t", "tiny-random", 0)
     assert tab.refresh("t")[0] == "No samples in this run yet: sample first (Sample tab)."
     write_samples(run, DATA)

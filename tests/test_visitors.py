@@ -101,7 +101,7 @@ def test_models_instructions_and_adapters_are_never_server_paths(runs_dir, space
              (["sample", "--run", "r", "--n", "8", "--model", "tiny-random", "--instructions", "/etc/passwd"],
               "files on the server are off limits"),
              (["compare", "--run", "r", "--adapters", "/tmp/x", "--model", "tiny-random"], "pick adapters of this run"),
-             (["rank", "--run", "r", "--ranker", str(tmp_path)], "the ranker is llm-blender/PairRM or tiny-random"),
+             (["rank", "--run", "r", "--ranker", str(tmp_path)], "the ranker is one of llm-blender/PairRM, tiny-random"),
              (["judge", "--run", "r", "--prompt-file", "/etc/passwd"], "the judge prompt is the one edited")]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -24,6 +24,8 @@ from lab.store import Run
 from lab.ui import forms, grid
 from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, labels_view, open_run, start_job, \
     typed_key_env, upload_into, wire_job_panel, wire_start
+from lab.rank import REWARD_EXAMPLE
+from lab.stats import LC_NOTE
 from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 
@@ -34,7 +36,8 @@ JUDGE_CHOICES = [("none", "none"), *((b.label, name) for name, b in BACKENDS.ite
 SCORE_CHOICES = [("none", "none"), ("the base model (offline; weak at 135M)", "base"),
                  *((BACKENDS[name].label, name) for name in API_BACKENDS)]
 SCORE_COLUMNS = ["model", "mean chars", "change", "mean tokens", "cut at max", "distinct-1", "distinct-2",
-                 "refusals", "PairRM win rate", "judge win rate", "5-point win rate", "checks win rate"]
+                 "refusals", "PairRM win rate", "judge win rate", "5-point win rate", "mean reward",
+                 "reward vs base", "reward win rate", "checks win rate"]
 CHECKS_COLUMNS = ["model", *(checks.LEVEL_LABELS[lv] for lv in checks.LEVELS), "prompt-level strict vs base"]
 
 
@@ -80,12 +83,13 @@ class Results:
 
 
 FORM = ["n", "max_new_tokens", "temperature", "top_p", "seed", "pairrm", "judge", "judge_model", "duplicates",
-        "near_duplicate", "batch_size", "score", "score_model", "checks"]  # the order start_compare reads them in
-MADE_WITH = ["temperature", "top_p", "max_new_tokens", "seed", "pairrm", "judge", "judge_model", "score",
+        "near_duplicate", "batch_size", "score", "score_model", "reward", "checks"]  # start_compare reads this order
+MADE_WITH = ["temperature", "top_p", "max_new_tokens", "seed", "pairrm", "reward", "judge", "judge_model", "score",
              "score_model", "checks"]
-NO_SCORER = ("⚠️ **No scorer chosen** (PairRM, LLM judge or 5-point scorer, under *Scores and duplicates*; or the "
-             "verifiable held-out set, whose checks score every answer): the comparison will show the answers, their "
-             "lengths and diversity, but **no win rates**.")
+SCORER_FIELDS = ("pairrm", "reward", "judge", "score")
+NO_SCORER = ("⚠️ **No scorer chosen** (PairRM, reward model, LLM judge or 5-point scorer, under *Scores and "
+             "duplicates*; or the verifiable held-out set, whose checks score every answer): the comparison will "
+             "show the answers, their lengths and diversity, but **no win rates**.")
 
 
 def _settings_inputs() -> dict:
@@ -101,7 +105,8 @@ def _settings_inputs() -> dict:
             made |= inp(["pairrm", "judge", "judge_model"], pairrm=dict(placeholder="llm-blender/PairRM"),
                         judge=dict(choices=JUDGE_CHOICES))
         with gr.Row():
-            made |= inp(["score", "score_model", "checks"], score=dict(choices=SCORE_CHOICES))
+            made |= inp(["score", "score_model"], score=dict(choices=SCORE_CHOICES))
+            made |= inp(["reward", "checks"], reward=dict(placeholder=REWARD_EXAMPLE))
         with gr.Row():
             made |= inp(["duplicates", "near_duplicate", "batch_size"], duplicates=dict(kind="Radio"),
                         near_duplicate=dict(kind="Slider", minimum=0.3, maximum=1, step=0.05),
@@ -162,9 +167,9 @@ def build(ctx) -> CompareTab:
 def _wire(tab: CompareTab, ctx) -> None:
     r, f = tab.results, tab.fields
     tab.source.change(lambda s: gr.update(visible=s == "file"), tab.source, tab.upload, **internal())
-    for box in (f["pairrm"], f["judge"], f["score"], f["checks"], tab.source):
-        box.change(scorers_changed, [f["pairrm"], f["judge"], f["score"], f["checks"], tab.source],
-                   [tab.scorer_note, tab.api_key], **internal())
+    watched = [*(f[n] for n in SCORER_FIELDS), f["checks"], tab.source]
+    for box in watched:
+        box.change(scorers_changed, watched, [tab.scorer_note, tab.api_key], **internal())
     wire_job_panel(tab.panel, ctx.run_name, "compare", tab.views)
     wire_start(tab.panel, tab.start, lambda *values: start_compare(*values[:-1], api_key=values[-1]),
                [ctx.run_name, tab.adapters, tab.source, tab.upload, *f.values(), tab.api_key], "start_compare")
@@ -187,11 +192,11 @@ def restored(cfg: CompareConfig) -> list:
     return [[a for a in cfg.adapters.split(",") if a], source, *forms.values_of(cfg, dict.fromkeys(FORM))]
 
 
-def scorers_changed(pairrm: str, judge: str, score: str, use_checks: bool = False, source: str = ""):
+def scorers_changed(pairrm: str, reward: str, judge: str, score: str, use_checks: bool = False, source: str = ""):
     """[the no-scorer note, the API key box]: the box shows only when an API judge or scorer is picked. The checks
     count as a scorer on the verifiable held-out set (an uploaded file may carry checks too: not known before)."""
-    none = not (pairrm or "").strip() and judge == "none" and score == "none" and not (
-        use_checks and source in ("checks-heldout", "file"))
+    none = not (pairrm or "").strip() and not (reward or "").strip() and judge == "none" and score == "none" and \
+        not (use_checks and source in ("checks-heldout", "file"))
     return NO_SCORER if none else "", gr.update(visible=judge in API_BACKENDS or score in API_BACKENDS)
 
 
@@ -216,7 +221,8 @@ def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_k
                        "pick the same provider for both, or leave the key box empty to use the app's own keys.")
     api = next(iter(apis), "")
     status = start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key))
-    return status + ("" if scorers_changed(cfg.pairrm, cfg.judge, cfg.score, cfg.checks, source)[0] == "" else
+    return status + ("" if scorers_changed(cfg.pairrm, cfg.reward, cfg.judge, cfg.score, cfg.checks, source)[0] == ""
+                     else
                      " No scorer was chosen: no win rates will be computed.")
 
 
@@ -252,7 +258,7 @@ def refresh(run_name: str | None, picked: str | None = None):
 def made_with_md(st: dict | None) -> str:
     if not st:
         return ""
-    scorers = any(st.get(k) not in (None, "", "none") for k in ("pairrm", "judge", "score")) or (
+    scorers = any(st.get(k) not in (None, "", "none") for k in SCORER_FIELDS) or bool(
         st.get("checks") and st.get("checked_ids"))
     made = made_with(st, "compare", MADE_WITH, {"base model": st.get("model"),
                                                 "instructions": len(st.get("instruction_ids", []))})
@@ -307,7 +313,7 @@ def checks_table(found: dict) -> pd.DataFrame:
 
 def scores_html(scores: dict, settings: dict) -> str:
     """The scores table, the checks' accuracies where the instructions carry checks, and the circular labels."""
-    out = html_table(scores_table(scores, settings)) + circular_notes(scores)
+    out = html_table(scores_table(scores, settings), caption=LC_NOTE) + circular_notes(scores)
     if scores.get("checks"):
         n = scores["checks"]["n"]
         out += (f"<p><b>Verifiable checks</b> ({n} held-out prompts; IFEval's checkers via if-verifiable: no model "
@@ -316,11 +322,24 @@ def scores_html(scores: dict, settings: dict) -> str:
     return out
 
 
+def _value(v: float | None) -> str:
+    return "" if v is None or v != v else f"{v:+.3f}"
+
+
+def _difference(d: dict | None) -> str:
+    """A paired difference against the base with its interval (lab.stats.paired_difference)."""
+    if not d or not d.get("n"):
+        return ""
+    return f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] (n={d['n']})"
+
+
 def scorer_marks(settings: dict) -> dict[str, str]:
     """Win-rate column -> its header with the scorer's noise mark next to the numbers ("random ranker", "weak
     judge"), from the comparison's recorded settings (lab.noise knows which scorers are noise)."""
     judge = settings.get("judge_model") or noise.BUNDLED if settings.get("judge") == "local" else None
     used = {"PairRM win rate": ("ranker", settings.get("pairrm")), "judge win rate": ("judge", judge),
+            "mean reward": ("ranker", settings.get("reward")), "reward vs base": ("ranker", settings.get("reward")),
+            "reward win rate": ("ranker", settings.get("reward")),
             "5-point win rate": ("judge", settings.get("model") if settings.get("score") == "base" else None)}
     marks = {}
     for column, (kind, spec) in used.items():
@@ -333,6 +352,7 @@ def scorer_marks(settings: dict) -> dict[str, str]:
 def scores_table(scores: dict, settings: dict | None = None) -> pd.DataFrame:
     """compare-scores.json -> one row per model; a win rate from a random or weak scorer says so in its header."""
     rows = []
+    rewards = (scores.get("values") or {}).get("reward") or {}
     for m, s in scores["per_model"].items():
         w = scores["win_rates"].get(m, {})
         change = "" if s["chars_change"] is None else f"{s['chars_change']:+.0f} ({s['chars_change_pct']:+.0f}%)"

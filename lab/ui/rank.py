@@ -1,5 +1,6 @@
-"""PairRM tab: rank each instruction's responses with PairRM (as a job), browse the ranks per instruction, and build
-the preference pairs (PairRM's or the judge's) with a strategy, with their statistics and the judge-PairRM agreement.
+"""PairRM tab: rank each instruction's responses with PairRM or a reward model (as a job), browse the ranks per
+instruction, and build the preference pairs (a ranker's or the judge's) with a strategy, with their statistics and
+the judge-ranker agreement.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from lab.pairs import SOURCES, STRATEGIES, PairsConfig, build_pairs
-from lab.rank import RankConfig, latest_rankings
+from lab.rank import RANKERS, REWARD_EXAMPLE, RankConfig, latest_rankings
 from lab.sample import groups as sample_groups
 from lab.store import Run
 from lab.ui import forms
@@ -19,8 +20,12 @@ from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal, made_with, wire_restore
 from lab.ui.wording import count
 
-RANKERS = [("llm-blender/PairRM (hub; ~40 s per instruction on CPU, well under 1 s on a GPU)", "llm-blender/PairRM"),
-           ("tiny-random: random weights, for smoke tests only", "tiny-random")]
+RANKER_CHOICES = [
+    ("llm-blender/PairRM (hub; ~40 s per instruction on CPU, well under 1 s on a GPU)", "llm-blender/PairRM"),
+    (f"{REWARD_EXAMPLE} (reward model, hub; one pass per answer; RewardBench 85.2 against PairRM's 59.2)",
+     REWARD_EXAMPLE),
+    ("tiny-random: random PairRM weights, for smoke tests only", "tiny-random"),
+    ("tiny-reward: random reward model, for smoke tests only", "tiny-reward")]
 TABLE_COLUMNS = ["instruction", "prompt", "responses", "best", "worst", "score spread", "cut"]
 
 
@@ -46,11 +51,13 @@ def build(ctx) -> RankTab:
     h = forms.help_of(RankConfig)
     gr.Markdown("PairRM compares every two responses of an instruction in both orders and ranks them. "
                 "It reads at most 1,224 tokens of instruction and about 412 of each response: long answers are "
-                "ranked on their beginning.")
+                "ranked on their beginning. A reward model (a hub id or folder of a one-label sequence classifier) "
+                "scores each response alone, up to its own maximum length; it is stronger and needs K passes, not "
+                "K·(K-1) (`docs/pairs.md`).")
     with gr.Row():
-        ranker = gr.Dropdown(RANKERS, value="llm-blender/PairRM", label="Ranker", info=h("ranker"),
+        ranker = gr.Dropdown(RANKER_CHOICES, value="llm-blender/PairRM", label="Ranker", info=h("ranker"),
                              allow_custom_value=True)
-        batch_size = gr.Number(32, label="Pairs per pass", precision=0, minimum=1, info=h("batch_size"))
+        batch_size = gr.Number(32, label="Rows per pass", precision=0, minimum=1, info=h("batch_size"))
     start = gr.Button("Rank", variant="primary")
     panel = job_panel()
     summary = gr.Markdown()
@@ -68,8 +75,9 @@ def build(ctx) -> RankTab:
 
 def _pairs_inputs() -> tuple:
     h = forms.help_of(PairsConfig)
-    gr.Markdown("### Preference pairs\nBuilt from the judge's verdicts (with your spot-check overrides) or from "
-                "PairRM's rankings, in TRL's conversational format: `pairs-judge.jsonl`, `pairs-pairrm.jsonl`.")
+    gr.Markdown("### Preference pairs\nBuilt from the judge's verdicts (with your spot-check overrides), PairRM's "
+                "rankings or a reward model's, in TRL's conversational format: `pairs-judge.jsonl`, "
+                "`pairs-pairrm.jsonl`, `pairs-reward.jsonl`.")
     with gr.Row():
         source = gr.Radio([(src.label, name) for name, src in SOURCES.items()], value="pairrm", label="Source",
                           info=h("source"))
@@ -94,7 +102,7 @@ def _wire(tab: RankTab, ctx) -> None:
 def start_ranking(run_name: str, ranker: str, batch_size) -> str:
     cfg = RankConfig(ranker=(ranker or "").strip(), batch_size=int(32 if batch_size is None else batch_size))
     checked(cfg.validate)
-    return start_job(run_name, "rank", cfg.to_argv(), "PairRM ranking")
+    return start_job(run_name, "rank", cfg.to_argv(), "Ranking")
 
 
 def ranks_table(run: Run) -> pd.DataFrame:
@@ -123,10 +131,13 @@ def refresh(run_name: str | None, picked: str | None = None):
     table = ranks_table(run)
     if table.empty:
         return "Not ranked yet.", "", nothing, ""
-    ranker = latest_rankings(run)[table["instruction"].iloc[0]]["ranker"]
+    rec = latest_rankings(run)[table["instruction"].iloc[0]]
+    kind = RANKERS[rec.get("kind", "pairrm")]
+    how = "one pass per response" if kind.pointwise else "every pair of responses, in both orders"
     made = made_with(run.stage_settings("rank"), "rank", ["ranker", "batch_size"])
-    text = noise_md(run, "rank") + (f"**{len(table)}** instructions ranked with `{html.escape(ranker)}` · "
-            f"{int(table['cut'].sum())} responses cut to PairRM's length limit" + (f"\n\n{made}" if made else ""))
+    text = noise_md(run, "rank") + (f"**{len(table)}** instructions ranked with `{html.escape(rec['ranker'])}` "
+            f"({kind.label}: {how}) · "
+            f"{int(table['cut'].sum())} responses cut to the ranker's length limit" + (f"\n\n{made}" if made else ""))
     choices = [(f"{p} ({iid})", iid) for iid, p in zip(table["instruction"], table["prompt"])]
     picked = picked if picked in set(table["instruction"]) else None
     return text, html_table(table), gr.update(choices=choices, value=picked), show_ranking(run_name, picked)
@@ -143,7 +154,7 @@ def last_pairs(run_name: str | None, source: str | None) -> str:
 
 
 def show_ranking(run_name: str | None, instruction_id: str | None) -> str:
-    """The instruction's responses from best to worst, with PairRM scores."""
+    """The instruction's responses from best to worst, with the ranker's scores (PairRM's, or rewards)."""
     if not run_name or not instruction_id:
         return ""
     run = Run.open(run_name)
@@ -155,11 +166,20 @@ def show_ranking(run_name: str | None, instruction_id: str | None) -> str:
     parts = [f"<p><b>Instruction</b>: {html.escape(group.prompt)}</p>"]
     for i in sorted(range(len(rec["scores"])), key=lambda i: rec["ranks"][i]):
         idx = rec["sample_indices"][i]
-        cut = " · cut to PairRM's limit" if rec.get("truncated", [False] * 99)[i] else ""
+        cut = cut_note(rec, i)
         parts.append(f'<div class="lab-response"><b>rank {rec["ranks"][i]}</b> · #{idx} · score '
                      f'{rec["scores"][i]:+.3f}{cut}<pre style="white-space:pre-wrap">'
                      f'{html.escape(texts.get(idx, ""))}</pre></div>')
     return "\n".join(parts)
+
+
+def cut_note(rec: dict, i: int) -> str:
+    """' · cut ...' when the ranker did not read all of response i (a reward model says how many tokens), else ''."""
+    if not rec.get("truncated", [False] * 99)[i]:
+        return ""
+    if "tokens_cut" in rec:
+        return f" · {rec['tokens_cut'][i]} tokens cut at the reward model's limit ({rec['max_length']})"
+    return " · cut to PairRM's limit"
 
 
 def make_pairs(run_name: str, source: str, strategy: str, margin) -> str:
@@ -194,11 +214,12 @@ def stats_md(s: dict) -> str:
         lines.insert(0, NO_JUDGE_PAIRS + "\n")
     if s.get("human_overrides"):
         lines.append(f"- human spot-check verdicts used: {s['human_overrides']}")
-    agree = s.get("judge_vs_pairrm")
-    if agree and agree["n"]:
-        kappa = "n/a" if agree["kappa"] is None else f"{agree['kappa']:.2f}"
-        lines.append(f"- judge vs PairRM on the same {agree['n']} response pairs: agree {_pct(agree['rate'])}, "
-                     f"Cohen's kappa {kappa}")
+    for kind, ranker in RANKERS.items():
+        agree = s.get(f"judge_vs_{kind}")
+        if agree and agree["n"]:
+            kappa = "n/a" if agree["kappa"] is None else f"{agree['kappa']:.2f}"
+            lines.append(f"- judge vs {ranker.label} on the same {agree['n']} response pairs: agree "
+                         f"{_pct(agree['rate'])}, Cohen's kappa {kappa}")
     if s.get("length_warning"):
         lines.append(f"\n⚠️ {s['length_warning']}")
     if s.get("no_pairs"):

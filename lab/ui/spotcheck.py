@@ -13,6 +13,7 @@ import gradio as gr
 
 from lab import spotcheck
 from lab.pairs import record_spotcheck
+from lab.rank import RANKERS
 from lab.store import Run
 from lab.ui.common import checked, noise_md, open_run
 from lab.ui.views import View, chain
@@ -177,8 +178,8 @@ def agreement_md(agree: dict) -> str:
     if not agree["checked"]:
         return "No pairs checked yet."
     out = [f"**Agreement with your {agree['checked']} checks** ({agree['skipped']} skipped)"]
-    for who, name in (("judge", "Judge"), ("pairrm", "PairRM"), ("checks", "Checks")):
-        a = agree[who]
+    for who, name in (("judge", "Judge"), *((kind, r.label) for kind, r in RANKERS.items()), ("checks", "Checks")):
+        a = agree.get(who) or {"n": 0}
         if a["n"]:
             kappa = "n/a" if a["kappa"] is None else f"{a['kappa']:.2f}"
             out.append(f"- {name}: {a['agree']}/{a['n']} ({a['rate']:.0%}), Cohen's kappa {kappa}")
