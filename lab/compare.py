@@ -73,6 +73,7 @@ from lab.progress import Progress
 from lab.sample import check_decoding, sample_record
 from lab.score import Scorer, ScoreConfig, api_backend, mean_scores, score_rows
 from lab.stats import LOSS, TIE, WIN, lc_win_rate, mean_ci, outcome, paired_difference, win_rate
+from lab.stats import mean as stat_mean
 from lab.store import Run, atomic_write_json, atomic_write_text, once, read_jsonl, write_jsonl
 from lab.verdicts import run_verdicts
 

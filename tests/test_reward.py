@@ -179,7 +179,7 @@ def test_reward_end_to_end_rank_pairs_train_compare(run, tmp_path, capsys):
     shown = scores_table(scores, run.stage_settings("compare")).set_index("model")
     assert {"reward win rate ⚠️ random ranker", "mean reward ⚠️ random ranker"} <= set(shown.columns)
     assert shown.loc["base", "mean reward ⚠️ random ranker"] == f"{values['mean']['base']:+.3f}"
-    assert shown.loc["dpo-reward", "reward vs base ⚠️ random ranker"].startswith(f"{d["diff"]:+.3f} [")
+    assert shown.loc["dpo-reward", "reward vs base ⚠️ random ranker"].startswith(f"{d['diff']:+.3f} [")
 
 
 def test_the_pairrm_tab_shows_a_reward_models_ranks_cut_and_noise_label(run):

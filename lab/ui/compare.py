@@ -358,7 +358,9 @@ def scores_table(scores: dict, settings: dict | None = None) -> pd.DataFrame:
         change = "" if s["chars_change"] is None else f"{s['chars_change']:+.0f} ({s['chars_change_pct']:+.0f}%)"
         rows.append([m, round(s["mean_chars"]), change, round(s["mean_tokens"], 1), f"{s['truncated_rate']:.0%}",
                      round(s["distinct_1"], 3), round(s["distinct_2"], 3), f"{s['refusal_rate']:.0%}",
-                     _rate(w.get("pairrm")), _rate(w.get("judge")), _rate(w.get("score")), _rate(w.get("checks"))])
+                     _rate(w.get("pairrm")), _rate(w.get("judge")), _rate(w.get("score")),
+                     _value(rewards.get("mean", {}).get(m)), _difference(rewards.get("difference", {}).get(m)),
+                     _rate(w.get("reward")), _rate(w.get("checks"))])
     return pd.DataFrame(rows, columns=SCORE_COLUMNS).rename(columns=scorer_marks(settings or {}))
 
 
