@@ -264,3 +264,49 @@ def test_the_running_app_answers_a_url_for_a_file_with_what_to_do(runs_dir):
     finally:
         app.close()
     assert not Run.open("url-file").path.exists()
+
+
+# ---- a visitor's job environment --------------------------------------------------------------------------------------
+def test_a_visitors_job_inherits_an_allow_list_not_the_owners_other_secrets(runs_dir, hosted, prompts, monkeypatch):  # noqa: F811
+    """The job's real environment (/proc/<pid>/environ): the owner's other secrets (a W&B key, the Space's OAuth
+    secret, the browser-id key, anything new) stay out; the caps and the owner's provider key for the app's own
+    judge reach it; huggingface_hub is told not to send a saved login."""
+    owner_secrets = {"WANDB_API_KEY": "wandb-owner-0123456789", "OAUTH_CLIENT_SECRET": "oauth-owner-0123456789",
+                     "LAB_BROWSER_SECRET": "browser-owner-0123456789", "OWNER_DATABASE_URL": "postgres://owner@db"}
+    for name, value in owner_secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("GROQ_API_KEY", "gsk-owner-0123456789")
+    monkeypatch.setenv("LAB_MAX_N", "40")
+    head = Run.open("head")
+    long_job(head, prompts)
+    try:
+        wait_running(head)
+        pid = json.loads(head.job_file("job").read_text())["pid"]
+        environ = dict(line.split("=", 1) for line in
+                       Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in line)
+        assert not set(owner_secrets) & set(environ)
+        assert not any(v in environ.values() for v in owner_secrets.values())
+        assert environ["LAB_MAX_N"] == "40" and environ["LAB_HOSTED"] == "1" and environ["GROQ_API_KEY"]
+        assert environ["HF_HUB_DISABLE_IMPLICIT_TOKEN"] == "1"
+    finally:
+        jobs.stop(head, grace_s=30)
+    typed = jobs.job_env({TYPED_KEY_ENV["groq"]: "gsk-visitor-0123456789"})
+    assert "GROQ_API_KEY" not in typed and typed[TYPED_KEY_ENV["groq"]] == "gsk-visitor-0123456789"
+    handed = jobs.job_env({"HF_TOKEN": OWNER_TOKEN})  # a model the owner lists in LAB_TOKEN_MODELS
+    assert handed["HF_TOKEN"] == OWNER_TOKEN and "HF_HUB_DISABLE_IMPLICIT_TOKEN" not in handed
+
+
+def test_a_visitors_job_never_sends_the_owners_saved_hub_login(hosted, monkeypatch, tmp_path):
+    """The owner ran `hf auth login` on the host (a token file under HF_HOME): a visitor job's huggingface_hub
+    sends no Authorization header with it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "token").write_text(OWNER_TOKEN)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    probe = "from huggingface_hub.utils import build_hf_headers; print(build_hf_headers().get('authorization'))"
+    out = subprocess.run([sys.executable, "-c", probe], env=jobs.job_env(None), capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "None", out
+    own = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ), capture_output=True, text=True)
+    assert OWNER_TOKEN in own.stdout  # the same probe in the owner's environment would have sent it
