@@ -28,6 +28,7 @@ environment), so a bare API client or a hand-made command line meets the same ca
     LAB_MAX_ADAPTERS       4        adapters one comparison may hold
     LAB_MAX_TEXT_KB        20       a judge prompt or a note typed into the app, in KB
     LAB_MAX_QUEUE          12       jobs waiting or running at once (each visitor: one; each address: two)
+    LAB_MAX_RUNS           20       new runs one visitor may start in 24 hours (one address: twice that)
     LAB_MAX_JOB_MINUTES    60       wall-clock minutes a job may run before it is stopped
 
 The owner's Hugging Face token: on a hosted app it is taken out of the app's environment at start
@@ -71,6 +72,7 @@ CAPS = {
     "adapters": Cap("LAB_MAX_ADAPTERS", 4, "adapters per comparison"),
     "text_kb": Cap("LAB_MAX_TEXT_KB", 20, "KB of typed text"),
     "queue": Cap("LAB_MAX_QUEUE", 12, "jobs waiting or running"),
+    "runs": Cap("LAB_MAX_RUNS", 20, "new runs per visitor in 24 hours"),
     "job_minutes": Cap("LAB_MAX_JOB_MINUTES", 60, "minutes per job"),
 }
 HF_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")

@@ -310,3 +310,68 @@ def test_a_visitors_job_never_sends_the_owners_saved_hub_login(hosted, monkeypat
     assert out.returncode == 0 and out.stdout.strip() == "None", out
     own = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ), capture_output=True, text=True)
     assert OWNER_TOKEN in own.stdout  # the same probe in the owner's environment would have sent it
+
+
+# ---- the requester's address, runs per visitor -----------------------------------------------------------------------
+def test_the_address_is_the_one_the_owners_proxies_saw_never_a_hop_the_client_wrote(monkeypatch):
+    monkeypatch.delenv("LAB_PROXY_HOPS", raising=False)
+    monkeypatch.setenv("SPACE_ID", "owner/lab")  # a Space: the Hub's proxy adds the address it saw, on the right
+    assert hosting.client_address("6.6.6.6, 1.2.3.4", "10.0.0.9") == "1.2.3.4"
+    assert hosting.client_address(None, "10.0.0.9") == "10.0.0.9"
+    monkeypatch.delenv("SPACE_ID")
+    monkeypatch.setenv("LAB_HOSTED", "1")  # no proxy said: the header is anyone's to send, the connection counts
+    assert hosting.client_address("6.6.6.6", "10.0.0.9") == "10.0.0.9"
+    monkeypatch.setenv("LAB_PROXY_HOPS", "2")  # a load balancer, then nginx
+    assert hosting.client_address("6.6.6.6, 1.2.3.4, 10.0.0.2", "10.0.0.3") == "1.2.3.4"
+    monkeypatch.setenv("LAB_PROXY_HOPS", "one")
+    with pytest.raises(LabError, match=r"LAB_PROXY_HOPS='one': the owner sets it to how many proxies"):
+        hosting.client_address("1.2.3.4", "10.0.0.9")
+
+
+def test_a_visitor_and_an_address_start_a_capped_number_of_runs(runs_dir, hosted, monkeypatch):
+    monkeypatch.setenv("LAB_MAX_RUNS", "2")
+    alice, bob, carol = (hosting.Visitor.of(browser_id=c * 32) for c in "abc")
+    assert hosting.claim("a1", alice, "net-1") and hosting.claim("a2", alice, "net-1")
+    with pytest.raises(LabError, match=r"You have started 2 runs on this app in the last 24 hours, its cap \(the "
+                                       r"owner sets LAB_MAX_RUNS\): pick one of your runs"):
+        hosting.claim("a3", alice, "net-2")
+    assert not (runs_dir / "a3").exists() and hosting.claim("a1", alice, "net-1")  # an own run is not a new one
+    assert hosting.claim("b1", bob, "net-1") and hosting.claim("b2", bob, "net-1")
+    with pytest.raises(LabError, match="Your network has started 4 runs"):  # fresh browser ids, one address
+        hosting.claim("c1", carol, "net-1")
+    old = time.time() - 25 * 3600
+    for name in ("a1", "a2"):
+        os.utime(runs_dir / name / "owner.json", (old, old))
+    assert hosting.claim("a3", alice, "net-1")  # a day later
+
+
+@pytest.fixture(scope="module")
+def hosted_app(tmp_path_factory):
+    """`python app.py` with LAB_HOSTED=1 on a plain host (no proxy in front: LAB_PROXY_HOPS unset)."""
+    from tests.browser_helpers import AppServer
+
+    runs = tmp_path_factory.mktemp("hosted") / "runs"
+    runs.mkdir()
+    server = AppServer(runs, env={"LAB_HOSTED": "1", "SPACE_ID": "", "SYSTEM": "", "HF_HUB_OFFLINE": "1"})
+    yield server, runs
+    server.close()
+
+
+def test_a_client_cannot_fill_the_queue_by_sending_a_new_forwarded_address_each_time(hosted_app):
+    """12 of 14 jobs were accepted when each request carried another X-Forwarded-For."""
+    from gradio_client import Client
+
+    from tests.test_visitors import refused, sample_args
+
+    server, runs = hosted_app
+    clients = [Client(server.url, verbose=False, headers={"X-Forwarded-For": f"203.0.113.{i + 1}"}) for i in range(3)]
+    for client in clients:
+        client.predict(None, None, api_name="/arrive")
+    clients[0].predict(*sample_args("xff-0", n=32, tokens=128, batch=1), api_name="/start_sampling")
+    try:
+        assert "queued" in clients[1].predict(*sample_args("xff-1"), api_name="/start_sampling")
+        assert "Two jobs from your network" in refused(clients[2], *sample_args("xff-2"), api_name="/start_sampling")
+    finally:
+        for i in (1, 0):
+            clients[i].predict(f"xff-{i}", api_name="/stop_sample")
+

@@ -11,6 +11,7 @@ the page does by itself (timers, refreshes, change handlers) is kept out of it (
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 
 import gradio as gr
@@ -112,5 +113,7 @@ def _poll_only_the_shown_tab(tabs: list[gr.Tab], timers: list[gr.Timer | None]) 
 def launch_kwargs() -> dict:
     """Styling passed to launch() (gradio 6 takes css/theme there), and the owner's upload cap (lab.limits): Gradio
     refuses a bigger upload before it reaches a handler."""
+    if limits.hosted():  # the requester's address is lab.hosting.client_address's to work out, from the raw peer:
+        os.environ.setdefault("FORWARDED_ALLOW_IPS", "")  # uvicorn would take a local client's X-Forwarded-For
     limit = limits.upload_limit_bytes()
     return {"css": CSS, "head": HEAD, "theme": gr.themes.Soft(), **({"max_file_size": limit} if limit else {})}
