@@ -17,7 +17,10 @@ environment), so a bare API client or a hand-made command line meets the same ca
     LAB_MAX_TRAIN_STEPS    200      optimizer steps of one training (--max-steps, or what --epochs come to); per
                                     round for iterate
     LAB_MAX_ROUNDS         3        self-rewarding rounds (iterate --rounds)
-    LAB_MAX_UPLOAD_MB      5        size of a file uploaded in the app (instruction files)
+    LAB_MAX_UPLOAD_MB      5        size of a file uploaded in the app (instruction files), and of its contents
+                                    once decompressed (a parquet or Arrow file's data)
+    LAB_MAX_UPLOAD_ROWS    10000    rows or lines of an instruction file (a table's, from its metadata first)
+    LAB_MAX_INSTRUCTION_KB 8        the longest instruction, in KB
     LAB_MAX_BATCH          64       sequences per forward pass (every --batch-size; train: --batch-size x
                                     --grad-accum; PairRM pairs per pass)
     LAB_MAX_LORA_R         64       LoRA rank (train --lora-r, --lora-alpha up to 4x; iterate --lora-r)
@@ -63,6 +66,8 @@ CAPS = {
     "train_steps": Cap("LAB_MAX_TRAIN_STEPS", 200, "training steps"),
     "rounds": Cap("LAB_MAX_ROUNDS", 3, "self-rewarding rounds"),
     "upload_mb": Cap("LAB_MAX_UPLOAD_MB", 5, "MB per uploaded file"),
+    "upload_rows": Cap("LAB_MAX_UPLOAD_ROWS", 10_000, "rows per instruction file"),
+    "instruction_kb": Cap("LAB_MAX_INSTRUCTION_KB", 8, "KB per instruction"),
     "batch": Cap("LAB_MAX_BATCH", 64, "sequences per forward pass"),
     "lora_r": Cap("LAB_MAX_LORA_R", 64, "LoRA rank"),
     "length": Cap("LAB_MAX_LENGTH", 2048, "tokens of training sequence"),
@@ -174,6 +179,27 @@ def check_upload(path: str | os.PathLike) -> None:
         c = CAPS["upload_mb"]
         raise LabError(f"The uploaded file is {size / 1024 / 1024:.3g} MB, above this app's cap of "
                        f"{_fmt(cap('upload_mb'))} MB (the owner sets {c.env}): upload a smaller file.")
+
+
+def check_decoded(where: str, rows: int, nbytes: int) -> None:
+    """Refuse an instruction file (`where`) whose contents, measured after decoding (decompressed, before any work on
+    them), hold more than LAB_MAX_UPLOAD_ROWS rows or LAB_MAX_UPLOAD_MB bytes: a few KB of zstd parquet can hold
+    millions of rows or a 200 MB prompt."""
+    check("upload_rows", "rows", rows, f"{where} holds {rows:,} rows, which")
+    limit = upload_limit_bytes()
+    if limit is not None and nbytes > limit:
+        raise LabError(f"{where} holds {nbytes / 1024 / 1024:.3g} MB once decompressed, above this app's cap of "
+                       f"{_fmt(cap('upload_mb'))} MB per uploaded file (the owner sets {CAPS['upload_mb'].env}): "
+                       "give fewer or shorter instructions.")
+
+
+def check_instruction_length(where: str, prompts: list[str]) -> None:
+    """Refuse an instruction longer than LAB_MAX_INSTRUCTION_KB (measured in UTF-8 bytes)."""
+    if cap("instruction_kb") is None or not prompts:
+        return
+    longest = max(prompts, key=lambda p: len(p.encode("utf-8")))
+    kb = len(longest.encode("utf-8")) / 1024
+    check("instruction_kb", "", kb, f"{where}: an instruction of {kb:,.0f} KB ({longest[:40]!r}...)")
 
 
 # ---- per stage ------------------------------------------------------------------------------------------------------

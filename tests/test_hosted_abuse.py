@@ -375,3 +375,121 @@ def test_a_client_cannot_fill_the_queue_by_sending_a_new_forwarded_address_each_
         for i in (1, 0):
             clients[i].predict(f"xff-{i}", api_name="/stop_sample")
 
+
+# ---- inputs measured after decoding, before work ---------------------------------------------------------------------
+def test_a_small_compressed_table_is_measured_after_decoding_before_it_is_read(hosted, tmp_path):
+    """A 1 KB zstd parquet held one 20 MB prompt; a 7 KB one two million rows: both read whole before (0.6 -> 1.5 GB
+    of the app's memory for 200 MB, 52 s for 5M rows). Now the parquet's metadata refuses them, and an Arrow file's
+    batches are counted as they are read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lab.instructions import load_instructions
+
+    pq.write_table(pa.table({"prompt": ["x" * (20 << 20)]}), tmp_path / "one.parquet", compression="zstd")
+    pq.write_table(pa.table({"prompt": ["Hi there"] * 2_000_000}), tmp_path / "rows.parquet", compression="zstd")
+    with pa.OSFile(str(tmp_path / "rows.arrow"), "wb") as f, pa.ipc.new_file(
+            f, pa.schema([("prompt", pa.string())]), options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+        w.write_table(pa.table({"prompt": ["Hi there"] * 200_000}), max_chunksize=5_000)
+    assert (tmp_path / "one.parquet").stat().st_size < 5_000 and (tmp_path / "rows.parquet").stat().st_size < 20_000
+    before, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.time()
+    with pytest.raises(LabError, match=r"one.parquet holds 20 MB once decompressed, above this app's cap of 5 MB per "
+                                       r"uploaded file \(the owner sets LAB_MAX_UPLOAD_MB\)"):
+        load_instructions(str(tmp_path / "one.parquet"))
+    with pytest.raises(LabError, match=r"rows.parquet holds 2,000,000 rows, which is above this app's cap of 10000 "
+                                       r"rows per instruction file \(the owner sets LAB_MAX_UPLOAD_ROWS\)"):
+        load_instructions(str(tmp_path / "rows.parquet"))
+    with pytest.raises(LabError, match=r"rows.arrow holds 15,000 rows, which is above this app's cap of 10000"):
+        load_instructions(str(tmp_path / "rows.arrow"))  # refused at the batch that passes the cap
+    assert time.time() - t0 < 5 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KB
+
+
+def test_the_longest_instruction_and_the_lines_of_a_text_file_are_capped(hosted, tmp_path):
+    from lab.instructions import load_instructions
+
+    (tmp_path / "long.txt").write_text("Short one.\n" + "Tell me " + "very " * 2000 + "much.\n")
+    with pytest.raises(LabError, match=r"long.txt: an instruction of 10 KB \('Tell me very very.*is above this app's "
+                                       r"cap of 8 KB per instruction \(the owner sets LAB_MAX_INSTRUCTION_KB\)"):
+        load_instructions(str(tmp_path / "long.txt"))
+    (tmp_path / "lines.txt").write_text("\n".join(f"Say {i}." for i in range(10_001)))
+    with pytest.raises(LabError, match=r"lines.txt holds 10,001 rows, which is above this app's cap of 10000"):
+        load_instructions(str(tmp_path / "lines.txt"))
+
+
+def test_deeply_nested_json_is_a_message_not_a_traceback(lab_run_for_cli, tmp_path, capsys):
+    """A RecursionError traceback on the command line before; Gradio's generic "Error" in the app."""
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    assert main(["sample", "--run", "t", "--model", "tiny-random", "--instructions", str(deep), "--n", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "deep.jsonl: line 1 nests lists or objects more than 32 levels deep" in err and "Traceback" not in err
+    (tmp_path / "forty.jsonl").write_text('{"prompt": "Hi?", "x": ' + "[" * 40 + "]" * 40 + "}\n")
+    assert main(["sample", "--run", "t", "--model", "tiny-random", "--instructions", str(tmp_path / "forty.jsonl"),
+                 "--n", "1"]) == 2  # past the lab's 32 levels, well before Python's own limit
+    assert "forty.jsonl: line 1 nests lists or objects more than 32 levels deep" in capsys.readouterr().err
+
+
+@pytest.fixture
+def lab_run_for_cli(runs_dir):
+    return Run.open("t")
+
+
+def test_an_upload_is_read_apart_bounded_and_named_as_the_user_knows_it(run, tmp_path):
+    """The app reads an upload in a child process stopped past a time or memory bound; an empty upload's refusal
+    named the server's copy ("instructions.txt")."""
+    import gradio as gr
+
+    from lab.instructions import check_apart
+    from lab.ui.common import upload_into
+
+    empty = tmp_path / "my-list.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(gr.Error) as e:
+        with upload_into(run, str(empty)):
+            pass
+    assert "my-list.txt: no instructions found" in e.value.message and "instructions.txt" not in e.value.message
+    assert not run.upload_path(".txt", "instructions").exists()  # nothing kept
+    good = tmp_path / "good.txt"
+    good.write_text("One?\nTwo?\n")
+    assert check_apart(good, "good.txt") == 2
+    with pytest.raises(LabError, match=r"^good.txt took more than 0.01 s to read on this app: upload a smaller"):
+        check_apart(good, "good.txt", seconds=0.01)
+    with pytest.raises(LabError, match=r"^good.txt took more than 1 MB of memory to read on this app"):
+        check_apart(good, "good.txt", mb=1)
+
+
+def test_a_visitors_bomb_upload_is_refused_quickly_and_stalls_no_other_page(hosted_app, tmp_path):
+    """A 19.6 KB parquet of 5M rows took 52 s to check in the web process, while /config took up to 24 s."""
+    import threading
+    import urllib.request
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from gradio_client import Client, handle_file
+
+    from tests.test_visitors import refused, sample_args
+
+    server, runs = hosted_app
+    bomb = tmp_path / "bomb.parquet"
+    pq.write_table(pa.table({"prompt": ["Hi there"] * 5_000_000}), bomb, compression="zstd")
+    client = Client(server.url, verbose=False)
+    client.predict(None, None, api_name="/arrive")
+    args = list(sample_args("bomb"))
+    args[2:4] = ["file", handle_file(str(bomb))]
+    waits: list[float] = []
+
+    def browse() -> None:
+        for _ in range(5):
+            t0 = time.time()
+            urllib.request.urlopen(server.url + "/config", timeout=30).read()
+            waits.append(time.time() - t0)
+
+    other = threading.Thread(target=browse)
+    t0 = time.time()
+    other.start()
+    message = refused(client, *args, api_name="/start_sampling")
+    other.join()
+    assert "bomb.parquet holds 5,000,000 rows, which is above this app's cap of 10000" in message
+    assert time.time() - t0 < 15 and max(waits) < 5, waits
+    assert not list(runs.glob("bomb/uploads/*"))
+

@@ -20,7 +20,7 @@ from lab.ui import visitors
 from lab.cli import BY_NAME, build_parser, load
 from lab.configfile import command_line, yaml_download
 from lab.errors import LabError, ui_text
-from lab.instructions import load_instructions
+from lab.instructions import check_apart
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
 from lab.store import URL_USERINFO, Run
 from lab.ui.views import View, internal
@@ -301,12 +301,13 @@ def upload_into(run: Run, upload: str, kind: str = "instructions") -> Iterator[P
 
 
 def check_instruction_file(path: Path, shown_as: str) -> None:
-    """Read an uploaded instruction file now (the job would only find a fault later, in its log), and name it in
-    the message as the user knows it (`shown_as`, their file's name), not as the server's copy in the run."""
+    """Read an uploaded instruction file now (the job would only find a fault later, in its log), in a child process
+    bounded in time and memory (lab.instructions.check_apart), and name it in the message as the user knows it
+    (`shown_as`, their file's name), not as the server's copy in the run."""
     try:
-        load_instructions(str(path))
+        check_apart(path, shown_as)
     except LabError as e:
-        raise gr.Error(page_text(ui_text(e).replace(str(path), shown_as))) from None
+        raise gr.Error(page_text(ui_text(e))) from None
 
 
 def refuse_url_files() -> None:
