@@ -29,7 +29,8 @@ environment), so a bare API client or a hand-made command line meets the same ca
     LAB_MAX_RANK_PAIRS     600      PairRM comparisons one job may make (K(K-1) per instruction)
     LAB_MAX_RUN_INSTRUCTIONS 64     instructions one run may hold (sampling more into a run adds to it)
     LAB_MAX_ADAPTERS       4        adapters one comparison may hold
-    LAB_MAX_TEXT_KB        20       a judge prompt or a note typed into the app, in KB
+    LAB_MAX_TEXT_KB        20       a judge prompt, a note or a chat message typed into the app, in KB
+    LAB_MAX_CHAT_KB        64       a chat's whole conversation (history and message), in KB, before tokenizing
     LAB_MAX_QUEUE          12       jobs waiting or running at once (each visitor: one; each address: two)
     LAB_MAX_RUNS           20       new runs one visitor may start in 24 hours (one address: twice that)
     LAB_MAX_JOB_MINUTES    60       wall-clock minutes a job may run before it is stopped
@@ -76,6 +77,7 @@ CAPS = {
     "run_instructions": Cap("LAB_MAX_RUN_INSTRUCTIONS", 64, "instructions per run"),
     "adapters": Cap("LAB_MAX_ADAPTERS", 4, "adapters per comparison"),
     "text_kb": Cap("LAB_MAX_TEXT_KB", 20, "KB of typed text"),
+    "chat_kb": Cap("LAB_MAX_CHAT_KB", 64, "KB of conversation"),
     "queue": Cap("LAB_MAX_QUEUE", 12, "jobs waiting or running"),
     "runs": Cap("LAB_MAX_RUNS", 20, "new runs per visitor in 24 hours"),
     "job_minutes": Cap("LAB_MAX_JOB_MINUTES", 60, "minutes per job"),
@@ -207,6 +209,14 @@ def check_text(what: str, text: str) -> None:
     """Refuse typed text (a judge prompt, a note) above LAB_MAX_TEXT_KB."""
     check("text_kb", what, len((text or "").encode("utf-8")) / 1024,
           f"{what} of {len((text or '').encode('utf-8')) / 1024:.0f} KB")
+
+
+def check_chat_text(message: str, contents: list[str]) -> None:
+    """Refuse a chat message above LAB_MAX_TEXT_KB, or a conversation (`contents`: the history's texts) that with it
+    is above LAB_MAX_CHAT_KB: measured before anything is tokenized (a 4 MB message held every chat for 6 s)."""
+    check_text("The message", message)
+    kb = (len(message.encode("utf-8")) + sum(len(c.encode("utf-8")) for c in contents)) / 1024
+    check("chat_kb", "", kb, f"The conversation of {kb:,.0f} KB")
 
 
 def check_sample(cfg, run_instructions: int = 0) -> None:

@@ -493,3 +493,44 @@ def test_a_visitors_bomb_upload_is_refused_quickly_and_stalls_no_other_page(host
     assert time.time() - t0 < 15 and max(waits) < 5, waits
     assert not list(runs.glob("bomb/uploads/*"))
 
+
+# ---- chat: measured before tokenizing ---------------------------------------------------------------------------------
+def test_a_chat_message_and_its_history_are_measured_before_any_tokenizing(hosted):
+    from lab.chat import measured_history
+
+    turn = lambda role, kb: {"role": role, "content": [{"type": "text", "text": "y" * (kb * 1024)}]}  # noqa: E731
+    with pytest.raises(LabError, match=r"The message of 30 KB is above this app's cap of 20 KB of typed text \(the "
+                                       r"owner sets LAB_MAX_TEXT_KB\)"):
+        measured_history([], "x" * 30 * 1024)
+    with pytest.raises(LabError, match=r"The conversation of 81 KB is above this app's cap of 64 KB of conversation "
+                                       r"\(the owner sets LAB_MAX_CHAT_KB\)"):
+        measured_history([turn("user", 10), turn("assistant", 10)] * 4, "x" * 1024)
+    with pytest.raises(LabError, match=r"The chat history holds more than 400 messages, the most a chat keeps: clear"):
+        measured_history([{"role": "user"}] * 40_000, "Hi")
+    assert measured_history([turn("user", 1), {"role": "tool", "content": "x"}, "junk"], "Hi") == [
+        {"role": "user", "content": "y" * 1024}]
+
+
+def test_the_app_refuses_a_huge_chat_at_once_and_logs_a_malformed_history_once(hosted_app):
+    """A 4 MB message held another visitor's "hi" for 6 s; a malformed 40k-message history logged ~120k lines."""
+    from gradio_client import Client
+
+    from tests.test_visitors import refused
+
+    server, _ = hosted_app
+    client = Client(server.url, verbose=False)
+    client.predict(None, None, api_name="/arrive")
+    settings = ("tiny-random", "", 0.0, 1.0, 8, 0)
+    t0 = time.time()
+    assert "The message of 4096 KB is above this app's cap of 20 KB" in refused(
+        client, "", "base", "", "x" * (4 << 20), [], [], *settings, api_name="/chat")
+    assert time.time() - t0 < 10
+    lines = len(server.log_text().splitlines())
+    malformed = [{"role": "user", "content": 5, "metadata": "?"}] * 40_000
+    assert "The chat history holds more than 400 messages" in refused(client, "", "base", "", "Hi", malformed, [], *settings,
+                                                                api_name="/chat")
+    left = client.predict("", "base", "", "Hi", [{"rôle": "user"}] * 300, [], *settings, api_name="/chat")[0]
+    assert left[-1]["role"] == "assistant" and len(left) == 2  # answered; the 300 entries were left out
+    log = server.log_text().splitlines()[lines:]
+    assert len(log) < 100, log[:100]  # the refusal's one traceback; 120,000 lines before
+    assert sum("left out 300 of 300 history entries" in line for line in log) == 1
