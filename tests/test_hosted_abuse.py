@@ -534,3 +534,79 @@ def test_the_app_refuses_a_huge_chat_at_once_and_logs_a_malformed_history_once(h
     log = server.log_text().splitlines()[lines:]
     assert len(log) < 100, log[:100]  # the refusal's one traceback; 120,000 lines before
     assert sum("left out 300 of 300 history entries" in line for line in log) == 1
+
+
+# ---- paths, temp folders, markup, pickles, settings refused up front ---------------------------------------------------
+def test_the_redo_command_and_its_settings_file_show_no_server_path(runs_dir, hosted):
+    from lab.ui.common import redo_updates
+
+    upload = runs_dir / "t" / "uploads" / "judge-prompt.txt"
+    st = {"state": "done", "argv": ["judge", "--run", "t", "--backend", "openai", "--prompt-file", str(upload)]}
+    _, command, yaml_file = redo_updates(st)
+    text = Path(yaml_file).read_text()
+    assert str(runs_dir) not in command and str(runs_dir) not in text
+    assert "--prompt-file runs/t/uploads/judge-prompt.txt" in command and "runs/t/uploads/judge-prompt.txt" in text
+
+
+def test_writing_the_report_again_leaves_no_temp_folder_behind(run, monkeypatch, tmp_path):
+    import tempfile
+
+    from lab.ui.share import make_report
+
+    served = tmp_path / "tmp"
+    served.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(served))
+    run.append("samples", [{"instruction_id": "i", "sample_index": j, "prompt": "Hi?", "text": t, "model": "m",
+                            "duplicate_of": None} for j, t in enumerate(["a", "b"])])
+    first = make_report("t", 0)[1]
+    for _ in range(3):
+        again = make_report("t", 0)[1]
+    assert again == first and all(Path(p).is_file() for p in again)
+    assert [p.name for p in served.iterdir()] == ["preference-lab-served"]
+    assert len(list((served / "preference-lab-served").iterdir())) == 1  # one folder for this run's report
+    assert not list(served.glob("lab-report-*"))
+
+
+def test_markup_in_the_comparison_grid_is_shown_as_text(run):
+    from lab import compare
+
+    evil = "Say <img src=x onerror=alert(1)> | <script>alert(2)</script>"
+    run.record_stage("compare", {"key": "k", "instruction_ids": ["i"], "models": ["base"]})
+    run.append("compare", [{"instruction_id": "i", "prompt": evil, "model": "base", "text": "<b>bold</b>\nline 2",
+                            "key": "k", "duplicate": None}])
+    table = compare.export(run, "md").read_text()
+    assert "<img" not in table and "<script>" not in table and "<b>" not in table
+    assert "&lt;img src=x onerror=alert(1)&gt; \\| &lt;script&gt;" in table and "&lt;b&gt;bold&lt;/b&gt;<br>line 2" in table
+
+
+def test_a_pickle_adapter_is_a_clear_error_not_a_traceback(run, capsys):
+    import torch
+
+    folder = run.adapter_dir("pickled")
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "x"}))
+    torch.save({"lora": torch.zeros(2)}, folder / "adapter_model.bin")
+    assert main(["chat", "--run", "t", "--adapter", "pickled", "--model", "tiny-random", "--message", "Hi"]) == 2
+    err = capsys.readouterr().err
+    assert "Adapter 'pickled' holds adapter_model.bin, a pickle file, which the lab does not load" in err
+    assert "Traceback" not in err
+
+
+def test_kto_with_one_row_a_batch_is_refused_before_anything_loads(run, capsys):
+    run.pairs_file("judge").parent.mkdir(parents=True, exist_ok=True)
+    run.pairs_file("judge").write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello!", "rejected": "No."}) + "\n")
+    t0 = time.time()
+    assert main(["train", "--run", "t", "--pairs", "judge", "--adapter", "k", "--method", "kto", "--model",
+                 "tiny-random", "--batch-size", "1", "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--method kto needs --batch-size 2 or more (got 1): KTO estimates its KL term" in err
+    assert "Traceback" not in err and time.time() - t0 < 10 and not run.adapter_dir("k").exists()
+
+
+def test_the_hosted_push_refusal_reads_as_written():
+    from lab.hub import _HOSTED_PUSH
+    from lab.ui.wording import page_text
+
+    shown = page_text(f"Sign in with Hugging Face (the button on the Share tab) to push: {_HOSTED_PUSH}")
+    assert "the lab pushes with your own account" in shown and "the the" not in shown and "Pushes tab" not in shown
+    assert page_text("run `python -m lab pairs --run x` first") == "run the PairRM tab first"

@@ -204,8 +204,10 @@ def redo_updates(st: dict) -> list:
         args = build_parser().parse_args(argv)
     except SystemExit:  # a job line from an older version of the lab: nothing to offer
         return [gr.update(visible=False), gr.skip(), gr.skip()]
-    settings = load(BY_NAME[args.stage].settings).from_args(args)
-    return [gr.update(visible=True), command_line(argv), str(yaml_download(args.stage, args.run, settings))]
+    settings = load(BY_NAME[args.stage].settings).from_args(args)  # a hosted page shows no server path in either:
+    shown = hosting.public_text  # an upload's path reads runs/<run>/uploads/..., as a checkout of the lab has it
+    return [gr.update(visible=True), shown(command_line(argv)),
+            str(yaml_download(args.stage, args.run, settings, shown))]
 
 
 def wire_start(panel: JobPanel, button: gr.Button, fn: Callable, inputs: list, api_name: str):
@@ -271,6 +273,27 @@ def admit(argv: list[str]):
     cfg = load(BY_NAME[args.stage].settings).from_args(args)
     checked(hosting.admit, args.stage, args.run, cfg)
     return cfg
+
+
+def served_copies(files: dict[str, Path], key: str) -> list[str]:
+    """Copies of `files` ({name to serve it as: path}) for Gradio to hand to the browser: Gradio serves files from the
+    temp folder only, never the runs root (that would serve every visitor's runs). One folder per `key` (a run's
+    report, a run's export), refilled by each call, since Gradio copies what a handler returns into its own cache:
+    a folder per call only piled up (/write_report left a /tmp/lab-report-* each time)."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / "preference-lab-served" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():
+        if old.name not in files:
+            old.unlink(missing_ok=True)
+    for name, path in files.items():
+        tmp = folder / f".{name}.tmp"
+        shutil.copyfile(path, tmp)
+        tmp.replace(folder / name)
+    return [str(folder / name) for name in files]
 
 
 URL_FILE_REFUSED = ("Files are uploaded from your computer, not fetched from a URL: download the file and upload "
