@@ -2,7 +2,10 @@
 
 A tab never runs long work in the web server: it builds its stage's settings dataclass, validates it (so mistakes
 show at once), and hands `python -m lab <stage> ...` to `lab.jobs`. A `gr.Timer` polls the job's files, so a page
-reload (or a restarted app) re-attaches to whatever is running.
+reload (or a restarted app) re-attaches to whatever is running. It ticks only on the tab on screen, and only while
+a job of the run is queued or running (another tab's job too: a training that ends adds to Compare's list): a tick
+that finds none stops it; opening the tab, picking a run or starting a job polls again
+(lab.ui._poll_only_the_shown_tab, wire_start).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from lab.ui.views import View, internal
 from lab.ui.wording import page_text, say, stage_of
 
 POLL_S = 1.0
+LIVE = ("queued", "running")  # the states of a run's job that the shown tab's timer ticks for
 
 
 @dataclass
@@ -150,8 +154,8 @@ def job_panel() -> JobPanel:
 
 
 def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: list[View] | tuple = ()) -> None:
-    """Poll the run's job each tick (`job_<stage>`: run name -> bar, status, log), then re-read the tab's result
-    views (lab.ui.views) when something changed (another run picked, a job of `stage` queued, started or ended, a
+    """Poll the run's job each tick (`job_<stage>`: run name -> bar, status, log, the timer), then re-read the tab's
+    result views (lab.ui.views) when something changed (another run picked, a job of `stage` queued, started or ended, a
     job of another stage started or ended)
     or, for a live view, while it runs. Not every second for the rest: re-reading a run's files each tick is wasted
     work, and re-sending a dropdown's choices would close it under the user's cursor."""
@@ -165,10 +169,11 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: l
         other = [latest.get("argv", [None])[0], latest.get("state")] if st is not latest else []
         key = [name, st.get("state"), st.get("started") or st.get("queued"), st.get("position"), *other]
         found = {"changed": key != last, "running": st.get("state") == "running"}
+        ticking = gr.Timer(active=latest.get("state") in LIVE)  # no job of the run under way: the timer stops
         if not found["changed"] and not found["running"]:
-            return [gr.skip()] * (3 + len(redo)) + [last, found]
+            return [gr.skip()] * (3 + len(redo)) + [last, found, ticking]
         return [progress_html(st), status_text(st), hosting.public_text(st.get("log_tail", "")), *redo_updates(st),
-                key, found]
+                key, found, ticking]
 
     def refresh(name: str, found: dict, *values):
         updates, at = [], 0
@@ -178,7 +183,8 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: l
             at += len(v.inputs)
         return updates
 
-    panel_io = dict(fn=poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, *redo, seen, news])
+    panel_io = dict(fn=poll, inputs=[run_name, seen],
+                    outputs=[panel.bar, panel.status, panel.log, *redo, seen, news, panel.timer])
     views_io = dict(fn=refresh, inputs=[run_name, news, *(c for v in views for c in v.inputs)],
                     outputs=[c for v in views for c in v.outputs], **internal())
 
