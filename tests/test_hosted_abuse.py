@@ -266,8 +266,9 @@ def test_the_running_app_answers_a_url_for_a_file_with_what_to_do(runs_dir):
     assert not Run.open("url-file").path.exists()
 
 
-# ---- a visitor's job environment --------------------------------------------------------------------------------------
-def test_a_visitors_job_inherits_an_allow_list_not_the_owners_other_secrets(runs_dir, hosted, prompts, monkeypatch):  # noqa: F811
+# ---- a visitor's job environment -------------------------------------------------------------------------------------
+def test_a_visitors_job_inherits_an_allow_list_not_the_owners_other_secrets(runs_dir, hosted, prompts,  # noqa: F811
+                                                                             monkeypatch):
     """The job's real environment (/proc/<pid>/environ): the owner's other secrets (a W&B key, the Space's OAuth
     secret, the browser-id key, anything new) stay out; the caps and the owner's provider key for the app's own
     judge reach it; huggingface_hub is told not to send a saved login."""
@@ -494,7 +495,7 @@ def test_a_visitors_bomb_upload_is_refused_quickly_and_stalls_no_other_page(host
     assert not list(runs.glob("bomb/uploads/*"))
 
 
-# ---- chat: measured before tokenizing ---------------------------------------------------------------------------------
+# ---- chat: measured before tokenizing --------------------------------------------------------------------------------
 def test_a_chat_message_and_its_history_are_measured_before_any_tokenizing(hosted):
     from lab.chat import measured_history
 
@@ -527,8 +528,8 @@ def test_the_app_refuses_a_huge_chat_at_once_and_logs_a_malformed_history_once(h
     assert time.time() - t0 < 10
     lines = len(server.log_text().splitlines())
     malformed = [{"role": "user", "content": 5, "metadata": "?"}] * 40_000
-    assert "The chat history holds more than 400 messages" in refused(client, "", "base", "", "Hi", malformed, [], *settings,
-                                                                api_name="/chat")
+    assert "The chat history holds more than 400 messages" in refused(client, "", "base", "", "Hi", malformed, [],
+                                                                      *settings, api_name="/chat")
     left = client.predict("", "base", "", "Hi", [{"rôle": "user"}] * 300, [], *settings, api_name="/chat")[0]
     assert left[-1]["role"] == "assistant" and len(left) == 2  # answered; the 300 entries were left out
     log = server.log_text().splitlines()[lines:]
@@ -536,7 +537,7 @@ def test_the_app_refuses_a_huge_chat_at_once_and_logs_a_malformed_history_once(h
     assert sum("left out 300 of 300 history entries" in line for line in log) == 1
 
 
-# ---- paths, temp folders, markup, pickles, settings refused up front ---------------------------------------------------
+# ---- paths, temp folders, markup, pickles, settings refused up front -------------------------------------------------
 def test_the_redo_command_and_its_settings_file_show_no_server_path(runs_dir, hosted):
     from lab.ui.common import redo_updates
 
@@ -576,7 +577,8 @@ def test_markup_in_the_comparison_grid_is_shown_as_text(run):
                             "key": "k", "duplicate": None}])
     table = compare.export(run, "md").read_text()
     assert "<img" not in table and "<script>" not in table and "<b>" not in table
-    assert "&lt;img src=x onerror=alert(1)&gt; \\| &lt;script&gt;" in table and "&lt;b&gt;bold&lt;/b&gt;<br>line 2" in table
+    assert "&lt;img src=x onerror=alert(1)&gt; \\| &lt;script&gt;" in table
+    assert "&lt;b&gt;bold&lt;/b&gt;<br>line 2" in table
 
 
 def test_a_pickle_adapter_is_a_clear_error_not_a_traceback(run, capsys):
