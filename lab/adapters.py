@@ -96,8 +96,23 @@ def resolve_adapters(run: Run, names: str) -> dict[str, Path]:
         if not is_complete(run.adapter_dir(name)):
             have = ", ".join(run.adapters()) or "none yet"
             raise LabError(f"No adapter {name!r} in run {run.name} (adapters: {have}). Pick names from that list.")
+        check_weights(run.adapter_dir(name))  # before any model loads
         out[name] = run.adapter_dir(name)
     return out
+
+
+def check_weights(folder: Path) -> None:
+    """Refuse an adapter folder without safetensors weights before PEFT opens it: a pickle adapter_model.bin (which
+    can run code when loaded, and which PEFT's loader refuses with a traceback) or no weights at all."""
+    folder = Path(folder)
+    if adapter_file(folder, "weights").is_file():
+        return
+    if (folder / "adapter_model.bin").exists():
+        raise LabError(f"Adapter {folder.name!r} holds adapter_model.bin, a pickle file, which the lab does not load "
+                       "(loading a pickle can run any code in it): save the adapter as adapter_model.safetensors "
+                       "(PEFT's save_pretrained does by default) and try again.")
+    raise LabError(f"Adapter {folder.name!r} has no {adapter_file(folder, 'weights').name}: its weights are missing; "
+                   "train it again or copy the whole adapter folder.")
 
 
 def check_same_base(adapters: dict[str, Path], spec: str, base_path: str) -> None:
@@ -118,6 +133,7 @@ def attach_adapters(model, adapters: dict[str, Path]):
     slots = {name: f"lab_adapter_{i}" for i, name in enumerate(adapters)}  # run names may hold '.', PEFT keys may not
     peft = None
     for name, path in adapters.items():
+        check_weights(path)
         try:
             if peft is None:
                 peft = PeftModel.from_pretrained(model, str(path), adapter_name=slots[name])

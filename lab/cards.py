@@ -43,17 +43,20 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _cell(v) -> str:
-    """One table cell: HTML escaped (a cell holding <img onerror=...> shows as text), pipes escaped, one line."""
+def _cell(v, newline: str = " ") -> str:
+    """One table cell: HTML escaped (a cell holding <img onerror=...> shows as text), backslashes and pipes escaped,
+    one line (a line break becomes `newline`)."""
     if isinstance(v, float) and not v.is_integer():
         v = float(f"{v:.6g}")  # 0.6931471824645996 -> 0.693147: metrics to the digits that mean something
     text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
-    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+    text = html.escape(text, quote=False).replace("\\", "\\\\").replace("|", "\\|").replace("\r", "")
+    return text.replace("\n", newline)
 
 
-def cell(v) -> str:
-    """A table cell for any Markdown table the lab writes (cards, the report): escaped, one line."""
-    return _cell(v)
+def cell(v, newline: str = " ") -> str:
+    """A table cell for any Markdown table the lab writes (cards, the report, the comparison grid): escaped, one
+    line; the grid keeps a long answer's lines apart with newline="<br>"."""
+    return _cell(v, newline)
 
 
 def fence(text: str, info: str = "text") -> str:

@@ -13,6 +13,7 @@ content as a list of parts ({"type": "text", "text": ...}), which `plain_message
 """
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from lab import models
+from lab import limits, models
 from lab.adapters import BASE, adapters_on, check_same_base, read_state, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
@@ -71,6 +72,32 @@ def plain_messages(history) -> list[dict]:
     turn (dropping it would put two user messages in a row)."""
     return [{"role": m["role"], "content": text_of(m.get("content"))} for m in history or []
             if isinstance(m, dict) and m.get("role") in ("user", "assistant", "system")]
+
+
+MAX_MESSAGES = 400  # messages a chat history may hold (200 turns; a bare API client sent 40,000)
+log = logging.getLogger(__name__)
+
+
+def measured_history(history, message: str) -> list[dict]:
+    """A history that came from a page or an API client, as plain messages (clean_history), measured before any
+    work on it: past MAX_MESSAGES messages, or past the owner's text caps (lab.limits.check_chat_text), LabError."""
+    if isinstance(history, (list, tuple)) and len(history) > MAX_MESSAGES:
+        raise LabError(f"The chat history holds more than {MAX_MESSAGES} messages, the most a chat keeps: clear the "
+                       "chat and start again.")
+    plain = clean_history(history)
+    limits.check_chat_text(message or "", [m["content"] for m in plain])
+    return plain
+
+
+def clean_history(history) -> list[dict]:
+    """plain_messages of `history`; entries that are not messages are left out with one log line for all of them
+    (never one per entry: a malformed 40,000-message history logged 120,000 lines)."""
+    raw = history if isinstance(history, (list, tuple)) else []
+    plain = plain_messages(raw)
+    if len(plain) < len(raw) or not isinstance(history, (list, tuple, type(None))):
+        log.warning("chat: left out %d of %d history entries that are not {role, content} messages",
+                    len(raw) - len(plain) or 1, len(raw) or 1)
+    return plain
 
 
 def conversation(system: str, history, message: str) -> list[dict]:

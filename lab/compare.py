@@ -59,7 +59,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from lab import checks, efficiency, graders, limits, models, precision, rank
+from lab import cards, checks, efficiency, graders, limits, models, precision, rank
 from lab.adapters import BASE, adapters_on, check_same_base, fingerprint, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
@@ -384,9 +384,8 @@ def grid(run: Run):
 
 def markdown_table(df) -> str:
     """A GitHub-flavoured Markdown table (pandas' to_markdown needs `tabulate`, which the project does not ship)."""
-    def cell(v) -> str:
-        text = "" if v is None or v != v else str(v)  # v != v: NaN
-        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+    def cell(v) -> str:  # markup in an instruction or an answer shows as text (lab.cards.cell)
+        return "" if v is None or v != v else cards.cell(str(v), newline="<br>")  # v != v: NaN
 
     cols = [df.index.name or "", *map(str, df.columns)]
     rows = [[cell(ix), *(cell(v) for v in row)] for ix, row in zip(df.index, df.itertuples(index=False))]

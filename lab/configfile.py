@@ -25,7 +25,7 @@ import dataclasses
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lab.config import Settings, kind_of
 from lab.errors import LabError
@@ -120,13 +120,14 @@ def command_line(argv: list[str]) -> str:
 
 
 
-def yaml_download(stage: str, run: str, settings: Settings) -> Path:
+def yaml_download(stage: str, run: str, settings: Settings, shown: Callable[[str], str] = str) -> Path:
     """settings_yaml written to `<temp>/preference-lab-settings/<hash>/<stage>.yaml`, for the app's download button:
-    outside the run (a hosted app may show a run it may not write to), named for the --config line inside it."""
+    outside the run (a hosted app may show a run it may not write to), named for the --config line inside it.
+    shown: the text as the page may show it (a hosted app's lab.hosting.public_text)."""
     import hashlib
     import tempfile
 
-    text = settings_yaml(stage, run, settings)
+    text = shown(settings_yaml(stage, run, settings))
     folder = Path(tempfile.gettempdir()) / "preference-lab-settings" / hashlib.sha256(text.encode()).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stage}.yaml"

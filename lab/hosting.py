@@ -8,7 +8,11 @@ Visitors. A visitor is the Hugging Face user signed in with the Space's OAuth, e
 browser's localStorage (lab.ui.visitors); both are stored only as `visitor_key` hashes. A run a visitor starts
 records its owner in the run folder:
 
-    runs/<run>/owner.json   {"owner": "<sha256 hex of the visitor's id>", "created": "2025-01-31T12:00:00+0000"}
+    runs/<run>/owner.json   {"owner": "<sha256 hex of the visitor's id>", "created": "2025-01-31T12:00:00+0000",
+                             "where": "<sha256 hex of the address it came from>" or null}
+
+A visitor starts at most LAB_MAX_RUNS new runs in 24 hours, an address twice that (lab.limits; the file's time is
+the run's start). The address is the requester's as the owner's proxies report it (client_address, LAB_PROXY_HOPS).
 
 A visitor reaches their own runs, and reads (never changes) the runs the owner lists in LAB_SHARED_RUNS
 (comma-separated names). Every other run, including runs made on the command line (no owner.json), is "no such
@@ -95,14 +99,46 @@ def visible_runs(visitor: Visitor | None) -> list[str]:
     return [n for n in list_runs() if access(n, visitor) in ("own", "shared")]
 
 
-def claim(name: str, visitor: Visitor) -> bool:
-    """Create run `name` for `visitor` (its folder and owner.json, atomically: of two visitors claiming one name at
-    once, one wins). True if the run is now the visitor's."""
+def _recent_claims(since: float) -> list[dict]:
+    """owner.json of every run claimed after `since` (its file's time)."""
+    found = []
+    for name in list_runs():
+        path = Run(runs_root() / name).file("owner")
+        try:
+            if path.stat().st_mtime >= since:
+                found.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return found
+
+
+def check_new_run(visitor: Visitor, where: str | None) -> None:
+    """Refuse a visitor's new run past LAB_MAX_RUNS in 24 hours (their address's past twice that: a visitor may
+    mint new browser ids, an address is harder to multiply)."""
+    limit = limits.cap("runs")
+    if limit is None:
+        return
+    claims = _recent_claims(time.time() - 24 * 3600)
+    mine = sum(c.get("owner") in visitor.keys for c in claims)
+    theirs = sum(bool(where) and c.get("where") == where for c in claims)
+    if mine >= limit or theirs >= 2 * limit:
+        whose = "You have" if mine >= limit else "Your network has"
+        raise LabError(f"{whose} started {max(mine, theirs)} runs on this app in the last 24 hours, its cap (the "
+                       f"owner sets {limits.CAPS['runs'].env}): pick one of your runs at the top of the page instead "
+                       "of a new name, or come back tomorrow.")
+
+
+def claim(name: str, visitor: Visitor, where: str | None = None) -> bool:
+    """Create run `name` for `visitor`, who asks from address hash `where` (its folder and owner.json, atomically:
+    of two visitors claiming one name at once, one wins). True if the run is now the visitor's. Past the visitor's
+    run cap (check_new_run) it raises LabError."""
     if name in shared_runs():
         return False  # the owner's shared names are never a visitor's (see access)
     run = Run(runs_root() / name)
+    if not run.file("owner").exists():
+        check_new_run(visitor, where)
     run.path.mkdir(parents=True, exist_ok=True)
-    record = json.dumps({"owner": visitor.primary, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    record = json.dumps({"owner": visitor.primary, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "where": where})
     try:
         with open(run.file("owner"), "x", encoding="utf-8") as f:
             f.write(record + "\n")
@@ -122,6 +158,33 @@ def release_if_empty(name: str) -> None:
             run.path.rmdir()
         except OSError:
             pass  # something arrived meanwhile: keep it
+
+
+PROXY_HOPS_ENV = "LAB_PROXY_HOPS"
+
+
+def proxy_hops() -> int:
+    """How many proxies of the owner's stand in front of the app, each adding the address it saw to
+    X-Forwarded-For ($LAB_PROXY_HOPS): unset, 1 on a Space (the Hub's proxy) and 0 elsewhere (the header is ignored:
+    any client can send one)."""
+    raw = os.environ.get(PROXY_HOPS_ENV, "").strip()
+    if not raw:
+        return 1 if limits.on_space() else 0
+    if not raw.isdigit():
+        raise LabError(f"{PROXY_HOPS_ENV}={raw!r}: the owner sets it to how many proxies in front of this app add to "
+                       "X-Forwarded-For (a whole number: 0 = none, use the connection's address; a Space has 1).")
+    return int(raw)
+
+
+def client_address(forwarded: str | None, peer: str | None) -> str:
+    """The requester's address, from the X-Forwarded-For header (`forwarded`) and the connection's (`peer`). With N
+    trusted proxies the N-th entry from the right is the one the outermost of them saw; entries left of it are the
+    client's own to write (one per request filled a queue's per-address cap), so they never count."""
+    hops = proxy_hops()
+    entries = [e.strip() for e in (forwarded or "").split(",") if e.strip()]
+    if hops == 0 or not entries:
+        return peer or ""
+    return entries[-hops] if len(entries) >= hops else entries[0]
 
 
 # ---- inputs that name server files ----------------------------------------------------------------------------------

@@ -34,12 +34,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import random
+import subprocess
+import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from lab import checks
-from lab.errors import LabError
+from lab import checks, limits
+from lab.errors import LabError, ui_text
 from lab.models import HUB_ID
 from lab.store import ASSET_FILES, asset, iter_user_jsonl, read_user_text
 
@@ -77,8 +81,11 @@ def prompt_id(prompt: str) -> str:
 
 def _from_prompts(prompts: list[str], source: str, ids: list[str] | None = None,
                   fields: list[dict] | None = None) -> list[Instruction]:
-    """Strip, drop exact duplicates (first one wins), refuse an empty result. `fields`: each prompt's check fields
-    ({} for none; lab.checks.CHECK_FIELDS), validated here."""
+    """Strip, drop exact duplicates (first one wins), refuse an empty result, and more rows or a longer instruction
+    than the owner's caps (lab.limits: a hosted app's defaults). `fields`: each prompt's check fields ({} for none;
+    lab.checks.CHECK_FIELDS), validated here."""
+    limits.check_decoded(source, len(prompts), 0)
+    limits.check_instruction_length(source, [p for p in prompts if isinstance(p, str)])
     seen, out = set(), []
     for i, p in enumerate(prompts):
         p = (p or "").strip()
@@ -219,16 +226,34 @@ def _read_table(path: Path):
 
     try:
         if path.suffix.lower() == ".parquet":
+            meta = pq.ParquetFile(path).metadata  # rows and decoded sizes, before any data is read
+            limits.check_decoded(path.name, meta.num_rows,
+                                 sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)))
             return pq.read_table(path)
         with pa.memory_map(str(path)) as source:
             try:
-                return pa.ipc.open_file(source).read_all()
+                reader = pa.ipc.open_file(source)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
             except pa.ArrowInvalid:
                 source.seek(0)
-                return pa.ipc.open_stream(source).read_all()
+                reader = batches = pa.ipc.open_stream(source)
+            return _bounded_batches(path, reader.schema, batches)
     except (pa.ArrowInvalid, OSError) as e:
         raise LabError(f"{path} cannot be read as {path.suffix.lower()[1:]} ({str(e).splitlines()[0][:160]}): give "
                        "a parquet file, an Arrow IPC file, or another instruction file.") from None
+
+
+def _bounded_batches(path: Path, schema, batches):
+    """An Arrow table of `batches`, read one at a time and refused (lab.limits.check_decoded) as soon as the rows or
+    bytes decoded so far pass the caps."""
+    import pyarrow as pa
+
+    kept, rows, nbytes = [], 0, 0
+    for batch in batches:
+        rows, nbytes = rows + batch.num_rows, nbytes + batch.nbytes
+        limits.check_decoded(path.name, rows, nbytes)
+        kept.append(batch)
+    return pa.Table.from_batches(kept, schema=schema)
 
 
 def _one_split(data, where: str, split: str = ""):
@@ -282,6 +307,64 @@ def load_lima(split: str = "train") -> list[Instruction]:
     return _from_prompts(prompts, "lima")
 
 
+# ---- an upload, read apart from the web process --------------------------------------------------------------------
+CHECK_SECONDS, CHECK_MB = 30, 1024  # bounds on reading one uploaded file in the app
+
+
+def check_apart(path: Path, shown_as: str, seconds: float = CHECK_SECONDS, mb: int = CHECK_MB) -> int:
+    """Read an uploaded instruction file in a child process, stopped past `seconds` or `mb` of memory: the web
+    process's threads share one interpreter, so a file built to cost a minute or GBs to read would stall every
+    visitor's page. -> how many instructions it holds. Refusals (LabError) name the file `shown_as` (the name the
+    user knows), never the server's copy."""
+    proc = subprocess.Popen([sys.executable, "-m", "lab.instructions", str(path)], cwd=Path(__file__).parent.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    past = _watch(proc, seconds, mb)
+    out = proc.stdout.read().decode("utf-8", errors="replace") if past is None else ""
+    proc.stdout.close()
+    if past:
+        raise LabError(f"{shown_as} took {past} to read on this app: upload a smaller or simpler file.")
+    try:
+        reply = json.loads(out)
+    except json.JSONDecodeError:
+        raise LabError(f"{shown_as} could not be read (the reader ended with code {proc.returncode}): upload a "
+                       "plain .txt, .jsonl or .csv file instead.") from None
+    if "error" in reply:
+        named = reply["error"].replace(str(path), shown_as).replace(path.name, shown_as)
+        raise LabError(named, reply.get("ui") and reply["ui"].replace(str(path), shown_as).replace(path.name, shown_as))
+    return int(reply["count"])
+
+
+def _watch(proc: subprocess.Popen, seconds: float, mb: int) -> str | None:
+    """Wait for `proc`; kill it past `seconds` or `mb` of resident memory. -> what it went past, or None."""
+    deadline = time.monotonic() + seconds
+    while proc.poll() is None:
+        past = (f"more than {seconds:g} s" if time.monotonic() > deadline else
+                f"more than {mb} MB of memory" if _rss_mb(proc.pid) > mb else None)
+        if past:
+            proc.kill()
+            proc.wait()
+            return past
+        time.sleep(0.05)
+    return None
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    line = next((l for l in status.splitlines() if l.startswith("VmRSS:")), "VmRSS: 0 kB")
+    return int(line.split()[1]) / 1024
+
+
+def _check_main(path: str) -> None:
+    """The child of check_apart: one JSON line, {"count": n} or {"error": message, "ui": the app's wording}."""
+    try:
+        print(json.dumps({"count": len(load_instructions(path))}))
+    except LabError as e:
+        print(json.dumps({"error": str(e), "ui": ui_text(e)}))
+
+
 def load_instructions(source: str, n: int | None = None, seed: int = 0, column: str = "") -> list[Instruction]:
     """Up to n instructions from a source. Bundled sets, files, tables and hub data sets keep their order (first n);
     LIMA is shuffled with `seed` first, because its order is not a sample. `column`: where files, tables and hub
@@ -298,3 +381,7 @@ def load_instructions(source: str, n: int | None = None, seed: int = 0, column: 
     else:
         items = read_file(source, column)
     return items[:n] if n else items
+
+
+if __name__ == "__main__":
+    _check_main(sys.argv[1])

@@ -27,6 +27,7 @@ import contextvars
 import fcntl
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -39,7 +40,7 @@ from typing import Iterator
 
 from lab import limits
 from lab.errors import LabError
-from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
+from lab.judge_backends import BASE_URL_ENV, KEY_ENV, TYPED_KEY_ENV
 from lab.store import JOB_FILES, Run, atomic_write_json, atomic_write_text, check_writable, root_file, runs_root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,9 +115,10 @@ def start(run: Run, argv: list[str], label: str, secret_env: dict[str, str] | No
     secret_env: credentials for this job alone (an API key a visitor typed into the page, as $LAB_API_KEY_<BACKEND>;
     the owner's Hub token for a model the owner lets visitors use, lab.limits.owner_token). They
     reach only the child's environment: never argv (visible to every user in `ps`), job.json, the queue, the log or
-    any other file; while the job waits in the queue they stay in this process's memory. With secret_env the child
-    does not inherit the owner's provider keys (lab.judge_backends.KEY_ENV): a visitor's job runs on the visitor's
-    key alone; without it, no typed key reaches the child.
+    any other file; while the job waits in the queue they stay in this process's memory. With a typed key in
+    secret_env the child does not inherit the owner's provider keys (lab.judge_backends.KEY_ENV): a visitor's job
+    runs on the visitor's key alone; without it, no typed key reaches the child. On a hosted app the child inherits
+    only an allow-list of the app's environment (job_env).
     The child gets this process's runs root ($LAB_RUNS_DIR), so the run name in argv means the same run there.
     """
     check_writable(run.jobs_dir)
@@ -205,12 +207,46 @@ def _pump() -> dict | None:
     return None
 
 
+# What a job on a hosted app inherits from the app's environment: these names and prefixes only (an allow-list: a
+# secret the owner adds later, WANDB_API_KEY or OAUTH_CLIENT_SECRET say, never reaches a visitor's job). Names under
+# an allowed prefix that look like a credential (CREDENTIAL: LAB_BROWSER_SECRET, a typed LAB_API_KEY_*) are dropped;
+# job_env adds the owner's provider keys (KEY_ENV) back for a job that brings no typed key of its own.
+JOB_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "SPACE_ID", "SYSTEM",
+    "SPACE_HOST", "SPACE_AUTHOR_NAME", "SPACE_REPO_NAME", "CUDA_VISIBLE_DEVICES", "CUDA_HOME", "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM", "PYTORCH_CUDA_ALLOC_CONF", "GRADIO_ANALYTICS_ENABLED", "TORCH_HOME",
+    "XDG_CACHE_HOME", "TRANSFORMERS_OFFLINE", "TRL_EXPERIMENTAL_SILENCE", "PYTHONHASHSEED", "PYTHONWARNINGS",
+    "PYTHONDONTWRITEBYTECODE", "VLLM_CPU_KVCACHE_SPACE", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE"})
+JOB_ENV_PREFIXES = ("LC_", "LAB_", "HF_HUB_", "HF_HOME", "HF_DATASETS_", "HF_XET_", "HF_ENDPOINT", "HF_ASSETS_")
+CREDENTIAL = re.compile(r"(KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH)", re.IGNORECASE)
+
+
+def job_env(secret_env: dict[str, str] | None) -> dict[str, str]:
+    """The environment a job starts with, before the lab's own job variables. Off a hosted app: the app's, less the
+    typed-key variables (and the owner's provider keys when secret_env brings the visitor's own). On one: the
+    allow-list above, the owner's provider URLs, the owner's provider keys only for a job without a typed key, and
+    HF_HUB_DISABLE_IMPLICIT_TOKEN=1 unless the owner's Hub token is handed to this job (secret_env's HF_TOKEN), so
+    huggingface_hub never sends the owner's saved login (~/.cache/huggingface/token) for a visitor's download."""
+    typed = set(TYPED_KEY_ENV.values())
+    brings_key = bool(typed & set(secret_env or {}))
+    if not limits.hosted():
+        dropped = typed | (set(KEY_ENV.values()) if brings_key else set())
+        return {**{k: v for k, v in os.environ.items() if k not in dropped}, **(secret_env or {})}
+    env = {k: v for k, v in os.environ.items()
+           if k in JOB_ENV_NAMES or (k.startswith(JOB_ENV_PREFIXES) and not CREDENTIAL.search(k))}
+    owner = {*BASE_URL_ENV.values(), *(() if brings_key else KEY_ENV.values())}  # a typed key goes to the owner's URL
+    env.update({k: v for k, v in os.environ.items() if k in owner})
+    env.update(secret_env or {})
+    if "HF_TOKEN" not in env:
+        env["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+    return env
+
+
 def _launch(run: Run, entry: dict, secret_env: dict[str, str] | None) -> dict:
     jobs = run.jobs_dir
     jobs.mkdir(parents=True, exist_ok=True)
-    dropped = {*TYPED_KEY_ENV.values(), *(KEY_ENV.values() if secret_env else ())}  # only secret_env sets typed keys
-    env = {**{k: v for k, v in os.environ.items() if k not in dropped}, **(secret_env or {}),
-           "LAB_RUNS_DIR": str(runs_root()), "LAB_PROGRESS_FILE": str(run.job_file("progress")),
+    env = {**job_env(secret_env), "LAB_RUNS_DIR": str(runs_root()), "LAB_PROGRESS_FILE": str(run.job_file("progress")),
            "LAB_JOB_DIR": str(jobs), "PYTHONUNBUFFERED": "1"}
     with open(run.job_file("log"), "w", encoding="utf-8") as log:
         proc = subprocess.Popen([sys.executable, "-m", "lab", *entry["argv"]], cwd=ROOT, env=env, stdout=log,

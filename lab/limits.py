@@ -17,7 +17,10 @@ environment), so a bare API client or a hand-made command line meets the same ca
     LAB_MAX_TRAIN_STEPS    200      optimizer steps of one training (--max-steps, or what --epochs come to); per
                                     round for iterate
     LAB_MAX_ROUNDS         3        self-rewarding rounds (iterate --rounds)
-    LAB_MAX_UPLOAD_MB      5        size of a file uploaded in the app (instruction files)
+    LAB_MAX_UPLOAD_MB      5        size of a file uploaded in the app (instruction files), and of its contents
+                                    once decompressed (a parquet or Arrow file's data)
+    LAB_MAX_UPLOAD_ROWS    10000    rows or lines of an instruction file (a table's, from its metadata first)
+    LAB_MAX_INSTRUCTION_KB 8        the longest instruction, in KB
     LAB_MAX_BATCH          64       sequences per forward pass (every --batch-size; train: --batch-size x
                                     --grad-accum; PairRM pairs per pass)
     LAB_MAX_LORA_R         64       LoRA rank (train --lora-r, --lora-alpha up to 4x; iterate --lora-r)
@@ -26,8 +29,10 @@ environment), so a bare API client or a hand-made command line meets the same ca
     LAB_MAX_RANK_PAIRS     600      PairRM comparisons one job may make (K(K-1) per instruction)
     LAB_MAX_RUN_INSTRUCTIONS 64     instructions one run may hold (sampling more into a run adds to it)
     LAB_MAX_ADAPTERS       4        adapters one comparison may hold
-    LAB_MAX_TEXT_KB        20       a judge prompt or a note typed into the app, in KB
+    LAB_MAX_TEXT_KB        20       a judge prompt, a note or a chat message typed into the app, in KB
+    LAB_MAX_CHAT_KB        64       a chat's whole conversation (history and message), in KB, before tokenizing
     LAB_MAX_QUEUE          12       jobs waiting or running at once (each visitor: one; each address: two)
+    LAB_MAX_RUNS           20       new runs one visitor may start in 24 hours (one address: twice that)
     LAB_MAX_JOB_MINUTES    60       wall-clock minutes a job may run before it is stopped
 
 The owner's Hugging Face token: on a hosted app it is taken out of the app's environment at start
@@ -62,6 +67,8 @@ CAPS = {
     "train_steps": Cap("LAB_MAX_TRAIN_STEPS", 200, "training steps"),
     "rounds": Cap("LAB_MAX_ROUNDS", 3, "self-rewarding rounds"),
     "upload_mb": Cap("LAB_MAX_UPLOAD_MB", 5, "MB per uploaded file"),
+    "upload_rows": Cap("LAB_MAX_UPLOAD_ROWS", 10_000, "rows per instruction file"),
+    "instruction_kb": Cap("LAB_MAX_INSTRUCTION_KB", 8, "KB per instruction"),
     "batch": Cap("LAB_MAX_BATCH", 64, "sequences per forward pass"),
     "lora_r": Cap("LAB_MAX_LORA_R", 64, "LoRA rank"),
     "length": Cap("LAB_MAX_LENGTH", 2048, "tokens of training sequence"),
@@ -70,7 +77,9 @@ CAPS = {
     "run_instructions": Cap("LAB_MAX_RUN_INSTRUCTIONS", 64, "instructions per run"),
     "adapters": Cap("LAB_MAX_ADAPTERS", 4, "adapters per comparison"),
     "text_kb": Cap("LAB_MAX_TEXT_KB", 20, "KB of typed text"),
+    "chat_kb": Cap("LAB_MAX_CHAT_KB", 64, "KB of conversation"),
     "queue": Cap("LAB_MAX_QUEUE", 12, "jobs waiting or running"),
+    "runs": Cap("LAB_MAX_RUNS", 20, "new runs per visitor in 24 hours"),
     "job_minutes": Cap("LAB_MAX_JOB_MINUTES", 60, "minutes per job"),
 }
 HF_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -174,11 +183,40 @@ def check_upload(path: str | os.PathLike) -> None:
                        f"{_fmt(cap('upload_mb'))} MB (the owner sets {c.env}): upload a smaller file.")
 
 
+def check_decoded(where: str, rows: int, nbytes: int) -> None:
+    """Refuse an instruction file (`where`) whose contents, measured after decoding (decompressed, before any work on
+    them), hold more than LAB_MAX_UPLOAD_ROWS rows or LAB_MAX_UPLOAD_MB bytes: a few KB of zstd parquet can hold
+    millions of rows or a 200 MB prompt."""
+    check("upload_rows", "rows", rows, f"{where} holds {rows:,} rows, which")
+    limit = upload_limit_bytes()
+    if limit is not None and nbytes > limit:
+        raise LabError(f"{where} holds {nbytes / 1024 / 1024:.3g} MB once decompressed, above this app's cap of "
+                       f"{_fmt(cap('upload_mb'))} MB per uploaded file (the owner sets {CAPS['upload_mb'].env}): "
+                       "give fewer or shorter instructions.")
+
+
+def check_instruction_length(where: str, prompts: list[str]) -> None:
+    """Refuse an instruction longer than LAB_MAX_INSTRUCTION_KB (measured in UTF-8 bytes)."""
+    if cap("instruction_kb") is None or not prompts:
+        return
+    longest = max(prompts, key=lambda p: len(p.encode("utf-8")))
+    kb = len(longest.encode("utf-8")) / 1024
+    check("instruction_kb", "", kb, f"{where}: an instruction of {kb:,.0f} KB ({longest[:40]!r}...)")
+
+
 # ---- per stage ------------------------------------------------------------------------------------------------------
 def check_text(what: str, text: str) -> None:
     """Refuse typed text (a judge prompt, a note) above LAB_MAX_TEXT_KB."""
     check("text_kb", what, len((text or "").encode("utf-8")) / 1024,
           f"{what} of {len((text or '').encode('utf-8')) / 1024:.0f} KB")
+
+
+def check_chat_text(message: str, contents: list[str]) -> None:
+    """Refuse a chat message above LAB_MAX_TEXT_KB, or a conversation (`contents`: the history's texts) that with it
+    is above LAB_MAX_CHAT_KB: measured before anything is tokenized (a 4 MB message held every chat for 6 s)."""
+    check_text("The message", message)
+    kb = (len(message.encode("utf-8")) + sum(len(c.encode("utf-8")) for c in contents)) / 1024
+    check("chat_kb", "", kb, f"The conversation of {kb:,.0f} KB")
 
 
 def check_sample(cfg, run_instructions: int = 0) -> None:

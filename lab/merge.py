@@ -23,7 +23,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from lab import cards, efficiency, models
-from lab.adapters import adapter_base, check_same_base, fingerprint, read_state, resolve_adapters
+from lab.adapters import adapter_base, check_same_base, check_weights, fingerprint, read_state, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.progress import Progress
@@ -71,6 +71,7 @@ def merged_model(spec: str, adapter: Path):
     import torch
     from peft import PeftModel
 
+    check_weights(adapter)
     model, tok = models.load_weights(spec, torch.float32)
     try:
         peft = PeftModel.from_pretrained(model, str(adapter))

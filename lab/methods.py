@@ -120,6 +120,8 @@ class Method:
     loss_types: Callable[[], tuple[str, ...]]
     plots: dict[str, tuple[str, ...]]
     multi_loss: bool = False  # several loss types may be combined (DPO's "sigmoid,sft")
+    min_batch: int = 1  # rows a device's batch needs at least (KTO: 2), with the reason, for --batch-size's message
+    min_batch_why: str = ""
 
 
 LOSS = {"Loss": ("loss",)}
@@ -134,7 +136,9 @@ METHODS: dict[str, Method] = {
     "kto": Method(
         label="KTO (Ethayarajh et al. 2024; TRL KTOTrainer)", reference=True, trainer=_kto_trainer, args=_kto_args,
         rows=unpaired_rows, loss_types=lambda: trl_choices("trl.trainer.kto_config", "KTOConfig", "loss_type"),
-        plots={**LOSS, "KL to the reference and reward margin": ("kl", "rewards/margins"), **LOGPS}),
+        plots={**LOSS, "KL to the reference and reward margin": ("kl", "rewards/margins"), **LOGPS}, min_batch=2,
+        min_batch_why="KTO estimates its KL term from the other rows of a batch, so with one row a batch it equals "
+                      "the reward and TRL stops"),
     "simpo": Method(
         label="SimPO (Meng et al. 2024, reference-free; TRL CPOTrainer)", reference=False, trainer=_cpo_trainer,
         args=_simpo_args, rows=paired_rows, loss_types=lambda: ("simpo",),

@@ -329,9 +329,33 @@ def iter_user_jsonl(path: Path, what: str = "File") -> Iterator[tuple[int, Any]]
     for n, line in enumerate(read_user_text(path, what).split("\n"), 1):
         if line.strip():
             try:
-                yield n, json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as e:
                 raise LabError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or delete that line.") from e
+            except RecursionError:  # Python's parser gives up near 1,000 levels: a traceback, not a message
+                value = TOO_DEEP
+            if value is TOO_DEEP or json_depth(value) > MAX_JSON_DEPTH:
+                raise LabError(f"{path}: line {n} nests lists or objects more than {MAX_JSON_DEPTH} levels deep; a "
+                               "record of the lab needs a few: fix or delete that line.")
+            yield n, value
+
+
+MAX_JSON_DEPTH = 32  # lists / objects inside each other in one line of a user's JSONL (chat messages need 3)
+TOO_DEEP = object()
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply lists and dicts nest in `value` (a scalar: 0), counted up to limit + 1 (then it stops looking),
+    without recursion."""
+    deepest, level = 0, [(value, 0)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth + 1)
+            if deepest > limit:
+                return deepest
+            level += [(v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest
 
 
 def once(write: Callable[[], Any]) -> Callable[[], None]:

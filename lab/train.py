@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lab import cards, efficiency, memory, models, precision
-from lab.adapters import adapter_lock, final_metrics, is_complete, plan_resume, publish, read_state, \
+from lab.adapters import adapter_lock, check_weights, final_metrics, is_complete, plan_resume, publish, read_state, \
     refuse_finished, reset_folder
 from lab.config import Settings, opt
 from lab.errors import LabError
@@ -151,6 +151,10 @@ class TrainConfig(Settings):
                             ("--save-steps", self.save_steps), ("--logging-steps", self.logging_steps)):
             if value < 1:
                 raise LabError(f"{flag} must be at least 1 (got {value}).")
+        if self.batch_size < method.min_batch:
+            raise LabError(f"--method {self.method} needs --batch-size {method.min_batch} or more (got "
+                           f"{self.batch_size}): {method.min_batch_why}. Raise it (and lower --grad-accum to keep "
+                           "the same pairs a step).")
         if self.max_length < 16:
             raise LabError(f"--max-length {self.max_length} is too short for a prompt and an answer; "
                            "512-2048 is usual.")
@@ -181,6 +185,8 @@ def load_policy(spec: str, config: TrainConfig, init_adapter: str | None):
     """Base model (+ the adapter to continue from, trainable) and its tokenizer, in the training precision of
     lab.precision's table (a 16-bit base keeps fp32 LoRA weights: PEFT upcasts them), 4-bit with --load-in-4bit."""
     dev, prec = check_device(config)
+    if init_adapter:
+        check_weights(Path(init_adapter))
     quantized = precision.quantization_kwargs(dev, prec) if config.load_in_4bit else {}
     model, tok = models.load_weights(spec, precision.torch_dtype(prec.load_dtype), **quantized)
     if config.load_in_4bit:

@@ -30,6 +30,8 @@ QUICK = {
 SLOW = {
     "train": (["--quick"], ["ratio_s_per_step", "ratio_peak_memory", "lab", "plain_trl"]),
     "compare": (["--quick"], ["ratio_memory_lab", "ratio_batched", "completions_per_s_batched"]),
+    "load": (["--quick"], ["jobs_accepted", "jobs_refused", "jobs_done", "files_intact", "only_own_runs",
+                           "instant_p95_s", "idle_cpu_pct"]),
 }
 RATIOS = ("ratio_vs_loop", "ratio_vs_hf_batched", "ratio_wall_tiny", "ratio_wall_wide", "ratio_wall_int8_wide",
           "ratio_wall_pairrm_vs_reward",

@@ -36,7 +36,7 @@ def test_a_visitor_reaches_their_runs_and_the_shared_ones_only(runs_dir, space, 
     assert hosting.claim("mine", ALICE) and not hosting.claim("mine", BOB)  # one name, one owner
     Run.open("demo").path.mkdir(parents=True)  # the owner's, made on the command line: no owner.json
     owner = json.loads(Run.open("mine").file("owner").read_text())
-    assert set(owner) == {"owner", "created"} and "a" * 32 not in owner["owner"]  # a hash, never the id
+    assert set(owner) == {"owner", "created", "where"} and "a" * 32 not in owner["owner"]  # a hash, never the id
     assert [hosting.access("mine", v) for v in (ALICE, BOB, None)] == ["own", "none", "none"]
     assert hosting.access("demo", BOB) == "none" and hosting.visible_runs(BOB) == []
     monkeypatch.setenv("LAB_SHARED_RUNS", "demo, nonsense/../x")

@@ -11,6 +11,7 @@ the page does by itself (timers, refreshes, change handlers) is kept out of it (
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 
 import gradio as gr
@@ -89,7 +90,7 @@ def build_app() -> gr.Blocks:
                     mod.on_show(holder, ctx, tab)
                 tabs.append(tab)
                 timers.append(getattr(getattr(holder, "panel", None), "timer", None))
-        _poll_only_the_shown_tab(tabs, timers)
+        _poll_only_the_shown_tab(tabs, timers, ctx.run_name)
         app.load(visitors.arrive, inputs=[ctx.visitor, ctx.remembered], outputs=[ctx.visitor, ctx.run_name],
                  **views.internal("arrive")) \
             .then(_remember, inputs=ctx.run_name, outputs=ctx.remembered, **views.internal())  # typed before it
@@ -100,17 +101,24 @@ def build_app() -> gr.Blocks:
     return app
 
 
-def _poll_only_the_shown_tab(tabs: list[gr.Tab], timers: list[gr.Timer | None]) -> None:
-    """Each tab's job panel polls once a second; only the tab on screen needs to, so the others are paused."""
+def _poll_only_the_shown_tab(tabs: list[gr.Tab], timers: list[gr.Timer | None], run_name: gr.Component) -> None:
+    """Only the tab on screen polls, and only while a job of the run is queued or running (lab.ui.common: a tick that
+    finds no job under way stops its timer): opening a tab, or picking a run, starts the shown tab's timer for one
+    look (which may find a job and keep ticking); every other tab's stops. An idle page sends nothing."""
     live = [t for t in timers if t is not None]
-    for tab, timer in zip(tabs, timers):
-        tab.select(lambda mine=timer: [gr.Timer(active=t is mine) for t in live], outputs=live, **views.internal())
+    shown = gr.State(0)  # the index of the tab on screen
+    pick = lambda i: [gr.Timer(active=t is timers[i]) for t in live]  # noqa: E731
+    for i, tab in enumerate(tabs):
+        tab.select(lambda i=i: [i, *pick(i)], outputs=[shown, *live], **views.internal())
+    run_name.change(pick, inputs=shown, outputs=live, **views.internal())
     if timers and timers[0] is not None:
-        timers[0].active = True
+        timers[0].active = True  # the first look of the page's first tab
 
 
 def launch_kwargs() -> dict:
     """Styling passed to launch() (gradio 6 takes css/theme there), and the owner's upload cap (lab.limits): Gradio
     refuses a bigger upload before it reaches a handler."""
+    if limits.hosted():  # the requester's address is lab.hosting.client_address's to work out, from the raw peer:
+        os.environ.setdefault("FORWARDED_ALLOW_IPS", "")  # uvicorn would take a local client's X-Forwarded-For
     limit = limits.upload_limit_bytes()
     return {"css": CSS, "head": HEAD, "theme": gr.themes.Soft(), **({"max_file_size": limit} if limit else {})}

@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import gradio as gr
+from gradio.components.chatbot import ChatbotDataMessages
+from pydantic import model_validator
 
 from lab import hosting
 from lab.adapters import BASE
-from lab.chat import ChatConfig, chat_stream, plain_messages
+from lab.chat import MAX_MESSAGES, ChatConfig, chat_stream, clean_history, measured_history
 from lab.errors import LabError
 from lab.store import Run
 from lab.ui import forms
@@ -84,6 +86,8 @@ def build(ctx) -> ChatTab:
 def _wire(tab: ChatTab, ctx) -> None:
     inputs = [ctx.run_name, tab.left, tab.right, tab.message, tab.chat_left, tab.chat_right, *tab.fields.values()]
     outputs = [tab.chat_left, tab.chat_right, tab.message]
+    for box in (tab.chat_left, tab.chat_right):
+        box.data_model = MeasuredMessages  # Gradio validates an input with its component's data_model first
     tab.send.click(chat, inputs=inputs, outputs=outputs, api_name="chat", concurrency_id="chat")
     tab.message.submit(chat, inputs=inputs, outputs=outputs, concurrency_id="chat", **internal())
     tab.clear.click(lambda: ([], [], ""), outputs=outputs, **internal())
@@ -91,6 +95,20 @@ def _wire(tab: ChatTab, ctx) -> None:
     tab.right.change(lambda name: gr.update(label=_title(name), visible=name != NO_PANE), tab.right, tab.chat_right,
                      **internal())
     chain(ctx.run_name.change, ctx.run_name, tab.views)
+
+
+class MeasuredMessages(ChatbotDataMessages):
+    """A chat history as a page or an API client sent it, cleaned before Gradio checks it message by message (a
+    malformed 40,000-message history logged three lines per message): entries that are not messages are left out
+    with one log line (lab.chat.clean_history), and one entry past MAX_MESSAGES is kept at most, for the handler
+    to refuse with its message (lab.chat.measured_history; an error raised here would reach the page as Gradio's
+    generic one)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def cleaned(cls, value):
+        raw = value[:MAX_MESSAGES + 1] if isinstance(value, (list, tuple)) else value
+        return [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in clean_history(raw)]
 
 
 def _title(pane: str | None) -> str:
@@ -124,11 +142,11 @@ def chat(run_name, left, right, message, history_left, history_right, *values):
     run = _run(run_name)
     panes = [left or BASE] + ([right] if right and right != NO_PANE else [])
     try:
+        histories = [measured_history(h, message) for h in (history_left, history_right)][:len(panes)]
         cfg = ChatConfig.from_form(dict(zip(FORM, values))).validate()
         hosting.check_chat(run, cfg, tuple(panes))
     except LabError as e:
         raise gr.Error(hosting.public_text(say(e))) from e
-    histories = [plain_messages(history_left), plain_messages(history_right)][:len(panes)]
     shown = [h + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}] for h in histories]
     yield _views(shown, history_right, "")
     try:

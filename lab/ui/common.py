@@ -2,7 +2,10 @@
 
 A tab never runs long work in the web server: it builds its stage's settings dataclass, validates it (so mistakes
 show at once), and hands `python -m lab <stage> ...` to `lab.jobs`. A `gr.Timer` polls the job's files, so a page
-reload (or a restarted app) re-attaches to whatever is running.
+reload (or a restarted app) re-attaches to whatever is running. It ticks only on the tab on screen, and only while
+a job of the run is queued or running (another tab's job too: a training that ends adds to Compare's list): a tick
+that finds none stops it; opening the tab, picking a run or starting a job polls again
+(lab.ui._poll_only_the_shown_tab, wire_start).
 """
 from __future__ import annotations
 
@@ -20,13 +23,14 @@ from lab.ui import visitors
 from lab.cli import BY_NAME, build_parser, load
 from lab.configfile import command_line, yaml_download
 from lab.errors import LabError, ui_text
-from lab.instructions import load_instructions
+from lab.instructions import check_apart
 from lab.judge_backends import KEY_ENV, TYPED_KEY_ENV
 from lab.store import URL_USERINFO, Run
 from lab.ui.views import View, internal
 from lab.ui.wording import page_text, say, stage_of
 
 POLL_S = 1.0
+LIVE = ("queued", "running")  # the states of a run's job that the shown tab's timer ticks for
 
 
 @dataclass
@@ -150,8 +154,8 @@ def job_panel() -> JobPanel:
 
 
 def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: list[View] | tuple = ()) -> None:
-    """Poll the run's job each tick (`job_<stage>`: run name -> bar, status, log), then re-read the tab's result
-    views (lab.ui.views) when something changed (another run picked, a job of `stage` queued, started or ended, a
+    """Poll the run's job each tick (`job_<stage>`: run name -> bar, status, log, the timer), then re-read the tab's
+    result views (lab.ui.views) when something changed (another run picked, a job of `stage` queued, started or ended, a
     job of another stage started or ended)
     or, for a live view, while it runs. Not every second for the rest: re-reading a run's files each tick is wasted
     work, and re-sending a dropdown's choices would close it under the user's cursor."""
@@ -165,10 +169,11 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: l
         other = [latest.get("argv", [None])[0], latest.get("state")] if st is not latest else []
         key = [name, st.get("state"), st.get("started") or st.get("queued"), st.get("position"), *other]
         found = {"changed": key != last, "running": st.get("state") == "running"}
+        ticking = gr.Timer(active=latest.get("state") in LIVE)  # no job of the run under way: the timer stops
         if not found["changed"] and not found["running"]:
-            return [gr.skip()] * (3 + len(redo)) + [last, found]
+            return [gr.skip()] * (3 + len(redo)) + [last, found, ticking]
         return [progress_html(st), status_text(st), hosting.public_text(st.get("log_tail", "")), *redo_updates(st),
-                key, found]
+                key, found, ticking]
 
     def refresh(name: str, found: dict, *values):
         updates, at = [], 0
@@ -178,7 +183,8 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: l
             at += len(v.inputs)
         return updates
 
-    panel_io = dict(fn=poll, inputs=[run_name, seen], outputs=[panel.bar, panel.status, panel.log, *redo, seen, news])
+    panel_io = dict(fn=poll, inputs=[run_name, seen],
+                    outputs=[panel.bar, panel.status, panel.log, *redo, seen, news, panel.timer])
     views_io = dict(fn=refresh, inputs=[run_name, news, *(c for v in views for c in v.inputs)],
                     outputs=[c for v in views for c in v.outputs], **internal())
 
@@ -204,8 +210,10 @@ def redo_updates(st: dict) -> list:
         args = build_parser().parse_args(argv)
     except SystemExit:  # a job line from an older version of the lab: nothing to offer
         return [gr.update(visible=False), gr.skip(), gr.skip()]
-    settings = load(BY_NAME[args.stage].settings).from_args(args)
-    return [gr.update(visible=True), command_line(argv), str(yaml_download(args.stage, args.run, settings))]
+    settings = load(BY_NAME[args.stage].settings).from_args(args)  # a hosted page shows no server path in either:
+    shown = hosting.public_text  # an upload's path reads runs/<run>/uploads/..., as a checkout of the lab has it
+    return [gr.update(visible=True), shown(command_line(argv)),
+            str(yaml_download(args.stage, args.run, settings, shown))]
 
 
 def wire_start(panel: JobPanel, button: gr.Button, fn: Callable, inputs: list, api_name: str):
@@ -273,6 +281,27 @@ def admit(argv: list[str]):
     return cfg
 
 
+def served_copies(files: dict[str, Path], key: str) -> list[str]:
+    """Copies of `files` ({name to serve it as: path}) for Gradio to hand to the browser: Gradio serves files from the
+    temp folder only, never the runs root (that would serve every visitor's runs). One folder per `key` (a run's
+    report, a run's export), refilled by each call, since Gradio copies what a handler returns into its own cache:
+    a folder per call only piled up (/write_report left a /tmp/lab-report-* each time)."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / "preference-lab-served" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():
+        if old.name not in files:
+            old.unlink(missing_ok=True)
+    for name, path in files.items():
+        tmp = folder / f".{name}.tmp"
+        shutil.copyfile(path, tmp)
+        tmp.replace(folder / name)
+    return [str(folder / name) for name in files]
+
+
 URL_FILE_REFUSED = ("Files are uploaded from your computer, not fetched from a URL: download the file and upload "
                     "it (or drop it on the box).")
 
@@ -301,12 +330,13 @@ def upload_into(run: Run, upload: str, kind: str = "instructions") -> Iterator[P
 
 
 def check_instruction_file(path: Path, shown_as: str) -> None:
-    """Read an uploaded instruction file now (the job would only find a fault later, in its log), and name it in
-    the message as the user knows it (`shown_as`, their file's name), not as the server's copy in the run."""
+    """Read an uploaded instruction file now (the job would only find a fault later, in its log), in a child process
+    bounded in time and memory (lab.instructions.check_apart), and name it in the message as the user knows it
+    (`shown_as`, their file's name), not as the server's copy in the run."""
     try:
-        load_instructions(str(path))
+        check_apart(path, shown_as)
     except LabError as e:
-        raise gr.Error(page_text(ui_text(e).replace(str(path), shown_as))) from None
+        raise gr.Error(page_text(ui_text(e))) from None
 
 
 def refuse_url_files() -> None:

@@ -6,8 +6,6 @@ The page writes no analysis of its own: the numbers, the grid and the user's not
 from __future__ import annotations
 
 import html
-import shutil
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +20,8 @@ from lab.errors import LabError
 from lab.judge_backends import API_BACKENDS, BACKENDS
 from lab.store import Run
 from lab.ui import forms, grid
-from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, labels_view, open_run, start_job, \
-    typed_key_env, upload_into, wire_job_panel, wire_start
+from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, labels_view, open_run, served_copies, \
+    start_job, typed_key_env, upload_into, wire_job_panel, wire_start
 from lab.rank import REWARD_EXAMPLE
 from lab.stats import LC_NOTE
 from lab.ui.tables import html_table
@@ -379,7 +377,6 @@ def save_overall_note(run_name: str | None, text: str) -> str:
 def export_grid(run_name: str | None, fmt: str) -> str:
     """The export, as a copy in a temp folder: Gradio serves files from there (the runs root may be /data/runs, which
     it does not serve, and must not: that would serve every run)."""
-    path = checked(compare.export, open_run(run_name, create=False), fmt)
-    copy = Path(tempfile.mkdtemp(prefix="lab-export-")) / f"{run_name}-{path.name}"
-    shutil.copyfile(path, copy)
-    return str(copy)
+    run = open_run(run_name, create=False)
+    path = checked(compare.export, run, fmt)
+    return served_copies({f"{run.name}-{path.name}": path}, f"export:{run.path}:{fmt}")[0]

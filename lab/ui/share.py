@@ -11,8 +11,6 @@ Hub) and the page says where the token comes from. The page never shows a token.
 from __future__ import annotations
 
 import html
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from lab.progress import Progress
 from lab.report import ReportConfig, report_run
 from lab.store import Run
 from lab.ui import forms
-from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, start_job, wire_job_panel, \
+from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, served_copies, start_job, wire_job_panel, \
     wire_start
 from lab.ui.tables import html_table
 from lab.ui.views import View, chain, internal
@@ -287,13 +285,11 @@ def efficiency_html(run_name: str | None) -> str:
 
 def make_report(run_name: str | None, examples):
     """Write the run's report; -> [status, copies of the report's files to download, the efficiency table].
-    The copies sit in a temp folder, as the grid's export does: Gradio serves files from there, not the runs root."""
+    The copies sit in a temp folder (served_copies), as the grid's export's do."""
     run = open_run(run_name, create=False)
     out = checked(report_run, run, checked(ReportConfig(examples=int(examples or 0)).validate))
-    folder, copies = run.file("report"), Path(tempfile.mkdtemp(prefix="lab-report-"))
-    names = [name for name in out["files"] if (folder / name).is_file()]
-    for name in names:
-        shutil.copyfile(folder / name, copies / name)
-    return (f"Report written: **{len(names)}** files in the run's `report/` folder (`{html.escape(run.name)}/report/`"
-            " under the runs folder); download them below.", [str(copies / name) for name in names],
+    folder = run.file("report")
+    files = {name: folder / name for name in out["files"] if (folder / name).is_file()}
+    return (f"Report written: **{len(files)}** files in the run's `report/` folder (`{html.escape(run.name)}/report/`"
+            " under the runs folder); download them below.", served_copies(files, f"report:{run.path}"),
             efficiency_html(run_name))

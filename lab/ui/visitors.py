@@ -87,15 +87,15 @@ def current_visitor() -> hosting.Visitor | None:
 
 def requester() -> tuple[str | None, str | None]:
     """(the visitor's key, a hash of their network address) for the request being handled: what the job queue
-    counts per visitor and per address (lab.jobs.check_queue). The address is the first X-Forwarded-For hop (a
-    Space's proxy sets it), else the connection's."""
+    counts per visitor and per address (lab.jobs.check_queue, lab.hosting.check_new_run). The address is the one
+    the owner's trusted proxies report (lab.hosting.client_address, LAB_PROXY_HOPS), never a hop the client wrote."""
     request = LocalContext.request.get(None)
     visitor = current_visitor()
     if request is None:
         return (visitor.primary if visitor else None), None
     headers = getattr(request, "headers", None) or {}
-    forwarded = (headers.get("x-forwarded-for") or "").split(",")[0].strip()
-    host = forwarded or getattr(getattr(request, "client", None), "host", "") or ""
+    peer = getattr(getattr(request, "client", None), "host", "") or ""
+    host = hosting.client_address(headers.get("x-forwarded-for"), peer)
     where = hosting.visitor_key("address", host) if host else None
     return (visitor.primary if visitor else None), where
 
@@ -164,7 +164,7 @@ def _rights(args: tuple, at: int, is_action: bool, clicked: bool) -> tuple[str, 
         return "own", name
     if rights == "shared" or (rights == "new" and not is_action):
         return "read", name
-    if rights == "new" and hosting.claim(name, visitor):
+    if rights == "new" and _call(hosting.claim, (name, visitor, requester()[1]), {}):
         return "claim", name
     if is_action:
         raise gr.Error(NO_SUCH_RUN.format(name=name))

@@ -21,7 +21,9 @@ TAB_OF_STAGE = {"sample": "Sample", "judge": "Judge", "rank": "PairRM", "pairs":
                 "train": "Train", "compare": "Compare", "iterate": "Iterate", "chat": "Chat", "merge": "Share",
                 "report": "Share", "push": "Share"}
 FLAG = re.compile(r"--(no-)?([a-z][a-z0-9-]*)")
-COMMAND = re.compile(r"`?(?:lab|python -m lab) ([a-z]+)\b[^`);,.]*`?")
+# a stage's command ("python -m lab sample ...", "`lab judge`"): a stage's own name only, so prose such as "the lab
+# pushes with your own account" stays prose (it read "the the Pushes tab")
+COMMAND = re.compile(r"`?(?:lab|python -m lab) (" + "|".join(TAB_OF_STAGE) + r")\b[^`);,.]*`?")
 AGAIN = re.compile(r"\b(?:re)?run (?:the same command|this|it) again\b|\brerun the same command\b", re.IGNORECASE)
 
 
