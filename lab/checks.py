@@ -4,7 +4,9 @@ An instruction may carry IFEval's checks (Zhou et al. 2023, google/IFEval): `ins
 ("punctuation:no_comma", "length_constraints:number_words", ...), and `kwargs`, one dict of arguments per type
 ({"num_words": 40, "relation": "less than"}). The checkers are IFEval's own, from the if-verifiable package (its
 copy of google-research's instructions.py and its evaluation: strict on the response as it is; loose where any of
-eight variants passes, the response without its first and/or last line and/or without markdown asterisks). Nothing
+eight variants passes, the response without its first and/or last line and/or without markdown asterisks). Like
+IFEval's harness, the package first strips surrounding whitespace and a reasoning model's <think>...</think> block
+(only what follows it is checked; an answer that opens <think> and never closes it counts as empty). Nothing
 here re-implements a check: this module validates the arguments, runs the package's checkers and records results.
 
 Offline: IFEval's `length_constraints:number_sentences` and `change_case:capital_word_frequency` need nltk's punkt
@@ -31,8 +33,10 @@ from lab.errors import LabError
 from lab.store import Run
 
 CHECK_FIELDS = ("instruction_id_list", "kwargs")  # IFEval's column names, kept as they are in every record
-NEEDS_NLTK_DATA = {"length_constraints:number_sentences": "tokenizers/punkt",
+# nltk 3.9+ loads punkt's English model as PunktTokenizer, from the punkt_tab data, for both checkers
+NEEDS_NLTK_DATA = {"length_constraints:number_sentences": "tokenizers/punkt_tab",
                    "change_case:capital_word_frequency": "tokenizers/punkt_tab"}
+PROMPT_ARGS = ("prompt", "prompt_to_repeat")  # filled from the instruction's prompt, not from kwargs
 LEVELS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
 LEVEL_LABELS = {"prompt_strict": "prompt-level strict", "prompt_loose": "prompt-level loose",
                 "instruction_strict": "instruction-level strict", "instruction_loose": "instruction-level loose"}
@@ -95,14 +99,23 @@ def _validate_one(kind, kw: dict, prompt: str, where: str) -> None:
                        f"is not on this machine: run `python -m nltk.downloader {NEEDS_NLTK_DATA[kind].split('/')[1]}`"
                        " where the internet is reachable, or leave this check type out.")
     try:
-        _checker(kind, kw, prompt)
+        checker = _checker(kind, kw, prompt)
+        checker.check_following("A short answer.")  # a value of the wrong type fails here, not mid-run
     except Exception as e:  # the checkers raise ValueError / TypeError / KeyError on arguments they do not take
         raise LabError(f"{where}: the arguments {kw} do not fit the check {kind!r} ({type(e).__name__}: "
                        f"{str(e)[:160]}): give IFEval's argument names and values for it.") from None
+    missing = [k for k in checker.get_instruction_args_keys() if k not in PROMPT_ARGS and kw.get(k) is None]
+    if missing:  # IFEval's checkers draw a missing argument at random, anew on every check: never a fixed test
+        raise LabError(f"{where}: the check {kind!r} needs the arguments {', '.join(missing)} (IFEval fills a "
+                       "missing one at random on every check, so the answer would be graded against a moving "
+                       "target): give them in kwargs.")
 
 
 def fields_of(record: dict) -> dict:
-    """The check fields of an instruction record ({} when it carries none)."""
+    """The check fields of an instruction record ({} when it carries none: a table row of a mixed set holds an
+    empty instruction_id_list)."""
+    if not record.get("instruction_id_list") and not isinstance(record.get("instruction_id_list"), str):
+        return {}
     return {k: record[k] for k in CHECK_FIELDS if record.get(k) is not None}
 
 

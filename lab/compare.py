@@ -32,8 +32,8 @@ compare-scores.json (whole file, rewritten by `score`):
                                                             # the base per instruction (lab.stats.paired_difference)
      (a win rate dict: "win_rate", "ci_low", "ci_high", "n", "wins", "ties", "losses", and the length-controlled
       "lc_win_rate", "lc_ci_low", "lc_ci_high", "length_coef", "length_scale"; and where it came from: "grader"
-      (lab.graders.grader_of), "circular" (lab.graders.circular: set when that grader also made the pairs the
-      adapter trained on, so the number partly measures the grader's own taste))
+      and "grader_id" (lab.graders), "circular" (lab.graders.circular: set when that grader also made the pairs the
+      adapter trained on, so the number partly measures the grader's own taste); head-to-head rates carry neither)
 
 Scorers (SCORERS): "pairrm" (PairRM's both-orders preference), "judge" (the LLM judge, every pair of models in both
 orders, position-calibrated where they disagree (lab.verdicts): a tie or an undecided disagreement count 0.5),
@@ -662,23 +662,24 @@ def checks_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progres
 
 
 def checks_summary(table: dict, st: dict, cfg: CompareConfig) -> dict:
-    """IFEval's four accuracies per model, with percentile bootstrap intervals over prompts, each adapter's paired
-    difference against the base (per prompt: adapter minus base, resampled together), and per model the failed
-    checks of each answer:
+    """IFEval's four accuracies per model over its checked answers, with percentile bootstrap intervals over prompts,
+    each adapter's paired difference against the base on the prompts both answered (per prompt: adapter minus base,
+    resampled together; its own "n"), and per model the failed checks of each answer ("n": the base's prompts):
         {"n", "levels": [lab.checks.LEVELS], "grader": {...},
          "per_model": {model: {level: {"value", "ci_low", "ci_high", "n"}}},
          "vs_base": {adapter: {level: {"diff", "ci_low", "ci_high", "n", "better", "worse"}}},
          "failed": {model: {instruction id: [check types failed, strict]}}}"""
     done = checked_answers(table, st)
-    ids = [i for i in st["instruction_ids"] if all(i in done[m] for m in st["models"])]
-    rows = {m: [checks.per_prompt(done[m][i]) for i in ids] for m in st["models"]}
     boot = dict(resamples=cfg.bootstrap, confidence=cfg.confidence, seed=cfg.seed)
-    per_model = {m: {lv: mean_ci([r[lv] for r in rows[m]], **boot) for lv in checks.LEVELS} for m in st["models"]}
-    vs_base = {m: {lv: paired_difference([r[lv] for r in rows[m]], [r[lv] for r in rows[BASE]], **boot)
-                   for lv in checks.LEVELS} for m in st["models"] if m != BASE}
+    level = lambda m, ids, lv: [checks.per_prompt(done[m][i])[lv] for i in ids]  # noqa: E731
+    own = {m: [i for i in st["instruction_ids"] if i in done[m]] for m in st["models"]}
+    per_model = {m: {lv: mean_ci(level(m, ids, lv), **boot) for lv in checks.LEVELS} for m, ids in own.items()}
+    both = {m: [i for i in own[m] if i in done[BASE]] for m in st["models"] if m != BASE}  # pairs: base answered too
+    vs_base = {m: {lv: paired_difference(level(m, ids, lv), level(BASE, ids, lv), **boot) for lv in checks.LEVELS}
+               for m, ids in both.items()}
     failed = {m: {i: c.failed() for i, c in done[m].items()} for m in st["models"]}
-    return {"n": len(ids), "levels": list(checks.LEVELS), "grader": graders.CHECKS, "per_model": per_model,
-            "vs_base": vs_base, "failed": failed}
+    return {"n": len(own.get(BASE, [])), "levels": list(checks.LEVELS), "grader": graders.CHECKS,
+            "per_model": per_model, "vs_base": vs_base, "failed": failed}
 
 
 def _has_checks(cfg: CompareConfig, st: dict) -> bool:

@@ -46,8 +46,11 @@ def of_source(run: Run, source: str) -> dict | None:
         return CHECKS
     if source == "judge" and stages.get("judge"):
         return judge(stages["judge"].get("backend", ""), stages["judge"].get("model", ""))
-    if source in ("pairrm", "reward") and stages.get("rank"):  # the ranker rank ran with (lab.rank.RANKERS kinds)
-        return ranker(stages["rank"].get("ranker", ""))
+    if source in ("pairrm", "reward"):  # the ranker of that kind's latest rankings (lab.rank.RANKERS kinds)
+        from lab.rank import latest_rankings
+
+        specs = {r.get("ranker") for r in latest_rankings(run, source).values()}
+        return ranker(specs.pop()) if len(specs) == 1 else None
     if source == "self" and stages.get("score"):
         s, model = stages["score"], (stages.get("sample") or {}).get("model", "")
         return self_judge(model) if s.get("judge") == "self" else judge(s.get("judge", ""), s.get("judge_model", ""))
@@ -58,10 +61,13 @@ def of_adapter(folder: Path) -> dict | None:
     """The grader whose pairs an adapter folder was trained on (its training.json names the pairs file)."""
     from lab.noise import pairs_source
 
-    state = read_state(folder) or {}
-    path = (state.get("pairs") or {}).get("path") or ""
-    source = pairs_source(path)
-    return of_source(Run(Path(path).parent), source) if source and path else None
+    try:  # a damaged training.json or run.json makes the grader unknown, not the comparison fail
+        state = read_state(folder) or {}
+        path = (state.get("pairs") or {}).get("path") or ""
+        source = pairs_source(path)
+        return of_source(Run(Path(path).parent), source) if source and path else None
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
 
 
 def trained_on(run: Run, st: dict, adapter: str) -> dict | None:

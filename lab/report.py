@@ -324,6 +324,8 @@ def checks_rows(found: dict) -> tuple[list[str], list[list]]:
             rows.append([model, lv, *(_num(a.get(k)) for k in ("value", "ci_low", "ci_high", "n")),
                          *(_num(d.get(k)) for k in ("diff", "ci_low", "ci_high", "better", "worse"))])
     return header, rows
+
+
 def _values(scores: dict, scorer: str, model: str) -> list:
     """[mean value, paired difference against the base, its interval] of one model under one scorer (or Nones)."""
     v = (scores.get("values") or {}).get(scorer) or {}

@@ -46,6 +46,12 @@ def _checks_decided(run: Run) -> list[tuple[str, int, int]]:
     return [(m["instruction_id"], *sorted((m["chosen_index"], m["rejected_index"]))) for m in metas]
 
 
+def _checked_by_checks(run: Run) -> list[tuple[str, int, int]]:
+    """Pairs a person decided that the checks had decided: a verdict rewrites pairs-checks.jsonl (a tie removes the
+    pair, a flip can make best-vs-worst pick another), so they stay listed from the spot-check file."""
+    return [key for key, line in latest(run).items() if "checks" in line]
+
+
 def checks_of(run: Run) -> dict[tuple[str, int], dict]:
     """(instruction_id, sample_index) -> its checks.jsonl line (lab.checks), for the run's verifiable answers."""
     return {(r["instruction_id"], r["sample_index"]): r for r in run.read("checks")}
@@ -61,7 +67,7 @@ def items(run: Run) -> list[dict]:
          "checks": {"prefers": "a" | "b" | "tie", "a": [results], "b": [results]} | None, "human": str | None}"""
     texts = {g.instruction_id: (g.prompt, dict(zip(g.indices, g.texts))) for g in groups(run)}
     judged = _judged(run)
-    keys = list(judged) + [k for k in _checks_decided(run) if k not in judged]
+    keys = list(dict.fromkeys([*judged, *_checks_decided(run), *_checked_by_checks(run)]))
     if not keys:
         raise LabError(f"Run '{run.name}' has no judged pairs to check: run `python -m lab judge --run {run.name}` "
                        "(or build checks pairs on a verifiable set) first.")
@@ -105,7 +111,7 @@ def record(run: Run, instruction_id: str, a: int, b: int, human: str) -> dict:
     key = (instruction_id, min(a, b), max(a, b))
     verdict = _judged(run).get(key)
     by_checks = _checks(checks_of(run), *key)
-    if verdict is None and (by_checks is None or key not in _checks_decided(run)):
+    if verdict is None and (by_checks is None or key not in {*_checks_decided(run), *_checked_by_checks(run)}):
         raise LabError(f"Pair ({a}, {b}) of instruction {instruction_id} was never judged, so there is nothing to "
                        "check: pick a pair from the spot-check list.")
     if a > b:  # keep canonical terms: the answer named the first index given

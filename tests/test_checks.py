@@ -56,7 +56,10 @@ def test_bad_check_fields_say_what_to_fix(tmp_path):
              ({"instruction_id_list": "punctuation:no_comma", "kwargs": [{}]}, "must be a non-empty list"),
              ({"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}, {}]}, "list of 1 objects"),
              ({"instruction_id_list": ["length_constraints:number_words"], "kwargs": [{"words": 3}]},
-              "do not fit the check")]
+              "do not fit the check"),
+             ({"instruction_id_list": ["startend:end_checker"], "kwargs": [{}]}, "needs the arguments end_phrase"),
+             ({"instruction_id_list": ["length_constraints:number_words"], "kwargs": [{"num_words": 5}]},
+              "needs the arguments relation")]
     for fields, message in cases:
         path = tmp_path / "bad.jsonl"
         path.write_text(json.dumps({"prompt": "Say hi.", **fields}) + "\n")
@@ -86,13 +89,15 @@ IFEVAL_ROWS = [  # google/IFEval's columns; kwargs as `datasets` stores them: ev
 def test_ifeval_rows_read_from_jsonl_parquet_and_a_saved_dataset(tmp_path):
     import datasets
 
-    ds = datasets.Dataset.from_list(IFEVAL_ROWS)
-    (tmp_path / "ifeval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in IFEVAL_ROWS))
+    unchecked = {"key": 1002, "prompt": "Say hi.", "instruction_id_list": [], "kwargs": []}  # a mixed table's row
+    ds = datasets.Dataset.from_list(IFEVAL_ROWS + [unchecked])
+    (tmp_path / "ifeval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in IFEVAL_ROWS + [unchecked]))
     ds.to_parquet(str(tmp_path / "ifeval.parquet"))
     ds.save_to_disk(str(tmp_path / "saved"))
     for source in ("ifeval.jsonl", "ifeval.parquet", "saved"):
         items = read_file(tmp_path / source)
-        assert [i.instruction_id_list for i in items] == [r["instruction_id_list"] for r in IFEVAL_ROWS]
+        assert [i.instruction_id_list for i in items][:2] == [r["instruction_id_list"] for r in IFEVAL_ROWS]
+        assert items[2].instruction_id_list is None and "kwargs" not in items[2].to_dict()
         assert items[1].kwargs == [{"num_words": 20, "relation": "less than"}]
         assert checks.check(items[1].to_dict(), "Rain falls softly.").strict
 
@@ -145,6 +150,10 @@ def test_a_person_overrules_the_checks_like_any_verdict(run):
     (pair,) = map(json.loads, run.pairs_file("checks").read_text().splitlines())
     assert pair["chosen"][0]["content"] == "Tea, warm." and pair["meta"]["by"] == "human"
     assert spotcheck.agreement(run)["checks"]["agree"] == 0 and spotcheck.agreement(run)["judge"]["n"] == 0
+    record_spotcheck(run, "c1", 0, 1, "tie")  # a tie removes the pair from the file, not from the spot-check list
+    assert run.pairs_file("checks").read_text() == "" and [i["human"] for i in spotcheck.items(run)] == ["tie"]
+    record_spotcheck(run, "c1", 0, 1, "b")  # and the person can change their mind
+    assert [i["human"] for i in spotcheck.items(run)] == ["b"]
     build_pairs(run, PairsConfig(source="checks", use_spotcheck=False))
     (pair,) = map(json.loads, run.pairs_file("checks").read_text().splitlines())
     assert pair["chosen"][0]["content"] == "Tea is warm."

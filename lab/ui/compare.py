@@ -203,10 +203,10 @@ def start_compare(run_name, adapters, source, upload, *values, api_key: str = ""
     if source == "file" and not upload:
         raise gr.Error("Upload a held-out instruction file first, or pick the bundled held-out set.")
     with upload_into(run, upload, "heldout") if source == "file" else nullcontext(source) as where:
-        return _start_compare(run, run_name, adapters, str(where), values, api_key)
+        return _start_compare(run, run_name, adapters, str(where), values, api_key, source)
 
 
-def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_key: str) -> str:
+def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_key: str, choice: str) -> str:
     cfg = forms.read(CompareConfig, dict.fromkeys(FORM), values, instructions=source,
                      adapters=",".join(adapters or []))
     checked(cfg.validate)
@@ -219,7 +219,7 @@ def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_k
                        "pick the same provider for both, or leave the key box empty to use the app's own keys.")
     api = next(iter(apis), "")
     status = start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key))
-    return status + ("" if scorers_changed(cfg.pairrm, cfg.reward, cfg.judge, cfg.score, cfg.checks, source)[0] == ""
+    return status + ("" if scorers_changed(cfg.pairrm, cfg.reward, cfg.judge, cfg.score, cfg.checks, choice)[0] == ""
                      else
                      " No scorer was chosen: no win rates will be computed.")
 

@@ -73,7 +73,8 @@ def _settings_inputs() -> dict:
                                        label="Round 1 starts from"))
     with gr.Row():
         made |= inp(["eval_n", "eval_instructions"], eval_n=dict(label="Held-out instructions per round", minimum=0),
-                    eval_instructions=dict(kind="Dropdown", choices=EVAL_CHOICES, label="Held-out instructions"))
+                    eval_instructions=dict(kind="Dropdown", choices=EVAL_CHOICES, label="Held-out instructions",
+                                           allow_custom_value=True))  # a CLI job's file restores as it was
     with gr.Accordion("Training each round", open=False):
         with gr.Row():
             made |= inp(["beta", "lr", "epochs", "max_steps", "lora_r", "seed"], beta=dict(minimum=0),
