@@ -3,6 +3,7 @@ run as written, timed stage by stage.
 
     python bench/learn.py            # the README's proof block on the bundled SmolLM2-135M, in a scratch runs folder
     python bench/learn.py --keep D   # ... in runs folder D (kept afterwards, to look at the run in the app)
+    python bench/learn.py --quick    # a smoke test of the plumbing: the same block on tiny-random, 8 prompts, 2 steps
 
 The recipe samples the bundled verifiable training set (IFEval checks), builds checks pairs (the answer that passes
 more of its checks against one that passes fewer), trains a LoRA adapter with DPO on them and compares it with the
@@ -31,8 +32,13 @@ PROOF_MARKER = "<!-- proof recipe: tests/test_readme.py and bench/learn.py run t
 ADAPTER = "dpo-checks"
 
 
-def proof_commands(readme: Path = ROOT / "README.md") -> list[list[str]]:
-    """The README's proof block as argv lists: comments dropped, `python` this interpreter."""
+QUICK = {"--model": "tiny-random", "--n": "8", "--k": "2"}  # --quick: the block's own flags, made small
+QUICK_MORE = {"train": ["--max-steps", "2"], "compare": ["--n", "8"]}
+
+
+def proof_commands(readme: Path = ROOT / "README.md", quick: bool = False) -> list[list[str]]:
+    """The README's proof block as argv lists: comments dropped, `python` this interpreter; `quick`: the same
+    commands on tiny-random at a smoke test's size (the numbers are then noise)."""
     text = readme.read_text(encoding="utf-8")
     block = re.search(r"```bash\n(.*?)```", text[text.index(PROOF_MARKER):], re.S).group(1)
     out = []
@@ -42,15 +48,20 @@ def proof_commands(readme: Path = ROOT / "README.md") -> list[list[str]]:
             if argv[:3] != ["python", "-m", "lab"]:
                 raise ValueError(f"not a lab command in the proof block: {line!r}")
             out.append([sys.executable, *argv[1:]])
-    return out
+    return [_small(argv) for argv in out] if quick else out
 
 
-def run_recipe(runs: Path, env: dict | None = None) -> dict:
+def _small(argv: list[str]) -> list[str]:
+    small = [QUICK.get(argv[i - 1], a) if i and argv[i - 1] in QUICK else a for i, a in enumerate(argv)]
+    return small + QUICK_MORE.get(argv[3], [])
+
+
+def run_recipe(runs: Path, env: dict | None = None, quick: bool = False) -> dict:
     """Run every command of the block in `runs` as a child process; -> {"stages": {stage: seconds}, "summaries":
     {stage: the command's JSON summary}}. A failing command raises with its stderr's end."""
     env = {**(env or os.environ), "LAB_RUNS_DIR": str(runs), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     stages, summaries = {}, {}
-    for argv in proof_commands():
+    for argv in proof_commands(quick=quick):
         t0 = time.perf_counter()
         done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
         if done.returncode:
@@ -76,14 +87,22 @@ def figures(run: Path, recipe: dict) -> dict:
             **{f"{stage}_s": s for stage, s in recipe["stages"].items()}}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", type=Path, help="runs folder to use and keep (default: a scratch folder)")
-    args = ap.parse_args()
-    runs = args.keep or Path(tempfile.mkdtemp(prefix="lab-learn-"))
-    recipe = run_recipe(runs.resolve())
+    ap.add_argument("--quick", action="store_true", help="the block on tiny-random at a smoke test's size")
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
+    scratch = os.environ.get("LAB_RUNS_DIR")  # a fresh folder inside it when set (as the tests set it)
+    if scratch:
+        Path(scratch).mkdir(parents=True, exist_ok=True)
+    runs = args.keep or Path(tempfile.mkdtemp(prefix="lab-learn-", dir=scratch))
+    recipe = run_recipe(runs.resolve(), quick=args.quick)
     run = next(p for p in runs.iterdir() if (p / "compare-scores.json").exists())
-    print(json.dumps(figures(run, recipe)))
+    print(json.dumps({**figures(run, recipe), "quick": args.quick}))
 
 
 if __name__ == "__main__":

@@ -214,7 +214,8 @@ def _from_table(table, column: str, where: str, source: str) -> list[Instruction
     values = column_of(name)
     fields = None
     if all(c in table.column_names for c in checks.CHECK_FIELDS):  # IFEval's format (google/IFEval)
-        fields = [dict(zip(checks.CHECK_FIELDS, row)) for row in zip(*map(column_of, checks.CHECK_FIELDS))]
+        fields = [checks.fields_of(dict(zip(checks.CHECK_FIELDS, row)))
+                  for row in zip(*map(column_of, checks.CHECK_FIELDS))]
     return _from_prompts([first_turn(v, f"{where}, row {i + 1} of column {name!r},") for i, v in enumerate(values)],
                          source, fields=fields)
 

@@ -30,6 +30,8 @@ QUICK = {
 SLOW = {
     "train": (["--quick"], ["ratio_s_per_step", "ratio_peak_memory", "lab", "plain_trl"]),
     "compare": (["--quick"], ["ratio_memory_lab", "ratio_batched", "completions_per_s_batched"]),
+    "learn": (["--quick"], ["base_accuracy", "adapter_accuracy", "diff", "diff_ci", "heldout_n", "wall_s",
+                            "sample_s", "train_s", "compare_s"]),
     "load": (["--quick"], ["jobs_accepted", "jobs_refused", "jobs_done", "files_intact", "only_own_runs",
                            "instant_p95_s", "idle_cpu_pct"]),
 }

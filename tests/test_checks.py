@@ -235,7 +235,8 @@ def test_a_comparison_on_verifiable_instructions_scores_checks_and_labels_circul
     from test_compare import make_adapter, write_training
 
     write_training(run, ["Explain why the sky is blue."])
-    run.record_stage("rank", {"ranker": "tiny-random"})
+    run.append("rankings", [{"instruction_id": "train-0", "kind": "pairrm", "sample_indices": [0, 1],
+                             "scores": [0.1, -0.1], "ranker": "tiny-random"}])  # lab.rank's record: what ranked
     (run.pairs_file("pairrm")).write_text("")
     out = make_adapter(run, "dpo-pairrm", seed=1)
     atomic_write_json(out / "training.json", {"status": "done", "pairs": {"path": str(run.pairs_file("pairrm"))}})

@@ -190,10 +190,10 @@ def test_the_apps_compare_and_iterate_jobs_use_the_visitors_key_alone(run, runs_
     make_adapter(run, "dpo", seed=1)
     compare_values = {"n": 2, "max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "seed": 0, "pairrm": "",
                       "judge": "openai", "judge_model": "m", "duplicates": "drop", "near_duplicate": 0.7,
-                      "batch_size": 8, "score": "none", "score_model": ""}
+                      "batch_size": 8, "score": "none", "score_model": "", "reward": "", "checks": True}
     iterate_values = {"rounds": 1, "samples": 2, "evaluations": 1, "n": 2, "max_new_tokens": 6, "judge": "openai",
                       "judge_model": "m", "start_adapter": "", "eval_n": 0, "beta": 0.1, "lr": 5e-5, "epochs": 1.0,
-                      "max_steps": 1, "lora_r": 4, "seed": 0}
+                      "max_steps": 1, "lora_r": 4, "seed": 0, "eval_instructions": "heldout"}
     counter = itertools.count()
     owner.answer = lambda req: (f"Fine. Score: {next(counter) % 5 + 1}" if "Score" in req["messages"][-1]["content"]
                                 else json_verdict("A"))
