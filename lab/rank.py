@@ -482,7 +482,7 @@ RANKERS: dict[str, RankerKind] = {
 def latest_rankings(run: Run, kind: str | None = None, ranker: str | None = None) -> dict[str, dict]:
     """instruction_id -> its last rankings record (of that RANKERS kind, or of that ranker spec, when given)."""
     return {r["instruction_id"]: r for r in run.read("rankings")
-            if kind in (None, r.get("kind", "pairrm")) and ranker in (None, r["ranker"])}
+            if kind in (None, r.get("kind", "pairrm")) and ranker in (None, r.get("ranker"))}
 
 
 def _record(group: Group, fields: dict, ranker) -> dict:
