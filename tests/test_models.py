@@ -13,22 +13,28 @@ LLAMA32_LIKE_TEMPLATE = (
     "<|start_header_id|>assistant<|end_header_id|>\n\n{%- endif %}")
 
 
-@pytest.fixture(scope="module")
-def llama_like(tmp_path_factory):
-    """A copy of the tiny model with a tokenizer that behaves like Llama-3.2's: no pad token, several end-of-turn ids."""
+def llama32_like_folder(folder, pad: bool = True) -> str:
+    """tiny-random saved in `folder` with a Llama-3.2-style tokenizer and template (several end-of-turn ids; the
+    template prints today's date unless given date_string); pad=False drops the pad token, as Llama-3.2 has none."""
     from transformers import AutoModelForCausalLM
 
     tok = models.load_tokenizer("tiny-random")
     tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "additional_special_tokens":
                             ["<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|end_of_text|>"]})
-    tok.pad_token = None
+    if not pad:
+        tok.pad_token = None
     tok.chat_template = LLAMA32_LIKE_TEMPLATE
-    folder = tmp_path_factory.mktemp("llama-like")
     model = AutoModelForCausalLM.from_pretrained(models.resolve("tiny-random"))
     model.resize_token_embeddings(len(tok))
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    return models.load(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def llama_like(tmp_path_factory):
+    """A copy of the tiny model with a tokenizer that behaves like Llama-3.2's: no pad token, several end-of-turn ids."""
+    return models.load(llama32_like_folder(tmp_path_factory.mktemp("llama-like"), pad=False))
 
 
 def test_llama_style_chat_details(llama_like):

@@ -445,20 +445,9 @@ def test_a_stop_asked_before_training_starts_loads_nothing_and_writes_nothing(ru
 def llama32_like(tmp_path_factory) -> str:
     """A folder: tiny-random with a Llama-3.2-style tokenizer, whose template prints today's date unless the
     caller gives date_string (the template lab.models pins)."""
-    from transformers import AutoModelForCausalLM
+    from test_models import llama32_like_folder
 
-    from test_models import LLAMA32_LIKE_TEMPLATE
-
-    tok = models.load_tokenizer("tiny-random")
-    tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "additional_special_tokens":
-                            ["<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|end_of_text|>"]})
-    tok.chat_template = LLAMA32_LIKE_TEMPLATE
-    folder = tmp_path_factory.mktemp("llama32-like")
-    model = AutoModelForCausalLM.from_pretrained(models.resolve("tiny-random"))
-    model.resize_token_embeddings(len(tok))
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return llama32_like_folder(tmp_path_factory.mktemp("llama32-like"))
 
 
 @pytest.mark.parametrize("method", sorted(METHODS_))
