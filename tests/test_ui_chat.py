@@ -94,3 +94,14 @@ def test_on_a_hosted_app_the_chat_reaches_only_the_visitors_runs(runs_dir, monke
             alice.predict("alices", "base", "", "Hi", [], [], "tiny-random", "", 0.0, 1.0, 300, 0, api_name="/chat")
     finally:
         app.close()
+
+
+def test_a_reply_that_ends_at_once_is_said_in_words_not_left_blank(monkeypatch):
+    """A model may end its reply on its first token (tiny-random does, on some machines' numerics); the pane then
+    says so instead of showing an empty bubble. The model cannot be steered to do that on demand, so the stream
+    (lab.chat.chat_stream, tested above on the real model) is replaced by one that ends one pane at once."""
+    from lab.ui import chat as tab
+
+    monkeypatch.setattr(tab, "chat_stream", lambda *a: iter([["", "Blue"]]))
+    last = list(tab.chat(None, "base", "base", "Name a colour.", [], [], *VALUES))[-1]
+    assert last[0][-1]["content"] == tab.EMPTY_REPLY and last[1][-1]["content"] == "Blue"

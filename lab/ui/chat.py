@@ -25,6 +25,7 @@ from lab.ui.views import View, chain, internal
 from lab.ui.wording import say
 
 NO_PANE = ""  # the right pane switched off (BASE is the plain model; an adapter may not be called "base")
+EMPTY_REPLY = "*(no text: the model ended its reply at once)*"
 FORM = ["model", "system", "temperature", "top_p", "max_new_tokens", "seed"]  # the order `chat` reads them in
 
 
@@ -156,6 +157,10 @@ def chat(run_name, left, right, message, history_left, history_right, *values):
             yield _views(shown, history_right, "")
     except LabError as e:
         raise gr.Error(hosting.public_text(say(e))) from e
+    if any(not view[-1]["content"] for view in shown):  # a model may end its reply at once: say so, not a blank
+        for view in shown:
+            view[-1]["content"] = view[-1]["content"] or EMPTY_REPLY
+        yield _views(shown, history_right, "")
 
 
 def _views(shown: list[list[dict]], right_before, message: str):
