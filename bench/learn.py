@@ -9,7 +9,7 @@ The recipe samples the bundled verifiable training set (IFEval checks), builds c
 more of its checks against one that passes fewer), trains a LoRA adapter with DPO on them and compares it with the
 base on the bundled verifiable held-out set, whose tasks never appear in training. The claim is the held-out
 prompt-level (strict) accuracy: adapter above base, with the 95% bootstrap interval of the paired difference above 0.
-The commands are read from README.md (the block after PROOF_MARKER), so this bench and tests/test_readme.py run
+The commands are read from README.md (the block after PROOF_MARKER), so this bench and tests/test_proof.py run
 exactly what a reader runs. Prints one JSON line per stage, then one JSON object of the figures:
 base_accuracy, adapter_accuracy, diff, diff_ci, heldout_n, the other three IFEval accuracies of both models,
 pairs, wall_s and each stage's seconds.
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROOF_MARKER = "<!-- proof recipe: tests/test_readme.py and bench/learn.py run the next block -->"
+PROOF_MARKER = "<!-- proof recipe: tests/test_proof.py and bench/learn.py run the next block -->"
 ADAPTER = "dpo-checks"
 
 

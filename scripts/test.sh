@@ -15,4 +15,13 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_
 # Each checkout keeps its own temp folder: pytest's shared default (/tmp/pytest-of-$USER) keeps only the 3 newest
 # sessions, so two suites running at once on one machine would delete each other's files mid-test.
 case " $* " in *" --basetemp"*) ;; *) set -- --basetemp=.pytest-tmp "$@" ;; esac
+# Two workers (pytest-xdist), a whole file each at a time, long files first (tests/conftest.py): the suite waits on
+# child processes, a browser and model loads as much as it computes, so two at once roughly halve it on 2 cores.
+# LAB_TEST_WORKERS=0 runs in one process (as does -n 0 or -p no:xdist given here).
+# Each worker (and the lab processes its tests start) then computes on one core: torch's default of a thread per
+# core would put four busy threads on two cores, and its spinning threads made the proof recipe's sampling 4x slower.
+case " $* " in *" -p no:xdist "*|*" -n "*|*" -n="*) ;; *)
+  workers=${LAB_TEST_WORKERS:-2}
+  if [ "$workers" -gt 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( ($(nproc) + workers - 1) / workers ))}; fi
+  set -- -n "$workers" --dist loadfile --no-loadscope-reorder "$@" ;; esac
 exec .venv/bin/python -m pytest "$@"

@@ -35,9 +35,18 @@ def tiny():
     return models.load("tiny-random")
 
 
+# The longest files first (minutes each): scripts/test.sh runs the suite on pytest-xdist, one file per worker at a
+# time in this order (--dist loadfile --no-loadscope-reorder), so the long ones start at once, side by side, and the
+# many short files fill in around them instead of leaving one worker alone on a long tail.
+LONG_FIRST = ["test_proof.py", "test_readme.py", "test_bench.py", "test_browser.py"]
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked vllm (the real engine in its own venv, set up on first use: GBs and minutes) run only when the
-    -m expression names them (`-m vllm`); any other selection, the default one included, leaves them out."""
+    -m expression names them (`-m vllm`); any other selection, the default one included, leaves them out. The rest
+    run long files first (LONG_FIRST), each file's tests in their own order."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items[:] = sorted(items, key=lambda i: rank.get(i.path.name, len(rank)))  # stable: files keep their order
     if "vllm" in (config.getoption("markexpr") or ""):
         return
     left_out = [i for i in items if i.get_closest_marker("vllm")]
