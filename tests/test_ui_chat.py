@@ -8,6 +8,7 @@ from lab import models
 from lab.adapters import adapters_on
 from lab.chat import text_of
 from lab.generation import Decoding, generate
+from lab.ui.chat import EMPTY_REPLY
 from tests.test_merge import merged_run  # noqa: F401  (a fixture: run t, adapter dpo-judge on tiny-random)
 
 VALUES = ("", "", 0.0, 1.0, 16, 0)  # model (the run's), system, temperature, top_p, max new tokens, seed
@@ -30,7 +31,8 @@ def test_the_handler_streams_both_panes_and_keeps_the_conversation(merged_run): 
     assert first[0] == [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": ""}]
     assert first[2] == "" and len(steps) > 2  # the box is cleared at once, the replies arrive in pieces
     tuned = greedy(merged_run.adapter_dir("dpo-judge"))
-    assert last[0][-1]["content"] == greedy() and last[1][-1]["content"] == tuned and tuned
+    # tiny-random's greedy reply to this prompt may be empty: the pane then says so (EMPTY_REPLY)
+    assert last[0][-1]["content"] == (greedy() or tab.EMPTY_REPLY) and last[1][-1]["content"] == tuned and tuned
     again = list(tab.chat("t", "dpo-judge", "", "And another?", last[0], last[1], *VALUES))[-1]
     assert len(again[0]) == 4 and again[1] == last[1]  # one pane now: the right one keeps what it showed
     left, right = tab.pane_choices("t")
@@ -67,7 +69,8 @@ def test_the_app_answers_chat_through_its_api_streamed(merged_run):  # noqa: F81
         app.close()
     assert len(streamed) > 2 and box == ""  # the reply came in pieces
     tuned = greedy(merged_run.adapter_dir("dpo-judge"))
-    assert text_of(left[-1]["content"]) == greedy() and text_of(right[-1]["content"]) == tuned and tuned
+    assert text_of(left[-1]["content"]) == (greedy() or EMPTY_REPLY) and text_of(right[-1]["content"]) == tuned \
+        and tuned
 
 
 def test_on_a_hosted_app_the_chat_reaches_only_the_visitors_runs(runs_dir, monkeypatch):
@@ -87,7 +90,7 @@ def test_on_a_hosted_app_the_chat_reaches_only_the_visitors_runs(runs_dir, monke
         Run.open("alices").append("notes", [{"kept": True}])  # something in it, so the claim stays
         left = alice.predict("alices", "base", "", "Name a colour.", [], [], "tiny-random", *VALUES[1:],
                              api_name="/chat")[0]
-        assert text_of(left[-1]["content"]) == greedy()
+        assert text_of(left[-1]["content"]) == (greedy() or EMPTY_REPLY)
         with pytest.raises(AppError, match="No such run 'alices' among yours"):
             bob.predict("alices", "base", "", "Hi", [], [], "tiny-random", *VALUES[1:], api_name="/chat")
         with pytest.raises(AppError, match="above this app's cap of 256"):
@@ -97,7 +100,7 @@ def test_on_a_hosted_app_the_chat_reaches_only_the_visitors_runs(runs_dir, monke
 
 
 def test_a_reply_that_ends_at_once_is_said_in_words_not_left_blank(monkeypatch):
-    """A model may end its reply on its first token (tiny-random does, on some machines' numerics); the pane then
+    """A model may end its reply on its first token (tiny-random does at greedy for "Name a colour."); the pane then
     says so instead of showing an empty bubble. The model cannot be steered to do that on demand, so the stream
     (lab.chat.chat_stream, tested above on the real model) is replaced by one that ends one pane at once."""
     from lab.ui import chat as tab

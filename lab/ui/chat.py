@@ -166,5 +166,5 @@ def chat(run_name, left, right, message, history_left, history_right, *values):
 def _views(shown: list[list[dict]], right_before, message: str):
     """The outputs: the right pane keeps what it showed when it is off."""
     right = shown[1] if len(shown) > 1 else (right_before or [])
-    return [list(shown[0]), list(right), message]
+    return [[dict(m) for m in shown[0]], [dict(m) for m in right], message]  # each step a snapshot of its own
 
