@@ -35,6 +35,9 @@ SLOW = {
     "load": (["--quick"], ["jobs_accepted", "jobs_refused", "jobs_done", "files_intact", "only_own_runs",
                            "instant_p95_s", "idle_cpu_pct"]),
 }
+# bench/gpu.sh --dry-run runs these quick modes as its own steps (dpo, rank) and its test checks their figures as
+# the tests below would: each is run once, there
+IN_GPU_DRY_RUN = {"train": "dpo", "rank": "rank"}
 RATIOS = ("ratio_vs_loop", "ratio_vs_hf_batched", "ratio_wall_tiny", "ratio_wall_wide", "ratio_wall_int8_wide",
           "ratio_wall_pairrm_vs_reward",
           "ratio_vs_plain", "ratio_lab_vs_plain", "ratio_s_per_step", "ratio_memory_lab", "ratio_batched")
@@ -72,14 +75,11 @@ def test_every_bench_has_a_quick_mode_and_is_covered():
         assert parsed.get("quick", parsed.get("dry_run")) is True, name  # gpu_steps: --quick is --dry-run
 
 
-@pytest.mark.parametrize("name", sorted(QUICK))
+@pytest.mark.parametrize("name", sorted(set(QUICK) - set(IN_GPU_DRY_RUN)))
 def test_quick_mode_ends_with_its_figures(name, tmp_path):
     args, keys = QUICK[name]
     out = last_json(name, args, tmp_path)
     check(out, keys)
-    if name == "rank":
-        assert -1 <= out["spearman_int8"] <= 1 and 0 <= out["best_worst_same_int8"] <= 1
-        assert 0 < out["attention_top_prob_tiny"] <= 1 and 0 < out["attention_top_prob_wide"] <= 1
     if name == "iterate":
         assert out["iterate_wall_s"] is None and out["answers"] == 4 and out["evaluations"] == 2
 
@@ -93,8 +93,14 @@ def test_engines_quick_mode_says_why_vllm_did_not_run(tmp_path):
     assert out["lab_tokens_per_s"] > 0 and out["vllm_tokens_per_s"] is None and "setup-vllm" in out["vllm_error"]
 
 
+def check_rank(out: dict) -> None:
+    check(out, QUICK["rank"][1])
+    assert -1 <= out["spearman_int8"] <= 1 and 0 <= out["best_worst_same_int8"] <= 1
+    assert 0 < out["attention_top_prob_tiny"] <= 1 and 0 < out["attention_top_prob_wide"] <= 1
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(SLOW))
+@pytest.mark.parametrize("name", sorted(set(SLOW) - set(IN_GPU_DRY_RUN)))
 def test_slow_quick_mode_ends_with_its_figures(name, tmp_path):
     args, keys = SLOW[name]
     check(last_json(name, args, tmp_path), keys)
@@ -115,6 +121,8 @@ def test_gpu_sh_dry_run_runs_every_cpu_able_step(tmp_path):
                 "recipe_wall_s"):
         assert out[key] > 0, key
     assert out["steps"]["recipe"]["adapters"] and "8_iterate" in out["steps"]["recipe"]["command_s"]
+    check(out["steps"]["dpo"], SLOW["train"][1])  # bench/train.py --quick and bench/rank.py --quick, as steps
+    check_rank(out["steps"]["rank"])
     from lab import engine_vllm
 
     if not engine_vllm.available()[0]:
