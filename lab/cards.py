@@ -411,7 +411,7 @@ def _evaluation_section(run: Run, adapter: str) -> str:
     """The run's latest comparison, where it compared this adapter: each win rate against the base with the grader
     that made it (and the circular label where that grader also made the training pairs), and the IFEval checks'
     accuracies with the paired difference against the base."""
-    from lab.compare import read_scores
+    from lab.compare_scorers import read_scores
 
     scores = read_scores(run) or {}
     wins = (scores.get("win_rates") or {}).get(adapter)

@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from lab import compare, models
+from lab import compare, compare_scorers, models
 from lab.compare import CompareConfig
 from lab.errors import LabError
 from lab.progress import Progress, Stopped
@@ -224,17 +224,17 @@ def test_exports_round_trip(two_adapters, tmp_path):
 
 # ---- scores --------------------------------------------------------------------------------------------------------
 def test_distinct_n():
-    assert compare.distinct_n(["a b a b"], 1) == 0.5
-    assert compare.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
-    assert compare.distinct_n(["a b", "a b"], 2) == 0.5  # counted over all texts of a model
-    assert compare.distinct_n(["", "x"], 2) == 0.0
+    assert compare_scorers.distinct_n(["a b a b"], 1) == 0.5
+    assert compare_scorers.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    assert compare_scorers.distinct_n(["a b", "a b"], 2) == 0.5  # counted over all texts of a model
+    assert compare_scorers.distinct_n(["", "x"], 2) == 0.0
 
 
 def test_refusals():
-    assert compare.is_refusal("I'm sorry, but I can't help with that.")
-    assert compare.is_refusal("As an AI language model, I do not have opinions.")
-    assert not compare.is_refusal("Sorry to hear that! Here is how to fix your bike: ...")
-    assert not compare.is_refusal("x" * 400 + " I cannot help you with that")  # not in the opening
+    assert compare_scorers.is_refusal("I'm sorry, but I can't help with that.")
+    assert compare_scorers.is_refusal("As an AI language model, I do not have opinions.")
+    assert not compare_scorers.is_refusal("Sorry to hear that! Here is how to fix your bike: ...")
+    assert not compare_scorers.is_refusal("x" * 400 + " I cannot help you with that")  # not in the opening
 
 
 def test_bootstrap_interval():
@@ -293,7 +293,7 @@ def test_pairrm_win_rates(two_adapters, tmp_path):
 
     expected = [1.0 if rank.preference(r, 1, 0) > 0 else 0.0 for r in rankings]
     assert out["win_rates"]["judge"]["pairrm"]["win_rate"] == pytest.approx(sum(expected) / 3)
-    per_instruction = compare.read_scores(two_adapters)["outcomes"]["judge"]["pairrm"]  # what the grid shows
+    per_instruction = compare_scorers.read_scores(two_adapters)["outcomes"]["judge"]["pairrm"]  # what the grid shows
     order = [r["instruction_id"] for r in rankings]
     assert [per_instruction[i] for i in order] == expected and len(per_instruction) == 3
     compare.score(two_adapters, cfg(pairrm="tiny-random"))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lab import compare, models, noise, rank, reward
+from lab import compare, compare_scorers, models, noise, rank, reward
 from lab.cli import main
 from lab.compare import CompareConfig
 from lab.errors import LabError
@@ -152,8 +152,8 @@ def test_reward_end_to_end_rank_pairs_train_compare(run, tmp_path, capsys):
                             ["Why do we have leap years?", "Name three uses of a paperclip.", "What is a prime?"]))
     result = compare.compare_run(run, CompareConfig(instructions=str(held), max_new_tokens=8, batch_size=4,
                                                     bootstrap=200, reward="tiny-reward"))
-    scores = compare.read_scores(run)
-    table = compare.by_model(compare.current(run)[0])
+    scores = compare_scorers.read_scores(run)
+    table = compare_scorers.by_model(compare.current(run)[0])
     rm = rank.load_ranker("tiny-reward", device="cpu")
     expect = {m: {iid: card_rewards(rm, r["prompt"], [r["text"]])[0] for iid, r in table[m].items()}
               for m in ("base", "dpo-reward")}

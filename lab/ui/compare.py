@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from lab import checks, compare, noise
+from lab import checks, compare, compare_scorers, noise
 from lab.adapters import resolve_adapters
 from lab.compare import CompareConfig
 from lab.errors import LabError
@@ -244,7 +244,7 @@ def refresh(run_name: str | None, picked: str | None = None):
     except LabError:
         empty = '<p class="lab-empty">No comparison in this run yet: press Compare.</p>'
         return [empty, "", gr.update(choices=[], value=None), "", "", "", notes["overall"]]
-    scores = compare.read_scores(run)
+    scores = compare_scorers.read_scores(run)
     table = scores_html(scores, run.stage_settings("compare") or {}) if scores else \
         '<p class="lab-empty">The scores appear when the comparison has finished.</p>'
     picked = picked if picked in ids else (ids[0] if ids else None)
