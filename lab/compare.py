@@ -389,3 +389,9 @@ def save_note(run: Run, text: str, instruction_id: str | None = None) -> dict:
         notes["instructions"].pop(instruction_id, None)
     atomic_write_json(run.file("notes"), {**notes, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return notes
+
+
+def compare_stage(run: Run, cfg: CompareConfig, progress: Progress | None = None) -> dict:
+    """The compare stage as the CLI and the app's jobs run it: compare, then write the grid's exports (--export)."""
+    summary = compare_run(run, cfg, progress)
+    return {**summary, "exports": [str(export(run, f.strip())) for f in cfg.export.split(",") if f.strip()]}

@@ -8,7 +8,7 @@ requests (lab.judge_backends.ApiBackend), training (lab.train); the device and d
 
 efficiency.jsonl (run root; one line per run of a stage, appended when it ends):
 
-    {"stage": str,                    # a lab/cli.py STAGES name
+    {"stage": str,                    # a lab/stages.py STAGES name
      "name": str | null,              # what it made: the adapter (train, merge), the pair source (pairs)
      "status": "done" | "stopped" | "failed",
      "started": unix s, "wall_s": float,

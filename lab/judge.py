@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import re
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -564,3 +565,9 @@ def _all_reached(plan: str, cands: Candidates, lookup: Lookup, seed: int, band: 
     return out
 
 
+def judge_stage(run: Run, cfg: JudgeConfig, progress: Progress | None = None) -> dict:
+    """The judge stage as the CLI and the app's jobs run it: the plan's cost first (stderr), before any call, then
+    the verdicts; --estimate-only: the plan is the summary."""
+    plan = estimate(run, cfg)
+    print("plan: " + json.dumps(plan, ensure_ascii=False), file=sys.stderr, flush=True)
+    return {"estimate_only": True, "plan": plan} if cfg.estimate_only else judge_run(run, cfg, progress)

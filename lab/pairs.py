@@ -54,6 +54,7 @@ from typing import Any, Callable
 from lab import checks, efficiency, spotcheck
 from lab.config import Settings, opt
 from lab.errors import LabError
+from lab.progress import Progress
 from lab.rank import RANKERS, REWARD_EXAMPLE, latest_rankings, preference
 from lab.sample import Group, groups
 from lab.score import mean_scores
@@ -579,3 +580,8 @@ def pair_stats(path: Path, records: list[dict]) -> dict:
     return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "n": len(records),
             "chosen_chars_mean": bal["chosen_chars_mean"], "rejected_chars_mean": bal["rejected_chars_mean"],
             "chosen_longer_fraction": bal["chosen_longer_fraction"]}
+
+
+def pairs_stage(run: Run, cfg: PairsConfig, progress: Progress | None = None) -> dict:
+    """The pairs stage in the stages' shape (it reads records only: nothing to show progress of)."""
+    return build_pairs(run, cfg)

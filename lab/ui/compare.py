@@ -210,7 +210,7 @@ def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_k
     cfg = forms.read(CompareConfig, dict.fromkeys(FORM), values, instructions=source,
                      adapters=",".join(adapters or []))
     checked(cfg.validate)
-    admit(["compare", "--run", run.name, *cfg.to_argv()])  # a hosted app's rules first: no path is looked at
+    ok = admit(["compare", "--run", run.name, *cfg.to_argv()])  # a hosted app's rules first: no path is looked at
     checked(resolve_adapters, run, cfg.adapters)  # "no adapters yet" shows at once, not in the job log
     checked(compare.check_scorers, cfg, (api_key or "").strip() or None)
     apis = {b for b in (cfg.judge, cfg.score) if b in API_BACKENDS}
@@ -218,7 +218,8 @@ def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_k
         raise gr.Error("The LLM judge and the 5-point scorer use two API providers, and a typed key belongs to one: "
                        "pick the same provider for both, or leave the key box empty to use the app's own keys.")
     api = next(iter(apis), "")
-    status = start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key))
+    status = start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key),
+                       admitted=ok)
     return status + ("" if scorers_changed(cfg.pairrm, cfg.reward, cfg.judge, cfg.score, cfg.checks, choice)[0] == ""
                      else
                      " No scorer was chosen: no win rates will be computed.")

@@ -212,9 +212,9 @@ def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, re
     checked(run.check_unlocked, "judge")  # a judge running elsewhere keeps its prompt file
     path = run.upload_path(".txt", "judge-prompt")  # not judge-prompt.txt: a job that fails keeps the run as it was
     cfg.prompt_file = str(path)
-    admit(["judge", "--run", run.name, *cfg.to_argv()])  # before the prompt is saved: a refusal changes nothing
+    ok = admit(["judge", "--run", run.name, *cfg.to_argv()])  # before the prompt is saved: a refusal changes nothing
     checked(atomic_write_text, path, prompt)
-    start_job(run_name, "judge", cfg.to_argv(), "Judging", secret_env=typed_key_env(cfg.backend, typed))
+    start_job(run_name, "judge", cfg.to_argv(), "Judging", secret_env=typed_key_env(cfg.backend, typed), admitted=ok)
     return f"**Judging** started: {cost_md(est)}"
 
 
