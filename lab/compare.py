@@ -60,7 +60,7 @@ from lab.errors import LabError
 from lab.engines import ENGINE_CHOICES, ENGINE_HELP, ENGINES, pick_engine
 from lab.generation import Completion, Decoding, ShiftedProgress, Unit, engine_record
 from lab.instructions import load_instructions
-from lab.judge_backends import API_BACKENDS, BACKENDS, resolve_key
+from lab.judge_backends import API_BACKENDS, BACKENDS, BASE_URL_ENV, resolve_key
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.sample import check_decoding
@@ -94,8 +94,8 @@ class CompareConfig(Settings):
     judge: str = opt("none", "LLM judge for win rates, every pair of models in both orders: none or a judge "
                      "backend (local is offline and weak)", ("none", *BACKENDS), label="LLM judge")
     judge_model: str = opt("", "the judge's model (default: the judge backend's default)", label="Judge model")
-    judge_rpm: float = opt(30.0, "API judge: most requests per minute (0 = no limit); the base URL comes from "
-                           "$GROQ_BASE_URL / $OPENAI_BASE_URL when set")
+    judge_rpm: float = opt(30.0, "API judge: most requests per minute (0 = no limit); the base URL comes from " +
+                           " / ".join(f"${v}" for v in BASE_URL_ENV.values()) + " when set")
     score: str = opt("none", "5-point additive scores for win rates (lab.score): none, base (the base model scores "
                      "every answer, self-rewarding's evaluator) or an API judge", ("none", "base", *API_BACKENDS),
                      label="5-point scorer")

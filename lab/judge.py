@@ -24,7 +24,8 @@ from typing import Callable
 from lab import efficiency
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.judge_backends import BACKENDS, DEFAULT_MODELS, MAX_RETRY_AFTER_S, ApiBackend, LocalBackend, price_usd
+from lab.judge_backends import API_BACKENDS, BACKENDS, DEFAULT_MODELS, KEY_ENV, MAX_RETRY_AFTER_S, ApiBackend, \
+    LocalBackend, price_usd
 from lab.progress import Progress, stop_requested
 from lab.ratelimit import Cancelled, RateLimiter
 from lab.sample import groups
@@ -47,13 +48,13 @@ CALIBRATE = {
 
 @dataclass
 class JudgeConfig(Settings):
-    backend: str = opt("local", "who judges: local (transformers, offline, weak at 135M), groq, or openai (any "
-                       "OpenAI-compatible server)", choices=tuple(BACKENDS), label="Judge")
-    model: str = opt("", "judge model; empty = llama-3.3-70b-versatile (groq), gpt-4o-mini (openai), bundled (local)",
+    backend: str = opt("local", "who judges: " + "; ".join(f"{k}: {b.label}" for k, b in BACKENDS.items()),
+                       choices=tuple(BACKENDS), label="Judge")
+    model: str = opt("", "judge model; empty = " + ", ".join(f"{b.default_model} ({k})" for k, b in BACKENDS.items()),
                      label="Model")
     base_url: str = opt("", "provider root; empty = the SDK default. openai-compatible roots end in /v1 "
                         "(e.g. http://localhost:11434/v1 for Ollama); groq's has no /v1", label="Base URL")
-    api_key_env: str = opt("", "environment variable that holds the API key (empty = GROQ_API_KEY / OPENAI_API_KEY)")
+    api_key_env: str = opt("", f"environment variable that holds the API key (empty = {' / '.join(KEY_ENV.values())})")
     plan: str = opt("knockout", "knockout: 2(K-1) calls per instruction (8 for K=5); full: every pair in both orders, "
                     "K(K-1) calls (20 for K=5)", choices=tuple(PLANS), label="Call plan")
     prompt_file: str = opt("", "judge prompt template with {instruction}, {response_a}, {response_b}; empty = built-in")
@@ -100,7 +101,7 @@ class JudgeConfig(Settings):
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise LabError(f"--base-url {self.base_url!r} is not a URL: give http(s)://host[:port][/v1].")
         if self.backend == "local" and self.base_url:
-            raise LabError("--base-url is for the groq and openai backends; the local judge runs here.")
+            raise LabError(f"--base-url is for the {' and '.join(API_BACKENDS)} backends; the local judge runs here.")
         if self.backend == "local" and self.calibrate == "scores":
             raise LabError("--calibrate scores is for API judges: the local judge's label probabilities are already "
                            "its grades (use auto).")

@@ -271,8 +271,9 @@ STRATEGIES: dict[str, Strategy] = {
 class PairsConfig(Settings):
     source: str = opt("judge", "where preferences come from: " + "; ".join(f"{k}: {v.label}" for k, v in
                       SOURCES.items()), choices=tuple(SOURCES), label="Source")
-    strategy: str = opt("best-vs-worst", "best-vs-worst: one pair per instruction; all-pairs: every preferred pair "
-                        "whose strength reaches --margin", choices=tuple(STRATEGIES), label="Strategy")
+    strategy: str = opt("best-vs-worst", "which preferences whose strength reaches --margin become pairs: " +
+                        "; ".join(f"{k}: {v.label}" for k, v in STRATEGIES.items()), choices=tuple(STRATEGIES),
+                        label="Strategy")
     margin: float = opt(0.0, "smallest preference strength kept: PairRM's both-orders logit, the reward difference, "
                         "the self-score gap; a "
                         "judge verdict counts 1 (so margins up to 1 keep every verdict)", label="Margin")

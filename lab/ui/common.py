@@ -384,7 +384,7 @@ def api_key_box(visible: bool = True) -> gr.Textbox:
     """A visitor's own API key for an API judge: it stays in this browser tab and goes to the one job it starts."""
     return gr.Textbox("", type="password", label="API judge key (optional)", visible=visible,
                       info="kept in this browser tab only and handed to the job you start; never saved. Empty = "
-                           "the app's GROQ_API_KEY / OPENAI_API_KEY, which go only to the app's own provider URL")
+                           f"the app's {' / '.join(KEY_ENV.values())}, which go only to the app's own provider URL")
 
 
 def typed_key_env(judge: str, typed: str | None) -> dict[str, str] | None:

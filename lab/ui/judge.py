@@ -145,8 +145,13 @@ def restored(cfg: JudgeConfig) -> list:
 
 def backend_changed(backend: str):
     """Model placeholder, base URL visibility and the key / weak-judge note for the chosen backend."""
-    return (gr.update(placeholder=DEFAULT_MODELS[backend]), gr.update(visible=backend == "openai"),
+    return (gr.update(placeholder=DEFAULT_MODELS[backend]), gr.update(visible=shows_base_url(backend)),
             key_note(backend), gr.update(visible=backend != "local"))
+
+
+def shows_base_url(backend: str) -> bool:
+    """Whether the form offers a Base URL for this backend: its entry says it talks to servers of any address."""
+    return REGISTRY[backend].custom_url
 
 
 def key_note(backend: str) -> str:
@@ -164,7 +169,8 @@ def config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_toke
                 tie_band=TIE_BAND) -> JudgeConfig:
     return JudgeConfig.from_form({"backend": backend, "model": model, "plan": plan, "rpm": rpm or 0,
                                   "concurrency": concurrency or 1, "reasoning_tokens": reasoning_tokens or 0,
-                                  "base_url": base_url if backend == "openai" else "", "calibrate": calibrate or "auto",
+                                  "base_url": base_url if shows_base_url(backend) else "",
+                                  "calibrate": calibrate or "auto",
                                   "tie_band": TIE_BAND if tie_band is None else tie_band})
 
 
