@@ -5,15 +5,7 @@ own answers come from inside `disable_adapter()`), so memory holds one model plu
 Every model answers the same instructions in the same batches with the same seeds (lab.generation seeds each
 batch from the seed and the prompts it holds), so differences come from the weights, not from the dice.
 
-compare.jsonl, one line per (instruction, model) completion:
-
-    {"instruction_id": str, "prompt": str, "model": "base" | adapter name, "adapter_path": str | null,
-     "text": str, "prompt_tokens": int, "completion_tokens": int, "finish_reason": "stop" | "length",
-     "base_model": spec, "base_path": str, "decoding": {"temperature", "top_p", "max_new_tokens", "seed"},
-     "key": str,                               # hash of base + decoding: records of other settings are history
-     "adapter_hash": str | null,               # hash of the adapter's files (a retrained adapter is redone)
-     "duplicate": null | {"of": training instruction id, "kind": "exact" | "near", "similarity": float},
-     "instruction_id_list": [str], "kwargs": [dict]}   # only for verifiable instructions: their IFEval checks
+compare.jsonl's format, `compare_record` and its readers (`current`, `grid`) are lab/records/comparisons.py.
 
 compare-scores.json (whole file, rewritten by `score`):
 
@@ -54,7 +46,7 @@ from typing import Callable
 
 from lab import cards, checks, efficiency, limits, models, precision, rank
 from lab.adapters import BASE, check_same_base, fingerprint, resolve_adapters
-from lab.compare_scorers import current, score
+from lab.compare_scorers import score
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.engines import ENGINE_CHOICES, ENGINE_HELP, ENGINES, pick_engine
@@ -63,6 +55,7 @@ from lab.instructions import load_instructions
 from lab.judge_backends import API_BACKENDS, BACKENDS, BASE_URL_ENV, resolve_key
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
+from lab.records.comparisons import compare_record, grid, read_notes
 from lab.sample import check_decoding
 from lab.score import ScoreConfig
 from lab.store import Run, atomic_write_json, atomic_write_text, once, read_jsonl, write_jsonl
@@ -209,17 +202,6 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def compare_record(item: dict, completion, name: str, adapter: Path | None, base_path: str, cfg: CompareConfig,
-                   key: str, duplicate: dict | None, adapter_hash: str | None) -> dict:
-    """One compare.jsonl line (the format in the module docstring)."""
-    return {"instruction_id": item["id"], "prompt": item["prompt"], "model": name,
-            "adapter_path": str(adapter) if adapter else None, "text": completion.text,
-            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-            "finish_reason": completion.finish_reason, "base_model": cfg.model, "base_path": base_path,
-            "decoding": cfg.decoding().to_dict(), "key": key, "duplicate": duplicate, "adapter_hash": adapter_hash,
-            **checks.fields_of(item)}
-
-
 def missing_units(run: Run, adapters: dict[str, Path], items: list[dict], cfg: CompareConfig, key: str,
                   whole_chunks: bool) -> list[tuple[str, dict]]:
     """The (model, instruction) completions a comparison lacks, model by model, chunk by chunk (cfg.batch_size
@@ -321,37 +303,6 @@ def _compare_locked(run: Run, cfg: CompareConfig, progress: Progress | None, api
 
 
 # ---- the grid ----------------------------------------------------------------------------------------------------
-def grid(run: Run):
-    """pandas DataFrame: one row per instruction (index: instruction_id), columns prompt, duplicate_of, then one
-    column per model (base first) holding its completion."""
-    import pandas as pd
-
-    records, st = current(run)
-    order = {i: n for n, i in enumerate(st["instruction_ids"])}
-    df = pd.DataFrame(records)
-    if df.empty:
-        return pd.DataFrame(columns=["prompt", "duplicate_of", *st["models"]]).rename_axis("instruction_id")
-    wide = df.pivot(index="instruction_id", columns="model", values="text")
-    meta = df.drop_duplicates("instruction_id").set_index("instruction_id")
-    dup_of = [d["of"] if isinstance(d, dict) else None for d in meta["duplicate"].reindex(wide.index)]
-    wide.insert(0, "duplicate_of", pd.Series(dup_of, index=wide.index, dtype=object))
-    wide.insert(0, "prompt", meta["prompt"])
-    wide = wide.reindex(columns=["prompt", "duplicate_of", *st["models"]])
-    wide.columns.name = None
-    return wide.sort_index(key=lambda ix: ix.map(order))
-
-
-def markdown_table(df) -> str:
-    """A GitHub-flavoured Markdown table (pandas' to_markdown needs `tabulate`, which the project does not ship)."""
-    def cell(v) -> str:  # markup in an instruction or an answer shows as text (lab.cards.cell)
-        return "" if v is None or v != v else cards.cell(str(v), newline="<br>")  # v != v: NaN
-
-    cols = [df.index.name or "", *map(str, df.columns)]
-    rows = [[cell(ix), *(cell(v) for v in row)] for ix, row in zip(df.index, df.itertuples(index=False))]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def export(run: Run, fmt: str) -> Path:
     """Write the grid as csv, jsonl or md into the run; returns the file's path."""
     df = grid(run)
@@ -363,20 +314,13 @@ def export(run: Run, fmt: str) -> Path:
         write_jsonl(path, df.reset_index().astype(object).where(df.reset_index().notna(), None).to_dict("records"))
     elif fmt in ("md", "markdown"):
         path = run.file("compare_md")
-        atomic_write_text(path, markdown_table(df))
+        atomic_write_text(path, cards.markdown_table(df))
     else:
         raise LabError(f"Unknown export format {fmt!r}: use csv, jsonl or md.")
     return path
 
 
 # ---- the user's notes ----------------------------------------------------------------------------------------------
-def read_notes(run: Run) -> dict:
-    """{"overall": str, "instructions": {instruction_id: str}}"""
-    path = run.file("notes")
-    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    return {"overall": data.get("overall", ""), "instructions": data.get("instructions", {})}
-
-
 def save_note(run: Run, text: str, instruction_id: str | None = None) -> dict:
     """Set the overall note (instruction_id None) or one instruction's note; an empty text deletes it."""
     limits.check_text("The note", text)

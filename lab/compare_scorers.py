@@ -1,10 +1,12 @@
 """A comparison's scores: text statistics per model, and the compare scorers (SCORERS), each a registry entry that
 turns the comparison's completions into per-instruction outcomes of one model against another, from which `score`
-computes the win rates of compare-scores.json (its format: lab/compare.py's docstring, with compare.jsonl's).
+computes the win rates of compare-scores.json (its format: lab/compare.py's docstring; compare.jsonl's:
+lab/records/comparisons.py).
 
 Scorers: "pairrm" (PairRM's both-orders preference), "judge" (the LLM judge, every pair of models in both orders,
-position-calibrated where they disagree (lab.verdicts)), "score" (mean 5-point scores, lab.score), "reward" (a reward
-model's reward per answer, lab.reward) and "checks" (IFEval's checks of verifiable instructions, lab.checks).
+position-calibrated where they disagree (lab.records.verdicts)), "score" (mean 5-point scores, lab.score), "reward"
+(a reward model's reward per answer, lab.reward) and "checks" (IFEval's checks of verifiable instructions,
+lab.checks).
 """
 from __future__ import annotations
 
@@ -18,16 +20,18 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from lab import checks, graders, rank
 from lab.adapters import BASE
-from lab.errors import LabError
 from lab.generation import Completion
 from lab.judge import JudgeConfig, judge_run
 from lab.progress import Progress
-from lab.sample import sample_record
-from lab.score import Scorer, api_backend, mean_scores, model_scorer, score_rows
+from lab.records.comparisons import current
+from lab.records.rankings import latest_rankings, preference
+from lab.records.samples import sample_record
+from lab.records.scores import mean_scores
+from lab.records.verdicts import run_verdicts
+from lab.score import Scorer, api_backend, model_scorer, score_rows
 from lab.stats import LOSS, TIE, WIN, lc_win_rate, mean_ci, outcome, paired_difference, win_rate
 from lab.stats import mean as stat_mean
 from lab.store import Run, atomic_write_json, write_jsonl
-from lab.verdicts import run_verdicts
 
 if TYPE_CHECKING:
     from lab.compare import CompareConfig
@@ -39,21 +43,6 @@ REFUSAL = re.compile(
     re.IGNORECASE,
 )
 REFUSAL_WINDOW = 300  # a refusal shows in the opening of an answer; later "I can't stress enough" is not one
-
-
-def current(run: Run, st: dict | None = None) -> tuple[list[dict], dict]:
-    """Records of a comparison (its key, its instructions, its models) and its settings: those given (a comparison
-    not recorded yet), else the latest in run.json."""
-    st = st or run.stage_settings("compare")
-    if not st:
-        raise LabError(f"Run {run.name} has no comparison yet: compare first (`python -m lab compare --run "
-                       f"{run.name}`).", ui=f"Run {run.name} has no comparison yet: press Compare first.")
-    ids, names = set(st["instruction_ids"]), set(st["models"])
-    latest: dict[tuple, dict] = {}
-    for r in run.read("compare"):
-        if r.get("key") == st["key"] and r["instruction_id"] in ids and r["model"] in names:
-            latest[(r["instruction_id"], r["model"])] = r
-    return list(latest.values()), st
 
 
 # ---- scores ------------------------------------------------------------------------------------------------------
@@ -196,13 +185,13 @@ def pairrm_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progres
     scoring run; a rerun with the same texts ranks nothing again)."""
     nested, index = scoring_run(run, table, st)
     rank.rank_run(nested, rank.RankConfig(ranker=cfg.pairrm, device=cfg.device, dtype=cfg.dtype), progress)
-    records = rank.latest_rankings(nested, ranker=cfg.pairrm)
+    records = latest_rankings(nested, ranker=cfg.pairrm)
 
     def of(iid: str, a: str, b: str) -> float | None:
         rec, i, j = records.get(iid), index[a], index[b]
         if rec is None or not {i, j} <= set(rec["sample_indices"]):
             return None
-        return outcome(rank.preference(rec, i, j), 0.0)
+        return outcome(preference(rec, i, j), 0.0)
     return of
 
 
@@ -234,7 +223,7 @@ def reward_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progres
     nested, index = scoring_run(run, table, st)
     rank.rank_run(nested, rank.RankConfig(ranker=cfg.reward, device=cfg.device, dtype=cfg.dtype), progress)
     values: dict[str, dict[str, float]] = {}
-    for iid, rec in rank.latest_rankings(nested, ranker=cfg.reward).items():
+    for iid, rec in latest_rankings(nested, ranker=cfg.reward).items():
         reward_of = dict(zip(rec["sample_indices"], rec["scores"]))
         for m, i in index.items():
             if i in reward_of:
@@ -245,8 +234,8 @@ def reward_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progres
 def judge_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progress: Progress | None,
                    api_key: str | None = None) -> Outcome:
     """The LLM judge (lab.judge, plan "full": every pair of models judged in both orders, calibrated where they
-    disagree: lab.verdicts.run_verdicts): win 1; tie or an undecided disagreement 0.5; loss 0; unreadable verdicts
-    left out. Identical completions tie without a call."""
+    disagree: lab.records.verdicts.run_verdicts): win 1; tie or an undecided disagreement 0.5; loss 0; unreadable
+    verdicts left out. Identical completions tie without a call."""
     nested, index = scoring_run(run, table, st)
     samples = nested.read("samples")
     twin = {(s["instruction_id"], s["sample_index"]): s["duplicate_of"] for s in samples}  # the judge skips twins

@@ -38,7 +38,7 @@ from lab.judge import DEFAULT_TEMPLATE, estimate
 from lab.limits import hosted
 from lab.models import HUB_ID, SPECIAL_SPECS, cache_dir
 from lab.pairs import resolve_pairs
-from lab.sample import groups
+from lab.records.samples import groups
 from lab.store import RUN_NAME, Run, check_writable, list_runs, read_jsonl, runs_root
 
 ROOT = Path(__file__).resolve().parent.parent

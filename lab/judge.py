@@ -1,6 +1,6 @@
 """The LLM judge stage: pairwise verdicts with reasoning, each pair judged in both orders, under a call plan.
 
-What a call records and how calls add up to one verdict per pair: lab/verdicts.py (judgments.jsonl's format, the
+What a call records and how calls add up to one verdict per pair: lab/records/verdicts.py (judgments.jsonl's format, the
 folding rule, the position- and length-bias figures). Who answers: lab/judge_backends.py (the BACKENDS registry:
 Groq, any OpenAI-compatible server, a local transformers model). This module renders the prompt, plans the calls
 (knockout or full), runs them (concurrently under a rate limit for APIs, batched for the local model), and treats
@@ -28,9 +28,9 @@ from lab.judge_backends import API_BACKENDS, BACKENDS, DEFAULT_MODELS, KEY_ENV, 
     LocalBackend, price_usd
 from lab.progress import Progress, stop_requested
 from lab.ratelimit import Cancelled, RateLimiter
-from lab.sample import groups
+from lab.records.samples import groups
+from lab.records.verdicts import SCORE_RANGE, TIE_BAND, pair_verdicts, report_records
 from lab.store import Run, atomic_write_text, once, read_user_text
-from lab.verdicts import SCORE_RANGE, TIE_BAND, pair_verdicts, report_records
 
 PLANS = {
     "knockout": "a knockout tournament, each match judged in both orders: K-1 matches, 2(K-1) calls per instruction "
@@ -290,7 +290,7 @@ def knockout(iid: str, cand: tuple[str, dict[int, str]], lookup: Lookup, seed: i
     """Replay the knockout tournament of one instruction as far as the cache allows.
 
     Round 1 pairs responses (0,1), (2,3), ...; an odd one out waits (a bye) for the next round; winners advance.
-    A match's winner is its pair verdict under the tie band `band` (lab.verdicts.pair_verdicts: calibrated too).
+    A match's winner is its pair verdict under the tie band `band` (lab.records.verdicts.pair_verdicts: calibrated too).
     Returns (matches played, matches of the current round still to judge, champion or None until finished);
     a match is the two Calls of one pair."""
     entrants, played = list(cand[1]), []
@@ -548,7 +548,7 @@ def _record_settings(run: Run, cfg: JudgeConfig, s: _Session) -> None:
 
 def _update_calibration(run: Run, cfg: JudgeConfig) -> None:
     """A rerun that made no call but asks for another calibration: run.json's judge entry says the new one, so every
-    reader of the verdicts (lab.verdicts.run_verdicts) decides the pairs as this run did."""
+    reader of the verdicts (lab.records.verdicts.run_verdicts) decides the pairs as this run did."""
     old = run.stage_settings("judge")
     if old and (old.get("calibrate"), old.get("tie_band")) != (cfg.calibrate, cfg.tie_band):
         run.record_stage("judge", {**old, "calibrate": cfg.calibrate, "tie_band": cfg.tie_band})

@@ -3,22 +3,7 @@
 A scorer like the pairwise judge and PairRM: lab.pairs builds the "self" preference set from these scores, and
 lab.compare can use them ("score") for win rates.
 
-scores.jsonl, one line per evaluation:
-
-    {"set": "train" | "eval",          # train: an answer of samples.jsonl; eval: a completion of compare.jsonl
-     "instruction_id": str,
-     "sample_index": int | null,        # train: which answer of samples.jsonl
-     "model": str | null,               # eval: "base" or an adapter name (rows of compare.jsonl)
-     "text_hash": str,                  # sha1[:12] of the scored text: a changed text is scored again
-     "eval_index": int,                 # 0..R-1
-     "score": float | null,             # 0-5; null when the judgment could not be read
-     "method": "parsed" | "probabilities" | "invalid",
-                                        # parsed: "Score: <points>" found in the text; probabilities: a local judge
-                                        # that wrote no score is asked to continue "Score: " and the expected value
-                                        # over the digits 0-5 is taken (a 135M model rarely ends with the format);
-                                        # read on the judge prompt's cache from the sampling batch (lab engine)
-     "probs": [p0..p5] | null, "raw": str, "judge": str, "prompt_hash": str,
-     "usage": {"prompt_tokens", "completion_tokens"}}       # API judges
+scores.jsonl's format, `score_record` and the reader `mean_scores` are lab/records/scores.py.
 
 The records are the cache: a (set, instruction, sample or model, text) already scored by the same judge is not
 scored again, so a rerun scores nothing and a stopped one resumes.
@@ -45,6 +30,7 @@ from lab.judge_backends import API_BACKENDS, DEFAULT_MODELS, ApiBackend
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.ratelimit import RateLimiter
+from lab.records.scores import score_key, score_record, text_hash
 from lab.store import Run, once
 
 SCORE_PROMPT = """Review the user's question and the corresponding response using the additive 5-point scoring \
@@ -262,15 +248,6 @@ def api_backend(cfg: ScoreConfig, api_key: str | None = None) -> ApiBackend | No
 
 
 # ---- scoring rows, with the records as the cache ------------------------------------------------------------------
-def text_hash(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
-
-
-def score_key(s: dict) -> tuple:
-    """What makes two evaluations the same: the set, the answer (or the model's completion) and its text, the judge."""
-    return (s["set"], s["instruction_id"], s.get("sample_index"), s.get("model"), s.get("text_hash"), s.get("judge"))
-
-
 def row_key(row: dict, cfg: ScoreConfig) -> tuple:
     return score_key({**row, "sample_index": row.get("sample_index") if row["set"] == "train" else None,
                       "model": row.get("model") if row["set"] == "eval" else None, "text_hash": text_hash(row["text"]),
@@ -327,29 +304,10 @@ def score_rows(run: Run, rows: list[dict], scorer: Scorer, progress: Progress, d
         chunk = todo[n:n + step]
         evals = scorer.score([score_prompt(row["prompt"], row["text"]) for row in chunk], cfg.seed)
         started()
-        run.append("scores", [score_record(row, e, ev, cfg) for row, evs in zip(chunk, evals)
+        run.append("scores", [score_record(row, e, ev, cfg.name, PROMPT_HASH) for row, evs in zip(chunk, evals)
                               for e, ev in enumerate(evs)])
     progress.update(len(rows), len(rows), desc)
     return len(todo)
-
-
-def score_record(row: dict, eval_index: int, ev: dict, cfg: ScoreConfig) -> dict:
-    """One scores.jsonl line (the format in the module docstring)."""
-    train = row["set"] == "train"
-    return {"set": row["set"], "instruction_id": row["instruction_id"],
-            "sample_index": row["sample_index"] if train else None, "model": None if train else row["model"],
-            "text_hash": text_hash(row["text"]), "eval_index": eval_index, **ev, "judge": cfg.name,
-            "prompt_hash": PROMPT_HASH}
-
-
-def mean_scores(scores: list[dict], which: str = "train") -> dict[tuple, float]:
-    """{(instruction_id, sample_index) (train) or (model, instruction_id) (eval): mean of its readable scores}."""
-    acc: dict[tuple, list[float]] = {}
-    for s in scores:
-        if s["set"] == which and s["score"] is not None:
-            key = (s["instruction_id"], s["sample_index"]) if which == "train" else (s["model"], s["instruction_id"])
-            acc.setdefault(key, []).append(s["score"])
-    return {k: sum(v) / len(v) for k, v in acc.items()}
 
 
 # ---- the stage ----------------------------------------------------------------------------------------------------

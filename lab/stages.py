@@ -40,16 +40,16 @@ STAGES = [  # pipeline order
     Stage("rank", rank.RankConfig, rank.rank_run,
           "rank each instruction's responses with PairRM (llm-blender) or a reward model",
           "PairRM compares every pair of responses in both orders, a reward model scores each response alone; "
-          "appends rankings.jsonl (format: lab/rank.py). "
+          "appends rankings.jsonl (format: lab/records/rankings.py). "
           "Instructions already ranked with the same ranker are skipped.",
           tab="rank", admit=hosting.admit_rank, upstream=("sample",)),
     Stage("score", score.ScoreConfig, score.score_run,
           "self-rewarding scores: each response judged R times with an additive 5-point prompt",
-          "Appends scores.jsonl (format: lab/score.py); answers already scored by the same judge are skipped.",
+          "Appends scores.jsonl (format: lab/records/scores.py); answers already scored by the same judge are skipped.",
           tab="iterate", admit=hosting.admit_score, upstream=("sample",)),
     Stage("pairs", pairs.PairsConfig, pairs.pairs_stage,
           "build chosen/rejected pairs (TRL format) from the judge's verdicts, PairRM, a reward model or self-scores",
-          "Rewrites pairs-<source>.jsonl (format: lab/pairs.py) and prints its statistics: pair count, "
+          "Rewrites pairs-<source>.jsonl (format: lab/records/pairs.py) and prints its statistics: pair count, "
           "instructions without a pair, length balance, judge-vs-ranker agreement (PairRM, reward model).",
           tab="rank"),
     Stage("train", train.TrainConfig, train.train_stage,

@@ -17,6 +17,7 @@ import pytest
 from lab import config as lab_config
 from lab import progress as lab_progress
 from lab.cli import build_parser, parse_args
+from lab.records.pairs import load_pairs
 from lab.stages import STAGES
 from lab.compare import CompareConfig, check_scorers
 from lab.hub import PushConfig
@@ -30,7 +31,6 @@ from lab.judge import DEFAULT_TEMPLATE, judge_run, load_template
 from lab.progress import Progress, Stopped
 from lab.store import read_jsonl
 from lab.train import precheck, train_adapter
-from lab.pairs import load_pairs
 from tests.fakeprovider import Fault, FakeProvider, json_verdict
 from tests.test_judge import KEY, add_samples, prefer_higher
 

@@ -10,8 +10,8 @@ import pytest
 
 from lab import jobs
 from lab.judge import DEFAULT_TEMPLATE
+from lab.records.verdicts import TIE_BAND
 from lab.ui import judge as tab
-from lab.verdicts import TIE_BAND
 from tests.fakeprovider import FakeProvider
 from tests.test_judge import KEY, add_samples, prefer_higher
 

@@ -18,6 +18,7 @@ from lab.adapters import resolve_adapters
 from lab.compare import CompareConfig
 from lab.errors import LabError
 from lab.judge_backends import API_BACKENDS, BACKENDS
+from lab.records import comparisons
 from lab.store import Run
 from lab.ui import forms, grid
 from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, labels_view, open_run, served_copies, \
@@ -239,7 +240,7 @@ def refresh(run_name: str | None, picked: str | None = None):
     if not run_name:
         return ["", "", gr.update(choices=[], value=None), "", "", "", ""]
     run = Run.open(run_name)
-    notes = compare.read_notes(run)
+    notes = comparisons.read_notes(run)
     try:
         ids = grid.instruction_ids(run)
     except LabError:
@@ -270,7 +271,7 @@ def show_page(run_name: str | None, picked: str | None):
         return "", "", ""
     run = Run.open(run_name)
     page, info = grid.render(run, picked)
-    return page, info, compare.read_notes(run)["instructions"].get(picked, "") if picked else ""
+    return page, info, comparisons.read_notes(run)["instructions"].get(picked, "") if picked else ""
 
 
 def turn(run_name: str | None, picked: str | None, step: int):

@@ -15,6 +15,7 @@ import html
 
 from lab import compare_scorers
 from lab.adapters import BASE
+from lab.records import comparisons
 from lab.store import Run
 
 PER_PAGE = 3
@@ -23,13 +24,13 @@ VERDICT = {1.0: ("win", "better than base"), 0.5: ("tie", "tie with base"), 0.0:
 
 def instruction_ids(run: Run) -> list[str]:
     """The latest comparison's instructions, in its order (LabError when there is none)."""
-    _, st = compare_scorers.current(run)
+    _, st = comparisons.current(run)
     return list(st["instruction_ids"])
 
 
 def choices(run: Run, noted: dict) -> list[tuple[str, str]]:
     """The instruction picker's (label, id) pairs: the prompt's start, marked when the user wrote a note on it."""
-    records, st = compare_scorers.current(run)
+    records, st = comparisons.current(run)
     prompts = {r["instruction_id"]: r["prompt"] for r in records}
     return [(f"{prompts.get(i, i)[:80]}{' (noted)' if i in noted else ''}", i) for i in st["instruction_ids"]]
 
@@ -50,7 +51,7 @@ def neighbour(run: Run, picked: str | None, step: int) -> str | None:
 
 def render(run: Run, picked: str | None) -> tuple[str, str]:
     """(grid HTML of the page holding `picked`, "instructions 1-3 of 8 · page 1 of 3")."""
-    records, st = compare_scorers.current(run)
+    records, st = comparisons.current(run)
     ids, models = list(st["instruction_ids"]), list(st["models"])
     if not records:
         return '<p class="lab-empty">The comparison has no answers yet.</p>', ""

@@ -21,7 +21,7 @@ from lab import limits
 from lab.judge import CALIBRATE, DEFAULT_TEMPLATE, check_template, estimate
 from lab.pairs import NO_PAIRS_FIX
 from lab.judge_backends import BACKENDS as REGISTRY, DEFAULT_MODELS, KEY_ENV, resolve_key
-from lab.verdicts import RULES, TIE_BAND, report, run_verdicts
+from lab.records.verdicts import RULES, TIE_BAND, report, run_verdicts
 from lab.store import Run, atomic_write_text
 from lab.ui import forms
 from lab.ui.common import JobPanel, admit, api_key_box, check_base_url, checked, job_panel, noise_md, open_run, \
