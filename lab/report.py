@@ -337,10 +337,10 @@ def _values(scores: dict, scorer: str, model: str) -> list:
 
 def compare_part(run: Run, folder: Path) -> str:
     try:
-        table = grid(run)
+        wide = grid(run)
     except LabError:
         return ""
-    (folder / F["grid"]).write_text(cards.markdown_table(table))
+    (folder / F["grid"]).write_text(cards.markdown_table(wide))
     path = run.file("compare_scores")
     table = ""
     if path.exists():
@@ -353,8 +353,8 @@ def compare_part(run: Run, folder: Path) -> str:
             (folder / F["checks"]).write_text(csv_text(header, rows))
             table += (f"\n\n### Verifiable checks (IFEval's checkers; no model grades these)\n\n[{F['checks']}]"
                       f"({F['checks']})\n\n" + md_table(header, rows))
-    return (f"## Comparison\n\n[{F['grid']}]({F['grid']}): {len(grid)} held-out instructions x "
-            f"{len(grid.columns) - 2} models.\n\n{table}")
+    return (f"## Comparison\n\n[{F['grid']}]({F['grid']}): {len(wide)} held-out instructions x "
+            f"{len(wide.columns) - 2} models.\n\n{table}")
 
 
 def notes_part(run: Run, folder: Path) -> str:
