@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from lab import models, shared_attention  # noqa: E402
 from lab import score as scoring  # noqa: E402
+from lab.engine_lab import LabSession  # noqa: E402
 from lab.generation import Decoding, auto_batch, generate  # noqa: E402
 from lab.instructions import load_instructions  # noqa: E402
 
@@ -105,13 +106,13 @@ def score_bench(args) -> dict:
                               batch_size=auto_batch(args.batch_size, str(cm.device), "auto", cm.path))
     dec = Decoding(0.7, 0.95, args.judge_tokens, 0)
     loop_scores(cm, prompts[:1], 1, Decoding(0.7, 0.95, 2, 0))  # warm-ups: first-call allocations count for neither
-    scoring.local_scores(cm, prompts[:1], 1, cfg, seed=1)
+    scoring.local_scores(LabSession(cm), prompts[:1], 1, cfg, seed=1)
     loop_texts, loop_s, loop_cpu = timed(lambda: loop_scores(cm, prompts, args.r, dec))
-    lab_out, lab_s, lab_cpu = timed(lambda: scoring.local_scores(cm, prompts, args.r, cfg, seed=0))
+    lab_out, lab_s, lab_cpu = timed(lambda: scoring.local_scores(LabSession(cm), prompts, args.r, cfg, seed=0))
     lab_texts = [e["raw"] for row in lab_out for e in row]
     loop_tok, lab_tok = tokens(cm, loop_texts), tokens(cm, lab_texts)
     shared_attention.ENABLED = False  # the lab's own scoring with a copy of the prompt per row, for comparison
-    copied_out, copied_s, _ = timed(lambda: scoring.local_scores(cm, prompts, args.r, cfg, seed=0))
+    copied_out, copied_s, _ = timed(lambda: scoring.local_scores(LabSession(cm), prompts, args.r, cfg, seed=0))
     shared_attention.ENABLED = True
     copied_tok = tokens(cm, [e["raw"] for row in copied_out for e in row])
     return {"model": cm.spec, "device": cm.device, "answers": len(prompts), "evaluations": args.r,

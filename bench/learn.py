@@ -73,7 +73,7 @@ def run_recipe(runs: Path, env: dict | None = None, quick: bool = False) -> dict
 
 
 def figures(run: Path, recipe: dict) -> dict:
-    """The claim's numbers from the run's compare-scores.json (lab.compare.checks_summary)."""
+    """The claim's numbers from the run's compare-scores.json (lab.compare_scorers.checks_summary)."""
     found = json.loads((run / "compare-scores.json").read_text(encoding="utf-8"))["checks"]
     base, mine = found["per_model"]["base"], found["per_model"][ADAPTER]
     diff = found["vs_base"][ADAPTER]["prompt_strict"]

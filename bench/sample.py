@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from lab import models  # noqa: E402
-from lab.generation import Decoding, generate, left_pad  # noqa: E402
+from lab.engine_lab import left_pad  # noqa: E402
+from lab.generation import Decoding, generate  # noqa: E402
 from lab.instructions import load_instructions  # noqa: E402
 
 

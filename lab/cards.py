@@ -24,9 +24,9 @@ from lab import efficiency, noise
 from lab.adapters import read_metrics, read_state
 from lab.methods import METHODS
 from lab.models import BUNDLED_HUB_ID, CHAT_TEMPLATE_KWARGS, HUB_ID
+from lab.records.verdicts import report_records
 from lab.score import PROMPT_HASH, SCORE_PROMPT
 from lab.store import Run, adapter_file
-from lab.verdicts import report_records
 
 LONG = 120  # settings longer than this (prompt texts) are shown in a code block, not squeezed into a table cell
 
@@ -57,6 +57,17 @@ def cell(v, newline: str = " ") -> str:
     """A table cell for any Markdown table the lab writes (cards, the report, the comparison grid): escaped, one
     line; the grid keeps a long answer's lines apart with newline="<br>"."""
     return _cell(v, newline)
+
+
+def markdown_table(df) -> str:
+    """A GitHub-flavoured Markdown table (pandas' to_markdown needs `tabulate`, which the project does not ship)."""
+    def one(v) -> str:  # markup in an instruction or an answer shows as text (cell)
+        return "" if v is None or v != v else cell(str(v), newline="<br>")  # v != v: NaN
+
+    cols = [df.index.name or "", *map(str, df.columns)]
+    rows = [[one(ix), *(one(v) for v in row)] for ix, row in zip(df.index, df.itertuples(index=False))]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def fence(text: str, info: str = "text") -> str:
@@ -411,7 +422,7 @@ def _evaluation_section(run: Run, adapter: str) -> str:
     """The run's latest comparison, where it compared this adapter: each win rate against the base with the grader
     that made it (and the circular label where that grader also made the training pairs), and the IFEval checks'
     accuracies with the paired difference against the base."""
-    from lab.compare import read_scores
+    from lab.compare_scorers import read_scores
 
     scores = read_scores(run) or {}
     wins = (scores.get("win_rates") or {}).get(adapter)

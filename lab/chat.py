@@ -5,7 +5,7 @@ The app's Chat tab (lab.ui.chat, API endpoint /chat) and `python -m lab chat` bo
 answers on ONE loaded base model: its adapters are attached once (lab.adapters.adapters_on) and switched on for
 each step of their pane, so two panes cost one model in memory. A pane is BASE ("base", the plain model) or an
 adapter name of the run. The conversation is rendered by the model's own chat template (lab.models); the decode
-loop is lab.generation's (stream_completion), so at temperature 0 a streamed reply is `generate`'s answer token for
+loop is lab.engine_lab's (stream_completion), so at temperature 0 a streamed reply is `generate`'s answer token for
 token. A chat writes nothing into the run.
 
 A conversation is a list of {"role": "user" | "assistant" | "system", "content": str}; Gradio's chatbot gives
@@ -25,7 +25,8 @@ from lab import limits, models
 from lab.adapters import BASE, adapters_on, check_same_base, read_state, resolve_adapters
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.generation import Decoding, make_generator, stream_completion
+from lab.engine_lab import make_generator, stream_completion
+from lab.generation import Decoding
 from lab.progress import Progress
 from lab.sample import check_decoding
 from lab.store import Run

@@ -169,7 +169,7 @@ def instructions_with_checks(run: Run) -> dict[str, dict]:
 
 def check_run(run: Run) -> list[dict]:
     """Check every sampled response whose instruction carries checks; rewrite checks.jsonl whole and return it."""
-    from lab.sample import groups
+    from lab.records.samples import groups
 
     known = instructions_with_checks(run)
     if not known:

@@ -1,5 +1,5 @@
 """Settings machinery: every stage's settings are one dataclass of `opt` fields, defined next to the stage that uses
-them (lab.sample.SampleConfig, lab.judge.JudgeConfig, ...; the CLI's stage table in lab/cli.py lists them all).
+them (lab.sample.SampleConfig, lab.judge.JudgeConfig, ...; the stage rows of lab/stages.py list them all).
 
 One dataclass fills the command line (`add_arguments` / `from_args`), a YAML-free `key: value` dict
 (`from_dict`), the app's forms (`from_form`, and lab/ui/forms.py builds the inputs from the same fields), and

@@ -1,7 +1,7 @@
 """`python -m lab doctor [--model M] [--json]`: what this machine can run, before any run exists.
 
 It reports the device lab.precision picks (GPU name, compute capability, memory), the dtype that sampling loads in
-and the training precision, the generation engines installed (lab.generation ENGINES) and which one `--engine auto`
+and the training precision, the generation engines installed (lab.engines ENGINES) and which one `--engine auto`
 takes, whether 4-bit QLoRA can run, the package versions, and for a model the memory estimate of lab.memory
 (sampling and LoRA training with the given settings) against what is free. The same estimate is what a stage checks
 before it loads a model. With --json the report is one JSON object:
@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-from lab import generation, memory, models, precision
+from lab import engines, memory, models, precision
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.precision import DEVICE_HELP, DTYPE_HELP
@@ -74,8 +74,8 @@ def report(cfg: DoctorConfig) -> dict:
     dev = precision.probe(cfg.device)
     dtype, prec = precision.resolve_dtype(dev, cfg.dtype), precision.train_precision(dev, cfg.dtype)
     mem = memory.available(dev.kind, dev.name)
-    notes = {name: engine.available()[1] for name, engine in generation.ENGINES.items()}
-    engines = [name for name, engine in generation.ENGINES.items() if engine.available()[0]]
+    notes = {name: engine.available()[1] for name, engine in engines.ENGINES.items()}
+    installed = [name for name, engine in engines.ENGINES.items() if engine.available()[0]]
     try:
         precision.check_4bit(dev)
         four_bit = {"ok": True, "why": "CUDA GPU and bitsandbytes found"}
@@ -85,8 +85,8 @@ def report(cfg: DoctorConfig) -> dict:
             "capability": ".".join(map(str, dev.capability)) if dev.capability else None,
             "memory": {"free_gb": round(mem["free"] / memory.GIB, 2), "total_gb": round(mem["total"] / memory.GIB, 2),
                        "source": mem["source"]},
-            "dtype": dtype, "train_precision": prec.mode, "train_dtype": prec.load_dtype, "engines": engines,
-            "engine_auto": generation.pick_engine("auto", dev.kind), "engine_notes": notes, "load_in_4bit": four_bit,
+            "dtype": dtype, "train_precision": prec.mode, "train_dtype": prec.load_dtype, "engines": installed,
+            "engine_auto": engines.pick_engine("auto", dev.kind), "engine_notes": notes, "load_in_4bit": four_bit,
             "versions": {p: _version(p) for p in PACKAGES},
             "model": model_report(cfg, dev, dtype, prec, mem["free"]) if cfg.model else None}
 

@@ -3,12 +3,12 @@
 Every stage function enters `measure(run, stage)` once (with its lock); a stage that calls other stages (iterate,
 compare) gets their records in their own nested runs too (iterations/<k>/, compare-scoring/<tag>/), and its own
 record counts everything done inside it. The code that does the work reports it where it happens, to every meter
-running in this context: local generation (lab.generation), the local judge (lab.judge_backends.LocalBackend), API
+running in this context: local generation (lab.engine_lab), the local judge (lab.judge_backends.LocalBackend), API
 requests (lab.judge_backends.ApiBackend), training (lab.train); the device and dtype come from lab.models.pick_device.
 
 efficiency.jsonl (run root; one line per run of a stage, appended when it ends):
 
-    {"stage": str,                    # a lab/cli.py STAGES name
+    {"stage": str,                    # a lab/stages.py STAGES name
      "name": str | null,              # what it made: the adapter (train, merge), the pair source (pairs)
      "status": "done" | "stopped" | "failed",
      "started": unix s, "wall_s": float,

@@ -32,10 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
+from lab import models
 from lab.errors import LabError
+from lab.generation import Completion, Engine, OnDone, ShiftedProgress, Unit
 from lab.store import WORK_FILES, adapter_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -368,3 +372,66 @@ def worker_error(final: dict, rc: int | None, log: Path, answered: int, total: i
                 "See the log; `--engine lab` uses the lab's own sampler instead.")
     tail = "\n".join("    " + line[:300] for line in lines[-LOG_TAIL:])
     return LabError(f"The vLLM engine failed ({what[:600]}). {hint} Last lines of its log ({log}):\n{tail}")
+
+
+# ---- the engine entry ----------------------------------------------------------------------------------------------
+def as_completion(c: dict) -> Completion:
+    """A completion dict of `generate` -> the lab's Completion (the fields samples.jsonl keeps)."""
+    return Completion(c["text"], c["prompt_tokens"], c["completion_tokens"], c["finish_reason"])
+
+
+class VllmSession:
+    """A tokenizer-only ChatModel and the adapter folders by name: every call is one worker (lab.generation.Session).
+    Units are seeded by their `key` (an instruction id; None: the prompt's tokens), never by what shares the call."""
+
+    reads, one_call, per_sample = False, True, True
+
+    def __init__(self, cm, adapters: dict[str, Path]):
+        self.cm, self.adapters = cm, {name: Path(folder) for name, folder in adapters.items()}
+
+    def units(self, units: list[Unit], encoded, dec, batch_size: int, shown: ShiftedProgress,
+              on_done: OnDone) -> float:
+        """Every unit in one call, each sample handed over as it arrives (batch_size: vLLM batches on its own)."""
+        tokens, info = [0], {}
+
+        def take(i: int, c: dict) -> None:
+            tokens[0] += c["completion_tokens"]
+            on_done(replace(units[i], indices=[c["sample_index"]]), [as_completion(c)])
+
+        self._call(units, encoded, dec, shown, take, info)
+        return round(tokens[0] / info["generate_s"], 1) if info.get("generate_s") else 0.0
+
+    def generate(self, prompts: list[str], k: int, dec, batch_size: int = 64, progress=None,
+                 adapter: str | None = None, read=None) -> list[list[Completion]]:
+        if read is not None:
+            raise ValueError("vLLM reads no ReadAfter: read its completions after, on a model loaded here")
+        encoded = [self.cm.encode_prompt(p) for p in prompts]
+        units = [Unit(i, list(range(k)), adapter=adapter) for i in range(len(prompts))]
+        return [[as_completion(c) for c in unit] for unit in self._call(units, encoded, dec, progress)]
+
+    def _call(self, units: list[Unit], encoded, dec, progress, on_result=None, info: dict | None = None
+              ) -> list[list[dict]]:
+        """One worker for every unit: unit u answers encoded[u.prompt] with its adapter, seeded by its key."""
+        if not units:
+            return []
+        used = sorted({u.adapter for u in units if u.adapter is not None})
+        return generate(self.cm.path, [list(encoded[u.prompt]) for u in units], 0, dec, self.cm.eos_ids,
+                        adapters={name: self.adapters[name] for name in used}, adapter_of=[u.adapter for u in units],
+                        progress=progress, sample_indices=[list(u.indices) for u in units],
+                        salts=None if all(u.key is None for u in units) else
+                        [u.key or prompt_salt(list(encoded[u.prompt])) for u in units], on_result=on_result,
+                        info=info)
+
+
+@contextmanager
+def session(cm, adapters: dict[str, Path]) -> Iterator[VllmSession]:
+    yield VllmSession(cm, adapters)
+
+
+def _load(spec: str, device: str | None = None, dtype: str | None = None):
+    """The tokenizer alone: the worker loads the weights in its own process."""
+    return models.load_chat_tokenizer(spec)
+
+
+ENGINE = Engine("vLLM in its own environment (paged KV cache, LoRA adapters as requests; docs/engines.md)",
+                available, _load, session, record=lambda: {"engine_version": version(), "seed_rule": SEED_RULE})

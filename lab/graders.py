@@ -47,7 +47,7 @@ def of_source(run: Run, source: str) -> dict | None:
     if source == "judge" and stages.get("judge"):
         return judge(stages["judge"].get("backend", ""), stages["judge"].get("model", ""))
     if source in ("pairrm", "reward"):  # the ranker of that kind's latest rankings (lab.rank.RANKERS kinds)
-        from lab.rank import latest_rankings
+        from lab.records.rankings import latest_rankings
 
         specs = {r.get("ranker") for r in latest_rankings(run, source).values()}
         return ranker(specs.pop()) if len(specs) == 1 else None

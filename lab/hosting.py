@@ -38,7 +38,7 @@ from lab.judge import DEFAULT_TEMPLATE, estimate
 from lab.limits import hosted
 from lab.models import HUB_ID, SPECIAL_SPECS, cache_dir
 from lab.pairs import resolve_pairs
-from lab.sample import groups
+from lab.records.samples import groups
 from lab.store import RUN_NAME, Run, check_writable, list_runs, read_jsonl, runs_root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,7 +271,9 @@ def admit(stage: str, run_name: str, cfg) -> None:
     """Refuse a stage's settings (`cfg`: its settings dataclass, as `python -m lab` parsed them) that break the hosted
     rules or the caps, before anything is written. The app runs it before it queues a job, the CLI before the stage
     starts."""
-    check = ADMIT.get(stage)
+    from lab.stages import BY_NAME  # the rows name these checks: imported when first asked, not at import
+
+    check = BY_NAME[stage].admit if stage in BY_NAME else None
     if check is None:
         return
     run = Run.open(run_name)
@@ -280,7 +282,7 @@ def admit(stage: str, run_name: str, cfg) -> None:
     check(run, cfg)
 
 
-def _admit_sample(run: Run, cfg) -> None:
+def admit_sample(run: Run, cfg) -> None:
     if hosted():
         check_model_spec(cfg.model)
         check_source(run, cfg.instructions, ("bundled", "checks", "lima"), "--instructions")
@@ -292,7 +294,7 @@ def _admit_sample(run: Run, cfg) -> None:
     limits.check_sample(cfg, held)
 
 
-def _admit_judge(run: Run, cfg) -> None:
+def admit_judge(run: Run, cfg) -> None:
     if hosted():
         allowed = {run.file("judge_prompt").resolve(), run.upload_path(".txt", "judge-prompt").resolve()}
         if cfg.prompt_file and Path(cfg.prompt_file).resolve() not in allowed:
@@ -308,20 +310,20 @@ def _admit_judge(run: Run, cfg) -> None:
     limits.check_judge(cfg, calls)
 
 
-def _admit_rank(run: Run, cfg) -> None:
+def admit_rank(run: Run, cfg) -> None:
     if hosted():
         check_ranker(cfg.ranker)
     pairs = sum(len(g.indices) * (len(g.indices) - 1) for g in groups(run, False)) if limits.cap("rank_pairs") else 0
     limits.check_rank(cfg, pairs)
 
 
-def _admit_score(run: Run, cfg) -> None:
+def admit_score(run: Run, cfg) -> None:
     limits.check("batch", "--batch-size", cfg.batch_size)  # 0 (auto) is resolved within the cap
     limits.check("k", "--evaluations", cfg.evaluations)
     limits.check("new_tokens", "--judge-tokens", cfg.judge_tokens)
 
 
-def _admit_train(run: Run, cfg) -> None:
+def admit_train(run: Run, cfg) -> None:
     if hosted():
         if cfg.report_to == "wandb":  # the app's W&B login is the owner's: a visitor's runs must not land there
             raise LabError("--report-to wandb: on this hosted app training reports to none, trackio or tensorboard.")
@@ -332,7 +334,7 @@ def _admit_train(run: Run, cfg) -> None:
     limits.check_train(cfg, pairs, _model(run, cfg.model))
 
 
-def _admit_compare(run: Run, cfg) -> None:
+def admit_compare(run: Run, cfg) -> None:
     if hosted():
         check_source(run, cfg.instructions, ("heldout", "checks-heldout", "bundled", "checks"), "--instructions")
         check_adapters(run, cfg.adapters, "--adapters")
@@ -347,7 +349,7 @@ def _admit_compare(run: Run, cfg) -> None:
                          adapters)
 
 
-def _admit_iterate(run: Run, cfg) -> None:
+def admit_iterate(run: Run, cfg) -> None:
     if hosted():
         check_source(run, cfg.instructions, ("run", "bundled", "checks"), "--instructions")
         check_source(run, cfg.eval_instructions, ("heldout", "checks-heldout", "bundled", "checks"),
@@ -374,13 +376,9 @@ def check_chat(run: Run | None, cfg, panes: tuple[str, ...] = ()) -> None:
     limits.check_model(_model(run, cfg.model) if run is not None else cfg.model)
 
 
-def _admit_merge(run: Run, cfg) -> None:
+def admit_merge(run: Run, cfg) -> None:
     if hosted():
         check_adapters(run, cfg.adapter, "--adapter")
         check_model_spec(cfg.model)
     limits.check_model(_model(run, cfg.model))
 
-
-ADMIT = {"sample": _admit_sample, "judge": _admit_judge, "rank": _admit_rank, "score": _admit_score,
-         "train": _admit_train, "compare": _admit_compare, "iterate": _admit_iterate, "merge": _admit_merge,
-         "chat": check_chat}

@@ -565,3 +565,8 @@ def token_source(token: str | None = None) -> str:
     from huggingface_hub import get_token
 
     return "HF_TOKEN / the saved `hf auth login` on this machine" if get_token() else ""
+
+
+def push_stage(run: Run, cfg: PushConfig, progress: Progress | None = None) -> dict:
+    """The push stage in the stages' shape."""
+    return push_run(run, cfg, progress=progress)

@@ -44,14 +44,16 @@ from lab.adapters import BASE, check_same_base, read_state, resolve_adapters, st
 from lab.compare import CompareConfig, compare_run, find_duplicates
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.generation import AUTO_BATCH, AUTO_BATCH_HELP, ENGINE_CHOICES, ENGINE_HELP, auto_batch
+from lab.engines import ENGINE_CHOICES, ENGINE_HELP
+from lab.generation import AUTO_BATCH, AUTO_BATCH_HELP, auto_batch
 from lab.instructions import Instruction, load_instructions
 from lab.judge_backends import API_BACKENDS
 from lab.pairs import PairsConfig, build_pairs
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
+from lab.records.scores import mean_scores
 from lab.sample import SampleConfig, check_decoding, sample_run
-from lab.score import PROMPT_HASH, ScoreConfig, api_backend, mean_scores, score_run, summarize as score_summary
+from lab.score import PROMPT_HASH, ScoreConfig, api_backend, score_run, summarize as score_summary
 from lab.stats import mean
 from lab.store import Run, once, read_jsonl
 from lab.train import TrainConfig, train_adapter
@@ -263,7 +265,7 @@ def eval_round(r: Round, adapter: Path, items: list[dict], previous: Run | None)
 
 
 def round_checks(found: dict | None, new: str) -> dict | None:
-    """The iterate.jsonl view of a round's checks scores (lab.compare.checks_summary): prompt-level strict."""
+    """The iterate.jsonl view of a round's checks scores (lab.compare_scorers.checks_summary): prompt-level strict."""
     if not found or not found["n"]:
         return None
     return {"n": found["n"], "accuracy": {m: lv["prompt_strict"] for m, lv in found["per_model"].items()},

@@ -1,6 +1,6 @@
 """The LLM judge stage: pairwise verdicts with reasoning, each pair judged in both orders, under a call plan.
 
-What a call records and how calls add up to one verdict per pair: lab/verdicts.py (judgments.jsonl's format, the
+What a call records and how calls add up to one verdict per pair: lab/records/verdicts.py (judgments.jsonl's format, the
 folding rule, the position- and length-bias figures). Who answers: lab/judge_backends.py (the BACKENDS registry:
 Groq, any OpenAI-compatible server, a local transformers model). This module renders the prompt, plans the calls
 (knockout or full), runs them (concurrently under a rate limit for APIs, batched for the local model), and treats
@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import re
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -23,12 +24,13 @@ from typing import Callable
 from lab import efficiency
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.judge_backends import BACKENDS, DEFAULT_MODELS, MAX_RETRY_AFTER_S, ApiBackend, LocalBackend, price_usd
+from lab.judge_backends import API_BACKENDS, BACKENDS, DEFAULT_MODELS, KEY_ENV, MAX_RETRY_AFTER_S, ApiBackend, \
+    LocalBackend, price_usd
 from lab.progress import Progress, stop_requested
 from lab.ratelimit import Cancelled, RateLimiter
-from lab.sample import groups
+from lab.records.samples import groups
+from lab.records.verdicts import SCORE_RANGE, TIE_BAND, pair_verdicts, report_records
 from lab.store import Run, atomic_write_text, once, read_user_text
-from lab.verdicts import SCORE_RANGE, TIE_BAND, pair_verdicts, report_records
 
 PLANS = {
     "knockout": "a knockout tournament, each match judged in both orders: K-1 matches, 2(K-1) calls per instruction "
@@ -46,13 +48,13 @@ CALIBRATE = {
 
 @dataclass
 class JudgeConfig(Settings):
-    backend: str = opt("local", "who judges: local (transformers, offline, weak at 135M), groq, or openai (any "
-                       "OpenAI-compatible server)", choices=tuple(BACKENDS), label="Judge")
-    model: str = opt("", "judge model; empty = llama-3.3-70b-versatile (groq), gpt-4o-mini (openai), bundled (local)",
+    backend: str = opt("local", "who judges: " + "; ".join(f"{k}: {b.label}" for k, b in BACKENDS.items()),
+                       choices=tuple(BACKENDS), label="Judge")
+    model: str = opt("", "judge model; empty = " + ", ".join(f"{b.default_model} ({k})" for k, b in BACKENDS.items()),
                      label="Model")
     base_url: str = opt("", "provider root; empty = the SDK default. openai-compatible roots end in /v1 "
                         "(e.g. http://localhost:11434/v1 for Ollama); groq's has no /v1", label="Base URL")
-    api_key_env: str = opt("", "environment variable that holds the API key (empty = GROQ_API_KEY / OPENAI_API_KEY)")
+    api_key_env: str = opt("", f"environment variable that holds the API key (empty = {' / '.join(KEY_ENV.values())})")
     plan: str = opt("knockout", "knockout: 2(K-1) calls per instruction (8 for K=5); full: every pair in both orders, "
                     "K(K-1) calls (20 for K=5)", choices=tuple(PLANS), label="Call plan")
     prompt_file: str = opt("", "judge prompt template with {instruction}, {response_a}, {response_b}; empty = built-in")
@@ -99,7 +101,7 @@ class JudgeConfig(Settings):
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise LabError(f"--base-url {self.base_url!r} is not a URL: give http(s)://host[:port][/v1].")
         if self.backend == "local" and self.base_url:
-            raise LabError("--base-url is for the groq and openai backends; the local judge runs here.")
+            raise LabError(f"--base-url is for the {' and '.join(API_BACKENDS)} backends; the local judge runs here.")
         if self.backend == "local" and self.calibrate == "scores":
             raise LabError("--calibrate scores is for API judges: the local judge's label probabilities are already "
                            "its grades (use auto).")
@@ -288,7 +290,7 @@ def knockout(iid: str, cand: tuple[str, dict[int, str]], lookup: Lookup, seed: i
     """Replay the knockout tournament of one instruction as far as the cache allows.
 
     Round 1 pairs responses (0,1), (2,3), ...; an odd one out waits (a bye) for the next round; winners advance.
-    A match's winner is its pair verdict under the tie band `band` (lab.verdicts.pair_verdicts: calibrated too).
+    A match's winner is its pair verdict under the tie band `band` (lab.records.verdicts.pair_verdicts: calibrated too).
     Returns (matches played, matches of the current round still to judge, champion or None until finished);
     a match is the two Calls of one pair."""
     entrants, played = list(cand[1]), []
@@ -546,7 +548,7 @@ def _record_settings(run: Run, cfg: JudgeConfig, s: _Session) -> None:
 
 def _update_calibration(run: Run, cfg: JudgeConfig) -> None:
     """A rerun that made no call but asks for another calibration: run.json's judge entry says the new one, so every
-    reader of the verdicts (lab.verdicts.run_verdicts) decides the pairs as this run did."""
+    reader of the verdicts (lab.records.verdicts.run_verdicts) decides the pairs as this run did."""
     old = run.stage_settings("judge")
     if old and (old.get("calibrate"), old.get("tie_band")) != (cfg.calibrate, cfg.tie_band):
         run.record_stage("judge", {**old, "calibrate": cfg.calibrate, "tie_band": cfg.tie_band})
@@ -564,3 +566,9 @@ def _all_reached(plan: str, cands: Candidates, lookup: Lookup, seed: int, band: 
     return out
 
 
+def judge_stage(run: Run, cfg: JudgeConfig, progress: Progress | None = None) -> dict:
+    """The judge stage as the CLI and the app's jobs run it: the plan's cost first (stderr), before any call, then
+    the verdicts; --estimate-only: the plan is the summary."""
+    plan = estimate(run, cfg)
+    print("plan: " + json.dumps(plan, ensure_ascii=False), file=sys.stderr, flush=True)
+    return {"estimate_only": True, "plan": plan} if cfg.estimate_only else judge_run(run, cfg, progress)

@@ -60,6 +60,8 @@ class Backend:
     url_env: str = ""  # api: the variable with the owner's base URL (the only URL that key goes to)
     default_url: str = ""  # api: where the provider's SDK posts by default
     client: Callable | None = None  # api: (key, url, timeout_s) -> an SDK client with chat.completions
+    custom_url: bool = False  # api: speaks a wire format many servers serve, so the app offers a Base URL box (the
+    #                           command line's --base-url takes any api backend's URL)
 
 
 BACKENDS: dict[str, Backend] = {
@@ -67,7 +69,7 @@ BACKENDS: dict[str, Backend] = {
     "groq": Backend("Groq", "api", "llama-3.3-70b-versatile", "GROQ_API_KEY", "GROQ_BASE_URL",
                     "https://api.groq.com", _groq_client),
     "openai": Backend("OpenAI-compatible endpoint", "api", "gpt-4o-mini", "OPENAI_API_KEY", "OPENAI_BASE_URL",
-                      "https://api.openai.com/v1", _openai_client),
+                      "https://api.openai.com/v1", _openai_client, custom_url=True),
 }
 API_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.kind == "api")
 # derived views, for the code that needs one fact of every backend

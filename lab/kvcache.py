@@ -1,4 +1,4 @@
-"""The KV cache the lab's decode loops (lab.generation, the local judge of lab.judge_backends) write into.
+"""The KV cache the lab's decode loops (lab.engine_lab, the local judge of lab.judge_backends) write into.
 
 `new_cache(model, reserve)` is a transformers DynamicCache whose full-attention layers are ReservedLayers: each keeps
 `reserve` free positions after what it holds, so a decode step writes its keys and values in place instead of

@@ -8,7 +8,7 @@ Known (WORDS):
   - ranker tiny-reward (rank, compare's reward scorer): a random reward model: its rewards and win rates are random;
   - judge tiny-random (the local judge, compare's "base" 5-point scorer, self-scoring): its verdicts are random;
   - judge bundled (SmolLM2-135M as a judge, offline or from the hub): weak, close to noise.
-A stage's results carry the labels of its own settings and of the stages it builds on (UPSTREAM): adapters trained
+A stage's results carry the labels of its own settings and of the stages it builds on (its lab.stages row's `upstream`): adapters trained
 on a random ranker's pairs are labelled, and so is their comparison.
 """
 from __future__ import annotations
@@ -33,10 +33,7 @@ WORDS = {
 }
 # the stage a pairs source comes from (the checks are IFEval's checkers, run on the samples: no grader of their own)
 SOURCE_STAGE = {"judge": "judge", "pairrm": "rank", "reward": "rank", "self": "score", "checks": "sample"}
-UPSTREAM = {"judge": ("sample",), "rank": ("sample",), "score": ("sample",), "train": ("sample",),
-            "compare": ("sample", "judge", "rank", "score"), "push": ("sample", "judge", "rank", "score", "train",
-                                                                     "compare", "iterate"),
-            "report": ("sample", "judge", "rank", "score", "train", "compare", "iterate")}
+
 
 
 def _spec(spec: str | None) -> str:
@@ -85,7 +82,9 @@ def notes(run: Run, stage: str, settings: dict | None = None) -> list[str]:
     if stage == "merge":  # a merged model is its adapter's training: the labels of what that trained on
         state = (read_state(run.adapter_dir(own["adapter"])) or {}) if own.get("adapter") else {}
         return notes(run, "train", {**(state.get("settings") or {}), "model": state.get("base_model", "")})
-    upstream = list(UPSTREAM.get(stage, ()))
+    from lab.stages import BY_NAME  # the stages import what labels noise (report, cards): read their rows when asked
+
+    upstream = list(BY_NAME[stage].upstream if stage in BY_NAME else ())
     source = own.get("source") if stage == "pairs" else pairs_source(own.get("pairs", "")) if stage == "train" else None
     if source:
         upstream = ["sample", SOURCE_STAGE[source]]

@@ -2,7 +2,7 @@
 format; and the one reader that checks a pairs file before training.
 
 Sources (SOURCES), read from the run:
-  - judge:  lab.verdicts.run_verdicts(run) -> one verdict per judged response pair (both orders agreeing, or
+  - judge:  lab.records.verdicts.run_verdicts(run) -> one verdict per judged response pair (both orders agreeing, or
             position-calibrated where they disagree). Only "a" / "b" count: ties, "inconsistent" (the two orders
             disagreed and no grades could settle it) and "invalid" are dropped. A human spot-check verdict
             (spotcheck.jsonl, lab.spotcheck) replaces the judge's for its pair unless use_spotcheck is off. A verdict
@@ -26,46 +26,33 @@ Pairs whose two texts are identical are dropped (they carry no preference and on
 To add a source or a strategy: one entry in its registry below (and a line in docs/pairs.md); the settings'
 choices and the app's menus follow.
 
-pairs-<source>.jsonl, one line per pair (TRL's conversational preference format, plus "meta"; built by pair_record):
-    {"prompt":   [{"role": "user", "content": str}],
-     "chosen":   [{"role": "assistant", "content": str}],
-     "rejected": [{"role": "assistant", "content": str}],
-     "meta": {"instruction_id": str, "chosen_index": int, "rejected_index": int,   # samples.jsonl sample_index
-              "source": a SOURCES name, "strategy": str, "by": "judge" | "human" | "pairrm" | "reward" | "self"
-                                                                                   | "checks",
-              "strength": float, "score_chosen": float, "score_rejected": float,
-              "rule": str,        # judge verdicts: how the pair was decided (lab.verdicts.RULES key)
-              "single": true}     # only on a judge verdict that rests on one order (lab.verdicts.pair_verdicts)
-The file is rewritten whole (atomically) on every build; the statistics go to run.json under "pairs-<source>".
-A user's own pairs file may also hold plain strings for prompt / chosen / rejected, and longer conversations
-(earlier turns in "prompt"); `load_pairs` checks it line by line before any training.
+pairs-<source>.jsonl's format, `pair_record` and `load_pairs` (which checks a user's pairs file) are
+lab/records/pairs.py.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from lab import checks, efficiency, spotcheck
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.rank import RANKERS, REWARD_EXAMPLE, latest_rankings, preference
-from lab.sample import Group, groups
-from lab.score import mean_scores
+from lab.progress import Progress
+from lab.rank import RANKERS, REWARD_EXAMPLE
+from lab.records.pairs import answer_lengths, pair_record
+from lab.records.rankings import latest_rankings, preference
+from lab.records.samples import Group, groups
+from lab.records.scores import mean_scores
+from lab.records.verdicts import run_verdicts
 from lab.stats import agreement, length_balance
-from lab.store import Run, iter_user_jsonl, write_jsonl
-from lab.verdicts import run_verdicts
+from lab.store import Run, write_jsonl
 
 LENGTH_WARN_RATE = 0.8  # when the longer (or the shorter) answer wins this often, length alone explains the data
 LENGTH_WARN_MIN_PAIRS = 5
-MIN_EVAL_GROUPS = 2  # fewer held-out instructions than this give an eval loss too noisy to read
-
-
 @dataclass(frozen=True)
 class Preference:
     """One direct comparison: response `winner` beat `loser` (sample indices) for an instruction."""
@@ -76,7 +63,7 @@ class Preference:
     strength: float
     by: str  # "judge" | "human" | "pairrm" | "reward" | "self" | "checks" (a lab.rank.RANKERS kind or a source)
     single: bool = False  # a judge verdict that rests on one order only (the other missing or invalid)
-    rule: str = ""  # judge verdicts: the lab.verdicts.RULES key that decided it ("human" for a spot-check)
+    rule: str = ""  # judge verdicts: the lab.records.verdicts.RULES key that decided it ("human" for a spot-check)
 
 
 @dataclass
@@ -128,7 +115,7 @@ def net_win_rates(prefs: list[Preference]) -> dict[int, float]:
 
 def ranker_preferences(kind: str) -> Callable[[Run, "PairsConfig"], tuple[dict[str, Preferences], Counter]]:
     """The source of a lab.rank.RANKERS kind: its rankings.jsonl lines -> Preferences per instruction, every pair
-    by the sign of lab.rank.preference (PairRM's both-orders logit, a reward difference)."""
+    by the sign of lab.records.rankings.preference (PairRM's both-orders logit, a reward difference)."""
     def preferences(run: Run, cfg: "PairsConfig") -> tuple[dict[str, Preferences], Counter]:
         rankings = latest_rankings(run, kind)
         if not rankings:
@@ -270,8 +257,9 @@ STRATEGIES: dict[str, Strategy] = {
 class PairsConfig(Settings):
     source: str = opt("judge", "where preferences come from: " + "; ".join(f"{k}: {v.label}" for k, v in
                       SOURCES.items()), choices=tuple(SOURCES), label="Source")
-    strategy: str = opt("best-vs-worst", "best-vs-worst: one pair per instruction; all-pairs: every preferred pair "
-                        "whose strength reaches --margin", choices=tuple(STRATEGIES), label="Strategy")
+    strategy: str = opt("best-vs-worst", "which preferences whose strength reaches --margin become pairs: " +
+                        "; ".join(f"{k}: {v.label}" for k, v in STRATEGIES.items()), choices=tuple(STRATEGIES),
+                        label="Strategy")
     margin: float = opt(0.0, "smallest preference strength kept: PairRM's both-orders logit, the reward difference, "
                         "the self-score gap; a "
                         "judge verdict counts 1 (so margins up to 1 keep every verdict)", label="Margin")
@@ -295,13 +283,6 @@ def select(prefs: dict[str, Preferences], strategy: str, margin: float, dropped:
 
 
 # ---- records and statistics ---------------------------------------------------------------------------------------
-def pair_record(prompt: list[dict] | str, chosen: str, rejected: str, meta: dict) -> dict:
-    """One pairs line (the format in the module docstring); a str prompt becomes one user message."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    return {"prompt": messages, "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}], "meta": meta}
-
-
 def to_record(pref: Preference, group: Group, source: str, strategy: str, scores: dict[int, float]) -> dict:
     """A Preference + the instruction's samples -> one pairs line."""
     text = dict(zip(group.indices, group.texts))
@@ -310,11 +291,6 @@ def to_record(pref: Preference, group: Group, source: str, strategy: str, scores
         "source": source, "strategy": strategy, "by": pref.by, "strength": round(pref.strength, 6),
         "score_chosen": round(scores[pref.winner], 6), "score_rejected": round(scores[pref.loser], 6),
         **({"rule": pref.rule} if pref.rule else {}), **({"single": True} if pref.single else {})})
-
-
-def answer_lengths(records: list[dict]) -> tuple[list[int], list[int]]:
-    """Characters of the final chosen and rejected message of each pair, in order."""
-    return ([len(r["chosen"][-1]["content"]) for r in records], [len(r["rejected"][-1]["content"]) for r in records])
 
 
 def length_stats(records: list[dict]) -> dict:
@@ -455,13 +431,6 @@ def judge_vs_ranker(run: Run, kind: str = "pairrm") -> dict:
 
 # ---- reading a pairs file for training -----------------------------------------------------------------------------
 # Chat-template markup, by the template family it comes from: such text in a pair was rendered for some model
-TEMPLATE_MARKERS = {
-    "<|im_start|>": "ChatML (SmolLM2, Qwen)", "<|im_end|>": "ChatML (SmolLM2, Qwen)",
-    "<|start_header_id|>": "Llama 3", "<|eot_id|>": "Llama 3", "<|begin_of_text|>": "Llama 3",
-    "[INST]": "Llama 2 / Mistral", "[/INST]": "Llama 2 / Mistral", "<<SYS>>": "Llama 2",
-    "<start_of_turn>": "Gemma", "<end_of_turn>": "Gemma",
-    "<|user|>": "Zephyr / Phi-3", "<|assistant|>": "Zephyr / Phi-3",
-}
 def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
     """A SOURCES name ('judge', 'pairrm', 'reward', ...) -> run.pairs_file(name); anything else is a file path."""
     raw = str(pairs).strip()
@@ -484,98 +453,6 @@ def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
                    ".jsonl file.")
 
 
-def _as_messages(value: Any, role: str, where: str) -> list[dict]:
-    """A plain string becomes one message; a list must hold {"role", "content"} dicts with non-empty text."""
-    if isinstance(value, str):
-        value = [{"role": role, "content": value}]
-    if not isinstance(value, list) or not value:
-        raise LabError(f"{where}: expected a list of chat messages or a string, got {type(value).__name__}.")
-    for m in value:
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in (
-                "system", "user", "assistant"):
-            raise LabError(f"{where}: each message needs a 'role' (system/user/assistant) and a 'content' string.")
-    if not value[-1]["content"].strip():
-        raise LabError(f"{where}: the message text is empty.")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
-
-
-def _check_record(rec: Any, n: int) -> dict:
-    """One pairs line -> {"prompt", "chosen", "rejected", "meta"}; raises LabError naming the line."""
-    where = f"pairs line {n}"
-    if not isinstance(rec, dict) or not {"prompt", "chosen", "rejected"} <= rec.keys():
-        raise LabError(f"{where}: each line needs 'prompt', 'chosen' and 'rejected' (TRL conversational format, "
-                       "see lab/pairs.py); rebuild the file with `python -m lab pairs`.")
-    out = {"prompt": _as_messages(rec["prompt"], "user", f"{where}, prompt"),
-           "chosen": _as_messages(rec["chosen"], "assistant", f"{where}, chosen"),
-           "rejected": _as_messages(rec["rejected"], "assistant", f"{where}, rejected"),
-           "meta": rec.get("meta") if isinstance(rec.get("meta"), dict) else {}}
-    if out["prompt"][-1]["role"] != "user":
-        raise LabError(f"{where}: the prompt must end with a user message.")
-    for side in ("chosen", "rejected"):  # DPO trains on these tokens as the model's own answer
-        if any(m["role"] != "assistant" for m in out[side]):
-            raise LabError(f"{where}, {side}: every message must have role 'assistant' (the answer to the prompt); "
-                           "earlier turns, user ones included, belong in 'prompt'.")
-    return out
-
-
-def _text_of(rec: dict) -> str:
-    return "\n".join(m["content"] for part in ("prompt", "chosen", "rejected") for m in rec[part])
-
-
-def _markup_error(n: int, marker: str, own: set[str], model: str) -> LabError:
-    family = TEMPLATE_MARKERS.get(marker, "a chat template")
-    if marker in own:
-        why = (f"it is {model}'s own template markup, so the text was already rendered: the trainer renders the "
-               "messages again and the markup would be doubled")
-    else:
-        why = f"it is markup of another model's template ({family}), not {model}'s"
-    return LabError(f"pairs line {n} contains the chat-template token {marker!r}: {why}. Pairs must hold plain "
-                    "message text; rebuild them with `python -m lab pairs`, or strip the template from the text.")
-
-
-def check_markup(records: list[dict], tokenizer, model: str) -> None:
-    """Refuse pairs whose text holds chat-template tokens (rendered for this or another model)."""
-    own = {t for t in tokenizer.all_special_tokens if len(t) > 3 and t not in ("<unk>",)}
-    own |= {t for t in TEMPLATE_MARKERS if t in (tokenizer.chat_template or "")}
-    markers = sorted(set(TEMPLATE_MARKERS) | own, key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(m) for m in markers))
-    for n, rec in enumerate(records, 1):
-        hit = pattern.search(_text_of(rec))
-        if hit:
-            raise _markup_error(n, hit.group(0), own, model)
-
-
-def load_pairs(path: Path) -> list[dict]:
-    """Read and check a pairs file (a user's file: UTF-8, its last line counts with or without a newline, see
-    lab.store.iter_user_jsonl). Returns [{"prompt", "chosen", "rejected", "meta"}] (messages lists)."""
-    records = [_check_record(r, n) for n, r in iter_user_jsonl(path, "Pairs file")]
-    if not records:
-        raise LabError(f"{path} holds no pairs: build them with `python -m lab pairs` (judge or pairrm first).")
-    same = [n for n, r in enumerate(records, 1) if r["chosen"][-1]["content"].strip() ==
-            r["rejected"][-1]["content"].strip()]
-    if same:
-        raise LabError(f"{len(same)} of {len(records)} pairs have the same chosen and rejected text (lines "
-                       f"{', '.join(map(str, same[:5]))}{'...' if len(same) > 5 else ''}): they carry no preference "
-                       "and only add noise. Drop ties and duplicate answers when building pairs (lab.pairs does), "
-                       "or delete those lines.")
-    return records
-
-
-def split_pairs(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out whole instructions (never one pair of an instruction on each side). -> (train, eval)."""
-    key = lambda r: r["meta"].get("instruction_id") or r["prompt"][-1]["content"]  # noqa: E731
-    groups = sorted({key(r) for r in records})
-    random.Random(seed).shuffle(groups)
-    n_eval = round(len(groups) * fraction)
-    if n_eval < MIN_EVAL_GROUPS or len(groups) - n_eval < 1:
-        return records, []
-    held = set(groups[:n_eval])
-    return [r for r in records if key(r) not in held], [r for r in records if key(r) in held]
-
-
-def pair_stats(path: Path, records: list[dict]) -> dict:
-    """Size, checksum and the chosen-vs-rejected length balance of a pairs file (what the card and warnings need)."""
-    bal = length_balance(*answer_lengths(records))
-    return {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "n": len(records),
-            "chosen_chars_mean": bal["chosen_chars_mean"], "rejected_chars_mean": bal["rejected_chars_mean"],
-            "chosen_longer_fraction": bal["chosen_longer_fraction"]}
+def pairs_stage(run: Run, cfg: PairsConfig, progress: Progress | None = None) -> dict:
+    """The pairs stage in the stages' shape (it reads records only: nothing to show progress of)."""
+    return build_pairs(run, cfg)

@@ -21,31 +21,8 @@ A hub id is downloaded first and its config.json decides the kind.
 Inputs are cut to PairRM's limits (source 1224, candidate 412 tokens): long answers are ranked on their beginning;
 a reward model reads at most its own maximum length.
 
-rankings.jsonl, one line per ranked instruction and ranker (the last line of an instruction for a kind of ranker
-wins; a re-run with another ranker or new samples appends, so nothing is overwritten):
-    {"instruction_id": str,
-     "kind": "pairrm" | "reward",    # RANKERS key (lines written before reward models have none: "pairrm")
-     "sample_indices": [int],        # the K responses ranked, by samples.jsonl "sample_index"
-     "scores": [float],              # parallel to sample_indices; higher is better: the sum over the K-1 other
-                                     #   responses j of logits[i][j] - logits[j][i], divided by K (not K-1: what
-                                     #   llm-blender's "max_logits" policy computes, a mean over a row whose
-                                     #   diagonal is 0)
-     "ranks": [int],                 # parallel; 1 = best (equal scores share a rank)
-     "logits": [[float]],            # K x K; logits[i][j] = PairRM logit that response i beats j when i is shown
-                                     #   first (diagonal 0). Both-orders preference of i over j:
-                                     #   logits[i][j] - logits[j][i] (what Blender.compare returns)
-     "ranker": str, "ranker_path": str, "quantize": "none" | "int8",
-     "source_max_length": int, "candidate_max_length": int,
-     "truncated": [bool],            # parallel; True where the response was cut (to candidate_max_length tokens
-                                     #   plus half of what the instruction leaves of source_max_length)
-     "time": str}
-A reward model's line has the same instruction_id, kind, sample_indices, ranks, truncated, ranker, ranker_path,
-quantize ("none") and time, and in place of the PairRM fields:
-     "scores": [float],              # parallel; the reward model's logit for prompt + that response
-     "tokens_cut": [int],            # parallel; tokens of the rendered conversation beyond max_length, not read
-     "max_length": int               # the reward model's own maximum length
-The both-orders preference of response a over b (`preference`) is PairRM's logits[a][b] - logits[b][a], or the
-reward difference scores[a] - scores[b].
+rankings.jsonl's format, `ranking_record` and the readers `latest_rankings` and `preference` are
+lab/records/rankings.py; each kind's fields are its RANKERS entry's `fields`.
 """
 from __future__ import annotations
 
@@ -62,7 +39,8 @@ from lab.errors import LabError
 from lab.models import HUB_ID, build_once, cache_dir, pick_device
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
-from lab.sample import Group, groups
+from lab.records.rankings import latest_rankings, ranking_record
+from lab.records.samples import Group, groups
 from lab.store import ASSET_FILES, Run, asset, once
 
 DEFAULT_RANKER = "llm-blender/PairRM"
@@ -435,16 +413,6 @@ def scores_and_ranks(logits: list[list[float]]) -> tuple[list[float], list[int]]
     return scores[0].tolist(), get_ranks_from_scores(scores)[0].tolist()
 
 
-def preference(record: dict, a: int, b: int) -> float:
-    """How much a rankings record prefers sample a over sample b (> 0: a): PairRM's both-orders logit, or a reward
-    model's reward difference."""
-    idx = record["sample_indices"]
-    i, j = idx.index(a), idx.index(b)
-    if "logits" not in record:
-        return record["scores"][i] - record["scores"][j]
-    return record["logits"][i][j] - record["logits"][j][i]
-
-
 def pairrm_fields(ranker: Ranker, groups: list[tuple[str, list[str]]], batch_size: int = 32) -> list[dict]:
     """For each (source, K candidates) the PairRM fields of its rankings record (format in the module docstring)."""
     src_max, cand_max = ranker.limits
@@ -479,17 +447,6 @@ RANKERS: dict[str, RankerKind] = {
 
 
 # ---- the stage ----------------------------------------------------------------------------------------------------
-def latest_rankings(run: Run, kind: str | None = None, ranker: str | None = None) -> dict[str, dict]:
-    """instruction_id -> its last rankings record (of that RANKERS kind, or of that ranker spec, when given)."""
-    return {r["instruction_id"]: r for r in run.read("rankings")
-            if kind in (None, r.get("kind", "pairrm")) and ranker in (None, r.get("ranker"))}
-
-
-def _record(group: Group, fields: dict, ranker) -> dict:
-    return {"instruction_id": group.instruction_id, "kind": ranker.kind, "sample_indices": group.indices, **fields,
-            "ranker": ranker.spec, "ranker_path": ranker.path, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
 def _batches(groups: list[Group], rows_per_batch: int, rows_of: Callable[[int], int]) -> list[list[Group]]:
     """Consecutive instructions whose model rows fit in one batch (at least one instruction each)."""
     out: list[list[Group]] = []
@@ -537,7 +494,7 @@ def _rank_locked(run: Run, cfg, progress: Progress | None) -> dict:
         progress.check_stop()
         results = kind.fields(ranker, [(g.prompt, g.texts) for g in batch], cfg.batch_size)
         started()
-        summary["ranked"] += run.append("rankings", [_record(g, r, ranker) for g, r in zip(batch, results)])
+        summary["ranked"] += run.append("rankings", [ranking_record(g, r, ranker) for g, r in zip(batch, results)])
         progress.update(summary["ranked"], len(todo), f"ranking with {kind.label}")
     progress.close()
     seconds = time.time() - start

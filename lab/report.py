@@ -30,17 +30,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import cards, compare, efficiency, noise, spotcheck
+from lab import cards, efficiency, noise, spotcheck
 from lab.adapters import read_metrics, read_state
 from lab.config import Settings, opt
+from lab.records.comparisons import grid, read_notes
+from lab.records.rankings import latest_rankings, preference
+from lab.records.samples import groups
+from lab.records.verdicts import RULES, report as judge_report, run_verdicts, tie_band_of
 from lab.stats import LC_NOTE
 from lab.errors import LabError
 from lab.methods import METHODS
 from lab.progress import Progress
-from lab.rank import latest_rankings, preference
-from lab.sample import groups
 from lab.store import REPORT_FILES, Run, build_folder
-from lab.verdicts import RULES, report as judge_report, run_verdicts, tie_band_of
 
 F = REPORT_FILES
 
@@ -336,10 +337,10 @@ def _values(scores: dict, scorer: str, model: str) -> list:
 
 def compare_part(run: Run, folder: Path) -> str:
     try:
-        grid = compare.grid(run)
+        wide = grid(run)
     except LabError:
         return ""
-    (folder / F["grid"]).write_text(compare.markdown_table(grid))
+    (folder / F["grid"]).write_text(cards.markdown_table(wide))
     path = run.file("compare_scores")
     table = ""
     if path.exists():
@@ -352,12 +353,12 @@ def compare_part(run: Run, folder: Path) -> str:
             (folder / F["checks"]).write_text(csv_text(header, rows))
             table += (f"\n\n### Verifiable checks (IFEval's checkers; no model grades these)\n\n[{F['checks']}]"
                       f"({F['checks']})\n\n" + md_table(header, rows))
-    return (f"## Comparison\n\n[{F['grid']}]({F['grid']}): {len(grid)} held-out instructions x "
-            f"{len(grid.columns) - 2} models.\n\n{table}")
+    return (f"## Comparison\n\n[{F['grid']}]({F['grid']}): {len(wide)} held-out instructions x "
+            f"{len(wide.columns) - 2} models.\n\n{table}")
 
 
 def notes_part(run: Run, folder: Path) -> str:
-    notes = compare.read_notes(run)
+    notes = read_notes(run)
     if not notes["overall"] and not notes["instructions"]:
         return ""
     text = ["# Notes\n", notes["overall"] or "_(no overall notes)_", ""]

@@ -2,35 +2,23 @@
 lab.generation (batched across instructions and samples; the same seed, batch size and instructions give the same
 samples), resuming exactly the samples a run lacks.
 
-Record format of samples.jsonl (one line per response; built by `sample_record`, also for the comparison's
-scoring runs and the self-rewarding rounds):
-
-    {"instruction_id": str, "sample_index": int, "prompt": str, "text": str,
-     "model": spec, "model_path": str,
-     "adapter": str | null,                   # the LoRA adapter folder that was switched on (null: the base)
-     "decoding": {"temperature", "top_p", "max_new_tokens", "seed"},
-     "prompt_tokens": int, "completion_tokens": int,
-     "finish_reason": "stop" | "length",      # end-of-turn token, or max_new_tokens reached
-     "duplicate_of": int | null}              # sample_index of an identical earlier response to the same prompt
-
-`groups(run)` is the one reader that gathers a run's samples per instruction (judge, rank, pairs, spot-check and the
-app all use it).
+samples.jsonl's format, `sample_record` and the reader `groups` are lab/records/samples.py.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab import efficiency, models, precision
-from lab.adapters import adapters_on, resolve_adapters
+from lab import efficiency, precision
+from lab.adapters import resolve_adapters
 from lab.config import Settings, flag, opt
 from lab.errors import LabError
-from lab.generation import ENGINE_CHOICES, ENGINE_HELP, Completion, Decoding, engine_record, pick_engine, \
-    ShiftedProgress, plan_batches, run_units, vllm_units
+from lab.engines import ENGINE_CHOICES, ENGINE_HELP, ENGINES, pick_engine
+from lab.generation import Completion, Decoding, ShiftedProgress, Unit, engine_record
 from lab.instructions import Instruction, load_instructions
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
+from lab.records.samples import groups, sample_record
 from lab.store import Run, once
 
 MAX_K = 1000  # responses per instruction anyone may ask for (a Space's owner caps it lower: lab/limits.py)
@@ -87,54 +75,6 @@ def check_decoding(temperature: float, top_p: float, max_new_tokens: int, batch_
         raise LabError(f"--batch-size must be at least 1 (got {batch_size}).")
 
 
-def sample_record(instruction_id: str, sample_index: int, prompt: str, completion: Completion, model: str,
-                  model_path: str, decoding: dict, duplicate_of: int | None = None,
-                  adapter: str | None = None) -> dict:
-    """One samples.jsonl line (the format in the module docstring)."""
-    return {"instruction_id": instruction_id, "sample_index": sample_index, "prompt": prompt, "text": completion.text,
-            "model": model, "model_path": model_path, "adapter": adapter, "decoding": decoding,
-            "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-            "finish_reason": completion.finish_reason, "duplicate_of": duplicate_of}
-
-
-@dataclass
-class Group:
-    """The samples of one instruction, by sample_index (a repeated index keeps its last line)."""
-
-    instruction_id: str
-    prompt: str
-    samples: list[dict] = field(default_factory=list)
-
-    @property
-    def indices(self) -> list[int]:
-        return [int(s["sample_index"]) for s in self.samples]
-
-    @property
-    def texts(self) -> list[str]:
-        return [s["text"] for s in self.samples]
-
-    def distinct(self) -> dict[int, str]:
-        """{sample index: text} of the responses worth comparing: not empty, not a duplicate of an earlier one."""
-        return {int(s["sample_index"]): s["text"] for s in self.samples
-                if s.get("duplicate_of") is None and s["text"].strip()}
-
-
-def groups(run: Run, required: bool = True) -> list[Group]:
-    """samples.jsonl per instruction: in instructions.jsonl order, then any other instruction in first-seen order.
-    required: a run without samples is a LabError saying to sample first (else an empty list)."""
-    samples = run.read("samples")
-    if not samples and required:
-        raise LabError(f"Run '{run.name}' has no samples yet: run the Sample stage first (`python -m lab sample "
-                       f"--run {run.name}`).", ui=f"Run '{run.name}' has no samples yet: sample first in the Sample "
-                       "tab.")
-    by_id: dict[str, dict[int, dict]] = {}
-    for s in samples:
-        by_id.setdefault(s["instruction_id"], {})[int(s["sample_index"])] = s
-    order = [i["id"] for i in run.read("instructions") if i["id"] in by_id]
-    order += [i for i in by_id if i not in set(order)]
-    return [Group(i, next(iter(by_id[i].values()))["prompt"], [by_id[i][j] for j in sorted(by_id[i])]) for i in order]
-
-
 # ---- the stage -------------------------------------------------------------------------------------------------
 def _check_model_matches(existing: list[dict], cfg: SampleConfig, adapter: str | None) -> None:
     used = {(s["model"], s.get("adapter")) for s in existing}
@@ -178,10 +118,11 @@ def _register_instructions(run: Run, items: list[Instruction]) -> None:
     run.append("instructions", (i.to_dict() for i in items if i.id not in known))
 
 
-def _missing(items: list[Instruction], existing: list[dict], k: int) -> list[tuple[int, list[int]]]:
+def _missing(items: list[Instruction], existing: list[dict], k: int, adapter: str | None) -> list[Unit]:
+    """The samples each instruction lacks, as engine units keyed by its id, answered with the adapter so named."""
     have = {(s["instruction_id"], s["sample_index"]) for s in existing}
-    units = [(n, [j for j in range(k) if (it.id, j) not in have]) for n, it in enumerate(items)]
-    return [u for u in units if u[1]]
+    units = [Unit(n, [j for j in range(k) if (it.id, j) not in have], it.id, adapter) for n, it in enumerate(items)]
+    return [u for u in units if u.indices]
 
 
 def _records(item: Instruction, indices: list[int], comps: list[Completion], texts_seen: dict, cfg: SampleConfig,
@@ -218,22 +159,19 @@ def _sample_locked(run: Run, cfg: SampleConfig, progress: Progress | None, items
     existing = run.read("samples")
     _check_model_matches(existing, cfg, str(adapter) if adapter else None)
     _check_decoding_matches(existing, cfg)
-    engine = pick_engine(cfg.engine, precision.probe(cfg.device).kind)
+    name = pick_engine(cfg.engine, precision.probe(cfg.device).kind)
     progress = progress or Progress(desc)
     progress.loading(f"model {cfg.model}")
-    cm = models.load(cfg.model, cfg.device, cfg.dtype) if engine == "lab" else models.load_chat_tokenizer(cfg.model)
-    units = _missing(items, existing, cfg.k)
-    encoded = {n: cm.encode_prompt(items[n].prompt) for n, _ in units}
+    cm = ENGINES[name].load(cfg.model, cfg.device, cfg.dtype)
+    units = _missing(items, existing, cfg.k, POLICY if adapter else None)
+    encoded = {u.prompt: cm.encode_prompt(items[u.prompt].prompt) for u in units}
     _check_lengths(cm, encoded, cfg)  # every check before the first write: bad input leaves the run untouched
-    job = _Job(run, cfg, items, existing, progress, adapter, desc, engine)
-    if engine == "vllm":
-        written, tokens_per_s = _generate_missing_vllm(job, cm, units, encoded)
-    else:
-        with adapters_on(cm, {POLICY: adapter} if adapter else {}) as select, select(POLICY if adapter else None) as m:
-            written, tokens_per_s = _generate_missing(job, m, units, encoded)
+    job = _Job(run, cfg, items, existing, progress, adapter, desc, name)
+    with ENGINES[name].session(cm, {POLICY: adapter} if adapter else {}) as session:
+        written, tokens_per_s = _generate_missing(job, session, cm, units, encoded)
     progress.close()
     return summarize(run) | {"written_now": written, "tokens_per_s": tokens_per_s if written else None,
-                             "engine": engine, "warnings": _downstream_warnings(run, written)}
+                             "engine": name, "warnings": _downstream_warnings(run, written)}
 
 
 def _downstream_warnings(run: Run, written: int) -> list[str]:
@@ -278,63 +216,24 @@ class _Job:
         return seen
 
 
-def _generate_missing_vllm(job: _Job, cm, units, encoded) -> tuple[int, float]:
-    """Every missing unit in one vLLM call (samples seeded by instruction id and sample index, the adapter as a LoRA
-    request); each sample is appended as it arrives. -> (records written, new tokens per second)."""
+def _generate_missing(job: _Job, session, cm, units: list[Unit], encoded) -> tuple[int, float]:
+    """Generate every missing (instruction, samples) unit through the engine's session, appending each batch (or
+    sample) as the engine hands it over. -> (records written, new tokens per second)."""
     started, seen, cfg = job.recorder(cm), job.seen(), job.cfg
     total = len(job.items) * cfg.k
-    before = total - sum(len(u[1]) for u in units)
-    counts = {"written": 0, "tokens": 0}
+    before = total - sum(len(u.indices) for u in units)
     adapter = str(job.adapter) if job.adapter else None
+    written = [0]
 
-    def on_result(u: int, j: int, c: Completion) -> None:
-        n = units[u][0]
-        recs = _records(job.items[n], [j], [c], seen.setdefault(job.items[n].id, {}), cfg, cm, adapter)
+    def take(u: Unit, comps: list[Completion]) -> None:
+        item = job.items[u.prompt]
+        recs = _records(item, u.indices, comps, seen.setdefault(item.id, {}), cfg, cm, adapter)
         started()
-        counts["written"] += job.run.append("samples", recs)
-        counts["tokens"] += c.completion_tokens
+        written[0] += job.run.append("samples", recs)
 
-    info: dict = {}
-    if units:
-        vllm_units(cm, units, encoded, cfg.decoding(), [job.items[n].id for n, _ in units],
-                   [job.adapter] * len(units), ShiftedProgress(job.progress, before, total, job.desc), on_result, info)
-    rate = counts["tokens"] / info["generate_s"] if info.get("generate_s") else 0.0
-    return counts["written"], round(rate, 1)
-
-
-def _generate_missing(job: _Job, cm, units, encoded) -> tuple[int, float]:
-    """Generate every missing (instruction, samples) unit with the lab's sampler, appending each batch as it
-    finishes. -> (records written, new tokens per second)."""
-    run, cfg, items, progress, adapter, desc = job.run, job.cfg, job.items, job.progress, job.adapter, job.desc
-    started, seen = job.recorder(cm), job.seen()
-    total = len(items) * cfg.k
-    done, written, new_tokens, t0 = total - sum(len(u[1]) for u in units), 0, 0, time.time()
-    progress.update(done, total, desc)
-    for batch in plan_batches(units, encoded, cfg.batch_size):
-        progress.check_stop()
-        salt = "|".join(f"{items[n].id}:{idx}" for n, idx in batch)
-        comps = run_units(cm, batch, encoded, cfg.decoding(), salt,
-                          on_step=_on_step(progress, done, total, desc, batch, new_tokens, t0))
-        recs = [r for (n, idx), c in zip(batch, comps) for r in _records(
-            items[n], idx, c, seen.setdefault(items[n].id, {}), cfg, cm, str(adapter) if adapter else None)]
-        started()
-        written += run.append("samples", recs)
-        new_tokens += sum(r["completion_tokens"] for r in recs)
-        done += len(recs)
-        progress.update(done, total, desc, tokens=new_tokens, tokens_per_s=new_tokens / max(time.time() - t0, 1e-6))
-    return written, round(new_tokens / max(time.time() - t0, 1e-6), 1)
-
-
-def _on_step(progress: Progress, done: int, total: int, desc: str, batch, tokens_before: int, t0: float):
-    """The batch's decoding as progress: its share of the batch's responses in flight, and the tokens so far
-    (lab.generation.OnStep). The throttle in lab.progress keeps this to a write every half second."""
-    rows = sum(len(idx) for _, idx in batch)
-
-    def step(share: float, tokens: int) -> None:
-        made = tokens_before + tokens
-        progress.update(done, total, desc, partial=share * rows, tokens=made,
-                        tokens_per_s=made / max(time.time() - t0, 1e-6))
-    return step
+    rate = session.units(units, encoded, cfg.decoding(), cfg.batch_size,
+                         ShiftedProgress(job.progress, before, total, job.desc), take)
+    return written[0], rate
 
 
 def _check_lengths(cm, encoded: dict, cfg: SampleConfig) -> None:

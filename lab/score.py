@@ -3,22 +3,7 @@
 A scorer like the pairwise judge and PairRM: lab.pairs builds the "self" preference set from these scores, and
 lab.compare can use them ("score") for win rates.
 
-scores.jsonl, one line per evaluation:
-
-    {"set": "train" | "eval",          # train: an answer of samples.jsonl; eval: a completion of compare.jsonl
-     "instruction_id": str,
-     "sample_index": int | null,        # train: which answer of samples.jsonl
-     "model": str | null,               # eval: "base" or an adapter name (rows of compare.jsonl)
-     "text_hash": str,                  # sha1[:12] of the scored text: a changed text is scored again
-     "eval_index": int,                 # 0..R-1
-     "score": float | null,             # 0-5; null when the judgment could not be read
-     "method": "parsed" | "probabilities" | "invalid",
-                                        # parsed: "Score: <points>" found in the text; probabilities: a local judge
-                                        # that wrote no score is asked to continue "Score: " and the expected value
-                                        # over the digits 0-5 is taken (a 135M model rarely ends with the format);
-                                        # read on the judge prompt's cache from the sampling batch (lab engine)
-     "probs": [p0..p5] | null, "raw": str, "judge": str, "prompt_hash": str,
-     "usage": {"prompt_tokens", "completion_tokens"}}       # API judges
+scores.jsonl's format, `score_record` and the reader `mean_scores` are lab/records/scores.py.
 
 The records are the cache: a (set, instruction, sample or model, text) already scored by the same judge is not
 scored again, so a rerun scores nothing and a stopped one resumes.
@@ -32,18 +17,20 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from lab import efficiency, models, precision
 from lab.adapters import adapters_on
 from lab.config import Settings, opt
 from lab.errors import LabError
-from lab.generation import (AUTO_BATCH, AUTO_BATCH_HELP, ENGINE_CHOICES, ENGINE_HELP, Decoding, ReadAfter,
-                            auto_batch, engine_record, generate, pick_engine, read_after)
+from lab.engine_lab import read_after
+from lab.engines import ENGINE_CHOICES, ENGINE_HELP, ENGINES, pick_engine
+from lab.generation import AUTO_BATCH, AUTO_BATCH_HELP, Decoding, ReadAfter, Session, auto_batch, engine_record
 from lab.judge_backends import API_BACKENDS, DEFAULT_MODELS, ApiBackend
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.ratelimit import RateLimiter
+from lab.records.scores import score_key, score_record, text_hash
 from lab.store import Run, once
 
 SCORE_PROMPT = """Review the user's question and the corresponding response using the additive 5-point scoring \
@@ -72,6 +59,7 @@ After examining the user's instruction and the response:
 Remember to assess from the AI Assistant perspective, utilizing web search knowledge as necessary. To evaluate the \
 response in alignment with this additive scoring model, we'll systematically attribute points based on the \
 outlined criteria."""
+JUDGE = "policy"  # the name the judging adapter gets in its engine session
 PROMPT_HASH = hashlib.sha256(SCORE_PROMPT.encode()).hexdigest()[:16]
 SCORE_RE = re.compile(r"score\s*(?:\*\*)?\s*:\s*(?:\*\*)?\s*([0-9]+(?:\.[0-9]+)?)\s*(?:/\s*5)?", re.IGNORECASE)
 
@@ -210,24 +198,24 @@ def judgment(text: str, probs: list[float] | None) -> dict:
     return {"score": None, "method": "invalid", "probs": None, "raw": text}
 
 
-def local_scores(cm, prompts: list[str], evaluations: int, cfg, seed: int, progress: Progress | None = None,
-                 engine: str = "lab", adapter: Path | None = None, probs_model: Callable | None = None
+def local_scores(session: Session, prompts: list[str], evaluations: int, cfg, seed: int,
+                 progress: Progress | None = None, adapter: str | None = None, probs_model: Callable | None = None
                  ) -> list[list[dict]]:
-    """R judgments of each judge prompt by a local chat model (cm: any ChatModel, adapters switched as wanted; with
-    engine "vllm" a tokenizer-only one and `adapter` the LoRA folder to judge with), cfg.batch_size sequences at a
-    time. Judgments without a score (score_mode auto) are scored from the digit probabilities: with the lab's
-    engine read in the same batch, on the judge prompt's pre-filled cache (score_reader); with vLLM afterwards by
-    `probs_model()` (a context manager giving a loaded ChatModel; default cm) with forced_score_probs.
+    """R judgments of each judge prompt by a local chat model through an engine session (lab.generation.Session),
+    with the adapter named `adapter` on (None: the base), cfg.batch_size sequences at a time. Judgments without a
+    score (score_mode auto) are scored from the digit probabilities: where the engine `reads`, in the same batch,
+    on the judge prompt's pre-filled cache (score_reader); else afterwards by `probs_model()` (a context manager
+    giving a loaded ChatModel; default the session's) with forced_score_probs.
     Returns, per prompt, R dicts {"score", "method", "probs", "raw"}."""
     dec = Decoding(cfg.judge_temperature, 1.0 if cfg.judge_temperature == 0 else 0.95, cfg.judge_tokens, seed)
     auto = cfg.score_mode == "auto"
-    read = score_reader(cm.tokenizer) if auto and engine == "lab" else None  # read in the sampling batch
+    read = score_reader(session.cm.tokenizer) if auto and session.reads else None  # read in the sampling batch
     batch = cfg.batch_size or AUTO_BATCH
-    comps = generate(cm, prompts, evaluations, dec, batch, progress, engine, adapter, read=read)
+    comps = session.generate(prompts, evaluations, dec, batch, progress, adapter, read=read)
     out = [[judgment(c.text, c.read) for c in row] for row in comps]
     todo = [(i, j) for i, row in enumerate(out) for j, e in enumerate(row) if e["score"] is None]
     if todo and auto and read is None:
-        with (probs_model() if probs_model else nullcontext(cm)) as pm:
+        with (probs_model() if probs_model else nullcontext(session.cm)) as pm:
             probs = forced_score_probs(pm, [prompts[i] for i, _ in todo], [out[i][j]["raw"] for i, j in todo],
                                        batch)
         for (i, j), p in zip(todo, probs):
@@ -260,15 +248,6 @@ def api_backend(cfg: ScoreConfig, api_key: str | None = None) -> ApiBackend | No
 
 
 # ---- scoring rows, with the records as the cache ------------------------------------------------------------------
-def text_hash(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
-
-
-def score_key(s: dict) -> tuple:
-    """What makes two evaluations the same: the set, the answer (or the model's completion) and its text, the judge."""
-    return (s["set"], s["instruction_id"], s.get("sample_index"), s.get("model"), s.get("text_hash"), s.get("judge"))
-
-
 def row_key(row: dict, cfg: ScoreConfig) -> tuple:
     return score_key({**row, "sample_index": row.get("sample_index") if row["set"] == "train" else None,
                       "model": row.get("model") if row["set"] == "eval" else None, "text_hash": text_hash(row["text"]),
@@ -277,35 +256,31 @@ def row_key(row: dict, cfg: ScoreConfig) -> tuple:
 
 @dataclass
 class Scorer:
-    """What scores rows: an API judge, or a local model (`local`: a context manager giving the ChatModel to judge
-    with, its adapter switched on as wanted). With engine "vllm" the judgments come from vLLM (`prompter`: a
-    tokenizer-only ChatModel, `adapter` the LoRA folder judged with) and `local` is entered only when judgments
-    without a score need the digit probabilities."""
+    """What scores rows: an API judge, or a local model through an engine session (lab.generation.Session) with
+    the adapter named `adapter` on; `probs_model` (a context manager giving a ChatModel loaded here) reads the digit
+    probabilities of judgments without a score where the engine reads none in its batches."""
 
     cfg: ScoreConfig
     judge: ApiBackend | None
-    local: Callable | None = None
-    engine: str = "lab"
-    prompter: Any = None
-    adapter: Path | None = None
+    session: Session | None = None
+    adapter: str | None = None
+    probs_model: Callable | None = None
+    engine: str = ""  # the engine's name, for run.json (local judges)
 
     def score(self, prompts: list[str], seed: int) -> list[list[dict]]:
         if self.judge is not None:
             return api_scores(self.judge, prompts, self.cfg.evaluations, self.cfg.concurrency)
-        if self.engine == "vllm":
-            return local_scores(self.prompter, prompts, self.cfg.evaluations, self.cfg, seed, engine="vllm",
-                                adapter=self.adapter, probs_model=self.local)
-        with self.local() as cm:
-            return local_scores(cm, prompts, self.cfg.evaluations, self.cfg, seed)
+        return local_scores(self.session, prompts, self.cfg.evaluations, self.cfg, seed, adapter=self.adapter,
+                            probs_model=self.probs_model)
 
     def rows_per_call(self, todo: int) -> int:
         """Rows per `score` call (each call's records are written as it returns): an API judge batch_size rows;
-        the lab's engine one generation batch (batch_size sequences: batch_size // R rows); vLLM every row at
-        once (each call starts the engine, and vLLM batches on its own)."""
+        an engine that batches a whole call itself (vLLM: each call starts the engine) every row at once; else one
+        generation batch (batch_size sequences: batch_size // R rows)."""
         batch = self.cfg.batch_size or AUTO_BATCH  # 0 (auto) is resolved for local judges by score_run
         if self.judge is not None:
             return batch
-        if self.engine == "vllm":
+        if self.session.one_call:
             return max(1, todo)
         return max(1, batch // self.cfg.evaluations)
 
@@ -329,29 +304,10 @@ def score_rows(run: Run, rows: list[dict], scorer: Scorer, progress: Progress, d
         chunk = todo[n:n + step]
         evals = scorer.score([score_prompt(row["prompt"], row["text"]) for row in chunk], cfg.seed)
         started()
-        run.append("scores", [score_record(row, e, ev, cfg) for row, evs in zip(chunk, evals)
+        run.append("scores", [score_record(row, e, ev, cfg.name, PROMPT_HASH) for row, evs in zip(chunk, evals)
                               for e, ev in enumerate(evs)])
     progress.update(len(rows), len(rows), desc)
     return len(todo)
-
-
-def score_record(row: dict, eval_index: int, ev: dict, cfg: ScoreConfig) -> dict:
-    """One scores.jsonl line (the format in the module docstring)."""
-    train = row["set"] == "train"
-    return {"set": row["set"], "instruction_id": row["instruction_id"],
-            "sample_index": row["sample_index"] if train else None, "model": None if train else row["model"],
-            "text_hash": text_hash(row["text"]), "eval_index": eval_index, **ev, "judge": cfg.name,
-            "prompt_hash": PROMPT_HASH}
-
-
-def mean_scores(scores: list[dict], which: str = "train") -> dict[tuple, float]:
-    """{(instruction_id, sample_index) (train) or (model, instruction_id) (eval): mean of its readable scores}."""
-    acc: dict[tuple, list[float]] = {}
-    for s in scores:
-        if s["set"] == which and s["score"] is not None:
-            key = (s["instruction_id"], s["sample_index"]) if which == "train" else (s["model"], s["instruction_id"])
-            acc.setdefault(key, []).append(s["score"])
-    return {k: sum(v) / len(v) for k, v in acc.items()}
 
 
 # ---- the stage ----------------------------------------------------------------------------------------------------
@@ -387,25 +343,32 @@ def self_scorer(run: Run, cfg: ScoreConfig, judge: ApiBackend | None, progress: 
     sampled = run.stage_settings("sample") or {}
     if not sampled.get("model"):
         raise LabError(f"Run {run.name} records no sampling model to judge its own answers: sample first.")
-    adapter = sampled.get("adapter_path")
-    engine = pick_engine(cfg.engine, precision.probe(cfg.device).kind)
-    if engine == "vllm":
-        yield Scorer(cfg, None, lambda: lab_judge(sampled["model"], cfg, adapter), "vllm",
-                     models.load_chat_tokenizer(sampled["model"]), Path(adapter) if adapter else None)
-        return
+    with model_scorer(cfg, sampled["model"], sampled.get("adapter_path"), progress) as scorer:
+        yield scorer
+
+
+@contextmanager
+def model_scorer(cfg: ScoreConfig, spec: str, adapter: str | None, progress: Progress | None = None
+                 ) -> Iterator[Scorer]:
+    """A Scorer whose judge is the local model `spec` with the adapter folder `adapter` on (None: the base), through
+    the engine cfg.engine picks; the digits an engine does not read in its batches are read on the model loaded
+    here (lab_judge)."""
+    name = pick_engine(cfg.engine, precision.probe(cfg.device).kind)
     if progress is not None:
-        progress.loading(f"model {sampled['model']}")
-    cm = models.load(sampled["model"], cfg.device, cfg.dtype)
-    with adapters_on(cm, {"policy": Path(adapter)} if adapter else {}) as select:
-        yield Scorer(cfg, None, lambda: select("policy" if adapter else None))
+        progress.loading(f"model {spec}")
+    cm = ENGINES[name].load(spec, cfg.device, cfg.dtype)
+    with ENGINES[name].session(cm, {JUDGE: Path(adapter)} if adapter else {}) as session:
+        yield Scorer(cfg, None, session, JUDGE if adapter else None,
+                     None if session.reads else (lambda: lab_judge(spec, cfg, adapter)), name)
 
 
 @contextmanager
 def lab_judge(spec: str, cfg: ScoreConfig, adapter: str | None) -> Iterator:
-    """The judge model loaded in this process, its adapter on (for the digit probabilities a vLLM judge needs)."""
+    """The judge model loaded in this process, its adapter on (for the digit probabilities an engine that reads none
+    in its batches needs)."""
     cm = models.load(spec, cfg.device, cfg.dtype)
-    with adapters_on(cm, {"policy": Path(adapter)} if adapter else {}) as select, \
-            select("policy" if adapter else None) as judge:
+    with adapters_on(cm, {JUDGE: Path(adapter)} if adapter else {}) as select, \
+            select(JUDGE if adapter else None) as judge:
         yield judge
 
 

@@ -8,14 +8,14 @@ and a plain cache holds a copy of all of it per row, so each decode step reads e
 on a CPU that read, not the arithmetic, is what grows with the context (a step of 33 rows took 0.103 s at 50
 positions and 0.158 s at 640, bundled SmolLM2-135M, 2 cores). Here the three parts stay apart:
 
-  head   [1, kv_heads, C, dim]   the shared start (lab.generation.prefill's shared prefix; C may be 0)
+  head   [1, kv_heads, C, dim]   the shared start (lab.engine_lab.prefill's shared prefix; C may be 0)
   rests  [P, kv_heads, W, dim]   each prompt's remainder, left-padded (bias: 0 where a token is, -inf on the pad)
-  own    [B, kv_heads, t, dim]   each row's generated tokens: the decode's own cache (lab.generation's
+  own    [B, kv_heads, t, dim]   each row's generated tokens: the decode's own cache (lab.engine_lab.s
                                  reserved layers), the only part a step writes
 
 and a step computes softmax(q . [head | rest of its prompt | own]) @ V as three matrix products whose partial
 scores share one maximum and one denominator: exactly the attention over the concatenation, with every shared key
-read once for all the rows that use it. Rows are kept sorted by prompt (lab.generation's batches are), so a
+read once for all the rows that use it. Rows are kept sorted by prompt (lab.engine_lab.s batches are), so a
 prompt's rows are a run of the batch; the rests' product runs on a [P, most rows of a prompt] grid of queries.
 
 Where it applies (`applies`): on CPU in fp32 (on a GPU the rows' reads are cheap and SDPA's fused kernels win; not
@@ -165,7 +165,7 @@ class Levels:
     def contexts(self, sel, own_layers) -> list:
         """The whole context of the batch rows `sel`, per layer, in the columns a plain cache has it (head | its
         prompt's rest | own tokens): [[key pieces], [value pieces]] per layer, each piece [len(sel), kv_heads, n,
-        dim] (lab.generation's reserved layers `fill` from them)."""
+        dim] (lab.engine_lab.s reserved layers `fill` from them)."""
         of = self.prompt_of_row[sel]
         out = []
         for n, own in enumerate(own_layers):

@@ -6,7 +6,7 @@ appends again, and the last line per pair wins:
      "human": "a" | "b" | "tie" | "skip",           # in canonical terms, like the judge's verdicts
      "judge": "a" | "b" | "tie" | "inconsistent" | "invalid" | null,   # the judge's pair verdict the human saw
                                                     # (null: a pair only the checks decided)
-     "rule": str,                                   # how the judge's verdict was made (lab.verdicts.RULES key)
+     "rule": str,                                   # how the judge's verdict was made (lab.records.verdicts.RULES key)
      "checks": "a" | "b" | "tie",                   # only where the instruction carries IFEval checks: theirs
      "time": str}
 lab.pairs reads these verdicts into the judge's and the checks' preferences; lab.pairs.record_spotcheck saves one
@@ -20,11 +20,12 @@ import time
 
 from lab import checks
 from lab.errors import LabError
-from lab.rank import RANKERS, latest_rankings, preference
-from lab.sample import groups
+from lab.rank import RANKERS
+from lab.records.rankings import latest_rankings, preference
+from lab.records.samples import groups
+from lab.records.verdicts import run_verdicts
 from lab.stats import agreement as rate_and_kappa
 from lab.store import Run
-from lab.verdicts import run_verdicts
 
 HUMAN = ("a", "b", "tie", "skip")
 
@@ -61,7 +62,7 @@ def items(run: Run) -> list[dict]:
     """Every judged pair, then every checks pair the judge did not see, ready to show; pairs not yet checked come
     first (then in judging order):
         {"instruction_id", "a", "b", "prompt", "text_a", "text_b",
-         "judge": pair verdict | None, "rule": lab.verdicts.RULES key, "calibrated": {"a", "b"} | None,
+         "judge": pair verdict | None, "rule": lab.records.verdicts.RULES key, "calibrated": {"a", "b"} | None,
          "orders": [{"order", "verdict", "reasoning", "confidence", "grades"}],
          "pairrm": {"prefers": "a" | "b", "logit": float} | None,
          "checks": {"prefers": "a" | "b" | "tie", "a": [results], "b": [results]} | None, "human": str | None}"""

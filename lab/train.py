@@ -50,8 +50,9 @@ from lab.adapters import adapter_lock, check_weights, final_metrics, is_complete
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.methods import METHODS
-from lab.pairs import SOURCES, check_markup, load_pairs, pair_stats, resolve_pairs, split_pairs
+from lab.pairs import SOURCES, resolve_pairs
 from lab.progress import Progress, Stopped, stop_requested
+from lab.records.pairs import check_markup, load_pairs, pair_stats, split_pairs
 from lab.spotcheck import label_pairs
 from lab.store import Run, adapter_file, atomic_write_json, read_jsonl
 from lab.train_monitor import diagnose, metrics_callback

@@ -14,7 +14,8 @@ from lab.adapters import adapters_on
 from lab.chat import ChatConfig, chat_stream, conversation, plain_messages, prompt_ids, stream_replies
 from lab.cli import main
 from lab.errors import LabError
-from lab.generation import Decoding, generate, generate_batch
+from lab.engine_lab import generate_batch
+from lab.generation import Decoding, generate
 from tests.test_merge import merged_run, random_adapter  # noqa: F401  (merged_run: a fixture)
 
 GREEDY = dict(model="tiny-random", temperature=0.0, top_p=1.0, max_new_tokens=24)

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from lab import checks, compare, graders
-from lab.compare import CompareConfig, checks_summary
+from lab import checks, compare, compare_scorers, graders
+from lab.compare import CompareConfig
+from lab.compare_scorers import checks_summary
 from lab.errors import LabError
 from lab.instructions import load_instructions, read_file
 from lab.pairs import PairsConfig, build_pairs
@@ -208,7 +209,7 @@ def test_the_bootstrap_intervals_agree_with_scipys():
 
 def test_checks_outcomes_give_a_win_rate_against_base():
     table, st = _table({"base": ["a, b", "fine", "x, y"], "dpo": ["a b", "fine", "x, y"]}, NO_COMMA)
-    of = compare.checks_outcomes(None, CompareConfig(), table, st, None)
+    of = compare_scorers.checks_outcomes(None, CompareConfig(), table, st, None)
     assert [of(i, "dpo", "base") for i in st["instruction_ids"]] == [1.0, 0.5, 0.5]
 
 
@@ -244,7 +245,7 @@ def test_a_comparison_on_verifiable_instructions_scores_checks_and_labels_circul
     cfg = CompareConfig(instructions="checks-heldout", n=6, max_new_tokens=8, batch_size=8, bootstrap=200,
                         pairrm="tiny-random")
     result = compare.compare_run(run, cfg)
-    scores = compare.read_scores(run)
+    scores = compare_scorers.read_scores(run)
     found = scores["checks"]
     records = {(r["model"], r["instruction_id"]): r for r in run.read("compare")}
     assert found["n"] == 6 == len(scores["outcomes"]["dpo-pairrm"]["checks"]) and result["instructions"] == 6

@@ -4,10 +4,12 @@ import json
 import pandas as pd
 import pytest
 
-from lab import compare, models
+from lab import compare, compare_scorers, models
 from lab.compare import CompareConfig
 from lab.errors import LabError
 from lab.progress import Progress, Stopped
+from lab.records import comparisons
+from lab.records.rankings import preference
 from lab.stats import lc_win_rate
 
 
@@ -93,7 +95,7 @@ def test_duplicate_policies(two_adapters, tmp_path, tiny):
     out = compare.compare_run(two_adapters, cfg(instructions=src, duplicates="drop"))
     assert out["instructions"] == 2 and out["duplicates"] == 1
     compare.compare_run(two_adapters, cfg(instructions=src, duplicates="flag"))
-    df = compare.grid(two_adapters)
+    df = comparisons.grid(two_adapters)
     assert len(df) == 3 and df["duplicate_of"].tolist() == ["train-0", None, None]
     assert compare.score(two_adapters, cfg(duplicates="flag"))["flagged"] == [df.index[0]]
 
@@ -153,7 +155,7 @@ def test_bad_settings():
 
 def test_grid_before_any_comparison(run):
     with pytest.raises(LabError, match="no comparison yet"):
-        compare.grid(run)
+        comparisons.grid(run)
 
 
 # ---- generation with switched adapters ---------------------------------------------------------------------------
@@ -164,7 +166,7 @@ def test_base_column_equals_plain_base_and_adapters_differ(two_adapters, tmp_pat
     out = compare.compare_run(two_adapters, c)
     assert out["models"] == ["base", "judge", "pairrm"] and out["written_now"] == 9
     assert not has_lora(tiny.model)  # the LoRA layers are stripped again after the comparison
-    df = compare.grid(two_adapters)
+    df = comparisons.grid(two_adapters)
     assert list(df.columns) == ["prompt", "duplicate_of", "base", "judge", "pairrm"]
     assert df["prompt"].tolist() == HELD
     dec = c.decoding().to_dict()
@@ -191,10 +193,10 @@ def test_resume_after_stop_gives_the_same_grid(two_adapters, tmp_path):
     assert resumed["written_now"] == 7
     again = compare.compare_run(two_adapters, cfg(instructions=src, batch_size=2))
     assert again["written_now"] == 0
-    first = compare.grid(two_adapters)
+    first = comparisons.grid(two_adapters)
     two_adapters.file("compare").unlink()
     compare.compare_run(two_adapters, cfg(instructions=src, batch_size=2))
-    pd.testing.assert_frame_equal(first, compare.grid(two_adapters))
+    pd.testing.assert_frame_equal(first, comparisons.grid(two_adapters))
 
 
 def test_other_settings_are_history_not_mixed(two_adapters, tmp_path):
@@ -202,14 +204,14 @@ def test_other_settings_are_history_not_mixed(two_adapters, tmp_path):
     compare.compare_run(two_adapters, cfg(instructions=src, adapters="judge"))
     compare.compare_run(two_adapters, cfg(instructions=src, adapters="judge", temperature=0.0))
     assert len(two_adapters.read("compare")) == 12  # both kept in the file
-    records, st = compare.current(two_adapters)
+    records, st = comparisons.current(two_adapters)
     assert len(records) == 6 and {r["decoding"]["temperature"] for r in records} == {0.0}
 
 
 # ---- exports -----------------------------------------------------------------------------------------------------
 def test_exports_round_trip(two_adapters, tmp_path):
     compare.compare_run(two_adapters, cfg(instructions=heldout_file(tmp_path, HELD)))
-    df = compare.grid(two_adapters)
+    df = comparisons.grid(two_adapters)
     back = pd.read_csv(compare.export(two_adapters, "csv"), index_col="instruction_id", keep_default_na=False)
     assert back["pairrm"].tolist() == df["pairrm"].tolist() and back["prompt"].tolist() == HELD
     lines = compare.export(two_adapters, "jsonl").read_text().splitlines()
@@ -224,17 +226,17 @@ def test_exports_round_trip(two_adapters, tmp_path):
 
 # ---- scores --------------------------------------------------------------------------------------------------------
 def test_distinct_n():
-    assert compare.distinct_n(["a b a b"], 1) == 0.5
-    assert compare.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
-    assert compare.distinct_n(["a b", "a b"], 2) == 0.5  # counted over all texts of a model
-    assert compare.distinct_n(["", "x"], 2) == 0.0
+    assert compare_scorers.distinct_n(["a b a b"], 1) == 0.5
+    assert compare_scorers.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    assert compare_scorers.distinct_n(["a b", "a b"], 2) == 0.5  # counted over all texts of a model
+    assert compare_scorers.distinct_n(["", "x"], 2) == 0.0
 
 
 def test_refusals():
-    assert compare.is_refusal("I'm sorry, but I can't help with that.")
-    assert compare.is_refusal("As an AI language model, I do not have opinions.")
-    assert not compare.is_refusal("Sorry to hear that! Here is how to fix your bike: ...")
-    assert not compare.is_refusal("x" * 400 + " I cannot help you with that")  # not in the opening
+    assert compare_scorers.is_refusal("I'm sorry, but I can't help with that.")
+    assert compare_scorers.is_refusal("As an AI language model, I do not have opinions.")
+    assert not compare_scorers.is_refusal("Sorry to hear that! Here is how to fix your bike: ...")
+    assert not compare_scorers.is_refusal("x" * 400 + " I cannot help you with that")  # not in the opening
 
 
 def test_bootstrap_interval():
@@ -266,14 +268,14 @@ def test_scores_file(two_adapters, tmp_path):
 
 # ---- notes -----------------------------------------------------------------------------------------------------------
 def test_notes_are_saved_with_the_run(run):
-    assert compare.read_notes(run) == {"overall": "", "instructions": {}}
+    assert comparisons.read_notes(run) == {"overall": "", "instructions": {}}
     compare.save_note(run, "  longer, more lists  ")
     compare.save_note(run, "judge adapter hedges", "heldout-001")
     compare.save_note(run, "fine", "heldout-002")
     compare.save_note(run, "", "heldout-002")
     from lab.store import Run
 
-    again = compare.read_notes(Run.open(run.name))
+    again = comparisons.read_notes(Run.open(run.name))
     assert again == {"overall": "longer, more lists", "instructions": {"heldout-001": "judge adapter hedges"}}
 
 
@@ -289,11 +291,9 @@ def test_pairrm_win_rates(two_adapters, tmp_path):
 
     rankings = Run(nested).read("rankings")
     assert len(rankings) == 3 and all(r["sample_indices"] == [0, 1, 2] for r in rankings)
-    from lab import rank
-
-    expected = [1.0 if rank.preference(r, 1, 0) > 0 else 0.0 for r in rankings]
+    expected = [1.0 if preference(r, 1, 0) > 0 else 0.0 for r in rankings]
     assert out["win_rates"]["judge"]["pairrm"]["win_rate"] == pytest.approx(sum(expected) / 3)
-    per_instruction = compare.read_scores(two_adapters)["outcomes"]["judge"]["pairrm"]  # what the grid shows
+    per_instruction = compare_scorers.read_scores(two_adapters)["outcomes"]["judge"]["pairrm"]  # what the grid shows
     order = [r["instruction_id"] for r in rankings]
     assert [per_instruction[i] for i in order] == expected and len(per_instruction) == 3
     compare.score(two_adapters, cfg(pairrm="tiny-random"))
@@ -301,7 +301,7 @@ def test_pairrm_win_rates(two_adapters, tmp_path):
     scores = json.loads(two_adapters.file("compare_scores").read_text())
     for w in (scores["win_rates"]["judge"]["pairrm"], scores["head_to_head"]["pairrm vs judge"]["pairrm"]):
         assert 0 <= w["lc_ci_low"] <= w["lc_win_rate"] <= w["lc_ci_high"] <= 1  # the length-controlled rate beside
-    grid = compare.grid(two_adapters)
+    grid = comparisons.grid(two_adapters)
     gaps = [len(grid.loc[i, "judge"]) - len(grid.loc[i, "base"]) for i in grid.index]
     assert scores["win_rates"]["judge"]["pairrm"]["lc_win_rate"] == pytest.approx(
         lc_win_rate(expected, gaps, 200)["lc_win_rate"])  # the comparison's own outcomes and length gaps
@@ -387,7 +387,7 @@ def test_bundled_compare_writes_grid_and_scores(run, tmp_path, monkeypatch):
         monkeypatch.setenv("GROQ_BASE_URL", fp.url)
         out = compare.compare_run(run, CompareConfig(n=4, max_new_tokens=24, pairrm="tiny-random", judge="groq",
                                                      judge_rpm=0.0, bootstrap=500))
-    df = compare.grid(run)
+    df = comparisons.grid(run)
     assert df.shape == (4, 5) and df[["base", "judge", "pairrm"]].map(len).to_numpy().min() > 0
     scores = json.loads(run.file("compare_scores").read_text())
     for name in ("judge", "pairrm"):
@@ -400,11 +400,11 @@ def test_bundled_compare_writes_grid_and_scores(run, tmp_path, monkeypatch):
 def test_retrained_adapter_is_generated_again(two_adapters, tmp_path):
     src = heldout_file(tmp_path, HELD)
     compare.compare_run(two_adapters, cfg(instructions=src))
-    before = compare.grid(two_adapters)
+    before = comparisons.grid(two_adapters)
     make_adapter(two_adapters, "judge", seed=7)  # same name, new weights
     out = compare.compare_run(two_adapters, cfg(instructions=src))
     assert out["written_now"] == 3  # only the retrained adapter's column
-    after = compare.grid(two_adapters)
+    after = comparisons.grid(two_adapters)
     assert after["base"].tolist() == before["base"].tolist() and after["judge"].tolist() != before["judge"].tolist()
 
 

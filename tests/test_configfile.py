@@ -5,7 +5,8 @@ import dataclasses
 
 import pytest
 
-from lab.cli import STAGES, load, main, parse_args
+from lab.cli import main, parse_args
+from lab.stages import STAGES
 from lab.configfile import command_line, settings_yaml
 from lab.sample import SampleConfig, sample_run
 from lab.train import TrainConfig, train_adapter
@@ -32,12 +33,12 @@ def changed(cls):
 
 def settings_from(argv):
     args = parse_args(argv)
-    return load(next(s for s in STAGES if s.name == args.stage).settings).from_args(args)
+    return next(s for s in STAGES if s.name == args.stage).settings.from_args(args)
 
 
 @pytest.mark.parametrize("stage", [s.name for s in STAGES])
 def test_a_yaml_file_gives_the_same_settings_as_the_flags(stage, tmp_path):
-    cls = load(next(s for s in STAGES if s.name == stage).settings)
+    cls = next(s for s in STAGES if s.name == stage).settings
     want = changed(cls)
     path = tmp_path / f"{stage}.yaml"
     path.write_text(settings_yaml(stage, "r", want), encoding="utf-8")

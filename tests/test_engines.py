@@ -1,4 +1,4 @@
-"""Engine choice (lab.generation ENGINES, --engine auto|lab|vllm) and the stages through the vLLM engine, against
+"""Engine choice (lab.engines ENGINES, --engine auto|lab|vllm) and the stages through the vLLM engine, against
 the stand-in vLLM interpreter and worker of tests/test_vllm.py (its text names the seed and the adapter of each
 request, so what the stage asked for shows in the records). The real engine: tests/test_vllm.py -m vllm. Also the
 doctor and the memory check before a model is loaded."""
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lab import engine_vllm, generation, models
+from lab import engine_vllm, engines, models
 from lab.adapters import BASE
 from lab.compare import CompareConfig, compare_run, model_key
 from lab.errors import LabError
@@ -30,15 +30,15 @@ def gpu(monkeypatch, present: bool) -> None:
 
 
 def test_auto_is_vllm_on_cuda_where_installed_else_the_lab_sampler(fake, monkeypatch):
-    assert generation.pick_engine("auto", "cpu") == "lab"  # vLLM is there, but the lab's sampler is faster on CPU
-    assert generation.pick_engine("auto", "mps") == "lab"
-    assert generation.pick_engine("auto", "cuda") == "vllm"
-    assert generation.pick_engine("vllm", "cpu") == "vllm"  # asked for by name: used wherever it is installed
+    assert engines.pick_engine("auto", "cpu") == "lab"  # vLLM is there, but the lab's sampler is faster on CPU
+    assert engines.pick_engine("auto", "mps") == "lab"
+    assert engines.pick_engine("auto", "cuda") == "vllm"
+    assert engines.pick_engine("vllm", "cpu") == "vllm"  # asked for by name: used wherever it is installed
     monkeypatch.setenv("LAB_VLLM_PYTHON", str(ROOT / "no-such-python"))
-    assert generation.pick_engine("auto", "cuda") == "lab"
+    assert engines.pick_engine("auto", "cuda") == "lab"
     with pytest.raises(LabError, match=r"--engine vllm: .*or use --engine lab"):
-        generation.pick_engine("vllm", "cuda")
-    assert generation.pick_engine("lab", "cuda") == "lab"
+        engines.pick_engine("vllm", "cuda")
+    assert engines.pick_engine("lab", "cuda") == "lab"
 
 
 def test_sample_stage_through_vllm_writes_the_same_records_seeded_per_sample(run, fake):

@@ -3,7 +3,7 @@ copies the whole cache on every decode step). Same numbers as the plain DynamicC
 import pytest
 import torch
 
-from lab import generation, kvcache
+from lab import engine_lab, kvcache
 
 
 def decode(tiny, reserve: int, steps: int = 6):
@@ -11,7 +11,7 @@ def decode(tiny, reserve: int, steps: int = 6):
     prompts = [tiny.encode_prompt("Say hi."), tiny.encode_prompt("Name three fruits, please.")]
     out = []
     with torch.inference_mode():
-        b = generation._Batch(tiny, prompts, [3, 2], reserve=reserve)
+        b = engine_lab._Batch(tiny, prompts, [3, 2], reserve=reserve)
         for n in range(steps):
             out.append(b.logits.clone())
             nxt = b.logits.argmax(-1)
@@ -61,7 +61,7 @@ def test_prefill_state_stays_valid_while_its_cache_grows(tiny):
     """read_after reads on a PromptState: views of the cache's prefill part, which later writes go past."""
     prompts = [tiny.encode_prompt("Say hi."), tiny.encode_prompt("Name three fruits, please.")]
     with torch.inference_mode():
-        _, cache, state = generation.prefill(tiny, prompts, reserve=4)
+        _, cache, state = engine_lab.prefill(tiny, prompts, reserve=4)
         kept = [(layer.keys.clone(), layer.values.clone()) for layer in state.layers]
         for _ in range(3):  # inside the reserve, then past it (the layer grows into new buffers)
             for n, layer in enumerate(cache.layers):
@@ -76,20 +76,20 @@ def test_a_shared_prompt_start_is_prefilled_once_with_the_same_logits(tiny, monk
 
     prompts = [tiny.encode_prompt(scoring.score_prompt(q, a)) for q, a in
                [("Say hi.", "Hi!"), ("Name three fruits.", "Apple, pear and plum, which are fruits.")]]
-    assert generation.shared_prefix(prompts) >= generation.SHARED_PREFIX_MIN  # the rubric
+    assert engine_lab.shared_prefix(prompts) >= engine_lab.SHARED_PREFIX_MIN  # the rubric
     widths = []
     real = tiny.model.forward
     monkeypatch.setattr(tiny.model, "forward", lambda *a, **kw: widths.append(kw["input_ids"].shape) or real(*a, **kw))
     with torch.inference_mode():
-        shared, _, state = generation.prefill(tiny, prompts)
-        monkeypatch.setattr(generation, "SHARED_PREFIX_MIN", 10 ** 6)
-        padded, _, _ = generation.prefill(tiny, prompts)
+        shared, _, state = engine_lab.prefill(tiny, prompts)
+        monkeypatch.setattr(engine_lab, "SHARED_PREFIX_MIN", 10 ** 6)
+        padded, _, _ = engine_lab.prefill(tiny, prompts)
         alone = [real(input_ids=torch.tensor([p])).logits[0, -1] for p in prompts]
-    common = generation.shared_prefix(prompts)
+    common = engine_lab.shared_prefix(prompts)
     assert widths[0] == (1, common) and widths[1] == (2, max(map(len, prompts)) - common)  # once, then the rests
     assert torch.allclose(shared, padded, atol=1e-4) and torch.allclose(shared, torch.stack(alone), atol=1e-4)
     assert state.last.tolist() == [len(p) - 1 for p in prompts]
-    assert generation.shared_prefix([prompts[0]]) == 0 and generation.shared_prefix([[1, 2], [1, 2]]) == 1
+    assert engine_lab.shared_prefix([prompts[0]]) == 0 and engine_lab.shared_prefix([[1, 2], [1, 2]]) == 1
 
 
 def test_a_reserved_layer_crops_back_like_a_dynamic_one(tiny):
@@ -139,10 +139,10 @@ def _tails(texts):
 
 def _check_reads(cm, prompts, counts):
     """generate_batch with a ReadAfter: every row's read equals one plain forward over prompt + tail; -> finishes."""
-    dec = generation.Decoding(temperature=1.0, top_p=1.0, max_new_tokens=20, seed=0)
+    dec = engine_lab.Decoding(temperature=1.0, top_p=1.0, max_new_tokens=20, seed=0)
     with torch.inference_mode():
-        comps = generation.generate_batch(cm, prompts, counts, dec, torch.Generator().manual_seed(1),
-                                          read=generation.ReadAfter(_tails, (5, 6, 7)))
+        comps = engine_lab.generate_batch(cm, prompts, counts, dec, torch.Generator().manual_seed(1),
+                                          read=engine_lab.ReadAfter(_tails, (5, 6, 7)))
         of = [i for i, c in enumerate(counts) for _ in range(c)]
         for c, i in zip(comps, of):
             x = torch.tensor([prompts[i] + _tails([c.text])[0]])
@@ -182,7 +182,7 @@ def test_sliding_window_models_read_on_the_prompts_and_prefill_whole():
                                         layer_types=["sliding_attention", "full_attention"], pad_token_id=0))
     assert not kvcache.plain_layers(kvcache.new_cache(cm.model, 4))
     with torch.inference_mode():
-        _, _, state = generation.prefill(cm, [SHARED + [3, 4], SHARED + [5]])
+        _, _, state = engine_lab.prefill(cm, [SHARED + [3, 4], SHARED + [5]])
     assert state.mask.shape[1] == len(SHARED) + 2 and state.mask[1, 0] == 0  # left-padded whole, not shared
     assert _check_reads(cm, [SHARED + [3, 4], SHARED + list(range(5, 13))], [3, 3])
 
@@ -196,7 +196,7 @@ def _decode_with(cm, prompts, counts, shared: bool, monkeypatch, steps: int = 10
     monkeypatch.setattr(shared_attention, "ENABLED", shared)
     out = []
     with torch.inference_mode():
-        b = generation._Batch(cm, prompts, counts, reserve=4)  # the reserve runs out: the rows' cache grows
+        b = engine_lab._Batch(cm, prompts, counts, reserve=4)  # the reserve runs out: the rows' cache grows
         assert (b.levels is not None) == shared
         for n in range(steps):
             out.append(b.logits.clone())
@@ -219,7 +219,7 @@ def test_shared_prompt_attention_gives_the_plain_cache_logits(tiny, monkeypatch,
 
     pairs = [("Say hi.", "Hi!"), ("Name three fruits.", "Apple, pear and plum."), ("What is 2+2?", "Four.")]
     prompts = [tiny.encode_prompt(scoring.score_prompt(q, a) if rubric else q) for q, a in pairs]
-    assert (generation.shared_prefix(prompts) >= generation.SHARED_PREFIX_MIN) == rubric
+    assert (engine_lab.shared_prefix(prompts) >= engine_lab.SHARED_PREFIX_MIN) == rubric
     plain, _ = _decode_with(tiny, prompts, [2, 3, 2], False, monkeypatch)
     shared, b = _decode_with(tiny, prompts, [2, 3, 2], True, monkeypatch)
     assert tiny.model.config._attn_implementation == shared_attention.NAME
@@ -234,7 +234,7 @@ def test_other_passes_through_the_switched_attention_are_sdpa(tiny, monkeypatch)
     SDPA with SDPA's masks: the same logits as before the switch."""
     from lab import shared_attention
 
-    ids, mask = generation.left_pad([tiny.encode_prompt("Say hi."), tiny.encode_prompt("Name three fruits.")], 0,
+    ids, mask = engine_lab.left_pad([tiny.encode_prompt("Say hi."), tiny.encode_prompt("Name three fruits.")], 0,
                                     tiny.device)
     with torch.inference_mode():
         monkeypatch.setattr(tiny.model.config, "_attn_implementation", "sdpa")

@@ -147,7 +147,7 @@ def start_app(runs_dir, owner_fp: FakeProvider):
 
 def judge_via_api(client, base_url: str, key: str, model: str = "m"):
     from lab.judge import DEFAULT_TEMPLATE
-    from lab.verdicts import TIE_BAND
+    from lab.records.verdicts import TIE_BAND
 
     return client.predict("t", "openai", model, base_url, "knockout", 60, 2, 8, DEFAULT_TEMPLATE, key, "auto",
                           TIE_BAND, api_name="/start_judging")  # the calibration inputs come after the key

@@ -16,7 +16,9 @@ import pytest
 
 from lab import config as lab_config
 from lab import progress as lab_progress
-from lab.cli import STAGES, build_parser, parse_args
+from lab.cli import build_parser, parse_args
+from lab.records.pairs import load_pairs
+from lab.stages import STAGES
 from lab.compare import CompareConfig, check_scorers
 from lab.hub import PushConfig
 from lab.iterate import IterateConfig
@@ -29,7 +31,6 @@ from lab.judge import DEFAULT_TEMPLATE, judge_run, load_template
 from lab.progress import Progress, Stopped
 from lab.store import read_jsonl
 from lab.train import precheck, train_adapter
-from lab.pairs import load_pairs
 from tests.fakeprovider import Fault, FakeProvider, json_verdict
 from tests.test_judge import KEY, add_samples, prefer_higher
 
@@ -193,9 +194,8 @@ def test_chosen_and_rejected_must_be_assistant_messages(tmp_path):
 # ---- numbers --------------------------------------------------------------------------------------------------------
 def settings_classes() -> list[type]:
     """Every stage's settings dataclass (the CLI's stage table lists them all)."""
-    from lab.cli import STAGES, load
 
-    classes = [load(stage.settings) for stage in STAGES]
+    classes = [stage.settings for stage in STAGES]
     assert all(issubclass(c, lab_config.Settings) and dataclasses.is_dataclass(c) for c in classes)
     return classes
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from lab import iterate
+from lab.engine_lab import LabSession
 from lab import score as scoring
 from lab.instructions import load_instructions
 from lab.iterate import IterateConfig
@@ -62,10 +63,10 @@ def test_strip_partial_score():
 
 def test_local_scores_modes(tiny):
     prompts = [scoring.score_prompt("Say hi.", "Hi!"), scoring.score_prompt("Name a fruit.", "Apple.")]
-    auto = scoring.local_scores(tiny, prompts, 2, small(), seed=0)
+    auto = scoring.local_scores(LabSession(tiny), prompts, 2, small(), seed=0)
     assert [len(r) for r in auto] == [2, 2]
     assert all(e["method"] == "probabilities" and 0 <= e["score"] <= 5 for r in auto for e in r)  # noise never
-    parse = scoring.local_scores(tiny, prompts, 2, small(score_mode="parse"), seed=0)  # ends with "Score: N"
+    parse = scoring.local_scores(LabSession(tiny), prompts, 2, small(score_mode="parse"), seed=0)  # ends with "Score: N"
     assert all(e["method"] == "invalid" and e["score"] is None for r in parse for e in r)
 
 

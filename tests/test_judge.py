@@ -17,8 +17,8 @@ from lab.judge import (DEFAULT_TEMPLATE, SCORES_SUFFIX, JudgeConfig, check_templ
                        load_candidates, parse_output, parse_scores, plan_step, render_prompt)
 from lab.judge_backends import LocalBackend, LocalVerdict, _json_string_prefix
 from lab.pairs import PairsConfig, build_pairs
-from lab.verdicts import judge_stats, pair_verdicts, run_verdicts
 from lab.progress import Progress
+from lab.records.verdicts import judge_stats, pair_verdicts, run_verdicts
 from lab.store import Run
 from tests.fakeprovider import Fault, FakeProvider, first_shown, json_verdict
 

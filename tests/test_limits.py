@@ -6,10 +6,11 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from lab import generation, limits
+from lab import engine_lab, limits
 from lab.cli import main
 from lab.errors import LabError
-from lab.generation import Decoding, generate, plan_batches as _plan_batches
+from lab.engine_lab import plan_batches as _plan_batches
+from lab.generation import Decoding, Unit, generate
 from lab.sample import SampleConfig, sample_run
 from lab.store import Run
 
@@ -130,23 +131,23 @@ def test_k_larger_than_the_batch_is_split_across_batches():
     """K=200 at batch size 4 used to be one batch of 200 rows; now no batch holds more than 4, every sample index of
     every prompt is planned exactly once, and units that fit are packed as before."""
     encoded = [[1] * 5, [1] * 3]
-    batches = list(_plan_batches([(0, list(range(200))), (1, list(range(200)))], encoded, 4))
-    assert max(sum(len(idx) for _, idx in b) for b in batches) == 4
+    batches = list(_plan_batches([Unit(0, list(range(200))), Unit(1, list(range(200)))], encoded, 4))
+    assert max(sum(len(u.indices) for u in b) for b in batches) == 4
     for prompt in (0, 1):
-        planned = [j for b in batches for i, idx in b if i == prompt for j in idx]
+        planned = [j for b in batches for u in b if u.prompt == prompt for j in u.indices]
         assert planned == list(range(200))
-    assert list(_plan_batches([(0, [0, 1]), (1, [0, 1])], encoded, 4)) == [[(1, [0, 1]), (0, [0, 1])]]
+    assert list(_plan_batches([Unit(0, [0, 1]), Unit(1, [0, 1])], encoded, 4)) == [[Unit(1, [0, 1]), Unit(0, [0, 1])]]
 
 
 def test_sampling_k_above_the_batch_size_keeps_batches_small_and_seeded(runs_dir, tmp_path, tiny, monkeypatch):
     rows = []
-    real = generation.generate_batch
+    real = engine_lab.generate_batch
 
     def counting(cm, prompts, counts, dec, gen, **kw):  # the real generator, the rows of each batch written down
         rows.append(sum(counts))
         return real(cm, prompts, counts, dec, gen, **kw)
 
-    monkeypatch.setattr(generation, "generate_batch", counting)
+    monkeypatch.setattr(engine_lab, "generate_batch", counting)
     src = tmp_path / "p.txt"
     src.write_text("Name a colour.\nName a fruit.\n")
     cfg = SampleConfig(model="tiny-random", instructions=str(src), n=2, k=10, max_new_tokens=6, batch_size=4,

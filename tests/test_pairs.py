@@ -112,7 +112,8 @@ def rankings_line(iid: str, logits: list[list[float]]) -> dict:
 
 
 def test_pairrm_pairs_from_real_rankings(run):
-    from lab.rank import latest_rankings, preference, rank_run
+    from lab.rank import rank_run
+    from lab.records.rankings import latest_rankings, preference
 
     write_samples(run, DATA)
     rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))

@@ -9,8 +9,8 @@ from lab import progress as lab_progress
 from lab.cli import main
 from lab.rank import RankConfig
 from lab.errors import LabError
-from lab.rank import (compare_all, latest_rankings, load_ranker, preference, rank_run, resolve_ranker,
-                      scores_and_ranks)
+from lab.rank import compare_all, load_ranker, rank_run, resolve_ranker, scores_and_ranks
+from lab.records.rankings import latest_rankings, preference
 from prefdata import write_samples
 
 SKY = "Why is the sky blue?"

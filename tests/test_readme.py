@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.cli import STAGES
+from lab.stages import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- offline recipe: tests/test_readme.py runs the next block -->"

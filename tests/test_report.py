@@ -10,17 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from lab import compare, efficiency, iterate
+from lab import cards, compare, efficiency, iterate
 from lab.compare import CompareConfig
 from lab.judge import JudgeConfig, judge_run
 from lab.pairs import PairsConfig, build_pairs, record_spotcheck
 from lab.progress import Progress
 from lab.rank import RankConfig, rank_run
+from lab.records import comparisons
+from lab.records.verdicts import run_verdicts
 from lab.report import ReportConfig, report_run
 from lab.sample import SampleConfig, sample_run
 from lab.store import REPORT_FILES, Run
 from lab.train import TrainConfig, train_adapter
-from lab.verdicts import run_verdicts
 from tests.fakeprovider import FakeProvider
 from tests.test_iterate import small
 
@@ -59,7 +60,7 @@ def reported(tmp_path_factory):
         train_adapter(run, "pairrm", "dpo-pairrm", TrainConfig(**tiny), progress=QUIET)
         compare.compare_run(run, CompareConfig(n=3, max_new_tokens=8, batch_size=4, bootstrap=200,
                                                pairrm="tiny-random"), QUIET)
-        grid = compare.grid(run)
+        grid = comparisons.grid(run)
         compare.save_note(run, "Overall: the adapter writes shorter answers.")
         compare.save_note(run, "base rambles | here", grid.index[0])
         iterate.iterate_run(run, small(n=2, eval_n=2, samples=2, evaluations=1), QUIET)
@@ -151,7 +152,7 @@ def test_scores_rounds_training_grid_and_notes_are_the_runs_own_numbers(reported
     training = {r["adapter"]: r for r in rows(files["training.csv"])}
     assert set(training) == {"dpo-pairrm", "iteration-1-round-1", "iteration-2-round-2"}
     assert training["dpo-pairrm"]["steps"] == "2" and training["dpo-pairrm"]["status"] == "done"
-    assert files["comparison.md"].read_text() == compare.markdown_table(compare.grid(run))
+    assert files["comparison.md"].read_text() == cards.markdown_table(comparisons.grid(run))
     notes = files["notes.md"].read_text()
     assert "Overall: the adapter writes shorter answers." in notes and "base rambles | here" in notes
 

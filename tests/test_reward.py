@@ -4,12 +4,14 @@ import json
 
 import pytest
 
-from lab import compare, models, noise, rank, reward
+from lab import compare, compare_scorers, models, noise, rank, reward
 from lab.cli import main
 from lab.compare import CompareConfig
 from lab.errors import LabError
 from lab.pairs import PairsConfig, build_pairs, judge_vs_ranker
-from lab.rank import RankConfig, latest_rankings, preference, rank_run
+from lab.rank import RankConfig, rank_run
+from lab.records import comparisons
+from lab.records.rankings import latest_rankings, preference
 from lab.stats import bootstrap_ci
 from prefdata import judge_pair, write_samples
 
@@ -152,15 +154,15 @@ def test_reward_end_to_end_rank_pairs_train_compare(run, tmp_path, capsys):
                             ["Why do we have leap years?", "Name three uses of a paperclip.", "What is a prime?"]))
     result = compare.compare_run(run, CompareConfig(instructions=str(held), max_new_tokens=8, batch_size=4,
                                                     bootstrap=200, reward="tiny-reward"))
-    scores = compare.read_scores(run)
-    table = compare.by_model(compare.current(run)[0])
+    scores = compare_scorers.read_scores(run)
+    table = compare_scorers.by_model(comparisons.current(run)[0])
     rm = rank.load_ranker("tiny-reward", device="cpu")
     expect = {m: {iid: card_rewards(rm, r["prompt"], [r["text"]])[0] for iid, r in table[m].items()}
               for m in ("base", "dpo-reward")}
     values = scores["values"]["reward"]
     for m, by_iid in expect.items():
         assert values["mean"][m] == pytest.approx(sum(by_iid.values()) / 3, abs=1e-4)
-    ids = compare.current(run)[1]["instruction_ids"]
+    ids = comparisons.current(run)[1]["instruction_ids"]
     diffs = [expect["dpo-reward"][i] - expect["base"][i] for i in ids]
     d = values["difference"]["dpo-reward"]
     assert d["n"] == 3 and d["diff"] == pytest.approx(sum(diffs) / 3, abs=1e-4)

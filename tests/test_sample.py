@@ -12,7 +12,8 @@ from lab import jobs
 from lab.sample import SampleConfig
 from lab.errors import LabError
 from lab.sample import sample_run
-from lab.generation import Decoding, _sample_nucleus, generate
+from lab.engine_lab import _sample_nucleus
+from lab.generation import Decoding, generate
 from lab.store import Run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,11 +1,11 @@
 """Self-scoring at the sampler's speed: judgments come from the generation engine in full batches, and the digit
 probabilities of judgments without a score are read on the judge prompt's own pre-filled cache (no prompt runs
 twice, no answer is scored alone)."""
-from contextlib import nullcontext
 
 import pytest
 
-from lab import generation
+from lab import engine_lab, generation
+from lab.engine_lab import LabSession
 from lab import score as scoring
 from lab.progress import Progress
 
@@ -60,11 +60,11 @@ def test_engine_reads_digit_probabilities_in_the_sampling_batch(tiny, forwards):
     """Every judgment of the tiny model is noise (no "Score: N"): all are scored from the digit probabilities,
     read in the same batch that wrote them: one prompt pre-fill, the decode steps, then passes over what follows
     the generated tokens, never over the prompt again."""
-    out = scoring.local_scores(tiny, PROMPTS, 2, cfg(), seed=0)
+    out = scoring.local_scores(LabSession(tiny), PROMPTS, 2, cfg(), seed=0)
     assert all(e["method"] == "probabilities" for row in out for e in row)
     wide = [w for w in forwards if w > 1]  # the decode steps are one token wide
     encoded = [tiny.encode_prompt(p) for p in PROMPTS]
-    common = generation.shared_prefix(encoded)
+    common = engine_lab.shared_prefix(encoded)
     assert wide[:2] == [common, max(map(len, encoded)) - common]  # the pre-fill: the rubric once, then the rests
     longest = max(len(c) for c in scoring.digit_contexts(
         tiny.tokenizer, [scoring.judgment_context(e["raw"]) for row in out for e in row])[0])
@@ -83,7 +83,7 @@ def test_digit_reads_run_only_what_follows_the_generated_tokens(monkeypatch):
 
     cm = models.load("bundled")
     widths = count_forwards(cm, monkeypatch)
-    out = scoring.local_scores(cm, PROMPTS, 2, cfg(judge_tokens=24), seed=0)
+    out = scoring.local_scores(LabSession(cm), PROMPTS, 2, cfg(judge_tokens=24), seed=0)
     read = [e for row in out for e in row if e["method"] == "probabilities"]
     contexts = scoring.digit_contexts(cm.tokenizer, [scoring.judgment_context(e["raw"]) for e in read])[0]
     passes = [w for w in widths if w > 1][2:]  # after the pre-fill (the shared rubric, then the rests)
@@ -98,16 +98,16 @@ def test_score_rows_fills_each_generation_batch(run, tiny, monkeypatch):
     """batch_size counts sequences: 10 answers scored twice with batch_size 5 are 5 full batches of 2 answers
     (4 sequences), not chunks of 5 answers that each end in a half-empty batch (4 + 4 + 2, twice)."""
     rows = []
-    real = generation.generate_batch
+    real = engine_lab.generate_batch
 
     def counting(cm, prompts, counts, dec, gen, **kw):
         rows.append(sum(counts))
         return real(cm, prompts, counts, dec, gen, **kw)
 
-    monkeypatch.setattr(generation, "generate_batch", counting)
+    monkeypatch.setattr(engine_lab, "generate_batch", counting)
     answers = [{"set": "train", "instruction_id": f"i{n}", "sample_index": 0, "prompt": f"Question {n}?",
                 "text": "An answer." * (n + 1)} for n in range(10)]
-    scorer = scoring.Scorer(cfg(batch_size=5), None, lambda: nullcontext(tiny))
+    scorer = scoring.Scorer(cfg(batch_size=5), None, LabSession(tiny))
     assert scoring.score_rows(run, answers, scorer, Progress(quiet=True)) == 10
     assert rows == [4] * 5
     assert len(run.read("scores")) == 20 and {s["method"] for s in run.read("scores")} == {"probabilities"}
@@ -152,8 +152,8 @@ def test_score_run_resolves_batch_size_zero_for_its_judge(run, monkeypatch):
     sample_run(run, SampleConfig(model="tiny-random", k=2, max_new_tokens=4), Progress(quiet=True),
                items=load_instructions("bundled", 25))
     rows = []
-    real = generation.generate_batch
-    monkeypatch.setattr(generation, "generate_batch",
+    real = engine_lab.generate_batch
+    monkeypatch.setattr(engine_lab, "generate_batch",
                         lambda cm, prompts, counts, *a, **kw: rows.append(sum(counts)) or real(cm, prompts, counts,
                                                                                               *a, **kw))
     scoring.score_run(run, scoring.ScoreConfig(evaluations=2, judge_tokens=8), Progress(quiet=True))

@@ -2,7 +2,7 @@
 import gradio as gr
 import pytest
 
-from lab import compare, jobs
+from lab import compare, compare_scorers, jobs
 from lab.ui import compare as tab
 from lab.ui import grid, views
 from test_compare import HELD, heldout_file, make_adapter, write_training
@@ -23,7 +23,7 @@ def test_compare_as_a_job_then_scores_grid_notes_and_export(run, tmp_path):
     st = jobs.wait(run, timeout_s=240)
     assert st["state"] == "done", st.get("log_tail")
     scores, made, picker, page, info, note, overall = tab.refresh("t")
-    assert list(tab.scores_table(compare.read_scores(run))["model"]) == ["base", "judge"]
+    assert list(tab.scores_table(compare_scorers.read_scores(run))["model"]) == ["base", "judge"]
     assert "<caption>LC = the lab" in scores and "not AlpacaEval" in scores  # the LC figure says what it is
     assert "<td>judge</td>" in scores and "Made with temperature 0.7 · top-p 0.9 · max new tokens 6" in made
     assert "PairRM tiny-random" in made and "instructions 3" in made
@@ -32,7 +32,7 @@ def test_compare_as_a_job_then_scores_grid_notes_and_export(run, tmp_path):
     assert page.count('class="lab-grid-item') == 3 and info == "Instructions 1-3 of 3 · page 1 of 1"
     assert page.count('data-model="base"') == 3 and page.count('data-model="judge"') == 3 and HELD[0] in page
     assert "hit max tokens" in page and "PairRM: <span" in page and "the reference for the verdicts" in page
-    outcome = compare.read_scores(run)["outcomes"]["judge"]["pairrm"][ids[0]]
+    outcome = compare_scorers.read_scores(run)["outcomes"]["judge"]["pairrm"][ids[0]]
     assert grid.VERDICT[outcome][1] in page.split('data-model="judge"')[1]  # the first instruction's verdict
     assert "saved" in tab.save_instruction_note("t", ids[1], "judge hedges more")
     assert tab.show_page("t", ids[1])[2] == "judge hedges more"

@@ -10,8 +10,8 @@ import pytest
 
 from lab import jobs
 from lab.judge import DEFAULT_TEMPLATE
+from lab.records.verdicts import TIE_BAND
 from lab.ui import judge as tab
-from lab.verdicts import TIE_BAND
 from tests.fakeprovider import FakeProvider
 from tests.test_judge import KEY, add_samples, prefer_higher
 
@@ -117,3 +117,20 @@ def test_the_tab_is_in_the_app_and_answers_a_client(run):
     finally:
         app.close()
     assert "**60** calls to make" in text
+
+
+def test_the_base_url_box_follows_the_backend_entry(monkeypatch):
+    """The Base URL box is a capability of the backend's entry, never a list of names in the tab: every backend
+    shows it exactly when its entry says so, and a new OpenAI-compatible entry gets it without touching the tab."""
+    from dataclasses import replace
+
+    from lab.judge_backends import BACKENDS
+    for name, entry in BACKENDS.items():
+        assert tab.shows_base_url(name) is entry.custom_url
+        assert tab.backend_changed(name)[1]["visible"] is entry.custom_url
+    assert tab.shows_base_url("openai") and not tab.shows_base_url("groq") and not tab.shows_base_url("local")
+    monkeypatch.setitem(BACKENDS, "together", replace(BACKENDS["groq"], label="Together", custom_url=True))
+    assert tab.shows_base_url("together")
+    assert tab.config_from("openai", "m", "http://127.0.0.1:9/v1", "knockout", 30, 1, 0).base_url == \
+        "http://127.0.0.1:9/v1"
+    assert tab.config_from("groq", "m", "http://127.0.0.1:9/v1", "knockout", 30, 1, 0).base_url == ""

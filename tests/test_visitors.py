@@ -95,6 +95,26 @@ def test_the_pairs_box_takes_only_the_runs_pair_sets(run, space):
     assert not run.jobs_dir.exists()
 
 
+def test_a_click_runs_the_admit_check_once(run, space, monkeypatch):
+    """The Train, Merge, Compare and Judge tabs check a hosted app's rules themselves (a refusal shows before their
+    own work); start_job takes that check for the same command line instead of making it again, and checks any
+    other command line itself."""
+    from lab.ui import common
+    from lab.ui.train import start_training
+
+    calls = []
+    real = hosting.admit
+    monkeypatch.setattr(hosting, "admit", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(jobs, "start", lambda *a, **k: {"state": "running"})
+    run.file("samples").parent.mkdir(parents=True, exist_ok=True)
+    run.pairs_file("judge").write_text(json.dumps(PAIR) + "\n")
+    start_training("t", "judge", "dpo-1", "", *train_form())
+    assert calls == ["train"]
+    ok = common.admit(["train", "--run", "t", "--pairs", "judge"])
+    common.start_job("t", "train", ["--pairs", "judge", "--adapter", "other"], "x", admitted=ok)
+    assert calls == ["train", "train", "train"]  # another command line than the one admitted: checked again
+
+
 def test_models_instructions_and_adapters_are_never_server_paths(runs_dir, space, tmp_path, capsys):
     big_config(tmp_path / "folder")
     cases = [(["sample", "--run", "r", "--n", "8", "--model", str(tmp_path / "folder")], "folders on the server"),

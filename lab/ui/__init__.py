@@ -1,7 +1,7 @@
 """The Gradio app: a run picker on top, then one tab per stage.
 
 To add a tab: write lab/ui/<tab>.py with `build(ctx) -> <Tab dataclass>` (see lab/ui/sample.py), and add
-("Title", "lab.ui.<tab>") to TABS below, in pipeline order. Only tabs that work are listed. The holder's `views`
+("Title", "lab.ui.<tab>") to TABS in lab/ui/tabs.py, in pipeline order. Only tabs that work are listed. The holder's `views`
 (lab.ui.views.View: what the tab shows of the run, choice lists included) are re-read when the tab is opened, as
 they are when the run changes and when the tab's job ends; `on_show(holder, ctx, tab)` is there for anything else.
 
@@ -20,20 +20,10 @@ from lab import jobs, limits
 from lab.errors import LabError
 from lab.store import validate_run_name
 from lab.ui import common, views, visitors
+from lab.ui.tabs import TABS
 from lab.ui.style import CSS, HEAD
 from lab.ui.wording import say
 
-TABS: list[tuple[str, str]] = [
-    ("Sample", "lab.ui.sample"),
-    ("Judge", "lab.ui.judge"),
-    ("PairRM", "lab.ui.rank"),
-    ("Spot-check", "lab.ui.spotcheck"),
-    ("Train", "lab.ui.train"),
-    ("Compare", "lab.ui.compare"),
-    ("Chat", "lab.ui.chat"),
-    ("Iterate", "lab.ui.iterate"),
-    ("Share", "lab.ui.share"),
-]
 
 INTRO = """# Preference Lab
 Turn a chat model into a better one with preference data and DPO, and check honestly whether it got better.

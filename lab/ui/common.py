@@ -20,7 +20,8 @@ from gradio_client import utils as client_utils
 
 from lab import hosting, jobs, limits, noise
 from lab.ui import visitors
-from lab.cli import BY_NAME, build_parser, load
+from lab.cli import build_parser
+from lab.stages import BY_NAME
 from lab.configfile import command_line, yaml_download
 from lab.errors import LabError, ui_text
 from lab.instructions import check_apart
@@ -210,7 +211,7 @@ def redo_updates(st: dict) -> list:
         args = build_parser().parse_args(argv)
     except SystemExit:  # a job line from an older version of the lab: nothing to offer
         return [gr.update(visible=False), gr.skip(), gr.skip()]
-    settings = load(BY_NAME[args.stage].settings).from_args(args)  # a hosted page shows no server path in either:
+    settings = BY_NAME[args.stage].settings.from_args(args)  # a hosted page shows no server path in either:
     shown = hosting.public_text  # an upload's path reads runs/<run>/uploads/..., as a checkout of the lab has it
     return [gr.update(visible=True), shown(command_line(argv)),
             str(yaml_download(args.stage, args.run, settings, shown))]
@@ -252,14 +253,16 @@ def _stop(name: str, stage: str) -> str:
             "is saved).")
 
 
-def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: dict[str, str] | None = None) -> str:
+def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: dict[str, str] | None = None,
+              admitted: "Admitted | None" = None) -> str:
     """Start `python -m lab <stage> --run NAME argv...` for the chosen run; user errors become a gr.Error toast.
     The job gets the run's name (it resolves under the same runs root), never a path. secret_env (a key typed into
     this page) goes to that job's environment only (see lab.jobs.start). A stage already running on the run in
-    another process (a terminal, say) is refused here, before the job starts (lab.store.Run.lock)."""
+    another process (a terminal, say) is refused here, before the job starts (lab.store.Run.lock). admitted: what
+    the tab's own admit of this command line gave (it checks before its own work): not checked twice per click."""
     run = open_run(name)
     full = [stage, "--run", run.name, *argv]
-    cfg = admit(full)
+    cfg = admitted.settings if admitted is not None and admitted.argv == full else admit(full).settings
     checked(run.check_unlocked, stage)
     token = limits.owner_token(hosting.model_specs(run, cfg)) if limits.hosted() else None
     secrets = {**(secret_env or {}), **({"HF_TOKEN": token} if token else {})}  # the owner's, for listed models
@@ -268,17 +271,25 @@ def start_job(name: str, stage: str, argv: list[str], label: str, secret_env: di
     return f"**{label}** started." if st.get("state") != "queued" else status_text(st)
 
 
-def admit(argv: list[str]):
+@dataclass(frozen=True)
+class Admitted:
+    """A command line that passed the hosted app's checks, and its settings as the job will parse them."""
+
+    argv: list[str]
+    settings: object
+
+
+def admit(argv: list[str]) -> Admitted:
     """The checks the job's own process will make first (a hosted app's rules, the owner's caps: lab.hosting),
     made here too so that a refusal is a message on the page, before anything is written or queued.
-    -> the stage's settings, as the job will parse them."""
+    -> the command line admitted, with the stage's settings (start_job takes it: one check per click)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit:  # argparse's own refusal; the forms only build valid command lines
         raise gr.Error(f"These settings do not make a valid `{argv[0]}` command line.") from None
-    cfg = load(BY_NAME[args.stage].settings).from_args(args)
+    cfg = BY_NAME[args.stage].settings.from_args(args)
     checked(hosting.admit, args.stage, args.run, cfg)
-    return cfg
+    return Admitted(list(argv), cfg)
 
 
 def served_copies(files: dict[str, Path], key: str) -> list[str]:
@@ -373,7 +384,7 @@ def api_key_box(visible: bool = True) -> gr.Textbox:
     """A visitor's own API key for an API judge: it stays in this browser tab and goes to the one job it starts."""
     return gr.Textbox("", type="password", label="API judge key (optional)", visible=visible,
                       info="kept in this browser tab only and handed to the job you start; never saved. Empty = "
-                           "the app's GROQ_API_KEY / OPENAI_API_KEY, which go only to the app's own provider URL")
+                           f"the app's {' / '.join(KEY_ENV.values())}, which go only to the app's own provider URL")
 
 
 def typed_key_env(judge: str, typed: str | None) -> dict[str, str] | None:

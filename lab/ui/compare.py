@@ -13,11 +13,12 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from lab import checks, compare, noise
+from lab import checks, compare, compare_scorers, noise
 from lab.adapters import resolve_adapters
 from lab.compare import CompareConfig
 from lab.errors import LabError
 from lab.judge_backends import API_BACKENDS, BACKENDS
+from lab.records import comparisons
 from lab.store import Run
 from lab.ui import forms, grid
 from lab.ui.common import JobPanel, admit, api_key_box, checked, job_panel, labels_view, open_run, served_copies, \
@@ -210,7 +211,7 @@ def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_k
     cfg = forms.read(CompareConfig, dict.fromkeys(FORM), values, instructions=source,
                      adapters=",".join(adapters or []))
     checked(cfg.validate)
-    admit(["compare", "--run", run.name, *cfg.to_argv()])  # a hosted app's rules first: no path is looked at
+    ok = admit(["compare", "--run", run.name, *cfg.to_argv()])  # a hosted app's rules first: no path is looked at
     checked(resolve_adapters, run, cfg.adapters)  # "no adapters yet" shows at once, not in the job log
     checked(compare.check_scorers, cfg, (api_key or "").strip() or None)
     apis = {b for b in (cfg.judge, cfg.score) if b in API_BACKENDS}
@@ -218,7 +219,8 @@ def _start_compare(run: Run, run_name: str, adapters, source: str, values, api_k
         raise gr.Error("The LLM judge and the 5-point scorer use two API providers, and a typed key belongs to one: "
                        "pick the same provider for both, or leave the key box empty to use the app's own keys.")
     api = next(iter(apis), "")
-    status = start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key))
+    status = start_job(run_name, "compare", cfg.to_argv(), "Comparing", secret_env=typed_key_env(api, api_key),
+                       admitted=ok)
     return status + ("" if scorers_changed(cfg.pairrm, cfg.reward, cfg.judge, cfg.score, cfg.checks, choice)[0] == ""
                      else
                      " No scorer was chosen: no win rates will be computed.")
@@ -238,13 +240,13 @@ def refresh(run_name: str | None, picked: str | None = None):
     if not run_name:
         return ["", "", gr.update(choices=[], value=None), "", "", "", ""]
     run = Run.open(run_name)
-    notes = compare.read_notes(run)
+    notes = comparisons.read_notes(run)
     try:
         ids = grid.instruction_ids(run)
     except LabError:
         empty = '<p class="lab-empty">No comparison in this run yet: press Compare.</p>'
         return [empty, "", gr.update(choices=[], value=None), "", "", "", notes["overall"]]
-    scores = compare.read_scores(run)
+    scores = compare_scorers.read_scores(run)
     table = scores_html(scores, run.stage_settings("compare") or {}) if scores else \
         '<p class="lab-empty">The scores appear when the comparison has finished.</p>'
     picked = picked if picked in ids else (ids[0] if ids else None)
@@ -269,7 +271,7 @@ def show_page(run_name: str | None, picked: str | None):
         return "", "", ""
     run = Run.open(run_name)
     page, info = grid.render(run, picked)
-    return page, info, compare.read_notes(run)["instructions"].get(picked, "") if picked else ""
+    return page, info, comparisons.read_notes(run)["instructions"].get(picked, "") if picked else ""
 
 
 def turn(run_name: str | None, picked: str | None, step: int):

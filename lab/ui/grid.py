@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import html
 
-from lab import compare
+from lab import compare_scorers
 from lab.adapters import BASE
+from lab.records import comparisons
 from lab.store import Run
 
 PER_PAGE = 3
@@ -23,13 +24,13 @@ VERDICT = {1.0: ("win", "better than base"), 0.5: ("tie", "tie with base"), 0.0:
 
 def instruction_ids(run: Run) -> list[str]:
     """The latest comparison's instructions, in its order (LabError when there is none)."""
-    _, st = compare.current(run)
+    _, st = comparisons.current(run)
     return list(st["instruction_ids"])
 
 
 def choices(run: Run, noted: dict) -> list[tuple[str, str]]:
     """The instruction picker's (label, id) pairs: the prompt's start, marked when the user wrote a note on it."""
-    records, st = compare.current(run)
+    records, st = comparisons.current(run)
     prompts = {r["instruction_id"]: r["prompt"] for r in records}
     return [(f"{prompts.get(i, i)[:80]}{' (noted)' if i in noted else ''}", i) for i in st["instruction_ids"]]
 
@@ -50,12 +51,12 @@ def neighbour(run: Run, picked: str | None, step: int) -> str | None:
 
 def render(run: Run, picked: str | None) -> tuple[str, str]:
     """(grid HTML of the page holding `picked`, "instructions 1-3 of 8 · page 1 of 3")."""
-    records, st = compare.current(run)
+    records, st = comparisons.current(run)
     ids, models = list(st["instruction_ids"]), list(st["models"])
     if not records:
         return '<p class="lab-empty">The comparison has no answers yet.</p>', ""
     cells = {(r["instruction_id"], r["model"]): r for r in records}
-    scores = compare.read_scores(run) or {}
+    scores = compare_scorers.read_scores(run) or {}
     outcomes, failed = scores.get("outcomes", {}), (scores.get("checks") or {}).get("failed", {})
     page = page_of(ids, picked)
     shown = ids[page * PER_PAGE:(page + 1) * PER_PAGE]
@@ -86,7 +87,7 @@ def _verdicts(by_scorer: dict, iid: str) -> list[tuple[str, str, str]]:
     for name, per in by_scorer.items():
         value = per.get(iid)
         css, words = VERDICT.get(value, ("none", "no verdict"))
-        out.append((compare.SCORERS[name].label if name in compare.SCORERS else name, css, words))
+        out.append((compare_scorers.SCORERS[name].label if name in compare_scorers.SCORERS else name, css, words))
     return out
 
 

@@ -21,7 +21,7 @@ from lab import limits
 from lab.judge import CALIBRATE, DEFAULT_TEMPLATE, check_template, estimate
 from lab.pairs import NO_PAIRS_FIX
 from lab.judge_backends import BACKENDS as REGISTRY, DEFAULT_MODELS, KEY_ENV, resolve_key
-from lab.verdicts import RULES, TIE_BAND, report, run_verdicts
+from lab.records.verdicts import RULES, TIE_BAND, report, run_verdicts
 from lab.store import Run, atomic_write_text
 from lab.ui import forms
 from lab.ui.common import JobPanel, admit, api_key_box, check_base_url, checked, job_panel, noise_md, open_run, \
@@ -145,8 +145,13 @@ def restored(cfg: JudgeConfig) -> list:
 
 def backend_changed(backend: str):
     """Model placeholder, base URL visibility and the key / weak-judge note for the chosen backend."""
-    return (gr.update(placeholder=DEFAULT_MODELS[backend]), gr.update(visible=backend == "openai"),
+    return (gr.update(placeholder=DEFAULT_MODELS[backend]), gr.update(visible=shows_base_url(backend)),
             key_note(backend), gr.update(visible=backend != "local"))
+
+
+def shows_base_url(backend: str) -> bool:
+    """Whether the form offers a Base URL for this backend: its entry says it talks to servers of any address."""
+    return REGISTRY[backend].custom_url
 
 
 def key_note(backend: str) -> str:
@@ -164,7 +169,8 @@ def config_from(backend, model, base_url, plan, rpm, concurrency, reasoning_toke
                 tie_band=TIE_BAND) -> JudgeConfig:
     return JudgeConfig.from_form({"backend": backend, "model": model, "plan": plan, "rpm": rpm or 0,
                                   "concurrency": concurrency or 1, "reasoning_tokens": reasoning_tokens or 0,
-                                  "base_url": base_url if backend == "openai" else "", "calibrate": calibrate or "auto",
+                                  "base_url": base_url if shows_base_url(backend) else "",
+                                  "calibrate": calibrate or "auto",
                                   "tie_band": TIE_BAND if tie_band is None else tie_band})
 
 
@@ -212,9 +218,9 @@ def start_judging(run_name, backend, model, base_url, plan, rpm, concurrency, re
     checked(run.check_unlocked, "judge")  # a judge running elsewhere keeps its prompt file
     path = run.upload_path(".txt", "judge-prompt")  # not judge-prompt.txt: a job that fails keeps the run as it was
     cfg.prompt_file = str(path)
-    admit(["judge", "--run", run.name, *cfg.to_argv()])  # before the prompt is saved: a refusal changes nothing
+    ok = admit(["judge", "--run", run.name, *cfg.to_argv()])  # before the prompt is saved: a refusal changes nothing
     checked(atomic_write_text, path, prompt)
-    start_job(run_name, "judge", cfg.to_argv(), "Judging", secret_env=typed_key_env(cfg.backend, typed))
+    start_job(run_name, "judge", cfg.to_argv(), "Judging", secret_env=typed_key_env(cfg.backend, typed), admitted=ok)
     return f"**Judging** started: {cost_md(est)}"
 
 

@@ -11,8 +11,9 @@ import gradio as gr
 import pandas as pd
 
 from lab.pairs import SOURCES, STRATEGIES, PairsConfig, build_pairs
-from lab.rank import RANKERS, REWARD_EXAMPLE, RankConfig, latest_rankings
-from lab.sample import groups as sample_groups
+from lab.rank import RANKERS, REWARD_EXAMPLE, RankConfig
+from lab.records.rankings import latest_rankings
+from lab.records.samples import groups as sample_groups
 from lab.store import Run
 from lab.ui import forms
 from lab.ui.common import JobPanel, checked, job_panel, noise_md, open_run, start_job, wire_job_panel, wire_start

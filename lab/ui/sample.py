@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from lab.sample import SampleConfig, groups, summarize
+from lab.records.samples import groups
+from lab.sample import SampleConfig, summarize
 from lab.store import Run
 from lab.ui import forms
 from lab.ui.common import JobPanel, checked, job_panel, noise_md, open_run, start_job, upload_into, wire_job_panel, \

@@ -214,8 +214,8 @@ def start_merge(run_name, adapter):
     if not adapter:
         raise gr.Error("Choose an adapter to merge (train one in the Train tab first).")
     cfg = checked(MergeConfig(adapter=str(adapter).strip()).validate)
-    admit(["merge", "--run", run.name, *cfg.to_argv()])  # a hosted app's rules: the run's own adapters only
-    return start_job(run_name, "merge", cfg.to_argv(), f"Merging {cfg.adapter}")
+    ok = admit(["merge", "--run", run.name, *cfg.to_argv()])  # a hosted app's rules: the run's own adapters only
+    return start_job(run_name, "merge", cfg.to_argv(), f"Merging {cfg.adapter}", admitted=ok)
 
 
 def merge_choices(run_name: str | None, picked: str | None = None):

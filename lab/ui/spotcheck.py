@@ -14,11 +14,11 @@ import gradio as gr
 from lab import spotcheck
 from lab.pairs import record_spotcheck
 from lab.rank import RANKERS
+from lab.records.verdicts import RULES
 from lab.store import Run
 from lab.ui.common import checked, noise_md, open_run
 from lab.ui.views import View, chain
 from lab.ui.wording import count
-from lab.verdicts import RULES
 
 VERDICT_WORDS = {"a": "Response 1 is better", "b": "Response 2 is better", "tie": "Tie", "skip": "Skipped",
                  "inconsistent": "Inconsistent (the two orders disagreed)", "invalid": "Invalid (unparsable output)"}

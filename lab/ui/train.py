@@ -124,9 +124,9 @@ def start_training(run_name, pairs, adapter, init_adapter, *values):
     cfg = TrainConfig.from_form(dict(zip(FORM, values)), pairs=str(pairs).strip(), adapter=(adapter or "").strip(),
                                 init_adapter=(init_adapter or "").strip())
     argv = cfg.to_argv()
-    admit(["train", "--run", run.name, *argv])  # a hosted app's rules first: a server path is never read
+    ok = admit(["train", "--run", run.name, *argv])  # a hosted app's rules first: a server path is never read
     checked(precheck, run, cfg.pairs, cfg.adapter, cfg)
-    return start_job(run_name, "train", argv, f"Training {cfg.adapter}")
+    return start_job(run_name, "train", argv, f"Training {cfg.adapter}", admitted=ok)
 
 
 def loss_choices(method: str):

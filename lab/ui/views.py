@@ -23,7 +23,8 @@ from typing import Any, Callable
 import gradio as gr
 
 from lab import jobs
-from lab.cli import BY_NAME, build_parser, load
+from lab.cli import build_parser
+from lab.stages import BY_NAME
 from lab.errors import LabError
 from lab.store import Run
 
@@ -83,7 +84,7 @@ def on_open(tab: gr.Tab, run_name: gr.Component, views: list[View]) -> None:
 def last_settings(run: Run, stage: str):
     """The settings (the stage's dataclass) of the run's running or last job of `stage`, else None: see the module
     docstring."""
-    cls = load(BY_NAME[stage].settings)
+    cls = BY_NAME[stage].settings
     argv = jobs.status(run).get("argv") or []
     if argv and argv[0] == stage:
         try:
@@ -119,7 +120,7 @@ def made_with(settings: dict | None, stage: str, names: list[str], extra: dict |
     fields, lower case) of what the stage recorded; empty values are left out. extra: more {label: value}."""
     if not settings:
         return ""
-    cls = load(BY_NAME[stage].settings)
+    cls = BY_NAME[stage].settings
     fields = {f.name: f for f in dataclasses.fields(cls)}
     parts = []
     for name in names:

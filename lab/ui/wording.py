@@ -13,13 +13,13 @@ import functools
 import os
 import re
 
-from lab.cli import STAGES, load
 from lab.errors import ui_text
+from lab.stages import STAGES
 from lab.store import runs_root
+from lab.ui.tabs import TABS
 
-TAB_OF_STAGE = {"sample": "Sample", "judge": "Judge", "rank": "PairRM", "pairs": "PairRM", "score": "Iterate",
-                "train": "Train", "compare": "Compare", "iterate": "Iterate", "chat": "Chat", "merge": "Share",
-                "report": "Share", "push": "Share"}
+TAB_TITLES = {module.rsplit(".", 1)[1]: title for title, module in TABS}  # a stage row's tab key -> its title
+TAB_OF_STAGE = {st.name: TAB_TITLES[st.tab] for st in STAGES}  # the tab that runs each stage, by its title
 FLAG = re.compile(r"--(no-)?([a-z][a-z0-9-]*)")
 # a stage's command ("python -m lab sample ...", "`lab judge`"): a stage's own name only, so prose such as "the lab
 # pushes with your own account" stays prose (it read "the the Pushes tab")
@@ -34,7 +34,7 @@ def _labels(stage: str | None) -> dict[str, str]:
     found: dict[str, list[str]] = {}
     for st in STAGES:
         if stage in (None, st.name):
-            for f in dataclasses.fields(load(st.settings)):
+            for f in dataclasses.fields(st.settings):
                 found.setdefault(f.name.replace("_", "-"), []).append(f.metadata.get("label") or "")
     return {flag: _shared(labels) or flag.replace("-", " ") for flag, labels in found.items()}
 
@@ -80,4 +80,4 @@ def stage_of(settings) -> str | None:
     """The stage whose settings dataclass `settings` is (or is an instance of; its labels name the flags), else
     None."""
     cls = settings if isinstance(settings, type) else type(settings)
-    return next((st.name for st in STAGES if cls is load(st.settings)), None)
+    return next((st.name for st in STAGES if cls is st.settings), None)
