@@ -338,15 +338,17 @@ def check_apart(path: Path, shown_as: str, seconds: float = CHECK_SECONDS, mb: i
 def _watch(proc: subprocess.Popen, seconds: float, mb: int) -> str | None:
     """Wait for `proc`; kill it past `seconds` or `mb` of resident memory. -> what it went past, or None."""
     deadline = time.monotonic() + seconds
-    while proc.poll() is None:
+    while True:
+        ended = proc.poll() is not None  # read before the clock: a reader that ended past the deadline took too long
         past = (f"more than {seconds:g} s" if time.monotonic() > deadline else
-                f"more than {mb} MB of memory" if _rss_mb(proc.pid) > mb else None)
+                None if ended else f"more than {mb} MB of memory" if _rss_mb(proc.pid) > mb else None)
         if past:
             proc.kill()
             proc.wait()
             return past
-        time.sleep(0.05)
-    return None
+        if ended:
+            return None
+        time.sleep(0.05)  # on a busy machine this sleep may outlast the reader: the check above still holds
 
 
 def _rss_mb(pid: int) -> float:
