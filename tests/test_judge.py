@@ -49,7 +49,7 @@ def prefer_higher(req: dict) -> str:
 
 def cfg(fp: FakeProvider, backend: str = "groq", **kw) -> JudgeConfig:
     url = fp.url if backend == "groq" else fp.url + "/v1"
-    base = dict(backend=backend, model="judge-model", base_url=url, rpm=0.0, concurrency=4, timeout_s=5.0,
+    base = dict(backend=backend, model="judge-model", base_url=url, rpm=0.0, concurrency=4, timeout_s=30.0,
                 max_retries=3, backoff_s=0.05)
     return JudgeConfig(**{**base, **kw})
 
@@ -379,9 +379,10 @@ def test_calls_run_concurrently_and_the_client_limit_provokes_no_429(run, fp):
     assert fp.max_in_flight >= 4
     fp.reset_counts()
     fp.rate_limit = (5, 1.0)  # the server allows 5 requests in any second
-    t0 = time.monotonic()  # the client is set 10% under it: its 3% margin alone is 30 ms a window at this rate,
-    # less than a loaded machine's thread jitter (a limit set exactly at the provider's is the user's risk)
-    out = judge_run(run, cfg(fp, plan="full", concurrency=8, rpm=270, retry_invalid=False,
+    t0 = time.monotonic()  # the client is set 20% under it: its 3% margin alone is 30 ms a window at this rate,
+    # less than a loaded machine's thread jitter (a limit set exactly at the provider's is the user's risk; 10% under
+    # still drew a 429 on two cores running the suite on two workers)
+    out = judge_run(run, cfg(fp, plan="full", concurrency=8, rpm=240, retry_invalid=False,
                              prompt_file=""), quiet(), template=DEFAULT_TEMPLATE + " ")
     assert out["calls_made"] == 24 and fp.statuses[429] == 0 and time.monotonic() - t0 >= 23 * 0.2
 
