@@ -548,13 +548,16 @@ def vllm_units(cm: models.ChatModel, units: list[tuple[int, list[int]]], encoded
 
 class ShiftedProgress:
     """A stage's Progress as an engine call sees it: the call counts its own completions from 0, the bar shows the
-    stage's (done before + done now) of its total; stop requests pass through."""
+    stage's (done before + done now) of its total, with the work inside a batch (`partial`) passed on so the count
+    moves per decode step; stop requests pass through. per_unit: completions that make one of the stage's units
+    (a scored row is R judgments)."""
 
-    def __init__(self, progress: Progress, before: int, total: int, desc: str):
-        self.progress, self.before, self.total, self.desc = progress, before, total, desc
+    def __init__(self, progress: Progress, before: int, total: int, desc: str, per_unit: int = 1):
+        self.progress, self.before, self.total, self.desc, self.per_unit = progress, before, total, desc, per_unit
 
-    def update(self, done: int, total: int | None = None, *args, **kwargs) -> None:
-        self.progress.update(self.before + done, self.total, self.desc)
+    def update(self, done: int, total: int | None = None, *args, partial: float = 0.0, **kwargs) -> None:
+        whole, part = divmod(done, self.per_unit)
+        self.progress.update(self.before + whole, self.total, self.desc, partial=(part + partial) / self.per_unit)
 
     def check_stop(self) -> None:
         self.progress.check_stop()

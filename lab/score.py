@@ -39,7 +39,7 @@ from lab.adapters import adapters_on
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.generation import (AUTO_BATCH, AUTO_BATCH_HELP, ENGINE_CHOICES, ENGINE_HELP, Decoding, ReadAfter,
-                            auto_batch, engine_record, generate, pick_engine, read_after)
+                            ShiftedProgress, auto_batch, engine_record, generate, pick_engine, read_after)
 from lab.judge_backends import API_BACKENDS, DEFAULT_MODELS, ApiBackend
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
@@ -289,14 +289,16 @@ class Scorer:
     prompter: Any = None
     adapter: Path | None = None
 
-    def score(self, prompts: list[str], seed: int) -> list[list[dict]]:
+    def score(self, prompts: list[str], seed: int, progress=None) -> list[list[dict]]:
+        """progress: told the judgments made (R per prompt) and the work inside a batch as it decodes (a
+        lab.generation.ShiftedProgress); API judges report per call through score_rows only."""
         if self.judge is not None:
             return api_scores(self.judge, prompts, self.cfg.evaluations, self.cfg.concurrency)
         if self.engine == "vllm":
-            return local_scores(self.prompter, prompts, self.cfg.evaluations, self.cfg, seed, engine="vllm",
+            return local_scores(self.prompter, prompts, self.cfg.evaluations, self.cfg, seed, progress, engine="vllm",
                                 adapter=self.adapter, probs_model=self.local)
         with self.local() as cm:
-            return local_scores(cm, prompts, self.cfg.evaluations, self.cfg, seed)
+            return local_scores(cm, prompts, self.cfg.evaluations, self.cfg, seed, progress)
 
     def rows_per_call(self, todo: int) -> int:
         """Rows per `score` call (each call's records are written as it returns): an API judge batch_size rows;
@@ -325,9 +327,11 @@ def score_rows(run: Run, rows: list[dict], scorer: Scorer, progress: Progress, d
     started = once(on_first or (lambda: None))
     for n in range(0, len(todo), step):
         progress.check_stop()
-        progress.update(len(rows) - len(todo) + n, len(rows), desc)
+        before = len(rows) - len(todo) + n
+        progress.update(before, len(rows), desc)
         chunk = todo[n:n + step]
-        evals = scorer.score([score_prompt(row["prompt"], row["text"]) for row in chunk], cfg.seed)
+        evals = scorer.score([score_prompt(row["prompt"], row["text"]) for row in chunk], cfg.seed,
+                             ShiftedProgress(progress, before, len(rows), desc, per_unit=cfg.evaluations))
         started()
         run.append("scores", [score_record(row, e, ev, cfg) for row, evs in zip(chunk, evals)
                               for e, ev in enumerate(evs)])

@@ -407,7 +407,7 @@ def test_iterate_tab_runs_two_rounds_and_draws_them_at_the_end(page):
     set_number(page, "Max steps", 1)
     click(page, "Iterate")
     wait_for_text(page, "Iterating (2 rounds) finished.", timeout_s=400)
-    assert "2 rounds done: 2/2" in progress_of(page)[1]  # ends on its last phase done
+    assert "2 rounds done 2/2" in progress_of(page)[1]  # ends on its last phase done
     rows = panel(page).locator(".lab-table tbody tr")
     rows.nth(1).wait_for(timeout=30_000)
     assert rows.count() == 2 and "round-2" in rows.nth(1).inner_text() and "/" not in rows.nth(1).inner_text()[-12:]
