@@ -119,7 +119,7 @@ def pane_choices(run_name: str | None, left: str | None = None, right: str | Non
     """[left, right]: the base model and the run's finished adapters (the right pane may be off); what is picked
     stays picked while it is still there."""
     run = _run(run_name)
-    adapters = run.adapters() if run else []
+    adapters = [*run.adapters(), *run.round_adapters()] if run else []  # with the self-rewarding rounds'
     both = [("base model", BASE), *((f"adapter {a}", a) for a in adapters)]
     keep = {BASE, *adapters}
     return (gr.update(choices=both, value=left if left in keep else BASE),
@@ -147,19 +147,27 @@ def chat(run_name, left, right, message, history_left, history_right, *values):
         hosting.check_chat(run, cfg, tuple(panes))
     except LabError as e:
         raise gr.Error(hosting.public_text(say(e))) from e
-    shown = [h + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}] for h in histories]
+    # until a pane's first words come (a model loading takes seconds), its bubble says so instead of staying empty
+    shown = [h + [{"role": "user", "content": message}, {"role": "assistant", "content": LOADING}] for h in histories]
     yield _views(shown, history_right, "")
+    replies: list[str] = [""] * len(shown)
     try:
         for replies in chat_stream(run, cfg, panes, histories, message):
             for view, reply in zip(shown, replies):
-                view[-1]["content"] = reply
+                view[-1]["content"] = reply or view[-1]["content"]
             yield _views(shown, history_right, "")
     except LabError as e:
         raise gr.Error(hosting.public_text(say(e))) from e
+    for view, reply in zip(shown, replies):  # the end: each pane's whole reply, an empty one too
+        view[-1]["content"] = reply
+    yield _views(shown, history_right, "")
+
+
+LOADING = "⏳ loading the model…"
 
 
 def _views(shown: list[list[dict]], right_before, message: str):
     """The outputs: the right pane keeps what it showed when it is off."""
     right = shown[1] if len(shown) > 1 else (right_before or [])
-    return [list(shown[0]), list(right), message]
+    return [[dict(m) for m in shown[0]], [dict(m) for m in right], message]  # each yield a snapshot of its own
 
