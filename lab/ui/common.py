@@ -140,7 +140,9 @@ def labels_view(stage: str) -> tuple[gr.Markdown, View]:
     box = gr.Markdown()
 
     def labels(name: str | None) -> str:  # a name that is not a run's raises: the view leaves the box as it is
-        return noise_md(Run.open(name), stage) if name else ""
+        run = Run.open(name) if name else None  # no results of the stage yet: nothing to label (the warnings of
+        # scorers not yet chosen mislead); a chat keeps no results, its labels are the model it talks to
+        return noise_md(run, stage) if run and (stage == "chat" or run.stage_settings(stage)) else ""
     return box, View(labels, [box])
 
 
@@ -151,6 +153,11 @@ def plot(frame, caption: str = "", visible: bool = True):
 
 
 def job_panel() -> JobPanel:
+    with gr.Column(elem_classes="lab-job"):  # hidden while the tab has no job (lab.ui.style): no empty bar, no Stop
+        return _panel_parts()
+
+
+def _panel_parts() -> JobPanel:
     with gr.Group():
         bar = gr.HTML(progress_html({}))
         with gr.Row():
