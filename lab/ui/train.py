@@ -52,10 +52,16 @@ FORM = ["epochs", "max_steps", "lr", "beta", "batch_size", "loss_type", "model",
 def _settings_inputs() -> dict:
     """The form: each input built from its TrainConfig field (lab.ui.forms)."""
     inp = lambda names, **kw: forms.inputs(TrainConfig, names, **kw)  # noqa: E731
-    with gr.Row():
-        made = inp(["method"], method=dict(choices=[(m.label, k) for k, m in METHODS.items()]))
+    with gr.Row(equal_height=True):  # the method's long help sits under the row: one line of info keeps the
+        # inputs level (Beta no lower than its neighbours), and the wide dropdown shows its whole label
+        made = inp(["method"], method=dict(choices=[(m.label, k) for k, m in METHODS.items()], scale=3,
+                                           min_width=420, info="the training objective: see *About the methods*"))
         made |= inp(["epochs", "max_steps", "lr", "beta", "batch_size"], epochs=dict(minimum=0), lr=dict(minimum=0),
                     beta=dict(minimum=0), batch_size=dict(minimum=1))
+    with gr.Accordion("About the methods", open=False):
+        gr.Markdown("\n".join(f"- **{k}**: {m.label}" for k, m in METHODS.items()) +
+                    "\n\nDPO and KTO train against a frozen reference (the base, or the adapter continued from); "
+                    "SimPO and ORPO need none. Details: `docs/training.md`.")
     with gr.Accordion("More settings", open=False):
         with gr.Row():
             made |= inp(["loss_type", "model", "target_modules"],
@@ -92,8 +98,8 @@ def build(ctx) -> TrainTab:
     shown = gr.Dropdown([], label="Adapter shown", allow_custom_value=True,
                         info="follows the running training; pick any other to inspect it")
     summary, warnings = gr.Markdown(), gr.Markdown()
-    with gr.Row():
-        plots = [gr.LinePlot(x="step", y="value", color="series", title=title, height=260)
+    with gr.Row():  # min_width: on a phone the plots wrap into a column, titles and legends whole
+        plots = [gr.LinePlot(x="step", y="value", color="series", title=title, height=260, min_width=320)
                  for title in [*PLOTS, *[""] * (MAX_PLOTS - len(PLOTS))]]
     tab = TrainTab(pairs, adapter, init_adapter, fields, start, panel, shown, summary, warnings, plots)
     picks = [pairs, init_adapter, shown]
