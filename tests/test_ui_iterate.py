@@ -18,6 +18,10 @@ def test_iterate_as_a_job_then_table_and_plots(run):
     run.record_stage("sample", {"model": "tiny-random"})
     run.append("instructions", [{"id": f"t{i}", "prompt": p, "source": "test"}
                                 for i, p in enumerate(["Say hi.", "Name a fruit."])])
+    plan = tab.show_plan("t", *values())  # before it runs: 2 rounds x 2 instructions x N=2, R=1
+    assert "**2** rounds to run on 2 instructions: 8 answers and 8 self-scores" in plan, plan
+    assert "6 held-out answers (2 instructions)" in plan  # base and round 1, then round 2 only (the rest reused)
+    assert "no measured pace on this run yet" in plan  # nothing was sampled on this run by the lab yet
     assert "started" in tab.start_iterating("t", *values())
     st = jobs.wait(run, timeout_s=300)
     assert st["state"] == "done", st.get("log_tail")
@@ -36,7 +40,9 @@ def test_iterate_as_a_job_then_table_and_plots(run):
     assert set(lengths["answers"]) == {"all", "chosen", "rejected"}
     assert sorted(set(hist["round"])) == ["round 1", "round 2"] and hist["count"].sum() == 2 * 2 * 2
     assert len(hist) == 2 * 6  # every score 0-5 in each round: the colours are all there from round 1
-    assert tab.refresh_if_changed("t", ["t", 2]) == [gr.skip()] * 8  # nothing new: the plots are not redrawn
+    assert tab.refresh_if_changed("t", ["t", 2]) == [gr.skip()] * 8
+    again = tab.show_plan("t", *values(rounds=3))  # one more round, at the pace and training time measured here
+    assert "**1** round to run" in again and "tokens/s" in again and "as round 1 took here" in again, again  # nothing new: the plots are not redrawn
     assert tab.refresh_if_changed("t", ["other", 2])[-1] == ["t", 2]
 
 
