@@ -253,7 +253,7 @@ def complete_all(run: Run, select, adapters: dict[str, Path], items: list[dict],
         progress.update(done, total, "comparing")
         with select(None if name == BASE else name) as cm:  # the count moves per decode step, not per chunk
             comps = generate(cm, [it["prompt"] for it in chunk], 1, cfg.decoding(), cfg.batch_size,
-                             ShiftedProgress(progress, done, total, "comparing"))
+                             ShiftedProgress(progress, done, total, "comparing", stops=False))
         recs = [compare_record(it, c[0], name, adapters.get(name), cm.path, cfg, key, dups.get(it["id"]),
                                prints.get(name)) for it, c in zip(chunk, comps)]
         started()

@@ -331,7 +331,7 @@ def score_rows(run: Run, rows: list[dict], scorer: Scorer, progress: Progress, d
         progress.update(before, len(rows), desc)
         chunk = todo[n:n + step]
         evals = scorer.score([score_prompt(row["prompt"], row["text"]) for row in chunk], cfg.seed,
-                             ShiftedProgress(progress, before, len(rows), desc, per_unit=cfg.evaluations))
+                             ShiftedProgress(progress, before, len(rows), desc, per_unit=cfg.evaluations, stops=False))
         started()
         run.append("scores", [score_record(row, e, ev, cfg) for row, evs in zip(chunk, evals)
                               for e, ev in enumerate(evs)])
