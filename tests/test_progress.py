@@ -139,3 +139,6 @@ def test_the_page_label_counts_work_in_flight_and_seconds_before_a_pace():
     assert progress_label({"state": "running", "progress": loading}, now=112.0) == \
         "round 1 · loading model bundled… 12 s"
     assert progress_label({"state": "done", "progress": p | {"done": 8, "partial": 0}}) == "round 2 · scoring 8/8"
+    first = p | {"done": 0, "partial": 0.04, "eta_s": 600}  # a long first batch: 0.04, not a stuck-looking 0.0
+    assert progress_label({"state": "running", "progress": first}, now=135.0) == \
+        "round 2 · scoring 0.04/8 · about 10.0 min left"

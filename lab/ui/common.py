@@ -82,7 +82,8 @@ def progress_label(st: dict, now: float | None = None) -> str:
     if not p.get("total"):
         return ""
     done, partial = p.get("done", 0), (p.get("partial") or 0) if running else 0
-    count = f"{min(done + partial, p['total']):.1f}" if partial else f"{done}"
+    value = min(done + partial, p["total"])  # under one: two decimals, so a long first batch visibly moves
+    count = (f"{value:.1f}" if value >= 1 else f"{value:.2f}") if partial else f"{done}"
     tokens = f" · {p['tokens']:,} tokens" if p.get("tokens") else ""
     eta = p.get("eta_s")
     left = "" if not running else f" · about {duration(eta)} left" if eta is not None else \
