@@ -9,7 +9,8 @@ safe point, so records already appended stay whole.
 Work inside a unit (the tokens of a batch being generated) is reported as `partial`: the share of one more unit's
 worth of work, in the units of `done` (`update(3, 12, partial=1.5)`: 3 responses written, a batch of 3 half-way).
 `loading(what)` says a model is being loaded (no counts yet). `prefix` names the part of a longer stage the phases
-belong to ("round 2 · " in an iteration): every phase's desc, a loading one's too, starts with it. Numbers the throttle held back are written when its
+belong to ("round 2 · " in an iteration): every phase's desc, a loading one's too, starts with it.
+Numbers the throttle held back are written when its
 interval has passed, even if no update follows (a batch of judgments lands at once, then nothing for minutes);
 `close()` writes them at once, so a finished stage never shows an earlier count.
 

@@ -140,7 +140,7 @@ def test_the_report_button_writes_the_report_and_shows_the_efficiency_table(run)
         share.make_report("t", -1)
     status, files, shown, preview, figures = share.make_report("t", 3)
     assert "Report written" in status and "README.md" in {Path(f).name for f in files}
-    assert preview.startswith('<div class="prose lab-card">') and "<h1>" in preview  # README.md rendered, not a download
+    assert preview.startswith('<div class="prose lab-card">') and "<h1>" in preview  # rendered, not a download
     assert all(Path(path).suffix == ".png" and Path(path) in map(Path, files) for path, _ in figures)
     report = run.file("report")
     assert not any(Path(f).is_relative_to(run.path) for f in files)  # copies Gradio may serve, not the run's folder

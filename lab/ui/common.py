@@ -155,20 +155,18 @@ def plot(frame, caption: str = "", visible: bool = True):
 
 def job_panel() -> JobPanel:
     with gr.Column(elem_classes="lab-job"):  # hidden while the tab has no job (lab.ui.style): no empty bar, no Stop
-        return _panel_parts()
-
-
-def _panel_parts() -> JobPanel:
-    with gr.Group():
-        bar = gr.HTML(progress_html({}))
-        with gr.Row():
-            status = gr.Markdown()
-            stop = gr.Button("Stop", variant="stop", size="sm", scale=0)
-    with gr.Accordion("Job log", open=False):
-        log = gr.Code(language=None, lines=10, max_lines=20, interactive=False)
-    with gr.Accordion("Redo this job: command line and settings file", open=False, visible=False) as redo:
-        command = gr.Code(language="shell", lines=2, interactive=False, label="Command line")
-        download = gr.DownloadButton("Settings as YAML (--config)", size="sm")
+        with gr.Group():
+            bar = gr.HTML(progress_html({}))
+            with gr.Row():
+                status = gr.Markdown()
+                stop = gr.Button("Stop", variant="stop", size="sm", scale=0)
+        with gr.Accordion("Job log", open=False):
+            log = gr.Code(language=None, lines=10, max_lines=20, interactive=False)
+        with gr.Accordion("Redo this job: command line and settings file", open=False, visible=False) as redo:
+            command = gr.Code(language="shell", lines=2, interactive=False, label="Command line")
+            download = gr.DownloadButton("Settings as YAML (--config)", size="sm")
+    # outside the hidden column: a tab with no job of its own still polls (another tab's job ending changes its
+    # views: a trained adapter joins Compare's list)
     timer = gr.Timer(POLL_S, active=False)  # the app activates the shown tab's
     return JobPanel(bar, status, stop, log, timer, redo, command, download)
 

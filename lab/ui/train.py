@@ -52,15 +52,22 @@ FORM = ["epochs", "max_steps", "lr", "beta", "batch_size", "loss_type", "model",
 def _settings_inputs() -> dict:
     """The form: each input built from its TrainConfig field (lab.ui.forms)."""
     inp = lambda names, **kw: forms.inputs(TrainConfig, names, **kw)  # noqa: E731
-    with gr.Row(equal_height=True):  # the method's long help sits under the row: one line of info keeps the
-        # inputs level (Beta no lower than its neighbours), and the wide dropdown shows its whole label
-        made = inp(["method"], method=dict(choices=[(m.label, k) for k, m in METHODS.items()], scale=3,
-                                           min_width=420, info="the training objective: see *About the methods*"))
-        made |= inp(["epochs", "max_steps", "lr", "beta", "batch_size"], epochs=dict(minimum=0), lr=dict(minimum=0),
-                    beta=dict(minimum=0), batch_size=dict(minimum=1))
+    # One line of help per input, so the inputs of a row sit level (a 4-line Beta help pushed its box down) and
+    # the method dropdown is wide enough for its whole label; the longer help is in "About the methods" below.
+    with gr.Row():
+        made = inp(["method"], method=dict(choices=[(m.label, k) for k, m in METHODS.items()], scale=2,
+                                           min_width=420, info="the training objective: see About the methods"))
+        made |= inp(["epochs", "max_steps"], max_steps=dict(info="-1 = run the epochs"),
+                    epochs=dict(minimum=0, info="passes over the pairs (unless Max steps > 0)"))
+    with gr.Row():
+        made |= inp(["lr", "beta", "batch_size"], lr=dict(minimum=0, info="peak, for the LoRA weights"),
+                    beta=dict(minimum=0, info="pull back to the reference: higher = stay closer"),
+                    batch_size=dict(minimum=1))
+    h = forms.help_of(TrainConfig)  # in the page's words
     with gr.Accordion("About the methods", open=False):
         gr.Markdown("\n".join(f"- **{k}**: {m.label}" for k, m in METHODS.items()) +
-                    "\n\nDPO and KTO train against a frozen reference (the base, or the adapter continued from); "
+                    f"\n\n**Beta**: {h('beta').split(': ', 1)[-1]}. **Learning rate**: {h('lr').split(': ', 1)[-1]}. "
+                    "DPO and KTO train against a frozen reference (the base, or the adapter continued from); "
                     "SimPO and ORPO need none. Details: `docs/training.md`.")
     with gr.Accordion("More settings", open=False):
         with gr.Row():
