@@ -452,14 +452,16 @@ def bar_labels(page, phase: str, seconds: float, shot_as: str = "") -> list[str]
     while phase not in progress_of(page)[1]:
         assert time.time() < deadline, progress_of(page)
         page.wait_for_timeout(200)
-    labels, end = [], time.time() + seconds
+    labels, end, shot_taken = [], time.time() + seconds, False
     while time.time() < end:
         label = progress_of(page)[1]
         if phase in label:
             labels.append(label)
-        if shot_as and "/" in label and panel(page).get_by_text("is running").count():
-            shot(page, shot_as)
-            shot_as = ""
+        running = panel(page).get_by_text("is running").count() > 0
+        if shot_as and running and ("/" in label or not shot_taken):
+            shot(page, shot_as)  # the first running look, replaced once by one with a count
+            shot_taken = True
+            shot_as = "" if "/" in label else shot_as
         page.wait_for_timeout(500)
     return labels
 

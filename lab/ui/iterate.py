@@ -108,8 +108,10 @@ def build(ctx) -> IterateTab:
     gr.Markdown("### Rounds")
     table, made = gr.HTML(), gr.Markdown(elem_classes="lab-made")
     with gr.Row(elem_classes="lab-plots"):  # min_width: on a phone the plots wrap into a column
-        win_plot = gr.Plot(label="Win rate of round k (held-out)", format="png", min_width=300, visible=False)
-        length_plot = gr.Plot(label="Answer length", format="png", min_width=300, visible=False)
+        # the title is drawn in the figure: Gradio's label badge covered its top-left corner
+        win_plot = gr.Plot(label="Win rate of round k (held-out)", show_label=False, format="png", min_width=300,
+                           visible=False)
+        length_plot = gr.Plot(label="Answer length", show_label=False, format="png", min_width=300, visible=False)
         hist_plot = gr.BarPlot(x="round", y="count", color="score", title="Self-scores (rounded) per round",
                                color_map=SCORE_COLORS, height=260, min_width=300)
         checks_plot = gr.BarPlot(x="round", y="accuracy", color="model", title="Held-out checks accuracy (IFEval)",
@@ -173,7 +175,7 @@ def plan_md(est: dict) -> str:
              if est["train_s_per_round"] else ", plus each round's training")
     return (f"**{est['rounds_to_run']}** round{'s' if est['rounds_to_run'] != 1 else ''} to run on "
             f"{est['instructions']} instructions: {est['answers']} answers and {est['judgments']} self-scores"
-            f"{calls}, {est['eval_answers']} held-out answers ({est['eval_instructions']} instructions) and "
+            f"{calls}, {est['eval_answers']} held-out answers ({count(est['eval_instructions'], 'instruction')}) and "
             f"{est['eval_judgments']} of their scores · at most ~{est['max_tokens']:,} new tokens{when}{train}.")
 
 
@@ -194,8 +196,9 @@ def refresh(run_name: str | None):
     shown = bool(lines)  # no empty plot boxes before the first round
     checked_rounds, wins = checks_frame(lines), win_frame(lines)
     return [html_table(rounds_table(lines), "No rounds in this run yet."),
-            figure_update(rounds_figure(wins, "win rate", "against", "win rate", (0, 1)), bool(len(wins))),
-            figure_update(rounds_figure(length_frame(lines), "characters", "answers", "characters"), shown),
+            figure_update(rounds_figure(wins, "win rate", "against", "Win rate of round k (held-out)", (0, 1)),
+                          bool(len(wins))),
+            figure_update(rounds_figure(length_frame(lines), "characters", "answers", "Answer length"), shown),
             plot(hist_frame(lines), "", shown), plot(checked_rounds, "", bool(len(checked_rounds))), made,
             " ".join(c for c in (no_eval if no_eval != one else "", one) if c)]
 
@@ -209,7 +212,7 @@ def refresh_if_changed(run_name: str | None, shown):
     return [*refresh(run_name), [run_name, n]]
 
 
-def rounds_figure(frame: pd.DataFrame, y: str, color: str, ylabel: str, y_lim: tuple | None = None):
+def rounds_figure(frame: pd.DataFrame, y: str, color: str, title: str, y_lim: tuple | None = None):
     """A line per `color` over the rounds, every round a marker (round 1 alone is a point), integer round ticks.
     None for an empty frame."""
     if not len(frame):
@@ -226,8 +229,9 @@ def rounds_figure(frame: pd.DataFrame, y: str, color: str, ylabel: str, y_lim: t
     if y_lim:
         ax.set_ylim(y_lim[0] - 0.03, y_lim[1] + 0.03)
     ax.set_xlabel("round")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8, title=color, title_fontsize=8)
+    ax.set_ylabel(y)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, title=color, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # off the points
     return fig
 
 

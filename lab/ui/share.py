@@ -130,7 +130,7 @@ def _report_section() -> dict:
                              info=forms.help_of(ReportConfig)("examples"))
         write_report = gr.Button("Write the report", size="sm")
     status, files = gr.Markdown(), gr.File(label="Report files", file_count="multiple", interactive=False)
-    with gr.Accordion("Report preview: its README and figures", open=True):
+    with gr.Accordion("Report preview: its README and figures", open=False):  # folded: the tab stays short
         preview = gr.HTML()
         figures = gr.Gallery(label="Report figures", columns=2, height="auto", interactive=False)
     gr.Markdown("#### Efficiency: one row per run of a stage")
