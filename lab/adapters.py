@@ -88,16 +88,17 @@ def resolve_adapters(run: Run, names: str) -> dict[str, Path]:
             raise LabError(f"Run {run.name} has no adapters yet: train one first (`python -m lab train --run "
                            f"{run.name} ...`).", ui=f"Run {run.name} has no adapters yet: train one first in the "
                            "Train tab.")
-    out = {}
+    out, rounds = {}, run.round_adapters()  # a self-rewarding round's adapter answers to its name too
     for name in wanted:
         validate_run_name(name, "adapter name")
         if name == BASE:
             raise LabError(f"An adapter may not be called {BASE!r}: that name is the base model. Rename the adapter.")
-        if not is_complete(run.adapter_dir(name)):
-            have = ", ".join(run.adapters()) or "none yet"
+        folder = run.adapter_dir(name) if is_complete(run.adapter_dir(name)) else rounds.get(name)
+        if folder is None or not is_complete(folder):
+            have = ", ".join([*run.adapters(), *rounds]) or "none yet"
             raise LabError(f"No adapter {name!r} in run {run.name} (adapters: {have}). Pick names from that list.")
-        check_weights(run.adapter_dir(name))  # before any model loads
-        out[name] = run.adapter_dir(name)
+        check_weights(folder)  # before any model loads
+        out[name] = folder
     return out
 
 

@@ -155,16 +155,24 @@ def engine_record(name: str) -> dict:
 
 class ShiftedProgress:
     """A stage's Progress as an engine call sees it: the call counts its own completions from 0, the bar shows the
-    stage's (done before + done now) of its total; stop requests pass through."""
+    stage's (done before + done now) of its total, with the work inside a batch (`partial`) passed on so the count
+    moves per decode step; stop requests pass through. per_unit: completions that make one of the stage's units
+    (a scored row is R judgments). stops=False: the caller checks for a stop at its own safe points (after it
+    appended what the call made), so a stop never throws away a finished batch."""
 
-    def __init__(self, progress: Progress, before: int, total: int, desc: str):
-        self.progress, self.before, self.total, self.desc = progress, before, total, desc
+    def __init__(self, progress: Progress, before: int, total: int, desc: str, per_unit: int = 1,
+                 stops: bool = True):
+        self.progress, self.before, self.total, self.desc, self.per_unit = progress, before, total, desc, per_unit
+        self.stops = stops
 
     def update(self, done: int, total: int | None = None, partial: float = 0.0, **extra) -> None:
-        self.progress.update(self.before + done, self.total, self.desc, partial=partial, **extra)
+        whole, part = divmod(done, self.per_unit)
+        self.progress.update(self.before + whole, self.total, self.desc, partial=(part + partial) / self.per_unit,
+                             **extra)
 
     def check_stop(self) -> None:
-        self.progress.check_stop()
+        if self.stops:
+            self.progress.check_stop()
 
 
 

@@ -205,9 +205,8 @@ class Round:
 
 def data_round(r: Round, items: list[Instruction]) -> dict:
     """Sample, score and pair round k (stages 1-3); -> its statistics so far. No pairs is a LabError."""
-    sample_run(r.run, r.cfg.sample_config(r.k), r.progress, items=items, adapter_path=r.policy,
-               desc=f"round {r.k}: sampling")
-    score_run(r.run, r.cfg.score_config(r.k), r.progress, api_key=r.api_key, desc=f"round {r.k}: scoring (train)")
+    sample_run(r.run, r.cfg.sample_config(r.k), r.progress, items=items, adapter_path=r.policy, desc="sampling")
+    score_run(r.run, r.cfg.score_config(r.k), r.progress, api_key=r.api_key, desc="scoring")
     stats = build_pairs(r.run, PairsConfig(source="self"))
     unscored = stats["dropped"].get("unscored", 0)
     kept = {"pairs_kept": stats["pairs"], "dropped_unscored": unscored,
@@ -237,7 +236,7 @@ def train_round(r: Round, n_pairs: int) -> Path:
     out = r.run.adapter_dir(ADAPTER.format(r.k))
     if status(out) == "done":
         return out
-    r.progress.update(0, 1, f"round {r.k}: training")
+    r.progress.update(0, 1, "training")
     return train_adapter(r.run, "self", ADAPTER.format(r.k), r.cfg.train_config(r.k, n_pairs),
                          base_model=r.cfg.model, init_adapter=str(r.policy) if r.policy else None,
                          progress=r.progress)
@@ -286,6 +285,7 @@ def one_round(run: Run, k: int, policy: Path | None, items: list[Instruction], e
               cfg: IterateConfig, progress: Progress, api_key: str | None) -> dict:
     """Round k: the stages on iterations/<k>/, then its iterate.jsonl line."""
     r = Round(k, run.iteration(k), policy, cfg, progress, api_key)
+    progress.prefix = f"round {k} · "  # every phase of the round names it, a model loading too
     line = data_round(r, items)
     progress.check_stop()  # between stages: a stop asked for during the last batch stops here, not minutes later
     adapter = train_round(r, line["pairs_kept"])
@@ -327,9 +327,43 @@ def _iterate_locked(run: Run, cfg: IterateConfig, progress: Progress | None, api
             run.append("iterate", [done[k]])
         policy = Path(done[k]["adapter"])
     ends = f"{cfg.rounds} round{'s' if cfg.rounds != 1 else ''} done"
+    progress.prefix = ""
     progress.update(cfg.rounds, cfg.rounds, ends)  # not the last phase's count of round k
     progress.close()
     return {"run": run.name, "rounds": [round_summary(done[k]) for k in range(1, cfg.rounds + 1)]}
+
+
+def estimate(run: Run, cfg: IterateConfig) -> dict:
+    """The work of an iteration before it runs (the app's plan; what finished rounds already did is left out):
+    {"rounds_to_run", "instructions", "eval_instructions", "answers", "judgments", "judge_calls" (an API judge's
+     requests; 0 for self), "eval_answers", "eval_judgments", "max_tokens" (new tokens at most: every answer and
+     judgment at its cap), "tokens_per_s" (this machine's measured generation pace on this run, None before any
+     measure), "generation_s" (max_tokens at that pace, None without one), "train_s_per_round" (a finished round's
+     training time here, None before one)}. Answers and judgments stop early mostly: the time is an upper bound."""
+    cfg = replace(cfg, model=models.run_model(run, cfg.model)).validate()
+    items = training_instructions(run, cfg)
+    n, e = len(items), len(evaluation_instructions(items, cfg))
+    todo = [k for k in range(1, cfg.rounds + 1) if k not in {ln["round"] for ln in run.read("iterate")}]
+    answers, evals = len(todo) * n * cfg.samples, sum(e * (2 + bool(cfg.start_adapter) if k == 1 else 1) for k in todo)
+    judged = (answers + evals) * cfg.evaluations
+    tokens = (answers + evals) * cfg.max_new_tokens + judged * cfg.judge_tokens * (cfg.judge == "self")
+    pace, train_s = measured_pace(run)
+    return {"rounds_to_run": len(todo), "instructions": n, "eval_instructions": e, "answers": answers,
+            "judgments": answers * cfg.evaluations, "judge_calls": 0 if cfg.judge == "self" else judged,
+            "eval_answers": evals, "eval_judgments": evals * cfg.evaluations, "max_tokens": tokens,
+            "tokens_per_s": pace, "generation_s": tokens / pace if pace else None, "train_s_per_round": train_s}
+
+
+def measured_pace(run: Run) -> tuple[float | None, float | None]:
+    """(generated tokens per second, seconds of a round's training) as this machine measured them on this run
+    (lab.efficiency's records: sampling, scoring and comparing; the rounds' training), the latest first."""
+    records = efficiency.read_all(run)
+    made = [r for r in records if r["stage"] in ("sample", "score", "compare") and r.get("tokens_out")
+            and r.get("wall_s")]
+    pace = sum(r["tokens_out"] for r in made[-4:]) / sum(r["wall_s"] for r in made[-4:]) if made else None
+    trained = [r["wall_s"] for r in records if r["stage"] == "train" and r["run"].startswith("iterations/")
+               and r.get("status") == "done"]
+    return pace, (trained[-1] if trained else None)
 
 
 def batch_for(run: Run, cfg: IterateConfig, base_path: str) -> int:

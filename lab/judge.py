@@ -453,14 +453,16 @@ def _run_api(s: _Session, backend: ApiBackend, calls: list[Call], tick: Callable
     s.progress.check_stop()
 
 
-def _run_local(s: _Session, backend: LocalBackend, calls: list[Call], tick: Callable[[], None]) -> None:
-    """Judge calls in batches of similar length; each batch is recorded before the next starts."""
+def _run_local(s: _Session, backend: LocalBackend, calls: list[Call], tick: Callable[[], None],
+               within: Callable[[float], None] | None = None) -> None:
+    """Judge calls in batches of similar length; each batch is recorded before the next starts.
+    within(calls' worth of work in flight): per decode step, so the count moves inside a batch."""
     calls = sorted(calls, key=lambda c: len(s.prompt(c)))
     for i in range(0, len(calls), backend.batch_size):
         s.progress.check_stop()
         batch = calls[i:i + backend.batch_size]
         t0 = time.monotonic()
-        outs = backend.judge([s.prompt(c) for c in batch])
+        outs = backend.judge([s.prompt(c) for c in batch], within)
         dt = (time.monotonic() - t0) / len(batch)
         for call, v in zip(batch, outs):
             pv = max(v.probs, key=v.probs.get)
@@ -527,10 +529,16 @@ def _judge_locked(run: Run, cfg: JudgeConfig, progress: Progress | None, api_key
                 progress.loading(f"judge model {cfg.model or DEFAULT_MODELS['local']}")
             backend = make_backend(cfg, api_key)
             s.started = once(lambda: _record_settings(run, cfg, s))
-        runner = _run_local if isinstance(backend, LocalBackend) else _run_api
-        counter = itertools.count(done + 1)
+        at = [done]  # calls recorded so far: the count the work in flight adds to
+
+        def tick() -> None:
+            at[0] += 1
+            progress.update(at[0], total, "judging", calls_made=s.made)
         progress.update(done, total, "judging")
-        runner(s, backend, todo, lambda: progress.update(next(counter), total, "judging", calls_made=s.made))
+        if isinstance(backend, LocalBackend):
+            _run_local(s, backend, todo, tick, lambda work: progress.update(at[0], total, "judging", partial=work))
+        else:
+            _run_api(s, backend, todo, tick)
     progress.close()
     current = [r for c in _all_reached(cfg.plan, cands, s.lookup, cfg.seed, cfg.band()) if (r := s.lookup(c))]
     if not s.made:

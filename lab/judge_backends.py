@@ -311,14 +311,19 @@ class LocalBackend:
                            "choose another local judge model.")
         return ids
 
-    def judge(self, prompts: list[str]) -> list[LocalVerdict]:
-        """Judge prompts in batches of batch_size; returns one LocalVerdict per prompt, in order."""
+    def judge(self, prompts: list[str], on_step: Callable[[float], None] | None = None) -> list[LocalVerdict]:
+        """Judge prompts in batches of batch_size; returns one LocalVerdict per prompt, in order.
+        on_step(prompts' worth of work done so far, a float): after every decode step, so a caller's progress
+        moves within a batch (a small CPU judge spends minutes on one)."""
         out: list[LocalVerdict] = []
         for i in range(0, len(prompts), self.batch_size):
-            out.extend(self._judge_batch(prompts[i:i + self.batch_size]))
+            batch = prompts[i:i + self.batch_size]
+            step = None if on_step is None else (lambda share, i=i, n=len(batch): on_step(i + share * n))
+            out.extend(self._judge_batch(batch, step))
         return out
 
-    def _judge_batch(self, prompts: list[str]) -> list[LocalVerdict]:
+    def _judge_batch(self, prompts: list[str], on_step: Callable[[float], None] | None = None
+                     ) -> list[LocalVerdict]:
         """Pre-fill the prompts once; generate the reasoning on that KV cache; then cut the cache back to the prompt
         and feed only reasoning + `", "verdict": "` to read the labels (the prompt is never run twice)."""
         import torch
@@ -331,7 +336,7 @@ class LocalBackend:
         with torch.inference_mode():
             out = self.cm.model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=(mask.cumsum(-1) - 1)
                                 .clamp(min=0), use_cache=True, **{self.cache_arg: cache}, logits_to_keep=1)
-            gen = self._greedy(out.logits[:, -1], cache, mask, last_pos)
+            gen = self._greedy(out.logits[:, -1], cache, mask, last_pos, on_step)
             cache.crop(-(cache.get_seq_length() - mask.shape[1]))  # back to the pre-filled prompt
             raws = [self.cm.tokenizer.decode(g, skip_special_tokens=True) for g in gen]
             reasons = [_json_string_prefix(t) for t in raws]
@@ -341,7 +346,8 @@ class LocalBackend:
         return [LocalVerdict(r, p, raw, int(n), len(g))
                 for r, raw, p, n, g in zip(reasons, raws, probs, mask.sum(-1).tolist(), gen)]
 
-    def _greedy(self, logits, cache, mask, last_pos) -> list[list[int]]:
+    def _greedy(self, logits, cache, mask, last_pos, on_step: Callable[[float], None] | None = None
+                ) -> list[list[int]]:
         """Greedy reasoning tokens per row ([B, V] logits of the first step), each row ending with the token that
         closes the JSON string (or at reasoning_tokens / end of turn). Rows that are done keep decoding, unused."""
         import torch
@@ -358,6 +364,8 @@ class LocalBackend:
                     rows[i] += [] if t in self.cm.eos_ids else [t]
             if all(done) or step == self.reasoning_tokens - 1:
                 break
+            if on_step is not None:  # the batch's share done: rows finished, the rest by steps of their budget
+                on_step(sum(1.0 if d else (step + 1) / self.reasoning_tokens for d in done) / len(done))
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             last_pos = last_pos + 1
             logits = self.cm.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],

@@ -8,7 +8,9 @@ safe point, so records already appended stay whole.
 
 Work inside a unit (the tokens of a batch being generated) is reported as `partial`: the share of one more unit's
 worth of work, in the units of `done` (`update(3, 12, partial=1.5)`: 3 responses written, a batch of 3 half-way).
-`loading(what)` says a model is being loaded (no counts yet). Numbers the throttle held back are written when its
+`loading(what)` says a model is being loaded (no counts yet). `prefix` names the part of a longer stage the phases
+belong to ("round 2 · " in an iteration): every phase's desc, a loading one's too, starts with it.
+Numbers the throttle held back are written when its
 interval has passed, even if no update follows (a batch of judgments lands at once, then nothing for minutes);
 `close()` writes them at once, so a finished stage never shows an earlier count.
 
@@ -19,6 +21,8 @@ $LAB_PROGRESS_FILE (one JSON object, rewritten whole):
      "partial": float,            # work done inside the units in flight, in the same units (0 when none)
      "loading": bool,             # a model is being loaded: no counts to show
      "eta_s": float | null,       # seconds left at the pace observed in this phase (see Progress.eta)
+     "started": float,            # time.time() when this phase began (the page counts the seconds of a phase
+                                  # with no pace yet: a model loading, a first batch's pre-fill)
      "updated": float,            # time.time() of the update written (a held-back one: up to min_interval before)
      ...}                         # extras of the stage: "tokens", "tokens_per_s", "calls_made", "repo"
 """
@@ -92,6 +96,7 @@ class Progress:
 
     def __init__(self, desc: str = "", quiet: bool = False, min_interval: float = 0.5):
         self.desc, self.quiet, self.min_interval = desc, quiet, min_interval
+        self.prefix = ""  # put before every phase's desc (see the module docstring)
         env = os.environ.get("LAB_PROGRESS_FILE")
         self.file = Path(env) if env else None
         self._bar = None
@@ -107,22 +112,27 @@ class Progress:
     def update(self, done: int, total: int, desc: str | None = None, partial: float = 0.0, **extra) -> None:
         if desc is None and self._before_loading is not None:
             desc = self._before_loading  # the phase goes on after a model was loaded inside it
+        elif desc and not desc.startswith(self.prefix):
+            desc = self.prefix + desc
         self._before_loading = None
         if desc and desc != self.desc:
             self.close()
             self.desc = desc
             self._new_phase()
-        self._draw(done, total)
+        self._draw(done + partial, total)
         self._write(done, total, {"partial": round(float(partial), 3), "loading": False, **extra})
 
-    def loading(self, what: str) -> None:
-        """Say that a model (`what`) is loading: the page shows that instead of an empty bar. The next update
-        without a desc goes back to the phase it came from."""
+    def loading(self, what: str, verb: str = "loading") -> None:
+        """Say that a model (`what`) is loading, or another uncounted phase (verb "computing": the reference's
+        log-probs): the page shows that and its seconds instead of an empty bar. The next update without a desc
+        goes back to the phase it came from."""
         if self._before_loading is None:
             self._before_loading = self.desc
         self.close()
-        self.desc = f"loading {what}"
+        self.desc = f"{self.prefix}{verb} {what}"
         self._new_phase()
+        if not self.quiet:  # a terminal sees the phase too (a model load, the reference's log-probs: minutes on CPU)
+            print(f"{self.desc}…", file=sys.stderr, flush=True)
         self._write(0, 0, {"partial": 0.0, "loading": True}, force=True)
 
     def _new_phase(self) -> None:
@@ -145,7 +155,7 @@ class Progress:
             return None
         return max(total - work, 0.0) * (now - t0) / (work - w0)
 
-    def _draw(self, done: int, total: int) -> None:
+    def _draw(self, done: float, total: int) -> None:
         if self.quiet:
             return
         if self._bar is None:
@@ -154,7 +164,7 @@ class Progress:
             self._bar = tqdm(total=total, desc=self.desc, file=sys.stderr, dynamic_ncols=True)
             _BARS.add(self)
         self._bar.total = total
-        self._bar.n = done
+        self._bar.n = round(done, 1)  # with the work inside a batch: the bar moves per decode step
         self._bar.refresh()
 
     def _write(self, done: int, total: int, extra: dict, force: bool = False) -> None:
@@ -162,7 +172,8 @@ class Progress:
             return
         now = time.time()
         eta = self.eta(done + extra.get("partial", 0.0), total, now)
-        record = {"desc": self.desc, "done": done, "total": total, "eta_s": eta, "updated": now, **extra}
+        record = {"desc": self.desc, "done": done, "total": total, "eta_s": eta, "updated": now,
+                  "started": self.started, **extra}
         with self._lock:
             wait = self.min_interval - (now - self._last_write)
             if not force and wait > 0 and done < total:

@@ -159,6 +159,45 @@ def _download(repo_id: str) -> Path:
         raise LabError(_hub_message(repo_id, e)) from e
 
 
+PAIRRM = "llm-blender/PairRM"
+OFFLINE_RANKER = "tiny-random"  # the one ranker that loads with no Hub: random weights, for a smoke test only
+
+
+def hub_reachable(timeout_s: float = 1.5) -> bool:
+    """Whether the Hugging Face Hub can be reached: not with HF_HUB_OFFLINE set, else a TCP connect to its endpoint
+    (HF_ENDPOINT's host) within timeout_s. Not cached: a form asks once when the app is built."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def in_local_cache(repo_id: str) -> bool:
+    """Whether the Hub's cache on this machine holds repo_id's config (a download made earlier loads offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def default_ranker() -> tuple[str, str]:
+    """(the ranker a form starts on, why, '' for the usual one): PairRM where it can load (cached here, or the Hub
+    reachable); else the offline smoke-test ranker, since PairRM would fail on the first Rank."""
+    if in_local_cache(PAIRRM) or hub_reachable():
+        return PAIRRM, ""
+    return OFFLINE_RANKER, (f"The Hugging Face Hub is not reachable from this machine (HF_HUB_OFFLINE is set, or no "
+                            f"network) and {PAIRRM} is not in its cache, so the ranker starts on {OFFLINE_RANKER} "
+                            f"(random weights: a smoke test of the pipeline, not a ranking). Download PairRM once "
+                            f"where the Hub is reachable (`hf download {PAIRRM}`) to rank for real.")
+
+
 def _hub_message(repo_id: str, err: Exception) -> str:
     name, text = type(err).__name__, str(err)
     if "RepositoryNotFound" in name or "404" in text:

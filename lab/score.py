@@ -25,7 +25,8 @@ from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.engine_lab import read_after
 from lab.engines import ENGINE_CHOICES, ENGINE_HELP, ENGINES, pick_engine
-from lab.generation import AUTO_BATCH, AUTO_BATCH_HELP, Decoding, ReadAfter, Session, auto_batch, engine_record
+from lab.generation import (AUTO_BATCH, AUTO_BATCH_HELP, Decoding, ReadAfter, Session, ShiftedProgress, auto_batch,
+                            engine_record)
 from lab.judge_backends import API_BACKENDS, DEFAULT_MODELS, ApiBackend
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
@@ -267,11 +268,13 @@ class Scorer:
     probs_model: Callable | None = None
     engine: str = ""  # the engine's name, for run.json (local judges)
 
-    def score(self, prompts: list[str], seed: int) -> list[list[dict]]:
+    def score(self, prompts: list[str], seed: int, progress=None) -> list[list[dict]]:
+        """progress: told the judgments made (R per prompt) and the work inside a batch as it decodes (a
+        lab.generation.ShiftedProgress); API judges report per call through score_rows only."""
         if self.judge is not None:
             return api_scores(self.judge, prompts, self.cfg.evaluations, self.cfg.concurrency)
-        return local_scores(self.session, prompts, self.cfg.evaluations, self.cfg, seed, adapter=self.adapter,
-                            probs_model=self.probs_model)
+        return local_scores(self.session, prompts, self.cfg.evaluations, self.cfg, seed, progress,
+                            adapter=self.adapter, probs_model=self.probs_model)
 
     def rows_per_call(self, todo: int) -> int:
         """Rows per `score` call (each call's records are written as it returns): an API judge batch_size rows;
@@ -300,9 +303,11 @@ def score_rows(run: Run, rows: list[dict], scorer: Scorer, progress: Progress, d
     started = once(on_first or (lambda: None))
     for n in range(0, len(todo), step):
         progress.check_stop()
-        progress.update(len(rows) - len(todo) + n, len(rows), desc)
+        before = len(rows) - len(todo) + n
+        progress.update(before, len(rows), desc)
         chunk = todo[n:n + step]
-        evals = scorer.score([score_prompt(row["prompt"], row["text"]) for row in chunk], cfg.seed)
+        evals = scorer.score([score_prompt(row["prompt"], row["text"]) for row in chunk], cfg.seed,
+                             ShiftedProgress(progress, before, len(rows), desc, per_unit=cfg.evaluations, stops=False))
         started()
         run.append("scores", [score_record(row, e, ev, cfg.name, PROMPT_HASH) for row, evs in zip(chunk, evals)
                               for e, ev in enumerate(evs)])

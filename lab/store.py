@@ -424,6 +424,14 @@ class Run:
             return []
         return sorted(p.name for p in root.iterdir() if adapter_file(p, "config").exists())
 
+    def round_adapters(self) -> dict[str, Path]:
+        """{name: folder} of the complete adapters the self-rewarding rounds trained (iterations/<k>/adapters/
+        round-<k>), which chat and compare offer beside the run's own; a name the run's own adapters hold is theirs."""
+        own = set(self.adapters())
+        found = {name: self.iteration(k).adapter_dir(name) for k in self.iterations()
+                 for name in self.iteration(k).adapters()}
+        return {name: path for name, path in found.items() if name not in own}
+
     def adapter_folders(self) -> list[str]:
         """Names of every adapter folder, complete or still training (the app shows a training one live)."""
         root = self.file("adapters")

@@ -387,7 +387,8 @@ def build_trainer(model, tok, config: TrainConfig, out: Path, device: str, train
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rows = to_dataset(train, config.method)  # KTO: two rows per pair
     if precomputes_ref(config, len(rows), world):
-        progress.loading("the reference's log-probs (one pass over the pairs)")  # the trainer computes them at init
+        # the trainer computes them at init: a phase of its own, with its seconds
+        progress.loading("the reference's log-probs (one pass over the pairs)", verb="computing")
     trainer = trainer_cls(
         model, args=trainer_args(config, out, device, len(rows), bool(held)), train_dataset=rows,
         eval_dataset=to_dataset(held, config.method) if held else None, processing_class=tok,

@@ -103,12 +103,14 @@ class MetricsStream:
         if self.first_step is None:  # here, not in on_train_begin: a resumed state is loaded in between
             self.start = self.last_time = time.time()
             self.first_step = state.global_step
+            # the first step (seconds to minutes on a CPU) shows as a phase of its own, not as the loading before
+            self.progress.update(state.global_step, state.max_steps, "training")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._stop_everywhere():
             control.should_training_stop = True
             control.should_save = True  # a checkpoint to resume from
-        self.progress.update(state.global_step, state.max_steps, "train", eta_s=self._eta(state))
+        self.progress.update(state.global_step, state.max_steps, "training", eta_s=self._eta(state))
 
     def _stop_everywhere(self) -> bool:
         """A stop on any rank stops all ranks at the same step (else the others wait forever in a collective)."""

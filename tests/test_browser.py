@@ -111,6 +111,8 @@ def test_no_tab_explains_itself_in_command_line_flags(page):
     not "--max-steps"; a command the page can run is its tab."""
     for tab in TABS:
         open_tab(page, tab)
+        if tab not in ("Chat", "Spot-check"):  # no job on this run: no empty bar and no Stop button
+            assert not panel(page).get_by_role("button", name="Stop", exact=True).is_visible(), tab
         text = panel(page).inner_text()
         assert not re.search(r"--[a-z]|python -m lab", text), (tab, re.findall(r".{40}(?:--[a-z]|python -m).{40}",
                                                                                 text))
@@ -232,6 +234,9 @@ def test_phone_width_every_tab_is_in_reach(phone):
         assert b and b["x"] >= 0 and b["x"] + b["width"] <= 391, (title, b)
         tab.click()
         phone.locator('[role="tabpanel"]:visible').first.wait_for()
+        phone.wait_for_timeout(300)
+        wide = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert wide <= 2, (title, wide)  # no tab's form or table pushes the page sideways
     open_tab(phone, "Sample")
     model = box(field(phone, "Model"))
     assert model["width"] >= 300, model  # the model's name is not cut to a few letters
@@ -247,16 +252,23 @@ def test_judge_tab_shows_the_cost_first_then_reasoning_for_every_pair(page, prov
     field(page, "Model").fill("judge-model")
     panel(page).get_by_text("Rate limit and local judge").click()
     set_number(page, "Requests per minute", 0)
+    set_number(page, "Concurrent requests", 2)  # 12 calls of 1 s: a few seconds to watch it run
     wait_for_text(page, re.compile(r"\*?\*?12\*?\*? calls|12 calls"), timeout_s=30)  # 2(K-1) x 3, before any call
     assert provider.calls == 0
+    provider.latency_s = 1.0  # long enough to watch it run
     click(page, "Judge")
+    labels = bar_labels(page, "judging", seconds=4, shot_as="06a-judge-running")
+    assert len(set(labels)) >= 2 and all(re.search(r"judging \d+(\.\d+)?/12", x) for x in labels), labels
     wait_for_text(page, "Judging finished.")
+    provider.latency_s = 0.0
     assert provider.calls >= 12
     wait_for_text(page, "Made with judge openai")
     field(page, "Instruction").click()
     page.get_by_role("option").first.click()
     panel(page).locator("summary").first.click()  # each pair folds out to the judge's reasoning in both orders
     wait_for_text(page, "REASONING-SHOWN", timeout_s=30)
+    assert "(4 for K=3)" in panel(page).inner_text()  # the plan's calls worded for this run's K
+    wait_for_text(page, "Build pairs", timeout_s=10)  # where the verdicts go next
     shot(page, "06-judge")
 
 
@@ -317,6 +329,8 @@ def test_compare_tab_shows_scores_and_a_side_by_side_grid_without_reload(page):
     field(page, "PairRM").press("Tab")
     panel(page).get_by_text("No scorer chosen").wait_for(state="hidden", timeout=15_000)  # gone once one is set
     click(page, "Compare")
+    labels = bar_labels(page, "", seconds=4, shot_as="10a-compare-running")
+    assert len(set(labels)) >= 2, labels  # it moves: loading's seconds, then per decode step inside a chunk
     wait_for_text(page, "Comparing finished.", timeout_s=240)
     scores = panel(page).locator(".lab-table")
     scores.get_by_text("dpo-pairrm").wait_for(timeout=30_000)  # the scores, without a reload
@@ -399,29 +413,68 @@ def test_phone_width_the_grid_stacks_the_models(phone):
     shot(phone, "11-phone-compare")
 
 
-def test_iterate_tab_runs_two_rounds_and_draws_them_at_the_end(page):
+def test_iterate_tab_plans_then_draws_round_1_at_once_and_lists_its_adapters_in_chat(page):
     open_tab(page, "Iterate")
     assert not field(page, "API judge key (optional)").is_visible()  # the model judges itself: no key
     for label, value in [("Rounds", 2), ("Answers per instruction (N)", 2), ("Scores per answer (R)", 1),
                          ("Instructions (0 = all of the run's)", 2), ("Max new tokens", 8),
-                         ("Held-out instructions per round", 1)]:
+                         ("Held-out instructions per round", 1), ("Judge tokens (longest judgment)", 8)]:
         set_number(page, label, value)
     page.get_by_text("Training each round").click()
     set_number(page, "Max steps", 1)
+    # the plan before anything runs: 2 rounds x 2 instructions x N=2, at this run's measured pace
+    wait_for_text(page, re.compile(r"2 rounds to run on 2 instructions: 8 answers and 8 self-scores"), timeout_s=30)
+    assert "tokens/s" in panel(page).inner_text()
     click(page, "Iterate")
-    wait_for_text(page, "Iterating (2 rounds) finished.", timeout_s=400)
-    assert "2 rounds done: 2/2" in progress_of(page)[1]  # ends on its last phase done
+    labels = bar_labels(page, "round 1 ·", seconds=6)
+    assert len(set(labels)) >= 2 and all(x.startswith("round 1 · ") for x in labels), labels  # moves, names the round
     rows = panel(page).locator(".lab-table tbody tr")
+    rows.first.wait_for(timeout=300_000)  # round 1 done: its row, and its plots drawn now, not after round 2
+    wins = panel(page).locator(".lab-plots img")
+    wins.first.wait_for(timeout=30_000)
+    assert panel(page).locator(".lab-plots .vega-embed .mark-rect path").count() > 0  # the self-score bars
+    assert "One round so far" in panel(page).inner_text()  # the caption, under the plots
+    shot(page, "12a-iterate-round-1")
+    wait_for_text(page, "Iterating (2 rounds) finished.", timeout_s=400)
+    assert "2 rounds done 2/2" in progress_of(page)[1]  # ends on its last phase done
     rows.nth(1).wait_for(timeout=30_000)
-    assert rows.count() == 2 and "round-2" in rows.nth(1).inner_text() and "/" not in rows.nth(1).inner_text()[-12:]
-    lines = panel(page).locator(".vega-embed .mark-line path, .vega-embed .mark-symbol path")
-    page.wait_for_timeout(1000)
-    assert lines.count() > 0  # the plots drew their lines, no reload
-    assert panel(page).locator(".vega-embed .mark-rect path").count() > 0  # and the self-score histogram its bars
-    plots = panel(page).locator(".vega-embed")
-    # round 2 drawn beside round 1, and the line against the previous round: series that came after the first data
-    assert plots.get_by_text("round 2", exact=True).count() > 0 and plots.get_by_text("previous").count() > 0
-    shot(page, "12-iterate")
+    assert rows.count() == 2 and "round-2" in rows.nth(1).inner_text()
+    assert "too few for an interval" in rows.nth(1).inner_text()  # 1 held-out instruction: no [1.00, 1.00]
+    page.wait_for_timeout(1500)  # the plots redrawn with round 2, no reload
+    shot(page, "12-iterate-round-2")
+    open_tab(page, "Chat")  # the rounds' adapters are there to talk to
+    field(page, "Talk to").click()
+    page.get_by_role("option", name="adapter round-2").wait_for(timeout=30_000)
+    page.keyboard.press("Escape")
+
+
+def bar_labels(page, phase: str, seconds: float, shot_as: str = "") -> list[str]:
+    """The job bar's label every 0.5 s for `seconds` from when it first shows `phase`; shot_as: a screenshot the
+    first time the label shows a count while the job runs."""
+    deadline = time.time() + 120
+    while phase not in progress_of(page)[1]:
+        assert time.time() < deadline, progress_of(page)
+        page.wait_for_timeout(200)
+    labels, end, shot_taken = [], time.time() + seconds, False
+    while time.time() < end:
+        label = progress_of(page)[1]
+        if phase in label:
+            labels.append(label)
+        running = panel(page).get_by_text("is running").count() > 0
+        if shot_as and running and ("/" in label or not shot_taken):
+            shot(page, shot_as)  # the first running look, replaced once by one with a count
+            shot_taken = True
+            shot_as = "" if "/" in label else shot_as
+        page.wait_for_timeout(500)
+    return labels
+
+
+def test_long_dropdown_texts_are_not_cut_at_1280(page):
+    for tab, label in (("PairRM", "Ranker"), ("Train", "Method")):
+        open_tab(page, tab)
+        box = field(page, label)
+        cut = box.evaluate("e => e.scrollWidth - e.clientWidth")
+        assert cut <= 1, (tab, label, box.input_value(), cut)
 
 
 def test_share_tab_dry_run_stages_the_repos_and_stays_short(page):

@@ -55,7 +55,8 @@ def test_the_chat_tab_streams_the_base_and_an_adapter_side_by_side(page):
     # one answer per pane, each with text (an empty reply is said in words): model loading and decoding take a
     # while on a loaded machine, so the wait is for the finished text, not for a first render
     page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"bot\"]')]"
-                           ".filter(b => b.innerText.trim().length > 0).length >= 2", timeout=180_000)
+                           ".filter(b => b.innerText.trim() && !b.innerText.includes('loading the model')).length >= 2",
+                           timeout=180_000)
     wait_for_text(page, "adapter dpo-judge")  # the right pane's title
     assert panel(page).locator("[data-testid='user']").count() == 2  # the message went to both panes
     assert field(page, "Message").input_value() == ""

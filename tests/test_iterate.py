@@ -185,7 +185,7 @@ def test_a_stop_asked_for_in_the_last_scoring_batch_stops_before_training_loads_
 
         def update(self, done, total, desc=None, partial=0.0, **extra):
             super().update(done, total, desc, partial, **extra)
-            self.asked = self.asked or (self.desc.endswith("scoring (train)") and done == total > 0)
+            self.asked = self.asked or (self.desc == "round 1 · scoring" and done == total > 0)
 
         def check_stop(self):
             if self.asked:

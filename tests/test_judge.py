@@ -206,7 +206,7 @@ class PositionBiasedJudge(LocalBackend):
     def __init__(self, batch_size: int = 8):  # no model to load
         self.batch_size = batch_size
 
-    def judge(self, prompts: list[str]) -> list[LocalVerdict]:
+    def judge(self, prompts: list[str], on_step=None) -> list[LocalVerdict]:
         return [self._one(p) for p in prompts]
 
     def _one(self, prompt: str) -> LocalVerdict:

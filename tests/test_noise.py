@@ -150,3 +150,18 @@ def test_a_win_rate_from_a_random_or_weak_scorer_says_so_in_its_column(run):
     assert "reward win rate" in real.columns
     assert real.iloc[0, 10] == "0.50 [0.10, 0.90] (n=4)"
     assert real.columns[-1] == "checks win rate" and real.iloc[0, -1] == ""  # no checks: nothing, not noise
+
+
+def test_a_tab_shows_no_labels_for_scorers_before_its_stage_ran(run):
+    """Compare's box stays empty until a comparison exists: the judge or ranker upstream is not its scorer yet."""
+    import gradio as gr
+
+    from lab.ui import common
+
+    run.record_stage("sample", {"model": "tiny-random"})
+    run.record_stage("rank", {"ranker": "tiny-random"})
+    with gr.Blocks():
+        _, view = common.labels_view("compare")
+    assert view.read("t") == [""]
+    run.record_stage("compare", {"model": "tiny-random", "pairrm": "tiny-random", "judge": "none", "score": "none"})
+    assert TINY_RANKER in view.read("t")[0]

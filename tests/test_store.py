@@ -61,3 +61,22 @@ def test_run_json_never_holds_a_secret(run):
 def test_opening_a_missing_run_without_create_says_how_to_start(runs_dir):
     with pytest.raises(LabError, match="python -m lab sample"):
         Run.open("nope", create=False)
+
+
+def test_the_rounds_adapters_answer_to_their_names_beside_the_runs_own(run):
+    """Chat and Compare offer iterate's round-<k> adapters (iterations/<k>/adapters/) and load them by name."""
+    from lab.adapters import resolve_adapters
+    from lab.store import adapter_file
+
+    def complete(folder):
+        folder.mkdir(parents=True)
+        for kind in ("config", "weights"):
+            adapter_file(folder, kind).write_text("{}")
+        return folder
+
+    own = complete(run.adapter_dir("dpo"))
+    r1, r2 = complete(run.iteration(1).adapter_dir("round-1")), complete(run.iteration(2).adapter_dir("round-2"))
+    assert run.round_adapters() == {"round-1": r1, "round-2": r2}
+    assert resolve_adapters(run, "dpo,round-2") == {"dpo": own, "round-2": r2}
+    with pytest.raises(LabError, match="adapters: dpo, round-1, round-2"):
+        resolve_adapters(run, "round-3")

@@ -28,7 +28,7 @@ def test_the_handler_streams_both_panes_and_keeps_the_conversation(merged_run): 
 
     steps = list(tab.chat("t", "base", "dpo-judge", "Name a colour.", [], [], *VALUES))
     first, last = steps[0], steps[-1]
-    assert first[0] == [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": ""}]
+    assert first[0] == [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": tab.LOADING}]
     assert first[2] == "" and len(steps) > 2  # the box is cleared at once, the replies arrive in pieces
     tuned = greedy(merged_run.adapter_dir("dpo-judge"))
     # tiny-random's greedy reply to this prompt may be empty: the pane then says so (EMPTY_REPLY)

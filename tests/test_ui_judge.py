@@ -60,6 +60,10 @@ def test_judging_as_a_job_then_figures_and_reasoning_per_order(run, monkeypatch)
     figures, picker, shown = tab.refresh("t")
     assert "**2** of 2 instructions have a preference" in figures and "| 100% |" in figures
     assert "Made with judge openai · model m · call plan knockout · prompt " in figures and shown == ""
+    assert "**Build pairs**" in figures and "**PairRM** tab" in figures  # where the verdicts go next
+    assert [c[0] for c in tab.plan_choices("t")["choices"]] == [  # worded for this run's K=3, not K=5
+        "Knockout: 2(K-1) calls per instruction (4 for K=3)",
+        "Full: every pair in both orders, K(K-1) calls (6 for K=3)"]
     html = tab.show_pairs("t", picker["choices"][0][1])
     assert "#0 vs #1</b>: #1 preferred" in html and "#0 shown first" in html and "#1 shown first" in html
     assert "Q1Q is more thorough" in html and "#1 preferred (both orders agree)" in html  # the rule is shown

@@ -55,3 +55,15 @@ def test_the_tab_is_in_the_app():
 
     assert ("PairRM", "lab.ui.rank") in TABS and ("Spot-check", "lab.ui.spotcheck") in TABS
     build_app()  # every tab builds with its handlers wired
+
+
+def test_offline_the_ranker_starts_on_the_one_that_loads_and_says_why(monkeypatch):
+    """With the Hub unreachable and PairRM not cached, a first Rank on the Hub's PairRM could only fail."""
+    from lab import rank
+
+    if rank.in_local_cache(rank.PAIRRM):
+        pytest.skip("PairRM is in this machine's cache: it loads offline, so it stays the default")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not rank.hub_reachable()
+    spec, why = rank.default_ranker()
+    assert spec == "tiny-random" and "HF_HUB_OFFLINE" in why and "hf download llm-blender/PairRM" in why

@@ -28,8 +28,9 @@ def test_dry_run_lists_folders_and_previews_cards(run):
     assert links == "Nothing pushed from this run yet."
     assert picker["choices"] == ["t-judge", "t-pairrm", "t-dpo-judge"]
     card = share.card_preview("t", "t-judge")
-    assert card.startswith('<div class="prose lab-card"><pre><code class="language-yaml">')  # rendered, header as code
-    assert "<h1>alice/t-judge</h1>" in card and "<table>" in card
+    assert card.startswith('<div class="prose lab-card"><h1>alice/t-judge</h1>')  # opens on the card's text
+    assert "<table>" in card and '<details><summary>Card metadata' in card  # the YAML header folded, at the end
+    assert card.index("<details>") < card.index('<pre><code class="language-yaml">')
 
 
 def test_push_with_the_machines_token_shows_links(run, online, monkeypatch):
@@ -137,8 +138,10 @@ def test_the_report_button_writes_the_report_and_shows_the_efficiency_table(run)
     assert table.empty and list(table.columns)[:3] == ["run", "stage", "name"]
     with pytest.raises(gr.Error, match="must be 0 or more"):
         share.make_report("t", -1)
-    status, files, shown = share.make_report("t", 3)
+    status, files, shown, preview, figures = share.make_report("t", 3)
     assert "Report written" in status and "README.md" in {Path(f).name for f in files}
+    assert preview.startswith('<div class="prose lab-card">') and "<h1>" in preview  # rendered, not a download
+    assert all(Path(path).suffix == ".png" and Path(path) in map(Path, files) for path, _ in figures)
     report = run.file("report")
     assert not any(Path(f).is_relative_to(run.path) for f in files)  # copies Gradio may serve, not the run's folder
     assert all(Path(f).read_bytes() == (report / Path(f).name).read_bytes() for f in files)

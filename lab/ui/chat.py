@@ -120,7 +120,7 @@ def pane_choices(run_name: str | None, left: str | None = None, right: str | Non
     """[left, right]: the base model and the run's finished adapters (the right pane may be off); what is picked
     stays picked while it is still there."""
     run = _run(run_name)
-    adapters = run.adapters() if run else []
+    adapters = [*run.adapters(), *run.round_adapters()] if run else []  # with the self-rewarding rounds'
     both = [("base model", BASE), *((f"adapter {a}", a) for a in adapters)]
     keep = {BASE, *adapters}
     return (gr.update(choices=both, value=left if left in keep else BASE),
@@ -148,19 +148,23 @@ def chat(run_name, left, right, message, history_left, history_right, *values):
         hosting.check_chat(run, cfg, tuple(panes))
     except LabError as e:
         raise gr.Error(hosting.public_text(say(e))) from e
-    shown = [h + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}] for h in histories]
+    # until a pane's first words come (a model loading takes seconds), its bubble says so instead of staying empty
+    shown = [h + [{"role": "user", "content": message}, {"role": "assistant", "content": LOADING}] for h in histories]
     yield _views(shown, history_right, "")
+    replies: list[str] = [""] * len(shown)
     try:
         for replies in chat_stream(run, cfg, panes, histories, message):
             for view, reply in zip(shown, replies):
-                view[-1]["content"] = reply
+                view[-1]["content"] = reply or view[-1]["content"]
             yield _views(shown, history_right, "")
     except LabError as e:
         raise gr.Error(hosting.public_text(say(e))) from e
-    if any(not view[-1]["content"] for view in shown):  # a model may end its reply at once: say so, not a blank
-        for view in shown:
-            view[-1]["content"] = view[-1]["content"] or EMPTY_REPLY
-        yield _views(shown, history_right, "")
+    for view, reply in zip(shown, replies):  # the end: each pane's whole reply; one that ended at once says so
+        view[-1]["content"] = reply or EMPTY_REPLY
+    yield _views(shown, history_right, "")
+
+
+LOADING = "⏳ loading the model…"
 
 
 def _views(shown: list[list[dict]], right_before, message: str):

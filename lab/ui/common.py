@@ -10,6 +10,7 @@ that finds none stops it; opening the tab, picking a run or starting a job polls
 from __future__ import annotations
 
 import html
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,20 +69,32 @@ def progress_html(st: dict) -> str:
             f'<span>{html.escape(progress_label(st))}</span></div>')
 
 
-def progress_label(st: dict) -> str:
-    """"sampling: 3/12 · 412 tokens · about 20 s left"; "loading model bundled…"; "starting…" before either."""
+def progress_label(st: dict, now: float | None = None) -> str:
+    """"round 2 · scoring 3.4/8 · about 20 s left"; "sampling 4.6/12 · 412 tokens · 35 s so far" before the pace
+    gives an estimate; "loading model bundled… 12 s"; "starting…". Work inside a batch shows as a fraction
+    (lab.progress's `partial`), and a phase without a pace counts its seconds, so a running label moves each poll."""
     p, state = st.get("progress") or {}, st.get("state", "none")
     if state == "queued":
         return f"{st.get('label', 'job')}: {queue_text(st)}"
-    if state == "running" and (not p or p.get("loading")):
-        return f"{p.get('desc') or 'starting'}…"
+    running = state == "running"
+    spent = max((now or time.time()) - p["started"], 0) if running and p.get("started") else None
+    if running and (not p or p.get("loading")):
+        return f"{p.get('desc') or 'starting'}…" + (f" {duration(spent)}" if spent is not None else "")
     if not p.get("total"):
         return ""
+    done, partial = p.get("done", 0), (p.get("partial") or 0) if running else 0
+    value = min(done + partial, p["total"])  # under one: two decimals, so a long first batch visibly moves
+    count = (f"{value:.1f}" if value >= 1 else f"{value:.2f}") if partial else f"{done}"
     tokens = f" · {p['tokens']:,} tokens" if p.get("tokens") else ""
     eta = p.get("eta_s")
-    left = "" if eta is None or state != "running" else \
-        f" · about {eta:.0f} s left" if eta < 90 else f" · about {eta / 60:.1f} min left"
-    return f"{p.get('desc') or st.get('label', '')}: {p.get('done', 0)}/{p['total']}{tokens}{left}"
+    left = "" if not running else f" · about {duration(eta)} left" if eta is not None else \
+        f" · {duration(spent)} so far" if spent is not None else ""
+    return f"{p.get('desc') or st.get('label', '')} {count}/{p['total']}{tokens}{left}"
+
+
+def duration(seconds: float) -> str:
+    """"12 s", "3.5 min"."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def ordinal(n: int) -> str:
@@ -129,7 +142,9 @@ def labels_view(stage: str) -> tuple[gr.Markdown, View]:
     box = gr.Markdown()
 
     def labels(name: str | None) -> str:  # a name that is not a run's raises: the view leaves the box as it is
-        return noise_md(Run.open(name), stage) if name else ""
+        run = Run.open(name) if name else None  # no results of the stage yet: nothing to label (the warnings of
+        # scorers not yet chosen mislead); a chat keeps no results, its labels are the model it talks to
+        return noise_md(run, stage) if run and (stage == "chat" or run.stage_settings(stage)) else ""
     return box, View(labels, [box])
 
 
@@ -140,16 +155,19 @@ def plot(frame, caption: str = "", visible: bool = True):
 
 
 def job_panel() -> JobPanel:
-    with gr.Group():
-        bar = gr.HTML(progress_html({}))
-        with gr.Row():
-            status = gr.Markdown()
-            stop = gr.Button("Stop", variant="stop", size="sm", scale=0)
-    with gr.Accordion("Job log", open=False):
-        log = gr.Code(language=None, lines=10, max_lines=20, interactive=False)
-    with gr.Accordion("Redo this job: command line and settings file", open=False, visible=False) as redo:
-        command = gr.Code(language="shell", lines=2, interactive=False, label="Command line")
-        download = gr.DownloadButton("Settings as YAML (--config)", size="sm")
+    with gr.Column(elem_classes="lab-job"):  # hidden while the tab has no job (lab.ui.style): no empty bar, no Stop
+        with gr.Group():
+            bar = gr.HTML(progress_html({}))
+            with gr.Row():
+                status = gr.Markdown()
+                stop = gr.Button("Stop", variant="stop", size="sm", scale=0)
+        with gr.Accordion("Job log", open=False):
+            log = gr.Code(language=None, lines=10, max_lines=20, interactive=False)
+        with gr.Accordion("Redo this job: command line and settings file", open=False, visible=False) as redo:
+            command = gr.Code(language="shell", lines=2, interactive=False, label="Command line")
+            download = gr.DownloadButton("Settings as YAML (--config)", size="sm")
+    # outside the hidden column: a tab with no job of its own still polls (another tab's job ending changes its
+    # views: a trained adapter joins Compare's list)
     timer = gr.Timer(POLL_S, active=False)  # the app activates the shown tab's
     return JobPanel(bar, status, stop, log, timer, redo, command, download)
 

@@ -101,11 +101,12 @@ def _settings_inputs() -> dict:
                    top_p=dict(kind="Slider", minimum=0.05, maximum=1, step=0.01))
     with gr.Accordion("Scores and duplicates", open=False):
         with gr.Row():
-            made |= inp(["pairrm", "judge", "judge_model"], pairrm=dict(placeholder="llm-blender/PairRM"),
+            made |= inp(["pairrm", "judge", "judge_model"],  # a placeholder reads as a value: say what empty is
+                        pairrm=dict(placeholder="none (type llm-blender/PairRM or tiny-random to score)"),
                         judge=dict(choices=JUDGE_CHOICES))
         with gr.Row():
             made |= inp(["score", "score_model"], score=dict(choices=SCORE_CHOICES))
-            made |= inp(["reward", "checks"], reward=dict(placeholder=REWARD_EXAMPLE))
+            made |= inp(["reward", "checks"], reward=dict(placeholder=f"none (e.g. {REWARD_EXAMPLE})"))
         with gr.Row():
             made |= inp(["duplicates", "near_duplicate", "batch_size"], duplicates=dict(kind="Radio"),
                         near_duplicate=dict(kind="Slider", minimum=0.3, maximum=1, step=0.05),
@@ -230,7 +231,8 @@ def adapter_choices(run_name: str | None, ticked: list | None = None):
     """The run's adapters; those ticked stay ticked while they are still there."""
     if not run_name:
         return gr.update(choices=[], value=[])
-    names = Run.open(run_name).adapters()
+    run = Run.open(run_name)
+    names = [*run.adapters(), *run.round_adapters()]  # the self-rewarding rounds' adapters too
     return gr.update(choices=names, value=[a for a in ticked or [] if a in names])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -30,8 +31,15 @@ from lab.ui.views import View, chain, internal, made_with, wire_restore
 from lab.ui.wording import count, say
 
 BACKENDS = [(b.label, name) for name, b in REGISTRY.items()]
-PLAN_CHOICES = [("Knockout: 2(K-1) calls per instruction (8 for K=5)", "knockout"),
-                ("Full: every pair in both orders, K(K-1) calls (20 for K=5)", "full")]
+def plan_choices_for(k: int = 5) -> list[tuple[str, str]]:
+    """The plan radio's choices, the calls per instruction worked out for the run's K responses."""
+    return [(f"Knockout: 2(K-1) calls per instruction ({2 * (k - 1)} for K={k})", "knockout"),
+            (f"Full: every pair in both orders, K(K-1) calls ({k * (k - 1)} for K={k})", "full")]
+
+
+PLAN_CHOICES = plan_choices_for()
+BUILD_PAIRS = ("**Next**: turn these verdicts into training pairs with **Build pairs** at the bottom of the "
+               "**PairRM** tab (source: judge), after spot-checking some in **Spot-check** if you like.")
 WEAK = ("**The local judge is weak.** SmolLM2-135M's verdicts are close to noise (its verdict is read from label "
         "probabilities, so it always gives one): use it to try the pipeline, and Groq or an OpenAI-compatible "
         "endpoint for preference data worth training on.")
@@ -115,6 +123,7 @@ def build(ctx) -> JudgeTab:
     pairs = gr.HTML()
     tab = JudgeTab(**inputs, cost=cost, start=start, panel=panel, figures=figures, pick=pick, pairs=pairs)
     tab.views = [View(refresh, [figures, pick, pairs], inputs=[pick], api_name="judge_results"),
+                 View(plan_choices, [tab.plan]),
                  View(show_cost, [cost], inputs=[*tab.settings, *tab.calibration],
                       api_name="show_cost")]
     _wire(tab, ctx)
@@ -277,8 +286,16 @@ def refresh(run_name: str | None, picked: str | None = None):
     st = run.stage_settings("judge") or {}
     made = made_with(st, "judge", MADE_WITH if st.get("backend") == "local" else MADE_WITH[:3],
                      {"prompt": (st.get("prompt_hash") or "")[:8]})
-    figures = noise_md(run, "judge") + figures_md(report(run)) + (f"\n\n{made}" if made and judged else "")
+    figures = noise_md(run, "judge") + figures_md(report(run)) + (f"\n\n{made}" if made and judged else "") + \
+        (f"\n\n{BUILD_PAIRS}" if judged else "")
     return figures, gr.update(choices=choices, value=picked), show_pairs(run_name, picked)
+
+
+def plan_choices(run_name: str | None):
+    """The plan radio worded for the run's K (the most common number of responses per instruction)."""
+    counts = Counter(s["instruction_id"] for s in Run.open(run_name).read("samples")) if run_name else Counter()
+    k = Counter(counts.values()).most_common(1)[0][0] if counts else 5
+    return gr.update(choices=plan_choices_for(max(k, 2)))
 
 
 def show_pairs(run_name: str | None, instruction_id: str | None) -> str:

@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from lab.pairs import SOURCES, STRATEGIES, PairsConfig, build_pairs
-from lab.rank import RANKERS, REWARD_EXAMPLE, RankConfig
+from lab.rank import RANKERS, REWARD_EXAMPLE, RankConfig, default_ranker
 from lab.records.rankings import latest_rankings
 from lab.records.samples import groups as sample_groups
 from lab.store import Run
@@ -56,9 +56,11 @@ def build(ctx) -> RankTab:
                 "scores each response alone, up to its own maximum length; it is stronger and needs K passes, not "
                 "K·(K-1) (`docs/pairs.md`).")
     with gr.Row():
-        ranker = gr.Dropdown(RANKER_CHOICES, value="llm-blender/PairRM", label="Ranker", info=h("ranker"),
-                             allow_custom_value=True)
+        default, why = default_ranker()  # offline: the ranker that loads, and why
+        ranker = gr.Dropdown(RANKER_CHOICES, value=default, label="Ranker", info=h("ranker"), allow_custom_value=True,
+                             elem_classes="lab-wide-dropdown", scale=3)
         batch_size = gr.Number(32, label="Rows per pass", precision=0, minimum=1, info=h("batch_size"))
+    gr.Markdown(f"⚠ {why}" if why else "", elem_classes="lab-offline-note")
     start = gr.Button("Rank", variant="primary")
     panel = job_panel()
     summary = gr.Markdown()

@@ -51,6 +51,8 @@ class ShareTab:
     write_report: gr.Button | None = None
     report_status: gr.Markdown | None = None
     report_files: gr.File | None = None
+    report_preview: gr.HTML | None = None  # the report's README.md rendered
+    report_figures: gr.Gallery | None = None  # its PNG figures
     efficiency: gr.HTML | None = None
 
 
@@ -109,9 +111,11 @@ def build(ctx) -> ShareTab:
         pick = gr.Dropdown(label="Staged repo", choices=[], interactive=True)
         card = gr.HTML()
     merge_pick, merge, panel = _merge_inputs()
+    merged = gr.Markdown(elem_classes="lab-made")  # where the merged models went (merged_note)
     tab = ShareTab(login, who, fields, dry_run, push, status, links, pick, card, merge_pick, merge, panel,
                    **_report_section())
     tab.views = [View(refresh, [links, pick], inputs=[pick]), View(merge_choices, [merge_pick], inputs=[merge_pick]),
+                 View(merged_note, [merged]),
                  View(efficiency_html, [tab.efficiency])]  # a merge, or any other tab's job, adds a record
     _wire(tab, ctx)
     return tab
@@ -126,10 +130,13 @@ def _report_section() -> dict:
                              info=forms.help_of(ReportConfig)("examples"))
         write_report = gr.Button("Write the report", size="sm")
     status, files = gr.Markdown(), gr.File(label="Report files", file_count="multiple", interactive=False)
+    with gr.Accordion("Report preview: its README and figures", open=False):  # folded: the tab stays short
+        preview = gr.HTML()
+        figures = gr.Gallery(label="Report figures", columns=2, height="auto", interactive=False)
     gr.Markdown("#### Efficiency: one row per run of a stage")
     table = gr.HTML()
     return dict(examples=examples, write_report=write_report, report_status=status, report_files=files,
-                efficiency=table)
+                efficiency=table, report_preview=preview, report_figures=figures)
 
 
 def _wire(tab: ShareTab, ctx) -> None:
@@ -144,7 +151,8 @@ def _wire(tab: ShareTab, ctx) -> None:
     wire_job_panel(tab.panel, ctx.run_name, "merge", tab.views)
     wire_start(tab.panel, tab.merge, start_merge, [ctx.run_name, tab.merge_pick], "start_merge")
     tab.write_report.click(make_report, inputs=[ctx.run_name, tab.examples],
-                           outputs=[tab.report_status, tab.report_files, tab.efficiency], api_name="write_report")
+                           outputs=[tab.report_status, tab.report_files, tab.efficiency, tab.report_preview,
+                                    tab.report_figures], api_name="write_report")
 
 
 def _who_text(token: str | None, hosted: bool) -> str:
@@ -224,6 +232,16 @@ def merge_choices(run_name: str | None, picked: str | None = None):
     return gr.update(choices=names, value=picked if picked in names else (names[0] if names else None))
 
 
+def merged_note(run_name: str | None) -> str:
+    """Where each merged model of the run is: its folder (relative to the runs folder: no server path)."""
+    names = Run.open(run_name).merged() if run_name else []
+    if not names:
+        return ""
+    where = ", ".join(f"`{html.escape(run_name)}/merged/{html.escape(n)}/`" for n in names)
+    return (f"Merged models (plain transformers checkpoints, under the runs folder): {where}. Push them above with "
+            "*Merged models* ticked.")
+
+
 def render_links(run: Run) -> str:
     """The repos pushed from this run so far (push.jsonl), newest state per repo."""
     records = hub.pushed(run)
@@ -256,11 +274,12 @@ def card_preview(run_name: str | None, name: str | None) -> str:
     path = run.file("hub") / name / "README.md"
     if not path.exists():
         return ""
-    text = path.read_text(encoding="utf-8")
-    if text.startswith("---\n") and text.count("---\n") >= 2:
-        _, header, body = text.split("---\n", 2)
-        text = f"{cards.fence(header.rstrip(), 'yaml')}\n{body}"
-    return f'<div class="prose lab-card">{render_markdown(text)}</div>'
+    text, meta = path.read_text(encoding="utf-8"), ""
+    if text.startswith("---\n") and text.count("---\n") >= 2:  # the card opens on its text; the Hub's YAML folded
+        _, header, text = text.split("---\n", 2)
+        meta = (f"<details><summary>Card metadata (the YAML header the Hub reads)</summary>"
+                f"{render_markdown(cards.fence(header.rstrip(), 'yaml'))}</details>")
+    return f'<div class="prose lab-card">{render_markdown(text)}{meta}</div>'
 
 
 def render_markdown(text: str) -> str:
@@ -290,6 +309,10 @@ def make_report(run_name: str | None, examples):
     out = checked(report_run, run, checked(ReportConfig(examples=int(examples or 0)).validate))
     folder = run.file("report")
     files = {name: folder / name for name in out["files"] if (folder / name).is_file()}
+    served = served_copies(files, f"report:{run.path}")
+    readme = folder / "README.md"
+    preview = f'<div class="prose lab-card">{render_markdown(readme.read_text(encoding="utf-8"))}</div>' \
+        if readme.is_file() else ""
     return (f"Report written: **{len(files)}** files in the run's `report/` folder (`{html.escape(run.name)}/report/`"
-            " under the runs folder); download them below.", served_copies(files, f"report:{run.path}"),
-            efficiency_html(run_name))
+            " under the runs folder); download them below, or read it here.", served, efficiency_html(run_name),
+            preview, [(path, Path(path).name) for path in served if path.endswith(".png")])

@@ -49,8 +49,8 @@ def build(ctx) -> SpotcheckTab:
     load = gr.Button("Load pairs", size="sm")
     position = gr.Markdown()
     prompt = gr.HTML()
-    with gr.Row(equal_height=False):
-        text_a, text_b = gr.HTML(label="Response 1"), gr.HTML(label="Response 2")
+    with gr.Row(equal_height=False):  # min_width: on a phone the two answers stack, each the page's width
+        text_a, text_b = gr.HTML(label="Response 1", min_width=300), gr.HTML(label="Response 2", min_width=300)
     judge = gr.HTML()
     with gr.Row():
         buttons = {"a": gr.Button("1 is better", variant="primary"), "b": gr.Button("2 is better", variant="primary"),

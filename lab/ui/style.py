@@ -9,6 +9,10 @@ CSS = """
   white-space: nowrap; }
 .lab-response { border-left: 3px solid var(--color-accent); padding-left: .6rem; margin-bottom: .8rem; }
 .lab-made { font-size: .85rem; opacity: .8; }
+/* a tab with no job shows no empty bar, Stop button or log */
+.lab-job:has(.lab-progress[data-state="none"]) { display: none !important; }
+/* a dropdown's chosen text is never hidden under its arrow */
+.lab-wide-dropdown input { text-overflow: ellipsis; }
 .lab-empty { opacity: .75; font-style: italic; }
 
 /* result tables: words never break inside, a wide table scrolls in its own box */
@@ -44,6 +48,7 @@ CSS = """
   .gradio-container { padding: 4px !important; }
   .lab-grid { grid-auto-flow: row; grid-auto-columns: auto; grid-template-columns: minmax(0, 1fr); }
   .lab-wide-on-phone { min-width: 100% !important; }
+  .lab-table { max-width: calc(100vw - 24px); }  /* a 15-column table scrolls in its box, not the page */
 }
 """
 

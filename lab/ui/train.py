@@ -52,10 +52,23 @@ FORM = ["epochs", "max_steps", "lr", "beta", "batch_size", "loss_type", "model",
 def _settings_inputs() -> dict:
     """The form: each input built from its TrainConfig field (lab.ui.forms)."""
     inp = lambda names, **kw: forms.inputs(TrainConfig, names, **kw)  # noqa: E731
+    # One line of help per input, so the inputs of a row sit level (a 4-line Beta help pushed its box down) and
+    # the method dropdown is wide enough for its whole label; the longer help is in "About the methods" below.
     with gr.Row():
-        made = inp(["method"], method=dict(choices=[(m.label, k) for k, m in METHODS.items()]))
-        made |= inp(["epochs", "max_steps", "lr", "beta", "batch_size"], epochs=dict(minimum=0), lr=dict(minimum=0),
-                    beta=dict(minimum=0), batch_size=dict(minimum=1))
+        made = inp(["method"], method=dict(choices=[(m.label, k) for k, m in METHODS.items()], scale=2,
+                                           min_width=420, info="the training objective: see About the methods"))
+        made |= inp(["epochs", "max_steps"], max_steps=dict(info="-1 = run the epochs"),
+                    epochs=dict(minimum=0, info="passes over the pairs (unless Max steps > 0)"))
+    with gr.Row():
+        made |= inp(["lr", "beta", "batch_size"], lr=dict(minimum=0, info="peak, for the LoRA weights"),
+                    beta=dict(minimum=0, info="pull back to the reference: higher = stay closer"),
+                    batch_size=dict(minimum=1))
+    h = forms.help_of(TrainConfig)  # in the page's words
+    with gr.Accordion("About the methods", open=False):
+        gr.Markdown("\n".join(f"- **{k}**: {m.label}" for k, m in METHODS.items()) +
+                    f"\n\n**Beta**: {h('beta').split(': ', 1)[-1]}. **Learning rate**: {h('lr').split(': ', 1)[-1]}. "
+                    "DPO and KTO train against a frozen reference (the base, or the adapter continued from); "
+                    "SimPO and ORPO need none. Details: `docs/training.md`.")
     with gr.Accordion("More settings", open=False):
         with gr.Row():
             made |= inp(["loss_type", "model", "target_modules"],
@@ -92,8 +105,8 @@ def build(ctx) -> TrainTab:
     shown = gr.Dropdown([], label="Adapter shown", allow_custom_value=True,
                         info="follows the running training; pick any other to inspect it")
     summary, warnings = gr.Markdown(), gr.Markdown()
-    with gr.Row():
-        plots = [gr.LinePlot(x="step", y="value", color="series", title=title, height=260)
+    with gr.Row():  # min_width: on a phone the plots wrap into a column, titles and legends whole
+        plots = [gr.LinePlot(x="step", y="value", color="series", title=title, height=260, min_width=320)
                  for title in [*PLOTS, *[""] * (MAX_PLOTS - len(PLOTS))]]
     tab = TrainTab(pairs, adapter, init_adapter, fields, start, panel, shown, summary, warnings, plots)
     picks = [pairs, init_adapter, shown]
