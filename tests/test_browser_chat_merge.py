@@ -54,8 +54,9 @@ def test_the_chat_tab_streams_the_base_and_an_adapter_side_by_side(page):
     click(page, "Send")
     bots = panel(page).locator("[data-testid='bot']")
     bots.nth(1).wait_for(timeout=60_000)  # one answer per pane
-    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"bot\"]')[1]?.innerText.trim().length > 0",
-                           timeout=60_000)
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"bot\"]')].slice(0, 2).every("
+                           "b => b.innerText.trim().length > 0 && !b.innerText.includes('loading the model'))",
+                           timeout=60_000)  # both panes' answers, not the bubble that stood for them while loading
     wait_for_text(page, "adapter dpo-judge")  # the right pane's title
     assert panel(page).locator("[data-testid='user']").count() == 2  # the message went to both panes
     assert field(page, "Message").input_value() == ""
