@@ -449,7 +449,7 @@ def test_iterate_tab_plans_then_draws_round_1_at_once_and_lists_its_adapters_in_
 
 
 def bar_labels(page, phase: str, seconds: float, shot_as: str = "") -> list[str]:
-    """The job bar's label every 0.5 s for `seconds` from when it first shows `phase`; shot_as: a screenshot the
+    """The job bar's label every 0.25 s for `seconds` from when it first shows `phase`; shot_as: a screenshot the
     first time the label shows a count while the job runs."""
     deadline = time.time() + 120
     while phase not in progress_of(page)[1]:
@@ -465,7 +465,7 @@ def bar_labels(page, phase: str, seconds: float, shot_as: str = "") -> list[str]
             shot(page, shot_as)  # the first running look, replaced once by one with a count
             shot_taken = True
             shot_as = "" if "/" in label else shot_as
-        page.wait_for_timeout(500)
+        page.wait_for_timeout(250)
     return labels
 
 

@@ -164,7 +164,7 @@ def chat(run_name, left, right, message, history_left, history_right, *values):
     yield _views(shown, history_right, "")
 
 
-LOADING = "⏳ loading the model…"
+LOADING = "*loading the model…*"  # plain text: an hourglass emoji drew as an empty box in the page's font
 
 
 def _views(shown: list[list[dict]], right_before, message: str):
