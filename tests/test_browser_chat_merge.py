@@ -47,9 +47,20 @@ def page(server):
         browser.close()
 
 
+@pytest.fixture(autouse=True)
+def screenshot_on_failure(request):
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed and "page" in request.fixturenames:
+        shot(request.getfixturevalue("page"), f"FAILED-{request.node.name}")
+
+
 def test_the_chat_tab_streams_the_base_and_an_adapter_side_by_side(page):
     open_tab(page, "Chat")
     pick_option(page, "Side by side with", "adapter dpo-judge")
+    wait_for_text(page, "adapter dpo-judge")  # the right pane shows, titled by its model, before the message goes
+    page.wait_for_timeout(1000)  # a run's pane lists still landing (a loaded machine) would reset the pick: look again
+    assert field(page, "Side by side with").input_value() == "adapter dpo-judge"
     field(page, "Message").fill("Name a colour.")
     click(page, "Send")
     # one answer per pane, each with text (an empty reply is said in words): model loading and decoding take a
@@ -57,7 +68,6 @@ def test_the_chat_tab_streams_the_base_and_an_adapter_side_by_side(page):
     page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"bot\"]')]"
                            ".filter(b => b.innerText.trim() && !b.innerText.includes('loading the model')).length >= 2",
                            timeout=180_000)
-    wait_for_text(page, "adapter dpo-judge")  # the right pane's title
     assert panel(page).locator("[data-testid='user']").count() == 2  # the message went to both panes
     assert field(page, "Message").input_value() == ""
     shot(page, "20-chat")
