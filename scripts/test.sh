@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_
 # sessions, so two suites running at once on one machine would delete each other's files mid-test.
 case " $* " in *" --basetemp"*) ;; *) set -- --basetemp=.pytest-tmp "$@" ;; esac
 # Two workers (pytest-xdist), a whole file each at a time, long files first (tests/conftest.py): the suite waits on
-# child processes, a browser and model loads as much as it computes, so two at once roughly halve it on 2 cores.
+# child processes, a browser and model loads as well as computing: on 2 cores two at once took 28 min, one 35.
 # LAB_TEST_WORKERS=0 runs in one process (as does -n 0 or -p no:xdist given here).
 # Each worker (and the lab processes its tests start) then computes on one core: torch's default of a thread per
 # core would put four busy threads on two cores, and its spinning threads made the proof recipe's sampling 4x slower.
