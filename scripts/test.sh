@@ -19,7 +19,7 @@ case " $* " in *" --basetemp"*) ;; *) set -- --basetemp=.pytest-tmp "$@" ;; esac
 # child processes, a browser and model loads as well as computing: on 2 cores two at once took 28 min, one 35.
 # LAB_TEST_WORKERS=0 runs in one process (as does -n 0 or -p no:xdist given here).
 # Each worker (and the lab processes its tests start) then computes on one core: torch's default of a thread per
-# core would put four busy threads on two cores, and its spinning threads made the proof recipe's sampling 4x slower.
+# core would put four busy threads on two cores (a trial on a busy machine had the proof's sampling far slower).
 case " $* " in *" -p no:xdist "*|*" -n "*|*" -n="*) ;; *)
   workers=${LAB_TEST_WORKERS:-2}
   if [ "$workers" -gt 1 ]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( ($(nproc) + workers - 1) / workers ))}; fi
