@@ -61,3 +61,14 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture(autouse=True)
+def screenshot_on_failure(request):
+    """A browser test that failed leaves test-artifacts/FAILED-<test>.png of its page (tests/browser_helpers.shot)."""
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed and "page" in request.fixturenames:
+        from tests.browser_helpers import shot
+
+        shot(request.getfixturevalue("page"), f"FAILED-{request.node.name}")

@@ -88,14 +88,6 @@ def phone(browser, server):
     ctx.close()
 
 
-@pytest.fixture(autouse=True)
-def screenshot_on_failure(request):
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed and "page" in request.fixturenames:
-        shot(request.getfixturevalue("page"), f"FAILED-{request.node.name}")
-
-
 def test_a_mistake_speaks_the_pages_words_not_the_command_lines(page):
     choose_run(page, "browser-empty")
     open_tab(page, "Judge")

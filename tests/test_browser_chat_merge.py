@@ -47,14 +47,6 @@ def page(server):
         browser.close()
 
 
-@pytest.fixture(autouse=True)
-def screenshot_on_failure(request):
-    yield
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed and "page" in request.fixturenames:
-        shot(request.getfixturevalue("page"), f"FAILED-{request.node.name}")
-
-
 def test_the_chat_tab_streams_the_base_and_an_adapter_side_by_side(page):
     open_tab(page, "Chat")
     pick_option(page, "Side by side with", "adapter dpo-judge")
