@@ -75,7 +75,12 @@ def test_every_bench_has_a_quick_mode_and_is_covered():
         assert parsed.get("quick", parsed.get("dry_run")) is True, name  # gpu_steps: --quick is --dry-run
 
 
-@pytest.mark.parametrize("name", sorted(set(QUICK) - set(IN_GPU_DRY_RUN)))
+# quick modes that take over ten seconds here (a rate limit's pacing; a self-rewarding round's child processes)
+SLOW_QUICK = {"judge", "iterate"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_QUICK else n
+                                  for n in sorted(set(QUICK) - set(IN_GPU_DRY_RUN))])
 def test_quick_mode_ends_with_its_figures(name, tmp_path):
     args, keys = QUICK[name]
     out = last_json(name, args, tmp_path)

@@ -153,6 +153,7 @@ def judge_via_api(client, base_url: str, key: str, model: str = "m"):
                           TIE_BAND, api_name="/start_judging")  # the calibration inputs come after the key
 
 
+@pytest.mark.slow
 def test_the_app_on_a_space_never_sends_the_owners_key_to_a_visitors_server(run, runs_dir, owner, visitor):
     from gradio_client.exceptions import AppError
 

@@ -387,9 +387,10 @@ def test_calls_run_concurrently_and_the_client_limit_provokes_no_429(run, fp):
     assert out["calls_made"] == 24 and fp.statuses[429] == 0 and time.monotonic() - t0 >= 23 * 0.2
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_repeating_finished_calls(run, fp):
     add_samples(run, n=6, k=5)
-    fp.latency_s = 0.15
+    fp.latency_s = 0.05  # 40 calls a second at concurrency 2: the kill lands with about 100 of them still to make
     env = {**os.environ, "LAB_RUNS_DIR": str(run.path.parent), "GROQ_API_KEY": KEY, "GROQ_BASE_URL": fp.url}
     argv = [sys.executable, "-m", "lab", "judge", "--run", run.name, "--backend", "groq", "--model", "m",
             "--base-url", fp.url, "--rpm", "0", "--concurrency", "2", "--plan", "full"]
@@ -460,19 +461,8 @@ def test_bundled_local_judge_gives_reasoning_and_verdicts(run):
     assert out["consistency_rate"] is not None and out["invalid_calls"] == 0
 
 
-@pytest.mark.slow
-def test_bundled_judge_decides_offline_on_four_instructions_by_three_responses(run):
-    from lab.sample import SampleConfig, sample_run
-
-    sample_run(run, SampleConfig(model="bundled", instructions="bundled", n=4, k=3, max_new_tokens=64), quiet())
-    out = judge_run(run, JudgeConfig(backend="local"), quiet())  # the offline default, knockout plan
-    stats = build_pairs(run, PairsConfig(source="judge"))
-    assert out["calls_made"] == 4 * 4 and out["first_position_win_rate"] is not None  # the raw bias stays reported
-    assert stats["pairs"] >= 2, (out, stats)
-    pairs = [json.loads(line) for line in run.pairs_file("judge").read_text().splitlines()]
-    assert {p["meta"]["rule"] for p in pairs} <= {"agree", "calibrated"}  # both orders read, neither alone
-    for r in run.read("judgments"):  # the model's own reasoning, at least min_reasoning_tokens of it
-        assert r["usage"]["completion_tokens"] >= JudgeConfig().min_reasoning_tokens and len(r["reasoning"]) > 10
+# The bundled 135M judge on the README's recipe sizes (4 instructions x 3 answers): tests/test_readme.py checks
+# its calls, pairs and reasoning on the recipe's own run (assert_the_bundled_judge_decided).
 
 
 def test_a_stop_request_keeps_finished_judgments_and_resumes(run, fp):

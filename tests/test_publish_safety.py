@@ -189,10 +189,13 @@ def test_public_paths_map_the_bundled_model_and_hub_caches_to_their_ids(run):
 
 @pytest.mark.slow
 def test_a_real_runs_staged_folders_hold_no_local_path(runs_dir, tmp_path, tiny):
-    """sample, judge (local), rank, pairs and train on tiny-random through the CLI, then `push --dry-run`."""
+    """sample, judge (local), rank, pairs and train on tiny-random through the CLI's entry point (lab.cli.main, in
+    this process: the commands' own code, without a child's seconds of imports each), then `push --dry-run`. The
+    README's recipe test checks the same on the bundled model's run, each command a child process."""
+    from lab import cli
+
     src = tmp_path / "prompts.txt"
     src.write_text("Say hi.\nName a fruit.\nCount to three.\n")
-    env = {**os.environ, "LAB_RUNS_DIR": str(runs_dir)}
     steps = [["sample", "--model", "tiny-random", "--instructions", str(src), "--n", "3", "--k", "3",
               "--max-new-tokens", "8"],
              ["judge", "--backend", "local", "--model", "tiny-random", "--reasoning-tokens", "4"],
@@ -202,9 +205,7 @@ def test_a_real_runs_staged_folders_hold_no_local_path(runs_dir, tmp_path, tiny)
               "--no-gradient-checkpointing", "--eval-fraction", "0"],
              ["push", "--dry-run", "--namespace", "alice"]]
     for step in steps:
-        out = subprocess.run([sys.executable, "-m", "lab", step[0], "--run", "real", *step[1:]], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, (step, out.stderr[-3000:])
+        assert cli.main([step[0], "--run", "real", *step[1:]]) == 0, step
     staged = staged_texts(Run.open("real").file("hub"))
     assert {"real-dpo/adapter_config.json", "real-dpo/training.json", "real-pairrm/README.md",
             "real-pairrm/samples/train-00000-of-00001.parquet",

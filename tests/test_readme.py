@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lab.stages import STAGES
+from tests.test_publish_safety import assert_no_local_place, local_places, staged_texts
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- offline recipe: tests/test_readme.py runs the next block -->"
@@ -61,16 +62,60 @@ def test_the_readme_offline_recipe_runs_start_to_end(tmp_path):
         out.setdefault(stage_of(argv), []).append(done)
     summary = {stage: json.loads(runs[0].stdout) for stage, runs in out.items() if stage != "--help"}
     assert "usage:" in out["--help"][0].stdout
-    assert json.loads(out["pairs"][0].stdout)["pairs"] >= 1  # the calibrated local judge decides offline
+    run = tmp_path / "runs" / "demo"
+    assert_the_bundled_judge_decided(run, summary["judge"], json.loads(out["pairs"][0].stdout))
     assert any(n.startswith("Weak judge") for n in summary["judge"]["noise"]) and "Weak judge" in out["judge"][0].stderr
     assert any("tiny-random" in n for n in summary["rank"]["noise"]) and "Noise:" in out["rank"][0].stderr
-    run = tmp_path / "runs" / "demo"
     scores = json.loads((run / "compare-scores.json").read_text())
     assert set(scores["per_model"]) == {"base", "dpo-judge", "dpo-pairrm"}
     assert "lc_win_rate" in scores["win_rates"]["dpo-judge"]["pairrm"]  # beside the raw one, labelled noise
     assert any("tiny-random" in n for n in summary["compare"]["noise"])
     assert [r["round"] for r in summary["iterate"]["rounds"]] == [1, 2]
+    assert all(r["pairs_kept"] >= 1 for r in summary["iterate"]["rounds"])
+    assert_each_rounds_adapter_loads_and_generates(run, eval_n=2)
     report = run / "report"
     assert {"README.md", "efficiency.csv", "judge-examples.md", "curves-dpo-judge.png", "rounds.csv"} <= \
         {p.name for p in report.iterdir()}
     assert summary["push"]["dry_run"] is True and (run / "hub").is_dir()
+    # what the dry run staged names no folder of this machine (tests/test_publish_safety.py's check, on a run that
+    # went through every stage: judge records, rankings, both adapters, the rounds' adapters, the merged model)
+    staged = staged_texts(run / "hub")
+    assert {"demo-judge/README.md", "demo-dpo-judge/adapter_config.json", "demo-dpo-judge/training.json",
+            "demo-pairrm/judgments/train-00000-of-00001.parquet"} <= set(staged)
+    assert_no_local_place(staged, local_places(tmp_path / "runs", tmp_path))
+
+
+def assert_the_bundled_judge_decided(run: Path, judge: dict, pairs: dict) -> None:
+    """The bundled 135M judge on 4 instructions x 3 answers (the recipe's sizes): the knockout plan's 4 calls per
+    instruction, the raw position bias still reported, pairs decided offline from both orders read (never one order
+    alone), and the model's own reasoning behind every verdict."""
+    from lab.judge import JudgeConfig
+
+    assert judge["calls_made"] == 4 * 4 and judge["first_position_win_rate"] is not None
+    assert pairs["pairs"] >= 2, (judge, pairs)
+    rows = [json.loads(line) for line in (run / "pairs-judge.jsonl").read_text().splitlines()]
+    assert {p["meta"]["rule"] for p in rows} <= {"agree", "calibrated"}
+    for line in (run / "judgments.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        assert r["usage"]["completion_tokens"] >= JudgeConfig().min_reasoning_tokens and len(r["reasoning"]) > 10
+
+
+def assert_each_rounds_adapter_loads_and_generates(run: Path, eval_n: int) -> None:
+    """SmolLM2-135M judged itself for two rounds: each round's adapter loads on the base and writes an answer, and
+    each round's evaluation covered the held-out instructions asked for."""
+    from dataclasses import replace
+
+    from peft import PeftModel
+
+    from lab import models
+    from lab.generation import Decoding, generate
+
+    base = models.load("bundled")
+    lineage = sorted((json.loads(line) for line in (run / "iterate.jsonl").read_text().splitlines()),
+                     key=lambda line: line["round"])  # iterate.jsonl: format in lab/iterate.py
+    assert [line["round"] for line in lineage] == [1, 2]
+    for line in lineage:
+        model = PeftModel.from_pretrained(base.model, line["adapter"])
+        text = generate(replace(base, model=model), ["Say hello."], 1, Decoding(0.0, 1.0, 8, 0))[0][0].text
+        model.unload()
+        assert text and line["eval"]["win_rate_vs_base"]["n"] == eval_n

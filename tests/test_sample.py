@@ -116,6 +116,7 @@ def test_more_samples_must_come_from_the_same_decoding(run, tmp_path, tiny):
     assert out["written_now"] == 4 and len(run.read("samples")) == 6
 
 
+@pytest.mark.slow
 def test_resume_after_kill_loses_at_most_the_batch_in_flight(runs_dir, tmp_path, tiny):
     src = write_prompts(tmp_path / "p.txt", 12)
     run = Run.open("killed")
@@ -138,12 +139,13 @@ def test_resume_after_kill_loses_at_most_the_batch_in_flight(runs_dir, tmp_path,
     assert after[: len(before)] == before  # nothing already written was touched
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_at_a_safe_point_and_says_how_to_resume(runs_dir, tmp_path, tiny):
     """The first Ctrl-C asks politely, like the app's Stop: the batch in flight ends, the command says how to go on,
     and running it again adds only what is missing."""
-    src = write_prompts(tmp_path / "p.txt", 40)
+    src = write_prompts(tmp_path / "p.txt", 12)
     argv = [sys.executable, "-m", "lab", "sample", "--run", "ctrlc", "--model", "tiny-random", "--instructions",
-            str(src), "--n", "40", "--k", "1", "--max-new-tokens", "48", "--batch-size", "1"]
+            str(src), "--n", "12", "--k", "1", "--max-new-tokens", "48", "--batch-size", "1"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "LAB_RUNS_DIR": str(runs_dir)})
     run = Run.open("ctrlc")
@@ -156,9 +158,9 @@ def test_ctrl_c_stops_at_a_safe_point_and_says_how_to_resume(runs_dir, tmp_path,
     assert "Stopping at the next safe point" in err and "stopped on request" in err
     assert "Run the same command again to resume." in err and "Traceback" not in err
     kept = run.read("samples")
-    assert 2 <= len(kept) < 40
+    assert 2 <= len(kept) < 12
     subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, env={**os.environ, "LAB_RUNS_DIR": str(runs_dir)})
-    assert run.read("samples")[:len(kept)] == kept and len(run.read("samples")) == 40
+    assert run.read("samples")[:len(kept)] == kept and len(run.read("samples")) == 12
 
 
 def test_stop_keeps_what_was_written(runs_dir, tmp_path, tiny):

@@ -75,6 +75,7 @@ def test_engine_reads_digit_probabilities_in_the_sampling_batch(tiny, forwards):
             assert e["score"] == pytest.approx(sum(d * p for d, p in enumerate(e["probs"])))
 
 
+@pytest.mark.slow
 def test_digit_reads_run_only_what_follows_the_generated_tokens(monkeypatch):
     """On the bundled chat model a judgment re-tokenizes to the tokens it was generated as, so the read after it
     runs just its last tokens and "Score: " on the decode's cache, not the judgment again: the probabilities still

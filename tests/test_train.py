@@ -217,6 +217,7 @@ def train_lines(out: Path) -> list[dict]:
     return [m for m in read_jsonl(out / "metrics.jsonl") if m.get("split") == "train"]
 
 
+@pytest.mark.slow
 def test_metrics_stream_while_running_then_stop_keeps_adapter_and_resume_continues(run, pairs):
     out = run.adapter_dir("live")
     start_job(run, pairs, "live", 400)
