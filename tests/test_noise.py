@@ -1,9 +1,6 @@
 """Noise labelled as noise (lab.noise): the rule, the CLI's summary field and stderr line, the tabs, the cards; and a
 data set with no pairs says why and what to do, in words for the page."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
@@ -16,17 +13,20 @@ from lab.progress import Progress
 from lab.train import TrainConfig, precheck
 from prefdata import judge_pair, write_samples
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL, TINY_RANKER = noise.WORDS[("model", "tiny-random")], noise.WORDS[("ranker", "tiny-random")]
 WEAK_JUDGE = noise.WORDS[("judge", "bundled")]
 DATA = {"i1": ("Explain tides.", ["The moon pulls the sea.", "Water moves.", "Tides are sea levels."]),
         "i2": ("Name a colour.", ["Blue.", "Red, like a tomato."])}
 
 
-def lab(runs_dir, *args) -> subprocess.CompletedProcess:
-    env = {"LAB_RUNS_DIR": str(runs_dir), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+def lab(capsys, *args) -> SimpleNamespace:
+    """`python -m lab ARGS` through the CLI's entry point in this process: its exit code, stdout and stderr."""
+    from lab import cli
+
+    capsys.readouterr()
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
 
 def test_the_rule_knows_which_specs_are_noise_and_which_are_not(run):
@@ -48,12 +48,12 @@ def test_the_rule_knows_which_specs_are_noise_and_which_are_not(run):
     assert noise.notes(run, "merge", {"adapter": "missing"}) == []
 
 
-def test_the_cli_labels_noise_in_the_summary_and_on_stderr(runs_dir):
-    out = lab(runs_dir, "sample", "--run", "n", "--model", "tiny-random", "--n", "2", "--k", "2",
+def test_the_cli_labels_noise_in_the_summary_and_on_stderr(runs_dir, capsys):
+    out = lab(capsys, "sample", "--run", "n", "--model", "tiny-random", "--n", "2", "--k", "2",
               "--max-new-tokens", "4")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["noise"] == [TINY_MODEL] and TINY_MODEL in out.stderr
-    out = lab(runs_dir, "rank", "--run", "n", "--ranker", "tiny-random")
+    out = lab(capsys, "rank", "--run", "n", "--ranker", "tiny-random")
     assert out.returncode == 0, out.stderr
     assert set(json.loads(out.stdout)["noise"]) == {TINY_MODEL, TINY_RANKER} and TINY_RANKER in out.stderr
 
