@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,9 +101,13 @@ def main() -> None:
     if scratch:
         Path(scratch).mkdir(parents=True, exist_ok=True)
     runs = args.keep or Path(tempfile.mkdtemp(prefix="lab-learn-", dir=scratch))
-    recipe = run_recipe(runs.resolve(), quick=args.quick)
-    run = next(p for p in runs.iterdir() if (p / "compare-scores.json").exists())
-    print(json.dumps({**figures(run, recipe), "quick": args.quick}))
+    try:
+        recipe = run_recipe(runs.resolve(), quick=args.quick)
+        run = next(p for p in runs.iterdir() if (p / "compare-scores.json").exists())
+        print(json.dumps({**figures(run, recipe), "quick": args.quick}))
+    finally:
+        if not args.keep:  # a scratch folder: its run is gone with it (--keep DIR keeps one to look at)
+            shutil.rmtree(runs, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         cpu = idle_cpu(app.url, app.proc.pid, args.pages, window, settle_s=5 if args.quick else 15)
     finally:
         app.close()
+        shutil.rmtree(runs.parent, ignore_errors=True)  # the visitors' runs: checked above, not kept
     firsts = Counter(v["first"] for v in visits.values())
     out = {"quick": args.quick, "visitors": args.visitors, "caps": caps,
            "jobs_accepted": len(accepted), "jobs_started": firsts["started"], "jobs_queued": firsts["queued"],

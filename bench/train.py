@@ -129,9 +129,9 @@ def side_trl(args, model_path: str, pairs: Path, work: Path, timer) -> None:
 def worker(args) -> None:
     import torch
 
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     timer = clock()
-    (side_lab if args.worker == "lab" else side_trl)(args, args.model_path, Path(args.pairs), work, timer)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as work:  # the adapter and checkpoints: not kept
+        (side_lab if args.worker == "lab" else side_trl)(args, args.model_path, Path(args.pairs), Path(work), timer)
     marks = timer.marks[args.warmup:]
     wall, cpu = ([b[i] - a[i] for a, b in zip(marks, marks[1:])] for i in (0, 1))
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
@@ -201,17 +201,18 @@ def drive(args, cuda: bool) -> dict:
         model_path = args.model_folder or llama_1b_shaped(cache / "bench-llama-1b-shaped")
     else:
         model_path = models.resolve(args.cpu_model)
-    pairs = Path(tempfile.mkdtemp(prefix="bench-pairs-")) / "pairs.jsonl"
     # ~420 tokens per sequence on cuda (prompt ~100 + answer ~320), ~120 on cpu. With --precompute-ref the steps
     # pass over the pairs twice: the lab precomputes only where training passes over its pairs more than once
     passes = 2 if args.precompute_ref else 1
-    write_pairs(pairs, max(1, args.steps * args.batch_size // passes), *((70, 250) if cuda else (20, 60)))
     results: dict[str, list[dict]] = {"lab": [], "trl": []}
-    for r in range(args.repeats):
-        for side in (("lab", "trl") if r % 2 == 0 else ("trl", "lab")):
-            res = run_side(args, side, model_path, pairs)
-            print(json.dumps({**res, "repeat": r}), flush=True)
-            results[side].append(res)
+    with tempfile.TemporaryDirectory(prefix="bench-pairs-") as scratch:
+        pairs = Path(scratch) / "pairs.jsonl"
+        write_pairs(pairs, max(1, args.steps * args.batch_size // passes), *((70, 250) if cuda else (20, 60)))
+        for r in range(args.repeats):
+            for side in (("lab", "trl") if r % 2 == 0 else ("trl", "lab")):
+                res = run_side(args, side, model_path, pairs)
+                print(json.dumps({**res, "repeat": r}), flush=True)
+                results[side].append(res)
     med = {side: {k: statistics.median(x[k] for x in rs) for k in ("s_per_step", "cpu_s_per_step", "peak_gib")}
            for side, rs in results.items()}
     out = {"device": torch_device(cuda), "model": (args.model_folder or "llama-1b-shaped") if cuda else args.cpu_model,

@@ -1,4 +1,5 @@
-"""Shared test set-up: no network, runs in a temp folder, models built once per machine in the lab cache."""
+"""Shared test set-up: no network, runs and every temp file in the session's pytest folder, models built once per
+machine in the lab cache."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,6 +11,22 @@ for key in ("GROQ_API_KEY", "OPENAI_API_KEY", "HF_TOKEN"):
     os.environ.pop(key, None)  # tests set the keys they need; a developer's real key never leaks into a test
 
 import pytest  # noqa: E402
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """Every temp file a test, an app or a bench it starts makes (tempfile, Gradio's uploads, torch.distributed's
+    rendezvous, datasets' caches) goes under this session's pytest folder (scripts/test.sh: .pytest-tmp/), which the
+    next session clears: nothing is left in the machine's /tmp."""
+    import tempfile
+    from pathlib import Path
+
+    factory = getattr(config, "_tmp_path_factory", None)  # what pytest-xdist uses to place its workers' folders
+    if factory is None:
+        return
+    folder = Path(factory.getbasetemp()) / "tmp"
+    folder.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
 
 
 @pytest.fixture
