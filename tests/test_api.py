@@ -44,6 +44,7 @@ def test_view_api_lists_only_the_users_actions_all_named(client):
     assert not any("lambda" in n or n.rstrip("0123456789").endswith("_") for n in named)  # no /lambda_15, /poll_5
 
 
+@pytest.mark.slow
 def test_the_readme_example_samples_and_follows_the_job(client, runs_dir):
     # as README.md "Use it from Python" shows it (tiny sizes)
     status = client.predict("api-demo", "tiny-random", "bundled", None, 2, 2, 0.8, 0.95, 8, 0, 4, "",

@@ -75,8 +75,8 @@ def test_every_bench_has_a_quick_mode_and_is_covered():
         assert parsed.get("quick", parsed.get("dry_run")) is True, name  # gpu_steps: --quick is --dry-run
 
 
-# quick modes that take over ten seconds here (a rate limit's pacing; a self-rewarding round's child processes)
-SLOW_QUICK = {"judge", "iterate"}
+# quick modes that take ten seconds or more here (a rate limit's pacing, child processes that load models)
+SLOW_QUICK = {"judge", "iterate", "sample"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_QUICK else n
@@ -89,6 +89,7 @@ def test_quick_mode_ends_with_its_figures(name, tmp_path):
         assert out["iterate_wall_s"] is None and out["answers"] == 4 and out["evaluations"] == 2
 
 
+@pytest.mark.slow
 def test_engines_quick_mode_says_why_vllm_did_not_run(tmp_path):
     from lab import engine_vllm
 

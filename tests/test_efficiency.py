@@ -21,6 +21,7 @@ FIELDS = {"stage", "name", "status", "started", "wall_s", "cpu_s", "peak_rss_gib
           "tokens_in", "tokens_out", "tokens_per_s", "api_calls", "cost_usd", "time"}
 
 
+@pytest.mark.slow
 def test_a_sample_run_records_its_time_memory_device_and_tokens(runs_dir):
     env = {"LAB_RUNS_DIR": str(runs_dir), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "lab", "sample", "--run", "e", "--model", "tiny-random", "--n", "2", "--k", "2",

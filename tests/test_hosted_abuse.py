@@ -358,6 +358,7 @@ def hosted_app(tmp_path_factory):
     server.close()
 
 
+@pytest.mark.slow
 def test_a_client_cannot_fill_the_queue_by_sending_a_new_forwarded_address_each_time(hosted_app):
     """12 of 14 jobs were accepted when each request carried another X-Forwarded-For."""
     from gradio_client import Client

@@ -106,6 +106,7 @@ def test_push_publishes_the_merged_model_as_a_model_repo(merged_run, online, mon
     assert hub.pushed(merged_run)[-1]["kind"] == "merged"
 
 
+@pytest.mark.slow
 def test_the_share_tab_merges_as_a_job_and_offers_the_merged_model_to_push(merged_run):
     import gradio as gr
 

@@ -59,6 +59,7 @@ def test_scrub_redacts_userinfo_in_every_string_at_any_depth():
     assert out["plain"] == "https://api.openai.com/v1" and out["n"] == 3
 
 
+@pytest.mark.slow
 def test_a_base_url_with_userinfo_reaches_no_record_log_message_or_card(run, runs_dir):
     add_samples(run, n=2, k=3)
     with FakeProvider(key=None, answer=prefer_higher) as fp:

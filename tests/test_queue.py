@@ -116,6 +116,7 @@ print(st["state"])
 """
 
 
+@pytest.mark.slow
 def test_a_queued_job_whose_key_was_lost_in_a_restart_is_dropped_with_a_message(runs_dir, prompts, tiny):
     """The app that queued the job (here a separate process) ends while the job waits: its key is gone with it,
     so the next app drops the job with a message instead of running it without the key."""

@@ -61,6 +61,7 @@ def test_the_apps_handlers_and_api_refuse_a_path(runs_dir, tmp_path):
     assert not evil.exists() and list_runs() == []  # (the app's queue may keep its lock file in the runs root)
 
 
+@pytest.mark.slow
 def test_a_job_gets_the_run_name_and_the_apps_runs_root(runs_dir, tmp_path, monkeypatch):
     """jobs run `python -m lab ... --run NAME` in the project folder: the name resolves under the app's runs root,
     also when that root is relative to where the app was started."""

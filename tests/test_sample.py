@@ -163,6 +163,7 @@ def test_ctrl_c_stops_at_a_safe_point_and_says_how_to_resume(runs_dir, tmp_path,
     assert run.read("samples")[:len(kept)] == kept and len(run.read("samples")) == 12
 
 
+@pytest.mark.slow
 def test_stop_keeps_what_was_written(runs_dir, tmp_path, tiny):
     src = write_prompts(tmp_path / "p.txt", 40)
     run = Run.open("stopped")
@@ -176,6 +177,7 @@ def test_stop_keeps_what_was_written(runs_dir, tmp_path, tiny):
     assert jobs.active_job() is None
 
 
+@pytest.mark.slow
 def test_a_second_job_queues_while_one_runs(runs_dir, tmp_path, tiny):
     """One job at a time: another run's job waits its turn and then runs (it used to be refused with "Another job is
     running"); a second job on the same run is refused."""

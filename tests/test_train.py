@@ -241,6 +241,7 @@ def test_metrics_stream_while_running_then_stop_keeps_adapter_and_resume_continu
     assert read_state(out)["status"] == "done" and not (out / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_training_never_looks_complete_and_resumes(run, pairs):
     out = run.adapter_dir("crash")
     job = start_job(run, pairs, "crash", 400)
@@ -411,6 +412,7 @@ def first_token_logp(model, tok, rows: list[dict], word: str) -> list[float]:
 
 
 # ---- the Train tab -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_train_tab_starts_a_job_and_reattaches_to_it_after_a_reload(run, pairs):
     """The tab's handlers against a real job: start it, then a fresh page (no adapter picked) finds it and plots it."""
     pytest.importorskip("gradio")

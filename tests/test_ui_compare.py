@@ -15,6 +15,7 @@ def start(run_name, adapters=(), source="heldout", upload=None, **kw):
     return tab.start_compare(run_name, list(adapters), source, upload, *[values[f] for f in tab.FORM])
 
 
+@pytest.mark.slow
 def test_compare_as_a_job_then_scores_grid_notes_and_export(run, tmp_path):
     write_training(run, ["Explain why the sky is blue."])
     make_adapter(run, "judge", seed=1)

@@ -14,6 +14,7 @@ def values(**kw) -> list:
     return [v[f] for f in tab.FORM]
 
 
+@pytest.mark.slow
 def test_iterate_as_a_job_then_table_and_plots(run):
     run.record_stage("sample", {"model": "tiny-random"})
     run.append("instructions", [{"id": f"t{i}", "prompt": p, "source": "test"}

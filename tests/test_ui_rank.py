@@ -10,6 +10,7 @@ from prefdata import judge_pair, write_samples
 from test_rank import DATA
 
 
+@pytest.mark.slow
 def test_rank_as_a_job_then_table_view_and_pairs(run):
     write_samples(run, DATA)
     assert "started" in tab.start_ranking("t", "tiny-random", 20)
