@@ -154,6 +154,28 @@ def test_a_precomputed_reference_is_the_adapter_a_training_continues_from(run, p
     assert later["rewards/margins"] > 0  # and it trains on
 
 
+def test_the_reference_pass_counts_its_pairs_as_it_goes(run, pairs):
+    """TRL's pass over the pairs for the reference's log-probs (minutes on a CPU) shows pairs done of the total, a
+    batch at a time, not seconds alone; the training that follows counts its steps."""
+    from lab.train import REF_PASS
+
+    class Recorder(progress.Progress):
+        def update(self, done, total, desc=None, partial=0.0, **extra):
+            seen.append((done, total, desc))
+            super().update(done, total, desc, partial, **extra)
+
+    seen = []
+    config = TrainConfig(**{**TINY, "eval_fraction": 0.25}, max_steps=9)  # 12 train + 4 eval pairs: 9 x 2 > 12
+    out = train_adapter(run, str(pairs), "ref-count", config, progress=Recorder(quiet=True))
+    assert read_state(out)["reference_precomputed"] is True
+    ref = [(done, total) for done, total, desc in seen if desc and desc.startswith(REF_PASS)]
+    n = read_state(out)["pairs"]["n_train"] + read_state(out)["pairs"]["n_eval"]
+    assert ref[0] == (0, n) and ref[-1] == (n, n), ref  # from 0 of every pair to all of them
+    assert [d for d, _ in ref] == sorted({d for d, _ in ref}) and len(ref) >= n // 2, ref  # a batch (2) at a time
+    descs = [desc or "" for _, _, desc in seen]
+    assert max(i for i, d in enumerate(descs) if d.startswith(REF_PASS)) < descs.index("training")  # then the steps
+
+
 def test_cpu_training_projects_only_the_answer_tokens_to_the_same_log_probs(monkeypatch):
     import torch
     import trl.trainer.utils as trl_utils
