@@ -276,6 +276,25 @@ def test_spotcheck_shows_the_judged_pairs_without_loading_and_keeps_an_override(
     wait_for_text(page, re.compile("1 (human )?check|1 override|overruled|You said"), timeout_s=30)
 
 
+def test_phone_width_spotcheck_stacks_the_two_answers(phone):
+    """At 390 px the two responses are one above the other, each near the page's width (side by side they were two
+    unreadable slivers), and nothing pushes the page sideways."""
+    choose_run(phone, RUN)
+    open_tab(phone, "Spot-check")
+    wait_for_text(phone, re.compile(r"Pair \*?\*?1\*?\*? of"), timeout_s=30)
+    one, two = settled_boxes(panel(phone).locator(".lab-response"), 2)
+    assert abs(one["x"] - two["x"]) < 2 and two["y"] >= one["y"] + one["height"] - 1, (one, two)
+    assert min(one["width"], two["width"]) >= 300 and one["x"] + one["width"] <= 390, (one, two)
+    for pre in panel(phone).locator(".lab-response pre").all():
+        assert pre.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), "an answer runs off to the side"
+    for name in ("1 is better", "2 is better", "Tie", "Skip"):
+        b = box(panel(phone).get_by_role("button", name=name, exact=True))
+        assert b["x"] >= 0 and b["x"] + b["width"] <= 391, (name, b)
+    overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 2, overflow
+    shot(phone, "07b-phone-spotcheck")
+
+
 def test_pairrm_tab_ranks_with_a_tiny_pairrm_and_builds_pairs(page):
     open_tab(page, "PairRM")
     pick_option(page, "Ranker", "tiny-random")
