@@ -362,6 +362,18 @@ def test_compare_tab_shows_scores_and_a_side_by_side_grid_without_reload(page):
     wait_for_value(page, "Max new tokens", "40")  # the last comparison's settings, after the reload
     panel(page).get_by_role("button", name=re.compile("^Scores and duplicates")).click()  # folded after a reload
     wait_for_value(page, "PairRM", "tiny-random")
+    wait_for_text(page, "Comparing finished.", timeout_s=30)  # the job panel shows the last comparison's end
+    fill, label = progress_of(page)
+    assert fill == 1.0 and re.search(r"\d/\d", label), (fill, label)  # its last phase's count, done: not blank
+    assert not panel(page).get_by_role("button", name="Stop", exact=True).is_visible()  # nothing left to stop
+
+
+def test_after_a_reload_train_shows_the_last_trained_adapter_and_its_plots(page):
+    """The run's latest job is the comparison, not a training: the tab still shows the adapter trained last."""
+    open_tab(page, "Train")  # the page was reloaded by the test before, with no adapter picked
+    wait_for_value(page, "Adapter shown", "dpo-pairrm")
+    panel(page).locator(".vega-embed .mark-line path").first.wait_for(timeout=30_000)
+    wait_for_text(page, "Made with method dpo", timeout_s=30)
 
 
 def test_an_adapter_trained_while_compare_is_shown_appears_there_without_switching_tabs(page):
