@@ -340,8 +340,10 @@ def test_compare_tab_shows_scores_and_a_side_by_side_grid_without_reload(page):
     field(page, "PairRM").press("Tab")
     panel(page).get_by_text("No scorer chosen").wait_for(state="hidden", timeout=15_000)  # gone once one is set
     click(page, "Compare")
-    labels = bar_labels(page, "", seconds=4, shot_as="10a-compare-running")
-    assert len(set(labels)) >= 2, labels  # it moves: loading's seconds, then per decode step inside a chunk
+    # the shot and the labels from when the bar counts answers (4 instructions x 2 models), not while it loads
+    labels = bar_labels(page, "comparing", seconds=4, shot_as="10a-compare-running")
+    assert len(set(labels)) >= 2, labels  # it moves within seconds: per decode step inside a batch
+    assert all(re.search(r"comparing \d+(\.\d+)?/8 .*(left|so far)", x) for x in labels), labels
     wait_for_text(page, "Comparing finished.", timeout_s=240)
     scores = panel(page).locator(".lab-table")
     scores.get_by_text("dpo-pairrm").wait_for(timeout=30_000)  # the scores, without a reload
@@ -473,22 +475,23 @@ def test_iterate_tab_plans_then_draws_round_1_at_once_and_lists_its_adapters_in_
 
 def bar_labels(page, phase: str, seconds: float, shot_as: str = "") -> list[str]:
     """The job bar's label every 0.25 s for `seconds` from when it first shows `phase`; shot_as: a screenshot the
-    first time the label shows a count while the job runs."""
+    first time the label shows `phase` with a count ("comparing 2.4/8") while the job runs (the test fails if it
+    never does: a shot of "starting…" shows nothing of the progress)."""
     deadline = time.time() + 120
     while phase not in progress_of(page)[1]:
         assert time.time() < deadline, progress_of(page)
         page.wait_for_timeout(200)
-    labels, end, shot_taken = [], time.time() + seconds, False
+    labels, end = [], time.time() + seconds
     while time.time() < end:
         label = progress_of(page)[1]
         if phase in label:
             labels.append(label)
-        running = panel(page).get_by_text("is running").count() > 0
-        if shot_as and running and ("/" in label or not shot_taken):
-            shot(page, shot_as)  # the first running look, replaced once by one with a count
-            shot_taken = True
-            shot_as = "" if "/" in label else shot_as
+        counted = re.search(re.escape(phase) + r".*\d/\d", label)
+        if shot_as and counted and panel(page).get_by_text("is running").count() > 0:
+            shot(page, shot_as)
+            shot_as = ""
         page.wait_for_timeout(250)
+    assert not shot_as, f"no running look with a count for {shot_as}: {labels}"
     return labels
 
 
