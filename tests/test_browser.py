@@ -475,8 +475,8 @@ def test_iterate_tab_plans_then_draws_round_1_at_once_and_lists_its_adapters_in_
 
 def bar_labels(page, phase: str, seconds: float, shot_as: str = "") -> list[str]:
     """The job bar's label every 0.25 s for `seconds` from when it first shows `phase`; shot_as: a screenshot the
-    first time the label shows `phase` with a count ("comparing 2.4/8") while the job runs (the test fails if it
-    never does: a shot of "starting…" shows nothing of the progress)."""
+    first time the label shows `phase` with work done ("comparing 2.4/8", not 0/8) while the job runs (the test fails
+    if it never does: a shot of "starting…" or of 0/8 shows nothing of the progress)."""
     deadline = time.time() + 120
     while phase not in progress_of(page)[1]:
         assert time.time() < deadline, progress_of(page)
@@ -486,8 +486,8 @@ def bar_labels(page, phase: str, seconds: float, shot_as: str = "") -> list[str]
         label = progress_of(page)[1]
         if phase in label:
             labels.append(label)
-        counted = re.search(re.escape(phase) + r".*\d/\d", label)
-        if shot_as and counted and panel(page).get_by_text("is running").count() > 0:
+        counted = re.search(re.escape(phase) + r"\D*?(\d+(?:\.\d+)?)/\d", label)
+        if shot_as and counted and float(counted[1]) > 0 and panel(page).get_by_text("is running").count() > 0:
             shot(page, shot_as)
             shot_as = ""
         page.wait_for_timeout(250)
