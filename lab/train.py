@@ -386,16 +386,48 @@ def build_trainer(model, tok, config: TrainConfig, out: Path, device: str, train
         score_answer_tokens_only()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rows = to_dataset(train, config.method)  # KTO: two rows per pair
-    if precomputes_ref(config, len(rows), world):
-        # the trainer computes them at init: a phase of its own, with its seconds
-        progress.loading("the reference's log-probs (one pass over the pairs)", verb="computing")
+    eval_rows = to_dataset(held, config.method) if held else None
+    counted = None
+    if precomputes_ref(config, len(rows), world):  # the trainer computes them at init: a phase of its own, counted
+        trainer_cls, counted = counting_reference_pass(trainer_cls, progress, len(rows) + len(eval_rows or []),
+                                                       "answers" if config.method == "kto" else "pairs")
     trainer = trainer_cls(
         model, args=trainer_args(config, out, device, len(rows), bool(held)), train_dataset=rows,
-        eval_dataset=to_dataset(held, config.method) if held else None, processing_class=tok,
+        eval_dataset=eval_rows, processing_class=tok,
         peft_config=None if isinstance(model, PeftModel) else lora_config(config),
         callbacks=[metrics_callback(adapter_file(out, "metrics"), progress, world > 1)])
+    if counted is not None:
+        counted["on"] = False  # the pass is over: a later call (an evaluate() on a new set) is not this phase's
     trainer.remove_callback(PrinterCallback)  # with tqdm off it print()s every log dict onto the CLI's JSON stdout
     return trainer
+
+
+REF_PASS = "computing the reference's log-probs:"
+
+
+def counting_reference_pass(trainer_cls, progress: Progress, total: int, unit: str) -> tuple[type, dict]:
+    """trainer_cls, reporting TRL's one pass over the rows for the reference's log-probs as a count
+    ("computing the reference's log-probs: pairs 3/12 · about 20 s left") instead of seconds alone (minutes on a CPU).
+
+    TRL 1.16's DPO and KTO trainers run that pass inside __init__ (`_precompute_ref_logps`, over the train set, then
+    the eval set), calling the public `compute_ref_log_probs(model, batch)` once per batch and nowhere else; its
+    first output holds one log-prob per row of the batch (DPO: per pair; KTO: per answer). The subclass counts those
+    rows: TRL's loop itself is left as it is. -> (the subclass, its switch: {"on": bool}, to turn off after init).
+    total: the train and eval rows (a pass TRL skips because its cache file exists just never counts up)."""
+    state = {"on": True, "done": 0}
+    desc = f"{REF_PASS} {unit}"
+
+    class CountingReferencePass(trainer_cls):
+        def compute_ref_log_probs(self, model, inputs):
+            out = super().compute_ref_log_probs(model, inputs)
+            if state["on"]:
+                state["done"] = min(state["done"] + len(out[0]), total)
+                progress.update(state["done"], total, desc)
+            return out
+
+    CountingReferencePass.__name__ = CountingReferencePass.__qualname__ = trainer_cls.__name__
+    progress.update(0, total, desc)  # the phase starts before the first batch (TRL tokenizes the rows first)
+    return CountingReferencePass, state
 
 
 def _is_oom(err: BaseException) -> bool:

@@ -276,6 +276,25 @@ def test_spotcheck_shows_the_judged_pairs_without_loading_and_keeps_an_override(
     wait_for_text(page, re.compile("1 (human )?check|1 override|overruled|You said"), timeout_s=30)
 
 
+def test_phone_width_spotcheck_stacks_the_two_answers(phone):
+    """At 390 px the two responses are one above the other, each near the page's width (side by side they were two
+    unreadable slivers), and nothing pushes the page sideways."""
+    choose_run(phone, RUN)
+    open_tab(phone, "Spot-check")
+    wait_for_text(phone, re.compile(r"Pair \*?\*?1\*?\*? of"), timeout_s=30)
+    one, two = settled_boxes(panel(phone).locator(".lab-response"), 2)
+    assert abs(one["x"] - two["x"]) < 2 and two["y"] >= one["y"] + one["height"] - 1, (one, two)
+    assert min(one["width"], two["width"]) >= 300 and one["x"] + one["width"] <= 390, (one, two)
+    for pre in panel(phone).locator(".lab-response pre").all():
+        assert pre.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), "an answer runs off to the side"
+    for name in ("1 is better", "2 is better", "Tie", "Skip"):
+        b = box(panel(phone).get_by_role("button", name=name, exact=True))
+        assert b["x"] >= 0 and b["x"] + b["width"] <= 391, (name, b)
+    overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 2, overflow
+    shot(phone, "07b-phone-spotcheck")
+
+
 def test_pairrm_tab_ranks_with_a_tiny_pairrm_and_builds_pairs(page):
     open_tab(page, "PairRM")
     pick_option(page, "Ranker", "tiny-random")
@@ -321,8 +340,10 @@ def test_compare_tab_shows_scores_and_a_side_by_side_grid_without_reload(page):
     field(page, "PairRM").press("Tab")
     panel(page).get_by_text("No scorer chosen").wait_for(state="hidden", timeout=15_000)  # gone once one is set
     click(page, "Compare")
-    labels = bar_labels(page, "", seconds=4, shot_as="10a-compare-running")
-    assert len(set(labels)) >= 2, labels  # it moves: loading's seconds, then per decode step inside a chunk
+    # the shot and the labels from when the bar counts answers (4 instructions x 2 models), not while it loads
+    labels = bar_labels(page, "comparing", seconds=4, shot_as="10a-compare-running")
+    assert len(set(labels)) >= 2, labels  # it moves within seconds: per decode step inside a batch
+    assert all(re.search(r"comparing \d+(\.\d+)?/8 .*(left|so far)", x) for x in labels), labels
     wait_for_text(page, "Comparing finished.", timeout_s=240)
     scores = panel(page).locator(".lab-table")
     scores.get_by_text("dpo-pairrm").wait_for(timeout=30_000)  # the scores, without a reload
@@ -343,6 +364,18 @@ def test_compare_tab_shows_scores_and_a_side_by_side_grid_without_reload(page):
     wait_for_value(page, "Max new tokens", "40")  # the last comparison's settings, after the reload
     panel(page).get_by_role("button", name=re.compile("^Scores and duplicates")).click()  # folded after a reload
     wait_for_value(page, "PairRM", "tiny-random")
+    wait_for_text(page, "Comparing finished.", timeout_s=30)  # the job panel shows the last comparison's end
+    fill, label = progress_of(page)
+    assert fill == 1.0 and re.search(r"\d/\d", label), (fill, label)  # its last phase's count, done: not blank
+    assert not panel(page).get_by_role("button", name="Stop", exact=True).is_visible()  # nothing left to stop
+
+
+def test_after_a_reload_train_shows_the_last_trained_adapter_and_its_plots(page):
+    """The run's latest job is the comparison, not a training: the tab still shows the adapter trained last."""
+    open_tab(page, "Train")  # the page was reloaded by the test before, with no adapter picked
+    wait_for_value(page, "Adapter shown", "dpo-pairrm")
+    panel(page).locator(".vega-embed .mark-line path").first.wait_for(timeout=30_000)
+    wait_for_text(page, "Made with method dpo", timeout_s=30)
 
 
 def test_an_adapter_trained_while_compare_is_shown_appears_there_without_switching_tabs(page):
@@ -442,31 +475,54 @@ def test_iterate_tab_plans_then_draws_round_1_at_once_and_lists_its_adapters_in_
 
 def bar_labels(page, phase: str, seconds: float, shot_as: str = "") -> list[str]:
     """The job bar's label every 0.25 s for `seconds` from when it first shows `phase`; shot_as: a screenshot the
-    first time the label shows a count while the job runs."""
+    first time the label shows `phase` with work done ("comparing 2.4/8", not 0/8) while the job runs (the test fails
+    if it never does: a shot of "starting…" or of 0/8 shows nothing of the progress)."""
     deadline = time.time() + 120
     while phase not in progress_of(page)[1]:
         assert time.time() < deadline, progress_of(page)
         page.wait_for_timeout(200)
-    labels, end, shot_taken = [], time.time() + seconds, False
+    labels, end = [], time.time() + seconds
     while time.time() < end:
         label = progress_of(page)[1]
         if phase in label:
             labels.append(label)
-        running = panel(page).get_by_text("is running").count() > 0
-        if shot_as and running and ("/" in label or not shot_taken):
-            shot(page, shot_as)  # the first running look, replaced once by one with a count
-            shot_taken = True
-            shot_as = "" if "/" in label else shot_as
+        counted = re.search(re.escape(phase) + r"\D*?(\d+(?:\.\d+)?)/\d", label)
+        if shot_as and counted and float(counted[1]) > 0 and panel(page).get_by_text("is running").count() > 0:
+            shot(page, shot_as)
+            shot_as = ""
         page.wait_for_timeout(250)
+    assert not shot_as, f"no running look with a count for {shot_as}: {labels}"
     return labels
 
 
-def test_long_dropdown_texts_are_not_cut_at_1280(page):
-    for tab, label in (("PairRM", "Ranker"), ("Train", "Method")):
+# Every visible dropdown of a tab with a value: the width of its text (in the input's own font) and the room from
+# the input's left padding to its arrow (the arrow sits over the input's right end, so the input's own scrollWidth
+# cannot see text under it).
+DROPDOWN_TEXT = """p => [...p.querySelectorAll('.wrap input[role="combobox"]')]
+  .filter(e => e.getClientRects().length && e.value).map(e => {
+    const s = getComputedStyle(e), ctx = document.createElement('canvas').getContext('2d');
+    ctx.font = s.font;
+    const r = e.getBoundingClientRect(), arrow = e.parentElement.querySelector('.icon-wrap');
+    const end = arrow && arrow.getClientRects().length ? arrow.getBoundingClientRect().left
+                                                       : r.right - parseFloat(s.paddingRight);
+    return {label: e.getAttribute('aria-label'), value: e.value, text: ctx.measureText(e.value).width,
+            room: end - r.left - parseFloat(s.paddingLeft)};
+  })"""
+
+
+def test_no_dropdown_text_is_cut_under_its_arrow_at_1280(page):
+    """Every tab's visible dropdowns, whatever they hold at the end of the pipeline (a model, a ranker, a method, an
+    instruction picked, an adapter shown...)."""
+    seen, cut = [], []
+    for tab in TABS:
         open_tab(page, tab)
-        box = field(page, label)
-        cut = box.evaluate("e => e.scrollWidth - e.clientWidth")
-        assert cut <= 1, (tab, label, box.input_value(), cut)
+        page.wait_for_timeout(300)  # the tab's views land after it opens
+        for d in panel(page).evaluate(DROPDOWN_TEXT):
+            seen.append((tab, d["label"]))
+            if d["text"] > d["room"] + 1:
+                cut.append((tab, d))
+    assert not cut, cut
+    assert {("Sample", "Model"), ("PairRM", "Ranker"), ("Train", "Method"), ("Chat", "Talk to")} <= set(seen), seen
 
 
 def test_share_tab_dry_run_stages_the_repos_and_stays_short(page):

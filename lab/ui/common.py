@@ -190,9 +190,10 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: l
         found = {"changed": key != last, "running": st.get("state") == "running"}
         ticking = gr.Timer(active=latest.get("state") in LIVE)  # no job of the run under way: the timer stops
         if not found["changed"] and not found["running"]:
-            return [gr.skip()] * (3 + len(redo)) + [last, found, ticking]
-        return [progress_html(st), status_text(st), hosting.public_text(st.get("log_tail", "")), *redo_updates(st),
-                key, found, ticking]
+            return [gr.skip()] * (4 + len(redo)) + [last, found, ticking]
+        stop = gr.update(visible=st.get("state") in LIVE)  # a finished job (after a reload too) has nothing to stop
+        return [progress_html(st), status_text(st), stop, hosting.public_text(st.get("log_tail", "")),
+                *redo_updates(st), key, found, ticking]
 
     def refresh(name: str, found: dict, *values):
         updates, at = [], 0
@@ -203,7 +204,7 @@ def wire_job_panel(panel: JobPanel, run_name: gr.Component, stage: str, views: l
         return updates
 
     panel_io = dict(fn=poll, inputs=[run_name, seen],
-                    outputs=[panel.bar, panel.status, panel.log, *redo, seen, news, panel.timer])
+                    outputs=[panel.bar, panel.status, panel.stop, panel.log, *redo, seen, news, panel.timer])
     views_io = dict(fn=refresh, inputs=[run_name, news, *(c for v in views for c in v.inputs)],
                     outputs=[c for v in views for c in v.outputs], **internal())
 

@@ -49,8 +49,13 @@ def build(ctx) -> SpotcheckTab:
     load = gr.Button("Load pairs", size="sm")
     position = gr.Markdown()
     prompt = gr.HTML()
-    with gr.Row(equal_height=False):  # min_width: on a phone the two answers stack, each the page's width
-        text_a, text_b = gr.HTML(label="Response 1", min_width=300), gr.HTML(label="Response 2", min_width=300)
+    # on a phone the two answers stack, each the page's width: in columns, since Gradio 6.31's HTML block drops its
+    # own min_width (side by side at 390 px they were two 157 px slivers)
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=300):
+            text_a = gr.HTML(label="Response 1")
+        with gr.Column(min_width=300):
+            text_b = gr.HTML(label="Response 2")
     judge = gr.HTML()
     with gr.Row():
         buttons = {"a": gr.Button("1 is better", variant="primary"), "b": gr.Button("2 is better", variant="primary"),

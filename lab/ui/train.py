@@ -3,7 +3,7 @@
 
 The plots read `adapters/<name>/metrics.jsonl` on every tick of the job panel's timer, so a page reload re-attaches
 to a running training (the adapter shown is the one the running job trains, else the one picked, else the one the
-run's last training job trained). They draw the
+run's last training job trained, else the adapter whose metrics were written last). They draw the
 metrics of the method the shown adapter is trained with (lab.methods.METHODS[...].plots).
 """
 from __future__ import annotations
@@ -181,12 +181,20 @@ def job_adapter(run: Run, states: tuple[str, ...] = ("queued", "running", "done"
     return argv[argv.index("--adapter") + 1]
 
 
+def last_trained(run: Run) -> str | None:
+    """The run's adapter whose metrics were written last: what a reload shows when the run's latest job is not a
+    training (a comparison ran after it), rather than an empty "Adapter shown" and no plots."""
+    written = [(adapter_file(run.adapter_dir(n), "metrics"), n) for n in run.adapter_folders()]
+    found = [(path.stat().st_mtime, n) for path, n in written if path.exists()]
+    return max(found)[1] if found else None
+
+
 def live_view(run_name: str | None, shown: str | None):
     """[shown adapter, summary, warnings, *plots] for the adapter being trained (or the one picked)."""
     if not run_name:
         return [gr.skip()] * (3 + MAX_PLOTS)
     run = Run.open(run_name)
-    name = running_adapter(run) or shown or job_adapter(run)  # a reload shows the last training
+    name = running_adapter(run) or shown or job_adapter(run) or last_trained(run)  # a reload: the last training
     if not name or not adapter_file(run.adapter_dir(name), "metrics").exists():  # nothing to plot: no empty boxes
         return [gr.skip(), "", "", *[gr.update(value=None, visible=False)] * MAX_PLOTS]
     metrics, state = read_metrics(run.adapter_dir(name)), read_state(run.adapter_dir(name)) or {}
