@@ -453,6 +453,6 @@ def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
                    ".jsonl file.")
 
 
-def pairs_stage(run: Run, cfg: PairsConfig, progress: Progress | None = None) -> dict:
+def run(run: Run, cfg: PairsConfig, progress: Progress | None = None) -> dict:
     """The pairs stage in the stages' shape (it reads records only: nothing to show progress of)."""
     return build_pairs(run, cfg)

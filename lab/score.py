@@ -280,7 +280,7 @@ class Scorer:
         """Rows per `score` call (each call's records are written as it returns): an API judge batch_size rows;
         an engine that batches a whole call itself (vLLM: each call starts the engine) every row at once; else one
         generation batch (batch_size sequences: batch_size // R rows)."""
-        batch = self.cfg.batch_size or AUTO_BATCH  # 0 (auto) is resolved for local judges by score_run
+        batch = self.cfg.batch_size or AUTO_BATCH  # 0 (auto) is resolved for local judges by score_samples
         if self.judge is not None:
             return batch
         if self.session.one_call:
@@ -316,9 +316,14 @@ def score_rows(run: Run, rows: list[dict], scorer: Scorer, progress: Progress, d
 
 
 # ---- the stage ----------------------------------------------------------------------------------------------------
-def score_run(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_key: str | None = None,
-              desc: str = "scoring") -> dict:
-    """The score stage: every answer of samples.jsonl scored R times (set "train"). The self judge is the model
+def run(run: Run, cfg: ScoreConfig, progress: Progress | None = None) -> dict:
+    """The score stage (its lab.stages row); an API judge's key comes from the environment."""
+    return score_samples(run, cfg, progress)
+
+
+def score_samples(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_key: str | None = None,
+                  desc: str = "scoring") -> dict:
+    """The score stage's work: every answer of samples.jsonl scored R times (set "train"). The self judge is the model
     that sampled the run, with the adapter it sampled with switched on (as run.json's sample entry says)."""
     cfg.validate()
     judge = api_backend(cfg, api_key)  # a missing API key fails here, before any work

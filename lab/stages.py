@@ -30,57 +30,57 @@ class Stage:
 
 
 STAGES = [  # pipeline order
-    Stage("sample", sample.SampleConfig, sample.sample_run,
+    Stage("sample", sample.SampleConfig, sample.run,
           "generate K responses per instruction with the model's chat template", new_run=True,
           tab="sample", admit=hosting.admit_sample),
-    Stage("judge", judge.JudgeConfig, judge.judge_stage,
+    Stage("judge", judge.JudgeConfig, judge.run,
           "LLM judge: pairwise verdicts in both orders (groq, openai-compatible, local)",
           "Prints the plan's calls, time and cost first (on stderr), then judges (unless --estimate-only).",
           tab="judge", admit=hosting.admit_judge, upstream=("sample",)),
-    Stage("rank", rank.RankConfig, rank.rank_run,
+    Stage("rank", rank.RankConfig, rank.run,
           "rank each instruction's responses with PairRM (llm-blender) or a reward model",
           "PairRM compares every pair of responses in both orders, a reward model scores each response alone; "
           "appends rankings.jsonl (format: lab/records/rankings.py). "
           "Instructions already ranked with the same ranker are skipped.",
           tab="rank", admit=hosting.admit_rank, upstream=("sample",)),
-    Stage("score", score.ScoreConfig, score.score_run,
+    Stage("score", score.ScoreConfig, score.run,
           "self-rewarding scores: each response judged R times with an additive 5-point prompt",
           "Appends scores.jsonl (format: lab/records/scores.py); answers already scored by the same judge are skipped.",
           tab="iterate", admit=hosting.admit_score, upstream=("sample",)),
-    Stage("pairs", pairs.PairsConfig, pairs.pairs_stage,
+    Stage("pairs", pairs.PairsConfig, pairs.run,
           "build chosen/rejected pairs (TRL format) from the judge's verdicts, PairRM, a reward model or self-scores",
           "Rewrites pairs-<source>.jsonl (format: lab/records/pairs.py) and prints its statistics: pair count, "
           "instructions without a pair, length balance, judge-vs-ranker agreement (PairRM, reward model).",
           tab="rank"),
-    Stage("train", train.TrainConfig, train.train_stage,
+    Stage("train", train.TrainConfig, train.run,
           "train a LoRA adapter on a preference data set (TRL + PEFT)",
           "Trains runs/<run>/adapters/<adapter>/ (docs/training.md). Runs unchanged under `accelerate launch -m lab "
           "train ...` on several GPUs. Rerunning an interrupted or stopped training resumes it from its last "
           "checkpoint.", new_run=True,
           tab="train", admit=hosting.admit_train, upstream=("sample",)),
-    Stage("compare", compare.CompareConfig, compare.compare_stage,
+    Stage("compare", compare.CompareConfig, compare.run,
           "base vs adapters on held-out instructions: grid, win rates, length, diversity",
           tab="compare", admit=hosting.admit_compare, upstream=("sample", "judge", "rank", "score")),
-    Stage("iterate", iterate.IterateConfig, iterate.iterate_run,
+    Stage("iterate", iterate.IterateConfig, iterate.run,
           "self-rewarding DPO: sample, score yourself, train on best vs worst, repeat",
           tab="iterate", admit=hosting.admit_iterate),
-    Stage("merge", merge.MergeConfig, merge.merge_run,
+    Stage("merge", merge.MergeConfig, merge.run,
           "fold a LoRA adapter into its base (PEFT merge_and_unload): a plain transformers checkpoint",
           "Writes runs/<run>/merged/<adapter>/ (safetensors, tokenizer, model card; lab/merge.py), which loads with "
           "transformers alone; `push` publishes it as a model repo.",
           tab="share", admit=hosting.admit_merge),
-    Stage("chat", chat.ChatConfig, chat.chat_run,
+    Stage("chat", chat.ChatConfig, chat.run,
           "talk to the base model or an adapter of the run, multi-turn, the reply streamed",
           "With --message, answers it and exits; otherwise every line typed on stdin is a turn (end of input "
           "ends the chat). Replies stream to stderr; the summary with the last reply goes to stdout. Writes "
           "nothing into the run.",
           tab="chat", admit=hosting.check_chat),
-    Stage("report", report.ReportConfig, report.report_run,
+    Stage("report", report.ReportConfig, report.run,
           "write runs/<run>/report/: tables, figures and judge examples for a write-up (numbers only)",
           "Rewrites the whole folder: README.md (an index), efficiency.csv, judge-examples.md, scores, training "
           "curves per adapter, per-round stability of self-rewarding runs, the comparison grid and your notes.",
           tab="share", upstream=("sample", "judge", "rank", "score", "train", "compare", "iterate")),
-    Stage("push", hub.PushConfig, hub.push_stage,
+    Stage("push", hub.PushConfig, hub.run,
           "push the run's preference data sets and adapters to the Hub, with cards",
           "Stages each repo under <run>/hub/<repo>/ and uploads that folder. The token comes from $HF_TOKEN (or "
           "`hf auth login`); it is never written anywhere.",

@@ -462,9 +462,10 @@ def test_bundled_local_judge_gives_reasoning_and_verdicts(run):
 
 @pytest.mark.slow
 def test_bundled_judge_decides_offline_on_four_instructions_by_three_responses(run):
-    from lab.sample import SampleConfig, sample_run
+    from lab import sample
+    from lab.sample import SampleConfig
 
-    sample_run(run, SampleConfig(model="bundled", instructions="bundled", n=4, k=3, max_new_tokens=64), quiet())
+    sample.run(run, SampleConfig(model="bundled", instructions="bundled", n=4, k=3, max_new_tokens=64), quiet())
     out = judge_run(run, JudgeConfig(backend="local"), quiet())  # the offline default, knockout plan
     stats = build_pairs(run, PairsConfig(source="judge"))
     assert out["calls_made"] == 4 * 4 and out["first_position_win_rate"] is not None  # the raw bias stays reported
