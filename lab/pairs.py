@@ -216,14 +216,16 @@ def _checked_pair(iid: str, a: int, b: int, scores: dict[int, float], human: str
 class Source:
     label: str  # in the app
     preferences: Callable[[Run, "PairsConfig"], tuple[dict[str, Preferences], Counter]]
+    stage: str  # the stage whose records hold its preferences: its grader's noise labels are the pairs' (lab.noise)
 
 
 SOURCES: dict[str, Source] = {
-    "judge": Source("LLM judge (with your spot-check verdicts)", judge_preferences),
-    "pairrm": Source("PairRM", ranker_preferences("pairrm")),
-    "reward": Source("Reward model", ranker_preferences("reward")),
-    "self": Source("Self-rewarding scores", self_preferences),
-    "checks": Source("Verifiable checks (IFEval, with your spot-check verdicts)", checks_preferences),
+    "judge": Source("LLM judge (with your spot-check verdicts)", judge_preferences, "judge"),
+    "pairrm": Source("PairRM", ranker_preferences("pairrm"), "rank"),
+    "reward": Source("Reward model", ranker_preferences("reward"), "rank"),
+    "self": Source("Self-rewarding scores", self_preferences, "score"),
+    # IFEval's checkers run on the samples: no grader of their own, the sampled model's labels only
+    "checks": Source("Verifiable checks (IFEval, with your spot-check verdicts)", checks_preferences, "sample"),
 }
 
 
