@@ -363,8 +363,10 @@ def estimate(run: Run, cfg: IterateConfig) -> dict:
 def measured_pace(run: Run) -> tuple[float | None, float | None]:
     """(generated tokens per second, seconds of a round's training) as this machine measured them on this run
     (lab.efficiency's records: sampling, scoring and comparing; the rounds' training), the latest first."""
+    from lab.stages import BY_NAME  # the rows reference this module's run: read them when asked
+
     records = efficiency.read_all(run)
-    made = [r for r in records if r["stage"] in ("sample", "score", "compare") and r.get("tokens_out")
+    made = [r for r in records if r["stage"] in BY_NAME and BY_NAME[r["stage"]].generates and r.get("tokens_out")
             and r.get("wall_s")]
     pace = sum(r["tokens_out"] for r in made[-4:]) / sum(r["wall_s"] for r in made[-4:]) if made else None
     trained = [r["wall_s"] for r in records if r["stage"] == "train" and r["run"].startswith("iterations/")

@@ -352,7 +352,7 @@ def _pairs_locked(run: Run, cfg: PairsConfig) -> dict:
     if run.read("judgments"):
         stats.update({f"judge_vs_{kind}": judge_vs_ranker(run, kind) for kind in RANKERS
                       if latest_rankings(run, kind)})
-    run.record_stage(f"pairs-{cfg.source}", {**cfg.to_dict(), "stats": stats})
+    run.record_stage(entry_name(cfg.to_dict()), {**cfg.to_dict(), "stats": stats})
     return {"run": run.name, "file": str(path), **stats, "warnings": [stats["no_pairs"]] if stats["no_pairs"] else []}
 
 
@@ -453,6 +453,11 @@ def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
                        "or pass a file.")
     raise LabError(f"Pairs file {path} does not exist: give a source name ({', '.join(SOURCES)}) or an existing "
                    ".jsonl file.")
+
+
+def entry_name(s: dict) -> str:
+    """The pairs stage's run.json entry for settings `s`: one per source ("pairs-judge")."""
+    return f"pairs-{s['source']}"
 
 
 def run(run: Run, cfg: PairsConfig, progress: Progress | None = None) -> dict:

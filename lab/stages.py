@@ -2,7 +2,8 @@
 that runs it, always its module's `run(run, settings, progress) -> summary dict`, its help, the hosted app's admit
 check (lab.hosting, which calls lab.limits' caps), the app's tab that runs it (a key lab/ui maps to a title: lab
 never imports gradio), the stages whose results it builds on and the rules that label its results as noise
-(lab.noise). The command line (lab.cli), the app's jobs and their *Redo* lines, `--config` files, hosting, the app's wording and
+(lab.noise), what Ctrl-C does to it, whether it writes into the run and generates tokens, and its run.json entry.
+The command line (lab.cli), the app's jobs and their *Redo* lines, `--config` files, hosting, the app's wording and
 the noise labels read these rows; nothing else lists stages (a pair source names the stage that made its
 preferences in its own lab.pairs.SOURCES entry).
 
@@ -35,12 +36,21 @@ class Stage:
     #      then sample and the stage that made that source's preferences (lab.pairs.SOURCES' `stage`)
     labels_as: Callable[..., tuple[str, dict]] | None = None  # (run, its settings) -> the stage and settings whose
     #      noise labels are its own (a merged model: its adapter's training)
+    recorded_as: Callable[[dict], str] | None = None  # its settings -> its run.json entry, where not its name
+    stops: bool = True  # False: no safe point to stop at; Ctrl-C quits at once (lab.cli) and there is nothing to resume
+    writes: bool = True  # False: it writes nothing into the run (chat): its labels are its settings' alone (lab.ui)
+    generates: bool = False  # generates tokens on this machine: its efficiency records give the generation pace
+    #      (lab.iterate's estimate)
+
+    def entry(self, settings: dict) -> str:
+        """The name of its run.json entry for these settings (lab.configfile reads it back)."""
+        return self.recorded_as(settings) if self.recorded_as else self.name
 
 
 STAGES = [  # pipeline order
     Stage("sample", sample.SampleConfig, sample.run,
           "generate K responses per instruction with the model's chat template", new_run=True,
-          tab="sample", admit=hosting.admit_sample, noise=noise.model_specs),
+          tab="sample", admit=hosting.admit_sample, noise=noise.model_specs, generates=True),
     Stage("judge", judge.JudgeConfig, judge.run,
           "LLM judge: pairwise verdicts in both orders (groq, openai-compatible, local)",
           "Prints the plan's calls, time and cost first (on stderr), then judges (unless --estimate-only).",
@@ -54,12 +64,12 @@ STAGES = [  # pipeline order
     Stage("score", score.ScoreConfig, score.run,
           "self-rewarding scores: each response judged R times with an additive 5-point prompt",
           "Appends scores.jsonl (format: lab/records/scores.py); answers already scored by the same judge are skipped.",
-          tab="iterate", admit=hosting.admit_score, upstream=("sample",), noise=noise.self_judge_specs),
+          tab="iterate", admit=hosting.admit_score, upstream=("sample",), noise=noise.self_judge_specs, generates=True),
     Stage("pairs", pairs.PairsConfig, pairs.run,
           "build chosen/rejected pairs (TRL format) from the judge's verdicts, PairRM, a reward model or self-scores",
           "Rewrites pairs-<source>.jsonl (format: lab/records/pairs.py) and prints its statistics: pair count, "
           "instructions without a pair, length balance, judge-vs-ranker agreement (PairRM, reward model).",
-          tab="rank", source=noise.built_source),
+          tab="rank", source=noise.built_source, recorded_as=pairs.entry_name),
     Stage("train", train.TrainConfig, train.run,
           "train a LoRA adapter on a preference data set (TRL + PEFT)",
           "Trains runs/<run>/adapters/<adapter>/ (docs/training.md). Runs unchanged under `accelerate launch -m lab "
@@ -70,7 +80,7 @@ STAGES = [  # pipeline order
     Stage("compare", compare.CompareConfig, compare.run,
           "base vs adapters on held-out instructions: grid, win rates, length, diversity",
           tab="compare", admit=hosting.admit_compare, upstream=("sample", "judge", "rank", "score"),
-          noise=noise.compare_specs),
+          noise=noise.compare_specs, generates=True),
     Stage("iterate", iterate.IterateConfig, iterate.run,
           "self-rewarding DPO: sample, score yourself, train on best vs worst, repeat",
           tab="iterate", admit=hosting.admit_iterate, noise=noise.iterate_specs),
@@ -78,13 +88,13 @@ STAGES = [  # pipeline order
           "fold a LoRA adapter into its base (PEFT merge_and_unload): a plain transformers checkpoint",
           "Writes runs/<run>/merged/<adapter>/ (safetensors, tokenizer, model card; lab/merge.py), which loads with "
           "transformers alone; `push` publishes it as a model repo.",
-          tab="share", admit=hosting.admit_merge, labels_as=noise.adapter_training),
+          tab="share", admit=hosting.admit_merge, labels_as=noise.adapter_training, stops=False),
     Stage("chat", chat.ChatConfig, chat.run,
           "talk to the base model or an adapter of the run, multi-turn, the reply streamed",
           "With --message, answers it and exits; otherwise every line typed on stdin is a turn (end of input "
           "ends the chat). Replies stream to stderr; the summary with the last reply goes to stdout. Writes "
           "nothing into the run.",
-          tab="chat", admit=hosting.check_chat, noise=noise.model_specs),
+          tab="chat", admit=hosting.check_chat, noise=noise.model_specs, stops=False, writes=False),
     Stage("report", report.ReportConfig, report.run,
           "write runs/<run>/report/: tables, figures and judge examples for a write-up (numbers only)",
           "Rewrites the whole folder: README.md (an index), efficiency.csv, judge-examples.md, scores, training "
