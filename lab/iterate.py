@@ -51,9 +51,9 @@ from lab.judge_backends import API_BACKENDS
 from lab.pairs import PairsConfig, build_pairs
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
-from lab.records.scores import mean_scores
+from lab.records.scores import mean_scores, score_summary
 from lab.sample import SampleConfig, check_decoding, sample_responses
-from lab.score import PROMPT_HASH, ScoreConfig, api_backend, score_samples, summarize as score_summary
+from lab.score import PROMPT_HASH, ScoreConfig, api_backend, score_samples
 from lab.stats import mean
 from lab.store import Run, once, read_jsonl
 from lab.train import TrainConfig, train_adapter

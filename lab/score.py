@@ -31,7 +31,7 @@ from lab.judge_backends import API_BACKENDS, DEFAULT_MODELS, ApiBackend
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.ratelimit import RateLimiter
-from lab.records.scores import score_key, score_record, text_hash
+from lab.records.scores import score_key, score_record, score_summary, text_hash
 from lab.store import Run, once
 
 SCORE_PROMPT = """Review the user's question and the corresponding response using the additive 5-point scoring \
@@ -340,7 +340,7 @@ def score_samples(run: Run, cfg: ScoreConfig, progress: Progress | None = None, 
             **cfg.to_dict(), "judge_name": cfg.name, "prompt_hash": PROMPT_HASH,
             **(engine_record(scorer.engine) if judge is None else {})}))
     progress.close()
-    return summarize(run, cfg) | {"scored_now": done}
+    return score_summary(run, cfg.name) | {"scored_now": done}
 
 
 @contextmanager
@@ -380,13 +380,3 @@ def lab_judge(spec: str, cfg: ScoreConfig, adapter: str | None) -> Iterator:
     with adapters_on(cm, {JUDGE: Path(adapter)} if adapter else {}) as select, \
             select(JUDGE if adapter else None) as judge:
         yield judge
-
-
-def summarize(run: Run, cfg: ScoreConfig | None = None) -> dict:
-    """Counts and the score histogram of the run's train-set scores (the CLI and the app show these)."""
-    train = [s for s in run.read("scores") if s["set"] == "train" and (cfg is None or s["judge"] == cfg.name)]
-    valid = [s["score"] for s in train if s["score"] is not None]
-    return {"run": run.name, "evaluations": len(train), "unscored": len(train) - len(valid),
-            "score_hist": {str(d): sum(round(v) == d for v in valid) for d in range(6)},
-            "score_mean": sum(valid) / len(valid) if valid else None,
-            "methods": {m: sum(s["method"] == m for s in train) for m in ("parsed", "probabilities", "invalid")}}
