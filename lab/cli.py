@@ -1,6 +1,6 @@
 """`python -m lab <stage> ...`: every stage is one row of lab.stages.STAGES; the CLI holds no stage logic.
 
-A row names the stage's settings dataclass (its fields are the stage's flags) and the function `fn(run, settings,
+A row names the stage's settings dataclass (its fields are the stage's flags) and its module's `run(run, settings,
 progress) -> summary dict` that runs it; the CLI parses the flags into the settings (`--config FILE`: a YAML file or
 a run.json gives them first, flags override; lab.configfile), checks a hosted app's rules
 (lab.hosting), runs the function and prints its summary as JSON (a summary's "warnings" also go to stderr). Every
