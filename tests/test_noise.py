@@ -11,7 +11,7 @@ import pytest
 
 from lab import noise
 from lab.errors import LabError
-from lab.pairs import NO_PAIRS_FIX, PairsConfig, build_pairs
+from lab.pairs import SOURCES, PairsConfig, build_pairs
 from lab.progress import Progress
 from lab.train import TrainConfig, precheck
 from prefdata import judge_pair, write_samples
@@ -93,7 +93,7 @@ def test_a_set_without_pairs_says_why_and_what_to_do_in_page_words(run):
     assert why in rank_tab.make_pairs("t", "judge", "best-vs-worst", 0)
     run.record_stage("judge", {"backend": "groq", "model": "m"})
     figures = judge_tab.refresh("t")[0]  # the Judge tab says it too, before anyone reaches Train
-    assert "No instruction has a preference" in figures and NO_PAIRS_FIX["judge"] in figures
+    assert "No instruction has a preference" in figures and SOURCES["judge"].no_pairs_fix in figures
     with pytest.raises(LabError, match="Spot-check tab"):
         precheck(run, "judge", "dpo", TrainConfig())
     with pytest.raises(gr.Error, match="Spot-check tab"):
