@@ -185,7 +185,7 @@ def chat_stream(run: Run | None, cfg: ChatConfig, panes: list[str], histories: l
 
 
 # ---- the command line -----------------------------------------------------------------------------------------------
-def chat_run(run: Run, cfg: ChatConfig, progress: Progress | None = None) -> dict:
+def run(run: Run, cfg: ChatConfig, progress: Progress | None = None) -> dict:
     """`python -m lab chat`: --message answers one message; without it, each line typed on stdin is a turn (until
     end of input). Replies stream to stderr as they are generated; the summary (with the last reply) goes to stdout."""
     cfg.validate()

@@ -1,6 +1,6 @@
 """`python -m lab <stage> ...`: every stage is one row of lab.stages.STAGES; the CLI holds no stage logic.
 
-A row names the stage's settings dataclass (its fields are the stage's flags) and the function `fn(run, settings,
+A row names the stage's settings dataclass (its fields are the stage's flags) and its module's `run(run, settings,
 progress) -> summary dict` that runs it; the CLI parses the flags into the settings (`--config FILE`: a YAML file or
 a run.json gives them first, flags override; lab.configfile), checks a hosted app's rules
 (lab.hosting), runs the function and prints its summary as JSON (a summary's "warnings" also go to stderr). Every
@@ -84,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parse_known(build_parser(), argv)
     if not getattr(args, "config", None):  # tools (doctor) take no settings file
         return args
-    values = read_config(args.config, BY_NAME[args.stage].settings, args.stage, getattr(args, "source", None))
+    stage = BY_NAME[args.stage]
+    values = read_config(args.config, stage.settings, stage.entry(vars(args)))
     return parse_known(build_parser(values), argv)
 
 
@@ -112,12 +113,10 @@ INTERRUPTED = ("Interrupted: the records each stage had finished are saved (a tr
                "checkpoint).")
 
 
-PLAIN_CTRL_C = ("chat", "merge")  # no safe points to stop at: Ctrl-C quits at once, and there is nothing to resume
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    plain = next((a for a in argv if not a.startswith("-")), None) in PLAIN_CTRL_C
+    named = BY_NAME.get(next((a for a in argv if not a.startswith("-")), ""))
+    plain = named is not None and not named.stops  # no safe points to stop at: Ctrl-C quits at once
     with stop_signals(ctrl_c=not plain):
         return _main(argv, plain)
 

@@ -335,7 +335,7 @@ def save_note(run: Run, text: str, instruction_id: str | None = None) -> dict:
     return notes
 
 
-def compare_stage(run: Run, cfg: CompareConfig, progress: Progress | None = None) -> dict:
+def run(run: Run, cfg: CompareConfig, progress: Progress | None = None) -> dict:
     """The compare stage as the CLI and the app's jobs run it: compare, then write the grid's exports (--export)."""
     summary = compare_run(run, cfg, progress)
     return {**summary, "exports": [str(export(run, f.strip())) for f in cfg.export.split(",") if f.strip()]}

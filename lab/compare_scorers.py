@@ -184,7 +184,7 @@ def pairrm_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progres
     """PairRM's both-orders preference between two models' completions (rankings: lab.rank records in the nested
     scoring run; a rerun with the same texts ranks nothing again)."""
     nested, index = scoring_run(run, table, st)
-    rank.rank_run(nested, rank.RankConfig(ranker=cfg.pairrm, device=cfg.device, dtype=cfg.dtype), progress)
+    rank.run(nested, rank.RankConfig(ranker=cfg.pairrm, device=cfg.device, dtype=cfg.dtype), progress)
     records = latest_rankings(nested, ranker=cfg.pairrm)
 
     def of(iid: str, a: str, b: str) -> float | None:
@@ -221,7 +221,7 @@ def reward_outcomes(run: Run, cfg: CompareConfig, table: dict, st: dict, progres
     """A reward model's reward for every model's answer (lab.rank records of the nested scoring run, kind
     "reward"; a rerun with the same texts scores nothing again): the higher reward wins."""
     nested, index = scoring_run(run, table, st)
-    rank.rank_run(nested, rank.RankConfig(ranker=cfg.reward, device=cfg.device, dtype=cfg.dtype), progress)
+    rank.run(nested, rank.RankConfig(ranker=cfg.reward, device=cfg.device, dtype=cfg.dtype), progress)
     values: dict[str, dict[str, float]] = {}
     for iid, rec in latest_rankings(nested, ranker=cfg.reward).items():
         reward_of = dict(zip(rec["sample_indices"], rec["scores"]))

@@ -34,8 +34,9 @@ from lab.store import read_user_text
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def read_config(path: str, cls: type[Settings], stage: str, source: str | None = None) -> dict[str, Any]:
-    """{field: value} for settings `cls` of `stage` from a YAML file or a run.json (see the module docstring)."""
+def read_config(path: str, cls: type[Settings], entry: str) -> dict[str, Any]:
+    """{field: value} for settings `cls` from a YAML file or a run.json's `entry` (the stage's: lab.stages'
+    Stage.entry; see the module docstring)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise LabError(f"--config {path}: no such file; give a YAML settings file or a run's run.json.")
@@ -43,7 +44,7 @@ def read_config(path: str, cls: type[Settings], stage: str, source: str | None =
     if file.suffix.lower() in YAML_SUFFIXES:
         return checked_values(cls, _yaml_mapping(file, text), str(file))
     if file.suffix.lower() == ".json":
-        return checked_values(cls, _run_json_entry(file, text, stage, source), str(file), known_only=True)
+        return checked_values(cls, _run_json_entry(file, text, entry), str(file), known_only=True)
     raise LabError(f"--config {path}: use a .yaml / .yml settings file or a run's run.json.")
 
 
@@ -63,15 +64,14 @@ def _yaml_mapping(file: Path, text: str) -> dict:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _run_json_entry(file: Path, text: str, stage: str, source: str | None) -> dict:
-    """The stage's settings in a run.json ({"stages": {stage: {...}}})."""
+def _run_json_entry(file: Path, text: str, name: str) -> dict:
+    """The settings recorded as `name` in a run.json ({"stages": {name: {...}}})."""
     try:
         stages = json.loads(text).get("stages")
     except (json.JSONDecodeError, AttributeError):
         stages = None
     if not isinstance(stages, dict):
         raise LabError(f"--config {file}: not a run's run.json (no \"stages\"); give a YAML file for other settings.")
-    name = f"pairs-{source}" if stage == "pairs" else stage  # pairs are recorded per source
     if not isinstance(stages.get(name), dict):
         have = ", ".join(sorted(stages)) or "none"
         raise LabError(f"--config {file}: the run never ran {name} (it recorded: {have}).")

@@ -13,6 +13,7 @@ so both read "judge:<backend>:<model>".
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from lab.adapters import read_state
 from lab.judge_backends import DEFAULT_MODELS
@@ -40,21 +41,39 @@ def scorer(score: str, score_model: str, base_model: str) -> dict:
 
 
 def of_source(run: Run, source: str) -> dict | None:
-    """The grader behind a run's pairs-<source>.jsonl, from the settings run.json recorded (None: unknown)."""
-    stages = run.settings().get("stages", {})
-    if source == "checks":
-        return CHECKS
-    if source == "judge" and stages.get("judge"):
-        return judge(stages["judge"].get("backend", ""), stages["judge"].get("model", ""))
-    if source in ("pairrm", "reward"):  # the ranker of that kind's latest rankings (lab.rank.RANKERS kinds)
+    """The grader behind a run's pairs-<source>.jsonl, by its lab.pairs.SOURCES entry's `grader` (None: unknown)."""
+    from lab.pairs import SOURCES  # pairs names these graders: read its registry when asked
+
+    return SOURCES[source].grader(run) if source in SOURCES else None
+
+
+# ---- the pair sources' graders (a lab.pairs.SOURCES entry's `grader`): from the settings run.json recorded ----------
+def checks_grader(run: Run) -> dict:
+    return CHECKS
+
+
+def judge_grader(run: Run) -> dict | None:
+    st = run.settings().get("stages", {}).get("judge")
+    return judge(st.get("backend", ""), st.get("model", "")) if st else None
+
+
+def ranker_grader(kind: str) -> Callable[[Run], dict | None]:
+    """The ranker of that kind's latest rankings (a lab.rank.RANKERS kind), if they all come from one ranker."""
+    def grader(run: Run) -> dict | None:
         from lab.records.rankings import latest_rankings
 
-        specs = {r.get("ranker") for r in latest_rankings(run, source).values()}
+        specs = {r.get("ranker") for r in latest_rankings(run, kind).values()}
         return ranker(specs.pop()) if len(specs) == 1 else None
-    if source == "self" and stages.get("score"):
-        s, model = stages["score"], (stages.get("sample") or {}).get("model", "")
-        return self_judge(model) if s.get("judge") == "self" else judge(s.get("judge", ""), s.get("judge_model", ""))
-    return None
+    return grader
+
+
+def self_grader(run: Run) -> dict | None:
+    """The self-scores' judge: the sampling model itself, or the API judge that scored."""
+    stages = run.settings().get("stages", {})
+    s, model = stages.get("score"), (stages.get("sample") or {}).get("model", "")
+    if not s:
+        return None
+    return self_judge(model) if s.get("judge") == "self" else judge(s.get("judge", ""), s.get("judge_model", ""))
 
 
 def of_adapter(folder: Path) -> dict | None:

@@ -567,6 +567,6 @@ def token_source(token: str | None = None) -> str:
     return "HF_TOKEN / the saved `hf auth login` on this machine" if get_token() else ""
 
 
-def push_stage(run: Run, cfg: PushConfig, progress: Progress | None = None) -> dict:
+def run(run: Run, cfg: PushConfig, progress: Progress | None = None) -> dict:
     """The push stage in the stages' shape."""
     return push_run(run, cfg, progress=progress)

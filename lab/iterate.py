@@ -5,7 +5,7 @@ A round is the lab's stages run again on a nested run, runs/<run>/iterations/<k>
 second pipeline. Its policy M(k-1) is the base with the adapter of round k-1 switched on (round 1: the plain base,
 or --start-adapter):
 
-  1. sample   lab.sample.sample_run with the policy's adapter: N answers per instruction (T=0.7, top-p 0.9 as in
+  1. sample   lab.sample.sample_responses with the policy's adapter: N answers per instruction (T=0.7, top-p 0.9 as in
               the paper) -> samples.jsonl ("adapter": the policy's folder)
   2. score    lab.score: every answer scored R times with the paper's additive 5-point prompt, by M(k-1) itself or
               an API model (--judge) -> scores.jsonl (set "train")
@@ -51,9 +51,9 @@ from lab.judge_backends import API_BACKENDS
 from lab.pairs import PairsConfig, build_pairs
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
-from lab.records.scores import mean_scores
-from lab.sample import SampleConfig, check_decoding, sample_run
-from lab.score import PROMPT_HASH, ScoreConfig, api_backend, score_run, summarize as score_summary
+from lab.records.scores import mean_scores, score_summary
+from lab.sample import SampleConfig, check_decoding, sample_responses
+from lab.score import PROMPT_HASH, ScoreConfig, api_backend, score_samples
 from lab.stats import mean
 from lab.store import Run, once, read_jsonl
 from lab.train import TrainConfig, train_adapter
@@ -205,8 +205,8 @@ class Round:
 
 def data_round(r: Round, items: list[Instruction]) -> dict:
     """Sample, score and pair round k (stages 1-3); -> its statistics so far. No pairs is a LabError."""
-    sample_run(r.run, r.cfg.sample_config(r.k), r.progress, items=items, adapter_path=r.policy, desc="sampling")
-    score_run(r.run, r.cfg.score_config(r.k), r.progress, api_key=r.api_key, desc="scoring")
+    sample_responses(r.run, r.cfg.sample_config(r.k), r.progress, items=items, adapter_path=r.policy, desc="sampling")
+    score_samples(r.run, r.cfg.score_config(r.k), r.progress, api_key=r.api_key, desc="scoring")
     stats = build_pairs(r.run, PairsConfig(source="self"))
     unscored = stats["dropped"].get("unscored", 0)
     kept = {"pairs_kept": stats["pairs"], "dropped_unscored": unscored,
@@ -298,8 +298,14 @@ def one_round(run: Run, k: int, policy: Path | None, items: list[Instruction], e
 
 
 # ---- the stage -------------------------------------------------------------------------------------------------------
-def iterate_run(run: Run, cfg: IterateConfig, progress: Progress | None = None, api_key: str | None = None) -> dict:
-    """The iterate stage: rounds 1..cfg.rounds of self-rewarding DPO. Finished rounds (iterate.jsonl) are kept and
+def run(run: Run, cfg: IterateConfig, progress: Progress | None = None) -> dict:
+    """The iterate stage (its lab.stages row); an API judge's key comes from the environment."""
+    return iterate_rounds(run, cfg, progress)
+
+
+def iterate_rounds(run: Run, cfg: IterateConfig, progress: Progress | None = None, api_key: str | None = None
+                   ) -> dict:
+    """The iterate stage's work: rounds 1..cfg.rounds of self-rewarding DPO. Finished rounds (iterate.jsonl) are kept and
     skipped; an interrupted round resumes from its files (samples, scores, the training checkpoint).
     api_key: an API judge's key passed in memory (else read from the environment).
     Holds the run's "iterate" lock: a second iteration of the run is refused."""
@@ -357,8 +363,10 @@ def estimate(run: Run, cfg: IterateConfig) -> dict:
 def measured_pace(run: Run) -> tuple[float | None, float | None]:
     """(generated tokens per second, seconds of a round's training) as this machine measured them on this run
     (lab.efficiency's records: sampling, scoring and comparing; the rounds' training), the latest first."""
+    from lab.stages import BY_NAME  # the rows reference this module's run: read them when asked
+
     records = efficiency.read_all(run)
-    made = [r for r in records if r["stage"] in ("sample", "score", "compare") and r.get("tokens_out")
+    made = [r for r in records if r["stage"] in BY_NAME and BY_NAME[r["stage"]].generates and r.get("tokens_out")
             and r.get("wall_s")]
     pace = sum(r["tokens_out"] for r in made[-4:]) / sum(r["wall_s"] for r in made[-4:]) if made else None
     trained = [r["wall_s"] for r in records if r["stage"] == "train" and r["run"].startswith("iterations/")

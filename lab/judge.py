@@ -574,7 +574,7 @@ def _all_reached(plan: str, cands: Candidates, lookup: Lookup, seed: int, band: 
     return out
 
 
-def judge_stage(run: Run, cfg: JudgeConfig, progress: Progress | None = None) -> dict:
+def run(run: Run, cfg: JudgeConfig, progress: Progress | None = None) -> dict:
     """The judge stage as the CLI and the app's jobs run it: the plan's cost first (stderr), before any call, then
     the verdicts; --estimate-only: the plan is the summary."""
     plan = estimate(run, cfg)

@@ -81,7 +81,7 @@ def merged_model(spec: str, adapter: Path):
     return peft.merge_and_unload(), tok
 
 
-def merge_run(run: Run, cfg: MergeConfig, progress: Progress | None = None) -> dict:
+def run(run: Run, cfg: MergeConfig, progress: Progress | None = None) -> dict:
     """The merge stage: runs/<run>/merged/<adapter>/ from the adapter and its base. -> a summary (folder, base, dtype,
     parameters). Holds the run's merge lock for that adapter: a second merge of it is refused, not run on top."""
     cfg.validate()

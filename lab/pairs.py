@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lab import checks, efficiency, spotcheck
+from lab import checks, efficiency, graders, spotcheck
 from lab.config import Settings, opt
 from lab.errors import LabError
 from lab.progress import Progress
@@ -216,14 +216,32 @@ def _checked_pair(iid: str, a: int, b: int, scores: dict[int, float], human: str
 class Source:
     label: str  # in the app
     preferences: Callable[[Run, "PairsConfig"], tuple[dict[str, Preferences], Counter]]
+    stage: str  # the stage whose records hold its preferences: its grader's noise labels are the pairs' (lab.noise)
+    who: str  # its grader, in words for the page ("No preference pairs: ... from the judge")
+    no_pairs_fix: str  # what to do about an empty data set, in words for the page
+    grader: Callable[[Run], dict | None]  # who made its preferences, from run.json (lab.graders: provenance labels)
 
 
 SOURCES: dict[str, Source] = {
-    "judge": Source("LLM judge (with your spot-check verdicts)", judge_preferences),
-    "pairrm": Source("PairRM", ranker_preferences("pairrm")),
-    "reward": Source("Reward model", ranker_preferences("reward")),
-    "self": Source("Self-rewarding scores", self_preferences),
-    "checks": Source("Verifiable checks (IFEval, with your spot-check verdicts)", checks_preferences),
+    "judge": Source("LLM judge (with your spot-check verdicts)", judge_preferences, "judge", "the judge",
+                    "Decide some pairs yourself in the Spot-check tab (every verdict you give becomes a pair at once), "
+                    "or judge again with an API judge (Groq, or an OpenAI-compatible endpoint) in the Judge tab.",
+                    graders.judge_grader),
+    "pairrm": Source("PairRM", ranker_preferences("pairrm"), "rank", "PairRM",
+                     "Rank with the real PairRM (llm-blender/PairRM) rather than the tiny random one, or sample more "
+                     "varied responses (a higher temperature, more responses per instruction).",
+                     graders.ranker_grader("pairrm")),
+    "reward": Source("Reward model", ranker_preferences("reward"), "rank", "the reward model",
+                     f"Rank with a real reward model ({REWARD_EXAMPLE}) rather than the tiny random one, or sample "
+                     "more varied responses (a higher temperature, more responses per instruction).",
+                     graders.ranker_grader("reward")),
+    "self": Source("Self-rewarding scores", self_preferences, "score", "the self-scores",
+                   "Sample more answers per instruction or at a higher temperature, or let an API judge score them.",
+                   graders.self_grader),
+    # IFEval's checkers run on the samples: no grader of their own, the sampled model's labels only
+    "checks": Source("Verifiable checks (IFEval, with your spot-check verdicts)", checks_preferences, "sample",
+                     "the checks", "Sample more answers per instruction or at a higher temperature, so that some "
+                     "pass a check and some fail it.", graders.checks_grader),
 }
 
 
@@ -350,7 +368,7 @@ def _pairs_locked(run: Run, cfg: PairsConfig) -> dict:
     if run.read("judgments"):
         stats.update({f"judge_vs_{kind}": judge_vs_ranker(run, kind) for kind in RANKERS
                       if latest_rankings(run, kind)})
-    run.record_stage(f"pairs-{cfg.source}", {**cfg.to_dict(), "stats": stats})
+    run.record_stage(entry_name(cfg.to_dict()), {**cfg.to_dict(), "stats": stats})
     return {"run": run.name, "file": str(path), **stats, "warnings": [stats["no_pairs"]] if stats["no_pairs"] else []}
 
 
@@ -365,17 +383,8 @@ def summarize(records: list[dict], by_id: dict[str, Group], cfg: PairsConfig, dr
             "no_pairs": None if records else why_no_pairs(cfg.source, len(by_id), dropped)}
 
 
-NO_PAIRS_FIX = {  # what to do about an empty data set, in words for the page
-    "judge": "Decide some pairs yourself in the Spot-check tab (every verdict you give becomes a pair at once), or "
-             "judge again with an API judge (Groq, or an OpenAI-compatible endpoint) in the Judge tab.",
-    "pairrm": "Rank with the real PairRM (llm-blender/PairRM) rather than the tiny random one, or sample more varied "
-              "responses (a higher temperature, more responses per instruction).",
-    "reward": f"Rank with a real reward model ({REWARD_EXAMPLE}) rather than the tiny random one, or sample more "
-              "varied responses (a higher temperature, more responses per instruction).",
-    "self": "Sample more answers per instruction or at a higher temperature, or let an API judge score them.",
-    "checks": "Sample more answers per instruction or at a higher temperature, so that some pass a check and some "
-              "fail it.",
-}
+def _fix(source: str) -> str:
+    return SOURCES[source].no_pairs_fix if source in SOURCES else ""
 
 
 def why_no_pairs(source: str, instructions: int, dropped: Counter) -> str:
@@ -386,12 +395,11 @@ def why_no_pairs(source: str, instructions: int, dropped: Counter) -> str:
              "human_tie": "pairs you called a tie"}
     seen = ", ".join(f"{n} {words.get(k, k)}" for k, n in sorted(dropped.items()) if n)
     margin = " Or lower the margin." if dropped.get("below_margin") else ""
-    who = {"judge": "the judge", "pairrm": "PairRM", "reward": "the reward model", "self": "the self-scores",
-           "checks": "the checks"}
+    entry = SOURCES.get(source)
     return (f"No preference pairs: none of the {instructions} instructions has a decided preference from "
-            f"{who.get(source, source)}"
+            f"{entry.who if entry else source}"
             + (f" ({seen})" if seen else "") + ". "
-            + NO_PAIRS_FIX.get(source, "") + margin)
+            + (entry.no_pairs_fix if entry else "") + margin)
 
 
 def rebuild(run: Run, source: str) -> dict:
@@ -443,7 +451,7 @@ def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
         source = run.pairs_file(raw)
         if source.is_file() and not source.read_text(encoding="utf-8").strip():
             stats = (run.stage_settings(f"pairs-{raw}") or {}).get("stats") or {}
-            raise LabError(stats.get("no_pairs") or f"{source.name} holds no pairs. {NO_PAIRS_FIX.get(raw, '')}")
+            raise LabError(stats.get("no_pairs") or f"{source.name} holds no pairs. {_fix(raw)}")
         if source.is_file():
             return source
         raise LabError(f"No pairs for source {raw!r} in run {run.name} ({source.name} is missing): build them "
@@ -453,6 +461,11 @@ def resolve_pairs(run: Run, pairs: str | os.PathLike) -> Path:
                    ".jsonl file.")
 
 
-def pairs_stage(run: Run, cfg: PairsConfig, progress: Progress | None = None) -> dict:
+def entry_name(s: dict) -> str:
+    """The pairs stage's run.json entry for settings `s`: one per source ("pairs-judge")."""
+    return f"pairs-{s['source']}"
+
+
+def run(run: Run, cfg: PairsConfig, progress: Progress | None = None) -> dict:
     """The pairs stage in the stages' shape (it reads records only: nothing to show progress of)."""
     return build_pairs(run, cfg)

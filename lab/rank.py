@@ -500,7 +500,7 @@ def _batches(groups: list[Group], rows_per_batch: int, rows_of: Callable[[int], 
     return out
 
 
-def rank_run(run: Run, cfg, progress: Progress | None = None) -> dict:
+def run(run: Run, cfg, progress: Progress | None = None) -> dict:
     """Rank every instruction's responses with the ranker (PairRM or a reward model) and append rankings.jsonl.
     Resumes: an instruction whose last record of that ranker has the same responses is skipped. Returns a summary
     for the CLI / app. Holds the run's "rank" lock: a second ranking of the run is refused."""

@@ -368,7 +368,7 @@ def notes_part(run: Run, folder: Path) -> str:
 
 
 # ---- the stage ---------------------------------------------------------------------------------------------------
-def report_run(run: Run, cfg: ReportConfig, progress: Progress | None = None) -> dict:
+def run(run: Run, cfg: ReportConfig, progress: Progress | None = None) -> dict:
     """The report stage: rewrite runs/<run>/report/ (format in the module docstring). -> {"run", "folder",
     "files": [names], "noise": labels}. Holds the run's "report" lock."""
     cfg.validate()

@@ -135,9 +135,15 @@ def _records(item: Instruction, indices: list[int], comps: list[Completion], tex
     return out
 
 
-def sample_run(run: Run, cfg: SampleConfig, progress: Progress | None = None, items: list[Instruction] | None = None,
-               adapter_path: Path | None = None, desc: str = "sampling") -> dict:
-    """The sample stage: writes instructions.jsonl and samples.jsonl, resuming whatever is already there.
+def run(run: Run, cfg: SampleConfig, progress: Progress | None = None) -> dict:
+    """The sample stage (its lab.stages row): cfg.instructions answered by cfg.model (with cfg.adapter)."""
+    return sample_responses(run, cfg, progress)
+
+
+def sample_responses(run: Run, cfg: SampleConfig, progress: Progress | None = None,
+                     items: list[Instruction] | None = None, adapter_path: Path | None = None,
+                     desc: str = "sampling") -> dict:
+    """The sample stage's work: writes instructions.jsonl and samples.jsonl, resuming whatever is already there.
     items: the instructions to answer (default: cfg.instructions, cfg.n); adapter_path: an adapter folder to sample
     with (default: cfg.adapter, an adapter of this run). Holds the run's "sample" lock: a second sampler on the same
     run is refused (it would write every record twice)."""

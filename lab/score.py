@@ -31,7 +31,7 @@ from lab.judge_backends import API_BACKENDS, DEFAULT_MODELS, ApiBackend
 from lab.precision import DEVICE_HELP, DTYPE_HELP
 from lab.progress import Progress
 from lab.ratelimit import RateLimiter
-from lab.records.scores import score_key, score_record, text_hash
+from lab.records.scores import score_key, score_record, score_summary, text_hash
 from lab.store import Run, once
 
 SCORE_PROMPT = """Review the user's question and the corresponding response using the additive 5-point scoring \
@@ -280,7 +280,7 @@ class Scorer:
         """Rows per `score` call (each call's records are written as it returns): an API judge batch_size rows;
         an engine that batches a whole call itself (vLLM: each call starts the engine) every row at once; else one
         generation batch (batch_size sequences: batch_size // R rows)."""
-        batch = self.cfg.batch_size or AUTO_BATCH  # 0 (auto) is resolved for local judges by score_run
+        batch = self.cfg.batch_size or AUTO_BATCH  # 0 (auto) is resolved for local judges by score_samples
         if self.judge is not None:
             return batch
         if self.session.one_call:
@@ -316,9 +316,14 @@ def score_rows(run: Run, rows: list[dict], scorer: Scorer, progress: Progress, d
 
 
 # ---- the stage ----------------------------------------------------------------------------------------------------
-def score_run(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_key: str | None = None,
-              desc: str = "scoring") -> dict:
-    """The score stage: every answer of samples.jsonl scored R times (set "train"). The self judge is the model
+def run(run: Run, cfg: ScoreConfig, progress: Progress | None = None) -> dict:
+    """The score stage (its lab.stages row); an API judge's key comes from the environment."""
+    return score_samples(run, cfg, progress)
+
+
+def score_samples(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_key: str | None = None,
+                  desc: str = "scoring") -> dict:
+    """The score stage's work: every answer of samples.jsonl scored R times (set "train"). The self judge is the model
     that sampled the run, with the adapter it sampled with switched on (as run.json's sample entry says)."""
     cfg.validate()
     judge = api_backend(cfg, api_key)  # a missing API key fails here, before any work
@@ -335,7 +340,7 @@ def score_run(run: Run, cfg: ScoreConfig, progress: Progress | None = None, api_
             **cfg.to_dict(), "judge_name": cfg.name, "prompt_hash": PROMPT_HASH,
             **(engine_record(scorer.engine) if judge is None else {})}))
     progress.close()
-    return summarize(run, cfg) | {"scored_now": done}
+    return score_summary(run, cfg.name) | {"scored_now": done}
 
 
 @contextmanager
@@ -375,13 +380,3 @@ def lab_judge(spec: str, cfg: ScoreConfig, adapter: str | None) -> Iterator:
     with adapters_on(cm, {JUDGE: Path(adapter)} if adapter else {}) as select, \
             select(JUDGE if adapter else None) as judge:
         yield judge
-
-
-def summarize(run: Run, cfg: ScoreConfig | None = None) -> dict:
-    """Counts and the score histogram of the run's train-set scores (the CLI and the app show these)."""
-    train = [s for s in run.read("scores") if s["set"] == "train" and (cfg is None or s["judge"] == cfg.name)]
-    valid = [s["score"] for s in train if s["score"] is not None]
-    return {"run": run.name, "evaluations": len(train), "unscored": len(train) - len(valid),
-            "score_hist": {str(d): sum(round(v) == d for v in valid) for d in range(6)},
-            "score_mean": sum(valid) / len(valid) if valid else None,
-            "methods": {m: sum(s["method"] == m for s in train) for m in ("parsed", "probabilities", "invalid")}}

@@ -608,7 +608,7 @@ def trained_tokens(metrics: list[dict]) -> int:
     return int(seen[-1]) if seen else 0
 
 
-def train_stage(run: Run, cfg: TrainConfig, progress: Progress | None = None) -> dict:
+def run(run: Run, cfg: TrainConfig, progress: Progress | None = None) -> dict:
     """The train stage as the CLI runs it: cfg.pairs, cfg.adapter and cfg.init_adapter say what to train.
     -> a summary (status, steps, pair counts, final metrics, warnings)."""
     if not cfg.pairs or not cfg.adapter:

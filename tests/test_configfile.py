@@ -8,7 +8,8 @@ import pytest
 from lab.cli import main, parse_args
 from lab.stages import STAGES
 from lab.configfile import command_line, settings_yaml
-from lab.sample import SampleConfig, sample_run
+from lab import sample
+from lab.sample import SampleConfig
 from lab.train import TrainConfig, train_adapter
 from tests.test_train import TINY, instructions, pair, write_pairs
 
@@ -76,7 +77,7 @@ def test_a_bad_settings_file_is_refused_in_one_line(tmp_path, runs_dir, capsys, 
 
 def test_run_json_is_enough_to_redo_a_run(run):
     cfg = SampleConfig(model="tiny-random", n=2, k=2, max_new_tokens=4, temperature=0.5, seed=3, batch_size=4)
-    sample_run(run, cfg)
+    sample.run(run, cfg)
     assert settings_from(["sample", "--run", "again", "--config", str(run.file("run"))]) == cfg
     write_pairs(run.pairs_file("judge"), [pair(i) for i in instructions("train")[:4]])
     trained = TrainConfig(**TINY, max_steps=1, lora_r=4, method="orpo")

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lab import engine_vllm, engines, models
+from lab import engine_vllm, engines, models, score
 from lab.adapters import BASE
 from lab.compare import CompareConfig, compare_run, model_key
 from lab.errors import LabError
 from lab.instructions import Instruction
-from lab.sample import SampleConfig, sample_run
-from lab.score import ScoreConfig, score_run
+from lab.sample import SampleConfig, sample_responses
+from lab.score import ScoreConfig
 from test_vllm import fake  # noqa: F401  (the stand-in vLLM fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def test_auto_is_vllm_on_cuda_where_installed_else_the_lab_sampler(fake, monkeyp
 def test_sample_stage_through_vllm_writes_the_same_records_seeded_per_sample(run, fake):
     cfg = SampleConfig(model="tiny-random", k=3, max_new_tokens=5, engine="vllm", seed=7)
     models._CACHE.clear()
-    out = sample_run(run, cfg, items=ITEMS)
+    out = sample_responses(run, cfg, items=ITEMS)
     assert out["engine"] == "vllm" and out["samples"] == 6 and out["written_now"] == 6
     recs = run.read("samples")
     assert {(r["instruction_id"], r["sample_index"]) for r in recs} == {(i, j) for i in "ab" for j in range(3)}
@@ -59,11 +59,11 @@ def test_sample_stage_through_vllm_writes_the_same_records_seeded_per_sample(run
 
 def test_a_resumed_vllm_sample_asks_only_for_what_is_missing_and_draws_the_same(run, fake):
     cfg = SampleConfig(model="tiny-random", k=3, max_new_tokens=5, engine="vllm")
-    sample_run(run, cfg, items=ITEMS)
+    sample_responses(run, cfg, items=ITEMS)
     full = {(r["instruction_id"], r["sample_index"]): r["text"] for r in run.read("samples")}
     kept = [r for r in run.read("samples") if r["sample_index"] != 1]
     run.file("samples").write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    again = sample_run(run, cfg, items=ITEMS)
+    again = sample_responses(run, cfg, items=ITEMS)
     assert again["written_now"] == 2
     assert {(r["instruction_id"], r["sample_index"]): r["text"] for r in run.read("samples")} == full
 
@@ -95,8 +95,8 @@ def test_compare_through_vllm_serves_base_and_adapters_in_one_call(run, fake, mo
 
 
 def test_self_scoring_through_vllm_falls_back_to_the_lab_model_for_digit_probabilities(run, fake):
-    sample_run(run, SampleConfig(model="tiny-random", k=2, max_new_tokens=4, engine="vllm"), items=ITEMS)
-    out = score_run(run, ScoreConfig(evaluations=2, judge_tokens=8, engine="vllm"))
+    sample_responses(run, SampleConfig(model="tiny-random", k=2, max_new_tokens=4, engine="vllm"), items=ITEMS)
+    out = score.run(run, ScoreConfig(evaluations=2, judge_tokens=8, engine="vllm"))
     scores = run.read("scores")
     assert out["scored_now"] == 4 and len(scores) == 8
     assert {s["method"] for s in scores} == {"probabilities"}  # the stand-in writes no "Score: N"
@@ -179,7 +179,7 @@ def test_real_vllm_sample_stage_matches_the_lab_sampler_greedy(engine, runs_dir)
     by = {}
     for name in ("lab", "vllm"):
         run = Run.open(name, create=True)
-        sample_run(run, SampleConfig(**cfg, engine=name), items=ITEMS)
+        sample_responses(run, SampleConfig(**cfg, engine=name), items=ITEMS)
         by[name] = {r["instruction_id"]: (r["text"], r["completion_tokens"], r["finish_reason"])
                     for r in run.read("samples")}
         st = run.stage_settings("sample")

@@ -154,9 +154,9 @@ def test_an_id_the_run_holds_for_another_prompt_is_refused(lab_run, tmp_path):
     (tmp_path / "new.jsonl").write_text(jsonl([{"id": "i0", "prompt": "A different question"}]))
     before = snapshot(lab_run.path)
     with pytest.raises(LabError, match="Instruction id 'i0' .* names another prompt"):
-        from lab.sample import sample_run
+        from lab import sample
 
-        sample_run(lab_run, SampleConfig(model="tiny-random", instructions=str(tmp_path / "new.jsonl"), n=1, k=1))
+        sample.run(lab_run, SampleConfig(model="tiny-random", instructions=str(tmp_path / "new.jsonl"), n=1, k=1))
     assert snapshot(lab_run.path) == before
 
 
@@ -275,25 +275,25 @@ def stop_now(monkeypatch):
 
 
 def test_a_sample_stopped_before_its_first_batch_records_nothing(lab_run, stop_now, tmp_path):
-    from lab.sample import sample_run
+    from lab import sample
 
     (tmp_path / "more.txt").write_text("A brand new instruction\n")
     before = snapshot(lab_run.path)
     with pytest.raises(Stopped):
-        sample_run(lab_run, SampleConfig(model="tiny-random", instructions=str(tmp_path / "more.txt"), k=2,
+        sample.run(lab_run, SampleConfig(model="tiny-random", instructions=str(tmp_path / "more.txt"), k=2,
                                          max_new_tokens=2), Progress(quiet=True))
     assert snapshot(lab_run.path) == before
 
 
 def test_a_rank_stopped_before_its_first_batch_records_nothing(run, stop_now):
     from lab.rank import RankConfig
-    from lab.rank import rank_run
+    from lab import rank
     from tests.prefdata import write_samples
 
     write_samples(run, {"i1": ("Say hello.", ["Hello!", "Hi there."])})
     before = snapshot(run.path)
     with pytest.raises(Stopped):
-        rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))
+        rank.run(run, RankConfig(ranker="tiny-random", device="cpu"))
     assert snapshot(run.path) == before
 
 
@@ -312,13 +312,13 @@ def test_a_compare_stopped_before_its_first_completion_records_nothing(run, stop
 
 
 def test_an_iterate_stopped_before_round_1_samples_records_nothing(run, stop_now):
-    from lab.iterate import iterate_run
+    from lab import iterate
 
     run.record_stage("sample", {"model": "tiny-random"})
     run.append("instructions", [{"id": "t0", "prompt": "Say hi.", "source": "test"}])
     before = snapshot(run.path)
     with pytest.raises(Stopped):
-        iterate_run(run, IterateConfig(rounds=1, samples=2, max_new_tokens=2, eval_n=0), Progress(quiet=True))
+        iterate.run(run, IterateConfig(rounds=1, samples=2, max_new_tokens=2, eval_n=0), Progress(quiet=True))
     assert snapshot(run.path) == before
 
 

@@ -106,7 +106,7 @@ def test_two_rounds_lineage_and_adapters_load(seeded, tiny):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    out = iterate.iterate_run(seeded, small())
+    out = iterate.run(seeded, small())
     lines = iterate.lineage(seeded)
     assert [line["round"] for line in lines] == [1, 2] and [r["round"] for r in out["rounds"]] == [1, 2]
     r1, r2 = (Path(line["adapter"]) for line in lines)
@@ -131,7 +131,7 @@ def test_two_rounds_lineage_and_adapters_load(seeded, tiny):
         base = AutoModelForCausalLM.from_pretrained(tiny.path)
         assert isinstance(PeftModel.from_pretrained(base, str(adapter)), PeftModel)
     before = [len(seeded.iteration(k).read("scores")) for k in (1, 2)]
-    iterate.iterate_run(seeded, small())  # finished rounds are kept, not redone
+    iterate.run(seeded, small())  # finished rounds are kept, not redone
     assert [len(seeded.iteration(k).read("scores")) for k in (1, 2)] == before and len(iterate.lineage(seeded)) == 2
     stage = seeded.stage_settings("iterate")
     assert stage["rounds"] == 2 and stage["prompt_hash"] == scoring.PROMPT_HASH
@@ -145,7 +145,7 @@ def test_rounds_on_verifiable_instructions_record_and_plot_their_checks_accuracy
 
     run.record_stage("sample", {"model": "tiny-random"})
     run.append("instructions", [i.to_dict() for i in load_instructions("checks", 3)])
-    iterate.iterate_run(run, small(rounds=1, eval_instructions="checks-heldout"))
+    iterate.run(run, small(rounds=1, eval_instructions="checks-heldout"))
     (line,) = iterate.lineage(run)
     assert all(checks.has_checks(i) for i in run.iteration(1).read("instructions"))
     found = line["eval"]["checks"]
@@ -167,10 +167,10 @@ def test_stop_mid_round_then_resume(seeded):
                 raise Stopped("stop")
 
     with pytest.raises(Stopped):
-        iterate.iterate_run(seeded, small(rounds=1, eval_n=0), StopWhenScoring(quiet=True))
+        iterate.run(seeded, small(rounds=1, eval_n=0), StopWhenScoring(quiet=True))
     samples, partial = seeded.iteration(1).read("samples"), seeded.iteration(1).read("scores")
     assert len(samples) == 9 and 0 < len(partial) < 18  # stopped after one chunk of answers was scored
-    iterate.iterate_run(seeded, small(rounds=1, eval_n=0))
+    iterate.run(seeded, small(rounds=1, eval_n=0))
     assert seeded.iteration(1).read("samples") == samples  # resumed: not sampled again
     scores = seeded.iteration(1).read("scores")
     assert scores[:len(partial)] == partial and len(scores) == 18
@@ -192,7 +192,7 @@ def test_a_stop_asked_for_in_the_last_scoring_batch_stops_before_training_loads_
                 raise Stopped("stop")
 
     with pytest.raises(Stopped):
-        iterate.iterate_run(seeded, small(rounds=1, eval_n=0, batch_size=64), StopAfterScoring(quiet=True))
+        iterate.run(seeded, small(rounds=1, eval_n=0, batch_size=64), StopAfterScoring(quiet=True))
     assert len(seeded.iteration(1).read("scores")) == 18 and seeded.iteration(1).pairs_file("self").exists()
     assert not seeded.iteration(1).adapter_dir("round-1").exists()  # training never started
 
@@ -209,7 +209,7 @@ def test_api_judge_scores_and_all_ties_are_refused(seeded, monkeypatch):
     with FakeProvider(key=KEY, answer=by_length) as fp:
         monkeypatch.setenv("GROQ_BASE_URL", fp.url)
         cfg = small(rounds=1, judge="groq", judge_model="judge-model", rpm=0.0, eval_n=2)
-        iterate.iterate_run(seeded, cfg)
+        iterate.run(seeded, cfg)
         assert fp.calls == 9 * 2 + 2 * 2 * 2  # 9 answers x R=2; then base and round-1 on 2 held-out, R=2
     it = seeded.iteration(1)
     scores = it.read("scores")
@@ -226,7 +226,7 @@ def test_every_instruction_tied_is_a_clear_error(seeded, monkeypatch):
     with FakeProvider(key=KEY, answer=lambda req: "Fine. Score: 3") as fp:
         monkeypatch.setenv("GROQ_BASE_URL", fp.url)
         with pytest.raises(LabError, match="no pairs to train on \\(3 instructions tied"):
-            iterate.iterate_run(seeded, small(rounds=1, judge="groq", rpm=0.0))
+            iterate.run(seeded, small(rounds=1, judge="groq", rpm=0.0))
     assert len(seeded.iteration(1).read("scores")) == 18  # what was scored is kept
     assert not iterate.lineage(seeded)
 
@@ -235,12 +235,12 @@ def test_every_instruction_tied_is_a_clear_error(seeded, monkeypatch):
 def test_no_instructions(run):
     run.record_stage("sample", {"model": "tiny-random"})
     with pytest.raises(LabError, match="no instructions yet"):
-        iterate.iterate_run(run, small())
+        iterate.run(run, small())
 
 
 def test_missing_api_key_fails_first(seeded):
     with pytest.raises(LabError, match="GROQ_API_KEY"):
-        iterate.iterate_run(seeded, small(judge="groq"))
+        iterate.run(seeded, small(judge="groq"))
     assert not seeded.iteration(1).path.exists()
 
 
@@ -249,14 +249,14 @@ def test_start_adapter_from_another_base(seeded):
 
     make_adapter(seeded, "llama", base_name="meta-llama/Llama-3.2-1B-Instruct")
     with pytest.raises(LabError, match="'llama' was trained on meta-llama"):
-        iterate.iterate_run(seeded, small(start_adapter="llama"))
+        iterate.run(seeded, small(start_adapter="llama"))
 
 
 def test_eval_set_all_training_instructions(seeded, tmp_path):
     f = tmp_path / "same.txt"
     f.write_text("\n".join(PROMPTS))
     with pytest.raises(LabError, match="--eval-n 0"):
-        iterate.iterate_run(seeded, small(eval_instructions=str(f)))
+        iterate.run(seeded, small(eval_instructions=str(f)))
 
 
 def test_bad_settings():

@@ -58,7 +58,7 @@ def test_records_come_from_the_records_layer_never_from_a_stage():
                     for name, v in vars(importlib.import_module(m)).items()
                     if getattr(v, "__module__", None) == m and not name.startswith("_")}
     assert {"groups", "sample_record", "latest_rankings", "preference", "mean_scores", "score_record", "pair_record",
-            "load_pairs", "compare_record", "current", "grid"} <= record_names
+            "load_pairs", "compare_record", "current", "grid", "score_summary"} <= record_names
     wrong = [(m, f"{src}.{name}") for m, p in modules.items() for src, name in _imports(p)
              if src in stages and name in record_names]
     assert wrong == []

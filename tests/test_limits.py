@@ -6,12 +6,12 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from lab import engine_lab, limits
+from lab import engine_lab, limits, sample
 from lab.cli import main
 from lab.errors import LabError
 from lab.engine_lab import plan_batches as _plan_batches
 from lab.generation import Decoding, Unit, generate
-from lab.sample import SampleConfig, sample_run
+from lab.sample import SampleConfig
 from lab.store import Run
 
 BIG_LLAMA = dict(vocab_size=128256, hidden_size=16384, intermediate_size=53248, num_hidden_layers=126,
@@ -152,9 +152,9 @@ def test_sampling_k_above_the_batch_size_keeps_batches_small_and_seeded(runs_dir
     src.write_text("Name a colour.\nName a fruit.\n")
     cfg = SampleConfig(model="tiny-random", instructions=str(src), n=2, k=10, max_new_tokens=6, batch_size=4,
                        temperature=1.0, top_p=1.0)
-    first = sample_run(Run.open("one"), cfg)
+    first = sample.run(Run.open("one"), cfg)
     assert first["samples"] == 20 and max(rows) <= 4
-    sample_run(Run.open("two"), cfg)
+    sample.run(Run.open("two"), cfg)
     texts = [[s["text"] for s in Run.open(name).read("samples")] for name in ("one", "two")]
     assert texts[0] == texts[1]  # same seed, batch size and instructions: the same samples
 

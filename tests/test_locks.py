@@ -47,19 +47,19 @@ def stage_calls(run: Run) -> dict:
     from lab.rank import RankConfig
     from lab.sample import SampleConfig
     from lab.hub import push_run
-    from lab.iterate import iterate_run
+    from lab import iterate
     from lab.judge import judge_run
     from lab.pairs import build_pairs
-    from lab.rank import rank_run
-    from lab.sample import sample_run
+    from lab import rank
+    from lab import sample
 
-    return {"sample": lambda: sample_run(run, SampleConfig(model="tiny-random", n=1, k=1)),
+    return {"sample": lambda: sample.run(run, SampleConfig(model="tiny-random", n=1, k=1)),
             "judge": lambda: judge_run(run, JudgeConfig()),
-            "rank": lambda: rank_run(run, RankConfig(ranker="tiny-random")),
+            "rank": lambda: rank.run(run, RankConfig(ranker="tiny-random")),
             "pairs-judge": lambda: build_pairs(run, PairsConfig(source="judge")),
             "pairs-pairrm": lambda: build_pairs(run, PairsConfig(source="pairrm")),
             "compare": lambda: compare_run(run, CompareConfig()),
-            "iterate": lambda: iterate_run(run, IterateConfig()),
+            "iterate": lambda: iterate.run(run, IterateConfig()),
             "push": lambda: push_run(run, PushConfig(dry_run=True))}
 
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from lab import hub, models
+from lab import hub, merge, models
 from lab.cli import main
 from lab.errors import LabError
 from lab.hub import PushConfig
-from lab.merge import MergeConfig, merge_run
+from lab.merge import MergeConfig
 from lab.store import atomic_write_json
 from tests.hubstandin import HubStandIn
 from tests.test_hub import TOKEN, build_run, online  # noqa: F401  (online: a fixture)
@@ -52,7 +52,7 @@ def test_merged_logits_equal_base_plus_adapter(merged_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = merge_run(merged_run, MergeConfig(adapter="dpo-judge"))
+    out = merge.run(merged_run, MergeConfig(adapter="dpo-judge"))
     folder = merged_run.merged_dir("dpo-judge")
     assert out["folder"] == str(folder) and merged_run.merged() == ["dpo-judge"]
     names = {p.name for p in folder.iterdir()}
@@ -84,11 +84,11 @@ def test_the_cli_merges_in_another_dtype_and_refuses_what_it_cannot(merged_run, 
     assert main(["merge", "--run", merged_run.name, "--adapter", "nope"]) == 2
     assert "No adapter 'nope' in run t (adapters: dpo-judge)" in capsys.readouterr().err
     with pytest.raises(LabError, match="Give --adapter"):
-        merge_run(merged_run, MergeConfig())
+        merge.run(merged_run, MergeConfig())
 
 
 def test_push_publishes_the_merged_model_as_a_model_repo(merged_run, online, monkeypatch):  # noqa: F811
-    merge_run(merged_run, MergeConfig(adapter="dpo-judge"))
+    merge.run(merged_run, MergeConfig(adapter="dpo-judge"))
     cfg = PushConfig(dry_run=True, namespace="alice", datasets=False, adapters=False)
     staged = hub.push_run(merged_run, cfg)["repos"]
     assert [(r["kind"], r["repo_id"]) for r in staged] == [("merged", "alice/t-dpo-judge-merged")]

@@ -8,7 +8,7 @@ import pytest
 
 from lab import noise
 from lab.errors import LabError
-from lab.pairs import NO_PAIRS_FIX, PairsConfig, build_pairs
+from lab.pairs import SOURCES, PairsConfig, build_pairs
 from lab.progress import Progress
 from lab.train import TrainConfig, precheck
 from prefdata import judge_pair, write_samples
@@ -93,7 +93,7 @@ def test_a_set_without_pairs_says_why_and_what_to_do_in_page_words(run):
     assert why in rank_tab.make_pairs("t", "judge", "best-vs-worst", 0)
     run.record_stage("judge", {"backend": "groq", "model": "m"})
     figures = judge_tab.refresh("t")[0]  # the Judge tab says it too, before anyone reaches Train
-    assert "No instruction has a preference" in figures and NO_PAIRS_FIX["judge"] in figures
+    assert "No instruction has a preference" in figures and SOURCES["judge"].no_pairs_fix in figures
     with pytest.raises(LabError, match="Spot-check tab"):
         precheck(run, "judge", "dpo", TrainConfig())
     with pytest.raises(gr.Error, match="Spot-check tab"):
@@ -101,7 +101,8 @@ def test_a_set_without_pairs_says_why_and_what_to_do_in_page_words(run):
 
 
 def test_the_rank_train_compare_and_iterate_tabs_and_the_model_card_show_the_labels(run):
-    from lab.rank import RankConfig, rank_run
+    from lab import rank
+    from lab.rank import RankConfig
     from lab.train import train_adapter
     from lab.ui import chat as chat_tab, common, compare as compare_tab, iterate as iterate_tab, rank as rank_tab, \
         train as train_tab
@@ -109,7 +110,7 @@ def test_the_rank_train_compare_and_iterate_tabs_and_the_model_card_show_the_lab
 
     write_samples(run, DATA)
     run.record_stage("sample", {"model": "tiny-random"})
-    rank_run(run, RankConfig(ranker="tiny-random"), Progress(quiet=True))
+    rank.run(run, RankConfig(ranker="tiny-random"), Progress(quiet=True))
     assert TINY_RANKER in rank_tab.refresh("t")[0] and TINY_MODEL in rank_tab.refresh("t")[0]
     write_pairs(run.pairs_file("pairrm"), [pair(i) for i in instructions("train")[:2]])
     out = train_adapter(run, "pairrm", "dpo", TrainConfig(**TINY, max_steps=1, lora_r=4), progress=Progress(quiet=True))

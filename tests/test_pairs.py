@@ -112,11 +112,11 @@ def rankings_line(iid: str, logits: list[list[float]]) -> dict:
 
 
 def test_pairrm_pairs_from_real_rankings(run):
-    from lab.rank import rank_run
+    from lab import rank
     from lab.records.rankings import latest_rankings, preference
 
     write_samples(run, DATA)
-    rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))
+    rank.run(run, RankConfig(ranker="tiny-random", device="cpu"))
     stats = build_pairs(run, PairsConfig(source="pairrm"))
     rec = latest_rankings(run)["i1"]
     pairs = [json.loads(x) for x in run.pairs_file("pairrm").read_text().splitlines()]

@@ -9,7 +9,8 @@ from lab import progress as lab_progress
 from lab.cli import main
 from lab.rank import RankConfig
 from lab.errors import LabError
-from lab.rank import compare_all, load_ranker, rank_run, resolve_ranker, scores_and_ranks
+from lab import rank
+from lab.rank import compare_all, load_ranker, resolve_ranker, scores_and_ranks
 from lab.records.rankings import latest_rankings, preference
 from prefdata import write_samples
 
@@ -68,7 +69,7 @@ def test_score_is_the_sum_over_the_others_divided_by_k():
 
 def test_rank_run_writes_documented_records(run, ranker):
     write_samples(run, DATA)
-    summary = rank_run(run, RankConfig(ranker="tiny-random", device="cpu", batch_size=8))
+    summary = rank.run(run, RankConfig(ranker="tiny-random", device="cpu", batch_size=8))
     assert summary["ranked"] == 3 and summary["single_response"] == []
     recs = latest_rankings(run)
     r1 = recs["i1"]
@@ -84,15 +85,15 @@ def test_rank_run_writes_documented_records(run, ranker):
 def test_rank_resumes_and_reranks_what_changed(run, ranker):
     write_samples(run, DATA)
     cfg = RankConfig(ranker="tiny-random", device="cpu")
-    rank_run(run, cfg)
+    rank.run(run, cfg)
     before = run.file("rankings").read_bytes()
-    again = rank_run(run, cfg)
+    again = rank.run(run, cfg)
     assert again["ranked"] == 0 and again["already_ranked"] == 3
     assert run.file("rankings").read_bytes() == before  # nothing rewritten
     from prefdata import sample_line
 
     run.append("samples", [sample_line("i3", "Say hello.", 2, "Greetings.")])  # a new response for i3
-    third = rank_run(run, cfg)
+    third = rank.run(run, cfg)
     assert third["ranked"] == 1 and latest_rankings(run)["i3"]["sample_indices"] == [0, 1, 2]
     assert len(run.read("rankings")) == 4  # appended: the old i3 ranking is still on disk
 
@@ -100,7 +101,7 @@ def test_rank_resumes_and_reranks_what_changed(run, ranker):
 def test_long_response_is_flagged_truncated(run, ranker):
     long = " ".join(["word"] * 2000)
     write_samples(run, {"i1": (SKY, ["short answer", long])})
-    rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))
+    rank.run(run, RankConfig(ranker="tiny-random", device="cpu"))
     assert latest_rankings(run)["i1"]["truncated"] == [False, True]
 
 
@@ -114,20 +115,20 @@ def test_stop_keeps_finished_batches(run, ranker):
 
     try:
         with pytest.raises(lab_progress.Stopped):
-            rank_run(run, RankConfig(ranker="tiny-random", device="cpu", batch_size=20),
+            rank.run(run, RankConfig(ranker="tiny-random", device="cpu", batch_size=20),
                      StopAfterFirstBatch(quiet=True))
     finally:
         lab_progress._STOP["requested"] = False
     assert [r["instruction_id"] for r in run.read("rankings")] == ["i1"]  # i1 filled the first batch (20 pairs)
-    assert rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))["ranked"] == 2  # resumes with the rest
+    assert rank.run(run, RankConfig(ranker="tiny-random", device="cpu"))["ranked"] == 2  # resumes with the rest
 
 
 def test_bad_input_gives_clear_errors(run, ranker):
     with pytest.raises(LabError, match="no samples yet"):
-        rank_run(run, RankConfig(ranker="tiny-random"))
+        rank.run(run, RankConfig(ranker="tiny-random"))
     write_samples(run, {"i1": ("Q?", ["only one"])})
     with pytest.raises(LabError, match="single response"):
-        rank_run(run, RankConfig(ranker="tiny-random"))
+        rank.run(run, RankConfig(ranker="tiny-random"))
     with pytest.raises(LabError, match="batch-size"):
         RankConfig(batch_size=0).validate()
     with pytest.raises(LabError, match="Unknown ranker"):
@@ -138,14 +139,14 @@ def test_bad_input_gives_clear_errors(run, ranker):
 
 def test_one_response_instructions_are_reported_not_ranked(run, ranker):
     write_samples(run, {**DATA, "solo": ("Q?", ["only one"])})
-    summary = rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))
+    summary = rank.run(run, RankConfig(ranker="tiny-random", device="cpu"))
     assert summary["single_response"] == ["solo"] and "solo" not in latest_rankings(run)
 
 
 def test_real_pairrm_offline_says_so(run):
     write_samples(run, DATA)
     with pytest.raises(LabError, match="offline.*hf download llm-blender/PairRM.*tiny-random"):
-        rank_run(run, RankConfig(ranker="llm-blender/PairRM"))
+        rank.run(run, RankConfig(ranker="llm-blender/PairRM"))
     assert not run.file("rankings").exists()
 
 
@@ -186,9 +187,9 @@ def test_int8_mode_ranks_like_fp32_and_records_its_mode(run, ranker):
     b = [s for m in compare_all(q, groups, 8) for s in scores_and_ranks(m["logits"])[0]]
     assert a != b and spearman(a, b) >= 0.95
     write_samples(run, DATA)
-    rank_run(run, RankConfig(ranker="tiny-random", device="cpu", quantize="int8"))
+    rank.run(run, RankConfig(ranker="tiny-random", device="cpu", quantize="int8"))
     assert {r["quantize"] for r in run.read("rankings")} == {"int8"}
-    again = rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))  # fp32 is another ranking: redone
+    again = rank.run(run, RankConfig(ranker="tiny-random", device="cpu"))  # fp32 is another ranking: redone
     assert again["ranked"] == 3
 
 

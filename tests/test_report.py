@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from lab import cards, compare, efficiency, iterate
+from lab import cards, compare, efficiency, iterate, rank, report, sample
 from lab.compare import CompareConfig
 from lab.judge import JudgeConfig, judge_run
 from lab.pairs import PairsConfig, build_pairs, record_spotcheck
 from lab.progress import Progress
-from lab.rank import RankConfig, rank_run
+from lab.rank import RankConfig
 from lab.records import comparisons
 from lab.records.verdicts import run_verdicts
-from lab.report import ReportConfig, report_run
-from lab.sample import SampleConfig, sample_run
+from lab.report import ReportConfig
+from lab.sample import SampleConfig
 from lab.store import REPORT_FILES, Run
 from lab.train import TrainConfig, train_adapter
 from tests.fakeprovider import FakeProvider
@@ -46,12 +46,12 @@ def reported(tmp_path_factory):
         mp.setenv("LAB_RUNS_DIR", str(tmp_path_factory.mktemp("report") / "runs"))
         mp.setenv("OPENAI_API_KEY", KEY)
         run = Run.open("r")
-        sample_run(run, SampleConfig(model="tiny-random", n=3, k=3, max_new_tokens=12), QUIET)
+        sample.run(run, SampleConfig(model="tiny-random", n=3, k=3, max_new_tokens=12), QUIET)
         with FakeProvider(key=KEY, answer=scored_judge) as fp:
             mp.setenv("OPENAI_BASE_URL", fp.url + "/v1")
             judge_run(run, JudgeConfig(backend="openai", model="gpt-4o-mini", base_url=fp.url + "/v1", rpm=0,
                                        plan="full", calibrate="scores"), QUIET)
-        rank_run(run, RankConfig(ranker="tiny-random"), QUIET)
+        rank.run(run, RankConfig(ranker="tiny-random"), QUIET)
         build_pairs(run, PairsConfig(source="judge"))
         build_pairs(run, PairsConfig(source="pairrm"))
         first = run_verdicts(run)[0]
@@ -63,8 +63,8 @@ def reported(tmp_path_factory):
         grid = comparisons.grid(run)
         compare.save_note(run, "Overall: the adapter writes shorter answers.")
         compare.save_note(run, "base rambles | here", grid.index[0])
-        iterate.iterate_run(run, small(n=2, eval_n=2, samples=2, evaluations=1), QUIET)
-        out = report_run(run, ReportConfig(examples=4), QUIET)
+        iterate.run(run, small(n=2, eval_n=2, samples=2, evaluations=1), QUIET)
+        out = report.run(run, ReportConfig(examples=4), QUIET)
         folder = run.file("report")
         yield run, out, folder, {p.name: p for p in folder.iterdir()}
 

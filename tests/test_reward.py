@@ -9,7 +9,7 @@ from lab.cli import main
 from lab.compare import CompareConfig
 from lab.errors import LabError
 from lab.pairs import PairsConfig, build_pairs, judge_vs_ranker
-from lab.rank import RankConfig, rank_run
+from lab.rank import RankConfig
 from lab.records import comparisons
 from lab.records.rankings import latest_rankings, preference
 from lab.stats import bootstrap_ci
@@ -64,7 +64,7 @@ def test_batched_rewards_equal_the_model_read_one_conversation_at_a_time(rm, bat
 def test_rank_run_writes_reward_records_beside_pairrm_ones(run, rm):
     long = " ".join(["word"] * 700)
     write_samples(run, {**DATA, "long": (SKY, ["short answer", long])})
-    summary = rank_run(run, RankConfig(ranker="tiny-reward", device="cpu", batch_size=4))
+    summary = rank.run(run, RankConfig(ranker="tiny-reward", device="cpu", batch_size=4))
     assert summary["ranked"] == 3 and summary["kind"] == "reward" and summary["single_response"] == ["i3"]
     rec = latest_rankings(run, "reward")["i1"]
     assert rec["kind"] == "reward" and "logits" not in rec and rec["max_length"] == reward.TINY_MAX_LENGTH
@@ -76,15 +76,15 @@ def test_rank_run_writes_reward_records_beside_pairrm_ones(run, rm):
                                                     "content": long}], tokenize=False, date_string=models.PINNED_DATE)
     assert full == len(rm.tokenizer(conversation, add_special_tokens=False)["input_ids"]) > reward.TINY_MAX_LENGTH
     assert cut["truncated"] == [False, True] and cut["tokens_cut"][0] == 0
-    rank_run(run, RankConfig(ranker="tiny-random", device="cpu"))  # PairRM's lines go beside the reward model's
+    rank.run(run, RankConfig(ranker="tiny-random", device="cpu"))  # PairRM's lines go beside the reward model's
     assert set(latest_rankings(run, "pairrm")) == set(latest_rankings(run, "reward")) == {"i1", "i2", "long"}
-    again = rank_run(run, RankConfig(ranker="tiny-reward", device="cpu"))
+    again = rank.run(run, RankConfig(ranker="tiny-reward", device="cpu"))
     assert again["ranked"] == 0 and again["already_ranked"] == 3  # each ranker resumes on its own lines
 
 
 def test_reward_pairs_are_best_vs_worst_by_reward(run):
     write_samples(run, DATA)
-    rank_run(run, RankConfig(ranker="tiny-reward", device="cpu"))
+    rank.run(run, RankConfig(ranker="tiny-reward", device="cpu"))
     stats = build_pairs(run, PairsConfig(source="reward"))
     pairs = [json.loads(x) for x in run.pairs_file("reward").read_text().splitlines()]
     assert stats["pairs"] == 2 and stats["single_response"] == 1
@@ -189,7 +189,7 @@ def test_the_pairrm_tab_shows_a_reward_models_ranks_cut_and_noise_label(run):
 
     long = " ".join(["word"] * 700)
     write_samples(run, {"long": (SKY, ["short answer", long]), "i2": DATA["i2"]})
-    rank_run(run, RankConfig(ranker="tiny-reward", device="cpu"))
+    rank.run(run, RankConfig(ranker="tiny-reward", device="cpu"))
     summary, table, _, _ = tab.refresh(run.name)
     assert "ranked with `tiny-reward` (Reward model: one pass per response)" in summary
     assert "1 responses cut to the ranker's length limit" in summary

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lab import jobs
+from lab import jobs, sample
 from lab.sample import SampleConfig
 from lab.errors import LabError
-from lab.sample import sample_run
 from lab.engine_lab import _sample_nucleus
 from lab.generation import Decoding, generate
 from lab.store import Run
@@ -66,18 +65,18 @@ def test_nucleus_sampling_keeps_exactly_the_top_p_set(vocab, top_p):
 
 def test_sample_run_writes_records_and_resumes(run, tmp_path, tiny):
     src = write_prompts(tmp_path / "p.txt", 3)
-    first = sample_run(run, cfg(src, k=2))
+    first = sample.run(run, cfg(src, k=2))
     assert first["samples"] == 6 and first["written_now"] == 6
     rec = run.read("samples")[0]
     assert set(rec) >= {"instruction_id", "sample_index", "prompt", "text", "model", "decoding", "prompt_tokens",
                         "completion_tokens", "finish_reason", "duplicate_of"}
     assert rec["decoding"] == {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 8, "seed": 0}
     assert rec["finish_reason"] in ("stop", "length") and rec["completion_tokens"] <= 8
-    again = sample_run(run, cfg(src, k=2))
+    again = sample.run(run, cfg(src, k=2))
     assert again["written_now"] == 0 and again["tokens_per_s"] is None  # rerun: nothing repeated, no rate to show
     assert first["file"] == str(run.file("samples")) and first["warnings"] == []
     run.append("judgments", [{"instruction_id": "x", "a": 0, "b": 1}])  # a later stage already ran on K=2
-    third = sample_run(run, cfg(src, k=3))  # asking for more samples adds only the missing index
+    third = sample.run(run, cfg(src, k=3))  # asking for more samples adds only the missing index
     assert third["written_now"] == 3
     assert "3 new samples joined this run after its judgments were made" in third["warnings"][0]
     keys = [(s["instruction_id"], s["sample_index"]) for s in run.read("samples")]
@@ -85,34 +84,34 @@ def test_sample_run_writes_records_and_resumes(run, tmp_path, tiny):
     assert len(run.read("instructions")) == 3
     assert run.stage_settings("sample")["k"] == 3
     run.append("scores", [{"set": "train", "instruction_id": "x", "sample_index": 0}])  # self-scored too
-    assert "after its judgments, self-scores were made" in sample_run(run, cfg(src, k=4))["warnings"][0]
+    assert "after its judgments, self-scores were made" in sample.run(run, cfg(src, k=4))["warnings"][0]
 
 
 def test_identical_responses_are_flagged(run, tmp_path, tiny):
     src = write_prompts(tmp_path / "p.txt", 1)
-    sample_run(run, cfg(src, n=1, k=3, temperature=0.0))
+    sample.run(run, cfg(src, n=1, k=3, temperature=0.0))
     dups = [s["duplicate_of"] for s in sorted(run.read("samples"), key=lambda s: s["sample_index"])]
     assert dups == [None, 0, 0]
 
 
 def test_another_model_in_the_same_run_is_refused(run, tmp_path, tiny):
     src = write_prompts(tmp_path / "p.txt", 1)
-    sample_run(run, cfg(src, n=1, k=1))
+    sample.run(run, cfg(src, n=1, k=1))
     with pytest.raises(LabError, match="new run"):
-        sample_run(run, cfg(src, n=1, k=2, model="bundled"))
+        sample.run(run, cfg(src, n=1, k=2, model="bundled"))
 
 
 def test_more_samples_must_come_from_the_same_decoding(run, tmp_path, tiny):
     """K=1 at 8 tokens, then K=3 at 12: the first answer would be cut shorter than the two added to it."""
     src = write_prompts(tmp_path / "p.txt", 2)
-    sample_run(run, cfg(src, n=2, k=1))
+    sample.run(run, cfg(src, n=2, k=1))
     before = run.file("samples").read_bytes()
     with pytest.raises(LabError, match=r"drawn with --max-new-tokens 8, not --max-new-tokens 12.*new run"):
-        sample_run(run, cfg(src, n=2, k=3, max_new_tokens=12))
+        sample.run(run, cfg(src, n=2, k=3, max_new_tokens=12))
     with pytest.raises(LabError, match=r"--temperature 0.8; --top-p 0.95, not --temperature 0.5, --top-p 1.0"):
-        sample_run(run, cfg(src, n=2, k=3, temperature=0.5, top_p=1.0))
+        sample.run(run, cfg(src, n=2, k=3, temperature=0.5, top_p=1.0))
     assert run.file("samples").read_bytes() == before  # refused before anything was written
-    out = sample_run(run, cfg(src, n=2, k=3, seed=7))  # another seed draws from the same distribution: allowed
+    out = sample.run(run, cfg(src, n=2, k=3, seed=7))  # another seed draws from the same distribution: allowed
     assert out["written_now"] == 4 and len(run.read("samples")) == 6
 
 
@@ -244,7 +243,7 @@ def test_help_lists_the_stages():
 @pytest.mark.slow
 def test_bundled_model_end_to_end(runs_dir):
     run = Run.open("bundled")
-    out = sample_run(run, SampleConfig(model="bundled", instructions="bundled", n=2, k=2, max_new_tokens=24))
+    out = sample.run(run, SampleConfig(model="bundled", instructions="bundled", n=2, k=2, max_new_tokens=24))
     assert out["samples"] == 4
     texts = [s["text"] for s in run.read("samples")]
     assert all(t.strip() for t in texts)

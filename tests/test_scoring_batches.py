@@ -148,14 +148,14 @@ def test_score_run_resolves_batch_size_zero_for_its_judge(run, monkeypatch):
     """The score stage's default: 96 sequences per batch for the bundled-style CPU judge (48 answers x 2), and
     run.json records the size it used."""
     from lab.instructions import load_instructions
-    from lab.sample import SampleConfig, sample_run
+    from lab.sample import SampleConfig, sample_responses
 
-    sample_run(run, SampleConfig(model="tiny-random", k=2, max_new_tokens=4), Progress(quiet=True),
-               items=load_instructions("bundled", 25))
+    sample_responses(run, SampleConfig(model="tiny-random", k=2, max_new_tokens=4), Progress(quiet=True),
+                     items=load_instructions("bundled", 25))
     rows = []
     real = engine_lab.generate_batch
     monkeypatch.setattr(engine_lab, "generate_batch",
                         lambda cm, prompts, counts, *a, **kw: rows.append(sum(counts)) or real(cm, prompts, counts,
                                                                                               *a, **kw))
-    scoring.score_run(run, scoring.ScoreConfig(evaluations=2, judge_tokens=8), Progress(quiet=True))
+    scoring.run(run, scoring.ScoreConfig(evaluations=2, judge_tokens=8), Progress(quiet=True))
     assert rows == [96, 4] and run.stage_settings("score")["batch_size"] == 96

@@ -18,6 +18,10 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lab.store import Run
 
 
 def text_hash(text: str) -> str:
@@ -47,3 +51,14 @@ def mean_scores(scores: list[dict], which: str = "train") -> dict[tuple, float]:
             key = (s["instruction_id"], s["sample_index"]) if which == "train" else (s["model"], s["instruction_id"])
             acc.setdefault(key, []).append(s["score"])
     return {k: sum(v) / len(v) for k, v in acc.items()}
+
+
+def score_summary(run: Run, judge: str | None = None) -> dict:
+    """Counts and the histogram of the run's train-set scores, of one judge (a ScoreConfig's name) or of all (the
+    score stage's summary, iterate's per round; the CLI and the app show these)."""
+    train = [s for s in run.read("scores") if s["set"] == "train" and (judge is None or s["judge"] == judge)]
+    valid = [s["score"] for s in train if s["score"] is not None]
+    return {"run": run.name, "evaluations": len(train), "unscored": len(train) - len(valid),
+            "score_hist": {str(d): sum(round(v) == d for v in valid) for d in range(6)},
+            "score_mean": sum(valid) / len(valid) if valid else None,
+            "methods": {m: sum(s["method"] == m for s in train) for m in ("parsed", "probabilities", "invalid")}}

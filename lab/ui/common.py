@@ -144,7 +144,7 @@ def labels_view(stage: str) -> tuple[gr.Markdown, View]:
     def labels(name: str | None) -> str:  # a name that is not a run's raises: the view leaves the box as it is
         run = Run.open(name) if name else None  # no results of the stage yet: nothing to label (the warnings of
         # scorers not yet chosen mislead); a chat keeps no results, its labels are the model it talks to
-        return noise_md(run, stage) if run and (stage == "chat" or run.stage_settings(stage)) else ""
+        return noise_md(run, stage) if run and (not BY_NAME[stage].writes or run.stage_settings(stage)) else ""
     return box, View(labels, [box])
 
 

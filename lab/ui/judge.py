@@ -20,7 +20,7 @@ from lab.judge import JudgeConfig
 from lab.errors import LabError
 from lab import limits
 from lab.judge import CALIBRATE, DEFAULT_TEMPLATE, check_template, estimate
-from lab.pairs import NO_PAIRS_FIX
+from lab.pairs import SOURCES
 from lab.judge_backends import BACKENDS as REGISTRY, DEFAULT_MODELS, KEY_ENV, resolve_key
 from lab.records.verdicts import RULES, TIE_BAND, report, run_verdicts
 from lab.store import Run, atomic_write_text
@@ -250,7 +250,7 @@ def _rate(x: float | None) -> str:
 
 NO_PREFERENCE = ("⚠️ **No instruction has a preference yet**, so the judge's pair set would be empty: every verdict "
                  "was a tie, a disagreement between the two orders that calibration left undecided, or unreadable. "
-                 f"{NO_PAIRS_FIX['judge']} A small local judge is close to noise.")
+                 f"{SOURCES['judge'].no_pairs_fix} A small local judge is close to noise.")
 
 
 def figures_md(r: dict) -> str:

@@ -18,12 +18,12 @@ import gradio as gr
 import pandas as pd
 from gradio.utils import get_space
 
-from lab import cards, efficiency, hub
+from lab import cards, efficiency, hub, report
 from lab.hub import PushConfig
 from lab.limits import hosted, on_space
 from lab.merge import MergeConfig
 from lab.progress import Progress
-from lab.report import ReportConfig, report_run
+from lab.report import ReportConfig
 from lab.store import Run
 from lab.ui import forms
 from lab.ui.common import JobPanel, admit, checked, job_panel, open_run, served_copies, start_job, wire_job_panel, \
@@ -306,7 +306,7 @@ def make_report(run_name: str | None, examples):
     """Write the run's report; -> [status, copies of the report's files to download, the efficiency table].
     The copies sit in a temp folder (served_copies), as the grid's export's do."""
     run = open_run(run_name, create=False)
-    out = checked(report_run, run, checked(ReportConfig(examples=int(examples or 0)).validate))
+    out = checked(report.run, run, checked(ReportConfig(examples=int(examples or 0)).validate))
     folder = run.file("report")
     files = {name: folder / name for name in out["files"] if (folder / name).is_file()}
     served = served_copies(files, f"report:{run.path}")
