@@ -189,6 +189,8 @@ def pump() -> dict | None:
 
 
 def _pump() -> dict | None:
+    if not runs_root().is_dir():  # no runs root, no queue: looking never creates the folder (a test's, a new app's)
+        return None
     _enforce_time_limit()
     with _queue_lock():
         if active_job():
