@@ -336,8 +336,17 @@ def test_compare_tab_shows_scores_and_a_side_by_side_grid_without_reload(page):
     set_number(page, "Max new tokens", 40)
     wait_for_text(page, "No scorer chosen")  # said before it runs
     panel(page).get_by_role("button", name=re.compile("^Scores and duplicates")).click()
-    field(page, "PairRM").fill("tiny-random")
-    field(page, "PairRM").press("Tab")
+    # the fold's fields mount as it opens: text typed while they mount can be reset by their first render (seen on a
+    # loaded machine: the box stayed empty), so type once the box is there and keeps what it was given
+    pairrm = field(page, "PairRM")
+    pairrm.wait_for()
+    for _ in range(5):
+        pairrm.fill("tiny-random")
+        page.wait_for_timeout(500)
+        if pairrm.input_value() == "tiny-random":
+            break
+    assert pairrm.input_value() == "tiny-random"
+    pairrm.press("Tab")
     panel(page).get_by_text("No scorer chosen").wait_for(state="hidden", timeout=15_000)  # gone once one is set
     click(page, "Compare")
     # the shot and the labels from when the bar counts answers (4 instructions x 2 models), not while it loads
@@ -436,6 +445,23 @@ def test_phone_width_the_grid_stacks_the_models(phone):
     assert overflow <= 2
     item.scroll_into_view_if_needed()
     shot(phone, "11-phone-compare")
+
+
+def test_phone_width_the_train_plots_stack_whole(phone):
+    """At 390 px the training curves sit one above the other, each inside the screen (side by side they had cut
+    titles and legends)."""
+    choose_run(phone, RUN)
+    open_tab(phone, "Train")  # the adapter trained last is shown, with its curves
+    plots = panel(phone).locator(".vega-embed")
+    plots.nth(1).locator(".mark-line path").first.wait_for(timeout=30_000)
+    first, second = settled_boxes(plots, 2)
+    assert second["y"] >= first["y"] + first["height"] - 1, (first, second)  # stacked, not side by side
+    for b in (first, second):
+        assert b["x"] >= 0 and b["x"] + b["width"] <= 390 and b["width"] >= 250, b
+    overflow = phone.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 2
+    plots.first.scroll_into_view_if_needed()
+    shot(phone, "09b-phone-train")
 
 
 def test_iterate_tab_plans_then_draws_round_1_at_once_and_lists_its_adapters_in_chat(page):
