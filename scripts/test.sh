@@ -16,7 +16,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_
 # sessions, so two suites running at once on one machine would delete each other's files mid-test.
 case " $* " in *" --basetemp"*) ;; *) set -- --basetemp=.pytest-tmp "$@" ;; esac
 # Two workers (pytest-xdist), a whole file each at a time, long files first (tests/conftest.py): the suite waits on
-# child processes, a browser and model loads as well as computing: on 2 cores two at once took 28 min, one 35.
+# child processes, a browser and model loads as well as computing. On a quiet 2-core machine two workers kept it
+# 92% busy (all but the proof recipe: 13 min); a third raised that to 96% but saved only 17 s, and a browser wait
+# timed out under the extra load.
 # LAB_TEST_WORKERS=0 runs in one process (as does -n 0 or -p no:xdist given here).
 # Each worker (and the lab processes its tests start) then computes on one core: torch's default of a thread per
 # core would put four busy threads on two cores (a trial on a busy machine had the proof's sampling far slower).
