@@ -38,6 +38,10 @@ def test_the_handler_streams_both_panes_and_keeps_the_conversation(merged_run): 
     left, right = tab.pane_choices("t")
     assert left["choices"] == [("base model", "base"), ("adapter dpo-judge", "dpo-judge")]
     assert right["value"] == "" and ("(one pane only)", "") in right["choices"]
+    # a look that started while the page held valid picks sends no value: a pick made meanwhile is not put back
+    left, right = tab.pane_choices("t", "dpo-judge", "")
+    assert "value" not in left and "value" not in right
+    assert tab.pane_choices("t", "gone", "gone")[1]["value"] == ""  # a pick that is gone is replaced
     with pytest.raises(gr.Error, match="Type a message first"):
         list(tab.chat("t", "base", "", " ", [], [], *VALUES))
     with pytest.raises(gr.Error, match="No adapter 'gone'"):

@@ -118,13 +118,16 @@ def _title(pane: str | None) -> str:
 
 def pane_choices(run_name: str | None, left: str | None = None, right: str | None = None):
     """[left, right]: the base model and the run's finished adapters (the right pane may be off); what is picked
-    stays picked while it is still there."""
+    stays picked while it is still there. A value is sent only to replace one that is gone: `left` and `right` are
+    what the page held when this look started, and a pick made while it ran (a loaded machine: seconds) must not be
+    put back to that."""
     run = _run(run_name)
     adapters = [*run.adapters(), *run.round_adapters()] if run else []  # with the self-rewarding rounds'
     both = [("base model", BASE), *((f"adapter {a}", a) for a in adapters)]
     keep = {BASE, *adapters}
-    return (gr.update(choices=both, value=left if left in keep else BASE),
-            gr.update(choices=[("(one pane only)", NO_PANE), *both], value=right if right in keep else NO_PANE))
+    return (gr.update(choices=both, **({} if left in keep else {"value": BASE})),
+            gr.update(choices=[("(one pane only)", NO_PANE), *both], **({} if right in keep | {NO_PANE}
+                                                                          else {"value": NO_PANE})))
 
 
 def _run(run_name: str | None) -> Run | None:
