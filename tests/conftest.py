@@ -44,6 +44,26 @@ def run(runs_dir):
     return Run.open("t")
 
 
+@pytest.fixture
+def lab_cli(capsys, monkeypatch):
+    """`python -m lab ARGS` through the CLI's entry point (lab.cli.main) in this process, with `env` set for the call:
+    -> its exit code, stdout and stderr. For checks of a command's output (a child process would spend seconds on
+    imports); tests of signals, kills and exit codes of the real process start `python -m lab` instead."""
+    from types import SimpleNamespace
+
+    from lab import cli
+
+    def call(*args: str, env: dict | None = None) -> SimpleNamespace:
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        code = cli.main(list(args))
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return call
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """The tiny random Llama (fast; writes noise)."""

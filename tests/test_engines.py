@@ -4,7 +4,6 @@ request, so what the stage asked for shows in the records). The real engine: tes
 doctor and the memory check before a model is loaded."""
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -105,27 +104,8 @@ def test_self_scoring_through_vllm_falls_back_to_the_lab_model_for_digit_probabi
 
 
 # ---- doctor and the memory check ----------------------------------------------------------------------------
-def lab_cli(fx, *args: str, env: dict | None = None) -> SimpleNamespace:
-    """`python -m lab ARGS` through the CLI's entry point in this process (fx: the test's capsys and monkeypatch),
-    with `env` set for the call: its exit code, stdout and stderr."""
-    from lab import cli
-
-    capsys, monkeypatch = fx
-    for key, value in (env or {}).items():
-        monkeypatch.setenv(key, value)
-    capsys.readouterr()
-    code = cli.main(list(args))
-    out = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-
-
-@pytest.fixture
-def fx(capsys, monkeypatch):
-    return capsys, monkeypatch
-
-
-def test_doctor_json_is_one_object_with_device_precision_engines_and_the_estimate(fx):
-    done = lab_cli(fx, "doctor", "--json", "--model", "tiny-random")
+def test_doctor_json_is_one_object_with_device_precision_engines_and_the_estimate(lab_cli):
+    done = lab_cli("doctor", "--json", "--model", "tiny-random")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -137,18 +117,18 @@ def test_doctor_json_is_one_object_with_device_precision_engines_and_the_estimat
     assert r["model"]["training"]["total_gb"] > r["model"]["training"]["weights_gb"] > 0
 
 
-def test_doctor_offline_with_a_hub_id_still_reports_the_machine_and_says_why_the_model_is_not_sized(fx):
-    done = lab_cli(fx, "doctor", "--json", "--model", "meta-llama/Llama-3.2-1B-Instruct", env={"HF_HUB_OFFLINE": "1"})
+def test_doctor_offline_with_a_hub_id_still_reports_the_machine_and_says_why_the_model_is_not_sized(lab_cli):
+    done = lab_cli("doctor", "--json", "--model", "meta-llama/Llama-3.2-1B-Instruct", env={"HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
     r = json.loads(done.stdout)
     assert r["device"] == "cpu" and "lab" in r["engines"]
     assert "Could not reach the Hugging Face Hub" in r["model"]["error"] and "HF_TOKEN" in r["model"]["error"]
-    text = lab_cli(fx, "doctor", "--model", "meta-llama/Llama-3.2-1B-Instruct", env={"HF_HUB_OFFLINE": "1"}).stdout
+    text = lab_cli("doctor", "--model", "meta-llama/Llama-3.2-1B-Instruct", env={"HF_HUB_OFFLINE": "1"}).stdout
     assert "device:" in text and "meta-llama/Llama-3.2-1B-Instruct: not sized: Could not reach" in text
 
 
-def test_a_model_that_cannot_fit_is_refused_with_the_numbers_before_loading(runs_dir, fx):
-    done = lab_cli(fx, "sample", "--run", "m", "--model", "bundled", "--n", "1", "--k", "1",
+def test_a_model_that_cannot_fit_is_refused_with_the_numbers_before_loading(runs_dir, lab_cli):
+    done = lab_cli("sample", "--run", "m", "--model", "bundled", "--n", "1", "--k", "1",
                    env={"LAB_MEMORY_GB": "0.2", "LAB_RUNS_DIR": str(runs_dir)})
     assert done.returncode == 2
     msg = done.stderr

@@ -19,16 +19,6 @@ DATA = {"i1": ("Explain tides.", ["The moon pulls the sea.", "Water moves.", "Ti
         "i2": ("Name a colour.", ["Blue.", "Red, like a tomato."])}
 
 
-def lab(capsys, *args) -> SimpleNamespace:
-    """`python -m lab ARGS` through the CLI's entry point in this process: its exit code, stdout and stderr."""
-    from lab import cli
-
-    capsys.readouterr()
-    code = cli.main(list(args))
-    out = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-
-
 def test_the_rule_knows_which_specs_are_noise_and_which_are_not(run):
     assert noise.label("model", "tiny-random") == TINY_MODEL and noise.label("ranker", "tiny-random") == TINY_RANKER
     assert noise.label("judge", "bundled") == noise.label("judge", "HuggingFaceTB/SmolLM2-135M-Instruct") == WEAK_JUDGE
@@ -48,12 +38,12 @@ def test_the_rule_knows_which_specs_are_noise_and_which_are_not(run):
     assert noise.notes(run, "merge", {"adapter": "missing"}) == []
 
 
-def test_the_cli_labels_noise_in_the_summary_and_on_stderr(runs_dir, capsys):
-    out = lab(capsys, "sample", "--run", "n", "--model", "tiny-random", "--n", "2", "--k", "2",
+def test_the_cli_labels_noise_in_the_summary_and_on_stderr(runs_dir, lab_cli):
+    out = lab_cli("sample", "--run", "n", "--model", "tiny-random", "--n", "2", "--k", "2",
               "--max-new-tokens", "4")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["noise"] == [TINY_MODEL] and TINY_MODEL in out.stderr
-    out = lab(capsys, "rank", "--run", "n", "--ranker", "tiny-random")
+    out = lab_cli("rank", "--run", "n", "--ranker", "tiny-random")
     assert out.returncode == 0, out.stderr
     assert set(json.loads(out.stdout)["noise"]) == {TINY_MODEL, TINY_RANKER} and TINY_RANKER in out.stderr
 
