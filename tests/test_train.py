@@ -53,10 +53,16 @@ def pairs(run):
 def preference_margin(model, tok, rows: list[dict]) -> list[float]:
     """Per pair: log p(chosen | prompt) - log p(rejected | prompt), summed over answer tokens (one batched pass
     per side)."""
-    return [c - r for c, r in zip(answer_logps(model, tok, rows, "chosen"), answer_logps(model, tok, rows, "rejected"))]
+    return margins(answer_logps(model, tok, rows, "chosen"), answer_logps(model, tok, rows, "rejected"))
 
 
-def answer_logps(model, tok, rows: list[dict], side: str) -> list[float]:
+def margins(chosen: list[list[float]], rejected: list[list[float]]) -> list[float]:
+    return [sum(c) - sum(r) for c, r in zip(chosen, rejected)]
+
+
+def answer_logps(model, tok, rows: list[dict], side: str) -> list[list[float]]:
+    """Per row: log p(answer token | all before it) for each token of the `side` answer, in order (one batched
+    pass). The first is log p(the answer's first token | prompt): what the model would open its answer with."""
     import torch
 
     seqs, starts = [], []
@@ -70,10 +76,7 @@ def answer_logps(model, tok, rows: list[dict], side: str) -> list[float]:
     with torch.no_grad():
         logps = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
     token = logps.gather(-1, ids[:, 1:, None])[..., 0]  # [B, T-1]: log p(token t+1 | tokens <= t)
-    answer = torch.zeros_like(token)
-    for i, (s, start) in enumerate(zip(seqs, starts)):
-        answer[i, start - 1:len(s) - 1] = 1
-    return (token * answer).sum(-1).tolist()
+    return [token[i, start - 1:len(s) - 1].tolist() for i, (s, start) in enumerate(zip(seqs, starts))]
 
 
 def load_with_adapter(spec: str, adapter: Path):
@@ -402,33 +405,27 @@ def test_dpo_on_bundled_moves_held_out_prompts_toward_the_preference(run):
     out = train_adapter(run, "judge", "certainly", config)
     model, tok = load_with_adapter("bundled", out)
     held = [pair(i) for i in instructions("heldout")]
-    trained = preference_margin(model, tok, held)
+    trained = answer_logps(model, tok, held, "chosen"), answer_logps(model, tok, held, "rejected")
     with model.disable_adapter():
-        base = preference_margin(model, tok, held)
-    shifts = [t - b for t, b in zip(trained, base)]
+        base = answer_logps(model, tok, held, "chosen"), answer_logps(model, tok, held, "rejected")
+    shifts = [t - b for t, b in zip(margins(*trained), margins(*base))]
     print(f"held-out margin shifts (nats): {[round(x, 2) for x in shifts]}")
     # a sign test (17 of 17 positive by chance: p < 1e-5), and a large shift (measured: 30-60 nats, mean ~42)
     assert all(s > 0 for s in shifts) and sum(shifts) / len(shifts) > 10.0, shifts
     # and in what the model would write: the chance that an answer opens with "Certainly" rises on every unseen
-    # prompt (measured: by 2-5 nats, from ~1e-4 to ~1e-2; a few steps on 12 pairs do not yet make it the argmax)
-    trained_open = first_token_logp(model, tok, held, "Certainly")
-    with model.disable_adapter():
-        base_open = first_token_logp(model, tok, held, "Certainly")
-    rises = [t - b for t, b in zip(trained_open, base_open)]
+    # prompt (measured: by 2-5 nats, from ~1e-4 to ~1e-2; a few steps on 12 pairs do not yet make it the argmax).
+    # That is the first token of each chosen answer, read from the same passes
+    assert all(opens_with(tok, r, "Certainly") for r in held)
+    rises = [t[0] - b[0] for t, b in zip(trained[0], base[0])]
     assert all(r > 0 for r in rises) and sum(rises) / len(rises) > 1.5, rises
 
 
-def first_token_logp(model, tok, rows: list[dict], word: str) -> list[float]:
-    """log p(first answer token = `word`'s first token | prompt), per row."""
-    import torch
-
-    target = tok(word, add_special_tokens=False)["input_ids"][0]
-    out = []
-    for r in rows:
-        ids = torch.tensor([tok(models.render_chat(tok, r["prompt"]), add_special_tokens=False)["input_ids"]])
-        with torch.no_grad():
-            out.append(model(ids).logits[0, -1].float().log_softmax(-1)[target].item())
-    return out
+def opens_with(tok, row: dict, word: str) -> bool:
+    """Whether the chosen answer's first token, as the chat template tokenizes it, is `word`'s first token."""
+    start = len(tok(models.render_chat(tok, row["prompt"]), add_special_tokens=False)["input_ids"])
+    ids = tok(models.render_chat(tok, row["prompt"] + row["chosen"], add_generation_prompt=False),
+              add_special_tokens=False)["input_ids"]
+    return ids[start] == tok(word, add_special_tokens=False)["input_ids"][0]
 
 
 # ---- the Train tab -------------------------------------------------------------------------------------------------
