@@ -189,17 +189,19 @@ def test_the_apps_compare_and_iterate_jobs_use_the_visitors_key_alone(run, runs_
 
     write_training(run, ["Explain why the sky is blue.", "Name a fruit."])
     make_adapter(run, "dpo", seed=1)
-    compare_values = {"n": 2, "max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "seed": 0, "pairrm": "",
+    # one instruction each (the API judge's calls are 2 s apart at the app's 30 a minute): both orders of one pair to
+    # compare, two self-scores to iterate on; any one call shows whose key went out
+    compare_values = {"n": 1, "max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "seed": 0, "pairrm": "",
                       "judge": "openai", "judge_model": "m", "duplicates": "drop", "near_duplicate": 0.7,
                       "batch_size": 8, "score": "none", "score_model": "", "reward": "", "checks": True}
-    iterate_values = {"rounds": 1, "samples": 2, "evaluations": 1, "n": 2, "max_new_tokens": 6, "judge": "openai",
+    iterate_values = {"rounds": 1, "samples": 2, "evaluations": 1, "n": 1, "max_new_tokens": 6, "judge": "openai",
                       "judge_model": "m", "start_adapter": "", "eval_n": 0, "beta": 0.1, "lr": 5e-5, "epochs": 1.0,
                       "max_steps": 1, "lora_r": 4, "seed": 0, "eval_instructions": "heldout", "judge_tokens": 160,
                       "temperature": 0.7, "judge_temperature": 0.7, "train_batch_size": 4}
     counter = itertools.count()
     owner.answer = lambda req: (f"Fine. Score: {next(counter) % 5 + 1}" if "Score" in req["messages"][-1]["content"]
                                 else json_verdict("A"))
-    held = heldout_file(tmp_path, HELD[:2])
+    held = heldout_file(tmp_path, HELD[:1])
     app, client = start_app(runs_dir, owner)
     try:
         for key in (VISITOR, ""):
