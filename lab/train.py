@@ -106,8 +106,8 @@ class TrainConfig(Settings):
     save_steps: int = opt(50, "write a resumable checkpoint every N steps", label="Checkpoint every")
     logging_steps: int = opt(1, "write a metrics line every N steps")
     seed: int = opt(0, "seed for the data order, the eval split and the LoRA init", label="Seed")
-    gradient_checkpointing: bool = opt(True, "recompute activations in the backward pass: far less memory, ~30% "
-                                       "slower on a GPU (not slower on CPU)", label="Gradient checkpointing")
+    gradient_checkpointing: bool = opt(True, "recompute activations in the backward pass: far less memory, each "
+                                       "step ~30% slower (GPU and CPU alike)", label="Gradient checkpointing")
     precompute_ref: bool = opt(True, "compute the reference's log-probs in one pass before training wherever the "
                                "training passes over its pairs more than once (epochs > 1) in one process: later "
                                "passes do not run the reference again (~25% of a step on CPU); methods without a "
