@@ -93,16 +93,24 @@ def build_app() -> gr.Blocks:
 
 def _poll_only_the_shown_tab(tabs: list[gr.Tab], timers: list[gr.Timer | None], run_name: gr.Component) -> None:
     """Only the tab on screen polls, and only while a job of the run is queued or running (lab.ui.common: a tick that
-    finds no job under way stops its timer): opening a tab, or picking a run, starts the shown tab's timer for one
-    look (which may find a job and keep ticking); every other tab's stops. An idle page sends nothing."""
+    finds no job under way stops its timer): opening a tab starts its timer for one look (which may find a job and
+    keep ticking) and stops every other tab's; picking a run starts the shown tab's. An idle page sends nothing."""
     live = [t for t in timers if t is not None]
     shown = gr.State(0)  # the index of the tab on screen
-    pick = lambda i: [gr.Timer(active=t is timers[i]) for t in live]  # noqa: E731
     for i, tab in enumerate(tabs):
-        tab.select(lambda i=i: [i, *pick(i)], outputs=[shown, *live], **views.internal())
-    run_name.change(pick, inputs=shown, outputs=live, **views.internal())
+        tab.select(lambda i=i: [i, *shown_tab_timers(live, timers[i])], outputs=[shown, *live], **views.internal())
+    run_name.change(lambda i: shown_tab_timers(live, timers[i], others=False), inputs=shown, outputs=live,
+                    **views.internal())
     if timers and timers[0] is not None:
         timers[0].active = True  # the first look of the page's first tab
+
+
+def shown_tab_timers(live: list[gr.Timer], shown: gr.Timer | None, others: bool = True) -> list:
+    """Timer updates: the shown tab's starts (one look, which keeps ticking while a job is under way); the others
+    stop, or (others=False) are left as they are. A run picked (the page load restores it) leaves them: that event
+    may read which tab is shown before a tab click that came first has landed, and stopping the clicked tab's timer
+    left its job panel blank after a reload (seen in a browser test: Compare clicked while the run was restored)."""
+    return [gr.Timer(active=True) if t is shown else gr.Timer(active=False) if others else gr.skip() for t in live]
 
 
 def launch_kwargs() -> dict:
