@@ -405,9 +405,9 @@ def test_dpo_on_bundled_moves_held_out_prompts_toward_the_preference(run):
     out = train_adapter(run, "judge", "certainly", config)
     model, tok = load_with_adapter("bundled", out)
     held = [pair(i) for i in instructions("heldout")]
-    trained = answer_logps(model, tok, held, "chosen"), answer_logps(model, tok, held, "rejected")
+    trained = answers_after_one_prompt_pass(model, tok, held)
     with model.disable_adapter():
-        base = answer_logps(model, tok, held, "chosen"), answer_logps(model, tok, held, "rejected")
+        base = answers_after_one_prompt_pass(model, tok, held)
     shifts = [t - b for t, b in zip(margins(*trained), margins(*base))]
     print(f"held-out margin shifts (nats): {[round(x, 2) for x in shifts]}")
     # a sign test (17 of 17 positive by chance: p < 1e-5), and a large shift (measured: 30-60 nats, mean ~42)
@@ -418,6 +418,52 @@ def test_dpo_on_bundled_moves_held_out_prompts_toward_the_preference(run):
     assert all(opens_with(tok, r, "Certainly") for r in held)
     rises = [t[0] - b[0] for t, b in zip(trained[0], base[0])]
     assert all(r > 0 for r in rises) and sum(rises) / len(rises) > 1.5, rises
+
+
+def answers_after_one_prompt_pass(model, tok, rows: list[dict]) -> tuple[list[list[float]], list[list[float]]]:
+    """answer_logps of the chosen and the rejected answers, with each prompt run once: the prompts (left-padded) fill
+    a KV cache, each side's answers (right-padded) run on it, and the cache is cut back to the prompts in between.
+    tests/test_train.py checks it equals answer_logps (the whole sequence per side)."""
+    import torch
+
+    from lab.kvcache import cache_kwarg
+
+    prompts = [tok(models.render_chat(tok, r["prompt"]), add_special_tokens=False)["input_ids"] for r in rows]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True)
+        cache, first = out.past_key_values, out.logits[:, -1].float().log_softmax(-1)  # [B, V]: the answers' opening
+        sides = []
+        for side in ("chosen", "rejected"):
+            answers = []
+            for r, p in zip(rows, prompts):
+                full = tok(models.render_chat(tok, r["prompt"] + r[side], add_generation_prompt=False),
+                           add_special_tokens=False)["input_ids"]
+                assert full[:len(p)] == p, "the chat template renders the prompt differently before an answer"
+                answers.append(full[len(p):])
+            span = max(map(len, answers))
+            x = torch.tensor([a + [tok.pad_token_id] * (span - len(a)) for a in answers])
+            x_mask = torch.tensor([[1] * len(a) + [0] * (span - len(a)) for a in answers])
+            positions = torch.tensor([len(p) for p in prompts])[:, None] + torch.arange(span)[None]
+            logps = model(input_ids=x, attention_mask=torch.cat([mask, x_mask], dim=1), position_ids=positions,
+                          use_cache=True, **{cache_kwarg(model): cache}).logits.float().log_softmax(-1)
+            cache.crop(-span)  # back to the prompts for the other side
+            sides.append([[first[i, a[0]].item()] + [logps[i, j - 1, a[j]].item() for j in range(1, len(a))]
+                          for i, a in enumerate(answers)])
+    return sides[0], sides[1]
+
+
+def test_one_prompt_pass_gives_the_whole_sequence_log_probs(tiny):
+    """The Certainly test's shortcut (the prompt run once for both answers) against one plain pass per side."""
+    rows = [pair(i) for i in instructions("heldout")[:5]]
+    chosen, rejected = answers_after_one_prompt_pass(tiny.model, tiny.tokenizer, rows)
+    for got, want in ((chosen, answer_logps(tiny.model, tiny.tokenizer, rows, "chosen")),
+                      (rejected, answer_logps(tiny.model, tiny.tokenizer, rows, "rejected"))):
+        assert [len(g) for g in got] == [len(w) for w in want]
+        assert [x for g in got for x in g] == pytest.approx([x for w in want for x in w], abs=1e-4)
 
 
 def opens_with(tok, row: dict, word: str) -> bool:
