@@ -72,20 +72,10 @@ def tiny():
     return models.load("tiny-random")
 
 
-# The files longest first: scripts/test.sh runs the suite on pytest-xdist, one file per worker at a time in this order
-# (--dist loadfile --no-loadscope-reorder), so the long ones start at once, side by side, and the last files handed out
-# are the shortest: neither worker is left alone on a long tail. The order is each file's measured time (a full run's
-# durations summed per file, longest first; the proof recipe's file leads, as in CI); files not listed (new ones, and
-# those under 3 s) come after, in collection order. With only the four longest listed, a file of ~50 s (test_visitors)
-# came near the end and one worker ran it alone.
-LONG_FIRST = ["test_proof.py", "test_readme.py", "test_browser.py", "test_bench.py", "test_train.py",
-              "test_hosting_keys.py", "test_sample.py", "test_visitors.py", "test_browser_idle.py", "test_judge.py",
-              "test_compare.py", "test_browser_chat_merge.py", "test_iterate.py", "test_scoring_batches.py",
-              "test_hosted_abuse.py", "test_ui_iterate.py", "test_hub.py", "test_efficiency.py", "test_report.py",
-              "test_chat.py", "test_locks.py", "test_api.py", "test_merge.py", "test_ui_share.py", "test_methods.py",
-              "test_pairs.py", "test_ui_compare.py", "test_engines.py", "test_publish_safety.py", "test_ui_rank.py",
-              "test_run_names.py", "test_vllm.py", "test_ui_judge.py", "test_inputs.py", "test_checks.py",
-              "test_ui_chat.py", "test_reward.py", "test_configfile.py"]
+# The longest files first (minutes each): scripts/test.sh runs the suite on pytest-xdist, one file per worker at a
+# time in this order (--dist loadfile --no-loadscope-reorder), so the long ones start at once, side by side, and the
+# many short files fill in around them instead of leaving one worker alone on a long tail.
+LONG_FIRST = ["test_proof.py", "test_readme.py", "test_bench.py", "test_browser.py"]
 
 
 def pytest_collection_modifyitems(config, items):
