@@ -31,7 +31,8 @@ from urllib.parse import urlsplit
 
 from lab import efficiency, models
 from lab.errors import LabError
-from lab.kvcache import cache_kwarg, new_cache
+from lab.engine_lab import prefill
+from lab.kvcache import cache_kwarg
 from lab.ratelimit import RateLimiter, backoff_s, retry_after_s
 from lab.store import redact_userinfo
 
@@ -324,19 +325,17 @@ class LocalBackend:
 
     def _judge_batch(self, prompts: list[str], on_step: Callable[[float], None] | None = None
                      ) -> list[LocalVerdict]:
-        """Pre-fill the prompts once; generate the reasoning on that KV cache; then cut the cache back to the prompt
-        and feed only reasoning + `", "verdict": "` to read the labels (the prompt is never run twice)."""
+        """Pre-fill the prompts once (the judge's instructions, the same start in every prompt, once for the batch:
+        lab.engine_lab.prefill); generate the reasoning on that KV cache; then cut the cache back to the prompt and
+        feed only reasoning + `", "verdict": "` to read the labels (the prompt is never run twice)."""
         import torch
 
         heads = [self.cm.render([{"role": "user", "content": p}]) + '{"reasoning": "' for p in prompts]
-        enc = self.cm.tokenizer(heads, add_special_tokens=False, padding=True, return_tensors="pt").to(self.cm.device)
-        mask = enc["attention_mask"]
-        last_pos = mask.sum(-1) - 1  # left padding: each row's positions run 0..len-1
-        cache = new_cache(self.cm.model, reserve=self.reasoning_tokens + 32)  # decode steps write in place
+        ids = [self.cm.tokenizer(h, add_special_tokens=False)["input_ids"] for h in heads]
         with torch.inference_mode():
-            out = self.cm.model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=(mask.cumsum(-1) - 1)
-                                .clamp(min=0), use_cache=True, **{self.cache_arg: cache}, logits_to_keep=1)
-            gen = self._greedy(out.logits[:, -1], cache, mask, last_pos, on_step)
+            logits, cache, state = prefill(self.cm, ids, reserve=self.reasoning_tokens + 32)  # decode writes in place
+            mask, last_pos = state.mask, state.last
+            gen = self._greedy(logits, cache, mask, last_pos, on_step)
             cache.crop(-(cache.get_seq_length() - mask.shape[1]))  # back to the pre-filled prompt
             raws = [self.cm.tokenizer.decode(g, skip_special_tokens=True) for g in gen]
             reasons = [_json_string_prefix(t) for t in raws]

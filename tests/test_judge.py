@@ -449,6 +449,31 @@ def test_local_judge_reads_verdicts_from_label_probabilities(run, tiny):
     assert judge_run(run, c, quiet())["calls_made"] == 0
 
 
+def test_the_local_judge_prefills_its_instructions_once_and_judges_as_a_plain_prefill_would(tiny, monkeypatch):
+    """The judge's instructions (the same start in every prompt) run through the model once per batch; the verdicts,
+    reasoning and label probabilities are what a pre-fill of every whole prompt gives."""
+    from lab import engine_lab
+    from lab.judge import DEFAULT_TEMPLATE, render_prompt
+
+    prompts = [render_prompt(DEFAULT_TEMPLATE, f"Question {i}?", f"answer {i}" + "+" * i, f"reply {i}.")
+               for i in range(3)]
+    backend = LocalBackend("tiny-random", "cpu", "float32", reasoning_tokens=8, batch_size=4, min_reasoning_tokens=5)
+    widths = []
+    hook = backend.cm.model.register_forward_pre_hook(lambda _m, a, kw: widths.append(tuple(kw["input_ids"].shape)),
+                                                      with_kwargs=True)
+    shared = backend.judge(prompts)
+    first, minimum = widths[0], engine_lab.SHARED_PREFIX_MIN
+    monkeypatch.setattr(engine_lab, "SHARED_PREFIX_MIN", 10 ** 9)  # every whole prompt, left-padded
+    widths.clear()
+    plain = backend.judge(prompts)
+    hook.remove()
+    assert first[0] == 1 and first[1] >= minimum  # the shared start: one row
+    assert widths[0][0] == 3 and widths[0][1] > first[1]  # the plain pre-fill: 3 whole prompts
+    for s, p in zip(shared, plain):
+        assert (s.raw, s.prompt_tokens, s.completion_tokens) == (p.raw, p.prompt_tokens, p.completion_tokens)
+        assert s.probs == pytest.approx(p.probs, abs=1e-4)
+
+
 @pytest.mark.slow
 def test_bundled_local_judge_gives_reasoning_and_verdicts(run):
     texts = ["Paris is the capital of France.", "I like turtles.", "The capital of France is Paris, on the Seine."]
