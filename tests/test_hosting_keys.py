@@ -197,7 +197,8 @@ def test_the_apps_compare_and_iterate_jobs_use_the_visitors_key_alone(run, runs_
     iterate_values = {"rounds": 1, "samples": 2, "evaluations": 1, "n": 1, "max_new_tokens": 6, "judge": "openai",
                       "judge_model": "m", "start_adapter": "", "eval_n": 0, "beta": 0.1, "lr": 5e-5, "epochs": 1.0,
                       "max_steps": 1, "lora_r": 4, "seed": 0, "eval_instructions": "heldout", "judge_tokens": 160,
-                      "temperature": 0.7, "judge_temperature": 0.7, "train_batch_size": 4}
+                      "temperature": 0.7, "judge_temperature": 0.7, "train_batch_size": 4,
+                      "gradient_checkpointing": True}
     counter = itertools.count()
     owner.answer = lambda req: (f"Fine. Score: {next(counter) % 5 + 1}" if "Score" in req["messages"][-1]["content"]
                                 else json_verdict("A"))

@@ -10,7 +10,7 @@ def values(**kw) -> list:
     v = {"rounds": 2, "samples": 2, "evaluations": 1, "n": 2, "max_new_tokens": 6, "judge": "self",
          "judge_model": "", "start_adapter": "", "eval_n": 2, "beta": 0.1, "lr": 5e-5, "epochs": 1.0,
          "max_steps": 1, "lora_r": 4, "seed": 0, "eval_instructions": "heldout", "judge_tokens": 8,
-         "temperature": 0.7, "judge_temperature": 0.7, "train_batch_size": 2, **kw}
+         "temperature": 0.7, "judge_temperature": 0.7, "train_batch_size": 2, "gradient_checkpointing": True, **kw}
     return [v[f] for f in tab.FORM]
 
 
@@ -23,9 +23,11 @@ def test_iterate_as_a_job_then_table_and_plots(run):
     assert "**2** rounds to run on 2 instructions: 8 answers and 8 self-scores" in plan, plan
     assert "6 held-out answers (2 instructions)" in plan  # base and round 1, then round 2 only (the rest reused)
     assert "no measured pace on this run yet" in plan  # nothing was sampled on this run by the lab yet
-    assert "started" in tab.start_iterating("t", *values())
+    assert "started" in tab.start_iterating("t", *values(gradient_checkpointing=False))
     st = jobs.wait(run, timeout_s=300)
     assert st["state"] == "done", st.get("log_tail")
+    for k in (1, 2):  # the form's training settings reach every round's training
+        assert run.iteration(k).stage_settings("train")["gradient_checkpointing"] is False
     table_html, *plots, made, caption = tab.refresh("t")
     win_fig, length_fig, hist, checks = (p["value"] for p in plots)  # updates: a figure / frame, or no value
     assert checks is None and plots[-1]["visible"] is False  # no checks on these held-out instructions

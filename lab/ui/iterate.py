@@ -30,7 +30,7 @@ ROUND_COLUMNS = ["round", "pairs kept", "ties dropped", "unscored dropped", "mea
                  "checks accuracy (IFEval, prompt-level strict): round vs base", "adapter"]
 FORM = ["rounds", "samples", "evaluations", "n", "max_new_tokens", "judge", "judge_model", "start_adapter", "eval_n",
         "eval_instructions", "beta", "lr", "epochs", "max_steps", "lora_r", "seed", "judge_tokens", "temperature",
-        "judge_temperature", "train_batch_size"]  # start_iterating's order
+        "judge_temperature", "train_batch_size", "gradient_checkpointing"]  # start_iterating's order
 EVAL_CHOICES = [("bundled held-out set", "heldout"),
                 ("bundled verifiable held-out set (IFEval checks: a number no judge produced)", "checks-heldout")]
 MADE_WITH = ["model", "judge", "judge_model", "samples", "evaluations", "max_new_tokens", "beta", "lr", "max_steps"]
@@ -88,7 +88,8 @@ def _settings_inputs() -> dict:
                                            allow_custom_value=True))  # a CLI job's file restores as it was
     with gr.Accordion("Training each round", open=False):
         with gr.Row():
-            made |= inp(["beta", "lr", "epochs", "max_steps", "lora_r", "train_batch_size", "seed"],
+            made |= inp(["beta", "lr", "epochs", "max_steps", "lora_r", "train_batch_size", "seed",
+                         "gradient_checkpointing"],
                         beta=dict(minimum=0), lr=dict(minimum=0), epochs=dict(minimum=0), lora_r=dict(minimum=1),
                         train_batch_size=dict(label="Pairs per step", minimum=1))
     return {name: made[name] for name in FORM}
