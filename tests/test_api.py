@@ -31,9 +31,26 @@ def client(runs_dir):
     app = build_app()
     app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_kwargs())
     try:
-        yield Client(app.local_url, verbose=False)
+        c = Client(app.local_url, verbose=False)
+        c.app = app
+        yield c
     finally:
         app.close()
+
+
+def test_the_idle_queue_wakes_rarely_and_still_answers_at_once(client):
+    """Gradio's queue polls every 1 ms when idle (4% of a core here); the app's polls every 50 ms (lab.ui)."""
+    import gradio as gr
+
+    from lab.ui import IDLE_POLL_S
+
+    plain = gr.Blocks()._queue
+    for name, seconds in IDLE_POLL_S.items():
+        assert getattr(plain, name) < seconds == getattr(client.app._queue, name), name  # Gradio's knob, ours set
+    t0 = time.perf_counter()
+    for _ in range(5):
+        assert "choices" in client.predict(api_name="/runs")
+    assert time.perf_counter() - t0 < 5  # each call waits at most 50 ms for the queue to look
 
 
 def test_view_api_lists_only_the_users_actions_all_named(client):
