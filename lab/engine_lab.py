@@ -37,7 +37,8 @@ from lab.generation import Completion, Decoding, Engine, OnDone, ReadAfter, Shif
 from lab.kvcache import cache_kwarg, new_cache, plain_layers, reserved_layer
 from lab.progress import Progress
 
-NUCLEUS_TOP_K = 256  # candidates searched for the top-p nucleus before falling back to a full sort
+NUCLEUS_TOP_K = 256  # candidates searched for the top-p nucleus before drawing from the whole vocabulary
+NUCLEUS_DRAWS = 32  # rejection rounds for a row whose nucleus is wider than that, before a full sort
 # Called after every decode step of a batch: (share of the batch's work done, 0..1; tokens generated so far in it).
 # A finished sequence counts whole, a live one by the steps it has taken out of max_new_tokens (an upper bound on
 # what it still needs), so the share only grows. Callers throttle what they do with it (lab.progress does).
@@ -58,38 +59,56 @@ class PromptState:
 
 def sample_next(logits, dec: Decoding, gen):
     """Next token per row. logits: [B, V] -> ids [B]."""
-    import torch
-
     if dec.temperature == 0:
         return logits.argmax(-1)
     probs = (logits.float() / dec.temperature).softmax(-1)
     if dec.top_p >= 1:
-        return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        return draw(probs.double().cumsum(-1), gen)
     return _sample_nucleus(probs, dec.top_p, gen)
+
+
+def draw(cdf, gen):
+    """One token per row from its cumulative probabilities cdf [B, V] (float64), by inverse transform: the first
+    token whose cumulative mass exceeds a uniform draw. -> ids [B]. torch.multinomial does the same draw but took
+    ~10x longer on CPU at a 49k vocabulary (18 ms for 16 rows, 2 cores)."""
+    import torch
+
+    u = torch.rand((cdf.shape[0], 1), generator=gen, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[-1] - 1)
 
 
 def _sample_nucleus(probs, top_p: float, gen):
     """Exact top-p sampling without sorting the whole vocabulary for every row.
 
-    Each row's nucleus (the smallest set of most likely tokens holding >= top_p of the mass) is looked for among its
-    top 256 tokens, then its top 4,096, and only then in a full sort; rows are sampled as soon as their nucleus is
-    covered. probs: [B, V] -> ids [B].
-    """
+    A row's nucleus is the smallest set of most likely tokens holding >= top_p of the mass: the tokens whose more
+    likely tokens hold less than top_p. It is looked for among the row's top 256 tokens (a peaked distribution:
+    most rows of a trained model); a flatter row draws from its whole distribution and keeps a draw that lies in the
+    nucleus, drawing again otherwise (rejection: the kept draws follow the nucleus's renormalised probabilities
+    exactly, and a draw is kept with probability >= top_p); a row still unlucky after NUCLEUS_DRAWS rounds is
+    sorted in full. probs: [B, V] -> ids [B]."""
     import torch
 
     out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-    todo = torch.arange(probs.shape[0], device=probs.device)
-    for k in (NUCLEUS_TOP_K, 16 * NUCLEUS_TOP_K, probs.shape[-1]):
-        k = min(k, probs.shape[-1])
-        top, ids = probs[todo].topk(k, dim=-1)  # sorted, descending
-        covered = (top.sum(-1) >= top_p) | (k == probs.shape[-1])
-        top, ids = top[covered], ids[covered]
-        keep = (top.cumsum(-1) - top) < top_p  # the mass strictly above a token is still short of top_p
-        choice = torch.multinomial(top * keep, 1, generator=gen)
-        out[todo[covered]] = ids.gather(-1, choice).squeeze(1)
-        todo = todo[~covered]
-        if todo.numel() == 0:
-            break
+    top, ids = probs.topk(min(NUCLEUS_TOP_K, probs.shape[-1]), dim=-1)  # sorted, descending
+    covered = top.sum(-1) >= top_p
+    top, ids = top[covered], ids[covered]
+    keep = (top.cumsum(-1) - top) < top_p  # the mass strictly above a token is still short of top_p
+    out[covered] = ids.gather(-1, torch.multinomial(top * keep, 1, generator=gen)).squeeze(1)
+    todo = (~covered).nonzero().squeeze(1)
+    if todo.numel():
+        cdf = probs[todo].double().cumsum(-1)
+        for _ in range(NUCLEUS_DRAWS):
+            rows = probs[todo]
+            x = draw(cdf, gen)
+            px = rows.gather(-1, x[:, None])
+            inside = (rows * (rows > px)).sum(-1) < top_p
+            out[todo[inside]] = x[inside]
+            todo, cdf = todo[~inside], cdf[~inside]
+            if todo.numel() == 0:
+                return out
+        top, ids = probs[todo].sort(dim=-1, descending=True)
+        keep = (top.cumsum(-1) - top) < top_p
+        out[todo] = ids.gather(-1, torch.multinomial(top * keep, 1, generator=gen)).squeeze(1)
     return out
 
 

@@ -11,7 +11,7 @@ import torch
 from lab import jobs, sample
 from lab.sample import SampleConfig
 from lab.errors import LabError
-from lab.engine_lab import _sample_nucleus
+from lab.engine_lab import NUCLEUS_TOP_K, _sample_nucleus
 from lab.generation import Decoding, generate
 from lab.store import Run
 
@@ -61,6 +61,35 @@ def test_nucleus_sampling_keeps_exactly_the_top_p_set(vocab, top_p):
     assert set(draws) <= allowed
     if vocab == 4:
         assert set(draws) == allowed  # every member of a small nucleus shows up
+
+
+@pytest.mark.parametrize("top_p", [0.9, 0.3, 1.0])
+def test_sampling_follows_the_renormalised_nucleus(top_p):
+    """The draws' frequencies match the exact top-p distribution (each nucleus token's probability over the nucleus's
+    mass; nothing outside it), by a chi-square test over ten bins of the nucleus ranked by probability: a flat
+    2,000-token row whose nucleus is wider than the first 256 candidates (drawn and rejected), and (top_p 1) the
+    whole distribution (lab.engine_lab.draw)."""
+    from scipy.stats import chisquare
+
+    from lab.engine_lab import Decoding, sample_next
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.rand(1, 2000, generator=g)  # e-fold spread: flat
+    probs = logits.softmax(-1)[0]
+    p, ids = probs.sort(descending=True)
+    keep = (p.cumsum(-1) - p) < top_p
+    assert keep.sum() > NUCLEUS_TOP_K  # the rejection path, not the top-256 one
+    rank = torch.full((2000,), -1, dtype=torch.long)
+    rank[ids[keep]] = torch.arange(int(keep.sum()))
+    bins = torch.arange(int(keep.sum())) * 10 // int(keep.sum())  # the nucleus in ten bins of ranked tokens
+    draws = torch.cat([sample_next(logits.repeat(4000, 1), Decoding(temperature=1.0, top_p=top_p, seed=0), g)
+                       for _ in range(5)])
+    ranks = rank[draws]
+    assert (ranks >= 0).all()  # no draw outside the nucleus
+    observed = torch.bincount(bins[ranks], minlength=10).double()
+    expected = torch.zeros(10, dtype=torch.float64).index_add_(0, bins, p[keep].double())
+    expected *= len(draws) / expected.sum()
+    assert chisquare(observed.numpy(), expected.numpy()).pvalue > 1e-3, (observed, expected)
 
 
 def test_sample_run_writes_records_and_resumes(run, tmp_path, tiny):
