@@ -333,7 +333,7 @@ def test_compare_tab_shows_scores_and_a_side_by_side_grid_without_reload(page):
     open_tab(page, "Compare")
     panel(page).get_by_label("dpo-pairrm").wait_for(timeout=30_000)  # trained in the previous tab, listed on opening
     set_number(page, "Instructions (0 = all)", 4)
-    set_number(page, "Max new tokens", 40)
+    set_number(page, "Max new tokens", 150)  # with batches of one (below): seconds of decoding to watch the bar move
     wait_for_text(page, "No scorer chosen")  # said before it runs
     panel(page).get_by_role("button", name=re.compile("^Scores and duplicates")).click()
     # the fold's fields mount as it opens: text typed while they mount can be reset by their first render (seen on a
@@ -348,6 +348,7 @@ def test_compare_tab_shows_scores_and_a_side_by_side_grid_without_reload(page):
     assert pairrm.input_value() == "tiny-random"
     pairrm.press("Tab")
     panel(page).get_by_text("No scorer chosen").wait_for(state="hidden", timeout=15_000)  # gone once one is set
+    set_number(page, "Batch size", 1)  # tiny-random decodes 8 answers of 40 tokens in under a second, in one batch
     click(page, "Compare")
     # the shot and the labels from when the bar counts answers (4 instructions x 2 models), not while it loads
     labels = bar_labels(page, "comparing", seconds=4, shot_as="10a-compare-running")
@@ -370,9 +371,10 @@ def test_compare_tab_shows_scores_and_a_side_by_side_grid_without_reload(page):
             break
         page.wait_for_timeout(500)
     assert notes.input_value() == "My own reading: no change at this size."
-    wait_for_value(page, "Max new tokens", "40")  # the last comparison's settings, after the reload
+    wait_for_value(page, "Max new tokens", "150")  # the last comparison's settings, after the reload
     panel(page).get_by_role("button", name=re.compile("^Scores and duplicates")).click()  # folded after a reload
     wait_for_value(page, "PairRM", "tiny-random")
+    wait_for_value(page, "Batch size", "1")
     wait_for_text(page, "Comparing finished.", timeout_s=30)  # the job panel shows the last comparison's end
     fill, label = progress_of(page)
     assert fill == 1.0 and re.search(r"\d/\d", label), (fill, label)  # its last phase's count, done: not blank

@@ -53,7 +53,7 @@ def test_an_idle_page_sends_nothing_and_a_running_job_is_followed_to_its_end(pag
     open_tab(page, "Train")  # another tab: one look, then quiet again
     assert settles(page, 15)
     open_tab(page, "Sample")
-    sample_form(page, 2, 1, 150)
+    sample_form(page, 2, 1, 600)  # seconds of decoding at batch size 1 (tiny-random), beyond the start-up
     panel(page).get_by_text("Decoding").click()
     panel(page).get_by_label("Batch size").first.fill("1")
     click(page, "Sample")

@@ -24,9 +24,10 @@ SECRET = "sk-queued-0123456789abcdefQUEUED"
 
 
 def long_job(run: Run, src: Path) -> dict:
-    """A sampling job that holds the machine until it is stopped (40 instructions, one at a time)."""
+    """A sampling job that holds the machine until it is stopped (40 instructions of 200 tokens, one at a time: tens
+    of seconds of tiny-random decoding)."""
     return jobs.start(run, ["sample", "--run", run.name, "--model", "tiny-random", "--instructions", str(src),
-                            "--n", "40", "--k", "1", "--max-new-tokens", "48", "--batch-size", "1"], "Sampling")
+                            "--n", "40", "--k", "1", "--max-new-tokens", "200", "--batch-size", "1"], "Sampling")
 
 
 def quick_job(run: Run, **kw) -> dict:

@@ -149,7 +149,7 @@ def test_resume_after_kill_loses_at_most_the_batch_in_flight(runs_dir, tmp_path,
     src = write_prompts(tmp_path / "p.txt", 12)
     run = Run.open("killed")
     argv = ["sample", "--run", "killed", "--model", "tiny-random", "--instructions", str(src), "--n", "12", "--k",
-            "2", "--max-new-tokens", "48", "--batch-size", "2"]
+            "2", "--max-new-tokens", "120", "--batch-size", "2"]
     jobs.start(run, argv, "sample")
     deadline = time.time() + 120
     while time.time() < deadline and len(run.read("samples")) < 4:
@@ -173,7 +173,7 @@ def test_ctrl_c_stops_at_a_safe_point_and_says_how_to_resume(runs_dir, tmp_path,
     and running it again adds only what is missing."""
     src = write_prompts(tmp_path / "p.txt", 12)
     argv = [sys.executable, "-m", "lab", "sample", "--run", "ctrlc", "--model", "tiny-random", "--instructions",
-            str(src), "--n", "12", "--k", "1", "--max-new-tokens", "48", "--batch-size", "1"]
+            str(src), "--n", "12", "--k", "1", "--max-new-tokens", "120", "--batch-size", "1"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "LAB_RUNS_DIR": str(runs_dir)})
     run = Run.open("ctrlc")
@@ -196,7 +196,7 @@ def test_stop_keeps_what_was_written(runs_dir, tmp_path, tiny):
     src = write_prompts(tmp_path / "p.txt", 40)
     run = Run.open("stopped")
     jobs.start(run, ["sample", "--run", "stopped", "--model", "tiny-random", "--instructions", str(src), "--n", "40",
-                     "--k", "1", "--max-new-tokens", "48", "--batch-size", "1"], "sample")
+                     "--k", "1", "--max-new-tokens", "200", "--batch-size", "1"], "sample")
     while len(run.read("samples")) < 2:
         time.sleep(0.1)
     st = jobs.stop(run, grace_s=30)
@@ -212,7 +212,7 @@ def test_a_second_job_queues_while_one_runs(runs_dir, tmp_path, tiny):
     src = write_prompts(tmp_path / "p.txt", 40)
     a, b = Run.open("a"), Run.open("b")
     jobs.start(a, ["sample", "--run", "a", "--model", "tiny-random", "--instructions", str(src), "--n", "40", "--k",
-                   "1", "--max-new-tokens", "48", "--batch-size", "1"], "sample")
+                   "1", "--max-new-tokens", "200", "--batch-size", "1"], "sample")
     try:
         st = jobs.start(b, ["sample", "--run", "b", "--model", "tiny-random", "--instructions", str(src), "--n", "1",
                             "--k", "1", "--max-new-tokens", "4"], "sample")
