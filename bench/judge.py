@@ -18,7 +18,7 @@
     python bench/judge.py                      # ~90 s
     python bench/judge.py --calls 100          # a quicker throughput check (calls: a multiple of 20)
     python bench/judge.py --local 8            # also the local judge on 8 calls (CPU: minutes)
-    python bench/judge.py --quick              # a smoke test: 20 calls, a 10-per-second limit with 30 calls
+    python bench/judge.py --quick              # a smoke test: 20 calls at 100 ms, a 10-per-second limit, 20 calls
 
 The last line is one JSON object: calls_per_s_plain, calls_per_s_lab, ratio_vs_plain, rl_429_limiter_on,
 rl_429_limiter_off (429 answers provoked with the lab's limiter on and off), local_ratio_vs_plain (null without
@@ -87,12 +87,12 @@ def lab_run(fp: FakeProvider, run: Run, **kw) -> tuple[dict, float]:
     return out, time.perf_counter() - t0
 
 
-def throughput(root: Path, calls: int) -> dict:
-    with FakeProvider(key=KEY, latency_s=0.3, answer=answer) as fp:
+def throughput(root: Path, calls: int, latency_s: float = 0.3) -> dict:
+    with FakeProvider(key=KEY, latency_s=latency_s, answer=answer) as fp:
         n, base_s = plain_sequential(fp, make_run(root, "plain", max(1, calls // 20)))
         out, lab_s = lab_run(fp, make_run(root, "lab", max(1, calls // 20)))
         assert out["calls_made"] == n, (out["calls_made"], n)
-        print(f"throughput, {n} calls at 300 ms latency: one at a time {n / base_s:.2f} calls/s ({base_s:.1f} s); "
+        print(f"throughput, {n} calls at {latency_s * 1000:.0f} ms latency: one at a time {n / base_s:.2f} calls/s ({base_s:.1f} s); "
               f"lab judge (concurrency 16) {n / lab_s:.2f} calls/s ({lab_s:.1f} s); ratio {base_s / lab_s:.1f}x")
     return {"calls": n, "calls_per_s_plain": round(n / base_s, 2), "calls_per_s_lab": round(n / lab_s, 2),
             "ratio_vs_plain": round(base_s / lab_s, 2)}
@@ -160,7 +160,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--local", type=int, default=0, help="also bench the local judge on this many calls")
     ap.add_argument("--local-model", default="bundled", help="the local judge's model spec")
     ap.add_argument("--only-local", action="store_true", help="skip the API benches")
-    ap.add_argument("--quick", action="store_true", help="a smoke test: 20 calls; the limit scaled to 10 per second")
+    ap.add_argument("--quick", action="store_true", help="a smoke test: 20 calls at 100 ms latency; the limit "
+                    "scaled to 10 per second, 20 calls")
     return ap
 
 
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     out: dict = {"quick": args.quick, "local_ratio_vs_plain": None}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.only_local:
-            out.update(throughput(Path(tmp), 20 if args.quick else args.calls))
-            out.update(rate_limit(Path(tmp), 40, 60.0, 10) if args.quick else rate_limit(Path(tmp), args.rl_calls))
+            out.update(throughput(Path(tmp), 20, 0.1) if args.quick else throughput(Path(tmp), args.calls))
+            out.update(rate_limit(Path(tmp), 20, 60.0, 10) if args.quick else rate_limit(Path(tmp), args.rl_calls))
         if args.local:
             out.update(local(Path(tmp), args.local, spec=args.local_model))
     print(json.dumps(out))
