@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_
 case " $* " in *" --basetemp"*) ;; *) set -- --basetemp=.pytest-tmp "$@" ;; esac
 # Two workers (pytest-xdist), a whole file each at a time, long files first (tests/conftest.py): the suite waits on
 # child processes, a browser and model loads as well as computing. On a quiet 2-core machine two workers kept it
-# 92% busy (all but the proof recipe: 12-13 min); a third raised that to 96% but saved only 17 s, and a browser wait
+# 92% busy (all but the proof recipe: ~11.5 min); a third raised that to 96% but saved only 17 s, and a browser wait
 # timed out under the extra load.
 # LAB_TEST_WORKERS=0 runs in one process (as does -n 0 or -p no:xdist given here).
 # Each worker (and the lab processes its tests start) then computes on one core: torch's default of a thread per
