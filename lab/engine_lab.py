@@ -70,7 +70,7 @@ def sample_next(logits, dec: Decoding, gen):
 def draw(cdf, gen):
     """One token per row from its cumulative probabilities cdf [B, V] (float64), by inverse transform: the first
     token whose cumulative mass exceeds a uniform draw. -> ids [B]. torch.multinomial does the same draw but took
-    ~10x longer on CPU at a 49k vocabulary (18 ms for 16 rows, 2 cores)."""
+    18 ms for 16 rows of a 49k vocabulary on one CPU core, this 3.6 ms (1.7 ms in float32, too coarse near 1)."""
     import torch
 
     u = torch.rand((cdf.shape[0], 1), generator=gen, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]

@@ -94,14 +94,14 @@ def build_app() -> gr.Blocks:
 
 # Gradio's event queue looks for new events every 1 ms when it has none (its default off Windows: 50 ms there), and
 # for progress to send every 10 ms: an app nobody uses spent 4.0% of a core on those wake-ups (measured on this
-# 2-core machine, no page open; 0.7% with these values). An event now waits up to 50 ms before it starts; every
-# job's progress comes from the lab's own timers (lab.ui.common), not from Gradio's progress updates.
+# 2-core machine, no page open; 0.7% with these values). An event now waits up to 50 ms before it starts, and the
+# one gr.Progress bar (the Share tab's upload) moves every 100 ms; jobs' progress comes from the lab's own timers.
 IDLE_POLL_S = {"sleep_when_free": 0.05, "progress_update_sleep_when_free": 0.1}
 
 
 def _quiet_idle_queue(app: gr.Blocks) -> None:
     for name, seconds in IDLE_POLL_S.items():
-        if not hasattr(app._queue, name):  # tests/test_ui_polling.py fails on a Gradio that renamed them
+        if not hasattr(app._queue, name):  # tests/test_api.py fails on a Gradio that renamed them
             return
         setattr(app._queue, name, seconds)
 
