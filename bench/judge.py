@@ -92,8 +92,9 @@ def throughput(root: Path, calls: int, latency_s: float = 0.3) -> dict:
         n, base_s = plain_sequential(fp, make_run(root, "plain", max(1, calls // 20)))
         out, lab_s = lab_run(fp, make_run(root, "lab", max(1, calls // 20)))
         assert out["calls_made"] == n, (out["calls_made"], n)
-        print(f"throughput, {n} calls at {latency_s * 1000:.0f} ms latency: one at a time {n / base_s:.2f} calls/s ({base_s:.1f} s); "
-              f"lab judge (concurrency 16) {n / lab_s:.2f} calls/s ({lab_s:.1f} s); ratio {base_s / lab_s:.1f}x")
+        print(f"throughput, {n} calls at {latency_s * 1000:.0f} ms latency: one at a time {n / base_s:.2f} calls/s "
+              f"({base_s:.1f} s); lab judge (concurrency 16) {n / lab_s:.2f} calls/s ({lab_s:.1f} s); "
+              f"ratio {base_s / lab_s:.1f}x")
     return {"calls": n, "calls_per_s_plain": round(n / base_s, 2), "calls_per_s_lab": round(n / lab_s, 2),
             "ratio_vs_plain": round(base_s / lab_s, 2)}
 

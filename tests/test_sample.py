@@ -71,7 +71,7 @@ def test_sampling_follows_the_renormalised_nucleus(top_p):
     whole distribution (lab.engine_lab.draw)."""
     from scipy.stats import chisquare
 
-    from lab.engine_lab import Decoding, sample_next
+    from lab.engine_lab import sample_next
 
     g = torch.Generator().manual_seed(1)
     logits = torch.rand(1, 2000, generator=g)  # e-fold spread: flat
