@@ -63,18 +63,26 @@ def sample_next(logits, dec: Decoding, gen):
         return logits.argmax(-1)
     probs = (logits.float() / dec.temperature).softmax(-1)
     if dec.top_p >= 1:
-        return draw(probs.double().cumsum(-1), gen)
+        return draw(probs, gen)
     return _sample_nucleus(probs, dec.top_p, gen)
 
 
-def draw(cdf, gen):
-    """One token per row from its cumulative probabilities cdf [B, V] (float64), by inverse transform: the first
-    token whose cumulative mass exceeds a uniform draw. -> ids [B]. torch.multinomial does the same draw but took
-    18 ms for 16 rows of a 49k vocabulary on one CPU core, this 3.6 ms (1.7 ms in float32, too coarse near 1)."""
+def draw(probs, gen):
+    """One token per row from probs [B, V], by inverse transform: the first token whose cumulative mass (float64)
+    exceeds a uniform draw. -> ids [B]. torch.multinomial makes the same draw but took 18 ms for 16 rows of a 49k
+    vocabulary on one CPU core, this 3.6 ms (1.7 ms in float32, too coarse near 1); it stays where a device has no
+    float64 (Apple's mps)."""
     import torch
 
+    if not has_float64(probs.device):
+        return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    cdf = probs.double().cumsum(-1)
     u = torch.rand((cdf.shape[0], 1), generator=gen, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[-1] - 1)
+
+
+def has_float64(device) -> bool:
+    return device.type != "mps"
 
 
 def _sample_nucleus(probs, top_p: float, gen):
@@ -95,17 +103,15 @@ def _sample_nucleus(probs, top_p: float, gen):
     keep = (top.cumsum(-1) - top) < top_p  # the mass strictly above a token is still short of top_p
     out[covered] = ids.gather(-1, torch.multinomial(top * keep, 1, generator=gen)).squeeze(1)
     todo = (~covered).nonzero().squeeze(1)
+    for _ in range(NUCLEUS_DRAWS):
+        if todo.numel() == 0:
+            return out
+        rows = probs[todo]
+        x = draw(rows, gen)
+        inside = (rows * (rows > rows.gather(-1, x[:, None]))).sum(-1) < top_p
+        out[todo[inside]] = x[inside]
+        todo = todo[~inside]
     if todo.numel():
-        cdf = probs[todo].double().cumsum(-1)
-        for _ in range(NUCLEUS_DRAWS):
-            rows = probs[todo]
-            x = draw(cdf, gen)
-            px = rows.gather(-1, x[:, None])
-            inside = (rows * (rows > px)).sum(-1) < top_p
-            out[todo[inside]] = x[inside]
-            todo, cdf = todo[~inside], cdf[~inside]
-            if todo.numel() == 0:
-                return out
         top, ids = probs[todo].sort(dim=-1, descending=True)
         keep = (top.cumsum(-1) - top) < top_p
         out[todo] = ids.gather(-1, torch.multinomial(top * keep, 1, generator=gen)).squeeze(1)

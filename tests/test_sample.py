@@ -63,16 +63,19 @@ def test_nucleus_sampling_keeps_exactly_the_top_p_set(vocab, top_p):
         assert set(draws) == allowed  # every member of a small nucleus shows up
 
 
+@pytest.mark.parametrize("float64", [True, False], ids=["inverse-transform", "multinomial-no-float64"])
 @pytest.mark.parametrize("top_p", [0.9, 0.3, 1.0])
-def test_sampling_follows_the_renormalised_nucleus(top_p):
+def test_sampling_follows_the_renormalised_nucleus(top_p, float64, monkeypatch):
     """The draws' frequencies match the exact top-p distribution (each nucleus token's probability over the nucleus's
     mass; nothing outside it), by a chi-square test over ten bins of the nucleus ranked by probability: a flat
     2,000-token row whose nucleus is wider than the first 256 candidates (drawn and rejected), and (top_p 1) the
-    whole distribution (lab.engine_lab.draw)."""
+    whole distribution (lab.engine_lab.draw); on CPU, and with the draw a device without float64 makes."""
     from scipy.stats import chisquare
 
+    from lab import engine_lab
     from lab.engine_lab import sample_next
 
+    monkeypatch.setattr(engine_lab, "has_float64", lambda device: float64)
     g = torch.Generator().manual_seed(1)
     logits = torch.rand(1, 2000, generator=g)  # e-fold spread: flat
     probs = logits.softmax(-1)[0]

@@ -88,10 +88,11 @@ def _settings_inputs() -> dict:
                                            allow_custom_value=True))  # a CLI job's file restores as it was
     with gr.Accordion("Training each round", open=False):
         with gr.Row():
-            made |= inp(["beta", "lr", "epochs", "max_steps", "lora_r", "train_batch_size", "seed",
-                         "gradient_checkpointing"],
+            made |= inp(["beta", "lr", "epochs", "max_steps", "lora_r", "train_batch_size", "seed"],
                         beta=dict(minimum=0), lr=dict(minimum=0), epochs=dict(minimum=0), lora_r=dict(minimum=1),
                         train_batch_size=dict(label="Pairs per step", minimum=1))
+        with gr.Row():  # a row of its own: beside seven number boxes its label and help were cut to a sliver
+            made |= inp(["gradient_checkpointing"])
     return {name: made[name] for name in FORM}
 
 
